@@ -1,0 +1,84 @@
+//! What every probe needs: the configuration, the cgroup filter, the record header, reads
+//! from kernel structures at offsets user space found in BTF, and loss counting.
+use agent_common::{Config, EventHeader, OFFSET_UNKNOWN};
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+    bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+};
+
+use crate::maps::{CONFIG, LOSSES};
+
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+/// Whether the current task is one this agent reports on: not the agent itself, and inside
+/// the configured cgroup subtree (if any).
+pub fn selected(cfg: &Config) -> bool {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if pid == cfg.agent_pid {
+        return false;
+    }
+    if cfg.filter_cgroup_id == 0 {
+        return true;
+    }
+    // SAFETY: a plain helper call without pointer arguments.
+    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.filter_cgroup_level as i32) };
+    ancestor == cfg.filter_cgroup_id
+}
+
+pub fn current_task() -> *const u8 {
+    // SAFETY: a plain helper call without pointer arguments.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// Reads a `T` at `base + offset` from kernel memory; `None` when the offset is unknown on
+/// this kernel or the read faults.
+pub fn read_kernel<T>(base: *const u8, offset: u32) -> Option<T> {
+    if base.is_null() || offset == OFFSET_UNKNOWN {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T).ok() }
+}
+
+pub fn read_kernel_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+    let ptr: *const u8 = read_kernel(base, offset)?;
+    if ptr.is_null() { None } else { Some(ptr) }
+}
+
+/// Thread group id of the current task's real parent (0 if unknown).
+fn parent_tgid(cfg: &Config) -> u32 {
+    let task = current_task();
+    read_kernel_ptr(task, cfg.kernel.task_real_parent)
+        .and_then(|parent| read_kernel::<i32>(parent, cfg.kernel.task_tgid))
+        .map_or(0, |tgid| tgid as u32)
+}
+
+pub fn header(kind: u32, cfg: &Config) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    EventHeader {
+        kind,
+        _pad0: 0,
+        // SAFETY: plain helper calls without pointer arguments.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        ppid: parent_tgid(cfg),
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        _pad1: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Counts a record of `kind` that did not fit into the ring buffer.
+pub fn count_loss(kind: u32) {
+    if let Some(slot) = LOSSES.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, so no other program writes it concurrently.
+        unsafe { *slot += 1 };
+    }
+}

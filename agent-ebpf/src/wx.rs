@@ -1,0 +1,118 @@
+//! W^X: mappings that are, or become, writable and executable at once. Syscall tracepoints
+//! carry the values, not pointers, so what is read is what the kernel acts on.
+use agent_common::{
+    Config, READ_IMPLIES_EXEC, SYSCALL_ARG0_OFFSET, WxEvent, kind, wx_reason, wx_syscall,
+};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::{
+    maps::EVENTS,
+    task::{config, count_loss, current_task, header, read_kernel, selected},
+};
+
+const PROT_READ: u32 = 1;
+const PROT_WRITE: u32 = 2;
+const PROT_EXEC: u32 = 4;
+const PERSONALITY_QUERY: u32 = 0xffff_ffff;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    match try_protection(&ctx, wx_syscall::MMAP) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
+pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
+    match try_protection(&ctx, wx_syscall::MPROTECT) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
+pub fn sys_enter_pkey_mprotect(ctx: TracePointContext) -> u32 {
+    match try_protection(&ctx, wx_syscall::PKEY_MPROTECT) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_personality")]
+pub fn sys_enter_personality(ctx: TracePointContext) -> u32 {
+    match try_personality(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn arg(ctx: &TracePointContext, index: usize) -> Result<u64, i64> {
+    // SAFETY: syscall tracepoint records hold 8-byte argument slots from SYSCALL_ARG0_OFFSET.
+    unsafe { ctx.read_at(SYSCALL_ARG0_OFFSET + 8 * index) }.map_err(i64::from)
+}
+
+fn read_implies_exec(cfg: &Config) -> bool {
+    read_kernel::<u32>(current_task(), cfg.kernel.task_personality)
+        .is_some_and(|p| p & READ_IMPLIES_EXEC != 0)
+}
+
+fn emit(event: WxEvent) {
+    match EVENTS.reserve::<WxEvent>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(0);
+        }
+        None => count_loss(kind::WX),
+    }
+}
+
+fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
+    let prot = arg(ctx, 2)? as u32;
+    if prot & PROT_WRITE == 0 {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    let mut reason = 0;
+    if prot & PROT_EXEC != 0 {
+        reason |= wx_reason::WRITE_EXEC;
+    } else if prot & PROT_READ != 0 && read_implies_exec(cfg) {
+        reason |= wx_reason::READ_IMPLIES_EXEC;
+    }
+    if reason == 0 || !selected(cfg) {
+        return Ok(());
+    }
+    let (flags, fd, extra) = match syscall {
+        wx_syscall::MMAP => (arg(ctx, 3)? as u32, arg(ctx, 4)? as i32, 0),
+        wx_syscall::PKEY_MPROTECT => (0, -1, arg(ctx, 3)? as u32),
+        _ => (0, -1, 0),
+    };
+    emit(WxEvent {
+        header: header(kind::WX, cfg),
+        syscall,
+        prot,
+        flags,
+        reason,
+        addr: arg(ctx, 0)?,
+        len: arg(ctx, 1)?,
+        fd,
+        extra,
+    });
+    Ok(())
+}
+
+fn try_personality(ctx: &TracePointContext) -> Result<(), i64> {
+    let persona = arg(ctx, 0)? as u32;
+    if persona == PERSONALITY_QUERY || persona & READ_IMPLIES_EXEC == 0 {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    if !selected(cfg) {
+        return Ok(());
+    }
+    emit(WxEvent {
+        header: header(kind::WX, cfg),
+        syscall: wx_syscall::PERSONALITY,
+        reason: wx_reason::READ_IMPLIES_EXEC,
+        fd: -1,
+        extra: persona,
+        ..WxEvent::default()
+    });
+    Ok(())
+}
