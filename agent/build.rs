@@ -21,7 +21,9 @@ enum Toolchain {
 }
 
 fn rustup_nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output()
+    let Ok(out) = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
     else {
         return false;
     };
@@ -42,7 +44,9 @@ fn detect() -> Result<Toolchain> {
     }
     if rustup_nightly_has_rust_src() {
         Ok(Toolchain::RustupNightly)
-    } else if Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_LIBRARY_SRC).join("core").is_dir() {
+    } else if Path::new(DEBIAN_RUSTC).exists()
+        && Path::new(DEBIAN_LIBRARY_SRC).join("core").is_dir()
+    {
         Ok(Toolchain::Debian)
     } else {
         bail!(
@@ -54,8 +58,15 @@ fn detect() -> Result<Toolchain> {
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let workspace = manifest_dir.parent().context("agent crate has no parent directory")?;
-    for path in ["agent-ebpf/src", "agent-ebpf/Cargo.toml", "agent-common/src", "agent-common/Cargo.toml"] {
+    let workspace = manifest_dir
+        .parent()
+        .context("agent crate has no parent directory")?;
+    for path in [
+        "agent-ebpf/src",
+        "agent-ebpf/Cargo.toml",
+        "agent-common/src",
+        "agent-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
     println!("cargo:rerun-if-env-changed=VIGIL_EBPF_TOOLCHAIN");
@@ -94,10 +105,22 @@ fn main() -> Result<()> {
         cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
     }
     cmd.current_dir(workspace)
-        .args(["build", "-p", "agent-ebpf", "--bin", "vigil-probes", "--release", "--target", TARGET])
+        .args([
+            "build",
+            "-p",
+            "agent-ebpf",
+            "--bin",
+            "vigil-probes",
+            "--release",
+            "--target",
+            TARGET,
+        ])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+            "-C debuginfo=2 -C link-arg=--btf",
+        );
     let status = cmd.status().context("running cargo for the eBPF crate")?;
     if !status.success() {
         bail!("building agent-ebpf for {TARGET} failed ({status})");

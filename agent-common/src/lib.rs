@@ -222,7 +222,8 @@ pub struct Config {
 pub const SYSCALL_ARG0_OFFSET: usize = 16;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 64);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 64 + 16 + PATH_LEN + NAME_LEN + ARGS_LEN);
+const _: () =
+    assert!(core::mem::size_of::<ExecEvent>() == 64 + 16 + PATH_LEN + NAME_LEN + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 64 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 64 + 16 + 16 + 8);

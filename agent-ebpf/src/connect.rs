@@ -127,7 +127,8 @@ fn try_datagram_connect(ctx: &TracePointContext) -> Result<(), i64> {
     // thread may change it afterwards; datagram sockets have no later kernel hook to confirm.
     unsafe {
         let family: u16 = bpf_probe_read_user(addr as *const u16).map_err(i64::from)?;
-        let port: u16 = bpf_probe_read_user(addr.wrapping_add(2) as *const u16).map_err(i64::from)?;
+        let port: u16 =
+            bpf_probe_read_user(addr.wrapping_add(2) as *const u16).map_err(i64::from)?;
         let mut event = ConnectEvent {
             header: header(kind::CONNECT, cfg),
             family,
@@ -138,11 +139,13 @@ fn try_datagram_connect(ctx: &TracePointContext) -> Result<(), i64> {
         };
         match family {
             AF_INET => {
-                let d: [u8; 4] = bpf_probe_read_user(addr.wrapping_add(4) as *const [u8; 4]).map_err(i64::from)?;
+                let d: [u8; 4] = bpf_probe_read_user(addr.wrapping_add(4) as *const [u8; 4])
+                    .map_err(i64::from)?;
                 event.daddr[..4].copy_from_slice(&d);
             }
             AF_INET6 => {
-                event.daddr = bpf_probe_read_user(addr.wrapping_add(8) as *const [u8; 16]).map_err(i64::from)?;
+                event.daddr = bpf_probe_read_user(addr.wrapping_add(8) as *const [u8; 16])
+                    .map_err(i64::from)?;
             }
             _ => return Ok(()),
         }

@@ -62,7 +62,8 @@ fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i6
         return Ok(());
     }
     // SAFETY: the offset is inside the syscall tracepoint record (8-byte argument slots).
-    let argv: u64 = unsafe { ctx.read_at(SYSCALL_ARG0_OFFSET + 8 * argv_index) }.map_err(i64::from)?;
+    let argv: u64 =
+        unsafe { ctx.read_at(SYSCALL_ARG0_OFFSET + 8 * argv_index) }.map_err(i64::from)?;
     let argv = argv as *const *const u8;
     let scratch = EXEC_SCRATCH.get_ptr_mut(0).ok_or(1)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
@@ -85,10 +86,17 @@ fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i6
             break;
         }
         // The mask tells the verifier that the write stays inside the buffer.
-        let dst = args.buf.as_mut_ptr().wrapping_add(offset & (ARGS_OFFSET_LIMIT - 1));
+        let dst = args
+            .buf
+            .as_mut_ptr()
+            .wrapping_add(offset & (ARGS_OFFSET_LIMIT - 1));
         // SAFETY: dst has ARG_READ_LEN bytes of room (ARGS_LEN = limit + ARG_READ_LEN).
         let n = unsafe {
-            bpf_probe_read_user_str(dst as *mut c_void, ARG_READ_LEN as u32, arg as *const c_void)
+            bpf_probe_read_user_str(
+                dst as *mut c_void,
+                ARG_READ_LEN as u32,
+                arg as *const c_void,
+            )
         };
         if n <= 0 {
             break;
@@ -102,7 +110,11 @@ fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i6
     if !complete {
         args.truncated = 1;
     }
-    args.len = if offset > ARGS_LEN { ARGS_LEN as u32 } else { offset as u32 };
+    args.len = if offset > ARGS_LEN {
+        ARGS_LEN as u32
+    } else {
+        offset as u32
+    };
     let tid = bpf_get_current_pid_tgid() as u32;
     EXEC_ARGS.insert(&tid, &*args, 0).map_err(i64::from)
 }
@@ -143,7 +155,8 @@ unsafe fn fill_exec(ctx: &TracePointContext, cfg: &Config, event: &mut ExecEvent
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut event.path) };
     }
     // SAFETY: as above.
-    let old_tid: u32 = unsafe { ctx.read_at::<i32>(tp.exec_old_pid as usize) }.map_or(0, |p| p as u32);
+    let old_tid: u32 =
+        unsafe { ctx.read_at::<i32>(tp.exec_old_pid as usize) }.map_or(0, |p| p as u32);
     event.old_tid = old_tid;
 
     match EXEC_ARGS.get_ptr(&old_tid) {
@@ -173,12 +186,15 @@ unsafe fn fill_exec(ctx: &TracePointContext, cfg: &Config, event: &mut ExecEvent
 fn exe_facts(cfg: &Config, name: &mut [u8; NAME_LEN]) -> u32 {
     let k = &cfg.kernel;
     let task = current_task();
-    let Some(file) = read_kernel_ptr(task, k.task_mm).and_then(|mm| read_kernel_ptr(mm, k.mm_exe_file))
+    let Some(file) =
+        read_kernel_ptr(task, k.task_mm).and_then(|mm| read_kernel_ptr(mm, k.mm_exe_file))
     else {
         return exec_flags::EXE_UNKNOWN;
     };
     let mut flags = 0;
-    match read_kernel_ptr(file, k.file_dentry).and_then(|dentry| read_kernel_ptr(dentry, k.dentry_name)) {
+    match read_kernel_ptr(file, k.file_dentry)
+        .and_then(|dentry| read_kernel_ptr(dentry, k.dentry_name))
+    {
         Some(name_ptr) => {
             // SAFETY: the helper bounds the copy by the destination length.
             let _ = unsafe { bpf_probe_read_kernel_str_bytes(name_ptr, name) };
@@ -188,7 +204,8 @@ fn exe_facts(cfg: &Config, name: &mut [u8; NAME_LEN]) -> u32 {
         }
         None => flags |= exec_flags::EXE_UNKNOWN,
     }
-    let nlink = read_kernel_ptr(file, k.file_inode).and_then(|inode| read_kernel::<u32>(inode, k.inode_nlink));
+    let nlink = read_kernel_ptr(file, k.file_inode)
+        .and_then(|inode| read_kernel::<u32>(inode, k.inode_nlink));
     if nlink == Some(0) && flags & exec_flags::MEMFD == 0 {
         flags |= exec_flags::DELETED;
     }

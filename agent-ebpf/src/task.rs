@@ -3,8 +3,8 @@
 use agent_common::{Config, EventHeader, OFFSET_UNKNOWN};
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-    bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    bpf_probe_read_kernel,
 };
 
 use crate::maps::{CONFIG, LOSSES};

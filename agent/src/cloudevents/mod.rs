@@ -1,0 +1,204 @@
+//! The CloudEvents 1.0 envelope (structured-mode JSON) and the `data` schema of Vigil's
+//! events. The schema is documented in `docs/event-schema.md` and `docs/event.schema.json`.
+use ::cloudevents::{Event as CloudEvent, EventBuilder, EventBuilderV10};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    ebpf::KernelLosses,
+    event::{Body, Event, prot_text},
+    metadata::{clock::wall_time, process::Lineage},
+};
+
+pub const TYPE_EXEC: &str = "dev.vigil.exec.v1";
+pub const TYPE_CONNECT: &str = "dev.vigil.connect.v1";
+pub const TYPE_WX: &str = "dev.vigil.wx.v1";
+pub const TYPE_LOSS: &str = "dev.vigil.loss.v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudEventError {
+    #[error("building CloudEvent of type {ty}: {source}")]
+    Build {
+        ty: &'static str,
+        source: ::cloudevents::event::EventBuilderError,
+    },
+}
+
+/// Where an event happened, beyond the process itself.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub node: &'a str,
+    pub cgroup_path: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessData<'a> {
+    pid: u32,
+    tid: u32,
+    ppid: u32,
+    uid: u32,
+    gid: u32,
+    comm: &'a str,
+    exe: Option<&'a str>,
+    args: &'a [String],
+}
+
+#[derive(Serialize)]
+struct ParentData<'a> {
+    pid: u32,
+    comm: &'a str,
+    exe: Option<&'a str>,
+    args: &'a [String],
+}
+
+fn source(node: &str) -> String {
+    format!("/vigil/nodes/{node}")
+}
+
+fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
+    match body {
+        Body::Exec(e) => (
+            TYPE_EXEC,
+            "exec",
+            json!({
+                "path": e.path,
+                "exeName": e.exe_name,
+                "args": e.args,
+                "memfd": e.memfd,
+                "deleted": e.deleted,
+                "argsTruncated": e.args_truncated,
+                "argsMissing": e.args_missing,
+            }),
+        ),
+        Body::Connect(c) => (
+            TYPE_CONNECT,
+            "connect",
+            json!({
+                "protocol": c.protocol.name(),
+                "family": if c.daddr.is_ipv4() { "ipv4" } else { "ipv6" },
+                "daddr": c.daddr.to_string(),
+                "dport": c.dport,
+                "saddr": c.saddr.map(|a| a.to_string()),
+                "sport": c.sport,
+                "hook": if c.from_kernel_state { "tcp_state" } else { "syscall" },
+            }),
+        ),
+        Body::Wx(w) => (
+            TYPE_WX,
+            "wx",
+            json!({
+                "syscall": w.syscall.name(),
+                "prot": w.prot,
+                "protText": prot_text(w.prot),
+                "flags": w.flags,
+                "addr": format!("{:#x}", w.addr),
+                "len": w.len,
+                "fd": w.fd,
+                "writeExecute": w.write_exec,
+                "readImpliesExec": w.read_implies_exec,
+                "pkey": matches!(w.syscall, crate::event::WxSyscall::PkeyMprotect).then_some(w.extra as i32),
+                "persona": matches!(w.syscall, crate::event::WxSyscall::Personality).then_some(w.extra),
+            }),
+        ),
+    }
+}
+
+/// An observed behaviour (`vigilverdict: observed`), as `vigil trace` emits it.
+pub fn observed(
+    event: &Event,
+    lineage: &Lineage,
+    ctx: &Context<'_>,
+) -> Result<CloudEvent, CloudEventError> {
+    let h = &event.header;
+    let (ty, key, fields) = behaviour(&event.body);
+    let mut data = json!({
+        "process": ProcessData {
+            pid: h.pid,
+            tid: h.tid,
+            ppid: h.ppid,
+            uid: h.uid,
+            gid: h.gid,
+            comm: &h.comm,
+            exe: lineage.process.exe.as_deref(),
+            args: &lineage.process.args,
+        },
+        "parent": lineage.parent.as_ref().map(|p| ParentData { pid: h.ppid, comm: &p.comm, exe: p.exe.as_deref(), args: &p.args }),
+        "cgroup": { "id": h.cgroup_id, "path": ctx.cgroup_path },
+        "node": ctx.node,
+    });
+    data[key] = fields;
+    EventBuilderV10::new()
+        .id(uuid::Uuid::new_v4().to_string())
+        .source(source(ctx.node))
+        .ty(ty)
+        .subject(format!("hosts/{}", ctx.node))
+        .time(wall_time(h.boot_ns))
+        .extension("vigilverdict", "observed")
+        .extension("vigilaction", "none")
+        .extension("vigilseverity", "info")
+        .data("application/json", data)
+        .build()
+        .map_err(|source| CloudEventError::Build { ty, source })
+}
+
+/// Losses since the previous report, and totals since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossReport {
+    pub kernel: KernelLosses,
+    pub reader_queue_full: u64,
+    pub undecodable: u64,
+}
+
+impl LossReport {
+    pub fn total(&self) -> u64 {
+        self.kernel.total() + self.reader_queue_full + self.undecodable
+    }
+
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            kernel: KernelLosses {
+                exec: self.kernel.exec - earlier.kernel.exec,
+                connect: self.kernel.connect - earlier.kernel.connect,
+                wx: self.kernel.wx - earlier.kernel.wx,
+            },
+            reader_queue_full: self.reader_queue_full - earlier.reader_queue_full,
+            undecodable: self.undecodable - earlier.undecodable,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "ringBuffer": { "exec": self.kernel.exec, "connect": self.kernel.connect, "wx": self.kernel.wx },
+            "readerQueueFull": self.reader_queue_full,
+            "undecodable": self.undecodable,
+            "total": self.total(),
+        })
+    }
+}
+
+/// `dev.vigil.loss.v1`: events that were lost, so that no loss is silent.
+pub fn loss(
+    node: &str,
+    delta: &LossReport,
+    totals: &LossReport,
+) -> Result<CloudEvent, CloudEventError> {
+    EventBuilderV10::new()
+        .id(uuid::Uuid::new_v4().to_string())
+        .source(source(node))
+        .ty(TYPE_LOSS)
+        .subject(format!("hosts/{node}"))
+        .time(chrono::Utc::now())
+        .extension("vigilverdict", "observed")
+        .extension("vigilaction", "none")
+        .extension("vigilseverity", "warning")
+        .data(
+            "application/json",
+            json!({ "node": node, "lost": delta.json(), "lostSinceStart": totals.json() }),
+        )
+        .build()
+        .map_err(|source| CloudEventError::Build {
+            ty: TYPE_LOSS,
+            source,
+        })
+}

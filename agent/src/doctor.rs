@@ -1,0 +1,242 @@
+//! `vigil doctor`: what this kernel offers the agent, and whether the agent can run here.
+use std::{fmt, path::Path};
+
+use aya::{
+    Btf as AyaBtf, Ebpf,
+    programs::{FEntry, Lsm, TracePoint},
+};
+
+use crate::{
+    ebpf::{Btf, TRACEPOINTS, offsets, tracefs},
+    metadata::cgroup,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Missing, but the agent runs without it (with less).
+    Missing,
+    /// The agent cannot run.
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.status {
+            Status::Ok => "ok  ",
+            Status::Missing => "no  ",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "{tag} {:<34} {}", self.name, self.detail)
+    }
+}
+
+fn check(name: impl Into<String>, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+fn ring_buffer_supported() -> Result<(), std::io::Error> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
+    let mut attr = [0u32; 32];
+    attr[0] = 27; // BPF_MAP_TYPE_RINGBUF
+    attr[3] = 4096;
+    // SAFETY: attr is a zeroed bpf_attr large enough for BPF_MAP_CREATE.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by the kernel.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Runs every check; the agent can run when none is `Fail`.
+pub fn run() -> Vec<Check> {
+    let mut checks = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    checks.push(if euid == 0 {
+        check("privileges", Status::Ok, "running as root")
+    } else {
+        check("privileges", Status::Fail, format!("running as uid {euid}; loading eBPF programs needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"))
+    });
+
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    checks.push(check("kernel", Status::Ok, kernel.trim()));
+
+    match Btf::from_file(Path::new(offsets::VMLINUX_BTF)) {
+        Ok(btf) => {
+            let (_, missing) = offsets::kernel_offsets(Some(&btf));
+            checks.push(if missing.is_empty() {
+                check("BTF", Status::Ok, format!("{}: every kernel structure member the probes read was found", offsets::VMLINUX_BTF))
+            } else {
+                check("BTF", Status::Missing, format!("members not found: {}", missing.join(", ")))
+            });
+        }
+        Err(err) => checks.push(check("BTF", Status::Missing, format!("{err}: memfd/deleted exec flags, parent pids, READ_IMPLIES_EXEC and UDP connects are not reported"))),
+    }
+
+    let tracefs_dir = match tracefs::ensure_tracefs() {
+        Ok(dir) => {
+            checks.push(check("tracefs", Status::Ok, dir.display().to_string()));
+            Some(dir)
+        }
+        Err(err) => {
+            checks.push(check("tracefs", Status::Fail, err.to_string()));
+            None
+        }
+    };
+    checks.push(match tracefs::ensure_bpffs() {
+        Ok(()) => check("bpffs", Status::Ok, tracefs::BPFFS),
+        Err(err) => check("bpffs", Status::Missing, err.to_string()),
+    });
+    if let Some(dir) = &tracefs_dir {
+        for (_, category, name) in TRACEPOINTS {
+            let path = dir.join("events").join(category).join(name);
+            checks.push(if path.join("id").exists() {
+                check(
+                    format!("tracepoint {category}/{name}"),
+                    Status::Ok,
+                    "present",
+                )
+            } else {
+                check(
+                    format!("tracepoint {category}/{name}"),
+                    Status::Fail,
+                    format!("{} is missing", path.display()),
+                )
+            });
+        }
+        checks.push(match offsets::tracepoint_offsets(dir) {
+            Ok(_) => check("tracepoint formats", Status::Ok, "fields at known widths"),
+            Err(err) => check("tracepoint formats", Status::Fail, err.to_string()),
+        });
+    }
+
+    checks.push(match ring_buffer_supported() {
+        Ok(()) => check("BPF ring buffer", Status::Ok, "map created"),
+        Err(err) => check(
+            "BPF ring buffer",
+            Status::Fail,
+            format!("creating a ring buffer map failed: {err}"),
+        ),
+    });
+
+    checks.push(match cgroup::detect_root() {
+        Ok(root) => check("cgroup v2 root", Status::Ok, root.display().to_string()),
+        Err(err) => check("cgroup v2 root", Status::Fail, err.to_string()),
+    });
+
+    program_checks(&mut checks);
+    checks
+}
+
+fn program_checks(checks: &mut Vec<Check>) {
+    let mut ebpf = match Ebpf::load(crate::ebpf::Probes::object()) {
+        Ok(ebpf) => ebpf,
+        Err(err) => {
+            checks.push(check(
+                "eBPF object",
+                Status::Fail,
+                format!("loading maps failed: {err}"),
+            ));
+            return;
+        }
+    };
+    for (program, _, _) in TRACEPOINTS {
+        let result = ebpf
+            .program_mut(program)
+            .ok_or_else(|| "missing from the object".to_string())
+            .and_then(|p| <&mut TracePoint>::try_from(p).map_err(|e| e.to_string()))
+            .and_then(|p| p.load().map_err(|e| e.to_string()));
+        checks.push(match result {
+            Ok(()) => check(
+                format!("program {program}"),
+                Status::Ok,
+                "accepted by the verifier",
+            ),
+            Err(err) => check(format!("program {program}"), Status::Fail, err),
+        });
+    }
+    let send_signal = ebpf
+        .program_mut("doctor_send_signal")
+        .ok_or_else(|| "missing from the object".to_string())
+        .and_then(|p| <&mut TracePoint>::try_from(p).map_err(|e| e.to_string()))
+        .and_then(|p| p.load().map_err(|e| e.to_string()));
+    checks.push(match send_signal {
+        Ok(()) => check(
+            "bpf_send_signal",
+            Status::Ok,
+            "available to tracepoint programs (in-kernel kill)",
+        ),
+        Err(err) => check(
+            "bpf_send_signal",
+            Status::Missing,
+            format!("{err}: Kill actions cannot be enforced in the kernel"),
+        ),
+    });
+
+    let btf = AyaBtf::from_sys_fs();
+    let lsm_active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    let lsm = match &btf {
+        Ok(btf) => ebpf
+            .program_mut("doctor_lsm")
+            .ok_or_else(|| "missing from the object".to_string())
+            .and_then(|p| <&mut Lsm>::try_from(p).map_err(|e| e.to_string()))
+            .and_then(|p| {
+                p.load("bprm_check_security", btf)
+                    .map_err(|e| format!("load: {e}"))?;
+                // Attached for a moment and detached on drop: it allows everything.
+                p.attach().map(drop).map_err(|e| format!("attach: {e}"))
+            }),
+        Err(err) => Err(format!("no kernel BTF: {err}")),
+    };
+    let bpf_listed = lsm_active.split(',').any(|l| l.trim() == "bpf");
+    checks.push(match lsm {
+        Ok(()) => check("BPF-LSM", Status::Ok, "lsm programs load and attach"),
+        Err(err) => check("BPF-LSM", Status::Missing, format!("{err} (bpf {} in /sys/kernel/security/lsm); enforcement uses tracepoints + bpf_send_signal", if bpf_listed { "is listed" } else { "is not listed" })),
+    });
+    let fentry = match &btf {
+        Ok(btf) => ebpf
+            .program_mut("doctor_fentry")
+            .ok_or_else(|| "missing from the object".to_string())
+            .and_then(|p| <&mut FEntry>::try_from(p).map_err(|e| e.to_string()))
+            .and_then(|p| {
+                p.load("security_bprm_check", btf)
+                    .map_err(|e| format!("load: {e}"))?;
+                p.attach().map(drop).map_err(|e| format!("attach: {e}"))
+            }),
+        Err(err) => Err(format!("no kernel BTF: {err}")),
+    };
+    checks.push(match fentry {
+        Ok(()) => check("fentry", Status::Ok, "fentry programs load and attach"),
+        Err(err) => check(
+            "fentry",
+            Status::Missing,
+            format!("{err}; tracepoints are used instead"),
+        ),
+    });
+}
+
+/// Whether the agent can run, given the checks.
+pub fn can_run(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.status != Status::Fail)
+}

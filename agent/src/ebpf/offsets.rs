@@ -1,0 +1,78 @@
+//! The kernel structure and tracepoint field offsets the probes need, found on this kernel.
+use std::path::Path;
+
+use agent_common::{KernelOffsets, OFFSET_UNKNOWN, SYSCALL_ARG0_OFFSET, TracepointOffsets};
+
+use super::{EbpfError, btf::Btf, tracefs::Format};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Offsets of kernel structure members from BTF. A kernel without BTF, or a member this
+/// kernel lacks, leaves [`OFFSET_UNKNOWN`]: the probes then report what they cannot read.
+pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut find = |name: &str, path: &str| -> u32 {
+        match btf.and_then(|b| b.offset_of(name, path)) {
+            Some(off) => off,
+            None => {
+                missing.push(format!("{name}.{path}"));
+                OFFSET_UNKNOWN
+            }
+        }
+    };
+    let offsets = KernelOffsets {
+        task_real_parent: find("task_struct", "real_parent"),
+        task_tgid: find("task_struct", "tgid"),
+        task_mm: find("task_struct", "mm"),
+        task_personality: find("task_struct", "personality"),
+        task_files: find("task_struct", "files"),
+        mm_exe_file: find("mm_struct", "exe_file"),
+        file_dentry: find("file", "f_path.dentry"),
+        file_inode: find("file", "f_inode"),
+        file_private_data: find("file", "private_data"),
+        dentry_name: find("dentry", "d_name.name"),
+        inode_nlink: find("inode", "__i_nlink"),
+        inode_mode: find("inode", "i_mode"),
+        files_fdt: find("files_struct", "fdt"),
+        fdtable_max_fds: find("fdtable", "max_fds"),
+        fdtable_fd: find("fdtable", "fd"),
+        socket_type: find("socket", "type"),
+        socket_sk: find("socket", "sk"),
+        sock_protocol: find("sock", "sk_protocol"),
+    };
+    (offsets, missing)
+}
+
+pub fn load_btf() -> Result<Btf, EbpfError> {
+    Btf::from_file(Path::new(VMLINUX_BTF))
+}
+
+/// Field offsets of the tracepoints whose records differ between kernels, and a check that
+/// syscall tracepoints have the layout the probes assume.
+pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, EbpfError> {
+    let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
+    let sock = Format::read(tracefs, "sock", "inet_sock_set_state")?;
+    let mmap = Format::read(tracefs, "syscalls", "sys_enter_mmap")?;
+    let addr = mmap.offset("addr", 8)?;
+    if addr as usize != SYSCALL_ARG0_OFFSET {
+        return Err(EbpfError::TracepointField {
+            tracepoint: mmap.tracepoint,
+            field: "addr".into(),
+            reason: format!("is at offset {addr}, the probes expect {SYSCALL_ARG0_OFFSET}"),
+        });
+    }
+    Ok(TracepointOffsets {
+        exec_filename: exec.offset("filename", 4)?,
+        exec_old_pid: exec.offset("old_pid", 4)?,
+        sock_newstate: sock.offset("newstate", 4)?,
+        sock_sport: sock.offset("sport", 2)?,
+        sock_dport: sock.offset("dport", 2)?,
+        sock_family: sock.offset("family", 2)?,
+        sock_protocol: sock.offset("protocol", 2)?,
+        sock_saddr: sock.offset("saddr", 4)?,
+        sock_daddr: sock.offset("daddr", 4)?,
+        sock_saddr_v6: sock.offset("saddr_v6", 16)?,
+        sock_daddr_v6: sock.offset("daddr_v6", 16)?,
+        _pad: 0,
+    })
+}

@@ -1,0 +1,382 @@
+//! Typed events decoded from the kernel's records.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use agent_common::{
+    ConnectEvent, EventHeader, ExecEvent, WxEvent, connect_hook, exec_flags, kind, wx_reason,
+    wx_syscall,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its header ({need} bytes)")]
+    Short { len: usize, need: usize },
+    #[error("record kind {kind} is {len} bytes, expected {need}")]
+    Size { kind: u32, len: usize, need: usize },
+    #[error("unknown record kind {0}")]
+    Kind(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    /// The path as the kernel recorded it for the exec (`bprm->filename`).
+    pub path: String,
+    /// The executable's file name on its file system (e.g. `memfd:payload`).
+    pub exe_name: String,
+    pub args: Vec<String>,
+    pub memfd: bool,
+    pub deleted: bool,
+    pub args_truncated: bool,
+    pub args_missing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Other(u16),
+}
+
+impl Protocol {
+    pub fn name(&self) -> String {
+        match self {
+            Self::Tcp => "tcp".into(),
+            Self::Udp => "udp".into(),
+            Self::Other(n) => format!("ip-{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    pub protocol: Protocol,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// Unknown (`None`) for datagram connects, which are seen at syscall entry, and the
+    /// source port also for TCP connects whose port is bound only after `SYN_SENT`.
+    pub saddr: Option<IpAddr>,
+    pub sport: Option<u16>,
+    /// True when seen in the TCP state machine (the kernel's own copy of the addresses).
+    pub from_kernel_state: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WxSyscall {
+    Mmap,
+    Mprotect,
+    PkeyMprotect,
+    Personality,
+}
+
+impl WxSyscall {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Mmap => "mmap",
+            Self::Mprotect => "mprotect",
+            Self::PkeyMprotect => "pkey_mprotect",
+            Self::Personality => "personality",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wx {
+    pub syscall: WxSyscall,
+    pub prot: u32,
+    pub flags: u32,
+    pub addr: u64,
+    pub len: u64,
+    pub fd: i32,
+    /// The process runs with `READ_IMPLIES_EXEC`.
+    pub read_implies_exec: bool,
+    pub write_exec: bool,
+    /// `pkey_mprotect`'s key or `personality`'s persona.
+    pub extra: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Exec(Exec),
+    Connect(Connect),
+    Wx(Wx),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub header: Header,
+    pub body: Body,
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() != need {
+        return Err(DecodeError::Size {
+            kind,
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: the length matches and T is a #[repr(C)] plain-old-data record from
+    // agent-common, valid for every bit pattern; the read tolerates any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn header(h: &EventHeader) -> Header {
+    Header {
+        boot_ns: h.boot_ns,
+        cgroup_id: h.cgroup_id,
+        pid: h.pid,
+        tid: h.tid,
+        ppid: h.ppid,
+        uid: h.uid,
+        gid: h.gid,
+        comm: c_string(&h.comm),
+    }
+}
+
+/// Arguments are NUL-separated in the first `len` bytes.
+fn split_args(buf: &[u8], len: u32, argc: u32) -> Vec<String> {
+    let used = &buf[..(len as usize).min(buf.len())];
+    used.split(|&b| b == 0)
+        .take(argc as usize)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+fn ip(family: u16, addr: &[u8; 16]) -> IpAddr {
+    if family == libc::AF_INET as u16 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        let v6 = Ipv6Addr::from(*addr);
+        // A v4-mapped peer of a dual-stack socket is an IPv4 destination.
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let need = size_of::<EventHeader>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    let record_kind = u32::from_ne_bytes(bytes[..4].try_into().expect("four bytes"));
+    match record_kind {
+        kind::EXEC => {
+            let e: ExecEvent = read(bytes, record_kind)?;
+            Ok(Event {
+                header: header(&e.header),
+                body: Body::Exec(Exec {
+                    path: c_string(&e.path),
+                    exe_name: c_string(&e.exe_name),
+                    args: split_args(&e.args, e.args_len, e.argc),
+                    memfd: e.flags & exec_flags::MEMFD != 0,
+                    deleted: e.flags & exec_flags::DELETED != 0,
+                    args_truncated: e.flags & exec_flags::ARGS_TRUNCATED != 0,
+                    args_missing: e.flags & exec_flags::ARGS_MISSING != 0,
+                }),
+            })
+        }
+        kind::CONNECT => {
+            let c: ConnectEvent = read(bytes, record_kind)?;
+            let from_kernel_state = c.hook == connect_hook::TCP_STATE;
+            Ok(Event {
+                header: header(&c.header),
+                body: Body::Connect(Connect {
+                    protocol: match c.protocol {
+                        6 => Protocol::Tcp,
+                        17 => Protocol::Udp,
+                        n => Protocol::Other(n),
+                    },
+                    daddr: ip(c.family, &c.daddr),
+                    dport: c.dport,
+                    saddr: from_kernel_state.then(|| ip(c.family, &c.saddr)),
+                    // At SYN_SENT the kernel may not have picked the source port yet.
+                    sport: (from_kernel_state && c.sport != 0).then_some(c.sport),
+                    from_kernel_state,
+                }),
+            })
+        }
+        kind::WX => {
+            let w: WxEvent = read(bytes, record_kind)?;
+            Ok(Event {
+                header: header(&w.header),
+                body: Body::Wx(Wx {
+                    syscall: match w.syscall {
+                        wx_syscall::MMAP => WxSyscall::Mmap,
+                        wx_syscall::MPROTECT => WxSyscall::Mprotect,
+                        wx_syscall::PKEY_MPROTECT => WxSyscall::PkeyMprotect,
+                        _ => WxSyscall::Personality,
+                    },
+                    prot: w.prot,
+                    flags: w.flags,
+                    addr: w.addr,
+                    len: w.len,
+                    fd: w.fd,
+                    read_implies_exec: w.reason & wx_reason::READ_IMPLIES_EXEC != 0,
+                    write_exec: w.reason & wx_reason::WRITE_EXEC != 0,
+                    extra: w.extra,
+                }),
+            })
+        }
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+/// `rwx`-style text for a protection mask.
+pub fn prot_text(prot: u32) -> String {
+    let flag = |bit: u32, c: char| if prot & bit != 0 { c } else { '-' };
+    [flag(1, 'r'), flag(2, 'w'), flag(4, 'x')].iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{ARGS_LEN, NAME_LEN, PATH_LEN};
+
+    use super::*;
+
+    fn as_bytes<T>(value: &T) -> Vec<u8> {
+        // SAFETY: test records are plain-old-data.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn head(kind: u32) -> EventHeader {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        EventHeader {
+            kind,
+            boot_ns: 7,
+            cgroup_id: 42,
+            pid: 100,
+            tid: 101,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            comm,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn record_sizes_match_the_kernel_side() {
+        assert_eq!(size_of::<EventHeader>(), 64);
+        assert_eq!(size_of::<ExecEvent>(), 1168);
+        assert_eq!(size_of::<ConnectEvent>(), 112);
+        assert_eq!(size_of::<WxEvent>(), 104);
+        assert_eq!(size_of::<agent_common::Config>(), 136);
+        assert_eq!(size_of::<agent_common::ExecArgs>(), 784);
+    }
+
+    #[test]
+    fn decodes_exec_with_args_and_flags() {
+        let mut e = ExecEvent {
+            header: head(kind::EXEC),
+            flags: exec_flags::MEMFD,
+            old_tid: 101,
+            argc: 3,
+            args_len: 0,
+            path: [0; PATH_LEN],
+            exe_name: [0; NAME_LEN],
+            args: [0; ARGS_LEN],
+        };
+        e.path[..9].copy_from_slice(b"/dev/fd/3");
+        e.exe_name[..11].copy_from_slice(b"memfd:x (1)");
+        let args = b"sh\0-c\0echo hi\0";
+        e.args[..args.len()].copy_from_slice(args);
+        e.args_len = args.len() as u32;
+        let ev = decode(&as_bytes(&e)).unwrap();
+        assert_eq!(ev.header.comm, "curl");
+        assert_eq!(ev.header.cgroup_id, 42);
+        let Body::Exec(x) = ev.body else {
+            panic!("not exec")
+        };
+        assert_eq!(x.path, "/dev/fd/3");
+        assert_eq!(x.args, vec!["sh", "-c", "echo hi"]);
+        assert!(x.memfd && !x.deleted && !x.args_missing);
+    }
+
+    #[test]
+    fn decodes_connect_v4_v6_and_mapped() {
+        let mut c = ConnectEvent {
+            header: head(kind::CONNECT),
+            family: 2,
+            protocol: 6,
+            sport: 5555,
+            dport: 443,
+            hook: connect_hook::TCP_STATE,
+            ..Default::default()
+        };
+        c.daddr[..4].copy_from_slice(&[127, 0, 0, 9]);
+        c.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let Body::Connect(x) = decode(&as_bytes(&c)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(x.daddr, "127.0.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (x.dport, x.sport, x.protocol),
+            (443, Some(5555), Protocol::Tcp)
+        );
+
+        c.family = 10;
+        c.daddr = "::ffff:127.0.0.2".parse::<Ipv6Addr>().unwrap().octets();
+        let Body::Connect(x) = decode(&as_bytes(&c)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(x.daddr, "127.0.0.2".parse::<IpAddr>().unwrap());
+
+        c.daddr = Ipv6Addr::LOCALHOST.octets();
+        c.protocol = 17;
+        c.hook = connect_hook::SYSCALL;
+        let Body::Connect(x) = decode(&as_bytes(&c)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(
+            (x.daddr, x.protocol, x.sport),
+            (IpAddr::V6(Ipv6Addr::LOCALHOST), Protocol::Udp, None)
+        );
+    }
+
+    #[test]
+    fn refuses_short_wrong_size_and_unknown_records() {
+        assert!(matches!(decode(&[0; 10]), Err(DecodeError::Short { .. })));
+        let w = WxEvent {
+            header: head(kind::WX),
+            ..Default::default()
+        };
+        let mut bytes = as_bytes(&w);
+        bytes.pop();
+        assert!(matches!(
+            decode(&bytes),
+            Err(DecodeError::Size { kind: 3, .. })
+        ));
+        let other = WxEvent {
+            header: head(99),
+            ..Default::default()
+        };
+        assert_eq!(decode(&as_bytes(&other)), Err(DecodeError::Kind(99)));
+    }
+
+    #[test]
+    fn prot_text_reads_like_proc_maps() {
+        assert_eq!(prot_text(7), "rwx");
+        assert_eq!(prot_text(3), "rw-");
+    }
+}

@@ -1,0 +1,169 @@
+//! The cgroup v2 hierarchy: where it is mounted, a path's id and depth (for the in-kernel
+//! filter), and an id's path (for events).
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    path::{Path, PathBuf},
+};
+
+use crate::ebpf::{CgroupFilter, tracefs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup v2 file system is mounted (looked in /proc/self/mountinfo); pass --cgroup-root"
+    )]
+    NoRoot,
+    #[error("cgroup {path}: {reason}")]
+    Path { path: PathBuf, reason: String },
+}
+
+/// The cgroup v2 mount: `/sys/fs/cgroup` on most nodes, `/sys/fs/cgroup/unified` on hybrid
+/// systemd hosts.
+pub fn detect_root() -> Result<PathBuf, CgroupError> {
+    let mounts = tracefs::mounts();
+    let mut roots: Vec<PathBuf> = mounts
+        .into_iter()
+        .filter(|(_, ty)| ty == "cgroup2")
+        .map(|(p, _)| p)
+        .collect();
+    // Prefer the conventional places when several are mounted.
+    roots.sort_by_key(|p| match p.to_str() {
+        Some("/sys/fs/cgroup") => 0,
+        Some("/sys/fs/cgroup/unified") => 1,
+        _ => 2,
+    });
+    roots.into_iter().next().ok_or(CgroupError::NoRoot)
+}
+
+/// Resolves `path` (relative to the cgroup v2 root, e.g. `/system.slice/foo.service`) to the
+/// filter the probes understand.
+pub fn filter_for(root: &Path, path: &str) -> Result<CgroupFilter, CgroupError> {
+    let relative = path.trim_start_matches('/');
+    let full = root.join(relative);
+    let err = |reason: String| CgroupError::Path {
+        path: PathBuf::from(path),
+        reason,
+    };
+    if relative.split('/').any(|c| c == "..") {
+        return Err(err("must not contain `..`".into()));
+    }
+    let meta = std::fs::metadata(&full).map_err(|e| err(format!("{}: {e}", full.display())))?;
+    if !meta.is_dir() || !full.join("cgroup.procs").exists() {
+        return Err(err(format!(
+            "{} is not a cgroup v2 directory",
+            full.display()
+        )));
+    }
+    let level = relative.split('/').filter(|c| !c.is_empty()).count() as u32;
+    Ok(CgroupFilter {
+        id: std::os::unix::fs::MetadataExt::ino(&meta),
+        level,
+    })
+}
+
+/// Maps cgroup ids to paths below the root, through the kernel's cgroup file handles.
+pub struct CgroupPaths {
+    root: PathBuf,
+    root_dir: Option<std::fs::File>,
+    cache: HashMap<u64, Option<String>>,
+}
+
+const FILEID_KERNFS: i32 = 0xfe;
+const CACHE_LIMIT: usize = 16_384;
+
+impl CgroupPaths {
+    pub fn new(root: PathBuf) -> Self {
+        let root_dir = std::fs::File::open(&root).ok();
+        Self {
+            root,
+            root_dir,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The path of cgroup `id` relative to the root (`/` for the root itself), or `None` when
+    /// the cgroup is gone or cannot be opened.
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(hit) = self.cache.get(&id) {
+            return hit.clone();
+        }
+        let found = self.lookup(id);
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+        // A miss is not cached: the cgroup may be created a moment later.
+        if found.is_some() {
+            self.cache.insert(id, found.clone());
+        }
+        found
+    }
+
+    fn lookup(&self, id: u64) -> Option<String> {
+        let dir = self.root_dir.as_ref()?;
+        // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[8]; }
+        let mut handle = [0u8; 16];
+        handle[..4].copy_from_slice(&8u32.to_ne_bytes());
+        handle[4..8].copy_from_slice(&FILEID_KERNFS.to_ne_bytes());
+        handle[8..].copy_from_slice(&id.to_ne_bytes());
+        // SAFETY: `handle` is a valid file_handle of 8 bytes; the result is an fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                dir.as_raw_fd(),
+                handle.as_mut_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+        // SAFETY: fd was returned to us above and is closed once.
+        unsafe { libc::close(fd as i32) };
+        let full = link.ok()?;
+        let rel = full.strip_prefix(&self.root).ok()?;
+        Some(format!("/{}", rel.display()))
+    }
+}
+
+/// Moves process `pid` into the cgroup at `dir` (a full path).
+pub fn move_process(dir: &Path, pid: u32) -> std::io::Result<()> {
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+}
+
+/// For tests and tools: a C string of a path.
+pub fn c_path(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_refuses_parent_components_and_missing_dirs() {
+        let root = Path::new("/nonexistent-cgroup-root");
+        let err = filter_for(root, "/a/../b").unwrap_err().to_string();
+        assert!(err.contains("/a/../b") && err.contains(".."), "{err}");
+        let err = filter_for(root, "/system.slice/x.service")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/system.slice/x.service"), "{err}");
+    }
+
+    #[test]
+    fn filter_for_a_directory_counts_its_depth() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        let f = filter_for(tmp.path(), "/a/b").unwrap();
+        assert_eq!(f.level, 2);
+        assert_eq!(
+            f.id,
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap())
+        );
+    }
+}

@@ -1,0 +1,2 @@
+//! Where events go. One file per sink.
+pub mod stdout;

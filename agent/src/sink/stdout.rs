@@ -1,0 +1,164 @@
+//! stdout: one CloudEvent of structured-mode JSON per line, or a readable line per event.
+use std::io::Write;
+
+use ::cloudevents::{AttributesReader, Data, Event as CloudEvent};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("stdout sink: writing: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("stdout sink: encoding event {id}: {source}")]
+    Encode {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
+pub struct StdoutSink<W: Write> {
+    out: W,
+    format: Format,
+}
+
+impl<W: Write> StdoutSink<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Self { out, format }
+    }
+
+    pub fn emit(&mut self, event: &CloudEvent) -> Result<(), SinkError> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, event).map_err(|source| {
+                    SinkError::Encode {
+                        id: event.id().to_string(),
+                        source,
+                    }
+                })?;
+                self.out.write_all(b"\n")?;
+            }
+            Format::Pretty => writeln!(self.out, "{}", pretty(event))?,
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(self.out.flush()?)
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |v, k| &v[*k])
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `05:31:02.123 exec    bash[1234] uid=0 /usr/bin/curl curl -s x  (parent sshd[1200], cgroup /user.slice)`
+pub fn pretty(event: &CloudEvent) -> String {
+    let data = match event.data() {
+        Some(Data::Json(v)) => v.clone(),
+        _ => Value::Null,
+    };
+    let time = event
+        .time()
+        .map(|t| t.format("%H:%M:%S%.3f").to_string())
+        .unwrap_or_default();
+    let ty = event
+        .ty()
+        .trim_start_matches("dev.vigil.")
+        .trim_end_matches(".v1");
+    let p = &data["process"];
+    let who = format!(
+        "{}[{}] uid={}",
+        text(&p["comm"]),
+        text(&p["pid"]),
+        text(&p["uid"])
+    );
+    let what = match ty {
+        "exec" => {
+            let e = &data["exec"];
+            let args: Vec<String> = e["args"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
+            let mut marks = Vec::new();
+            for (flag, mark) in [
+                ("memfd", "memfd"),
+                ("deleted", "deleted"),
+                ("argsTruncated", "args truncated"),
+            ] {
+                if e[flag] == Value::Bool(true) {
+                    marks.push(mark);
+                }
+            }
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", marks.join(", "))
+            };
+            format!("{} {}{}", text(&e["path"]), args.join(" "), marks)
+        }
+        "connect" => {
+            let c = &data["connect"];
+            let host = |addr: &Value, port: &Value| {
+                let a = text(addr);
+                if a.contains(':') {
+                    format!("[{a}]:{}", text(port))
+                } else {
+                    format!("{a}:{}", text(port))
+                }
+            };
+            format!(
+                "{} {} -> {}",
+                text(&c["protocol"]),
+                host(&c["saddr"], &c["sport"]),
+                host(&c["daddr"], &c["dport"])
+            )
+        }
+        "wx" => {
+            let w = &data["wx"];
+            let rie = if w["readImpliesExec"] == Value::Bool(true) {
+                " READ_IMPLIES_EXEC"
+            } else {
+                ""
+            };
+            format!(
+                "{} {} len={} addr={}{rie}",
+                text(&w["syscall"]),
+                text(&w["protText"]),
+                text(&w["len"]),
+                text(&w["addr"])
+            )
+        }
+        "loss" => format!("LOST {}", s(&data, &["lost", "total"])),
+        _ => String::new(),
+    };
+    let exe = text(&p["exe"]);
+    let parent = &data["parent"];
+    let context = format!(
+        "exe {exe}, parent {}[{}], cgroup {}",
+        text(&parent["comm"]),
+        text(&p["ppid"]),
+        text(s(&data, &["cgroup", "path"]))
+    );
+    if ty == "loss" {
+        format!("{time} {ty:<7} {what}")
+    } else {
+        format!("{time} {ty:<7} {who} {what}  ({context})")
+    }
+}

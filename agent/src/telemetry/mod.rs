@@ -1,0 +1,11 @@
+//! Logging: human-readable lines on stderr (stdout belongs to events).
+use tracing_subscriber::EnvFilter;
+
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
