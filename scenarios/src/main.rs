@@ -1,1 +1,88 @@
-fn main() {}
+//! `vigil-scenario`: the behaviours Vigil's kernel tests and benchmarks trigger, each in a
+//! process of its own so that a test can place it in a staged cgroup.
+//!
+//! Exit code 77 means the kernel lacks a feature the scenario needs (the test then says
+//! which and skips).
+mod bench;
+mod connect;
+mod exec;
+mod memory;
+
+use std::process::ExitCode;
+
+pub const UNSUPPORTED: u8 = 77;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: vigil-scenario <scenario> [args]\n\
+         exec:    memfd-exec | deleted-exec PATH\n\
+         connect: tcp-connect ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
+         \x20        race-connect ADDR_A ADDR_B COUNT\n\
+         memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
+         \x20        mmap-file-rx PATH | flood-mmap COUNT\n\
+         bench:   bench-exec N | bench-connect N | bench-mmap N"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((name, rest)) = args.split_first() else {
+        return usage();
+    };
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let result = match (name.as_str(), rest.as_slice()) {
+        ("memfd-exec", []) => exec::memfd_exec(),
+        ("deleted-exec", [path]) => exec::deleted_exec(path),
+        ("tcp-connect", [addr]) => connect::tcp(addr),
+        ("udp-connect", [addr]) => connect::udp(addr),
+        ("io-uring-connect", [addr]) => connect::io_uring(addr),
+        ("race-connect", [a, b, count]) => connect::race(a, b, count),
+        ("mmap-rwx", []) => memory::mmap_rwx(),
+        ("mprotect-rwx", []) => memory::mprotect_rwx(),
+        ("pkey-mprotect-rwx", []) => memory::pkey_mprotect_rwx(),
+        ("rie-mmap-rw", []) => memory::read_implies_exec_rw(),
+        ("mmap-file-rx", [path]) => memory::mmap_file_rx(path),
+        ("flood-mmap", [count]) => memory::flood(count),
+        ("bench-exec", [n]) => bench::exec(n),
+        ("bench-connect", [n]) => bench::connect(n),
+        ("bench-mmap", [n]) => bench::mmap(n),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Unsupported(why)) => {
+            eprintln!("unsupported: {why}");
+            ExitCode::from(UNSUPPORTED)
+        }
+        Err(Failure::Error(why)) => {
+            eprintln!("{name}: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    /// The kernel lacks something this scenario needs.
+    Unsupported(String),
+    Error(String),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Self::Error(e.to_string())
+    }
+}
+
+pub type Outcome = Result<(), Failure>;
+
+/// The last OS error, with what was being done.
+pub fn os_error(what: &str) -> Failure {
+    Failure::Error(format!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+pub fn parse_count(s: &str) -> Result<usize, Failure> {
+    s.parse()
+        .map_err(|_| Failure::Error(format!("not a count: {s}")))
+}

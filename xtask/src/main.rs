@@ -1,1 +1,82 @@
-fn main() {}
+//! Vigil's developer tasks: `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
+//!
+//! `setup` installs what the build needs, `build` and `run` build and start the agent, `test`
+//! is the full suite CI runs (`.ci/run`), and `bench` measures the agent's overhead.
+mod bench;
+mod build;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Vigil's developer tasks",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install and check what the build needs (eBPF toolchain, bpf-linker, test packages).
+    ///
+    /// Quick when everything is present. Installing (apt-get) needs root.
+    Setup,
+    /// Run `setup`, then build the agent and the scenario binary.
+    Build {
+        /// Build with the release profile (target/release/vigil).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run `setup`, build (debug), then start the agent as root.
+    ///
+    /// Without arguments runs `vigil trace --output pretty`; with arguments after `--`,
+    /// runs `vigil ARGS...` (e.g. `cargo xtask run -- doctor`).
+    Run {
+        /// Arguments for `target/debug/vigil` (default: `trace --output pretty`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The full suite, what CI runs: setup, fmt, clippy, build, then all tests (as root).
+    ///
+    /// Arguments after `--` go to the test binaries (after `cargo test ... --`), e.g.
+    /// `cargo xtask test -- exec_is_reported`.
+    Test {
+        /// Extra arguments for the test binaries.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Measure the agent's overhead on exec, connect and mmap workloads (as root).
+    ///
+    /// Default iterations per run: exec 2000, connect 20000, mmap 100000; each workload is
+    /// run 3 times without and 3 times with the agent, and the medians are compared.
+    /// Results also go to target/bench/results.json.
+    Bench(bench::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run().map(|_| ()),
+        Command::Build { release } => build::run(release).map(|_| ()),
+        Command::Run { args } => run::run(&args),
+        Command::Test { args } => test::run(&args),
+        Command::Bench(options) => bench::run(&options),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Staging for kernel tests: cgroups that stand in for pods, a running `vigil trace`, and
+//! scenario processes placed inside the staged cgroup. Everything is removed on drop.
+
+use std::{
+    ffi::CString,
+    io::{BufRead, BufReader},
+    os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the kernel tests can run. Outside CI a missing privilege skips with a reason;
+/// in CI (`CI=true`) it fails the run.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: kernel tests need root, and CI must run them");
+    }
+    eprintln!("skipped {test}: kernel tests need root");
+    false
+}
+
+/// Skips for a kernel feature this kernel lacks (allowed in CI too), with the reason.
+pub fn skip_for_kernel(test: &str, reason: &str) {
+    eprintln!("skipped {test}: this kernel lacks {reason}");
+}
+
+fn built_binary(env: &str, name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env) {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("target dir");
+    assert!(
+        candidate.exists(),
+        "{} not found; build it first (cargo xtask build) or set {env}",
+        candidate.display()
+    );
+    candidate
+}
+
+pub fn vigil_bin() -> PathBuf {
+    built_binary("VIGIL_BIN", "vigil")
+}
+
+pub fn scenario_bin() -> PathBuf {
+    built_binary("VIGIL_SCENARIO_BIN", "vigil-scenario")
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A cgroup v2 directory standing in for a pod; removed on drop.
+pub struct TestCgroup {
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    /// Path relative to the cgroup v2 root, as `--cgroup` takes it.
+    pub rel: String,
+    pub id: u64,
+    procs: CString,
+}
+
+impl TestCgroup {
+    pub fn new(label: &str) -> Self {
+        let root = vigil::metadata::cgroup::detect_root().expect("cgroup v2 root");
+        let rel = format!(
+            "/vigil-test-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = root.join(rel.trim_start_matches('/'));
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        let id = std::fs::metadata(&dir).expect("cgroup metadata").ino();
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
+        Self {
+            root,
+            dir,
+            rel,
+            id,
+            procs,
+        }
+    }
+
+    /// A cgroup below `parent`, removed before it.
+    pub fn nested(parent: &TestCgroup, name: &str) -> Self {
+        let rel = format!("{}/{name}", parent.rel);
+        let dir = parent.dir.join(name);
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        let id = std::fs::metadata(&dir).expect("cgroup metadata").ino();
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
+        Self {
+            root: parent.root.clone(),
+            dir,
+            rel,
+            id,
+            procs,
+        }
+    }
+
+    /// A command whose process joins this cgroup between fork and exec, so that everything
+    /// it does, its exec included, happens inside.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let procs = self.procs.clone();
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if rc != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs a scenario inside the cgroup and returns its output (and pid).
+    pub fn scenario(&self, args: &[&str]) -> (u32, Output) {
+        let child = self
+            .command(scenario_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning vigil-scenario");
+        let pid = child.id();
+        (
+            pid,
+            child
+                .wait_with_output()
+                .expect("waiting for vigil-scenario"),
+        )
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The processes we placed here have been waited for; the kernel may still be
+        // tearing them down, so retry for a moment.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.dir.display());
+    }
+}
+
+/// A running `vigil trace --output json`, its events collected as they arrive.
+pub struct Tracer {
+    child: Option<Child>,
+    events: Arc<Mutex<Vec<Value>>>,
+    stdout_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tracer {
+    /// Starts tracing `cgroup` (relative path, or None for the whole host) and waits until
+    /// the probes are attached.
+    pub fn start(cgroup: Option<&str>, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(vigil_bin());
+        cmd.args(["trace", "--output", "json"]).args(extra);
+        if let Some(cg) = cgroup {
+            cmd.args(["--cgroup", cg]);
+        }
+        let mut child = cmd
+            .env("VIGIL_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning vigil trace");
+        let stderr = child.stderr.take().expect("stderr");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[vigil] {line}");
+                if line.contains("vigil is tracing") {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = events.clone();
+        let stdout_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                sink.lock().expect("events").push(value);
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("vigil trace did not report that it is tracing within 60 s");
+        }
+        Self {
+            child: Some(child),
+            events,
+            stdout_thread: Some(stdout_thread),
+        }
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().expect("events").clone()
+    }
+
+    /// Waits for an event matching `pred`.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(ev) = self.events().into_iter().find(|e| pred(e)) {
+                return ev;
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self.events().iter().map(|e| compact(e)).collect();
+                panic!(
+                    "no event {what} within 10 s; saw {} events:\n{}",
+                    seen.len(),
+                    seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGINT, then waits for a clean exit; returns every event emitted.
+    pub fn stop(mut self) -> Vec<Value> {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling the child we started, by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vigil trace did not stop within 20 s of SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "vigil trace exited with {status} after SIGINT"
+        );
+        if let Some(t) = self.stdout_thread.take() {
+            t.join().expect("stdout reader");
+        }
+        self.events()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn compact(e: &Value) -> String {
+    let data = &e["data"];
+    format!(
+        "{} pid={} comm={} {}",
+        e["type"].as_str().unwrap_or("?"),
+        data["process"]["pid"],
+        data["process"]["comm"],
+        ["exec", "connect", "wx"]
+            .iter()
+            .filter_map(|k| data.get(*k))
+            .map(|v| v.to_string())
+            .collect::<String>()
+    )
+}
+
+pub fn pid_of(e: &Value) -> u64 {
+    e["data"]["process"]["pid"].as_u64().unwrap_or(0)
+}
+
+pub fn is(e: &Value, ty: &str, pid: u32) -> bool {
+    e["type"] == ty && pid_of(e) == u64::from(pid)
+}
+
+pub fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

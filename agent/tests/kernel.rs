@@ -1,0 +1,502 @@
+//! Kernel tests: the real probes, loaded into this kernel, watching staged cgroups.
+//! Root only; each test stages its own cgroup and removes it, even when it fails.
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::unix::process::CommandExt,
+    time::Duration,
+};
+
+use common::{
+    TestCgroup, Tracer, assert_ok, is, pid_of, root_or_skip, skip_for_kernel, stdout_lines,
+};
+use serde_json::Value;
+
+const EXEC: &str = "dev.vigil.exec.v1";
+const CONNECT: &str = "dev.vigil.connect.v1";
+const WX: &str = "dev.vigil.wx.v1";
+const UNSUPPORTED: i32 = 77;
+
+/// Fields every event must carry, whatever its type.
+fn assert_envelope(e: &Value, cgroup: &TestCgroup) {
+    assert_eq!(e["specversion"], "1.0");
+    assert!(e["id"].as_str().is_some_and(|id| !id.is_empty()));
+    let node = vigil::node_name();
+    assert_eq!(e["source"], format!("/vigil/nodes/{node}"));
+    assert_eq!(e["subject"], format!("hosts/{node}"));
+    assert_eq!(e["vigilverdict"], "observed");
+    assert_eq!(e["datacontenttype"], "application/json");
+    let time = chrono::DateTime::parse_from_rfc3339(e["time"].as_str().expect("time"))
+        .expect("RFC 3339 time");
+    let age = chrono::Utc::now().signed_duration_since(time).num_seconds();
+    assert!(
+        (0..60).contains(&age),
+        "event time {time} is {age} s from now"
+    );
+    let data = &e["data"];
+    assert_eq!(data["cgroup"]["id"], cgroup.id);
+    assert_eq!(data["cgroup"]["path"], cgroup.rel.as_str());
+    assert!(data["process"]["pid"].as_u64().is_some_and(|p| p > 0));
+    assert!(
+        data["process"]["comm"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+}
+
+#[test]
+fn exec_of_a_copied_binary_reports_path_args_pid_parent_and_cgroup() {
+    if !root_or_skip("exec") {
+        return;
+    }
+    let cg = TestCgroup::new("exec");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let copied = tmp.path().join("vigil-copied-true");
+    std::fs::copy("/bin/true", &copied).unwrap();
+    let child = cg
+        .command(&copied)
+        .args(["--first", "second arg"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    let e = tracer.wait_for("exec of the copied binary", |e| is(e, EXEC, pid));
+    assert_envelope(&e, &cg);
+    let data = &e["data"];
+    let path = copied.display().to_string();
+    assert_eq!(data["exec"]["path"], path.as_str());
+    assert_eq!(
+        data["exec"]["args"],
+        serde_json::json!([path, "--first", "second arg"])
+    );
+    assert_eq!(data["exec"]["memfd"], false);
+    assert_eq!(data["exec"]["deleted"], false);
+    assert_eq!(data["process"]["comm"], "vigil-copied-tr");
+    assert_eq!(data["process"]["ppid"], std::process::id());
+    assert_eq!(data["parent"]["pid"], std::process::id());
+    assert_eq!(data["process"]["uid"], 0);
+    drop(tmp);
+    tracer.stop();
+}
+
+#[test]
+fn memfd_and_deleted_binaries_are_flagged() {
+    if !root_or_skip("memfd") {
+        return;
+    }
+    let cg = TestCgroup::new("memfd");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let (pid, out) = cg.scenario(&["memfd-exec"]);
+    assert_ok(&out, "memfd-exec");
+    let e = tracer.wait_for("memfd exec", |e| {
+        is(e, EXEC, pid) && e["data"]["exec"]["args"][0] == "vigil-payload"
+    });
+    let exec = &e["data"]["exec"];
+    assert_eq!(exec["memfd"], true, "{e}");
+    assert_eq!(exec["deleted"], false, "{e}");
+    assert!(
+        exec["exeName"]
+            .as_str()
+            .unwrap()
+            .starts_with("memfd:vigil-payload"),
+        "{e}"
+    );
+    assert_eq!(
+        exec["args"],
+        serde_json::json!(["vigil-payload", "--scenario-arg"])
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let doomed = tmp.path().join("doomed");
+    std::fs::copy("/bin/true", &doomed).unwrap();
+    let (pid, out) = cg.scenario(&["deleted-exec", doomed.to_str().unwrap()]);
+    assert_ok(&out, "deleted-exec");
+    let e = tracer.wait_for("exec of a deleted binary", |e| {
+        is(e, EXEC, pid) && e["data"]["exec"]["args"][0] == "vigil-deleted"
+    });
+    assert_eq!(e["data"]["exec"]["deleted"], true, "{e}");
+    assert_eq!(e["data"]["exec"]["memfd"], false, "{e}");
+    tracer.stop();
+}
+
+fn assert_connect(e: &Value, protocol: &str, family: &str, dest: SocketAddr) {
+    let c = &e["data"]["connect"];
+    assert_eq!(c["protocol"], protocol, "{e}");
+    assert_eq!(c["family"], family, "{e}");
+    assert_eq!(c["daddr"], dest.ip().to_string(), "{e}");
+    assert_eq!(c["dport"], dest.port(), "{e}");
+}
+
+#[test]
+fn tcp_connects_over_ipv4_and_ipv6_report_the_true_destination() {
+    if !root_or_skip("tcp") {
+        return;
+    }
+    let cg = TestCgroup::new("tcp");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let v6 = TcpListener::bind("[::1]:0").unwrap();
+    for (listener, family) in [(&v4, "ipv4"), (&v6, "ipv6")] {
+        let dest = listener.local_addr().unwrap();
+        let (pid, out) = cg.scenario(&["tcp-connect", &dest.to_string()]);
+        assert_ok(&out, "tcp-connect");
+        let e = tracer.wait_for(&format!("tcp connect to {dest}"), |e| is(e, CONNECT, pid));
+        assert_envelope(&e, &cg);
+        assert_connect(&e, "tcp", family, dest);
+        assert_eq!(
+            e["data"]["connect"]["saddr"],
+            dest.ip().to_string(),
+            "loopback source: {e}"
+        );
+        assert_eq!(e["data"]["connect"]["hook"], "tcp_state");
+    }
+    tracer.stop();
+}
+
+#[test]
+fn udp_connects_are_reported() {
+    if !root_or_skip("udp") {
+        return;
+    }
+    let cg = TestCgroup::new("udp");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    // UDP connect sends nothing; the receivers only give the test addresses it owns.
+    let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let v6 = UdpSocket::bind("[::1]:0").unwrap();
+    for (socket, family) in [(&v4, "ipv4"), (&v6, "ipv6")] {
+        let dest = socket.local_addr().unwrap();
+        let (pid, out) = cg.scenario(&["udp-connect", &dest.to_string()]);
+        assert_ok(&out, "udp-connect");
+        let e = tracer.wait_for(&format!("udp connect to {dest}"), |e| is(e, CONNECT, pid));
+        assert_connect(&e, "udp", family, dest);
+        assert_eq!(e["data"]["connect"]["hook"], "syscall");
+    }
+    tracer.stop();
+}
+
+#[test]
+fn io_uring_connect_is_seen() {
+    if !root_or_skip("io_uring") {
+        return;
+    }
+    let cg = TestCgroup::new("uring");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dest = listener.local_addr().unwrap();
+    let (pid, out) = cg.scenario(&["io-uring-connect", &dest.to_string()]);
+    if out.status.code() == Some(UNSUPPORTED) {
+        skip_for_kernel(
+            "io_uring_connect_is_seen",
+            &String::from_utf8_lossy(&out.stderr),
+        );
+        return;
+    }
+    assert_ok(&out, "io-uring-connect");
+    let e = tracer.wait_for("io_uring connect", |e| {
+        e["type"] == CONNECT && e["data"]["process"]["pid"] == pid
+    });
+    assert_connect(&e, "tcp", "ipv4", dest);
+    tracer.stop();
+}
+
+#[test]
+fn a_racing_thread_rewriting_the_sockaddr_does_not_change_the_reported_destination() {
+    if !root_or_skip("race") {
+        return;
+    }
+    let cg = TestCgroup::new("race");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (pa, pb) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    // Accept everything, so that a full backlog never stalls a connect.
+    for listener in [a, b] {
+        std::thread::spawn(move || listener.incoming().for_each(drop));
+    }
+    let rounds = 200;
+    let (pid, out) = cg.scenario(&[
+        "race-connect",
+        &pa.to_string(),
+        &pb.to_string(),
+        &rounds.to_string(),
+    ]);
+    assert_ok(&out, "race-connect");
+    let peers: Vec<u16> = stdout_lines(&out)
+        .iter()
+        .map(|l| {
+            l.trim_start_matches("peer=")
+                .parse::<SocketAddr>()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    assert_eq!(peers.len(), rounds);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reported = loop {
+        let reported: Vec<u16> = tracer
+            .events()
+            .iter()
+            .filter(|e| is(e, CONNECT, pid))
+            .map(|e| e["data"]["connect"]["dport"].as_u64().unwrap() as u16)
+            .collect();
+        if reported.len() >= rounds || std::time::Instant::now() > deadline {
+            break reported;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The ring buffer keeps order, so the n-th event is the n-th connection.
+    assert_eq!(
+        reported, peers,
+        "reported destinations differ from where the connections went"
+    );
+    let to_b = peers.iter().filter(|p| **p == pb.port()).count();
+    eprintln!(
+        "race: {to_b} of {rounds} connections went to the rewritten address; all reported correctly"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn write_execute_mappings_are_reported_and_loader_mappings_are_not() {
+    if !root_or_skip("wx") {
+        return;
+    }
+    let cg = TestCgroup::new("wx");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    for (scenario, syscall, prot, rie) in [
+        ("mmap-rwx", "mmap", "rwx", false),
+        ("mprotect-rwx", "mprotect", "rwx", false),
+        ("pkey-mprotect-rwx", "pkey_mprotect", "rwx", false),
+        ("rie-mmap-rw", "mmap", "rw-", true),
+    ] {
+        let (pid, out) = cg.scenario(&[scenario]);
+        if out.status.code() == Some(UNSUPPORTED) {
+            skip_for_kernel(scenario, &String::from_utf8_lossy(&out.stderr));
+            continue;
+        }
+        assert_ok(&out, scenario);
+        let addr = stdout_lines(&out)[0]
+            .trim_start_matches("addr=")
+            .to_string();
+        let e = tracer.wait_for(scenario, |e| {
+            is(e, WX, pid) && e["data"]["wx"]["syscall"] == syscall
+        });
+        assert_envelope(&e, &cg);
+        let wx = &e["data"]["wx"];
+        assert_eq!(wx["protText"], prot, "{scenario}: {e}");
+        assert_eq!(wx["readImpliesExec"], rie, "{scenario}: {e}");
+        assert_eq!(wx["len"], 4096, "{scenario}: {e}");
+        if syscall != "mmap" {
+            assert_eq!(wx["addr"], addr, "{scenario}: {e}");
+        }
+    }
+    // The dynamic loader's file-backed r-x mappings (here done explicitly) are benign.
+    let (benign, out) = cg.scenario(&["mmap-file-rx", "/bin/true"]);
+    assert_ok(&out, "mmap-file-rx");
+    // Events keep their order: once a later marker is seen, any event of the benign
+    // process would have been seen too.
+    let (marker, out) = cg.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "marker");
+    tracer.wait_for("the marker mapping", |e| is(e, WX, marker));
+    let noise: Vec<Value> = tracer
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == WX && pid_of(e) == u64::from(benign))
+        .collect();
+    assert!(
+        noise.is_empty(),
+        "file-backed r-x mapping was reported: {noise:?}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn the_cgroup_filter_leaves_out_processes_outside_the_cgroup() {
+    if !root_or_skip("filter") {
+        return;
+    }
+    let cg = TestCgroup::new("filter");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    // Outside: a plain child of the test process, in the test's own cgroup.
+    let outside = std::process::Command::new(common::scenario_bin())
+        .arg("mmap-rwx")
+        .output()
+        .unwrap();
+    assert_ok(&outside, "outside mmap-rwx");
+    let sibling = TestCgroup::new("filter-sibling");
+    let (sibling_pid, out) = sibling.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "sibling mmap-rwx");
+    // Inside, after them: the marker.
+    let (inside, out) = cg.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "inside mmap-rwx");
+    tracer.wait_for("the inside mapping", |e| is(e, WX, inside));
+    let events = tracer.stop();
+    let foreign: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["data"]["cgroup"]["id"] != cg.id)
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "events from outside the cgroup: {foreign:?}"
+    );
+    assert!(!events.iter().any(|e| pid_of(e) == u64::from(sibling_pid)));
+}
+
+#[test]
+fn descendants_of_the_filtered_cgroup_are_traced() {
+    if !root_or_skip("descendants") {
+        return;
+    }
+    let cg = TestCgroup::new("parent");
+    let nested = TestCgroup::nested(&cg, "child");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let (pid, out) = nested.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "nested mmap-rwx");
+    let e = tracer.wait_for("a mapping in the child cgroup", |e| is(e, WX, pid));
+    assert_eq!(e["data"]["cgroup"]["path"], format!("{}/child", cg.rel));
+    tracer.stop();
+}
+
+#[test]
+fn loss_accounting_is_exact_with_a_tiny_ring_buffer() {
+    if !root_or_skip("loss") {
+        return;
+    }
+    use vigil::ebpf::{CgroupFilter, ProbeOptions, Probes};
+    let cg = TestCgroup::new("loss");
+    let mut probes = Probes::load(&ProbeOptions {
+        cgroup: Some(CgroupFilter {
+            id: cg.id,
+            level: cg.rel.trim_start_matches('/').split('/').count() as u32,
+        }),
+        ring_buffer_bytes: Some(4096),
+        exclude_pid: std::process::id(),
+    })
+    .expect("loading probes");
+    let mut ring = probes.take_ring_buffer().unwrap();
+    let losses = probes.take_loss_counters().unwrap();
+    let generated = 5000usize;
+    // Nobody reads while the flood runs, so the 4 KiB ring must overflow.
+    let (pid, out) = cg.scenario(&["flood-mmap", &generated.to_string()]);
+    assert_ok(&out, "flood-mmap");
+    let mut received = 0usize;
+    while let Some(item) = ring.next() {
+        let ev = vigil::event::decode(&item).expect("decodable record");
+        if ev.header.pid == pid && matches!(ev.body, vigil::event::Body::Wx(_)) {
+            received += 1;
+        }
+    }
+    let lost = losses.read().unwrap().wx as usize;
+    eprintln!("loss: generated {generated}, received {received}, counted lost {lost}");
+    assert!(lost > 0, "the flood did not overflow a 4 KiB ring buffer");
+    assert!(received > 0);
+    assert_eq!(received + lost, generated);
+}
+
+#[test]
+fn trace_streams_through_the_pipeline_without_losses_and_pretty_output_is_readable() {
+    if !root_or_skip("pretty") {
+        return;
+    }
+    let cg = TestCgroup::new("flow");
+    // JSON: a steady stream through the whole pipeline arrives complete.
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let (pid, out) = cg.scenario(&["flood-mmap", "2000"]);
+    assert_ok(&out, "flood-mmap");
+    let events = tracer.stop();
+    let got = events.iter().filter(|e| is(e, WX, pid)).count();
+    let lost: u64 = events
+        .iter()
+        .filter(|e| e["type"] == "dev.vigil.loss.v1")
+        .map(|e| e["data"]["lost"]["total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(got as u64 + lost, 2000, "received {got}, lost {lost}");
+    assert_eq!(lost, 0, "a 4 MiB ring and a live reader lost events");
+
+    // Pretty: one readable line per event.
+    let mut child = std::process::Command::new(common::vigil_bin())
+        .args(["trace", "--output", "pretty", "--cgroup", &cg.rel])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("vigil is tracing"))));
+    std::thread::spawn(move || lines.for_each(drop));
+    let (pid, out) = cg.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "mmap-rwx");
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling the child we started, by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "pretty trace exited with {}",
+        output.status
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("[{pid}]")) && l.contains(" wx "))
+        .unwrap_or_else(|| panic!("no pretty wx line for {pid}:\n{text}"));
+    assert!(line.contains("mmap rwx len=4096"), "{line}");
+    assert!(line.contains(&format!("cgroup {}", cg.rel)), "{line}");
+}
+
+#[test]
+fn doctor_reports_this_kernel_and_succeeds() {
+    if !root_or_skip("doctor") {
+        return;
+    }
+    let out = std::process::Command::new(common::vigil_bin())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "doctor failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in [
+        "BTF",
+        "BPF ring buffer",
+        "bpf_send_signal",
+        "BPF-LSM",
+        "fentry",
+        "cgroup v2 root",
+        "tracepoint sched/sched_process_exec",
+        "program sched_process_exec",
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(check)),
+            "doctor did not report {check}:\n{text}"
+        );
+    }
+    assert!(text.contains("vigil can run on this kernel"));
+}
+
+#[test]
+fn doctor_refuses_to_pass_without_privileges() {
+    if !root_or_skip("doctor-unprivileged") {
+        return;
+    }
+    let out = std::process::Command::new(common::vigil_bin())
+        .arg("doctor")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "doctor passed as nobody");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("privileges")),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("privileges"));
+}

@@ -1,0 +1,48 @@
+//! Executions of binaries that have no name on disk.
+use std::{ffi::CString, io::Write, os::fd::FromRawFd};
+
+use crate::{Failure, Outcome, os_error};
+
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`: only returns on failure.
+fn exec_fd(fd: i32, argv0: &str) -> Outcome {
+    let argv0 = CString::new(argv0).map_err(|e| Failure::Error(e.to_string()))?;
+    let arg1 = CString::new("--scenario-arg").map_err(|e| Failure::Error(e.to_string()))?;
+    let argv = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let empty = c"";
+    // SAFETY: all pointers are valid NUL-terminated strings / NULL-terminated arrays.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    Err(os_error("execveat"))
+}
+
+/// Copies /bin/true into a memfd and executes it from there.
+pub fn memfd_exec() -> Outcome {
+    let name = c"vigil-payload";
+    // SAFETY: name is a valid C string.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(os_error("memfd_create"));
+    }
+    let image = std::fs::read("/bin/true")?;
+    // SAFETY: fd is ours; ManuallyDrop keeps it open for the exec.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    file.write_all(&image)?;
+    exec_fd(fd, "vigil-payload")
+}
+
+/// Opens `path`, unlinks it, then executes the open file: a binary deleted from disk.
+pub fn deleted_exec(path: &str) -> Outcome {
+    let file = std::fs::File::open(path)?;
+    std::fs::remove_file(path)?;
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    exec_fd(fd, "vigil-deleted")
+}

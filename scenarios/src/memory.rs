@@ -1,0 +1,121 @@
+//! Mappings that are writable and executable at once, and one that is benign.
+use std::os::fd::AsRawFd;
+
+use crate::{Failure, Outcome, os_error, parse_count};
+
+const PAGE: usize = 4096;
+
+fn map(prot: i32, flags: i32, fd: i32) -> Result<*mut libc::c_void, Failure> {
+    // SAFETY: a fresh mapping chosen by the kernel.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), PAGE, prot, flags, fd, 0) };
+    if p == libc::MAP_FAILED {
+        Err(os_error("mmap"))
+    } else {
+        Ok(p)
+    }
+}
+
+fn anon(prot: i32) -> Result<*mut libc::c_void, Failure> {
+    map(prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
+}
+
+fn unmap(p: *mut libc::c_void) {
+    // SAFETY: p is a mapping of PAGE bytes made by this module.
+    unsafe { libc::munmap(p, PAGE) };
+}
+
+pub fn mmap_rwx() -> Outcome {
+    let p = anon(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)?;
+    println!("addr={p:p}");
+    unmap(p);
+    Ok(())
+}
+
+pub fn mprotect_rwx() -> Outcome {
+    let p = anon(libc::PROT_READ | libc::PROT_WRITE)?;
+    // SAFETY: p is our mapping.
+    if unsafe {
+        libc::mprotect(
+            p,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+        )
+    } != 0
+    {
+        return Err(os_error("mprotect"));
+    }
+    println!("addr={p:p}");
+    unmap(p);
+    Ok(())
+}
+
+/// pkey_mprotect with key -1 (no key) works with or without protection-key hardware.
+pub fn pkey_mprotect_rwx() -> Outcome {
+    let p = anon(libc::PROT_READ | libc::PROT_WRITE)?;
+    // SAFETY: p is our mapping.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pkey_mprotect,
+            p,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            -1,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOSYS) {
+            return Err(Failure::Unsupported(format!("pkey_mprotect: {err}")));
+        }
+        return Err(Failure::Error(format!("pkey_mprotect: {err}")));
+    }
+    println!("addr={p:p}");
+    unmap(p);
+    Ok(())
+}
+
+/// With READ_IMPLIES_EXEC, a plain read-write mapping is executable too.
+pub fn read_implies_exec_rw() -> Outcome {
+    const READ_IMPLIES_EXEC: libc::c_ulong = 0x0040_0000;
+    // SAFETY: querying and setting this process's own personality.
+    let current = unsafe { libc::personality(0xffff_ffff) };
+    if current < 0 || unsafe { libc::personality(current as libc::c_ulong | READ_IMPLIES_EXEC) } < 0
+    {
+        return Err(os_error("personality"));
+    }
+    let p = anon(libc::PROT_READ | libc::PROT_WRITE)?;
+    println!("addr={p:p}");
+    unmap(p);
+    Ok(())
+}
+
+/// What the dynamic loader does: a file mapped read + execute. Must not be reported.
+pub fn mmap_file_rx(path: &str) -> Outcome {
+    let file = std::fs::File::open(path)?;
+    let p = map(
+        libc::PROT_READ | libc::PROT_EXEC,
+        libc::MAP_PRIVATE,
+        file.as_raw_fd(),
+    )?;
+    println!("addr={p:p}");
+    unmap(p);
+    Ok(())
+}
+
+/// `count` RWX mappings as fast as possible, each unmapped at once.
+pub fn flood(count: &str) -> Outcome {
+    let count = parse_count(count)?;
+    for _ in 0..count {
+        let p = anon(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)?;
+        unmap(p);
+    }
+    println!("mapped={count}");
+    Ok(())
+}
+
+/// For the benchmark: one RWX map + unmap round trip.
+pub fn rwx_round_trip() -> Result<(), Failure> {
+    let p = anon(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)?;
+    unmap(p);
+    Ok(())
+}

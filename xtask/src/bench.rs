@@ -1,0 +1,412 @@
+//! `cargo xtask bench`: the agent's overhead on exec, connect and mmap workloads.
+//!
+//! Each workload (`vigil-scenario bench-<workload> <N>`, which prints `ns_per_op=<float>`) runs
+//! `--runs` times without the agent and `--runs` times while `vigil trace --output json` runs;
+//! the medians are compared. Results are printed and written to target/bench/results.json.
+use std::{
+    collections::VecDeque,
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    build, setup,
+    util::{self, describe, secs, step, workspace_root},
+};
+
+/// Workloads and their default iteration counts.
+const WORKLOADS: [(&str, u64); 3] = [("exec", 2000), ("connect", 20_000), ("mmap", 100_000)];
+const READY_LINE: &str = "vigil is tracing";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const STDERR_TAIL_LINES: usize = 40;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Multiply every workload's default iteration count (exec 2000, connect 20000,
+    /// mmap 100000) by FACTOR, e.g. `--scale 0.1` for a quick run.
+    #[arg(
+        long,
+        value_name = "FACTOR",
+        default_value_t = 1.0,
+        conflicts_with = "iterations"
+    )]
+    scale: f64,
+    /// Use exactly N iterations for every workload instead of the (scaled) defaults.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    iterations: Option<u64>,
+    /// Runs per workload with and without the agent; the median is reported.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+}
+
+impl Options {
+    fn iterations_for(&self, default: u64) -> Result<u64> {
+        if let Some(n) = self.iterations {
+            return Ok(n);
+        }
+        if !self.scale.is_finite() || self.scale <= 0.0 {
+            bail!("--scale must be a positive number, not {}", self.scale);
+        }
+        // Float to integer: the product is positive and far below u64::MAX.
+        Ok(((default as f64 * self.scale).round() as u64).max(1))
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    iterations: u64,
+    baseline: Vec<f64>,
+    with_agent: Vec<f64>,
+}
+
+impl Workload {
+    fn ratio(&self) -> f64 {
+        median(&self.with_agent) / median(&self.baseline)
+    }
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    util::require_root("bench")?;
+    let mut workloads = WORKLOADS
+        .into_iter()
+        .map(|(name, default)| {
+            Ok(Workload {
+                name,
+                iterations: options.iterations_for(default)?,
+                baseline: Vec::new(),
+                with_agent: Vec::new(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    setup::run()?;
+    let agent_binary = build::build(true)?;
+    let scenario = workspace_root().join("target/release/vigil-scenario");
+
+    step("measure without the agent", || {
+        for workload in &mut workloads {
+            workload.baseline = measure(&scenario, workload, options.runs, "baseline")?;
+        }
+        Ok(())
+    })?;
+
+    let mut agent = step("start the agent", || Agent::start(&agent_binary))?;
+    step("measure with the agent", || {
+        for workload in &mut workloads {
+            agent.check_running()?;
+            workload.with_agent = measure(&scenario, workload, options.runs, "with agent")?;
+        }
+        agent.check_running()
+    })?;
+    let peak_rss_kib = agent.peak_rss_kib()?;
+    let status = step("stop the agent", || agent.stop())?;
+
+    print_table(&workloads, peak_rss_kib);
+    let path = write_json(&workloads, options.runs, peak_rss_kib)?;
+    println!("bench: results written to {}", path.display());
+    if !status.success() {
+        println!("bench: warning: the agent exited with {status} after SIGINT");
+    }
+    Ok(())
+}
+
+fn measure(scenario: &Path, workload: &Workload, runs: u64, label: &str) -> Result<Vec<f64>> {
+    (1..=runs)
+        .map(|run| {
+            let ns = run_scenario(scenario, workload)?;
+            println!(
+                "bench: {} ({} iterations) {label} run {run}/{runs}: {ns:.1} ns/op",
+                workload.name, workload.iterations
+            );
+            Ok(ns)
+        })
+        .collect()
+}
+
+fn run_scenario(scenario: &Path, workload: &Workload) -> Result<f64> {
+    let mut cmd = Command::new(scenario);
+    cmd.arg(format!("bench-{}", workload.name))
+        .arg(workload.iterations.to_string())
+        .stdin(Stdio::null());
+    let line = describe(&cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}):\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let value = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ns_per_op="))
+        .with_context(|| format!("`{line}` printed no `ns_per_op=` line:\n{stdout}"))?;
+    match value.trim().parse::<f64>() {
+        Ok(ns) if ns.is_finite() && ns > 0.0 => Ok(ns),
+        _ => bail!("`{line}` printed `ns_per_op={value}`: not a positive number"),
+    }
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+/// The running agent. Dropping it (on an error) stops it too.
+struct Agent {
+    child: Option<Child>,
+    pid: u32,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Agent {
+    fn start(binary: &Path) -> Result<Self> {
+        let mut cmd = Command::new(binary);
+        cmd.args(["trace", "--output", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let line = describe(&cmd);
+        println!("bench: starting `{line}`");
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{line}`"))?;
+        let stderr = child.stderr.take().context("agent stderr is not piped")?;
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = mpsc::channel();
+        let tail = Arc::clone(&stderr_tail);
+        // Drains stderr for the agent's whole life so it never blocks on a full pipe; keeps
+        // the last lines for error messages, and hands lines over while we wait for readiness.
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                if let Ok(mut tail) = tail.lock() {
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.clone());
+                }
+                // Fails once readiness was seen and the receiver is gone: keep draining.
+                let _ = tx.send(line);
+            }
+        });
+        let pid = child.id();
+        let mut agent = Self {
+            child: Some(child),
+            pid,
+            stderr_tail,
+        };
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    println!("agent: {line}");
+                    if line.contains(READY_LINE) {
+                        return Ok(agent);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "the agent did not print `{READY_LINE}` within {}{}",
+                    secs(READY_TIMEOUT),
+                    agent.tail()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = agent.wait_for_exit(STOP_TIMEOUT)?;
+                    bail!(
+                        "the agent exited ({}) before tracing{}",
+                        status.map_or_else(|| "still running".to_owned(), |s| s.to_string()),
+                        agent.tail()
+                    )
+                }
+            }
+        }
+    }
+
+    fn tail(&self) -> String {
+        let lines = self
+            .stderr_tail
+            .lock()
+            .map(|tail| tail.iter().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; its last stderr lines:\n{}", lines.join("\n"))
+        }
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        let child = self
+            .child
+            .as_mut()
+            .context("the agent was already stopped")?;
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the agent exited ({status}) during the benchmark{}",
+                self.tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// The agent's peak resident set size (VmHWM) in KiB.
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .with_context(|| format!("no VmHWM in {path}"))
+    }
+
+    /// Sends SIGINT (the agent flushes and exits) and waits; SIGKILL if it hangs.
+    fn stop(&mut self) -> Result<ExitStatus> {
+        let pid = self.pid.to_string();
+        util::run_checked(Command::new("kill").args(["-INT", &pid]))?;
+        match self.wait_for_exit(STOP_TIMEOUT)? {
+            Some(status) => {
+                self.child = None;
+                Ok(status)
+            }
+            None => {
+                self.kill();
+                bail!(
+                    "the agent did not exit within {} of SIGINT; killed it{}",
+                    secs(STOP_TIMEOUT),
+                    self.tail()
+                )
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit; `None` if it is still running.
+    fn wait_for_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("the agent was already stopped");
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
+        if running {
+            eprintln!("bench: stopping the agent (pid {})", self.pid);
+            let _ = Command::new("kill")
+                .args(["-INT", &self.pid.to_string()])
+                .status();
+            if !matches!(self.wait_for_exit(Duration::from_secs(5)), Ok(Some(_))) {
+                self.kill();
+            }
+        }
+        self.child = None;
+    }
+}
+
+fn print_table(workloads: &[Workload], peak_rss_kib: u64) {
+    println!();
+    println!(
+        "{:<10} {:>12} {:>16} {:>18} {:>7}",
+        "workload", "iterations", "baseline ns/op", "with agent ns/op", "ratio"
+    );
+    for w in workloads {
+        println!(
+            "{:<10} {:>12} {:>16.1} {:>18.1} {:>7.2}",
+            w.name,
+            w.iterations,
+            median(&w.baseline),
+            median(&w.with_agent),
+            w.ratio()
+        );
+    }
+    println!(
+        "agent peak RSS (VmHWM): {peak_rss_kib} KiB ({:.1} MiB)",
+        peak_rss_kib as f64 / 1024.0
+    );
+    println!();
+}
+
+fn json_numbers(samples: &[f64]) -> String {
+    let numbers: Vec<String> = samples.iter().map(f64::to_string).collect();
+    format!("[{}]", numbers.join(", "))
+}
+
+fn write_json(workloads: &[Workload], runs: u64, peak_rss_kib: u64) -> Result<PathBuf> {
+    let mut json = String::from("{\n");
+    let _ = writeln!(json, "  \"runs\": {runs},");
+    let _ = writeln!(json, "  \"agent_peak_rss_kib\": {peak_rss_kib},");
+    json.push_str("  \"workloads\": [\n");
+    for (i, w) in workloads.iter().enumerate() {
+        let _ = writeln!(
+            json,
+            "    {{\"name\": \"{}\", \"iterations\": {}, \"baseline_ns_per_op\": {}, \
+             \"with_agent_ns_per_op\": {}, \"ratio\": {}, \"baseline_samples\": {}, \
+             \"with_agent_samples\": {}}}{}",
+            w.name,
+            w.iterations,
+            median(&w.baseline),
+            median(&w.with_agent),
+            w.ratio(),
+            json_numbers(&w.baseline),
+            json_numbers(&w.with_agent),
+            if i + 1 < workloads.len() { "," } else { "" }
+        );
+    }
+    json.push_str("  ]\n}\n");
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("results.json");
+    fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
