@@ -157,38 +157,35 @@ pub fn race(a: &str, b: &str, count: &str) -> Outcome {
     };
     let (wa, wb) = (words(&sa), words(&sb));
     let shared: Arc<[AtomicU32; 4]> = Arc::new(wa.map(AtomicU32::new));
+    let stop = Arc::new(AtomicBool::new(false));
+    // One flipper for all rounds, running on the other core while we connect.
+    let flipper = {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut flip = false;
+            while !stop.load(Ordering::Relaxed) {
+                // Word 0 holds the family and the port.
+                shared[0].store(if flip { wa[0] } else { wb[0] }, Ordering::Relaxed);
+                flip = !flip;
+            }
+        })
+    };
+    let mut result = Ok(());
     for _ in 0..count {
-        for (slot, w) in shared.iter().zip(wa) {
-            slot.store(w, Ordering::SeqCst);
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let flipper = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut flip = false;
-                while !stop.load(Ordering::Relaxed) {
-                    // Word 0 holds the family and the port.
-                    shared[0].store(if flip { wa[0] } else { wb[0] }, Ordering::Relaxed);
-                    flip = !flip;
-                }
-            })
-        };
         let fd = tcp_socket(libc::AF_INET)?;
         // SAFETY: the pointer covers 16 valid bytes for the duration of the call.
         let rc = unsafe { libc::connect(fd, shared.as_ptr() as *const libc::sockaddr, len) };
-        stop.store(true, Ordering::Relaxed);
-        flipper
-            .join()
-            .map_err(|_| Failure::Error("flipper thread panicked".into()))?;
         if rc != 0 {
-            return Err(os_error("connect"));
+            result = Err(os_error("connect"));
+            break;
         }
         println!("peer={}", peer_of(fd)?);
         // SAFETY: fd is ours.
         unsafe { libc::close(fd) };
     }
-    let _ = sb;
-    Ok(())
+    stop.store(true, Ordering::Relaxed);
+    flipper.join().map_err(|_| Failure::Error("flipper thread panicked".into()))?;
+    result
 }
 
 /// Closes a TCP socket with a reset, so that benchmark loops leave no TIME_WAIT behind.
