@@ -1,7 +1,7 @@
 //! exec: arguments at `sys_enter_execve(at)`, the executed path and the verdict-relevant
 //! facts about the binary at `sched_process_exec` (after the point of no return).
 use agent_common::{
-    ARG_READ_LEN, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExecEvent, MAX_ARGS, NAME_LEN,
+    ARG_READ_LEN, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExecArgs, ExecEvent, MAX_ARGS, NAME_LEN,
     SYSCALL_ARG0_OFFSET, exec_flags, kind,
 };
 use aya_ebpf::{
@@ -116,7 +116,9 @@ fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i6
         offset as u32
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    EXEC_ARGS.insert(&tid, &*args, 0).map_err(i64::from)
+    // By reference: the record is too large for the 512-byte BPF stack.
+    let args: &ExecArgs = args;
+    EXEC_ARGS.insert(tid, args, 0).map_err(i64::from)
 }
 
 fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
@@ -159,7 +161,7 @@ unsafe fn fill_exec(ctx: &TracePointContext, cfg: &Config, event: &mut ExecEvent
         unsafe { ctx.read_at::<i32>(tp.exec_old_pid as usize) }.map_or(0, |p| p as u32);
     event.old_tid = old_tid;
 
-    match EXEC_ARGS.get_ptr(&old_tid) {
+    match EXEC_ARGS.get_ptr(old_tid) {
         Some(args) => {
             // SAFETY: `args` points at a live map value of type ExecArgs.
             let args = unsafe { &*args };
@@ -173,7 +175,7 @@ unsafe fn fill_exec(ctx: &TracePointContext, cfg: &Config, event: &mut ExecEvent
                 event.flags |= exec_flags::ARGS_MISSING;
                 event.args_len = 0;
             }
-            let _ = EXEC_ARGS.remove(&old_tid);
+            let _ = EXEC_ARGS.remove(old_tid);
         }
         None => event.flags |= exec_flags::ARGS_MISSING,
     }

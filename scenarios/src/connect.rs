@@ -184,7 +184,9 @@ pub fn race(a: &str, b: &str, count: &str) -> Outcome {
         unsafe { libc::close(fd) };
     }
     stop.store(true, Ordering::Relaxed);
-    flipper.join().map_err(|_| Failure::Error("flipper thread panicked".into()))?;
+    flipper
+        .join()
+        .map_err(|_| Failure::Error("flipper thread panicked".into()))?;
     result
 }
 

@@ -237,7 +237,7 @@ impl Tracer {
                 return ev;
             }
             if Instant::now() > deadline {
-                let seen: Vec<String> = self.events().iter().map(|e| compact(e)).collect();
+                let seen: Vec<String> = self.events().iter().map(compact).collect();
                 panic!(
                     "no event {what} within 10 s; saw {} events:\n{}",
                     seen.len(),
