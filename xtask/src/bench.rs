@@ -183,6 +183,8 @@ impl Agent {
     fn start(binary: &Path) -> Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.args(["trace", "--output", "json"])
+            // The readiness line is logged at info level.
+            .env("VIGIL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -4,12 +4,7 @@
 //! `rust-src` when present, else Debian's `rustc-web` with `rust-web-src` (installed when
 //! neither is there). `agent/build.rs` makes the same choice. bpf-linker 0.13.0 is built
 //! against LLVM 22 when missing, and the tests need `iproute2` (`ip netns`).
-use std::{
-    env, fmt,
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{env, fmt, path::Path, process::Command, time::Instant};
 
 use anyhow::{Result, bail};
 
@@ -120,13 +115,12 @@ fn timed<T>(
 }
 
 /// Runs one installing step, printing its command line and then its duration.
-fn install_step(name: &str, body: impl FnOnce() -> Result<()>) -> Result<Duration> {
+fn install_step(name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
     println!("setup: {name} ...");
     let start = Instant::now();
     body()?;
-    let took = start.elapsed();
-    println!("setup: {name}: done ({})", secs(took));
-    Ok(took)
+    println!("setup: {name}: done ({})", secs(start.elapsed()));
+    Ok(())
 }
 
 fn rustup_nightly_has_rust_src() -> bool {
