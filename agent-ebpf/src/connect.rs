@@ -8,10 +8,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{
-    maps::EVENTS,
-    task::{config, count_loss, current_task, header, read_kernel, read_kernel_ptr, selected},
-};
+use crate::task::{config, current_task, emit, header, read_kernel, read_kernel_ptr, selected};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -32,16 +29,6 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     match try_datagram_connect(&ctx) {
         Ok(()) | Err(_) => 0,
-    }
-}
-
-fn emit(event: ConnectEvent) {
-    match EVENTS.reserve::<ConnectEvent>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(0);
-        }
-        None => count_loss(kind::CONNECT),
     }
 }
 
@@ -77,7 +64,7 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
             event.saddr = ctx.read_at(tp.sock_saddr_v6 as usize).map_err(i64::from)?;
             event.daddr = ctx.read_at(tp.sock_daddr_v6 as usize).map_err(i64::from)?;
         }
-        emit(event);
+        emit(kind::CONNECT, event);
     }
     Ok(())
 }
@@ -149,7 +136,7 @@ fn try_datagram_connect(ctx: &TracePointContext) -> Result<(), i64> {
             }
             _ => return Ok(()),
         }
-        emit(event);
+        emit(kind::CONNECT, event);
     }
     Ok(())
 }

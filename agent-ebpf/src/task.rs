@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
 };
 
-use crate::maps::{CONFIG, LOSSES};
+use crate::maps::{CONFIG, EVENTS, LOSSES};
 
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
@@ -80,5 +80,16 @@ pub fn count_loss(kind: u32) {
     if let Some(slot) = LOSSES.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, so no other program writes it concurrently.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Sends a fixed-size record to user space, or counts it as lost under `kind`.
+pub fn emit<T: 'static>(kind: u32, record: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(0);
+        }
+        None => count_loss(kind),
     }
 }

@@ -5,10 +5,7 @@ use agent_common::{
 };
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::{
-    maps::EVENTS,
-    task::{config, count_loss, current_task, header, read_kernel, selected},
-};
+use crate::task::{config, current_task, emit, header, read_kernel, selected};
 
 const PROT_READ: u32 = 1;
 const PROT_WRITE: u32 = 2;
@@ -53,16 +50,6 @@ fn read_implies_exec(cfg: &Config) -> bool {
         .is_some_and(|p| p & READ_IMPLIES_EXEC != 0)
 }
 
-fn emit(event: WxEvent) {
-    match EVENTS.reserve::<WxEvent>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(0);
-        }
-        None => count_loss(kind::WX),
-    }
-}
-
 fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     let prot = arg(ctx, 2)? as u32;
     if prot & PROT_WRITE == 0 {
@@ -83,17 +70,20 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
         wx_syscall::PKEY_MPROTECT => (0, -1, arg(ctx, 3)? as u32),
         _ => (0, -1, 0),
     };
-    emit(WxEvent {
-        header: header(kind::WX, cfg),
-        syscall,
-        prot,
-        flags,
-        reason,
-        addr: arg(ctx, 0)?,
-        len: arg(ctx, 1)?,
-        fd,
-        extra,
-    });
+    emit(
+        kind::WX,
+        WxEvent {
+            header: header(kind::WX, cfg),
+            syscall,
+            prot,
+            flags,
+            reason,
+            addr: arg(ctx, 0)?,
+            len: arg(ctx, 1)?,
+            fd,
+            extra,
+        },
+    );
     Ok(())
 }
 
@@ -106,13 +96,16 @@ fn try_personality(ctx: &TracePointContext) -> Result<(), i64> {
     if !selected(cfg) {
         return Ok(());
     }
-    emit(WxEvent {
-        header: header(kind::WX, cfg),
-        syscall: wx_syscall::PERSONALITY,
-        reason: wx_reason::READ_IMPLIES_EXEC,
-        fd: -1,
-        extra: persona,
-        ..WxEvent::default()
-    });
+    emit(
+        kind::WX,
+        WxEvent {
+            header: header(kind::WX, cfg),
+            syscall: wx_syscall::PERSONALITY,
+            reason: wx_reason::READ_IMPLIES_EXEC,
+            fd: -1,
+            extra: persona,
+            ..WxEvent::default()
+        },
+    );
     Ok(())
 }

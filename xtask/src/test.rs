@@ -39,7 +39,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     util::require_root("test")?;
     let start = Instant::now();
     let mut steps = Steps::default();
-    let result = run_steps(&mut steps, extra);
+    let mut counts = Counts::default();
+    let result = run_steps(&mut steps, extra, &mut counts);
     println!();
     let outcome = if result.is_ok() {
         "all steps passed"
@@ -51,10 +52,63 @@ pub fn run(extra: &[String]) -> Result<()> {
         let outcome = if *ok { "ok" } else { "FAILED" };
         println!("  {:>8}  {outcome:<6}  {name}", secs(*took));
     }
+    // The closing line: every test binary's totals added up.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
     result
 }
 
-fn run_steps(steps: &mut Steps, extra: &[String]) -> Result<()> {
+/// Totals over every `test result:` line cargo test printed.
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Counts {
+    /// Adds `test result: ok. 13 passed; 0 failed; 0 ignored; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs cargo test, echoing its output and counting its results.
+fn run_counted(cmd: &mut Command, counts: &mut Counts) -> Result<()> {
+    use std::io::BufRead;
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        counts.add_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        anyhow::bail!("{} failed: {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result<()> {
     steps.run("setup".to_owned(), || setup::run().map(|_| ()))?;
     steps.command(cargo_with(&["fmt", "--all", "--", "--check"]))?;
     steps.command(cargo_with(&[
@@ -73,11 +127,30 @@ fn run_steps(steps: &mut Steps, extra: &[String]) -> Result<()> {
         "--workspace",
         "--exclude",
         "agent-ebpf",
+        "--lib",
+        "--bins",
+        "--tests",
         "--",
         "--test-threads=1",
     ]);
     test.args(extra)
         .env("VIGIL_SCENARIO_BIN", debug.join("vigil-scenario"))
         .env("VIGIL_BIN", debug.join("vigil"));
-    steps.command(test)
+    steps.run(describe(&test), || run_counted(&mut test, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+
+    #[test]
+    fn adds_up_cargo_test_result_lines() {
+        let mut c = Counts::default();
+        c.add_line("test result: ok. 13 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 5.16s");
+        c.add_line(
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        c.add_line("running 4 tests");
+        assert_eq!((c.passed, c.failed, c.ignored), (16, 1, 2));
+    }
 }
