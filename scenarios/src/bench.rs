@@ -28,26 +28,20 @@ pub fn exec(n: &str) -> Outcome {
     Ok(())
 }
 
-/// TCP connect to a loopback listener (accepted and dropped by a thread).
+/// TCP connect to a loopback listener, accepted in the same thread before the next
+/// connect, so the accept backlog never overflows into SYN retransmits.
 pub fn connect(n: &str) -> Outcome {
     let n = parse_count(n)?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let acceptor = std::thread::spawn(move || {
-        for _ in 0..n {
-            if listener.accept().is_err() {
-                break;
-            }
-        }
-    });
     let start = Instant::now();
     for _ in 0..n {
-        close_with_reset(TcpStream::connect(addr)?);
+        let stream = TcpStream::connect(addr)?;
+        let (accepted, _) = listener.accept()?;
+        close_with_reset(stream);
+        drop(accepted);
     }
     report(n, start);
-    acceptor
-        .join()
-        .map_err(|_| Failure::Error("acceptor panicked".into()))?;
     Ok(())
 }
 
