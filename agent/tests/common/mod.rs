@@ -208,9 +208,30 @@ impl Tracer {
         let stdout = child.stdout.take().expect("stdout");
         let sink = events.clone();
         let stdout_thread = std::thread::spawn(move || {
+            // Every emitted event must match the documented schema.
+            static SCHEMA: std::sync::LazyLock<jsonschema::Validator> =
+                std::sync::LazyLock::new(|| {
+                    let schema: Value =
+                        serde_json::from_str(include_str!("../../../docs/event.schema.json"))
+                            .expect("docs/event.schema.json is JSON");
+                    jsonschema::draft202012::options()
+                        .should_validate_formats(true)
+                        .build(&schema)
+                        .unwrap_or_else(|e| panic!("docs/event.schema.json does not compile: {e}"))
+                });
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let value: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                let errors: Vec<String> = SCHEMA
+                    .iter_errors(&value)
+                    .map(|e| format!("{}: {e}", e.instance_path()))
+                    .collect();
+                if !errors.is_empty() {
+                    panic!(
+                        "event does not match docs/event.schema.json:\n{}\nevent: {line}",
+                        errors.join("\n")
+                    );
+                }
                 sink.lock().expect("events").push(value);
             }
         });

@@ -1,0 +1,360 @@
+//! `docs/event.schema.json` against the events the code builds: each type, built through the
+//! real `vigil::cloudevents` functions, validates, and drifted events are refused. No root.
+
+use std::net::IpAddr;
+
+use jsonschema::Validator;
+use serde_json::{Value, json};
+use vigil::{
+    cloudevents::{Context, LossReport, loss, observed},
+    ebpf::KernelLosses,
+    event::{Body, Connect, Event, Exec, Header, Protocol, Wx, WxSyscall},
+    metadata::process::{Lineage, ProcessInfo},
+};
+
+const SCHEMA: &str = include_str!("../../docs/event.schema.json");
+
+fn schema() -> Value {
+    serde_json::from_str(SCHEMA).expect("docs/event.schema.json is JSON")
+}
+
+fn validator() -> Validator {
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema())
+        .unwrap_or_else(|e| panic!("docs/event.schema.json does not compile: {e}"))
+}
+
+fn errors(event: &Value) -> Vec<String> {
+    validator()
+        .iter_errors(event)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+fn assert_valid(event: &Value) {
+    let errors = errors(event);
+    assert!(
+        errors.is_empty(),
+        "event does not match the schema:\n{}\n{event:#}",
+        errors.join("\n")
+    );
+}
+
+/// Refused, and for the expected reason: some error is at `path`.
+fn assert_invalid(event: &Value, path: &str) {
+    let errors = errors(event);
+    assert!(
+        errors.iter().any(|e| e.starts_with(path)),
+        "expected an error at {path:?}, got {errors:?} for\n{event:#}"
+    );
+}
+
+fn header(comm: &str) -> Header {
+    Header {
+        boot_ns: 5_000_000_000,
+        cgroup_id: 7123,
+        pid: 4242,
+        tid: 4242,
+        ppid: 4200,
+        uid: 1000,
+        gid: 1000,
+        comm: comm.into(),
+    }
+}
+
+fn lineage(exe: Option<&str>, args: &[&str], parent: bool) -> Lineage {
+    Lineage {
+        process: ProcessInfo {
+            comm: "curl".into(),
+            exe: exe.map(str::to_string),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        },
+        parent: parent.then(|| ProcessInfo {
+            comm: "bash".into(),
+            exe: Some("/usr/bin/bash".into()),
+            args: vec!["bash".into()],
+        }),
+    }
+}
+
+fn build(body: Body, lineage: &Lineage, cgroup_path: Option<&str>) -> Value {
+    let event = Event {
+        header: header("curl"),
+        body,
+    };
+    let ctx = Context {
+        node: "node-a",
+        cgroup_path: cgroup_path.map(str::to_string),
+    };
+    serde_json::to_value(observed(&event, lineage, &ctx).expect("building the event"))
+        .expect("serializing the event")
+}
+
+fn exec_event() -> Value {
+    let args = ["curl", "-s", "http://127.0.0.1/"];
+    build(
+        Body::Exec(Exec {
+            path: "/usr/bin/curl".into(),
+            exe_name: "curl".into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            memfd: false,
+            deleted: false,
+            args_truncated: false,
+            args_missing: false,
+        }),
+        &lineage(Some("/usr/bin/curl"), &args, true),
+        Some("/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope"),
+    )
+}
+
+fn connect(tcp_state: bool, daddr: &str) -> Value {
+    let daddr: IpAddr = daddr.parse().unwrap();
+    build(
+        Body::Connect(Connect {
+            protocol: if tcp_state {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            },
+            daddr,
+            dport: 443,
+            saddr: tcp_state.then(|| {
+                if daddr.is_ipv4() {
+                    "127.0.0.1".parse().unwrap()
+                } else {
+                    "::1".parse().unwrap()
+                }
+            }),
+            sport: tcp_state.then_some(40512),
+            from_kernel_state: tcp_state,
+        }),
+        &lineage(None, &[], false),
+        None,
+    )
+}
+
+fn wx(syscall: WxSyscall, extra: u32) -> Value {
+    let personality = syscall == WxSyscall::Personality;
+    build(
+        Body::Wx(Wx {
+            syscall,
+            prot: if personality { 0 } else { 7 },
+            flags: if syscall == WxSyscall::Mmap { 0x22 } else { 0 },
+            addr: if personality { 0 } else { 0x7f3a_1c00_0000 },
+            len: if personality { 0 } else { 4096 },
+            fd: -1,
+            read_implies_exec: personality,
+            write_exec: !personality,
+            extra,
+        }),
+        &lineage(Some("/usr/bin/node"), &["node", "app.js"], true),
+        Some("/system.slice/app.service"),
+    )
+}
+
+fn loss_event() -> Value {
+    let totals = LossReport {
+        kernel: KernelLosses {
+            exec: 0,
+            connect: 2,
+            wx: 310,
+        },
+        reader_queue_full: 5,
+        undecodable: 0,
+    };
+    let delta = totals.since(&LossReport {
+        kernel: KernelLosses {
+            exec: 0,
+            connect: 0,
+            wx: 100,
+        },
+        ..LossReport::default()
+    });
+    serde_json::to_value(loss("node-a", &delta, &totals).expect("building the loss event"))
+        .expect("serializing the loss event")
+}
+
+#[test]
+fn the_schema_is_a_valid_draft_2020_12_schema_and_compiles() {
+    let schema = schema();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    jsonschema::meta::validate(&schema)
+        .unwrap_or_else(|e| panic!("the schema violates its meta-schema: {e}"));
+    validator();
+}
+
+#[test]
+fn exec_events_match_the_schema() {
+    let e = exec_event();
+    assert_eq!(e["type"], "dev.vigil.exec.v1");
+    assert_valid(&e);
+
+    // An unknown executable, no parent, an unresolved cgroup: all nullable.
+    let mut bare = e.clone();
+    bare["data"]["process"]["exe"] = Value::Null;
+    bare["data"]["parent"] = Value::Null;
+    bare["data"]["cgroup"]["path"] = Value::Null;
+    assert_valid(&bare);
+}
+
+#[test]
+fn connect_events_match_the_schema() {
+    for (tcp_state, daddr) in [
+        (true, "127.0.0.9"),
+        (true, "::1"),
+        (false, "127.0.0.53"),
+        (false, "fd00::1"),
+    ] {
+        let e = connect(tcp_state, daddr);
+        assert_eq!(e["type"], "dev.vigil.connect.v1");
+        assert_valid(&e);
+    }
+    let e = connect(false, "127.0.0.53");
+    assert_eq!(e["data"]["connect"]["saddr"], Value::Null, "{e}");
+    assert_eq!(e["data"]["connect"]["sport"], Value::Null, "{e}");
+}
+
+#[test]
+fn wx_events_match_the_schema() {
+    for (syscall, extra) in [
+        (WxSyscall::Mmap, 0),
+        (WxSyscall::Mprotect, 0),
+        (WxSyscall::PkeyMprotect, u32::MAX), // key -1, the default key
+        (WxSyscall::Personality, 0x0040_0000),
+    ] {
+        let e = wx(syscall, extra);
+        assert_eq!(e["type"], "dev.vigil.wx.v1");
+        assert_valid(&e);
+    }
+}
+
+#[test]
+fn loss_events_match_the_schema() {
+    let e = loss_event();
+    assert_eq!(e["type"], "dev.vigil.loss.v1");
+    assert_eq!(e["data"]["lost"]["total"], 217, "{e}");
+    assert_valid(&e);
+}
+
+#[test]
+fn a_future_violation_with_aggregation_and_pod_metadata_is_accepted() {
+    let mut e = exec_event();
+    e["subject"] = json!("namespaces/shop/pods/web-7d9f-abcde");
+    e["vigilverdict"] = json!("violation");
+    e["vigilaction"] = json!("kill");
+    e["vigilseverity"] = json!("high");
+    e["vigilpolicy"] = json!("shop/web");
+    e["data"]["pod"] = json!({"namespace": "shop", "name": "web-7d9f-abcde"});
+    e["data"]["container"] = json!({"id": "abc", "name": "web", "image": "shop/web:1.2"});
+    e["data"]["policy"] = json!({"name": "web", "namespace": "shop", "rule": "exec"});
+    e["data"]["count"] = json!(3);
+    e["data"]["firstSeen"] = json!("2026-05-01T12:00:00.5Z");
+    assert_valid(&e);
+}
+
+#[test]
+fn drifted_events_are_refused() {
+    let mut e = exec_event();
+    e["data"]["exec"].as_object_mut().unwrap().remove("path");
+    assert_invalid(&e, "/data/exec");
+
+    let mut e = connect(true, "127.0.0.9");
+    e["data"]["connect"]["dport"] = json!("443");
+    assert_invalid(&e, "/data/connect/dport");
+
+    let mut e = connect(true, "127.0.0.9");
+    e["data"]["connect"]["dport"] = json!(70000);
+    assert_invalid(&e, "/data/connect/dport");
+
+    let mut e = wx(WxSyscall::Mmap, 0);
+    e["type"] = json!("dev.vigil.wx.v2");
+    assert_invalid(&e, "/type");
+
+    let mut e = loss_event();
+    e["source"] = json!("/nodes/node-a");
+    assert_invalid(&e, "/source");
+
+    let mut e = exec_event();
+    e["subject"] = json!("pods/web");
+    assert_invalid(&e, "/subject");
+
+    let mut e = exec_event();
+    e["time"] = json!("yesterday");
+    assert_invalid(&e, "/time");
+
+    let mut e = exec_event();
+    e["vigilseverity"] = json!("urgent");
+    assert_invalid(&e, "/vigilseverity");
+
+    // Observed behaviour is never acted upon.
+    let mut e = exec_event();
+    e["vigilaction"] = json!("kill");
+    assert_invalid(&e, "/vigilaction");
+
+    // A field Vigil does not document.
+    let mut e = exec_event();
+    e["data"]["exec"]["inode"] = json!(12);
+    assert_invalid(&e, "/data/exec");
+
+    // Another type's member.
+    let mut e = exec_event();
+    e["data"]["wx"] = wx(WxSyscall::Mmap, 0)["data"]["wx"].clone();
+    assert_invalid(&e, "/data");
+
+    // The exec member on a connect event.
+    let mut e = connect(true, "127.0.0.9");
+    e["type"] = json!("dev.vigil.exec.v1");
+    assert_invalid(&e, "/data");
+
+    let mut e = exec_event();
+    e["data"]["process"]["pid"] = json!(-1);
+    assert_invalid(&e, "/data/process/pid");
+
+    let mut e = connect(true, "127.0.0.9");
+    e["data"]["connect"]["daddr"] = json!("localhost");
+    assert_invalid(&e, "/data/connect/daddr");
+
+    // A syscall-time connect cannot know its source.
+    let mut e = connect(false, "127.0.0.53");
+    e["data"]["connect"]["sport"] = json!(5353);
+    assert_invalid(&e, "/data/connect/sport");
+
+    let mut e = wx(WxSyscall::Mprotect, 0);
+    e["data"]["wx"]["pkey"] = json!(1);
+    assert_invalid(&e, "/data/wx/pkey");
+
+    let mut e = loss_event();
+    e["data"]["lost"]["ringBuffer"]["wx"] = json!(-3);
+    assert_invalid(&e, "/data/lost/ringBuffer/wx");
+
+    let mut e = loss_event();
+    e["data"].as_object_mut().unwrap().remove("lostSinceStart");
+    assert_invalid(&e, "/data");
+
+    let mut e = exec_event();
+    e["specversion"] = json!("0.3");
+    assert_invalid(&e, "/specversion");
+}
+
+#[test]
+fn the_examples_in_the_documentation_match_the_schema() {
+    let doc = include_str!("../../docs/event-schema.md");
+    let examples: Vec<&str> = doc
+        .split("```json\n")
+        .skip(1)
+        .map(|block| block.split("```").next().expect("a closed code block"))
+        .collect();
+    assert_eq!(examples.len(), 5, "examples in docs/event-schema.md");
+    let mut types = std::collections::BTreeSet::new();
+    for example in examples {
+        let event: Value = serde_json::from_str(example)
+            .unwrap_or_else(|e| panic!("example is not JSON ({e}): {example}"));
+        assert_valid(&event);
+        types.insert(event["type"].as_str().expect("type").to_string());
+    }
+    assert_eq!(types.len(), 4, "every type has an example: {types:?}");
+}
