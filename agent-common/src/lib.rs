@@ -40,6 +40,167 @@ pub mod exec_flags {
     pub const ARGS_MISSING: u32 = 1 << 3;
     /// The executable's dentry could not be read (kernel offsets unknown).
     pub const EXE_UNKNOWN: u32 = 1 << 4;
+    /// The executed file is a script: `path` is the script, `exe_path` its interpreter.
+    pub const SCRIPT: u32 = 1 << 5;
+    /// The executable's real path did not fit (or was deeper than the walk goes).
+    pub const EXE_PATH_TRUNCATED: u32 = 1 << 6;
+    /// A policy applies but the kernel could not decide (path too long for its maps):
+    /// user space decides, and may only alert.
+    pub const UNDECIDED: u32 = 1 << 7;
+}
+
+/// Whether a record reports a violation.
+pub mod verdict {
+    pub const OBSERVED: u16 = 0;
+    pub const VIOLATION: u16 = 1;
+}
+
+/// The action taken on a violation; ordered, so the strongest is the largest.
+pub mod action {
+    pub const NONE: u16 = 0;
+    pub const ALERT: u16 = 1;
+    pub const KILL: u16 = 2;
+}
+
+/// Packs a policy set and a rule index into a header's `rule`.
+pub mod rule_id {
+    /// The behaviour is not on the set's allowlist (no single rule matched).
+    pub const NOT_ALLOWED: u32 = 0xffff;
+
+    pub const fn pack(set: u32, index: u32) -> u32 {
+        (set << 16) | (index & 0xffff)
+    }
+
+    pub const fn set(rule: u32) -> u32 {
+        rule >> 16
+    }
+
+    pub const fn index(rule: u32) -> u32 {
+        rule & 0xffff
+    }
+}
+
+/// What `CONFIG.mode` selects.
+pub mod mode {
+    /// `vigil trace`: every behaviour is reported, filtered only by cgroup.
+    pub const TRACE: u32 = 0;
+    /// `vigil run`: policies decide in the kernel; only violations are reported.
+    pub const ENFORCE: u32 = 1;
+}
+
+/// Bits of [`PolicySet::flags`].
+pub mod set_flags {
+    /// `exec.allow` is not empty: executables not on it are violations.
+    pub const EXEC_ALLOWLIST: u32 = 1 << 0;
+    /// `exec.deny` has `memfd: true`.
+    pub const EXEC_DENY_MEMFD: u32 = 1 << 1;
+    /// `connect.allow` is not empty or `allowServices` is set: other destinations are
+    /// violations.
+    pub const CONNECT_ALLOWLIST: u32 = 1 << 2;
+    pub const CONNECT_ALLOW_SERVICES: u32 = 1 << 3;
+    /// `memory.writeExecute: Deny`.
+    pub const WX_DENY: u32 = 1 << 4;
+}
+
+/// Policy sets: slot 0 means "no policy".
+pub const MAX_POLICY_SETS: u32 = 1024;
+/// Depth of the cgroup hierarchy searched for a policy binding.
+pub const MAX_CGROUP_LEVELS: u32 = 16;
+
+/// What one policy set (the union of the policies selecting a cgroup) decides in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    /// Bits of [`set_flags`].
+    pub flags: u32,
+    /// [`action`] per behaviour (the strongest of the policies in the set; Audit caps at Alert).
+    pub exec_action: u32,
+    pub connect_action: u32,
+    pub wx_action: u32,
+    /// Rule index reported for a denied memfd exec and for a W^X violation.
+    pub memfd_rule: u32,
+    pub wx_rule: u32,
+}
+
+/// Bytes of a path inside an LPM key (after the 4-byte set id); a path of this length or
+/// longer is decided in user space.
+pub const KEY_PATH_LEN: usize = 252;
+
+/// Data of an `EXEC_PATHS` LPM key: the set id (big-endian, so it is the leading prefix),
+/// then the path. An exact path is stored with its terminating NUL, a directory prefix
+/// without.
+pub type PathKeyData = [u8; 4 + KEY_PATH_LEN];
+
+pub mod path_verdict {
+    pub const NONE: u16 = 0;
+    pub const ALLOW: u16 = 1;
+    pub const DENY: u16 = 2;
+}
+
+/// Value of an `EXEC_PATHS` entry. User space folds covering prefixes into each entry
+/// (deny wins), so the longest match alone decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathRule {
+    /// One of [`path_verdict`].
+    pub exec: u16,
+    /// Rule index of the deciding rule.
+    pub exec_rule: u16,
+    /// Non-zero: an executable whose W^X mappings the set allows (`allowExecutables`).
+    pub wx_exempt: u16,
+    pub _pad: u16,
+}
+
+/// Data of a `CONNECT_ALLOW`/`CONNECT_DENY` LPM key: set id (big-endian), then the IPv6
+/// address (IPv4 as `::ffff:a.b.c.d`).
+pub type AddrKeyData = [u8; 20];
+
+/// Port ranges kept per CIDR entry; more are decided in user space.
+pub const MAX_PORT_RANGES: usize = 16;
+
+pub mod proto_mask {
+    pub const TCP: u16 = 1 << 0;
+    pub const UDP: u16 = 1 << 1;
+    pub const ANY: u16 = TCP | UDP;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+    /// Bits of [`proto_mask`].
+    pub protocols: u16,
+    pub rule: u16,
+}
+
+/// Value of a connect LPM entry: the port ranges of this CIDR and of every CIDR covering it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRules {
+    pub count: u32,
+    pub _pad: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+
+/// Key of the node-wide `SERVICES` map (Service and endpoint addresses).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// IPv6, IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// IP protocol number.
+    pub protocol: u16,
+}
+
+/// The real path of a process's executable, recorded at exec (and seeded from /proc).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExePath {
+    pub len: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_LEN],
 }
 
 /// Where a connect record was observed.
@@ -77,7 +238,10 @@ pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
     pub kind: u32,
-    pub _pad0: u32,
+    /// One of [`verdict`].
+    pub verdict: u16,
+    /// One of [`action`]: what the kernel did (or will have the sink do).
+    pub action: u16,
     /// `bpf_ktime_get_boot_ns()` at the event.
     pub boot_ns: u64,
     pub cgroup_id: u64,
@@ -89,7 +253,8 @@ pub struct EventHeader {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub _pad1: u32,
+    /// `(policy set << 16) | rule index` of a violation, else 0; see [`rule_id`].
+    pub rule: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -103,7 +268,11 @@ pub struct ExecEvent {
     pub argc: u32,
     /// Bytes used in `args`: NUL-separated arguments.
     pub args_len: u32,
+    /// The path as passed to execve (`bprm->filename`).
     pub path: [u8; PATH_LEN],
+    /// The executable's real path, walked from its dentry to the mount namespace's root
+    /// (symlinks resolved; for scripts, the interpreter).
+    pub exe_path: [u8; PATH_LEN],
     pub exe_name: [u8; NAME_LEN],
     pub args: [u8; ARGS_LEN],
 }
@@ -181,6 +350,16 @@ pub struct KernelOffsets {
     pub socket_type: u32,
     pub socket_sk: u32,
     pub sock_protocol: u32,
+    pub file_vfsmount: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub dentry_parent: u32,
+    pub bprm_file: u32,
+    pub bprm_filename: u32,
+    pub bprm_interp: u32,
+    pub task_pid: u32,
 }
 
 /// Field offsets of the tracepoints whose layout differs between kernels, read from
@@ -212,6 +391,9 @@ pub struct Config {
     pub filter_cgroup_level: u32,
     /// The agent's own process id: its events are never emitted (no feedback loops).
     pub agent_pid: u32,
+    /// One of [`mode`].
+    pub mode: u32,
+    pub _pad: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
 }
@@ -223,17 +405,25 @@ pub const SYSCALL_ARG0_OFFSET: usize = 16;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 64);
 const _: () =
-    assert!(core::mem::size_of::<ExecEvent>() == 64 + 16 + PATH_LEN + NAME_LEN + ARGS_LEN);
+    assert!(core::mem::size_of::<ExecEvent>() == 64 + 16 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 64 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 64 + 16 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 18 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 12 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 16 + 72 + 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 112 + 48);
+const _: () = assert!(core::mem::size_of::<PolicySet>() == 24);
+const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
+const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ExePath>() == 8 + PATH_LEN);
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Config, ConnectEvent, EventHeader, ExecEvent, WxEvent};
+    use super::{
+        Config, ConnectEvent, EventHeader, ExePath, ExecEvent, PathRule, PolicySet, PortRules,
+        ServiceKey, WxEvent,
+    };
 
     // SAFETY: all are #[repr(C)] of integers and byte arrays, with explicit padding fields,
     // so every bit pattern is valid and no byte is uninitialised.
@@ -242,4 +432,9 @@ mod pod {
     unsafe impl aya::Pod for ExecEvent {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for WxEvent {}
+    unsafe impl aya::Pod for PolicySet {}
+    unsafe impl aya::Pod for PathRule {}
+    unsafe impl aya::Pod for PortRules {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ExePath {}
 }

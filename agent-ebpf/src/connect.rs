@@ -1,14 +1,17 @@
 //! connect: TCP from `sock/inet_sock_set_state` (the kernel's own addresses, whatever path
 //! started the connection: connect(2), io_uring, TCP Fast Open), datagram sockets from
 //! `sys_enter_connect`.
-use agent_common::{ConnectEvent, SYSCALL_ARG0_OFFSET, connect_hook, kind};
+use agent_common::{Config, ConnectEvent, SYSCALL_ARG0_OFFSET, connect_hook, kind, mode, verdict};
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
 
-use crate::task::{config, current_task, emit, header, read_kernel, read_kernel_ptr, selected};
+use crate::{
+    policy::{current_set, decide_connect, enforce, mapped_v6, policy_set},
+    task::{config, current_task, emit, header, read_kernel, read_kernel_ptr, traced},
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -42,7 +45,7 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
             return Ok(());
         }
         let protocol: u16 = ctx.read_at(tp.sock_protocol as usize).map_err(i64::from)?;
-        if protocol != IPPROTO_TCP || !selected(cfg) {
+        if protocol != IPPROTO_TCP || !traced(cfg) {
             return Ok(());
         }
         let family: u16 = ctx.read_at(tp.sock_family as usize).map_err(i64::from)?;
@@ -64,9 +67,26 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
             event.saddr = ctx.read_at(tp.sock_saddr_v6 as usize).map_err(i64::from)?;
             event.daddr = ctx.read_at(tp.sock_daddr_v6 as usize).map_err(i64::from)?;
         }
-        emit(kind::CONNECT, event);
+        decide_and_emit(cfg, event);
     }
     Ok(())
+}
+
+/// In enforce mode: decide against the policy set, kill if so, and report violations only.
+fn decide_and_emit(cfg: &Config, mut event: ConnectEvent) {
+    if cfg.mode == mode::ENFORCE {
+        let set = current_set();
+        let Some(ps) = policy_set(set) else { return };
+        let addr = mapped_v6(event.family == AF_INET, &event.daddr);
+        let Some(v) = decide_connect(set, ps, &addr, event.dport, event.protocol) else {
+            return;
+        };
+        enforce(v);
+        event.header.verdict = verdict::VIOLATION;
+        event.header.action = v.action;
+        event.header.rule = v.rule;
+    }
+    emit(kind::CONNECT, event);
 }
 
 /// The IP protocol of a datagram socket behind `fd` of the current task; `None` for stream
@@ -98,7 +118,7 @@ fn datagram_protocol(fd: u32) -> Option<u16> {
 
 fn try_datagram_connect(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
-    if !selected(cfg) {
+    if !traced(cfg) {
         return Ok(());
     }
     // SAFETY: syscall tracepoint records hold 8-byte argument slots from SYSCALL_ARG0_OFFSET.

@@ -1,23 +1,24 @@
 //! exec: arguments at `sys_enter_execve(at)`, the executed path and the verdict-relevant
 //! facts about the binary at `sched_process_exec` (after the point of no return).
 use agent_common::{
-    ARG_READ_LEN, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExecArgs, ExecEvent, MAX_ARGS, NAME_LEN,
-    SYSCALL_ARG0_OFFSET, exec_flags, kind,
+    ARG_READ_LEN, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExePath, ExecArgs, ExecEvent, MAX_ARGS,
+    NAME_LEN, PATH_LEN, PathRule, SYSCALL_ARG0_OFFSET, exec_flags, kind, mode, verdict,
 };
 use aya_ebpf::{
-    EbpfContext,
     cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
         bpf_probe_read_user, generated::bpf_probe_read_user_str,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 
 use crate::{
-    maps::{EVENTS, EXEC_ARGS, EXEC_SCRATCH},
-    task::{config, count_loss, current_task, header, read_kernel, read_kernel_ptr, selected},
+    maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
+    path::{Built, PathScratch, exact_key, real_path},
+    policy::{current_set, decide_exec, enforce, policy_set},
+    task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
 };
 
 const MEMFD_PREFIX: &[u8; 6] = b"memfd:";
@@ -48,8 +49,10 @@ pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     }
 }
 
-#[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: its arguments include `bprm`, which tells a script from its
+/// interpreter and gives the executed file itself.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     match try_exec(&ctx) {
         Ok(()) | Err(_) => 0,
     }
@@ -121,11 +124,81 @@ fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i6
     EXEC_ARGS.insert(tid, args, 0).map_err(i64::from)
 }
 
-fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
+/// What the exec's own facts are, gathered before anything is decided or emitted.
+struct ExecFacts {
+    flags: u32,
+    old_tid: u32,
+    path: Option<Built>,
+    script: bool,
+    memfd: bool,
+}
+
+fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
-    if !selected(cfg) {
+    let enforcing = cfg.mode == mode::ENFORCE;
+    if !enforcing && !selected(cfg) {
         return Ok(());
     }
+    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = unsafe { &mut *scratch };
+    let mut exe_name = [0u8; NAME_LEN];
+    let facts = gather(ctx, cfg, scratch, &mut exe_name);
+
+    let mut verdict_of = None;
+    if enforcing {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if let Some(built) = facts.path {
+            remember_exe(scratch, tgid, built);
+        }
+        let set = current_set();
+        let Some(ps) = policy_set(set) else {
+            return Ok(());
+        };
+        // Plain values, not Options: LLVM may leave an Option's empty payload undefined,
+        // which the verifier refuses to copy.
+        let mut undecided = facts.path.is_none();
+        let mut exe_rule = PathRule::default();
+        match facts.path {
+            Some(built)
+                if exact_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len) =>
+            {
+                if let Some(rule) = EXEC_PATHS.get(&scratch.key) {
+                    exe_rule = *rule;
+                }
+            }
+            _ => undecided = true,
+        }
+        let mut script_rule = PathRule::default();
+        let mut script_checked = false;
+        if facts.script {
+            let len = c_len(&scratch.filename);
+            if scratch.filename[0] == b'/'
+                && exact_key(&mut scratch.key, set, scratch.filename.as_ptr(), len)
+            {
+                script_checked = true;
+                if let Some(rule) = EXEC_PATHS.get(&scratch.key) {
+                    script_rule = *rule;
+                }
+            } else {
+                undecided = true;
+            }
+        }
+        let violation = decide_exec(
+            set,
+            ps,
+            facts.memfd,
+            &exe_rule,
+            script_checked.then_some(&script_rule),
+        );
+        if let Some(v) = violation {
+            enforce(v);
+        } else if !undecided {
+            return Ok(());
+        }
+        verdict_of = Some((violation, undecided));
+    }
+
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_loss(kind::EXEC);
         return Ok(());
@@ -133,34 +206,105 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved ring-buffer slot of the right size that only this
     // program writes until it is submitted.
-    unsafe { fill_exec(ctx, cfg, &mut *event) };
+    let event = unsafe { &mut *event };
+    event.header = header(kind::EXEC, cfg);
+    event.flags = facts.flags;
+    event.old_tid = facts.old_tid;
+    event.exe_name = exe_name;
+    if let Some((violation, undecided)) = verdict_of {
+        if let Some(v) = violation {
+            event.header.verdict = verdict::VIOLATION;
+            event.header.action = v.action;
+            event.header.rule = v.rule;
+        }
+        if undecided {
+            event.flags |= exec_flags::UNDECIDED;
+        }
+    }
+    // SAFETY: both source buffers are at least PATH_LEN bytes long.
+    unsafe {
+        let _ = bpf_probe_read_kernel_buf(scratch.filename.as_ptr(), &mut event.path);
+        match facts.path {
+            Some(built) => {
+                let _ = bpf_probe_read_kernel_buf(built.ptr(&scratch.path), &mut event.exe_path);
+            }
+            None => event.exe_path[0] = 0,
+        }
+    }
+    fill_args(event);
     entry.submit(0);
     Ok(())
 }
 
-/// Fills every field of the record; a fact that cannot be read is flagged, never fatal, so
-/// that the exec is always reported.
-unsafe fn fill_exec(ctx: &TracePointContext, cfg: &Config, event: &mut ExecEvent) {
-    event.header = header(kind::EXEC, cfg);
-    event.flags = 0;
+/// Length of a NUL-terminated buffer.
+fn c_len(buf: &[u8; PATH_LEN]) -> usize {
+    let mut i = 0;
+    while i < PATH_LEN {
+        if buf[i] == 0 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// The real path, the filename as given, and what kind of file was executed.
+fn gather(
+    ctx: &RawTracePointContext,
+    cfg: &Config,
+    scratch: &mut PathScratch,
+    exe_name: &mut [u8; NAME_LEN],
+) -> ExecFacts {
+    let k = &cfg.kernel;
+    let old_tid: u64 = ctx.arg(1);
+    let bprm = ctx.arg::<u64>(2) as *const u8;
+    let mut flags = 0;
+    let file = read_kernel_ptr(bprm, k.bprm_file);
+    let path = file.and_then(|f| real_path(cfg, f, scratch));
+    if path.is_none() {
+        flags |= exec_flags::EXE_PATH_TRUNCATED;
+    }
+    scratch.filename[0] = 0;
+    let filename = read_kernel_ptr(bprm, k.bprm_filename);
+    if let Some(name) = filename {
+        // SAFETY: the helper bounds the copy by the destination length.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut scratch.filename) };
+    }
+    let interp = read_kernel_ptr(bprm, k.bprm_interp);
+    let script = filename.is_some() && interp.is_some() && interp != filename;
+    if script {
+        flags |= exec_flags::SCRIPT;
+    }
+    match file {
+        Some(file) => flags |= file_facts(cfg, file, exe_name),
+        None => flags |= exec_flags::EXE_UNKNOWN,
+    }
+    ExecFacts {
+        flags,
+        old_tid: old_tid as u32,
+        path,
+        script,
+        memfd: flags & exec_flags::MEMFD != 0,
+    }
+}
+
+/// Records the real path for W^X exemptions, keyed by process id.
+fn remember_exe(scratch: &mut PathScratch, tgid: u32, built: Built) {
+    scratch.exe.len = built.len as u32;
+    scratch.exe._pad = 0;
+    // SAFETY: the source has at least PATH_LEN bytes from any start.
+    if unsafe { bpf_probe_read_kernel_buf(built.ptr(&scratch.path), &mut scratch.exe.path) }.is_ok()
+    {
+        let exe: &ExePath = &scratch.exe;
+        let _ = TASK_EXE.insert(tgid, exe, 0);
+    }
+}
+
+/// Copies the arguments captured at syscall entry into the record.
+fn fill_args(event: &mut ExecEvent) {
     event.argc = 0;
     event.args_len = 0;
-    event.path[0] = 0;
-    event.exe_name[0] = 0;
-
-    let tp = &cfg.tracepoints;
-    // SAFETY: offsets come from this tracepoint's format file.
-    let loc: Option<u32> = unsafe { ctx.read_at(tp.exec_filename as usize) }.ok();
-    if let Some(loc) = loc {
-        let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
-        // SAFETY: the helper bounds the copy by the destination length.
-        let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut event.path) };
-    }
-    // SAFETY: as above.
-    let old_tid: u32 =
-        unsafe { ctx.read_at::<i32>(tp.exec_old_pid as usize) }.map_or(0, |p| p as u32);
-    event.old_tid = old_tid;
-
+    let old_tid = event.old_tid;
     match EXEC_ARGS.get_ptr(old_tid) {
         Some(args) => {
             // SAFETY: `args` points at a live map value of type ExecArgs.
@@ -179,20 +323,12 @@ unsafe fn fill_exec(ctx: &TracePointContext, cfg: &Config, event: &mut ExecEvent
         }
         None => event.flags |= exec_flags::ARGS_MISSING,
     }
-
-    event.flags |= exe_facts(cfg, &mut event.exe_name);
 }
 
-/// Reads the new image's `mm->exe_file`: its dentry name (memfd files are named `memfd:...`)
-/// and whether it still has a link on its file system.
-fn exe_facts(cfg: &Config, name: &mut [u8; NAME_LEN]) -> u32 {
+/// The executed file's dentry name (memfd files are named `memfd:...`) and whether it
+/// still has a link on its file system.
+fn file_facts(cfg: &Config, file: *const u8, name: &mut [u8; NAME_LEN]) -> u32 {
     let k = &cfg.kernel;
-    let task = current_task();
-    let Some(file) =
-        read_kernel_ptr(task, k.task_mm).and_then(|mm| read_kernel_ptr(mm, k.mm_exe_file))
-    else {
-        return exec_flags::EXE_UNKNOWN;
-    };
     let mut flags = 0;
     match read_kernel_ptr(file, k.file_dentry)
         .and_then(|dentry| read_kernel_ptr(dentry, k.dentry_name))

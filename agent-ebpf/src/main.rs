@@ -6,6 +6,9 @@ mod connect;
 mod doctor;
 mod exec;
 mod maps;
+mod path;
+mod policy;
+mod process;
 mod task;
 mod wx;
 

@@ -1,8 +1,13 @@
-use agent_common::{Config, ExecArgs, kind};
+use agent_common::{
+    AddrKeyData, Config, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule, PolicySet,
+    PortRules, ServiceKey, kind,
+};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
+
+use crate::path::PathScratch;
 
 /// Every record for user space. User space may resize it at load time.
 #[map]
@@ -24,3 +29,37 @@ pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(2
 /// Per-CPU scratch space for building an [`ExecArgs`], too large for the stack.
 #[map]
 pub static EXEC_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for paths and LPM keys.
+#[map]
+pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// cgroup id -> policy set (0: no policy). The deepest bound ancestor of a task's cgroup
+/// decides, so a binding covers the cgroups created below it later.
+#[map]
+pub static CGROUP_SETS: HashMap<u64, u32> = HashMap::with_max_entries(16_384, 0);
+
+/// Policy set id -> what the set decides.
+#[map]
+pub static POLICY_SETS: Array<PolicySet> = Array::with_max_entries(MAX_POLICY_SETS, 0);
+
+/// (set, path) -> exec verdict and W^X exemption; exact paths and directory prefixes.
+#[map]
+pub static EXEC_PATHS: LpmTrie<PathKeyData, PathRule> = LpmTrie::with_max_entries(16_384, 0);
+
+/// (set, CIDR) -> allowed port ranges.
+#[map]
+pub static CONNECT_ALLOW: LpmTrie<AddrKeyData, PortRules> = LpmTrie::with_max_entries(4096, 0);
+
+/// (set, CIDR) -> denied port ranges.
+#[map]
+pub static CONNECT_DENY: LpmTrie<AddrKeyData, PortRules> = LpmTrie::with_max_entries(4096, 0);
+
+/// Node-wide Service and endpoint addresses, for `allowServices`.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// Process (thread group) id -> real path of its executable, recorded at exec, copied on
+/// fork, removed on exit; W^X exemptions are looked up by it.
+#[map]
+pub static TASK_EXE: LruHashMap<u32, ExePath> = LruHashMap::with_max_entries(16_384, 0);

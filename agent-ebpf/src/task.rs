@@ -28,6 +28,15 @@ pub fn selected(cfg: &Config) -> bool {
     ancestor == cfg.filter_cgroup_id
 }
 
+/// In trace mode, [`selected`]; in enforce mode every task but the agent (the policy set
+/// lookup decides later).
+pub fn traced(cfg: &Config) -> bool {
+    if cfg.mode == agent_common::mode::ENFORCE {
+        return (bpf_get_current_pid_tgid() >> 32) as u32 != cfg.agent_pid;
+    }
+    selected(cfg)
+}
+
 pub fn current_task() -> *const u8 {
     // SAFETY: a plain helper call without pointer arguments.
     unsafe { bpf_get_current_task() as *const u8 }
@@ -61,7 +70,8 @@ pub fn header(kind: u32, cfg: &Config) -> EventHeader {
     let uid_gid = bpf_get_current_uid_gid();
     EventHeader {
         kind,
-        _pad0: 0,
+        verdict: 0,
+        action: 0,
         // SAFETY: plain helper calls without pointer arguments.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
@@ -70,7 +80,7 @@ pub fn header(kind: u32, cfg: &Config) -> EventHeader {
         ppid: parent_tgid(cfg),
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        _pad1: 0,
+        rule: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
 }

@@ -1,11 +1,19 @@
 //! W^X: mappings that are, or become, writable and executable at once. Syscall tracepoints
 //! carry the values, not pointers, so what is read is what the kernel acts on.
 use agent_common::{
-    Config, READ_IMPLIES_EXEC, SYSCALL_ARG0_OFFSET, WxEvent, kind, wx_reason, wx_syscall,
+    Config, READ_IMPLIES_EXEC, SYSCALL_ARG0_OFFSET, WxEvent, kind, mode, set_flags, verdict,
+    wx_reason, wx_syscall,
 };
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 
-use crate::task::{config, current_task, emit, header, read_kernel, selected};
+use crate::{
+    maps::{EXEC_PATHS, PATH_SCRATCH, TASK_EXE},
+    path::exact_key,
+    policy::{current_set, enforce, policy_set, violation},
+    task::{config, current_task, emit, header, read_kernel, selected, traced},
+};
 
 const PROT_READ: u32 = 1;
 const PROT_WRITE: u32 = 2;
@@ -40,6 +48,26 @@ pub fn sys_enter_personality(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// Whether the current process's executable (recorded at exec) is in the set's
+/// `allowExecutables`.
+fn exempt(set: u32) -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(exe) = TASK_EXE.get_ptr(tgid) else {
+        return false;
+    };
+    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a live map value, and the per-CPU scratch slot that is ours for now.
+    let (exe, scratch) = unsafe { (&*exe, &mut *scratch) };
+    if !exact_key(&mut scratch.key, set, exe.path.as_ptr(), exe.len as usize) {
+        return false;
+    }
+    EXEC_PATHS
+        .get(&scratch.key)
+        .is_some_and(|rule| rule.wx_exempt != 0)
+}
+
 fn arg(ctx: &TracePointContext, index: usize) -> Result<u64, i64> {
     // SAFETY: syscall tracepoint records hold 8-byte argument slots from SYSCALL_ARG0_OFFSET.
     unsafe { ctx.read_at(SYSCALL_ARG0_OFFSET + 8 * index) }.map_err(i64::from)
@@ -62,18 +90,37 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     } else if prot & PROT_READ != 0 && read_implies_exec(cfg) {
         reason |= wx_reason::READ_IMPLIES_EXEC;
     }
-    if reason == 0 || !selected(cfg) {
+    if reason == 0 || !traced(cfg) {
         return Ok(());
+    }
+    let mut judged = None;
+    if cfg.mode == mode::ENFORCE {
+        let set = current_set();
+        let Some(ps) = policy_set(set) else {
+            return Ok(());
+        };
+        if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
+            return Ok(());
+        }
+        let v = violation(ps.wx_action, set, ps.wx_rule);
+        enforce(v);
+        judged = Some(v);
     }
     let (flags, fd, extra) = match syscall {
         wx_syscall::MMAP => (arg(ctx, 3)? as u32, arg(ctx, 4)? as i32, 0),
         wx_syscall::PKEY_MPROTECT => (0, -1, arg(ctx, 3)? as u32),
         _ => (0, -1, 0),
     };
+    let mut head = header(kind::WX, cfg);
+    if let Some(v) = judged {
+        head.verdict = verdict::VIOLATION;
+        head.action = v.action;
+        head.rule = v.rule;
+    }
     emit(
         kind::WX,
         WxEvent {
-            header: header(kind::WX, cfg),
+            header: head,
             syscall,
             prot,
             flags,

@@ -3,11 +3,11 @@ use std::{fmt, path::Path};
 
 use aya::{
     Btf as AyaBtf, Ebpf,
-    programs::{FEntry, Lsm, TracePoint},
+    programs::{FEntry, Lsm, RawTracePoint, TracePoint},
 };
 
 use crate::{
-    ebpf::{Btf, TRACEPOINTS, offsets, tracefs},
+    ebpf::{Attach, Btf, PROGRAMS, offsets, tracefs},
     metadata::cgroup,
 };
 
@@ -109,7 +109,7 @@ pub fn run() -> Vec<Check> {
         Err(err) => check("bpffs", Status::Missing, err.to_string()),
     });
     if let Some(dir) = &tracefs_dir {
-        for (_, category, name) in TRACEPOINTS {
+        for (_, category, name, _) in PROGRAMS {
             let path = dir.join("events").join(category).join(name);
             checks.push(if path.join("id").exists() {
                 check(
@@ -161,12 +161,18 @@ fn program_checks(checks: &mut Vec<Check>) {
             return;
         }
     };
-    for (program, _, _) in TRACEPOINTS {
+    for (program, _, _, attach) in PROGRAMS {
         let result = ebpf
             .program_mut(program)
             .ok_or_else(|| "missing from the object".to_string())
-            .and_then(|p| <&mut TracePoint>::try_from(p).map_err(|e| e.to_string()))
-            .and_then(|p| p.load().map_err(|e| e.to_string()));
+            .and_then(|p| match attach {
+                Attach::Tracepoint => <&mut TracePoint>::try_from(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| p.load().map_err(|e| e.to_string())),
+                Attach::Raw => <&mut RawTracePoint>::try_from(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| p.load().map_err(|e| e.to_string())),
+            });
         checks.push(match result {
             Ok(()) => check(
                 format!("program {program}"),

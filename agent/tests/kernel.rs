@@ -373,6 +373,7 @@ fn loss_accounting_is_exact_with_a_tiny_ring_buffer() {
             level: cg.rel.trim_start_matches('/').split('/').count() as u32,
         }),
         ring_buffer_bytes: Some(4096),
+        mode: vigil::ebpf::Mode::Trace,
         exclude_pid: std::process::id(),
     })
     .expect("loading probes");

@@ -52,6 +52,7 @@ fn assert_invalid(event: &Value, path: &str) {
 
 fn header(comm: &str) -> Header {
     Header {
+        verdict: vigil::event::Verdict::Observed,
         boot_ns: 5_000_000_000,
         cgroup_id: 7123,
         pid: 4242,
@@ -96,7 +97,10 @@ fn exec_event() -> Value {
     build(
         Body::Exec(Exec {
             path: "/usr/bin/curl".into(),
+            exe_path: Some("/usr/bin/curl".into()),
             exe_name: "curl".into(),
+            script: false,
+            undecided: false,
             args: args.iter().map(|a| a.to_string()).collect(),
             memfd: false,
             deleted: false,

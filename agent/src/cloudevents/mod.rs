@@ -66,6 +66,7 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
                 "exeName": e.exe_name,
                 "args": e.args,
                 "memfd": e.memfd,
+                "script": e.script,
                 "deleted": e.deleted,
                 "argsTruncated": e.args_truncated,
                 "argsMissing": e.args_missing,

@@ -10,7 +10,7 @@ use agent_common::{Config, kind};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 
 pub use btf::Btf;
@@ -18,21 +18,82 @@ pub use btf::Btf;
 /// The object built from `agent-ebpf` by `build.rs`.
 static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VIGIL_PROBES_OBJECT"));
 
-/// Every tracepoint program and the tracepoint it attaches to.
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
-    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-    ("sys_enter_mmap", "syscalls", "sys_enter_mmap"),
-    ("sys_enter_mprotect", "syscalls", "sys_enter_mprotect"),
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    Tracepoint,
+    /// A raw tracepoint: the tracepoint's own arguments (e.g. `bprm`) instead of its record.
+    Raw,
+}
+
+/// Every program, the tracepoint it attaches to, and how.
+pub const PROGRAMS: &[(&str, &str, &str, Attach)] = &[
+    (
+        "sys_enter_execve",
+        "syscalls",
+        "sys_enter_execve",
+        Attach::Tracepoint,
+    ),
+    (
+        "sys_enter_execveat",
+        "syscalls",
+        "sys_enter_execveat",
+        Attach::Tracepoint,
+    ),
+    (
+        "sched_process_exec",
+        "sched",
+        "sched_process_exec",
+        Attach::Raw,
+    ),
+    (
+        "sched_process_fork",
+        "sched",
+        "sched_process_fork",
+        Attach::Raw,
+    ),
+    (
+        "sched_process_exit",
+        "sched",
+        "sched_process_exit",
+        Attach::Tracepoint,
+    ),
+    (
+        "inet_sock_set_state",
+        "sock",
+        "inet_sock_set_state",
+        Attach::Tracepoint,
+    ),
+    (
+        "sys_enter_connect",
+        "syscalls",
+        "sys_enter_connect",
+        Attach::Tracepoint,
+    ),
+    (
+        "sys_enter_mmap",
+        "syscalls",
+        "sys_enter_mmap",
+        Attach::Tracepoint,
+    ),
+    (
+        "sys_enter_mprotect",
+        "syscalls",
+        "sys_enter_mprotect",
+        Attach::Tracepoint,
+    ),
     (
         "sys_enter_pkey_mprotect",
         "syscalls",
         "sys_enter_pkey_mprotect",
+        Attach::Tracepoint,
     ),
-    ("sys_enter_personality", "syscalls", "sys_enter_personality"),
+    (
+        "sys_enter_personality",
+        "syscalls",
+        "sys_enter_personality",
+        Attach::Tracepoint,
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +145,19 @@ pub struct CgroupFilter {
     pub level: u32,
 }
 
+/// What the probes report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything observed (`vigil trace`).
+    #[default]
+    Trace,
+    /// Policies decide in the kernel; only violations are reported (`vigil run`).
+    Enforce,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOptions {
+    pub mode: Mode,
     pub cgroup: Option<CgroupFilter>,
     /// Size of the ring buffer in bytes (a power of two, at least a page); default 4 MiB.
     pub ring_buffer_bytes: Option<u32>,
@@ -128,6 +200,19 @@ impl LossCounters {
     }
 }
 
+/// The kernel maps a compiled policy lives in.
+pub struct PolicyMaps {
+    pub cgroup_sets: aya::maps::HashMap<MapData, u64, u32>,
+    pub policy_sets: Array<MapData, agent_common::PolicySet>,
+    pub exec_paths: aya::maps::LpmTrie<MapData, agent_common::PathKeyData, agent_common::PathRule>,
+    pub connect_allow:
+        aya::maps::LpmTrie<MapData, agent_common::AddrKeyData, agent_common::PortRules>,
+    pub connect_deny:
+        aya::maps::LpmTrie<MapData, agent_common::AddrKeyData, agent_common::PortRules>,
+    pub services: aya::maps::HashMap<MapData, agent_common::ServiceKey, u32>,
+    pub task_exe: aya::maps::HashMap<MapData, u32, agent_common::ExePath>,
+}
+
 /// The loaded and attached probes. Dropping it detaches every program.
 pub struct Probes {
     ebpf: Ebpf,
@@ -154,6 +239,11 @@ impl Probes {
             filter_cgroup_id: options.cgroup.map_or(0, |c| c.id),
             filter_cgroup_level: options.cgroup.map_or(0, |c| c.level),
             agent_pid: options.exclude_pid,
+            mode: match options.mode {
+                Mode::Trace => agent_common::mode::TRACE,
+                Mode::Enforce => agent_common::mode::ENFORCE,
+            },
+            _pad: 0,
             kernel,
             tracepoints: offsets::tracepoint_offsets(&tracefs)?,
         };
@@ -177,27 +267,29 @@ impl Probes {
                 source,
             })?;
         }
-        for (program, category, name) in TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
+        for (program, category, name, attach) in PROGRAMS {
+            let err = |action: &'static str| {
+                move |source| EbpfError::Program {
+                    program: (*program).into(),
+                    action,
+                    source,
+                }
+            };
+            let prog = ebpf
                 .program_mut(program)
-                .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?
-                .try_into()
-                .map_err(|source| EbpfError::Program {
-                    program: (*program).into(),
-                    action: "wrong type",
-                    source,
-                })?;
-            prog.load().map_err(|source| EbpfError::Program {
-                program: (*program).into(),
-                action: "load",
-                source,
-            })?;
-            prog.attach(category, name)
-                .map_err(|source| EbpfError::Program {
-                    program: (*program).into(),
-                    action: "attach",
-                    source,
-                })?;
+                .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
+            match attach {
+                Attach::Tracepoint => {
+                    let prog: &mut TracePoint = prog.try_into().map_err(err("wrong type"))?;
+                    prog.load().map_err(err("load"))?;
+                    prog.attach(category, name).map_err(err("attach"))?;
+                }
+                Attach::Raw => {
+                    let prog: &mut RawTracePoint = prog.try_into().map_err(err("wrong type"))?;
+                    prog.load().map_err(err("load"))?;
+                    prog.attach(name).map_err(err("attach"))?;
+                }
+            }
         }
         Ok(Self {
             ebpf,
@@ -226,6 +318,27 @@ impl Probes {
             source,
         })?;
         Ok(LossCounters { map })
+    }
+
+    /// The maps policies compile into; taken once.
+    pub fn take_policy_maps(&mut self) -> Result<PolicyMaps, EbpfError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, EbpfError> {
+            let map = ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))?;
+            T::try_from(map).map_err(|source| EbpfError::Map { map: name, source })
+        }
+        let ebpf = &mut self.ebpf;
+        Ok(PolicyMaps {
+            cgroup_sets: take(ebpf, "CGROUP_SETS")?,
+            policy_sets: take(ebpf, "POLICY_SETS")?,
+            exec_paths: take(ebpf, "EXEC_PATHS")?,
+            connect_allow: take(ebpf, "CONNECT_ALLOW")?,
+            connect_deny: take(ebpf, "CONNECT_DENY")?,
+            services: take(ebpf, "SERVICES")?,
+            task_exe: take(ebpf, "TASK_EXE")?,
+        })
     }
 
     /// The loaded object, for `vigil doctor`'s load-only checks.

@@ -39,6 +39,16 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         socket_type: find("socket", "type"),
         socket_sk: find("socket", "sk"),
         sock_protocol: find("sock", "sk_protocol"),
+        file_vfsmount: find("file", "f_path.mnt"),
+        vfsmount_mnt_root: find("vfsmount", "mnt_root"),
+        mount_mnt: find("mount", "mnt"),
+        mount_parent: find("mount", "mnt_parent"),
+        mount_mountpoint: find("mount", "mnt_mountpoint"),
+        dentry_parent: find("dentry", "d_parent"),
+        bprm_file: find("linux_binprm", "file"),
+        bprm_filename: find("linux_binprm", "filename"),
+        bprm_interp: find("linux_binprm", "interp"),
+        task_pid: find("task_struct", "pid"),
     };
     (offsets, missing)
 }

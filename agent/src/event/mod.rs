@@ -16,8 +16,38 @@ pub enum DecodeError {
     Kind(u32),
 }
 
+/// A kernel verdict on the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Observed,
+    /// A policy was violated; `action` is what the kernel did (`Kill`) or asks for (`Alert`).
+    Violation {
+        action: Action,
+        set: u32,
+        rule: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    None,
+    Alert,
+    Kill,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Alert => "alert",
+            Self::Kill => "kill",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    pub verdict: Verdict,
     pub boot_ns: u64,
     pub cgroup_id: u64,
     pub pid: u32,
@@ -32,8 +62,15 @@ pub struct Header {
 pub struct Exec {
     /// The path as the kernel recorded it for the exec (`bprm->filename`).
     pub path: String,
+    /// The executable's real path (symlinks resolved; a script's interpreter), as seen from
+    /// the process's mount namespace; `None` when it could not be walked.
+    pub exe_path: Option<String>,
     /// The executable's file name on its file system (e.g. `memfd:payload`).
     pub exe_name: String,
+    /// `path` is a script run by the interpreter at `exe_path`.
+    pub script: bool,
+    /// A policy applies but the kernel could not decide (e.g. a path too long for its maps).
+    pub undecided: bool,
     pub args: Vec<String>,
     pub memfd: bool,
     pub deleted: bool,
@@ -139,6 +176,19 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
 
 fn header(h: &EventHeader) -> Header {
     Header {
+        verdict: if h.verdict == agent_common::verdict::VIOLATION {
+            Verdict::Violation {
+                action: match h.action {
+                    agent_common::action::KILL => Action::Kill,
+                    agent_common::action::ALERT => Action::Alert,
+                    _ => Action::None,
+                },
+                set: agent_common::rule_id::set(h.rule),
+                rule: agent_common::rule_id::index(h.rule),
+            }
+        } else {
+            Verdict::Observed
+        },
         boot_ns: h.boot_ns,
         cgroup_id: h.cgroup_id,
         pid: h.pid,
@@ -185,7 +235,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 header: header(&e.header),
                 body: Body::Exec(Exec {
                     path: c_string(&e.path),
+                    exe_path: Some(c_string(&e.exe_path)).filter(|p| {
+                        p.starts_with('/') && e.flags & exec_flags::EXE_PATH_TRUNCATED == 0
+                    }),
                     exe_name: c_string(&e.exe_name),
+                    script: e.flags & exec_flags::SCRIPT != 0,
+                    undecided: e.flags & exec_flags::UNDECIDED != 0,
                     args: split_args(&e.args, e.args_len, e.argc),
                     memfd: e.flags & exec_flags::MEMFD != 0,
                     deleted: e.flags & exec_flags::DELETED != 0,
@@ -278,10 +333,13 @@ mod tests {
     #[test]
     fn record_sizes_match_the_kernel_side() {
         assert_eq!(size_of::<EventHeader>(), 64);
-        assert_eq!(size_of::<ExecEvent>(), 1168);
+        assert_eq!(size_of::<ExecEvent>(), 1424);
         assert_eq!(size_of::<ConnectEvent>(), 112);
         assert_eq!(size_of::<WxEvent>(), 104);
-        assert_eq!(size_of::<agent_common::Config>(), 136);
+        assert_eq!(size_of::<agent_common::Config>(), 184);
+        assert_eq!(size_of::<agent_common::PolicySet>(), 24);
+        assert_eq!(size_of::<agent_common::PortRules>(), 136);
+        assert_eq!(size_of::<agent_common::ExePath>(), 264);
         assert_eq!(size_of::<agent_common::ExecArgs>(), 784);
     }
 
@@ -294,6 +352,7 @@ mod tests {
             argc: 3,
             args_len: 0,
             path: [0; PATH_LEN],
+            exe_path: [0; PATH_LEN],
             exe_name: [0; NAME_LEN],
             args: [0; ARGS_LEN],
         };

@@ -85,10 +85,12 @@ impl ProcessCache {
             Body::Exec(exec) => {
                 // The exec record is authoritative for the new image; /proc may add the
                 // resolved executable path if the process still exists.
-                let exe = read_proc(&self.procfs, h.pid)
-                    .filter(|p| p.comm == h.comm)
-                    .and_then(|p| p.exe)
-                    .or_else(|| Some(exec.path.clone()));
+                let exe = exec.exe_path.clone().or_else(|| {
+                    read_proc(&self.procfs, h.pid)
+                        .filter(|p| p.comm == h.comm)
+                        .and_then(|p| p.exe)
+                        .or_else(|| Some(exec.path.clone()))
+                });
                 let info = ProcessInfo {
                     comm: h.comm.clone(),
                     exe,
@@ -116,6 +118,7 @@ mod tests {
 
     fn header(pid: u32, comm: &str) -> Header {
         Header {
+            verdict: crate::event::Verdict::Observed,
             boot_ns: 0,
             cgroup_id: 1,
             pid,
@@ -136,6 +139,9 @@ mod tests {
             body: Body::Exec(Exec {
                 path: "/tmp/payload".into(),
                 exe_name: "payload".into(),
+                exe_path: None,
+                script: false,
+                undecided: false,
                 args: vec!["payload".into(), "-x".into()],
                 memfd: false,
                 deleted: false,

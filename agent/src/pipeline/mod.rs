@@ -113,6 +113,7 @@ pub async fn trace<W: Write>(
         .map(|path| cgroup::filter_for(&root, path))
         .transpose()?;
     let mut probes = Probes::load(&ProbeOptions {
+        mode: crate::ebpf::Mode::Trace,
         cgroup: filter,
         ring_buffer_bytes: options.ring_buffer_bytes,
         exclude_pid: std::process::id(),
@@ -128,7 +129,7 @@ pub async fn trace<W: Write>(
     let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
     let reader = tokio::spawn(reader::run(ring, tx, stats, stop));
     tracing::info!(
-        probes = crate::ebpf::TRACEPOINTS.len(),
+        probes = crate::ebpf::PROGRAMS.len(),
         cgroup = options.cgroup.as_deref().unwrap_or("/"),
         cgroup_root = %root.display(),
         "vigil is tracing"

@@ -1,0 +1,140 @@
+//! The real path of a file: its dentry walked up to the root of its mount, then across
+//! mounts up to the mount namespace's root. No `bpf_d_path` in tracepoint programs, so this
+//! is done by hand with offsets from BTF.
+use agent_common::{Config, ExePath, KEY_PATH_LEN, PATH_LEN, PathKeyData};
+use aya_ebpf::{cty::c_void, maps::lpm_trie::Key};
+
+use crate::task::{read_kernel, read_kernel_ptr};
+
+/// Steps of the walk, mount crossings included; deeper paths are not resolved (flagged).
+const MAX_STEPS: usize = 40;
+/// The path is built backwards from this offset (a power of two, for masking).
+const END: usize = 256;
+
+/// Per-CPU scratch: too large for the 512-byte stack.
+#[repr(C)]
+pub struct PathScratch {
+    /// The real path ends at `END - 1` (its NUL) and starts where `real_path` says; reads
+    /// of up to `END` bytes from any start stay inside.
+    pub path: [u8; 2 * END],
+    pub filename: [u8; PATH_LEN],
+    pub key: Key<PathKeyData>,
+    pub exe: ExePath,
+    /// The walk's write position, kept in memory (see `real_path`).
+    pub cursor: u64,
+}
+
+/// A path built by [`real_path`]: `len` bytes at `start`, NUL-terminated.
+#[derive(Clone, Copy)]
+pub struct Built {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Built {
+    pub fn ptr(&self, buf: &[u8; 2 * END]) -> *const u8 {
+        buf.as_ptr().wrapping_add(self.start & (END - 1))
+    }
+}
+
+/// Writes the real path of `file` into `out`, one component at a time from the end, so
+/// that the verifier sees a single bounded offset rather than a list of names.
+///
+/// The write position goes through memory on every step: reloaded and masked, it is the
+/// same unknown-but-bounded value on every path, so the verifier can prune instead of
+/// exploring each combination of component lengths.
+pub fn real_path(cfg: &Config, file: *const u8, scratch: &mut PathScratch) -> Option<Built> {
+    let k = &cfg.kernel;
+    let mut dentry = read_kernel_ptr(file, k.file_dentry)?;
+    let vfsmount = read_kernel_ptr(file, k.file_vfsmount)?;
+    // struct mount embeds struct vfsmount: step back to the outer structure.
+    let mut mount = vfsmount.wrapping_sub(k.mount_mnt as usize);
+    scratch.path[END - 1] = 0;
+    scratch.cursor = (END - 1) as u64;
+    let mut complete = false;
+    for _ in 0..MAX_STEPS {
+        // SAFETY: a plain read of our own scratch field.
+        let pos = unsafe { core::ptr::read_volatile(&scratch.cursor) } as usize & (END - 1);
+        let mnt_root = read_kernel_ptr(
+            mount.wrapping_add(k.mount_mnt as usize),
+            k.vfsmount_mnt_root,
+        )?;
+        let parent = read_kernel_ptr(dentry, k.dentry_parent)?;
+        if dentry == mnt_root || dentry == parent {
+            let mount_parent = read_kernel_ptr(mount, k.mount_parent)?;
+            if mount_parent == mount {
+                complete = true;
+                break;
+            }
+            dentry = read_kernel_ptr(mount, k.mount_mountpoint)?;
+            mount = mount_parent;
+            continue;
+        }
+        let name = read_kernel_ptr(dentry, k.dentry_name)?;
+        // struct qstr { u32 hash; u32 len; const char *name; }: len sits 4 bytes into it,
+        // and the name pointer 8.
+        let len = read_kernel::<u32>(dentry, k.dentry_name.wrapping_sub(4))? as usize;
+        if len + 1 > pos {
+            return None;
+        }
+        let pos = (pos - len) & (END - 1);
+        let dst = scratch.path.as_mut_ptr().wrapping_add(pos);
+        // SAFETY: dst + len stays inside `out` (pos < END, len < END); the helper checks
+        // the source address.
+        let rc = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                dst as *mut c_void,
+                (len & (END - 1)) as u32,
+                name as *const c_void,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        let pos = (pos.wrapping_sub(1)) & (END - 1);
+        scratch.path[pos] = b'/';
+        // SAFETY: a plain write of our own scratch field.
+        unsafe { core::ptr::write_volatile(&mut scratch.cursor, pos as u64) };
+        dentry = parent;
+    }
+    if !complete {
+        return None;
+    }
+    // SAFETY: as above.
+    let mut pos = unsafe { core::ptr::read_volatile(&scratch.cursor) } as usize & (END - 1);
+    if pos == END - 1 {
+        pos = END - 2;
+        scratch.path[pos] = b'/';
+    }
+    Some(Built {
+        start: pos,
+        len: END - 1 - pos,
+    })
+}
+
+/// Fills `key` for an exact-path lookup of `path` (NUL-terminated, `len` bytes) in `set`.
+/// Returns false when the path is too long for the kernel's keys.
+pub fn exact_key(key: &mut Key<PathKeyData>, set: u32, path: *const u8, len: usize) -> bool {
+    if len >= KEY_PATH_LEN {
+        return false;
+    }
+    let mut data = [0u8; 4];
+    data.copy_from_slice(&set.to_be_bytes());
+    key.data[..4].copy_from_slice(&data);
+    let dst = key.data.as_mut_ptr().wrapping_add(4);
+    // SAFETY: dst has KEY_PATH_LEN bytes of room; the source is a kernel or map buffer of at
+    // least that size.
+    let copied = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst as *mut c_void,
+            KEY_PATH_LEN as u32,
+            path as *const c_void,
+        )
+    };
+    if copied != 0 {
+        return false;
+    }
+    // The terminating NUL is part of an exact key, so a prefix entry cannot equal it.
+    key.prefix_len = ((4 + len + 1) * 8) as u32;
+    true
+}

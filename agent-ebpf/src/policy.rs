@@ -1,0 +1,163 @@
+//! Policy decisions in the kernel: which set applies to the current task, and what it says
+//! about an exec, a connect or a W^X mapping. Allowed behaviour never leaves the kernel.
+use agent_common::{
+    AddrKeyData, MAX_CGROUP_LEVELS, MAX_PORT_RANGES, PathRule, PolicySet, PortRules, ServiceKey,
+    action, path_verdict, rule_id, set_flags,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, generated::bpf_send_signal},
+    maps::lpm_trie::Key,
+};
+
+use crate::maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICES};
+
+const SIGKILL: u32 = 9;
+
+/// A violation: what to do and which rule said so.
+#[derive(Clone, Copy)]
+pub struct Violation {
+    pub action: u16,
+    pub rule: u32,
+}
+
+/// The policy set bound to the deepest ancestor of the current task's cgroup (0: none).
+pub fn current_set() -> u32 {
+    let mut set = 0;
+    for level in 0..MAX_CGROUP_LEVELS {
+        // SAFETY: a plain helper call without pointer arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: the value is copied out at once.
+        if let Some(bound) = unsafe { CGROUP_SETS.get(&id) } {
+            set = *bound;
+        }
+    }
+    set
+}
+
+pub fn policy_set(set: u32) -> Option<&'static PolicySet> {
+    if set == 0 {
+        return None;
+    }
+    POLICY_SETS.get(set)
+}
+
+/// Carries out a violation's action: SIGKILL to the current task, which dies before it
+/// returns to user space.
+pub fn enforce(violation: Violation) {
+    if violation.action == action::KILL {
+        // SAFETY: signals the current task only.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+}
+
+pub fn violation(action: u32, set: u32, index: u32) -> Violation {
+    Violation {
+        action: action as u16,
+        rule: rule_id::pack(set, index),
+    }
+}
+
+/// Decides an exec from the longest matches of its real path and (for scripts) its
+/// script path. `None`: allowed.
+pub fn decide_exec(
+    set: u32,
+    ps: &PolicySet,
+    memfd: bool,
+    exe: &PathRule,
+    script: Option<&PathRule>,
+) -> Option<Violation> {
+    if memfd && ps.flags & set_flags::EXEC_DENY_MEMFD != 0 {
+        return Some(violation(ps.exec_action, set, ps.memfd_rule));
+    }
+    if exe.exec == path_verdict::DENY {
+        return Some(violation(ps.exec_action, set, exe.exec_rule.into()));
+    }
+    if let Some(script) = script {
+        if script.exec == path_verdict::DENY {
+            return Some(violation(ps.exec_action, set, script.exec_rule.into()));
+        }
+    }
+    if ps.flags & set_flags::EXEC_ALLOWLIST != 0 {
+        // A script must be allowed as well as its interpreter.
+        let script_ok = script.is_none_or(|s| s.exec == path_verdict::ALLOW);
+        if exe.exec != path_verdict::ALLOW || !script_ok {
+            return Some(violation(ps.exec_action, set, rule_id::NOT_ALLOWED));
+        }
+    }
+    None
+}
+
+fn port_match(rules: &PortRules, port: u16, proto_bit: u16) -> Option<u16> {
+    for i in 0..MAX_PORT_RANGES {
+        if i as u32 >= rules.count {
+            break;
+        }
+        let r = &rules.ranges[i];
+        if r.protocols & proto_bit != 0 && r.lo <= port && port <= r.hi {
+            return Some(r.rule);
+        }
+    }
+    None
+}
+
+/// IPv4 as `::ffff:a.b.c.d`, so one trie serves both families.
+pub fn mapped_v6(family_v4: bool, addr: &[u8; 16]) -> [u8; 16] {
+    if !family_v4 {
+        return *addr;
+    }
+    let mut out = [0u8; 16];
+    out[10] = 0xff;
+    out[11] = 0xff;
+    out[12] = addr[0];
+    out[13] = addr[1];
+    out[14] = addr[2];
+    out[15] = addr[3];
+    out
+}
+
+/// Decides a connect to `addr` (IPv6 or mapped IPv4) and `port`. `None`: allowed.
+pub fn decide_connect(
+    set: u32,
+    ps: &PolicySet,
+    addr: &[u8; 16],
+    port: u16,
+    protocol: u16,
+) -> Option<Violation> {
+    let proto_bit = match protocol {
+        6 => agent_common::proto_mask::TCP,
+        17 => agent_common::proto_mask::UDP,
+        _ => 0,
+    };
+    let mut data: AddrKeyData = [0; 20];
+    data[..4].copy_from_slice(&set.to_be_bytes());
+    data[4..].copy_from_slice(addr);
+    let key = Key::new(160, data);
+    if let Some(rules) = CONNECT_DENY.get(&key) {
+        if let Some(rule) = port_match(rules, port, proto_bit) {
+            return Some(violation(ps.connect_action, set, rule.into()));
+        }
+    }
+    if ps.flags & set_flags::CONNECT_ALLOWLIST == 0 {
+        return None;
+    }
+    if let Some(rules) = CONNECT_ALLOW.get(&key) {
+        if port_match(rules, port, proto_bit).is_some() {
+            return None;
+        }
+    }
+    if ps.flags & set_flags::CONNECT_ALLOW_SERVICES != 0 {
+        let service = ServiceKey {
+            addr: *addr,
+            port,
+            protocol,
+        };
+        // SAFETY: only checked for presence.
+        if unsafe { SERVICES.get(&service) }.is_some() {
+            return None;
+        }
+    }
+    Some(violation(ps.connect_action, set, rule_id::NOT_ALLOWED))
+}

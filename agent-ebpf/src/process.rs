@@ -1,0 +1,65 @@
+//! Process lifetimes, for what is keyed by process: the executable recorded at exec follows
+//! a fork and goes away at exit.
+use agent_common::{ExePath, mode};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+
+use crate::{
+    maps::TASK_EXE,
+    task::{config, read_kernel},
+};
+
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    match try_fork(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    match try_exit() {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(1)?;
+    if cfg.mode != mode::ENFORCE {
+        return Ok(());
+    }
+    let k = &cfg.kernel;
+    let parent = ctx.arg::<u64>(0) as *const u8;
+    let child = ctx.arg::<u64>(1) as *const u8;
+    let child_pid: i32 = read_kernel(child, k.task_pid).ok_or(1)?;
+    let child_tgid: i32 = read_kernel(child, k.task_tgid).ok_or(1)?;
+    // A new thread shares its process's entry.
+    if child_pid != child_tgid {
+        return Ok(());
+    }
+    let parent_tgid: i32 = read_kernel(parent, k.task_tgid).ok_or(1)?;
+    let Some(exe) = TASK_EXE.get_ptr(parent_tgid as u32) else {
+        return Ok(());
+    };
+    // SAFETY: a live map value.
+    let exe: &ExePath = unsafe { &*exe };
+    TASK_EXE
+        .insert(child_tgid as u32, exe, 0)
+        .map_err(i64::from)
+}
+
+fn try_exit() -> Result<(), i64> {
+    let cfg = config().ok_or(1)?;
+    if cfg.mode != mode::ENFORCE {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if tgid == tid {
+        let _ = TASK_EXE.remove(tgid);
+    }
+    Ok(())
+}
