@@ -78,9 +78,10 @@ fn decide_and_emit(cfg: &Config, mut event: ConnectEvent) {
         let set = current_set();
         let Some(ps) = policy_set(set) else { return };
         let addr = mapped_v6(event.family == AF_INET, &event.daddr);
-        let Some(v) = decide_connect(set, ps, &addr, event.dport, event.protocol) else {
+        let v = decide_connect(set, ps, &addr, event.dport, event.protocol);
+        if !v.is_hit() {
             return;
-        };
+        }
         enforce(v);
         event.header.verdict = verdict::VIOLATION;
         event.header.action = v.action;

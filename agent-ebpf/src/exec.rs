@@ -191,12 +191,11 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             &exe_rule,
             script_checked.then_some(&script_rule),
         );
-        if let Some(v) = violation {
-            enforce(v);
-        } else if !undecided {
+        enforce(violation);
+        if !violation.is_hit() && !undecided {
             return Ok(());
         }
-        verdict_of = Some((violation, undecided));
+        verdict_of = Some((violation, undecided, set));
     }
 
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
@@ -211,14 +210,16 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     event.flags = facts.flags;
     event.old_tid = facts.old_tid;
     event.exe_name = exe_name;
-    if let Some((violation, undecided)) = verdict_of {
-        if let Some(v) = violation {
-            event.header.verdict = verdict::VIOLATION;
-            event.header.action = v.action;
-            event.header.rule = v.rule;
-        }
+    if let Some((violation, undecided, set)) = verdict_of {
         if undecided {
             event.flags |= exec_flags::UNDECIDED;
+            // User space decides; it needs the set.
+            event.header.rule = agent_common::rule_id::pack(set, 0);
+        }
+        if violation.is_hit() {
+            event.header.verdict = verdict::VIOLATION;
+            event.header.action = violation.action;
+            event.header.rule = violation.rule;
         }
     }
     // SAFETY: both source buffers are at least PATH_LEN bytes long.

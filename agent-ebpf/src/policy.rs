@@ -13,11 +13,26 @@ use crate::maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICE
 
 const SIGKILL: u32 = 9;
 
-/// A violation: what to do and which rule said so.
+/// A decision: whether it is a violation, what to do and which rule said so. A plain
+/// struct rather than an `Option`: LLVM may leave an empty Option's payload undefined (even
+/// a stale pointer), which the verifier then refuses.
 #[derive(Clone, Copy)]
 pub struct Violation {
+    pub hit: u16,
     pub action: u16,
     pub rule: u32,
+}
+
+impl Violation {
+    pub const ALLOWED: Self = Self {
+        hit: 0,
+        action: 0,
+        rule: 0,
+    };
+
+    pub fn is_hit(&self) -> bool {
+        self.hit != 0
+    }
 }
 
 /// The policy set bound to the deepest ancestor of the current task's cgroup (0: none).
@@ -47,7 +62,7 @@ pub fn policy_set(set: u32) -> Option<&'static PolicySet> {
 /// Carries out a violation's action: SIGKILL to the current task, which dies before it
 /// returns to user space.
 pub fn enforce(violation: Violation) {
-    if violation.action == action::KILL {
+    if violation.is_hit() && violation.action == action::KILL {
         // SAFETY: signals the current task only.
         unsafe { bpf_send_signal(SIGKILL) };
     }
@@ -55,52 +70,56 @@ pub fn enforce(violation: Violation) {
 
 pub fn violation(action: u32, set: u32, index: u32) -> Violation {
     Violation {
+        hit: 1,
         action: action as u16,
         rule: rule_id::pack(set, index),
     }
 }
 
 /// Decides an exec from the longest matches of its real path and (for scripts) its
-/// script path. `None`: allowed.
+/// script path.
 pub fn decide_exec(
     set: u32,
     ps: &PolicySet,
     memfd: bool,
     exe: &PathRule,
     script: Option<&PathRule>,
-) -> Option<Violation> {
+) -> Violation {
     if memfd && ps.flags & set_flags::EXEC_DENY_MEMFD != 0 {
-        return Some(violation(ps.exec_action, set, ps.memfd_rule));
+        return violation(ps.exec_action, set, ps.memfd_rule);
     }
     if exe.exec == path_verdict::DENY {
-        return Some(violation(ps.exec_action, set, exe.exec_rule.into()));
+        return violation(ps.exec_action, set, exe.exec_rule.into());
     }
     if let Some(script) = script {
         if script.exec == path_verdict::DENY {
-            return Some(violation(ps.exec_action, set, script.exec_rule.into()));
+            return violation(ps.exec_action, set, script.exec_rule.into());
         }
     }
     if ps.flags & set_flags::EXEC_ALLOWLIST != 0 {
         // A script must be allowed as well as its interpreter.
         let script_ok = script.is_none_or(|s| s.exec == path_verdict::ALLOW);
         if exe.exec != path_verdict::ALLOW || !script_ok {
-            return Some(violation(ps.exec_action, set, rule_id::NOT_ALLOWED));
+            return violation(ps.exec_action, set, rule_id::NOT_ALLOWED);
         }
     }
-    None
+    Violation::ALLOWED
 }
 
-fn port_match(rules: &PortRules, port: u16, proto_bit: u16) -> Option<u16> {
+const NO_MATCH: u32 = u32::MAX;
+
+/// The rule index of the first range matching, or [`NO_MATCH`].
+fn port_match(rules: &PortRules, port: u16, proto_bit: u16) -> u32 {
     for i in 0..MAX_PORT_RANGES {
         if i as u32 >= rules.count {
             break;
         }
         let r = &rules.ranges[i];
         if r.protocols & proto_bit != 0 && r.lo <= port && port <= r.hi {
-            return Some(r.rule);
+            return r.rule.into();
         }
     }
-    None
+    NO_MATCH
 }
 
 /// IPv4 as `::ffff:a.b.c.d`, so one trie serves both families.
@@ -118,14 +137,14 @@ pub fn mapped_v6(family_v4: bool, addr: &[u8; 16]) -> [u8; 16] {
     out
 }
 
-/// Decides a connect to `addr` (IPv6 or mapped IPv4) and `port`. `None`: allowed.
+/// Decides a connect to `addr` (IPv6 or mapped IPv4) and `port`.
 pub fn decide_connect(
     set: u32,
     ps: &PolicySet,
     addr: &[u8; 16],
     port: u16,
     protocol: u16,
-) -> Option<Violation> {
+) -> Violation {
     let proto_bit = match protocol {
         6 => agent_common::proto_mask::TCP,
         17 => agent_common::proto_mask::UDP,
@@ -136,16 +155,17 @@ pub fn decide_connect(
     data[4..].copy_from_slice(addr);
     let key = Key::new(160, data);
     if let Some(rules) = CONNECT_DENY.get(&key) {
-        if let Some(rule) = port_match(rules, port, proto_bit) {
-            return Some(violation(ps.connect_action, set, rule.into()));
+        let rule = port_match(rules, port, proto_bit);
+        if rule != NO_MATCH {
+            return violation(ps.connect_action, set, rule);
         }
     }
     if ps.flags & set_flags::CONNECT_ALLOWLIST == 0 {
-        return None;
+        return Violation::ALLOWED;
     }
     if let Some(rules) = CONNECT_ALLOW.get(&key) {
-        if port_match(rules, port, proto_bit).is_some() {
-            return None;
+        if port_match(rules, port, proto_bit) != NO_MATCH {
+            return Violation::ALLOWED;
         }
     }
     if ps.flags & set_flags::CONNECT_ALLOW_SERVICES != 0 {
@@ -156,8 +176,8 @@ pub fn decide_connect(
         };
         // SAFETY: only checked for presence.
         if unsafe { SERVICES.get(&service) }.is_some() {
-            return None;
+            return Violation::ALLOWED;
         }
     }
-    Some(violation(ps.connect_action, set, rule_id::NOT_ALLOWED))
+    violation(ps.connect_action, set, rule_id::NOT_ALLOWED)
 }

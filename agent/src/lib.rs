@@ -2,9 +2,11 @@
 pub mod cloudevents;
 pub mod doctor;
 pub mod ebpf;
+pub mod enforce;
 pub mod event;
 pub mod metadata;
 pub mod pipeline;
+pub mod policy;
 pub mod sink;
 pub mod telemetry;
 

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use vigil::{
     doctor,
-    pipeline::{self, TraceOptions},
+    pipeline::{self, TraceOptions, run::RunOptions},
     sink::stdout::Format,
 };
 
@@ -42,8 +42,116 @@ enum Command {
         #[arg(long)]
         ring_buffer_bytes: Option<u32>,
     },
+    /// Enforce policies in the kernel and stream violations as CloudEvents. Policy files are
+    /// watched: a valid edit takes effect without a restart, an invalid one is refused whole.
+    Run {
+        /// Policy files, or directories of *.yaml/*.yml files; repeatable.
+        #[arg(long = "policy", required = true)]
+        policies: Vec<PathBuf>,
+        /// `json`: one CloudEvent per line on stdout; `pretty`: a readable line per event.
+        #[arg(long, value_enum, default_value = "json")]
+        output: Format,
+        /// Where cgroup v2 is mounted (default: found in /proc/self/mountinfo).
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        /// Node name used in `source` and `subject` (default: $NODE_NAME, else the host name).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Ring buffer size in bytes (a power of two and a multiple of the page size).
+        #[arg(long)]
+        ring_buffer_bytes: Option<u32>,
+        /// How often policy files and cgroups are checked for changes, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        watch_interval_ms: u64,
+    },
     /// Print what this kernel offers the agent; exit non-zero when the agent cannot run.
     Doctor,
+    /// Work with RuntimePolicy and ClusterRuntimePolicy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Write the CRDs generated from the policy types into DIR (for `cargo xtask crd`).
+    #[command(hide = true)]
+    Crd {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files: exit 0 and print one summary line per policy, or exit 1 and
+    /// print one `file: field.path: reason` line per error (all on stdout).
+    Check {
+        /// Files, or directories whose *.yaml and *.yml files are read.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// `vigil policy check`: results on stdout (summaries or errors) so tools read one stream.
+fn policy_check(paths: &[PathBuf]) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match vigil::policy::load_paths(paths) {
+        Ok(policies) => {
+            for p in &policies {
+                let file = p
+                    .source()
+                    .map(|s| format!("{}: ", s.display()))
+                    .unwrap_or_default();
+                writeln!(out, "{file}{}", vigil::policy::summary(p))?;
+            }
+            if policies.is_empty() {
+                // A check that checked nothing is most likely a wrong path.
+                eprintln!(
+                    "no policies found (directories are read for *.yaml and *.yml, not recursively)"
+                );
+                std::process::exit(1)
+            }
+            Ok(())
+        }
+        Err(errors) => {
+            for e in &errors {
+                writeln!(out, "{e}")?;
+            }
+            out.flush()?;
+            // Not an `Err`: the errors above are the report; a backtrace would only add noise.
+            eprintln!("{} error(s): the policies are refused", errors.len());
+            std::process::exit(1)
+        }
+    }
+}
+
+/// `vigil crd --out DIR`: the chart's CRD files, generated from the Rust types.
+fn write_crds(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, yaml) in vigil::policy::crd::crd_files()? {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `body` on a tokio runtime with a stop signal that SIGINT and SIGTERM set.
+fn with_signals<F, Fut>(body: F) -> Result<()>
+where
+    F: FnOnce(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            if let Err(err) = stop_on_signal(tx).await {
+                tracing::error!("{err:#}");
+            }
+        });
+        body(rx).await
+    })
 }
 
 async fn stop_on_signal(tx: watch::Sender<bool>) -> Result<()> {
@@ -62,6 +170,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     vigil::telemetry::init_logging();
     match cli.command {
+        Command::Policy {
+            command: PolicyCommand::Check { paths },
+        } => policy_check(&paths),
+        Command::Crd { out } => write_crds(&out),
         Command::Doctor => {
             let checks = doctor::run();
             for c in &checks {
@@ -78,6 +190,33 @@ fn main() -> Result<()> {
                     .collect();
                 anyhow::bail!("vigil cannot run here: {} failed", failed.join(", "))
             }
+        }
+        Command::Run {
+            policies,
+            output,
+            cgroup_root,
+            node_name,
+            ring_buffer_bytes,
+            watch_interval_ms,
+        } => {
+            let options = RunOptions {
+                format: output,
+                policies,
+                cgroup_root,
+                node: node_name.unwrap_or_else(vigil::node_name),
+                ring_buffer_bytes,
+                watch_interval: std::time::Duration::from_millis(watch_interval_ms.max(50)),
+            };
+            with_signals(|rx| async move {
+                let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+                let summary = pipeline::run::run(&options, stdout, rx).await?;
+                tracing::info!(
+                    violations = summary.emitted,
+                    lost = summary.losses.total(),
+                    "stopped"
+                );
+                Ok(())
+            })
         }
         Command::Trace {
             output,

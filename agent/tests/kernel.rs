@@ -1,5 +1,9 @@
 //! Kernel tests: the real probes, loaded into this kernel, watching staged cgroups.
 //! Root only; each test stages its own cgroup and removes it, even when it fails.
+#[expect(
+    dead_code,
+    reason = "the helpers are shared by several test binaries; each uses a part"
+)]
 mod common;
 
 use std::{

@@ -101,6 +101,7 @@ fn exec_event() -> Value {
             exe_name: "curl".into(),
             script: false,
             undecided: false,
+            undecided_set: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             memfd: false,
             deleted: false,

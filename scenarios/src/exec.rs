@@ -46,3 +46,47 @@ pub fn deleted_exec(path: &str) -> Outcome {
     let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
     exec_fd(fd, "vigil-deleted")
 }
+
+/// The first thing this program does is write `path`: if the file exists, the program ran.
+pub fn write_marker(path: &str) -> Outcome {
+    std::fs::write(path, b"ran\n")?;
+    Ok(())
+}
+
+/// Copies this very program into a memfd and executes it there as `write-marker PATH`.
+pub fn memfd_exec_marker(path: &str) -> Outcome {
+    let name = c"vigil-payload";
+    // SAFETY: name is a valid C string.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(os_error("memfd_create"));
+    }
+    let image = std::fs::read("/proc/self/exe")?;
+    // SAFETY: fd is ours; ManuallyDrop keeps it open for the exec.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    file.write_all(&image)?;
+    let args = [
+        CString::new("vigil-payload"),
+        CString::new("write-marker"),
+        CString::new(path),
+    ];
+    let args: Vec<CString> = args
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| Failure::Error(e.to_string()))?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: valid NUL-terminated strings and NULL-terminated arrays.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    Err(os_error("execveat"))
+}

@@ -15,7 +15,7 @@ pub const UNSUPPORTED: u8 = 77;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: vigil-scenario <scenario> [args]\n\
-         exec:    memfd-exec | deleted-exec PATH\n\
+         exec:    memfd-exec | deleted-exec PATH | write-marker PATH | memfd-exec-marker PATH\n\
          connect: tcp-connect ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
@@ -33,6 +33,8 @@ fn main() -> ExitCode {
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let result = match (name.as_str(), rest.as_slice()) {
         ("memfd-exec", []) => exec::memfd_exec(),
+        ("write-marker", [path]) => exec::write_marker(path),
+        ("memfd-exec-marker", [path]) => exec::memfd_exec_marker(path),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("tcp-connect", [addr]) => connect::tcp(addr),
         ("udp-connect", [addr]) => connect::udp(addr),

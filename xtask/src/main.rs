@@ -1,9 +1,11 @@
 //! Vigil's developer tasks: `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
 //!
 //! `setup` installs what the build needs, `build` and `run` build and start the agent, `test`
-//! is the full suite CI runs (`.ci/run`), and `bench` measures the agent's overhead.
+//! is the full suite CI runs (`.ci/run`), `bench` measures the agent's overhead, and `crd`
+//! regenerates the chart's CRDs from the Rust types.
 mod bench;
 mod build;
+mod crd;
 mod run;
 mod setup;
 mod test;
@@ -61,6 +63,10 @@ enum Command {
     /// run 3 times without and 3 times with the agent, and the medians are compared.
     /// Results also go to target/bench/results.json.
     Bench(bench::Options),
+    /// Write the chart's CRDs (charts/vigil/crds/) from the policy types in the agent.
+    ///
+    /// With --check, only compare and fail when the committed YAML is out of date.
+    Crd(crd::Options),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         Command::Run { args } => run::run(&args),
         Command::Test { args } => test::run(&args),
         Command::Bench(options) => bench::run(&options),
+        Command::Crd(options) => crd::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

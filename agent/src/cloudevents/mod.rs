@@ -6,7 +6,8 @@ use serde_json::json;
 
 use crate::{
     ebpf::KernelLosses,
-    event::{Body, Event, prot_text},
+    enforce::PolicyRef,
+    event::{Action, Body, Event, prot_text},
     metadata::{clock::wall_time, process::Lineage},
 };
 
@@ -67,6 +68,7 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
                 "args": e.args,
                 "memfd": e.memfd,
                 "script": e.script,
+                "undecided": e.undecided.then_some(true),
                 "deleted": e.deleted,
                 "argsTruncated": e.args_truncated,
                 "argsMissing": e.args_missing,
@@ -111,6 +113,26 @@ pub fn observed(
     lineage: &Lineage,
     ctx: &Context<'_>,
 ) -> Result<CloudEvent, CloudEventError> {
+    build(event, lineage, ctx, None)
+}
+
+/// A policy violation: `vigilverdict: violation`, what was done, and which policy and rule.
+pub fn violation(
+    event: &Event,
+    lineage: &Lineage,
+    ctx: &Context<'_>,
+    policy: &PolicyRef,
+    action: Action,
+) -> Result<CloudEvent, CloudEventError> {
+    build(event, lineage, ctx, Some((policy, action)))
+}
+
+fn build(
+    event: &Event,
+    lineage: &Lineage,
+    ctx: &Context<'_>,
+    judged: Option<(&PolicyRef, Action)>,
+) -> Result<CloudEvent, CloudEventError> {
     let h = &event.header;
     let (ty, key, fields) = behaviour(&event.body);
     let mut data = json!({
@@ -129,15 +151,52 @@ pub fn observed(
         "node": ctx.node,
     });
     data[key] = fields;
-    EventBuilderV10::new()
+    // `undecided` appears only when true.
+    if let Some(exec) = data.get_mut("exec").and_then(|e| e.as_object_mut()) {
+        if exec.get("undecided").is_some_and(|v| v.is_null()) {
+            exec.remove("undecided");
+        }
+    }
+    let mut builder = EventBuilderV10::new()
         .id(uuid::Uuid::new_v4().to_string())
         .source(source(ctx.node))
         .ty(ty)
         .subject(format!("hosts/{}", ctx.node))
-        .time(wall_time(h.boot_ns))
-        .extension("vigilverdict", "observed")
-        .extension("vigilaction", "none")
-        .extension("vigilseverity", "info")
+        .time(wall_time(h.boot_ns));
+    match judged {
+        None => {
+            builder = builder
+                .extension("vigilverdict", "observed")
+                .extension("vigilaction", "none")
+                .extension("vigilseverity", "info");
+        }
+        Some((policy, action)) => {
+            data["policy"] = json!({
+                "kind": policy.kind,
+                "name": policy.name,
+                "namespace": policy.namespace,
+                "rule": policy.rule,
+                "description": policy.text,
+            });
+            let qualified = match &policy.namespace {
+                Some(ns) => format!("{ns}/{}", policy.name),
+                None => policy.name.clone(),
+            };
+            builder = builder
+                .extension("vigilverdict", "violation")
+                .extension("vigilaction", action.name())
+                .extension("vigilpolicy", qualified)
+                .extension(
+                    "vigilseverity",
+                    if action == Action::Kill {
+                        "high"
+                    } else {
+                        "medium"
+                    },
+                );
+        }
+    }
+    builder
         .data("application/json", data)
         .build()
         .map_err(|source| CloudEventError::Build { ty, source })

@@ -71,6 +71,8 @@ pub struct Exec {
     pub script: bool,
     /// A policy applies but the kernel could not decide (e.g. a path too long for its maps).
     pub undecided: bool,
+    /// The policy set that applies, when `undecided`.
+    pub undecided_set: Option<u32>,
     pub args: Vec<String>,
     pub memfd: bool,
     pub deleted: bool,
@@ -241,6 +243,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     exe_name: c_string(&e.exe_name),
                     script: e.flags & exec_flags::SCRIPT != 0,
                     undecided: e.flags & exec_flags::UNDECIDED != 0,
+                    undecided_set: (e.flags & exec_flags::UNDECIDED != 0)
+                        .then(|| agent_common::rule_id::set(e.header.rule)),
                     args: split_args(&e.args, e.args_len, e.argc),
                     memfd: e.flags & exec_flags::MEMFD != 0,
                     deleted: e.flags & exec_flags::DELETED != 0,

@@ -142,6 +142,7 @@ mod tests {
                 exe_path: None,
                 script: false,
                 undecided: false,
+                undecided_set: None,
                 args: vec!["payload".into(), "-x".into()],
                 memfd: false,
                 deleted: false,

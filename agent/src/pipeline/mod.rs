@@ -1,4 +1,5 @@
 //! The stages between the ring buffer and the sinks: reader -> decode -> enrich -> sink.
+pub mod run;
 use std::{
     io::Write,
     path::PathBuf,
@@ -23,7 +24,7 @@ use crate::{
 };
 
 /// Records waiting between the reader and the enrich stage.
-const QUEUE_CAPACITY: usize = 65_536;
+pub(crate) const QUEUE_CAPACITY: usize = 65_536;
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,10 @@ pub enum PipelineError {
     CloudEvent(#[from] cloudevents::CloudEventError),
     #[error("reader task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("policies refused:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Policies(Vec<crate::policy::FieldError>),
+    #[error(transparent)]
+    Enforce(#[from] crate::enforce::EnforceError),
 }
 
 #[derive(Debug, Clone)]
@@ -59,11 +64,11 @@ pub struct TraceSummary {
     pub losses: LossReport,
 }
 
-struct Losses {
-    kernel: LossCounters,
-    reader: Arc<ReaderStats>,
-    undecodable: u64,
-    reported: LossReport,
+pub(crate) struct Losses {
+    pub(crate) kernel: LossCounters,
+    pub(crate) reader: Arc<ReaderStats>,
+    pub(crate) undecodable: u64,
+    pub(crate) reported: LossReport,
 }
 
 impl Losses {
@@ -76,7 +81,7 @@ impl Losses {
     }
 
     /// Emits a loss event when anything was lost since the last report.
-    fn report<W: Write>(
+    pub(crate) fn report<W: Write>(
         &mut self,
         node: &str,
         sink: &mut StdoutSink<W>,
@@ -174,7 +179,7 @@ pub async fn trace<W: Write>(
 }
 
 impl Losses {
-    fn now_or_reported(&self) -> LossReport {
+    pub(crate) fn now_or_reported(&self) -> LossReport {
         self.now().unwrap_or(self.reported)
     }
 }

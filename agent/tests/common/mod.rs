@@ -174,17 +174,41 @@ pub struct Tracer {
     child: Option<Child>,
     events: Arc<Mutex<Vec<Value>>>,
     stdout_thread: Option<std::thread::JoinHandle<()>>,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Tracer {
     /// Starts tracing `cgroup` (relative path, or None for the whole host) and waits until
     /// the probes are attached.
     pub fn start(cgroup: Option<&str>, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(vigil_bin());
-        cmd.args(["trace", "--output", "json"]).args(extra);
+        let mut args = vec!["trace", "--output", "json"];
+        args.extend_from_slice(extra);
         if let Some(cg) = cgroup {
-            cmd.args(["--cgroup", cg]);
+            args.extend(["--cgroup", cg]);
         }
+        Self::spawn(&args, "vigil is tracing")
+    }
+
+    /// Starts `vigil run` with `policy` (a file or directory), checking it every 100 ms.
+    pub fn enforce(policy: &Path) -> Self {
+        let policy = policy.to_str().expect("UTF-8 path");
+        Self::spawn(
+            &[
+                "run",
+                "--output",
+                "json",
+                "--watch-interval-ms",
+                "100",
+                "--policy",
+                policy,
+            ],
+            "vigil is enforcing",
+        )
+    }
+
+    fn spawn(args: &[&str], ready_marker: &'static str) -> Self {
+        let mut cmd = Command::new(vigil_bin());
+        cmd.args(args);
         let mut child = cmd
             .env("VIGIL_LOG", "info")
             .stdout(Stdio::piped())
@@ -193,11 +217,14 @@ impl Tracer {
             .expect("spawning vigil trace");
         let stderr = child.stderr.take().expect("stderr");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log_sink = log.clone();
         std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[vigil] {line}");
-                if line.contains("vigil is tracing") {
+                log_sink.lock().expect("log").push(line.clone());
+                if line.contains(ready_marker) {
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(());
                     }
@@ -237,17 +264,30 @@ impl Tracer {
         });
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
-            panic!("vigil trace did not report that it is tracing within 60 s");
+            panic!(
+                "vigil {} did not report `{ready_marker}` within 60 s",
+                args[0]
+            );
         }
         Self {
             child: Some(child),
             events,
             stdout_thread: Some(stdout_thread),
+            log,
         }
     }
 
     pub fn events(&self) -> Vec<Value> {
         self.events.lock().expect("events").clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything the agent logged so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
     }
 
     /// Waits for an event matching `pred`.

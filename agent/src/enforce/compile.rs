@@ -1,0 +1,448 @@
+//! Compiles the policies selecting one cgroup (a policy set) into what the kernel maps hold.
+//! Pure: no maps, no files, so the semantics are unit-tested here.
+//!
+//! Union semantics as NetworkPolicy: a section restricts when any policy in the set restricts
+//! it; allows are united; deny wins; the strongest action wins; Audit never kills.
+//! The kernel's LPM tries return only the longest match, so each entry here carries what its
+//! covering (shorter) entries say: a deny anywhere on the way down wins.
+use std::collections::BTreeMap;
+
+use agent_common::{
+    MAX_PORT_RANGES, PathRule, PolicySet, PortRange as KernelRange, PortRules, action,
+    path_verdict, proto_mask, rule_id, set_flags,
+};
+use ipnet::IpNet;
+
+use crate::policy::{Action, ExecRule, Policy, Protocol, WriteExecute};
+
+/// Which rule of which policy an index in a set stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRef {
+    /// Index into the set's policies.
+    pub policy: usize,
+    /// Field path, e.g. `spec.exec.deny[0]`.
+    pub field: String,
+    /// What the rule says, e.g. `prefix /tmp/`.
+    pub text: String,
+}
+
+/// An `EXEC_PATHS` key before the set id is put in front: the path, and whether it is exact
+/// (stored with its terminating NUL) or a directory prefix.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PathEntry {
+    pub path: String,
+    pub exact: bool,
+}
+
+impl PathEntry {
+    /// The bytes the LPM key compares, after the set id.
+    pub fn key_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.path.as_bytes().to_vec();
+        if self.exact {
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    fn covers(&self, other: &PathEntry) -> bool {
+        other.key_bytes().starts_with(&self.key_bytes())
+    }
+}
+
+/// One policy set, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledSet {
+    pub set: PolicySet,
+    pub paths: BTreeMap<PathEntry, PathRule>,
+    pub connect_allow: BTreeMap<IpNet, PortRules>,
+    pub connect_deny: BTreeMap<IpNet, PortRules>,
+    /// Rule index -> rule. Indices are positions in this list.
+    pub rules: Vec<RuleRef>,
+    /// Port ranges beyond what the kernel keeps for one CIDR (logged, never silent).
+    pub dropped_ranges: Vec<String>,
+}
+
+impl CompiledSet {
+    fn rule(&mut self, policy: usize, field: String, text: String) -> u16 {
+        self.rules.push(RuleRef {
+            policy,
+            field,
+            text,
+        });
+        (self.rules.len() - 1) as u16
+    }
+}
+
+fn kernel_action(a: Action) -> u32 {
+    u32::from(match a {
+        Action::Alert => action::ALERT,
+        Action::Kill => action::KILL,
+    })
+}
+
+/// Compiles `policies` (all selecting the same cgroup) into one set.
+pub fn compile(policies: &[&Policy]) -> CompiledSet {
+    let mut out = CompiledSet::default();
+    let mut exec_allow: Vec<(PathEntry, u16)> = Vec::new();
+    let mut exec_deny: Vec<(PathEntry, u16)> = Vec::new();
+    let mut wx_exempt: Vec<PathEntry> = Vec::new();
+    let mut allow_nets: Vec<(IpNet, KernelRange)> = Vec::new();
+    let mut deny_nets: Vec<(IpNet, KernelRange)> = Vec::new();
+
+    for (pi, policy) in policies.iter().enumerate() {
+        let spec = &policy.spec;
+        let exec = &spec.exec;
+        if !exec.allow.is_empty() || !exec.deny.is_empty() {
+            out.set.exec_action = out
+                .set
+                .exec_action
+                .max(kernel_action(spec.effective(exec.action)));
+        }
+        if !exec.allow.is_empty() {
+            out.set.flags |= set_flags::EXEC_ALLOWLIST;
+        }
+        for (list, rules, sink) in [
+            ("allow", &exec.allow, &mut exec_allow),
+            ("deny", &exec.deny, &mut exec_deny),
+        ] {
+            for (i, rule) in rules.iter().enumerate() {
+                let index = out.rule(pi, format!("spec.exec.{list}[{i}]"), rule.to_string());
+                match rule {
+                    ExecRule::Path(p) => sink.push((
+                        PathEntry {
+                            path: p.clone(),
+                            exact: true,
+                        },
+                        index,
+                    )),
+                    ExecRule::Prefix(p) => sink.push((
+                        PathEntry {
+                            path: p.clone(),
+                            exact: false,
+                        },
+                        index,
+                    )),
+                    ExecRule::Memfd if list == "deny" => {
+                        out.set.flags |= set_flags::EXEC_DENY_MEMFD;
+                        out.set.memfd_rule = index.into();
+                    }
+                    ExecRule::Memfd => {}
+                }
+            }
+        }
+
+        let connect = &spec.connect;
+        if connect.has_allowlist() || !connect.deny.is_empty() {
+            out.set.connect_action = out
+                .set
+                .connect_action
+                .max(kernel_action(spec.effective(connect.action)));
+        }
+        if connect.has_allowlist() {
+            out.set.flags |= set_flags::CONNECT_ALLOWLIST;
+        }
+        if connect.allow_services {
+            out.set.flags |= set_flags::CONNECT_ALLOW_SERVICES;
+        }
+        for (list, rules, sink) in [
+            ("allow", &connect.allow, &mut allow_nets),
+            ("deny", &connect.deny, &mut deny_nets),
+        ] {
+            for (i, rule) in rules.iter().enumerate() {
+                let index = out.rule(pi, format!("spec.connect.{list}[{i}]"), connect_text(rule));
+                let protocols = match rule.protocol {
+                    None => proto_mask::ANY,
+                    Some(Protocol::Tcp) => proto_mask::TCP,
+                    Some(Protocol::Udp) => proto_mask::UDP,
+                };
+                for r in rule.port_ranges() {
+                    sink.push((
+                        rule.cidr,
+                        KernelRange {
+                            lo: r.lo,
+                            hi: r.hi,
+                            protocols,
+                            rule: index,
+                        },
+                    ));
+                }
+            }
+        }
+
+        let memory = &spec.memory;
+        if memory.write_execute == WriteExecute::Deny {
+            if out.set.flags & set_flags::WX_DENY == 0 {
+                out.set.wx_rule = out
+                    .rule(pi, "spec.memory.writeExecute".into(), "Deny".into())
+                    .into();
+            }
+            out.set.flags |= set_flags::WX_DENY;
+            out.set.wx_action = out
+                .set
+                .wx_action
+                .max(kernel_action(spec.effective(memory.action)));
+        }
+        for exe in &memory.allow_executables {
+            wx_exempt.push(PathEntry {
+                path: exe.clone(),
+                exact: true,
+            });
+        }
+    }
+
+    // Every key any list names, each with what the longest match on it must say.
+    let mut keys: Vec<PathEntry> = exec_allow
+        .iter()
+        .chain(&exec_deny)
+        .map(|(e, _)| e.clone())
+        .collect();
+    keys.extend(wx_exempt.iter().cloned());
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let most_specific = |list: &[(PathEntry, u16)]| {
+            list.iter()
+                .filter(|(e, _)| e.covers(&key))
+                .max_by_key(|(e, _)| e.key_bytes().len())
+                .map(|(_, i)| *i)
+        };
+        let mut rule = PathRule::default();
+        if let Some(index) = most_specific(&exec_deny) {
+            rule.exec = path_verdict::DENY;
+            rule.exec_rule = index;
+        } else if let Some(index) = most_specific(&exec_allow) {
+            rule.exec = path_verdict::ALLOW;
+            rule.exec_rule = index;
+        }
+        rule.wx_exempt = u16::from(wx_exempt.contains(&key));
+        out.paths.insert(key, rule);
+    }
+
+    out.connect_allow = nets(&allow_nets, &mut out.dropped_ranges);
+    out.connect_deny = nets(&deny_nets, &mut out.dropped_ranges);
+    out
+}
+
+fn connect_text(rule: &crate::policy::ConnectRule) -> String {
+    let ports: Vec<String> = rule.ports.iter().map(ToString::to_string).collect();
+    let ports = if ports.is_empty() {
+        "all ports".to_string()
+    } else {
+        format!("ports {}", ports.join(","))
+    };
+    let proto = match rule.protocol {
+        None => "",
+        Some(Protocol::Tcp) => " TCP",
+        Some(Protocol::Udp) => " UDP",
+    };
+    format!("{} {ports}{proto}", rule.cidr)
+}
+
+/// Each CIDR with the ranges of every CIDR covering it (itself included).
+fn nets(entries: &[(IpNet, KernelRange)], dropped: &mut Vec<String>) -> BTreeMap<IpNet, PortRules> {
+    let mut out = BTreeMap::new();
+    let mut cidrs: Vec<IpNet> = entries.iter().map(|(n, _)| *n).collect();
+    cidrs.sort();
+    cidrs.dedup();
+    for cidr in cidrs {
+        let mut rules = PortRules::default();
+        let mut ranges: Vec<KernelRange> = entries
+            .iter()
+            .filter(|(n, _)| covers(n, &cidr))
+            .map(|(_, r)| *r)
+            .collect();
+        ranges.dedup();
+        for r in ranges {
+            if (rules.count as usize) < MAX_PORT_RANGES {
+                rules.ranges[rules.count as usize] = r;
+                rules.count += 1;
+            } else {
+                dropped.push(format!("{cidr} ports {}-{}", r.lo, r.hi));
+            }
+        }
+        out.insert(cidr, rules);
+    }
+    out
+}
+
+fn covers(outer: &IpNet, inner: &IpNet) -> bool {
+    match (outer, inner) {
+        (IpNet::V4(o), IpNet::V4(i)) => o.contains(i),
+        (IpNet::V6(o), IpNet::V6(i)) => o.contains(i),
+        _ => false,
+    }
+}
+
+/// The 20-byte LPM key data and prefix length of `cidr` in `set`: IPv4 as `::ffff:a.b.c.d/96+n`.
+pub fn addr_key(set: u32, cidr: &IpNet) -> (u32, agent_common::AddrKeyData) {
+    let mut data = [0u8; 20];
+    data[..4].copy_from_slice(&set.to_be_bytes());
+    let (addr, bits) = match cidr {
+        IpNet::V4(n) => (
+            n.network().to_ipv6_mapped().octets(),
+            96 + u32::from(n.prefix_len()),
+        ),
+        IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
+    };
+    data[4..].copy_from_slice(&addr);
+    (32 + bits, data)
+}
+
+/// The LPM key data and prefix length of a path entry in `set`; `None` if too long.
+pub fn path_key(set: u32, entry: &PathEntry) -> Option<(u32, agent_common::PathKeyData)> {
+    let bytes = entry.key_bytes();
+    if bytes.len() > agent_common::KEY_PATH_LEN {
+        return None;
+    }
+    let mut data = [0u8; 4 + agent_common::KEY_PATH_LEN];
+    data[..4].copy_from_slice(&set.to_be_bytes());
+    data[4..4 + bytes.len()].copy_from_slice(&bytes);
+    Some(((4 + bytes.len() as u32) * 8, data))
+}
+
+/// The rule index meaning "not on the allowlist".
+pub const NOT_ALLOWED: u32 = rule_id::NOT_ALLOWED;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::load_str;
+
+    fn policies(yaml: &str) -> Vec<Policy> {
+        load_str(yaml, None).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    const A: &str = r#"
+apiVersion: vigil.dev/v1alpha1
+kind: ClusterRuntimePolicy
+metadata: {name: a}
+spec:
+  hostProcesses: {}
+  exec:
+    allow: [{prefix: /usr/bin/}, {path: /tmp/tool}]
+    deny: [{prefix: /tmp/}, {memfd: true}]
+    action: Kill
+  connect:
+    allow: [{cidr: 10.0.0.0/8, ports: ["443"]}, {cidr: 10.1.0.0/16, ports: ["80"], protocol: TCP}]
+    deny: [{cidr: "::1/128"}]
+  memory: {writeExecute: Deny, allowExecutables: [/usr/bin/node], action: Alert}
+"#;
+
+    const B_AUDIT: &str = r#"
+apiVersion: vigil.dev/v1alpha1
+kind: ClusterRuntimePolicy
+metadata: {name: b}
+spec:
+  hostProcesses: {}
+  mode: Audit
+  exec:
+    allow: [{path: /opt/app/bin/app}]
+    action: Kill
+  connect: {allowServices: true}
+"#;
+
+    #[test]
+    fn deny_wins_over_a_more_specific_allow_and_allows_are_inherited() {
+        let ps = policies(A);
+        let c = compile(&ps.iter().collect::<Vec<_>>());
+        let tool = &c.paths[&PathEntry {
+            path: "/tmp/tool".into(),
+            exact: true,
+        }];
+        assert_eq!(
+            tool.exec,
+            path_verdict::DENY,
+            "the allowed path lies under a denied prefix"
+        );
+        assert_eq!(c.rules[tool.exec_rule as usize].field, "spec.exec.deny[0]");
+        let node = &c.paths[&PathEntry {
+            path: "/usr/bin/node".into(),
+            exact: true,
+        }];
+        assert_eq!(
+            (node.exec, node.wx_exempt),
+            (path_verdict::ALLOW, 1),
+            "exemption entry inherits the /usr/bin/ allow"
+        );
+        assert_eq!(
+            c.set.flags & set_flags::EXEC_DENY_MEMFD,
+            set_flags::EXEC_DENY_MEMFD
+        );
+        assert_eq!(c.rules[c.set.memfd_rule as usize].text, "memfd");
+        assert_eq!(c.set.exec_action, u32::from(action::KILL));
+        assert_eq!(c.set.wx_action, u32::from(action::ALERT));
+    }
+
+    #[test]
+    fn a_more_specific_cidr_keeps_the_ports_of_the_one_covering_it() {
+        let ps = policies(A);
+        let c = compile(&ps.iter().collect::<Vec<_>>());
+        let inner = &c.connect_allow[&"10.1.0.0/16".parse::<IpNet>().unwrap()];
+        let ranges: Vec<(u16, u16, u16)> = inner.ranges[..inner.count as usize]
+            .iter()
+            .map(|r| (r.lo, r.hi, r.protocols))
+            .collect();
+        assert!(ranges.contains(&(443, 443, proto_mask::ANY)), "{ranges:?}");
+        assert!(ranges.contains(&(80, 80, proto_mask::TCP)), "{ranges:?}");
+        let deny = &c.connect_deny[&"::1/128".parse::<IpNet>().unwrap()];
+        assert_eq!(
+            (deny.count, deny.ranges[0].lo, deny.ranges[0].hi),
+            (1, 0, 65535)
+        );
+    }
+
+    #[test]
+    fn union_of_policies_audit_caps_at_alert_and_allowlists_unite() {
+        let mut ps = policies(A);
+        ps.extend(policies(B_AUDIT));
+        let c = compile(&ps.iter().collect::<Vec<_>>());
+        assert_eq!(
+            c.set.exec_action,
+            u32::from(action::KILL),
+            "A's Kill is the strongest"
+        );
+        let app = &c.paths[&PathEntry {
+            path: "/opt/app/bin/app".into(),
+            exact: true,
+        }];
+        assert_eq!(app.exec, path_verdict::ALLOW);
+        assert_ne!(c.set.flags & set_flags::CONNECT_ALLOW_SERVICES, 0);
+
+        let b = policies(B_AUDIT);
+        let c = compile(&b.iter().collect::<Vec<_>>());
+        assert_eq!(
+            c.set.exec_action,
+            u32::from(action::ALERT),
+            "Audit never kills"
+        );
+        assert_eq!(c.set.flags & set_flags::WX_DENY, 0);
+    }
+
+    #[test]
+    fn keys_put_the_set_first_and_mark_exact_paths_with_their_nul() {
+        let (bits, data) = path_key(
+            3,
+            &PathEntry {
+                path: "/bin/sh".into(),
+                exact: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(bits, (4 + 8) * 8);
+        assert_eq!(&data[..4], &[0, 0, 0, 3]);
+        assert_eq!(&data[4..12], b"/bin/sh\0");
+        let (bits, data) = addr_key(1, &"127.0.0.0/8".parse().unwrap());
+        assert_eq!(bits, 32 + 96 + 8);
+        assert_eq!(&data[14..17], &[0xff, 0xff, 127]);
+        assert!(
+            path_key(
+                1,
+                &PathEntry {
+                    path: format!("/{}", "a".repeat(300)),
+                    exact: false
+                }
+            )
+            .is_none()
+        );
+    }
+}

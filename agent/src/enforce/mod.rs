@@ -1,0 +1,384 @@
+//! Enforcement: policies compiled into the kernel maps, swapped in without a gap, and the
+//! names behind the rule indices the kernel reports.
+//!
+//! Reload writes the new sets under fresh ids (the two halves of the id space alternate),
+//! repoints every cgroup binding, then deletes the old sets. Every lookup in between sees a
+//! complete old or a complete new set: there is no moment without enforcement.
+pub mod bindings;
+pub mod compile;
+pub mod seed;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+};
+
+use agent_common::{MAX_POLICY_SETS, PolicySet, ServiceKey};
+use aya::maps::lpm_trie::Key;
+
+use crate::{
+    ebpf::PolicyMaps,
+    metadata::cgroup,
+    policy::{ExecRule, Policy},
+};
+use compile::{CompiledSet, addr_key, compile, path_key};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("too many policy sets: {0} (at most {max} per generation)", max = HALF - 1)]
+    TooManySets(usize),
+}
+
+const HALF: u32 = MAX_POLICY_SETS / 2;
+
+/// A policy named in an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// The rule's field path, e.g. `spec.exec.deny[0]`, or the section for "not allowed".
+    pub rule: String,
+    pub text: String,
+}
+
+/// One generation of compiled sets as written to the kernel.
+struct Generation {
+    base: u32,
+    sets: Vec<CompiledSet>,
+    /// For each set, the policies it was compiled from.
+    members: Vec<Vec<Policy>>,
+}
+
+impl Generation {
+    fn set(&self, id: u32) -> Option<(&CompiledSet, &Vec<Policy>)> {
+        let i = id.checked_sub(self.base + 1)? as usize;
+        Some((self.sets.get(i)?, self.members.get(i)?))
+    }
+}
+
+/// What an apply did, for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub policies: usize,
+    pub sets: usize,
+    pub bound: Vec<String>,
+    /// Binding paths whose cgroup does not exist (yet); retried by `refresh`.
+    pub waiting: Vec<String>,
+}
+
+pub struct Enforcer {
+    maps: PolicyMaps,
+    cgroup_root: PathBuf,
+    current: Option<Generation>,
+    previous: Option<Generation>,
+    /// Binding path -> set id, as wanted by the current generation.
+    wanted: BTreeMap<String, u32>,
+    /// Binding path -> cgroup id it is bound to now.
+    bound: HashMap<String, u64>,
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
+    move |source| EnforceError::Map { map, source }
+}
+
+impl Enforcer {
+    pub fn new(maps: PolicyMaps, cgroup_root: PathBuf) -> Self {
+        Self {
+            maps,
+            cgroup_root,
+            current: None,
+            previous: None,
+            wanted: BTreeMap::new(),
+            bound: HashMap::new(),
+        }
+    }
+
+    /// Compiles `policies` and swaps them in.
+    pub fn apply(&mut self, policies: &[Policy]) -> Result<Applied, EnforceError> {
+        let bindings = bindings::host_bindings(policies);
+        // Bindings with the same policies share one set.
+        let mut set_of_members: BTreeMap<Vec<usize>, u32> = BTreeMap::new();
+        let base = match &self.current {
+            Some(g) if g.base == 0 => HALF,
+            _ => 0,
+        };
+        let mut generation = Generation {
+            base,
+            sets: Vec::new(),
+            members: Vec::new(),
+        };
+        let mut wanted = BTreeMap::new();
+        for (path, members) in &bindings {
+            let id = match set_of_members.get(members) {
+                Some(id) => *id,
+                None => {
+                    let chosen: Vec<&Policy> = members.iter().map(|i| &policies[*i]).collect();
+                    let compiled = compile(&chosen);
+                    for dropped in &compiled.dropped_ranges {
+                        tracing::warn!(range = %dropped, "more port ranges for one CIDR than the kernel keeps; this range is not enforced");
+                    }
+                    generation.sets.push(compiled);
+                    generation
+                        .members
+                        .push(chosen.into_iter().cloned().collect());
+                    let id = base + generation.sets.len() as u32;
+                    if id >= base + HALF {
+                        return Err(EnforceError::TooManySets(generation.sets.len()));
+                    }
+                    set_of_members.insert(members.clone(), id);
+                    id
+                }
+            };
+            wanted.insert(path.clone(), id);
+        }
+
+        // 1. The new sets, complete, under ids no binding points to yet.
+        for (i, compiled) in generation.sets.iter().enumerate() {
+            self.write_set(base + 1 + i as u32, compiled)?;
+        }
+        // 2. Repoint the bindings (and drop those no policy wants any more).
+        self.wanted = wanted;
+        let applied = self.bind_all()?;
+        // 3. The old sets: nothing points to them any more.
+        if let Some(current) = self.current.take() {
+            self.delete_generation(&current)?;
+            // Kept only to name the rules of events still in flight.
+            self.previous = Some(current);
+        }
+        self.current = Some(generation);
+        Ok(Applied {
+            policies: policies.len(),
+            sets: set_of_members.len(),
+            ..applied
+        })
+    }
+
+    fn write_set(&mut self, id: u32, compiled: &CompiledSet) -> Result<(), EnforceError> {
+        for (entry, rule) in &compiled.paths {
+            let Some((bits, data)) = path_key(id, entry) else {
+                continue;
+            };
+            self.maps
+                .exec_paths
+                .insert(&Key::new(bits, data), *rule, 0)
+                .map_err(map_err("EXEC_PATHS"))?;
+        }
+        for (net, rules) in &compiled.connect_allow {
+            let (bits, data) = addr_key(id, net);
+            self.maps
+                .connect_allow
+                .insert(&Key::new(bits, data), *rules, 0)
+                .map_err(map_err("CONNECT_ALLOW"))?;
+        }
+        for (net, rules) in &compiled.connect_deny {
+            let (bits, data) = addr_key(id, net);
+            self.maps
+                .connect_deny
+                .insert(&Key::new(bits, data), *rules, 0)
+                .map_err(map_err("CONNECT_DENY"))?;
+        }
+        self.maps
+            .policy_sets
+            .set(id, compiled.set, 0)
+            .map_err(map_err("POLICY_SETS"))
+    }
+
+    fn delete_generation(&mut self, g: &Generation) -> Result<(), EnforceError> {
+        for (i, compiled) in g.sets.iter().enumerate() {
+            let id = g.base + 1 + i as u32;
+            self.maps
+                .policy_sets
+                .set(id, PolicySet::default(), 0)
+                .map_err(map_err("POLICY_SETS"))?;
+            for entry in compiled.paths.keys() {
+                if let Some((bits, data)) = path_key(id, entry) {
+                    let _ = self.maps.exec_paths.remove(&Key::new(bits, data));
+                }
+            }
+            for net in compiled.connect_allow.keys() {
+                let (bits, data) = addr_key(id, net);
+                let _ = self.maps.connect_allow.remove(&Key::new(bits, data));
+            }
+            for net in compiled.connect_deny.keys() {
+                let (bits, data) = addr_key(id, net);
+                let _ = self.maps.connect_deny.remove(&Key::new(bits, data));
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds every wanted path whose cgroup exists (a cgroup id changes when a service
+    /// restarts and its cgroup is made anew), and unbinds what is no longer wanted.
+    fn bind_all(&mut self) -> Result<Applied, EnforceError> {
+        let mut applied = Applied::default();
+        let stale: Vec<String> = self
+            .bound
+            .keys()
+            .filter(|p| !self.wanted.contains_key(*p))
+            .cloned()
+            .collect();
+        for path in stale {
+            if let Some(id) = self.bound.remove(&path) {
+                let _ = self.maps.cgroup_sets.remove(&id);
+            }
+        }
+        for (path, set) in &self.wanted {
+            match cgroup::filter_for(&self.cgroup_root, path) {
+                Ok(filter) => {
+                    if let Some(old) = self.bound.insert(path.clone(), filter.id) {
+                        if old != filter.id {
+                            let _ = self.maps.cgroup_sets.remove(&old);
+                        }
+                    }
+                    self.maps
+                        .cgroup_sets
+                        .insert(filter.id, *set, 0)
+                        .map_err(map_err("CGROUP_SETS"))?;
+                    applied.bound.push(path.clone());
+                }
+                Err(_) => {
+                    if let Some(old) = self.bound.remove(path) {
+                        let _ = self.maps.cgroup_sets.remove(&old);
+                    }
+                    applied.waiting.push(path.clone());
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Re-checks bindings: cgroups that appeared, or were made anew, since the last look.
+    pub fn refresh(&mut self) -> Result<Vec<String>, EnforceError> {
+        let before: HashMap<String, u64> = self.bound.clone();
+        let applied = self.bind_all()?;
+        Ok(applied
+            .bound
+            .into_iter()
+            .filter(|p| before.get(p) != self.bound.get(p))
+            .collect())
+    }
+
+    /// Names the policy and rule behind a violation's set and rule index.
+    pub fn describe(&self, set: u32, rule: u32, section: &str) -> Option<PolicyRef> {
+        let (compiled, members) = [&self.current, &self.previous]
+            .into_iter()
+            .flatten()
+            .find_map(|g| g.set(set))?;
+        if rule == compile::NOT_ALLOWED {
+            // Every policy of the set with an allowlist for this section shares the blame;
+            // the first is named.
+            let policy = members.iter().find(|p| match section {
+                "exec" => !p.spec.exec.allow.is_empty(),
+                "connect" => p.spec.connect.has_allowlist(),
+                _ => false,
+            })?;
+            return Some(policy_ref(
+                policy,
+                format!("spec.{section}.allow"),
+                format!("not on the {section} allowlist"),
+            ));
+        }
+        let r = compiled.rules.get(rule as usize)?;
+        Some(policy_ref(
+            members.get(r.policy)?,
+            r.field.clone(),
+            r.text.clone(),
+        ))
+    }
+
+    /// Decides, in user space, an exec the kernel could not (a path too long for its keys).
+    /// Only alerts: the exec has happened.
+    pub fn decide_exec(
+        &self,
+        set: u32,
+        path: &str,
+        script: Option<&str>,
+        memfd: bool,
+    ) -> Option<PolicyRef> {
+        let (_, members) = [&self.current, &self.previous]
+            .into_iter()
+            .flatten()
+            .find_map(|g| g.set(set))?;
+        let candidates: Vec<&str> = std::iter::once(path).chain(script).collect();
+        for p in members {
+            for (i, rule) in p.spec.exec.deny.iter().enumerate() {
+                if candidates.iter().any(|c| rule.matches(c, memfd)) {
+                    return Some(policy_ref(
+                        p,
+                        format!("spec.exec.deny[{i}]"),
+                        rule.to_string(),
+                    ));
+                }
+            }
+        }
+        let allowlists: Vec<&Policy> = members
+            .iter()
+            .filter(|p| !p.spec.exec.allow.is_empty())
+            .collect();
+        if allowlists.is_empty() {
+            return None;
+        }
+        let allowed = |c: &str| {
+            allowlists.iter().any(|p| {
+                p.spec
+                    .exec
+                    .allow
+                    .iter()
+                    .any(|r: &ExecRule| r.matches(c, memfd))
+            })
+        };
+        if candidates.iter().all(|c| allowed(c)) {
+            return None;
+        }
+        Some(policy_ref(
+            allowlists[0],
+            "spec.exec.allow".into(),
+            "not on the exec allowlist".into(),
+        ))
+    }
+
+    /// Replaces the node-wide Service addresses (for `allowServices`).
+    pub fn set_services(&mut self, services: &[ServiceKey]) -> Result<(), EnforceError> {
+        let current: Vec<ServiceKey> = self.maps.services.keys().filter_map(Result::ok).collect();
+        for key in services {
+            self.maps
+                .services
+                .insert(*key, 1, 0)
+                .map_err(map_err("SERVICES"))?;
+        }
+        for key in current.iter().filter(|k| !services.contains(k)) {
+            let _ = self.maps.services.remove(key);
+        }
+        Ok(())
+    }
+
+    /// Entries in the path and CIDR maps (to show reloads do not leak).
+    pub fn map_entries(&self) -> usize {
+        self.maps.exec_paths.keys().count()
+            + self.maps.connect_allow.keys().count()
+            + self.maps.connect_deny.keys().count()
+            + self.maps.cgroup_sets.keys().count()
+    }
+
+    pub fn task_exe_map(
+        &mut self,
+    ) -> &mut aya::maps::HashMap<aya::maps::MapData, u32, agent_common::ExePath> {
+        &mut self.maps.task_exe
+    }
+}
+
+fn policy_ref(p: &Policy, rule: String, text: String) -> PolicyRef {
+    PolicyRef {
+        kind: p.kind.to_string(),
+        name: p.name.clone(),
+        namespace: p.namespace.clone(),
+        rule,
+        text,
+    }
+}

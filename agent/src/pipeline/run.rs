@@ -1,0 +1,212 @@
+//! `vigil run`: policies enforced in the kernel, violations out as CloudEvents, policy files
+//! watched and swapped in without a gap.
+use std::{
+    io::Write,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Losses, PipelineError, QUEUE_CAPACITY, TraceSummary};
+use crate::{
+    cloudevents::{self, Context},
+    ebpf::{Mode, ProbeOptions, Probes, reader},
+    enforce::{Enforcer, PolicyRef, seed},
+    event::{self, Action, Body, Event, Verdict},
+    metadata::{
+        cgroup::{self, CgroupPaths},
+        process::ProcessCache,
+    },
+    policy::{self, FieldError, Policy},
+    sink::stdout::{Format, StdoutSink},
+};
+
+const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub format: Format,
+    /// Policy files or directories.
+    pub policies: Vec<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+    pub node: String,
+    pub ring_buffer_bytes: Option<u32>,
+    /// How often policy files and cgroup bindings are checked for changes.
+    pub watch_interval: Duration,
+}
+
+/// What identifies the policy files' content: every file's path, size and modification time.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    for path in paths {
+        let mut files = vec![path.clone()];
+        if path.is_dir() {
+            files = std::fs::read_dir(path)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+        }
+        for file in files {
+            let meta = std::fs::metadata(&file).ok();
+            out.push((
+                file,
+                meta.as_ref().map_or(0, |m| m.len()),
+                meta.and_then(|m| m.modified().ok()),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn log_refused(errors: &[FieldError]) {
+    tracing::error!(
+        errors = errors.len(),
+        "policy set refused; the last good policies stay in force"
+    );
+    for e in errors {
+        tracing::error!("{e}");
+    }
+}
+
+fn apply(enforcer: &mut Enforcer, policies: &[Policy]) -> Result<(), PipelineError> {
+    let applied = enforcer.apply(policies)?;
+    tracing::info!(
+        policies = applied.policies,
+        sets = applied.sets,
+        bound = ?applied.bound,
+        waiting_for = ?applied.waiting,
+        map_entries = enforcer.map_entries(),
+        "policies in force"
+    );
+    Ok(())
+}
+
+/// Loads the policies, enforces them until `stop` turns true, and reloads them on change.
+pub async fn run<W: Write>(
+    options: &RunOptions,
+    out: W,
+    stop: watch::Receiver<bool>,
+) -> Result<TraceSummary, PipelineError> {
+    let root = match &options.cgroup_root {
+        Some(root) => root.clone(),
+        None => cgroup::detect_root()?,
+    };
+    let policies = policy::load_paths(&options.policies).map_err(PipelineError::Policies)?;
+    let mut probes = Probes::load(&ProbeOptions {
+        mode: Mode::Enforce,
+        cgroup: None,
+        ring_buffer_bytes: options.ring_buffer_bytes,
+        exclude_pid: std::process::id(),
+    })?;
+    let mut enforcer = Enforcer::new(probes.take_policy_maps()?, root.clone());
+    let seeded = seed::from_proc(enforcer.task_exe_map());
+    tracing::debug!(
+        processes = seeded,
+        "executables of running processes recorded"
+    );
+    apply(&mut enforcer, &policies)?;
+    let mut fingerprint_now = fingerprint(&options.policies);
+
+    let ring = probes.take_ring_buffer()?;
+    let stats = Arc::new(reader::ReaderStats::default());
+    let mut losses = Losses {
+        kernel: probes.take_loss_counters()?,
+        reader: stats.clone(),
+        undecodable: 0,
+        reported: Default::default(),
+    };
+    let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
+    let reader_task = tokio::spawn(reader::run(ring, tx, stats, stop));
+    tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
+
+    let mut sink = StdoutSink::new(out, options.format);
+    let mut processes = ProcessCache::default();
+    let mut cgroups = CgroupPaths::new(root);
+    let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
+    let mut watch_ticker = tokio::time::interval(options.watch_interval);
+    let mut emitted = 0u64;
+    loop {
+        tokio::select! {
+            record = rx.recv() => {
+                let Some(record) = record else { break };
+                match event::decode(&record) {
+                    Ok(ev) => {
+                        if let Some((policy, action)) = judge(&enforcer, &ev) {
+                            let lineage = processes.lineage(&ev);
+                            let ctx = Context { node: &options.node, cgroup_path: cgroups.path(ev.header.cgroup_id) };
+                            sink.emit(&cloudevents::violation(&ev, &lineage, &ctx, &policy, action)?)?;
+                            emitted += 1;
+                        }
+                    }
+                    Err(err) => {
+                        losses.undecodable += 1;
+                        tracing::debug!(%err, "undecodable record");
+                    }
+                }
+                if rx.is_empty() {
+                    sink.flush()?;
+                }
+            }
+            _ = loss_ticker.tick() => losses.report(&options.node, &mut sink)?,
+            _ = watch_ticker.tick() => {
+                let now = fingerprint(&options.policies);
+                if now != fingerprint_now {
+                    fingerprint_now = now;
+                    match policy::load_paths(&options.policies) {
+                        Ok(policies) => apply(&mut enforcer, &policies)?,
+                        Err(errors) => log_refused(&errors),
+                    }
+                }
+                let rebound = enforcer.refresh()?;
+                if !rebound.is_empty() {
+                    tracing::info!(paths = ?rebound, "policies bound to new cgroups");
+                }
+            }
+        }
+    }
+    reader_task.await??;
+    losses.report(&options.node, &mut sink)?;
+    sink.flush()?;
+    drop(probes);
+    Ok(TraceSummary {
+        emitted,
+        losses: losses.now_or_reported(),
+    })
+}
+
+/// The policy and action behind a record: the kernel's verdict, or user space's own for an
+/// exec the kernel could not decide (alert only).
+fn judge(enforcer: &Enforcer, ev: &Event) -> Option<(PolicyRef, Action)> {
+    let section = match &ev.body {
+        Body::Exec(_) => "exec",
+        Body::Connect(_) => "connect",
+        Body::Wx(_) => "memory",
+    };
+    match ev.header.verdict {
+        Verdict::Violation { action, set, rule } => {
+            let policy = enforcer
+                .describe(set, rule, section)
+                .unwrap_or_else(|| PolicyRef {
+                    kind: "unknown".into(),
+                    name: "unknown".into(),
+                    namespace: None,
+                    rule: format!("set {set} rule {rule}"),
+                    text: "the policy was replaced before this event was read".into(),
+                });
+            Some((policy, action))
+        }
+        Verdict::Observed => {
+            let Body::Exec(exec) = &ev.body else {
+                return None;
+            };
+            let set = exec.undecided_set?;
+            let path = exec.exe_path.as_deref().unwrap_or(&exec.path);
+            let script = exec.script.then_some(exec.path.as_str());
+            enforcer
+                .decide_exec(set, path, script, exec.memfd)
+                .map(|p| (p, Action::Alert))
+        }
+    }
+}

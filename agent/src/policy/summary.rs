@@ -1,0 +1,99 @@
+//! One line per policy, for `vigil policy check` and the agent's log.
+use std::fmt::Write as _;
+
+use super::model::{LabelSelector, NamespaceSelection, Policy, SelectorOperator, WriteExecute};
+
+/// `RuntimePolicy shop/web: Enforce; selects pods app=web in namespace shop (containers nginx);
+/// exec 2 allow, 2 deny, Kill; connect 1 allow + Services, 0 deny, Alert; memory ...`.
+pub fn summary(policy: &Policy) -> String {
+    let spec = &policy.spec;
+    let mut selects = Vec::new();
+    if let Some(pods) = &spec.pods {
+        let what = match &pods.namespaces {
+            NamespaceSelection::Named(ns) => format!("in namespace {ns}"),
+            NamespaceSelection::Matching(sel) if sel.is_empty() => "in every namespace".into(),
+            NamespaceSelection::Matching(sel) => format!("in namespaces {}", selector(sel)),
+        };
+        let pods_sel = if pods.pods.is_empty() {
+            "every pod".into()
+        } else {
+            format!("pods {}", selector(&pods.pods))
+        };
+        selects.push(format!("{pods_sel} {what}"));
+    }
+    if let Some(host) = &spec.host {
+        selects.push(if host.cgroup_prefixes.is_empty() {
+            "every host process".into()
+        } else {
+            format!("host processes under {}", host.cgroup_prefixes.join(", "))
+        });
+    }
+    let mut line = format!(
+        "{}: {:?}; selects {}",
+        policy.id(),
+        spec.mode,
+        selects.join(" and ")
+    );
+    if let Some(containers) = &spec.containers {
+        let _ = write!(line, " (containers {})", containers.join(", "));
+    }
+    let exec = &spec.exec;
+    if exec.allow.is_empty() && exec.deny.is_empty() {
+        line.push_str("; exec: no rules");
+    } else {
+        let _ = write!(
+            line,
+            "; exec: {} allow, {} deny, {:?}",
+            exec.allow.len(),
+            exec.deny.len(),
+            exec.action
+        );
+    }
+    let connect = &spec.connect;
+    if !connect.has_allowlist() && connect.deny.is_empty() {
+        line.push_str("; connect: no rules");
+    } else {
+        let services = if connect.allow_services {
+            " + Services"
+        } else {
+            ""
+        };
+        let _ = write!(
+            line,
+            "; connect: {} allow{services}, {} deny, {:?}",
+            connect.allow.len(),
+            connect.deny.len(),
+            connect.action
+        );
+    }
+    let memory = &spec.memory;
+    if memory.write_execute == WriteExecute::Allow && memory.allow_executables.is_empty() {
+        line.push_str("; memory: no rules");
+    } else {
+        let _ = write!(
+            line,
+            "; memory: writeExecute {:?}, {} allowed executable{}, {:?}",
+            memory.write_execute,
+            memory.allow_executables.len(),
+            if memory.allow_executables.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            memory.action
+        );
+    }
+    line
+}
+
+/// kubectl's selector syntax: `app=web,tier in (a,b),!canary`.
+fn selector(sel: &LabelSelector) -> String {
+    let labels = sel.match_labels.iter().map(|(k, v)| format!("{k}={v}"));
+    let exprs = sel.match_expressions.iter().map(|req| match req.operator {
+        SelectorOperator::In => format!("{} in ({})", req.key, req.values.join(",")),
+        SelectorOperator::NotIn => format!("{} notin ({})", req.key, req.values.join(",")),
+        SelectorOperator::Exists => req.key.clone(),
+        SelectorOperator::DoesNotExist => format!("!{}", req.key),
+    });
+    labels.chain(exprs).collect::<Vec<_>>().join(",")
+}

@@ -1,0 +1,512 @@
+//! Policy enforcement in the kernel (`vigil run`): root only. Every policy here selects only
+//! the test's own staged cgroup, so a `Kill` can never reach anything else.
+#[expect(
+    dead_code,
+    reason = "the helpers are shared by several test binaries; each uses a part"
+)]
+mod common;
+
+use std::{
+    net::TcpListener,
+    os::unix::{fs::PermissionsExt, process::ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    TestCgroup, Tracer, assert_ok, is, pid_of, root_or_skip, scenario_bin, skip_for_kernel,
+};
+use serde_json::Value;
+
+const EXEC: &str = "dev.vigil.exec.v1";
+const CONNECT: &str = "dev.vigil.connect.v1";
+const WX: &str = "dev.vigil.wx.v1";
+
+fn real(path: &Path) -> String {
+    std::fs::canonicalize(path).unwrap().display().to_string()
+}
+
+fn write_policy(dir: &Path, yaml: &str) -> PathBuf {
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+/// A ClusterRuntimePolicy selecting only `cg`, with `spec` (YAML, indented two spaces).
+fn policy_for(cg: &TestCgroup, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n{spec}",
+        cg.rel
+    )
+}
+
+fn violations(events: &[Value], ty: &str, pid: u32) -> Vec<Value> {
+    events.iter().filter(|e| is(e, ty, pid)).cloned().collect()
+}
+
+/// Waits until the process `pid` is reported, or `timeout` passes.
+fn settle(tracer: &Tracer, marker_pid: u32, ty: &str) {
+    tracer.wait_for("the marker violation", |e| is(e, ty, marker_pid));
+}
+
+#[test]
+fn allowed_behaviour_stays_in_the_kernel_and_each_violation_is_reported_once() {
+    if !root_or_skip("enforce-basic") {
+        return;
+    }
+    let cg = TestCgroup::new("policy");
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = real(&scenario_bin());
+    let jit = tmp.path().join("jit");
+    std::fs::copy(scenario_bin(), &jit).unwrap();
+    let other = tmp.path().join("other-tool");
+    std::fs::copy("/bin/true", &other).unwrap();
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
+    for l in [allowed.try_clone().unwrap(), denied.try_clone().unwrap()] {
+        std::thread::spawn(move || l.incoming().for_each(drop));
+    }
+    let (ap, dp) = (
+        allowed.local_addr().unwrap().port(),
+        denied.local_addr().unwrap().port(),
+    );
+    let spec = format!(
+        "  exec:\n    allow: [{{path: \"{scenario}\"}}, {{path: \"{jit}\"}}]\n  connect:\n    allow: [{{cidr: 127.0.0.1/32, ports: [\"{ap}\"], protocol: TCP}}, {{cidr: 127.0.0.1/32, ports: [\"53\"], protocol: UDP}}]\n  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{jit}\"]\n",
+        jit = real(&jit)
+    );
+    let file = write_policy(tmp.path(), &policy_for(&cg, "basic", &spec));
+    let tracer = Tracer::enforce(&file);
+
+    // Allowed: an allowed exec, a connect to the allowed port, DNS to the allowed resolver,
+    // RWX by the exempt executable, and the loader's r-x file mappings.
+    let (quiet_exec, out) = cg.scenario(&["mmap-file-rx", "/bin/true"]);
+    assert_ok(&out, "mmap-file-rx");
+    let (quiet_connect, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{ap}")]);
+    assert_ok(&out, "allowed connect");
+    let (quiet_dns, out) = cg.scenario(&["udp-connect", "127.0.0.1:53"]);
+    assert_ok(&out, "allowed DNS");
+    let jit_run = cg.command(&jit).arg("mmap-rwx").output().unwrap();
+    assert_ok(&jit_run, "exempt RWX");
+
+    // Violations, one each.
+    let bad_exec = cg.command(&other).spawn().unwrap();
+    let bad_exec_pid = bad_exec.id();
+    bad_exec.wait_with_output().unwrap();
+    let (bad_connect, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{dp}")]);
+    assert_ok(&out, "denied connect (Alert lets it through)");
+    let (bad_wx, out) = cg.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "RWX (Alert lets it through)");
+    settle(&tracer, bad_wx, WX);
+    let events = tracer.stop();
+
+    let e = violations(&events, EXEC, bad_exec_pid);
+    assert_eq!(e.len(), 1, "{events:?}");
+    assert_eq!(e[0]["vigilverdict"], "violation");
+    assert_eq!(e[0]["vigilaction"], "alert");
+    assert_eq!(e[0]["vigilpolicy"], "basic");
+    assert_eq!(e[0]["data"]["policy"]["rule"], "spec.exec.allow");
+    assert_eq!(e[0]["data"]["process"]["exe"], real(&other));
+    let c = violations(&events, CONNECT, bad_connect);
+    assert_eq!(c.len(), 1, "{events:?}");
+    assert_eq!(c[0]["data"]["connect"]["dport"], dp);
+    assert_eq!(c[0]["data"]["policy"]["rule"], "spec.connect.allow");
+    let w = violations(&events, WX, bad_wx);
+    assert_eq!(w.len(), 1, "{events:?}");
+    assert_eq!(w[0]["data"]["policy"]["rule"], "spec.memory.writeExecute");
+    // Nothing else at all: allowed behaviour never left the kernel.
+    let quiet = [
+        quiet_exec,
+        quiet_connect,
+        quiet_dns,
+        jit_run_pid(&events, &jit),
+    ];
+    let noise: Vec<&Value> = events
+        .iter()
+        .filter(|e| quiet.contains(&(pid_of(e) as u32)))
+        .collect();
+    assert!(
+        noise.is_empty(),
+        "allowed behaviour was reported: {noise:?}"
+    );
+    assert_eq!(
+        events.len(),
+        3,
+        "exactly one event per violation: {events:?}"
+    );
+}
+
+/// The exempt run's pid is not known to the test (Command::output); any event naming the
+/// exempt executable counts as noise.
+fn jit_run_pid(events: &[Value], jit: &Path) -> u32 {
+    let jit = real(jit);
+    events
+        .iter()
+        .find(|e| e["data"]["process"]["exe"] == jit.as_str())
+        .map_or(0, |e| pid_of(e) as u32)
+}
+
+/// Runs `program args` inside `cg` and returns how it ended.
+fn run_in(cg: &TestCgroup, program: &Path, args: &[&str]) -> (u32, std::process::ExitStatus) {
+    let child = cg
+        .command(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    (pid, out.status)
+}
+
+fn assert_killed(status: std::process::ExitStatus, marker: &Path, what: &str) {
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{what}: expected SIGKILL, got {status}"
+    );
+    assert!(
+        !marker.exists(),
+        "{what}: the killed program ran (marker {} exists)",
+        marker.display()
+    );
+}
+
+#[test]
+fn kill_stops_a_denied_exec_before_its_first_instruction_and_only_in_the_selected_cgroup() {
+    if !root_or_skip("kill") {
+        return;
+    }
+    let cg = TestCgroup::new("kill");
+    let tmp = tempfile::tempdir().unwrap();
+    let denied_dir = tmp.path().join("denied");
+    std::fs::create_dir(&denied_dir).unwrap();
+    let writer = denied_dir.join("writer");
+    std::fs::copy(scenario_bin(), &writer).unwrap();
+    let spec = format!(
+        "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Kill\n",
+        real(&denied_dir)
+    );
+    let file = write_policy(tmp.path(), &policy_for(&cg, "kill", &spec));
+    let tracer = Tracer::enforce(&file);
+
+    let marker = tmp.path().join("inside-marker");
+    let (pid, status) = run_in(&cg, &writer, &["write-marker", marker.to_str().unwrap()]);
+    assert_killed(status, &marker, "denied exec inside the cgroup");
+    let e = tracer.wait_for("the kill", |e| is(e, EXEC, pid));
+    assert_eq!(e["vigilaction"], "kill");
+    assert_eq!(e["vigilseverity"], "high");
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec.deny[0]");
+
+    // The same binary outside the selected cgroup runs normally.
+    let outside = tmp.path().join("outside-marker");
+    let status = Command::new(&writer)
+        .args(["write-marker", outside.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "outside the cgroup: {status}");
+    assert!(outside.exists());
+    tracer.stop();
+}
+
+#[test]
+fn evasions_are_caught() {
+    if !root_or_skip("evasions") {
+        return;
+    }
+    let cg = TestCgroup::new("evasion");
+    let tmp = tempfile::tempdir().unwrap();
+    let denied = tmp.path().join("denied");
+    let allowed = tmp.path().join("allowed");
+    std::fs::create_dir(&denied).unwrap();
+    std::fs::create_dir(&allowed).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dport = listener.local_addr().unwrap().port();
+    let spec = format!(
+        "  exec:\n    deny: [{{prefix: \"{d}/\"}}, {{memfd: true}}]\n    action: Kill\n  connect:\n    deny: [{{cidr: 127.0.0.1/32, ports: [\"{dport}\"]}}]\n",
+        d = real(&denied)
+    );
+    let file = write_policy(tmp.path(), &policy_for(&cg, "evasions", &spec));
+    let tracer = Tracer::enforce(&file);
+
+    // 1. A symlink with an innocent name, in an allowed place, pointing at a denied binary.
+    let target = denied.join("real-writer");
+    std::fs::copy(scenario_bin(), &target).unwrap();
+    let link = allowed.join("innocent");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let marker = tmp.path().join("m-symlink");
+    let (pid, status) = run_in(&cg, &link, &["write-marker", marker.to_str().unwrap()]);
+    assert_killed(status, &marker, "symlink to a denied binary");
+    let e = tracer.wait_for("the symlink exec", |e| is(e, EXEC, pid));
+    assert_eq!(e["data"]["process"]["exe"], real(&target));
+
+    // 2. A copy of an allowed system binary placed under the denied prefix.
+    let copy = denied.join("true");
+    std::fs::copy("/bin/true", &copy).unwrap();
+    let (pid, status) = run_in(&cg, &copy, &[]);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "copied binary: {status}"
+    );
+    tracer.wait_for("the copied binary", |e| is(e, EXEC, pid));
+
+    // 3. `sh -c` running a denied script: the interpreter is allowed, the script is not.
+    let script = denied.join("script.sh");
+    let marker = tmp.path().join("m-script");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = cg
+        .command("/bin/sh")
+        .args(["-c", &format!("{}; echo status=$?", script.display())])
+        .output()
+        .unwrap();
+    assert!(!marker.exists(), "the denied script ran");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("status=137"),
+        "{out:?}"
+    );
+    let e = tracer.wait_for("the script exec", |e| {
+        e["type"] == EXEC && e["data"]["exec"]["path"] == script.to_str().unwrap()
+    });
+    assert_eq!(e["data"]["exec"]["script"], true);
+    assert_eq!(e["vigilaction"], "kill");
+
+    // 4. Fileless: a memfd exec.
+    let marker = tmp.path().join("m-memfd");
+    let (_, out) = cg.scenario(&["memfd-exec-marker", marker.to_str().unwrap()]);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "memfd exec: {:?}",
+        out.status
+    );
+    assert!(!marker.exists(), "the memfd payload ran");
+    let e = tracer.wait_for("the memfd exec", |e| {
+        e["type"] == EXEC && e["data"]["exec"]["memfd"] == true
+    });
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec.deny[1]");
+
+    // 5. A connect through io_uring instead of connect(2).
+    let (pid, out) = cg.scenario(&["io-uring-connect", &format!("127.0.0.1:{dport}")]);
+    if out.status.code() == Some(77) {
+        skip_for_kernel(
+            "io_uring connect evasion",
+            &String::from_utf8_lossy(&out.stderr),
+        );
+    } else {
+        assert_ok(&out, "io_uring connect (Alert)");
+        let e = tracer.wait_for("the io_uring connect", |e| is(e, CONNECT, pid));
+        assert_eq!(e["data"]["policy"]["rule"], "spec.connect.deny[0]");
+    }
+    tracer.stop();
+}
+
+#[test]
+fn a_jit_runtime_named_in_allow_executables_maps_rwx_silently() {
+    if !root_or_skip("jit") {
+        return;
+    }
+    // node's V8 maps its code space read-write-execute; python's ctypes callbacks do too.
+    let (runtime, args): (PathBuf, Vec<&str>) = if let Ok(node) = which("node") {
+        (
+            node,
+            vec![
+                "-e",
+                "let s = 0; for (let i = 0; i < 1e7; i++) s += i; console.log(s)",
+            ],
+        )
+    } else {
+        let python = which("python3").expect("node or python3 is needed for the JIT test");
+        (
+            python,
+            vec![
+                "-c",
+                "import ctypes; print(ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 1)())",
+            ],
+        )
+    };
+    let runtime_real = resolve_interpreter(&runtime);
+    let cg = TestCgroup::new("jit");
+    let tmp = tempfile::tempdir().unwrap();
+    let spec =
+        format!("  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{runtime_real}\"]\n");
+    let file = write_policy(tmp.path(), &policy_for(&cg, "jit", &spec));
+    let tracer = Tracer::enforce(&file);
+    let out = cg.command(&runtime).args(&args).output().unwrap();
+    assert_ok(&out, "JIT runtime");
+    let (marker, out) = cg.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "non-exempt RWX");
+    settle(&tracer, marker, WX);
+    let events = tracer.stop();
+    let jit_events: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["data"]["process"]["exe"] == runtime_real.as_str())
+        .collect();
+    assert!(
+        jit_events.is_empty(),
+        "the exempt runtime was reported: {jit_events:?}"
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
+}
+
+fn which(name: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").ok_or("no PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} not found"))
+}
+
+/// The executable a runtime really runs as (a pyenv shim execs the real python).
+fn resolve_interpreter(runtime: &Path) -> String {
+    let out = Command::new(runtime)
+        .args(if runtime.ends_with("node") {
+            vec!["-e", "console.log(process.execPath)"]
+        } else {
+            vec![
+                "-c",
+                "import sys, os; print(os.path.realpath(sys.executable))",
+            ]
+        })
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    real(Path::new(&printed))
+}
+
+#[test]
+fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
+    if !root_or_skip("reload") {
+        return;
+    }
+    let cg = TestCgroup::new("reload");
+    let tmp = tempfile::tempdir().unwrap();
+    let denied = tmp.path().join("denied");
+    std::fs::create_dir(&denied).unwrap();
+    let writer = denied.join("writer");
+    std::fs::copy(scenario_bin(), &writer).unwrap();
+    let d = real(&denied);
+    // Two equivalent versions (same decisions, different text and rule order).
+    let a = policy_for(
+        &cg,
+        "reload",
+        &format!(
+            "  exec:\n    deny: [{{prefix: \"{d}/\"}}, {{path: /nonexistent/a}}]\n    action: Kill\n"
+        ),
+    );
+    let b = policy_for(
+        &cg,
+        "reload",
+        &format!(
+            "  exec:\n    deny: [{{path: /nonexistent/bb}}, {{prefix: \"{d}/\"}}]\n    action: Kill\n  mode: Enforce\n"
+        ),
+    );
+    let file = write_policy(tmp.path(), &a);
+    let tracer = Tracer::enforce(&file);
+    let applied = |t: &Tracer| {
+        t.stderr_lines()
+            .iter()
+            .filter(|l| l.contains("policies in force"))
+            .count()
+    };
+    let entries = |t: &Tracer| -> Vec<u64> {
+        t.stderr_lines()
+            .iter()
+            .filter_map(|l| l.split("map_entries=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+
+    // The generator: denied execs, one after another, for as long as the reloads go on.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut rss_early = 0;
+    let mut rss_late = 0;
+    let results = std::thread::scope(|scope| {
+        let generator = scope.spawn(|| {
+            let mut results = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let marker = tmp.path().join(format!("gen-{n}"));
+                let (_, status) = run_in(&cg, &writer, &["write-marker", marker.to_str().unwrap()]);
+                results.push((status, marker.exists()));
+                n += 1;
+            }
+            results
+        });
+        for i in 0..100 {
+            let before = applied(&tracer);
+            std::fs::write(&file, if i % 2 == 0 { &b } else { &a }).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while applied(&tracer) == before {
+                assert!(
+                    Instant::now() < deadline,
+                    "reload {i} was not applied within 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if i == 9 {
+                rss_early = rss_kib(tracer.pid());
+            }
+        }
+        rss_late = rss_kib(tracer.pid());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        generator.join().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let counts = entries(&tracer);
+    let events = tracer.stop();
+
+    let killed = results
+        .iter()
+        .filter(|(s, ran)| s.signal() == Some(libc::SIGKILL) && !ran)
+        .count();
+    eprintln!(
+        "reload: {} execs killed of {} across 100 reloads; map entries per apply {:?}; agent RSS {rss_early} KiB after 10 reloads, {rss_late} KiB after 100",
+        killed,
+        results.len(),
+        counts.iter().collect::<std::collections::BTreeSet<_>>(),
+    );
+    assert!(
+        results.len() >= 20,
+        "the generator ran only {} times",
+        results.len()
+    );
+    assert_eq!(
+        killed,
+        results.len(),
+        "some denied execs were not killed during reloads"
+    );
+    let kills = events
+        .iter()
+        .filter(|e| e["type"] == EXEC && e["vigilaction"] == "kill")
+        .count();
+    assert_eq!(kills, results.len(), "every kill is reported");
+    let named = events
+        .iter()
+        .filter(|e| e["vigilpolicy"] == "reload")
+        .count();
+    assert_eq!(
+        named, kills,
+        "every kill names the policy, even across swaps"
+    );
+    assert_eq!(counts.len(), 101, "one apply at start and one per reload");
+    assert!(
+        counts.windows(2).all(|w| w[0] == w[1]),
+        "map entries changed across equivalent reloads: {counts:?}"
+    );
+    assert!(
+        rss_late <= rss_early + 4096,
+        "RSS grew from {rss_early} KiB to {rss_late} KiB over 90 reloads"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
