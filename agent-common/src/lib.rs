@@ -100,6 +100,8 @@ pub mod set_flags {
     pub const CONNECT_ALLOW_SERVICES: u32 = 1 << 3;
     /// `memory.writeExecute: Deny`.
     pub const WX_DENY: u32 = 1 << 4;
+    /// `exec.allow` has `memfd: true`: executables run from a memfd are on the allowlist.
+    pub const EXEC_ALLOW_MEMFD: u32 = 1 << 5;
 }
 
 /// Policy sets: slot 0 means "no policy".

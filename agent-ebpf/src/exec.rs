@@ -188,6 +188,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             set,
             ps,
             facts.memfd,
+            !undecided,
             &exe_rule,
             script_checked.then_some(&script_rule),
         );

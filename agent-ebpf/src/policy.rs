@@ -45,7 +45,7 @@ pub fn current_set() -> u32 {
             break;
         }
         // SAFETY: the value is copied out at once.
-        if let Some(bound) = unsafe { CGROUP_SETS.get(&id) } {
+        if let Some(bound) = unsafe { CGROUP_SETS.get(id) } {
             set = *bound;
         }
     }
@@ -78,10 +78,13 @@ pub fn violation(action: u32, set: u32, index: u32) -> Violation {
 
 /// Decides an exec from the longest matches of its real path and (for scripts) its
 /// script path.
+/// `keyed`: the real path fitted the kernel's keys; if not, the allowlist cannot be judged
+/// here and user space decides (alert only).
 pub fn decide_exec(
     set: u32,
     ps: &PolicySet,
     memfd: bool,
+    keyed: bool,
     exe: &PathRule,
     script: Option<&PathRule>,
 ) -> Violation {
@@ -91,15 +94,17 @@ pub fn decide_exec(
     if exe.exec == path_verdict::DENY {
         return violation(ps.exec_action, set, exe.exec_rule.into());
     }
-    if let Some(script) = script {
-        if script.exec == path_verdict::DENY {
-            return violation(ps.exec_action, set, script.exec_rule.into());
-        }
+    if let Some(script) = script
+        && script.exec == path_verdict::DENY
+    {
+        return violation(ps.exec_action, set, script.exec_rule.into());
     }
-    if ps.flags & set_flags::EXEC_ALLOWLIST != 0 {
+    if ps.flags & set_flags::EXEC_ALLOWLIST != 0 && keyed {
         // A script must be allowed as well as its interpreter.
         let script_ok = script.is_none_or(|s| s.exec == path_verdict::ALLOW);
-        if exe.exec != path_verdict::ALLOW || !script_ok {
+        let exe_ok = exe.exec == path_verdict::ALLOW
+            || (memfd && ps.flags & set_flags::EXEC_ALLOW_MEMFD != 0);
+        if !exe_ok || !script_ok {
             return violation(ps.exec_action, set, rule_id::NOT_ALLOWED);
         }
     }
@@ -163,10 +168,10 @@ pub fn decide_connect(
     if ps.flags & set_flags::CONNECT_ALLOWLIST == 0 {
         return Violation::ALLOWED;
     }
-    if let Some(rules) = CONNECT_ALLOW.get(&key) {
-        if port_match(rules, port, proto_bit) != NO_MATCH {
-            return Violation::ALLOWED;
-        }
+    if let Some(rules) = CONNECT_ALLOW.get(&key)
+        && port_match(rules, port, proto_bit) != NO_MATCH
+    {
+        return Violation::ALLOWED;
     }
     if ps.flags & set_flags::CONNECT_ALLOW_SERVICES != 0 {
         let service = ServiceKey {
@@ -175,7 +180,7 @@ pub fn decide_connect(
             protocol,
         };
         // SAFETY: only checked for presence.
-        if unsafe { SERVICES.get(&service) }.is_some() {
+        if unsafe { SERVICES.get(service) }.is_some() {
             return Violation::ALLOWED;
         }
     }

@@ -12,10 +12,10 @@ pub mod telemetry;
 
 /// This node's name: `NODE_NAME` (set by the chart from the downward API), else the host name.
 pub fn node_name() -> String {
-    if let Ok(name) = std::env::var("NODE_NAME") {
-        if !name.is_empty() {
-            return name;
-        }
+    if let Ok(name) = std::env::var("NODE_NAME")
+        && !name.is_empty()
+    {
+        return name;
     }
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.

@@ -510,3 +510,103 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmRSS")
 }
+
+#[test]
+fn invalid_policies_are_refused_naming_the_field_and_the_last_good_one_holds() {
+    if !root_or_skip("invalid") {
+        return;
+    }
+    let cg = TestCgroup::new("invalid");
+    let tmp = tempfile::tempdir().unwrap();
+    let denied = tmp.path().join("denied");
+    std::fs::create_dir(&denied).unwrap();
+    let writer = denied.join("writer");
+    std::fs::copy(scenario_bin(), &writer).unwrap();
+    let good_spec = format!(
+        "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Kill\n",
+        real(&denied)
+    );
+    let file = write_policy(tmp.path(), &policy_for(&cg, "guard", &good_spec));
+    let tracer = Tracer::enforce(&file);
+    let long = format!("/{}", "a".repeat(300));
+    // (spec, the field path the refusal must name)
+    let invalid: Vec<(String, &str)> = vec![
+        ("  exec: {alow: [{path: /a}]}\n".into(), "spec.exec.alow"),
+        ("  mode: Enforcing\n".into(), "spec.mode"),
+        (
+            "  exec: {deny: [{path: /a}], action: Terminate}\n".into(),
+            "spec.exec.action",
+        ),
+        (
+            "  connect: {deny: [{cidr: 10.0.0.300/8}]}\n".into(),
+            "spec.connect.deny[0].cidr",
+        ),
+        (
+            "  connect: {deny: [{cidr: \"::1/129\"}]}\n".into(),
+            "spec.connect.deny[0].cidr",
+        ),
+        (
+            "  connect: {deny: [{cidr: 10.0.0.0/8, ports: [\"70000\"]}]}\n".into(),
+            "spec.connect.deny[0].ports[0]",
+        ),
+        (
+            "  connect: {deny: [{cidr: 10.0.0.0/8, ports: [\"90-80\"]}]}\n".into(),
+            "spec.connect.deny[0].ports[0]",
+        ),
+        (
+            "  exec: {deny: [{path: /a, prefix: /b/}]}\n".into(),
+            "spec.exec.deny[0]",
+        ),
+        (
+            "  exec: {deny: [{path: bin/sh}]}\n".into(),
+            "spec.exec.deny[0].path",
+        ),
+        (
+            "  exec: {deny: [{prefix: /tmp}]}\n".into(),
+            "spec.exec.deny[0].prefix",
+        ),
+        (
+            format!("  exec: {{deny: [{{path: {long}}}], action: Kill}}\n"),
+            "spec.exec.deny[0].path",
+        ),
+        (
+            "  memory: {writeExecute: Maybe}\n".into(),
+            "spec.memory.writeExecute",
+        ),
+    ];
+    for (i, (spec, field)) in invalid.iter().enumerate() {
+        let before = tracer.stderr_lines().len();
+        std::fs::write(&file, policy_for(&cg, "guard", spec)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let fresh = tracer.stderr_lines()[before..].to_vec();
+            if let Some(line) = fresh
+                .iter()
+                .find(|l| l.contains(&format!("{}: {field}:", file.display())))
+            {
+                assert!(line.contains("ERROR"), "refusals are errors: {line}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "invalid policy {i} was not refused naming {field}; log: {fresh:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The last good policy still kills.
+        let marker = tmp.path().join(format!("m-{i}"));
+        let (_, status) = run_in(&cg, &writer, &["write-marker", marker.to_str().unwrap()]);
+        assert_killed(
+            status,
+            &marker,
+            &format!("after invalid policy {i} ({field})"),
+        );
+    }
+    let applied = tracer
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("policies in force"))
+        .count();
+    assert_eq!(applied, 1, "an invalid policy was applied");
+    tracer.stop();
+}

@@ -255,7 +255,7 @@ fn a_future_violation_with_aggregation_and_pod_metadata_is_accepted() {
     e["vigilpolicy"] = json!("shop/web");
     e["data"]["pod"] = json!({"namespace": "shop", "name": "web-7d9f-abcde"});
     e["data"]["container"] = json!({"id": "abc", "name": "web", "image": "shop/web:1.2"});
-    e["data"]["policy"] = json!({"name": "web", "namespace": "shop", "rule": "exec"});
+    e["data"]["policy"] = json!({"kind": "RuntimePolicy", "name": "web", "namespace": "shop", "rule": "spec.exec.deny[0]", "description": "prefix /tmp/"});
     e["data"]["count"] = json!(3);
     e["data"]["firstSeen"] = json!("2026-05-01T12:00:00.5Z");
     assert_valid(&e);

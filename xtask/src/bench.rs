@@ -1,8 +1,11 @@
 //! `cargo xtask bench`: the agent's overhead on exec, connect and mmap workloads.
 //!
 //! Each workload (`vigil-scenario bench-<workload> <N>`, which prints `ns_per_op=<float>`) runs
-//! `--runs` times without the agent and `--runs` times while `vigil trace --output json` runs;
-//! the medians are compared. Results are printed and written to target/bench/results.json.
+//! in a cgroup of its own, `--runs` times in each of three modes, all in one run: without the
+//! agent (the baseline), while `vigil trace --output json` streams every event, and while
+//! `vigil run` enforces a policy on that cgroup that allows everything the workloads do (so
+//! every decision is made, and every event filtered, in the kernel). Medians are compared as
+//! ratios to the baseline; results are printed and written to target/bench/results.json.
 use std::{
     collections::VecDeque,
     fmt::Write as _,
@@ -27,7 +30,6 @@ use crate::{
 
 /// Workloads and their default iteration counts.
 const WORKLOADS: [(&str, u64); 3] = [("exec", 2000), ("connect", 20_000), ("mmap", 100_000)];
-const READY_LINE: &str = "vigil is tracing";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const STDERR_TAIL_LINES: usize = 40;
@@ -69,12 +71,74 @@ struct Workload {
     iterations: u64,
     baseline: Vec<f64>,
     with_agent: Vec<f64>,
+    with_policy: Vec<f64>,
 }
 
 impl Workload {
     fn ratio(&self) -> f64 {
         median(&self.with_agent) / median(&self.baseline)
     }
+
+    fn policy_ratio(&self) -> f64 {
+        median(&self.with_policy) / median(&self.baseline)
+    }
+}
+
+/// The cgroup the workloads run in; removed on drop.
+struct BenchCgroup {
+    dir: PathBuf,
+    rel: String,
+}
+
+impl BenchCgroup {
+    fn create() -> Result<Self> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let root = mountinfo
+            .lines()
+            .filter_map(|l| {
+                let fields: Vec<&str> = l.split(' ').collect();
+                let sep = fields.iter().position(|f| *f == "-")?;
+                (fields.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(fields[4]))
+            })
+            .min_by_key(|p| p.as_os_str().len())
+            .context("no cgroup v2 file system is mounted")?;
+        let rel = format!("/vigil-bench-{}", std::process::id());
+        let dir = root.join(rel.trim_start_matches('/'));
+        fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+        Ok(Self { dir, rel })
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench: could not remove cgroup {}", self.dir.display());
+    }
+}
+
+/// A policy on the bench cgroup that allows everything the workloads do.
+fn allowing_policy(cgroup: &BenchCgroup, scenario: &Path) -> Result<PathBuf> {
+    let scenario = fs::canonicalize(scenario)?;
+    let true_bin = fs::canonicalize("/bin/true")?;
+    let yaml = format!(
+        "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: bench}}\nspec:\n  \
+         hostProcesses: {{cgroupPrefixes: [\"{cg}\"]}}\n  exec:\n    allow: [{{path: \"{s}\"}}, {{path: \"{t}\"}}]\n  \
+         connect:\n    allow: [{{cidr: 127.0.0.1/32, protocol: TCP}}]\n  memory:\n    writeExecute: Deny\n    \
+         allowExecutables: [\"{s}\"]\n",
+        cg = cgroup.rel,
+        s = scenario.display(),
+        t = true_bin.display(),
+    );
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join("allowing-policy.yaml");
+    fs::write(&path, yaml)?;
+    Ok(path)
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -87,6 +151,7 @@ pub fn run(options: &Options) -> Result<()> {
                 iterations: options.iterations_for(default)?,
                 baseline: Vec::new(),
                 with_agent: Vec::new(),
+                with_policy: Vec::new(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -94,23 +159,56 @@ pub fn run(options: &Options) -> Result<()> {
     let agent_binary = build::build(true)?;
     let scenario = workspace_root().join("target/release/vigil-scenario");
 
+    let cgroup = BenchCgroup::create()?;
+    let policy = allowing_policy(&cgroup, &scenario)?;
+
     step("measure without the agent", || {
         for workload in &mut workloads {
-            workload.baseline = measure(&scenario, workload, options.runs, "baseline")?;
+            workload.baseline = measure(&scenario, &cgroup, workload, options.runs, "baseline")?;
         }
         Ok(())
     })?;
 
-    let mut agent = step("start the agent", || Agent::start(&agent_binary))?;
-    step("measure with the agent", || {
+    let mut agent = step("start vigil trace", || {
+        Agent::start(
+            &agent_binary,
+            &["trace", "--output", "json"],
+            "vigil is tracing",
+        )
+    })?;
+    step("measure with vigil trace", || {
         for workload in &mut workloads {
             agent.check_running()?;
-            workload.with_agent = measure(&scenario, workload, options.runs, "with agent")?;
+            workload.with_agent =
+                measure(&scenario, &cgroup, workload, options.runs, "with trace")?;
         }
         agent.check_running()
     })?;
     let peak_rss_kib = agent.peak_rss_kib()?;
-    let status = step("stop the agent", || agent.stop())?;
+    let status = step("stop vigil trace", || agent.stop())?;
+
+    let policy_arg = policy.display().to_string();
+    let mut enforcer = step("start vigil run", || {
+        Agent::start(
+            &agent_binary,
+            &["run", "--output", "json", "--policy", &policy_arg],
+            "vigil is enforcing",
+        )
+    })?;
+    step("measure with vigil run and an allowing policy", || {
+        for workload in &mut workloads {
+            enforcer.check_running()?;
+            workload.with_policy =
+                measure(&scenario, &cgroup, workload, options.runs, "with policy")?;
+        }
+        enforcer.check_running()
+    })?;
+    let policy_rss_kib = enforcer.peak_rss_kib()?;
+    let policy_status = step("stop vigil run", || enforcer.stop())?;
+    if !policy_status.success() {
+        println!("bench: warning: vigil run exited with {policy_status} after SIGINT");
+    }
+    println!("bench: vigil run peak RSS (VmHWM): {policy_rss_kib} KiB");
 
     print_table(&workloads, peak_rss_kib);
     let path = write_json(&workloads, options.runs, peak_rss_kib)?;
@@ -121,10 +219,16 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-fn measure(scenario: &Path, workload: &Workload, runs: u64, label: &str) -> Result<Vec<f64>> {
+fn measure(
+    scenario: &Path,
+    cgroup: &BenchCgroup,
+    workload: &Workload,
+    runs: u64,
+    label: &str,
+) -> Result<Vec<f64>> {
     (1..=runs)
         .map(|run| {
-            let ns = run_scenario(scenario, workload)?;
+            let ns = run_scenario(scenario, cgroup, workload)?;
             println!(
                 "bench: {} ({} iterations) {label} run {run}/{runs}: {ns:.1} ns/op",
                 workload.name, workload.iterations
@@ -134,9 +238,15 @@ fn measure(scenario: &Path, workload: &Workload, runs: u64, label: &str) -> Resu
         .collect()
 }
 
-fn run_scenario(scenario: &Path, workload: &Workload) -> Result<f64> {
-    let mut cmd = Command::new(scenario);
-    cmd.arg(format!("bench-{}", workload.name))
+fn run_scenario(scenario: &Path, cgroup: &BenchCgroup, workload: &Workload) -> Result<f64> {
+    // The shell joins the bench cgroup, then becomes the scenario: every mode runs the
+    // workload in the same place.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("echo $$ > \"$0\"/cgroup.procs && exec \"$@\"")
+        .arg(&cgroup.dir)
+        .arg(scenario)
+        .arg(format!("bench-{}", workload.name))
         .arg(workload.iterations.to_string())
         .stdin(Stdio::null());
     let line = describe(&cmd);
@@ -180,9 +290,9 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(binary: &Path) -> Result<Self> {
+    fn start(binary: &Path, args: &[&str], ready_line: &'static str) -> Result<Self> {
         let mut cmd = Command::new(binary);
-        cmd.args(["trace", "--output", "json"])
+        cmd.args(args)
             // The readiness line is logged at info level.
             .env("VIGIL_LOG", "info")
             .stdin(Stdio::null())
@@ -232,12 +342,12 @@ impl Agent {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     println!("agent: {line}");
-                    if line.contains(READY_LINE) {
+                    if line.contains(ready_line) {
                         return Ok(agent);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => bail!(
-                    "the agent did not print `{READY_LINE}` within {}{}",
+                    "the agent did not print `{ready_line}` within {}{}",
                     secs(READY_TIMEOUT),
                     agent.tail()
                 ),
@@ -359,19 +469,24 @@ impl Drop for Agent {
 fn print_table(workloads: &[Workload], peak_rss_kib: u64) {
     println!();
     println!(
-        "{:<10} {:>12} {:>16} {:>18} {:>7}",
-        "workload", "iterations", "baseline ns/op", "with agent ns/op", "ratio"
+        "{:<10} {:>10} {:>14} {:>14} {:>7} {:>15} {:>7}",
+        "workload", "iterations", "baseline ns/op", "trace ns/op", "ratio", "policy ns/op", "ratio"
     );
     for w in workloads {
         println!(
-            "{:<10} {:>12} {:>16.1} {:>18.1} {:>7.2}",
+            "{:<10} {:>10} {:>14.1} {:>14.1} {:>7.2} {:>15.1} {:>7.2}",
             w.name,
             w.iterations,
             median(&w.baseline),
             median(&w.with_agent),
-            w.ratio()
+            w.ratio(),
+            median(&w.with_policy),
+            w.policy_ratio()
         );
     }
+    println!(
+        "trace: `vigil trace` streams every event to user space; policy: `vigil run` with a policy allowing all of it (decided in the kernel)"
+    );
     println!(
         "agent peak RSS (VmHWM): {peak_rss_kib} KiB ({:.1} MiB)",
         peak_rss_kib as f64 / 1024.0
@@ -393,15 +508,19 @@ fn write_json(workloads: &[Workload], runs: u64, peak_rss_kib: u64) -> Result<Pa
         let _ = writeln!(
             json,
             "    {{\"name\": \"{}\", \"iterations\": {}, \"baseline_ns_per_op\": {}, \
-             \"with_agent_ns_per_op\": {}, \"ratio\": {}, \"baseline_samples\": {}, \
-             \"with_agent_samples\": {}}}{}",
+             \"with_agent_ns_per_op\": {}, \"ratio\": {}, \"with_policy_ns_per_op\": {}, \
+             \"policy_ratio\": {}, \"baseline_samples\": {}, \"with_agent_samples\": {}, \
+             \"with_policy_samples\": {}}}{}",
             w.name,
             w.iterations,
             median(&w.baseline),
             median(&w.with_agent),
             w.ratio(),
+            median(&w.with_policy),
+            w.policy_ratio(),
             json_numbers(&w.baseline),
             json_numbers(&w.with_agent),
+            json_numbers(&w.with_policy),
             if i + 1 < workloads.len() { "," } else { "" }
         );
     }

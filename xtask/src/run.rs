@@ -1,4 +1,5 @@
-//! `cargo xtask run`: setup, build (debug), then replace this process with the agent.
+//! `cargo xtask run`: setup, build (debug), then replace this process with the agent, which
+//! enforces the host baseline in `policies/host/` and prints alerts readably.
 use std::{os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, Result};
@@ -12,7 +13,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut cmd = Command::new(&binary);
     cmd.env("PATH", util::child_path());
     if args.is_empty() {
-        cmd.args(["trace", "--output", "pretty"]);
+        // The host baseline (Audit: alerts only) from the repository.
+        let policies = util::workspace_root().join("policies/host");
+        cmd.args(["run", "--output", "pretty", "--policy"])
+            .arg(policies);
     } else {
         cmd.args(args);
     }

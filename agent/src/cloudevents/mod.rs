@@ -152,10 +152,10 @@ fn build(
     });
     data[key] = fields;
     // `undecided` appears only when true.
-    if let Some(exec) = data.get_mut("exec").and_then(|e| e.as_object_mut()) {
-        if exec.get("undecided").is_some_and(|v| v.is_null()) {
-            exec.remove("undecided");
-        }
+    if let Some(exec) = data.get_mut("exec").and_then(|e| e.as_object_mut())
+        && exec.get("undecided").is_some_and(|v| v.is_null())
+    {
+        exec.remove("undecided");
     }
     let mut builder = EventBuilderV10::new()
         .id(uuid::Uuid::new_v4().to_string())

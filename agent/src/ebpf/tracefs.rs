@@ -148,10 +148,10 @@ impl Format {
             // The name is the last word of the declaration, without an array suffix.
             let name = decl.split_whitespace().last().unwrap_or_default();
             let name = name.split('[').next().unwrap_or_default();
-            if let (Some(offset), Some(size)) = (offset, size) {
-                if !name.is_empty() {
-                    fields.insert(name.to_string(), Field { offset, size });
-                }
+            if let (Some(offset), Some(size)) = (offset, size)
+                && !name.is_empty()
+            {
+                fields.insert(name.to_string(), Field { offset, size });
             }
         }
         Self {

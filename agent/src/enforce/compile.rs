@@ -126,7 +126,7 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
                         out.set.flags |= set_flags::EXEC_DENY_MEMFD;
                         out.set.memfd_rule = index.into();
                     }
-                    ExecRule::Memfd => {}
+                    ExecRule::Memfd => out.set.flags |= set_flags::EXEC_ALLOW_MEMFD,
                 }
             }
         }

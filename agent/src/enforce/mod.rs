@@ -231,10 +231,10 @@ impl Enforcer {
         for (path, set) in &self.wanted {
             match cgroup::filter_for(&self.cgroup_root, path) {
                 Ok(filter) => {
-                    if let Some(old) = self.bound.insert(path.clone(), filter.id) {
-                        if old != filter.id {
-                            let _ = self.maps.cgroup_sets.remove(&old);
-                        }
+                    if let Some(old) = self.bound.insert(path.clone(), filter.id)
+                        && old != filter.id
+                    {
+                        let _ = self.maps.cgroup_sets.remove(&old);
                     }
                     self.maps
                         .cgroup_sets

@@ -69,10 +69,10 @@ impl ProcessCache {
     /// A cached entry is trusted only while the comm still matches: a reused pid or a later
     /// exec changes it, and then /proc is asked again.
     fn lookup(&mut self, pid: u32, comm: Option<&str>) -> Option<ProcessInfo> {
-        if let Some(hit) = self.by_pid.get(&pid) {
-            if comm.is_none_or(|c| c == hit.comm) {
-                return Some(hit.clone());
-            }
+        if let Some(hit) = self.by_pid.get(&pid)
+            && comm.is_none_or(|c| c == hit.comm)
+        {
+            return Some(hit.clone());
         }
         let info = read_proc(&self.procfs, pid)?;
         self.remember(pid, info.clone());

@@ -10,6 +10,10 @@ use super::model::{ConnectRule, ExecRule, PortRange, Protocol};
 /// Longest exec path or prefix (and `allowExecutables` entry), in bytes, the kernel's path maps
 /// hold: an LPM key carries 252 path bytes and an exact path keeps its terminating NUL.
 pub const KERNEL_PATH_MAX: usize = 251;
+const _: () = assert!(
+    KERNEL_PATH_MAX == agent_common::KEY_PATH_LEN - 1,
+    "an exact key holds the path and its NUL"
+);
 
 /// Distinct (port range, protocol) entries the kernel keeps for one CIDR of one list.
 pub const KERNEL_PORT_RANGES: usize = 16;

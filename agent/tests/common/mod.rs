@@ -224,10 +224,10 @@ impl Tracer {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[vigil] {line}");
                 log_sink.lock().expect("log").push(line.clone());
-                if line.contains(ready_marker) {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
+                if line.contains(ready_marker)
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(());
                 }
             }
         });
