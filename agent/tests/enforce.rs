@@ -610,3 +610,127 @@ fn invalid_policies_are_refused_naming_the_field_and_the_last_good_one_holds() {
     assert_eq!(applied, 1, "an invalid policy was applied");
     tracer.stop();
 }
+
+#[test]
+fn processes_started_before_the_agent_keep_their_exemption() {
+    if !root_or_skip("seed") {
+        return;
+    }
+    let cg = TestCgroup::new("seed");
+    let tmp = tempfile::tempdir().unwrap();
+    let jit = tmp.path().join("early-jit");
+    std::fs::copy(scenario_bin(), &jit).unwrap();
+    let go = tmp.path().join("go");
+    // Started (and exec'd) before the agent exists: only /proc can tell its executable.
+    let early = cg
+        .command(&jit)
+        .args(["wait-then-mmap-rwx", go.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let spec = format!(
+        "  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{}\"]\n",
+        real(&jit)
+    );
+    let file = write_policy(tmp.path(), &policy_for(&cg, "seed", &spec));
+    let tracer = Tracer::enforce(&file);
+    std::fs::write(&go, "").unwrap();
+    let out = early.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let (marker, out) = cg.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "non-exempt RWX");
+    settle(&tracer, marker, WX);
+    let events = tracer.stop();
+    assert_eq!(
+        events.len(),
+        1,
+        "only the non-exempt mapping is a violation: {events:?}"
+    );
+}
+
+#[test]
+fn allow_services_admits_the_node_wide_service_addresses() {
+    if !root_or_skip("services") {
+        return;
+    }
+    use agent_common::ServiceKey;
+    use vigil::{
+        ebpf::{Mode, ProbeOptions, Probes},
+        enforce::Enforcer,
+        event::{Body, Verdict, decode},
+    };
+    let cg = TestCgroup::new("services");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (sp, op) = (
+        service.local_addr().unwrap().port(),
+        other.local_addr().unwrap().port(),
+    );
+    for l in [service, other] {
+        std::thread::spawn(move || l.incoming().for_each(drop));
+    }
+    let policies = vigil::policy::load_str(
+        &policy_for(
+            &cg,
+            "svc",
+            "  connect:\n    allowServices: true\n    action: Alert\n",
+        ),
+        None,
+    )
+    .unwrap();
+    let mut probes = Probes::load(&ProbeOptions {
+        mode: Mode::Enforce,
+        exclude_pid: std::process::id(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut enforcer = Enforcer::new(probes.take_policy_maps().unwrap(), cg.root.clone());
+    enforcer.apply(&policies).unwrap();
+    let mut ring = probes.take_ring_buffer().unwrap();
+    let connect_violations = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, pid: u32| {
+        let mut found = Vec::new();
+        while let Some(item) = ring.next() {
+            let ev = decode(&item).unwrap();
+            if let (Body::Connect(c), Verdict::Violation { .. }) = (&ev.body, ev.header.verdict)
+                && ev.header.pid == pid
+            {
+                found.push(c.dport);
+            }
+        }
+        found
+    };
+
+    // Before the Service exists, its address is not allowed.
+    let (pid, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{sp}")]);
+    assert_ok(&out, "connect before the service");
+    assert_eq!(connect_violations(&mut ring, pid), vec![sp]);
+
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12..].copy_from_slice(&[127, 0, 0, 1]);
+    enforcer
+        .set_services(&[ServiceKey {
+            addr,
+            port: sp,
+            protocol: 6,
+        }])
+        .unwrap();
+    let (pid, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{sp}")]);
+    assert_ok(&out, "connect to the service");
+    assert_eq!(
+        connect_violations(&mut ring, pid),
+        Vec::<u16>::new(),
+        "the Service address is allowed"
+    );
+    // The same address on another port is not a Service.
+    let (pid, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{op}")]);
+    assert_ok(&out, "connect to another port");
+    assert_eq!(connect_violations(&mut ring, pid), vec![op]);
+
+    // Removing the Service takes its address off the list again.
+    enforcer.set_services(&[]).unwrap();
+    let (pid, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{sp}")]);
+    assert_ok(&out, "connect after the service is gone");
+    assert_eq!(connect_violations(&mut ring, pid), vec![sp]);
+}

@@ -19,7 +19,7 @@ fn usage() -> ExitCode {
          connect: tcp-connect ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
-         \x20        mmap-file-rx PATH | flood-mmap COUNT\n\
+         \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE\n\
          bench:   bench-exec N | bench-connect N | bench-mmap N"
     );
     ExitCode::from(2)
@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         ("rie-mmap-rw", []) => memory::read_implies_exec_rw(),
         ("mmap-file-rx", [path]) => memory::mmap_file_rx(path),
         ("flood-mmap", [count]) => memory::flood(count),
+        ("wait-then-mmap-rwx", [path]) => memory::wait_then_rwx(path),
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),
         ("bench-mmap", [n]) => bench::mmap(n),

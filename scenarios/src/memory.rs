@@ -119,3 +119,15 @@ pub fn rwx_round_trip() -> Result<(), Failure> {
     unmap(p);
     Ok(())
 }
+
+/// Waits until `go` exists, then maps RWX: a process that started before the agent.
+pub fn wait_then_rwx(go: &str) -> Outcome {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::path::Path::new(go).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::Error(format!("{go} did not appear within 60 s")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    mmap_rwx()
+}
