@@ -45,8 +45,10 @@ enum Command {
     /// Enforce policies in the kernel and stream violations as CloudEvents. Policy files are
     /// watched: a valid edit takes effect without a restart, an invalid one is refused whole.
     Run {
-        /// Policy files, or directories of *.yaml/*.yml files; repeatable.
-        #[arg(long = "policy", required = true)]
+        /// Policy files, or directories of *.yaml/*.yml files; repeatable. In a cluster (a
+        /// kubeconfig in KUBECONFIG or ~/.kube/config, or in-cluster configuration) the
+        /// RuntimePolicy and ClusterRuntimePolicy objects are enforced too.
+        #[arg(long = "policy")]
         policies: Vec<PathBuf>,
         /// `json`: one CloudEvent per line on stdout; `pretty`: a readable line per event.
         #[arg(long, value_enum, default_value = "json")]

@@ -84,10 +84,7 @@ fn build(body: Body, lineage: &Lineage, cgroup_path: Option<&str>) -> Value {
         header: header("curl"),
         body,
     };
-    let ctx = Context {
-        node: "node-a",
-        cgroup_path: cgroup_path.map(str::to_string),
-    };
+    let ctx = Context::host("node-a", cgroup_path.map(str::to_string));
     serde_json::to_value(observed(&event, lineage, &ctx).expect("building the event"))
         .expect("serializing the event")
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod crd;
+mod k8s_env;
 mod run;
 mod setup;
 mod test;
@@ -67,6 +68,13 @@ enum Command {
     ///
     /// With --check, only compare and fail when the committed YAML is out of date.
     Crd(crd::Options),
+    /// Build the Kubernetes test binaries (kube-apiserver, etcd, kubectl, helm) into
+    /// target/k8s-env/bin when missing; with `up --dir DIR`, also run a control plane.
+    ///
+    /// `up` starts etcd and kube-apiserver on 127.0.0.1, writes DIR/kubeconfig (cluster-admin),
+    /// creates a Node object, prints `ready` and the kubeconfig path, and runs until SIGINT or
+    /// SIGTERM. With KUBEBUILDER_ASSETS set, kube-apiserver and etcd come from there.
+    K8sEnv(k8s_env::Options),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +86,7 @@ fn main() -> ExitCode {
         Command::Test { args } => test::run(&args),
         Command::Bench(options) => bench::run(&options),
         Command::Crd(options) => crd::run(&options),
+        Command::K8sEnv(options) => k8s_env::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

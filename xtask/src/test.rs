@@ -1,4 +1,7 @@
 //! `cargo xtask test`: the full suite, what CI runs (`.ci/run`). Stops at the first failure.
+//!
+//! Before the tests it builds the Kubernetes test binaries (`k8s_env::ensure`; Go is required)
+//! and hands their directory to the tests as `VIGIL_K8S_BIN`.
 use std::{
     process::Command,
     time::{Duration, Instant},
@@ -7,7 +10,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    setup,
+    k8s_env, setup,
     util::{self, cargo, describe, run_checked, secs, step, workspace_root},
 };
 
@@ -120,6 +123,16 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
         "warnings",
     ]))?;
     steps.command(cargo_with(&["build", "-p", "agent", "-p", "scenarios"]))?;
+    // kube-apiserver, etcd, kubectl and helm for the tests that run a real control plane
+    // (testenv): built from k8s-env/ once, skipped while present and matching the pins.
+    let mut k8s_bin = None;
+    steps.run(
+        "k8s-env (kube-apiserver, etcd, kubectl, helm)".to_owned(),
+        || {
+            k8s_bin = Some(k8s_env::ensure()?);
+            Ok(())
+        },
+    )?;
 
     let debug = workspace_root().join("target/debug");
     let mut test = cargo_with(&[
@@ -135,7 +148,8 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     ]);
     test.args(extra)
         .env("VIGIL_SCENARIO_BIN", debug.join("vigil-scenario"))
-        .env("VIGIL_BIN", debug.join("vigil"));
+        .env("VIGIL_BIN", debug.join("vigil"))
+        .env("VIGIL_K8S_BIN", k8s_bin.expect("set by the k8s-env step"));
     steps.run(describe(&test), || run_counted(&mut test, counts))
 }
 

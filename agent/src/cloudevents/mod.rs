@@ -8,6 +8,7 @@ use crate::{
     ebpf::KernelLosses,
     enforce::PolicyRef,
     event::{Action, Body, Event, prot_text},
+    metadata::cluster::PodLookup,
     metadata::{clock::wall_time, process::Lineage},
 };
 
@@ -30,6 +31,44 @@ pub enum CloudEventError {
 pub struct Context<'a> {
     pub node: &'a str,
     pub cgroup_path: Option<String>,
+    /// The pod, when the event came from one (and the agent knows the cluster).
+    pub pod: Option<&'a PodLookup>,
+}
+
+impl<'a> Context<'a> {
+    pub fn host(node: &'a str, cgroup_path: Option<String>) -> Self {
+        Self {
+            node,
+            cgroup_path,
+            pod: None,
+        }
+    }
+}
+
+/// `data.pod`, `data.container` and the subject, from what is known of the pod.
+fn pod_fields(data: &mut serde_json::Value, pod: Option<&PodLookup>, node: &str) -> String {
+    match pod {
+        Some(PodLookup::Found(p)) => {
+            data["pod"] = json!({
+                "namespace": p.namespace,
+                "name": p.name,
+                "uid": p.uid,
+                "labels": p.labels,
+                "serviceAccount": p.service_account,
+                "owner": p.owner.as_ref().map(|o| json!({"kind": o.kind, "name": o.name})),
+            });
+            data["container"] =
+                json!({"id": p.container_id, "name": p.container_name, "image": p.image});
+            format!("namespaces/{}/pods/{}", p.namespace, p.name)
+        }
+        Some(PodLookup::Unknown { uid, container_id }) => {
+            data["pod"] = json!({"uid": uid});
+            data["container"] = json!({"id": container_id});
+            data["metadataIncomplete"] = json!(true);
+            format!("hosts/{node}")
+        }
+        Some(PodLookup::Host) | None => format!("hosts/{node}"),
+    }
 }
 
 #[derive(Serialize)]
@@ -151,6 +190,7 @@ fn build(
         "node": ctx.node,
     });
     data[key] = fields;
+    let subject = pod_fields(&mut data, ctx.pod, ctx.node);
     // `undecided` appears only when true.
     if let Some(exec) = data.get_mut("exec").and_then(|e| e.as_object_mut())
         && exec.get("undecided").is_some_and(|v| v.is_null())
@@ -161,7 +201,7 @@ fn build(
         .id(uuid::Uuid::new_v4().to_string())
         .source(source(ctx.node))
         .ty(ty)
-        .subject(format!("hosts/{}", ctx.node))
+        .subject(subject)
         .time(wall_time(h.boot_ns));
     match judged {
         None => {

@@ -3,7 +3,10 @@
 //! task's cgroup, so each binding gets the union of every policy covering its path.
 use std::collections::BTreeMap;
 
-use crate::policy::Policy;
+use crate::{
+    metadata::cgroup::PodDirs,
+    policy::{NamespaceSelection, Policy},
+};
 
 /// cgroup path (relative to the root, `/` for the root) -> indices of the policies covering it.
 pub fn host_bindings(policies: &[Policy]) -> BTreeMap<String, Vec<usize>> {
@@ -39,6 +42,78 @@ mod tests {
     use crate::policy::load_str;
 
     #[test]
+    fn pods_get_their_selecting_policies_and_unselected_pods_get_none() {
+        let ps = load_str(
+            r#"
+apiVersion: vigil.dev/v1alpha1
+kind: RuntimePolicy
+metadata: {name: web, namespace: shop}
+spec: {podSelector: {matchLabels: {app: web}}, exec: {deny: [{prefix: /tmp/}]}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: RuntimePolicy
+metadata: {name: sidecar, namespace: shop}
+spec: {podSelector: {}, containers: [proxy], exec: {deny: [{memfd: true}]}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: ClusterRuntimePolicy
+metadata: {name: prod}
+spec: {namespaceSelector: {matchLabels: {env: prod}}, memory: {writeExecute: Deny}}
+"#,
+            None,
+        )
+        .unwrap();
+        let pod = |uid: &str, ns: &str, app: &str, env: &str| PodView {
+            uid: uid.into(),
+            namespace: ns.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            namespace_labels: [("env".to_string(), env.to_string())].into(),
+            containers: vec![
+                ("web".into(), format!("{uid}-c1")),
+                ("proxy".into(), format!("{uid}-c2")),
+            ],
+        };
+        let pods = vec![
+            pod("a", "shop", "web", "prod"),
+            pod("b", "shop", "db", "dev"),
+            pod("c", "other", "web", "dev"),
+        ];
+        let mut dirs = std::collections::HashMap::new();
+        for p in &pods {
+            let containers = p
+                .containers
+                .iter()
+                .map(|(_, id)| (id.clone(), format!("/pod-{}/{id}", p.uid)))
+                .collect();
+            dirs.insert(
+                p.uid.clone(),
+                PodDirs {
+                    pod: format!("/pod-{}", p.uid),
+                    containers,
+                },
+            );
+        }
+        let b = pod_bindings(&ps, &pods, &dirs);
+        assert_eq!(b["/pod-a"], vec![0, 2], "web in shop, prod namespace");
+        assert_eq!(
+            b["/pod-a/a-c2"],
+            vec![0, 1, 2],
+            "the proxy container adds the sidecar policy"
+        );
+        assert!(
+            !b.contains_key("/pod-a/a-c1"),
+            "the web container is covered by the pod's binding"
+        );
+        assert_eq!(b["/pod-b"], Vec::<usize>::new());
+        assert_eq!(b["/pod-b/b-c2"], vec![1]);
+        assert_eq!(
+            b["/pod-c"],
+            Vec::<usize>::new(),
+            "RuntimePolicies select only in their namespace"
+        );
+    }
+
+    #[test]
     fn a_deeper_binding_includes_the_policies_of_its_ancestors() {
         let ps = load_str(
             r#"
@@ -65,4 +140,72 @@ spec: {hostProcesses: {cgroupPrefixes: [/system.slice/nginx.service]}, exec: {de
         assert_eq!(b["/system.slice/nginx.service"], vec![0, 1, 2]);
         assert_eq!(b.len(), 2);
     }
+}
+
+/// A pod as the binding computation needs it.
+#[derive(Debug, Clone)]
+pub struct PodView {
+    pub uid: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub namespace_labels: BTreeMap<String, String>,
+    /// (container name, container id) from the pod's status.
+    pub containers: Vec<(String, String)>,
+}
+
+fn selects(policy: &Policy, pod: &PodView) -> bool {
+    let Some(sel) = &policy.spec.pods else {
+        return false;
+    };
+    let namespace_ok = match &sel.namespaces {
+        NamespaceSelection::Named(ns) => ns == &pod.namespace,
+        NamespaceSelection::Matching(selector) => selector.matches(&pod.namespace_labels),
+    };
+    namespace_ok && sel.pods.matches(&pod.labels)
+}
+
+/// Bindings for the pods on this node: each pod's cgroup gets the policies selecting the
+/// whole pod (none at all: an explicit "no policy", so a host-wide binding above it never
+/// reaches into pods); a container gets those plus the policies naming it in `containers`.
+pub fn pod_bindings(
+    policies: &[Policy],
+    pods: &[PodView],
+    dirs: &std::collections::HashMap<String, PodDirs>,
+) -> BTreeMap<String, Vec<usize>> {
+    let mut out = BTreeMap::new();
+    for pod in pods {
+        let Some(dir) = dirs.get(&pod.uid) else {
+            continue;
+        };
+        let selecting: Vec<usize> = policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| selects(p, pod))
+            .map(|(i, _)| i)
+            .collect();
+        let whole: Vec<usize> = selecting
+            .iter()
+            .copied()
+            .filter(|i| policies[*i].spec.containers.is_none())
+            .collect();
+        out.insert(dir.pod.clone(), whole.clone());
+        for (name, id) in &pod.containers {
+            let Some(cgroup) = dir.containers.get(id) else {
+                continue;
+            };
+            let mut members = whole.clone();
+            members.extend(selecting.iter().copied().filter(|i| {
+                policies[*i]
+                    .spec
+                    .containers
+                    .as_ref()
+                    .is_some_and(|names| names.contains(name))
+            }));
+            if members != whole {
+                members.sort_unstable();
+                out.insert(cgroup.clone(), members);
+            }
+        }
+    }
+    out
 }

@@ -99,9 +99,18 @@ impl Enforcer {
         }
     }
 
-    /// Compiles `policies` and swaps them in.
+    /// Compiles `policies` for their `hostProcesses` bindings (a plain host) and swaps them in.
     pub fn apply(&mut self, policies: &[Policy]) -> Result<Applied, EnforceError> {
-        let bindings = bindings::host_bindings(policies);
+        self.apply_bindings(policies, &bindings::host_bindings(policies))
+    }
+
+    /// Compiles `policies` for `bindings` (cgroup path -> indices of the policies covering
+    /// it; none: explicitly no policy) and swaps them in.
+    pub fn apply_bindings(
+        &mut self,
+        policies: &[Policy],
+        bindings: &BTreeMap<String, Vec<usize>>,
+    ) -> Result<Applied, EnforceError> {
         // Bindings with the same policies share one set.
         let mut set_of_members: BTreeMap<Vec<usize>, u32> = BTreeMap::new();
         let base = match &self.current {
@@ -114,7 +123,11 @@ impl Enforcer {
             members: Vec::new(),
         };
         let mut wanted = BTreeMap::new();
-        for (path, members) in &bindings {
+        for (path, members) in bindings {
+            if members.is_empty() {
+                wanted.insert(path.clone(), 0);
+                continue;
+            }
             let id = match set_of_members.get(members) {
                 Some(id) => *id,
                 None => {

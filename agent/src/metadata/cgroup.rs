@@ -167,3 +167,60 @@ mod tests {
         );
     }
 }
+
+/// The cgroups of one pod on this node, relative to the cgroup root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodDirs {
+    pub pod: String,
+    /// Container id -> its cgroup.
+    pub containers: HashMap<String, String>,
+}
+
+/// Every pod cgroup below `root` (the kubelet's `kubepods` tree, wherever it is), by pod UID.
+/// Only directories are read, a few levels deep: cheap enough to repeat every half second.
+pub fn pod_dirs(root: &Path) -> HashMap<String, PodDirs> {
+    let mut out: HashMap<String, PodDirs> = HashMap::new();
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let rel = format!("/{}", rel.display());
+            match super::container::parse(&rel) {
+                Some(found) => {
+                    let pod = out.entry(found.pod_uid.clone()).or_default();
+                    match found.container_id {
+                        Some(id) => {
+                            pod.containers.insert(id, rel);
+                        }
+                        None => {
+                            pod.pod = rel;
+                            stack.push((path, depth + 1));
+                        }
+                    }
+                }
+                // Only the kubelet's trees lead to pods.
+                None if depth < 4
+                    && (depth > 0 || is_kube_tree(&entry.file_name().to_string_lossy())) =>
+                {
+                    stack.push((path, depth + 1));
+                }
+                None => {}
+            }
+        }
+    }
+    out.retain(|_, dirs| !dirs.pod.is_empty());
+    out
+}
+
+fn is_kube_tree(name: &str) -> bool {
+    name.starts_with("kubepods") || name.starts_with("kubelet")
+}

@@ -1,4 +1,5 @@
 //! The stages between the ring buffer and the sinks: reader -> decode -> enrich -> sink.
+pub mod cluster;
 pub mod run;
 use std::{
     io::Write,
@@ -45,6 +46,10 @@ pub enum PipelineError {
     Policies(Vec<crate::policy::FieldError>),
     #[error(transparent)]
     Enforce(#[from] crate::enforce::EnforceError),
+    #[error(
+        "nothing to enforce: pass --policy, or run where a kubeconfig or in-cluster configuration is found"
+    )]
+    NothingToEnforce,
 }
 
 #[derive(Debug, Clone)]
@@ -152,7 +157,7 @@ pub async fn trace<W: Write>(
                 match event::decode(&record) {
                     Ok(ev) => {
                         let lineage = processes.lineage(&ev);
-                        let ctx = Context { node: &options.node, cgroup_path: cgroups.path(ev.header.cgroup_id) };
+                        let ctx = Context::host(&options.node, cgroups.path(ev.header.cgroup_id));
                         sink.emit(&cloudevents::observed(&ev, &lineage, &ctx)?)?;
                         emitted += 1;
                     }

@@ -15,10 +15,12 @@ use crate::{
     ebpf::{Mode, ProbeOptions, Probes, reader},
     enforce::{Enforcer, PolicyRef, seed},
     event::{self, Action, Body, Event, Verdict},
+    metadata::cluster::{Changed, PodLookup},
     metadata::{
         cgroup::{self, CgroupPaths},
         process::ProcessCache,
     },
+    pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
     sink::stdout::{Format, StdoutSink},
 };
@@ -83,7 +85,31 @@ fn apply(enforcer: &mut Enforcer, policies: &[Policy]) -> Result<(), PipelineErr
     Ok(())
 }
 
+/// How long an event from a pod the store has not seen yet is held for its metadata.
+const METADATA_WAIT: Duration = Duration::from_secs(2);
+
+/// A violation waiting for its pod's metadata.
+struct Held {
+    event: Event,
+    policy: PolicyRef,
+    action: Action,
+    cgroup_path: Option<String>,
+    until: tokio::time::Instant,
+}
+
+fn until_changed(
+    link: &mut Option<ClusterLink>,
+) -> impl std::future::Future<Output = Option<Changed>> + '_ {
+    async move {
+        match link {
+            Some(link) => link.changed().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Loads the policies, enforces them until `stop` turns true, and reloads them on change.
+/// With a kubeconfig (or in a cluster) policies and Services also come from the API server.
 pub async fn run<W: Write>(
     options: &RunOptions,
     out: W,
@@ -93,7 +119,11 @@ pub async fn run<W: Write>(
         Some(root) => root.clone(),
         None => cgroup::detect_root()?,
     };
-    let policies = policy::load_paths(&options.policies).map_err(PipelineError::Policies)?;
+    let mut file_policies = if options.policies.is_empty() {
+        Vec::new()
+    } else {
+        policy::load_paths(&options.policies).map_err(PipelineError::Policies)?
+    };
     let mut probes = Probes::load(&ProbeOptions {
         mode: Mode::Enforce,
         cgroup: None,
@@ -106,7 +136,14 @@ pub async fn run<W: Write>(
         processes = seeded,
         "executables of running processes recorded"
     );
-    apply(&mut enforcer, &policies)?;
+    let mut link = ClusterLink::connect(&options.node).await;
+    if link.is_none() && options.policies.is_empty() {
+        return Err(PipelineError::NothingToEnforce);
+    }
+    match link.as_mut() {
+        Some(link) => link.sync(&mut enforcer, &file_policies, &root)?,
+        None => apply(&mut enforcer, &file_policies)?,
+    }
     let mut fingerprint_now = fingerprint(&options.policies);
 
     let ring = probes.take_ring_buffer()?;
@@ -123,9 +160,11 @@ pub async fn run<W: Write>(
 
     let mut sink = StdoutSink::new(out, options.format);
     let mut processes = ProcessCache::default();
-    let mut cgroups = CgroupPaths::new(root);
+    let mut cgroups = CgroupPaths::new(root.clone());
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
+    let mut held_ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut held: Vec<Held> = Vec::new();
     let mut emitted = 0u64;
     loop {
         tokio::select! {
@@ -134,10 +173,17 @@ pub async fn run<W: Write>(
                 match event::decode(&record) {
                     Ok(ev) => {
                         if let Some((policy, action)) = judge(&enforcer, &ev) {
-                            let lineage = processes.lineage(&ev);
-                            let ctx = Context { node: &options.node, cgroup_path: cgroups.path(ev.header.cgroup_id) };
-                            sink.emit(&cloudevents::violation(&ev, &lineage, &ctx, &policy, action)?)?;
-                            emitted += 1;
+                            let cgroup_path = cgroups.path(ev.header.cgroup_id);
+                            let lookup = link.as_ref().map(|l| l.lookup(cgroup_path.as_deref()));
+                            if matches!(lookup, Some(PodLookup::Unknown { .. })) {
+                                // A pod created a moment ago: its metadata is on the way.
+                                held.push(Held { event: ev, policy, action, cgroup_path, until: tokio::time::Instant::now() + METADATA_WAIT });
+                            } else {
+                                let lineage = processes.lineage(&ev);
+                                let ctx = Context { node: &options.node, cgroup_path, pod: lookup.as_ref() };
+                                sink.emit(&cloudevents::violation(&ev, &lineage, &ctx, &policy, action)?)?;
+                                emitted += 1;
+                            }
                         }
                     }
                     Err(err) => {
@@ -149,15 +195,42 @@ pub async fn run<W: Write>(
                     sink.flush()?;
                 }
             }
+            _ = held_ticker.tick(), if !held.is_empty() => {
+                let now = tokio::time::Instant::now();
+                let mut waiting = Vec::new();
+                for h in held.drain(..) {
+                    let lookup = link.as_ref().map(|l| l.lookup(h.cgroup_path.as_deref()));
+                    if matches!(lookup, Some(PodLookup::Unknown { .. })) && now < h.until {
+                        waiting.push(h);
+                        continue;
+                    }
+                    let lineage = processes.lineage(&h.event);
+                    let ctx = Context { node: &options.node, cgroup_path: h.cgroup_path.clone(), pod: lookup.as_ref() };
+                    sink.emit(&cloudevents::violation(&h.event, &lineage, &ctx, &h.policy, h.action)?)?;
+                    emitted += 1;
+                }
+                held = waiting;
+                sink.flush()?;
+            }
+            _ = until_changed(&mut link) => {}
             _ = loss_ticker.tick() => losses.report(&options.node, &mut sink)?,
             _ = watch_ticker.tick() => {
                 let now = fingerprint(&options.policies);
+                let mut reloaded = false;
                 if now != fingerprint_now {
                     fingerprint_now = now;
                     match policy::load_paths(&options.policies) {
-                        Ok(policies) => apply(&mut enforcer, &policies)?,
+                        Ok(policies) => {
+                            file_policies = policies;
+                            reloaded = true;
+                        }
                         Err(errors) => log_refused(&errors),
                     }
+                }
+                match link.as_mut() {
+                    Some(link) => link.sync(&mut enforcer, &file_policies, &root)?,
+                    None if reloaded => apply(&mut enforcer, &file_policies)?,
+                    None => {}
                 }
                 let rebound = enforcer.refresh()?;
                 if !rebound.is_empty() {

@@ -3,6 +3,7 @@
 //!
 //! Loading is all-or-nothing: one error anywhere refuses the whole set, so the caller keeps
 //! the last good set in force (DESIGN: "Bad policies are refused whole").
+pub mod cluster;
 pub mod crd;
 mod error;
 pub mod limits;

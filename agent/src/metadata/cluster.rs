@@ -1,0 +1,299 @@
+//! What the agent knows of the cluster: kube-rs reflectors (in-memory stores, trimmed with
+//! `.modify()`) of this node's Pods, Namespaces, the owners of pods (ReplicaSets, Jobs, as
+//! metadata only), Services and EndpointSlices, and both policy kinds. Lookups never wait on
+//! the network; each watch retries with backoff on its own and says so once.
+use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
+    batch::v1::Job,
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use tokio::sync::mpsc;
+
+use crate::policy::crd::{ClusterRuntimePolicy, RuntimePolicy};
+
+/// Which store changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Changed {
+    Pods,
+    Namespaces,
+    Owners,
+    Services,
+    Policies,
+}
+
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    pub node: String,
+    pub pods: Store<Pod>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
+    pub jobs: Store<PartialObjectMeta<Job>>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub runtime_policies: Store<RuntimePolicy>,
+    pub cluster_policies: Store<ClusterRuntimePolicy>,
+}
+
+/// Drives one watch into its store; every applied change is announced on `tx`. Errors (the
+/// API server gone, a forbidden verb) are logged once per outage, with the resource named.
+fn drive<K, S>(resource: &'static str, stream: S, what: Changed, tx: mpsc::UnboundedSender<Changed>)
+where
+    K: Debug,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut failing = false;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!(resource, "watch resumed; resynced from the API server");
+                        failing = false;
+                    }
+                    if tx.send(what).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    if !failing {
+                        tracing::warn!(resource, error = %err, "watch failed; retrying with backoff, enforcing with what is known");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn trim_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        spec.affinity = None;
+        spec.tolerations = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.env = None;
+            c.env_from = None;
+            c.volume_mounts = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.command = None;
+            c.args = None;
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
+    }
+}
+
+fn trim_meta<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+    object.meta_mut().annotations = None;
+}
+
+/// Starts every reflector. Stores fill in the background; `tx` hears of each change.
+pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> Cluster {
+    let cfg = watcher::Config::default;
+    let (pods, w) = reflector::store();
+    let on_node = cfg().fields(&format!("spec.nodeName={node}"));
+    let stream = watcher(Api::<Pod>::all(client.clone()), on_node)
+        .default_backoff()
+        .modify(trim_pod)
+        .reflect(w);
+    drive("pods", stream, Changed::Pods, tx.clone());
+
+    let (namespaces, w) = reflector::store();
+    let stream = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        cfg(),
+    )
+    .default_backoff()
+    .modify(trim_meta)
+    .reflect(w);
+    drive("namespaces", stream, Changed::Namespaces, tx.clone());
+
+    let (replicasets, w) = reflector::store();
+    let stream = watcher(
+        Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+        cfg(),
+    )
+    .default_backoff()
+    .modify(trim_meta)
+    .reflect(w);
+    drive("replicasets", stream, Changed::Owners, tx.clone());
+
+    let (jobs, w) = reflector::store();
+    let stream = watcher(Api::<PartialObjectMeta<Job>>::all(client.clone()), cfg())
+        .default_backoff()
+        .modify(trim_meta)
+        .reflect(w);
+    drive("jobs", stream, Changed::Owners, tx.clone());
+
+    let (services, w) = reflector::store();
+    let stream = watcher(Api::<Service>::all(client.clone()), cfg())
+        .default_backoff()
+        .modify(trim_meta)
+        .reflect(w);
+    drive("services", stream, Changed::Services, tx.clone());
+
+    let (slices, w) = reflector::store();
+    let stream = watcher(Api::<EndpointSlice>::all(client.clone()), cfg())
+        .default_backoff()
+        .modify(trim_meta)
+        .reflect(w);
+    drive("endpointslices", stream, Changed::Services, tx.clone());
+
+    let (runtime_policies, w) = reflector::store();
+    let stream = watcher(Api::<RuntimePolicy>::all(client.clone()), cfg())
+        .default_backoff()
+        .modify(|p: &mut RuntimePolicy| p.managed_fields_mut().clear())
+        .reflect(w);
+    drive(
+        "runtimepolicies.vigil.dev",
+        stream,
+        Changed::Policies,
+        tx.clone(),
+    );
+
+    let (cluster_policies, w) = reflector::store();
+    let stream = watcher(Api::<ClusterRuntimePolicy>::all(client.clone()), cfg())
+        .default_backoff()
+        .modify(|p: &mut ClusterRuntimePolicy| p.managed_fields_mut().clear())
+        .reflect(w);
+    drive(
+        "clusterruntimepolicies.vigil.dev",
+        stream,
+        Changed::Policies,
+        tx,
+    );
+
+    Cluster {
+        client,
+        node: node.to_string(),
+        pods,
+        namespaces,
+        replicasets,
+        jobs,
+        services,
+        slices,
+        runtime_policies,
+        cluster_policies,
+    }
+}
+
+/// The workload that owns a pod, through ReplicaSet to Deployment and Job to CronJob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
+}
+
+impl Cluster {
+    pub fn pod_by_uid(&self, uid: &str) -> Option<Arc<Pod>> {
+        self.pods
+            .state()
+            .into_iter()
+            .find(|p| p.metadata.uid.as_deref() == Some(uid))
+    }
+
+    pub fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.namespaces
+            .state()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(namespace))
+            .map(|n| n.metadata.labels.clone().unwrap_or_default())
+    }
+
+    pub fn owner(&self, pod: &Pod) -> Option<Owner> {
+        let ns = pod.metadata.namespace.as_deref()?;
+        let first = pod
+            .metadata
+            .owner_references
+            .as_ref()?
+            .iter()
+            .find(|o| o.controller == Some(true))?;
+        let up = |kind: &str, name: &str| -> Option<Owner> {
+            let meta = match kind {
+                "ReplicaSet" => self
+                    .replicasets
+                    .state()
+                    .into_iter()
+                    .find(|r| {
+                        r.metadata.name.as_deref() == Some(name)
+                            && r.metadata.namespace.as_deref() == Some(ns)
+                    })
+                    .map(|r| r.metadata.clone()),
+                "Job" => self
+                    .jobs
+                    .state()
+                    .into_iter()
+                    .find(|j| {
+                        j.metadata.name.as_deref() == Some(name)
+                            && j.metadata.namespace.as_deref() == Some(ns)
+                    })
+                    .map(|j| j.metadata.clone()),
+                _ => None,
+            }?;
+            let parent = meta
+                .owner_references?
+                .into_iter()
+                .find(|o| o.controller == Some(true))?;
+            Some(Owner {
+                kind: parent.kind,
+                name: parent.name,
+            })
+        };
+        up(&first.kind, &first.name).or_else(|| {
+            Some(Owner {
+                kind: first.kind.clone(),
+                name: first.name.clone(),
+            })
+        })
+    }
+}
+
+/// What an event's cgroup says about its pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodLookup {
+    /// Not in a pod: a host process.
+    Host,
+    Found(PodInfo),
+    /// In a pod the store does not know (yet).
+    Unknown {
+        uid: String,
+        container_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+    pub owner: Option<Owner>,
+    pub container_id: Option<String>,
+    pub container_name: Option<String>,
+    pub image: Option<String>,
+}

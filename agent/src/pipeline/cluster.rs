@@ -1,0 +1,287 @@
+//! `vigil run` in a cluster: policies and Services from the API server, kept in the kernel
+//! maps as they change, and the pod behind every event.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
+
+use agent_common::ServiceKey;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::mpsc;
+
+use crate::{
+    enforce::{
+        Enforcer,
+        bindings::{self, PodView},
+    },
+    metadata::{
+        cgroup,
+        cluster::{self, Changed, Cluster, PodInfo, PodLookup},
+        container,
+    },
+    policy::{Policy, cluster::ClusterPolicies},
+};
+
+pub struct ClusterLink {
+    pub cluster: Cluster,
+    changes: mpsc::UnboundedReceiver<Changed>,
+    policies: ClusterPolicies,
+    cluster_policies: Vec<Policy>,
+    dirty: bool,
+    services_dirty: bool,
+    applied: Option<(Vec<Policy>, BTreeMap<String, Vec<usize>>)>,
+    status: mpsc::UnboundedSender<crate::policy::cluster::Verdict>,
+}
+
+impl ClusterLink {
+    /// Connects when a kubeconfig (`KUBECONFIG`, ~/.kube/config) or in-cluster config is
+    /// found; `None` means a plain host.
+    pub async fn connect(node: &str) -> Option<Self> {
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::info!(reason = %err, "no Kubernetes configuration found: host-only");
+                return None;
+            }
+        };
+        let (tx, changes) = mpsc::unbounded_channel();
+        let cluster = cluster::start(client.clone(), node, tx);
+        let (status, mut status_rx) = mpsc::unbounded_channel::<crate::policy::cluster::Verdict>();
+        let node_name = node.to_string();
+        tokio::spawn(async move {
+            while let Some(verdict) = status_rx.recv().await {
+                if let Err(err) = crate::policy::cluster::write(&client, &node_name, &verdict).await
+                {
+                    tracing::warn!(policy = %verdict.name, error = %err, "could not write the policy's status");
+                }
+            }
+        });
+        tracing::info!(
+            node,
+            "watching the API server for this node's pods, Services and policies"
+        );
+        Some(Self {
+            cluster,
+            changes,
+            policies: ClusterPolicies::default(),
+            cluster_policies: Vec::new(),
+            dirty: true,
+            services_dirty: true,
+            applied: None,
+            status,
+        })
+    }
+
+    /// Waits for the next change announcement (for the caller's select loop).
+    pub async fn changed(&mut self) -> Option<Changed> {
+        let what = self.changes.recv().await?;
+        self.note(what);
+        Some(what)
+    }
+
+    fn note(&mut self, what: Changed) {
+        match what {
+            Changed::Services => self.services_dirty = true,
+            _ => self.dirty = true,
+        }
+    }
+
+    /// Brings the kernel maps in line with the stores and the cgroups on disk. Cheap when
+    /// nothing changed: the desired state is compared with what was applied last.
+    pub fn sync(
+        &mut self,
+        enforcer: &mut Enforcer,
+        file_policies: &[Policy],
+        cgroup_root: &Path,
+    ) -> Result<(), crate::enforce::EnforceError> {
+        while let Ok(what) = self.changes.try_recv() {
+            self.note(what);
+        }
+        if self.services_dirty {
+            self.services_dirty = false;
+            let keys = service_keys(&self.cluster);
+            enforcer.set_services(&keys)?;
+            tracing::debug!(addresses = keys.len(), "service addresses in force");
+        }
+        if self.dirty {
+            self.dirty = false;
+            let (collected, verdicts) = self.policies.collect(&self.cluster);
+            self.cluster_policies = collected;
+            for verdict in verdicts {
+                self.policies.mark_written(&verdict);
+                let _ = self.status.send(verdict);
+            }
+        }
+        let mut policies: Vec<Policy> = file_policies.to_vec();
+        policies.extend(self.cluster_policies.iter().cloned());
+        let pods = pod_views(&self.cluster);
+        let dirs = cgroup::pod_dirs(cgroup_root);
+        let mut wanted = bindings::host_bindings(&policies);
+        wanted.extend(bindings::pod_bindings(&policies, &pods, &dirs));
+        let desired = (policies, wanted);
+        if self.applied.as_ref() != Some(&desired) {
+            let applied = enforcer.apply_bindings(&desired.0, &desired.1)?;
+            tracing::info!(
+                policies = applied.policies,
+                sets = applied.sets,
+                bindings = applied.bound.len(),
+                waiting_for = applied.waiting.len(),
+                map_entries = enforcer.map_entries(),
+                "policies in force"
+            );
+            self.applied = Some(desired);
+        }
+        Ok(())
+    }
+
+    /// The pod (and container) a cgroup path belongs to.
+    pub fn lookup(&self, cgroup_path: Option<&str>) -> PodLookup {
+        let Some(found) = cgroup_path.and_then(container::parse) else {
+            return PodLookup::Host;
+        };
+        let Some(pod) = self.cluster.pod_by_uid(&found.pod_uid) else {
+            return PodLookup::Unknown {
+                uid: found.pod_uid,
+                container_id: found.container_id,
+            };
+        };
+        PodLookup::Found(pod_info(&self.cluster, &pod, found.container_id))
+    }
+}
+
+fn pod_info(cluster: &Cluster, pod: &Pod, container_id: Option<String>) -> PodInfo {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    let status = container_id.as_deref().and_then(|id| {
+        statuses
+            .iter()
+            .find(|s| s.container_id.as_deref().map(container::status_id) == Some(id))
+    });
+    PodInfo {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        service_account: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone()),
+        owner: cluster.owner(pod),
+        container_id,
+        container_name: status.map(|s| s.name.clone()),
+        image: status.map(|s| s.image.clone()),
+    }
+}
+
+fn pod_views(cluster: &Cluster) -> Vec<PodView> {
+    let mut namespace_labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    cluster
+        .pods
+        .state()
+        .iter()
+        .filter_map(|pod| {
+            let namespace = pod.metadata.namespace.clone()?;
+            let labels = namespace_labels
+                .entry(namespace.clone())
+                .or_insert_with(|| cluster.namespace_labels(&namespace).unwrap_or_default())
+                .clone();
+            let containers = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|all| {
+                    all.iter()
+                        .filter_map(|s| {
+                            Some((
+                                s.name.clone(),
+                                container::status_id(s.container_id.as_deref()?).to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(PodView {
+                uid: pod.metadata.uid.clone()?,
+                namespace,
+                labels: pod.metadata.labels.clone().unwrap_or_default(),
+                namespace_labels: labels,
+                containers,
+            })
+        })
+        .collect()
+}
+
+fn mapped(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn protocol_number(p: Option<&str>) -> u16 {
+    match p {
+        Some("UDP") => 17,
+        Some("SCTP") => 132,
+        _ => 6,
+    }
+}
+
+/// Every Service ClusterIP:port and every ready endpoint address:port, as kernel keys.
+pub fn service_keys(cluster: &Cluster) -> Vec<ServiceKey> {
+    let mut keys = Vec::new();
+    for svc in cluster.services.state() {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let ips: Vec<String> = spec
+            .cluster_ips
+            .clone()
+            .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+            .unwrap_or_default();
+        for ip in ips
+            .iter()
+            .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+        {
+            for port in spec.ports.iter().flatten() {
+                keys.push(ServiceKey {
+                    addr: mapped(ip),
+                    port: port.port as u16,
+                    protocol: protocol_number(port.protocol.as_deref()),
+                });
+            }
+        }
+    }
+    for slice in cluster.slices.state() {
+        let ports: Vec<(u16, u16)> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.port? as u16, protocol_number(p.protocol.as_deref()))))
+            .collect();
+        for endpoint in &slice.endpoints {
+            // Ready unless the slice says otherwise (the API's own default).
+            if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for addr in endpoint
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+            {
+                for (port, protocol) in &ports {
+                    keys.push(ServiceKey {
+                        addr: mapped(addr),
+                        port: *port,
+                        protocol: *protocol,
+                    });
+                }
+            }
+        }
+    }
+    keys.sort_by_key(|k| (k.addr, k.port, k.protocol));
+    keys.dedup();
+    keys
+}
