@@ -26,6 +26,18 @@ pub fn tcp(target: &str) -> Outcome {
     Ok(())
 }
 
+/// Accepts and drops connections on `addr` until killed; prints `listening` once bound.
+pub fn listen(addr_text: &str) -> Outcome {
+    let listener = std::net::TcpListener::bind(addr(addr_text)?)?;
+    println!("listening");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+    Ok(())
+}
+
 pub fn udp(target: &str) -> Outcome {
     let target = addr(target)?;
     let bind: SocketAddr = if target.is_ipv4() {

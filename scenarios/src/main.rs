@@ -16,7 +16,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: vigil-scenario <scenario> [args]\n\
          exec:    memfd-exec | deleted-exec PATH | write-marker PATH | memfd-exec-marker PATH\n\
-         connect: tcp-connect ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
+         connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
          \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE\n\
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         ("memfd-exec-marker", [path]) => exec::memfd_exec_marker(path),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("tcp-connect", [addr]) => connect::tcp(addr),
+        ("tcp-listen", [addr]) => connect::listen(addr),
         ("udp-connect", [addr]) => connect::udp(addr),
         ("io-uring-connect", [addr]) => connect::io_uring(addr),
         ("race-connect", [a, b, count]) => connect::race(a, b, count),

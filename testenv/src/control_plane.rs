@@ -549,6 +549,13 @@ mod tests {
         assert_eq!(yaml_string("/tmp/x y"), "\"/tmp/x y\"");
     }
 
+    /// One control plane can be shared between tests through a static.
+    #[test]
+    fn control_plane_is_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<ControlPlane>();
+    }
+
     #[test]
     fn free_ports_differ() {
         let [a, b, c] = free_ports::<3>().expect("ports");

@@ -17,6 +17,15 @@ fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Removes a directory the test made itself, even when the test fails.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Whether `pid` is still a process named `name` (pids are only reused after a long while,
 /// and the name guards against that).
 fn running(pid: u32, name: &str) -> bool {
@@ -156,6 +165,7 @@ fn an_existing_directory_is_kept_and_the_node_name_is_ours() {
     };
     let dir = fresh_dir("kept");
     fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = RemoveOnDrop(dir.clone());
     let options = Options {
         node_name: "worker-7".to_owned(),
         ..Options::default()
@@ -169,7 +179,6 @@ fn an_existing_directory_is_kept_and_the_node_name_is_ours() {
     drop(plane);
     assert!(!running(pids[0], "etcd") && !running(pids[1], "kube-apiserver"));
     assert!(dir.join("kube-apiserver.log").is_file(), "logs are kept");
-    fs::remove_dir_all(&dir).expect("cleanup");
 }
 
 #[test]

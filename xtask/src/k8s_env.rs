@@ -59,19 +59,24 @@ pub fn ensure() -> Result<PathBuf> {
     let bin = testenv::bin_dir();
     println!("k8s-env: {} (with {go})", bin.display());
     for item in &built {
-        let how = match &item.source {
-            Source::Built(took) => format!("built in {}", secs(*took)),
-            Source::UpToDate => "up to date".to_owned(),
-            Source::KubebuilderAssets(path) => {
-                format!("from KUBEBUILDER_ASSETS: {}", path.display())
-            }
+        let (from, how) = match &item.source {
+            Source::Built(took) => (pin(item), format!("built in {}", secs(*took))),
+            Source::UpToDate => (pin(item), "up to date".to_owned()),
+            // Not ours: say what the binary says it is.
+            Source::KubebuilderAssets(path) => (
+                output_of(command(path).arg("--version"))
+                    .and_then(|v| v.lines().next().map(str::to_owned))
+                    .unwrap_or_else(|| "(no --version)".to_owned()),
+                format!("from KUBEBUILDER_ASSETS: {}", path.display()),
+            ),
         };
-        println!(
-            "  {:<15} {:<26} {:<8} {how}",
-            item.tool.name, item.tool.module, item.tool.version
-        );
+        println!("  {:<15} {from:<35} {how}", item.tool.name);
     }
     Ok(bin)
+}
+
+fn pin(built: &testenv::Built) -> String {
+    format!("{} {}", built.tool.module, built.tool.version)
 }
 
 /// The control plane's certificates are made with the `openssl` command.

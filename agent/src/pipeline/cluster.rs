@@ -22,6 +22,9 @@ use crate::{
     policy::{Policy, cluster::ClusterPolicies},
 };
 
+/// The policies in force and their cgroup bindings, as last applied.
+type Desired = (Vec<Policy>, BTreeMap<String, Vec<usize>>);
+
 pub struct ClusterLink {
     pub cluster: Cluster,
     changes: mpsc::UnboundedReceiver<Changed>,
@@ -29,7 +32,7 @@ pub struct ClusterLink {
     cluster_policies: Vec<Policy>,
     dirty: bool,
     services_dirty: bool,
-    applied: Option<(Vec<Policy>, BTreeMap<String, Vec<usize>>)>,
+    applied: Option<Desired>,
     status: mpsc::UnboundedSender<crate::policy::cluster::Verdict>,
 }
 

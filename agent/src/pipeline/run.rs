@@ -97,14 +97,11 @@ struct Held {
     until: tokio::time::Instant,
 }
 
-fn until_changed(
-    link: &mut Option<ClusterLink>,
-) -> impl std::future::Future<Output = Option<Changed>> + '_ {
-    async move {
-        match link {
-            Some(link) => link.changed().await,
-            None => std::future::pending().await,
-        }
+/// The next change from the cluster; never, on a plain host.
+async fn until_changed(link: &mut Option<ClusterLink>) -> Option<Changed> {
+    match link {
+        Some(link) => link.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -118,8 +118,8 @@ impl ClusterPolicies {
         self.written.retain(|uid, _| seen.contains(uid));
         let ordered: BTreeMap<String, Policy> = self
             .last_good
-            .iter()
-            .map(|(_, p)| (p.id(), p.clone()))
+            .values()
+            .map(|p| (p.id(), p.clone()))
             .collect();
         (ordered.into_values().collect(), verdicts)
     }

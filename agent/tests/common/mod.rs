@@ -206,9 +206,29 @@ impl Tracer {
         )
     }
 
+    /// Starts `vigil ARGS` with `envs` and waits for `ready_marker` on stderr.
+    pub fn spawn_with(
+        args: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+        ready_marker: &'static str,
+    ) -> Self {
+        Self::spawn_env(args, envs, ready_marker)
+    }
+
     fn spawn(args: &[&str], ready_marker: &'static str) -> Self {
+        Self::spawn_env(args, &[], ready_marker)
+    }
+
+    fn spawn_env(
+        args: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+        ready_marker: &'static str,
+    ) -> Self {
         let mut cmd = Command::new(vigil_bin());
         cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
         let mut child = cmd
             .env("VIGIL_LOG", "info")
             .stdout(Stdio::piped())
@@ -283,6 +303,18 @@ impl Tracer {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits until the agent logged a line containing `text`.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.stderr_lines().iter().any(|l| l.contains(text)) {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not log `{text}` within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Everything the agent logged so far.
