@@ -164,7 +164,6 @@ impl StagedPod {
         }
         Self {
             name: name.into(),
-            namespace: ns.into(),
             uid: uid.into(),
             container_id: container_id.into(),
             dirs,
