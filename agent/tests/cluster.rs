@@ -243,9 +243,11 @@ fn until_enforced(
     want_killed: bool,
     what: &str,
 ) -> Duration {
+    static ATTEMPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let start = Instant::now();
-    let mut n = 0;
     loop {
+        // A fresh marker every attempt: an old one would read as "it ran".
+        let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let marker = tmp.join(format!("poll-{}-{n}", pod.uid));
         let (_, status) = pod.run(writer, &["write-marker", marker.to_str().unwrap()]);
         let killed = status.signal() == Some(libc::SIGKILL) && !marker.exists();
@@ -256,7 +258,6 @@ fn until_enforced(
             start.elapsed() < Duration::from_secs(10),
             "{what}: not in effect after 10 s"
         );
-        n += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -497,8 +498,12 @@ fn an_event_from_a_pod_created_a_moment_before_is_still_enriched() {
             "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: everywhere}}\nspec:\n  namespaceSelector: {{}}\n  hostProcesses: {{cgroupPrefixes: [\"/kubepods.slice\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n"
         ))
         .unwrap();
+    // The kubelet's slice exists before the pod does (as on a node), so the host binding is in
+    // force from the start and the exec is a violation whether or not the pod is known yet.
+    let slice = c.root.dir.join("kubepods.slice");
+    std::fs::create_dir(&slice).unwrap();
     let agent = c.agent(None);
-    agent.wait_for_log("policies in force");
+    agent.wait_for_log("bindings=1");
     let created = Instant::now();
     let pod = c.pod("shop", "fresh-0", "app: fresh", None);
     let (pid, _) = pod.run(
@@ -516,5 +521,415 @@ fn an_event_from_a_pod_created_a_moment_before_is_still_enriched() {
     assert_eq!(e["data"]["pod"]["name"], "fresh-0", "{e}");
     assert_eq!(e["data"]["container"]["name"], "app");
     assert!(e["data"].get("metadataIncomplete").is_none(), "{e}");
+    agent.stop();
+    drop(pod);
+    let _ = std::fs::remove_dir(&slice);
+}
+
+/// A network namespace of the test's own, with addresses on its loopback; deleted on drop.
+/// Service and endpoint addresses are bound here, so no packet ever leaves the machine.
+struct NetNs {
+    name: String,
+    listeners: Vec<std::process::Child>,
+}
+
+impl NetNs {
+    fn new(label: &str) -> Self {
+        let name = format!("vigil-{label}-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self {
+            name,
+            listeners: Vec::new(),
+        }
+    }
+
+    fn add_address(&self, ip: &str) {
+        let cidr = format!("{ip}/32");
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "addr", "add", &cidr, "dev", "lo"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "adding {cidr}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A TCP listener on `addr` inside the namespace.
+    fn listen(&mut self, addr: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(scenario_bin())
+            .args(["tcp-listen", addr])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "listening", "listener on {addr}");
+        self.listeners.push(child);
+    }
+
+    /// Connects to `addr` from inside the namespace, as a process of `pod`; returns its pid.
+    fn connect_from(&self, pod: &StagedPod, addr: &str) -> u32 {
+        let mut cmd = in_cgroup(&pod.container, "ip");
+        let child = cmd
+            .args(["netns", "exec", &self.name])
+            .arg(scenario_bin())
+            .args(["tcp-connect", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        child.wait_with_output().unwrap();
+        pid
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for mut l in self.listeners.drain(..) {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+fn cluster_ip(c: &Cluster, ns: &str, name: &str) -> String {
+    c.plane
+        .kubectl_ok([
+            "get",
+            "service",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap()
+}
+
+/// Whether a connect to `addr` from `pod` is a violation: a known-bad connect follows as a
+/// marker, and events keep their order.
+fn connect_violates(
+    agent: &Tracer,
+    netns: &NetNs,
+    pod: &StagedPod,
+    addr: &str,
+    marker_addr: &str,
+) -> bool {
+    let pid = netns.connect_from(pod, addr);
+    let marker = netns.connect_from(pod, marker_addr);
+    agent.wait_for("the marker connect", |e| {
+        e["type"] == "dev.vigil.connect.v1" && e["data"]["process"]["pid"] == marker
+    });
+    agent
+        .events()
+        .iter()
+        .any(|e| e["type"] == "dev.vigil.connect.v1" && e["data"]["process"]["pid"] == pid)
+}
+
+#[test]
+fn allow_services_follows_the_clusters_services_and_endpoints() {
+    let Some(c) = Cluster::start("services") else {
+        return;
+    };
+    c.namespace("shop", "env: prod");
+    let pod = c.pod("shop", "web-0", "app: web", None);
+    c.plane.apply("apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec: {ports: [{port: 8080, protocol: TCP}], selector: {app: api}}\n").unwrap();
+    c.plane
+        .apply("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}\naddressType: IPv4\nports: [{port: 9090, protocol: TCP}]\nendpoints: [{addresses: [\"10.244.1.7\"], conditions: {ready: true}}]\n")
+        .unwrap();
+    let vip = cluster_ip(&c, "shop", "api");
+    assert!(
+        vip.starts_with("10.96."),
+        "ClusterIP {vip} outside the test's Service CIDR"
+    );
+    let mut netns = NetNs::new("svc");
+    netns.add_address(&vip);
+    netns.add_address("10.244.1.7");
+    for addr in [
+        format!("{vip}:8080"),
+        format!("{vip}:8081"),
+        "10.244.1.7:9090".to_string(),
+    ] {
+        netns.listen(&addr);
+    }
+    let agent = c.agent(None);
+    c.plane
+        .apply("apiVersion: vigil.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {name: egress, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  connect: {allowServices: true, action: Alert}\n")
+        .unwrap();
+    let bad = format!("{vip}:8081");
+    // The policy is in force once the known-bad connect is reported.
+    let start = Instant::now();
+    loop {
+        let pid = netns.connect_from(&pod, &bad);
+        std::thread::sleep(Duration::from_millis(100));
+        if agent
+            .events()
+            .iter()
+            .any(|e| e["data"]["process"]["pid"] == pid)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the egress policy never took effect"
+        );
+    }
+    assert!(
+        !connect_violates(&agent, &netns, &pod, &format!("{vip}:8080"), &bad),
+        "the Service's ClusterIP:port was refused"
+    );
+    assert!(
+        !connect_violates(&agent, &netns, &pod, "10.244.1.7:9090", &bad),
+        "the endpoint address:port was refused"
+    );
+    let e = agent
+        .events()
+        .into_iter()
+        .rev()
+        .find(|e| e["data"]["connect"]["dport"] == 8081)
+        .unwrap();
+    assert_eq!(e["data"]["policy"]["rule"], "spec.connect.allow");
+    assert_eq!(e["data"]["connect"]["daddr"], vip.as_str());
+
+    // A new Service: its address is allowed within a second.
+    c.plane.apply("apiVersion: v1\nkind: Service\nmetadata: {name: api2, namespace: shop}\nspec: {ports: [{port: 7070, protocol: TCP}], selector: {app: api2}}\n").unwrap();
+    let created = Instant::now();
+    let vip2 = cluster_ip(&c, "shop", "api2");
+    netns.add_address(&vip2);
+    netns.listen(&format!("{vip2}:7070"));
+    let ready = loop {
+        if !connect_violates(&agent, &netns, &pod, &format!("{vip2}:7070"), &bad) {
+            break created.elapsed();
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(5),
+            "the new Service was not allowed within 5 s"
+        );
+    };
+    eprintln!(
+        "service created -> its ClusterIP allowed: {} ms",
+        ready.as_millis()
+    );
+    assert!(
+        ready < Duration::from_secs(1),
+        "took {} ms",
+        ready.as_millis()
+    );
+    agent.stop();
+}
+
+#[test]
+fn an_api_server_outage_keeps_enforcement_and_the_agent_resyncs() {
+    let Some(c) = Cluster::start("outage") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = denied_binary(tmp.path());
+    c.namespace("shop", "env: prod");
+    let pod = c.pod("shop", "web-0", "app: web", None);
+    let agent = c.agent(None);
+    c.plane
+        .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
+        .unwrap();
+    until_enforced(&pod, &writer, tmp.path(), true, "apply");
+    c.plane.stop_apiserver().unwrap();
+    let down = Instant::now();
+    let mut n = 0;
+    while down.elapsed() < Duration::from_secs(20) {
+        let marker = tmp.path().join(format!("outage-{n}"));
+        let (_, status) = pod.run(&writer, &["write-marker", marker.to_str().unwrap()]);
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "not killed {} s into the outage",
+            down.elapsed().as_secs()
+        );
+        assert!(!marker.exists());
+        n += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let failures = agent
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("watch failed"))
+        .count();
+    c.plane.start_apiserver().unwrap();
+    // Resynced: a change made after the restart takes effect.
+    c.plane
+        .kubectl_ok(["delete", "runtimepolicy", "no-tmp", "-n", "shop"])
+        .unwrap();
+    let lifted = until_enforced(
+        &pod,
+        &writer,
+        tmp.path(),
+        false,
+        "deleting the policy after the restart",
+    );
+    eprintln!(
+        "outage: {n} denied execs killed during 20 s without an API server; {failures} 'watch failed' log lines; change after restart applied in {} ms",
+        lifted.as_millis()
+    );
+    assert!(
+        failures <= 8,
+        "the outage was logged {failures} times (once per watched resource at most)"
+    );
+    assert!(
+        agent
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("watch resumed"))
+    );
+    agent.stop();
+}
+
+/// A kubeconfig for a ServiceAccount token.
+fn token_kubeconfig(c: &Cluster, dir: &Path, token: &str) -> PathBuf {
+    let path = dir.join("agent-kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: agent, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: agent, context: {{cluster: test, user: agent}}}}]\ncurrent-context: agent\n",
+            c.plane.server(),
+            c.plane.ca_cert().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_charts_rbac_is_exactly_enough() {
+    let Some(c) = Cluster::start("rbac") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = denied_binary(tmp.path());
+    let helm = c.plane.bin_dir().join("helm");
+    let chart = testenv::workspace_root().join("charts/vigil");
+    let out = Command::new(&helm)
+        .args([
+            "template",
+            "vigil",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "vigil-system",
+            "--kube-version",
+            "1.37.0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    c.plane
+        .kubectl_ok(["create", "namespace", "vigil-system"])
+        .unwrap();
+    c.plane.apply(&rendered).unwrap();
+    let token = c
+        .plane
+        .kubectl_ok([
+            "create",
+            "token",
+            "vigil",
+            "-n",
+            "vigil-system",
+            "--duration=1h",
+        ])
+        .unwrap();
+    let kubeconfig = token_kubeconfig(&c, tmp.path(), token.trim());
+
+    c.namespace("shop", "env: prod");
+    let pod = c.pod("shop", "web-0", "app: web", None);
+    let agent = c.agent(Some(&kubeconfig));
+    c.plane
+        .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
+        .unwrap();
+    until_enforced(
+        &pod,
+        &writer,
+        tmp.path(),
+        true,
+        "apply, with the chart's role",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .plane
+        .kubectl_ok([
+            "get",
+            "runtimepolicy",
+            "no-tmp",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.conditions[0].status}",
+        ])
+        .unwrap()
+        != "True"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent could not write the policy's status with the chart's role"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refusals: Vec<String> = agent
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("forbidden") || l.contains("watch failed"))
+        .collect();
+    assert!(
+        refusals.is_empty(),
+        "the chart's role is missing something: {refusals:?}"
+    );
+    agent.stop();
+
+    // The same role without `list` on EndpointSlices: the agent says which.
+    let crippled = rendered.replace(
+        "resources: [endpointslices]\n    verbs: [list, watch]",
+        "resources: [endpointslices]\n    verbs: [watch]",
+    );
+    assert_ne!(
+        crippled, rendered,
+        "the chart's EndpointSlice rule changed shape"
+    );
+    c.plane.apply(&crippled).unwrap();
+    let agent = c.agent(Some(&kubeconfig));
+    agent.wait_for_log("watch failed");
+    let line = agent
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("watch failed"))
+        .unwrap();
+    assert!(
+        line.contains("endpointslices") && line.contains("cannot list"),
+        "{line}"
+    );
     agent.stop();
 }

@@ -80,6 +80,38 @@ where
     });
 }
 
+/// Retry delays for a failed watch: 250 ms doubling to 3 s, back to 250 ms after a success.
+/// kube-rs's default tops out at 30 s, which would leave the agent that long behind an API
+/// server that came back; a failed attempt costs one refused connection.
+struct QuickBackoff {
+    next: std::time::Duration,
+}
+
+impl QuickBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for QuickBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for QuickBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 fn trim_pod(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
     if let Some(spec) = pod.spec.as_mut() {
@@ -117,7 +149,7 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
     let (pods, w) = reflector::store();
     let on_node = cfg().fields(&format!("spec.nodeName={node}"));
     let stream = watcher(Api::<Pod>::all(client.clone()), on_node)
-        .default_backoff()
+        .backoff(QuickBackoff::new())
         .modify(trim_pod)
         .reflect(w);
     drive("pods", stream, Changed::Pods, tx.clone());
@@ -127,7 +159,7 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         cfg(),
     )
-    .default_backoff()
+    .backoff(QuickBackoff::new())
     .modify(trim_meta)
     .reflect(w);
     drive("namespaces", stream, Changed::Namespaces, tx.clone());
@@ -137,35 +169,35 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
         Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
         cfg(),
     )
-    .default_backoff()
+    .backoff(QuickBackoff::new())
     .modify(trim_meta)
     .reflect(w);
     drive("replicasets", stream, Changed::Owners, tx.clone());
 
     let (jobs, w) = reflector::store();
     let stream = watcher(Api::<PartialObjectMeta<Job>>::all(client.clone()), cfg())
-        .default_backoff()
+        .backoff(QuickBackoff::new())
         .modify(trim_meta)
         .reflect(w);
     drive("jobs", stream, Changed::Owners, tx.clone());
 
     let (services, w) = reflector::store();
     let stream = watcher(Api::<Service>::all(client.clone()), cfg())
-        .default_backoff()
+        .backoff(QuickBackoff::new())
         .modify(trim_meta)
         .reflect(w);
     drive("services", stream, Changed::Services, tx.clone());
 
     let (slices, w) = reflector::store();
     let stream = watcher(Api::<EndpointSlice>::all(client.clone()), cfg())
-        .default_backoff()
+        .backoff(QuickBackoff::new())
         .modify(trim_meta)
         .reflect(w);
     drive("endpointslices", stream, Changed::Services, tx.clone());
 
     let (runtime_policies, w) = reflector::store();
     let stream = watcher(Api::<RuntimePolicy>::all(client.clone()), cfg())
-        .default_backoff()
+        .backoff(QuickBackoff::new())
         .modify(|p: &mut RuntimePolicy| p.managed_fields_mut().clear())
         .reflect(w);
     drive(
@@ -177,7 +209,7 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
 
     let (cluster_policies, w) = reflector::store();
     let stream = watcher(Api::<ClusterRuntimePolicy>::all(client.clone()), cfg())
-        .default_backoff()
+        .backoff(QuickBackoff::new())
         .modify(|p: &mut ClusterRuntimePolicy| p.managed_fields_mut().clear())
         .reflect(w);
     drive(
