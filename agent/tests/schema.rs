@@ -243,14 +243,14 @@ fn loss_events_match_the_schema() {
 }
 
 #[test]
-fn a_future_violation_with_aggregation_and_pod_metadata_is_accepted() {
+fn a_violation_with_pod_metadata_and_future_aggregation_is_accepted() {
     let mut e = exec_event();
     e["subject"] = json!("namespaces/shop/pods/web-7d9f-abcde");
     e["vigilverdict"] = json!("violation");
     e["vigilaction"] = json!("kill");
     e["vigilseverity"] = json!("high");
     e["vigilpolicy"] = json!("shop/web");
-    e["data"]["pod"] = json!({"namespace": "shop", "name": "web-7d9f-abcde"});
+    e["data"]["pod"] = json!({"namespace": "shop", "name": "web-7d9f-abcde", "uid": "8f7c0e1a-3b2d-4c5e-9f60-1a2b3c4d5e6f", "labels": {"app": "web"}, "serviceAccount": "web", "owner": {"kind": "Deployment", "name": "web"}});
     e["data"]["container"] = json!({"id": "abc", "name": "web", "image": "shop/web:1.2"});
     e["data"]["policy"] = json!({"kind": "RuntimePolicy", "name": "web", "namespace": "shop", "rule": "spec.exec.deny[0]", "description": "prefix /tmp/"});
     e["data"]["count"] = json!(3);
@@ -359,4 +359,80 @@ fn the_examples_in_the_documentation_match_the_schema() {
         types.insert(event["type"].as_str().expect("type").to_string());
     }
     assert_eq!(types.len(), 4, "every type has an example: {types:?}");
+}
+
+#[test]
+fn violations_from_pods_known_and_not_yet_known_validate() {
+    use vigil::{
+        cloudevents::violation,
+        enforce::PolicyRef,
+        event::Action,
+        metadata::cluster::{Owner, PodInfo, PodLookup},
+    };
+    let event = Event {
+        header: header("curl"),
+        body: Body::Exec(Exec {
+            path: "/tmp/x".into(),
+            exe_path: Some("/tmp/x".into()),
+            exe_name: "x".into(),
+            args: vec!["x".into()],
+            memfd: false,
+            deleted: false,
+            script: false,
+            undecided: false,
+            undecided_set: None,
+            args_truncated: false,
+            args_missing: false,
+        }),
+    };
+    let policy = PolicyRef {
+        kind: "RuntimePolicy".into(),
+        name: "web".into(),
+        namespace: Some("shop".into()),
+        rule: "spec.exec.deny[0]".into(),
+        text: "prefix /tmp/".into(),
+    };
+    let known = PodLookup::Found(PodInfo {
+        namespace: "shop".into(),
+        name: "web-0".into(),
+        uid: "8f7c0e1a-3b2d-4c5e-9f60-1a2b3c4d5e6f".into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        service_account: Some("web".into()),
+        owner: Some(Owner {
+            kind: "Deployment".into(),
+            name: "web".into(),
+        }),
+        container_id: Some("ab".repeat(32)),
+        container_name: Some("app".into()),
+        image: Some("shop/web:1".into()),
+    });
+    let unknown = PodLookup::Unknown {
+        uid: "8f7c0e1a-3b2d-4c5e-9f60-1a2b3c4d5e6f".into(),
+        container_id: None,
+    };
+    for (pod, subject) in [
+        (&known, "namespaces/shop/pods/web-0"),
+        (&unknown, "hosts/node-a"),
+    ] {
+        let ctx = Context {
+            node: "node-a",
+            cgroup_path: None,
+            pod: Some(pod),
+        };
+        let e = serde_json::to_value(
+            violation(
+                &event,
+                &lineage(Some("/tmp/x"), &["x"], false),
+                &ctx,
+                &policy,
+                Action::Kill,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_valid(&e);
+        assert_eq!(e["subject"], subject);
+        assert_eq!(e["vigilverdict"], "violation");
+        assert_eq!(e["vigilaction"], "kill");
+    }
 }
