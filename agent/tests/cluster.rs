@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestCgroup, Tracer, root_or_skip, scenario_bin};
+use common::{TestCgroup, Tracer, in_cgroup, root_or_skip, scenario_bin};
 use testenv::ControlPlane;
 
 const EXEC: &str = "dev.vigil.exec.v1";
@@ -198,29 +198,6 @@ impl Drop for StagedPod {
     }
 }
 
-/// A command whose process joins the cgroup at `dir` between fork and exec.
-fn in_cgroup(dir: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    use std::os::unix::{ffi::OsStrExt, process::CommandExt};
-    let procs = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
-    let mut cmd = Command::new(program);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if rc != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
 fn denied_binary(dir: &Path) -> (PathBuf, String) {
     let denied = dir.join("denied");
     std::fs::create_dir_all(&denied).unwrap();
@@ -334,21 +311,58 @@ fn a_violation_in_a_pod_carries_its_pod_container_and_deployment() {
     agent.stop();
 }
 
+/// The common start: a cluster, a pod `shop/web-0` labelled `app: web`, the agent, and a
+/// RuntimePolicy killing execs from `denied/`, already in force.
+struct Enforced {
+    c: Cluster,
+    tmp: tempfile::TempDir,
+    writer: PathBuf,
+    denied: String,
+    pod: StagedPod,
+    agent: Tracer,
+    took: Duration,
+}
+
+impl Enforced {
+    fn start(test: &str) -> Option<Self> {
+        let c = Cluster::start(test)?;
+        let tmp = tempfile::tempdir().unwrap();
+        let (writer, denied) = denied_binary(tmp.path());
+        c.namespace("shop", "env: prod");
+        let pod = c.pod("shop", "web-0", "app: web", None);
+        let agent = c.agent(None);
+        c.plane
+            .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
+            .unwrap();
+        let took = until_enforced(&pod, &writer, tmp.path(), true, "apply");
+        Some(Self {
+            c,
+            tmp,
+            writer,
+            denied,
+            pod,
+            agent,
+            took,
+        })
+    }
+}
+
 #[test]
 fn relabelling_the_pod_or_deleting_the_policy_lifts_it() {
-    let Some(c) = Cluster::start("relabel") else {
+    let Some(Enforced {
+        c,
+        tmp,
+        writer,
+        pod,
+        agent,
+        took,
+        ..
+    }) = Enforced::start("relabel")
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (writer, denied) = denied_binary(tmp.path());
-    c.namespace("shop", "env: prod");
-    let pod = c.pod("shop", "web-0", "app: web", None);
     let other = c.pod("shop", "db-0", "app: db", None);
-    let agent = c.agent(None);
-    c.plane
-        .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
-        .unwrap();
-    let t = until_enforced(&pod, &writer, tmp.path(), true, "apply");
+    let t = took;
     // A pod the selector does not match is not constrained.
     let marker = tmp.path().join("db-ran");
     let (_, status) = other.run(&writer, &["write-marker", marker.to_str().unwrap()]);
@@ -421,18 +435,18 @@ fn relabelling_the_pod_or_deleting_the_policy_lifts_it() {
 
 #[test]
 fn an_invalid_policy_is_refused_visibly_and_the_last_good_version_holds() {
-    let Some(c) = Cluster::start("invalid-crd") else {
+    let Some(Enforced {
+        c,
+        tmp,
+        writer,
+        denied,
+        pod,
+        agent,
+        ..
+    }) = Enforced::start("invalid-crd")
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (writer, denied) = denied_binary(tmp.path());
-    c.namespace("shop", "env: prod");
-    let pod = c.pod("shop", "web-0", "app: web", None);
-    let agent = c.agent(None);
-    c.plane
-        .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
-        .unwrap();
-    until_enforced(&pod, &writer, tmp.path(), true, "apply");
     // Valid for the API server's schema, refused by the agent: a CIDR with host bits set.
     let bad = format!(
         "{}  connect:\n    deny: [{{cidr: 10.0.0.1/8}}]\n",
@@ -744,18 +758,17 @@ fn allow_services_follows_the_clusters_services_and_endpoints() {
 
 #[test]
 fn an_api_server_outage_keeps_enforcement_and_the_agent_resyncs() {
-    let Some(c) = Cluster::start("outage") else {
+    let Some(Enforced {
+        c,
+        tmp,
+        writer,
+        pod,
+        agent,
+        ..
+    }) = Enforced::start("outage")
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (writer, denied) = denied_binary(tmp.path());
-    c.namespace("shop", "env: prod");
-    let pod = c.pod("shop", "web-0", "app: web", None);
-    let agent = c.agent(None);
-    c.plane
-        .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
-        .unwrap();
-    until_enforced(&pod, &writer, tmp.path(), true, "apply");
     c.plane.stop_apiserver().unwrap();
     let down = Instant::now();
     let mut n = 0;

@@ -64,6 +64,28 @@ pub fn scenario_bin() -> PathBuf {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// A command whose process joins the cgroup at `dir` between fork and exec.
+pub fn in_cgroup(dir: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if rc != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// A cgroup v2 directory standing in for a pod; removed on drop.
 pub struct TestCgroup {
     pub root: PathBuf,
@@ -71,7 +93,6 @@ pub struct TestCgroup {
     /// Path relative to the cgroup v2 root, as `--cgroup` takes it.
     pub rel: String,
     pub id: u64,
-    procs: CString,
 }
 
 impl TestCgroup {
@@ -86,14 +107,7 @@ impl TestCgroup {
         std::fs::create_dir(&dir)
             .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
         let id = std::fs::metadata(&dir).expect("cgroup metadata").ino();
-        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
-        Self {
-            root,
-            dir,
-            rel,
-            id,
-            procs,
-        }
+        Self { root, dir, rel, id }
     }
 
     /// A cgroup below `parent`, removed before it.
@@ -103,37 +117,18 @@ impl TestCgroup {
         std::fs::create_dir(&dir)
             .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
         let id = std::fs::metadata(&dir).expect("cgroup metadata").ino();
-        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
         Self {
             root: parent.root.clone(),
             dir,
             rel,
             id,
-            procs,
         }
     }
 
     /// A command whose process joins this cgroup between fork and exec, so that everything
     /// it does, its exec included, happens inside.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        let procs = self.procs.clone();
-        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if rc != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+        in_cgroup(&self.dir, program)
     }
 
     /// Runs a scenario inside the cgroup and returns its output (and pid).
