@@ -156,9 +156,105 @@ pub fn pretty(event: &CloudEvent) -> String {
         text(&p["ppid"]),
         text(s(&data, &["cgroup", "path"]))
     );
-    if ty == "loss" {
-        format!("{time} {ty:<7} {what}")
+    let pod = &data["pod"];
+    let context = if pod["name"].is_string() {
+        format!(
+            "pod {}/{}, container {}, {context}",
+            text(&pod["namespace"]),
+            text(&pod["name"]),
+            text(&data["container"]["name"])
+        )
     } else {
-        format!("{time} {ty:<7} {who} {what}  ({context})")
+        context
+    };
+    if ty == "loss" {
+        return format!("{time} {ty:<7} {what}");
+    }
+    let policy = &data["policy"];
+    if policy.is_object() {
+        // A violation: what was done, then which policy and rule decided.
+        let action = event
+            .extension("vigilaction")
+            .map(|a| a.to_string().to_uppercase())
+            .unwrap_or_default();
+        let name = match policy["namespace"].as_str() {
+            Some(ns) => format!("{ns}/{}", text(&policy["name"])),
+            None => text(&policy["name"]),
+        };
+        return format!(
+            "{time} {action:<5} {ty:<7} {who} {what}  [{} {name}: {} {}]  ({context})",
+            text(&policy["kind"]),
+            text(&policy["rule"]),
+            text(&policy["description"]),
+        );
+    }
+    format!("{time} {ty:<7} {who} {what}  ({context})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cloudevents::{Context, violation},
+        enforce::PolicyRef,
+        event::{Action, Body, Event, Exec, Header, Verdict},
+        metadata::process::Lineage,
+    };
+
+    #[test]
+    fn a_violation_reads_with_its_action_policy_and_rule() {
+        let event = Event {
+            header: Header {
+                verdict: Verdict::Violation {
+                    action: Action::Kill,
+                    set: 1,
+                    rule: 0,
+                },
+                boot_ns: 0,
+                cgroup_id: 9,
+                pid: 42,
+                tid: 42,
+                ppid: 1,
+                uid: 0,
+                gid: 0,
+                comm: "evil".into(),
+            },
+            body: Body::Exec(Exec {
+                path: "/tmp/evil".into(),
+                exe_path: Some("/tmp/evil".into()),
+                exe_name: "evil".into(),
+                args: vec!["/tmp/evil".into(), "-x".into()],
+                memfd: false,
+                deleted: false,
+                script: false,
+                undecided: false,
+                undecided_set: None,
+                args_truncated: false,
+                args_missing: false,
+            }),
+        };
+        let policy = PolicyRef {
+            kind: "ClusterRuntimePolicy".into(),
+            name: "host-baseline".into(),
+            namespace: None,
+            rule: "spec.exec.deny[0]".into(),
+            text: "prefix /tmp/".into(),
+        };
+        let ce = violation(
+            &event,
+            &Lineage::default(),
+            &Context::host("n1", Some("/".into())),
+            &policy,
+            Action::Kill,
+        )
+        .unwrap();
+        let line = pretty(&ce);
+        assert!(line.contains(" KILL  exec"), "{line}");
+        assert!(line.contains("evil[42]"), "{line}");
+        assert!(line.contains("/tmp/evil /tmp/evil -x"), "{line}");
+        assert!(
+            line.contains("[ClusterRuntimePolicy host-baseline: spec.exec.deny[0] prefix /tmp/]"),
+            "{line}"
+        );
     }
 }
