@@ -107,6 +107,96 @@ impl Losses {
     }
 }
 
+/// What `vigil trace` and `vigil run` share: the reader task and its queue, decoding, loss
+/// accounting, the process and cgroup caches, and the sink.
+pub(crate) struct Stages<W: Write> {
+    probes: Probes,
+    rx: mpsc::Receiver<Vec<u8>>,
+    reader: tokio::task::JoinHandle<Result<(), ReaderError>>,
+    losses: Losses,
+    pub(crate) sink: StdoutSink<W>,
+    pub(crate) processes: ProcessCache,
+    pub(crate) cgroups: CgroupPaths,
+    pub(crate) emitted: u64,
+}
+
+impl<W: Write> Stages<W> {
+    /// Takes the ring buffer and loss counters from `probes` and starts the reader.
+    pub(crate) fn start(
+        mut probes: Probes,
+        root: PathBuf,
+        format: Format,
+        out: W,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, PipelineError> {
+        let ring = probes.take_ring_buffer()?;
+        let stats = Arc::new(ReaderStats::default());
+        let losses = Losses {
+            kernel: probes.take_loss_counters()?,
+            reader: stats.clone(),
+            undecodable: 0,
+            reported: LossReport::default(),
+        };
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let reader = tokio::spawn(reader::run(ring, tx, stats, stop));
+        Ok(Self {
+            probes,
+            rx,
+            reader,
+            losses,
+            sink: StdoutSink::new(out, format),
+            processes: ProcessCache::default(),
+            cgroups: CgroupPaths::new(root),
+            emitted: 0,
+        })
+    }
+
+    /// The next decoded event; `None` once the reader has stopped and the queue is drained.
+    /// Undecodable records are counted as losses.
+    pub(crate) async fn next(&mut self) -> Option<event::Event> {
+        loop {
+            let record = self.rx.recv().await?;
+            match event::decode(&record) {
+                Ok(ev) => return Some(ev),
+                Err(err) => {
+                    self.losses.undecodable += 1;
+                    tracing::debug!(%err, "undecodable record");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn emit(&mut self, event: &::cloudevents::Event) -> Result<(), PipelineError> {
+        self.sink.emit(event)?;
+        self.emitted += 1;
+        Ok(())
+    }
+
+    /// Flushes the sink when nothing else is waiting, so output is live but batched.
+    pub(crate) fn flush_if_idle(&mut self) -> Result<(), PipelineError> {
+        if self.rx.is_empty() {
+            self.sink.flush()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn report_losses(&mut self, node: &str) -> Result<(), PipelineError> {
+        self.losses.report(node, &mut self.sink)
+    }
+
+    /// Waits for the reader, reports the last losses, flushes and detaches the probes.
+    pub(crate) async fn finish(mut self, node: &str) -> Result<TraceSummary, PipelineError> {
+        self.reader.await??;
+        self.losses.report(node, &mut self.sink)?;
+        self.sink.flush()?;
+        drop(self.probes);
+        Ok(TraceSummary {
+            emitted: self.emitted,
+            losses: self.losses.now_or_reported(),
+        })
+    }
+}
+
 /// Runs `vigil trace` until `stop` turns true, then drains, reports losses and returns.
 pub async fn trace<W: Write>(
     options: &TraceOptions,
@@ -122,65 +212,34 @@ pub async fn trace<W: Write>(
         .as_deref()
         .map(|path| cgroup::filter_for(&root, path))
         .transpose()?;
-    let mut probes = Probes::load(&ProbeOptions {
+    let probes = Probes::load(&ProbeOptions {
         mode: crate::ebpf::Mode::Trace,
         cgroup: filter,
         ring_buffer_bytes: options.ring_buffer_bytes,
         exclude_pid: std::process::id(),
     })?;
-    let ring = probes.take_ring_buffer()?;
-    let stats = Arc::new(ReaderStats::default());
-    let mut losses = Losses {
-        kernel: probes.take_loss_counters()?,
-        reader: stats.clone(),
-        undecodable: 0,
-        reported: LossReport::default(),
-    };
-    let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
-    let reader = tokio::spawn(reader::run(ring, tx, stats, stop));
+    let mut stages = Stages::start(probes, root.clone(), options.format, out, stop)?;
     tracing::info!(
         probes = crate::ebpf::PROGRAMS.len(),
         cgroup = options.cgroup.as_deref().unwrap_or("/"),
         cgroup_root = %root.display(),
         "vigil is tracing"
     );
-
-    let mut sink = StdoutSink::new(out, options.format);
-    let mut processes = ProcessCache::default();
-    let mut cgroups = CgroupPaths::new(root);
     let mut ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
-    let mut emitted = 0u64;
     loop {
         tokio::select! {
-            record = rx.recv() => {
-                let Some(record) = record else { break };
-                match event::decode(&record) {
-                    Ok(ev) => {
-                        let lineage = processes.lineage(&ev);
-                        let ctx = Context::host(&options.node, cgroups.path(ev.header.cgroup_id));
-                        sink.emit(&cloudevents::observed(&ev, &lineage, &ctx)?)?;
-                        emitted += 1;
-                    }
-                    Err(err) => {
-                        losses.undecodable += 1;
-                        tracing::debug!(%err, "undecodable record");
-                    }
-                }
-                if rx.is_empty() {
-                    sink.flush()?;
-                }
+            ev = stages.next() => {
+                let Some(ev) = ev else { break };
+                let lineage = stages.processes.lineage(&ev);
+                let ctx = Context::host(&options.node, stages.cgroups.path(ev.header.cgroup_id));
+                let ce = cloudevents::observed(&ev, &lineage, &ctx)?;
+                stages.emit(&ce)?;
+                stages.flush_if_idle()?;
             }
-            _ = ticker.tick() => losses.report(&options.node, &mut sink)?,
+            _ = ticker.tick() => stages.report_losses(&options.node)?,
         }
     }
-    reader.await??;
-    losses.report(&options.node, &mut sink)?;
-    sink.flush()?;
-    drop(probes);
-    Ok(TraceSummary {
-        emitted,
-        losses: losses.now_or_reported(),
-    })
+    stages.finish(&options.node).await
 }
 
 impl Losses {

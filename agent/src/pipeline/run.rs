@@ -3,26 +3,24 @@
 use std::{
     io::Write,
     path::PathBuf,
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::{Losses, PipelineError, QUEUE_CAPACITY, TraceSummary};
+use super::{PipelineError, Stages, TraceSummary};
 use crate::{
     cloudevents::{self, Context},
-    ebpf::{Mode, ProbeOptions, Probes, reader},
+    ebpf::{Mode, ProbeOptions, Probes},
     enforce::{Enforcer, PolicyRef, seed},
-    event::{self, Action, Body, Event, Verdict},
-    metadata::cluster::{Changed, PodLookup},
+    event::{Action, Body, Event, Verdict},
     metadata::{
-        cgroup::{self, CgroupPaths},
-        process::ProcessCache,
+        cgroup,
+        cluster::{Changed, PodLookup},
     },
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
-    sink::stdout::{Format, StdoutSink},
+    sink::stdout::Format,
 };
 
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -143,54 +141,31 @@ pub async fn run<W: Write>(
     }
     let mut fingerprint_now = fingerprint(&options.policies);
 
-    let ring = probes.take_ring_buffer()?;
-    let stats = Arc::new(reader::ReaderStats::default());
-    let mut losses = Losses {
-        kernel: probes.take_loss_counters()?,
-        reader: stats.clone(),
-        undecodable: 0,
-        reported: Default::default(),
-    };
-    let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
-    let reader_task = tokio::spawn(reader::run(ring, tx, stats, stop));
+    let mut stages = Stages::start(probes, root.clone(), options.format, out, stop)?;
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
-
-    let mut sink = StdoutSink::new(out, options.format);
-    let mut processes = ProcessCache::default();
-    let mut cgroups = CgroupPaths::new(root.clone());
+    let node = options.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
     let mut held_ticker = tokio::time::interval(Duration::from_millis(100));
     let mut held: Vec<Held> = Vec::new();
-    let mut emitted = 0u64;
     loop {
         tokio::select! {
-            record = rx.recv() => {
-                let Some(record) = record else { break };
-                match event::decode(&record) {
-                    Ok(ev) => {
-                        if let Some((policy, action)) = judge(&enforcer, &ev) {
-                            let cgroup_path = cgroups.path(ev.header.cgroup_id);
-                            let lookup = link.as_ref().map(|l| l.lookup(cgroup_path.as_deref()));
-                            if matches!(lookup, Some(PodLookup::Unknown { .. })) {
-                                // A pod created a moment ago: its metadata is on the way.
-                                held.push(Held { event: ev, policy, action, cgroup_path, until: tokio::time::Instant::now() + METADATA_WAIT });
-                            } else {
-                                let lineage = processes.lineage(&ev);
-                                let ctx = Context { node: &options.node, cgroup_path, pod: lookup.as_ref() };
-                                sink.emit(&cloudevents::violation(&ev, &lineage, &ctx, &policy, action)?)?;
-                                emitted += 1;
-                            }
-                        }
-                    }
-                    Err(err) => {
-                        losses.undecodable += 1;
-                        tracing::debug!(%err, "undecodable record");
+            ev = stages.next() => {
+                let Some(ev) = ev else { break };
+                if let Some((policy, action)) = judge(&enforcer, &ev) {
+                    let cgroup_path = stages.cgroups.path(ev.header.cgroup_id);
+                    let lookup = link.as_ref().map(|l| l.lookup(cgroup_path.as_deref()));
+                    if matches!(lookup, Some(PodLookup::Unknown { .. })) {
+                        // A pod created a moment ago: its metadata is on the way.
+                        held.push(Held { event: ev, policy, action, cgroup_path, until: tokio::time::Instant::now() + METADATA_WAIT });
+                    } else {
+                        let lineage = stages.processes.lineage(&ev);
+                        let ctx = Context { node, cgroup_path, pod: lookup.as_ref() };
+                        let ce = cloudevents::violation(&ev, &lineage, &ctx, &policy, action)?;
+                        stages.emit(&ce)?;
                     }
                 }
-                if rx.is_empty() {
-                    sink.flush()?;
-                }
+                stages.flush_if_idle()?;
             }
             _ = held_ticker.tick(), if !held.is_empty() => {
                 let now = tokio::time::Instant::now();
@@ -201,16 +176,16 @@ pub async fn run<W: Write>(
                         waiting.push(h);
                         continue;
                     }
-                    let lineage = processes.lineage(&h.event);
-                    let ctx = Context { node: &options.node, cgroup_path: h.cgroup_path.clone(), pod: lookup.as_ref() };
-                    sink.emit(&cloudevents::violation(&h.event, &lineage, &ctx, &h.policy, h.action)?)?;
-                    emitted += 1;
+                    let lineage = stages.processes.lineage(&h.event);
+                    let ctx = Context { node, cgroup_path: h.cgroup_path.clone(), pod: lookup.as_ref() };
+                    let ce = cloudevents::violation(&h.event, &lineage, &ctx, &h.policy, h.action)?;
+                    stages.emit(&ce)?;
                 }
                 held = waiting;
-                sink.flush()?;
+                stages.flush_if_idle()?;
             }
             _ = until_changed(&mut link) => {}
-            _ = loss_ticker.tick() => losses.report(&options.node, &mut sink)?,
+            _ = loss_ticker.tick() => stages.report_losses(node)?,
             _ = watch_ticker.tick() => {
                 let now = fingerprint(&options.policies);
                 let mut reloaded = false;
@@ -236,14 +211,7 @@ pub async fn run<W: Write>(
             }
         }
     }
-    reader_task.await??;
-    losses.report(&options.node, &mut sink)?;
-    sink.flush()?;
-    drop(probes);
-    Ok(TraceSummary {
-        emitted,
-        losses: losses.now_or_reported(),
-    })
+    stages.finish(node).await
 }
 
 /// The policy and action behind a record: the kernel's verdict, or user space's own for an
