@@ -734,3 +734,38 @@ fn allow_services_admits_the_node_wide_service_addresses() {
     assert_ok(&out, "connect after the service is gone");
     assert_eq!(connect_violations(&mut ring, pid), vec![sp]);
 }
+
+#[test]
+fn a_path_too_long_for_the_kernel_is_decided_in_user_space_and_alerted() {
+    if !root_or_skip("long-path") {
+        return;
+    }
+    let cg = TestCgroup::new("long");
+    let tmp = tempfile::tempdir().unwrap();
+    // Longer than the kernel's path keys (and its dentry walk) hold.
+    let mut deep = std::fs::canonicalize(tmp.path()).unwrap();
+    while deep.as_os_str().len() < 300 {
+        deep = deep.join("a-rather-long-directory-name");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    // It lives a moment, so user space can still read its executable from /proc.
+    let tool = deep.join("tool");
+    std::fs::copy("/bin/sleep", &tool).unwrap();
+    let spec = format!(
+        "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Alert\n",
+        deep.display()
+    );
+    let file = write_policy(tmp.path(), &policy_for(&cg, "long", &spec));
+    let tracer = Tracer::enforce(&file);
+    let child = cg.command(&tool).arg("1").spawn().unwrap();
+    let pid = child.id();
+    assert!(
+        child.wait_with_output().unwrap().status.success(),
+        "Alert never kills"
+    );
+    let e = tracer.wait_for("the user-space decision", |e| is(e, EXEC, pid));
+    assert_eq!(e["vigilaction"], "alert");
+    assert_eq!(e["data"]["exec"]["undecided"], true);
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec.deny[0]");
+    tracer.stop();
+}

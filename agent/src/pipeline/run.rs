@@ -240,11 +240,39 @@ fn judge(enforcer: &Enforcer, ev: &Event) -> Option<(PolicyRef, Action)> {
                 return None;
             };
             let set = exec.undecided_set?;
-            let path = exec.exe_path.as_deref().unwrap_or(&exec.path);
-            let script = exec.script.then_some(exec.path.as_str());
-            enforcer
-                .decide_exec(set, path, script, exec.memfd)
-                .map(|p| (p, Action::Alert))
+            // The kernel could not walk or key the path: ask /proc while the process lives,
+            // else use the path as passed, unless that too was cut short.
+            let from_proc = std::fs::read_link(format!("/proc/{}/exe", ev.header.pid))
+                .ok()
+                .map(|p| {
+                    p.to_string_lossy()
+                        .trim_end_matches(" (deleted)")
+                        .to_string()
+                });
+            let path = exec.exe_path.clone().or(from_proc);
+            let given_complete = exec.path.len() < agent_common::PATH_LEN - 1;
+            let script = (exec.script && given_complete).then_some(exec.path.as_str());
+            match path
+                .as_deref()
+                .or(given_complete.then_some(exec.path.as_str()))
+            {
+                Some(path) => enforcer
+                    .decide_exec(set, path, script, exec.memfd)
+                    .map(|p| (p, Action::Alert)),
+                None => Some((
+                    PolicyRef {
+                        kind: "unknown".into(),
+                        name: "unknown".into(),
+                        namespace: None,
+                        rule: "spec.exec".into(),
+                        text: format!(
+                            "the executable's path is longer than the {} bytes the agent reads and the process is gone: it could not be checked",
+                            agent_common::PATH_LEN - 1
+                        ),
+                    },
+                    Action::Alert,
+                )),
+            }
         }
     }
 }
