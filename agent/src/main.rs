@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use vigil::{
     doctor,
-    pipeline::{self, TraceOptions, run::RunOptions},
+    pipeline::{self, AgentOptions, TraceOptions, run::RunOptions},
     sink::stdout::Format,
 };
 
@@ -21,26 +21,45 @@ struct Cli {
     command: Command,
 }
 
+/// What every agent command takes.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// `json`: one CloudEvent per line on stdout; `pretty`: a readable line per event.
+    #[arg(long, value_enum, default_value = "json")]
+    output: Format,
+    /// Where cgroup v2 is mounted (default: found in /proc/self/mountinfo).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Node name used in `source` and `subject` and to select this node's pods (default:
+    /// $NODE_NAME, else the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Ring buffer size in bytes (a power of two and a multiple of the page size).
+    #[arg(long)]
+    ring_buffer_bytes: Option<u32>,
+}
+
+impl AgentArgs {
+    fn options(self) -> AgentOptions {
+        AgentOptions {
+            format: self.output,
+            cgroup_root: self.cgroup_root,
+            node: self.node_name.unwrap_or_else(vigil::node_name),
+            ring_buffer_bytes: self.ring_buffer_bytes,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Stream every observed exec, connect and W^X mapping as CloudEvents.
     Trace {
-        /// `json`: one CloudEvent per line on stdout; `pretty`: a readable line per event.
-        #[arg(long, value_enum, default_value = "json")]
-        output: Format,
+        #[command(flatten)]
+        agent: AgentArgs,
         /// Only this cgroup (relative to the cgroup v2 root, e.g. /system.slice/foo.service)
         /// and its descendants; filtered in the kernel.
         #[arg(long)]
         cgroup: Option<String>,
-        /// Where cgroup v2 is mounted (default: found in /proc/self/mountinfo).
-        #[arg(long)]
-        cgroup_root: Option<PathBuf>,
-        /// Node name used in `source` and `subject` (default: $NODE_NAME, else the host name).
-        #[arg(long)]
-        node_name: Option<String>,
-        /// Ring buffer size in bytes (a power of two and a multiple of the page size).
-        #[arg(long)]
-        ring_buffer_bytes: Option<u32>,
     },
     /// Enforce policies in the kernel and stream violations as CloudEvents. Policy files are
     /// watched: a valid edit takes effect without a restart, an invalid one is refused whole.
@@ -50,18 +69,8 @@ enum Command {
         /// RuntimePolicy and ClusterRuntimePolicy objects are enforced too.
         #[arg(long = "policy")]
         policies: Vec<PathBuf>,
-        /// `json`: one CloudEvent per line on stdout; `pretty`: a readable line per event.
-        #[arg(long, value_enum, default_value = "json")]
-        output: Format,
-        /// Where cgroup v2 is mounted (default: found in /proc/self/mountinfo).
-        #[arg(long)]
-        cgroup_root: Option<PathBuf>,
-        /// Node name used in `source` and `subject` (default: $NODE_NAME, else the host name).
-        #[arg(long)]
-        node_name: Option<String>,
-        /// Ring buffer size in bytes (a power of two and a multiple of the page size).
-        #[arg(long)]
-        ring_buffer_bytes: Option<u32>,
+        #[command(flatten)]
+        agent: AgentArgs,
         /// How often policy files and cgroups are checked for changes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         watch_interval_ms: u64,
@@ -195,18 +204,12 @@ fn main() -> Result<()> {
         }
         Command::Run {
             policies,
-            output,
-            cgroup_root,
-            node_name,
-            ring_buffer_bytes,
+            agent,
             watch_interval_ms,
         } => {
             let options = RunOptions {
-                format: output,
+                agent: agent.options(),
                 policies,
-                cgroup_root,
-                node: node_name.unwrap_or_else(vigil::node_name),
-                ring_buffer_bytes,
                 watch_interval: std::time::Duration::from_millis(watch_interval_ms.max(50)),
             };
             with_signals(|rx| async move {
@@ -220,30 +223,12 @@ fn main() -> Result<()> {
                 Ok(())
             })
         }
-        Command::Trace {
-            output,
-            cgroup,
-            cgroup_root,
-            node_name,
-            ring_buffer_bytes,
-        } => {
+        Command::Trace { agent, cgroup } => {
             let options = TraceOptions {
-                format: output,
+                agent: agent.options(),
                 cgroup,
-                cgroup_root,
-                node: node_name.unwrap_or_else(vigil::node_name),
-                ring_buffer_bytes,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let (tx, rx) = watch::channel(false);
-                tokio::spawn(async move {
-                    if let Err(err) = stop_on_signal(tx).await {
-                        tracing::error!("{err:#}");
-                    }
-                });
+            with_signals(|rx| async move {
                 let stdout = std::io::BufWriter::new(std::io::stdout().lock());
                 let summary = pipeline::trace(&options, stdout, rx).await?;
                 tracing::info!(

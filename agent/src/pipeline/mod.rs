@@ -52,14 +52,30 @@ pub enum PipelineError {
     NothingToEnforce,
 }
 
+/// What every agent command takes.
 #[derive(Debug, Clone)]
-pub struct TraceOptions {
+pub struct AgentOptions {
     pub format: Format,
-    /// Limit to this cgroup (relative to the cgroup v2 root) and its descendants.
-    pub cgroup: Option<String>,
+    /// Where cgroup v2 is mounted; `None`: found in /proc/self/mountinfo.
     pub cgroup_root: Option<PathBuf>,
     pub node: String,
     pub ring_buffer_bytes: Option<u32>,
+}
+
+impl AgentOptions {
+    pub(crate) fn root(&self) -> Result<PathBuf, PipelineError> {
+        match &self.cgroup_root {
+            Some(root) => Ok(root.clone()),
+            None => Ok(cgroup::detect_root()?),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    pub agent: AgentOptions,
+    /// Limit to this cgroup (relative to the cgroup v2 root) and its descendants.
+    pub cgroup: Option<String>,
 }
 
 /// What a finished trace saw.
@@ -203,10 +219,8 @@ pub async fn trace<W: Write>(
     out: W,
     stop: watch::Receiver<bool>,
 ) -> Result<TraceSummary, PipelineError> {
-    let root = match &options.cgroup_root {
-        Some(root) => root.clone(),
-        None => cgroup::detect_root()?,
-    };
+    let common = &options.agent;
+    let root = common.root()?;
     let filter = options
         .cgroup
         .as_deref()
@@ -215,10 +229,10 @@ pub async fn trace<W: Write>(
     let probes = Probes::load(&ProbeOptions {
         mode: crate::ebpf::Mode::Trace,
         cgroup: filter,
-        ring_buffer_bytes: options.ring_buffer_bytes,
+        ring_buffer_bytes: common.ring_buffer_bytes,
         exclude_pid: std::process::id(),
     })?;
-    let mut stages = Stages::start(probes, root.clone(), options.format, out, stop)?;
+    let mut stages = Stages::start(probes, root.clone(), common.format, out, stop)?;
     tracing::info!(
         probes = crate::ebpf::PROGRAMS.len(),
         cgroup = options.cgroup.as_deref().unwrap_or("/"),
@@ -231,15 +245,15 @@ pub async fn trace<W: Write>(
             ev = stages.next() => {
                 let Some(ev) = ev else { break };
                 let lineage = stages.processes.lineage(&ev);
-                let ctx = Context::host(&options.node, stages.cgroups.path(ev.header.cgroup_id));
+                let ctx = Context::host(&common.node, stages.cgroups.path(ev.header.cgroup_id));
                 let ce = cloudevents::observed(&ev, &lineage, &ctx)?;
                 stages.emit(&ce)?;
                 stages.flush_if_idle()?;
             }
-            _ = ticker.tick() => stages.report_losses(&options.node)?,
+            _ = ticker.tick() => stages.report_losses(&common.node)?,
         }
     }
-    stages.finish(&options.node).await
+    stages.finish(&common.node).await
 }
 
 impl Losses {

@@ -8,31 +8,24 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{PipelineError, Stages, TraceSummary};
+use super::{AgentOptions, PipelineError, Stages, TraceSummary};
 use crate::{
     cloudevents::{self, Context},
     ebpf::{Mode, ProbeOptions, Probes},
     enforce::{Enforcer, PolicyRef, seed},
     event::{Action, Body, Event, Verdict},
-    metadata::{
-        cgroup,
-        cluster::{Changed, PodLookup},
-    },
+    metadata::cluster::{Changed, PodLookup},
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
-    sink::stdout::Format,
 };
 
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub format: Format,
+    pub agent: AgentOptions,
     /// Policy files or directories.
     pub policies: Vec<PathBuf>,
-    pub cgroup_root: Option<PathBuf>,
-    pub node: String,
-    pub ring_buffer_bytes: Option<u32>,
     /// How often policy files and cgroup bindings are checked for changes.
     pub watch_interval: Duration,
 }
@@ -110,10 +103,8 @@ pub async fn run<W: Write>(
     out: W,
     stop: watch::Receiver<bool>,
 ) -> Result<TraceSummary, PipelineError> {
-    let root = match &options.cgroup_root {
-        Some(root) => root.clone(),
-        None => cgroup::detect_root()?,
-    };
+    let common = &options.agent;
+    let root = common.root()?;
     let mut file_policies = if options.policies.is_empty() {
         Vec::new()
     } else {
@@ -122,7 +113,7 @@ pub async fn run<W: Write>(
     let mut probes = Probes::load(&ProbeOptions {
         mode: Mode::Enforce,
         cgroup: None,
-        ring_buffer_bytes: options.ring_buffer_bytes,
+        ring_buffer_bytes: common.ring_buffer_bytes,
         exclude_pid: std::process::id(),
     })?;
     let mut enforcer = Enforcer::new(probes.take_policy_maps()?, root.clone());
@@ -131,7 +122,7 @@ pub async fn run<W: Write>(
         processes = seeded,
         "executables of running processes recorded"
     );
-    let mut link = ClusterLink::connect(&options.node).await;
+    let mut link = ClusterLink::connect(&common.node).await;
     if link.is_none() && options.policies.is_empty() {
         return Err(PipelineError::NothingToEnforce);
     }
@@ -141,9 +132,9 @@ pub async fn run<W: Write>(
     }
     let mut fingerprint_now = fingerprint(&options.policies);
 
-    let mut stages = Stages::start(probes, root.clone(), options.format, out, stop)?;
+    let mut stages = Stages::start(probes, root.clone(), common.format, out, stop)?;
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
-    let node = options.node.as_str();
+    let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
     let mut held_ticker = tokio::time::interval(Duration::from_millis(100));
