@@ -946,3 +946,38 @@ fn the_charts_rbac_is_exactly_enough() {
     );
     agent.stop();
 }
+
+#[test]
+fn trace_names_the_pod_of_every_event_too() {
+    let Some(c) = Cluster::start("trace-pod") else {
+        return;
+    };
+    c.namespace("shop", "env: prod");
+    let pod = c.pod("shop", "web-0", "app: web", None);
+    let kubeconfig = c.plane.kubeconfig();
+    let tracer = Tracer::spawn_with(
+        &[
+            "trace",
+            "--output",
+            "json",
+            "--node-name",
+            c.plane.node_name(),
+            "--cgroup-root",
+            c.root.dir.to_str().unwrap(),
+            "--cgroup",
+            "/kubepods.slice",
+        ],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+        "vigil is tracing",
+    );
+    let (pid, status) = pod.run(Path::new("/bin/true"), &[]);
+    assert!(status.success());
+    let e = tracer.wait_for("the exec in the pod", |e| {
+        e["type"] == EXEC && e["data"]["process"]["pid"] == pid
+    });
+    assert_eq!(e["vigilverdict"], "observed");
+    assert_eq!(e["subject"], "namespaces/shop/pods/web-0");
+    assert_eq!(e["data"]["pod"]["labels"]["app"], "web");
+    assert_eq!(e["data"]["container"]["name"], "app");
+    tracer.stop();
+}

@@ -27,6 +27,23 @@ pub fn mounts() -> Vec<(PathBuf, String)> {
         .collect()
 }
 
+/// cgroup v2 mounts: (mount point, the mounted directory's path within the hierarchy).
+pub fn cgroup2_mounts() -> Vec<(PathBuf, PathBuf)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            (fields.get(sep + 1) == Some(&"cgroup2")).then(|| {
+                (
+                    PathBuf::from(unescape_mount_path(fields[4])),
+                    PathBuf::from(unescape_mount_path(fields[3])),
+                )
+            })
+        })
+        .collect()
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());

@@ -56,11 +56,28 @@ pub fn filter_for(root: &Path, path: &str) -> Result<CgroupFilter, CgroupError> 
             full.display()
         )));
     }
-    let level = relative.split('/').filter(|c| !c.is_empty()).count() as u32;
+    let level = absolute_level(&full).unwrap_or_else(|| components(Path::new(relative)));
     Ok(CgroupFilter {
         id: std::os::unix::fs::MetadataExt::ino(&meta),
         level,
     })
+}
+
+fn components(path: &Path) -> u32 {
+    path.components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .count() as u32
+}
+
+/// The depth of `dir` in the whole cgroup v2 hierarchy, which is what the kernel's
+/// `bpf_get_current_ancestor_cgroup_id` counts, even when `--cgroup-root` names a directory
+/// below the mount or the mount shows only part of the hierarchy.
+fn absolute_level(dir: &Path) -> Option<u32> {
+    let (mount_point, mounted_root) = tracefs::cgroup2_mounts()
+        .into_iter()
+        .filter(|(mount_point, _)| dir.starts_with(mount_point))
+        .max_by_key(|(mount_point, _)| mount_point.as_os_str().len())?;
+    Some(components(&mounted_root) + components(dir.strip_prefix(&mount_point).ok()?))
 }
 
 /// Maps cgroup ids to paths below the root, through the kernel's cgroup file handles.

@@ -16,11 +16,15 @@ use crate::{
         EbpfError, LossCounters, ProbeOptions, Probes,
         reader::{self, ReaderError, ReaderStats},
     },
+    enforce::PolicyRef,
     event,
+    event::Action,
+    metadata::cluster::PodLookup,
     metadata::{
         cgroup::{self, CgroupError, CgroupPaths},
         process::ProcessCache,
     },
+    pipeline::cluster::ClusterLink,
     sink::stdout::{Format, SinkError, StdoutSink},
 };
 
@@ -123,8 +127,22 @@ impl Losses {
     }
 }
 
+/// How long an event from a pod the store has not seen yet is held for its metadata.
+const METADATA_WAIT: Duration = Duration::from_secs(2);
+
+/// A verdict on an event: `None` for an observed one, else the policy and what was done.
+pub(crate) type Judgement = Option<(PolicyRef, Action)>;
+
+/// An event waiting for its pod's metadata.
+struct Held {
+    event: event::Event,
+    judgement: Judgement,
+    cgroup_path: Option<String>,
+    until: tokio::time::Instant,
+}
+
 /// What `vigil trace` and `vigil run` share: the reader task and its queue, decoding, loss
-/// accounting, the process and cgroup caches, and the sink.
+/// accounting, the process, cgroup and pod lookups, and the sink.
 pub(crate) struct Stages<W: Write> {
     probes: Probes,
     rx: mpsc::Receiver<Vec<u8>>,
@@ -134,6 +152,7 @@ pub(crate) struct Stages<W: Write> {
     pub(crate) processes: ProcessCache,
     pub(crate) cgroups: CgroupPaths,
     pub(crate) emitted: u64,
+    held: Vec<Held>,
 }
 
 impl<W: Write> Stages<W> {
@@ -164,7 +183,85 @@ impl<W: Write> Stages<W> {
             processes: ProcessCache::default(),
             cgroups: CgroupPaths::new(root),
             emitted: 0,
+            held: Vec::new(),
         })
+    }
+
+    /// Enriches and emits `event`, or holds it while its pod is not known yet.
+    pub(crate) fn dispatch(
+        &mut self,
+        node: &str,
+        event: event::Event,
+        judgement: Judgement,
+        link: Option<&ClusterLink>,
+    ) -> Result<(), PipelineError> {
+        let cgroup_path = self.cgroups.path(event.header.cgroup_id);
+        let lookup = link.map(|l| l.lookup(cgroup_path.as_deref()));
+        if matches!(lookup, Some(PodLookup::Unknown { .. })) {
+            // A pod created a moment ago: its metadata is on the way.
+            let until = tokio::time::Instant::now() + METADATA_WAIT;
+            self.held.push(Held {
+                event,
+                judgement,
+                cgroup_path,
+                until,
+            });
+            return Ok(());
+        }
+        self.send(node, &event, &judgement, cgroup_path, lookup.as_ref())
+    }
+
+    fn send(
+        &mut self,
+        node: &str,
+        event: &event::Event,
+        judgement: &Judgement,
+        cgroup_path: Option<String>,
+        pod: Option<&PodLookup>,
+    ) -> Result<(), PipelineError> {
+        let lineage = self.processes.lineage(event);
+        let ctx = Context {
+            node,
+            cgroup_path,
+            pod,
+        };
+        let ce = match judgement {
+            None => cloudevents::observed(event, &lineage, &ctx)?,
+            Some((policy, action)) => {
+                cloudevents::violation(event, &lineage, &ctx, policy, *action)?
+            }
+        };
+        self.emit(&ce)
+    }
+
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Emits the held events whose pod is now known, or whose wait is over (flagged
+    /// `metadataIncomplete`).
+    pub(crate) fn release_held(
+        &mut self,
+        node: &str,
+        link: Option<&ClusterLink>,
+    ) -> Result<(), PipelineError> {
+        let now = tokio::time::Instant::now();
+        for h in std::mem::take(&mut self.held) {
+            let lookup = link.map(|l| l.lookup(h.cgroup_path.as_deref()));
+            if matches!(lookup, Some(PodLookup::Unknown { .. })) && now < h.until {
+                self.held.push(h);
+                continue;
+            }
+            self.send(
+                node,
+                &h.event,
+                &h.judgement,
+                h.cgroup_path.clone(),
+                lookup.as_ref(),
+            )?;
+        }
+        self.sink.flush()?;
+        Ok(())
     }
 
     /// The next decoded event; `None` once the reader has stopped and the queue is drained.
@@ -200,9 +297,13 @@ impl<W: Write> Stages<W> {
         self.losses.report(node, &mut self.sink)
     }
 
-    /// Waits for the reader, reports the last losses, flushes and detaches the probes.
+    /// Waits for the reader, emits what is still held, reports the last losses, flushes and
+    /// detaches the probes.
     pub(crate) async fn finish(mut self, node: &str) -> Result<TraceSummary, PipelineError> {
-        self.reader.await??;
+        (&mut self.reader).await??;
+        for h in std::mem::take(&mut self.held) {
+            self.send(node, &h.event, &h.judgement, h.cgroup_path.clone(), None)?;
+        }
         self.losses.report(node, &mut self.sink)?;
         self.sink.flush()?;
         drop(self.probes);
@@ -239,21 +340,23 @@ pub async fn trace<W: Write>(
         cgroup_root = %root.display(),
         "vigil is tracing"
     );
+    // In a cluster, events name their pod; the reflectors are only read here.
+    let link = ClusterLink::connect(&common.node).await;
+    let node = common.node.as_str();
     let mut ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
+    let mut held_ticker = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             ev = stages.next() => {
                 let Some(ev) = ev else { break };
-                let lineage = stages.processes.lineage(&ev);
-                let ctx = Context::host(&common.node, stages.cgroups.path(ev.header.cgroup_id));
-                let ce = cloudevents::observed(&ev, &lineage, &ctx)?;
-                stages.emit(&ce)?;
+                stages.dispatch(node, ev, None, link.as_ref())?;
                 stages.flush_if_idle()?;
             }
-            _ = ticker.tick() => stages.report_losses(&common.node)?,
+            _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref())?,
+            _ = ticker.tick() => stages.report_losses(node)?,
         }
     }
-    stages.finish(&common.node).await
+    stages.finish(node).await
 }
 
 impl Losses {

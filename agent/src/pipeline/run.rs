@@ -10,11 +10,10 @@ use tokio::sync::watch;
 
 use super::{AgentOptions, PipelineError, Stages, TraceSummary};
 use crate::{
-    cloudevents::{self, Context},
     ebpf::{Mode, ProbeOptions, Probes},
     enforce::{Enforcer, PolicyRef, seed},
     event::{Action, Body, Event, Verdict},
-    metadata::cluster::{Changed, PodLookup},
+    metadata::cluster::Changed,
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
 };
@@ -76,18 +75,6 @@ fn apply(enforcer: &mut Enforcer, policies: &[Policy]) -> Result<(), PipelineErr
     Ok(())
 }
 
-/// How long an event from a pod the store has not seen yet is held for its metadata.
-const METADATA_WAIT: Duration = Duration::from_secs(2);
-
-/// A violation waiting for its pod's metadata.
-struct Held {
-    event: Event,
-    policy: PolicyRef,
-    action: Action,
-    cgroup_path: Option<String>,
-    until: tokio::time::Instant,
-}
-
 /// The next change from the cluster; never, on a plain host.
 async fn until_changed(link: &mut Option<ClusterLink>) -> Option<Changed> {
     match link {
@@ -138,43 +125,16 @@ pub async fn run<W: Write>(
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
     let mut held_ticker = tokio::time::interval(Duration::from_millis(100));
-    let mut held: Vec<Held> = Vec::new();
     loop {
         tokio::select! {
             ev = stages.next() => {
                 let Some(ev) = ev else { break };
-                if let Some((policy, action)) = judge(&enforcer, &ev) {
-                    let cgroup_path = stages.cgroups.path(ev.header.cgroup_id);
-                    let lookup = link.as_ref().map(|l| l.lookup(cgroup_path.as_deref()));
-                    if matches!(lookup, Some(PodLookup::Unknown { .. })) {
-                        // A pod created a moment ago: its metadata is on the way.
-                        held.push(Held { event: ev, policy, action, cgroup_path, until: tokio::time::Instant::now() + METADATA_WAIT });
-                    } else {
-                        let lineage = stages.processes.lineage(&ev);
-                        let ctx = Context { node, cgroup_path, pod: lookup.as_ref() };
-                        let ce = cloudevents::violation(&ev, &lineage, &ctx, &policy, action)?;
-                        stages.emit(&ce)?;
-                    }
+                if let Some(judgement) = judge(&enforcer, &ev) {
+                    stages.dispatch(node, ev, Some(judgement), link.as_ref())?;
                 }
                 stages.flush_if_idle()?;
             }
-            _ = held_ticker.tick(), if !held.is_empty() => {
-                let now = tokio::time::Instant::now();
-                let mut waiting = Vec::new();
-                for h in held.drain(..) {
-                    let lookup = link.as_ref().map(|l| l.lookup(h.cgroup_path.as_deref()));
-                    if matches!(lookup, Some(PodLookup::Unknown { .. })) && now < h.until {
-                        waiting.push(h);
-                        continue;
-                    }
-                    let lineage = stages.processes.lineage(&h.event);
-                    let ctx = Context { node, cgroup_path: h.cgroup_path.clone(), pod: lookup.as_ref() };
-                    let ce = cloudevents::violation(&h.event, &lineage, &ctx, &h.policy, h.action)?;
-                    stages.emit(&ce)?;
-                }
-                held = waiting;
-                stages.flush_if_idle()?;
-            }
+            _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref())?,
             _ = until_changed(&mut link) => {}
             _ = loss_ticker.tick() => stages.report_losses(node)?,
             _ = watch_ticker.tick() => {
