@@ -17,6 +17,7 @@ fn cluster(spec: &str) -> String {
     )
 }
 
+#[track_caller]
 fn ok(text: &str) -> Policy {
     match load_str(text, None) {
         Ok(mut policies) => {
@@ -27,8 +28,10 @@ fn ok(text: &str) -> Policy {
     }
 }
 
-/// Asserts that loading fails with an error on `field` whose reason contains `reason`.
-fn refused(text: &str, field: &str, reason: &str) -> Vec<FieldError> {
+/// Asserts that loading fails with an error on `field` whose reason contains `reason`
+/// (panics otherwise, at the caller's line); returns every error for further checks.
+#[track_caller]
+fn assert_refused(text: &str, field: &str, reason: &str) -> Vec<FieldError> {
     let errors = load_str(text, Some(Path::new("p.yaml"))).expect_err("must be refused");
     assert!(
         errors
@@ -156,7 +159,7 @@ fn empty_sections_are_no_ops() {
 
 #[test]
 fn unknown_fields_are_all_reported_with_their_path() {
-    let errors = refused(
+    let errors = assert_refused(
         &runtime(&format!(
             "{WEB}  exec: {{alow: [{{path: /bin/sh}}]}}\n  connect: {{allow: [{{cidr: 10.0.0.0/8, port: [\"1\"]}}]}}\n  namespaceSelector: {{}}\n"
         )),
@@ -175,7 +178,7 @@ fn unknown_fields_are_all_reported_with_their_path() {
 
 #[test]
 fn selector_typo_is_not_silently_every_pod() {
-    refused(
+    assert_refused(
         &runtime("  podSelector: {matchLabel: {app: web}}\n"),
         "spec.podSelector.matchLabel",
         "unknown field",
@@ -185,27 +188,27 @@ fn selector_typo_is_not_silently_every_pod() {
 #[test]
 fn unknown_top_level_field() {
     let text = runtime(WEB) + "extra: 1\n";
-    refused(&text, "extra", "unknown field");
+    assert_refused(&text, "extra", "unknown field");
 }
 
 #[test]
 fn bad_enum_values() {
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  mode: enforce\n")),
         "spec.mode",
         "\"Enforce\", \"Audit\"",
     );
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  exec: {{action: Block}}\n")),
         "spec.exec.action",
         "\"Kill\"",
     );
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  memory: {{writeExecute: No}}\n")),
         "spec.memory.writeExecute",
         "\"Deny\"",
     );
-    refused(
+    assert_refused(
         &runtime(&format!(
             "{WEB}  connect: {{deny: [{{cidr: 10.0.0.0/8, protocol: SCTP}}]}}\n"
         )),
@@ -216,19 +219,19 @@ fn bad_enum_values() {
 
 #[test]
 fn wrong_types() {
-    refused(
+    assert_refused(
         &runtime(&format!(
             "{WEB}  connect: {{allow: [{{cidr: 10.0.0.0/8, ports: [443]}}]}}\n"
         )),
         "spec.connect.allow[0].ports[0]",
         "write ports as strings",
     );
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  exec: {{allow: {{path: /bin/sh}}}}\n")),
         "spec.exec.allow",
         "expected a list",
     );
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  connect: {{allowServices: \"yes\"}}\n")),
         "spec.connect.allowServices",
         "true or false",
@@ -237,17 +240,17 @@ fn wrong_types() {
 
 #[test]
 fn required_fields() {
-    refused(
+    assert_refused(
         &runtime("  mode: Audit\n"),
         "spec.podSelector",
         "is required",
     );
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  memory: {{action: Alert}}\n")),
         "spec.memory.writeExecute",
         "is required",
     );
-    refused(
+    assert_refused(
         &runtime(&format!(
             "{WEB}  connect: {{allow: [{{ports: [\"1\"]}}]}}\n"
         )),
@@ -255,7 +258,7 @@ fn required_fields() {
         "is required",
     );
     let no_name = "apiVersion: vigil.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {}\nspec: {podSelector: {}}\n";
-    refused(no_name, "metadata.name", "is required");
+    assert_refused(no_name, "metadata.name", "is required");
 }
 
 #[test]
@@ -266,32 +269,32 @@ fn bad_cidrs() {
         ))
     };
     let field = "spec.connect.deny[0].cidr";
-    refused(
+    assert_refused(
         &deny("10.0.0.0/33"),
         field,
         "prefix length 33 is longer than 32",
     );
-    refused(
+    assert_refused(
         &deny("fd00::/129"),
         field,
         "prefix length 129 is longer than 128",
     );
-    refused(
+    assert_refused(
         &deny("10.0.0.1/8"),
         field,
         "host bits set; the network is 10.0.0.0/8",
     );
-    refused(
+    assert_refused(
         &deny("2001:db8::1/32"),
         field,
         "host bits set; the network is 2001:db8::/32",
     );
-    refused(&deny("10.0.0.1"), field, "write 10.0.0.1/32");
-    refused(&deny("fd00::1"), field, "write fd00::1/128");
-    refused(&deny("10.0.0.256/32"), field, "not an IP address");
-    refused(&deny("010.0.0.0/8"), field, "not an IP address");
-    refused(&deny("10.0.0.0/08"), field, "without leading zeros");
-    refused(&deny("::ffff:10.0.0.0/104"), field, "IPv4-mapped");
+    assert_refused(&deny("10.0.0.1"), field, "write 10.0.0.1/32");
+    assert_refused(&deny("fd00::1"), field, "write fd00::1/128");
+    assert_refused(&deny("10.0.0.256/32"), field, "not an IP address");
+    assert_refused(&deny("010.0.0.0/8"), field, "not an IP address");
+    assert_refused(&deny("10.0.0.0/08"), field, "without leading zeros");
+    assert_refused(&deny("::ffff:10.0.0.0/104"), field, "IPv4-mapped");
     // Host addresses and the whole space are fine.
     ok(&deny("192.0.2.7/32"));
     ok(&deny("::/0"));
@@ -307,13 +310,13 @@ fn bad_ports() {
         ))
     };
     let field = "spec.connect.allow[0].ports[1]";
-    refused(&ports("0"), field, "port 0");
-    refused(&ports("65536"), field, "ports are 1-65535");
-    refused(&ports("99999999999"), field, "ports are 1-65535");
-    refused(&ports("9000-8000"), field, "reversed");
-    refused(&ports("80-"), field, "not a port");
-    refused(&ports(" 80"), field, "not a port");
-    refused(&ports("+80"), field, "not a port");
+    assert_refused(&ports("0"), field, "port 0");
+    assert_refused(&ports("65536"), field, "ports are 1-65535");
+    assert_refused(&ports("99999999999"), field, "ports are 1-65535");
+    assert_refused(&ports("9000-8000"), field, "reversed");
+    assert_refused(&ports("80-"), field, "not a port");
+    assert_refused(&ports(" 80"), field, "not a port");
+    assert_refused(&ports("+80"), field, "not a port");
     ok(&ports("65535"));
     ok(&ports("1-65535"));
     ok(&ports("443-443"));
@@ -334,18 +337,18 @@ fn exec_match_needs_exactly_one() {
             "{WEB}  exec: {{deny: [{{prefix: /tmp/}}, {m}]}}\n"
         ))
     };
-    refused(&deny("{}"), "spec.exec.deny[1]", "has none");
-    refused(
+    assert_refused(&deny("{}"), "spec.exec.deny[1]", "has none");
+    assert_refused(
         &deny("{path: /a, prefix: /b/}"),
         "spec.exec.deny[1]",
         "has path and prefix",
     );
-    refused(
+    assert_refused(
         &deny("{path: /a, prefix: /b/, memfd: true}"),
         "spec.exec.deny[1]",
         "has path and prefix and memfd",
     );
-    refused(
+    assert_refused(
         &deny("{memfd: false}"),
         "spec.exec.deny[1].memfd",
         "matches nothing",
@@ -355,42 +358,42 @@ fn exec_match_needs_exactly_one() {
 #[test]
 fn exec_paths_must_be_absolute_and_canonical() {
     let allow = |m: &str| runtime(&format!("{WEB}  exec: {{allow: [{m}]}}\n"));
-    refused(
+    assert_refused(
         &allow("{path: bin/sh}"),
         "spec.exec.allow[0].path",
         "not absolute",
     );
-    refused(
+    assert_refused(
         &allow("{path: /usr/bin/}"),
         "spec.exec.allow[0].path",
         "matched with prefix",
     );
-    refused(
+    assert_refused(
         &allow("{path: /usr/./bin/sh}"),
         "spec.exec.allow[0].path",
         "canonical",
     );
-    refused(
+    assert_refused(
         &allow("{path: //bin/sh}"),
         "spec.exec.allow[0].path",
         "canonical",
     );
-    refused(
+    assert_refused(
         &allow("{prefix: /tmp}"),
         "spec.exec.allow[0].prefix",
         "write \"/tmp/\"",
     );
-    refused(
+    assert_refused(
         &allow("{prefix: tmp/}"),
         "spec.exec.allow[0].prefix",
         "not absolute",
     );
-    refused(
+    assert_refused(
         &allow("{prefix: /a/../b/}"),
         "spec.exec.allow[0].prefix",
         "canonical",
     );
-    refused(
+    assert_refused(
         &allow(&format!("{{path: /{}}}", "a".repeat(5000))),
         "spec.exec.allow[0].path",
         "5001 bytes",
@@ -401,22 +404,22 @@ fn exec_paths_must_be_absolute_and_canonical() {
 
 #[test]
 fn empty_lists_are_refused_as_ambiguous() {
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  connect: {{allow: []}}\n")),
         "spec.connect.allow",
         "ambiguous",
     );
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  exec: {{deny: []}}\n")),
         "spec.exec.deny",
         "ambiguous",
     );
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  containers: []\n")),
         "spec.containers",
         "selects no container",
     );
-    refused(
+    assert_refused(
         &cluster("  hostProcesses: {cgroupPrefixes: []}\n"),
         "spec.hostProcesses.cgroupPrefixes",
         "ambiguous",
@@ -425,49 +428,49 @@ fn empty_lists_are_refused_as_ambiguous() {
 
 #[test]
 fn cluster_policy_selecting_nothing_is_refused() {
-    refused(&cluster("  mode: Audit\n"), "spec", "selects nothing");
-    refused(
+    assert_refused(&cluster("  mode: Audit\n"), "spec", "selects nothing");
+    assert_refused(
         &cluster("  hostProcesses: {}\n  containers: [app]\n"),
         "spec.containers",
         "selects no pods",
     );
     let namespaced = "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {name: a, namespace: b}\nspec: {hostProcesses: {}}\n";
-    refused(namespaced, "metadata.namespace", "cluster-scoped");
+    assert_refused(namespaced, "metadata.namespace", "cluster-scoped");
 }
 
 #[test]
 fn cgroup_prefixes_must_be_absolute_without_dot_dot() {
     let host = |p: &str| cluster(&format!("  hostProcesses: {{cgroupPrefixes: [\"{p}\"]}}\n"));
     let field = "spec.hostProcesses.cgroupPrefixes[0]";
-    refused(&host("system.slice"), field, "not absolute");
-    refused(&host("/system.slice/../user.slice"), field, "canonical");
-    refused(&host("/a//b"), field, "canonical");
+    assert_refused(&host("system.slice"), field, "not absolute");
+    assert_refused(&host("/system.slice/../user.slice"), field, "canonical");
+    assert_refused(&host("/a//b"), field, "canonical");
 }
 
 #[test]
 fn selectors_are_checked() {
     let sel = |s: &str| runtime(&format!("  podSelector: {s}\n"));
-    refused(
+    assert_refused(
         &sel("{matchExpressions: [{key: tier, operator: In}]}"),
         "spec.podSelector.matchExpressions[0].values",
         "at least one value",
     );
-    refused(
+    assert_refused(
         &sel("{matchExpressions: [{key: tier, operator: Exists, values: [a]}]}"),
         "spec.podSelector.matchExpressions[0].values",
         "takes no values",
     );
-    refused(
+    assert_refused(
         &sel("{matchExpressions: [{key: tier, operator: Has}]}"),
         "spec.podSelector.matchExpressions[0].operator",
         "\"In\"",
     );
-    refused(
+    assert_refused(
         &sel("{matchLabels: {\"bad key!\": a}}"),
         "spec.podSelector.matchLabels",
         "not a label key",
     );
-    refused(
+    assert_refused(
         &sel("{matchLabels: {app: \"-web\"}}"),
         "spec.podSelector.matchLabels.app",
         "not a label value",
@@ -478,15 +481,15 @@ fn selectors_are_checked() {
 #[test]
 fn names_are_checked() {
     let text = runtime(WEB).replace("name: web", "name: Web_1");
-    refused(&text, "metadata.name", "not a valid name");
+    assert_refused(&text, "metadata.name", "not a valid name");
     let text = runtime(WEB).replace("namespace: shop", "namespace: Shop");
-    refused(&text, "metadata.namespace", "not a namespace name");
-    refused(
+    assert_refused(&text, "metadata.namespace", "not a namespace name");
+    assert_refused(
         &runtime(&format!("{WEB}  containers: [Nginx]\n")),
         "spec.containers[0]",
         "not a container name",
     );
-    refused(
+    assert_refused(
         &runtime(&format!("{WEB}  containers: [a, a]\n")),
         "spec.containers[1]",
         "listed twice",
@@ -500,12 +503,12 @@ fn allow_executables_must_be_absolute() {
             "{WEB}  memory: {{writeExecute: Deny, allowExecutables: [/usr/bin/node, \"{p}\"]}}\n"
         ))
     };
-    refused(
+    assert_refused(
         &mem("java"),
         "spec.memory.allowExecutables[1]",
         "not absolute",
     );
-    refused(
+    assert_refused(
         &mem("/usr/lib/jvm/*/bin/../bin/java"),
         "spec.memory.allowExecutables[1]",
         "canonical",
@@ -520,7 +523,7 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
             "{WEB}  exec: {{allow: [{{path: /bin/sh}}, {{prefix: \"{long}/\"}}], action: {action}}}\n"
         ))
     };
-    let errors = refused(
+    let errors = assert_refused(
         &exec("Kill"),
         "spec.exec.allow[1].prefix",
         "exec.action is Kill, but this path is 257 bytes",
@@ -528,7 +531,7 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
     assert!(errors[0].reason.contains("can only alert"), "{}", errors[0]);
     ok(&exec("Alert"));
     // Audit does not make Kill acceptable: switching the mode must not make a policy invalid.
-    refused(
+    assert_refused(
         &exec("Kill").replace("  exec:", "  mode: Audit\n  exec:"),
         "spec.exec.allow[1].prefix",
         "Kill",
@@ -539,7 +542,7 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
             "{WEB}  memory: {{writeExecute: Deny, allowExecutables: [\"{long}\"], action: {action}}}\n"
         ))
     };
-    refused(
+    assert_refused(
         &mem("Kill"),
         "spec.memory.allowExecutables[0]",
         "memory.action is Kill",
@@ -554,7 +557,7 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
             ranges.join(", ")
         ))
     };
-    refused(
+    assert_refused(
         &connect("Kill"),
         "spec.connect.deny[2].ports",
         "17 distinct port ranges",
@@ -564,22 +567,22 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
 
 #[test]
 fn api_version_and_kind() {
-    refused(
+    assert_refused(
         &runtime(WEB).replace("vigil.dev/v1alpha1", "vigil.dev/v1"),
         "apiVersion",
         "is not vigil.dev/v1alpha1",
     );
-    refused(
+    assert_refused(
         &runtime(WEB).replace("kind: RuntimePolicy", "kind: NetworkPolicy"),
         "kind",
         "not a policy kind",
     );
-    refused(
+    assert_refused(
         &runtime(WEB).replace("kind: RuntimePolicy\n", ""),
         "kind",
         "is required",
     );
-    refused("- a\n- b\n", "", "a mapping");
+    assert_refused("- a\n- b\n", "", "a mapping");
 }
 
 #[test]
@@ -593,7 +596,7 @@ fn multiple_documents_and_duplicates() {
     assert_eq!(policies.len(), 2);
 
     let dup = format!("{}\n---\n{}", runtime(WEB), runtime("  podSelector: {}\n"));
-    let errors = refused(
+    let errors = assert_refused(
         &dup,
         "metadata.name",
         "RuntimePolicy shop/web is also defined",
