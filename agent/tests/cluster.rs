@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestCgroup, Tracer, in_cgroup, root_or_skip, scenario_bin};
+use common::{
+    TestCgroup, Tracer, denied_binary, in_cgroup, root_or_skip, run_in_cgroup, scenario_bin,
+};
 use testenv::ControlPlane;
 
 const EXEC: &str = "dev.vigil.exec.v1";
@@ -173,15 +175,7 @@ impl StagedPod {
 
     /// Runs `program args` in the pod's container cgroup.
     fn run(&self, program: &Path, args: &[&str]) -> (u32, std::process::ExitStatus) {
-        let mut cmd = in_cgroup(&self.container, program);
-        let child = cmd
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        (pid, child.wait_with_output().unwrap().status)
+        run_in_cgroup(&self.container, program, args)
     }
 }
 
@@ -196,20 +190,6 @@ impl Drop for StagedPod {
             }
         }
     }
-}
-
-fn denied_binary(dir: &Path) -> (PathBuf, String) {
-    let denied = dir.join("denied");
-    std::fs::create_dir_all(&denied).unwrap();
-    let writer = denied.join("writer");
-    std::fs::copy(scenario_bin(), &writer).unwrap();
-    (
-        writer,
-        std::fs::canonicalize(&denied)
-            .unwrap()
-            .display()
-            .to_string(),
-    )
 }
 
 /// Polls until a denied exec in `pod` is killed (`want_killed`) or runs; the time it took.

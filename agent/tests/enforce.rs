@@ -15,7 +15,8 @@ use std::{
 };
 
 use common::{
-    TestCgroup, Tracer, assert_ok, is, pid_of, root_or_skip, scenario_bin, skip_for_kernel,
+    TestCgroup, Tracer, assert_ok, denied_binary, is, pid_of, root_or_skip, run_in_cgroup,
+    scenario_bin, skip_for_kernel,
 };
 use serde_json::Value;
 
@@ -148,16 +149,7 @@ fn jit_run_pid(events: &[Value], jit: &Path) -> u32 {
 
 /// Runs `program args` inside `cg` and returns how it ended.
 fn run_in(cg: &TestCgroup, program: &Path, args: &[&str]) -> (u32, std::process::ExitStatus) {
-    let child = cg
-        .command(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    (pid, out.status)
+    run_in_cgroup(&cg.dir, program, args)
 }
 
 fn assert_killed(status: std::process::ExitStatus, marker: &Path, what: &str) {
@@ -180,14 +172,8 @@ fn kill_stops_a_denied_exec_before_its_first_instruction_and_only_in_the_selecte
     }
     let cg = TestCgroup::new("kill");
     let tmp = tempfile::tempdir().unwrap();
-    let denied_dir = tmp.path().join("denied");
-    std::fs::create_dir(&denied_dir).unwrap();
-    let writer = denied_dir.join("writer");
-    std::fs::copy(scenario_bin(), &writer).unwrap();
-    let spec = format!(
-        "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Kill\n",
-        real(&denied_dir)
-    );
+    let (writer, denied) = denied_binary(tmp.path());
+    let spec = format!("  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Kill\n");
     let file = write_policy(tmp.path(), &policy_for(&cg, "kill", &spec));
     let tracer = Tracer::enforce(&file);
 
@@ -383,11 +369,7 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
     }
     let cg = TestCgroup::new("reload");
     let tmp = tempfile::tempdir().unwrap();
-    let denied = tmp.path().join("denied");
-    std::fs::create_dir(&denied).unwrap();
-    let writer = denied.join("writer");
-    std::fs::copy(scenario_bin(), &writer).unwrap();
-    let d = real(&denied);
+    let (writer, d) = denied_binary(tmp.path());
     // Two equivalent versions (same decisions, different text and rule order).
     let a = policy_for(
         &cg,
@@ -518,14 +500,8 @@ fn invalid_policies_are_refused_naming_the_field_and_the_last_good_one_holds() {
     }
     let cg = TestCgroup::new("invalid");
     let tmp = tempfile::tempdir().unwrap();
-    let denied = tmp.path().join("denied");
-    std::fs::create_dir(&denied).unwrap();
-    let writer = denied.join("writer");
-    std::fs::copy(scenario_bin(), &writer).unwrap();
-    let good_spec = format!(
-        "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Kill\n",
-        real(&denied)
-    );
+    let (writer, denied) = denied_binary(tmp.path());
+    let good_spec = format!("  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Kill\n");
     let file = write_policy(tmp.path(), &policy_for(&cg, "guard", &good_spec));
     let tracer = Tracer::enforce(&file);
     let long = format!("/{}", "a".repeat(300));

@@ -86,6 +86,34 @@ pub fn in_cgroup(dir: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
     cmd
 }
 
+/// Runs `program args` inside the cgroup at `dir`, output discarded; its pid and how it ended.
+pub fn run_in_cgroup(dir: &Path, program: &Path, args: &[&str]) -> (u32, std::process::ExitStatus) {
+    let child = in_cgroup(dir, program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning");
+    let pid = child.id();
+    (pid, child.wait_with_output().expect("waiting").status)
+}
+
+/// A copy of the scenario binary in `dir/denied/writer`; returns it and the real path of
+/// `dir/denied` (what a policy names).
+pub fn denied_binary(dir: &Path) -> (PathBuf, String) {
+    let denied = dir.join("denied");
+    std::fs::create_dir_all(&denied).expect("denied dir");
+    let writer = denied.join("writer");
+    std::fs::copy(scenario_bin(), &writer).expect("copying the scenario binary");
+    (
+        writer,
+        std::fs::canonicalize(&denied)
+            .expect("real path")
+            .display()
+            .to_string(),
+    )
+}
+
 /// A cgroup v2 directory standing in for a pod; removed on drop.
 pub struct TestCgroup {
     pub root: PathBuf,
