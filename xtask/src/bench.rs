@@ -169,54 +169,77 @@ pub fn run(options: &Options) -> Result<()> {
         Ok(())
     })?;
 
-    let mut agent = step("start vigil trace", || {
-        Agent::start(
-            &agent_binary,
-            &["trace", "--output", "json"],
-            "vigil is tracing",
-        )
-    })?;
-    step("measure with vigil trace", || {
-        for workload in &mut workloads {
-            agent.check_running()?;
-            workload.with_agent =
-                measure(&scenario, &cgroup, workload, options.runs, "with trace")?;
-        }
-        agent.check_running()
-    })?;
-    let peak_rss_kib = agent.peak_rss_kib()?;
-    let status = step("stop vigil trace", || agent.stop())?;
-
+    let bench = Bench {
+        scenario: &scenario,
+        cgroup: &cgroup,
+        runs: options.runs,
+    };
+    let peak_rss_kib = bench.under_agent(
+        &agent_binary,
+        &["trace", "--output", "json"],
+        "vigil is tracing",
+        &mut workloads,
+        |w| &mut w.with_agent,
+    )?;
     let policy_arg = policy.display().to_string();
-    let mut enforcer = step("start vigil run", || {
-        Agent::start(
-            &agent_binary,
-            &["run", "--output", "json", "--policy", &policy_arg],
-            "vigil is enforcing",
-        )
-    })?;
-    step("measure with vigil run and an allowing policy", || {
-        for workload in &mut workloads {
-            enforcer.check_running()?;
-            workload.with_policy =
-                measure(&scenario, &cgroup, workload, options.runs, "with policy")?;
-        }
-        enforcer.check_running()
-    })?;
-    let policy_rss_kib = enforcer.peak_rss_kib()?;
-    let policy_status = step("stop vigil run", || enforcer.stop())?;
-    if !policy_status.success() {
-        println!("bench: warning: vigil run exited with {policy_status} after SIGINT");
-    }
+    let policy_rss_kib = bench.under_agent(
+        &agent_binary,
+        &["run", "--output", "json", "--policy", &policy_arg],
+        "vigil is enforcing",
+        &mut workloads,
+        |w| &mut w.with_policy,
+    )?;
     println!("bench: vigil run peak RSS (VmHWM): {policy_rss_kib} KiB");
 
     print_table(&workloads, peak_rss_kib);
     let path = write_json(&workloads, options.runs, peak_rss_kib)?;
     println!("bench: results written to {}", path.display());
-    if !status.success() {
-        println!("bench: warning: the agent exited with {status} after SIGINT");
-    }
     Ok(())
+}
+
+/// Where and how often the workloads run.
+struct Bench<'a> {
+    scenario: &'a Path,
+    cgroup: &'a BenchCgroup,
+    runs: u64,
+}
+
+impl Bench<'_> {
+    /// Starts `vigil ARGS`, measures every workload into `slot` while it runs, stops it, and
+    /// returns its peak RSS in KiB.
+    fn under_agent(
+        &self,
+        binary: &Path,
+        args: &[&str],
+        ready_line: &'static str,
+        workloads: &mut [Workload],
+        slot: fn(&mut Workload) -> &mut Vec<f64>,
+    ) -> Result<u64> {
+        let name = format!("vigil {}", args[0]);
+        let mut agent = step(&format!("start {name}"), || {
+            Agent::start(binary, args, ready_line)
+        })?;
+        step(&format!("measure with {name}"), || {
+            for workload in workloads.iter_mut() {
+                agent.check_running()?;
+                let samples = measure(
+                    self.scenario,
+                    self.cgroup,
+                    workload,
+                    self.runs,
+                    &format!("with {name}"),
+                )?;
+                *slot(workload) = samples;
+            }
+            agent.check_running()
+        })?;
+        let peak_rss_kib = agent.peak_rss_kib()?;
+        let status = step(&format!("stop {name}"), || agent.stop())?;
+        if !status.success() {
+            println!("bench: warning: {name} exited with {status} after SIGINT");
+        }
+        Ok(peak_rss_kib)
+    }
 }
 
 fn measure(
