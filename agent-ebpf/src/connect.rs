@@ -1,7 +1,9 @@
 //! connect: TCP from `sock/inet_sock_set_state` (the kernel's own addresses, whatever path
 //! started the connection: connect(2), io_uring, TCP Fast Open), datagram sockets from
 //! `sys_enter_connect`.
-use agent_common::{Config, ConnectEvent, SYSCALL_ARG0_OFFSET, connect_hook, kind, mode, verdict};
+use agent_common::{
+    Config, ConnectEvent, KernelOffsets, SYSCALL_ARG0_OFFSET, connect_hook, kind, mode, verdict,
+};
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_user},
     macros::tracepoint,
@@ -92,8 +94,7 @@ fn decide_and_emit(cfg: &Config, mut event: ConnectEvent) {
 
 /// The IP protocol of a datagram socket behind `fd` of the current task; `None` for stream
 /// sockets (reported by the state tracepoint instead), non-sockets and unknown offsets.
-fn datagram_protocol(fd: u32) -> Option<u16> {
-    let k = &config()?.kernel;
+fn datagram_protocol(k: &KernelOffsets, fd: u32) -> Option<u16> {
     let files = read_kernel_ptr(current_task(), k.task_files)?;
     let fdt = read_kernel_ptr(files, k.files_fdt)?;
     let max_fds: u32 = read_kernel(fdt, k.fdtable_max_fds)?;
@@ -128,7 +129,7 @@ fn try_datagram_connect(ctx: &TracePointContext) -> Result<(), i64> {
         let addr: u64 = ctx.read_at(SYSCALL_ARG0_OFFSET + 8).map_err(i64::from)?;
         (fd as u32, addr as *const u8)
     };
-    let Some(protocol) = datagram_protocol(fd) else {
+    let Some(protocol) = datagram_protocol(&cfg.kernel, fd) else {
         return Ok(());
     };
     // SAFETY: bpf_probe_read_user checks the user address. Read at syscall entry, so another
@@ -157,7 +158,7 @@ fn try_datagram_connect(ctx: &TracePointContext) -> Result<(), i64> {
             }
             _ => return Ok(()),
         }
-        emit(kind::CONNECT, event);
+        decide_and_emit(cfg, event);
     }
     Ok(())
 }

@@ -745,3 +745,28 @@ fn a_path_too_long_for_the_kernel_is_decided_in_user_space_and_alerted() {
     assert_eq!(e["data"]["policy"]["rule"], "spec.exec.deny[0]");
     tracer.stop();
 }
+
+#[test]
+fn datagram_connects_are_judged_by_the_policy_too() {
+    if !root_or_skip("udp-policy") {
+        return;
+    }
+    let cg = TestCgroup::new("udp-policy");
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = "  connect:\n    allow: [{cidr: 127.0.0.1/32, ports: [\"53\"], protocol: UDP}]\n    action: Alert\n";
+    let file = write_policy(tmp.path(), &policy_for(&cg, "udp", spec));
+    let tracer = Tracer::enforce(&file);
+    let (allowed, out) = cg.scenario(&["udp-connect", "127.0.0.1:53"]);
+    assert_ok(&out, "allowed UDP connect");
+    let (denied, out) = cg.scenario(&["udp-connect", "127.0.0.1:5353"]);
+    assert_ok(&out, "UDP connect (Alert lets it through)");
+    let e = tracer.wait_for("the UDP violation", |e| is(e, CONNECT, denied));
+    assert_eq!(e["data"]["connect"]["protocol"], "udp");
+    assert_eq!(e["data"]["connect"]["dport"], 5353);
+    assert_eq!(e["data"]["policy"]["rule"], "spec.connect.allow");
+    let events = tracer.stop();
+    assert!(
+        !events.iter().any(|e| pid_of(e) == u64::from(allowed)),
+        "the allowed UDP connect was reported"
+    );
+}
