@@ -336,10 +336,11 @@ pub struct WxEvent {
 pub struct KernelOffsets {
     pub task_real_parent: u32,
     pub task_tgid: u32,
-    pub task_mm: u32,
+    /// Unused since exec reads `bprm` (keeps the layout).
+    pub _reserved0: u32,
     pub task_personality: u32,
     pub task_files: u32,
-    pub mm_exe_file: u32,
+    pub _reserved1: u32,
     pub file_dentry: u32,
     pub file_inode: u32,
     pub file_private_data: u32,
@@ -369,8 +370,9 @@ pub struct KernelOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
-    pub exec_filename: u32,
-    pub exec_old_pid: u32,
+    /// Unused since exec is a raw tracepoint (keeps the layout).
+    pub _reserved0: u32,
+    pub _reserved1: u32,
     pub sock_newstate: u32,
     pub sock_sport: u32,
     pub sock_dport: u32,

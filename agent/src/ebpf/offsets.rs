@@ -23,10 +23,10 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
     let offsets = KernelOffsets {
         task_real_parent: find("task_struct", "real_parent"),
         task_tgid: find("task_struct", "tgid"),
-        task_mm: find("task_struct", "mm"),
+        _reserved0: OFFSET_UNKNOWN,
         task_personality: find("task_struct", "personality"),
         task_files: find("task_struct", "files"),
-        mm_exe_file: find("mm_struct", "exe_file"),
+        _reserved1: OFFSET_UNKNOWN,
         file_dentry: find("file", "f_path.dentry"),
         file_inode: find("file", "f_inode"),
         file_private_data: find("file", "private_data"),
@@ -60,7 +60,6 @@ pub fn load_btf() -> Result<Btf, EbpfError> {
 /// Field offsets of the tracepoints whose records differ between kernels, and a check that
 /// syscall tracepoints have the layout the probes assume.
 pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, EbpfError> {
-    let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
     let sock = Format::read(tracefs, "sock", "inet_sock_set_state")?;
     let mmap = Format::read(tracefs, "syscalls", "sys_enter_mmap")?;
     let addr = mmap.offset("addr", 8)?;
@@ -72,8 +71,8 @@ pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, EbpfError
         });
     }
     Ok(TracepointOffsets {
-        exec_filename: exec.offset("filename", 4)?,
-        exec_old_pid: exec.offset("old_pid", 4)?,
+        _reserved0: 0,
+        _reserved1: 0,
         sock_newstate: sock.offset("newstate", 4)?,
         sock_sport: sock.offset("sport", 2)?,
         sock_dport: sock.offset("dport", 2)?,

@@ -66,12 +66,13 @@ pub async fn run(
 fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Vec<u8>>, stats: &ReaderStats) -> bool {
     while let Some(item) = ring.next() {
         stats.received.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(item.to_vec()) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        // Room first, copy second: a record that cannot be queued is never copied.
+        match tx.try_reserve() {
+            Ok(permit) => permit.send(item.to_vec()),
+            Err(mpsc::error::TrySendError::Full(())) => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Closed(())) => return false,
         }
     }
     true
