@@ -98,21 +98,23 @@ fn source(node: &str) -> String {
 
 fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
     match body {
-        Body::Exec(e) => (
-            TYPE_EXEC,
-            "exec",
-            json!({
+        Body::Exec(e) => {
+            let mut fields = json!({
                 "path": e.path,
                 "exeName": e.exe_name,
                 "args": e.args,
                 "memfd": e.memfd,
                 "script": e.script,
-                "undecided": e.undecided.then_some(true),
                 "deleted": e.deleted,
                 "argsTruncated": e.args_truncated,
                 "argsMissing": e.args_missing,
-            }),
-        ),
+            });
+            // Present only when true.
+            if e.undecided {
+                fields["undecided"] = json!(true);
+            }
+            (TYPE_EXEC, "exec", fields)
+        }
         Body::Connect(c) => (
             TYPE_CONNECT,
             "connect",
@@ -191,12 +193,6 @@ fn build(
     });
     data[key] = fields;
     let subject = pod_fields(&mut data, ctx.pod, ctx.node);
-    // `undecided` appears only when true.
-    if let Some(exec) = data.get_mut("exec").and_then(|e| e.as_object_mut())
-        && exec.get("undecided").is_some_and(|v| v.is_null())
-    {
-        exec.remove("undecided");
-    }
     let mut builder = EventBuilderV10::new()
         .id(uuid::Uuid::new_v4().to_string())
         .source(source(ctx.node))

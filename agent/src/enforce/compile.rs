@@ -248,7 +248,7 @@ fn nets(entries: &[(IpNet, KernelRange)], dropped: &mut Vec<String>) -> BTreeMap
         let mut rules = PortRules::default();
         let mut ranges: Vec<KernelRange> = entries
             .iter()
-            .filter(|(n, _)| covers(n, &cidr))
+            .filter(|(n, _)| n.contains(&cidr))
             .map(|(_, r)| *r)
             .collect();
         ranges.dedup();
@@ -263,14 +263,6 @@ fn nets(entries: &[(IpNet, KernelRange)], dropped: &mut Vec<String>) -> BTreeMap
         out.insert(cidr, rules);
     }
     out
-}
-
-fn covers(outer: &IpNet, inner: &IpNet) -> bool {
-    match (outer, inner) {
-        (IpNet::V4(o), IpNet::V4(i)) => o.contains(i),
-        (IpNet::V6(o), IpNet::V6(i)) => o.contains(i),
-        _ => false,
-    }
 }
 
 /// The 20-byte LPM key data and prefix length of `cidr` in `set`: IPv4 as `::ffff:a.b.c.d/96+n`.

@@ -79,8 +79,8 @@ pub struct Enforcer {
     previous: Option<Generation>,
     /// Binding path -> set id, as wanted by the current generation.
     wanted: BTreeMap<String, u32>,
-    /// Binding path -> cgroup id it is bound to now.
-    bound: HashMap<String, u64>,
+    /// Binding path -> (cgroup id, set) it is bound to now.
+    bound: HashMap<String, (u64, u32)>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
@@ -237,26 +237,32 @@ impl Enforcer {
             .cloned()
             .collect();
         for path in stale {
-            if let Some(id) = self.bound.remove(&path) {
+            if let Some((id, _)) = self.bound.remove(&path) {
                 let _ = self.maps.cgroup_sets.remove(&id);
             }
         }
         for (path, set) in &self.wanted {
-            match cgroup::filter_for(&self.cgroup_root, path) {
-                Ok(filter) => {
-                    if let Some(old) = self.bound.insert(path.clone(), filter.id)
-                        && old != filter.id
-                    {
-                        let _ = self.maps.cgroup_sets.remove(&old);
+            match cgroup::cgroup_id(&self.cgroup_root, path) {
+                Ok(id) => {
+                    // Unchanged bindings cost no map write.
+                    match self.bound.insert(path.clone(), (id, *set)) {
+                        Some(old) if old == (id, *set) => {}
+                        old => {
+                            if let Some((old_id, _)) = old
+                                && old_id != id
+                            {
+                                let _ = self.maps.cgroup_sets.remove(&old_id);
+                            }
+                            self.maps
+                                .cgroup_sets
+                                .insert(id, *set, 0)
+                                .map_err(map_err("CGROUP_SETS"))?;
+                        }
                     }
-                    self.maps
-                        .cgroup_sets
-                        .insert(filter.id, *set, 0)
-                        .map_err(map_err("CGROUP_SETS"))?;
                     applied.bound.push(path.clone());
                 }
                 Err(_) => {
-                    if let Some(old) = self.bound.remove(path) {
+                    if let Some((old, _)) = self.bound.remove(path) {
                         let _ = self.maps.cgroup_sets.remove(&old);
                     }
                     applied.waiting.push(path.clone());
@@ -268,7 +274,7 @@ impl Enforcer {
 
     /// Re-checks bindings: cgroups that appeared, or were made anew, since the last look.
     pub fn refresh(&mut self) -> Result<Vec<String>, EnforceError> {
-        let before: HashMap<String, u64> = self.bound.clone();
+        let before = self.bound.clone();
         let applied = self.bind_all()?;
         Ok(applied
             .bound

@@ -16,11 +16,9 @@ pub fn from_proc(map: &mut aya::maps::HashMap<aya::maps::MapData, u32, ExePath>)
         else {
             continue;
         };
-        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
+        let Some(path) = crate::metadata::process::proc_exe(pid) else {
             continue;
         };
-        let text = exe.to_string_lossy();
-        let path = text.strip_suffix(" (deleted)").unwrap_or(&text);
         if path.len() >= PATH_LEN {
             continue;
         }

@@ -2,8 +2,7 @@
 //! filter), and an id's path (for events).
 use std::{
     collections::HashMap,
-    ffi::CString,
-    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -22,10 +21,8 @@ pub enum CgroupError {
 /// The cgroup v2 mount: `/sys/fs/cgroup` on most nodes, `/sys/fs/cgroup/unified` on hybrid
 /// systemd hosts.
 pub fn detect_root() -> Result<PathBuf, CgroupError> {
-    let mounts = tracefs::mounts();
-    let mut roots: Vec<PathBuf> = mounts
+    let mut roots: Vec<PathBuf> = tracefs::cgroup2_mounts()
         .into_iter()
-        .filter(|(_, ty)| ty == "cgroup2")
         .map(|(p, _)| p)
         .collect();
     // Prefer the conventional places when several are mounted.
@@ -37,9 +34,9 @@ pub fn detect_root() -> Result<PathBuf, CgroupError> {
     roots.into_iter().next().ok_or(CgroupError::NoRoot)
 }
 
-/// Resolves `path` (relative to the cgroup v2 root, e.g. `/system.slice/foo.service`) to the
-/// filter the probes understand.
-pub fn filter_for(root: &Path, path: &str) -> Result<CgroupFilter, CgroupError> {
+/// The id of the cgroup at `path` (relative to the cgroup v2 root): the inode number of its
+/// directory.
+pub fn cgroup_id(root: &Path, path: &str) -> Result<u64, CgroupError> {
     let relative = path.trim_start_matches('/');
     let full = root.join(relative);
     let err = |reason: String| CgroupError::Path {
@@ -56,11 +53,17 @@ pub fn filter_for(root: &Path, path: &str) -> Result<CgroupFilter, CgroupError> 
             full.display()
         )));
     }
+    Ok(std::os::unix::fs::MetadataExt::ino(&meta))
+}
+
+/// Resolves `path` (relative to the cgroup v2 root, e.g. `/system.slice/foo.service`) to the
+/// filter the probes understand.
+pub fn filter_for(root: &Path, path: &str) -> Result<CgroupFilter, CgroupError> {
+    let id = cgroup_id(root, path)?;
+    let relative = path.trim_start_matches('/');
+    let full = root.join(relative);
     let level = absolute_level(&full).unwrap_or_else(|| components(Path::new(relative)));
-    Ok(CgroupFilter {
-        id: std::os::unix::fs::MetadataExt::ino(&meta),
-        level,
-    })
+    Ok(CgroupFilter { id, level })
 }
 
 fn components(path: &Path) -> u32 {
@@ -143,16 +146,6 @@ impl CgroupPaths {
         let rel = full.strip_prefix(&self.root).ok()?;
         Some(format!("/{}", rel.display()))
     }
-}
-
-/// Moves process `pid` into the cgroup at `dir` (a full path).
-pub fn move_process(dir: &Path, pid: u32) -> std::io::Result<()> {
-    std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-}
-
-/// For tests and tools: a C string of a path.
-pub fn c_path(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
 }
 
 #[cfg(test)]

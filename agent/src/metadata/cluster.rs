@@ -2,7 +2,14 @@
 //! `.modify()`) of this node's Pods, Namespaces, the owners of pods (ReplicaSets, Jobs, as
 //! metadata only), Services and EndpointSlices, and both policy kinds. Lookups never wait on
 //! the network; each watch retries with backoff on its own and says so once.
-use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
@@ -16,28 +23,31 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         WatchStreamExt,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
-use tokio::sync::mpsc;
 
 use crate::policy::crd::{ClusterRuntimePolicy, RuntimePolicy};
 
-/// Which store changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Changed {
-    Pods,
-    Namespaces,
-    Owners,
-    Services,
-    Policies,
+/// What changed since the caller last looked: only policies and Services need work of their
+/// own (pods, namespaces and owners are read afresh whenever they are needed). Flags rather
+/// than a queue, so that nothing piles up while nobody looks.
+#[derive(Debug)]
+pub struct Dirty {
+    pub policies: Arc<AtomicBool>,
+    pub services: Arc<AtomicBool>,
 }
 
-#[derive(Clone)]
+impl Dirty {
+    /// Takes the flag: true once after each change (and at the start).
+    pub fn take(flag: &AtomicBool) -> bool {
+        flag.swap(false, Ordering::AcqRel)
+    }
+}
+
 pub struct Cluster {
-    pub client: Client,
-    pub node: String,
+    pub dirty: Arc<Dirty>,
     pub pods: Store<Pod>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
@@ -48,9 +58,9 @@ pub struct Cluster {
     pub cluster_policies: Store<ClusterRuntimePolicy>,
 }
 
-/// Drives one watch into its store; every applied change is announced on `tx`. Errors (the
+/// Drives one watch into its store; every applied change sets its `changed` flag, if any. Errors (the
 /// API server gone, a forbidden verb) are logged once per outage, with the resource named.
-fn drive<K, S>(resource: &'static str, stream: S, what: Changed, tx: mpsc::UnboundedSender<Changed>)
+fn drive<K, S>(resource: &'static str, stream: S, changed: Option<Arc<AtomicBool>>)
 where
     K: Debug,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
@@ -65,8 +75,8 @@ where
                         tracing::info!(resource, "watch resumed; resynced from the API server");
                         failing = false;
                     }
-                    if tx.send(what).is_err() {
-                        return;
+                    if let Some(flag) = &changed {
+                        flag.store(true, Ordering::Release);
                     }
                 }
                 Err(err) => {
@@ -143,8 +153,12 @@ fn trim_meta<K: Resource>(object: &mut K) {
     object.meta_mut().annotations = None;
 }
 
-/// Starts every reflector. Stores fill in the background; `tx` hears of each change.
-pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> Cluster {
+/// Starts every reflector. Stores fill in the background; `dirty` says what changed.
+pub fn start(client: Client, node: &str) -> Cluster {
+    let dirty = Arc::new(Dirty {
+        policies: Arc::new(AtomicBool::new(true)),
+        services: Arc::new(AtomicBool::new(true)),
+    });
     let cfg = watcher::Config::default;
     let (pods, w) = reflector::store();
     let on_node = cfg().fields(&format!("spec.nodeName={node}"));
@@ -152,7 +166,7 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
         .backoff(QuickBackoff::new())
         .modify(trim_pod)
         .reflect(w);
-    drive("pods", stream, Changed::Pods, tx.clone());
+    drive("pods", stream, None);
 
     let (namespaces, w) = reflector::store();
     let stream = watcher(
@@ -162,7 +176,7 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
     .backoff(QuickBackoff::new())
     .modify(trim_meta)
     .reflect(w);
-    drive("namespaces", stream, Changed::Namespaces, tx.clone());
+    drive("namespaces", stream, None);
 
     let (replicasets, w) = reflector::store();
     let stream = watcher(
@@ -172,28 +186,28 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
     .backoff(QuickBackoff::new())
     .modify(trim_meta)
     .reflect(w);
-    drive("replicasets", stream, Changed::Owners, tx.clone());
+    drive("replicasets", stream, None);
 
     let (jobs, w) = reflector::store();
     let stream = watcher(Api::<PartialObjectMeta<Job>>::all(client.clone()), cfg())
         .backoff(QuickBackoff::new())
         .modify(trim_meta)
         .reflect(w);
-    drive("jobs", stream, Changed::Owners, tx.clone());
+    drive("jobs", stream, None);
 
     let (services, w) = reflector::store();
     let stream = watcher(Api::<Service>::all(client.clone()), cfg())
         .backoff(QuickBackoff::new())
         .modify(trim_meta)
         .reflect(w);
-    drive("services", stream, Changed::Services, tx.clone());
+    drive("services", stream, Some(dirty.services.clone()));
 
     let (slices, w) = reflector::store();
     let stream = watcher(Api::<EndpointSlice>::all(client.clone()), cfg())
         .backoff(QuickBackoff::new())
         .modify(trim_meta)
         .reflect(w);
-    drive("endpointslices", stream, Changed::Services, tx.clone());
+    drive("endpointslices", stream, Some(dirty.services.clone()));
 
     let (runtime_policies, w) = reflector::store();
     let stream = watcher(Api::<RuntimePolicy>::all(client.clone()), cfg())
@@ -203,8 +217,7 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
     drive(
         "runtimepolicies.vigil.dev",
         stream,
-        Changed::Policies,
-        tx.clone(),
+        Some(dirty.policies.clone()),
     );
 
     let (cluster_policies, w) = reflector::store();
@@ -215,13 +228,11 @@ pub fn start(client: Client, node: &str, tx: mpsc::UnboundedSender<Changed>) -> 
     drive(
         "clusterruntimepolicies.vigil.dev",
         stream,
-        Changed::Policies,
-        tx,
+        Some(dirty.policies.clone()),
     );
 
     Cluster {
-        client,
-        node: node.to_string(),
+        dirty,
         pods,
         namespaces,
         replicasets,
@@ -242,17 +253,12 @@ pub struct Owner {
 
 impl Cluster {
     pub fn pod_by_uid(&self, uid: &str) -> Option<Arc<Pod>> {
-        self.pods
-            .state()
-            .into_iter()
-            .find(|p| p.metadata.uid.as_deref() == Some(uid))
+        self.pods.find(|p| p.metadata.uid.as_deref() == Some(uid))
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         self.namespaces
-            .state()
-            .into_iter()
-            .find(|n| n.metadata.name.as_deref() == Some(namespace))
+            .get(&ObjectRef::new(namespace))
             .map(|n| n.metadata.labels.clone().unwrap_or_default())
     }
 
@@ -268,21 +274,11 @@ impl Cluster {
             let meta = match kind {
                 "ReplicaSet" => self
                     .replicasets
-                    .state()
-                    .into_iter()
-                    .find(|r| {
-                        r.metadata.name.as_deref() == Some(name)
-                            && r.metadata.namespace.as_deref() == Some(ns)
-                    })
+                    .get(&ObjectRef::new(name).within(ns))
                     .map(|r| r.metadata.clone()),
                 "Job" => self
                     .jobs
-                    .state()
-                    .into_iter()
-                    .find(|j| {
-                        j.metadata.name.as_deref() == Some(name)
-                            && j.metadata.namespace.as_deref() == Some(ns)
-                    })
+                    .get(&ObjectRef::new(name).within(ns))
                     .map(|j| j.metadata.clone()),
                 _ => None,
             }?;

@@ -23,18 +23,6 @@ pub enum Runtime {
     Unnamed,
 }
 
-impl Runtime {
-    /// The scheme the runtime uses in `status.containerStatuses[].containerID`.
-    pub fn scheme(&self) -> Option<&'static str> {
-        match self {
-            Self::Containerd => Some("containerd"),
-            Self::CriO => Some("cri-o"),
-            Self::Docker => Some("docker"),
-            Self::Unnamed => None,
-        }
-    }
-}
-
 fn is_uid(s: &str) -> bool {
     s.len() == 36
         && s.char_indices().all(|(i, c)| {

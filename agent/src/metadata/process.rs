@@ -25,6 +25,14 @@ pub struct ProcessCache {
     by_pid: HashMap<u32, ProcessInfo>,
 }
 
+/// The executable of a running process from `/proc/<pid>/exe`, without the kernel's
+/// " (deleted)" suffix.
+pub fn proc_exe(pid: u32) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let text = link.to_string_lossy();
+    Some(text.strip_suffix(" (deleted)").unwrap_or(&text).to_string())
+}
+
 fn read_proc(procfs: &std::path::Path, pid: u32) -> Option<ProcessInfo> {
     let dir = procfs.join(pid.to_string());
     let comm = std::fs::read_to_string(dir.join("comm"))

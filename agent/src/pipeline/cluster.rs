@@ -16,7 +16,7 @@ use crate::{
     },
     metadata::{
         cgroup,
-        cluster::{self, Changed, Cluster, PodInfo, PodLookup},
+        cluster::{self, Cluster, Dirty, PodInfo, PodLookup},
         container,
     },
     policy::{Policy, cluster::ClusterPolicies},
@@ -27,11 +27,8 @@ type Desired = (Vec<Policy>, BTreeMap<String, Vec<usize>>);
 
 pub struct ClusterLink {
     pub cluster: Cluster,
-    changes: mpsc::UnboundedReceiver<Changed>,
     policies: ClusterPolicies,
     cluster_policies: Vec<Policy>,
-    dirty: bool,
-    services_dirty: bool,
     applied: Option<Desired>,
     status: mpsc::UnboundedSender<crate::policy::cluster::Verdict>,
 }
@@ -47,8 +44,7 @@ impl ClusterLink {
                 return None;
             }
         };
-        let (tx, changes) = mpsc::unbounded_channel();
-        let cluster = cluster::start(client.clone(), node, tx);
+        let cluster = cluster::start(client.clone(), node);
         let (status, mut status_rx) = mpsc::unbounded_channel::<crate::policy::cluster::Verdict>();
         let node_name = node.to_string();
         tokio::spawn(async move {
@@ -65,28 +61,11 @@ impl ClusterLink {
         );
         Some(Self {
             cluster,
-            changes,
             policies: ClusterPolicies::default(),
             cluster_policies: Vec::new(),
-            dirty: true,
-            services_dirty: true,
             applied: None,
             status,
         })
-    }
-
-    /// Waits for the next change announcement (for the caller's select loop).
-    pub async fn changed(&mut self) -> Option<Changed> {
-        let what = self.changes.recv().await?;
-        self.note(what);
-        Some(what)
-    }
-
-    fn note(&mut self, what: Changed) {
-        match what {
-            Changed::Services => self.services_dirty = true,
-            _ => self.dirty = true,
-        }
     }
 
     /// Brings the kernel maps in line with the stores and the cgroups on disk. Cheap when
@@ -97,17 +76,12 @@ impl ClusterLink {
         file_policies: &[Policy],
         cgroup_root: &Path,
     ) -> Result<(), crate::enforce::EnforceError> {
-        while let Ok(what) = self.changes.try_recv() {
-            self.note(what);
-        }
-        if self.services_dirty {
-            self.services_dirty = false;
+        if Dirty::take(&self.cluster.dirty.services) {
             let keys = service_keys(&self.cluster);
             enforcer.set_services(&keys)?;
             tracing::debug!(addresses = keys.len(), "service addresses in force");
         }
-        if self.dirty {
-            self.dirty = false;
+        if Dirty::take(&self.cluster.dirty.policies) {
             let (collected, verdicts) = self.policies.collect(&self.cluster);
             self.cluster_policies = collected;
             for verdict in verdicts {
@@ -156,7 +130,7 @@ fn pod_info(cluster: &Cluster, pod: &Pod, container_id: Option<String>) -> PodIn
     let statuses = pod
         .status
         .as_ref()
-        .and_then(|s| s.container_statuses.clone())
+        .and_then(|s| s.container_statuses.as_deref())
         .unwrap_or_default();
     let status = container_id.as_deref().and_then(|id| {
         statuses

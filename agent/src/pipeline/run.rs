@@ -13,7 +13,6 @@ use crate::{
     ebpf::{Mode, ProbeOptions, Probes},
     enforce::{Enforcer, PolicyRef, seed},
     event::{Action, Body, Event, Verdict},
-    metadata::cluster::Changed,
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
 };
@@ -75,14 +74,6 @@ fn apply(enforcer: &mut Enforcer, policies: &[Policy]) -> Result<(), PipelineErr
     Ok(())
 }
 
-/// The next change from the cluster; never, on a plain host.
-async fn until_changed(link: &mut Option<ClusterLink>) -> Option<Changed> {
-    match link {
-        Some(link) => link.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Loads the policies, enforces them until `stop` turns true, and reloads them on change.
 /// With a kubeconfig (or in a cluster) policies and Services also come from the API server.
 pub async fn run<W: Write>(
@@ -135,7 +126,6 @@ pub async fn run<W: Write>(
                 stages.flush_if_idle()?;
             }
             _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref())?,
-            _ = until_changed(&mut link) => {}
             _ = loss_ticker.tick() => stages.report_losses(node)?,
             _ = watch_ticker.tick() => {
                 let now = fingerprint(&options.policies);
@@ -193,14 +183,10 @@ fn judge(enforcer: &Enforcer, ev: &Event) -> Option<(PolicyRef, Action)> {
             let set = exec.undecided_set?;
             // The kernel could not walk or key the path: ask /proc while the process lives,
             // else use the path as passed, unless that too was cut short.
-            let from_proc = std::fs::read_link(format!("/proc/{}/exe", ev.header.pid))
-                .ok()
-                .map(|p| {
-                    p.to_string_lossy()
-                        .trim_end_matches(" (deleted)")
-                        .to_string()
-                });
-            let path = exec.exe_path.clone().or(from_proc);
+            let path = exec
+                .exe_path
+                .clone()
+                .or_else(|| crate::metadata::process::proc_exe(ev.header.pid));
             let given_complete = exec.path.len() < agent_common::PATH_LEN - 1;
             let script = (exec.script && given_complete).then_some(exec.path.as_str());
             match path

@@ -50,10 +50,6 @@ impl<W: Write> StdoutSink<W> {
     pub fn flush(&mut self) -> Result<(), SinkError> {
         Ok(self.out.flush()?)
     }
-
-    pub fn into_inner(self) -> W {
-        self.out
-    }
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -70,9 +66,10 @@ fn text(v: &Value) -> String {
 
 /// `05:31:02.123 exec    bash[1234] uid=0 /usr/bin/curl curl -s x  (parent sshd[1200], cgroup /user.slice)`
 pub fn pretty(event: &CloudEvent) -> String {
+    let null = Value::Null;
     let data = match event.data() {
-        Some(Data::Json(v)) => v.clone(),
-        _ => Value::Null,
+        Some(Data::Json(v)) => v,
+        _ => &null,
     };
     let time = event
         .time()
@@ -145,7 +142,7 @@ pub fn pretty(event: &CloudEvent) -> String {
                 text(&w["addr"])
             )
         }
-        "loss" => format!("LOST {}", s(&data, &["lost", "total"])),
+        "loss" => format!("LOST {}", s(data, &["lost", "total"])),
         _ => String::new(),
     };
     let exe = text(&p["exe"]);
@@ -154,7 +151,7 @@ pub fn pretty(event: &CloudEvent) -> String {
         "exe {exe}, parent {}[{}], cgroup {}",
         text(&parent["comm"]),
         text(&p["ppid"]),
-        text(s(&data, &["cgroup", "path"]))
+        text(s(data, &["cgroup", "path"]))
     );
     let pod = &data["pod"];
     let context = if pod["name"].is_string() {
