@@ -1,9 +1,7 @@
 //! connect: TCP from `sock/inet_sock_set_state` (the kernel's own addresses, whatever path
 //! started the connection: connect(2), io_uring, TCP Fast Open), datagram sockets from
 //! `sys_enter_connect`.
-use agent_common::{
-    Config, ConnectEvent, KernelOffsets, SYSCALL_ARG0_OFFSET, connect_hook, kind, mode, verdict,
-};
+use agent_common::{Config, ConnectEvent, KernelOffsets, connect_hook, kind, mode};
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_user},
     macros::tracepoint,
@@ -11,7 +9,9 @@ use aya_ebpf::{
 };
 
 use crate::{
+    policy::mark,
     policy::{current_set, decide_connect, enforce, mapped_v6, policy_set},
+    task::syscall_arg,
     task::{config, current_task, emit, header, read_kernel, read_kernel_ptr, traced},
 };
 
@@ -85,9 +85,7 @@ fn decide_and_emit(cfg: &Config, mut event: ConnectEvent) {
             return;
         }
         enforce(v);
-        event.header.verdict = verdict::VIOLATION;
-        event.header.action = v.action;
-        event.header.rule = v.rule;
+        mark(&mut event.header, v);
     }
     emit(kind::CONNECT, event);
 }
@@ -123,12 +121,8 @@ fn try_datagram_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if !traced(cfg) {
         return Ok(());
     }
-    // SAFETY: syscall tracepoint records hold 8-byte argument slots from SYSCALL_ARG0_OFFSET.
-    let (fd, addr) = unsafe {
-        let fd: u64 = ctx.read_at(SYSCALL_ARG0_OFFSET).map_err(i64::from)?;
-        let addr: u64 = ctx.read_at(SYSCALL_ARG0_OFFSET + 8).map_err(i64::from)?;
-        (fd as u32, addr as *const u8)
-    };
+    let fd = syscall_arg(ctx, 0)? as u32;
+    let addr = syscall_arg(ctx, 1)? as *const u8;
     let Some(protocol) = datagram_protocol(&cfg.kernel, fd) else {
         return Ok(());
     };

@@ -2,7 +2,7 @@
 //! facts about the binary at `sched_process_exec` (after the point of no return).
 use agent_common::{
     ARG_READ_LEN, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExePath, ExecArgs, ExecEvent, MAX_ARGS,
-    NAME_LEN, PATH_LEN, PathRule, SYSCALL_ARG0_OFFSET, exec_flags, kind, mode, verdict,
+    NAME_LEN, PATH_LEN, PathRule, exec_flags, kind, mode,
 };
 use aya_ebpf::{
     cty::c_void,
@@ -17,7 +17,9 @@ use aya_ebpf::{
 use crate::{
     maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
     path::{Built, PathScratch, exact_key, real_path},
+    policy::mark,
     policy::{current_set, decide_exec, enforce, policy_set},
+    task::syscall_arg,
     task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
 };
 
@@ -64,10 +66,7 @@ fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i6
     if !selected(cfg) {
         return Ok(());
     }
-    // SAFETY: the offset is inside the syscall tracepoint record (8-byte argument slots).
-    let argv: u64 =
-        unsafe { ctx.read_at(SYSCALL_ARG0_OFFSET + 8 * argv_index) }.map_err(i64::from)?;
-    let argv = argv as *const *const u8;
+    let argv = syscall_arg(ctx, argv_index)? as *const *const u8;
     let scratch = EXEC_SCRATCH.get_ptr_mut(0).ok_or(1)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let args = unsafe { &mut *scratch };
@@ -217,11 +216,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             // User space decides; it needs the set.
             event.header.rule = agent_common::rule_id::pack(set, 0);
         }
-        if violation.is_hit() {
-            event.header.verdict = verdict::VIOLATION;
-            event.header.action = violation.action;
-            event.header.rule = violation.rule;
-        }
+        mark(&mut event.header, violation);
     }
     // SAFETY: both source buffers are at least PATH_LEN bytes long.
     unsafe {

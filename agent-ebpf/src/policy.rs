@@ -1,8 +1,8 @@
 //! Policy decisions in the kernel: which set applies to the current task, and what it says
 //! about an exec, a connect or a W^X mapping. Allowed behaviour never leaves the kernel.
 use agent_common::{
-    AddrKeyData, MAX_CGROUP_LEVELS, MAX_PORT_RANGES, PathRule, PolicySet, PortRules, ServiceKey,
-    action, path_verdict, rule_id, set_flags,
+    AddrKeyData, EventHeader, MAX_CGROUP_LEVELS, MAX_PORT_RANGES, PathRule, PolicySet, PortRules,
+    ServiceKey, action, path_verdict, rule_id, set_flags,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, generated::bpf_send_signal},
@@ -57,6 +57,15 @@ pub fn policy_set(set: u32) -> Option<&'static PolicySet> {
         return None;
     }
     POLICY_SETS.get(set)
+}
+
+/// Marks a record's header with a violation (nothing when `v` is not one).
+pub fn mark(header: &mut EventHeader, v: Violation) {
+    if v.is_hit() {
+        header.verdict = agent_common::verdict::VIOLATION;
+        header.action = v.action;
+        header.rule = v.rule;
+    }
 }
 
 /// Carries out a violation's action: SIGKILL to the current task, which dies before it

@@ -1,6 +1,6 @@
 //! What every probe needs: the configuration, the cgroup filter, the record header, reads
 //! from kernel structures at offsets user space found in BTF, and loss counting.
-use agent_common::{Config, EventHeader, OFFSET_UNKNOWN};
+use agent_common::{Config, EventHeader, OFFSET_UNKNOWN, SYSCALL_ARG0_OFFSET};
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
@@ -102,4 +102,10 @@ pub fn emit<T: 'static>(kind: u32, record: T) {
         }
         None => count_loss(kind),
     }
+}
+
+/// Argument `index` of the syscall whose `sys_enter_*` tracepoint fired.
+pub fn syscall_arg(ctx: &aya_ebpf::programs::TracePointContext, index: usize) -> Result<u64, i64> {
+    // SAFETY: syscall tracepoint records hold 8-byte argument slots from SYSCALL_ARG0_OFFSET.
+    unsafe { ctx.read_at(SYSCALL_ARG0_OFFSET + 8 * index) }.map_err(i64::from)
 }

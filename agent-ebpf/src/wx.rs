@@ -1,8 +1,7 @@
 //! W^X: mappings that are, or become, writable and executable at once. Syscall tracepoints
 //! carry the values, not pointers, so what is read is what the kernel acts on.
 use agent_common::{
-    Config, READ_IMPLIES_EXEC, SYSCALL_ARG0_OFFSET, WxEvent, kind, mode, set_flags, verdict,
-    wx_reason, wx_syscall,
+    Config, READ_IMPLIES_EXEC, WxEvent, kind, mode, set_flags, wx_reason, wx_syscall,
 };
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
@@ -11,7 +10,9 @@ use aya_ebpf::{
 use crate::{
     maps::{EXEC_PATHS, PATH_SCRATCH, TASK_EXE},
     path::exact_key,
+    policy::{Violation, mark},
     policy::{current_set, enforce, policy_set, violation},
+    task::syscall_arg,
     task::{config, current_task, emit, header, read_kernel, selected, traced},
 };
 
@@ -68,18 +69,13 @@ fn exempt(set: u32) -> bool {
         .is_some_and(|rule| rule.wx_exempt != 0)
 }
 
-fn arg(ctx: &TracePointContext, index: usize) -> Result<u64, i64> {
-    // SAFETY: syscall tracepoint records hold 8-byte argument slots from SYSCALL_ARG0_OFFSET.
-    unsafe { ctx.read_at(SYSCALL_ARG0_OFFSET + 8 * index) }.map_err(i64::from)
-}
-
 fn read_implies_exec(cfg: &Config) -> bool {
     read_kernel::<u32>(current_task(), cfg.kernel.task_personality)
         .is_some_and(|p| p & READ_IMPLIES_EXEC != 0)
 }
 
 fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
-    let prot = arg(ctx, 2)? as u32;
+    let prot = syscall_arg(ctx, 2)? as u32;
     if prot & PROT_WRITE == 0 {
         return Ok(());
     }
@@ -93,7 +89,7 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     if reason == 0 || !traced(cfg) {
         return Ok(());
     }
-    let mut judged = None;
+    let mut judged = Violation::ALLOWED;
     if cfg.mode == mode::ENFORCE {
         let set = current_set();
         let Some(ps) = policy_set(set) else {
@@ -104,19 +100,15 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
         }
         let v = violation(ps.wx_action, set, ps.wx_rule);
         enforce(v);
-        judged = Some(v);
+        judged = v;
     }
     let (flags, fd, extra) = match syscall {
-        wx_syscall::MMAP => (arg(ctx, 3)? as u32, arg(ctx, 4)? as i32, 0),
-        wx_syscall::PKEY_MPROTECT => (0, -1, arg(ctx, 3)? as u32),
+        wx_syscall::MMAP => (syscall_arg(ctx, 3)? as u32, syscall_arg(ctx, 4)? as i32, 0),
+        wx_syscall::PKEY_MPROTECT => (0, -1, syscall_arg(ctx, 3)? as u32),
         _ => (0, -1, 0),
     };
     let mut head = header(kind::WX, cfg);
-    if let Some(v) = judged {
-        head.verdict = verdict::VIOLATION;
-        head.action = v.action;
-        head.rule = v.rule;
-    }
+    mark(&mut head, judged);
     emit(
         kind::WX,
         WxEvent {
@@ -125,8 +117,8 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
             prot,
             flags,
             reason,
-            addr: arg(ctx, 0)?,
-            len: arg(ctx, 1)?,
+            addr: syscall_arg(ctx, 0)?,
+            len: syscall_arg(ctx, 1)?,
             fd,
             extra,
         },
@@ -135,7 +127,7 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
 }
 
 fn try_personality(ctx: &TracePointContext) -> Result<(), i64> {
-    let persona = arg(ctx, 0)? as u32;
+    let persona = syscall_arg(ctx, 0)? as u32;
     if persona == PERSONALITY_QUERY || persona & READ_IMPLIES_EXEC == 0 {
         return Ok(());
     }

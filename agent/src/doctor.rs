@@ -3,11 +3,11 @@ use std::{fmt, path::Path};
 
 use aya::{
     Btf as AyaBtf, Ebpf,
-    programs::{FEntry, Lsm, RawTracePoint, TracePoint},
+    programs::{FEntry, Lsm, TracePoint},
 };
 
 use crate::{
-    ebpf::{Attach, Btf, PROGRAMS, offsets, tracefs},
+    ebpf::{Btf, PROGRAMS, load_program, offsets, tracefs},
     metadata::cgroup,
 };
 
@@ -165,14 +165,7 @@ fn program_checks(checks: &mut Vec<Check>) {
         let result = ebpf
             .program_mut(program)
             .ok_or_else(|| "missing from the object".to_string())
-            .and_then(|p| match attach {
-                Attach::Tracepoint => <&mut TracePoint>::try_from(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| p.load().map_err(|e| e.to_string())),
-                Attach::Raw => <&mut RawTracePoint>::try_from(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| p.load().map_err(|e| e.to_string())),
-            });
+            .and_then(|p| load_program(p, *attach).map_err(|e| e.to_string()));
         checks.push(match result {
             Ok(()) => check(
                 format!("program {program}"),

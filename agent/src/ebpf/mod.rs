@@ -136,6 +136,17 @@ pub enum EbpfError {
     MissingMap(&'static str),
 }
 
+/// Loads (verifies) one of [`PROGRAMS`] without attaching it.
+pub fn load_program(
+    prog: &mut aya::programs::Program,
+    attach: Attach,
+) -> Result<(), aya::programs::ProgramError> {
+    match attach {
+        Attach::Tracepoint => <&mut TracePoint>::try_from(prog)?.load(),
+        Attach::Raw => <&mut RawTracePoint>::try_from(prog)?.load(),
+    }
+}
+
 /// Limits the probes to one cgroup v2 subtree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupFilter {
@@ -278,15 +289,14 @@ impl Probes {
             let prog = ebpf
                 .program_mut(program)
                 .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
+            load_program(prog, *attach).map_err(err("load"))?;
             match attach {
                 Attach::Tracepoint => {
                     let prog: &mut TracePoint = prog.try_into().map_err(err("wrong type"))?;
-                    prog.load().map_err(err("load"))?;
                     prog.attach(category, name).map_err(err("attach"))?;
                 }
                 Attach::Raw => {
                     let prog: &mut RawTracePoint = prog.try_into().map_err(err("wrong type"))?;
-                    prog.load().map_err(err("load"))?;
                     prog.attach(name).map_err(err("attach"))?;
                 }
             }
