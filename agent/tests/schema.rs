@@ -1,9 +1,14 @@
 //! `docs/event.schema.json` against the events the code builds: each type, built through the
 //! real `vigil::cloudevents` functions, validates, and drifted events are refused. No root.
 
+#[expect(
+    dead_code,
+    reason = "the helpers are shared by several test binaries; each uses a part"
+)]
+mod common;
+
 use std::net::IpAddr;
 
-use jsonschema::Validator;
 use serde_json::{Value, json};
 use vigil::{
     cloudevents::{Context, LossReport, loss, observed},
@@ -18,18 +23,8 @@ fn schema() -> Value {
     serde_json::from_str(SCHEMA).expect("docs/event.schema.json is JSON")
 }
 
-fn validator() -> Validator {
-    jsonschema::draft202012::options()
-        .should_validate_formats(true)
-        .build(&schema())
-        .unwrap_or_else(|e| panic!("docs/event.schema.json does not compile: {e}"))
-}
-
 fn errors(event: &Value) -> Vec<String> {
-    validator()
-        .iter_errors(event)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect()
+    common::schema_errors(event)
 }
 
 fn assert_valid(event: &Value) {
@@ -186,7 +181,7 @@ fn the_schema_is_a_valid_draft_2020_12_schema_and_compiles() {
     );
     jsonschema::meta::validate(&schema)
         .unwrap_or_else(|e| panic!("the schema violates its meta-schema: {e}"));
-    validator();
+    common::event_schema();
 }
 
 #[test]

@@ -122,7 +122,7 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
         "-D",
         "warnings",
     ]))?;
-    steps.command(cargo_with(&["build", "-p", "agent", "-p", "scenarios"]))?;
+    steps.command(crate::build::command(false))?;
     // kube-apiserver, etcd, kubectl and helm for the tests that run a real control plane
     // (testenv): built from k8s-env/ once, skipped while present and matching the pins.
     let mut k8s_bin = None;

@@ -64,6 +64,27 @@ pub fn scenario_bin() -> PathBuf {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// `docs/event.schema.json`, compiled once for every test of a binary.
+pub fn event_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
+        let schema: Value = serde_json::from_str(include_str!("../../../docs/event.schema.json"))
+            .expect("docs/event.schema.json is JSON");
+        jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("docs/event.schema.json does not compile: {e}"))
+    });
+    &SCHEMA
+}
+
+/// Where and why `event` does not match the schema (empty: it does).
+pub fn schema_errors(event: &Value) -> Vec<String> {
+    event_schema()
+        .iter_errors(event)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
 /// A command whose process joins the cgroup at `dir` between fork and exec.
 pub fn in_cgroup(dir: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
@@ -209,13 +230,13 @@ impl Tracer {
         if let Some(cg) = cgroup {
             args.extend(["--cgroup", cg]);
         }
-        Self::spawn(&args, "vigil is tracing")
+        Self::spawn_with(&args, &[], "vigil is tracing")
     }
 
     /// Starts `vigil run` with `policy` (a file or directory), checking it every 100 ms.
     pub fn enforce(policy: &Path) -> Self {
         let policy = policy.to_str().expect("UTF-8 path");
-        Self::spawn(
+        Self::spawn_with(
             &[
                 "run",
                 "--output",
@@ -225,24 +246,13 @@ impl Tracer {
                 "--policy",
                 policy,
             ],
+            &[],
             "vigil is enforcing",
         )
     }
 
     /// Starts `vigil ARGS` with `envs` and waits for `ready_marker` on stderr.
     pub fn spawn_with(
-        args: &[&str],
-        envs: &[(&str, &std::ffi::OsStr)],
-        ready_marker: &'static str,
-    ) -> Self {
-        Self::spawn_env(args, envs, ready_marker)
-    }
-
-    fn spawn(args: &[&str], ready_marker: &'static str) -> Self {
-        Self::spawn_env(args, &[], ready_marker)
-    }
-
-    fn spawn_env(
         args: &[&str],
         envs: &[(&str, &std::ffi::OsStr)],
         ready_marker: &'static str,
@@ -279,23 +289,10 @@ impl Tracer {
         let sink = events.clone();
         let stdout_thread = std::thread::spawn(move || {
             // Every emitted event must match the documented schema.
-            static SCHEMA: std::sync::LazyLock<jsonschema::Validator> =
-                std::sync::LazyLock::new(|| {
-                    let schema: Value =
-                        serde_json::from_str(include_str!("../../../docs/event.schema.json"))
-                            .expect("docs/event.schema.json is JSON");
-                    jsonschema::draft202012::options()
-                        .should_validate_formats(true)
-                        .build(&schema)
-                        .unwrap_or_else(|e| panic!("docs/event.schema.json does not compile: {e}"))
-                });
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let value: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
-                let errors: Vec<String> = SCHEMA
-                    .iter_errors(&value)
-                    .map(|e| format!("{}: {e}", e.instance_path()))
-                    .collect();
+                let errors = schema_errors(&value);
                 if !errors.is_empty() {
                     panic!(
                         "event does not match docs/event.schema.json:\n{}\nevent: {line}",
