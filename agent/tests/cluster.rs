@@ -15,7 +15,8 @@ use std::{
 };
 
 use common::{
-    TestCgroup, Tracer, denied_binary, in_cgroup, root_or_skip, run_in_cgroup, scenario_bin,
+    TestCgroup, Tracer, denied_binary, in_cgroup, is, remove_cgroup_dir, root_or_skip,
+    run_in_cgroup, scenario_bin,
 };
 use testenv::ControlPlane;
 
@@ -182,12 +183,7 @@ impl StagedPod {
 impl Drop for StagedPod {
     fn drop(&mut self) {
         for dir in self.dirs.iter().rev() {
-            for _ in 0..100 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            remove_cgroup_dir(dir);
         }
     }
 }
@@ -504,9 +500,7 @@ fn an_event_from_a_pod_created_a_moment_before_is_still_enriched() {
         &writer,
         &["write-marker", tmp.path().join("m").to_str().unwrap()],
     );
-    let e = agent.wait_for("the fresh pod's violation", |e| {
-        e["type"] == EXEC && e["data"]["process"]["pid"] == pid
-    });
+    let e = agent.wait_for("the fresh pod's violation", |e| is(e, EXEC, pid));
     let took = created.elapsed();
     eprintln!(
         "pod creation -> enriched violation event: {} ms",
@@ -952,9 +946,7 @@ fn trace_names_the_pod_of_every_event_too() {
     );
     let (pid, status) = pod.run(Path::new("/bin/true"), &[]);
     assert!(status.success());
-    let e = tracer.wait_for("the exec in the pod", |e| {
-        e["type"] == EXEC && e["data"]["process"]["pid"] == pid
-    });
+    let e = tracer.wait_for("the exec in the pod", |e| is(e, EXEC, pid));
     assert_eq!(e["vigilverdict"], "observed");
     assert_eq!(e["subject"], "namespaces/shop/pods/web-0");
     assert_eq!(e["data"]["pod"]["labels"]["app"], "web");

@@ -199,9 +199,7 @@ fn io_uring_connect_is_seen() {
         return;
     }
     assert_ok(&out, "io-uring-connect");
-    let e = tracer.wait_for("io_uring connect", |e| {
-        e["type"] == CONNECT && e["data"]["process"]["pid"] == pid
-    });
+    let e = tracer.wait_for("io_uring connect", |e| is(e, CONNECT, pid));
     assert_connect(&e, "tcp", "ipv4", dest);
     tracer.stop();
 }
@@ -308,7 +306,7 @@ fn write_execute_mappings_are_reported_and_loader_mappings_are_not() {
     let noise: Vec<Value> = tracer
         .events()
         .into_iter()
-        .filter(|e| e["type"] == WX && pid_of(e) == u64::from(benign))
+        .filter(|e| is(e, WX, benign))
         .collect();
     assert!(
         noise.is_empty(),

@@ -30,7 +30,9 @@ use crate::{
 
 /// Records waiting between the reader and the enrich stage.
 pub(crate) const QUEUE_CAPACITY: usize = 65_536;
-const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often events held for their pod's metadata are looked up again.
+pub(crate) const HELD_RECHECK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -344,7 +346,7 @@ pub async fn trace<W: Write>(
     let link = ClusterLink::connect(&common.node).await;
     let node = common.node.as_str();
     let mut ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
-    let mut held_ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut held_ticker = tokio::time::interval(HELD_RECHECK);
     loop {
         tokio::select! {
             ev = stages.next() => {

@@ -8,7 +8,9 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{AgentOptions, PipelineError, Stages, TraceSummary};
+use super::{
+    AgentOptions, HELD_RECHECK, LOSS_REPORT_INTERVAL, PipelineError, Stages, TraceSummary,
+};
 use crate::{
     ebpf::{Mode, ProbeOptions, Probes},
     enforce::{Enforcer, PolicyRef, seed},
@@ -16,8 +18,6 @@ use crate::{
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
 };
-
-const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -115,7 +115,7 @@ pub async fn run<W: Write>(
     let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
-    let mut held_ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut held_ticker = tokio::time::interval(HELD_RECHECK);
     loop {
         tokio::select! {
             ev = stages.next() => {

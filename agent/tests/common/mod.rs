@@ -135,6 +135,19 @@ pub fn denied_binary(dir: &Path) -> (PathBuf, String) {
     )
 }
 
+/// Removes a cgroup directory. The processes placed there have been waited for, but the
+/// kernel may still be tearing them down, so it retries for two seconds. False if it is
+/// still there.
+pub fn remove_cgroup_dir(dir: &Path) -> bool {
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// A cgroup v2 directory standing in for a pod; removed on drop.
 pub struct TestCgroup {
     pub root: PathBuf,
@@ -201,15 +214,9 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // The processes we placed here have been waited for; the kernel may still be
-        // tearing them down, so retry for a moment.
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !remove_cgroup_dir(&self.dir) {
+            eprintln!("warning: could not remove cgroup {}", self.dir.display());
         }
-        eprintln!("warning: could not remove cgroup {}", self.dir.display());
     }
 }
 
