@@ -59,13 +59,19 @@ pub mod verdict {
 pub mod action {
     pub const NONE: u16 = 0;
     pub const ALERT: u16 = 1;
-    pub const KILL: u16 = 2;
+    /// The act is refused (`EPERM`) before it happens; the process lives.
+    pub const DENY: u16 = 2;
+    /// The act is refused where the hook can refuse it, and the process is killed.
+    pub const KILL: u16 = 3;
 }
 
 /// Packs a policy set and a rule index into a header's `rule`.
 pub mod rule_id {
     /// The behaviour is not on the set's allowlist (no single rule matched).
     pub const NOT_ALLOWED: u32 = 0xffff;
+    /// A socket of a protocol the connect rules cannot judge (raw, ICMP, SCTP, ...) in a
+    /// set with connect rules.
+    pub const PROTOCOL: u32 = 0xfffe;
 
     pub const fn pack(set: u32, index: u32) -> u32 {
         (set << 16) | (index & 0xffff)
@@ -102,6 +108,8 @@ pub mod set_flags {
     pub const WX_DENY: u32 = 1 << 4;
     /// `exec.allow` has `memfd: true`: executables run from a memfd are on the allowlist.
     pub const EXEC_ALLOW_MEMFD: u32 = 1 << 5;
+    /// `connect.deny` is not empty.
+    pub const CONNECT_RULES: u32 = 1 << 6;
 }
 
 /// Policy sets: slot 0 means "no policy".
@@ -205,12 +213,16 @@ pub struct ExePath {
     pub path: [u8; PATH_LEN],
 }
 
-/// Where a connect record was observed.
+/// Where a connect record was observed. All three are cgroup socket programs: they see the
+/// kernel's copy of the address, whatever path led there (connect, sendto, sendmsg,
+/// sendmmsg, TCP Fast Open, io_uring, 32-bit compat calls).
 pub mod connect_hook {
-    /// `sock/inet_sock_set_state` to `TCP_SYN_SENT`: the kernel's own addresses.
-    pub const TCP_STATE: u32 = 1;
-    /// `syscalls/sys_enter_connect` on a datagram socket.
-    pub const SYSCALL: u32 = 2;
+    /// `cgroup/connect4`, `cgroup/connect6`: connect on a stream or datagram socket.
+    pub const CONNECT: u32 = 1;
+    /// `cgroup/sendmsg4`, `cgroup/sendmsg6`: a datagram sent with an explicit destination.
+    pub const SENDMSG: u32 = 2;
+    /// `cgroup/sock_create`: a socket of a protocol no address hook judges (raw, ICMP, ...).
+    pub const SOCKET: u32 = 3;
 }
 
 /// The syscall a W^X record came from.
@@ -306,7 +318,8 @@ pub struct ConnectEvent {
     pub daddr: [u8; 16],
     /// One of [`connect_hook`].
     pub hook: u32,
-    pub _pad: u32,
+    /// The socket's type (`SOCK_STREAM` 1, `SOCK_DGRAM` 2, `SOCK_RAW` 3, ...).
+    pub sock_type: u32,
 }
 
 #[repr(C)]
@@ -365,26 +378,6 @@ pub struct KernelOffsets {
     pub task_pid: u32,
 }
 
-/// Field offsets of the tracepoints whose layout differs between kernels, read from
-/// `/sys/kernel/tracing/events/*/*/format`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TracepointOffsets {
-    /// Unused since exec is a raw tracepoint (keeps the layout).
-    pub _reserved0: u32,
-    pub _reserved1: u32,
-    pub sock_newstate: u32,
-    pub sock_sport: u32,
-    pub sock_dport: u32,
-    pub sock_family: u32,
-    pub sock_protocol: u32,
-    pub sock_saddr: u32,
-    pub sock_daddr: u32,
-    pub sock_saddr_v6: u32,
-    pub sock_daddr_v6: u32,
-    pub _pad: u32,
-}
-
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -399,7 +392,6 @@ pub struct Config {
     pub mode: u32,
     pub _pad: u32,
     pub kernel: KernelOffsets,
-    pub tracepoints: TracepointOffsets,
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -414,8 +406,7 @@ const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 64 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 64 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 12 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 112 + 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 112);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 24);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);

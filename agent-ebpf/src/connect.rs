@@ -1,158 +1,188 @@
-//! connect: TCP from `sock/inet_sock_set_state` (the kernel's own addresses, whatever path
-//! started the connection: connect(2), io_uring, TCP Fast Open), datagram sockets from
-//! `sys_enter_connect`.
-use agent_common::{Config, ConnectEvent, KernelOffsets, connect_hook, kind, mode};
+//! Egress: cgroup socket programs on the cgroup v2 root. They run on the kernel's own copy of
+//! the destination for every path that reaches it (connect, sendto, sendmsg, sendmmsg, TCP
+//! Fast Open, io_uring, 32-bit compat calls), before any packet leaves, and can refuse the
+//! call with `EPERM`. Sockets of protocols no address hook judges (raw, ICMP, SCTP, ...) are
+//! decided when they are created.
+use agent_common::{ConnectEvent, action, connect_hook, kind, mode, rule_id, set_flags};
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
 
 use crate::{
-    policy::mark,
-    policy::{current_set, decide_connect, enforce, mapped_v6, policy_set},
-    task::syscall_arg,
-    task::{config, current_task, emit, header, read_kernel, read_kernel_ptr, traced},
+    policy::{Violation, current_set, decide_connect, mapped_v6, mark, policy_set, violation},
+    kill::kill_at_syscall_exit,
+    task::{config, emit, header, traced},
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
-const TCP_SYN_SENT: i32 = 2;
-const SOCK_DGRAM: u16 = 2;
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_UDPLITE: u32 = 136;
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    match try_tcp_state(&ctx) {
-        Ok(()) | Err(_) => 0,
+/// What the hook returns to the kernel.
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    decide_address(&ctx, AF_INET, connect_hook::CONNECT)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    decide_address(&ctx, AF_INET6, connect_hook::CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    decide_address(&ctx, AF_INET, connect_hook::SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    decide_address(&ctx, AF_INET6, connect_hook::SENDMSG)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    decide_socket(&ctx)
+}
+
+/// UDP-Lite is UDP to the rules (it is sent by the same code and can carry the same data).
+fn rule_protocol(protocol: u32) -> u16 {
+    if protocol == IPPROTO_UDPLITE {
+        IPPROTO_UDP as u16
+    } else {
+        protocol as u16
     }
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    match try_datagram_connect(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
-}
-
-fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
-    let cfg = config().ok_or(1)?;
-    let tp = &cfg.tracepoints;
-    // SAFETY: all offsets come from this tracepoint's format file.
-    unsafe {
-        let newstate: i32 = ctx.read_at(tp.sock_newstate as usize).map_err(i64::from)?;
-        if newstate != TCP_SYN_SENT {
-            return Ok(());
+/// The destination as the kernel will use it: an unspecified address (`0.0.0.0`, `::`,
+/// `::ffff:0.0.0.0`) means this host's loopback.
+fn effective_destination(family: u16, addr: &mut [u8; 16]) {
+    if family == AF_INET {
+        if addr[..4] == [0; 4] {
+            addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         }
-        let protocol: u16 = ctx.read_at(tp.sock_protocol as usize).map_err(i64::from)?;
-        if protocol != IPPROTO_TCP || !traced(cfg) {
-            return Ok(());
+    } else if addr[..10] == [0; 10] && addr[12..] == [0; 4] {
+        if addr[10..12] == [0xff, 0xff] {
+            addr[12..].copy_from_slice(&[127, 0, 0, 1]);
+        } else if addr[10..12] == [0; 2] {
+            addr[15] = 1;
         }
-        let family: u16 = ctx.read_at(tp.sock_family as usize).map_err(i64::from)?;
-        let mut event = ConnectEvent {
-            header: header(kind::CONNECT, cfg),
-            family,
-            protocol,
-            sport: ctx.read_at(tp.sock_sport as usize).map_err(i64::from)?,
-            dport: ctx.read_at(tp.sock_dport as usize).map_err(i64::from)?,
-            hook: connect_hook::TCP_STATE,
-            ..ConnectEvent::default()
-        };
-        if family == AF_INET {
-            let s: [u8; 4] = ctx.read_at(tp.sock_saddr as usize).map_err(i64::from)?;
-            let d: [u8; 4] = ctx.read_at(tp.sock_daddr as usize).map_err(i64::from)?;
-            event.saddr[..4].copy_from_slice(&s);
-            event.daddr[..4].copy_from_slice(&d);
-        } else {
-            event.saddr = ctx.read_at(tp.sock_saddr_v6 as usize).map_err(i64::from)?;
-            event.daddr = ctx.read_at(tp.sock_daddr_v6 as usize).map_err(i64::from)?;
-        }
-        decide_and_emit(cfg, event);
     }
-    Ok(())
 }
 
-/// In enforce mode: decide against the policy set, kill if so, and report violations only.
-fn decide_and_emit(cfg: &Config, mut event: ConnectEvent) {
-    if cfg.mode == mode::ENFORCE {
-        let set = current_set();
-        let Some(ps) = policy_set(set) else { return };
-        let addr = mapped_v6(event.family == AF_INET, &event.daddr);
-        let v = decide_connect(set, ps, &addr, event.dport, event.protocol);
-        if !v.is_hit() {
-            return;
-        }
-        enforce(v);
-        mark(&mut event.header, v);
-    }
-    emit(kind::CONNECT, event);
-}
-
-/// The IP protocol of a datagram socket behind `fd` of the current task; `None` for stream
-/// sockets (reported by the state tracepoint instead), non-sockets and unknown offsets.
-fn datagram_protocol(k: &KernelOffsets, fd: u32) -> Option<u16> {
-    let files = read_kernel_ptr(current_task(), k.task_files)?;
-    let fdt = read_kernel_ptr(files, k.files_fdt)?;
-    let max_fds: u32 = read_kernel(fdt, k.fdtable_max_fds)?;
-    if fd >= max_fds {
-        return None;
-    }
-    let fd_array = read_kernel_ptr(fdt, k.fdtable_fd)? as *const *const u8;
-    // SAFETY: bounds-checked against max_fds above; the helper checks the address anyway.
-    let file = unsafe { bpf_probe_read_kernel(fd_array.wrapping_add(fd as usize)) }.ok()?;
-    let inode = read_kernel_ptr(file, k.file_inode)?;
-    let mode: u16 = read_kernel(inode, k.inode_mode)?;
-    if mode & S_IFMT != S_IFSOCK {
-        return None;
-    }
-    let socket = read_kernel_ptr(file, k.file_private_data)?;
-    let sock_type: u16 = read_kernel(socket, k.socket_type)?;
-    if sock_type != SOCK_DGRAM {
-        return None;
-    }
-    let sk = read_kernel_ptr(socket, k.socket_sk)?;
-    read_kernel(sk, k.sock_protocol)
-}
-
-fn try_datagram_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    let cfg = config().ok_or(1)?;
+fn decide_address(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
+    let Some(cfg) = config() else { return ALLOW };
     if !traced(cfg) {
-        return Ok(());
+        return ALLOW;
     }
-    let fd = syscall_arg(ctx, 0)? as u32;
-    let addr = syscall_arg(ctx, 1)? as *const u8;
-    let Some(protocol) = datagram_protocol(&cfg.kernel, fd) else {
-        return Ok(());
-    };
-    // SAFETY: bpf_probe_read_user checks the user address. Read at syscall entry, so another
-    // thread may change it afterwards; datagram sockets have no later kernel hook to confirm.
-    unsafe {
-        let family: u16 = bpf_probe_read_user(addr as *const u16).map_err(i64::from)?;
-        let port: u16 =
-            bpf_probe_read_user(addr.wrapping_add(2) as *const u16).map_err(i64::from)?;
-        let mut event = ConnectEvent {
-            header: header(kind::CONNECT, cfg),
-            family,
-            protocol,
-            dport: u16::from_be(port),
-            hook: connect_hook::SYSCALL,
-            ..ConnectEvent::default()
-        };
-        match family {
-            AF_INET => {
-                let d: [u8; 4] = bpf_probe_read_user(addr.wrapping_add(4) as *const [u8; 4])
-                    .map_err(i64::from)?;
-                event.daddr[..4].copy_from_slice(&d);
+    // SAFETY: the context is the kernel's `bpf_sock_addr`; the verifier checks each access.
+    let (port, protocol, sock_type, mut daddr) = unsafe {
+        let sa = &*ctx.sock_addr;
+        let mut daddr = [0u8; 16];
+        if family == AF_INET {
+            daddr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+        } else {
+            let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+            for (i, w) in words.iter().enumerate() {
+                daddr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
             }
-            AF_INET6 => {
-                event.daddr = bpf_probe_read_user(addr.wrapping_add(8) as *const [u8; 16])
-                    .map_err(i64::from)?;
-            }
-            _ => return Ok(()),
         }
-        decide_and_emit(cfg, event);
+        (
+            u16::from_be(sa.user_port as u16),
+            sa.protocol,
+            sa.type_,
+            daddr,
+        )
+    };
+    effective_destination(family, &mut daddr);
+    let event = ConnectEvent {
+        header: header(kind::CONNECT, cfg),
+        family,
+        protocol: protocol as u16,
+        dport: port,
+        daddr,
+        hook,
+        sock_type,
+        ..ConnectEvent::default()
+    };
+    if cfg.mode != mode::ENFORCE {
+        emit(kind::CONNECT, event);
+        return ALLOW;
     }
-    Ok(())
+    let set = current_set();
+    let Some(ps) = policy_set(set) else {
+        return ALLOW;
+    };
+    let addr = mapped_v6(family == AF_INET, &daddr);
+    let v = decide_connect(set, ps, &addr, port, rule_protocol(protocol));
+    report(event, v)
+}
+
+/// Emits a violation and carries out its action: the return value refuses the call for
+/// Deny and Kill; Kill also kills the process when the call returns to it (these hooks
+/// cannot signal).
+fn report(mut event: ConnectEvent, v: Violation) -> i32 {
+    if !v.is_hit() {
+        return ALLOW;
+    }
+    mark(&mut event.header, v);
+    emit(kind::CONNECT, event);
+    if v.action == action::KILL {
+        kill_at_syscall_exit(event.header.pid);
+    }
+    if v.action >= action::DENY {
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
+/// Whether the address hooks judge sockets of this type and protocol.
+fn judged_by_address(sock_type: u32, protocol: u32) -> bool {
+    match sock_type {
+        SOCK_STREAM => protocol == IPPROTO_TCP,
+        SOCK_DGRAM => protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE,
+        _ => false,
+    }
+}
+
+fn decide_socket(ctx: &SockContext) -> i32 {
+    let Some(cfg) = config() else { return ALLOW };
+    // SAFETY: the context is the kernel's `bpf_sock`; the verifier checks each access.
+    let (family, sock_type, protocol) = unsafe {
+        let sk = &*ctx.sock;
+        (sk.family, sk.type_, sk.protocol)
+    };
+    if judged_by_address(sock_type, protocol) || !traced(cfg) {
+        return ALLOW;
+    }
+    let event = ConnectEvent {
+        header: header(kind::CONNECT, cfg),
+        family: family as u16,
+        protocol: protocol as u16,
+        hook: connect_hook::SOCKET,
+        sock_type,
+        ..ConnectEvent::default()
+    };
+    if cfg.mode != mode::ENFORCE {
+        emit(kind::CONNECT, event);
+        return ALLOW;
+    }
+    let set = current_set();
+    let Some(ps) = policy_set(set) else {
+        return ALLOW;
+    };
+    // Any connect rule (allow or deny) names destinations; a socket that reaches them
+    // without passing the address hooks would walk around it.
+    if ps.flags & (set_flags::CONNECT_ALLOWLIST | set_flags::CONNECT_RULES) == 0 {
+        return ALLOW;
+    }
+    report(event, violation(ps.connect_action, set, rule_id::PROTOCOL))
 }

@@ -5,6 +5,7 @@
 mod connect;
 mod doctor;
 mod exec;
+mod kill;
 mod maps;
 mod path;
 mod policy;

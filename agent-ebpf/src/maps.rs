@@ -63,3 +63,13 @@ pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(65_536
 /// fork, removed on exit; W^X exemptions are looked up by it.
 #[map]
 pub static TASK_EXE: LruHashMap<u32, ExePath> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Processes (thread group ids) whose act a hook refused under `Kill` but that the hook
+/// could not signal (cgroup socket programs): killed when the call returns to them.
+#[map]
+pub static PENDING_KILLS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Slot 0: non-zero once any kill was recorded in `PENDING_KILLS`; until then a syscall exit
+/// costs one array read.
+#[map]
+pub static KILLS_RECORDED: Array<u64> = Array::with_max_entries(1, 0);

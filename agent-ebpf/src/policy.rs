@@ -68,12 +68,16 @@ pub fn mark(header: &mut EventHeader, v: Violation) {
     }
 }
 
-/// Carries out a violation's action: SIGKILL to the current task, which dies before it
-/// returns to user space.
+/// SIGKILL to the current process, which dies before it returns to user space.
+pub fn send_sigkill() {
+    // SAFETY: signals the current process only.
+    unsafe { bpf_send_signal(SIGKILL) };
+}
+
+/// Carries out a violation's action from a tracing hook (after the act: Kill kills).
 pub fn enforce(violation: Violation) {
     if violation.is_hit() && violation.action == action::KILL {
-        // SAFETY: signals the current task only.
-        unsafe { bpf_send_signal(SIGKILL) };
+        send_sigkill();
     }
 }
 

@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    kill::forget_pending_kill,
     maps::TASK_EXE,
     task::{config, read_kernel},
 };
@@ -60,6 +61,7 @@ fn try_exit() -> Result<(), i64> {
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tgid == tid {
         let _ = TASK_EXE.remove(tgid);
+        forget_pending_kill(tgid);
     }
     Ok(())
 }

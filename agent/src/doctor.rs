@@ -109,7 +109,7 @@ pub fn run() -> Vec<Check> {
         Err(err) => check("bpffs", Status::Missing, err.to_string()),
     });
     if let Some(dir) = &tracefs_dir {
-        for (_, category, name, _) in PROGRAMS {
+        for (category, name) in PROGRAMS.iter().filter_map(|(_, hook)| hook.tracepoint()) {
             let path = dir.join("events").join(category).join(name);
             checks.push(if path.join("id").exists() {
                 check(
@@ -125,8 +125,8 @@ pub fn run() -> Vec<Check> {
                 )
             });
         }
-        checks.push(match offsets::tracepoint_offsets(dir) {
-            Ok(_) => check("tracepoint formats", Status::Ok, "fields at known widths"),
+        checks.push(match offsets::check_syscall_layout(dir) {
+            Ok(()) => check("tracepoint formats", Status::Ok, "fields at known widths"),
             Err(err) => check("tracepoint formats", Status::Fail, err.to_string()),
         });
     }
@@ -161,11 +161,11 @@ fn program_checks(checks: &mut Vec<Check>) {
             return;
         }
     };
-    for (program, _, _, attach) in PROGRAMS {
+    for (program, hook) in PROGRAMS {
         let result = ebpf
             .program_mut(program)
             .ok_or_else(|| "missing from the object".to_string())
-            .and_then(|p| load_program(p, *attach).map_err(|e| e.to_string()));
+            .and_then(|p| load_program(p, *hook).map_err(|e| e.to_string()));
         checks.push(match result {
             Ok(()) => check(
                 format!("program {program}"),

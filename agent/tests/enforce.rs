@@ -657,6 +657,7 @@ fn allow_services_admits_the_node_wide_service_addresses() {
     let mut probes = Probes::load(&ProbeOptions {
         mode: Mode::Enforce,
         exclude_pid: std::process::id(),
+        cgroup_root: Some(cg.root.clone()),
         ..Default::default()
     })
     .unwrap();
@@ -670,7 +671,7 @@ fn allow_services_admits_the_node_wide_service_addresses() {
             if let (Body::Connect(c), Verdict::Violation { .. }) = (&ev.body, ev.header.verdict)
                 && ev.header.pid == pid
             {
-                found.push(c.dport);
+                found.push(c.dport.expect("a connect has a destination port"));
             }
         }
         found

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use vigil::{
     cloudevents::{Context, LossReport, loss, observed},
     ebpf::KernelLosses,
-    event::{Body, Connect, Event, Exec, Header, Protocol, Wx, WxSyscall},
+    event::{Body, Connect, ConnectHook, Event, Exec, Header, Protocol, Wx, WxSyscall},
     metadata::process::{Lineage, ProcessInfo},
 };
 
@@ -105,26 +105,21 @@ fn exec_event() -> Value {
     )
 }
 
-fn connect(tcp_state: bool, daddr: &str) -> Value {
-    let daddr: IpAddr = daddr.parse().unwrap();
+fn connect(hook: ConnectHook, daddr: Option<&str>) -> Value {
+    let daddr: Option<IpAddr> = daddr.map(|d| d.parse().unwrap());
+    let (protocol, sock_type) = match hook {
+        ConnectHook::Connect => (Protocol::Tcp, 1),
+        ConnectHook::Sendmsg => (Protocol::Udp, 2),
+        ConnectHook::Socket => (Protocol::Other(1), 3),
+    };
     build(
         Body::Connect(Connect {
-            protocol: if tcp_state {
-                Protocol::Tcp
-            } else {
-                Protocol::Udp
-            },
+            protocol,
+            ipv4: daddr.is_none_or(|a| a.is_ipv4()),
             daddr,
-            dport: 443,
-            saddr: tcp_state.then(|| {
-                if daddr.is_ipv4() {
-                    "127.0.0.1".parse().unwrap()
-                } else {
-                    "::1".parse().unwrap()
-                }
-            }),
-            sport: tcp_state.then_some(40512),
-            from_kernel_state: tcp_state,
+            dport: daddr.map(|_| 443),
+            hook,
+            sock_type,
         }),
         &lineage(None, &[], false),
         None,
@@ -200,19 +195,22 @@ fn exec_events_match_the_schema() {
 
 #[test]
 fn connect_events_match_the_schema() {
-    for (tcp_state, daddr) in [
-        (true, "127.0.0.9"),
-        (true, "::1"),
-        (false, "127.0.0.53"),
-        (false, "fd00::1"),
+    for (hook, daddr) in [
+        (ConnectHook::Connect, Some("127.0.0.9")),
+        (ConnectHook::Connect, Some("::1")),
+        (ConnectHook::Sendmsg, Some("127.0.0.53")),
+        (ConnectHook::Sendmsg, Some("fd00::1")),
+        (ConnectHook::Socket, None),
     ] {
-        let e = connect(tcp_state, daddr);
+        let e = connect(hook, daddr);
         assert_eq!(e["type"], "dev.vigil.connect.v1");
+        assert_eq!(e["data"]["connect"]["hook"], hook.name(), "{e}");
         assert_valid(&e);
     }
-    let e = connect(false, "127.0.0.53");
-    assert_eq!(e["data"]["connect"]["saddr"], Value::Null, "{e}");
-    assert_eq!(e["data"]["connect"]["sport"], Value::Null, "{e}");
+    let e = connect(ConnectHook::Socket, None);
+    assert_eq!(e["data"]["connect"]["daddr"], Value::Null, "{e}");
+    assert_eq!(e["data"]["connect"]["dport"], Value::Null, "{e}");
+    assert_eq!(e["data"]["connect"]["socketType"], "raw", "{e}");
 }
 
 #[test]
@@ -259,11 +257,11 @@ fn drifted_events_are_refused() {
     e["data"]["exec"].as_object_mut().unwrap().remove("path");
     assert_invalid(&e, "/data/exec");
 
-    let mut e = connect(true, "127.0.0.9");
+    let mut e = connect(ConnectHook::Connect, Some("127.0.0.9"));
     e["data"]["connect"]["dport"] = json!("443");
     assert_invalid(&e, "/data/connect/dport");
 
-    let mut e = connect(true, "127.0.0.9");
+    let mut e = connect(ConnectHook::Connect, Some("127.0.0.9"));
     e["data"]["connect"]["dport"] = json!(70000);
     assert_invalid(&e, "/data/connect/dport");
 
@@ -303,7 +301,7 @@ fn drifted_events_are_refused() {
     assert_invalid(&e, "/data");
 
     // The exec member on a connect event.
-    let mut e = connect(true, "127.0.0.9");
+    let mut e = connect(ConnectHook::Connect, Some("127.0.0.9"));
     e["type"] = json!("dev.vigil.exec.v1");
     assert_invalid(&e, "/data");
 
@@ -311,14 +309,14 @@ fn drifted_events_are_refused() {
     e["data"]["process"]["pid"] = json!(-1);
     assert_invalid(&e, "/data/process/pid");
 
-    let mut e = connect(true, "127.0.0.9");
+    let mut e = connect(ConnectHook::Connect, Some("127.0.0.9"));
     e["data"]["connect"]["daddr"] = json!("localhost");
     assert_invalid(&e, "/data/connect/daddr");
 
-    // A syscall-time connect cannot know its source.
-    let mut e = connect(false, "127.0.0.53");
-    e["data"]["connect"]["sport"] = json!(5353);
-    assert_invalid(&e, "/data/connect/sport");
+    // An address hook always has a destination; only a socket creation has none.
+    let mut e = connect(ConnectHook::Sendmsg, Some("127.0.0.53"));
+    e["data"]["connect"]["daddr"] = Value::Null;
+    assert_invalid(&e, "/data/connect/daddr");
 
     let mut e = wx(WxSyscall::Mprotect, 0);
     e["data"]["wx"]["pkey"] = json!(1);

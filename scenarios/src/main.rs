@@ -5,6 +5,7 @@
 //! which and skips).
 mod bench;
 mod connect;
+mod egress;
 mod exec;
 mod memory;
 
@@ -18,6 +19,10 @@ fn usage() -> ExitCode {
          exec:    memfd-exec | deleted-exec PATH | write-marker PATH | memfd-exec-marker PATH\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
+         egress:  send METHOD ADDR (tcp-connect udp-connect tcp-fastopen udp-sendto\n\
+         \x20        udplite-sendto udp-sendmsg udp-sendmmsg tcp-connect-unfaulted\n\
+         \x20        udp-sendto-unfaulted uring-tcp-connect uring-udp-connect\n\
+         \x20        uring-udp-sendmsg compat-udp-connect raw-socket)\n\
          memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
          \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE\n\
          bench:   bench-exec N | bench-connect N | bench-mmap N"
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
         ("udp-connect", [addr]) => connect::udp(addr),
         ("io-uring-connect", [addr]) => connect::io_uring(addr),
         ("race-connect", [a, b, count]) => connect::race(a, b, count),
+        ("send", [method, addr]) => egress::send(method, addr),
         ("mmap-rwx", []) => memory::mmap_rwx(),
         ("mprotect-rwx", []) => memory::mprotect_rwx(),
         ("pkey-mprotect-rwx", []) => memory::pkey_mprotect_rwx(),
@@ -63,6 +69,10 @@ fn main() -> ExitCode {
             eprintln!("{name}: {why}");
             ExitCode::FAILURE
         }
+        Err(Failure::Refused(errno)) => {
+            eprintln!("{name}: {}", std::io::Error::from_raw_os_error(errno));
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -71,6 +81,8 @@ pub enum Failure {
     /// The kernel lacks something this scenario needs.
     Unsupported(String),
     Error(String),
+    /// A call failed with this errno (what an egress test may expect).
+    Refused(i32),
 }
 
 impl From<std::io::Error> for Failure {

@@ -120,12 +120,11 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
             "connect",
             json!({
                 "protocol": c.protocol.name(),
-                "family": if c.daddr.is_ipv4() { "ipv4" } else { "ipv6" },
-                "daddr": c.daddr.to_string(),
+                "family": if c.ipv4 { "ipv4" } else { "ipv6" },
+                "daddr": c.daddr.map(|a| a.to_string()),
                 "dport": c.dport,
-                "saddr": c.saddr.map(|a| a.to_string()),
-                "sport": c.sport,
-                "hook": if c.from_kernel_state { "tcp_state" } else { "syscall" },
+                "hook": c.hook.name(),
+                "socketType": crate::event::sock_type_name(c.sock_type),
             }),
         ),
         Body::Wx(w) => (
@@ -224,7 +223,7 @@ fn build(
                 .extension("vigilpolicy", qualified)
                 .extension(
                     "vigilseverity",
-                    if action == Action::Kill {
+                    if matches!(action, Action::Kill | Action::Deny) {
                         "high"
                     } else {
                         "medium"

@@ -10,7 +10,7 @@ use agent_common::{Config, kind};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, Program, RawTracePoint, TracePoint},
 };
 
 pub use btf::Btf;
@@ -18,81 +18,73 @@ pub use btf::Btf;
 /// The object built from `agent-ebpf` by `build.rs`.
 static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VIGIL_PROBES_OBJECT"));
 
-/// How a program attaches.
+/// Where a program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attach {
-    Tracepoint,
+pub enum Hook {
+    /// A tracepoint's record: `(category, name)`.
+    Tracepoint(&'static str, &'static str),
     /// A raw tracepoint: the tracepoint's own arguments (e.g. `bprm`) instead of its record.
-    Raw,
+    Raw(&'static str),
+    /// A cgroup program on the cgroup v2 root (its attach type is in the object); it sees
+    /// every process on the node and allows what no policy refuses.
+    Cgroup,
 }
 
-/// Every program, the tracepoint it attaches to, and how.
-pub const PROGRAMS: &[(&str, &str, &str, Attach)] = &[
+impl Hook {
+    /// The tracepoint a tracing program needs in tracefs: `(category, name)`.
+    pub fn tracepoint(&self) -> Option<(&'static str, &'static str)> {
+        match *self {
+            Self::Tracepoint(category, name) => Some((category, name)),
+            Self::Raw(name) => Some((RAW_CATEGORIES.iter().find(|(n, _)| *n == name)?.1, name)),
+            Self::Cgroup => None,
+        }
+    }
+}
+
+/// The tracefs category of each raw tracepoint (raw tracepoints are named without one).
+const RAW_CATEGORIES: &[(&str, &str)] = &[
+    ("sched_process_exec", "sched"),
+    ("sched_process_fork", "sched"),
+    ("sys_exit", "raw_syscalls"),
+];
+
+/// Every program and where it attaches.
+pub const PROGRAMS: &[(&str, Hook)] = &[
     (
         "sys_enter_execve",
-        "syscalls",
-        "sys_enter_execve",
-        Attach::Tracepoint,
+        Hook::Tracepoint("syscalls", "sys_enter_execve"),
     ),
     (
         "sys_enter_execveat",
-        "syscalls",
-        "sys_enter_execveat",
-        Attach::Tracepoint,
+        Hook::Tracepoint("syscalls", "sys_enter_execveat"),
     ),
-    (
-        "sched_process_exec",
-        "sched",
-        "sched_process_exec",
-        Attach::Raw,
-    ),
-    (
-        "sched_process_fork",
-        "sched",
-        "sched_process_fork",
-        Attach::Raw,
-    ),
+    ("sched_process_exec", Hook::Raw("sched_process_exec")),
+    ("sched_process_fork", Hook::Raw("sched_process_fork")),
     (
         "sched_process_exit",
-        "sched",
-        "sched_process_exit",
-        Attach::Tracepoint,
+        Hook::Tracepoint("sched", "sched_process_exit"),
     ),
-    (
-        "inet_sock_set_state",
-        "sock",
-        "inet_sock_set_state",
-        Attach::Tracepoint,
-    ),
-    (
-        "sys_enter_connect",
-        "syscalls",
-        "sys_enter_connect",
-        Attach::Tracepoint,
-    ),
+    ("sys_exit", Hook::Raw("sys_exit")),
+    ("connect4", Hook::Cgroup),
+    ("connect6", Hook::Cgroup),
+    ("sendmsg4", Hook::Cgroup),
+    ("sendmsg6", Hook::Cgroup),
+    ("sock_create", Hook::Cgroup),
     (
         "sys_enter_mmap",
-        "syscalls",
-        "sys_enter_mmap",
-        Attach::Tracepoint,
+        Hook::Tracepoint("syscalls", "sys_enter_mmap"),
     ),
     (
         "sys_enter_mprotect",
-        "syscalls",
-        "sys_enter_mprotect",
-        Attach::Tracepoint,
+        Hook::Tracepoint("syscalls", "sys_enter_mprotect"),
     ),
     (
         "sys_enter_pkey_mprotect",
-        "syscalls",
-        "sys_enter_pkey_mprotect",
-        Attach::Tracepoint,
+        Hook::Tracepoint("syscalls", "sys_enter_pkey_mprotect"),
     ),
     (
         "sys_enter_personality",
-        "syscalls",
-        "sys_enter_personality",
-        Attach::Tracepoint,
+        Hook::Tracepoint("syscalls", "sys_enter_personality"),
     ),
 ];
 
@@ -134,17 +126,47 @@ pub enum EbpfError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("attaching the cgroup programs: {0}")]
+    Cgroup(#[from] crate::metadata::cgroup::CgroupError),
 }
 
 /// Loads (verifies) one of [`PROGRAMS`] without attaching it.
 pub fn load_program(
     prog: &mut aya::programs::Program,
-    attach: Attach,
+    hook: Hook,
 ) -> Result<(), aya::programs::ProgramError> {
-    match attach {
-        Attach::Tracepoint => <&mut TracePoint>::try_from(prog)?.load(),
-        Attach::Raw => <&mut RawTracePoint>::try_from(prog)?.load(),
+    match (hook, prog) {
+        (Hook::Tracepoint(..), prog) => <&mut TracePoint>::try_from(prog)?.load(),
+        (Hook::Raw(_), prog) => <&mut RawTracePoint>::try_from(prog)?.load(),
+        (Hook::Cgroup, Program::CgroupSock(prog)) => prog.load(),
+        (Hook::Cgroup, prog) => <&mut CgroupSockAddr>::try_from(prog)?.load(),
     }
+}
+
+/// Attaches a loaded program; cgroup programs go on `cgroup_root` as BPF links, which the
+/// kernel always runs beside the other programs of that hook (the link API takes no
+/// ALLOW_MULTI flag: `Single` sends none) and detaches when the agent exits.
+fn attach_program(
+    prog: &mut Program,
+    hook: Hook,
+    cgroup_root: &std::fs::File,
+) -> Result<(), aya::programs::ProgramError> {
+    match (hook, prog) {
+        (Hook::Tracepoint(category, name), prog) => {
+            <&mut TracePoint>::try_from(prog)?.attach(category, name)?;
+        }
+        (Hook::Raw(name), prog) => {
+            <&mut RawTracePoint>::try_from(prog)?.attach(name)?;
+        }
+        (Hook::Cgroup, Program::CgroupSock(prog)) => {
+            prog.attach(cgroup_root, CgroupAttachMode::Single)?;
+        }
+        (Hook::Cgroup, prog) => {
+            <&mut CgroupSockAddr>::try_from(prog)?
+                .attach(cgroup_root, CgroupAttachMode::Single)?;
+        }
+    }
+    Ok(())
 }
 
 /// Limits the probes to one cgroup v2 subtree.
@@ -174,6 +196,8 @@ pub struct ProbeOptions {
     pub ring_buffer_bytes: Option<u32>,
     /// A process whose events are never emitted (the agent itself).
     pub exclude_pid: u32,
+    /// The cgroup v2 root the cgroup programs attach to; `None`: found in mountinfo.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// Records lost because the ring buffer was full, per behaviour, since load.
@@ -256,8 +280,8 @@ impl Probes {
             },
             _pad: 0,
             kernel,
-            tracepoints: offsets::tracepoint_offsets(&tracefs)?,
         };
+        offsets::check_syscall_layout(&tracefs)?;
 
         let mut loader = EbpfLoader::new();
         if let Some(bytes) = options.ring_buffer_bytes {
@@ -278,7 +302,15 @@ impl Probes {
                 source,
             })?;
         }
-        for (program, category, name, attach) in PROGRAMS {
+        let root_path = match &options.cgroup_root {
+            Some(root) => root.clone(),
+            None => crate::metadata::cgroup::detect_root()?,
+        };
+        let cgroup_root = std::fs::File::open(&root_path).map_err(|source| EbpfError::Io {
+            path: root_path.clone(),
+            source,
+        })?;
+        for (program, hook) in PROGRAMS {
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
                     program: (*program).into(),
@@ -289,17 +321,8 @@ impl Probes {
             let prog = ebpf
                 .program_mut(program)
                 .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
-            load_program(prog, *attach).map_err(err("load"))?;
-            match attach {
-                Attach::Tracepoint => {
-                    let prog: &mut TracePoint = prog.try_into().map_err(err("wrong type"))?;
-                    prog.attach(category, name).map_err(err("attach"))?;
-                }
-                Attach::Raw => {
-                    let prog: &mut RawTracePoint = prog.try_into().map_err(err("wrong type"))?;
-                    prog.attach(name).map_err(err("attach"))?;
-                }
-            }
+            load_program(prog, *hook).map_err(err("load"))?;
+            attach_program(prog, *hook, &cgroup_root).map_err(err("attach"))?;
         }
         Ok(Self {
             ebpf,

@@ -1,7 +1,7 @@
 //! The kernel structure and tracepoint field offsets the probes need, found on this kernel.
 use std::path::Path;
 
-use agent_common::{KernelOffsets, OFFSET_UNKNOWN, SYSCALL_ARG0_OFFSET, TracepointOffsets};
+use agent_common::{KernelOffsets, OFFSET_UNKNOWN, SYSCALL_ARG0_OFFSET};
 
 use super::{EbpfError, btf::Btf, tracefs::Format};
 
@@ -57,10 +57,8 @@ pub fn load_btf() -> Result<Btf, EbpfError> {
     Btf::from_file(Path::new(VMLINUX_BTF))
 }
 
-/// Field offsets of the tracepoints whose records differ between kernels, and a check that
-/// syscall tracepoints have the layout the probes assume.
-pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, EbpfError> {
-    let sock = Format::read(tracefs, "sock", "inet_sock_set_state")?;
+/// Checks that syscall tracepoints have the record layout the probes assume.
+pub fn check_syscall_layout(tracefs: &Path) -> Result<(), EbpfError> {
     let mmap = Format::read(tracefs, "syscalls", "sys_enter_mmap")?;
     let addr = mmap.offset("addr", 8)?;
     if addr as usize != SYSCALL_ARG0_OFFSET {
@@ -70,18 +68,5 @@ pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, EbpfError
             reason: format!("is at offset {addr}, the probes expect {SYSCALL_ARG0_OFFSET}"),
         });
     }
-    Ok(TracepointOffsets {
-        _reserved0: 0,
-        _reserved1: 0,
-        sock_newstate: sock.offset("newstate", 4)?,
-        sock_sport: sock.offset("sport", 2)?,
-        sock_dport: sock.offset("dport", 2)?,
-        sock_family: sock.offset("family", 2)?,
-        sock_protocol: sock.offset("protocol", 2)?,
-        sock_saddr: sock.offset("saddr", 4)?,
-        sock_daddr: sock.offset("daddr", 4)?,
-        sock_saddr_v6: sock.offset("saddr_v6", 16)?,
-        sock_daddr_v6: sock.offset("daddr_v6", 16)?,
-        _pad: 0,
-    })
+    Ok(())
 }

@@ -76,6 +76,7 @@ impl CompiledSet {
 fn kernel_action(a: Action) -> u32 {
     u32::from(match a {
         Action::Alert => action::ALERT,
+        Action::Deny => action::DENY,
         Action::Kill => action::KILL,
     })
 }
@@ -143,6 +144,9 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
         }
         if connect.allow_services {
             out.set.flags |= set_flags::CONNECT_ALLOW_SERVICES;
+        }
+        if !connect.deny.is_empty() {
+            out.set.flags |= set_flags::CONNECT_RULES;
         }
         for (list, rules, sink) in [
             ("allow", &connect.allow, &mut allow_nets),
@@ -294,6 +298,7 @@ pub fn path_key(set: u32, entry: &PathEntry) -> Option<(u32, agent_common::PathK
 
 /// The rule index meaning "not on the allowlist".
 pub const NOT_ALLOWED: u32 = rule_id::NOT_ALLOWED;
+pub const PROTOCOL: u32 = rule_id::PROTOCOL;
 
 #[cfg(test)]
 mod tests {

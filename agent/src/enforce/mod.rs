@@ -303,6 +303,17 @@ impl Enforcer {
                 format!("not on the {section} allowlist"),
             ));
         }
+        if rule == compile::PROTOCOL {
+            let policy = members
+                .iter()
+                .find(|p| p.spec.connect.has_allowlist() || !p.spec.connect.deny.is_empty())?;
+            return Some(policy_ref(
+                policy,
+                "spec.connect".into(),
+                "a socket of a protocol the connect rules cannot judge (raw, ICMP, SCTP, ...)"
+                    .into(),
+            ));
+        }
         let r = compiled.rules.get(rule as usize)?;
         Some(policy_ref(
             members.get(r.policy)?,

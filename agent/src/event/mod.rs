@@ -32,6 +32,7 @@ pub enum Verdict {
 pub enum Action {
     None,
     Alert,
+    Deny,
     Kill,
 }
 
@@ -40,6 +41,7 @@ impl Action {
         match self {
             Self::None => "none",
             Self::Alert => "alert",
+            Self::Deny => "deny",
             Self::Kill => "kill",
         }
     }
@@ -97,17 +99,50 @@ impl Protocol {
     }
 }
 
+/// Where an egress record was decided (see `agent_common::connect_hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectHook {
+    /// connect(2) and every other path to a connect (io_uring, TCP Fast Open, compat).
+    Connect,
+    /// A datagram sent with an explicit destination (sendto, sendmsg, sendmmsg).
+    Sendmsg,
+    /// Creation of a socket that no address hook judges (raw, ICMP, SCTP, ...).
+    Socket,
+}
+
+impl ConnectHook {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Sendmsg => "sendmsg",
+            Self::Socket => "socket",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: Protocol,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    /// Unknown (`None`) for datagram connects, which are seen at syscall entry, and the
-    /// source port also for TCP connects whose port is bound only after `SYN_SENT`.
-    pub saddr: Option<IpAddr>,
-    pub sport: Option<u16>,
-    /// True when seen in the TCP state machine (the kernel's own copy of the addresses).
-    pub from_kernel_state: bool,
+    pub ipv4: bool,
+    /// The destination as the kernel uses it (an unspecified address is loopback); `None`
+    /// for [`ConnectHook::Socket`], which has none yet.
+    pub daddr: Option<IpAddr>,
+    pub dport: Option<u16>,
+    pub hook: ConnectHook,
+    /// The socket type (`SOCK_STREAM` 1, `SOCK_DGRAM` 2, `SOCK_RAW` 3, ...).
+    pub sock_type: u32,
+}
+
+/// A socket type's name as `socket(2)` spells it, lower case.
+pub fn sock_type_name(t: u32) -> String {
+    match t {
+        1 => "stream".into(),
+        2 => "dgram".into(),
+        3 => "raw".into(),
+        4 => "rdm".into(),
+        5 => "seqpacket".into(),
+        n => format!("type-{n}"),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +218,7 @@ fn header(h: &EventHeader) -> Header {
                 action: match h.action {
                     agent_common::action::KILL => Action::Kill,
                     agent_common::action::ALERT => Action::Alert,
+                    agent_common::action::DENY => Action::Deny,
                     _ => Action::None,
                 },
                 set: agent_common::rule_id::set(h.rule),
@@ -255,7 +291,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         kind::CONNECT => {
             let c: ConnectEvent = read(bytes, record_kind)?;
-            let from_kernel_state = c.hook == connect_hook::TCP_STATE;
+            let hook = match c.hook {
+                connect_hook::SENDMSG => ConnectHook::Sendmsg,
+                connect_hook::SOCKET => ConnectHook::Socket,
+                _ => ConnectHook::Connect,
+            };
+            let daddr = (hook != ConnectHook::Socket).then(|| ip(c.family, &c.daddr));
             Ok(Event {
                 header: header(&c.header),
                 body: Body::Connect(Connect {
@@ -264,12 +305,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                         17 => Protocol::Udp,
                         n => Protocol::Other(n),
                     },
-                    daddr: ip(c.family, &c.daddr),
-                    dport: c.dport,
-                    saddr: from_kernel_state.then(|| ip(c.family, &c.saddr)),
-                    // At SYN_SENT the kernel may not have picked the source port yet.
-                    sport: (from_kernel_state && c.sport != 0).then_some(c.sport),
-                    from_kernel_state,
+                    ipv4: daddr.map_or(c.family == libc::AF_INET as u16, |a| a.is_ipv4()),
+                    daddr,
+                    dport: (hook != ConnectHook::Socket).then_some(c.dport),
+                    hook,
+                    sock_type: c.sock_type,
                 }),
             })
         }
@@ -377,25 +417,24 @@ mod tests {
     }
 
     #[test]
-    fn decodes_connect_v4_v6_and_mapped() {
+    fn decodes_connect_v4_v6_mapped_and_sockets() {
         let mut c = ConnectEvent {
             header: head(kind::CONNECT),
             family: 2,
             protocol: 6,
-            sport: 5555,
             dport: 443,
-            hook: connect_hook::TCP_STATE,
+            hook: connect_hook::CONNECT,
+            sock_type: 1,
             ..Default::default()
         };
         c.daddr[..4].copy_from_slice(&[127, 0, 0, 9]);
-        c.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let Body::Connect(x) = decode(&as_bytes(&c)).unwrap().body else {
             panic!()
         };
-        assert_eq!(x.daddr, "127.0.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(x.daddr, Some("127.0.0.9".parse::<IpAddr>().unwrap()));
         assert_eq!(
-            (x.dport, x.sport, x.protocol),
-            (443, Some(5555), Protocol::Tcp)
+            (x.dport, x.protocol, x.hook, x.ipv4),
+            (Some(443), Protocol::Tcp, ConnectHook::Connect, true)
         );
 
         c.family = 10;
@@ -403,17 +442,34 @@ mod tests {
         let Body::Connect(x) = decode(&as_bytes(&c)).unwrap().body else {
             panic!()
         };
-        assert_eq!(x.daddr, "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(x.daddr, Some("127.0.0.2".parse::<IpAddr>().unwrap()));
+        assert!(x.ipv4);
 
         c.daddr = Ipv6Addr::LOCALHOST.octets();
         c.protocol = 17;
-        c.hook = connect_hook::SYSCALL;
+        c.hook = connect_hook::SENDMSG;
         let Body::Connect(x) = decode(&as_bytes(&c)).unwrap().body else {
             panic!()
         };
         assert_eq!(
-            (x.daddr, x.protocol, x.sport),
-            (IpAddr::V6(Ipv6Addr::LOCALHOST), Protocol::Udp, None)
+            (x.daddr, x.protocol, x.hook, x.ipv4),
+            (
+                Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                Protocol::Udp,
+                ConnectHook::Sendmsg,
+                false
+            )
+        );
+
+        c.hook = connect_hook::SOCKET;
+        c.protocol = 1;
+        c.sock_type = 3;
+        let Body::Connect(x) = decode(&as_bytes(&c)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(
+            (x.daddr, x.dport, x.protocol, x.ipv4, sock_type_name(x.sock_type)),
+            (None, None, Protocol::Other(1), false, "raw".to_string())
         );
     }
 

@@ -334,6 +334,7 @@ pub async fn trace<W: Write>(
         cgroup: filter,
         ring_buffer_bytes: common.ring_buffer_bytes,
         exclude_pid: std::process::id(),
+        cgroup_root: Some(root.clone()),
     })?;
     let mut stages = Stages::start(probes, root.clone(), common.format, out, stop)?;
     tracing::info!(

@@ -93,6 +93,7 @@ pub async fn run<W: Write>(
         cgroup: None,
         ring_buffer_bytes: common.ring_buffer_bytes,
         exclude_pid: std::process::id(),
+        cgroup_root: Some(root.clone()),
     })?;
     let mut enforcer = Enforcer::new(probes.take_policy_maps()?, root.clone());
     let seeded = seed::from_proc(enforcer.task_exe_map());

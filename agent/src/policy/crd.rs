@@ -201,7 +201,11 @@ pub enum Action {
     /// Emit an event.
     #[default]
     Alert,
-    /// SIGKILL the process in the kernel (and emit an event).
+    /// Refuse the act in the kernel before it happens (EPERM; the process lives) and emit an
+    /// event. Only `connect` has a hook before the act on every kernel.
+    Deny,
+    /// Refuse the act where the hook can (connect), SIGKILL the process in the kernel, and
+    /// emit an event.
     Kill,
 }
 

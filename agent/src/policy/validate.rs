@@ -238,7 +238,22 @@ fn host_processes(h: &crd::HostProcesses, e: &mut Errors) -> HostSelection {
     }
 }
 
+/// `Deny` needs a hook that runs before the act and can refuse it; exec and memory are
+/// decided after the act on kernels without BPF LSM (Kill still stops the new image or the
+/// process before its next instruction).
+fn deny_needs_a_refusing_hook(section: &str, action: Action, e: &mut Errors) {
+    if action == Action::Deny {
+        e.push(
+            format!("spec.{section}.action"),
+            format!(
+                "Deny is only available for connect: {section} is decided after the act on this                  agent's hooks; use Kill (the process dies before its next instruction) or Alert"
+            ),
+        );
+    }
+}
+
 fn exec(rules: &crd::ExecRules, e: &mut Errors) -> ExecRules {
+    deny_needs_a_refusing_hook("exec", rules.action, e);
     let mut out = ExecRules {
         action: rules.action,
         ..ExecRules::default()
@@ -348,10 +363,10 @@ fn connect(rules: &crd::ConnectRules, e: &mut Errors) -> ConnectRules {
             }
         }
         let in_kernel = limits::connect_list_in_kernel(target);
-        if let (Action::Kill, Err((index, why))) = (rules.action, in_kernel) {
+        if let (Action::Kill | Action::Deny, Err((index, why))) = (rules.action, in_kernel) {
             e.push(
                 format!("{field}[{}].ports", written[index]),
-                kill_refused("connect", why),
+                refused_in_user_space("connect", rules.action, why),
             );
         }
     }
@@ -380,6 +395,7 @@ fn connect_match(m: &crd::ConnectMatch, field: &str, e: &mut Errors) -> Option<C
 }
 
 fn memory(rules: &crd::MemoryRules, e: &mut Errors) -> MemoryRules {
+    deny_needs_a_refusing_hook("memory", rules.action, e);
     let mut allowed = Vec::new();
     for (i, p) in rules.allow_executables.iter().enumerate() {
         let field = format!("spec.memory.allowExecutables[{i}]");
@@ -410,8 +426,12 @@ fn empty_list_reason(list: &str) -> &'static str {
 }
 
 fn kill_refused(section: &str, why: limits::UserSpaceOnly) -> String {
+    refused_in_user_space(section, Action::Kill, why)
+}
+
+fn refused_in_user_space(section: &str, action: Action, why: limits::UserSpaceOnly) -> String {
     format!(
-        "{section}.action is Kill, but {why}; use action Alert, or change the rule so the kernel can decide it"
+        "{section}.action is {action:?}, but {why}; use action Alert, or change the rule so the kernel can decide it"
     )
 }
 

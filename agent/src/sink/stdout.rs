@@ -120,12 +120,21 @@ pub fn pretty(event: &CloudEvent) -> String {
                     format!("{a}:{}", text(port))
                 }
             };
-            format!(
-                "{} {} -> {}",
-                text(&c["protocol"]),
-                host(&c["saddr"], &c["sport"]),
-                host(&c["daddr"], &c["dport"])
-            )
+            if c["daddr"].is_null() {
+                format!(
+                    "{} {} socket {}",
+                    text(&c["protocol"]),
+                    text(&c["family"]),
+                    text(&c["socketType"])
+                )
+            } else {
+                format!(
+                    "{} {} {}",
+                    text(&c["protocol"]),
+                    text(&c["hook"]),
+                    host(&c["daddr"], &c["dport"])
+                )
+            }
         }
         "wx" => {
             let w = &data["wx"];
