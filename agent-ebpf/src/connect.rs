@@ -3,6 +3,8 @@
 //! Fast Open, io_uring, 32-bit compat calls), before any packet leaves, and can refuse the
 //! call with `EPERM`. Sockets of protocols no address hook judges (raw, ICMP, SCTP, ...) are
 //! decided when they are created.
+use core::ptr::read_volatile;
+
 use agent_common::{ConnectEvent, action, connect_hook, kind, mode, rule_id, set_flags};
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
@@ -82,22 +84,30 @@ fn decide_address(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     if !traced(cfg) {
         return ALLOW;
     }
+    let sa = ctx.sock_addr;
     // SAFETY: the context is the kernel's `bpf_sock_addr`; the verifier checks each access.
+    // Volatile loads keep each a single load at a constant offset from the context pointer:
+    // the verifier refuses a load through a context pointer the compiler moved.
     let (port, protocol, sock_type, mut daddr) = unsafe {
-        let sa = &*ctx.sock_addr;
         let mut daddr = [0u8; 16];
         if family == AF_INET {
-            daddr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+            let ip4 = read_volatile(&raw const (*sa).user_ip4);
+            daddr[..4].copy_from_slice(&ip4.to_ne_bytes());
         } else {
-            let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+            let words = [
+                read_volatile(&raw const (*sa).user_ip6[0]),
+                read_volatile(&raw const (*sa).user_ip6[1]),
+                read_volatile(&raw const (*sa).user_ip6[2]),
+                read_volatile(&raw const (*sa).user_ip6[3]),
+            ];
             for (i, w) in words.iter().enumerate() {
                 daddr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
             }
         }
         (
-            u16::from_be(sa.user_port as u16),
-            sa.protocol,
-            sa.type_,
+            u16::from_be(read_volatile(&raw const (*sa).user_port) as u16),
+            read_volatile(&raw const (*sa).protocol),
+            read_volatile(&raw const (*sa).type_),
             daddr,
         )
     };
@@ -155,10 +165,14 @@ fn judged_by_address(sock_type: u32, protocol: u32) -> bool {
 
 fn decide_socket(ctx: &SockContext) -> i32 {
     let Some(cfg) = config() else { return ALLOW };
-    // SAFETY: the context is the kernel's `bpf_sock`; the verifier checks each access.
+    let sk = ctx.sock;
+    // SAFETY: the context is the kernel's `bpf_sock`; volatile loads as in `decide_address`.
     let (family, sock_type, protocol) = unsafe {
-        let sk = &*ctx.sock;
-        (sk.family, sk.type_, sk.protocol)
+        (
+            read_volatile(&raw const (*sk).family),
+            read_volatile(&raw const (*sk).type_),
+            read_volatile(&raw const (*sk).protocol),
+        )
     };
     if judged_by_address(sock_type, protocol) || !traced(cfg) {
         return ALLOW;
