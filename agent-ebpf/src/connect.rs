@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    policy::{Violation, current_set, decide_connect, mapped_v6, mark, policy_set, violation},
     kill::kill_at_syscall_exit,
+    policy::{Violation, current_set, decide_connect, mapped_v6, mark, policy_set, violation},
     task::{config, emit, header, traced},
 };
 

@@ -14,7 +14,7 @@ use crate::{
 /// Records that process `tgid` is to be killed when its current syscall returns.
 pub fn kill_at_syscall_exit(tgid: u32) {
     // Recorded before the flag is raised, so a syscall exit that sees the flag finds it.
-    let _ = PENDING_KILLS.insert(&tgid, &1, u64::from(BPF_NOEXIST));
+    let _ = PENDING_KILLS.insert(tgid, 1u32, u64::from(BPF_NOEXIST));
     if let Some(flag) = KILLS_RECORDED.get_ptr_mut(0) {
         // SAFETY: a live map value; a plain store (no atomics on this target) is enough for
         // a flag that only ever goes from 0 to 1.
@@ -24,7 +24,7 @@ pub fn kill_at_syscall_exit(tgid: u32) {
 
 /// Forgets a pending kill of `tgid` (it was carried out, or the process is gone).
 pub fn forget_pending_kill(tgid: u32) {
-    let _ = PENDING_KILLS.remove(&tgid);
+    let _ = PENDING_KILLS.remove(tgid);
 }
 
 /// `raw_syscalls/sys_exit`: every syscall of every process on its way back to user space,
@@ -38,7 +38,7 @@ pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: only checked for presence.
-    if unsafe { PENDING_KILLS.get(&tgid) }.is_some() {
+    if unsafe { PENDING_KILLS.get(tgid) }.is_some() {
         send_sigkill();
         forget_pending_kill(tgid);
     }

@@ -177,7 +177,11 @@ fn deny_refuses_every_path_to_a_destination_off_the_allowlist_and_lets_the_allow
     let mut quiet = Vec::new();
     let mut tried = 0;
     for &(method, hook, v6) in METHODS {
-        let loopbacks: &[&str] = if v6 { &["127.0.0.1", "::1"] } else { &["127.0.0.1"] };
+        let loopbacks: &[&str] = if v6 {
+            &["127.0.0.1", "::1"]
+        } else {
+            &["127.0.0.1"]
+        };
         for lo in loopbacks {
             // The attack: refused with EPERM, reported, and nothing arrived.
             let Some((pid, out)) = send(&cg, test, method, &host(lo, denied.port)) else {
@@ -188,12 +192,27 @@ fn deny_refuses_every_path_to_a_destination_off_the_allowlist_and_lets_the_allow
             assert_eq!(result_line(&out), EPERM, "{method} to {lo}:{}", denied.port);
             let e = tracer.wait_for(&format!("{method} to {lo}"), |e| is(e, CONNECT, pid));
             let expect_addr = lo.to_string();
-            assert_violation(&e, "deny", hook, &expect_addr, denied.port, "spec.connect.allow");
-            assert_eq!(denied.arrived(), Vec::<Vec<u8>>::new(), "{method} to {lo} leaked");
+            assert_violation(
+                &e,
+                "deny",
+                hook,
+                &expect_addr,
+                denied.port,
+                "spec.connect.allow",
+            );
+            assert_eq!(
+                denied.arrived(),
+                Vec::<Vec<u8>>::new(),
+                "{method} to {lo} leaked"
+            );
 
             // The benign twin: the allowed port goes through by the same path.
             let (pid, out) = send(&cg, test, method, &host(lo, a)).expect("supported above");
-            assert_eq!(result_line(&out), "result=ok", "{method} to {lo}:{a}: {out:?}");
+            assert_eq!(
+                result_line(&out),
+                "result=ok",
+                "{method} to {lo}:{a}: {out:?}"
+            );
             if method != "udplite-sendto" {
                 // (UDP-Lite datagrams do not reach a UDP socket; the result line says it went.)
                 let got = allowed.arrived();
@@ -216,11 +235,21 @@ fn deny_refuses_every_path_to_a_destination_off_the_allowlist_and_lets_the_allow
     ] {
         let (pid, out) = send(&cg, test, method, &host(unspecified, denied.port)).unwrap();
         assert_eq!(result_line(&out), EPERM, "{method} to {unspecified}");
-        let e = tracer.wait_for(&format!("{method} to {unspecified}"), |e| is(e, CONNECT, pid));
-        let hook = if method == "udp-sendto" { "sendmsg" } else { "connect" };
+        let e = tracer.wait_for(&format!("{method} to {unspecified}"), |e| {
+            is(e, CONNECT, pid)
+        });
+        let hook = if method == "udp-sendto" {
+            "sendmsg"
+        } else {
+            "connect"
+        };
         assert_violation(&e, "deny", hook, lo, denied.port, "spec.connect.allow");
         let (pid, out) = send(&cg, test, method, &host(unspecified, a)).unwrap();
-        assert_eq!(result_line(&out), "result=ok", "{method} to {unspecified}:{a}");
+        assert_eq!(
+            result_line(&out),
+            "result=ok",
+            "{method} to {unspecified}:{a}"
+        );
         assert_eq!(allowed.arrived().len(), 1, "{method} to {unspecified}:{a}");
         quiet.push(pid);
     }
@@ -277,9 +306,19 @@ fn kill_refuses_and_kills_on_every_path_and_a_deny_list_covers_the_unspecified_a
         ("udp-sendto", host("::", d), "::1", "sendmsg"),
         ("tcp-fastopen", host("127.0.0.1", d), "127.0.0.1", "connect"),
         ("udp-sendmmsg", host("::1", d), "::1", "sendmsg"),
-        ("uring-udp-sendmsg", host("127.0.0.1", d), "127.0.0.1", "sendmsg"),
+        (
+            "uring-udp-sendmsg",
+            host("127.0.0.1", d),
+            "127.0.0.1",
+            "sendmsg",
+        ),
         ("uring-tcp-connect", host("::1", d), "::1", "connect"),
-        ("compat-udp-connect", host("127.0.0.1", d), "127.0.0.1", "connect"),
+        (
+            "compat-udp-connect",
+            host("127.0.0.1", d),
+            "127.0.0.1",
+            "connect",
+        ),
     ] {
         let Some((pid, out)) = send(&cg, test, method, &dest) else {
             continue;
@@ -295,11 +334,19 @@ fn kill_refuses_and_kills_on_every_path_and_a_deny_list_covers_the_unspecified_a
         );
         let e = tracer.wait_for(&format!("{method} to {dest}"), |e| is(e, CONNECT, pid));
         assert_violation(&e, "kill", hook, daddr, d, rule_for(daddr));
-        assert_eq!(denied.arrived(), Vec::<Vec<u8>>::new(), "{method} to {dest} leaked");
+        assert_eq!(
+            denied.arrived(),
+            Vec::<Vec<u8>>::new(),
+            "{method} to {dest} leaked"
+        );
     }
     // Raw sockets are killed too in a cgroup with connect rules ...
     let (pid, out) = send(&cg, test, "raw-socket", "127.0.0.1:0").unwrap();
-    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "raw socket: {out:?}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "raw socket: {out:?}"
+    );
     tracer.wait_for("the raw socket", |e| is(e, CONNECT, pid));
 
     // ... and the benign twins go through: another port from the policed cgroup, and a raw

@@ -110,18 +110,17 @@ fn connect(target: SocketAddr, ty: i32, protocol: i32) -> Outcome {
     let fd = socket(family(&target), ty, protocol)?;
     let (sa, len) = sockaddr(target);
     // SAFETY: a valid sockaddr of `len` bytes.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) };
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
     checked(rc as isize)?;
     if ty == libc::SOCK_DGRAM {
         // SAFETY: a valid buffer.
-        let rc = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                PAYLOAD.as_ptr().cast(),
-                PAYLOAD.len(),
-                0,
-            )
-        };
+        let rc = unsafe { libc::send(fd.as_raw_fd(), PAYLOAD.as_ptr().cast(), PAYLOAD.len(), 0) };
         checked(rc)?;
     }
     Ok(())
@@ -384,7 +383,9 @@ mod compat {
 
     pub fn udp_connect(target: SocketAddr) -> Outcome {
         let SocketAddr::V4(_) = target else {
-            return Err(Failure::Error("compat-udp-connect takes an IPv4 address".into()));
+            return Err(Failure::Error(
+                "compat-udp-connect takes an IPv4 address".into(),
+            ));
         };
         // Memory the 32-bit entry can address.
         // SAFETY: a fresh anonymous mapping.
@@ -402,7 +403,11 @@ mod compat {
         let (sa, len) = sockaddr(target);
         // SAFETY: the mapping is 4096 writable bytes; the sockaddr and payload fit.
         unsafe {
-            std::ptr::copy_nonoverlapping(&sa as *const _ as *const u8, low.cast::<u8>(), len as usize);
+            std::ptr::copy_nonoverlapping(
+                &sa as *const _ as *const u8,
+                low.cast::<u8>(),
+                len as usize,
+            );
             std::ptr::copy_nonoverlapping(
                 PAYLOAD.as_ptr(),
                 low.cast::<u8>().add(256),
@@ -412,9 +417,8 @@ mod compat {
         let base = low as u64 as u32;
         let fd = int80(NR_SOCKET, libc::AF_INET as u32, libc::SOCK_DGRAM as u32, 0);
         result(fd)?;
-        let outcome = result(int80(NR_CONNECT, fd as u32, base, len)).and_then(|()| {
-            result(int80(NR_WRITE, fd as u32, base + 256, PAYLOAD.len() as u32))
-        });
+        let outcome = result(int80(NR_CONNECT, fd as u32, base, len))
+            .and_then(|()| result(int80(NR_WRITE, fd as u32, base + 256, PAYLOAD.len() as u32)));
         int80(NR_CLOSE, fd as u32, 0, 0);
         // SAFETY: our own mapping.
         unsafe { libc::munmap(low, 4096) };

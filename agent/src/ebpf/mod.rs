@@ -162,8 +162,7 @@ fn attach_program(
             prog.attach(cgroup_root, CgroupAttachMode::Single)?;
         }
         (Hook::Cgroup, prog) => {
-            <&mut CgroupSockAddr>::try_from(prog)?
-                .attach(cgroup_root, CgroupAttachMode::Single)?;
+            <&mut CgroupSockAddr>::try_from(prog)?.attach(cgroup_root, CgroupAttachMode::Single)?;
         }
     }
     Ok(())
@@ -262,7 +261,7 @@ impl Probes {
         let btf = match offsets::load_btf() {
             Ok(btf) => Some(btf),
             Err(err) => {
-                tracing::warn!(%err, "no kernel BTF: exec memfd/deleted flags, parent pids, READ_IMPLIES_EXEC and UDP connects are not reported");
+                tracing::warn!(%err, "no kernel BTF: exec memfd/deleted flags, parent pids and READ_IMPLIES_EXEC are not reported");
                 None
             }
         };

@@ -416,6 +416,35 @@ spec:
     }
 
     #[test]
+    fn deny_sits_between_alert_and_kill_and_audit_caps_it_at_alert() {
+        let deny = |mode: &str| {
+            policies(&format!(
+                "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: d}}\nspec:\n  hostProcesses: {{}}\n  mode: {mode}\n  connect: {{deny: [{{cidr: 10.0.0.0/8}}], action: Deny}}\n"
+            ))
+        };
+        let d = deny("Enforce");
+        let c = compile(&d.iter().collect::<Vec<_>>());
+        assert_eq!(c.set.connect_action, u32::from(action::DENY));
+        assert_ne!(
+            c.set.flags & set_flags::CONNECT_RULES,
+            0,
+            "a deny list alone makes raw sockets judged"
+        );
+        assert_eq!(c.set.flags & set_flags::CONNECT_ALLOWLIST, 0);
+        // Kill (A's connect is Alert; its exec is Kill) and Deny united: the strongest wins.
+        let mut both = d.clone();
+        both.extend(policies(A).into_iter().map(|mut p| {
+            p.spec.connect.action = Action::Kill;
+            p
+        }));
+        let c = compile(&both.iter().collect::<Vec<_>>());
+        assert_eq!(c.set.connect_action, u32::from(action::KILL));
+        let audit = deny("Audit");
+        let c = compile(&audit.iter().collect::<Vec<_>>());
+        assert_eq!(c.set.connect_action, u32::from(action::ALERT));
+    }
+
+    #[test]
     fn keys_put_the_set_first_and_mark_exact_paths_with_their_nul() {
         let (bits, data) = path_key(
             3,

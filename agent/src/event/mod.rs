@@ -468,7 +468,13 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (x.daddr, x.dport, x.protocol, x.ipv4, sock_type_name(x.sock_type)),
+            (
+                x.daddr,
+                x.dport,
+                x.protocol,
+                x.ipv4,
+                sock_type_name(x.sock_type)
+            ),
             (None, None, Protocol::Other(1), false, "raw".to_string())
         );
     }

@@ -562,7 +562,38 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
         "spec.connect.deny[2].ports",
         "17 distinct port ranges",
     );
+    // Deny needs the kernel to refuse the act, so the same limit applies.
+    assert_refused(
+        &connect("Deny"),
+        "spec.connect.deny[2].ports",
+        "connect.action is Deny",
+    );
     ok(&connect("Alert"));
+}
+
+#[test]
+fn deny_is_only_for_connect() {
+    let p = ok(&runtime(&format!(
+        "{WEB}  connect: {{allow: [{{cidr: 10.0.0.0/8}}], action: Deny}}
+"
+    )));
+    assert_eq!(p.spec.connect.action, crate::policy::Action::Deny);
+    assert_refused(
+        &runtime(&format!(
+            "{WEB}  exec: {{deny: [{{prefix: /tmp/}}], action: Deny}}
+"
+        )),
+        "spec.exec.action",
+        "Deny is only available for connect",
+    );
+    assert_refused(
+        &runtime(&format!(
+            "{WEB}  memory: {{writeExecute: Deny, action: Deny}}
+"
+        )),
+        "spec.memory.action",
+        "use Kill",
+    );
 }
 
 #[test]
