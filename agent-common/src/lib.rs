@@ -30,7 +30,9 @@ pub mod kind {
 
 /// Flags of an exec record.
 pub mod exec_flags {
-    /// The executable is a memfd (its dentry is named `memfd:...`).
+    /// The executable, its interpreter or a script run from a descriptor lives on a
+    /// kernel-internal mount (`SB_KERNMOUNT`): a memfd or another anonymous file, never a
+    /// file anyone can reach by a path.
     pub const MEMFD: u32 = 1 << 0;
     /// The executable has no links left on its file system (deleted after open).
     pub const DELETED: u32 = 1 << 1;
@@ -47,6 +49,9 @@ pub mod exec_flags {
     /// A policy applies but the kernel could not decide (path too long for its maps):
     /// user space decides, and may only alert.
     pub const UNDECIDED: u32 = 1 << 7;
+    /// The executable's real path could not be resolved (deeper or longer than the kernel's
+    /// walk goes): the kernel decided without it, failing closed.
+    pub const UNVERIFIABLE: u32 = 1 << 8;
 }
 
 /// Whether a record reports a violation.
@@ -72,6 +77,8 @@ pub mod rule_id {
     /// A socket of a protocol the connect rules cannot judge (raw, ICMP, SCTP, ...) in a
     /// set with connect rules.
     pub const PROTOCOL: u32 = 0xfffe;
+    /// An executable whose real path the kernel could not resolve, under `Kill`.
+    pub const UNVERIFIABLE: u32 = 0xfffd;
 
     pub const fn pack(set: u32, index: u32) -> u32 {
         (set << 16) | (index & 0xffff)
@@ -349,25 +356,21 @@ pub struct WxEvent {
 pub struct KernelOffsets {
     pub task_real_parent: u32,
     pub task_tgid: u32,
-    /// Unused since exec reads `bprm` (keeps the layout).
-    pub _reserved0: u32,
     pub task_personality: u32,
     pub task_files: u32,
-    pub _reserved1: u32,
     pub file_dentry: u32,
     pub file_inode: u32,
-    pub file_private_data: u32,
     pub dentry_name: u32,
     pub inode_nlink: u32,
-    pub inode_mode: u32,
     pub files_fdt: u32,
     pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,
-    pub socket_type: u32,
-    pub socket_sk: u32,
-    pub sock_protocol: u32,
     pub file_vfsmount: u32,
     pub vfsmount_mnt_root: u32,
+    /// `vfsmount.mnt_sb` and `super_block.s_flags`: a file on a kernel-internal mount
+    /// (`SB_KERNMOUNT`: memfd, pipes, sockets, anonymous inodes) has no path anyone chose.
+    pub vfsmount_sb: u32,
+    pub sb_flags: u32,
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
@@ -376,6 +379,7 @@ pub struct KernelOffsets {
     pub bprm_filename: u32,
     pub bprm_interp: u32,
     pub task_pid: u32,
+    pub _pad: u32,
 }
 
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
@@ -405,8 +409,8 @@ const _: () =
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 64 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 64 + 16 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 112);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 96);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 24);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);

@@ -2,7 +2,7 @@
 //! facts about the binary at `sched_process_exec` (after the point of no return).
 use agent_common::{
     ARG_READ_LEN, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExePath, ExecArgs, ExecEvent, MAX_ARGS,
-    NAME_LEN, PATH_LEN, PathRule, exec_flags, kind, mode,
+    NAME_LEN, PATH_LEN, PathRule, PolicySet, action, exec_flags, kind, mode, rule_id, set_flags,
 };
 use aya_ebpf::{
     cty::c_void,
@@ -16,25 +16,75 @@ use aya_ebpf::{
 
 use crate::{
     maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
-    path::{Built, PathScratch, exact_key, real_path},
+    path::{Built, PathScratch, path_key, real_path},
     policy::mark,
-    policy::{current_set, decide_exec, enforce, policy_set},
+    policy::{Violation, current_set, decide_exec, enforce, policy_set, violation},
     task::syscall_arg,
     task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
 };
 
-const MEMFD_PREFIX: &[u8; 6] = b"memfd:";
+/// `SB_KERNMOUNT`: the super block of a kernel-internal mount.
+const SB_KERNMOUNT: u64 = 1 << 22;
+const DEV_FD: &[u8; 8] = b"/dev/fd/";
 
-/// Byte by byte, because a slice comparison may become a `memcmp` call, which BPF lacks.
-fn is_memfd_name(name: &[u8; NAME_LEN]) -> bool {
+/// Whether `file` lives on a kernel-internal mount (memfd, hugetlbfs memfd, pipes, sockets,
+/// anonymous inodes): a file no path leads to.
+fn anonymous_file(cfg: &Config, file: *const u8) -> bool {
+    let k = &cfg.kernel;
+    read_kernel_ptr(file, k.file_vfsmount)
+        .and_then(|mnt| read_kernel_ptr(mnt, k.vfsmount_sb))
+        .and_then(|sb| read_kernel::<u64>(sb, k.sb_flags))
+        .is_some_and(|flags| flags & SB_KERNMOUNT != 0)
+}
+
+/// `N` of a filename `/dev/fd/N` or `/dev/fd/N/...` (how the kernel names an `execveat`
+/// by descriptor); byte by byte, as BPF has no `memcmp`.
+fn fd_of_dev_fd_path(name: &[u8; PATH_LEN]) -> Option<u32> {
     let mut i = 0;
-    while i < MEMFD_PREFIX.len() {
-        if name[i] != MEMFD_PREFIX[i] {
-            return false;
+    while i < DEV_FD.len() {
+        if name[i] != DEV_FD[i] {
+            return None;
         }
         i += 1;
     }
-    true
+    let mut fd: u32 = 0;
+    let mut digits = 0;
+    while digits < 10 {
+        let c = name[DEV_FD.len() + digits];
+        if !c.is_ascii_digit() {
+            break;
+        }
+        fd = fd.wrapping_mul(10).wrapping_add(u32::from(c - b'0'));
+        digits += 1;
+    }
+    (digits > 0).then_some(fd)
+}
+
+/// The file behind descriptor `fd` of the current task.
+fn task_fd_file(cfg: &Config, fd: u32) -> Option<*const u8> {
+    let k = &cfg.kernel;
+    let files = read_kernel_ptr(crate::task::current_task(), k.task_files)?;
+    let fdt = read_kernel_ptr(files, k.files_fdt)?;
+    let max_fds: u32 = read_kernel(fdt, k.fdtable_max_fds)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fd_array = read_kernel_ptr(fdt, k.fdtable_fd)?;
+    let file: *const u8 = read_kernel(fd_array, fd.wrapping_mul(8))?;
+    (!file.is_null()).then_some(file)
+}
+
+/// The decision for an executable whose real path cannot be verified: not on any
+/// allowlist; under a deny list with `Kill`, killed. Alert-only deny lists leave it to user
+/// space, which reads /proc while the process lives.
+fn fail_closed(set: u32, ps: &PolicySet) -> Violation {
+    if ps.flags & set_flags::EXEC_ALLOWLIST != 0 {
+        return violation(ps.exec_action, set, rule_id::NOT_ALLOWED);
+    }
+    if ps.exec_action == u32::from(action::KILL) {
+        return violation(ps.exec_action, set, rule_id::UNVERIFIABLE);
+    }
+    Violation::ALLOWED
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
@@ -129,6 +179,8 @@ struct ExecFacts {
     old_tid: u32,
     path: Option<Built>,
     script: bool,
+    /// The script was run from a descriptor (`/dev/fd/N...`): its name says nothing.
+    script_from_fd: bool,
     memfd: bool,
 }
 
@@ -145,6 +197,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let facts = gather(ctx, cfg, scratch, &mut exe_name);
 
     let mut verdict_of = None;
+    let mut unverified = false;
     if enforcing {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if let Some(built) = facts.path {
@@ -156,24 +209,28 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         };
         // Plain values, not Options: LLVM may leave an Option's empty payload undefined,
         // which the verifier refuses to copy.
-        let mut undecided = facts.path.is_none();
+        // The executable's real path could not be walked (deeper or longer than the walk
+        // goes): it cannot be verified, so the decision fails closed below.
+        let mut unverifiable = facts.path.is_none();
+        // A script named by a path the kernel cannot key (relative, or run from a
+        // descriptor): user space decides it.
+        let mut undecided = false;
         let mut exe_rule = PathRule::default();
         match facts.path {
-            Some(built)
-                if exact_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len) =>
-            {
+            Some(built) if path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len) => {
                 if let Some(rule) = EXEC_PATHS.get(&scratch.key) {
                     exe_rule = *rule;
                 }
             }
-            _ => undecided = true,
+            _ => unverifiable = true,
         }
         let mut script_rule = PathRule::default();
         let mut script_checked = false;
         if facts.script {
             let len = c_len(&scratch.filename);
             if scratch.filename[0] == b'/'
-                && exact_key(&mut scratch.key, set, scratch.filename.as_ptr(), len)
+                && !facts.script_from_fd
+                && path_key(&mut scratch.key, set, scratch.filename.as_ptr(), len)
             {
                 script_checked = true;
                 if let Some(rule) = EXEC_PATHS.get(&scratch.key) {
@@ -183,18 +240,24 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
                 undecided = true;
             }
         }
-        let violation = decide_exec(
+        let mut violation = decide_exec(
             set,
             ps,
             facts.memfd,
-            !undecided,
+            !undecided && !unverifiable,
             &exe_rule,
             script_checked.then_some(&script_rule),
         );
+        if unverifiable && !violation.is_hit() {
+            violation = fail_closed(set, ps);
+            // An Alert deny list: user space reads /proc while the process lives.
+            undecided = !violation.is_hit();
+        }
         enforce(violation);
         if !violation.is_hit() && !undecided {
             return Ok(());
         }
+        unverified = unverifiable && violation.is_hit();
         verdict_of = Some((violation, undecided, set));
     }
 
@@ -217,6 +280,9 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             event.header.rule = agent_common::rule_id::pack(set, 0);
         }
         mark(&mut event.header, violation);
+        if unverified {
+            event.flags |= exec_flags::UNVERIFIABLE;
+        }
     }
     // SAFETY: both source buffers are at least PATH_LEN bytes long.
     unsafe {
@@ -276,11 +342,23 @@ fn gather(
         Some(file) => flags |= file_facts(cfg, file, exe_name),
         None => flags |= exec_flags::EXE_UNKNOWN,
     }
+    let mut script_from_fd = false;
+    if script && let Some(fd) = fd_of_dev_fd_path(&scratch.filename) {
+        script_from_fd = true;
+        // The script file itself: still open in the new image unless it was close-on-exec,
+        // in which case the interpreter cannot open it either.
+        if let Some(file) = task_fd_file(cfg, fd)
+            && anonymous_file(cfg, file)
+        {
+            flags |= exec_flags::MEMFD;
+        }
+    }
     ExecFacts {
         flags,
         old_tid: old_tid as u32,
         path,
         script,
+        script_from_fd,
         memfd: flags & exec_flags::MEMFD != 0,
     }
 }
@@ -333,11 +411,12 @@ fn file_facts(cfg: &Config, file: *const u8, name: &mut [u8; NAME_LEN]) -> u32 {
         Some(name_ptr) => {
             // SAFETY: the helper bounds the copy by the destination length.
             let _ = unsafe { bpf_probe_read_kernel_str_bytes(name_ptr, name) };
-            if is_memfd_name(name) {
-                flags |= exec_flags::MEMFD;
-            }
         }
         None => flags |= exec_flags::EXE_UNKNOWN,
+    }
+    // By the file system, never by the name: a file on disk may be named `memfd:x`.
+    if anonymous_file(cfg, file) {
+        flags |= exec_flags::MEMFD;
     }
     let nlink = read_kernel_ptr(file, k.file_inode)
         .and_then(|inode| read_kernel::<u32>(inode, k.inode_nlink));

@@ -112,12 +112,12 @@ pub fn real_path(cfg: &Config, file: *const u8, scratch: &mut PathScratch) -> Op
     })
 }
 
-/// Fills `key` for an exact-path lookup of `path` (NUL-terminated, `len` bytes) in `set`.
-/// Returns false when the path is too long for the kernel's keys.
-pub fn exact_key(key: &mut Key<PathKeyData>, set: u32, path: *const u8, len: usize) -> bool {
-    if len >= KEY_PATH_LEN {
-        return false;
-    }
+/// Fills `key` for the lookup of `path` (NUL-terminated, `len` bytes) in `set`: an exact
+/// key (the path and its NUL) when it fits, else its first `KEY_PATH_LEN` bytes as a prefix
+/// key. Rules the kernel holds are shorter than that, so for a longer path only a directory
+/// prefix can match, and the longest one that does decides exactly as for a short path.
+/// Returns false when the path cannot be read.
+pub fn path_key(key: &mut Key<PathKeyData>, set: u32, path: *const u8, len: usize) -> bool {
     let mut data = [0u8; 4];
     data.copy_from_slice(&set.to_be_bytes());
     key.data[..4].copy_from_slice(&data);
@@ -134,7 +134,11 @@ pub fn exact_key(key: &mut Key<PathKeyData>, set: u32, path: *const u8, len: usi
     if copied != 0 {
         return false;
     }
-    // The terminating NUL is part of an exact key, so a prefix entry cannot equal it.
-    key.prefix_len = ((4 + len + 1) * 8) as u32;
+    key.prefix_len = if len < KEY_PATH_LEN {
+        // The terminating NUL is part of an exact key, so a prefix entry cannot equal it.
+        ((4 + len + 1) * 8) as u32
+    } else {
+        ((4 + KEY_PATH_LEN) * 8) as u32
+    };
     true
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{EXEC_PATHS, PATH_SCRATCH, TASK_EXE},
-    path::exact_key,
+    path::path_key,
     policy::{Violation, mark},
     policy::{current_set, enforce, policy_set, violation},
     task::syscall_arg,
@@ -61,7 +61,7 @@ fn exempt(set: u32) -> bool {
     };
     // SAFETY: a live map value, and the per-CPU scratch slot that is ours for now.
     let (exe, scratch) = unsafe { (&*exe, &mut *scratch) };
-    if !exact_key(&mut scratch.key, set, exe.path.as_ptr(), exe.len as usize) {
+    if !path_key(&mut scratch.key, set, exe.path.as_ptr(), exe.len as usize) {
         return false;
     }
     EXEC_PATHS

@@ -90,3 +90,19 @@ pub fn memfd_exec_marker(path: &str) -> Outcome {
     };
     Err(os_error("execveat"))
 }
+
+/// Puts a shell script that writes `path` into a memfd and executes the memfd: the script
+/// is fileless, its interpreter (`/bin/sh`) is not. Only returns on failure.
+pub fn memfd_script_marker(path: &str) -> Outcome {
+    let name = c"vigil-script";
+    // SAFETY: name is a valid C string. Not close-on-exec: the interpreter opens the script
+    // through /dev/fd/N.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(os_error("memfd_create"));
+    }
+    // SAFETY: fd is ours; ManuallyDrop keeps it open for the exec.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    write!(file, "#!/bin/sh\necho ran > '{path}'\n")?;
+    exec_fd(fd, "vigil-script")
+}

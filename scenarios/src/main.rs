@@ -16,7 +16,8 @@ pub const UNSUPPORTED: u8 = 77;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: vigil-scenario <scenario> [args]\n\
-         exec:    memfd-exec | deleted-exec PATH | write-marker PATH | memfd-exec-marker PATH\n\
+         exec:    memfd-exec | deleted-exec PATH | write-marker PATH | memfd-exec-marker PATH |\n\
+         \x20        memfd-script-marker PATH\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          egress:  send METHOD ADDR (tcp-connect udp-connect tcp-fastopen udp-sendto\n\
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         ("memfd-exec", []) => exec::memfd_exec(),
         ("write-marker", [path]) => exec::write_marker(path),
         ("memfd-exec-marker", [path]) => exec::memfd_exec_marker(path),
+        ("memfd-script-marker", [path]) => exec::memfd_script_marker(path),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("tcp-connect", [addr]) => connect::tcp(addr),
         ("tcp-listen", [addr]) => connect::listen(addr),

@@ -113,6 +113,9 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
             if e.undecided {
                 fields["undecided"] = json!(true);
             }
+            if e.unverifiable {
+                fields["unverifiable"] = json!(true);
+            }
             (TYPE_EXEC, "exec", fields)
         }
         Body::Connect(c) => (

@@ -299,6 +299,7 @@ pub fn path_key(set: u32, entry: &PathEntry) -> Option<(u32, agent_common::PathK
 /// The rule index meaning "not on the allowlist".
 pub const NOT_ALLOWED: u32 = rule_id::NOT_ALLOWED;
 pub const PROTOCOL: u32 = rule_id::PROTOCOL;
+pub const UNVERIFIABLE: u32 = rule_id::UNVERIFIABLE;
 
 #[cfg(test)]
 mod tests {

@@ -303,6 +303,14 @@ impl Enforcer {
                 format!("not on the {section} allowlist"),
             ));
         }
+        if rule == compile::UNVERIFIABLE {
+            let policy = members.iter().find(|p| !p.spec.exec.deny.is_empty())?;
+            return Some(policy_ref(
+                policy,
+                "spec.exec".into(),
+                "the executable's real path could not be resolved in the kernel (deeper or longer than its walk goes); under Kill that fails closed".into(),
+            ));
+        }
         if rule == compile::PROTOCOL {
             let policy = members
                 .iter()

@@ -73,6 +73,8 @@ pub struct Exec {
     pub script: bool,
     /// A policy applies but the kernel could not decide (e.g. a path too long for its maps).
     pub undecided: bool,
+    /// The kernel could not resolve the executable's real path and failed closed.
+    pub unverifiable: bool,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
     pub args: Vec<String>,
@@ -279,6 +281,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     exe_name: c_string(&e.exe_name),
                     script: e.flags & exec_flags::SCRIPT != 0,
                     undecided: e.flags & exec_flags::UNDECIDED != 0,
+                    unverifiable: e.flags & exec_flags::UNVERIFIABLE != 0,
                     undecided_set: (e.flags & exec_flags::UNDECIDED != 0)
                         .then(|| agent_common::rule_id::set(e.header.rule)),
                     args: split_args(&e.args, e.args_len, e.argc),
@@ -380,7 +383,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 1424);
         assert_eq!(size_of::<ConnectEvent>(), 112);
         assert_eq!(size_of::<WxEvent>(), 104);
-        assert_eq!(size_of::<agent_common::Config>(), 136);
+        assert_eq!(size_of::<agent_common::Config>(), 120);
         assert_eq!(size_of::<agent_common::PolicySet>(), 24);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 264);

@@ -150,6 +150,7 @@ mod tests {
                 exe_path: None,
                 script: false,
                 undecided: false,
+                unverifiable: false,
                 undecided_set: None,
                 args: vec!["payload".into(), "-x".into()],
                 memfd: false,

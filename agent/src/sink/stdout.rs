@@ -234,6 +234,7 @@ mod tests {
                 deleted: false,
                 script: false,
                 undecided: false,
+                unverifiable: false,
                 undecided_set: None,
                 args_truncated: false,
                 args_missing: false,

@@ -1,0 +1,209 @@
+//! Exec decisions on what the kernel executes, not on names: anonymous files are told by
+//! their file system (a file on disk named `memfd:x` is not one; a script held in a memfd
+//! is), long paths are decided in the kernel, and a path the kernel cannot resolve fails
+//! closed. Root only; every policy selects only the test's own cgroups.
+#[expect(
+    dead_code,
+    reason = "the helpers are shared by several test binaries; each uses a part"
+)]
+mod common;
+
+use std::{
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+};
+
+use common::{TestCgroup, Tracer, is, root_or_skip, run_in_cgroup, scenario_bin};
+use serde_json::Value;
+
+const EXEC: &str = "dev.vigil.exec.v1";
+
+/// One ClusterRuntimePolicy document per (cgroup, name, spec), in one file.
+fn write_policies(dir: &Path, docs: &[(&TestCgroup, &str, String)]) -> PathBuf {
+    let text: Vec<String> = docs
+        .iter()
+        .map(|(cg, name, spec)| {
+            format!(
+                "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n{spec}",
+                cg.rel
+            )
+        })
+        .collect();
+    let file = dir.join("policies.yaml");
+    std::fs::write(&file, text.join("---\n")).unwrap();
+    file
+}
+
+/// A copy of the scenario binary at `path` (its directories created).
+fn writer_at(path: &Path) -> PathBuf {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy(scenario_bin(), path).unwrap();
+    path.to_path_buf()
+}
+
+/// Runs `writer write-marker MARKER` in `cg`: pid, how it ended, and whether it ran.
+fn run_writer(
+    cg: &TestCgroup,
+    writer: &Path,
+    marker: &Path,
+) -> (u32, std::process::ExitStatus, bool) {
+    let _ = std::fs::remove_file(marker);
+    let (pid, status) = run_in_cgroup(&cg.dir, writer, &["write-marker", marker.to_str().unwrap()]);
+    (pid, status, marker.exists())
+}
+
+#[test]
+fn anonymous_files_are_told_by_their_file_system_not_their_name() {
+    if !root_or_skip("anonymous") {
+        return;
+    }
+    let cg = TestCgroup::new("anon");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "anon",
+            "  exec:\n    deny: [{memfd: true}]\n    action: Kill\n".to_string(),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+
+    // A script held in a memfd, run by an interpreter from disk: the script is fileless.
+    let marker = tmp.path().join("m-script");
+    let (_, out) = cg.scenario(&["memfd-script-marker", marker.to_str().unwrap()]);
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    assert!(!marker.exists(), "the fileless script ran");
+    let e = tracer.wait_for("the memfd script", |e| {
+        e["type"] == EXEC && e["data"]["exec"]["script"] == true
+    });
+    assert_eq!(e["data"]["exec"]["memfd"], true, "{e}");
+    assert!(
+        e["data"]["exec"]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/dev/fd/"),
+        "{e}"
+    );
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec.deny[0]");
+
+    // The benign twins: files on disk whose names look like memfds run untouched.
+    let mut quiet = Vec::new();
+    for name in ["memfd:tool", "memfd:vigil-payload (deleted)"] {
+        let writer = writer_at(&tmp.path().join("disk").join(name));
+        let marker = tmp.path().join("m-disk");
+        let (pid, status, ran) = run_writer(&cg, &writer, &marker);
+        assert!(status.success() && ran, "{name}: {status}");
+        quiet.push(pid);
+    }
+    let events = tracer.stop();
+    for pid in quiet {
+        assert!(
+            !events.iter().any(|e| is(e, EXEC, pid)),
+            "a file on disk was taken for a memfd"
+        );
+    }
+}
+
+/// A directory under `base` whose `writer` has a real path exactly `len` bytes long.
+fn path_of_length(base: &Path, len: usize) -> PathBuf {
+    let base = std::fs::canonicalize(base).unwrap();
+    let fixed = base.as_os_str().len() + "/".len() + "/writer".len();
+    assert!(len > fixed + 1, "base too long");
+    let mut dir = base.clone();
+    let mut left = len - fixed;
+    // Components of at most 200 bytes, each followed by a slash but the last.
+    while left > 200 {
+        dir = dir.join("d".repeat(150));
+        left -= 151;
+    }
+    dir = dir.join("e".repeat(left));
+    let writer = dir.join("writer");
+    assert_eq!(writer.as_os_str().len(), len);
+    writer
+}
+
+#[test]
+fn long_paths_are_decided_in_the_kernel_and_unresolvable_ones_fail_closed() {
+    if !root_or_skip("long-paths") {
+        return;
+    }
+    let kill = TestCgroup::new("long-kill");
+    let allow = TestCgroup::new("long-allow");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let denied = base.join("denied");
+    let free = base.join("free");
+    std::fs::create_dir_all(&denied).unwrap();
+    std::fs::create_dir_all(&free).unwrap();
+    // 253 bytes: longer than the kernel's path keys (251), short enough for its walk.
+    let long_denied = writer_at(&path_of_length(&denied, 253));
+    let long_free = writer_at(&path_of_length(&free, 253));
+    // 300 bytes: longer than the walk goes.
+    let unresolvable = writer_at(&path_of_length(&free, 300));
+    let short = writer_at(&free.join("writer"));
+    let file = write_policies(
+        tmp.path(),
+        &[
+            (
+                &kill,
+                "long-kill",
+                format!(
+                    "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Kill\n",
+                    denied.display()
+                ),
+            ),
+            (
+                &allow,
+                "long-allow",
+                format!(
+                    "  exec:\n    allow: [{{prefix: \"{}/\"}}]\n    action: Alert\n",
+                    base.display()
+                ),
+            ),
+        ],
+    );
+    let tracer = Tracer::enforce(&file);
+    let marker = tmp.path().join("marker");
+
+    // Under the deny prefix, 253 bytes long: killed in the kernel, before it ran.
+    let (pid, status, ran) = run_writer(&kill, &long_denied, &marker);
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(!ran, "the long denied binary ran");
+    let e = tracer.wait_for("the long denied exec", |e| is(e, EXEC, pid));
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec.deny[0]", "{e}");
+    assert_eq!(e["data"]["exec"].get("undecided"), None, "{e}");
+
+    // A path the kernel cannot resolve, under a Kill deny list it may not match: killed.
+    let (pid, status, ran) = run_writer(&kill, &unresolvable, &marker);
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(!ran, "the unverifiable binary ran under Kill");
+    let e = tracer.wait_for("the unverifiable exec", |e| is(e, EXEC, pid));
+    assert_eq!(e["data"]["exec"]["unverifiable"], true, "{e}");
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec", "{e}");
+
+    // Under an allowlist it is not allowed (Alert: it runs, and says why).
+    let (pid, status, ran) = run_writer(&allow, &unresolvable, &marker);
+    assert!(status.success() && ran, "Alert never kills: {status}");
+    let e = tracer.wait_for("the unverifiable exec on an allowlist", |e| {
+        is(e, EXEC, pid)
+    });
+    assert_eq!(e["vigilaction"], "alert", "{e}");
+    assert_eq!(e["data"]["exec"]["unverifiable"], true, "{e}");
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec.allow", "{e}");
+
+    // The benign twins: a long path outside the deny prefix and a short one under Kill,
+    // and a long path on the allowlist.
+    let mut quiet = Vec::new();
+    for (cg, writer) in [(&kill, &long_free), (&kill, &short), (&allow, &long_free)] {
+        let (pid, status, ran) = run_writer(cg, writer, &marker);
+        assert!(status.success() && ran, "{}: {status}", writer.display());
+        quiet.push(pid);
+    }
+    let events = tracer.stop();
+    let loud: Vec<&Value> = events
+        .iter()
+        .filter(|e| quiet.iter().any(|p| is(e, EXEC, *p)))
+        .collect();
+    assert!(loud.is_empty(), "benign execs were reported: {loud:?}");
+}
