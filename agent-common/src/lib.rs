@@ -121,8 +121,10 @@ pub mod set_flags {
 
 /// Policy sets: slot 0 means "no policy".
 pub const MAX_POLICY_SETS: u32 = 1024;
-/// Depth of the cgroup hierarchy searched for a policy binding.
-pub const MAX_CGROUP_LEVELS: u32 = 16;
+/// Depth of the cgroup hierarchy searched for a policy binding: a binding on a cgroup at
+/// this level or deeper is refused by user space (the processes below a shallower bound
+/// ancestor are covered at any depth).
+pub const MAX_CGROUP_LEVELS: u32 = 32;
 
 /// What one policy set (the union of the policies selecting a cgroup) decides in the kernel.
 #[repr(C)]

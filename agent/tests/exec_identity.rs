@@ -207,3 +207,77 @@ fn long_paths_are_decided_in_the_kernel_and_unresolvable_ones_fail_closed() {
         .collect();
     assert!(loud.is_empty(), "benign execs were reported: {loud:?}");
 }
+
+/// Nested cgroups, removed deepest first even when the test fails.
+struct Chain(Vec<TestCgroup>);
+
+impl Chain {
+    /// `depth` cgroups, each below the one before, the first below the cgroup root.
+    fn new(label: &str, depth: usize) -> Self {
+        let mut chain = vec![TestCgroup::new(label)];
+        while chain.len() < depth {
+            let next = TestCgroup::nested(chain.last().unwrap(), &format!("l{}", chain.len() + 1));
+            chain.push(next);
+        }
+        Self(chain)
+    }
+
+    /// The cgroup at `level` below the root (1 is the first).
+    fn at(&self, level: usize) -> &TestCgroup {
+        &self.0[level - 1]
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        while let Some(cg) = self.0.pop() {
+            drop(cg);
+        }
+    }
+}
+
+#[test]
+fn deep_bindings_are_enforced_or_refused_by_name_and_deep_descendants_stay_covered() {
+    if !root_or_skip("deep") {
+        return;
+    }
+    let root = vigil::metadata::cgroup::detect_root().unwrap();
+    // Levels below the whole hierarchy's root, as the kernel counts them.
+    let base_level = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(" - cgroup2 ") && l.split(' ').nth(4) == root.to_str())
+        .and_then(|l| l.split(' ').nth(3))
+        .map_or(0, |r| r.split('/').filter(|c| !c.is_empty()).count());
+    let chain = Chain::new("deep", 40 - base_level);
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = common::denied_binary(tmp.path());
+    let spec = format!("  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Kill\n");
+    let enforced = chain.at(30 - base_level);
+    let refused = chain.at(35 - base_level);
+    let file = write_policies(
+        tmp.path(),
+        &[
+            (enforced, "deep-enforced", spec.clone()),
+            (refused, "deep-refused", spec),
+        ],
+    );
+    let tracer = Tracer::enforce(&file);
+    tracer.wait_for_log("binding refused");
+    let line = tracer
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("binding refused"))
+        .unwrap();
+    assert!(line.contains(&format!("cgroup={} ", refused.rel)), "{line}");
+    // Bound at level 30 (the kills prove it was not refused): enforced there and at level 40
+    // below it.
+    let marker = tmp.path().join("marker");
+    for cg in [enforced, chain.at(40 - base_level)] {
+        let (pid, status, ran) = run_writer(cg, &writer, &marker);
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{}: {status}", cg.rel);
+        assert!(!ran);
+        tracer.wait_for("the deep kill", |e| is(e, EXEC, pid));
+    }
+    tracer.stop();
+}

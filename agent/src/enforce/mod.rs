@@ -70,11 +70,15 @@ pub struct Applied {
     pub bound: Vec<String>,
     /// Binding paths whose cgroup does not exist (yet); retried by `refresh`.
     pub waiting: Vec<String>,
+    /// Binding paths whose cgroup is deeper than the kernel looks for bindings: refused.
+    pub too_deep: Vec<String>,
 }
 
 pub struct Enforcer {
     maps: PolicyMaps,
     cgroup_root: PathBuf,
+    /// Bindings refused for depth, each logged once.
+    refused_deep: std::collections::BTreeSet<String>,
     current: Option<Generation>,
     previous: Option<Generation>,
     /// Binding path -> set id, as wanted by the current generation.
@@ -96,6 +100,7 @@ impl Enforcer {
             previous: None,
             wanted: BTreeMap::new(),
             bound: HashMap::new(),
+            refused_deep: std::collections::BTreeSet::new(),
         }
     }
 
@@ -242,8 +247,23 @@ impl Enforcer {
             }
         }
         for (path, set) in &self.wanted {
-            match cgroup::cgroup_id(&self.cgroup_root, path) {
-                Ok(id) => {
+            match cgroup::filter_for(&self.cgroup_root, path) {
+                Ok(cgroup) if cgroup.level >= agent_common::MAX_CGROUP_LEVELS => {
+                    if let Some((old, _)) = self.bound.remove(path) {
+                        let _ = self.maps.cgroup_sets.remove(&old);
+                    }
+                    if self.refused_deep.insert(path.clone()) {
+                        tracing::error!(
+                            cgroup = %path,
+                            level = cgroup.level,
+                            max = agent_common::MAX_CGROUP_LEVELS - 1,
+                            "binding refused: the kernel looks for policy bindings only this many levels below the cgroup root; bind the policy to an ancestor instead (it covers every cgroup below it)"
+                        );
+                    }
+                    applied.too_deep.push(path.clone());
+                }
+                Ok(cgroup) => {
+                    let id = cgroup.id;
                     // Unchanged bindings cost no map write.
                     match self.bound.insert(path.clone(), (id, *set)) {
                         Some(old) if old == (id, *set) => {}
