@@ -52,6 +52,9 @@ pub mod exec_flags {
     /// The executable's real path could not be resolved (deeper or longer than the kernel's
     /// walk goes): the kernel decided without it, failing closed.
     pub const UNVERIFIABLE: u32 = 1 << 8;
+    /// Not an exec: a file mapped executable (`mmap` with `PROT_EXEC`) by a running process
+    /// (the dynamic loader, `dlopen`, `LD_PRELOAD`); `path` is the file's real path.
+    pub const MAPPED: u32 = 1 << 9;
 }
 
 /// Whether a record reports a violation.

@@ -15,6 +15,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    file::{anonymous_file, task_fd_file},
     maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
     path::{Built, PathScratch, path_key, real_path},
     policy::mark,
@@ -23,19 +24,7 @@ use crate::{
     task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
 };
 
-/// `SB_KERNMOUNT`: the super block of a kernel-internal mount.
-const SB_KERNMOUNT: u64 = 1 << 22;
 const DEV_FD: &[u8; 8] = b"/dev/fd/";
-
-/// Whether `file` lives on a kernel-internal mount (memfd, hugetlbfs memfd, pipes, sockets,
-/// anonymous inodes): a file no path leads to.
-fn anonymous_file(cfg: &Config, file: *const u8) -> bool {
-    let k = &cfg.kernel;
-    read_kernel_ptr(file, k.file_vfsmount)
-        .and_then(|mnt| read_kernel_ptr(mnt, k.vfsmount_sb))
-        .and_then(|sb| read_kernel::<u64>(sb, k.sb_flags))
-        .is_some_and(|flags| flags & SB_KERNMOUNT != 0)
-}
 
 /// `N` of a filename `/dev/fd/N` or `/dev/fd/N/...` (how the kernel names an `execveat`
 /// by descriptor); byte by byte, as BPF has no `memcmp`.
@@ -58,20 +47,6 @@ fn fd_of_dev_fd_path(name: &[u8; PATH_LEN]) -> Option<u32> {
         digits += 1;
     }
     (digits > 0).then_some(fd)
-}
-
-/// The file behind descriptor `fd` of the current task.
-fn task_fd_file(cfg: &Config, fd: u32) -> Option<*const u8> {
-    let k = &cfg.kernel;
-    let files = read_kernel_ptr(crate::task::current_task(), k.task_files)?;
-    let fdt = read_kernel_ptr(files, k.files_fdt)?;
-    let max_fds: u32 = read_kernel(fdt, k.fdtable_max_fds)?;
-    if fd >= max_fds {
-        return None;
-    }
-    let fd_array = read_kernel_ptr(fdt, k.fdtable_fd)?;
-    let file: *const u8 = read_kernel(fd_array, fd.wrapping_mul(8))?;
-    (!file.is_null()).then_some(file)
 }
 
 /// The decision for an executable whose real path cannot be verified: not on any

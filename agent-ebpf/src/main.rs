@@ -5,7 +5,9 @@
 mod connect;
 mod doctor;
 mod exec;
+mod file;
 mod kill;
+mod mapped;
 mod maps;
 mod path;
 mod policy;

@@ -281,3 +281,86 @@ fn deep_bindings_are_enforced_or_refused_by_name_and_deep_descendants_stay_cover
     }
     tracer.stop();
 }
+
+#[test]
+fn code_mapped_from_a_denied_place_without_an_exec_is_caught() {
+    if !root_or_skip("mapped") {
+        return;
+    }
+    let cg = TestCgroup::new("mapped");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = common::denied_binary(tmp.path());
+    let loader = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").unwrap();
+    let lib = Path::new(&denied).join("libpreload.so");
+    std::fs::copy(
+        std::fs::canonicalize("/lib/x86_64-linux-gnu/libdl.so.2").unwrap(),
+        &lib,
+    )
+    .unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "mapped",
+            format!("  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Kill\n"),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    let marker = tmp.path().join("marker");
+    let m = marker.to_str().unwrap();
+
+    // The dynamic loader (allowed) asked to run a denied program: no exec of the program.
+    let (pid, status) = run_in_cgroup(
+        &cg.dir,
+        &loader,
+        &[writer.to_str().unwrap(), "write-marker", m],
+    );
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "ld.so: {status}");
+    assert!(
+        !marker.exists(),
+        "the denied program ran through the loader"
+    );
+    let e = tracer.wait_for("the loader mapping", |e| is(e, EXEC, pid));
+    assert_eq!(e["data"]["exec"]["mapped"], true, "{e}");
+    assert_eq!(e["data"]["exec"]["path"], writer.to_str().unwrap(), "{e}");
+    assert_eq!(e["data"]["process"]["exe"], loader.to_str().unwrap(), "{e}");
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec.deny[0]", "{e}");
+
+    // A library preloaded from the denied place into an allowed program.
+    let out = cg
+        .command("/bin/true")
+        .env("LD_PRELOAD", &lib)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "LD_PRELOAD: {out:?}"
+    );
+    tracer.wait_for("the preloaded library", |e| {
+        e["type"] == EXEC && e["data"]["exec"]["path"] == lib.to_str().unwrap()
+    });
+
+    // The benign twins: the loader running an allowed program, and an allowed program with
+    // its usual libraries.
+    let allowed = tmp.path().join("allowed-writer");
+    std::fs::copy(scenario_bin(), &allowed).unwrap();
+    let (pid_loader, status) = run_in_cgroup(
+        &cg.dir,
+        &loader,
+        &[allowed.to_str().unwrap(), "write-marker", m],
+    );
+    assert!(
+        status.success() && marker.exists(),
+        "ld.so allowed: {status}"
+    );
+    let (pid_true, status) = run_in_cgroup(&cg.dir, Path::new("/bin/true"), &[]);
+    assert!(status.success(), "{status}");
+    let events = tracer.stop();
+    for quiet in [pid_loader, pid_true] {
+        assert!(
+            !events.iter().any(|e| is(e, EXEC, quiet)),
+            "a benign mapping was reported"
+        );
+    }
+}

@@ -116,6 +116,9 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
             if e.unverifiable {
                 fields["unverifiable"] = json!(true);
             }
+            if e.mapped {
+                fields["mapped"] = json!(true);
+            }
             (TYPE_EXEC, "exec", fields)
         }
         Body::Connect(c) => (

@@ -75,6 +75,10 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_mmap"),
     ),
     (
+        "sys_enter_mmap_exec",
+        Hook::Tracepoint("syscalls", "sys_enter_mmap"),
+    ),
+    (
         "sys_enter_mprotect",
         Hook::Tracepoint("syscalls", "sys_enter_mprotect"),
     ),

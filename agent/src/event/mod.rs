@@ -75,6 +75,9 @@ pub struct Exec {
     pub undecided: bool,
     /// The kernel could not resolve the executable's real path and failed closed.
     pub unverifiable: bool,
+    /// A file mapped executable by a running process (loader, `dlopen`, `LD_PRELOAD`), not
+    /// an exec: `path` is that file.
+    pub mapped: bool,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
     pub args: Vec<String>,
@@ -282,6 +285,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     script: e.flags & exec_flags::SCRIPT != 0,
                     undecided: e.flags & exec_flags::UNDECIDED != 0,
                     unverifiable: e.flags & exec_flags::UNVERIFIABLE != 0,
+                    mapped: e.flags & exec_flags::MAPPED != 0,
                     undecided_set: (e.flags & exec_flags::UNDECIDED != 0)
                         .then(|| agent_common::rule_id::set(e.header.rule)),
                     args: split_args(&e.args, e.args_len, e.argc),

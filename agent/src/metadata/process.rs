@@ -90,7 +90,7 @@ impl ProcessCache {
     pub fn lineage(&mut self, event: &Event) -> Lineage {
         let h = &event.header;
         let process = match &event.body {
-            Body::Exec(exec) => {
+            Body::Exec(exec) if !exec.mapped => {
                 // The exec record is authoritative for the new image; /proc may add the
                 // resolved executable path if the process still exists.
                 let exe = exec.exe_path.clone().or_else(|| {
@@ -107,12 +107,22 @@ impl ProcessCache {
                 self.remember(h.pid, info.clone());
                 info
             }
-            _ => self
-                .lookup(h.pid, Some(&h.comm))
-                .unwrap_or_else(|| ProcessInfo {
-                    comm: h.comm.clone(),
-                    ..Default::default()
-                }),
+            body => {
+                let mut info = self
+                    .lookup(h.pid, Some(&h.comm))
+                    .unwrap_or_else(|| ProcessInfo {
+                        comm: h.comm.clone(),
+                        ..Default::default()
+                    });
+                // A mapping record carries the executable the kernel recorded at exec, which
+                // outlives a process killed for the mapping.
+                if let Body::Exec(exec) = body
+                    && info.exe.is_none()
+                {
+                    info.exe = exec.exe_path.clone();
+                }
+                info
+            }
         };
         let parent = (h.ppid != 0).then(|| self.lookup(h.ppid, None)).flatten();
         Lineage { process, parent }
@@ -151,6 +161,7 @@ mod tests {
                 script: false,
                 undecided: false,
                 unverifiable: false,
+                mapped: false,
                 undecided_set: None,
                 args: vec!["payload".into(), "-x".into()],
                 memfd: false,

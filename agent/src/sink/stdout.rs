@@ -96,6 +96,8 @@ pub fn pretty(event: &CloudEvent) -> String {
             let mut marks = Vec::new();
             for (flag, mark) in [
                 ("memfd", "memfd"),
+                ("mapped", "mapped executable, not exec'd"),
+                ("unverifiable", "real path unverifiable"),
                 ("deleted", "deleted"),
                 ("argsTruncated", "args truncated"),
             ] {
@@ -235,6 +237,7 @@ mod tests {
                 script: false,
                 undecided: false,
                 unverifiable: false,
+                mapped: false,
                 undecided_set: None,
                 args_truncated: false,
                 args_missing: false,
