@@ -384,7 +384,9 @@ pub struct KernelOffsets {
     pub bprm_filename: u32,
     pub bprm_interp: u32,
     pub task_pid: u32,
-    pub _pad: u32,
+    /// `task_struct.signal`, `signal_struct.live`: threads of the process still alive.
+    pub task_signal: u32,
+    pub signal_live: u32,
 }
 
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
@@ -401,6 +403,7 @@ pub struct Config {
     pub mode: u32,
     pub _pad: u32,
     pub kernel: KernelOffsets,
+    pub _pad2: u32,
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -414,8 +417,8 @@ const _: () =
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 64 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 64 + 16 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 96);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 25 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 100 + 4);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 24);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);

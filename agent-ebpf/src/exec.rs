@@ -175,8 +175,13 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let mut unverified = false;
     if enforcing {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if let Some(built) = facts.path {
-            remember_exe(scratch, tgid, built);
+        // The exemption follows the image: a new image whose path cannot be walked keeps
+        // nothing of the old one's.
+        match facts.path {
+            Some(built) => remember_exe(scratch, tgid, built),
+            None => {
+                let _ = TASK_EXE.remove(tgid);
+            }
         }
         let set = current_set();
         let Some(ps) = policy_set(set) else {

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use crate::{
     kill::forget_pending_kill,
     maps::TASK_EXE,
-    task::{config, read_kernel},
+    task::{config, current_task, read_kernel, read_kernel_ptr},
 };
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
@@ -57,9 +57,14 @@ fn try_exit() -> Result<(), i64> {
     if cfg.mode != mode::ENFORCE {
         return Ok(());
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if tgid == tid {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The process is gone when its last thread exits, whichever thread that is (a leader may
+    // exit before the others). `signal->live` has reached 0 by then; unknown offsets keep
+    // the entry (an LRU map ages it out) rather than drop an exemption early.
+    let k = &cfg.kernel;
+    let live = read_kernel_ptr(current_task(), k.task_signal)
+        .and_then(|signal| read_kernel::<i32>(signal, k.signal_live));
+    if live == Some(0) {
         let _ = TASK_EXE.remove(tgid);
         forget_pending_kill(tgid);
     }

@@ -364,3 +364,64 @@ fn code_mapped_from_a_denied_place_without_an_exec_is_caught() {
         );
     }
 }
+
+#[test]
+fn a_wx_exemption_follows_the_image_exactly() {
+    if !root_or_skip("exemption") {
+        return;
+    }
+    let cg = TestCgroup::new("exempt");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let runtime = writer_at(&base.join("jit").join("runtime"));
+    std::fs::create_dir_all(base.join("deep")).unwrap();
+    let unresolvable = writer_at(&path_of_length(&base.join("deep"), 300));
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "exempt",
+            format!(
+                "  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{}\"]\n    action: Alert\n",
+                runtime.display()
+            ),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+
+    // The exempt runtime's leader thread exits first; its other thread maps RWX: still the
+    // exempt image, silent.
+    let (quiet, out) = {
+        let child = cg
+            .command(&runtime)
+            .arg("rwx-after-leader-exit")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child.id(), child.wait_with_output().unwrap())
+    };
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "mapped");
+
+    // The exempt runtime execs a binary whose path the kernel cannot walk: the new image is
+    // not exempt.
+    let (pid, out) = {
+        let child = cg
+            .command(&runtime)
+            .args(["exec-into", unresolvable.to_str().unwrap(), "mmap-rwx"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child.id(), child.wait_with_output().unwrap())
+    };
+    assert!(out.status.success(), "{out:?}");
+    let e = tracer.wait_for("the RWX of the new image", |e| {
+        is(e, "dev.vigil.wx.v1", pid)
+    });
+    assert_eq!(e["vigilverdict"], "violation", "{e}");
+    let events = tracer.stop();
+    assert!(
+        !events.iter().any(|e| is(e, "dev.vigil.wx.v1", quiet)),
+        "the exemption was dropped when the leader thread exited"
+    );
+}

@@ -25,7 +25,8 @@ fn usage() -> ExitCode {
          \x20        udp-sendto-unfaulted uring-tcp-connect uring-udp-connect\n\
          \x20        uring-udp-sendmsg compat-udp-connect raw-socket)\n\
          memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
-         \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE\n\
+         \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE |\n\
+         \x20        rwx-after-leader-exit | exec-into PATH ARGS...\n\
          bench:   bench-exec N | bench-connect N | bench-mmap N"
     );
     ExitCode::from(2)
@@ -56,6 +57,8 @@ fn main() -> ExitCode {
         ("mmap-file-rx", [path]) => memory::mmap_file_rx(path),
         ("flood-mmap", [count]) => memory::flood(count),
         ("wait-then-mmap-rwx", [path]) => memory::wait_then_rwx(path),
+        ("rwx-after-leader-exit", []) => memory::rwx_after_leader_exit(),
+        ("exec-into", [path, args @ ..]) => memory::exec_into(path, args),
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),
         ("bench-mmap", [n]) => bench::mmap(n),

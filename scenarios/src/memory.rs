@@ -131,3 +131,34 @@ pub fn wait_then_rwx(go: &str) -> Outcome {
     }
     mmap_rwx()
 }
+
+/// The main thread exits on its own (`exit`, not `exit_group`) while a second thread goes on
+/// and maps RWX: the process is the same, so is its executable. The second thread prints
+/// `mapped` and ends the process with status 0.
+pub fn rwx_after_leader_exit() -> Outcome {
+    std::thread::spawn(|| {
+        // Long enough for the leader to be gone.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let code = match anon(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) {
+            Ok(p) => {
+                println!("mapped");
+                unmap(p);
+                0
+            }
+            Err(_) => 1,
+        };
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
+    });
+    // SAFETY: ends only this thread; the spawned one keeps the process alive.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    Err(Failure::Error("exit returned".into()))
+}
+
+/// Replaces this process image with `path args...`.
+pub fn exec_into(path: &str, args: &[&str]) -> Outcome {
+    use std::os::unix::process::CommandExt as _;
+    let err = std::process::Command::new(path).args(args).exec();
+    Err(Failure::Error(format!("exec {path}: {err}")))
+}

@@ -283,6 +283,7 @@ impl Probes {
             },
             _pad: 0,
             kernel,
+            _pad2: 0,
         };
         offsets::check_syscall_layout(&tracefs)?;
 

@@ -44,7 +44,8 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         bprm_filename: find("linux_binprm", "filename"),
         bprm_interp: find("linux_binprm", "interp"),
         task_pid: find("task_struct", "pid"),
-        _pad: 0,
+        task_signal: find("task_struct", "signal"),
+        signal_live: find("signal_struct", "live.counter"),
     };
     (offsets, missing)
 }

@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 1424);
         assert_eq!(size_of::<ConnectEvent>(), 112);
         assert_eq!(size_of::<WxEvent>(), 104);
-        assert_eq!(size_of::<agent_common::Config>(), 120);
+        assert_eq!(size_of::<agent_common::Config>(), 128);
         assert_eq!(size_of::<agent_common::PolicySet>(), 24);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 264);
