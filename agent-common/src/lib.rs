@@ -243,6 +243,7 @@ pub mod wx_syscall {
     pub const MPROTECT: u32 = 2;
     pub const PKEY_MPROTECT: u32 = 3;
     pub const PERSONALITY: u32 = 4;
+    pub const SHMAT: u32 = 5;
 }
 
 /// Why a W^X record was emitted.
@@ -252,6 +253,9 @@ pub mod wx_reason {
     /// The process runs with `READ_IMPLIES_EXEC`, so a readable and writable mapping is
     /// executable too.
     pub const READ_IMPLIES_EXEC: u32 = 1 << 1;
+    /// An executable mapping of memory another mapping can write: an anonymous file
+    /// (memfd), a file in `/dev/shm`, or SysV shared memory attached with `SHM_EXEC`.
+    pub const SHARED_EXEC: u32 = 1 << 2;
 }
 
 pub const READ_IMPLIES_EXEC: u32 = 0x0040_0000;
@@ -387,6 +391,8 @@ pub struct KernelOffsets {
     /// `task_struct.signal`, `signal_struct.live`: threads of the process still alive.
     pub task_signal: u32,
     pub signal_live: u32,
+    /// `super_block.s_magic`: tmpfs files may be shared memory.
+    pub sb_magic: u32,
 }
 
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
@@ -403,7 +409,6 @@ pub struct Config {
     pub mode: u32,
     pub _pad: u32,
     pub kernel: KernelOffsets,
-    pub _pad2: u32,
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -417,8 +422,8 @@ const _: () =
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 64 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 64 + 16 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 25 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 100 + 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 104);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 24);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);

@@ -30,3 +30,14 @@ pub fn task_fd_file(cfg: &Config, fd: u32) -> Option<*const u8> {
     let file: *const u8 = read_kernel(fd_array, fd.wrapping_mul(8))?;
     (!file.is_null()).then_some(file)
 }
+
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// Whether `file` lives on a tmpfs (where `/dev/shm` is).
+pub fn tmpfs_file(cfg: &Config, file: *const u8) -> bool {
+    let k = &cfg.kernel;
+    read_kernel_ptr(file, k.file_vfsmount)
+        .and_then(|mnt| read_kernel_ptr(mnt, k.vfsmount_sb))
+        .and_then(|sb| read_kernel::<u64>(sb, k.sb_magic))
+        .is_some_and(|magic| magic == TMPFS_MAGIC)
+}

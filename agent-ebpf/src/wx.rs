@@ -16,10 +16,12 @@ use crate::{
     task::{config, current_task, emit, header, read_kernel, selected, traced},
 };
 
-const PROT_READ: u32 = 1;
-const PROT_WRITE: u32 = 2;
-const PROT_EXEC: u32 = 4;
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
 const PERSONALITY_QUERY: u32 = 0xffff_ffff;
+const SHM_RDONLY: u32 = 0o10000;
+const SHM_EXEC: u32 = 0o100000;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
@@ -89,30 +91,18 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     if reason == 0 || !traced(cfg) {
         return Ok(());
     }
-    let mut judged = Violation::ALLOWED;
-    if cfg.mode == mode::ENFORCE {
-        let set = current_set();
-        let Some(ps) = policy_set(set) else {
-            return Ok(());
-        };
-        if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
-            return Ok(());
-        }
-        let v = violation(ps.wx_action, set, ps.wx_rule);
-        enforce(v);
-        judged = v;
-    }
+    let Some(judged) = judge(cfg) else {
+        return Ok(());
+    };
     let (flags, fd, extra) = match syscall {
         wx_syscall::MMAP => (syscall_arg(ctx, 3)? as u32, syscall_arg(ctx, 4)? as i32, 0),
         wx_syscall::PKEY_MPROTECT => (0, -1, syscall_arg(ctx, 3)? as u32),
         _ => (0, -1, 0),
     };
-    let mut head = header(kind::WX, cfg);
-    mark(&mut head, judged);
-    emit(
-        kind::WX,
+    report(
+        cfg,
+        judged,
         WxEvent {
-            header: head,
             syscall,
             prot,
             flags,
@@ -121,6 +111,75 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
             len: syscall_arg(ctx, 1)?,
             fd,
             extra,
+            ..WxEvent::default()
+        },
+    );
+    Ok(())
+}
+
+/// What a W^X act of the current task amounts to: `None` when nothing is reported (no
+/// policy, W^X allowed, or an exempt executable); in trace mode an observation; in enforce
+/// mode a violation, whose action is carried out here.
+pub fn judge(cfg: &Config) -> Option<Violation> {
+    if cfg.mode != mode::ENFORCE {
+        return Some(Violation::ALLOWED);
+    }
+    let set = current_set();
+    let ps = policy_set(set)?;
+    if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
+        return None;
+    }
+    let v = violation(ps.wx_action, set, ps.wx_rule);
+    enforce(v);
+    Some(v)
+}
+
+/// Emits a W^X record for the current task, marked with `judged`.
+pub fn report(cfg: &Config, judged: Violation, record: WxEvent) {
+    let mut event = record;
+    event.header = header(kind::WX, cfg);
+    mark(&mut event.header, judged);
+    emit(kind::WX, event);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_shmat")]
+pub fn sys_enter_shmat(ctx: TracePointContext) -> u32 {
+    match try_shmat(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// SysV shared memory attached executable: every attachment may write the segment.
+fn try_shmat(ctx: &TracePointContext) -> Result<(), i64> {
+    let shmflg = syscall_arg(ctx, 2)? as u32;
+    if shmflg & SHM_EXEC == 0 {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    if !traced(cfg) {
+        return Ok(());
+    }
+    let Some(judged) = judge(cfg) else {
+        return Ok(());
+    };
+    report(
+        cfg,
+        judged,
+        WxEvent {
+            syscall: wx_syscall::SHMAT,
+            prot: PROT_READ
+                | PROT_EXEC
+                | if shmflg & SHM_RDONLY == 0 {
+                    PROT_WRITE
+                } else {
+                    0
+                },
+            flags: shmflg,
+            reason: wx_reason::SHARED_EXEC,
+            addr: syscall_arg(ctx, 1)?,
+            fd: -1,
+            extra: syscall_arg(ctx, 0)? as u32,
+            ..WxEvent::default()
         },
     );
     Ok(())

@@ -425,3 +425,79 @@ fn a_wx_exemption_follows_the_image_exactly() {
         "the exemption was dropped when the leader thread exited"
     );
 }
+
+#[test]
+fn shared_memory_mapped_executable_is_wx_unless_the_runtime_is_exempt() {
+    if !root_or_skip("shared-exec") {
+        return;
+    }
+    let cg = TestCgroup::new("shared-exec");
+    let jit_cg = TestCgroup::new("shared-exec-jit");
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = writer_at(&std::fs::canonicalize(tmp.path()).unwrap().join("jit"));
+    let library = tmp.path().join("library");
+    std::fs::write(&library, [0u8; 4096]).unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[
+            (
+                &cg,
+                "shared-exec",
+                "  memory:\n    writeExecute: Deny\n    action: Kill\n".to_string(),
+            ),
+            (
+                &jit_cg,
+                "shared-exec-jit",
+                format!(
+                    "  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{}\"]\n    action: Kill\n",
+                    runtime.display()
+                ),
+            ),
+        ],
+    );
+    let tracer = Tracer::enforce(&file);
+    for (scenario, syscall) in [
+        ("memfd-dual-map", "mmap"),
+        ("shm-dual-map", "mmap"),
+        ("shmat-exec", "shmat"),
+    ] {
+        let (pid, out) = cg.scenario(&[scenario]);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{scenario}: {out:?}"
+        );
+        let e = tracer.wait_for(scenario, |e| is(e, "dev.vigil.wx.v1", pid));
+        assert_eq!(e["data"]["wx"]["sharedExec"], true, "{e}");
+        assert_eq!(e["data"]["wx"]["syscall"], syscall, "{e}");
+        assert_eq!(e["vigilaction"], "kill", "{e}");
+    }
+    // The benign twins: a disk file mapped executable, shared memory without exec, and the
+    // dual-mapping pattern of an exempt JIT runtime.
+    let mut quiet = Vec::new();
+    for args in [
+        vec!["mmap-file-rx", library.to_str().unwrap()],
+        vec!["shmat-rw"],
+    ] {
+        let (pid, out) = cg.scenario(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        quiet.push(pid);
+    }
+    let out = jit_cg
+        .command(&runtime)
+        .arg("memfd-dual-map")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "exempt runtime: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "mapped");
+    let events = tracer.stop();
+    let loud: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "dev.vigil.wx.v1")
+        .filter(|e| {
+            quiet.iter().any(|p| is(e, "dev.vigil.wx.v1", *p))
+                || e["data"]["process"]["exe"] == runtime.to_str().unwrap()
+        })
+        .collect();
+    assert!(loud.is_empty(), "benign mappings were reported: {loud:?}");
+}

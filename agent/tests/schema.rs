@@ -130,6 +130,7 @@ fn connect(hook: ConnectHook, daddr: Option<&str>) -> Value {
 
 fn wx(syscall: WxSyscall, extra: u32) -> Value {
     let personality = syscall == WxSyscall::Personality;
+    let shmat = syscall == WxSyscall::Shmat;
     build(
         Body::Wx(Wx {
             syscall,
@@ -139,7 +140,8 @@ fn wx(syscall: WxSyscall, extra: u32) -> Value {
             len: if personality { 0 } else { 4096 },
             fd: -1,
             read_implies_exec: personality,
-            write_exec: !personality,
+            write_exec: !personality && !shmat,
+            shared_exec: shmat,
             extra,
         }),
         &lineage(Some("/usr/bin/node"), &["node", "app.js"], true),
@@ -222,11 +224,21 @@ fn wx_events_match_the_schema() {
         (WxSyscall::Mprotect, 0),
         (WxSyscall::PkeyMprotect, u32::MAX), // key -1, the default key
         (WxSyscall::Personality, 0x0040_0000),
+        (WxSyscall::Shmat, 0),
     ] {
         let e = wx(syscall, extra);
         assert_eq!(e["type"], "dev.vigil.wx.v1");
         assert_valid(&e);
     }
+    let e = wx(WxSyscall::Shmat, 0);
+    assert_eq!(e["data"]["wx"]["sharedExec"], true, "{e}");
+    // Exactly one reason.
+    let mut two = e.clone();
+    two["data"]["wx"]["writeExecute"] = Value::Bool(true);
+    assert!(
+        !common::schema_errors(&two).is_empty(),
+        "two reasons passed: {two}"
+    );
 }
 
 #[test]

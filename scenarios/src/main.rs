@@ -26,7 +26,8 @@ fn usage() -> ExitCode {
          \x20        uring-udp-sendmsg compat-udp-connect raw-socket)\n\
          memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
          \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE |\n\
-         \x20        rwx-after-leader-exit | exec-into PATH ARGS...\n\
+         \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
+         \x20        shm-dual-map | shmat-exec | shmat-rw\n\
          bench:   bench-exec N | bench-connect N | bench-mmap N"
     );
     ExitCode::from(2)
@@ -58,6 +59,10 @@ fn main() -> ExitCode {
         ("flood-mmap", [count]) => memory::flood(count),
         ("wait-then-mmap-rwx", [path]) => memory::wait_then_rwx(path),
         ("rwx-after-leader-exit", []) => memory::rwx_after_leader_exit(),
+        ("memfd-dual-map", []) => memory::memfd_dual_map(),
+        ("shm-dual-map", []) => memory::shm_dual_map(),
+        ("shmat-exec", []) => memory::shmat(true),
+        ("shmat-rw", []) => memory::shmat(false),
         ("exec-into", [path, args @ ..]) => memory::exec_into(path, args),
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),

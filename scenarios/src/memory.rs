@@ -162,3 +162,60 @@ pub fn exec_into(path: &str, args: &[&str]) -> Outcome {
     let err = std::process::Command::new(path).args(args).exec();
     Err(Failure::Error(format!("exec {path}: {err}")))
 }
+
+/// Maps `fd` twice, writable and executable, sharing the same pages (the dual-mapping
+/// pattern); prints `mapped` when both mappings exist.
+fn dual_map(fd: i32) -> Outcome {
+    // SAFETY: fd is ours.
+    if unsafe { libc::ftruncate(fd, PAGE as libc::off_t) } != 0 {
+        return Err(os_error("ftruncate"));
+    }
+    let w = map(libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd)?;
+    let x = map(libc::PROT_READ | libc::PROT_EXEC, libc::MAP_SHARED, fd)?;
+    // SAFETY: `w` is a writable mapping of PAGE bytes.
+    unsafe { *(w as *mut u8) = 0xc3 };
+    println!("mapped");
+    unmap(x);
+    unmap(w);
+    Ok(())
+}
+
+pub fn memfd_dual_map() -> Outcome {
+    // SAFETY: a valid C string.
+    let fd = unsafe { libc::memfd_create(c"vigil-jit".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(os_error("memfd_create"));
+    }
+    dual_map(fd)
+}
+
+pub fn shm_dual_map() -> Outcome {
+    let path = format!("/dev/shm/vigil-dual-{}", std::process::id());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    dual_map(file.as_raw_fd())
+}
+
+/// SysV shared memory attached with `flags` (`SHM_EXEC` or 0); prints `attached`.
+pub fn shmat(exec: bool) -> Outcome {
+    // SAFETY: plain syscalls on a private segment this process creates and removes.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, PAGE, libc::IPC_CREAT | 0o600);
+        if id < 0 {
+            return Err(os_error("shmget"));
+        }
+        let flags = if exec { 0o100000 } else { 0 };
+        let p = libc::shmat(id, std::ptr::null(), flags);
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        if p as isize == -1 {
+            return Err(os_error("shmat"));
+        }
+        println!("attached");
+        libc::shmdt(p);
+    }
+    Ok(())
+}

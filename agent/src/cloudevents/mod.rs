@@ -146,6 +146,7 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
                 "fd": w.fd,
                 "writeExecute": w.write_exec,
                 "readImpliesExec": w.read_implies_exec,
+                "sharedExec": w.shared_exec,
                 "pkey": matches!(w.syscall, crate::event::WxSyscall::PkeyMprotect).then_some(w.extra as i32),
                 "persona": matches!(w.syscall, crate::event::WxSyscall::Personality).then_some(w.extra),
             }),

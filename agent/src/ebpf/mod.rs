@@ -87,6 +87,10 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_pkey_mprotect"),
     ),
     (
+        "sys_enter_shmat",
+        Hook::Tracepoint("syscalls", "sys_enter_shmat"),
+    ),
+    (
         "sys_enter_personality",
         Hook::Tracepoint("syscalls", "sys_enter_personality"),
     ),
@@ -283,7 +287,6 @@ impl Probes {
             },
             _pad: 0,
             kernel,
-            _pad2: 0,
         };
         offsets::check_syscall_layout(&tracefs)?;
 

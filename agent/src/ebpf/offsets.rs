@@ -46,6 +46,7 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         task_pid: find("task_struct", "pid"),
         task_signal: find("task_struct", "signal"),
         signal_live: find("signal_struct", "live.counter"),
+        sb_magic: find("super_block", "s_magic"),
     };
     (offsets, missing)
 }

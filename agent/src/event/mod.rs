@@ -156,6 +156,7 @@ pub enum WxSyscall {
     Mprotect,
     PkeyMprotect,
     Personality,
+    Shmat,
 }
 
 impl WxSyscall {
@@ -165,6 +166,7 @@ impl WxSyscall {
             Self::Mprotect => "mprotect",
             Self::PkeyMprotect => "pkey_mprotect",
             Self::Personality => "personality",
+            Self::Shmat => "shmat",
         }
     }
 }
@@ -180,6 +182,9 @@ pub struct Wx {
     /// The process runs with `READ_IMPLIES_EXEC`.
     pub read_implies_exec: bool,
     pub write_exec: bool,
+    /// An executable mapping of memory another mapping can write (memfd, `/dev/shm`, SysV
+    /// shared memory with `SHM_EXEC`).
+    pub shared_exec: bool,
     /// `pkey_mprotect`'s key or `personality`'s persona.
     pub extra: u32,
 }
@@ -329,6 +334,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                         wx_syscall::MMAP => WxSyscall::Mmap,
                         wx_syscall::MPROTECT => WxSyscall::Mprotect,
                         wx_syscall::PKEY_MPROTECT => WxSyscall::PkeyMprotect,
+                        wx_syscall::SHMAT => WxSyscall::Shmat,
                         _ => WxSyscall::Personality,
                     },
                     prot: w.prot,
@@ -338,6 +344,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     fd: w.fd,
                     read_implies_exec: w.reason & wx_reason::READ_IMPLIES_EXEC != 0,
                     write_exec: w.reason & wx_reason::WRITE_EXEC != 0,
+                    shared_exec: w.reason & wx_reason::SHARED_EXEC != 0,
                     extra: w.extra,
                 }),
             })

@@ -184,6 +184,7 @@ mod tests {
                 fd: -1,
                 read_implies_exec: false,
                 write_exec: true,
+                shared_exec: false,
                 extra: 0,
             }),
         };
