@@ -24,8 +24,10 @@ pub mod kind {
     pub const EXEC: u32 = 1;
     pub const CONNECT: u32 = 2;
     pub const WX: u32 = 3;
+    /// A process under a policy moved to another cgroup.
+    pub const MOVE: u32 = 4;
     /// Number of slots in the loss counter map (index 0 is unused).
-    pub const SLOTS: u32 = 4;
+    pub const SLOTS: u32 = 5;
 }
 
 /// Flags of an exec record.
@@ -82,6 +84,8 @@ pub mod rule_id {
     pub const PROTOCOL: u32 = 0xfffe;
     /// An executable whose real path the kernel could not resolve, under `Kill`.
     pub const UNVERIFIABLE: u32 = 0xfffd;
+    /// A process under the set was moved to another cgroup.
+    pub const MOVED: u32 = 0xfffc;
 
     pub const fn pack(set: u32, index: u32) -> u32 {
         (set << 16) | (index & 0xffff)
@@ -357,6 +361,22 @@ pub struct WxEvent {
     pub extra: u32,
 }
 
+/// A process whose policy binding was pinned (it started, or first ran, under a policy) was
+/// moved to a cgroup outside that binding. The policy keeps applying to it wherever it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MoveEvent {
+    /// The mover: the process that wrote `cgroup.procs` (its own pid when it moved itself).
+    pub header: EventHeader,
+    /// The cgroup holding the policy binding the moved process is pinned to.
+    pub from_cgroup: u64,
+    /// The cgroup it was moved to.
+    pub to_cgroup: u64,
+    /// The moved thread's id (the process id when the whole process moved).
+    pub moved_pid: u32,
+    pub _pad: u32,
+}
+
 /// Offsets into kernel structures, read by user space from `/sys/kernel/btf/vmlinux`
 /// (Rust eBPF has no CO-RE relocations). [`OFFSET_UNKNOWN`] marks a field this kernel lacks:
 /// the probe then leaves the dependent field empty and says so in its flags.
@@ -393,6 +413,14 @@ pub struct KernelOffsets {
     pub signal_live: u32,
     /// `super_block.s_magic`: tmpfs files may be shared memory.
     pub sb_magic: u32,
+    /// `cgroup.root`, `cgroup_root.hierarchy_id` (0: the cgroup v2 hierarchy), `cgroup.kn`,
+    /// `kernfs_node.id` (the cgroup id), `cgroup.self.parent`.
+    pub cgroup_root: u32,
+    pub root_hierarchy_id: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    pub cgroup_parent: u32,
+    pub _pad: u32,
 }
 
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
@@ -422,8 +450,9 @@ const _: () =
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 64 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 64 + 16 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 104);
+const _: () = assert!(core::mem::size_of::<MoveEvent>() == 64 + 24);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 128);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 24);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);
@@ -433,8 +462,8 @@ const _: () = assert!(core::mem::size_of::<ExePath>() == 8 + PATH_LEN);
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Config, ConnectEvent, EventHeader, ExePath, ExecEvent, PathRule, PolicySet, PortRules,
-        ServiceKey, WxEvent,
+        Config, ConnectEvent, EventHeader, ExePath, ExecEvent, MoveEvent, PathRule, PolicySet,
+        PortRules, ServiceKey, WxEvent,
     };
 
     // SAFETY: all are #[repr(C)] of integers and byte arrays, with explicit padding fields,
@@ -444,6 +473,7 @@ mod pod {
     unsafe impl aya::Pod for ExecEvent {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for WxEvent {}
+    unsafe impl aya::Pod for MoveEvent {}
     unsafe impl aya::Pod for PolicySet {}
     unsafe impl aya::Pod for PathRule {}
     unsafe impl aya::Pod for PortRules {}

@@ -73,3 +73,9 @@ pub static PENDING_KILLS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0)
 /// costs one array read.
 #[map]
 pub static KILLS_RECORDED: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Process (thread group) id -> the cgroup holding the policy binding it was first under
+/// (pinned at fork, exec or its first decision). Decisions use that binding's set wherever
+/// the process is moved, so moving out of a policed cgroup escapes nothing.
+#[map]
+pub static TASK_ORIGIN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(32_768, 0);

@@ -5,11 +5,14 @@ use agent_common::{
     ServiceKey, action, path_verdict, rule_id, set_flags,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, generated::bpf_send_signal},
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_send_signal,
+    },
     maps::lpm_trie::Key,
 };
 
-use crate::maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICES};
+use crate::maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICES, TASK_ORIGIN};
 
 const SIGKILL: u32 = 9;
 
@@ -35,8 +38,9 @@ impl Violation {
     }
 }
 
-/// The policy set bound to the deepest ancestor of the current task's cgroup (0: none).
-pub fn current_set() -> u32 {
+/// The deepest bound ancestor of the current task's cgroup: its id and its set (0, 0: none).
+pub fn live_binding() -> (u64, u32) {
+    let mut binding = 0;
     let mut set = 0;
     for level in 0..MAX_CGROUP_LEVELS {
         // SAFETY: a plain helper call without pointer arguments.
@@ -46,8 +50,41 @@ pub fn current_set() -> u32 {
         }
         // SAFETY: the value is copied out at once.
         if let Some(bound) = unsafe { CGROUP_SETS.get(id) } {
+            binding = id;
             set = *bound;
         }
+    }
+    (binding, set)
+}
+
+/// The binding the current process is pinned to (0: none).
+pub fn origin(tgid: u32) -> u64 {
+    // SAFETY: the value is copied out at once.
+    unsafe { TASK_ORIGIN.get(tgid) }.copied().unwrap_or(0)
+}
+
+/// Pins process `tgid` to `binding` unless it is pinned already: the first policy a process
+/// is under stays with it.
+pub fn pin_origin(tgid: u32, binding: u64) {
+    if binding != 0 {
+        let _ = TASK_ORIGIN.insert(tgid, binding, u64::from(BPF_NOEXIST));
+    }
+}
+
+/// The policy set that decides for the current process (0: none): the set of the binding it
+/// is pinned to, even after it was moved elsewhere, else the live one (and it is pinned).
+pub fn current_set() -> u32 {
+    let (binding, set) = live_binding();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pinned = origin(tgid);
+    if pinned != 0 && pinned != binding {
+        // SAFETY: the value is copied out at once.
+        if let Some(pinned_set) = unsafe { CGROUP_SETS.get(pinned) } {
+            return *pinned_set;
+        }
+    }
+    if pinned == 0 {
+        pin_origin(tgid, binding);
     }
     set
 }

@@ -9,7 +9,8 @@ use aya_ebpf::{
 
 use crate::{
     kill::forget_pending_kill,
-    maps::TASK_EXE,
+    maps::{TASK_EXE, TASK_ORIGIN},
+    policy::{live_binding, origin, pin_origin},
     task::{config, current_task, read_kernel, read_kernel_ptr},
 };
 
@@ -42,6 +43,12 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let parent_tgid: i32 = read_kernel(parent, k.task_tgid).ok_or(1)?;
+    // The child is pinned where the parent is (this runs in the parent's context).
+    let pinned = match origin(parent_tgid as u32) {
+        0 => live_binding().0,
+        pinned => pinned,
+    };
+    pin_origin(child_tgid as u32, pinned);
     let Some(exe) = TASK_EXE.get_ptr(parent_tgid as u32) else {
         return Ok(());
     };
@@ -66,6 +73,7 @@ fn try_exit() -> Result<(), i64> {
         .and_then(|signal| read_kernel::<i32>(signal, k.signal_live));
     if live == Some(0) {
         let _ = TASK_EXE.remove(tgid);
+        let _ = TASK_ORIGIN.remove(tgid);
         forget_pending_kill(tgid);
     }
     Ok(())

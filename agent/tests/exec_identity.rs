@@ -501,3 +501,73 @@ fn shared_memory_mapped_executable_is_wx_unless_the_runtime_is_exempt() {
         .collect();
     assert!(loud.is_empty(), "benign mappings were reported: {loud:?}");
 }
+
+#[test]
+fn moving_out_of_a_policed_cgroup_escapes_nothing_and_is_reported() {
+    if !root_or_skip("cgroup-move") {
+        return;
+    }
+    let killed = TestCgroup::new("move-kill");
+    let audited = TestCgroup::new("move-alert");
+    let inside = TestCgroup::nested(&audited, "inside");
+    let elsewhere = TestCgroup::new("move-free");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = common::denied_binary(tmp.path());
+    let deny = |action: &str| {
+        format!("  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: {action}\n")
+    };
+    let file = write_policies(
+        tmp.path(),
+        &[
+            (&killed, "move-kill", deny("Kill")),
+            (&audited, "move-alert", deny("Alert")),
+        ],
+    );
+    let tracer = Tracer::enforce(&file);
+    let free_dir = elsewhere.dir.to_str().unwrap();
+    let marker = tmp.path().join("marker");
+    let m = marker.to_str().unwrap();
+
+    // Under Kill: the process that moves itself out dies in the move.
+    let (pid, out) = killed.scenario(&["move-to", free_dir]);
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    let e = tracer.wait_for("the move under Kill", |e| is(e, "dev.vigil.cgroup.v1", pid));
+    assert_eq!(e["vigilaction"], "kill", "{e}");
+    assert_eq!(e["data"]["move"]["movedPid"], pid, "{e}");
+    assert_eq!(e["data"]["move"]["fromCgroupId"], killed.id, "{e}");
+    assert_eq!(e["data"]["move"]["toCgroupId"], elsewhere.id, "{e}");
+    assert_eq!(e["data"]["policy"]["rule"], "spec", "{e}");
+
+    // Under Alert: the move is reported, and the policy follows the process: its exec of a
+    // denied binary from the unpoliced cgroup is still a violation.
+    let (pid, out) = audited.scenario(&[
+        "move-to",
+        free_dir,
+        writer.to_str().unwrap(),
+        "write-marker",
+        m,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let e = tracer.wait_for("the move under Alert", |e| {
+        is(e, "dev.vigil.cgroup.v1", pid)
+    });
+    assert_eq!(e["vigilaction"], "alert", "{e}");
+    let e = tracer.wait_for("the exec after the move", |e| is(e, EXEC, pid));
+    assert_eq!(e["data"]["policy"]["name"], "move-alert", "{e}");
+    assert_eq!(e["data"]["cgroup"]["id"], elsewhere.id, "{e}");
+
+    // The benign twins: a move inside the binding's own subtree, and a move between cgroups
+    // no policy covers.
+    let (inner, out) = audited.scenario(&["move-to", inside.dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let other = TestCgroup::new("move-free-2");
+    let (free, out) = elsewhere.scenario(&["move-to", other.dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let events = tracer.stop();
+    for quiet in [inner, free] {
+        assert!(
+            !events.iter().any(|e| is(e, "dev.vigil.cgroup.v1", quiet)),
+            "a benign move was reported"
+        );
+    }
+}

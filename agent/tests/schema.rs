@@ -155,6 +155,7 @@ fn loss_event() -> Value {
             exec: 0,
             connect: 2,
             wx: 310,
+            moves: 1,
         },
         reader_queue_full: 5,
         undecodable: 0,
@@ -164,6 +165,7 @@ fn loss_event() -> Value {
             exec: 0,
             connect: 0,
             wx: 100,
+            moves: 0,
         },
         ..LossReport::default()
     });
@@ -245,7 +247,7 @@ fn wx_events_match_the_schema() {
 fn loss_events_match_the_schema() {
     let e = loss_event();
     assert_eq!(e["type"], "dev.vigil.loss.v1");
-    assert_eq!(e["data"]["lost"]["total"], 217, "{e}");
+    assert_eq!(e["data"]["lost"]["total"], 218, "{e}");
     assert_valid(&e);
 }
 

@@ -106,3 +106,19 @@ pub fn memfd_script_marker(path: &str) -> Outcome {
     write!(file, "#!/bin/sh\necho ran > '{path}'\n")?;
     exec_fd(fd, "vigil-script")
 }
+
+/// Moves this process into the cgroup at `dir` (writing `cgroup.procs`), prints `moved`, then
+/// runs `then` (a program and its arguments) in place of itself, if given.
+pub fn move_to(dir: &str, then: &[&str]) -> Outcome {
+    std::fs::write(std::path::Path::new(dir).join("cgroup.procs"), b"0")?;
+    println!("moved");
+    std::io::stdout().flush()?;
+    match then.split_first() {
+        Some((program, args)) => {
+            use std::os::unix::process::CommandExt as _;
+            let err = std::process::Command::new(program).args(args).exec();
+            Err(Failure::Error(format!("exec {program}: {err}")))
+        }
+        None => Ok(()),
+    }
+}

@@ -17,7 +17,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: vigil-scenario <scenario> [args]\n\
          exec:    memfd-exec | deleted-exec PATH | write-marker PATH | memfd-exec-marker PATH |\n\
-         \x20        memfd-script-marker PATH\n\
+         \x20        memfd-script-marker PATH | move-to CGROUP_DIR [PROGRAM ARGS...]\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          egress:  send METHOD ADDR (tcp-connect udp-connect tcp-fastopen udp-sendto\n\
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         ("write-marker", [path]) => exec::write_marker(path),
         ("memfd-exec-marker", [path]) => exec::memfd_exec_marker(path),
         ("memfd-script-marker", [path]) => exec::memfd_script_marker(path),
+        ("move-to", [dir, then @ ..]) => exec::move_to(dir, then),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("tcp-connect", [addr]) => connect::tcp(addr),
         ("tcp-listen", [addr]) => connect::listen(addr),

@@ -15,6 +15,7 @@ use crate::{
 pub const TYPE_EXEC: &str = "dev.vigil.exec.v1";
 pub const TYPE_CONNECT: &str = "dev.vigil.connect.v1";
 pub const TYPE_WX: &str = "dev.vigil.wx.v1";
+pub const TYPE_MOVE: &str = "dev.vigil.cgroup.v1";
 pub const TYPE_LOSS: &str = "dev.vigil.loss.v1";
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,15 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
                 "persona": matches!(w.syscall, crate::event::WxSyscall::Personality).then_some(w.extra),
             }),
         ),
+        Body::Move(m) => (
+            TYPE_MOVE,
+            "move",
+            json!({
+                "movedPid": m.moved_pid,
+                "fromCgroupId": m.from_cgroup,
+                "toCgroupId": m.to_cgroup,
+            }),
+        ),
     }
 }
 
@@ -263,6 +273,7 @@ impl LossReport {
                 exec: self.kernel.exec - earlier.kernel.exec,
                 connect: self.kernel.connect - earlier.kernel.connect,
                 wx: self.kernel.wx - earlier.kernel.wx,
+                moves: self.kernel.moves - earlier.kernel.moves,
             },
             reader_queue_full: self.reader_queue_full - earlier.reader_queue_full,
             undecodable: self.undecodable - earlier.undecodable,
@@ -271,7 +282,7 @@ impl LossReport {
 
     fn json(&self) -> serde_json::Value {
         json!({
-            "ringBuffer": { "exec": self.kernel.exec, "connect": self.kernel.connect, "wx": self.kernel.wx },
+            "ringBuffer": { "exec": self.kernel.exec, "connect": self.kernel.connect, "wx": self.kernel.wx, "move": self.kernel.moves },
             "readerQueueFull": self.reader_queue_full,
             "undecodable": self.undecodable,
             "total": self.total(),

@@ -46,6 +46,7 @@ const RAW_CATEGORIES: &[(&str, &str)] = &[
     ("sched_process_exec", "sched"),
     ("sched_process_fork", "sched"),
     ("sys_exit", "raw_syscalls"),
+    ("cgroup_attach_task", "cgroup"),
 ];
 
 /// Every program and where it attaches.
@@ -65,6 +66,7 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("sched", "sched_process_exit"),
     ),
     ("sys_exit", Hook::Raw("sys_exit")),
+    ("cgroup_attach_task", Hook::Raw("cgroup_attach_task")),
     ("connect4", Hook::Cgroup),
     ("connect6", Hook::Cgroup),
     ("sendmsg4", Hook::Cgroup),
@@ -213,11 +215,12 @@ pub struct KernelLosses {
     pub exec: u64,
     pub connect: u64,
     pub wx: u64,
+    pub moves: u64,
 }
 
 impl KernelLosses {
     pub fn total(&self) -> u64 {
-        self.exec + self.connect + self.wx
+        self.exec + self.connect + self.wx + self.moves
     }
 }
 
@@ -238,6 +241,7 @@ impl LossCounters {
             exec: sum(kind::EXEC)?,
             connect: sum(kind::CONNECT)?,
             wx: sum(kind::WX)?,
+            moves: sum(kind::MOVE)?,
         })
     }
 }

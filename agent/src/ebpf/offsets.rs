@@ -47,6 +47,12 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         task_signal: find("task_struct", "signal"),
         signal_live: find("signal_struct", "live.counter"),
         sb_magic: find("super_block", "s_magic"),
+        cgroup_root: find("cgroup", "root"),
+        root_hierarchy_id: find("cgroup_root", "hierarchy_id"),
+        cgroup_kn: find("cgroup", "kn"),
+        kn_id: find("kernfs_node", "id"),
+        cgroup_parent: find("cgroup", "self.parent"),
+        _pad: 0,
     };
     (offsets, missing)
 }

@@ -300,6 +300,7 @@ pub fn path_key(set: u32, entry: &PathEntry) -> Option<(u32, agent_common::PathK
 pub const NOT_ALLOWED: u32 = rule_id::NOT_ALLOWED;
 pub const PROTOCOL: u32 = rule_id::PROTOCOL;
 pub const UNVERIFIABLE: u32 = rule_id::UNVERIFIABLE;
+pub const MOVED: u32 = rule_id::MOVED;
 
 #[cfg(test)]
 mod tests {

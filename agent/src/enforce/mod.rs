@@ -323,6 +323,14 @@ impl Enforcer {
                 format!("not on the {section} allowlist"),
             ));
         }
+        if rule == compile::MOVED {
+            let policy = members.first()?;
+            return Some(policy_ref(
+                policy,
+                "spec".into(),
+                "a process under this policy was moved to a cgroup outside its binding; the policy keeps applying to it".into(),
+            ));
+        }
         if rule == compile::UNVERIFIABLE {
             let policy = members.iter().find(|p| !p.spec.exec.deny.is_empty())?;
             return Some(policy_ref(

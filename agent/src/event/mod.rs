@@ -2,8 +2,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{
-    ConnectEvent, EventHeader, ExecEvent, WxEvent, connect_hook, exec_flags, kind, wx_reason,
-    wx_syscall,
+    ConnectEvent, EventHeader, ExecEvent, MoveEvent, WxEvent, connect_hook, exec_flags, kind,
+    wx_reason, wx_syscall,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -189,11 +189,23 @@ pub struct Wx {
     pub extra: u32,
 }
 
+/// A process under a policy moved to a cgroup outside its binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    /// The cgroup holding the binding the moved process is pinned to.
+    pub from_cgroup: u64,
+    /// Where it was moved.
+    pub to_cgroup: u64,
+    /// The moved thread's id (the process id for a whole process).
+    pub moved_pid: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Exec(Exec),
     Connect(Connect),
     Wx(Wx),
+    Move(Move),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +361,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 }),
             })
         }
+        kind::MOVE => {
+            let m: MoveEvent = read(bytes, record_kind)?;
+            Ok(Event {
+                header: header(&m.header),
+                body: Body::Move(Move {
+                    from_cgroup: m.from_cgroup,
+                    to_cgroup: m.to_cgroup,
+                    moved_pid: m.moved_pid,
+                }),
+            })
+        }
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -394,7 +417,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 1424);
         assert_eq!(size_of::<ConnectEvent>(), 112);
         assert_eq!(size_of::<WxEvent>(), 104);
-        assert_eq!(size_of::<agent_common::Config>(), 128);
+        assert_eq!(size_of::<agent_common::Config>(), 152);
         assert_eq!(size_of::<agent_common::PolicySet>(), 24);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 264);

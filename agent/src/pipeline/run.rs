@@ -163,6 +163,7 @@ fn judge(enforcer: &Enforcer, ev: &Event) -> Option<(PolicyRef, Action)> {
         Body::Exec(_) => "exec",
         Body::Connect(_) => "connect",
         Body::Wx(_) => "memory",
+        Body::Move(_) => "cgroup",
     };
     match ev.header.verdict {
         Verdict::Violation { action, set, rule } => {

@@ -138,6 +138,15 @@ pub fn pretty(event: &CloudEvent) -> String {
                 )
             }
         }
+        "cgroup" => {
+            let m = &data["move"];
+            format!(
+                "pid {} moved out of the cgroup of its policy (cgroup id {} -> {})",
+                text(&m["movedPid"]),
+                text(&m["fromCgroupId"]),
+                text(&m["toCgroupId"])
+            )
+        }
         "wx" => {
             let w = &data["wx"];
             let rie = if w["readImpliesExec"] == Value::Bool(true) {
