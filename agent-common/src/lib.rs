@@ -19,6 +19,11 @@ pub const ARGS_LEN: usize = ARGS_OFFSET_LIMIT + ARG_READ_LEN;
 /// Arguments read at most.
 pub const MAX_ARGS: usize = 32;
 
+/// Identical violations emitted per cgroup, behaviour and rule in one [`THROTTLE_WINDOW_NS`]
+/// before the kernel holds the rest back (counted, and carried by the next record).
+pub const THROTTLE_BURST: u32 = 8;
+pub const THROTTLE_WINDOW_NS: u64 = 1_000_000_000;
+
 /// Record kinds; also the index into the loss counter map.
 pub mod kind {
     pub const EXEC: u32 = 1;
@@ -290,6 +295,12 @@ pub struct EventHeader {
     /// `(policy set << 16) | rule index` of a violation, else 0; see [`rule_id`].
     pub rule: u32,
     pub comm: [u8; COMM_LEN],
+    /// Identical violations (same cgroup, behaviour and rule) this record stands for: 1, or
+    /// more when the kernel held back a flood and this record carries what it held back.
+    pub count: u32,
+    pub _pad: u32,
+    /// `boot_ns` of the first of them (equal to `boot_ns` when `count` is 1).
+    pub first_ns: u64,
 }
 
 #[repr(C)]
@@ -444,13 +455,13 @@ pub struct Config {
 /// has not changed since syscall tracepoints exist; the agent checks it at load time.
 pub const SYSCALL_ARG0_OFFSET: usize = 16;
 
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 64);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () =
-    assert!(core::mem::size_of::<ExecEvent>() == 64 + 16 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
+    assert!(core::mem::size_of::<ExecEvent>() == 80 + 16 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 64 + 8 + 32 + 8);
-const _: () = assert!(core::mem::size_of::<WxEvent>() == 64 + 16 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<MoveEvent>() == 64 + 24);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
+const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
 const _: () = assert!(core::mem::size_of::<Config>() == 24 + 128);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 24);

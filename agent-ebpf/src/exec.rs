@@ -22,6 +22,7 @@ use crate::{
     policy::{Violation, current_set, decide_exec, enforce, policy_set, violation},
     task::syscall_arg,
     task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
+    throttle::admit,
 };
 
 const DEV_FD: &[u8; 8] = b"/dev/fd/";
@@ -241,6 +242,22 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         verdict_of = Some((violation, undecided, set));
     }
 
+    let mut head = header(kind::EXEC, cfg);
+    let mut flags = facts.flags;
+    if let Some((violation, undecided, set)) = verdict_of {
+        if undecided {
+            flags |= exec_flags::UNDECIDED;
+            // User space decides; it needs the set.
+            head.rule = agent_common::rule_id::pack(set, 0);
+        }
+        mark(&mut head, violation);
+        if unverified {
+            flags |= exec_flags::UNVERIFIABLE;
+        }
+    }
+    if !admit(kind::EXEC, 0, &mut head) {
+        return Ok(());
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_loss(kind::EXEC);
         return Ok(());
@@ -249,21 +266,10 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: `event` points at a reserved ring-buffer slot of the right size that only this
     // program writes until it is submitted.
     let event = unsafe { &mut *event };
-    event.header = header(kind::EXEC, cfg);
-    event.flags = facts.flags;
+    event.header = head;
+    event.flags = flags;
     event.old_tid = facts.old_tid;
     event.exe_name = exe_name;
-    if let Some((violation, undecided, set)) = verdict_of {
-        if undecided {
-            event.flags |= exec_flags::UNDECIDED;
-            // User space decides; it needs the set.
-            event.header.rule = agent_common::rule_id::pack(set, 0);
-        }
-        mark(&mut event.header, violation);
-        if unverified {
-            event.flags |= exec_flags::UNVERIFIABLE;
-        }
-    }
     // SAFETY: both source buffers are at least PATH_LEN bytes long.
     unsafe {
         let _ = bpf_probe_read_kernel_buf(scratch.filename.as_ptr(), &mut event.path);

@@ -14,6 +14,7 @@ mod path;
 mod policy;
 mod process;
 mod task;
+mod throttle;
 mod wx;
 
 #[cfg(target_arch = "bpf")]

@@ -22,6 +22,7 @@ use crate::{
     path::{path_key, real_path},
     policy::{Violation, current_set, enforce, mark, policy_set, violation},
     task::{config, count_loss, header, syscall_arg, traced},
+    throttle::admit,
     wx,
 };
 
@@ -93,6 +94,11 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
     }
     enforce(v);
 
+    let mut head = header(kind::EXEC, cfg);
+    mark(&mut head, v);
+    if !admit(kind::EXEC, 0, &mut head) {
+        return Ok(());
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_loss(kind::EXEC);
         return Ok(());
@@ -100,8 +106,7 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
     // until it is submitted.
     let event = unsafe { &mut *entry.as_mut_ptr() };
-    event.header = header(kind::EXEC, cfg);
-    mark(&mut event.header, v);
+    event.header = head;
     event.flags = exec_flags::MAPPED | exec_flags::ARGS_MISSING;
     if memfd {
         event.flags |= exec_flags::MEMFD;

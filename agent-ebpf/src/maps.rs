@@ -7,7 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
-use crate::path::PathScratch;
+use crate::{
+    path::PathScratch,
+    throttle::{ThrottleKey, ThrottleState},
+};
 
 /// Every record for user space. User space may resize it at load time.
 #[map]
@@ -79,3 +82,13 @@ pub static KILLS_RECORDED: Array<u64> = Array::with_max_entries(1, 0);
 /// the process is moved, so moving out of a policed cgroup escapes nothing.
 #[map]
 pub static TASK_ORIGIN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(32_768, 0);
+
+/// Per (cgroup, rule, behaviour): how many identical violations went out and were held back
+/// in the current window.
+#[map]
+pub static THROTTLE: LruHashMap<ThrottleKey, ThrottleState> =
+    LruHashMap::with_max_entries(16_384, 0);
+
+/// Violations held back by the flood throttle, per record kind (reported, never silent).
+#[map]
+pub static THROTTLED: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::SLOTS, 0);

@@ -7,7 +7,10 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
 };
 
-use crate::maps::{CONFIG, EVENTS, LOSSES};
+use crate::{
+    maps::{CONFIG, EVENTS, LOSSES},
+    throttle::{HasHeader, admit},
+};
 
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
@@ -82,6 +85,9 @@ pub fn header(kind: u32, cfg: &Config) -> EventHeader {
         gid: (uid_gid >> 32) as u32,
         rule: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        count: 1,
+        _pad: 0,
+        first_ns: 0,
     }
 }
 
@@ -93,8 +99,13 @@ pub fn count_loss(kind: u32) {
     }
 }
 
-/// Sends a fixed-size record to user space, or counts it as lost under `kind`.
-pub fn emit<T: 'static>(kind: u32, record: T) {
+/// Sends a fixed-size record to user space, or counts it as lost under `kind`. Violations
+/// pass [`admit`] first: a flood of identical ones is held back and counted.
+pub fn emit<T: 'static + HasHeader>(kind: u32, mut record: T) {
+    let target = record.target();
+    if !admit(kind, target, record.header_mut()) {
+        return;
+    }
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);

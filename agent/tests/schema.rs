@@ -56,6 +56,8 @@ fn header(comm: &str) -> Header {
         uid: 1000,
         gid: 1000,
         comm: comm.into(),
+        count: 1,
+        first_ns: 0,
     }
 }
 
@@ -156,6 +158,10 @@ fn loss_event() -> Value {
             connect: 2,
             wx: 310,
             moves: 1,
+        },
+        held_back: KernelLosses {
+            wx: 9,
+            ..KernelLosses::default()
         },
         reader_queue_full: 5,
         undecodable: 0,

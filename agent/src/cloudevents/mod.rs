@@ -230,6 +230,12 @@ fn build(
                 "rule": policy.rule,
                 "description": policy.text,
             });
+            if h.count > 1 {
+                data["count"] = json!(h.count);
+                data["firstSeen"] = json!(
+                    wall_time(h.first_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                );
+            }
             let qualified = match &policy.namespace {
                 Some(ns) => format!("{ns}/{}", policy.name),
                 None => policy.name.clone(),
@@ -258,23 +264,41 @@ fn build(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LossReport {
     pub kernel: KernelLosses,
+    /// Violations the kernel held back in a flood: not lost (a later record of the same
+    /// violation carries their count), but reported so that a flood is never silent.
+    pub held_back: KernelLosses,
     pub reader_queue_full: u64,
     pub undecodable: u64,
 }
 
+fn kernel_delta(now: &KernelLosses, earlier: &KernelLosses) -> KernelLosses {
+    KernelLosses {
+        exec: now.exec - earlier.exec,
+        connect: now.connect - earlier.connect,
+        wx: now.wx - earlier.wx,
+        moves: now.moves - earlier.moves,
+    }
+}
+
+fn per_kind_json(k: &KernelLosses) -> serde_json::Value {
+    json!({ "exec": k.exec, "connect": k.connect, "wx": k.wx, "move": k.moves })
+}
+
 impl LossReport {
+    /// Records lost (held-back violations are not lost).
     pub fn total(&self) -> u64 {
         self.kernel.total() + self.reader_queue_full + self.undecodable
     }
 
+    /// Whether anything is worth a loss event: a loss, or violations held back.
+    pub fn any(&self) -> bool {
+        self.total() > 0 || self.held_back.total() > 0
+    }
+
     pub fn since(&self, earlier: &Self) -> Self {
         Self {
-            kernel: KernelLosses {
-                exec: self.kernel.exec - earlier.kernel.exec,
-                connect: self.kernel.connect - earlier.kernel.connect,
-                wx: self.kernel.wx - earlier.kernel.wx,
-                moves: self.kernel.moves - earlier.kernel.moves,
-            },
+            kernel: kernel_delta(&self.kernel, &earlier.kernel),
+            held_back: kernel_delta(&self.held_back, &earlier.held_back),
             reader_queue_full: self.reader_queue_full - earlier.reader_queue_full,
             undecodable: self.undecodable - earlier.undecodable,
         }
@@ -282,7 +306,8 @@ impl LossReport {
 
     fn json(&self) -> serde_json::Value {
         json!({
-            "ringBuffer": { "exec": self.kernel.exec, "connect": self.kernel.connect, "wx": self.kernel.wx, "move": self.kernel.moves },
+            "ringBuffer": per_kind_json(&self.kernel),
+            "heldBack": per_kind_json(&self.held_back),
             "readerQueueFull": self.reader_queue_full,
             "undecodable": self.undecodable,
             "total": self.total(),

@@ -224,25 +224,41 @@ impl KernelLosses {
     }
 }
 
+/// Per-behaviour counters the probes keep: records lost to a full ring buffer (`LOSSES`)
+/// and violations held back by the flood throttle (`THROTTLED`).
 pub struct LossCounters {
     map: PerCpuArray<MapData, u64>,
+    throttled: PerCpuArray<MapData, u64>,
+}
+
+fn per_kind(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+) -> Result<KernelLosses, EbpfError> {
+    let sum = |slot: u32| -> Result<u64, EbpfError> {
+        let values = map
+            .get(&slot, 0)
+            .map_err(|source| EbpfError::Map { map: name, source })?;
+        Ok(values.iter().sum())
+    };
+    Ok(KernelLosses {
+        exec: sum(kind::EXEC)?,
+        connect: sum(kind::CONNECT)?,
+        wx: sum(kind::WX)?,
+        moves: sum(kind::MOVE)?,
+    })
 }
 
 impl LossCounters {
+    /// Records lost because the ring buffer was full.
     pub fn read(&self) -> Result<KernelLosses, EbpfError> {
-        let sum = |slot: u32| -> Result<u64, EbpfError> {
-            let values = self.map.get(&slot, 0).map_err(|source| EbpfError::Map {
-                map: "LOSSES",
-                source,
-            })?;
-            Ok(values.iter().sum())
-        };
-        Ok(KernelLosses {
-            exec: sum(kind::EXEC)?,
-            connect: sum(kind::CONNECT)?,
-            wx: sum(kind::WX)?,
-            moves: sum(kind::MOVE)?,
-        })
+        per_kind(&self.map, "LOSSES")
+    }
+
+    /// Violations held back by the flood throttle (each later record of the same violation
+    /// carries how many it stands for).
+    pub fn held_back(&self) -> Result<KernelLosses, EbpfError> {
+        per_kind(&self.throttled, "THROTTLED")
     }
 }
 
@@ -353,15 +369,17 @@ impl Probes {
     }
 
     pub fn take_loss_counters(&mut self) -> Result<LossCounters, EbpfError> {
-        let map = self
-            .ebpf
-            .take_map("LOSSES")
-            .ok_or(EbpfError::MissingMap("LOSSES"))?;
-        let map = PerCpuArray::try_from(map).map_err(|source| EbpfError::Map {
-            map: "LOSSES",
-            source,
-        })?;
-        Ok(LossCounters { map })
+        let mut take = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, EbpfError> {
+            let map = self
+                .ebpf
+                .take_map(name)
+                .ok_or(EbpfError::MissingMap(name))?;
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { map: name, source })
+        };
+        Ok(LossCounters {
+            map: take("LOSSES")?,
+            throttled: take("THROTTLED")?,
+        })
     }
 
     /// The maps policies compile into; taken once.

@@ -58,6 +58,10 @@ pub struct Header {
     pub uid: u32,
     pub gid: u32,
     pub comm: String,
+    /// Identical violations this record stands for (more than 1 after a flood was held back
+    /// in the kernel), and the `boot_ns` of the first of them.
+    pub count: u32,
+    pub first_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +261,8 @@ fn header(h: &EventHeader) -> Header {
         uid: h.uid,
         gid: h.gid,
         comm: c_string(&h.comm),
+        count: h.count.max(1),
+        first_ns: h.first_ns,
     }
 }
 
@@ -413,10 +419,10 @@ mod tests {
 
     #[test]
     fn record_sizes_match_the_kernel_side() {
-        assert_eq!(size_of::<EventHeader>(), 64);
-        assert_eq!(size_of::<ExecEvent>(), 1424);
-        assert_eq!(size_of::<ConnectEvent>(), 112);
-        assert_eq!(size_of::<WxEvent>(), 104);
+        assert_eq!(size_of::<EventHeader>(), 80);
+        assert_eq!(size_of::<ExecEvent>(), 1440);
+        assert_eq!(size_of::<ConnectEvent>(), 128);
+        assert_eq!(size_of::<WxEvent>(), 120);
         assert_eq!(size_of::<agent_common::Config>(), 152);
         assert_eq!(size_of::<agent_common::PolicySet>(), 24);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);

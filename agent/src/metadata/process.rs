@@ -145,6 +145,8 @@ mod tests {
             uid: 0,
             gid: 0,
             comm: comm.into(),
+            count: 1,
+            first_ns: 0,
         }
     }
 

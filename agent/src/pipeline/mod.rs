@@ -102,6 +102,7 @@ impl Losses {
     fn now(&self) -> Result<LossReport, EbpfError> {
         Ok(LossReport {
             kernel: self.kernel.read()?,
+            held_back: self.kernel.held_back()?,
             reader_queue_full: self.reader.dropped.load(Ordering::Relaxed),
             undecodable: self.undecodable,
         })
@@ -115,12 +116,20 @@ impl Losses {
     ) -> Result<(), PipelineError> {
         let now = self.now()?;
         let delta = now.since(&self.reported);
-        if delta.total() > 0 {
-            tracing::warn!(
-                lost = delta.total(),
-                since_start = now.total(),
-                "events lost"
-            );
+        if delta.any() {
+            if delta.total() > 0 {
+                tracing::warn!(
+                    lost = delta.total(),
+                    since_start = now.total(),
+                    "events lost"
+                );
+            }
+            if delta.held_back.total() > 0 {
+                tracing::warn!(
+                    held_back = delta.held_back.total(),
+                    "a flood of identical violations was held back in the kernel"
+                );
+            }
             sink.emit(&cloudevents::loss(node, &delta, &now)?)?;
             sink.flush()?;
             self.reported = now;

@@ -235,6 +235,8 @@ mod tests {
                 uid: 0,
                 gid: 0,
                 comm: "evil".into(),
+                count: 1,
+                first_ns: 0,
             },
             body: Body::Exec(Exec {
                 path: "/tmp/evil".into(),

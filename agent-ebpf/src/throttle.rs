@@ -1,0 +1,134 @@
+//! Floods of identical violations (same cgroup, process, behaviour, rule and target) are
+//! held back in the kernel: a burst per window goes out, the rest are counted per behaviour (`THROTTLED`) and
+//! the next record of the same violation carries how many it stands for. So a process cannot
+//! bury one violation under a million others, and nothing is dropped silently.
+use agent_common::{
+    ConnectEvent, EventHeader, ExecEvent, MoveEvent, THROTTLE_BURST, THROTTLE_WINDOW_NS, WxEvent,
+    verdict,
+};
+
+use crate::maps::{THROTTLE, THROTTLED};
+
+/// The key of one kind of violation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThrottleKey {
+    pub cgroup_id: u64,
+    /// What the violation was aimed at (a connect's destination), else 0.
+    pub target: u64,
+    pub rule: u32,
+    pub kind: u32,
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// What one kind of violation did in its current window.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThrottleState {
+    pub window_start: u64,
+    /// `boot_ns` of the first violation held back since the last record went out.
+    pub first_held: u64,
+    pub emitted: u32,
+    pub held: u32,
+}
+
+/// Records whose header [`admit`] may adjust, and what each was aimed at.
+pub trait HasHeader {
+    fn header_mut(&mut self) -> &mut EventHeader;
+    fn target(&self) -> u64 {
+        0
+    }
+}
+
+impl HasHeader for ConnectEvent {
+    fn header_mut(&mut self) -> &mut EventHeader {
+        &mut self.header
+    }
+    fn target(&self) -> u64 {
+        let mut folded = u64::from(self.dport) << 32;
+        let mut i = 0;
+        while i < 16 {
+            folded ^= u64::from(self.daddr[i]) << ((i % 4) * 8);
+            folded = folded.rotate_left(5);
+            i += 1;
+        }
+        folded
+    }
+}
+
+impl HasHeader for MoveEvent {
+    fn header_mut(&mut self) -> &mut EventHeader {
+        &mut self.header
+    }
+    fn target(&self) -> u64 {
+        self.to_cgroup
+    }
+}
+
+impl HasHeader for WxEvent {
+    fn header_mut(&mut self) -> &mut EventHeader {
+        &mut self.header
+    }
+}
+
+impl HasHeader for ExecEvent {
+    fn header_mut(&mut self) -> &mut EventHeader {
+        &mut self.header
+    }
+}
+
+/// Whether a record goes out; sets its `count` and `first_ns`. Observations (trace mode)
+/// always go out.
+pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
+    header.count = 1;
+    header.first_ns = header.boot_ns;
+    if header.verdict != verdict::VIOLATION {
+        return true;
+    }
+    let key = ThrottleKey {
+        cgroup_id: header.cgroup_id,
+        target,
+        rule: header.rule,
+        kind,
+        pid: header.pid,
+        _pad: 0,
+    };
+    let now = header.boot_ns;
+    let Some(state) = THROTTLE.get_ptr_mut(key) else {
+        let fresh = ThrottleState {
+            window_start: now,
+            first_held: 0,
+            emitted: 1,
+            held: 0,
+        };
+        let _ = THROTTLE.insert(key, fresh, 0);
+        return true;
+    };
+    // SAFETY: a live map value; concurrent updates of one key from two CPUs may miscount a
+    // record in `count` (never in `THROTTLED`, which is per CPU).
+    let state = unsafe { &mut *state };
+    if now.wrapping_sub(state.window_start) >= THROTTLE_WINDOW_NS {
+        if state.held > 0 {
+            header.count = state.held + 1;
+            header.first_ns = state.first_held;
+        }
+        state.window_start = now;
+        state.emitted = 1;
+        state.held = 0;
+        return true;
+    }
+    if state.emitted < THROTTLE_BURST {
+        state.emitted += 1;
+        return true;
+    }
+    if state.held == 0 {
+        state.first_held = now;
+    }
+    state.held += 1;
+    if let Some(slot) = THROTTLED.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, so no other program writes it concurrently.
+        unsafe { *slot += 1 };
+    }
+    false
+}

@@ -1,0 +1,113 @@
+//! A flood of one violation must not bury another: identical violations are held back in
+//! the kernel beyond a burst a second, counted, and carried by the next record; every other
+//! violation still arrives. Root only; the policy selects only the test's own cgroup.
+#[expect(
+    dead_code,
+    reason = "the helpers are shared by several test binaries; each uses a part"
+)]
+mod common;
+
+use common::{TestCgroup, Tracer, is, root_or_skip, scenario_bin};
+use serde_json::Value;
+
+const FLOOD: u64 = 50_000;
+
+#[test]
+fn a_flood_of_one_violation_hides_no_other_and_every_held_back_one_is_counted() {
+    if !root_or_skip("flood") {
+        return;
+    }
+    let cg = TestCgroup::new("flood");
+    let tmp = tempfile::tempdir().unwrap();
+    // Destinations the test owns nothing on: datagrams to them go nowhere.
+    let first_port = 47_100u16;
+    let file = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: flood}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  memory: {{writeExecute: Deny, action: Alert}}\n  connect:\n    deny: [{{cidr: 127.0.0.1/32, ports: [\"{first_port}-{}\"]}}]\n    action: Alert\n",
+            cg.rel,
+            first_port + 99
+        ),
+    )
+    .unwrap();
+    // A ring buffer of 64 KiB: the flood alone would fill it many times over.
+    let tracer = Tracer::spawn_with(
+        &[
+            "run",
+            "--output",
+            "json",
+            "--ring-buffer-bytes",
+            "65536",
+            "--policy",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        "vigil is enforcing",
+    );
+    let flood = cg
+        .command(scenario_bin())
+        .args(["flood-mmap", &FLOOD.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let flooder = flood.id();
+    let mut senders = Vec::new();
+    for i in 0..100u16 {
+        let (pid, out) = cg.scenario(&[
+            "send",
+            "udp-sendto",
+            &format!("127.0.0.1:{}", first_port + i),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        senders.push((pid, first_port + i));
+    }
+    assert!(flood.wait_with_output().unwrap().status.success());
+    for (pid, port) in &senders {
+        let e = tracer.wait_for(&format!("the connect to port {port}"), |e| {
+            is(e, "dev.vigil.connect.v1", *pid)
+        });
+        assert_eq!(e["data"]["connect"]["dport"], *port, "{e}");
+    }
+    let events = tracer.stop();
+    let flood_events: Vec<&Value> = events
+        .iter()
+        .filter(|e| is(e, "dev.vigil.wx.v1", flooder))
+        .collect();
+    let since_start = |what: &str| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "dev.vigil.loss.v1")
+            .map(|e| e["data"]["lostSinceStart"][what]["wx"].as_u64().unwrap())
+            .max()
+            .unwrap_or(0)
+    };
+    let held = since_start("heldBack");
+    let lost = since_start("ringBuffer");
+    assert_eq!(
+        flood_events.len() as u64 + held + lost,
+        FLOOD,
+        "every violation of the flood went out, or was held back and counted, or was lost and counted"
+    );
+    assert!(held > 0, "nothing was held back");
+    assert!(
+        flood_events.len() < 1_000,
+        "{} flood events went out",
+        flood_events.len()
+    );
+    let carried: u64 = flood_events
+        .iter()
+        .map(|e| e["data"]["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert!(
+        carried <= flood_events.len() as u64 + held,
+        "records claim more than was held back"
+    );
+    for e in flood_events
+        .iter()
+        .filter(|e| e["data"].get("count").is_some())
+    {
+        assert!(e["data"]["count"].as_u64().unwrap() > 1, "{e}");
+        assert!(e["data"]["firstSeen"].is_string(), "{e}");
+    }
+}
