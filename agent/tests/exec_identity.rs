@@ -571,3 +571,40 @@ fn moving_out_of_a_policed_cgroup_escapes_nothing_and_is_reported() {
         );
     }
 }
+
+#[test]
+fn a_cgroup_created_below_a_policed_one_is_policed_from_its_first_moment() {
+    if !root_or_skip("new-child") {
+        return;
+    }
+    let parent = TestCgroup::new("new-child");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = common::denied_binary(tmp.path());
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &parent,
+            "new-child",
+            format!("  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Kill\n"),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    let marker = tmp.path().join("marker");
+    // Created after the policy was applied, and used at once: no binding of its own is
+    // needed, the kernel finds the parent's.
+    for round in 0..20 {
+        let child = TestCgroup::nested(&parent, &format!("c{round}"));
+        let (pid, status, ran) = run_writer(&child, &writer, &marker);
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "round {round}: {status}"
+        );
+        assert!(
+            !ran,
+            "round {round}: the denied binary ran in a new child cgroup"
+        );
+        tracer.wait_for("the kill in the new child", |e| is(e, EXEC, pid));
+    }
+    tracer.stop();
+}
