@@ -129,6 +129,8 @@ pub mod set_flags {
     pub const EXEC_ALLOW_MEMFD: u32 = 1 << 5;
     /// `connect.deny` is not empty.
     pub const CONNECT_RULES: u32 = 1 << 6;
+    /// `memory.foreignWrites: Deny`.
+    pub const FOREIGN_WRITES_DENY: u32 = 1 << 7;
 }
 
 /// Policy sets: slot 0 means "no policy".
@@ -151,6 +153,9 @@ pub struct PolicySet {
     /// Rule index reported for a denied memfd exec and for a W^X violation.
     pub memfd_rule: u32,
     pub wx_rule: u32,
+    /// Rule index reported for a write into another process's memory.
+    pub foreign_rule: u32,
+    pub _pad: u32,
 }
 
 /// Bytes of a path inside an LPM key (after the 4-byte set id); a path of this length or
@@ -253,6 +258,12 @@ pub mod wx_syscall {
     pub const PKEY_MPROTECT: u32 = 3;
     pub const PERSONALITY: u32 = 4;
     pub const SHMAT: u32 = 5;
+    /// `ptrace` attach, seize or a write request (`extra`: the target; `flags`: the request).
+    pub const PTRACE: u32 = 6;
+    /// `process_vm_writev` (`extra`: the target).
+    pub const PROCESS_VM_WRITEV: u32 = 7;
+    /// `/proc/<pid>/mem` opened for writing (`fd`: the descriptor).
+    pub const PROC_MEM: u32 = 8;
 }
 
 /// Why a W^X record was emitted.
@@ -265,6 +276,8 @@ pub mod wx_reason {
     /// An executable mapping of memory another mapping can write: an anonymous file
     /// (memfd), a file in `/dev/shm`, or SysV shared memory attached with `SHM_EXEC`.
     pub const SHARED_EXEC: u32 = 1 << 2;
+    /// A write into another process's memory (or the means to it).
+    pub const FOREIGN_WRITE: u32 = 1 << 3;
 }
 
 pub const READ_IMPLIES_EXEC: u32 = 0x0040_0000;
@@ -431,7 +444,8 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     pub kn_id: u32,
     pub cgroup_parent: u32,
-    pub _pad: u32,
+    /// `file.f_mode`: whether a file was opened for writing.
+    pub file_mode: u32,
 }
 
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
@@ -454,6 +468,8 @@ pub struct Config {
 /// fields, the syscall number (padded to 8), then one 8-byte slot per argument. This layout
 /// has not changed since syscall tracepoints exist; the agent checks it at load time.
 pub const SYSCALL_ARG0_OFFSET: usize = 16;
+/// Offset of `ret` in every `syscalls/sys_exit_*` record (checked at load time too).
+pub const SYSCALL_RET_OFFSET: usize = 16;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () =
@@ -464,7 +480,7 @@ const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
 const _: () = assert!(core::mem::size_of::<Config>() == 24 + 128);
-const _: () = assert!(core::mem::size_of::<PolicySet>() == 24);
+const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);

@@ -7,6 +7,7 @@ mod connect;
 mod doctor;
 mod exec;
 mod file;
+mod foreign;
 mod kill;
 mod mapped;
 mod maps;

@@ -608,3 +608,67 @@ fn a_cgroup_created_below_a_policed_one_is_policed_from_its_first_moment() {
     }
     tracer.stop();
 }
+
+#[test]
+fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
+    if !root_or_skip("foreign-writes") {
+        return;
+    }
+    let cg = TestCgroup::new("foreign");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "foreign",
+            "  memory:\n    writeExecute: Allow\n    foreignWrites: Deny\n    action: Kill\n"
+                .to_string(),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    for (scenario, syscall) in [
+        ("ptrace-poke", "ptrace"),
+        ("vm-writev", "process_vm_writev"),
+        ("proc-mem-write", "open"),
+    ] {
+        let (pid, out) = cg.scenario(&[scenario]);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{scenario}: {out:?}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{scenario} returned to user space: {out:?}"
+        );
+        let e = tracer.wait_for(scenario, |e| is(e, "dev.vigil.wx.v1", pid));
+        assert_eq!(e["data"]["wx"]["foreignWrite"], true, "{e}");
+        assert_eq!(e["data"]["wx"]["syscall"], syscall, "{e}");
+        assert_eq!(
+            e["data"]["policy"]["rule"], "spec.memory.foreignWrites",
+            "{e}"
+        );
+        if syscall != "open" {
+            assert!(e["data"]["wx"]["targetPid"].as_u64().unwrap() > 0, "{e}");
+        }
+    }
+    // The benign twins: reading another process's memory, reading one's own /proc mem, and
+    // the same write outside any policy.
+    let mut quiet = Vec::new();
+    for scenario in ["vm-readv", "proc-mem-read"] {
+        let (pid, out) = cg.scenario(&[scenario]);
+        assert!(out.status.success(), "{scenario}: {out:?}");
+        quiet.push(pid);
+    }
+    let free = TestCgroup::new("foreign-free");
+    let (pid, out) = free.scenario(&["ptrace-poke"]);
+    assert!(out.status.success(), "{out:?}");
+    quiet.push(pid);
+    let events = tracer.stop();
+    for pid in quiet {
+        assert!(
+            !events.iter().any(|e| is(e, "dev.vigil.wx.v1", pid)),
+            "a benign access was reported"
+        );
+    }
+}

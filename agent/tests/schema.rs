@@ -144,6 +144,7 @@ fn wx(syscall: WxSyscall, extra: u32) -> Value {
             read_implies_exec: personality,
             write_exec: !personality && !shmat,
             shared_exec: shmat,
+            foreign_write: false,
             extra,
         }),
         &lineage(Some("/usr/bin/node"), &["node", "app.js"], true),

@@ -27,7 +27,8 @@ fn usage() -> ExitCode {
          memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
          \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE |\n\
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
-         \x20        shm-dual-map | shmat-exec | shmat-rw\n\
+         \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
+         \x20        proc-mem-write | proc-mem-read\n\
          bench:   bench-exec N | bench-connect N | bench-mmap N"
     );
     ExitCode::from(2)
@@ -64,6 +65,11 @@ fn main() -> ExitCode {
         ("shm-dual-map", []) => memory::shm_dual_map(),
         ("shmat-exec", []) => memory::shmat(true),
         ("shmat-rw", []) => memory::shmat(false),
+        ("ptrace-poke", []) => memory::ptrace_poke(),
+        ("vm-writev", []) => memory::vm_copy(true),
+        ("vm-readv", []) => memory::vm_copy(false),
+        ("proc-mem-write", []) => memory::proc_mem(true),
+        ("proc-mem-read", []) => memory::proc_mem(false),
         ("exec-into", [path, args @ ..]) => memory::exec_into(path, args),
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),

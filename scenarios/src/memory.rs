@@ -219,3 +219,116 @@ pub fn shmat(exec: bool) -> Outcome {
     }
     Ok(())
 }
+
+/// A child that sleeps (up to 30 s) until its parent is done with it, and dies with it. It
+/// holds none of the parent's output open, and is set up before this returns (a child
+/// stopped by a tracer before it asked to die with its parent would outlive it).
+fn sleeping_child() -> Result<libc::pid_t, Failure> {
+    let mut ready = [0i32; 2];
+    // SAFETY: a pipe for the handshake.
+    if unsafe { libc::pipe(ready.as_mut_ptr()) } != 0 {
+        return Err(os_error("pipe"));
+    }
+    // SAFETY: fork in a single-threaded scenario; the child only calls async-signal-safe
+    // functions before it exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os_error("fork"));
+    }
+    if pid == 0 {
+        // SAFETY: plain syscalls in the child.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::write(ready[1], b"r".as_ptr().cast(), 1);
+            libc::sleep(30);
+            libc::_exit(0);
+        }
+    }
+    let mut byte = 0u8;
+    // SAFETY: reads one byte from our pipe; closes both ends.
+    unsafe {
+        libc::close(ready[1]);
+        libc::read(ready[0], (&mut byte as *mut u8).cast(), 1);
+        libc::close(ready[0]);
+    }
+    Ok(pid)
+}
+
+fn end_child(pid: libc::pid_t) {
+    // SAFETY: our own child, by pid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+static TARGET_WORD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Attaches to a child with ptrace and writes a word into its memory; prints `poked`.
+pub fn ptrace_poke() -> Outcome {
+    let child = sleeping_child()?;
+    let addr = TARGET_WORD.as_ptr() as usize;
+    // SAFETY: ptrace on our own child; the word exists at the same address in its copy of
+    // our memory.
+    let outcome = unsafe {
+        if libc::ptrace(libc::PTRACE_ATTACH, child, 0, 0) != 0 {
+            Err(os_error("PTRACE_ATTACH"))
+        } else {
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+            let rc = libc::ptrace(libc::PTRACE_POKEDATA, child, addr, 0xc3c3usize);
+            libc::ptrace(libc::PTRACE_DETACH, child, 0, 0);
+            if rc != 0 {
+                Err(os_error("PTRACE_POKEDATA"))
+            } else {
+                Ok(())
+            }
+        }
+    };
+    end_child(child);
+    outcome?;
+    println!("poked");
+    Ok(())
+}
+
+/// Writes into (`write`) or reads from a child's memory with process_vm_writev/readv.
+pub fn vm_copy(write: bool) -> Outcome {
+    let child = sleeping_child()?;
+    let mut word: u64 = 0xc3c3;
+    let local = libc::iovec {
+        iov_base: (&mut word as *mut u64).cast(),
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: TARGET_WORD.as_ptr().cast(),
+        iov_len: 8,
+    };
+    // SAFETY: valid iovecs over our own word and the child's copy of TARGET_WORD.
+    let rc = unsafe {
+        if write {
+            libc::process_vm_writev(child, &local, 1, &remote, 1, 0)
+        } else {
+            libc::process_vm_readv(child, &local, 1, &remote, 1, 0)
+        }
+    };
+    end_child(child);
+    if rc != 8 {
+        return Err(os_error("process_vm_writev/readv"));
+    }
+    println!("copied");
+    Ok(())
+}
+
+/// Opens this process's own /proc/self/mem for writing (`write`) or reading; prints
+/// `opened`.
+pub fn proc_mem(write: bool) -> Outcome {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open("/proc/self/mem")?;
+    drop(file);
+    println!("opened");
+    Ok(())
+}

@@ -148,6 +148,8 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
                 "writeExecute": w.write_exec,
                 "readImpliesExec": w.read_implies_exec,
                 "sharedExec": w.shared_exec,
+                "foreignWrite": w.foreign_write,
+                "targetPid": matches!(w.syscall, crate::event::WxSyscall::Ptrace | crate::event::WxSyscall::ProcessVmWritev).then_some(w.extra),
                 "pkey": matches!(w.syscall, crate::event::WxSyscall::PkeyMprotect).then_some(w.extra as i32),
                 "persona": matches!(w.syscall, crate::event::WxSyscall::Personality).then_some(w.extra),
             }),

@@ -93,6 +93,26 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_shmat"),
     ),
     (
+        "sys_enter_ptrace",
+        Hook::Tracepoint("syscalls", "sys_enter_ptrace"),
+    ),
+    (
+        "sys_enter_process_vm_writev",
+        Hook::Tracepoint("syscalls", "sys_enter_process_vm_writev"),
+    ),
+    (
+        "sys_exit_openat",
+        Hook::Tracepoint("syscalls", "sys_exit_openat"),
+    ),
+    (
+        "sys_exit_openat2",
+        Hook::Tracepoint("syscalls", "sys_exit_openat2"),
+    ),
+    (
+        "sys_exit_open",
+        Hook::Tracepoint("syscalls", "sys_exit_open"),
+    ),
+    (
         "sys_enter_personality",
         Hook::Tracepoint("syscalls", "sys_enter_personality"),
     ),

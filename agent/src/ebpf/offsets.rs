@@ -1,7 +1,7 @@
 //! The kernel structure and tracepoint field offsets the probes need, found on this kernel.
 use std::path::Path;
 
-use agent_common::{KernelOffsets, OFFSET_UNKNOWN, SYSCALL_ARG0_OFFSET};
+use agent_common::{KernelOffsets, OFFSET_UNKNOWN, SYSCALL_ARG0_OFFSET, SYSCALL_RET_OFFSET};
 
 use super::{EbpfError, btf::Btf, tracefs::Format};
 
@@ -52,7 +52,7 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         cgroup_kn: find("cgroup", "kn"),
         kn_id: find("kernfs_node", "id"),
         cgroup_parent: find("cgroup", "self.parent"),
-        _pad: 0,
+        file_mode: find("file", "f_mode"),
     };
     (offsets, missing)
 }
@@ -70,6 +70,15 @@ pub fn check_syscall_layout(tracefs: &Path) -> Result<(), EbpfError> {
             tracepoint: mmap.tracepoint,
             field: "addr".into(),
             reason: format!("is at offset {addr}, the probes expect {SYSCALL_ARG0_OFFSET}"),
+        });
+    }
+    let openat = Format::read(tracefs, "syscalls", "sys_exit_openat")?;
+    let ret = openat.offset("ret", 8)?;
+    if ret as usize != SYSCALL_RET_OFFSET {
+        return Err(EbpfError::TracepointField {
+            tracepoint: openat.tracepoint,
+            field: "ret".into(),
+            reason: format!("is at offset {ret}, the probes expect {SYSCALL_RET_OFFSET}"),
         });
     }
     Ok(())

@@ -186,6 +186,18 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
                 .wx_action
                 .max(kernel_action(spec.effective(memory.action)));
         }
+        if memory.foreign_writes == crate::policy::ForeignWrites::Deny {
+            if out.set.flags & set_flags::FOREIGN_WRITES_DENY == 0 {
+                out.set.foreign_rule = out
+                    .rule(pi, "spec.memory.foreignWrites".into(), "Deny".into())
+                    .into();
+            }
+            out.set.flags |= set_flags::FOREIGN_WRITES_DENY;
+            out.set.wx_action = out
+                .set
+                .wx_action
+                .max(kernel_action(spec.effective(memory.action)));
+        }
         for exe in &memory.allow_executables {
             wx_exempt.push(PathEntry {
                 path: exe.clone(),

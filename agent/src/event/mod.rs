@@ -161,6 +161,10 @@ pub enum WxSyscall {
     PkeyMprotect,
     Personality,
     Shmat,
+    Ptrace,
+    ProcessVmWritev,
+    /// `/proc/<pid>/mem` opened for writing (`open`, `openat`, `openat2`).
+    ProcMem,
 }
 
 impl WxSyscall {
@@ -171,6 +175,9 @@ impl WxSyscall {
             Self::PkeyMprotect => "pkey_mprotect",
             Self::Personality => "personality",
             Self::Shmat => "shmat",
+            Self::Ptrace => "ptrace",
+            Self::ProcessVmWritev => "process_vm_writev",
+            Self::ProcMem => "open",
         }
     }
 }
@@ -189,6 +196,8 @@ pub struct Wx {
     /// An executable mapping of memory another mapping can write (memfd, `/dev/shm`, SysV
     /// shared memory with `SHM_EXEC`).
     pub shared_exec: bool,
+    /// A write into another process's memory, or the means to it (`ptrace` attach).
+    pub foreign_write: bool,
     /// `pkey_mprotect`'s key or `personality`'s persona.
     pub extra: u32,
 }
@@ -353,6 +362,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                         wx_syscall::MPROTECT => WxSyscall::Mprotect,
                         wx_syscall::PKEY_MPROTECT => WxSyscall::PkeyMprotect,
                         wx_syscall::SHMAT => WxSyscall::Shmat,
+                        wx_syscall::PTRACE => WxSyscall::Ptrace,
+                        wx_syscall::PROCESS_VM_WRITEV => WxSyscall::ProcessVmWritev,
+                        wx_syscall::PROC_MEM => WxSyscall::ProcMem,
                         _ => WxSyscall::Personality,
                     },
                     prot: w.prot,
@@ -363,6 +375,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     read_implies_exec: w.reason & wx_reason::READ_IMPLIES_EXEC != 0,
                     write_exec: w.reason & wx_reason::WRITE_EXEC != 0,
                     shared_exec: w.reason & wx_reason::SHARED_EXEC != 0,
+                    foreign_write: w.reason & wx_reason::FOREIGN_WRITE != 0,
                     extra: w.extra,
                 }),
             })
@@ -424,7 +437,7 @@ mod tests {
         assert_eq!(size_of::<ConnectEvent>(), 128);
         assert_eq!(size_of::<WxEvent>(), 120);
         assert_eq!(size_of::<agent_common::Config>(), 152);
-        assert_eq!(size_of::<agent_common::PolicySet>(), 24);
+        assert_eq!(size_of::<agent_common::PolicySet>(), 32);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 264);
         assert_eq!(size_of::<agent_common::ExecArgs>(), 784);

@@ -187,6 +187,7 @@ mod tests {
                 read_implies_exec: false,
                 write_exec: true,
                 shared_exec: false,
+                foreign_write: false,
                 extra: 0,
             }),
         };

@@ -298,8 +298,19 @@ pub struct MemoryRules {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(regex(pattern = PATH_PATTERN), length(max = PATH_MAX)))]
     pub allow_executables: Vec<String>,
+    /// Deny: writing into another process's memory is a violation (ptrace attach and
+    /// pokes, process_vm_writev, opening /proc/<pid>/mem for writing). Default Allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_writes: Option<ForeignWrites>,
     #[serde(default)]
     pub action: Action,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ForeignWrites {
+    Deny,
+    #[default]
+    Allow,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]

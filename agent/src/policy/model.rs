@@ -11,7 +11,8 @@ use std::{
 use ipnet::IpNet;
 
 pub use super::crd::{
-    Action, LabelSelector, LabelSelectorRequirement, Mode, Protocol, SelectorOperator, WriteExecute,
+    Action, ForeignWrites, LabelSelector, LabelSelectorRequirement, Mode, Protocol,
+    SelectorOperator, WriteExecute,
 };
 use super::error::ValueError;
 
@@ -303,5 +304,7 @@ pub struct MemoryRules {
     pub write_execute: WriteExecute,
     /// Real paths of executables whose W^X mappings are allowed.
     pub allow_executables: Vec<String>,
+    /// `Deny`: writes into another process's memory are violations.
+    pub foreign_writes: ForeignWrites,
     pub action: Action,
 }

@@ -67,13 +67,17 @@ pub fn summary(policy: &Policy) -> String {
         );
     }
     let memory = &spec.memory;
-    if memory.write_execute == WriteExecute::Allow && memory.allow_executables.is_empty() {
+    if memory.write_execute == WriteExecute::Allow
+        && memory.allow_executables.is_empty()
+        && memory.foreign_writes == crate::policy::ForeignWrites::Allow
+    {
         line.push_str("; memory: no rules");
     } else {
         let _ = write!(
             line,
-            "; memory: writeExecute {:?}, {} allowed executable{}, {:?}",
+            "; memory: writeExecute {:?}, foreignWrites {:?}, {} allowed executable{}, {:?}",
             memory.write_execute,
+            memory.foreign_writes,
             memory.allow_executables.len(),
             if memory.allow_executables.len() == 1 {
                 ""

@@ -410,6 +410,7 @@ fn memory(rules: &crd::MemoryRules, e: &mut Errors) -> MemoryRules {
     MemoryRules {
         write_execute: rules.write_execute,
         allow_executables: allowed,
+        foreign_writes: rules.foreign_writes.unwrap_or_default(),
         action: rules.action,
     }
 }

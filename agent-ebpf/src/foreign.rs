@@ -1,0 +1,155 @@
+//! Writes into another process's memory, the other way to run injected code: `ptrace`
+//! attach, seize and write requests, `process_vm_writev`, and `/proc/<pid>/mem` opened for
+//! writing. A `memory.foreignWrites: Deny` rule makes them violations.
+use agent_common::{Config, SYSCALL_RET_OFFSET, WxEvent, set_flags, wx_reason, wx_syscall};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::{
+    file::task_fd_file,
+    policy::{Violation, current_set, enforce, policy_set, violation},
+    task::{config, read_kernel, read_kernel_ptr, syscall_arg, traced},
+    wx,
+};
+
+const PTRACE_POKETEXT: u64 = 4;
+const PTRACE_POKEDATA: u64 = 5;
+const PTRACE_POKEUSER: u64 = 6;
+const PTRACE_SETREGS: u64 = 13;
+const PTRACE_SETFPREGS: u64 = 15;
+const PTRACE_ATTACH: u64 = 16;
+const PTRACE_SETREGSET: u64 = 0x4205;
+const PTRACE_SEIZE: u64 = 0x4206;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+const FMODE_WRITE: u32 = 0x2;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
+pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
+    match try_ptrace(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_process_vm_writev")]
+pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
+    match try_vm_writev(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    match try_opened(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    match try_opened(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_open")]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    match try_opened(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// What a foreign write by the current task amounts to: `None` when nothing is reported; in
+/// trace mode an observation; in enforce mode a violation, carried out here (a kill lands
+/// before the call returns to user space).
+fn judge(cfg: &Config) -> Option<Violation> {
+    if cfg.mode != agent_common::mode::ENFORCE {
+        return Some(Violation::ALLOWED);
+    }
+    let set = current_set();
+    let ps = policy_set(set)?;
+    if ps.flags & set_flags::FOREIGN_WRITES_DENY == 0 {
+        return None;
+    }
+    let v = violation(ps.wx_action, set, ps.foreign_rule);
+    enforce(v);
+    Some(v)
+}
+
+fn report(cfg: &Config, syscall: u32, flags: u32, fd: i32, target: u32) {
+    if !traced(cfg) {
+        return;
+    }
+    let Some(judged) = judge(cfg) else {
+        return;
+    };
+    wx::report(
+        cfg,
+        judged,
+        WxEvent {
+            syscall,
+            flags,
+            reason: wx_reason::FOREIGN_WRITE,
+            fd,
+            extra: target,
+            ..WxEvent::default()
+        },
+    );
+}
+
+fn try_ptrace(ctx: &TracePointContext) -> Result<(), i64> {
+    let request = syscall_arg(ctx, 0)?;
+    if !matches!(
+        request,
+        PTRACE_ATTACH
+            | PTRACE_SEIZE
+            | PTRACE_POKETEXT
+            | PTRACE_POKEDATA
+            | PTRACE_POKEUSER
+            | PTRACE_SETREGS
+            | PTRACE_SETFPREGS
+            | PTRACE_SETREGSET
+    ) {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    let target = syscall_arg(ctx, 1)? as u32;
+    report(cfg, wx_syscall::PTRACE, request as u32, -1, target);
+    Ok(())
+}
+
+fn try_vm_writev(ctx: &TracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(1)?;
+    let target = syscall_arg(ctx, 0)? as u32;
+    report(cfg, wx_syscall::PROCESS_VM_WRITEV, 0, -1, target);
+    Ok(())
+}
+
+/// A descriptor just opened: `/proc/<pid>/mem` (any pid, this process's included) for
+/// writing?
+fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: every sys_exit record holds `ret` at this offset (checked at load time).
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
+    if ret < 0 {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    let k = &cfg.kernel;
+    let file = task_fd_file(cfg, ret as u32).ok_or(1)?;
+    let mode: u32 = read_kernel(file, k.file_mode).ok_or(1)?;
+    if mode & FMODE_WRITE == 0 {
+        return Ok(());
+    }
+    let magic = read_kernel_ptr(file, k.file_vfsmount)
+        .and_then(|mnt| read_kernel_ptr(mnt, k.vfsmount_sb))
+        .and_then(|sb| read_kernel::<u64>(sb, k.sb_magic));
+    if magic != Some(PROC_SUPER_MAGIC) {
+        return Ok(());
+    }
+    let name = read_kernel_ptr(file, k.file_dentry)
+        .and_then(|dentry| read_kernel_ptr(dentry, k.dentry_name))
+        .and_then(|name| read_kernel::<[u8; 4]>(name, 0));
+    if name != Some(*b"mem\0") {
+        return Ok(());
+    }
+    report(cfg, wx_syscall::PROC_MEM, mode, ret as i32, 0);
+    Ok(())
+}
