@@ -1,6 +1,6 @@
 use agent_common::{
     AddrKeyData, Config, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule, PolicySet,
-    PortRules, ServiceKey, kind,
+    PortRules, ServiceKey, WxEvent, kind,
 };
 use aya_ebpf::{
     macros::map,
@@ -92,3 +92,18 @@ pub static THROTTLE: LruHashMap<ThrottleKey, ThrottleState> =
 /// Violations held back by the flood throttle, per record kind (reported, never silent).
 #[map]
 pub static THROTTLED: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::SLOTS, 0);
+
+/// A W^X request decided at its syscall's entry, waiting for the syscall's result.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingWx {
+    pub judged_hit: u16,
+    pub judged_action: u16,
+    pub judged_rule: u32,
+    pub _pad: u64,
+    pub event: WxEvent,
+}
+
+/// Thread id -> its W^X request in flight; LRU, so a thread that never returns ages out.
+#[map]
+pub static WX_PENDING: LruHashMap<u32, PendingWx> = LruHashMap::with_max_entries(8192, 0);

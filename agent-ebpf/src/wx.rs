@@ -1,14 +1,15 @@
 //! W^X: mappings that are, or become, writable and executable at once. Syscall tracepoints
 //! carry the values, not pointers, so what is read is what the kernel acts on.
 use agent_common::{
-    Config, READ_IMPLIES_EXEC, WxEvent, kind, mode, set_flags, wx_reason, wx_syscall,
+    Config, READ_IMPLIES_EXEC, SYSCALL_RET_OFFSET, WxEvent, kind, mode, set_flags, wx_reason,
+    wx_syscall,
 };
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
 use crate::{
-    maps::{EXEC_PATHS, PATH_SCRATCH, TASK_EXE},
+    maps::{EXEC_PATHS, PATH_SCRATCH, PendingWx, TASK_EXE, WX_PENDING},
     path::path_key,
     policy::{Violation, mark},
     policy::{current_set, enforce, policy_set, violation},
@@ -91,7 +92,7 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     if reason == 0 || !traced(cfg) {
         return Ok(());
     }
-    let Some(judged) = judge(cfg) else {
+    let Some(judged) = decide(cfg) else {
         return Ok(());
     };
     let (flags, fd, extra) = match syscall {
@@ -99,10 +100,14 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
         wx_syscall::PKEY_MPROTECT => (0, -1, syscall_arg(ctx, 3)? as u32),
         _ => (0, -1, 0),
     };
-    report(
-        cfg,
-        judged,
-        WxEvent {
+    // Decided when the call returns: a request the kernel refuses (a bad descriptor, an
+    // unmapped range) made no mapping and is no violation.
+    let pending = PendingWx {
+        judged_hit: judged.hit,
+        judged_action: judged.action,
+        judged_rule: judged.rule,
+        _pad: 0,
+        event: WxEvent {
             syscall,
             prot,
             flags,
@@ -113,8 +118,76 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
             extra,
             ..WxEvent::default()
         },
-    );
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    WX_PENDING.insert(tid, pending, 0).map_err(i64::from)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    match try_returned(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_mprotect")]
+pub fn sys_exit_mprotect(ctx: TracePointContext) -> u32 {
+    match try_returned(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_pkey_mprotect")]
+pub fn sys_exit_pkey_mprotect(ctx: TracePointContext) -> u32 {
+    match try_returned(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// The W^X request of this thread, if one is pending: carried out and reported when the
+/// kernel made the mapping (before the thread returns to user space), dropped when it
+/// refused.
+fn try_returned(ctx: &TracePointContext) -> Result<(), i64> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(pending) = WX_PENDING.get_ptr(tid) else {
+        return Ok(());
+    };
+    // SAFETY: a live map value, copied out before it is removed.
+    let pending = unsafe { *pending };
+    let _ = WX_PENDING.remove(tid);
+    // SAFETY: every sys_exit record holds `ret` at this offset (checked at load time).
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
+    // mmap returns an address; an error is a small negative number either way.
+    if (-4095..0).contains(&ret) {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    let judged = Violation {
+        hit: pending.judged_hit,
+        action: pending.judged_action,
+        rule: pending.judged_rule,
+    };
+    enforce(judged);
+    let mut event = pending.event;
+    if event.syscall == wx_syscall::MMAP {
+        // Where the kernel put it.
+        event.addr = ret as u64;
+    }
+    report(cfg, judged, event);
     Ok(())
+}
+
+/// Like [`judge`], without carrying out the action.
+fn decide(cfg: &Config) -> Option<Violation> {
+    if cfg.mode != mode::ENFORCE {
+        return Some(Violation::ALLOWED);
+    }
+    let set = current_set();
+    let ps = policy_set(set)?;
+    if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
+        return None;
+    }
+    Some(violation(ps.wx_action, set, ps.wx_rule))
 }
 
 /// What a W^X act of the current task amounts to: `None` when nothing is reported (no

@@ -672,3 +672,47 @@ fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
         );
     }
 }
+
+#[test]
+fn wx_is_decided_on_what_the_kernel_did() {
+    if !root_or_skip("wx-result") {
+        return;
+    }
+    let cg = TestCgroup::new("wx-result");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "wx-result",
+            "  memory:\n    writeExecute: Deny\n    action: Kill\n".to_string(),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    // Requests the kernel refuses made no mapping: the process lives, nothing is reported.
+    let (quiet, out) = cg.scenario(&["refused-rwx"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused");
+    // The same requests granted: killed before the mapping is used, reported with the
+    // address the kernel chose.
+    for scenario in ["mmap-rwx", "mprotect-rwx"] {
+        let (pid, out) = cg.scenario(&[scenario]);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{scenario}: {out:?}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{scenario} returned to user space: {out:?}"
+        );
+        let e = tracer.wait_for(scenario, |e| is(e, "dev.vigil.wx.v1", pid));
+        assert_ne!(e["data"]["wx"]["addr"], "0x0", "{e}");
+        assert_eq!(e["vigilaction"], "kill", "{e}");
+    }
+    let events = tracer.stop();
+    assert!(
+        !events.iter().any(|e| is(e, "dev.vigil.wx.v1", quiet)),
+        "a refused request was reported"
+    );
+}

@@ -28,7 +28,7 @@ fn usage() -> ExitCode {
          \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE |\n\
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
-         \x20        proc-mem-write | proc-mem-read\n\
+         \x20        proc-mem-write | proc-mem-read | refused-rwx\n\
          bench:   bench-exec N | bench-connect N | bench-mmap N"
     );
     ExitCode::from(2)
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
         ("vm-readv", []) => memory::vm_copy(false),
         ("proc-mem-write", []) => memory::proc_mem(true),
         ("proc-mem-read", []) => memory::proc_mem(false),
+        ("refused-rwx", []) => memory::refused_rwx(),
         ("exec-into", [path, args @ ..]) => memory::exec_into(path, args),
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),

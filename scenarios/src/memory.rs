@@ -332,3 +332,39 @@ pub fn proc_mem(write: bool) -> Outcome {
     println!("opened");
     Ok(())
 }
+
+/// W^X requests the kernel refuses: `mprotect` of an unmapped range and `mmap` of a bad
+/// descriptor. Prints `refused` when both failed as they must.
+pub fn refused_rwx() -> Outcome {
+    let p = anon(libc::PROT_READ)?;
+    unmap(p);
+    // SAFETY: the range was just unmapped: the kernel refuses with ENOMEM.
+    let rc = unsafe {
+        libc::mprotect(
+            p,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+        )
+    };
+    if rc == 0 {
+        return Err(Failure::Error(
+            "mprotect of an unmapped range succeeded".into(),
+        ));
+    }
+    // SAFETY: a bad descriptor: the kernel refuses with EBADF.
+    let q = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_SHARED,
+            987_654,
+            0,
+        )
+    };
+    if q != libc::MAP_FAILED {
+        return Err(Failure::Error("mmap of a bad descriptor succeeded".into()));
+    }
+    println!("refused");
+    Ok(())
+}

@@ -81,12 +81,24 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_mmap"),
     ),
     (
+        "sys_exit_mmap",
+        Hook::Tracepoint("syscalls", "sys_exit_mmap"),
+    ),
+    (
         "sys_enter_mprotect",
         Hook::Tracepoint("syscalls", "sys_enter_mprotect"),
     ),
     (
+        "sys_exit_mprotect",
+        Hook::Tracepoint("syscalls", "sys_exit_mprotect"),
+    ),
+    (
         "sys_enter_pkey_mprotect",
         Hook::Tracepoint("syscalls", "sys_enter_pkey_mprotect"),
+    ),
+    (
+        "sys_exit_pkey_mprotect",
+        Hook::Tracepoint("syscalls", "sys_exit_pkey_mprotect"),
     ),
     (
         "sys_enter_shmat",
