@@ -264,6 +264,9 @@ pub mod wx_syscall {
     pub const PROCESS_VM_WRITEV: u32 = 7;
     /// `/proc/<pid>/mem` opened for writing (`fd`: the descriptor).
     pub const PROC_MEM: u32 = 8;
+    /// The 32-bit `mmap2` (the compat `mprotect` and `pkey_mprotect` use their own values
+    /// with [`super::wx_reason::COMPAT`]).
+    pub const MMAP2: u32 = 9;
 }
 
 /// Why a W^X record was emitted.
@@ -278,6 +281,8 @@ pub mod wx_reason {
     pub const SHARED_EXEC: u32 = 1 << 2;
     /// A write into another process's memory (or the means to it).
     pub const FOREIGN_WRITE: u32 = 1 << 3;
+    /// Not a reason of its own: the request came through the 32-bit system call entry.
+    pub const COMPAT: u32 = 1 << 4;
 }
 
 pub const READ_IMPLIES_EXEC: u32 = 0x0040_0000;
@@ -446,6 +451,14 @@ pub struct KernelOffsets {
     pub cgroup_parent: u32,
     /// `file.f_mode`: whether a file was opened for writing.
     pub file_mode: u32,
+    /// `task_struct.thread_info.status` (`TS_COMPAT`: the task is in a 32-bit system call)
+    /// and the `pt_regs` members that hold a 32-bit call's first five arguments.
+    pub thread_status: u32,
+    pub regs_bx: u32,
+    pub regs_cx: u32,
+    pub regs_dx: u32,
+    pub regs_si: u32,
+    pub regs_di: u32,
 }
 
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
@@ -478,8 +491,8 @@ const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 128);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 152);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);

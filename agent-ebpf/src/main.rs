@@ -3,6 +3,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod cgroup_move;
+mod compat;
 mod connect;
 mod doctor;
 mod exec;

@@ -716,3 +716,52 @@ fn wx_is_decided_on_what_the_kernel_did() {
         "a refused request was reported"
     );
 }
+
+#[test]
+fn wx_through_the_32_bit_entry_is_caught() {
+    if !root_or_skip("compat-wx") {
+        return;
+    }
+    let cg = TestCgroup::new("compat-wx");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "compat-wx",
+            "  memory:\n    writeExecute: Deny\n    action: Kill\n".to_string(),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    for (scenario, syscall) in [
+        ("compat-mmap-rwx", "mmap2"),
+        ("compat-mprotect-rwx", "mprotect"),
+    ] {
+        let (pid, out) = cg.scenario(&[scenario]);
+        if out.status.code() == Some(77) {
+            common::skip_for_kernel(scenario, String::from_utf8_lossy(&out.stderr).trim());
+            continue;
+        }
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{scenario}: {out:?}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{scenario} returned to user space: {out:?}"
+        );
+        let e = tracer.wait_for(scenario, |e| is(e, "dev.vigil.wx.v1", pid));
+        assert_eq!(e["data"]["wx"]["syscall"], syscall, "{e}");
+        assert_eq!(e["data"]["wx"]["compat"], true, "{e}");
+        assert_eq!(e["data"]["wx"]["protText"], "rwx", "{e}");
+    }
+    // The benign twin: a writable, not executable, mapping through the same entry.
+    let (quiet, out) = cg.scenario(&["compat-mmap-rw"]);
+    assert!(out.status.success(), "{out:?}");
+    let events = tracer.stop();
+    assert!(
+        !events.iter().any(|e| is(e, "dev.vigil.wx.v1", quiet)),
+        "a writable-only compat mapping was reported"
+    );
+}

@@ -145,6 +145,7 @@ fn wx(syscall: WxSyscall, extra: u32) -> Value {
             write_exec: !personality && !shmat,
             shared_exec: shmat,
             foreign_write: false,
+            compat: false,
             extra,
         }),
         &lineage(Some("/usr/bin/node"), &["node", "app.js"], true),

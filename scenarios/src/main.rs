@@ -28,7 +28,8 @@ fn usage() -> ExitCode {
          \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE |\n\
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
-         \x20        proc-mem-write | proc-mem-read | refused-rwx\n\
+         \x20        proc-mem-write | proc-mem-read | refused-rwx | compat-mmap-rwx |\n\
+         \x20        compat-mmap-rw | compat-mprotect-rwx\n\
          bench:   bench-exec N | bench-connect N | bench-mmap N"
     );
     ExitCode::from(2)
@@ -71,6 +72,9 @@ fn main() -> ExitCode {
         ("proc-mem-write", []) => memory::proc_mem(true),
         ("proc-mem-read", []) => memory::proc_mem(false),
         ("refused-rwx", []) => memory::refused_rwx(),
+        ("compat-mmap-rwx", []) => memory::compat_wx(false, 7),
+        ("compat-mmap-rw", []) => memory::compat_wx(false, 3),
+        ("compat-mprotect-rwx", []) => memory::compat_wx(true, 7),
         ("exec-into", [path, args @ ..]) => memory::exec_into(path, args),
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),

@@ -368,3 +368,68 @@ pub fn refused_rwx() -> Outcome {
     println!("refused");
     Ok(())
 }
+
+/// W^X through the 32-bit system call entry (`int 0x80`) of this 64-bit process: `mmap2`
+/// of anonymous memory with `prot`, or (`mprotect`) a low RW mapping made `prot`. Prints
+/// `mapped`; exits 77 when the kernel has no 32-bit entry.
+pub fn compat_wx(mprotect: bool, prot: u32) -> Outcome {
+    const NR_MPROTECT: u32 = 125;
+    const NR_MMAP2: u32 = 192;
+    let rc = if mprotect {
+        let low = map(
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+        )?;
+        int80_6(NR_MPROTECT, [low as u64 as u32, PAGE as u32, prot, 0, 0])
+    } else {
+        int80_6(
+            NR_MMAP2,
+            [
+                0,
+                PAGE as u32,
+                prot,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
+                u32::MAX,
+            ],
+        )
+    };
+    if rc == -libc::ENOSYS {
+        return Err(Failure::Unsupported(
+            "the 32-bit syscall entry is disabled (ia32_emulation=0?)".into(),
+        ));
+    }
+    if (-4095..0).contains(&rc) {
+        return Err(Failure::Error(format!(
+            "compat call: {}",
+            std::io::Error::from_raw_os_error(-rc)
+        )));
+    }
+    println!("mapped");
+    Ok(())
+}
+
+/// `int 0x80` with five arguments (ebx, ecx, edx, esi, edi) and ebp 0; the kernel's return
+/// value. ebx and ebp are reserved by the compiler, so they are saved around the call.
+fn int80_6(nr: u32, args: [u32; 5]) -> i32 {
+    let ret: u32;
+    // SAFETY: a system call through the 32-bit entry; rbx and rbp are restored before the
+    // block ends, and the stack is left as found.
+    unsafe {
+        core::arch::asm!(
+            "push rbp",
+            "xor ebp, ebp",
+            "xchg rbx, {a}",
+            "int 0x80",
+            "xchg rbx, {a}",
+            "pop rbp",
+            a = inout(reg) u64::from(args[0]) => _,
+            inlateout("eax") nr => ret,
+            in("ecx") args[1],
+            in("edx") args[2],
+            in("esi") args[3],
+            in("edi") args[4],
+        );
+    }
+    ret as i32
+}

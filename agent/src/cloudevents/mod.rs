@@ -134,26 +134,7 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
                 "socketType": crate::event::sock_type_name(c.sock_type),
             }),
         ),
-        Body::Wx(w) => (
-            TYPE_WX,
-            "wx",
-            json!({
-                "syscall": w.syscall.name(),
-                "prot": w.prot,
-                "protText": prot_text(w.prot),
-                "flags": w.flags,
-                "addr": format!("{:#x}", w.addr),
-                "len": w.len,
-                "fd": w.fd,
-                "writeExecute": w.write_exec,
-                "readImpliesExec": w.read_implies_exec,
-                "sharedExec": w.shared_exec,
-                "foreignWrite": w.foreign_write,
-                "targetPid": matches!(w.syscall, crate::event::WxSyscall::Ptrace | crate::event::WxSyscall::ProcessVmWritev).then_some(w.extra),
-                "pkey": matches!(w.syscall, crate::event::WxSyscall::PkeyMprotect).then_some(w.extra as i32),
-                "persona": matches!(w.syscall, crate::event::WxSyscall::Personality).then_some(w.extra),
-            }),
-        ),
+        Body::Wx(w) => (TYPE_WX, "wx", wx_fields(w)),
         Body::Move(m) => (
             TYPE_MOVE,
             "move",
@@ -164,6 +145,31 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
             }),
         ),
     }
+}
+
+/// `data.wx`.
+fn wx_fields(w: &crate::event::Wx) -> serde_json::Value {
+    let mut fields = json!({
+        "syscall": w.syscall.name(),
+        "prot": w.prot,
+        "protText": prot_text(w.prot),
+        "flags": w.flags,
+        "addr": format!("{:#x}", w.addr),
+        "len": w.len,
+        "fd": w.fd,
+        "writeExecute": w.write_exec,
+        "readImpliesExec": w.read_implies_exec,
+        "sharedExec": w.shared_exec,
+        "foreignWrite": w.foreign_write,
+        "targetPid": matches!(w.syscall, crate::event::WxSyscall::Ptrace | crate::event::WxSyscall::ProcessVmWritev).then_some(w.extra),
+        "pkey": matches!(w.syscall, crate::event::WxSyscall::PkeyMprotect).then_some(w.extra as i32),
+        "persona": matches!(w.syscall, crate::event::WxSyscall::Personality).then_some(w.extra),
+    });
+    // Present only when true.
+    if w.compat {
+        fields["compat"] = json!(true);
+    }
+    fields
 }
 
 /// An observed behaviour (`vigilverdict: observed`), as `vigil trace` emits it.

@@ -46,6 +46,7 @@ const RAW_CATEGORIES: &[(&str, &str)] = &[
     ("sched_process_exec", "sched"),
     ("sched_process_fork", "sched"),
     ("sys_exit", "raw_syscalls"),
+    ("sys_enter", "raw_syscalls"),
     ("cgroup_attach_task", "cgroup"),
 ];
 
@@ -66,6 +67,7 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("sched", "sched_process_exit"),
     ),
     ("sys_exit", Hook::Raw("sys_exit")),
+    ("sys_enter", Hook::Raw("sys_enter")),
     ("cgroup_attach_task", Hook::Raw("cgroup_attach_task")),
     ("connect4", Hook::Cgroup),
     ("connect6", Hook::Cgroup),

@@ -53,6 +53,12 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         kn_id: find("kernfs_node", "id"),
         cgroup_parent: find("cgroup", "self.parent"),
         file_mode: find("file", "f_mode"),
+        thread_status: find("task_struct", "thread_info.status"),
+        regs_bx: find("pt_regs", "bx"),
+        regs_cx: find("pt_regs", "cx"),
+        regs_dx: find("pt_regs", "dx"),
+        regs_si: find("pt_regs", "si"),
+        regs_di: find("pt_regs", "di"),
     };
     (offsets, missing)
 }

@@ -165,6 +165,8 @@ pub enum WxSyscall {
     ProcessVmWritev,
     /// `/proc/<pid>/mem` opened for writing (`open`, `openat`, `openat2`).
     ProcMem,
+    /// The 32-bit `mmap2`.
+    Mmap2,
 }
 
 impl WxSyscall {
@@ -178,6 +180,7 @@ impl WxSyscall {
             Self::Ptrace => "ptrace",
             Self::ProcessVmWritev => "process_vm_writev",
             Self::ProcMem => "open",
+            Self::Mmap2 => "mmap2",
         }
     }
 }
@@ -198,6 +201,8 @@ pub struct Wx {
     pub shared_exec: bool,
     /// A write into another process's memory, or the means to it (`ptrace` attach).
     pub foreign_write: bool,
+    /// Requested through the 32-bit system call entry.
+    pub compat: bool,
     /// `pkey_mprotect`'s key or `personality`'s persona.
     pub extra: u32,
 }
@@ -365,6 +370,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                         wx_syscall::PTRACE => WxSyscall::Ptrace,
                         wx_syscall::PROCESS_VM_WRITEV => WxSyscall::ProcessVmWritev,
                         wx_syscall::PROC_MEM => WxSyscall::ProcMem,
+                        wx_syscall::MMAP2 => WxSyscall::Mmap2,
                         _ => WxSyscall::Personality,
                     },
                     prot: w.prot,
@@ -376,6 +382,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     write_exec: w.reason & wx_reason::WRITE_EXEC != 0,
                     shared_exec: w.reason & wx_reason::SHARED_EXEC != 0,
                     foreign_write: w.reason & wx_reason::FOREIGN_WRITE != 0,
+                    compat: w.reason & wx_reason::COMPAT != 0,
                     extra: w.extra,
                 }),
             })
@@ -436,7 +443,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 1440);
         assert_eq!(size_of::<ConnectEvent>(), 128);
         assert_eq!(size_of::<WxEvent>(), 120);
-        assert_eq!(size_of::<agent_common::Config>(), 152);
+        assert_eq!(size_of::<agent_common::Config>(), 176);
         assert_eq!(size_of::<agent_common::PolicySet>(), 32);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 264);

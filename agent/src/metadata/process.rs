@@ -188,6 +188,7 @@ mod tests {
                 write_exec: true,
                 shared_exec: false,
                 foreign_write: false,
+                compat: false,
                 extra: 0,
             }),
         };

@@ -1,0 +1,90 @@
+//! W^X through the 32-bit system call entry (`int 0x80`, which 64-bit processes may use
+//! too): syscall tracepoints do not fire for compat calls, `raw_syscalls/sys_enter` does.
+//! Decided at entry (a compat request the kernel then refuses is still reported).
+use agent_common::{Config, WxEvent, wx_reason, wx_syscall};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+
+use crate::{
+    task::{config, current_task, read_kernel, traced},
+    wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
+};
+
+/// `thread_info.status` bit: the task is in a 32-bit system call.
+const TS_COMPAT: u32 = 0x0002;
+/// i386 system call numbers.
+const NR_MPROTECT: i64 = 125;
+const NR_MMAP2: i64 = 192;
+const NR_PKEY_MPROTECT: i64 = 380;
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    match try_compat(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let id: i64 = ctx.arg(1);
+    if id != NR_MMAP2 && id != NR_MPROTECT && id != NR_PKEY_MPROTECT {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
+    if status & TS_COMPAT == 0 {
+        return Ok(());
+    }
+    let regs = ctx.arg::<u64>(0) as *const u8;
+    let arg = |offset: u32| -> Result<u32, i64> {
+        read_kernel::<u64>(regs, offset).map(|v| v as u32).ok_or(1)
+    };
+    let k = &cfg.kernel;
+    let prot = arg(k.regs_dx)?;
+    if prot & PROT_WRITE == 0 {
+        return Ok(());
+    }
+    let mut reason = wx_reason::COMPAT;
+    if prot & PROT_EXEC != 0 {
+        reason |= wx_reason::WRITE_EXEC;
+    } else if prot & PROT_READ != 0 && read_implies_exec(cfg) {
+        reason |= wx_reason::READ_IMPLIES_EXEC;
+    } else {
+        return Ok(());
+    }
+    if !traced(cfg) {
+        return Ok(());
+    }
+    let Some(judged) = wx::judge(cfg) else {
+        return Ok(());
+    };
+    let (syscall, flags, fd, extra) = match id {
+        NR_MMAP2 => (
+            wx_syscall::MMAP2,
+            arg(k.regs_si)?,
+            arg(k.regs_di)? as i32,
+            0,
+        ),
+        NR_PKEY_MPROTECT => (wx_syscall::PKEY_MPROTECT, 0, -1, arg(k.regs_si)?),
+        _ => (wx_syscall::MPROTECT, 0, -1, 0),
+    };
+    wx::report(
+        cfg,
+        judged,
+        WxEvent {
+            syscall,
+            prot,
+            flags,
+            reason,
+            addr: u64::from(arg(k.regs_bx)?),
+            len: u64::from(arg(k.regs_cx)?),
+            fd,
+            extra,
+            ..WxEvent::default()
+        },
+    );
+    Ok(())
+}
+
+fn read_implies_exec(cfg: &Config) -> bool {
+    read_kernel::<u32>(current_task(), cfg.kernel.task_personality)
+        .is_some_and(|p| p & agent_common::READ_IMPLIES_EXEC != 0)
+}
