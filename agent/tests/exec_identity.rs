@@ -765,3 +765,51 @@ fn wx_through_the_32_bit_entry_is_caught() {
         "a writable-only compat mapping was reported"
     );
 }
+
+#[test]
+fn a_process_started_before_the_agent_is_pinned_to_its_policy_too() {
+    if !root_or_skip("pinned-before") {
+        return;
+    }
+    let cg = TestCgroup::new("pin-before");
+    let elsewhere = TestCgroup::new("pin-before-free");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = common::denied_binary(tmp.path());
+    let go = tmp.path().join("go");
+    let marker = tmp.path().join("marker");
+    // Started (and placed in its cgroup) before the agent; it judges nothing until told to
+    // move out and exec a denied binary.
+    let child = cg
+        .command(scenario_bin())
+        .args([
+            "wait-then-move-to",
+            go.to_str().unwrap(),
+            elsewhere.dir.to_str().unwrap(),
+            writer.to_str().unwrap(),
+            "write-marker",
+            marker.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "pin-before",
+            format!("  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Kill\n"),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    std::fs::write(&go, b"go").unwrap();
+    let status = child.wait_with_output().unwrap().status;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(
+        !marker.exists(),
+        "the process escaped by moving before its first decision"
+    );
+    let e = tracer.wait_for("the move", |e| is(e, "dev.vigil.cgroup.v1", pid));
+    assert_eq!(e["data"]["move"]["fromCgroupId"], cg.id, "{e}");
+    tracer.stop();
+}

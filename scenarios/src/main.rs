@@ -17,7 +17,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: vigil-scenario <scenario> [args]\n\
          exec:    memfd-exec | deleted-exec PATH | write-marker PATH | memfd-exec-marker PATH |\n\
-         \x20        memfd-script-marker PATH | move-to CGROUP_DIR [PROGRAM ARGS...]\n\
+         \x20        memfd-script-marker PATH | move-to CGROUP_DIR [PROGRAM ARGS...] |\n\
+         \x20        wait-then-move-to GO_FILE CGROUP_DIR [PROGRAM ARGS...]\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          egress:  send METHOD ADDR (tcp-connect udp-connect tcp-fastopen udp-sendto\n\
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         ("memfd-exec-marker", [path]) => exec::memfd_exec_marker(path),
         ("memfd-script-marker", [path]) => exec::memfd_script_marker(path),
         ("move-to", [dir, then @ ..]) => exec::move_to(dir, then),
+        ("wait-then-move-to", [go, dir, then @ ..]) => exec::wait_then_move_to(go, dir, then),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("tcp-connect", [addr]) => connect::tcp(addr),
         ("tcp-listen", [addr]) => connect::listen(addr),

@@ -307,6 +307,7 @@ pub struct PolicyMaps {
         aya::maps::LpmTrie<MapData, agent_common::AddrKeyData, agent_common::PortRules>,
     pub services: aya::maps::HashMap<MapData, agent_common::ServiceKey, u32>,
     pub task_exe: aya::maps::HashMap<MapData, u32, agent_common::ExePath>,
+    pub task_origin: aya::maps::HashMap<MapData, u32, u64>,
 }
 
 /// The loaded and attached probes. Dropping it detaches every program.
@@ -434,6 +435,7 @@ impl Probes {
             connect_deny: take(ebpf, "CONNECT_DENY")?,
             services: take(ebpf, "SERVICES")?,
             task_exe: take(ebpf, "TASK_EXE")?,
+            task_origin: take(ebpf, "TASK_ORIGIN")?,
         })
     }
 

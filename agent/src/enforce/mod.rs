@@ -432,6 +432,17 @@ impl Enforcer {
             + self.maps.cgroup_sets.keys().count()
     }
 
+    /// Pins every running process to the binding covering its cgroup (see
+    /// [`seed::origins_from_proc`]).
+    pub fn pin_running(&mut self) -> usize {
+        let bound: Vec<(String, u64)> = self
+            .bound
+            .iter()
+            .map(|(path, (id, _))| (path.clone(), *id))
+            .collect();
+        seed::origins_from_proc(&mut self.maps.task_origin, &bound)
+    }
+
     pub fn task_exe_map(
         &mut self,
     ) -> &mut aya::maps::HashMap<aya::maps::MapData, u32, agent_common::ExePath> {

@@ -109,6 +109,11 @@ pub async fn run<W: Write>(
         Some(link) => link.sync(&mut enforcer, &file_policies, &root)?,
         None => apply(&mut enforcer, &file_policies)?,
     }
+    let pinned = enforcer.pin_running();
+    tracing::debug!(
+        processes = pinned,
+        "running processes pinned to their policy bindings"
+    );
     let mut fingerprint_now = fingerprint(&options.policies);
 
     let mut stages = Stages::start(probes, root.clone(), common.format, out, stop)?;
