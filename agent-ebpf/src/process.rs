@@ -60,11 +60,14 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 fn try_exit() -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // W^X requests wait for their result in both modes.
+    crate::wx::forget_pending(pid_tgid as u32);
     let cfg = config().ok_or(1)?;
     if cfg.mode != mode::ENFORCE {
         return Ok(());
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tgid = (pid_tgid >> 32) as u32;
     // The process is gone when its last thread exits, whichever thread that is (a leader may
     // exit before the others). `signal->live` has reached 0 by then; unknown offsets keep
     // the entry (an LRU map ages it out) rather than drop an exemption early.

@@ -120,7 +120,17 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
         },
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    WX_PENDING.insert(tid, pending, 0).map_err(i64::from)
+    if WX_PENDING.insert(tid, pending, 0).is_err() {
+        // No room to wait for the result: decide now rather than not at all.
+        enforce(judged);
+        report(cfg, judged, pending.event);
+    }
+    Ok(())
+}
+
+/// Forgets thread `tid`'s W^X request in flight (the thread is gone).
+pub fn forget_pending(tid: u32) {
+    let _ = WX_PENDING.remove(tid);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
@@ -194,15 +204,7 @@ fn decide(cfg: &Config) -> Option<Violation> {
 /// policy, W^X allowed, or an exempt executable); in trace mode an observation; in enforce
 /// mode a violation, whose action is carried out here.
 pub fn judge(cfg: &Config) -> Option<Violation> {
-    if cfg.mode != mode::ENFORCE {
-        return Some(Violation::ALLOWED);
-    }
-    let set = current_set();
-    let ps = policy_set(set)?;
-    if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
-        return None;
-    }
-    let v = violation(ps.wx_action, set, ps.wx_rule);
+    let v = decide(cfg)?;
     enforce(v);
     Some(v)
 }

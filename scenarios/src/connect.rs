@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use crate::{Failure, Outcome, os_error, parse_count};
+use crate::{Failure, Outcome, egress::sockaddr, os_error, parse_count};
 
 fn addr(s: &str) -> Result<SocketAddr, Failure> {
     s.parse()
@@ -54,31 +54,6 @@ pub fn udp(target: &str) -> Outcome {
         socket.local_addr()?
     );
     Ok(())
-}
-
-/// A `sockaddr_storage` for `addr`, and its length.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as u16;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as u16;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }
 
 fn tcp_socket(family: i32) -> Result<i32, Failure> {

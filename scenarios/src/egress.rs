@@ -26,7 +26,7 @@ fn family(a: &SocketAddr) -> i32 {
     }
 }
 
-/// A `sockaddr_storage` for `addr`, and its length.
+/// A `sockaddr_storage` for `addr`, and its length (shared with the connect scenarios).
 pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

@@ -3,20 +3,19 @@
 //! them and moving to another cgroup escapes nothing for them either.
 use agent_common::{ExePath, PATH_LEN};
 
+/// The ids of the processes running now.
+fn running_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
 /// Writes every running process's executable into `map`. Returns how many were recorded.
 pub fn from_proc(map: &mut aya::maps::HashMap<aya::maps::MapData, u32, ExePath>) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let mut count = 0;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in running_pids() {
         let Some(path) = crate::metadata::process::proc_exe(pid) else {
             continue;
         };
@@ -67,18 +66,8 @@ pub fn origins_from_proc(
     map: &mut aya::maps::HashMap<aya::maps::MapData, u32, u64>,
     bound: &[(String, u64)],
 ) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let mut count = 0;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in running_pids() {
         let Some(cgroup) = cgroup_of(pid) else {
             continue;
         };
