@@ -62,6 +62,9 @@ pub mod exec_flags {
     /// Not an exec: a file mapped executable (`mmap` with `PROT_EXEC`) by a running process
     /// (the dynamic loader, `dlopen`, `LD_PRELOAD`); `path` is the file's real path.
     pub const MAPPED: u32 = 1 << 9;
+    /// Not an exec: the script of an earlier exec, as its interpreter opened it; `path` is
+    /// the opened file's real path, `exe_path` the interpreter's.
+    pub const OPENED: u32 = 1 << 10;
 }
 
 /// Whether a record reports a violation.
@@ -237,6 +240,18 @@ pub struct ExePath {
     pub len: u32,
     pub _pad: u32,
     pub path: [u8; PATH_LEN],
+}
+
+/// A script the kernel ran, waiting for its interpreter to open it: the file opened under
+/// the name the kernel ran it by is the script, and it is decided then, on the file itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingScript {
+    /// The thread inside an `open` of `name` (0: none).
+    pub opener_tid: u32,
+    pub _pad: u32,
+    /// The name the script was run by (`bprm->filename`), as the interpreter gets it.
+    pub name: [u8; PATH_LEN],
 }
 
 /// Where a connect record was observed. All three are cgroup socket programs: they see the
@@ -498,6 +513,7 @@ const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ExePath>() == 8 + PATH_LEN);
+const _: () = assert!(core::mem::size_of::<PendingScript>() == 8 + PATH_LEN);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -19,7 +19,7 @@ use crate::{
     maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
     path::{Built, PathScratch, path_key, real_path},
     policy::mark,
-    policy::{Violation, current_set, decide_exec, enforce, policy_set, violation},
+    policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
     task::syscall_arg,
     task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
     throttle::admit,
@@ -48,19 +48,6 @@ fn fd_of_dev_fd_path(name: &[u8; PATH_LEN]) -> Option<u32> {
         digits += 1;
     }
     (digits > 0).then_some(fd)
-}
-
-/// The decision for an executable whose real path cannot be verified: not on any
-/// allowlist; under a deny list with `Kill`, killed. Alert-only deny lists leave it to user
-/// space, which reads /proc while the process lives.
-fn fail_closed(set: u32, ps: &PolicySet) -> Violation {
-    if ps.flags & set_flags::EXEC_ALLOWLIST != 0 {
-        return violation(ps.exec_action, set, rule_id::NOT_ALLOWED);
-    }
-    if ps.exec_action == u32::from(action::KILL) {
-        return violation(ps.exec_action, set, rule_id::UNVERIFIABLE);
-    }
-    Violation::ALLOWED
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
@@ -191,10 +178,9 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         // Plain values, not Options: LLVM may leave an Option's empty payload undefined,
         // which the verifier refuses to copy.
         // The executable's real path could not be walked (deeper or longer than the walk
-        // goes): it cannot be verified, so the decision fails closed below.
+        // goes), or its script cannot be followed: the decision fails closed below.
         let mut unverifiable = false;
-        // A script named by a path the kernel cannot key (relative, or run from a
-        // descriptor): user space decides it.
+        // Not verifiable, and an Alert deny list leaves the decision to user space.
         let mut undecided = false;
         let mut exe_rule = PathRule::default();
         match facts.path {
@@ -205,33 +191,45 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             }
             _ => unverifiable = true,
         }
+        // A script run by a plain absolute name is decided by that name now (deny when the
+        // name is denied); every script is decided again on the file its interpreter opens.
         let mut script_rule = PathRule::default();
         let mut script_checked = false;
-        if facts.script {
-            let len = c_len(&scratch.filename);
-            if scratch.filename[0] == b'/'
-                && !facts.script_from_fd
-                && path_key(&mut scratch.key, set, scratch.filename.as_ptr(), len)
-            {
-                script_checked = true;
-                if let Some(rule) = EXEC_PATHS.get(&scratch.key) {
-                    script_rule = *rule;
-                }
-            } else {
-                undecided = true;
+        if facts.script
+            && !facts.script_from_fd
+            && plain_absolute(scratch)
+            && path_key(
+                &mut scratch.key,
+                set,
+                scratch.filename.as_ptr(),
+                c_len(&scratch.filename),
+            )
+        {
+            script_checked = true;
+            if let Some(rule) = EXEC_PATHS.get(&scratch.key) {
+                script_rule = *rule;
             }
         }
         let mut violation = decide_exec(
             set,
             ps,
             facts.memfd,
-            !undecided && !unverifiable,
+            !unverifiable,
             &exe_rule,
             script_checked.then_some(&script_rule),
         );
         if unverifiable && !violation.is_hit() {
             violation = fail_closed(set, ps);
-            // An Alert deny list: user space reads /proc while the process lives.
+            undecided = !violation.is_hit();
+        }
+        if facts.script
+            && !violation.is_hit()
+            && ps.exec_action != 0
+            && !crate::script::await_open(scratch, tgid)
+        {
+            // The script cannot be followed to its file: it cannot be verified.
+            unverifiable = true;
+            violation = fail_closed(set, ps);
             undecided = !violation.is_hit();
         }
         enforce(violation);
@@ -283,6 +281,41 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     fill_args(event);
     entry.submit(0);
     Ok(())
+}
+
+/// Whether the name in `scratch.filename` is absolute with no empty, `.` or `..` component:
+/// a name whose directories are the ones it spells (symlinks aside). Anything else is decided
+/// only on the opened file.
+///
+/// Where the current component starts goes through memory (as in `real_path`), so that
+/// every iteration reaches the loop head in the same state and the verifier can prune.
+fn plain_absolute(scratch: &mut PathScratch) -> bool {
+    if scratch.filename[0] != b'/' {
+        return false;
+    }
+    // SAFETY: plain writes and reads of our own scratch field.
+    unsafe { core::ptr::write_volatile(&mut scratch.cursor, 1) };
+    let mut i = 1;
+    while i < PATH_LEN {
+        let c = scratch.filename[i];
+        if c == b'/' || c == 0 {
+            // SAFETY: as above.
+            let start = unsafe { core::ptr::read_volatile(&scratch.cursor) } as usize;
+            let len = i.wrapping_sub(start);
+            let first = scratch.filename[start & (PATH_LEN - 1)];
+            let second = scratch.filename[(start + 1) & (PATH_LEN - 1)];
+            if len == 0 || (first == b'.' && (len == 1 || (len == 2 && second == b'.'))) {
+                return false;
+            }
+            if c == 0 {
+                return true;
+            }
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(&mut scratch.cursor, (i + 1) as u64) };
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Length of a NUL-terminated buffer.

@@ -15,6 +15,7 @@ mod maps;
 mod path;
 mod policy;
 mod process;
+mod script;
 mod task;
 mod throttle;
 mod wx;

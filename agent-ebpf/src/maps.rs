@@ -1,6 +1,6 @@
 use agent_common::{
-    AddrKeyData, Config, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule, PolicySet,
-    PortRules, ServiceKey, WxEvent, kind,
+    AddrKeyData, Config, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule, PendingScript,
+    PolicySet, PortRules, ServiceKey, WxEvent, kind,
 };
 use aya_ebpf::{
     macros::map,
@@ -109,3 +109,11 @@ pub struct PendingWx {
 /// at entry instead.
 #[map]
 pub static WX_PENDING: HashMap<u32, PendingWx> = HashMap::with_max_entries(16_384, 0);
+
+/// Process (thread group) id -> the script it was exec'd to run, until its interpreter opens
+/// it (then decided on the opened file) or the process exits. It survives execs of plain
+/// binaries (`#!/usr/bin/env python3` runs env, which runs python3, which opens the script).
+/// Not LRU: an evicted entry would leave a script undecided; when full, the exec fails
+/// closed instead.
+#[map]
+pub static SCRIPT_PENDING: HashMap<u32, PendingScript> = HashMap::with_max_entries(8192, 0);

@@ -1,7 +1,7 @@
 //! The real path of a file: its dentry walked up to the root of its mount, then across
 //! mounts up to the mount namespace's root. No `bpf_d_path` in tracepoint programs, so this
 //! is done by hand with offsets from BTF.
-use agent_common::{Config, ExePath, KEY_PATH_LEN, PATH_LEN, PathKeyData};
+use agent_common::{Config, ExePath, KEY_PATH_LEN, PATH_LEN, PathKeyData, PendingScript};
 use aya_ebpf::{cty::c_void, maps::lpm_trie::Key};
 
 use crate::task::{read_kernel, read_kernel_ptr};
@@ -20,6 +20,7 @@ pub struct PathScratch {
     pub filename: [u8; PATH_LEN],
     pub key: Key<PathKeyData>,
     pub exe: ExePath,
+    pub pending: PendingScript,
     /// The walk's write position, kept in memory (see `real_path`).
     pub cursor: u64,
 }

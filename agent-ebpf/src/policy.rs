@@ -161,6 +161,19 @@ pub fn decide_exec(
     Violation::ALLOWED
 }
 
+/// The decision for a file whose real path cannot be verified: not on any allowlist; under a
+/// deny list with `Kill`, killed. Alert-only deny lists leave it to user space, which reads
+/// /proc while the process lives.
+pub fn fail_closed(set: u32, ps: &PolicySet) -> Violation {
+    if ps.flags & set_flags::EXEC_ALLOWLIST != 0 {
+        return violation(ps.exec_action, set, rule_id::NOT_ALLOWED);
+    }
+    if ps.exec_action == u32::from(action::KILL) {
+        return violation(ps.exec_action, set, rule_id::UNVERIFIABLE);
+    }
+    Violation::ALLOWED
+}
+
 const NO_MATCH: u32 = u32::MAX;
 
 /// The rule index of the first range matching, or [`NO_MATCH`].

@@ -78,6 +78,7 @@ fn try_exit() -> Result<(), i64> {
         let _ = TASK_EXE.remove(tgid);
         let _ = TASK_ORIGIN.remove(tgid);
         forget_pending_kill(tgid);
+        crate::script::forget(tgid);
     }
     Ok(())
 }

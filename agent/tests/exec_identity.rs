@@ -813,3 +813,215 @@ fn a_process_started_before_the_agent_is_pinned_to_its_policy_too() {
     assert_eq!(e["data"]["move"]["fromCgroupId"], cg.id, "{e}");
     tracer.stop();
 }
+
+/// A script that touches the marker it is given, with mode 0755.
+fn marker_script(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, "#!/bin/sh\ntouch \"$1\"\n").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Runs `program args...` from `cwd` in `cg`: pid, how it ended, whether the marker was
+/// written.
+fn run_from(
+    cg: &TestCgroup,
+    cwd: &Path,
+    program: &str,
+    args: &[&str],
+    marker: &Path,
+) -> (u32, std::process::ExitStatus, bool) {
+    let _ = std::fs::remove_file(marker);
+    let child = cg
+        .command(program)
+        .args(args)
+        .arg(marker)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = child.wait_with_output().unwrap().status;
+    (pid, status, marker.exists())
+}
+
+#[test]
+fn scripts_are_decided_on_the_file_their_interpreter_opens_not_on_the_name() {
+    if !root_or_skip("script-names") {
+        return;
+    }
+    let deny = TestCgroup::new("script-deny");
+    let allow = TestCgroup::new("script-allow");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let denied = base.join("denied");
+    let ok = base.join("ok");
+    std::fs::create_dir_all(denied.join("sub")).unwrap();
+    std::fs::create_dir_all(&ok).unwrap();
+    let script = denied.join("s.sh");
+    marker_script(&script);
+    marker_script(&ok.join("ok.sh"));
+    // What `ok/dlink/../s.sh` would be if `..` were taken lexically: a benign script.
+    marker_script(&ok.join("s.sh"));
+    std::os::unix::fs::symlink(&script, ok.join("link.sh")).unwrap();
+    std::os::unix::fs::symlink(denied.join("sub"), ok.join("dlink")).unwrap();
+    let scenario_dir = std::fs::canonicalize(scenario_bin())
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let file = write_policies(
+        tmp.path(),
+        &[
+            (
+                &deny,
+                "script-deny",
+                format!(
+                    "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Kill\n",
+                    denied.display()
+                ),
+            ),
+            (
+                &allow,
+                "script-allow",
+                format!(
+                    "  exec:\n    allow: [{{prefix: /usr/}}, {{prefix: \"{}/\"}}, {{prefix: \"{}/\"}}]\n    action: Kill\n",
+                    ok.display(),
+                    scenario_dir.display()
+                ),
+            ),
+        ],
+    );
+    let tracer = Tracer::enforce(&file);
+    let marker = base.join("marker");
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+    let bin = scenario_bin();
+    let bin = bin.to_str().unwrap();
+    let dd = denied.to_str().unwrap();
+    let od = ok.to_str().unwrap();
+    let double_slash = format!("{}//denied//s.sh", base.display());
+    let through_ok = format!("{od}/../denied/s.sh");
+    let link = format!("{od}/link.sh");
+    let dir_link = format!("{od}/dlink/../s.sh");
+    let through_denied = format!("{dd}/../ok/ok.sh");
+
+    // The denied script under names the caller chose: each is killed when the interpreter
+    // opens it, before a line runs, and reported with the file's real path.
+    let attacks: Vec<(&str, &TestCgroup, &Path, &str, Vec<&str>)> = vec![
+        ("relative ./", &deny, &denied, "./s.sh", vec![]),
+        (
+            "relative with ..",
+            &deny,
+            &base,
+            "ok/../denied/s.sh",
+            vec![],
+        ),
+        ("absolute with //", &deny, &base, &double_slash, vec![]),
+        ("absolute with ..", &deny, &base, &through_ok, vec![]),
+        ("symlink to it", &deny, &base, &link, vec![]),
+        (
+            "a symlinked directory's ..",
+            &deny,
+            &base,
+            &dir_link,
+            vec![],
+        ),
+        (
+            "execveat(dirfd)",
+            &deny,
+            &base,
+            bin,
+            vec!["exec-at", dd, "s.sh"],
+        ),
+        ("allowlist, relative", &allow, &denied, "./s.sh", vec![]),
+        (
+            "allowlist, symlinked directory's ..",
+            &allow,
+            &base,
+            &dir_link,
+            vec![],
+        ),
+        (
+            "allowlist, execveat(dirfd)",
+            &allow,
+            &base,
+            bin,
+            vec!["exec-at", dd, "s.sh"],
+        ),
+    ];
+    for (what, cg, cwd, program, args) in &attacks {
+        let (pid, status, ran) = run_from(cg, cwd, program, args, &marker);
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status}");
+        assert!(!ran, "{what}: the denied script ran");
+        let e = tracer.wait_for(what, |e| {
+            is(e, EXEC, pid) && e["data"]["exec"]["opened"] == true
+        });
+        assert_eq!(
+            e["data"]["exec"]["path"],
+            script.to_str().unwrap(),
+            "{what}: {e}"
+        );
+        assert_eq!(e["data"]["exec"]["script"], true, "{what}: {e}");
+        assert_eq!(
+            e["data"]["process"]["exe"],
+            sh.to_str().unwrap(),
+            "{what}: {e}"
+        );
+        let rule = if std::ptr::eq(*cg, &deny) {
+            "spec.exec.deny[0]"
+        } else {
+            "spec.exec.allow"
+        };
+        assert_eq!(e["data"]["policy"]["rule"], rule, "{what}: {e}");
+        assert_eq!(e["vigilaction"], "kill", "{what}: {e}");
+    }
+
+    // The benign twins: allowed scripts under the same kinds of names run, silently.
+    let twins: Vec<(&str, &TestCgroup, &Path, &str, Vec<&str>)> = vec![
+        ("relative ./", &deny, &ok, "./ok.sh", vec![]),
+        ("relative", &deny, &base, "ok/ok.sh", vec![]),
+        (
+            "absolute with .. through the denied directory",
+            &deny,
+            &base,
+            &through_denied,
+            vec![],
+        ),
+        (
+            "the lexical reading of the symlinked directory",
+            &deny,
+            &base,
+            "ok/s.sh",
+            vec![],
+        ),
+        (
+            "execveat(dirfd)",
+            &deny,
+            &base,
+            bin,
+            vec!["exec-at", od, "ok.sh"],
+        ),
+        ("allowlist, relative", &allow, &ok, "./ok.sh", vec![]),
+        (
+            "allowlist, execveat(dirfd)",
+            &allow,
+            &base,
+            bin,
+            vec!["exec-at", od, "ok.sh"],
+        ),
+    ];
+    let mut quiet = Vec::new();
+    for (what, cg, cwd, program, args) in &twins {
+        let (pid, status, ran) = run_from(cg, cwd, program, args, &marker);
+        assert!(status.success() && ran, "{what}: {status}, ran: {ran}");
+        quiet.push((what, pid));
+    }
+    let events = tracer.stop();
+    for (what, pid) in quiet {
+        let noisy: Vec<_> = events.iter().filter(|e| is(e, EXEC, pid)).collect();
+        assert!(
+            noisy.is_empty(),
+            "{what}: a benign script was reported: {noisy:?}"
+        );
+    }
+}

@@ -135,3 +135,37 @@ pub fn wait_then_move_to(go: &str, dir: &str, then: &[&str]) -> Outcome {
     }
     move_to(dir, then)
 }
+
+/// `execveat(dirfd, name)` with `dir` opened as the directory descriptor (left open across
+/// the exec, so an interpreter can open the script by the `/dev/fd/N/name` the kernel names
+/// it by).
+pub fn exec_at(dir: &str, name: &str, args: &[&str]) -> Outcome {
+    let dir = CString::new(dir).map_err(|e| Failure::Error(e.to_string()))?;
+    // SAFETY: a valid C string; the descriptor is deliberately not close-on-exec.
+    let fd = unsafe { libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY) };
+    if fd < 0 {
+        return Err(os_error("open"));
+    }
+    let name = CString::new(name).map_err(|e| Failure::Error(e.to_string()))?;
+    let args = args
+        .iter()
+        .map(|a| CString::new(*a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Error(e.to_string()))?;
+    let mut argv: Vec<*const libc::c_char> = vec![name.as_ptr()];
+    argv.extend(args.iter().map(|a| a.as_ptr()));
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: NUL-terminated argument and environment arrays of valid C strings.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            name.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            0,
+        )
+    };
+    Err(os_error("execveat"))
+}

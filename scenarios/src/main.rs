@@ -16,7 +16,8 @@ pub const UNSUPPORTED: u8 = 77;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: vigil-scenario <scenario> [args]\n\
-         exec:    memfd-exec | deleted-exec PATH | write-marker PATH | memfd-exec-marker PATH |\n\
+         exec:    memfd-exec | deleted-exec PATH | exec-at DIR NAME ARGS... | write-marker PATH |\n\
+         \x20        memfd-exec-marker PATH |\n\
          \x20        memfd-script-marker PATH | move-to CGROUP_DIR [PROGRAM ARGS...] |\n\
          \x20        wait-then-move-to GO_FILE CGROUP_DIR [PROGRAM ARGS...]\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         ("move-to", [dir, then @ ..]) => exec::move_to(dir, then),
         ("wait-then-move-to", [go, dir, then @ ..]) => exec::wait_then_move_to(go, dir, then),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
+        ("exec-at", [dir, name, args @ ..]) => exec::exec_at(dir, name, args),
         ("tcp-connect", [addr]) => connect::tcp(addr),
         ("tcp-listen", [addr]) => connect::listen(addr),
         ("udp-connect", [addr]) => connect::udp(addr),

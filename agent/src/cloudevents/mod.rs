@@ -120,6 +120,9 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
             if e.mapped {
                 fields["mapped"] = json!(true);
             }
+            if e.opened {
+                fields["opened"] = json!(true);
+            }
             (TYPE_EXEC, "exec", fields)
         }
         Body::Connect(c) => (

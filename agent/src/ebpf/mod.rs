@@ -127,6 +127,30 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_exit_open"),
     ),
     (
+        "sys_enter_open_script",
+        Hook::Tracepoint("syscalls", "sys_enter_open"),
+    ),
+    (
+        "sys_enter_openat_script",
+        Hook::Tracepoint("syscalls", "sys_enter_openat"),
+    ),
+    (
+        "sys_enter_openat2_script",
+        Hook::Tracepoint("syscalls", "sys_enter_openat2"),
+    ),
+    (
+        "sys_exit_open_script",
+        Hook::Tracepoint("syscalls", "sys_exit_open"),
+    ),
+    (
+        "sys_exit_openat_script",
+        Hook::Tracepoint("syscalls", "sys_exit_openat"),
+    ),
+    (
+        "sys_exit_openat2_script",
+        Hook::Tracepoint("syscalls", "sys_exit_openat2"),
+    ),
+    (
         "sys_enter_personality",
         Hook::Tracepoint("syscalls", "sys_enter_personality"),
     ),

@@ -82,6 +82,9 @@ pub struct Exec {
     /// A file mapped executable by a running process (loader, `dlopen`, `LD_PRELOAD`), not
     /// an exec: `path` is that file.
     pub mapped: bool,
+    /// The script of an earlier exec as its interpreter opened it, not an exec: `path` is
+    /// the opened file's real path.
+    pub opened: bool,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
     pub args: Vec<String>,
@@ -323,6 +326,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     undecided: e.flags & exec_flags::UNDECIDED != 0,
                     unverifiable: e.flags & exec_flags::UNVERIFIABLE != 0,
                     mapped: e.flags & exec_flags::MAPPED != 0,
+                    opened: e.flags & exec_flags::OPENED != 0,
                     undecided_set: (e.flags & exec_flags::UNDECIDED != 0)
                         .then(|| agent_common::rule_id::set(e.header.rule)),
                     args: split_args(&e.args, e.args_len, e.argc),

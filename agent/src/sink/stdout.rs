@@ -97,6 +97,7 @@ pub fn pretty(event: &CloudEvent) -> String {
             for (flag, mark) in [
                 ("memfd", "memfd"),
                 ("mapped", "mapped executable, not exec'd"),
+                ("opened", "script as its interpreter opened it"),
                 ("unverifiable", "real path unverifiable"),
                 ("deleted", "deleted"),
                 ("argsTruncated", "args truncated"),
@@ -249,6 +250,7 @@ mod tests {
                 undecided: false,
                 unverifiable: false,
                 mapped: false,
+                opened: false,
                 undecided_set: None,
                 args_truncated: false,
                 args_missing: false,

@@ -1,0 +1,226 @@
+//! Scripts decided on the file their interpreter opens. By `sched_process_exec` the kernel
+//! has released the script's own file; only the name it was run by remains, and that name is
+//! the caller's (`./s.sh`, `dir/../s.sh`, `/dev/fd/3/s.sh`, a symlink). The interpreter gets
+//! exactly that name and opens it: the file that open returns is the script, and it is
+//! decided then, by its real path, before the interpreter reads a line of it.
+use agent_common::{ExecEvent, PATH_LEN, PendingScript, SYSCALL_RET_OFFSET, exec_flags, kind};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+
+use crate::{
+    file::{anonymous_file, task_fd_file},
+    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, SCRIPT_PENDING, TASK_EXE},
+    path::{PathScratch, path_key, real_path},
+    policy::{Violation, current_set, decide_exec, enforce, fail_closed, mark, policy_set},
+    task::{config, count_loss, header, syscall_arg},
+    throttle::admit,
+};
+
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn sys_enter_open_script(ctx: TracePointContext) -> u32 {
+    match try_opening(&ctx, 0) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn sys_enter_openat_script(ctx: TracePointContext) -> u32 {
+    match try_opening(&ctx, 1) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
+pub fn sys_enter_openat2_script(ctx: TracePointContext) -> u32 {
+    match try_opening(&ctx, 1) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_open")]
+pub fn sys_exit_open_script(ctx: TracePointContext) -> u32 {
+    match try_opened(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
+pub fn sys_exit_openat_script(ctx: TracePointContext) -> u32 {
+    match try_opened(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
+pub fn sys_exit_openat2_script(ctx: TracePointContext) -> u32 {
+    match try_opened(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// Records the script of the current exec (its name in `scratch.filename`) until its
+/// interpreter opens it. False when it cannot be recorded (the map is full): the caller then
+/// fails closed.
+pub fn await_open(scratch: &mut PathScratch, tgid: u32) -> bool {
+    scratch.pending.opener_tid = 0;
+    scratch.pending._pad = 0;
+    // SAFETY: both buffers are PATH_LEN bytes.
+    if unsafe { bpf_probe_read_kernel_buf(scratch.filename.as_ptr(), &mut scratch.pending.name) }
+        .is_err()
+    {
+        return false;
+    }
+    let pending: &PendingScript = &scratch.pending;
+    SCRIPT_PENDING.insert(tgid, pending, 0).is_ok()
+}
+
+/// Forgets the script of a process that has exited.
+pub fn forget(tgid: u32) {
+    let _ = SCRIPT_PENDING.remove(tgid);
+}
+
+/// An `open` by a process with a script waiting: is it the script's name?
+fn try_opening(ctx: &TracePointContext, name_arg: usize) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(pending) = SCRIPT_PENDING.get_ptr_mut((pid_tgid >> 32) as u32) else {
+        return Ok(());
+    };
+    let name = syscall_arg(ctx, name_arg)? as *const u8;
+    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = unsafe { &mut *scratch };
+    scratch.filename[0] = 0;
+    // SAFETY: the helper checks the user address and bounds the copy.
+    unsafe { bpf_probe_read_user_str_bytes(name, &mut scratch.filename) }?;
+    // SAFETY: a live map value.
+    let pending = unsafe { &mut *pending };
+    if same_name(&pending.name, &scratch.filename) {
+        pending.opener_tid = pid_tgid as u32;
+    }
+    Ok(())
+}
+
+/// Byte by byte up to the first NUL, as BPF has no `strcmp`.
+fn same_name(a: &[u8; PATH_LEN], b: &[u8; PATH_LEN]) -> bool {
+    let mut i = 0;
+    while i < PATH_LEN {
+        if a[i] != b[i] {
+            return false;
+        }
+        if a[i] == 0 {
+            return true;
+        }
+        i += 1;
+    }
+    // Neither ended: a name the kernel could not pass whole, never matched.
+    false
+}
+
+/// The end of an `open` of the script's name: the descriptor it returned is the script.
+fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(pending) = SCRIPT_PENDING.get_ptr_mut(tgid) else {
+        return Ok(());
+    };
+    // SAFETY: a live map value.
+    let pending = unsafe { &mut *pending };
+    if pending.opener_tid != pid_tgid as u32 {
+        return Ok(());
+    }
+    pending.opener_tid = 0;
+    // SAFETY: every sys_exit record holds `ret` at this offset (checked at load time).
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
+    if ret < 0 {
+        // Not opened: nothing of it runs; the name stays awaited.
+        return Ok(());
+    }
+    let _ = SCRIPT_PENDING.remove(tgid);
+    let cfg = config().ok_or(1)?;
+    let set = current_set();
+    let Some(ps) = policy_set(set) else {
+        return Ok(());
+    };
+    let file = task_fd_file(cfg, ret as u32);
+    let memfd = file.is_some_and(|f| anonymous_file(cfg, f));
+    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = unsafe { &mut *scratch };
+    let path = file.and_then(|f| real_path(cfg, f, scratch));
+    let mut rule = agent_common::PathRule::default();
+    let mut keyed = false;
+    if let Some(built) = path
+        && path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len)
+    {
+        keyed = true;
+        if let Some(found) = EXEC_PATHS.get(&scratch.key) {
+            rule = *found;
+        }
+    }
+    let mut v = decide_exec(set, ps, memfd, keyed, &rule, None);
+    if !keyed && !memfd && !v.is_hit() {
+        v = fail_closed(set, ps);
+    }
+    if !v.is_hit() {
+        return Ok(());
+    }
+    enforce(v);
+    report(
+        cfg,
+        v,
+        memfd,
+        keyed,
+        path.map(|b| b.ptr(&scratch.path)),
+        tgid,
+    );
+    Ok(())
+}
+
+fn report(
+    cfg: &agent_common::Config,
+    v: Violation,
+    memfd: bool,
+    keyed: bool,
+    path: Option<*const u8>,
+    tgid: u32,
+) {
+    let mut head = header(kind::EXEC, cfg);
+    mark(&mut head, v);
+    if !admit(kind::EXEC, 0, &mut head) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_loss(kind::EXEC);
+        return;
+    };
+    // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
+    // until it is submitted.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.header = head;
+    event.flags = exec_flags::SCRIPT | exec_flags::OPENED | exec_flags::ARGS_MISSING;
+    if memfd {
+        event.flags |= exec_flags::MEMFD;
+    }
+    if !keyed {
+        event.flags |= exec_flags::UNVERIFIABLE;
+    }
+    event.old_tid = event.header.tid;
+    event.argc = 0;
+    event.args_len = 0;
+    event.exe_name = [0; agent_common::NAME_LEN];
+    event.path[0] = 0;
+    if let Some(path) = path {
+        // SAFETY: the source has at least PATH_LEN bytes from any start.
+        let _ = unsafe { bpf_probe_read_kernel_buf(path, &mut event.path) };
+    }
+    // The interpreter, as recorded at the exec.
+    event.exe_path[0] = 0;
+    if let Some(exe) = TASK_EXE.get_ptr(tgid) {
+        // SAFETY: a live map value of PATH_LEN bytes.
+        let _ = unsafe { bpf_probe_read_kernel_buf((*exe).path.as_ptr(), &mut event.exe_path) };
+    }
+    entry.submit(0);
+}
