@@ -115,6 +115,7 @@ pub async fn run<W: Write>(
         "running processes pinned to their policy bindings"
     );
     let mut fingerprint_now = fingerprint(&options.policies);
+    let mut fingerprint_seen = fingerprint_now.clone();
 
     let mut stages = Stages::start(probes, root.clone(), common.format, out, stop)?;
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
@@ -136,7 +137,11 @@ pub async fn run<W: Write>(
             _ = watch_ticker.tick() => {
                 let now = fingerprint(&options.policies);
                 let mut reloaded = false;
-                if now != fingerprint_now {
+                if now != fingerprint_seen {
+                    // Still being written (a truncated file parses as no policies at all):
+                    // loaded once it has stayed the same for a whole interval.
+                    fingerprint_seen = now;
+                } else if now != fingerprint_now {
                     fingerprint_now = now;
                     match policy::load_paths(&options.policies) {
                         Ok(policies) => {
