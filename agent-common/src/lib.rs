@@ -242,16 +242,23 @@ pub struct ExePath {
     pub path: [u8; PATH_LEN],
 }
 
-/// A script the kernel ran, waiting for its interpreter to open it: the file opened under
-/// the name the kernel ran it by is the script, and it is decided then, on the file itself.
+/// How many names of a script chain are awaited: the name the script was run by and the
+/// three arguments the kernel put before it (interpreter scripts and `#!` options).
+pub const SCRIPT_NAMES: usize = 4;
+
+/// A script the kernel ran, waiting for its interpreter to open it: a file opened under a
+/// name the kernel ran the chain by is a script of the chain, and it is decided then, on the
+/// file itself.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingScript {
-    /// The thread inside an `open` of `name` (0: none).
+    /// The thread inside an `open` of one of the names (0: none), and which one.
     pub opener_tid: u32,
-    pub _pad: u32,
-    /// The name the script was run by (`bprm->filename`), as the interpreter gets it.
-    pub name: [u8; PATH_LEN],
+    pub opening: u32,
+    /// `names[0]`: the name the script was run by (`bprm->filename`); then the arguments the
+    /// kernel put before it in the new image (`argv[1]`...): the names of the interpreter
+    /// scripts between, each opened by the level below it. Empty: none, or already opened.
+    pub names: [[u8; PATH_LEN]; SCRIPT_NAMES],
 }
 
 /// Where a connect record was observed. All three are cgroup socket programs: they see the
@@ -474,6 +481,12 @@ pub struct KernelOffsets {
     pub regs_dx: u32,
     pub regs_si: u32,
     pub regs_di: u32,
+    /// `task_struct.mm`, `mm_struct.arg_start`, `mm_struct.arg_end`: the new image's
+    /// arguments, written by the kernel at exec (a script chain's names).
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub _pad: u32,
 }
 
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
@@ -506,14 +519,14 @@ const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 152);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 42 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 168);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ExePath>() == 8 + PATH_LEN);
-const _: () = assert!(core::mem::size_of::<PendingScript>() == 8 + PATH_LEN);
+const _: () = assert!(core::mem::size_of::<PendingScript>() == 8 + SCRIPT_NAMES * PATH_LEN);
 
 #[cfg(feature = "user")]
 mod pod {

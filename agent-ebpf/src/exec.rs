@@ -20,6 +20,7 @@ use crate::{
     path::{Built, PathScratch, path_key, real_path},
     policy::mark,
     policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
+    script::Awaited,
     task::syscall_arg,
     task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
     throttle::admit,
@@ -222,15 +223,17 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             violation = fail_closed(set, ps);
             undecided = !violation.is_hit();
         }
-        if facts.script
-            && !violation.is_hit()
-            && ps.exec_action != 0
-            && !crate::script::await_open(scratch, tgid)
-        {
-            // The script cannot be followed to its file: it cannot be verified.
-            unverifiable = true;
-            violation = fail_closed(set, ps);
-            undecided = !violation.is_hit();
+        if facts.script && !violation.is_hit() && ps.exec_action != 0 {
+            match crate::script::await_open(cfg, scratch, tgid) {
+                Awaited::Yes => {}
+                // A script or a level of its chain cannot be followed to its file: it
+                // cannot be verified.
+                Awaited::TooDeep | Awaited::Full => {
+                    unverifiable = true;
+                    violation = fail_closed(set, ps);
+                    undecided = !violation.is_hit();
+                }
+            }
         }
         enforce(violation);
         if !violation.is_hit() && !undecided {

@@ -3,7 +3,9 @@
 //! the caller's (`./s.sh`, `dir/../s.sh`, `/dev/fd/3/s.sh`, a symlink). The interpreter gets
 //! exactly that name and opens it: the file that open returns is the script, and it is
 //! decided then, by its real path, before the interpreter reads a line of it.
-use agent_common::{ExecEvent, PATH_LEN, PendingScript, SYSCALL_RET_OFFSET, exec_flags, kind};
+use agent_common::{
+    Config, ExecEvent, PATH_LEN, PendingScript, SCRIPT_NAMES, SYSCALL_RET_OFFSET, exec_flags, kind,
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
@@ -15,7 +17,7 @@ use crate::{
     maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, SCRIPT_PENDING, TASK_EXE},
     path::{PathScratch, path_key, real_path},
     policy::{Violation, current_set, decide_exec, enforce, fail_closed, mark, policy_set},
-    task::{config, count_loss, header, syscall_arg},
+    task::{config, count_loss, current_task, header, read_kernel, read_kernel_ptr, syscall_arg},
     throttle::admit,
 };
 
@@ -61,20 +63,90 @@ pub fn sys_exit_openat2_script(ctx: TracePointContext) -> u32 {
     }
 }
 
-/// Records the script of the current exec (its name in `scratch.filename`) until its
-/// interpreter opens it. False when it cannot be recorded (the map is full): the caller then
-/// fails closed.
-pub fn await_open(scratch: &mut PathScratch, tgid: u32) -> bool {
-    scratch.pending.opener_tid = 0;
-    scratch.pending._pad = 0;
+/// What became of a script the interpreter is to open.
+pub enum Awaited {
+    /// Every name of the chain is awaited.
+    Yes,
+    /// The chain is deeper than the names awaited: a level between may run unverified.
+    TooDeep,
+    /// It cannot be awaited (the map is full).
+    Full,
+}
+
+/// Records the script of the current exec (its name in `scratch.filename`) and the names of
+/// the interpreter scripts between (from the new image's arguments, which the kernel wrote
+/// and nothing has run to change yet) until the interpreters open them.
+pub fn await_open(cfg: &Config, scratch: &mut PathScratch, tgid: u32) -> Awaited {
+    let pending = &mut scratch.pending;
+    pending.opener_tid = 0;
+    pending.opening = 0;
     // SAFETY: both buffers are PATH_LEN bytes.
-    if unsafe { bpf_probe_read_kernel_buf(scratch.filename.as_ptr(), &mut scratch.pending.name) }
+    if unsafe { bpf_probe_read_kernel_buf(scratch.filename.as_ptr(), &mut pending.names[0]) }
         .is_err()
     {
-        return false;
+        return Awaited::Full;
     }
-    let pending: &PendingScript = &scratch.pending;
-    SCRIPT_PENDING.insert(tgid, pending, 0).is_ok()
+    let whole = chain_names(cfg, pending);
+    let pending: &PendingScript = pending;
+    if SCRIPT_PENDING.insert(tgid, pending, 0).is_err() {
+        return Awaited::Full;
+    }
+    if whole {
+        Awaited::Yes
+    } else {
+        Awaited::TooDeep
+    }
+}
+
+/// Fills `names[1..]` with the new image's `argv[1]`... up to the one equal to `names[0]`
+/// (the script's own name, which the kernel put last); true when it was found. With
+/// `A: #!/s/B` and `B: #!/bin/sh`, the arguments are `/bin/sh /s/B A`: `sh` opens `/s/B`.
+fn chain_names(cfg: &Config, pending: &mut PendingScript) -> bool {
+    let k = &cfg.kernel;
+    let mut j = 1;
+    while j < SCRIPT_NAMES {
+        pending.names[j][0] = 0;
+        j += 1;
+    }
+    let Some(mm) = read_kernel_ptr(current_task(), k.task_mm) else {
+        return false;
+    };
+    let (Some(start), Some(end)) = (
+        read_kernel::<u64>(mm, k.mm_arg_start),
+        read_kernel::<u64>(mm, k.mm_arg_end),
+    ) else {
+        return false;
+    };
+    // argv[0], the final interpreter, read only for its length.
+    // SAFETY: the helper checks the user address and bounds the copy.
+    let Ok(arg0) =
+        (unsafe { bpf_probe_read_user_str_bytes(start as *const u8, &mut pending.names[1]) })
+    else {
+        return false;
+    };
+    let mut pos = start + arg0.len() as u64 + 1;
+    let mut j = 1;
+    while j < SCRIPT_NAMES {
+        if pos >= end {
+            pending.names[j][0] = 0;
+            return false;
+        }
+        // SAFETY: as above.
+        let Ok(arg) =
+            (unsafe { bpf_probe_read_user_str_bytes(pos as *const u8, &mut pending.names[j]) })
+        else {
+            pending.names[j][0] = 0;
+            return false;
+        };
+        pos += arg.len() as u64 + 1;
+        if same_name(&pending.names[j], &pending.names[0]) {
+            // The script's own name: awaited as names[0] already.
+            pending.names[j][0] = 0;
+            return true;
+        }
+        j += 1;
+    }
+    false
 }
 
 /// Forgets the script of a process that has exited.
@@ -97,8 +169,14 @@ fn try_opening(ctx: &TracePointContext, name_arg: usize) -> Result<(), i64> {
     unsafe { bpf_probe_read_user_str_bytes(name, &mut scratch.filename) }?;
     // SAFETY: a live map value.
     let pending = unsafe { &mut *pending };
-    if same_name(&pending.name, &scratch.filename) {
-        pending.opener_tid = pid_tgid as u32;
+    let mut j = 0;
+    while j < SCRIPT_NAMES {
+        if pending.names[j][0] != 0 && same_name(&pending.names[j], &scratch.filename) {
+            pending.opener_tid = pid_tgid as u32;
+            pending.opening = j as u32;
+            break;
+        }
+        j += 1;
     }
     Ok(())
 }
@@ -117,6 +195,17 @@ fn same_name(a: &[u8; PATH_LEN], b: &[u8; PATH_LEN]) -> bool {
     }
     // Neither ended: a name the kernel could not pass whole, never matched.
     false
+}
+
+fn all_opened(pending: &PendingScript) -> bool {
+    let mut j = 0;
+    while j < SCRIPT_NAMES {
+        if pending.names[j][0] != 0 {
+            return false;
+        }
+        j += 1;
+    }
+    true
 }
 
 /// The end of an `open` of the script's name: the descriptor it returned is the script.
@@ -138,7 +227,10 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
         // Not opened: nothing of it runs; the name stays awaited.
         return Ok(());
     }
-    let _ = SCRIPT_PENDING.remove(tgid);
+    pending.names[pending.opening as usize & (SCRIPT_NAMES - 1)][0] = 0;
+    if all_opened(pending) {
+        let _ = SCRIPT_PENDING.remove(tgid);
+    }
     let cfg = config().ok_or(1)?;
     let set = current_set();
     let Some(ps) = policy_set(set) else {
@@ -180,7 +272,7 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 fn report(
-    cfg: &agent_common::Config,
+    cfg: &Config,
     v: Violation,
     memfd: bool,
     keyed: bool,

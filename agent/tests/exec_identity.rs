@@ -1025,3 +1025,107 @@ fn scripts_are_decided_on_the_file_their_interpreter_opens_not_on_the_name() {
         );
     }
 }
+
+/// Writes an executable script with the given text.
+fn script_with(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn every_level_of_a_nested_interpreter_chain_is_decided() {
+    if !root_or_skip("script-chain") {
+        return;
+    }
+    let cg = TestCgroup::new("script-chain");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let denied = base.join("denied");
+    let ok = base.join("ok");
+    std::fs::create_dir_all(&denied).unwrap();
+    std::fs::create_dir_all(&ok).unwrap();
+    let (d, o) = (denied.display(), ok.display());
+    // Two levels: A (allowed) names a script interpreter B, which sh runs as `sh B A marker`.
+    for dir in [&denied, &ok] {
+        script_with(&dir.join("mid"), "#!/bin/sh\ntouch \"$2\"\n");
+    }
+    script_with(&ok.join("two-denied"), &format!("#!{d}/mid\n"));
+    script_with(&ok.join("two-ok"), &format!("#!{o}/mid\n"));
+    // Three levels: A names B, B names C (allowed), C sources B: `sh C B A marker`.
+    script_with(&ok.join("sourcer"), "#!/bin/sh\n. \"$1\"\n");
+    for dir in [&denied, &ok] {
+        script_with(&dir.join("b"), &format!("#!{o}/sourcer\ntouch \"$3\"\n"));
+    }
+    script_with(&ok.join("three-denied"), &format!("#!{d}/b\n"));
+    script_with(&ok.join("three-ok"), &format!("#!{o}/b\n"));
+    // Four levels: deeper than the names the kernel side follows.
+    script_with(&ok.join("c4"), &format!("#!{o}/sourcer\n"));
+    script_with(&ok.join("b4"), &format!("#!{o}/c4\n"));
+    script_with(&ok.join("four"), &format!("#!{o}/b4\n"));
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "script-chain",
+            format!("  exec:\n    deny: [{{prefix: \"{d}/\"}}]\n    action: Kill\n"),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    let marker = base.join("marker");
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+
+    for (what, program, level) in [
+        ("two levels", "two-denied", denied.join("mid")),
+        ("three levels", "three-denied", denied.join("b")),
+    ] {
+        let program = ok.join(program);
+        let (pid, status, ran) = run_from(&cg, &base, program.to_str().unwrap(), &[], &marker);
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status}");
+        assert!(!ran, "{what}: the denied level ran");
+        let e = tracer.wait_for(what, |e| {
+            is(e, EXEC, pid) && e["data"]["exec"]["opened"] == true
+        });
+        assert_eq!(
+            e["data"]["exec"]["path"],
+            level.to_str().unwrap(),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            e["data"]["process"]["exe"],
+            sh.to_str().unwrap(),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            e["data"]["policy"]["rule"], "spec.exec.deny[0]",
+            "{what}: {e}"
+        );
+    }
+
+    // Deeper than followed: not verifiable, so a Kill policy kills and says why.
+    let four = ok.join("four");
+    let (pid, status, ran) = run_from(&cg, &base, four.to_str().unwrap(), &[], &marker);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "four levels: {status}"
+    );
+    assert!(!ran, "four levels ran");
+    let e = tracer.wait_for("four levels", |e| is(e, EXEC, pid));
+    assert_eq!(e["data"]["exec"]["unverifiable"], true, "{e}");
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec", "{e}");
+
+    // The twins: the same chains through allowed levels run, silently.
+    let mut quiet = Vec::new();
+    for program in ["two-ok", "three-ok"] {
+        let program = ok.join(program);
+        let (pid, status, ran) = run_from(&cg, &base, program.to_str().unwrap(), &[], &marker);
+        assert!(status.success() && ran, "{}: {status}", program.display());
+        quiet.push(pid);
+    }
+    let events = tracer.stop();
+    for pid in quiet {
+        let noisy: Vec<_> = events.iter().filter(|e| is(e, EXEC, pid)).collect();
+        assert!(noisy.is_empty(), "a benign chain was reported: {noisy:?}");
+    }
+}

@@ -59,6 +59,10 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         regs_dx: find("pt_regs", "dx"),
         regs_si: find("pt_regs", "si"),
         regs_di: find("pt_regs", "di"),
+        task_mm: find("task_struct", "mm"),
+        mm_arg_start: find("mm_struct", "arg_start"),
+        mm_arg_end: find("mm_struct", "arg_end"),
+        _pad: 0,
     };
     (offsets, missing)
 }
