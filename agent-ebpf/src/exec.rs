@@ -2,7 +2,7 @@
 //! facts about the binary at `sched_process_exec` (after the point of no return).
 use agent_common::{
     ARG_READ_LEN, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExePath, ExecArgs, ExecEvent, MAX_ARGS,
-    NAME_LEN, PATH_LEN, PathRule, PolicySet, action, exec_flags, kind, mode, rule_id, set_flags,
+    NAME_LEN, PATH_LEN, PathRule, exec_flags, kind, mode,
 };
 use aya_ebpf::{
     cty::c_void,
