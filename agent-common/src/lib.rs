@@ -65,6 +65,10 @@ pub mod exec_flags {
     /// Not an exec: the script of an earlier exec, as its interpreter opened it; `path` is
     /// the opened file's real path, `exe_path` the interpreter's.
     pub const OPENED: u32 = 1 << 10;
+    /// The real path crosses a mount an unprivileged user made in a user namespace of its
+    /// own (a bind mount, a detached mount, a new root): the path is that user's choice, so
+    /// it is unverifiable.
+    pub const USER_MOUNT: u32 = 1 << 11;
 }
 
 /// Whether a record reports a violation.
@@ -486,6 +490,17 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    /// `mount.mnt_ns`, `mnt_namespace.user_ns`, `user_namespace.level`, `vfsmount.mnt_flags`
+    /// and `super_block.s_root`: whether a mount crossed by a path walk was made by an
+    /// unprivileged user in a user namespace of its own (the path is then that user's
+    /// choice).
+    pub mount_mnt_ns: u32,
+    pub mnt_ns_user_ns: u32,
+    pub user_ns_level: u32,
+    pub vfsmount_flags: u32,
+    pub sb_root: u32,
+    /// `super_block.s_user_ns`: the user namespace that mounted the file system.
+    pub sb_user_ns: u32,
     pub _pad: u32,
 }
 
@@ -519,8 +534,8 @@ const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 42 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 168);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 192);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);

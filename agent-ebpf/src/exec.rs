@@ -167,8 +167,8 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         // The exemption follows the image: a new image whose path cannot be walked keeps
         // nothing of the old one's.
         match facts.path {
-            Some(built) => remember_exe(scratch, tgid, built),
-            None => {
+            Some(built) if !built.forged() => remember_exe(scratch, tgid, built),
+            _ => {
                 let _ = TASK_EXE.remove(tgid);
             }
         }
@@ -185,7 +185,10 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         let mut undecided = false;
         let mut exe_rule = PathRule::default();
         match facts.path {
-            Some(built) if path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len) => {
+            Some(built)
+                if !built.forged()
+                    && path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len) =>
+            {
                 if let Some(rule) = EXEC_PATHS.get(&scratch.key) {
                     exe_rule = *rule;
                 }
@@ -346,8 +349,10 @@ fn gather(
     let mut flags = 0;
     let file = read_kernel_ptr(bprm, k.bprm_file);
     let path = file.and_then(|f| real_path(cfg, f, scratch));
-    if path.is_none() {
-        flags |= exec_flags::EXE_PATH_TRUNCATED;
+    match path {
+        None => flags |= exec_flags::EXE_PATH_TRUNCATED,
+        Some(built) if built.forged() => flags |= exec_flags::USER_MOUNT,
+        Some(_) => {}
     }
     scratch.filename[0] = 0;
     let filename = read_kernel_ptr(bprm, k.bprm_filename);

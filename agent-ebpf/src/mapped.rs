@@ -73,7 +73,9 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let mut rule = PathRule::default();
+    let verified = path.is_some_and(|b| !b.forged());
     if let Some(built) = path
+        && verified
         && path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len)
         && let Some(found) = EXEC_PATHS.get(&scratch.key)
     {
@@ -83,7 +85,7 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
         violation(ps.exec_action, set, ps.memfd_rule)
     } else if rule.exec == path_verdict::DENY {
         violation(ps.exec_action, set, rule.exec_rule.into())
-    } else if path.is_none() && !memfd && ps.exec_action == u32::from(action::KILL) {
+    } else if !verified && !memfd && ps.exec_action == u32::from(action::KILL) {
         // A file whose real path cannot be resolved, under Kill: fails closed as at exec.
         violation(ps.exec_action, set, agent_common::rule_id::UNVERIFIABLE)
     } else {
@@ -111,8 +113,12 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
     if memfd {
         event.flags |= exec_flags::MEMFD;
     }
-    if path.is_none() {
-        event.flags |= exec_flags::UNVERIFIABLE | exec_flags::EXE_PATH_TRUNCATED;
+    match path {
+        None => event.flags |= exec_flags::UNVERIFIABLE | exec_flags::EXE_PATH_TRUNCATED,
+        Some(built) if built.forged() => {
+            event.flags |= exec_flags::UNVERIFIABLE | exec_flags::USER_MOUNT;
+        }
+        Some(_) => {}
     }
     event.old_tid = event.header.tid;
     event.argc = 0;

@@ -23,6 +23,8 @@ pub struct PathScratch {
     pub pending: PendingScript,
     /// The walk's write position, kept in memory (see `real_path`).
     pub cursor: u64,
+    /// Non-zero when the walk crossed a mount an unprivileged user made (see `mount_trusted`).
+    pub forged: u64,
 }
 
 /// A path built by [`real_path`]: `len` bytes at `start`, NUL-terminated.
@@ -30,11 +32,19 @@ pub struct PathScratch {
 pub struct Built {
     pub start: usize,
     pub len: usize,
+    /// The path crosses a mount an unprivileged user made: it names what that user chose,
+    /// not where the file lives, so nothing may be decided on it. Not a `bool`: its niche
+    /// would give `Option<Built>` a BTF layout the kernel refuses.
+    pub forged_mount: u8,
 }
 
 impl Built {
     pub fn ptr(&self, buf: &[u8; 2 * END]) -> *const u8 {
         buf.as_ptr().wrapping_add(self.start & (END - 1))
+    }
+
+    pub fn forged(&self) -> bool {
+        self.forged_mount != 0
     }
 }
 
@@ -52,6 +62,8 @@ pub fn real_path(cfg: &Config, file: *const u8, scratch: &mut PathScratch) -> Op
     let mut mount = vfsmount.wrapping_sub(k.mount_mnt as usize);
     scratch.path[END - 1] = 0;
     scratch.cursor = (END - 1) as u64;
+    // SAFETY: a plain write of our own scratch field.
+    unsafe { core::ptr::write_volatile(&mut scratch.forged, 0) };
     let mut complete = false;
     for _ in 0..MAX_STEPS {
         // SAFETY: a plain read of our own scratch field.
@@ -63,6 +75,10 @@ pub fn real_path(cfg: &Config, file: *const u8, scratch: &mut PathScratch) -> Op
         let parent = read_kernel_ptr(dentry, k.dentry_parent)?;
         if dentry == mnt_root || dentry == parent {
             let mount_parent = read_kernel_ptr(mount, k.mount_parent)?;
+            if !mount_trusted(cfg, mount, mount_parent == mount, mnt_root) {
+                // SAFETY: a plain write of our own scratch field.
+                unsafe { core::ptr::write_volatile(&mut scratch.forged, 1) };
+            }
             if mount_parent == mount {
                 complete = true;
                 break;
@@ -110,7 +126,56 @@ pub fn real_path(cfg: &Config, file: *const u8, scratch: &mut PathScratch) -> Op
     Some(Built {
         start: pos,
         len: END - 1 - pos,
+        // SAFETY: a plain read of our own scratch field.
+        forged_mount: u8::from(unsafe { core::ptr::read_volatile(&scratch.forged) } != 0),
     })
+}
+
+/// `MNT_LOCKED`: a mount copied into a less privileged mount namespace, which that
+/// namespace's user cannot take away.
+const MNT_LOCKED: i32 = 0x80_0000;
+
+/// Whether a mount crossed by a walk shows the file where the system put it. A mount in a
+/// namespace of the initial user namespace was made with real privilege; a locked mount is a
+/// copy of one made elsewhere (what `unshare -Urm` inherits); the root of a namespace that
+/// shows, from its root, a whole file system mounted with real privilege adds no name of its
+/// own. Anything else (a bind
+/// mount, a detached mount, a file system mounted over a path, a new root made with
+/// `pivot_root`) was made by an unprivileged user in a user namespace of its own, who chose
+/// the names it shows.
+///
+/// Not inlined: its branches then end in one return value instead of multiplying the states
+/// the verifier explores at every step of the walk.
+#[inline(never)]
+fn mount_trusted(cfg: &Config, mount: *const u8, ns_root: bool, mnt_root: *const u8) -> bool {
+    let k = &cfg.kernel;
+    if k.user_ns_level == agent_common::OFFSET_UNKNOWN
+        || k.vfsmount_flags == agent_common::OFFSET_UNKNOWN
+    {
+        // `vigil doctor` names the missing members; without them no mount can be told.
+        return true;
+    }
+    let vfsmount = mount.wrapping_add(k.mount_mnt as usize);
+    if read_kernel::<i32>(vfsmount, k.vfsmount_flags).is_some_and(|f| f & MNT_LOCKED != 0) {
+        return true;
+    }
+    let level = read_kernel_ptr(mount, k.mount_mnt_ns)
+        .and_then(|ns| read_kernel_ptr(ns, k.mnt_ns_user_ns))
+        .and_then(|user_ns| read_kernel::<i32>(user_ns, k.user_ns_level));
+    match level {
+        Some(0) => true,
+        Some(_) if ns_root => {
+            let Some(sb) = read_kernel_ptr(vfsmount, k.vfsmount_sb) else {
+                return false;
+            };
+            let whole = read_kernel_ptr(sb, k.sb_root) == Some(mnt_root);
+            let mounted_with_privilege = read_kernel_ptr(sb, k.sb_user_ns)
+                .and_then(|user_ns| read_kernel::<i32>(user_ns, k.user_ns_level))
+                == Some(0);
+            whole && mounted_with_privilege
+        }
+        _ => false,
+    }
 }
 
 /// Fills `key` for the lookup of `path` (NUL-terminated, `len` bytes) in `set`: an exact

@@ -209,6 +209,9 @@ fn all_opened(pending: &PendingScript) -> bool {
 }
 
 /// The end of an `open` of the script's name: the descriptor it returned is the script.
+/// Inlined into each program: as one BPF function shared by three, LLVM passed it more
+/// arguments than the verifier lets a function read.
+#[inline(always)]
 fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -241,12 +244,19 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let scratch = unsafe { &mut *scratch };
-    let path = file.and_then(|f| real_path(cfg, f, scratch));
+    // Plain values, not the Option: LLVM may leave an empty Option's payload undefined,
+    // and the verifier refuses to copy it.
+    let mut path: *const u8 = core::ptr::null();
+    let mut len = 0;
+    let mut forged = false;
+    if let Some(built) = file.and_then(|f| real_path(cfg, f, scratch)) {
+        path = built.ptr(&scratch.path);
+        len = built.len;
+        forged = built.forged();
+    }
     let mut rule = agent_common::PathRule::default();
     let mut keyed = false;
-    if let Some(built) = path
-        && path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len)
-    {
+    if !path.is_null() && !forged && path_key(&mut scratch.key, set, path, len) {
         keyed = true;
         if let Some(found) = EXEC_PATHS.get(&scratch.key) {
             rule = *found;
@@ -260,23 +270,28 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     enforce(v);
-    report(
-        cfg,
-        v,
-        memfd,
-        keyed,
-        path.map(|b| b.ptr(&scratch.path)),
-        tgid,
-    );
+    let mut flags = exec_flags::SCRIPT | exec_flags::OPENED | exec_flags::ARGS_MISSING;
+    if memfd {
+        flags |= exec_flags::MEMFD;
+    }
+    if !keyed {
+        flags |= exec_flags::UNVERIFIABLE;
+    }
+    if forged {
+        flags |= exec_flags::USER_MOUNT;
+    }
+    report(cfg, v, flags, path, tgid);
     Ok(())
 }
 
+// Inlined: as a BPF function its five arguments (one a struct) did not all fit registers.
+#[inline(always)]
 fn report(
     cfg: &Config,
     v: Violation,
-    memfd: bool,
-    keyed: bool,
-    path: Option<*const u8>,
+    flags: u32,
+    // A plain pointer (null: none): BPF functions take at most five registers.
+    path: *const u8,
     tgid: u32,
 ) {
     let mut head = header(kind::EXEC, cfg);
@@ -292,19 +307,13 @@ fn report(
     // until it is submitted.
     let event = unsafe { &mut *entry.as_mut_ptr() };
     event.header = head;
-    event.flags = exec_flags::SCRIPT | exec_flags::OPENED | exec_flags::ARGS_MISSING;
-    if memfd {
-        event.flags |= exec_flags::MEMFD;
-    }
-    if !keyed {
-        event.flags |= exec_flags::UNVERIFIABLE;
-    }
+    event.flags = flags;
     event.old_tid = event.header.tid;
     event.argc = 0;
     event.args_len = 0;
     event.exe_name = [0; agent_common::NAME_LEN];
     event.path[0] = 0;
-    if let Some(path) = path {
+    if !path.is_null() {
         // SAFETY: the source has at least PATH_LEN bytes from any start.
         let _ = unsafe { bpf_probe_read_kernel_buf(path, &mut event.path) };
     }

@@ -1129,3 +1129,135 @@ fn every_level_of_a_nested_interpreter_chain_is_decided() {
         assert!(noisy.is_empty(), "a benign chain was reported: {noisy:?}");
     }
 }
+
+#[test]
+fn mount_tricks_in_a_user_namespace_are_unverifiable_and_fail_closed() {
+    if !root_or_skip("user-mounts") {
+        return;
+    }
+    let allow = TestCgroup::new("mounts-allow");
+    let deny = TestCgroup::new("mounts-deny");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let denied = base.join("denied");
+    let ok = base.join("ok");
+    let prog = writer_at(&denied.join("prog"));
+    let ok_prog = writer_at(&ok.join("prog"));
+    let ok_other = writer_at(&ok.join("other"));
+    std::fs::create_dir_all(denied.join("usr")).unwrap();
+    for (link, to) in [
+        ("lib64", "usr/lib64"),
+        ("lib", "usr/lib"),
+        ("bin", "usr/bin"),
+    ] {
+        std::os::unix::fs::symlink(to, denied.join(link)).unwrap();
+    }
+    let scenario_dir = std::fs::canonicalize(scenario_bin())
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let file = write_policies(
+        tmp.path(),
+        &[
+            (
+                &allow,
+                "mounts-allow",
+                format!(
+                    "  exec:\n    allow: [{{prefix: /usr/}}, {{prefix: \"{}/\"}}, {{prefix: \"{}/\"}}]\n    action: Kill\n",
+                    ok.display(),
+                    scenario_dir.display()
+                ),
+            ),
+            (
+                &deny,
+                "mounts-deny",
+                format!(
+                    "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Kill\n",
+                    denied.display()
+                ),
+            ),
+        ],
+    );
+    let tracer = Tracer::enforce(&file);
+    let marker = base.join("marker");
+    let m = marker.to_str().unwrap();
+    let (p, d, o) = (
+        prog.to_str().unwrap(),
+        denied.to_str().unwrap(),
+        ok.to_str().unwrap(),
+    );
+    let other = ok_other.to_str().unwrap();
+
+    let attacks: Vec<(&str, &TestCgroup, Vec<&str>, &str)> = vec![
+        (
+            "allowlist: a denied binary bind-mounted over an allowed one",
+            &allow,
+            vec!["userns-exec", "bind", p, other, "write-marker", m],
+            "spec.exec.allow",
+        ),
+        (
+            "allowlist: a tmpfs over the allowed directory",
+            &allow,
+            vec!["userns-exec", "tmpfs", o, p, "prog", "write-marker", m],
+            "spec.exec.allow",
+        ),
+        (
+            "deny list: a denied binary bind-mounted over an allowed one",
+            &deny,
+            vec!["userns-exec", "bind", p, other, "write-marker", m],
+            "spec.exec",
+        ),
+        (
+            "deny list: the denied directory as a detached mount",
+            &deny,
+            vec!["userns-exec", "detached", d, "prog", "write-marker", m],
+            "spec.exec",
+        ),
+        (
+            "deny list: pivot_root into the denied directory",
+            &deny,
+            vec![
+                "userns-exec",
+                "pivot",
+                d,
+                "/prog",
+                "write-marker",
+                "/marker",
+            ],
+            "spec.exec",
+        ),
+    ];
+    for (what, cg, args, rule) in &attacks {
+        let _ = std::fs::remove_file(&marker);
+        let (pid, out) = cg.scenario(args);
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{what}: {out:?}");
+        assert!(!marker.exists(), "{what}: it ran");
+        let e = tracer.wait_for(what, |e| is(e, EXEC, pid));
+        assert_eq!(e["data"]["exec"]["userMount"], true, "{what}: {e}");
+        assert_eq!(e["data"]["exec"]["unverifiable"], true, "{what}: {e}");
+        assert_eq!(e["data"]["policy"]["rule"], *rule, "{what}: {e}");
+        assert_eq!(e["vigilaction"], "kill", "{what}: {e}");
+    }
+
+    // The twins: the same namespaces without a trick. What `unshare -Urm` inherits shows
+    // files where the system put them.
+    let ok_p = ok_prog.to_str().unwrap();
+    let mut quiet = Vec::new();
+    for (what, cg) in [("allowlist", &allow), ("deny list", &deny)] {
+        let _ = std::fs::remove_file(&marker);
+        let (pid, out) = cg.scenario(&["userns-exec", "plain", ok_p, "write-marker", m]);
+        assert!(out.status.success() && marker.exists(), "{what}: {out:?}");
+        let (pid_true, out) = cg.scenario(&["userns-exec", "plain", "/usr/bin/true"]);
+        assert!(out.status.success(), "{what}, /usr/bin/true: {out:?}");
+        quiet.extend([pid, pid_true]);
+    }
+    let events = tracer.stop();
+    for pid in quiet {
+        let noisy: Vec<_> = events.iter().filter(|e| is(e, EXEC, pid)).collect();
+        assert!(
+            noisy.is_empty(),
+            "a plain exec in a user namespace was reported: {noisy:?}"
+        );
+    }
+}

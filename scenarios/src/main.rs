@@ -8,6 +8,7 @@ mod connect;
 mod egress;
 mod exec;
 mod memory;
+mod userns;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,9 @@ fn usage() -> ExitCode {
         "usage: vigil-scenario <scenario> [args]\n\
          exec:    memfd-exec | deleted-exec PATH | exec-at DIR NAME ARGS... | write-marker PATH |\n\
          \x20        memfd-exec-marker PATH |\n\
+         \x20        userns-exec plain PROGRAM ARGS... | userns-exec bind SOURCE TARGET ARGS... |\n\
+         \x20        userns-exec tmpfs DIR SOURCE NAME ARGS... | userns-exec detached DIR NAME ARGS... |\n\
+         \x20        userns-exec pivot DIR PROGRAM ARGS... |\n\
          \x20        memfd-script-marker PATH | move-to CGROUP_DIR [PROGRAM ARGS...] |\n\
          \x20        wait-then-move-to GO_FILE CGROUP_DIR [PROGRAM ARGS...]\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         ("wait-then-move-to", [go, dir, then @ ..]) => exec::wait_then_move_to(go, dir, then),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("exec-at", [dir, name, args @ ..]) => exec::exec_at(dir, name, args),
+        ("userns-exec", [mode, rest @ ..]) => userns::run(mode, rest),
         ("tcp-connect", [addr]) => connect::tcp(addr),
         ("tcp-listen", [addr]) => connect::listen(addr),
         ("udp-connect", [addr]) => connect::udp(addr),

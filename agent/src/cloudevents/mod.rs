@@ -123,6 +123,9 @@ fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
             if e.opened {
                 fields["opened"] = json!(true);
             }
+            if e.user_mount {
+                fields["userMount"] = json!(true);
+            }
             (TYPE_EXEC, "exec", fields)
         }
         Body::Connect(c) => (

@@ -62,6 +62,12 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         task_mm: find("task_struct", "mm"),
         mm_arg_start: find("mm_struct", "arg_start"),
         mm_arg_end: find("mm_struct", "arg_end"),
+        mount_mnt_ns: find("mount", "mnt_ns"),
+        mnt_ns_user_ns: find("mnt_namespace", "user_ns"),
+        user_ns_level: find("user_namespace", "level"),
+        vfsmount_flags: find("vfsmount", "mnt_flags"),
+        sb_root: find("super_block", "s_root"),
+        sb_user_ns: find("super_block", "s_user_ns"),
         _pad: 0,
     };
     (offsets, missing)

@@ -85,6 +85,9 @@ pub struct Exec {
     /// The script of an earlier exec as its interpreter opened it, not an exec: `path` is
     /// the opened file's real path.
     pub opened: bool,
+    /// The real path crosses a mount an unprivileged user made in a user namespace of its
+    /// own: the path is that user's choice (and so unverifiable).
+    pub user_mount: bool,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
     pub args: Vec<String>,
@@ -327,6 +330,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     unverifiable: e.flags & exec_flags::UNVERIFIABLE != 0,
                     mapped: e.flags & exec_flags::MAPPED != 0,
                     opened: e.flags & exec_flags::OPENED != 0,
+                    user_mount: e.flags & exec_flags::USER_MOUNT != 0,
                     undecided_set: (e.flags & exec_flags::UNDECIDED != 0)
                         .then(|| agent_common::rule_id::set(e.header.rule)),
                     args: split_args(&e.args, e.args_len, e.argc),

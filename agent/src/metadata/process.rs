@@ -165,6 +165,7 @@ mod tests {
                 unverifiable: false,
                 mapped: false,
                 opened: false,
+                user_mount: false,
                 undecided_set: None,
                 args: vec!["payload".into(), "-x".into()],
                 memfd: false,
