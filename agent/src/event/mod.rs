@@ -451,7 +451,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 1440);
         assert_eq!(size_of::<ConnectEvent>(), 128);
         assert_eq!(size_of::<WxEvent>(), 120);
-        assert_eq!(size_of::<agent_common::Config>(), 176);
+        assert_eq!(size_of::<agent_common::Config>(), 216);
         assert_eq!(size_of::<agent_common::PolicySet>(), 32);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 264);
