@@ -293,6 +293,9 @@ pub mod wx_syscall {
     /// The 32-bit `mmap2` (the compat `mprotect` and `pkey_mprotect` use their own values
     /// with [`super::wx_reason::COMPAT`]).
     pub const MMAP2: u32 = 9;
+    /// Memory the kernel's ELF loader mapped for a new image at exec (`addr`, `len`: the
+    /// area), with no system call of the process's own.
+    pub const EXEC: u32 = 10;
 }
 
 /// Why a W^X record was emitted.
@@ -309,6 +312,9 @@ pub mod wx_reason {
     pub const FOREIGN_WRITE: u32 = 1 << 3;
     /// Not a reason of its own: the request came through the 32-bit system call entry.
     pub const COMPAT: u32 = 1 << 4;
+    /// The new image's stack is executable (`PT_GNU_STACK` asked for it): mapped by the
+    /// kernel at exec, with no system call.
+    pub const EXEC_STACK: u32 = 1 << 5;
 }
 
 pub const READ_IMPLIES_EXEC: u32 = 0x0040_0000;
@@ -501,6 +507,17 @@ pub struct KernelOffsets {
     pub sb_root: u32,
     /// `super_block.s_user_ns`: the user namespace that mounted the file system.
     pub sb_user_ns: u32,
+    /// `vm_area_struct.vm_flags`, `vm_file`, `vm_start`, `vm_end`: a memory area's protection
+    /// and file; `mm_struct.start_stack`, `start_code`, `start_data`, `end_code`: where the
+    /// kernel put a new image's stack, code and data.
+    pub vma_flags: u32,
+    pub vma_file: u32,
+    pub vma_start: u32,
+    pub vma_end: u32,
+    pub mm_start_stack: u32,
+    pub mm_start_code: u32,
+    pub mm_start_data: u32,
+    pub mm_end_code: u32,
     pub _pad: u32,
 }
 
@@ -534,8 +551,8 @@ const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 192);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 224);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);

@@ -9,6 +9,7 @@ mod doctor;
 mod exec;
 mod file;
 mod foreign;
+mod image;
 mod kill;
 mod mapped;
 mod maps;
@@ -18,6 +19,7 @@ mod process;
 mod script;
 mod task;
 mod throttle;
+mod vma;
 mod wx;
 
 #[cfg(target_arch = "bpf")]

@@ -1,5 +1,6 @@
 //! Code loaded without an exec of its file: the dynamic loader run on a program
-//! (`ld.so /tmp/x`), `dlopen`, `LD_PRELOAD` all map the file executable with `mmap`. Such a
+//! (`ld.so /tmp/x`), `dlopen`, `LD_PRELOAD` all map the file executable with `mmap`; a
+//! loader of its own may map it readable and add `PROT_EXEC` with `mprotect`. Such a
 //! mapping of a file the exec rules deny (or of an anonymous file under a memfd deny) is an
 //! exec violation. Allowlists do not apply: every program maps its shared libraries.
 //!
@@ -18,11 +19,12 @@ use aya_ebpf::{
 
 use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
-    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, TASK_EXE},
+    maps::{EVENTS, EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH, TASK_EXE},
     path::{path_key, real_path},
     policy::{Violation, current_set, enforce, mark, policy_set, violation},
     task::{config, count_loss, header, syscall_arg, traced},
     throttle::admit,
+    vma::{self, VM_EXEC},
     wx,
 };
 
@@ -37,6 +39,54 @@ pub fn sys_enter_mmap_exec(ctx: TracePointContext) -> u32 {
     }
 }
 
+#[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
+pub fn sys_enter_mprotect_exec(ctx: TracePointContext) -> u32 {
+    match try_made_executable(&ctx, wx_syscall::MPROTECT) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
+pub fn sys_enter_pkey_mprotect_exec(ctx: TracePointContext) -> u32 {
+    match try_made_executable(&ctx, wx_syscall::PKEY_MPROTECT) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// Tail-call target: judges the file of the request in `FILE_REQUEST`. A program of its
+/// own, verified from a fresh state: the path walk does not fit after the hooks' own work.
+#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+pub fn judge_mapped_file(_ctx: TracePointContext) -> u32 {
+    match try_judge_mapped_file() {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_judge_mapped_file() -> Result<(), i64> {
+    let cfg = config().ok_or(1)?;
+    let request = FILE_REQUEST.get_ptr(0).ok_or(1)?;
+    // SAFETY: the per-CPU slot the hook filled just before jumping here.
+    let request = unsafe { *request };
+    judge_file(cfg, request.file as *const u8, request)
+}
+
+/// Hands the request over to `judge_mapped_file`. The jump does not return; if it cannot
+/// be made (the table is filled before any hook is attached, so it can not), nothing is
+/// judged and the loss is counted.
+// Inlined, as are its callers: the kernel allows a tail call only in a function that returns
+// an integer, and these return `Result`.
+#[inline(always)]
+fn hand_over(ctx: &TracePointContext, request: FileRequest) -> Result<(), i64> {
+    let slot = FILE_REQUEST.get_ptr_mut(0).ok_or(1)?;
+    // SAFETY: the per-CPU slot is ours for the duration of this program.
+    unsafe { *slot = request };
+    // SAFETY: a tail call with this program's own context.
+    unsafe { JUDGE_FILE.tail_call(ctx, 0) };
+    count_loss(kind::EXEC);
+    Ok(())
+}
+
+#[inline(always)]
 fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
     let prot = syscall_arg(ctx, 2)?;
     let flags = syscall_arg(ctx, 3)?;
@@ -47,6 +97,63 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
     if !traced(cfg) {
         return Ok(());
     }
+    let fd = syscall_arg(ctx, 4)? as u32;
+    let file = task_fd_file(cfg, fd).ok_or(1)?;
+    let request = FileRequest {
+        file: file as u64,
+        syscall: wx_syscall::MMAP,
+        prot,
+        flags,
+        fd: fd as i32,
+        addr: syscall_arg(ctx, 0)?,
+        len: syscall_arg(ctx, 1)?,
+    };
+    hand_over(ctx, request)
+}
+
+/// `mprotect` adding `PROT_EXEC` to a file mapped without it (a loader of its own that maps
+/// a program readable and then makes it executable): the file the kernel has behind the
+/// address is judged as if it were mapped executable.
+#[inline(always)]
+fn try_made_executable(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
+    let prot = syscall_arg(ctx, 2)?;
+    if prot & PROT_EXEC == 0 {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    if !traced(cfg) {
+        return Ok(());
+    }
+    let addr = syscall_arg(ctx, 0)?;
+    let len = syscall_arg(ctx, 1)?;
+    // The area at the start of the range (a range over several areas is refused by the
+    // kernel unless all are mapped; the first is the loader's file).
+    let Some(area) = vma::find(cfg, addr) else {
+        return Ok(());
+    };
+    if area.file == 0 || area.flags & VM_EXEC != 0 {
+        return Ok(());
+    }
+    let request = FileRequest {
+        file: area.file,
+        syscall,
+        prot,
+        flags: 0,
+        fd: -1,
+        addr,
+        len,
+    };
+    hand_over(ctx, request)
+}
+
+/// An executable mapping of `file`: an exec violation when the exec rules deny the file, a
+/// W^X one when it is shared memory.
+#[inline(always)]
+fn judge_file(
+    cfg: &agent_common::Config,
+    file: *const u8,
+    request: FileRequest,
+) -> Result<(), i64> {
     let enforcing = cfg.mode == mode::ENFORCE;
     let set = current_set();
     let ps = policy_set(set);
@@ -54,8 +161,6 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let exec_rules = ps.is_some_and(|ps| ps.exec_action != 0);
-    let fd = syscall_arg(ctx, 4)? as u32;
-    let file = task_fd_file(cfg, fd).ok_or(1)?;
     let memfd = anonymous_file(cfg, file);
     let tmpfs = !memfd && tmpfs_file(cfg, file);
     if !exec_rules && !memfd && !tmpfs {
@@ -64,19 +169,27 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
     let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let scratch = unsafe { &mut *scratch };
-    let path = real_path(cfg, file, scratch);
-    let shared = memfd || (tmpfs && path.is_some_and(|b| under_dev_shm(b.ptr(&scratch.path))));
+    // Plain values, not the Option: LLVM may leave an empty Option's payload undefined,
+    // and the verifier refuses to copy it.
+    let mut path: *const u8 = core::ptr::null();
+    let mut len = 0;
+    let mut forged = false;
+    if let Some(built) = real_path(cfg, file, scratch) {
+        path = built.ptr(&scratch.path);
+        len = built.len;
+        forged = built.forged();
+    }
+    let shared = memfd || (tmpfs && !path.is_null() && under_dev_shm(path));
     if shared {
-        shared_exec(ctx, cfg, prot, flags, fd)?;
+        shared_exec(cfg, request);
     }
     let Some(ps) = ps.filter(|_| enforcing && exec_rules) else {
         return Ok(());
     };
+    let verified = !path.is_null() && !forged;
     let mut rule = PathRule::default();
-    let verified = path.is_some_and(|b| !b.forged());
-    if let Some(built) = path
-        && verified
-        && path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len)
+    if verified
+        && path_key(&mut scratch.key, set, path, len)
         && let Some(found) = EXEC_PATHS.get(&scratch.key)
     {
         rule = *found;
@@ -113,21 +226,19 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
     if memfd {
         event.flags |= exec_flags::MEMFD;
     }
-    match path {
-        None => event.flags |= exec_flags::UNVERIFIABLE | exec_flags::EXE_PATH_TRUNCATED,
-        Some(built) if built.forged() => {
-            event.flags |= exec_flags::UNVERIFIABLE | exec_flags::USER_MOUNT;
-        }
-        Some(_) => {}
+    if path.is_null() {
+        event.flags |= exec_flags::UNVERIFIABLE | exec_flags::EXE_PATH_TRUNCATED;
+    } else if forged {
+        event.flags |= exec_flags::UNVERIFIABLE | exec_flags::USER_MOUNT;
     }
     event.old_tid = event.header.tid;
     event.argc = 0;
     event.args_len = 0;
     event.exe_name = [0; agent_common::NAME_LEN];
     event.path[0] = 0;
-    if let Some(built) = path {
+    if !path.is_null() {
         // SAFETY: the source has at least PATH_LEN bytes from any start.
-        let _ = unsafe { bpf_probe_read_kernel_buf(built.ptr(&scratch.path), &mut event.path) };
+        let _ = unsafe { bpf_probe_read_kernel_buf(path, &mut event.path) };
     }
     // The process's own executable, as recorded at its exec.
     event.exe_path[0] = 0;
@@ -161,29 +272,22 @@ fn under_dev_shm(path: *const u8) -> bool {
 }
 
 /// Reports (and in enforce mode decides) an executable mapping of shared memory.
-fn shared_exec(
-    ctx: &TracePointContext,
-    cfg: &agent_common::Config,
-    prot: u64,
-    flags: u64,
-    fd: u32,
-) -> Result<(), i64> {
+fn shared_exec(cfg: &agent_common::Config, request: FileRequest) {
     let Some(judged) = wx::judge(cfg) else {
-        return Ok(());
+        return;
     };
     wx::report(
         cfg,
         judged,
         WxEvent {
-            syscall: wx_syscall::MMAP,
-            prot: prot as u32,
-            flags: flags as u32,
+            syscall: request.syscall,
+            prot: request.prot as u32,
+            flags: request.flags as u32,
             reason: wx_reason::SHARED_EXEC,
-            addr: syscall_arg(ctx, 0)?,
-            len: syscall_arg(ctx, 1)?,
-            fd: fd as i32,
+            addr: request.addr,
+            len: request.len,
+            fd: request.fd,
             ..WxEvent::default()
         },
     );
-    Ok(())
 }

@@ -4,7 +4,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
 use crate::{
@@ -117,3 +117,25 @@ pub static WX_PENDING: HashMap<u32, PendingWx> = HashMap::with_max_entries(16_38
 /// closed instead.
 #[map]
 pub static SCRIPT_PENDING: HashMap<u32, PendingScript> = HashMap::with_max_entries(8192, 0);
+
+/// A file mapped (or made) executable, handed from the `mmap`/`mprotect` hooks to the
+/// program that judges it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileRequest {
+    pub file: u64,
+    pub syscall: u32,
+    pub fd: i32,
+    pub prot: u64,
+    pub flags: u64,
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// Per-CPU: the request being handed over (a tail call keeps the CPU).
+#[map]
+pub static FILE_REQUEST: PerCpuArray<FileRequest> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: `judge_mapped_file`, filled by user space before any hook is attached.
+#[map]
+pub static JUDGE_FILE: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use common::{TestCgroup, Tracer, is, root_or_skip, run_in_cgroup, scenario_bin};
+use common::{TestCgroup, Tracer, is, pid_of, root_or_skip, run_in_cgroup, scenario_bin};
 use serde_json::Value;
 
 const EXEC: &str = "dev.vigil.exec.v1";
@@ -1260,4 +1260,144 @@ fn mount_tricks_in_a_user_namespace_are_unverifiable_and_fail_closed() {
             "a plain exec in a user namespace was reported: {noisy:?}"
         );
     }
+}
+
+const PT_LOAD: u32 = 1;
+const PT_GNU_STACK: u32 = 0x6474_e551;
+const PF_X: u32 = 1;
+const PF_W: u32 = 2;
+
+/// A copy of the scenario binary at `dst` in which every program header of type `p_type`
+/// that has all of `need` gets `add` in its flags: what a linker writes for `-z execstack`
+/// (`PT_GNU_STACK` + `PF_X`) or for a writable and executable segment.
+fn patched_scenario(dst: &Path, p_type: u32, need: u32, add: u32) -> PathBuf {
+    let mut elf = std::fs::read(scenario_bin()).unwrap();
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes(b[at..at + 2].try_into().unwrap());
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let phentsize = u16_at(&elf, 0x36) as usize;
+    let phnum = u16_at(&elf, 0x38) as usize;
+    let mut patched = 0;
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let kind = u32::from_le_bytes(elf[at..at + 4].try_into().unwrap());
+        let flags = u32::from_le_bytes(elf[at + 4..at + 8].try_into().unwrap());
+        if kind == p_type && flags & need == need {
+            elf[at + 4..at + 8].copy_from_slice(&(flags | add).to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert!(
+        patched > 0,
+        "no program header of type {p_type:#x} to patch"
+    );
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::fs::write(dst, elf).unwrap();
+    std::fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dst.to_path_buf()
+}
+
+#[test]
+fn memory_the_kernel_maps_at_exec_and_files_made_executable_later_are_judged() {
+    if !root_or_skip("image-wx") {
+        return;
+    }
+    let cg = TestCgroup::new("image-wx");
+    let exempt_cg = TestCgroup::new("image-wx-exempt");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let denied = base.join("denied");
+    let execstack = patched_scenario(&base.join("execstack"), PT_GNU_STACK, 0, PF_X);
+    let rwx = patched_scenario(&base.join("rwx"), PT_LOAD, PF_W, PF_X);
+    let jit = patched_scenario(&base.join("jit").join("execstack"), PT_GNU_STACK, 0, PF_X);
+    let plain = writer_at(&base.join("plain"));
+    let denied_lib = denied.join("lib.so");
+    std::fs::create_dir_all(&denied).unwrap();
+    std::fs::copy("/bin/true", &denied_lib).unwrap();
+    let allowed_lib = base.join("lib.so");
+    std::fs::copy("/bin/true", &allowed_lib).unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[
+            (
+                &cg,
+                "image-wx",
+                format!(
+                    "  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Kill\n  memory:\n    writeExecute: Deny\n    action: Kill\n",
+                    denied.display()
+                ),
+            ),
+            (
+                &exempt_cg,
+                "image-wx-exempt",
+                format!(
+                    "  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{}\"]\n    action: Kill\n",
+                    jit.display()
+                ),
+            ),
+        ],
+    );
+    let tracer = Tracer::enforce(&file);
+    let marker = base.join("marker");
+
+    // Images that ask the kernel for W^X memory: killed before their first instruction.
+    for (what, program, exec_stack) in [
+        ("executable stack", &execstack, true),
+        ("RWX segment", &rwx, false),
+    ] {
+        let (pid, status, ran) = run_writer(&cg, program, &marker);
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status}");
+        assert!(!ran, "{what}: the image ran");
+        let e = tracer.wait_for(what, |e| is(e, "dev.vigil.wx.v1", pid));
+        assert_eq!(e["data"]["wx"]["syscall"], "execve", "{what}: {e}");
+        assert!(
+            e["data"]["wx"]["protText"].as_str().unwrap().contains('x'),
+            "{what}: {e}"
+        );
+        if exec_stack {
+            assert_eq!(e["data"]["wx"]["execStack"], true, "{what}: {e}");
+        } else {
+            assert_eq!(e["data"]["wx"]["writeExecute"], true, "{what}: {e}");
+        }
+        assert_eq!(e["vigilaction"], "kill", "{what}: {e}");
+    }
+
+    // A file from a denied place mapped readable, then made executable: killed in mprotect.
+    let (pid, out) = cg.scenario(&["mprotect-file-exec", denied_lib.to_str().unwrap()]);
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    let e = tracer.wait_for("the file made executable", |e| is(e, EXEC, pid));
+    assert_eq!(e["data"]["exec"]["mapped"], true, "{e}");
+    assert_eq!(
+        e["data"]["exec"]["path"],
+        denied_lib.to_str().unwrap(),
+        "{e}"
+    );
+    assert_eq!(e["data"]["policy"]["rule"], "spec.exec.deny[0]", "{e}");
+
+    // The twins: a plain image, an allowed file made executable, and an executable stack
+    // in an image the policy exempts.
+    let mut quiet = Vec::new();
+    let (pid, status, ran) = run_writer(&cg, &plain, &marker);
+    assert!(status.success() && ran, "plain: {status}");
+    quiet.push(pid);
+    let (pid, out) = cg.scenario(&["mprotect-file-exec", allowed_lib.to_str().unwrap()]);
+    assert_eq!(stdout_text(&out), "executable", "{out:?}");
+    quiet.push(pid);
+    let (pid, status, ran) = run_writer(&exempt_cg, &jit, &marker);
+    assert!(status.success() && ran, "exempt: {status}");
+    quiet.push(pid);
+    let events = tracer.stop();
+    for pid in quiet {
+        let noisy: Vec<_> = events
+            .iter()
+            .filter(|e| pid_of(e) == u64::from(pid))
+            .collect();
+        assert!(
+            noisy.is_empty(),
+            "a benign image or mapping was reported: {noisy:?}"
+        );
+    }
+}
+
+fn stdout_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -148,6 +148,7 @@ fn wx(syscall: WxSyscall, extra: u32) -> Value {
             shared_exec: shmat,
             foreign_write: false,
             compat: false,
+            exec_stack: false,
             extra,
         }),
         &lineage(Some("/usr/bin/node"), &["node", "app.js"], true),

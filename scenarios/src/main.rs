@@ -31,7 +31,8 @@ fn usage() -> ExitCode {
          \x20        udp-sendto-unfaulted uring-tcp-connect uring-udp-connect\n\
          \x20        uring-udp-sendmsg compat-udp-connect raw-socket)\n\
          memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
-         \x20        mmap-file-rx PATH | flood-mmap COUNT | wait-then-mmap-rwx GO_FILE |\n\
+         \x20        mmap-file-rx PATH | mprotect-file-exec PATH | flood-mmap COUNT |\n\
+         \x20        wait-then-mmap-rwx GO_FILE |\n\
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
          \x20        proc-mem-write | proc-mem-read | refused-rwx | compat-mmap-rwx |\n\
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         ("pkey-mprotect-rwx", []) => memory::pkey_mprotect_rwx(),
         ("rie-mmap-rw", []) => memory::read_implies_exec_rw(),
         ("mmap-file-rx", [path]) => memory::mmap_file_rx(path),
+        ("mprotect-file-exec", [path]) => memory::mprotect_file_exec(path),
         ("flood-mmap", [count]) => memory::flood(count),
         ("wait-then-mmap-rwx", [path]) => memory::wait_then_rwx(path),
         ("rwx-after-leader-exit", []) => memory::rwx_after_leader_exit(),

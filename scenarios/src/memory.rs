@@ -102,6 +102,20 @@ pub fn mmap_file_rx(path: &str) -> Outcome {
     Ok(())
 }
 
+/// Maps `path` readable, then makes it executable with `mprotect`: a loader of its own.
+/// Prints `executable` when the kernel granted it.
+pub fn mprotect_file_exec(path: &str) -> Outcome {
+    let file = std::fs::File::open(path)?;
+    let p = map(libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd())?;
+    // SAFETY: `p` is a mapping of PAGE bytes made above.
+    if unsafe { libc::mprotect(p, PAGE, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+        return Err(os_error("mprotect"));
+    }
+    println!("executable");
+    unmap(p);
+    Ok(())
+}
+
 /// `count` RWX mappings as fast as possible, each unmapped at once.
 pub fn flood(count: &str) -> Outcome {
     let count = parse_count(count)?;

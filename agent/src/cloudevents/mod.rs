@@ -175,6 +175,9 @@ fn wx_fields(w: &crate::event::Wx) -> serde_json::Value {
     if w.compat {
         fields["compat"] = json!(true);
     }
+    if w.exec_stack {
+        fields["execStack"] = json!(true);
+    }
     fields
 }
 

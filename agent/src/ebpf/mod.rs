@@ -61,6 +61,8 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_execveat"),
     ),
     ("sched_process_exec", Hook::Raw("sched_process_exec")),
+    // After the exec program: it records the executable that exemptions are looked up by.
+    ("sched_process_exec_image", Hook::Raw("sched_process_exec")),
     ("sched_process_fork", Hook::Raw("sched_process_fork")),
     (
         "sched_process_exit",
@@ -89,6 +91,14 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
     (
         "sys_enter_mprotect",
         Hook::Tracepoint("syscalls", "sys_enter_mprotect"),
+    ),
+    (
+        "sys_enter_mprotect_exec",
+        Hook::Tracepoint("syscalls", "sys_enter_mprotect"),
+    ),
+    (
+        "sys_enter_pkey_mprotect_exec",
+        Hook::Tracepoint("syscalls", "sys_enter_pkey_mprotect"),
     ),
     (
         "sys_exit_mprotect",
@@ -156,6 +166,10 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
     ),
 ];
 
+/// Programs that are not attached but jumped to (`bpf_tail_call`): each is loaded and put in
+/// slot 0 of its table before any hook is attached.
+pub const TAIL_CALLS: &[(&str, &str)] = &[("judge_mapped_file", "JUDGE_FILE")];
+
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     #[error("{path}: {source}")]
@@ -196,6 +210,36 @@ pub enum EbpfError {
     MissingMap(&'static str),
     #[error("attaching the cgroup programs: {0}")]
     Cgroup(#[from] crate::metadata::cgroup::CgroupError),
+}
+
+/// Loads `program` (a tracepoint-type tail-call target) and puts it in slot 0 of `table`.
+fn fill_tail_call(ebpf: &mut Ebpf, program: &str, table: &'static str) -> Result<(), EbpfError> {
+    let err = |action: &'static str| {
+        move |source| EbpfError::Program {
+            program: program.into(),
+            action,
+            source,
+        }
+    };
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| EbpfError::MissingProgram(program.into()))?;
+    let prog = <&mut TracePoint>::try_from(prog).map_err(err("load"))?;
+    prog.load().map_err(err("load"))?;
+    let fd = prog
+        .fd()
+        .map_err(err("load"))?
+        .try_clone()
+        .map_err(|source| EbpfError::Io {
+            path: PathBuf::from(program),
+            source,
+        })?;
+    let map = ebpf.map_mut(table).ok_or(EbpfError::MissingMap(table))?;
+    let mut jumps = aya::maps::ProgramArray::try_from(map)
+        .map_err(|source| EbpfError::Map { map: table, source })?;
+    jumps
+        .set(0, &fd, 0)
+        .map_err(|source| EbpfError::Map { map: table, source })
 }
 
 /// Loads (verifies) one of [`PROGRAMS`] without attaching it.
@@ -396,6 +440,9 @@ impl Probes {
             path: root_path.clone(),
             source,
         })?;
+        for (program, table) in TAIL_CALLS {
+            fill_tail_call(&mut ebpf, program, table)?;
+        }
         for (program, hook) in PROGRAMS {
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {

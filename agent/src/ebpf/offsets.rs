@@ -68,6 +68,14 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         vfsmount_flags: find("vfsmount", "mnt_flags"),
         sb_root: find("super_block", "s_root"),
         sb_user_ns: find("super_block", "s_user_ns"),
+        vma_flags: find("vm_area_struct", "vm_flags"),
+        vma_file: find("vm_area_struct", "vm_file"),
+        vma_start: find("vm_area_struct", "vm_start"),
+        vma_end: find("vm_area_struct", "vm_end"),
+        mm_start_stack: find("mm_struct", "start_stack"),
+        mm_start_code: find("mm_struct", "start_code"),
+        mm_start_data: find("mm_struct", "start_data"),
+        mm_end_code: find("mm_struct", "end_code"),
         _pad: 0,
     };
     (offsets, missing)

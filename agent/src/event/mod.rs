@@ -173,6 +173,8 @@ pub enum WxSyscall {
     ProcMem,
     /// The 32-bit `mmap2`.
     Mmap2,
+    /// Memory the kernel's ELF loader mapped for a new image.
+    Exec,
 }
 
 impl WxSyscall {
@@ -187,6 +189,7 @@ impl WxSyscall {
             Self::ProcessVmWritev => "process_vm_writev",
             Self::ProcMem => "open",
             Self::Mmap2 => "mmap2",
+            Self::Exec => "execve",
         }
     }
 }
@@ -209,6 +212,8 @@ pub struct Wx {
     pub foreign_write: bool,
     /// Requested through the 32-bit system call entry.
     pub compat: bool,
+    /// The new image's stack is executable (`syscall` is `Exec`).
+    pub exec_stack: bool,
     /// `pkey_mprotect`'s key or `personality`'s persona.
     pub extra: u32,
 }
@@ -379,6 +384,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                         wx_syscall::PROCESS_VM_WRITEV => WxSyscall::ProcessVmWritev,
                         wx_syscall::PROC_MEM => WxSyscall::ProcMem,
                         wx_syscall::MMAP2 => WxSyscall::Mmap2,
+                        wx_syscall::EXEC => WxSyscall::Exec,
                         _ => WxSyscall::Personality,
                     },
                     prot: w.prot,
@@ -391,6 +397,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     shared_exec: w.reason & wx_reason::SHARED_EXEC != 0,
                     foreign_write: w.reason & wx_reason::FOREIGN_WRITE != 0,
                     compat: w.reason & wx_reason::COMPAT != 0,
+                    exec_stack: w.reason & wx_reason::EXEC_STACK != 0,
                     extra: w.extra,
                 }),
             })
@@ -451,7 +458,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 1440);
         assert_eq!(size_of::<ConnectEvent>(), 128);
         assert_eq!(size_of::<WxEvent>(), 120);
-        assert_eq!(size_of::<agent_common::Config>(), 216);
+        assert_eq!(size_of::<agent_common::Config>(), 248);
         assert_eq!(size_of::<agent_common::PolicySet>(), 32);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 264);

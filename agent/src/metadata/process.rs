@@ -191,6 +191,7 @@ mod tests {
                 shared_exec: false,
                 foreign_write: false,
                 compat: false,
+                exec_stack: false,
                 extra: 0,
             }),
         };

@@ -1,0 +1,101 @@
+//! The memory the kernel's ELF loader maps for a new image, with no system call the W^X
+//! probes could see: an executable stack (`PT_GNU_STACK` with `PF_X`) and a segment that is
+//! both writable and executable (`PT_LOAD` with `PF_W | PF_X`) are W^X violations of the
+//! image itself, decided before its first instruction.
+use agent_common::{WxEvent, wx_reason, wx_syscall};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+
+use crate::{
+    task::{config, current_task, read_kernel, read_kernel_ptr, traced},
+    vma::{self, Area, VM_EXEC, VM_READ, VM_WRITE},
+    wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
+};
+
+/// Areas looked at between the start and the end of the code: an image of more segments
+/// than this is looked at only that far.
+const MAX_AREAS: usize = 16;
+
+/// A second program on `sched_process_exec`, attached after the exec program, so the new
+/// image's executable is recorded (for exemptions) when this one runs.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec_image(_ctx: RawTracePointContext) -> i32 {
+    match try_image() {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn prot_of(area: &Area) -> u32 {
+    let mut prot = 0;
+    if area.flags & VM_READ != 0 {
+        prot |= PROT_READ;
+    }
+    if area.flags & VM_WRITE != 0 {
+        prot |= PROT_WRITE;
+    }
+    if area.flags & VM_EXEC != 0 {
+        prot |= PROT_EXEC;
+    }
+    prot
+}
+
+fn try_image() -> Result<(), i64> {
+    let cfg = config().ok_or(1)?;
+    if !traced(cfg) {
+        return Ok(());
+    }
+    let k = &cfg.kernel;
+    let mm = read_kernel_ptr(current_task(), k.task_mm).ok_or(1)?;
+    let stack: u64 = read_kernel(mm, k.mm_start_stack).ok_or(1)?;
+    let mut found = None;
+    if let Some(area) = vma::find(cfg, stack)
+        && area.flags & VM_EXEC != 0
+    {
+        found = Some((area, wx_reason::EXEC_STACK));
+    }
+    if found.is_none() {
+        // Every area from the first executable segment to the end of the last one, and the
+        // last segment (where data usually is).
+        let code: u64 = read_kernel(mm, k.mm_start_code).ok_or(1)?;
+        let end_code: u64 = read_kernel(mm, k.mm_end_code).ok_or(1)?;
+        let data: u64 = read_kernel(mm, k.mm_start_data).ok_or(1)?;
+        let mut addr = code;
+        for _ in 0..MAX_AREAS {
+            let Some(area) = vma::find(cfg, addr) else {
+                break;
+            };
+            if area.flags & (VM_WRITE | VM_EXEC) == VM_WRITE | VM_EXEC {
+                found = Some((area, wx_reason::WRITE_EXEC));
+                break;
+            }
+            addr = area.end;
+            if addr >= end_code {
+                if let Some(area) = vma::find(cfg, data)
+                    && area.flags & (VM_WRITE | VM_EXEC) == VM_WRITE | VM_EXEC
+                {
+                    found = Some((area, wx_reason::WRITE_EXEC));
+                }
+                break;
+            }
+        }
+    }
+    let Some((area, reason)) = found else {
+        return Ok(());
+    };
+    let Some(judged) = wx::judge(cfg) else {
+        return Ok(());
+    };
+    wx::report(
+        cfg,
+        judged,
+        WxEvent {
+            syscall: wx_syscall::EXEC,
+            prot: prot_of(&area),
+            reason,
+            addr: area.start,
+            len: area.end - area.start,
+            fd: -1,
+            ..WxEvent::default()
+        },
+    );
+    Ok(())
+}
