@@ -138,6 +138,8 @@ pub mod set_flags {
     pub const CONNECT_RULES: u32 = 1 << 6;
     /// `memory.foreignWrites: Deny`.
     pub const FOREIGN_WRITES_DENY: u32 = 1 << 7;
+    /// `memory.compatSyscalls: Deny`.
+    pub const COMPAT_DENY: u32 = 1 << 8;
 }
 
 /// Policy sets: slot 0 means "no policy".
@@ -162,7 +164,8 @@ pub struct PolicySet {
     pub wx_rule: u32,
     /// Rule index reported for a write into another process's memory.
     pub foreign_rule: u32,
-    pub _pad: u32,
+    /// Rule index reported for a system call through the 32-bit entry.
+    pub compat_rule: u32,
 }
 
 /// Bytes of a path inside an LPM key (after the 4-byte set id); a path of this length or
@@ -296,6 +299,9 @@ pub mod wx_syscall {
     /// Memory the kernel's ELF loader mapped for a new image at exec (`addr`, `len`: the
     /// area), with no system call of the process's own.
     pub const EXEC: u32 = 10;
+    /// Any system call through the 32-bit entry, under `compatSyscalls: Deny` (`extra`: its
+    /// 32-bit number).
+    pub const COMPAT: u32 = 11;
 }
 
 /// Why a W^X record was emitted.

@@ -1,10 +1,14 @@
-//! W^X through the 32-bit system call entry (`int 0x80`, which 64-bit processes may use
-//! too): syscall tracepoints do not fire for compat calls, `raw_syscalls/sys_enter` does.
-//! Decided at entry (a compat request the kernel then refuses is still reported).
-use agent_common::{Config, WxEvent, wx_reason, wx_syscall};
+//! The 32-bit system call entry (`int 0x80`, which 64-bit processes may use too): syscall
+//! tracepoints do not fire for compat calls, `raw_syscalls/sys_enter` does. W^X requests
+//! through it are judged like their 64-bit twins, and under `compatSyscalls: Deny` any call
+//! through it is a violation. Decided at entry (a compat request the kernel then refuses is
+//! still reported).
+use agent_common::{Config, WxEvent, mode, set_flags, wx_reason, wx_syscall};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
+    maps::COMPAT_WATCH,
+    policy::{current_set, enforce, policy_set, violation},
     task::{config, current_task, read_kernel, traced},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
@@ -23,14 +27,27 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     }
 }
 
+/// Whether any policy set denies the 32-bit entry (one array read).
+fn compat_watched() -> bool {
+    COMPAT_WATCH.get(0).is_some_and(|v| *v != 0)
+}
+
 fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     let id: i64 = ctx.arg(1);
-    if id != NR_MMAP2 && id != NR_MPROTECT && id != NR_PKEY_MPROTECT {
+    let wx_call = id == NR_MMAP2 || id == NR_MPROTECT || id == NR_PKEY_MPROTECT;
+    let watched = compat_watched();
+    if !wx_call && !watched {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
     let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
     if status & TS_COMPAT == 0 {
+        return Ok(());
+    }
+    if watched && compat_denied(cfg, id) {
+        return Ok(());
+    }
+    if !wx_call {
         return Ok(());
     }
     let regs = ctx.arg::<u64>(0) as *const u8;
@@ -82,6 +99,35 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
         },
     );
     Ok(())
+}
+
+/// A 32-bit call by a process whose set denies them: judged, carried out and reported;
+/// true when it was.
+fn compat_denied(cfg: &Config, id: i64) -> bool {
+    if cfg.mode != mode::ENFORCE {
+        return false;
+    }
+    let set = current_set();
+    let Some(ps) = policy_set(set) else {
+        return false;
+    };
+    if ps.flags & set_flags::COMPAT_DENY == 0 {
+        return false;
+    }
+    let v = violation(ps.wx_action, set, ps.compat_rule);
+    enforce(v);
+    wx::report(
+        cfg,
+        v,
+        WxEvent {
+            syscall: wx_syscall::COMPAT,
+            reason: wx_reason::COMPAT,
+            fd: -1,
+            extra: id as u32,
+            ..WxEvent::default()
+        },
+    );
+    true
 }
 
 fn read_implies_exec(cfg: &Config) -> bool {

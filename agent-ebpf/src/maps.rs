@@ -139,3 +139,8 @@ pub static FILE_REQUEST: PerCpuArray<FileRequest> = PerCpuArray::with_max_entrie
 /// Slot 0: `judge_mapped_file`, filled by user space before any hook is attached.
 #[map]
 pub static JUDGE_FILE: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Slot 0: non-zero once any policy set denies 32-bit system calls; until then the
+/// `raw_syscalls/sys_enter` program does not look at the task's status for other calls.
+#[map]
+pub static COMPAT_WATCH: Array<u64> = Array::with_max_entries(1, 0);

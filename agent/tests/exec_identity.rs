@@ -1401,3 +1401,62 @@ fn memory_the_kernel_maps_at_exec_and_files_made_executable_later_are_judged() {
 fn stdout_text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+#[test]
+fn every_32_bit_call_is_a_violation_where_compat_syscalls_are_denied() {
+    if !root_or_skip("compat-deny") {
+        return;
+    }
+    let cg = TestCgroup::new("compat-deny");
+    let other = TestCgroup::new("compat-allow");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[
+            (
+                &cg,
+                "compat-deny",
+                "  memory:\n    writeExecute: Allow\n    compatSyscalls: Deny\n    action: Kill\n"
+                    .to_string(),
+            ),
+            (
+                &other,
+                "compat-allow",
+                "  memory:\n    writeExecute: Deny\n    action: Kill\n".to_string(),
+            ),
+        ],
+    );
+    let tracer = Tracer::enforce(&file);
+    // A writable-only mapping through the 32-bit entry: no W^X, but the entry is forbidden.
+    let (pid, out) = cg.scenario(&["compat-mmap-rw"]);
+    if out.status.code() == Some(77) {
+        common::skip_for_kernel("compat-deny", String::from_utf8_lossy(&out.stderr).trim());
+        return;
+    }
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    assert!(out.stdout.is_empty(), "it returned to user space: {out:?}");
+    let e = tracer.wait_for("the 32-bit call", |e| is(e, "dev.vigil.wx.v1", pid));
+    assert_eq!(e["data"]["wx"]["syscall"], "compat", "{e}");
+    // i386 mmap2.
+    assert_eq!(e["data"]["wx"]["compatSyscall"], 192, "{e}");
+    assert_eq!(e["data"]["wx"]["compat"], true, "{e}");
+    assert_eq!(
+        e["data"]["policy"]["rule"], "spec.memory.compatSyscalls",
+        "{e}"
+    );
+
+    // The twins: 64-bit calls in the same cgroup, and the same 32-bit call where the entry
+    // is not forbidden.
+    let (quiet_64, out) = cg.scenario(&["mmap-file-rx", "/bin/true"]);
+    assert!(out.status.success(), "{out:?}");
+    let (quiet_32, out) = other.scenario(&["compat-mmap-rw"]);
+    assert!(out.status.success(), "{out:?}");
+    let events = tracer.stop();
+    for pid in [quiet_64, quiet_32] {
+        let noisy: Vec<_> = events
+            .iter()
+            .filter(|e| pid_of(e) == u64::from(pid))
+            .collect();
+        assert!(noisy.is_empty(), "a benign call was reported: {noisy:?}");
+    }
+}

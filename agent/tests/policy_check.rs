@@ -75,7 +75,7 @@ fn valid_fixtures_pass_with_one_summary_per_policy() {
             "shop-web.yaml: RuntimePolicy shop/web: Enforce; selects pods \
              app.kubernetes.io/name=web in namespace shop (containers nginx); exec: 5 allow, \
              3 deny, Kill; connect: 2 allow + Services, 1 deny, Alert; memory: writeExecute \
-             Deny, foreignWrites Allow, 0 allowed executables, Alert"
+             Deny, foreignWrites Allow, compatSyscalls Allow, 0 allowed executables, Alert"
         )),
         "{stdout}"
     );

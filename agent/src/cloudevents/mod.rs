@@ -178,6 +178,9 @@ fn wx_fields(w: &crate::event::Wx) -> serde_json::Value {
     if w.exec_stack {
         fields["execStack"] = json!(true);
     }
+    if w.syscall == crate::event::WxSyscall::Compat {
+        fields["compatSyscall"] = json!(w.extra);
+    }
     fields
 }
 

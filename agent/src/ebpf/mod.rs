@@ -376,6 +376,8 @@ pub struct PolicyMaps {
     pub services: aya::maps::HashMap<MapData, agent_common::ServiceKey, u32>,
     pub task_exe: aya::maps::HashMap<MapData, u32, agent_common::ExePath>,
     pub task_origin: aya::maps::HashMap<MapData, u32, u64>,
+    /// Slot 0: non-zero once a set denies 32-bit system calls.
+    pub compat_watch: Array<MapData, u64>,
 }
 
 /// The loaded and attached probes. Dropping it detaches every program.
@@ -507,6 +509,7 @@ impl Probes {
             services: take(ebpf, "SERVICES")?,
             task_exe: take(ebpf, "TASK_EXE")?,
             task_origin: take(ebpf, "TASK_ORIGIN")?,
+            compat_watch: take(ebpf, "COMPAT_WATCH")?,
         })
     }
 

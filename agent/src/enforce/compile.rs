@@ -198,6 +198,18 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
                 .wx_action
                 .max(kernel_action(spec.effective(memory.action)));
         }
+        if memory.compat_syscalls == crate::policy::CompatSyscalls::Deny {
+            if out.set.flags & set_flags::COMPAT_DENY == 0 {
+                out.set.compat_rule = out
+                    .rule(pi, "spec.memory.compatSyscalls".into(), "Deny".into())
+                    .into();
+            }
+            out.set.flags |= set_flags::COMPAT_DENY;
+            out.set.wx_action = out
+                .set
+                .wx_action
+                .max(kernel_action(spec.effective(memory.action)));
+        }
         for exe in &memory.allow_executables {
             wx_exempt.push(PathEntry {
                 path: exe.clone(),

@@ -201,6 +201,14 @@ impl Enforcer {
                 .insert(&Key::new(bits, data), *rules, 0)
                 .map_err(map_err("CONNECT_DENY"))?;
         }
+        if compiled.set.flags & agent_common::set_flags::COMPAT_DENY != 0 {
+            // Sticky: until then the 32-bit entry costs every system call one array read;
+            // after it, one more read of the task's status.
+            self.maps
+                .compat_watch
+                .set(0, 1, 0)
+                .map_err(map_err("COMPAT_WATCH"))?;
+        }
         self.maps
             .policy_sets
             .set(id, compiled.set, 0)

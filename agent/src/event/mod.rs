@@ -175,6 +175,8 @@ pub enum WxSyscall {
     Mmap2,
     /// Memory the kernel's ELF loader mapped for a new image.
     Exec,
+    /// Any system call through the 32-bit entry (`compatSyscalls: Deny`).
+    Compat,
 }
 
 impl WxSyscall {
@@ -190,6 +192,7 @@ impl WxSyscall {
             Self::ProcMem => "open",
             Self::Mmap2 => "mmap2",
             Self::Exec => "execve",
+            Self::Compat => "compat",
         }
     }
 }
@@ -385,6 +388,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                         wx_syscall::PROC_MEM => WxSyscall::ProcMem,
                         wx_syscall::MMAP2 => WxSyscall::Mmap2,
                         wx_syscall::EXEC => WxSyscall::Exec,
+                        wx_syscall::COMPAT => WxSyscall::Compat,
                         _ => WxSyscall::Personality,
                     },
                     prot: w.prot,

@@ -302,8 +302,20 @@ pub struct MemoryRules {
     /// pokes, process_vm_writev, opening /proc/<pid>/mem for writing). Default Allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreign_writes: Option<ForeignWrites>,
+    /// Deny: any system call through the 32-bit entry (`int 0x80`) is a violation. That
+    /// entry has calls no other hook judges (the legacy `mmap`, 32-bit `ptrace` and
+    /// `process_vm_writev`); a pod of 64-bit programs never needs it. Default Allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compat_syscalls: Option<CompatSyscalls>,
     #[serde(default)]
     pub action: Action,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum CompatSyscalls {
+    Deny,
+    #[default]
+    Allow,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]

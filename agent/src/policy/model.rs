@@ -11,7 +11,7 @@ use std::{
 use ipnet::IpNet;
 
 pub use super::crd::{
-    Action, ForeignWrites, LabelSelector, LabelSelectorRequirement, Mode, Protocol,
+    Action, CompatSyscalls, ForeignWrites, LabelSelector, LabelSelectorRequirement, Mode, Protocol,
     SelectorOperator, WriteExecute,
 };
 use super::error::ValueError;
@@ -306,5 +306,7 @@ pub struct MemoryRules {
     pub allow_executables: Vec<String>,
     /// `Deny`: writes into another process's memory are violations.
     pub foreign_writes: ForeignWrites,
+    /// `Deny`: every system call through the 32-bit entry is a violation.
+    pub compat_syscalls: CompatSyscalls,
     pub action: Action,
 }

@@ -70,14 +70,16 @@ pub fn summary(policy: &Policy) -> String {
     if memory.write_execute == WriteExecute::Allow
         && memory.allow_executables.is_empty()
         && memory.foreign_writes == crate::policy::ForeignWrites::Allow
+        && memory.compat_syscalls == crate::policy::CompatSyscalls::Allow
     {
         line.push_str("; memory: no rules");
     } else {
         let _ = write!(
             line,
-            "; memory: writeExecute {:?}, foreignWrites {:?}, {} allowed executable{}, {:?}",
+            "; memory: writeExecute {:?}, foreignWrites {:?}, compatSyscalls {:?}, {} allowed executable{}, {:?}",
             memory.write_execute,
             memory.foreign_writes,
+            memory.compat_syscalls,
             memory.allow_executables.len(),
             if memory.allow_executables.len() == 1 {
                 ""

@@ -837,7 +837,8 @@ fn summary_is_one_readable_line() {
         summary(&p),
         "RuntimePolicy shop/web: Enforce; selects pods app=web,!canary in namespace shop \
          (containers nginx); exec: 1 allow, 1 deny, Kill; connect: 0 allow + Services, 0 deny, \
-         Alert; memory: writeExecute Deny, foreignWrites Allow, 1 allowed executable, Alert"
+         Alert; memory: writeExecute Deny, foreignWrites Allow, compatSyscalls Allow, 1 allowed \
+         executable, Alert"
     );
     let host = ok(&cluster(
         "  mode: Audit\n  hostProcesses: {cgroupPrefixes: [/system.slice]}\n",

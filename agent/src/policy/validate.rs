@@ -411,6 +411,7 @@ fn memory(rules: &crd::MemoryRules, e: &mut Errors) -> MemoryRules {
         write_execute: rules.write_execute,
         allow_executables: allowed,
         foreign_writes: rules.foreign_writes.unwrap_or_default(),
+        compat_syscalls: rules.compat_syscalls.unwrap_or_default(),
         action: rules.action,
     }
 }
