@@ -302,6 +302,9 @@ pub mod wx_syscall {
     /// Any system call through the 32-bit entry, under `compatSyscalls: Deny` (`extra`: its
     /// 32-bit number).
     pub const COMPAT: u32 = 11;
+    /// A userfaultfd created (`userfaultfd(2)`, or `/dev/userfaultfd` opened: `fd`), the means
+    /// to have the kernel fill pages, executable ones too (`flags`: its flags or open mode).
+    pub const USERFAULTFD: u32 = 12;
 }
 
 /// Why a W^X record was emitted.

@@ -1,11 +1,13 @@
-//! Writes into another process's memory, the other way to run injected code: `ptrace`
-//! attach, seize and write requests, `process_vm_writev`, and `/proc/<pid>/mem` opened for
-//! writing. A `memory.foreignWrites: Deny` rule makes them violations.
+//! Writes into memory that do not go through a writable mapping, the other way to run
+//! injected code: into another process (`ptrace` attach, seize and write requests,
+//! `process_vm_writev`, `/proc/<pid>/mem` opened for writing) or through `userfaultfd`, with
+//! which the kernel fills pages (executable ones too) on the process's behalf. A
+//! `memory.foreignWrites: Deny` rule makes them violations.
 use agent_common::{Config, SYSCALL_RET_OFFSET, WxEvent, set_flags, wx_reason, wx_syscall};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
-    file::{super_block_field, task_fd_file},
+    file::{anonymous_file, super_block_field, task_fd_file},
     policy::{Violation, current_set, enforce, policy_set, violation},
     task::{config, read_kernel, read_kernel_ptr, syscall_arg, traced},
     wx,
@@ -32,6 +34,13 @@ pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_process_vm_writev")]
 pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
     match try_vm_writev(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_userfaultfd")]
+pub fn sys_enter_userfaultfd(ctx: TracePointContext) -> u32 {
+    match try_userfaultfd(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }
@@ -123,8 +132,15 @@ fn try_vm_writev(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+fn try_userfaultfd(ctx: &TracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(1)?;
+    let flags = syscall_arg(ctx, 0)? as u32;
+    report(cfg, wx_syscall::USERFAULTFD, flags, -1, 0);
+    Ok(())
+}
+
 /// A descriptor just opened: `/proc/<pid>/mem` (any pid, this process's included) for
-/// writing?
+/// writing, or `/dev/userfaultfd` (which hands out userfaultfds)?
 fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: every sys_exit record holds `ret` at this offset (checked at load time).
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
@@ -135,16 +151,20 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     let k = &cfg.kernel;
     let file = task_fd_file(cfg, ret as u32).ok_or(1)?;
     let mode: u32 = read_kernel(file, k.file_mode).ok_or(1)?;
+    let name = read_kernel_ptr(file, k.file_dentry)
+        .and_then(|dentry| read_kernel_ptr(dentry, k.dentry_name))
+        .and_then(|name| read_kernel::<[u8; 12]>(name, 0));
+    if name == Some(*b"userfaultfd\0") && !anonymous_file(cfg, file) {
+        report(cfg, wx_syscall::USERFAULTFD, mode, ret as i32, 0);
+        return Ok(());
+    }
     if mode & FMODE_WRITE == 0 {
         return Ok(());
     }
     if super_block_field(cfg, file, k.sb_magic) != Some(PROC_SUPER_MAGIC) {
         return Ok(());
     }
-    let name = read_kernel_ptr(file, k.file_dentry)
-        .and_then(|dentry| read_kernel_ptr(dentry, k.dentry_name))
-        .and_then(|name| read_kernel::<[u8; 4]>(name, 0));
-    if name != Some(*b"mem\0") {
+    if name.is_none_or(|n| n[..4] != *b"mem\0") {
         return Ok(());
     }
     report(cfg, wx_syscall::PROC_MEM, mode, ret as i32, 0);

@@ -1460,3 +1460,50 @@ fn every_32_bit_call_is_a_violation_where_compat_syscalls_are_denied() {
         assert!(noisy.is_empty(), "a benign call was reported: {noisy:?}");
     }
 }
+
+#[test]
+fn a_userfaultfd_is_a_foreign_write_under_foreign_writes_deny() {
+    if !root_or_skip("userfaultfd") {
+        return;
+    }
+    let cg = TestCgroup::new("uffd");
+    let free = TestCgroup::new("uffd-free");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "uffd",
+            "  memory:\n    writeExecute: Allow\n    foreignWrites: Deny\n    action: Kill\n"
+                .to_string(),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    let mut quiet = Vec::new();
+    for how in ["syscall", "device"] {
+        let (pid, out) = cg.scenario(&["userfaultfd", how]);
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{how}: {out:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "{how}: it got its descriptor: {out:?}"
+        );
+        let e = tracer.wait_for(how, |e| is(e, "dev.vigil.wx.v1", pid));
+        assert_eq!(e["data"]["wx"]["syscall"], "userfaultfd", "{how}: {e}");
+        assert_eq!(e["data"]["wx"]["foreignWrite"], true, "{how}: {e}");
+        assert_eq!(
+            e["data"]["policy"]["rule"], "spec.memory.foreignWrites",
+            "{how}: {e}"
+        );
+        // The twin: the same outside any policy.
+        let (pid, out) = free.scenario(&["userfaultfd", how]);
+        assert_eq!(stdout_text(&out), "created", "{how}: {out:?}");
+        quiet.push(pid);
+    }
+    let events = tracer.stop();
+    for pid in quiet {
+        assert!(
+            !events.iter().any(|e| pid_of(e) == u64::from(pid)),
+            "a userfaultfd outside the policy was reported"
+        );
+    }
+}

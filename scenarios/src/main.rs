@@ -36,7 +36,7 @@ fn usage() -> ExitCode {
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
          \x20        proc-mem-write | proc-mem-read | refused-rwx | compat-mmap-rwx |\n\
-         \x20        compat-mmap-rw | compat-mprotect-rwx\n\
+         \x20        compat-mmap-rw | compat-mprotect-rwx | userfaultfd syscall|device\n\
          bench:   bench-exec N | bench-connect N | bench-mmap N"
     );
     ExitCode::from(2)
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
         ("rie-mmap-rw", []) => memory::read_implies_exec_rw(),
         ("mmap-file-rx", [path]) => memory::mmap_file_rx(path),
         ("mprotect-file-exec", [path]) => memory::mprotect_file_exec(path),
+        ("userfaultfd", [how]) => memory::userfaultfd(how),
         ("flood-mmap", [count]) => memory::flood(count),
         ("wait-then-mmap-rwx", [path]) => memory::wait_then_rwx(path),
         ("rwx-after-leader-exit", []) => memory::rwx_after_leader_exit(),

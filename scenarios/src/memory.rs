@@ -447,3 +447,29 @@ fn int80_6(nr: u32, args: [u32; 5]) -> i32 {
     }
     ret as i32
 }
+
+/// Creates a userfaultfd, by the system call (`syscall`) or through `/dev/userfaultfd`
+/// (`device`); prints `created`.
+pub fn userfaultfd(how: &str) -> Outcome {
+    let fd = match how {
+        // SAFETY: a plain system call.
+        "syscall" => (unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) }) as i32,
+        "device" => {
+            let dev = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/userfaultfd")?;
+            std::os::fd::IntoRawFd::into_raw_fd(dev)
+        }
+        other => {
+            return Err(Failure::Error(format!(
+                "userfaultfd {other}: syscall or device"
+            )));
+        }
+    };
+    if fd < 0 {
+        return Err(os_error("userfaultfd"));
+    }
+    println!("created");
+    Ok(())
+}

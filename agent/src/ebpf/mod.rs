@@ -121,6 +121,10 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_ptrace"),
     ),
     (
+        "sys_enter_userfaultfd",
+        Hook::Tracepoint("syscalls", "sys_enter_userfaultfd"),
+    ),
+    (
         "sys_enter_process_vm_writev",
         Hook::Tracepoint("syscalls", "sys_enter_process_vm_writev"),
     ),

@@ -177,6 +177,8 @@ pub enum WxSyscall {
     Exec,
     /// Any system call through the 32-bit entry (`compatSyscalls: Deny`).
     Compat,
+    /// A userfaultfd created.
+    Userfaultfd,
 }
 
 impl WxSyscall {
@@ -193,6 +195,7 @@ impl WxSyscall {
             Self::Mmap2 => "mmap2",
             Self::Exec => "execve",
             Self::Compat => "compat",
+            Self::Userfaultfd => "userfaultfd",
         }
     }
 }
@@ -389,6 +392,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                         wx_syscall::MMAP2 => WxSyscall::Mmap2,
                         wx_syscall::EXEC => WxSyscall::Exec,
                         wx_syscall::COMPAT => WxSyscall::Compat,
+                        wx_syscall::USERFAULTFD => WxSyscall::Userfaultfd,
                         _ => WxSyscall::Personality,
                     },
                     prot: w.prot,
