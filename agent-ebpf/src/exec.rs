@@ -452,3 +452,48 @@ fn file_facts(cfg: &Config, file: *const u8, name: &mut [u8; NAME_LEN]) -> u32 {
     }
     flags
 }
+
+/// An exec record for a file judged outside an exec: mapped executable (`MAPPED`) or
+/// opened as a script (`OPENED`); `path` is the file's real path, `exe_path` the process's
+/// executable.
+// Inlined: as a BPF function its five arguments (one a struct) did not all fit registers.
+#[inline(always)]
+pub fn report_file(
+    cfg: &agent_common::Config,
+    v: crate::policy::Violation,
+    flags: u32,
+    // A plain pointer (null: none): BPF functions take at most five registers.
+    path: *const u8,
+    tgid: u32,
+) {
+    let mut head = header(kind::EXEC, cfg);
+    mark(&mut head, v);
+    if !admit(kind::EXEC, 0, &mut head) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_loss(kind::EXEC);
+        return;
+    };
+    // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
+    // until it is submitted.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.header = head;
+    event.flags = flags;
+    event.old_tid = event.header.tid;
+    event.argc = 0;
+    event.args_len = 0;
+    event.exe_name = [0; agent_common::NAME_LEN];
+    event.path[0] = 0;
+    if !path.is_null() {
+        // SAFETY: the source has at least PATH_LEN bytes from any start.
+        let _ = unsafe { bpf_probe_read_kernel_buf(path, &mut event.path) };
+    }
+    // The process's own executable (for a script, its interpreter), as recorded at exec.
+    event.exe_path[0] = 0;
+    if let Some(exe) = TASK_EXE.get_ptr(tgid) {
+        // SAFETY: a live map value of PATH_LEN bytes.
+        let _ = unsafe { bpf_probe_read_kernel_buf((*exe).path.as_ptr(), &mut event.exe_path) };
+    }
+    entry.submit(0);
+}

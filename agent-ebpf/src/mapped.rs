@@ -8,8 +8,8 @@
 //! or a file in `/dev/shm`) is W^X by intent, the dual-mapping pattern of JIT engines and
 //! injectors alike: a W^X violation unless the executable is exempt.
 use agent_common::{
-    ExecEvent, PathRule, WxEvent, action, exec_flags, kind, mode, path_verdict, set_flags,
-    wx_reason, wx_syscall,
+    PathRule, WxEvent, action, exec_flags, kind, mode, path_verdict, set_flags, wx_reason,
+    wx_syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
@@ -19,11 +19,10 @@ use aya_ebpf::{
 
 use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
-    maps::{EVENTS, EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH, TASK_EXE},
+    maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH},
     path::{path_key, real_path},
-    policy::{Violation, current_set, enforce, mark, policy_set, violation},
-    task::{config, count_loss, header, syscall_arg, traced},
-    throttle::admit,
+    policy::{Violation, current_set, enforce, policy_set, violation},
+    task::{config, count_loss, syscall_arg, traced},
     vma::{self, VM_EXEC},
     wx,
 };
@@ -209,45 +208,17 @@ fn judge_file(
     }
     enforce(v);
 
-    let mut head = header(kind::EXEC, cfg);
-    mark(&mut head, v);
-    if !admit(kind::EXEC, 0, &mut head) {
-        return Ok(());
-    }
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_loss(kind::EXEC);
-        return Ok(());
-    };
-    // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
-    // until it is submitted.
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    event.header = head;
-    event.flags = exec_flags::MAPPED | exec_flags::ARGS_MISSING;
+    let mut flags = exec_flags::MAPPED | exec_flags::ARGS_MISSING;
     if memfd {
-        event.flags |= exec_flags::MEMFD;
+        flags |= exec_flags::MEMFD;
     }
     if path.is_null() {
-        event.flags |= exec_flags::UNVERIFIABLE | exec_flags::EXE_PATH_TRUNCATED;
+        flags |= exec_flags::UNVERIFIABLE | exec_flags::EXE_PATH_TRUNCATED;
     } else if forged {
-        event.flags |= exec_flags::UNVERIFIABLE | exec_flags::USER_MOUNT;
+        flags |= exec_flags::UNVERIFIABLE | exec_flags::USER_MOUNT;
     }
-    event.old_tid = event.header.tid;
-    event.argc = 0;
-    event.args_len = 0;
-    event.exe_name = [0; agent_common::NAME_LEN];
-    event.path[0] = 0;
-    if !path.is_null() {
-        // SAFETY: the source has at least PATH_LEN bytes from any start.
-        let _ = unsafe { bpf_probe_read_kernel_buf(path, &mut event.path) };
-    }
-    // The process's own executable, as recorded at its exec.
-    event.exe_path[0] = 0;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(exe) = TASK_EXE.get_ptr(tgid) {
-        // SAFETY: a live map value of PATH_LEN bytes.
-        let _ = unsafe { bpf_probe_read_kernel_buf((*exe).path.as_ptr(), &mut event.exe_path) };
-    }
-    entry.submit(0);
+    crate::exec::report_file(cfg, v, flags, path, tgid);
     Ok(())
 }
 

@@ -3,9 +3,7 @@
 //! the caller's (`./s.sh`, `dir/../s.sh`, `/dev/fd/3/s.sh`, a symlink). The interpreter gets
 //! exactly that name and opens it: the file that open returns is the script, and it is
 //! decided then, by its real path, before the interpreter reads a line of it.
-use agent_common::{
-    Config, ExecEvent, PATH_LEN, PendingScript, SCRIPT_NAMES, SYSCALL_RET_OFFSET, exec_flags, kind,
-};
+use agent_common::{Config, PATH_LEN, PendingScript, SCRIPT_NAMES, SYSCALL_RET_OFFSET, exec_flags};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
@@ -14,11 +12,10 @@ use aya_ebpf::{
 
 use crate::{
     file::{anonymous_file, task_fd_file},
-    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, SCRIPT_PENDING, TASK_EXE},
+    maps::{EXEC_PATHS, PATH_SCRATCH, SCRIPT_PENDING},
     path::{PathScratch, path_key, real_path},
-    policy::{Violation, current_set, decide_exec, enforce, fail_closed, mark, policy_set},
-    task::{config, count_loss, current_task, header, read_kernel, read_kernel_ptr, syscall_arg},
-    throttle::admit,
+    policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
+    task::{config, current_task, read_kernel, read_kernel_ptr, syscall_arg},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
@@ -280,48 +277,6 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     if forged {
         flags |= exec_flags::USER_MOUNT;
     }
-    report(cfg, v, flags, path, tgid);
+    crate::exec::report_file(cfg, v, flags, path, tgid);
     Ok(())
-}
-
-// Inlined: as a BPF function its five arguments (one a struct) did not all fit registers.
-#[inline(always)]
-fn report(
-    cfg: &Config,
-    v: Violation,
-    flags: u32,
-    // A plain pointer (null: none): BPF functions take at most five registers.
-    path: *const u8,
-    tgid: u32,
-) {
-    let mut head = header(kind::EXEC, cfg);
-    mark(&mut head, v);
-    if !admit(kind::EXEC, 0, &mut head) {
-        return;
-    }
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_loss(kind::EXEC);
-        return;
-    };
-    // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
-    // until it is submitted.
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    event.header = head;
-    event.flags = flags;
-    event.old_tid = event.header.tid;
-    event.argc = 0;
-    event.args_len = 0;
-    event.exe_name = [0; agent_common::NAME_LEN];
-    event.path[0] = 0;
-    if !path.is_null() {
-        // SAFETY: the source has at least PATH_LEN bytes from any start.
-        let _ = unsafe { bpf_probe_read_kernel_buf(path, &mut event.path) };
-    }
-    // The interpreter, as recorded at the exec.
-    event.exe_path[0] = 0;
-    if let Some(exe) = TASK_EXE.get_ptr(tgid) {
-        // SAFETY: a live map value of PATH_LEN bytes.
-        let _ = unsafe { bpf_probe_read_kernel_buf((*exe).path.as_ptr(), &mut event.exe_path) };
-    }
-    entry.submit(0);
 }

@@ -4,24 +4,30 @@ use std::{ffi::CString, io::Write, os::fd::FromRawFd};
 use crate::{Failure, Outcome, os_error};
 
 /// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`: only returns on failure.
-fn exec_fd(fd: i32, argv0: &str) -> Outcome {
-    let argv0 = CString::new(argv0).map_err(|e| Failure::Error(e.to_string()))?;
-    let arg1 = CString::new("--scenario-arg").map_err(|e| Failure::Error(e.to_string()))?;
-    let argv = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+/// `execveat(fd, name, argv, no environment, flags)`; only returns on failure.
+pub fn execveat(fd: i32, name: &str, argv: &[&str], flags: i32) -> Outcome {
+    let c = |s: &str| CString::new(s).map_err(|e| Failure::Error(e.to_string()));
+    let name = c(name)?;
+    let argv = argv.iter().map(|a| c(a)).collect::<Result<Vec<_>, _>>()?;
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    let empty = c"";
-    // SAFETY: all pointers are valid NUL-terminated strings / NULL-terminated arrays.
+    // SAFETY: valid NUL-terminated strings and NULL-terminated arrays.
     unsafe {
         libc::syscall(
             libc::SYS_execveat,
             fd,
-            empty.as_ptr(),
-            argv.as_ptr(),
+            name.as_ptr(),
+            ptrs.as_ptr(),
             envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
+            flags,
         )
     };
     Err(os_error("execveat"))
+}
+
+fn exec_fd(fd: i32, argv0: &str) -> Outcome {
+    execveat(fd, "", &[argv0, "--scenario-arg"], libc::AT_EMPTY_PATH)
 }
 
 /// Copies /bin/true into a memfd and executes it from there.
@@ -65,30 +71,12 @@ pub fn memfd_exec_marker(path: &str) -> Outcome {
     // SAFETY: fd is ours; ManuallyDrop keeps it open for the exec.
     let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
     file.write_all(&image)?;
-    let args = [
-        CString::new("vigil-payload"),
-        CString::new("write-marker"),
-        CString::new(path),
-    ];
-    let args: Vec<CString> = args
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .map_err(|e| Failure::Error(e.to_string()))?;
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    // SAFETY: valid NUL-terminated strings and NULL-terminated arrays.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            fd,
-            c"".as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    Err(os_error("execveat"))
+    execveat(
+        fd,
+        "",
+        &["vigil-payload", "write-marker", path],
+        libc::AT_EMPTY_PATH,
+    )
 }
 
 /// Puts a shell script that writes `path` into a memfd and executes the memfd: the script
@@ -146,26 +134,6 @@ pub fn exec_at(dir: &str, name: &str, args: &[&str]) -> Outcome {
     if fd < 0 {
         return Err(os_error("open"));
     }
-    let name = CString::new(name).map_err(|e| Failure::Error(e.to_string()))?;
-    let args = args
-        .iter()
-        .map(|a| CString::new(*a))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Failure::Error(e.to_string()))?;
-    let mut argv: Vec<*const libc::c_char> = vec![name.as_ptr()];
-    argv.extend(args.iter().map(|a| a.as_ptr()));
-    argv.push(std::ptr::null());
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    // SAFETY: NUL-terminated argument and environment arrays of valid C strings.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            fd,
-            name.as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            0,
-        )
-    };
-    Err(os_error("execveat"))
+    let argv: Vec<&str> = std::iter::once(name).chain(args.iter().copied()).collect();
+    execveat(fd, name, &argv, 0)
 }

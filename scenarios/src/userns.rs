@@ -125,22 +125,6 @@ fn detached(dir: &str, name: &str, args: &[&str]) -> Outcome {
     if fd < 0 {
         return Err(os_error("open_tree"));
     }
-    let name = c(name)?;
-    let args = args.iter().map(|a| c(a)).collect::<Result<Vec<_>, _>>()?;
-    let mut argv: Vec<*const libc::c_char> = vec![name.as_ptr()];
-    argv.extend(args.iter().map(|a| a.as_ptr()));
-    argv.push(std::ptr::null());
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    // SAFETY: NUL-terminated argument and environment arrays of valid C strings.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            fd,
-            name.as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            0,
-        )
-    };
-    Err(os_error("execveat"))
+    let argv: Vec<&str> = std::iter::once(name).chain(args.iter().copied()).collect();
+    crate::exec::execveat(fd as i32, name, &argv, 0)
 }

@@ -174,41 +174,39 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
         }
 
         let memory = &spec.memory;
-        if memory.write_execute == WriteExecute::Deny {
-            if out.set.flags & set_flags::WX_DENY == 0 {
-                out.set.wx_rule = out
-                    .rule(pi, "spec.memory.writeExecute".into(), "Deny".into())
-                    .into();
+        let action = kernel_action(spec.effective(memory.action));
+        let denials = [
+            (
+                memory.write_execute == WriteExecute::Deny,
+                set_flags::WX_DENY,
+                "spec.memory.writeExecute",
+            ),
+            (
+                memory.foreign_writes == crate::policy::ForeignWrites::Deny,
+                set_flags::FOREIGN_WRITES_DENY,
+                "spec.memory.foreignWrites",
+            ),
+            (
+                memory.compat_syscalls == crate::policy::CompatSyscalls::Deny,
+                set_flags::COMPAT_DENY,
+                "spec.memory.compatSyscalls",
+            ),
+        ];
+        for (denied, flag, field) in denials {
+            if !denied {
+                continue;
             }
-            out.set.flags |= set_flags::WX_DENY;
-            out.set.wx_action = out
-                .set
-                .wx_action
-                .max(kernel_action(spec.effective(memory.action)));
-        }
-        if memory.foreign_writes == crate::policy::ForeignWrites::Deny {
-            if out.set.flags & set_flags::FOREIGN_WRITES_DENY == 0 {
-                out.set.foreign_rule = out
-                    .rule(pi, "spec.memory.foreignWrites".into(), "Deny".into())
-                    .into();
+            // The first policy of the set that denies it is the one reported.
+            if out.set.flags & flag == 0 {
+                let rule = u32::from(out.rule(pi, field.into(), "Deny".into()));
+                match flag {
+                    set_flags::WX_DENY => out.set.wx_rule = rule,
+                    set_flags::FOREIGN_WRITES_DENY => out.set.foreign_rule = rule,
+                    _ => out.set.compat_rule = rule,
+                }
             }
-            out.set.flags |= set_flags::FOREIGN_WRITES_DENY;
-            out.set.wx_action = out
-                .set
-                .wx_action
-                .max(kernel_action(spec.effective(memory.action)));
-        }
-        if memory.compat_syscalls == crate::policy::CompatSyscalls::Deny {
-            if out.set.flags & set_flags::COMPAT_DENY == 0 {
-                out.set.compat_rule = out
-                    .rule(pi, "spec.memory.compatSyscalls".into(), "Deny".into())
-                    .into();
-            }
-            out.set.flags |= set_flags::COMPAT_DENY;
-            out.set.wx_action = out
-                .set
-                .wx_action
-                .max(kernel_action(spec.effective(memory.action)));
+            out.set.flags |= flag;
+            out.set.wx_action = out.set.wx_action.max(action);
         }
         for exe in &memory.allow_executables {
             wx_exempt.push(PathEntry {
