@@ -771,3 +771,52 @@ fn datagram_connects_are_judged_by_the_policy_too() {
         "the allowed UDP connect was reported"
     );
 }
+
+#[test]
+fn a_kubeconfig_that_is_there_but_broken_stops_start_up_with_the_reason() {
+    if !root_or_skip("broken-kubeconfig") {
+        return;
+    }
+    let cg = TestCgroup::new("broken-kube");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_policy(
+        tmp.path(),
+        &policy_for(
+            &cg,
+            "kube",
+            "  exec:\n    deny: [{path: /nonexistent/x}]\n    action: Alert\n",
+        ),
+    );
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, "this: [is not a kubeconfig\n").unwrap();
+    let mut child = std::process::Command::new(common::vigil_bin())
+        .args(["run", "--policy", file.to_str().unwrap()])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A liveness bound, not a timing claim: it must end by itself.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "vigil kept running with a broken kubeconfig (host-only, cluster policies gone)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("kubeconfig {}", kubeconfig.display())),
+        "the error names the kubeconfig: {stderr}"
+    );
+    assert!(!stderr.contains("vigil is enforcing"), "{stderr}");
+}

@@ -33,17 +33,61 @@ pub struct ClusterLink {
     status: mpsc::UnboundedSender<crate::policy::cluster::Verdict>,
 }
 
+/// Where a Kubernetes configuration would come from, if one is there at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `KUBERNETES_SERVICE_HOST` is set: the agent runs in a pod.
+    InCluster,
+    /// `KUBECONFIG` (non-empty) or `~/.kube/config`, which exists.
+    Kubeconfig(String),
+}
+
+/// The configuration source present, judged by presence only (the same places the client
+/// looks); `None` means a plain host. `env` reads an environment variable, `exists` tells
+/// whether a path exists.
+pub fn config_source(
+    env: impl Fn(&str) -> Option<String>,
+    exists: impl Fn(&Path) -> bool,
+) -> Option<ConfigSource> {
+    if env("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty()) {
+        return Some(ConfigSource::InCluster);
+    }
+    if let Some(paths) = env("KUBECONFIG").filter(|p| !p.is_empty()) {
+        return Some(ConfigSource::Kubeconfig(paths));
+    }
+    let default = Path::new(&env("HOME")?).join(".kube/config");
+    exists(&default).then(|| ConfigSource::Kubeconfig(default.display().to_string()))
+}
+
+/// A Kubernetes configuration that is there but cannot be used: start-up stops with the
+/// reason rather than run without the cluster's policies.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Kubernetes configuration ({source_name}) cannot be used: {reason}; fix it, or unset it to run host-only"
+)]
+pub struct BrokenClusterConfig {
+    pub source_name: String,
+    pub reason: String,
+}
+
 impl ClusterLink {
-    /// Connects when a kubeconfig (`KUBECONFIG`, ~/.kube/config) or in-cluster config is
-    /// found; `None` means a plain host.
-    pub async fn connect(node: &str) -> Option<Self> {
-        let client = match kube::Client::try_default().await {
-            Ok(client) => client,
-            Err(err) => {
-                tracing::info!(reason = %err, "no Kubernetes configuration found: host-only");
-                return None;
-            }
+    /// Connects when a kubeconfig (`KUBECONFIG`, ~/.kube/config) or in-cluster configuration
+    /// is there; `Ok(None)` means a plain host (none is). A configuration that is there but
+    /// broken is an error: running host-only would drop every cluster policy silently.
+    pub async fn connect(node: &str) -> Result<Option<Self>, BrokenClusterConfig> {
+        let Some(source) = config_source(|k| std::env::var(k).ok(), Path::exists) else {
+            tracing::info!("no Kubernetes configuration found: host-only");
+            return Ok(None);
         };
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|err| BrokenClusterConfig {
+                source_name: match &source {
+                    ConfigSource::InCluster => "in-cluster service account".into(),
+                    ConfigSource::Kubeconfig(path) => format!("kubeconfig {path}"),
+                },
+                reason: err.to_string(),
+            })?;
         let cluster = cluster::start(client.clone(), node);
         let (status, mut status_rx) = mpsc::unbounded_channel::<crate::policy::cluster::Verdict>();
         let node_name = node.to_string();
@@ -59,13 +103,13 @@ impl ClusterLink {
             node,
             "watching the API server for this node's pods, Services and policies"
         );
-        Some(Self {
+        Ok(Some(Self {
             cluster,
             policies: ClusterPolicies::default(),
             cluster_policies: Vec::new(),
             applied: None,
             status,
-        })
+        }))
     }
 
     /// Brings the kernel maps in line with the stores and the cgroups on disk. Cheap when
@@ -261,4 +305,41 @@ pub fn service_keys(cluster: &Cluster) -> Vec<ServiceKey> {
     keys.sort_by_key(|k| (k.addr, k.port, k.protocol));
     keys.dedup();
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(env: &[(&str, &str)], existing: &[&str]) -> Option<ConfigSource> {
+        config_source(
+            |k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_string())
+            },
+            |p| existing.iter().any(|e| Path::new(e) == p),
+        )
+    }
+
+    #[test]
+    fn only_the_absence_of_every_configuration_means_host_only() {
+        assert_eq!(source(&[("HOME", "/root")], &[]), None);
+        assert_eq!(source(&[("HOME", "/root"), ("KUBECONFIG", "")], &[]), None);
+        assert_eq!(source(&[], &[]), None);
+        assert_eq!(
+            source(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")], &[]),
+            Some(ConfigSource::InCluster)
+        );
+        // Named but unreadable or missing is still a configuration someone meant: the client
+        // reports what is wrong with it.
+        assert_eq!(
+            source(&[("KUBECONFIG", "/nonexistent/config")], &[]),
+            Some(ConfigSource::Kubeconfig("/nonexistent/config".into()))
+        );
+        assert_eq!(
+            source(&[("HOME", "/root")], &["/root/.kube/config"]),
+            Some(ConfigSource::Kubeconfig("/root/.kube/config".into()))
+        );
+    }
 }

@@ -56,6 +56,8 @@ pub enum PipelineError {
         "nothing to enforce: pass --policy, or run where a kubeconfig or in-cluster configuration is found"
     )]
     NothingToEnforce,
+    #[error(transparent)]
+    Cluster(#[from] cluster::BrokenClusterConfig),
 }
 
 /// What every agent command takes.
@@ -353,7 +355,7 @@ pub async fn trace<W: Write>(
         "vigil is tracing"
     );
     // In a cluster, events name their pod; the reflectors are only read here.
-    let link = ClusterLink::connect(&common.node).await;
+    let link = ClusterLink::connect(&common.node).await?;
     let node = common.node.as_str();
     let mut ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut held_ticker = tokio::time::interval(HELD_RECHECK);

@@ -101,7 +101,7 @@ pub async fn run<W: Write>(
         processes = seeded,
         "executables of running processes recorded"
     );
-    let mut link = ClusterLink::connect(&common.node).await;
+    let mut link = ClusterLink::connect(&common.node).await?;
     if link.is_none() && options.policies.is_empty() {
         return Err(PipelineError::NothingToEnforce);
     }
