@@ -179,7 +179,7 @@ async fn stop_on_signal(tx: watch::Sender<bool>) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    vigil::telemetry::init_logging();
+    vigil::telemetry::init_logging()?;
     match cli.command {
         Command::Policy {
             command: PolicyCommand::Check { paths },

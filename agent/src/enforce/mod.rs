@@ -426,7 +426,9 @@ impl Enforcer {
                 .insert(*key, 1, 0)
                 .map_err(map_err("SERVICES"))?;
         }
-        for key in current.iter().filter(|k| !services.contains(k)) {
+        // A set: up to 65,536 addresses on each side.
+        let wanted: std::collections::HashSet<&ServiceKey> = services.iter().collect();
+        for key in current.iter().filter(|k| !wanted.contains(k)) {
             let _ = self.maps.services.remove(key);
         }
         Ok(())
