@@ -42,10 +42,12 @@ enum Command {
     },
     /// Run `setup`, build (debug), then start the agent as root.
     ///
-    /// Without arguments runs `vigil trace --output pretty`; with arguments after `--`,
-    /// runs `vigil ARGS...` (e.g. `cargo xtask run -- doctor`).
+    /// Without arguments runs `vigil run --policy policies/host/ --output pretty` (the host
+    /// baseline); with arguments after `--`, runs `vigil ARGS...` (e.g.
+    /// `cargo xtask run -- doctor`).
     Run {
-        /// Arguments for `target/debug/vigil` (default: `trace --output pretty`).
+        /// Arguments for `target/debug/vigil` (default: `run --policy policies/host/ --output
+        /// pretty`).
         #[arg(last = true)]
         args: Vec<String>,
     },
