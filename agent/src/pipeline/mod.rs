@@ -1,5 +1,6 @@
 //! The stages between the ring buffer and the sinks: reader -> decode -> enrich -> sink.
 pub mod cluster;
+mod held;
 pub mod run;
 use std::{
     io::Write,
@@ -165,7 +166,7 @@ pub(crate) struct Stages<W: Write> {
     pub(crate) processes: ProcessCache,
     pub(crate) cgroups: CgroupPaths,
     pub(crate) emitted: u64,
-    held: Vec<Held>,
+    held: held::HeldQueue<Held>,
 }
 
 impl<W: Write> Stages<W> {
@@ -196,7 +197,7 @@ impl<W: Write> Stages<W> {
             processes: ProcessCache::default(),
             cgroups: CgroupPaths::new(root),
             emitted: 0,
-            held: Vec::new(),
+            held: held::HeldQueue::new(held::HELD_CAPACITY),
         })
     }
 
@@ -213,13 +214,25 @@ impl<W: Write> Stages<W> {
         if matches!(lookup, Some(PodLookup::Unknown { .. })) {
             // A pod created a moment ago: its metadata is on the way.
             let until = tokio::time::Instant::now() + METADATA_WAIT;
-            self.held.push(Held {
+            let waiting = Held {
                 event,
                 judgement,
                 cgroup_path,
                 until,
-            });
-            return Ok(());
+            };
+            let Err(h) = self.held.hold(waiting) else {
+                return Ok(());
+            };
+            // No room to wait: it goes out now, marked metadataIncomplete, never dropped.
+            let overflowed = self.held.overflowed();
+            if overflowed == 1 || overflowed.is_multiple_of(1000) {
+                tracing::warn!(
+                    overflowed,
+                    capacity = held::HELD_CAPACITY,
+                    "too many events waiting for their pod's metadata: sent without it"
+                );
+            }
+            return self.send(node, &h.event, &h.judgement, h.cgroup_path, lookup.as_ref());
         }
         self.send(node, &event, &judgement, cgroup_path, lookup.as_ref())
     }
@@ -259,10 +272,19 @@ impl<W: Write> Stages<W> {
         link: Option<&ClusterLink>,
     ) -> Result<(), PipelineError> {
         let now = tokio::time::Instant::now();
-        for h in std::mem::take(&mut self.held) {
+        for h in self.held.take_all() {
             let lookup = link.map(|l| l.lookup(h.cgroup_path.as_deref()));
             if matches!(lookup, Some(PodLookup::Unknown { .. })) && now < h.until {
-                self.held.push(h);
+                // Fewer than were taken out: there is room.
+                if let Err(h) = self.held.hold(h) {
+                    self.send(
+                        node,
+                        &h.event,
+                        &h.judgement,
+                        h.cgroup_path.clone(),
+                        lookup.as_ref(),
+                    )?;
+                }
                 continue;
             }
             self.send(
@@ -314,7 +336,7 @@ impl<W: Write> Stages<W> {
     /// detaches the probes.
     pub(crate) async fn finish(mut self, node: &str) -> Result<TraceSummary, PipelineError> {
         (&mut self.reader).await??;
-        for h in std::mem::take(&mut self.held) {
+        for h in self.held.take_all() {
             self.send(node, &h.event, &h.judgement, h.cgroup_path.clone(), None)?;
         }
         self.losses.report(node, &mut self.sink)?;
