@@ -24,6 +24,16 @@ pub fn sched_process_exec_image(_ctx: RawTracePointContext) -> i32 {
     }
 }
 
+/// The area at `addr` of the new image. At exec its mm has a single thread and no other
+/// process has had time to take its lock, so a lookup that cannot be made is not something
+/// the process can cause; it is treated as no area.
+fn area_at(cfg: &agent_common::Config, addr: u64) -> Option<Area> {
+    match vma::find(cfg, addr) {
+        vma::Found::Area(area) => Some(area),
+        vma::Found::Nothing | vma::Found::Unknown => None,
+    }
+}
+
 fn prot_of(area: &Area) -> u32 {
     let mut prot = 0;
     if area.flags & VM_READ != 0 {
@@ -47,7 +57,7 @@ fn try_image() -> Result<(), i64> {
     let mm = read_kernel_ptr(current_task(), k.task_mm).ok_or(1)?;
     let stack: u64 = read_kernel(mm, k.mm_start_stack).ok_or(1)?;
     let mut found = None;
-    if let Some(area) = vma::find(cfg, stack)
+    if let Some(area) = area_at(cfg, stack)
         && area.flags & VM_EXEC != 0
     {
         found = Some((area, wx_reason::EXEC_STACK));
@@ -60,7 +70,7 @@ fn try_image() -> Result<(), i64> {
         let data: u64 = read_kernel(mm, k.mm_start_data).ok_or(1)?;
         let mut addr = code;
         for _ in 0..MAX_AREAS {
-            let Some(area) = vma::find(cfg, addr) else {
+            let Some(area) = area_at(cfg, addr) else {
                 break;
             };
             if area.flags & (VM_WRITE | VM_EXEC) == VM_WRITE | VM_EXEC {
@@ -69,7 +79,7 @@ fn try_image() -> Result<(), i64> {
             }
             addr = area.end;
             if addr >= end_code {
-                if let Some(area) = vma::find(cfg, data)
+                if let Some(area) = area_at(cfg, data)
                     && area.flags & (VM_WRITE | VM_EXEC) == VM_WRITE | VM_EXEC
                 {
                     found = Some((area, wx_reason::WRITE_EXEC));

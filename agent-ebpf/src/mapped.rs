@@ -23,7 +23,7 @@ use crate::{
     path::{path_key, real_path},
     policy::{Violation, current_set, enforce, policy_set, violation},
     task::{config, count_loss, syscall_arg, traced},
-    vma::{self, VM_EXEC},
+    vma::{self, Found, VM_EXEC},
     wx,
 };
 
@@ -127,14 +127,15 @@ fn try_made_executable(ctx: &TracePointContext, syscall: u32) -> Result<(), i64>
     let len = syscall_arg(ctx, 1)?;
     // The area at the start of the range (a range over several areas is refused by the
     // kernel unless all are mapped; the first is the loader's file).
-    let Some(area) = vma::find(cfg, addr) else {
-        return Ok(());
+    let file = match vma::find(cfg, addr) {
+        Found::Area(area) if area.file != 0 && area.flags & VM_EXEC == 0 => area.file,
+        Found::Area(_) | Found::Nothing => return Ok(()),
+        // Another thread holding the mm's lock must not buy an unjudged mapping: no file
+        // is judged as a file whose path cannot be resolved (killed under Kill).
+        Found::Unknown => 0,
     };
-    if area.file == 0 || area.flags & VM_EXEC != 0 {
-        return Ok(());
-    }
     let request = FileRequest {
-        file: area.file,
+        file,
         syscall,
         prot,
         flags: 0,

@@ -40,8 +40,20 @@ extern "C" fn area_facts(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void)
     0
 }
 
-/// The area of the current process's memory that holds `addr`, if any.
-pub fn find(cfg: &Config, addr: u64) -> Option<Area> {
+/// What `find` saw.
+pub enum Found {
+    Area(Area),
+    /// No area holds the address.
+    Nothing,
+    /// The kernel could not look (the mm's lock was taken, the helper busy): nothing can be
+    /// said about the address, and the caller fails closed.
+    Unknown,
+}
+
+const ENOENT: i64 = 2;
+
+/// The area of the current process's memory that holds `addr`.
+pub fn find(cfg: &Config, addr: u64) -> Found {
     let k = &cfg.kernel;
     let mut area = Area {
         flags_offset: k.vma_flags,
@@ -61,5 +73,10 @@ pub fn find(cfg: &Config, addr: u64) -> Option<Area> {
             0,
         )
     };
-    (rc == 0 && area.end > area.start).then_some(area)
+    match rc {
+        0 if area.end > area.start => Found::Area(area),
+        0 => Found::Unknown,
+        rc if rc == -ENOENT => Found::Nothing,
+        _ => Found::Unknown,
+    }
 }

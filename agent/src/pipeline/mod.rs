@@ -274,19 +274,14 @@ impl<W: Write> Stages<W> {
         let now = tokio::time::Instant::now();
         for h in self.held.take_all() {
             let lookup = link.map(|l| l.lookup(h.cgroup_path.as_deref()));
-            if matches!(lookup, Some(PodLookup::Unknown { .. })) && now < h.until {
-                // Fewer than were taken out: there is room.
-                if let Err(h) = self.held.hold(h) {
-                    self.send(
-                        node,
-                        &h.event,
-                        &h.judgement,
-                        h.cgroup_path.clone(),
-                        lookup.as_ref(),
-                    )?;
+            let h = if matches!(lookup, Some(PodLookup::Unknown { .. })) && now < h.until {
+                match self.held.hold(h) {
+                    Ok(()) => continue,
+                    Err(h) => h,
                 }
-                continue;
-            }
+            } else {
+                h
+            };
             self.send(
                 node,
                 &h.event,
