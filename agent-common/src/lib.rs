@@ -5,6 +5,8 @@
 //! agent's tests.
 #![no_std]
 
+pub mod decide;
+
 pub const COMM_LEN: usize = 16;
 /// Bytes kept of the executed path (the kernel's copy from `sched_process_exec`).
 pub const PATH_LEN: usize = 256;

@@ -7,10 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
-use crate::{
-    path::PathScratch,
-    throttle::{ThrottleKey, ThrottleState},
-};
+use crate::state::{PathScratch, ThrottleKey, ThrottleState};
 
 /// Every record for user space. User space may resize it at load time.
 #[map]

@@ -1,31 +1,17 @@
 //! The real path of a file: its dentry walked up to the root of its mount, then across
 //! mounts up to the mount namespace's root. No `bpf_d_path` in tracepoint programs, so this
 //! is done by hand with offsets from BTF.
-use agent_common::{Config, ExePath, KEY_PATH_LEN, PATH_LEN, PathKeyData, PendingScript};
+use agent_common::{Config, KEY_PATH_LEN, PathKeyData};
 use aya_ebpf::{cty::c_void, maps::lpm_trie::Key};
 
-use crate::task::{read_kernel, read_kernel_ptr};
+pub use crate::state::PathScratch;
+use crate::{
+    read::{read_kernel, read_kernel_ptr},
+    state::WALK_END as END,
+};
 
 /// Steps of the walk, mount crossings included; deeper paths are not resolved (flagged).
 const MAX_STEPS: usize = 40;
-/// The path is built backwards from this offset (a power of two, for masking).
-const END: usize = 256;
-
-/// Per-CPU scratch: too large for the 512-byte stack.
-#[repr(C)]
-pub struct PathScratch {
-    /// The real path ends at `END - 1` (its NUL) and starts where `real_path` says; reads
-    /// of up to `END` bytes from any start stay inside.
-    pub path: [u8; 2 * END],
-    pub filename: [u8; PATH_LEN],
-    pub key: Key<PathKeyData>,
-    pub exe: ExePath,
-    pub pending: PendingScript,
-    /// The walk's write position, kept in memory (see `real_path`).
-    pub cursor: u64,
-    /// Non-zero when the walk crossed a mount an unprivileged user made (see `mount_trusted`).
-    pub forged: u64,
-}
 
 /// A path built by [`real_path`]: `len` bytes at `start`, NUL-terminated.
 #[derive(Clone, Copy)]

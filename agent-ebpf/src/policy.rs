@@ -1,8 +1,8 @@
 //! Policy decisions in the kernel: which set applies to the current task, and what it says
 //! about an exec, a connect or a W^X mapping. Allowed behaviour never leaves the kernel.
 use agent_common::{
-    AddrKeyData, EventHeader, MAX_CGROUP_LEVELS, MAX_PORT_RANGES, PathRule, PolicySet, PortRules,
-    ServiceKey, action, path_verdict, rule_id, set_flags,
+    AddrKeyData, EventHeader, MAX_CGROUP_LEVELS, MAX_PORT_RANGES, PolicySet, PortRules, ServiceKey,
+    action, rule_id, set_flags,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -16,27 +16,7 @@ use crate::maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICE
 
 const SIGKILL: u32 = 9;
 
-/// A decision: whether it is a violation, what to do and which rule said so. A plain
-/// struct rather than an `Option`: LLVM may leave an empty Option's payload undefined (even
-/// a stale pointer), which the verifier then refuses.
-#[derive(Clone, Copy)]
-pub struct Violation {
-    pub hit: u16,
-    pub action: u16,
-    pub rule: u32,
-}
-
-impl Violation {
-    pub const ALLOWED: Self = Self {
-        hit: 0,
-        action: 0,
-        rule: 0,
-    };
-
-    pub fn is_hit(&self) -> bool {
-        self.hit != 0
-    }
-}
+pub use agent_common::decide::{Violation, exec as decide_exec, fail_closed, violation};
 
 /// The deepest bound ancestor of the current task's cgroup: its id and its set (0, 0: none).
 pub fn live_binding() -> (u64, u32) {
@@ -116,62 +96,6 @@ pub fn enforce(violation: Violation) {
     if violation.is_hit() && violation.action == action::KILL {
         send_sigkill();
     }
-}
-
-pub fn violation(action: u32, set: u32, index: u32) -> Violation {
-    Violation {
-        hit: 1,
-        action: action as u16,
-        rule: rule_id::pack(set, index),
-    }
-}
-
-/// Decides an exec from the longest matches of its real path and (for scripts) its
-/// script path.
-/// `keyed`: the real path fitted the kernel's keys; if not, the allowlist cannot be judged
-/// here and user space decides (alert only).
-pub fn decide_exec(
-    set: u32,
-    ps: &PolicySet,
-    memfd: bool,
-    keyed: bool,
-    exe: &PathRule,
-    script: Option<&PathRule>,
-) -> Violation {
-    if memfd && ps.flags & set_flags::EXEC_DENY_MEMFD != 0 {
-        return violation(ps.exec_action, set, ps.memfd_rule);
-    }
-    if exe.exec == path_verdict::DENY {
-        return violation(ps.exec_action, set, exe.exec_rule.into());
-    }
-    if let Some(script) = script
-        && script.exec == path_verdict::DENY
-    {
-        return violation(ps.exec_action, set, script.exec_rule.into());
-    }
-    if ps.flags & set_flags::EXEC_ALLOWLIST != 0 && keyed {
-        // A script must be allowed as well as its interpreter.
-        let script_ok = script.is_none_or(|s| s.exec == path_verdict::ALLOW);
-        let exe_ok = exe.exec == path_verdict::ALLOW
-            || (memfd && ps.flags & set_flags::EXEC_ALLOW_MEMFD != 0);
-        if !exe_ok || !script_ok {
-            return violation(ps.exec_action, set, rule_id::NOT_ALLOWED);
-        }
-    }
-    Violation::ALLOWED
-}
-
-/// The decision for a file whose real path cannot be verified: not on any allowlist; under a
-/// deny list with `Kill`, killed. Alert-only deny lists leave it to user space, which reads
-/// /proc while the process lives.
-pub fn fail_closed(set: u32, ps: &PolicySet) -> Violation {
-    if ps.flags & set_flags::EXEC_ALLOWLIST != 0 {
-        return violation(ps.exec_action, set, rule_id::NOT_ALLOWED);
-    }
-    if ps.exec_action == u32::from(action::KILL) {
-        return violation(ps.exec_action, set, rule_id::UNVERIFIABLE);
-    }
-    Violation::ALLOWED
 }
 
 const NO_MATCH: u32 = u32::MAX;

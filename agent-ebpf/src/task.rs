@@ -1,12 +1,12 @@
 //! What every probe needs: the configuration, the cgroup filter, the record header, reads
 //! from kernel structures at offsets user space found in BTF, and loss counting.
-use agent_common::{Config, EventHeader, OFFSET_UNKNOWN, SYSCALL_ARG0_OFFSET};
+use agent_common::{Config, EventHeader, SYSCALL_ARG0_OFFSET};
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-    bpf_probe_read_kernel,
 };
 
+pub use crate::read::{read_kernel, read_kernel_ptr};
 use crate::{
     maps::{CONFIG, EVENTS, LOSSES},
     throttle::{HasHeader, admit},
@@ -43,21 +43,6 @@ pub fn traced(cfg: &Config) -> bool {
 pub fn current_task() -> *const u8 {
     // SAFETY: a plain helper call without pointer arguments.
     unsafe { bpf_get_current_task() as *const u8 }
-}
-
-/// Reads a `T` at `base + offset` from kernel memory; `None` when the offset is unknown on
-/// this kernel or the read faults.
-pub fn read_kernel<T>(base: *const u8, offset: u32) -> Option<T> {
-    if base.is_null() || offset == OFFSET_UNKNOWN {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T).ok() }
-}
-
-pub fn read_kernel_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
-    let ptr: *const u8 = read_kernel(base, offset)?;
-    if ptr.is_null() { None } else { Some(ptr) }
 }
 
 /// Thread group id of the current task's real parent (0 if unknown).

@@ -7,31 +7,10 @@ use agent_common::{
     verdict,
 };
 
-use crate::maps::{THROTTLE, THROTTLED};
-
-/// The key of one kind of violation.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ThrottleKey {
-    pub cgroup_id: u64,
-    /// What the violation was aimed at (a connect's destination), else 0.
-    pub target: u64,
-    pub rule: u32,
-    pub kind: u32,
-    pub pid: u32,
-    pub _pad: u32,
-}
-
-/// What one kind of violation did in its current window.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ThrottleState {
-    pub window_start: u64,
-    /// `boot_ns` of the first violation held back since the last record went out.
-    pub first_held: u64,
-    pub emitted: u32,
-    pub held: u32,
-}
+use crate::{
+    maps::{THROTTLE, THROTTLED},
+    state::{ThrottleKey, ThrottleState},
+};
 
 /// Records whose header [`admit`] may adjust, and what each was aimed at.
 pub trait HasHeader {

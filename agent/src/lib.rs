@@ -1,10 +1,12 @@
 //! Vigil: an eBPF runtime security agent for Kubernetes pods.
+pub mod behaviour;
 pub mod cloudevents;
 pub mod doctor;
 pub mod ebpf;
 pub mod enforce;
 pub mod event;
 pub mod metadata;
+pub mod mountinfo;
 pub mod pipeline;
 pub mod policy;
 pub mod sink;

@@ -7,7 +7,10 @@ use tokio::sync::watch;
 use vigil::{
     doctor,
     pipeline::{self, AgentOptions, TraceOptions, run::RunOptions},
-    sink::stdout::Format,
+    sink::{
+        Sink,
+        stdout::{Format, StdoutSink},
+    },
 };
 
 #[derive(Parser)]
@@ -40,14 +43,20 @@ struct AgentArgs {
 }
 
 impl AgentArgs {
-    fn options(self) -> AgentOptions {
-        AgentOptions {
-            format: self.output,
+    fn options(self) -> (AgentOptions, Format) {
+        let options = AgentOptions {
             cgroup_root: self.cgroup_root,
             node: self.node_name.unwrap_or_else(vigil::node_name),
             ring_buffer_bytes: self.ring_buffer_bytes,
-        }
+        };
+        (options, self.output)
     }
+}
+
+/// The sinks events go to: stdout in the chosen format.
+fn sinks(format: Format) -> Vec<Box<dyn Sink>> {
+    let stdout = std::io::BufWriter::new(std::io::stdout());
+    vec![Box::new(StdoutSink::new(Box::new(stdout), format))]
 }
 
 #[derive(Subcommand)]
@@ -88,6 +97,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the JSON Schema of the events, generated from their types (for `cargo xtask
+    /// schema`).
+    #[command(hide = true)]
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +198,10 @@ fn main() -> Result<()> {
             command: PolicyCommand::Check { paths },
         } => policy_check(&paths),
         Command::Crd { out } => write_crds(&out),
+        Command::Schema => {
+            print!("{}", vigil::cloudevents::schema::event_schema_text());
+            Ok(())
+        }
         Command::Doctor => {
             let checks = doctor::run();
             for c in &checks {
@@ -207,14 +224,14 @@ fn main() -> Result<()> {
             agent,
             watch_interval_ms,
         } => {
+            let (agent, format) = agent.options();
             let options = RunOptions {
-                agent: agent.options(),
+                agent,
                 policies,
                 watch_interval: std::time::Duration::from_millis(watch_interval_ms.max(50)),
             };
             with_signals(|rx| async move {
-                let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-                let summary = pipeline::run::run(&options, stdout, rx).await?;
+                let summary = pipeline::run::run(&options, sinks(format), rx).await?;
                 tracing::info!(
                     violations = summary.emitted,
                     lost = summary.losses.total(),
@@ -224,13 +241,10 @@ fn main() -> Result<()> {
             })
         }
         Command::Trace { agent, cgroup } => {
-            let options = TraceOptions {
-                agent: agent.options(),
-                cgroup,
-            };
+            let (agent, format) = agent.options();
+            let options = TraceOptions { agent, cgroup };
             with_signals(|rx| async move {
-                let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-                let summary = pipeline::trace(&options, stdout, rx).await?;
+                let summary = pipeline::trace(&options, sinks(format), rx).await?;
                 tracing::info!(
                     events = summary.emitted,
                     lost = summary.losses.total(),

@@ -82,8 +82,12 @@ fn build(body: Body, lineage: &Lineage, cgroup_path: Option<&str>) -> Value {
         body,
     };
     let ctx = Context::host("node-a", cgroup_path.map(str::to_string));
-    serde_json::to_value(observed(&event, lineage, &ctx).expect("building the event"))
-        .expect("serializing the event")
+    serde_json::to_value(
+        observed(&event, lineage, &ctx)
+            .to_cloudevent()
+            .expect("building the event"),
+    )
+    .expect("serializing the event")
 }
 
 fn exec_event() -> Value {
@@ -170,6 +174,7 @@ fn loss_event() -> Value {
         },
         reader_queue_full: 5,
         undecodable: 0,
+        sink_queue_full: 4,
     };
     let delta = totals.since(&LossReport {
         kernel: KernelLosses {
@@ -180,8 +185,12 @@ fn loss_event() -> Value {
         },
         ..LossReport::default()
     });
-    serde_json::to_value(loss("node-a", &delta, &totals).expect("building the loss event"))
-        .expect("serializing the loss event")
+    serde_json::to_value(
+        loss("node-a", &delta, &totals)
+            .to_cloudevent()
+            .expect("building the loss event"),
+    )
+    .expect("serializing the loss event")
 }
 
 #[test]
@@ -258,7 +267,7 @@ fn wx_events_match_the_schema() {
 fn loss_events_match_the_schema() {
     let e = loss_event();
     assert_eq!(e["type"], "dev.vigil.loss.v1");
-    assert_eq!(e["data"]["lost"]["total"], 218, "{e}");
+    assert_eq!(e["data"]["lost"]["total"], 222, "{e}");
     assert_valid(&e);
 }
 
@@ -385,9 +394,9 @@ fn the_examples_in_the_documentation_match_the_schema() {
 fn violations_from_pods_known_and_not_yet_known_validate() {
     use vigil::{
         cloudevents::violation,
-        enforce::PolicyRef,
         event::Action,
         metadata::cluster::{Owner, PodInfo, PodLookup},
+        policy::PolicyRef,
     };
     let event = Event {
         header: header("curl"),
@@ -451,6 +460,7 @@ fn violations_from_pods_known_and_not_yet_known_validate() {
                 &policy,
                 Action::Kill,
             )
+            .to_cloudevent()
             .unwrap(),
         )
         .unwrap();
@@ -458,5 +468,23 @@ fn violations_from_pods_known_and_not_yet_known_validate() {
         assert_eq!(e["subject"], subject);
         assert_eq!(e["vigilverdict"], "violation");
         assert_eq!(e["vigilaction"], "kill");
+    }
+}
+
+#[test]
+fn the_committed_schema_is_what_the_event_types_generate() {
+    let generated = vigil::cloudevents::schema::event_schema_text();
+    if SCHEMA != generated {
+        let line = SCHEMA
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| SCHEMA.lines().count().min(generated.lines().count()));
+        panic!(
+            "docs/event.schema.json differs from the event types at line {}:\n  committed: {}\n  generated: {}\nrun `cargo xtask schema`",
+            line + 1,
+            SCHEMA.lines().nth(line).unwrap_or("<end of file>"),
+            generated.lines().nth(line).unwrap_or("<end of file>"),
+        );
     }
 }

@@ -8,6 +8,7 @@ mod build;
 mod crd;
 mod k8s_env;
 mod run;
+mod schema;
 mod setup;
 mod test;
 mod util;
@@ -70,6 +71,10 @@ enum Command {
     ///
     /// With --check, only compare and fail when the committed YAML is out of date.
     Crd(crd::Options),
+    /// Write docs/event.schema.json from the agent's event types.
+    ///
+    /// With --check, only compare and fail when the committed file is out of date.
+    Schema(schema::Options),
     /// Build the Kubernetes test binaries (kube-apiserver, etcd, kubectl, helm) into
     /// target/k8s-env/bin when missing; with `up --dir DIR`, also run a control plane.
     ///
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
         Command::Test { args } => test::run(&args),
         Command::Bench(options) => bench::run(&options),
         Command::Crd(options) => crd::run(&options),
+        Command::Schema(options) => schema::run(&options),
         Command::K8sEnv(options) => k8s_env::run(&options),
     };
     match result {

@@ -1,22 +1,142 @@
-//! The CloudEvents 1.0 envelope (structured-mode JSON) and the `data` schema of Vigil's
-//! events. The schema is documented in `docs/event-schema.md` and `docs/event.schema.json`.
-use ::cloudevents::{Event as CloudEvent, EventBuilder, EventBuilderV10};
-use serde::Serialize;
-use serde_json::json;
+//! The CloudEvents 1.0 envelope (structured-mode JSON) around Vigil's typed event data. A
+//! finished event is a [`VigilEvent`]: typed attributes and typed `data`; sinks read it as it
+//! is, and [`VigilEvent::to_cloudevent`] makes the `cloudevents-sdk` event that goes on the
+//! wire. `docs/event.schema.json` is generated from these types (`cargo xtask schema`).
+pub mod data;
+mod loss;
+pub mod schema;
 
+use ::cloudevents::{Event as CloudEvent, EventBuilder, EventBuilderV10};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use self::data::{
+    BehaviourData, CgroupData, ContainerData, Member, OwnerData, ParentData, PodData, PolicyData,
+    ProcessData,
+};
+pub use self::loss::{LossData, LossReport, Losses, PerBehaviour};
 use crate::{
-    ebpf::KernelLosses,
-    enforce::PolicyRef,
-    event::{Action, Body, Event, prot_text},
+    event::{Action, Body, Event},
     metadata::cluster::PodLookup,
     metadata::{clock::wall_time, process::Lineage},
+    policy::PolicyRef,
 };
 
-pub const TYPE_EXEC: &str = "dev.vigil.exec.v1";
-pub const TYPE_CONNECT: &str = "dev.vigil.connect.v1";
-pub const TYPE_WX: &str = "dev.vigil.wx.v1";
-pub const TYPE_MOVE: &str = "dev.vigil.cgroup.v1";
-pub const TYPE_LOSS: &str = "dev.vigil.loss.v1";
+/// What happened; selects the shape of `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub enum EventType {
+    #[serde(rename = "dev.vigil.exec.v1")]
+    Exec,
+    #[serde(rename = "dev.vigil.connect.v1")]
+    Connect,
+    #[serde(rename = "dev.vigil.wx.v1")]
+    Wx,
+    #[serde(rename = "dev.vigil.cgroup.v1")]
+    Cgroup,
+    #[serde(rename = "dev.vigil.loss.v1")]
+    Loss,
+}
+
+impl EventType {
+    pub const ALL: [Self; 5] = [
+        Self::Exec,
+        Self::Connect,
+        Self::Wx,
+        Self::Cgroup,
+        Self::Loss,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Exec => "dev.vigil.exec.v1",
+            Self::Connect => "dev.vigil.connect.v1",
+            Self::Wx => "dev.vigil.wx.v1",
+            Self::Cgroup => "dev.vigil.cgroup.v1",
+            Self::Loss => "dev.vigil.loss.v1",
+        }
+    }
+
+    /// The short name the readable line shows (`exec`, `connect`, `wx`, `cgroup`, `loss`).
+    pub fn short(&self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Connect => "connect",
+            Self::Wx => "wx",
+            Self::Cgroup => "cgroup",
+            Self::Loss => "loss",
+        }
+    }
+}
+
+/// Extension `vigilverdict`: `observed`: the behaviour was seen and no policy was violated
+/// (everything `vigil trace` emits); `violation`: a policy forbids it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictName {
+    Observed,
+    Violation,
+}
+
+impl VerdictName {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Observed => "observed",
+            Self::Violation => "violation",
+        }
+    }
+}
+
+/// Extension `vigilseverity`: how urgent the event is. Observed behaviour is `info`; loss
+/// events are `warning`; violations are `high` when the act was refused or the process
+/// killed, `medium` when only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    Warning,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::Warning => "warning",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// The `data` of one event, typed by the event's type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Payload {
+    Behaviour(Box<BehaviourData>),
+    Loss(Box<LossData>),
+}
+
+/// A finished event: what every sink receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VigilEvent {
+    pub id: String,
+    /// `/vigil/nodes/<node>`.
+    pub source: String,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub verdict: VerdictName,
+    pub action: Action,
+    pub severity: Severity,
+    /// `<namespace>/<name>` or `<name>` of the violated policy.
+    pub policy: Option<String>,
+    pub payload: Payload,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudEventError {
@@ -25,6 +145,56 @@ pub enum CloudEventError {
         ty: &'static str,
         source: ::cloudevents::event::EventBuilderError,
     },
+    #[error("encoding the data of a CloudEvent of type {ty}: {source}")]
+    Data {
+        ty: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl VigilEvent {
+    pub fn ty(&self) -> EventType {
+        match &self.payload {
+            Payload::Loss(_) => EventType::Loss,
+            Payload::Behaviour(b) => match b.member {
+                Member::Exec(_) => EventType::Exec,
+                Member::Connect(_) => EventType::Connect,
+                Member::Wx(_) => EventType::Wx,
+                Member::Move(_) => EventType::Cgroup,
+            },
+        }
+    }
+
+    /// The behaviour's data; `None` for a loss event.
+    pub fn behaviour(&self) -> Option<&BehaviourData> {
+        match &self.payload {
+            Payload::Behaviour(b) => Some(b),
+            Payload::Loss(_) => None,
+        }
+    }
+
+    /// The event as the `cloudevents-sdk` carries it (structured-mode JSON when serialized).
+    pub fn to_cloudevent(&self) -> Result<CloudEvent, CloudEventError> {
+        let ty = self.ty().as_str();
+        let data = serde_json::to_value(&self.payload)
+            .map_err(|source| CloudEventError::Data { ty, source })?;
+        let mut builder = EventBuilderV10::new()
+            .id(self.id.clone())
+            .source(self.source.clone())
+            .ty(ty)
+            .subject(self.subject.clone())
+            .time(self.time)
+            .extension("vigilverdict", self.verdict.name())
+            .extension("vigilaction", self.action.name())
+            .extension("vigilseverity", self.severity.name());
+        if let Some(policy) = &self.policy {
+            builder = builder.extension("vigilpolicy", policy.clone());
+        }
+        builder
+            .data("application/json", data)
+            .build()
+            .map_err(|source| CloudEventError::Build { ty, source })
+    }
 }
 
 /// Where an event happened, beyond the process itself.
@@ -46,150 +216,22 @@ impl<'a> Context<'a> {
     }
 }
 
-/// `data.pod`, `data.container` and the subject, from what is known of the pod.
-fn pod_fields(data: &mut serde_json::Value, pod: Option<&PodLookup>, node: &str) -> String {
-    match pod {
-        Some(PodLookup::Found(p)) => {
-            data["pod"] = json!({
-                "namespace": p.namespace,
-                "name": p.name,
-                "uid": p.uid,
-                "labels": p.labels,
-                "serviceAccount": p.service_account,
-                "owner": p.owner.as_ref().map(|o| json!({"kind": o.kind, "name": o.name})),
-            });
-            data["container"] =
-                json!({"id": p.container_id, "name": p.container_name, "image": p.image});
-            format!("namespaces/{}/pods/{}", p.namespace, p.name)
-        }
-        Some(PodLookup::Unknown { uid, container_id }) => {
-            data["pod"] = json!({"uid": uid});
-            data["container"] = json!({"id": container_id});
-            data["metadataIncomplete"] = json!(true);
-            format!("hosts/{node}")
-        }
-        Some(PodLookup::Host) | None => format!("hosts/{node}"),
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ProcessData<'a> {
-    pid: u32,
-    tid: u32,
-    ppid: u32,
-    uid: u32,
-    gid: u32,
-    comm: &'a str,
-    exe: Option<&'a str>,
-    args: &'a [String],
-}
-
-#[derive(Serialize)]
-struct ParentData<'a> {
-    pid: u32,
-    comm: &'a str,
-    exe: Option<&'a str>,
-    args: &'a [String],
-}
-
 fn source(node: &str) -> String {
     format!("/vigil/nodes/{node}")
 }
 
-fn behaviour(body: &Body) -> (&'static str, &'static str, serde_json::Value) {
+/// The behaviour's own member.
+fn member(body: &Body) -> Member {
     match body {
-        Body::Exec(e) => {
-            let mut fields = json!({
-                "path": e.path,
-                "exeName": e.exe_name,
-                "args": e.args,
-                "memfd": e.memfd,
-                "script": e.script,
-                "deleted": e.deleted,
-                "argsTruncated": e.args_truncated,
-                "argsMissing": e.args_missing,
-            });
-            // Present only when true.
-            if e.undecided {
-                fields["undecided"] = json!(true);
-            }
-            if e.unverifiable {
-                fields["unverifiable"] = json!(true);
-            }
-            if e.mapped {
-                fields["mapped"] = json!(true);
-            }
-            if e.opened {
-                fields["opened"] = json!(true);
-            }
-            if e.user_mount {
-                fields["userMount"] = json!(true);
-            }
-            (TYPE_EXEC, "exec", fields)
-        }
-        Body::Connect(c) => (
-            TYPE_CONNECT,
-            "connect",
-            json!({
-                "protocol": c.protocol.name(),
-                "family": if c.ipv4 { "ipv4" } else { "ipv6" },
-                "daddr": c.daddr.map(|a| a.to_string()),
-                "dport": c.dport,
-                "hook": c.hook.name(),
-                "socketType": crate::event::sock_type_name(c.sock_type),
-            }),
-        ),
-        Body::Wx(w) => (TYPE_WX, "wx", wx_fields(w)),
-        Body::Move(m) => (
-            TYPE_MOVE,
-            "move",
-            json!({
-                "movedPid": m.moved_pid,
-                "fromCgroupId": m.from_cgroup,
-                "toCgroupId": m.to_cgroup,
-            }),
-        ),
+        Body::Exec(e) => Member::Exec(e.into()),
+        Body::Connect(c) => Member::Connect(c.into()),
+        Body::Wx(w) => Member::Wx(w.into()),
+        Body::Move(m) => Member::Move(m.into()),
     }
-}
-
-/// `data.wx`.
-fn wx_fields(w: &crate::event::Wx) -> serde_json::Value {
-    let mut fields = json!({
-        "syscall": w.syscall.name(),
-        "prot": w.prot,
-        "protText": prot_text(w.prot),
-        "flags": w.flags,
-        "addr": format!("{:#x}", w.addr),
-        "len": w.len,
-        "fd": w.fd,
-        "writeExecute": w.write_exec,
-        "readImpliesExec": w.read_implies_exec,
-        "sharedExec": w.shared_exec,
-        "foreignWrite": w.foreign_write,
-        "targetPid": matches!(w.syscall, crate::event::WxSyscall::Ptrace | crate::event::WxSyscall::ProcessVmWritev).then_some(w.extra),
-        "pkey": matches!(w.syscall, crate::event::WxSyscall::PkeyMprotect).then_some(w.extra as i32),
-        "persona": matches!(w.syscall, crate::event::WxSyscall::Personality).then_some(w.extra),
-    });
-    // Present only when true.
-    if w.compat {
-        fields["compat"] = json!(true);
-    }
-    if w.exec_stack {
-        fields["execStack"] = json!(true);
-    }
-    if w.syscall == crate::event::WxSyscall::Compat {
-        fields["compatSyscall"] = json!(w.extra);
-    }
-    fields
 }
 
 /// An observed behaviour (`vigilverdict: observed`), as `vigil trace` emits it.
-pub fn observed(
-    event: &Event,
-    lineage: &Lineage,
-    ctx: &Context<'_>,
-) -> Result<CloudEvent, CloudEventError> {
+pub fn observed(event: &Event, lineage: &Lineage, ctx: &Context<'_>) -> VigilEvent {
     build(event, lineage, ctx, None)
 }
 
@@ -200,7 +242,7 @@ pub fn violation(
     ctx: &Context<'_>,
     policy: &PolicyRef,
     action: Action,
-) -> Result<CloudEvent, CloudEventError> {
+) -> VigilEvent {
     build(event, lineage, ctx, Some((policy, action)))
 }
 
@@ -209,154 +251,130 @@ fn build(
     lineage: &Lineage,
     ctx: &Context<'_>,
     judged: Option<(&PolicyRef, Action)>,
-) -> Result<CloudEvent, CloudEventError> {
+) -> VigilEvent {
     let h = &event.header;
-    let (ty, key, fields) = behaviour(&event.body);
-    let mut data = json!({
-        "process": ProcessData {
+    let (pod, container, metadata_incomplete, subject) = match ctx.pod {
+        Some(PodLookup::Found(p)) => (
+            Some(PodData {
+                namespace: Some(p.namespace.clone()),
+                name: Some(p.name.clone()),
+                uid: p.uid.clone(),
+                labels: Some(p.labels.clone()),
+                service_account: Some(p.service_account.clone()),
+                owner: Some(p.owner.as_ref().map(|o| OwnerData {
+                    kind: o.kind.clone(),
+                    name: o.name.clone(),
+                })),
+            }),
+            Some(ContainerData {
+                id: p.container_id.clone(),
+                name: Some(p.container_name.clone()),
+                image: Some(p.image.clone()),
+            }),
+            false,
+            format!("namespaces/{}/pods/{}", p.namespace, p.name),
+        ),
+        Some(PodLookup::Unknown { uid, container_id }) => (
+            Some(PodData {
+                namespace: None,
+                name: None,
+                uid: uid.clone(),
+                labels: None,
+                service_account: None,
+                owner: None,
+            }),
+            Some(ContainerData {
+                id: container_id.clone(),
+                name: None,
+                image: None,
+            }),
+            true,
+            format!("hosts/{}", ctx.node),
+        ),
+        Some(PodLookup::Host) | None => (None, None, false, format!("hosts/{}", ctx.node)),
+    };
+    let aggregated = judged.is_some() && h.count > 1;
+    let data = BehaviourData {
+        process: ProcessData {
             pid: h.pid,
             tid: h.tid,
             ppid: h.ppid,
             uid: h.uid,
             gid: h.gid,
-            comm: &h.comm,
-            exe: lineage.process.exe.as_deref(),
-            args: &lineage.process.args,
+            comm: h.comm.clone(),
+            exe: lineage.process.exe.clone(),
+            args: lineage.process.args.clone(),
         },
-        "parent": lineage.parent.as_ref().map(|p| ParentData { pid: h.ppid, comm: &p.comm, exe: p.exe.as_deref(), args: &p.args }),
-        "cgroup": { "id": h.cgroup_id, "path": ctx.cgroup_path },
-        "node": ctx.node,
-    });
-    data[key] = fields;
-    let subject = pod_fields(&mut data, ctx.pod, ctx.node);
-    let mut builder = EventBuilderV10::new()
-        .id(uuid::Uuid::new_v4().to_string())
-        .source(source(ctx.node))
-        .ty(ty)
-        .subject(subject)
-        .time(wall_time(h.boot_ns));
-    match judged {
-        None => {
-            builder = builder
-                .extension("vigilverdict", "observed")
-                .extension("vigilaction", "none")
-                .extension("vigilseverity", "info");
-        }
-        Some((policy, action)) => {
-            data["policy"] = json!({
-                "kind": policy.kind,
-                "name": policy.name,
-                "namespace": policy.namespace,
-                "rule": policy.rule,
-                "description": policy.text,
-            });
-            if h.count > 1 {
-                data["count"] = json!(h.count);
-                data["firstSeen"] = json!(
-                    wall_time(h.first_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-                );
-            }
-            let qualified = match &policy.namespace {
+        parent: lineage.parent.as_ref().map(|p| ParentData {
+            pid: h.ppid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            args: p.args.clone(),
+        }),
+        cgroup: CgroupData {
+            id: h.cgroup_id,
+            path: ctx.cgroup_path.clone(),
+        },
+        node: ctx.node.to_string(),
+        pod,
+        container,
+        metadata_incomplete,
+        policy: judged.map(|(p, _)| PolicyData {
+            kind: p.kind.clone(),
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            rule: p.rule.clone(),
+            description: p.text.clone(),
+        }),
+        count: aggregated.then_some(h.count),
+        first_seen: aggregated
+            .then(|| wall_time(h.first_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
+        member: member(&event.body),
+    };
+    let (verdict, action, severity, policy) = match judged {
+        None => (VerdictName::Observed, Action::None, Severity::Info, None),
+        Some((policy, action)) => (
+            VerdictName::Violation,
+            action,
+            if matches!(action, Action::Kill | Action::Deny) {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            Some(match &policy.namespace {
                 Some(ns) => format!("{ns}/{}", policy.name),
                 None => policy.name.clone(),
-            };
-            builder = builder
-                .extension("vigilverdict", "violation")
-                .extension("vigilaction", action.name())
-                .extension("vigilpolicy", qualified)
-                .extension(
-                    "vigilseverity",
-                    if matches!(action, Action::Kill | Action::Deny) {
-                        "high"
-                    } else {
-                        "medium"
-                    },
-                );
-        }
-    }
-    builder
-        .data("application/json", data)
-        .build()
-        .map_err(|source| CloudEventError::Build { ty, source })
-}
-
-/// Losses since the previous report, and totals since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LossReport {
-    pub kernel: KernelLosses,
-    /// Violations the kernel held back in a flood: not lost (a later record of the same
-    /// violation carries their count), but reported so that a flood is never silent.
-    pub held_back: KernelLosses,
-    pub reader_queue_full: u64,
-    pub undecodable: u64,
-}
-
-fn kernel_delta(now: &KernelLosses, earlier: &KernelLosses) -> KernelLosses {
-    KernelLosses {
-        exec: now.exec - earlier.exec,
-        connect: now.connect - earlier.connect,
-        wx: now.wx - earlier.wx,
-        moves: now.moves - earlier.moves,
-    }
-}
-
-fn per_kind_json(k: &KernelLosses) -> serde_json::Value {
-    json!({ "exec": k.exec, "connect": k.connect, "wx": k.wx, "move": k.moves })
-}
-
-impl LossReport {
-    /// Records lost (held-back violations are not lost).
-    pub fn total(&self) -> u64 {
-        self.kernel.total() + self.reader_queue_full + self.undecodable
-    }
-
-    /// Whether anything is worth a loss event: a loss, or violations held back.
-    pub fn any(&self) -> bool {
-        self.total() > 0 || self.held_back.total() > 0
-    }
-
-    pub fn since(&self, earlier: &Self) -> Self {
-        Self {
-            kernel: kernel_delta(&self.kernel, &earlier.kernel),
-            held_back: kernel_delta(&self.held_back, &earlier.held_back),
-            reader_queue_full: self.reader_queue_full - earlier.reader_queue_full,
-            undecodable: self.undecodable - earlier.undecodable,
-        }
-    }
-
-    fn json(&self) -> serde_json::Value {
-        json!({
-            "ringBuffer": per_kind_json(&self.kernel),
-            "heldBack": per_kind_json(&self.held_back),
-            "readerQueueFull": self.reader_queue_full,
-            "undecodable": self.undecodable,
-            "total": self.total(),
-        })
+            }),
+        ),
+    };
+    VigilEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        source: source(ctx.node),
+        subject,
+        time: wall_time(h.boot_ns),
+        verdict,
+        action,
+        severity,
+        policy,
+        payload: Payload::Behaviour(Box::new(data)),
     }
 }
 
 /// `dev.vigil.loss.v1`: events that were lost, so that no loss is silent.
-pub fn loss(
-    node: &str,
-    delta: &LossReport,
-    totals: &LossReport,
-) -> Result<CloudEvent, CloudEventError> {
-    EventBuilderV10::new()
-        .id(uuid::Uuid::new_v4().to_string())
-        .source(source(node))
-        .ty(TYPE_LOSS)
-        .subject(format!("hosts/{node}"))
-        .time(chrono::Utc::now())
-        .extension("vigilverdict", "observed")
-        .extension("vigilaction", "none")
-        .extension("vigilseverity", "warning")
-        .data(
-            "application/json",
-            json!({ "node": node, "lost": delta.json(), "lostSinceStart": totals.json() }),
-        )
-        .build()
-        .map_err(|source| CloudEventError::Build {
-            ty: TYPE_LOSS,
-            source,
-        })
+pub fn loss(node: &str, delta: &LossReport, totals: &LossReport) -> VigilEvent {
+    VigilEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        source: source(node),
+        subject: format!("hosts/{node}"),
+        time: Utc::now(),
+        verdict: VerdictName::Observed,
+        action: Action::None,
+        severity: Severity::Warning,
+        policy: None,
+        payload: Payload::Loss(Box::new(LossData {
+            node: node.to_string(),
+            lost: delta.into(),
+            lost_since_start: totals.into(),
+        })),
+    }
 }

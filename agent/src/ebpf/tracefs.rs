@@ -7,62 +7,11 @@ use std::{
 };
 
 use super::EbpfError;
+use crate::mountinfo::mounts;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 pub const BPFFS: &str = "/sys/fs/bpf";
-
-/// Mount points and file system types from `/proc/self/mountinfo`.
-pub fn mounts() -> Vec<(PathBuf, String)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            Some((
-                PathBuf::from(unescape_mount_path(fields.get(4)?)),
-                (*fields.get(sep + 1)?).to_string(),
-            ))
-        })
-        .collect()
-}
-
-/// cgroup v2 mounts: (mount point, the mounted directory's path within the hierarchy).
-pub fn cgroup2_mounts() -> Vec<(PathBuf, PathBuf)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            (fields.get(sep + 1) == Some(&"cgroup2")).then(|| {
-                (
-                    PathBuf::from(unescape_mount_path(fields[4])),
-                    PathBuf::from(unescape_mount_path(fields[3])),
-                )
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mount_path(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            if let Ok(byte) = u8::from_str_radix(&code, 8) {
-                out.push(byte as char);
-                continue;
-            }
-            out.push('\\');
-            out.push_str(&code);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 fn is_mounted(target: &Path, fstype: &str) -> bool {
     mounts()
@@ -241,11 +190,5 @@ print fmt: \"family=%s\"
         );
         let err = f.offset("nope", 4).unwrap_err().to_string();
         assert!(err.contains("nope") && err.contains("missing"), "{err}");
-    }
-
-    #[test]
-    fn unescapes_mountinfo_paths() {
-        assert_eq!(unescape_mount_path("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mount_path("/plain"), "/plain");
     }
 }

@@ -3,218 +3,36 @@
 //!
 //! Union semantics as NetworkPolicy: a section restricts when any policy in the set restricts
 //! it; allows are united; deny wins; the strongest action wins; Audit never kills.
-//! The kernel's LPM tries return only the longest match, so each entry here carries what its
-//! covering (shorter) entries say: a deny anywhere on the way down wins.
+//! Each behaviour compiles its own section (`crate::behaviour::*::compile`); this puts them
+//! together. The kernel's LPM tries return only the longest match, so each entry here carries
+//! what its covering (shorter) entries say: a deny anywhere on the way down wins.
 use std::collections::BTreeMap;
 
 use agent_common::{
-    MAX_PORT_RANGES, PathRule, PolicySet, PortRange as KernelRange, PortRules, action,
-    path_verdict, proto_mask, rule_id, set_flags,
+    MAX_PORT_RANGES, PathRule, PortRange as KernelRange, PortRules, path_verdict, rule_id,
 };
 use ipnet::IpNet;
 
-use crate::policy::{Action, ExecRule, Policy, Protocol, WriteExecute};
-
-/// Which rule of which policy an index in a set stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleRef {
-    /// Index into the set's policies.
-    pub policy: usize,
-    /// Field path, e.g. `spec.exec.deny[0]`.
-    pub field: String,
-    /// What the rule says, e.g. `prefix /tmp/`.
-    pub text: String,
-}
-
-/// An `EXEC_PATHS` key before the set id is put in front: the path, and whether it is exact
-/// (stored with its terminating NUL) or a directory prefix.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PathEntry {
-    pub path: String,
-    pub exact: bool,
-}
-
-impl PathEntry {
-    /// The bytes the LPM key compares, after the set id.
-    pub fn key_bytes(&self) -> Vec<u8> {
-        let mut bytes = self.path.as_bytes().to_vec();
-        if self.exact {
-            bytes.push(0);
-        }
-        bytes
-    }
-
-    fn covers(&self, other: &PathEntry) -> bool {
-        other.key_bytes().starts_with(&self.key_bytes())
-    }
-}
-
-/// One policy set, compiled.
-#[derive(Debug, Clone, Default)]
-pub struct CompiledSet {
-    pub set: PolicySet,
-    pub paths: BTreeMap<PathEntry, PathRule>,
-    pub connect_allow: BTreeMap<IpNet, PortRules>,
-    pub connect_deny: BTreeMap<IpNet, PortRules>,
-    /// Rule index -> rule. Indices are positions in this list.
-    pub rules: Vec<RuleRef>,
-    /// Port ranges beyond what the kernel keeps for one CIDR (logged, never silent).
-    pub dropped_ranges: Vec<String>,
-}
-
-impl CompiledSet {
-    fn rule(&mut self, policy: usize, field: String, text: String) -> u16 {
-        self.rules.push(RuleRef {
-            policy,
-            field,
-            text,
-        });
-        (self.rules.len() - 1) as u16
-    }
-}
-
-fn kernel_action(a: Action) -> u32 {
-    u32::from(match a {
-        Action::Alert => action::ALERT,
-        Action::Deny => action::DENY,
-        Action::Kill => action::KILL,
-    })
-}
+use super::compiled::Staging;
+pub use super::compiled::{CompiledSet, PathEntry, RuleRef};
+use crate::{behaviour, policy::Policy};
 
 /// Compiles `policies` (all selecting the same cgroup) into one set.
 pub fn compile(policies: &[&Policy]) -> CompiledSet {
-    let mut out = CompiledSet::default();
-    let mut exec_allow: Vec<(PathEntry, u16)> = Vec::new();
-    let mut exec_deny: Vec<(PathEntry, u16)> = Vec::new();
-    let mut wx_exempt: Vec<PathEntry> = Vec::new();
-    let mut allow_nets: Vec<(IpNet, KernelRange)> = Vec::new();
-    let mut deny_nets: Vec<(IpNet, KernelRange)> = Vec::new();
-
+    let mut staging = Staging::default();
     for (pi, policy) in policies.iter().enumerate() {
-        let spec = &policy.spec;
-        let exec = &spec.exec;
-        if !exec.allow.is_empty() || !exec.deny.is_empty() {
-            out.set.exec_action = out
-                .set
-                .exec_action
-                .max(kernel_action(spec.effective(exec.action)));
-        }
-        if !exec.allow.is_empty() {
-            out.set.flags |= set_flags::EXEC_ALLOWLIST;
-        }
-        for (list, rules, sink) in [
-            ("allow", &exec.allow, &mut exec_allow),
-            ("deny", &exec.deny, &mut exec_deny),
-        ] {
-            for (i, rule) in rules.iter().enumerate() {
-                let index = out.rule(pi, format!("spec.exec.{list}[{i}]"), rule.to_string());
-                match rule {
-                    ExecRule::Path(p) => sink.push((
-                        PathEntry {
-                            path: p.clone(),
-                            exact: true,
-                        },
-                        index,
-                    )),
-                    ExecRule::Prefix(p) => sink.push((
-                        PathEntry {
-                            path: p.clone(),
-                            exact: false,
-                        },
-                        index,
-                    )),
-                    ExecRule::Memfd if list == "deny" => {
-                        out.set.flags |= set_flags::EXEC_DENY_MEMFD;
-                        out.set.memfd_rule = index.into();
-                    }
-                    ExecRule::Memfd => out.set.flags |= set_flags::EXEC_ALLOW_MEMFD,
-                }
-            }
-        }
-
-        let connect = &spec.connect;
-        if connect.has_allowlist() || !connect.deny.is_empty() {
-            out.set.connect_action = out
-                .set
-                .connect_action
-                .max(kernel_action(spec.effective(connect.action)));
-        }
-        if connect.has_allowlist() {
-            out.set.flags |= set_flags::CONNECT_ALLOWLIST;
-        }
-        if connect.allow_services {
-            out.set.flags |= set_flags::CONNECT_ALLOW_SERVICES;
-        }
-        if !connect.deny.is_empty() {
-            out.set.flags |= set_flags::CONNECT_RULES;
-        }
-        for (list, rules, sink) in [
-            ("allow", &connect.allow, &mut allow_nets),
-            ("deny", &connect.deny, &mut deny_nets),
-        ] {
-            for (i, rule) in rules.iter().enumerate() {
-                let index = out.rule(pi, format!("spec.connect.{list}[{i}]"), connect_text(rule));
-                let protocols = match rule.protocol {
-                    None => proto_mask::ANY,
-                    Some(Protocol::Tcp) => proto_mask::TCP,
-                    Some(Protocol::Udp) => proto_mask::UDP,
-                };
-                for r in rule.port_ranges() {
-                    sink.push((
-                        rule.cidr,
-                        KernelRange {
-                            lo: r.lo,
-                            hi: r.hi,
-                            protocols,
-                            rule: index,
-                        },
-                    ));
-                }
-            }
-        }
-
-        let memory = &spec.memory;
-        let action = kernel_action(spec.effective(memory.action));
-        let denials = [
-            (
-                memory.write_execute == WriteExecute::Deny,
-                set_flags::WX_DENY,
-                "spec.memory.writeExecute",
-            ),
-            (
-                memory.foreign_writes == crate::policy::ForeignWrites::Deny,
-                set_flags::FOREIGN_WRITES_DENY,
-                "spec.memory.foreignWrites",
-            ),
-            (
-                memory.compat_syscalls == crate::policy::CompatSyscalls::Deny,
-                set_flags::COMPAT_DENY,
-                "spec.memory.compatSyscalls",
-            ),
-        ];
-        for (denied, flag, field) in denials {
-            if !denied {
-                continue;
-            }
-            // The first policy of the set that denies it is the one reported.
-            if out.set.flags & flag == 0 {
-                let rule = u32::from(out.rule(pi, field.into(), "Deny".into()));
-                match flag {
-                    set_flags::WX_DENY => out.set.wx_rule = rule,
-                    set_flags::FOREIGN_WRITES_DENY => out.set.foreign_rule = rule,
-                    _ => out.set.compat_rule = rule,
-                }
-            }
-            out.set.flags |= flag;
-            out.set.wx_action = out.set.wx_action.max(action);
-        }
-        for exe in &memory.allow_executables {
-            wx_exempt.push(PathEntry {
-                path: exe.clone(),
-                exact: true,
-            });
-        }
+        behaviour::exec::compile::compile(&mut staging, pi, &policy.spec);
+        behaviour::connect::compile::compile(&mut staging, pi, &policy.spec);
+        behaviour::wx::compile::compile(&mut staging, pi, &policy.spec);
     }
+    let Staging {
+        mut out,
+        exec_allow,
+        exec_deny,
+        wx_exempt,
+        allow_nets,
+        deny_nets,
+    } = staging;
 
     // Every key any list names, each with what the longest match on it must say.
     let mut keys: Vec<PathEntry> = exec_allow
@@ -247,21 +65,6 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
     out.connect_allow = nets(&allow_nets, &mut out.dropped_ranges);
     out.connect_deny = nets(&deny_nets, &mut out.dropped_ranges);
     out
-}
-
-fn connect_text(rule: &crate::policy::ConnectRule) -> String {
-    let ports: Vec<String> = rule.ports.iter().map(ToString::to_string).collect();
-    let ports = if ports.is_empty() {
-        "all ports".to_string()
-    } else {
-        format!("ports {}", ports.join(","))
-    };
-    let proto = match rule.protocol {
-        None => "",
-        Some(Protocol::Tcp) => " TCP",
-        Some(Protocol::Udp) => " UDP",
-    };
-    format!("{} {ports}{proto}", rule.cidr)
 }
 
 /// Each CIDR with the ranges of every CIDR covering it (itself included).
@@ -326,6 +129,10 @@ pub const MOVED: u32 = rule_id::MOVED;
 
 #[cfg(test)]
 mod tests {
+    use agent_common::{action, proto_mask, set_flags};
+
+    use crate::policy::Action;
+
     use super::*;
     use crate::policy::load_str;
 

@@ -6,6 +6,7 @@
 //! complete old or a complete new set: there is no moment without enforcement.
 pub mod bindings;
 pub mod compile;
+pub mod compiled;
 pub mod seed;
 
 use std::{
@@ -19,7 +20,7 @@ use aya::maps::lpm_trie::Key;
 use crate::{
     ebpf::PolicyMaps,
     metadata::cgroup,
-    policy::{ExecRule, Policy},
+    policy::{Policy, PolicyRef},
 };
 use compile::{CompiledSet, addr_key, compile, path_key};
 
@@ -35,17 +36,6 @@ pub enum EnforceError {
 }
 
 const HALF: u32 = MAX_POLICY_SETS / 2;
-
-/// A policy named in an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyRef {
-    pub kind: String,
-    pub name: String,
-    pub namespace: Option<String>,
-    /// The rule's field path, e.g. `spec.exec.deny[0]`, or the section for "not allowed".
-    pub rule: String,
-    pub text: String,
-}
 
 /// One generation of compiled sets as written to the kernel.
 struct Generation {
@@ -366,8 +356,9 @@ impl Enforcer {
         ))
     }
 
-    /// Decides, in user space, an exec the kernel could not (a path too long for its keys).
-    /// Only alerts: the exec has happened.
+    /// Decides, in user space, an exec the kernel could not (a path too long for its keys),
+    /// by the kernel's own rule on the same compiled entries. Only alerts: the exec has
+    /// happened.
     pub fn decide_exec(
         &self,
         set: u32,
@@ -375,46 +366,15 @@ impl Enforcer {
         script: Option<&str>,
         memfd: bool,
     ) -> Option<PolicyRef> {
-        let (_, members) = [&self.current, &self.previous]
+        let (compiled, _) = [&self.current, &self.previous]
             .into_iter()
             .flatten()
             .find_map(|g| g.set(set))?;
-        let candidates: Vec<&str> = std::iter::once(path).chain(script).collect();
-        for p in members {
-            for (i, rule) in p.spec.exec.deny.iter().enumerate() {
-                if candidates.iter().any(|c| rule.matches(c, memfd)) {
-                    return Some(policy_ref(
-                        p,
-                        format!("spec.exec.deny[{i}]"),
-                        rule.to_string(),
-                    ));
-                }
-            }
-        }
-        let allowlists: Vec<&Policy> = members
-            .iter()
-            .filter(|p| !p.spec.exec.allow.is_empty())
-            .collect();
-        if allowlists.is_empty() {
+        let v = crate::behaviour::exec::decide::decide(set, compiled, path, script, memfd);
+        if !v.is_hit() {
             return None;
         }
-        let allowed = |c: &str| {
-            allowlists.iter().any(|p| {
-                p.spec
-                    .exec
-                    .allow
-                    .iter()
-                    .any(|r: &ExecRule| r.matches(c, memfd))
-            })
-        };
-        if candidates.iter().all(|c| allowed(c)) {
-            return None;
-        }
-        Some(policy_ref(
-            allowlists[0],
-            "spec.exec.allow".into(),
-            "not on the exec allowlist".into(),
-        ))
+        self.describe(set, agent_common::rule_id::index(v.rule), "exec")
     }
 
     /// Replaces the node-wide Service addresses (for `allowServices`).

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::ebpf::{CgroupFilter, tracefs};
+use crate::ebpf::CgroupFilter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -21,7 +21,7 @@ pub enum CgroupError {
 /// The cgroup v2 mount: `/sys/fs/cgroup` on most nodes, `/sys/fs/cgroup/unified` on hybrid
 /// systemd hosts.
 pub fn detect_root() -> Result<PathBuf, CgroupError> {
-    let mut roots: Vec<PathBuf> = tracefs::cgroup2_mounts()
+    let mut roots: Vec<PathBuf> = crate::mountinfo::cgroup2_mounts()
         .into_iter()
         .map(|(p, _)| p)
         .collect();
@@ -76,7 +76,7 @@ fn components(path: &Path) -> u32 {
 /// `bpf_get_current_ancestor_cgroup_id` counts, even when `--cgroup-root` names a directory
 /// below the mount or the mount shows only part of the hierarchy.
 fn absolute_level(dir: &Path) -> Option<u32> {
-    let (mount_point, mounted_root) = tracefs::cgroup2_mounts()
+    let (mount_point, mounted_root) = crate::mountinfo::cgroup2_mounts()
         .into_iter()
         .filter(|(mount_point, _)| dir.starts_with(mount_point))
         .max_by_key(|(mount_point, _)| mount_point.as_os_str().len())?;

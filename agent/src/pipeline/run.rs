@@ -1,7 +1,6 @@
 //! `vigil run`: policies enforced in the kernel, violations out as CloudEvents, policy files
 //! watched and swapped in without a gap.
 use std::{
-    io::Write,
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -10,13 +9,14 @@ use tokio::sync::watch;
 
 use super::{
     AgentOptions, HELD_RECHECK, LOSS_REPORT_INTERVAL, PipelineError, Stages, TraceSummary,
+    verdict::judge,
 };
 use crate::{
     ebpf::{Mode, ProbeOptions, Probes},
-    enforce::{Enforcer, PolicyRef, seed},
-    event::{Action, Body, Event, Verdict},
+    enforce::{Enforcer, seed},
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
+    sink::Sink,
 };
 
 #[derive(Debug, Clone)]
@@ -76,9 +76,9 @@ fn apply(enforcer: &mut Enforcer, policies: &[Policy]) -> Result<(), PipelineErr
 
 /// Loads the policies, enforces them until `stop` turns true, and reloads them on change.
 /// With a kubeconfig (or in a cluster) policies and Services also come from the API server.
-pub async fn run<W: Write>(
+pub async fn run(
     options: &RunOptions,
-    out: W,
+    sinks: Vec<Box<dyn Sink>>,
     stop: watch::Receiver<bool>,
 ) -> Result<TraceSummary, PipelineError> {
     let common = &options.agent;
@@ -117,7 +117,7 @@ pub async fn run<W: Write>(
     let mut fingerprint_now = fingerprint(&options.policies);
     let mut fingerprint_seen = fingerprint_now.clone();
 
-    let mut stages = Stages::start(probes, root.clone(), common.format, out, stop)?;
+    let mut stages = Stages::start(probes, root.clone(), sinks, stop)?;
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
     let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
@@ -128,11 +128,10 @@ pub async fn run<W: Write>(
             ev = stages.next() => {
                 let Some(ev) = ev else { break };
                 if let Some(judgement) = judge(&enforcer, &ev) {
-                    stages.dispatch(node, ev, Some(judgement), link.as_ref())?;
+                    stages.dispatch(node, ev, Some(judgement), link.as_ref());
                 }
-                stages.flush_if_idle()?;
             }
-            _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref())?,
+            _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref()),
             _ = loss_ticker.tick() => stages.report_losses(node)?,
             _ = watch_ticker.tick() => {
                 let now = fingerprint(&options.policies);
@@ -163,65 +162,5 @@ pub async fn run<W: Write>(
             }
         }
     }
-    stages.finish(node).await
-}
-
-/// The policy and action behind a record: the kernel's verdict, or user space's own for an
-/// exec the kernel could not decide (alert only).
-fn judge(enforcer: &Enforcer, ev: &Event) -> Option<(PolicyRef, Action)> {
-    let section = match &ev.body {
-        Body::Exec(_) => "exec",
-        Body::Connect(_) => "connect",
-        Body::Wx(_) => "memory",
-        Body::Move(_) => "cgroup",
-    };
-    match ev.header.verdict {
-        Verdict::Violation { action, set, rule } => {
-            let policy = enforcer
-                .describe(set, rule, section)
-                .unwrap_or_else(|| PolicyRef {
-                    kind: "unknown".into(),
-                    name: "unknown".into(),
-                    namespace: None,
-                    rule: format!("set {set} rule {rule}"),
-                    text: "the policy was replaced before this event was read".into(),
-                });
-            Some((policy, action))
-        }
-        Verdict::Observed => {
-            let Body::Exec(exec) = &ev.body else {
-                return None;
-            };
-            let set = exec.undecided_set?;
-            // The kernel could not walk or key the path: ask /proc while the process lives,
-            // else use the path as passed, unless that too was cut short.
-            let path = exec
-                .exe_path
-                .clone()
-                .or_else(|| crate::metadata::process::proc_exe(ev.header.pid));
-            let given_complete = exec.path.len() < agent_common::PATH_LEN - 1;
-            let script = (exec.script && given_complete).then_some(exec.path.as_str());
-            match path
-                .as_deref()
-                .or(given_complete.then_some(exec.path.as_str()))
-            {
-                Some(path) => enforcer
-                    .decide_exec(set, path, script, exec.memfd)
-                    .map(|p| (p, Action::Alert)),
-                None => Some((
-                    PolicyRef {
-                        kind: "unknown".into(),
-                        name: "unknown".into(),
-                        namespace: None,
-                        rule: "spec.exec".into(),
-                        text: format!(
-                            "the executable's path is longer than the {} bytes the agent reads and the process is gone: it could not be checked",
-                            agent_common::PATH_LEN - 1
-                        ),
-                    },
-                    Action::Alert,
-                )),
-            }
-        }
-    }
+    stages.finish(node, link.as_ref()).await
 }

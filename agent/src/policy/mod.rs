@@ -84,3 +84,14 @@ fn duplicates(policies: &[Policy]) -> Vec<FieldError> {
 
 #[cfg(test)]
 mod tests;
+
+/// A policy named in an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// The rule's field path, e.g. `spec.exec.deny[0]`, or the section for "not allowed".
+    pub rule: String,
+    pub text: String,
+}

@@ -1,2 +1,47 @@
-//! Where events go. One file per sink.
+//! Where finished events go. One file per sink; each sink sits behind its own bounded queue
+//! and worker ([`FanOut`]), so a slow or stuck sink never holds up the pipeline or another
+//! sink, and whatever a full queue refuses is counted.
+pub mod fanout;
+pub mod pretty;
 pub mod stdout;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+pub use fanout::{FanOut, SinkStats};
+
+use crate::cloudevents::VigilEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: writing: {source}")]
+    Write {
+        sink: String,
+        source: std::io::Error,
+    },
+    #[error("sink {sink}: encoding event {id}: {source}")]
+    Encode {
+        sink: String,
+        id: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A destination for events. The fan-out calls it from the sink's own task with batches in
+/// the order the pipeline finished them.
+pub trait Sink: Send + 'static {
+    /// The name in logs, metrics and errors.
+    fn name(&self) -> &str;
+
+    /// Delivers `events`, waiting as long as delivery takes. An error is logged and counted
+    /// by the fan-out, which goes on with the next batch.
+    fn deliver<'a>(
+        &'a mut self,
+        events: &'a [Arc<VigilEvent>],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Makes everything delivered so far durable or visible (called when the queue is idle
+    /// and at shutdown).
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+}

@@ -1,0 +1,49 @@
+//! Kernel-only map values: the per-CPU scratch of the path walk and the flood throttle's key
+//! and state. Kept apart from the code using them so that `maps.rs` depends on nothing that
+//! depends on it.
+use agent_common::{ExePath, PATH_LEN, PathKeyData, PendingScript};
+use aya_ebpf::maps::lpm_trie::Key;
+
+/// The path walk builds backwards from this offset (a power of two, for masking).
+pub const WALK_END: usize = 256;
+const END: usize = WALK_END;
+
+/// Per-CPU scratch: too large for the 512-byte stack.
+#[repr(C)]
+pub struct PathScratch {
+    /// The real path ends at `END - 1` (its NUL) and starts where `real_path` says; reads
+    /// of up to `END` bytes from any start stay inside.
+    pub path: [u8; 2 * END],
+    pub filename: [u8; PATH_LEN],
+    pub key: Key<PathKeyData>,
+    pub exe: ExePath,
+    pub pending: PendingScript,
+    /// The walk's write position, kept in memory (see `real_path`).
+    pub cursor: u64,
+    /// Non-zero when the walk crossed a mount an unprivileged user made (see `mount_trusted`).
+    pub forged: u64,
+}
+
+/// The key of one kind of violation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThrottleKey {
+    pub cgroup_id: u64,
+    /// What the violation was aimed at (a connect's destination), else 0.
+    pub target: u64,
+    pub rule: u32,
+    pub kind: u32,
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// What one kind of violation did in its current window.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThrottleState {
+    pub window_start: u64,
+    /// `boot_ns` of the first violation held back since the last record went out.
+    pub first_held: u64,
+    pub emitted: u32,
+    pub held: u32,
+}

@@ -1,0 +1,51 @@
+//! The exec section of a policy: allowed and denied paths, prefixes and memfd, and the action.
+use agent_common::set_flags;
+
+use crate::{
+    enforce::compiled::{PathEntry, Staging, kernel_action},
+    policy::{ExecRule, PolicySpec},
+};
+
+/// Adds policy `pi`'s exec rules to the set.
+pub fn compile(staging: &mut Staging, pi: usize, spec: &PolicySpec) {
+    let exec = &spec.exec;
+    let out = &mut staging.out;
+    if !exec.allow.is_empty() || !exec.deny.is_empty() {
+        out.set.exec_action = out
+            .set
+            .exec_action
+            .max(kernel_action(spec.effective(exec.action)));
+    }
+    if !exec.allow.is_empty() {
+        out.set.flags |= set_flags::EXEC_ALLOWLIST;
+    }
+    for (list, rules, sink) in [
+        ("allow", &exec.allow, &mut staging.exec_allow),
+        ("deny", &exec.deny, &mut staging.exec_deny),
+    ] {
+        for (i, rule) in rules.iter().enumerate() {
+            let index = out.rule(pi, format!("spec.exec.{list}[{i}]"), rule.to_string());
+            match rule {
+                ExecRule::Path(p) => sink.push((
+                    PathEntry {
+                        path: p.clone(),
+                        exact: true,
+                    },
+                    index,
+                )),
+                ExecRule::Prefix(p) => sink.push((
+                    PathEntry {
+                        path: p.clone(),
+                        exact: false,
+                    },
+                    index,
+                )),
+                ExecRule::Memfd if list == "deny" => {
+                    out.set.flags |= set_flags::EXEC_DENY_MEMFD;
+                    out.set.memfd_rule = index.into();
+                }
+                ExecRule::Memfd => out.set.flags |= set_flags::EXEC_ALLOW_MEMFD,
+            }
+        }
+    }
+}

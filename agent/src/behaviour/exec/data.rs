@@ -1,0 +1,122 @@
+//! `data.exec` of a `dev.vigil.exec.v1` CloudEvent, and its readable line.
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::Exec;
+use crate::cloudevents::schema::{is_false, only_true};
+
+/// dev.vigil.exec.v1: a program was executed (successful execve/execveat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields, rename = "exec")]
+pub struct ExecData {
+    /// The path passed to exec, as the kernel recorded it (may be relative, or `/dev/fd/<n>`
+    /// for fexecve).
+    pub path: String,
+    /// File name of the executed file on its file system (the kernel's name for it, e.g.
+    /// `memfd:payload` for an anonymous memory file).
+    pub exe_name: String,
+    /// The new program's arguments, argv[0] first (possibly truncated, see `argsTruncated`).
+    pub args: Vec<String>,
+    /// The executed file, its interpreter, or a script run from a descriptor lives on a
+    /// kernel-internal file system (memfd_create and other anonymous files): fileless
+    /// execution. Told by the file system, never by the name.
+    pub memfd: bool,
+    /// `path` is a script; `process.exe` is the interpreter that runs it.
+    pub script: bool,
+    /// The executed file had been deleted from its file system.
+    pub deleted: bool,
+    /// The arguments were longer than the kernel probe copies; `args` holds only the first
+    /// ones.
+    pub args_truncated: bool,
+    /// The kernel probe could not read the arguments; `args` is empty or incomplete.
+    pub args_missing: bool,
+    /// Only on violations, present only when true: a policy applies but the kernel could not
+    /// decide (an executable whose real path it cannot resolve, under an Alert deny list);
+    /// user space decided, and can only alert.
+    #[serde(skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub undecided: bool,
+    /// Only on violations, present only when true: the executable's real path could not be
+    /// resolved in the kernel (deeper or longer than its walk goes), so the kernel decided
+    /// without it and failed closed: not on any allowlist, killed under a Kill deny list.
+    #[serde(skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub unverifiable: bool,
+    /// Only on violations, present only when true: not an exec but a file mapped executable
+    /// (mmap with PROT_EXEC) by a running process: the dynamic loader run on a program,
+    /// dlopen, LD_PRELOAD. `path` is that file's real path; `process` is the process that
+    /// mapped it.
+    #[serde(skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub mapped: bool,
+    /// Only on violations, present only when true: not an exec but the script of an earlier
+    /// exec, decided on the file its interpreter opened under the name the script was run by
+    /// (relative, `..`, `/dev/fd/N/name` and symlinked names alike). `path` is that file's
+    /// real path; `process.exe` is the interpreter.
+    #[serde(skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub opened: bool,
+    /// Only on violations, present only when true: the real path crosses a mount an
+    /// unprivileged user made in a user namespace of its own (a bind mount, a detached mount,
+    /// a file system mounted over a path, a root made with pivot_root). The path names what
+    /// that user chose, not where the file lives, so it is unverifiable (and `unverifiable`
+    /// is true).
+    #[serde(skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub user_mount: bool,
+}
+
+/// The member an exec event adds to the shared data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ExecMember {
+    pub exec: ExecData,
+}
+
+impl From<&Exec> for ExecData {
+    fn from(e: &Exec) -> Self {
+        Self {
+            path: e.path.clone(),
+            exe_name: e.exe_name.clone(),
+            args: e.args.clone(),
+            memfd: e.memfd,
+            script: e.script,
+            deleted: e.deleted,
+            args_truncated: e.args_truncated,
+            args_missing: e.args_missing,
+            undecided: e.undecided,
+            unverifiable: e.unverifiable,
+            mapped: e.mapped,
+            opened: e.opened,
+            user_mount: e.user_mount,
+        }
+    }
+}
+
+impl ExecData {
+    /// `/usr/bin/curl curl -s x [memfd, deleted]`
+    pub fn line(&self) -> String {
+        let marks: Vec<&str> = [
+            (self.memfd, "memfd"),
+            (self.mapped, "mapped executable, not exec'd"),
+            (self.opened, "script as its interpreter opened it"),
+            (
+                self.user_mount,
+                "path through a mount made in a user namespace",
+            ),
+            (self.unverifiable, "real path unverifiable"),
+            (self.deleted, "deleted"),
+            (self.args_truncated, "args truncated"),
+        ]
+        .into_iter()
+        .filter_map(|(on, mark)| on.then_some(mark))
+        .collect();
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", marks.join(", "))
+        };
+        format!("{} {}{marks}", self.path, self.args.join(" "))
+    }
+}

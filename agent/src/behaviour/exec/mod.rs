@@ -1,0 +1,69 @@
+//! exec: a program run (`sched_process_exec`), a file mapped executable, or the script an
+//! interpreter opened (`agent-ebpf/src/exec.rs`, `mapped.rs`, `script.rs`).
+pub mod compile;
+mod data;
+pub mod decide;
+
+use agent_common::{ExecEvent, exec_flags};
+
+pub use data::{ExecData, ExecMember};
+
+use crate::event::{c_string, split_args};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    /// The path as the kernel recorded it for the exec (`bprm->filename`).
+    pub path: String,
+    /// The executable's real path (symlinks resolved; a script's interpreter), as seen from
+    /// the process's mount namespace; `None` when it could not be walked.
+    pub exe_path: Option<String>,
+    /// The executable's file name on its file system (e.g. `memfd:payload`).
+    pub exe_name: String,
+    /// `path` is a script run by the interpreter at `exe_path`.
+    pub script: bool,
+    /// A policy applies but the kernel could not decide (e.g. a path too long for its maps).
+    pub undecided: bool,
+    /// The kernel could not resolve the executable's real path and failed closed.
+    pub unverifiable: bool,
+    /// A file mapped executable by a running process (loader, `dlopen`, `LD_PRELOAD`), not
+    /// an exec: `path` is that file.
+    pub mapped: bool,
+    /// The script of an earlier exec as its interpreter opened it, not an exec: `path` is
+    /// the opened file's real path.
+    pub opened: bool,
+    /// The real path crosses a mount an unprivileged user made in a user namespace of its
+    /// own: the path is that user's choice (and so unverifiable).
+    pub user_mount: bool,
+    /// The policy set that applies, when `undecided`.
+    pub undecided_set: Option<u32>,
+    pub args: Vec<String>,
+    pub memfd: bool,
+    pub deleted: bool,
+    pub args_truncated: bool,
+    pub args_missing: bool,
+}
+
+impl Exec {
+    pub fn decode(e: &ExecEvent) -> Self {
+        let flag = |bit: u32| e.flags & bit != 0;
+        Self {
+            path: c_string(&e.path),
+            exe_path: Some(c_string(&e.exe_path))
+                .filter(|p| p.starts_with('/') && !flag(exec_flags::EXE_PATH_TRUNCATED)),
+            exe_name: c_string(&e.exe_name),
+            script: flag(exec_flags::SCRIPT),
+            undecided: flag(exec_flags::UNDECIDED),
+            unverifiable: flag(exec_flags::UNVERIFIABLE),
+            mapped: flag(exec_flags::MAPPED),
+            opened: flag(exec_flags::OPENED),
+            user_mount: flag(exec_flags::USER_MOUNT),
+            undecided_set: flag(exec_flags::UNDECIDED)
+                .then(|| agent_common::rule_id::set(e.header.rule)),
+            args: split_args(&e.args, e.args_len, e.argc),
+            memfd: flag(exec_flags::MEMFD),
+            deleted: flag(exec_flags::DELETED),
+            args_truncated: flag(exec_flags::ARGS_TRUNCATED),
+            args_missing: flag(exec_flags::ARGS_MISSING),
+        }
+    }
+}

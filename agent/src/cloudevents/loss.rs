@@ -1,0 +1,127 @@
+//! `dev.vigil.loss.v1`: what was lost, so that no loss is silent.
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::ebpf::KernelLosses;
+
+/// Losses since the previous report, and totals since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossReport {
+    pub kernel: KernelLosses,
+    /// Violations the kernel held back in a flood: not lost (a later record of the same
+    /// violation carries their count), but reported so that a flood is never silent.
+    pub held_back: KernelLosses,
+    pub reader_queue_full: u64,
+    pub undecodable: u64,
+    /// Finished events sinks' full queues refused (summed over sinks).
+    pub sink_queue_full: u64,
+}
+
+fn kernel_delta(now: &KernelLosses, earlier: &KernelLosses) -> KernelLosses {
+    KernelLosses {
+        exec: now.exec - earlier.exec,
+        connect: now.connect - earlier.connect,
+        wx: now.wx - earlier.wx,
+        moves: now.moves - earlier.moves,
+    }
+}
+
+impl LossReport {
+    /// Records lost (held-back violations are not lost).
+    pub fn total(&self) -> u64 {
+        self.kernel.total() + self.reader_queue_full + self.undecodable + self.sink_queue_full
+    }
+
+    /// Whether anything is worth a loss event: a loss, or violations held back.
+    pub fn any(&self) -> bool {
+        self.total() > 0 || self.held_back.total() > 0
+    }
+
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            kernel: kernel_delta(&self.kernel, &earlier.kernel),
+            held_back: kernel_delta(&self.held_back, &earlier.held_back),
+            reader_queue_full: self.reader_queue_full - earlier.reader_queue_full,
+            undecodable: self.undecodable - earlier.undecodable,
+            sink_queue_full: self.sink_queue_full - earlier.sink_queue_full,
+        }
+    }
+}
+
+/// Records per behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct PerBehaviour {
+    /// exec records.
+    pub exec: u64,
+    /// connect records.
+    pub connect: u64,
+    /// write-execute records.
+    pub wx: u64,
+    /// cgroup move records.
+    #[serde(rename = "move")]
+    pub moves: u64,
+}
+
+impl From<&KernelLosses> for PerBehaviour {
+    fn from(k: &KernelLosses) -> Self {
+        Self {
+            exec: k.exec,
+            connect: k.connect,
+            wx: k.wx,
+            moves: k.moves,
+        }
+    }
+}
+
+/// Counts of lost records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields, rename = "losses")]
+pub struct Losses {
+    /// Records the kernel probes could not write because the ring buffer was full, per
+    /// behaviour.
+    pub ring_buffer: PerBehaviour,
+    /// Not lost: identical violations (same cgroup, behaviour and rule) beyond 8 a second that
+    /// the kernel held back, per behaviour. The next record of the same violation carries
+    /// their number in `count`. Not part of `total`.
+    pub held_back: PerBehaviour,
+    /// Records dropped in the agent because its internal queue was full.
+    pub reader_queue_full: u64,
+    /// Records the agent could not decode.
+    pub undecodable: u64,
+    /// Finished events a sink's queue refused because it was full (a sink that does not keep
+    /// up), summed over the sinks; each sink's own count is in the agent's log.
+    pub sink_queue_full: u64,
+    /// Records lost in all: `ringBuffer`, `readerQueueFull`, `undecodable` and
+    /// `sinkQueueFull` added up.
+    pub total: u64,
+}
+
+impl From<&LossReport> for Losses {
+    fn from(r: &LossReport) -> Self {
+        Self {
+            ring_buffer: (&r.kernel).into(),
+            held_back: (&r.held_back).into(),
+            reader_queue_full: r.reader_queue_full,
+            undecodable: r.undecodable,
+            sink_queue_full: r.sink_queue_full,
+            total: r.total(),
+        }
+    }
+}
+
+/// dev.vigil.loss.v1: events were lost. Emitted whenever anything was lost since the previous
+/// report (checked periodically and at exit), so that no loss is silent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields, rename = "lossData")]
+pub struct LossData {
+    /// Name of the node (or host) the agent runs on.
+    #[schemars(length(min = 1))]
+    pub node: String,
+    /// Events lost since the previous loss event.
+    pub lost: Losses,
+    /// Events lost since the agent started.
+    pub lost_since_start: Losses,
+}

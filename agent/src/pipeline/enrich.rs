@@ -1,0 +1,141 @@
+//! Enrichment: the process lineage, the cgroup path and the pod behind an event, and the
+//! finished CloudEvent. An event from a pod the API server has not shown yet waits a moment
+//! (bounded, see `held`) for its metadata, then goes out with what is known.
+use std::{path::PathBuf, time::Duration};
+
+use super::{Judgement, held};
+use crate::{
+    cloudevents::{self, Context, VigilEvent},
+    event,
+    metadata::{cgroup::CgroupPaths, cluster::PodLookup, process::ProcessCache},
+    pipeline::cluster::ClusterLink,
+    sink::FanOut,
+};
+
+/// How long an event from a pod the store has not seen yet is held for its metadata.
+const METADATA_WAIT: Duration = Duration::from_secs(2);
+
+/// An event waiting for its pod's metadata.
+struct Held {
+    event: event::Event,
+    judgement: Judgement,
+    cgroup_path: Option<String>,
+    until: tokio::time::Instant,
+}
+
+pub(crate) struct Enrich {
+    processes: ProcessCache,
+    cgroups: CgroupPaths,
+    held: held::HeldQueue<Held>,
+    /// Events finished and handed to the sinks.
+    pub(crate) emitted: u64,
+}
+
+impl Enrich {
+    pub(crate) fn new(cgroup_root: PathBuf) -> Self {
+        Self {
+            processes: ProcessCache::default(),
+            cgroups: CgroupPaths::new(cgroup_root),
+            held: held::HeldQueue::new(held::HELD_CAPACITY),
+            emitted: 0,
+        }
+    }
+
+    /// Finishes `event` into `out`, or holds it while its pod is not known yet.
+    pub(crate) fn dispatch(
+        &mut self,
+        node: &str,
+        event: event::Event,
+        judgement: Judgement,
+        link: Option<&ClusterLink>,
+        out: &FanOut,
+    ) {
+        let cgroup_path = self.cgroups.path(event.header.cgroup_id);
+        let lookup = link.map(|l| l.lookup(cgroup_path.as_deref()));
+        if matches!(lookup, Some(PodLookup::Unknown { .. })) {
+            // A pod created a moment ago: its metadata is on the way.
+            let until = tokio::time::Instant::now() + METADATA_WAIT;
+            let waiting = Held {
+                event,
+                judgement,
+                cgroup_path,
+                until,
+            };
+            let Err(h) = self.held.hold(waiting) else {
+                return;
+            };
+            // No room to wait: it goes out now, marked metadataIncomplete, never dropped.
+            let overflowed = self.held.overflowed();
+            if overflowed == 1 || overflowed.is_multiple_of(1000) {
+                tracing::warn!(
+                    overflowed,
+                    capacity = held::HELD_CAPACITY,
+                    "too many events waiting for their pod's metadata: sent without it"
+                );
+            }
+            let finished =
+                self.finish(node, &h.event, &h.judgement, h.cgroup_path, lookup.as_ref());
+            return self.send(out, finished);
+        }
+        let finished = self.finish(node, &event, &judgement, cgroup_path, lookup.as_ref());
+        self.send(out, finished);
+    }
+
+    fn send(&mut self, out: &FanOut, event: VigilEvent) {
+        out.send(event);
+        self.emitted += 1;
+    }
+
+    fn finish(
+        &mut self,
+        node: &str,
+        event: &event::Event,
+        judgement: &Judgement,
+        cgroup_path: Option<String>,
+        pod: Option<&PodLookup>,
+    ) -> VigilEvent {
+        let lineage = self.processes.lineage(event);
+        let ctx = Context {
+            node,
+            cgroup_path,
+            pod,
+        };
+        match judgement {
+            None => cloudevents::observed(event, &lineage, &ctx),
+            Some((policy, action)) => {
+                cloudevents::violation(event, &lineage, &ctx, policy, *action)
+            }
+        }
+    }
+
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Sends the held events whose pod is now known, or whose wait is over (flagged
+    /// `metadataIncomplete`); with `all` (shutting down), every held event.
+    pub(crate) fn release_held(
+        &mut self,
+        node: &str,
+        link: Option<&ClusterLink>,
+        out: &FanOut,
+        all: bool,
+    ) {
+        let now = tokio::time::Instant::now();
+        for h in self.held.take_all() {
+            let lookup = link.map(|l| l.lookup(h.cgroup_path.as_deref()));
+            let wait = !all && now < h.until;
+            let h = if matches!(lookup, Some(PodLookup::Unknown { .. })) && wait {
+                match self.held.hold(h) {
+                    Ok(()) => continue,
+                    Err(h) => h,
+                }
+            } else {
+                h
+            };
+            let finished =
+                self.finish(node, &h.event, &h.judgement, h.cgroup_path, lookup.as_ref());
+            self.send(out, finished);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The first stage: the reader task copying records out of the ring buffer, and decoding.
+//! Records that do not decode are counted as losses.
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use super::QUEUE_CAPACITY;
+use crate::{
+    ebpf::reader::{self, ReaderError, ReaderStats},
+    event,
+};
+
+pub(crate) struct Intake {
+    rx: mpsc::Receiver<Vec<u8>>,
+    reader: tokio::task::JoinHandle<Result<(), ReaderError>>,
+    pub(crate) stats: Arc<ReaderStats>,
+    pub(crate) undecodable: u64,
+}
+
+impl Intake {
+    pub(crate) fn start(
+        ring: aya::maps::RingBuf<aya::maps::MapData>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let stats = Arc::new(ReaderStats::default());
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let reader = tokio::spawn(reader::run(ring, tx, stats.clone(), stop));
+        Self {
+            rx,
+            reader,
+            stats,
+            undecodable: 0,
+        }
+    }
+
+    /// The next decoded event; `None` once the reader has stopped and the queue is drained.
+    pub(crate) async fn next(&mut self) -> Option<event::Event> {
+        loop {
+            let record = self.rx.recv().await?;
+            match event::decode(&record) {
+                Ok(ev) => return Some(ev),
+                Err(err) => {
+                    self.undecodable += 1;
+                    tracing::debug!(%err, "undecodable record");
+                }
+            }
+        }
+    }
+
+    /// Waits for the reader task to end (after `stop`).
+    pub(crate) async fn stopped(&mut self) -> Result<(), super::PipelineError> {
+        Ok((&mut self.reader).await??)
+    }
+}

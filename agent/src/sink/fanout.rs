@@ -1,0 +1,233 @@
+//! The fan-out: one bounded queue and one worker task per sink. `send` never waits: a full
+//! queue refuses the event, and the refusal is counted per sink and reported as a loss.
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::sync::mpsc;
+
+use super::Sink;
+use crate::cloudevents::VigilEvent;
+
+/// Events one sink may have waiting.
+pub const SINK_QUEUE_CAPACITY: usize = 65_536;
+/// Events handed to a sink in one call.
+const BATCH: usize = 512;
+
+/// What one sink's queue and worker have done since start.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub delivered: AtomicU64,
+    /// Events refused because the sink's queue was full.
+    pub queue_full: AtomicU64,
+    /// Events in batches the sink failed to deliver.
+    pub failed: AtomicU64,
+}
+
+struct Queue {
+    name: String,
+    tx: mpsc::Sender<Arc<VigilEvent>>,
+    stats: Arc<SinkStats>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+pub struct FanOut {
+    queues: Vec<Queue>,
+}
+
+impl FanOut {
+    /// Starts one worker per sink, each with a queue of `capacity` events.
+    pub fn start(sinks: Vec<Box<dyn Sink>>, capacity: usize) -> Self {
+        let queues = sinks
+            .into_iter()
+            .map(|sink| {
+                let (tx, rx) = mpsc::channel(capacity);
+                let stats = Arc::new(SinkStats::default());
+                Queue {
+                    name: sink.name().to_string(),
+                    tx,
+                    stats: stats.clone(),
+                    worker: tokio::spawn(work(sink, rx, stats)),
+                }
+            })
+            .collect();
+        Self { queues }
+    }
+
+    /// Hands `event` to every sink without waiting.
+    pub fn send(&self, event: VigilEvent) {
+        let event = Arc::new(event);
+        for q in &self.queues {
+            if q.tx.try_send(event.clone()).is_err() {
+                let refused = q.stats.queue_full.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused == 1 || refused.is_multiple_of(1000) {
+                    tracing::warn!(
+                        sink = q.name,
+                        refused,
+                        "sink queue full: events for this sink are dropped and counted"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Events refused by full queues, over all sinks, since start.
+    pub fn queue_full(&self) -> u64 {
+        self.queues
+            .iter()
+            .map(|q| q.stats.queue_full.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Each sink's name and counters.
+    pub fn stats(&self) -> Vec<(String, Arc<SinkStats>)> {
+        self.queues
+            .iter()
+            .map(|q| (q.name.clone(), q.stats.clone()))
+            .collect()
+    }
+
+    /// Closes the queues and waits until every worker has delivered what it had and flushed.
+    pub async fn close(self) {
+        for q in self.queues {
+            drop(q.tx);
+            if let Err(err) = q.worker.await {
+                tracing::error!(sink = q.name, %err, "sink worker failed");
+            }
+        }
+    }
+}
+
+async fn work(
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<Arc<VigilEvent>>,
+    stats: Arc<SinkStats>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        match sink.deliver(&batch).await {
+            Ok(()) => {
+                stats
+                    .delivered
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err(err) => {
+                stats
+                    .failed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(%err, events = batch.len(), "sink failed to deliver");
+            }
+        }
+        batch.clear();
+        if rx.is_empty()
+            && let Err(err) = sink.flush().await
+        {
+            tracing::error!(%err, "sink failed to flush");
+        }
+    }
+    if let Err(err) = sink.flush().await {
+        tracing::error!(%err, "sink failed to flush");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::{
+        cloudevents::{LossReport, loss},
+        sink::SinkError,
+    };
+
+    /// Records what it is given; blocks until `gate` opens.
+    struct Recording {
+        seen: Arc<Mutex<Vec<String>>>,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl Sink for Recording {
+        fn name(&self) -> &str {
+            "recording"
+        }
+
+        fn deliver<'a>(
+            &'a mut self,
+            events: &'a [Arc<VigilEvent>],
+        ) -> BoxFuture<'a, Result<(), SinkError>> {
+            Box::pin(async move {
+                let _open = self.gate.acquire().await.expect("gate");
+                let mut seen = self.seen.lock().expect("seen");
+                seen.extend(events.iter().map(|e| e.id.clone()));
+                Ok(())
+            })
+        }
+
+        fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn event() -> VigilEvent {
+        loss("n1", &LossReport::default(), &LossReport::default())
+    }
+
+    #[tokio::test]
+    async fn a_stuck_sink_neither_blocks_the_sender_nor_another_sink_and_refusals_are_counted() {
+        let stuck_gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let open_gate = Arc::new(tokio::sync::Semaphore::new(1000));
+        let stuck_seen = Arc::new(Mutex::new(Vec::new()));
+        let open_seen = Arc::new(Mutex::new(Vec::new()));
+        let fan = FanOut::start(
+            vec![
+                Box::new(Recording {
+                    seen: stuck_seen.clone(),
+                    gate: stuck_gate.clone(),
+                }),
+                Box::new(Recording {
+                    seen: open_seen.clone(),
+                    gate: open_gate,
+                }),
+            ],
+            4,
+        );
+        let sent: Vec<VigilEvent> = (0..20).map(|_| event()).collect();
+        let ids: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+        for (i, e) in sent.into_iter().enumerate() {
+            fan.send(e);
+            if i % 2 == 1 {
+                // Let the open sink's worker drain between sends.
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        let stats = fan.stats();
+        // The stuck sink holds one batch in delivery and four events in its queue at most.
+        let stuck_refused = stats[0].1.queue_full.load(Ordering::Relaxed);
+        assert!(
+            stuck_refused >= 10,
+            "refused by the stuck sink: {stuck_refused}"
+        );
+        stuck_gate.add_permits(1000);
+        let refused_total = fan.queue_full();
+        fan.close().await;
+        let open = open_seen.lock().unwrap().clone();
+        let stuck = stuck_seen.lock().unwrap().clone();
+        assert_eq!(open, ids, "the open sink got every event, in order");
+        assert_eq!(
+            stuck.len() as u64 + stuck_refused,
+            20,
+            "the stuck sink's events were delivered or counted: {stuck:?}"
+        );
+        assert_eq!(refused_total, stuck_refused);
+        // In order, with the refused ones missing.
+        let positions: Vec<usize> = stuck
+            .iter()
+            .map(|id| ids.iter().position(|i| i == id).expect("a sent id"))
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    }
+}

@@ -1,0 +1,129 @@
+//! The readable line of an event, from its typed data:
+//! `05:31:02.123 exec    bash[1234] uid=0 /usr/bin/curl curl -s x  (exe .., parent sshd[1200], cgroup /user.slice)`
+use crate::cloudevents::{Payload, VerdictName, VigilEvent, data::Member};
+
+pub fn pretty(event: &VigilEvent) -> String {
+    let time = event.time.format("%H:%M:%S%.3f");
+    let ty = event.ty().short();
+    let data = match &event.payload {
+        Payload::Loss(loss) => return format!("{time} {ty:<7} LOST {}", loss.lost.total),
+        Payload::Behaviour(data) => data,
+    };
+    let what = match &data.member {
+        Member::Exec(e) => e.line(),
+        Member::Connect(c) => c.line(),
+        Member::Wx(w) => w.line(),
+        Member::Move(m) => m.line(),
+    };
+    let p = &data.process;
+    let who = format!("{}[{}] uid={}", p.comm, p.pid, p.uid);
+    let parent = data
+        .parent
+        .as_ref()
+        .map_or("-", |parent| parent.comm.as_str());
+    let mut context = format!(
+        "exe {}, parent {parent}[{}], cgroup {}",
+        p.exe.as_deref().unwrap_or("-"),
+        p.ppid,
+        data.cgroup.path.as_deref().unwrap_or("-")
+    );
+    if let Some(pod) = &data.pod
+        && let (Some(namespace), Some(name)) = (&pod.namespace, &pod.name)
+    {
+        let container = data
+            .container
+            .as_ref()
+            .and_then(|c| c.name.clone().flatten())
+            .unwrap_or_else(|| "-".into());
+        context = format!("pod {namespace}/{name}, container {container}, {context}");
+    }
+    match (&data.policy, event.verdict) {
+        (Some(policy), VerdictName::Violation) => {
+            // A violation: what was done, then which policy and rule decided.
+            let action = event.action.name().to_uppercase();
+            let name = match &policy.namespace {
+                Some(ns) => format!("{ns}/{}", policy.name),
+                None => policy.name.clone(),
+            };
+            format!(
+                "{time} {action:<5} {ty:<7} {who} {what}  [{} {name}: {} {}]  ({context})",
+                policy.kind, policy.rule, policy.description
+            )
+        }
+        _ => format!("{time} {ty:<7} {who} {what}  ({context})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cloudevents::{Context, violation},
+        event::{Action, Body, Event, Exec, Header, Verdict},
+        metadata::process::Lineage,
+        policy::PolicyRef,
+    };
+
+    #[test]
+    fn a_violation_reads_with_its_action_policy_and_rule() {
+        let event = Event {
+            header: Header {
+                verdict: Verdict::Violation {
+                    action: Action::Kill,
+                    set: 1,
+                    rule: 0,
+                },
+                boot_ns: 0,
+                cgroup_id: 9,
+                pid: 42,
+                tid: 42,
+                ppid: 1,
+                uid: 0,
+                gid: 0,
+                comm: "evil".into(),
+                count: 1,
+                first_ns: 0,
+            },
+            body: Body::Exec(Exec {
+                path: "/tmp/evil".into(),
+                exe_path: Some("/tmp/evil".into()),
+                exe_name: "evil".into(),
+                args: vec!["/tmp/evil".into(), "-x".into()],
+                memfd: false,
+                deleted: true,
+                script: false,
+                undecided: false,
+                unverifiable: false,
+                mapped: false,
+                opened: false,
+                user_mount: false,
+                undecided_set: None,
+                args_truncated: false,
+                args_missing: false,
+            }),
+        };
+        let policy = PolicyRef {
+            kind: "ClusterRuntimePolicy".into(),
+            name: "host-baseline".into(),
+            namespace: None,
+            rule: "spec.exec.deny[0]".into(),
+            text: "prefix /tmp/".into(),
+        };
+        let ce = violation(
+            &event,
+            &Lineage::default(),
+            &Context::host("n1", Some("/".into())),
+            &policy,
+            Action::Kill,
+        );
+        let line = pretty(&ce);
+        assert!(line.contains(" KILL  exec"), "{line}");
+        assert!(line.contains("evil[42]"), "{line}");
+        assert!(line.contains("/tmp/evil /tmp/evil -x [deleted]"), "{line}");
+        assert!(
+            line.contains("[ClusterRuntimePolicy host-baseline: spec.exec.deny[0] prefix /tmp/]"),
+            "{line}"
+        );
+        assert!(line.ends_with("(exe -, parent -[1], cgroup /)"), "{line}");
+    }
+}
