@@ -623,3 +623,6 @@ fn check_label_key(k: &str) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod props;
