@@ -72,8 +72,8 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-env-changed=VIGIL_EBPF_TOOLCHAIN");
 
     let toolchain = detect()?;
-    if which_bpf_linker().is_none() {
-        bail!("bpf-linker is not on PATH; run `cargo xtask setup`");
+    if let Err(err) = which::which("bpf-linker") {
+        bail!("bpf-linker is not on PATH ({err}); run `cargo xtask setup`");
     }
     let target_dir = workspace.join("target/ebpf");
     let mut cmd = match toolchain {
@@ -131,10 +131,4 @@ fn main() -> Result<()> {
     }
     println!("cargo:rustc-env=VIGIL_PROBES_OBJECT={}", object.display());
     Ok(())
-}
-
-fn which_bpf_linker() -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|dir| dir.join("bpf-linker"))
-        .find(|candidate| candidate.is_file())
 }

@@ -295,7 +295,7 @@ fn a_jit_runtime_named_in_allow_executables_maps_rwx_silently() {
         return;
     }
     // node's V8 maps its code space read-write-execute; python's ctypes callbacks do too.
-    let (runtime, args): (PathBuf, Vec<&str>) = if let Ok(node) = which("node") {
+    let (runtime, args): (PathBuf, Vec<&str>) = if let Ok(node) = which::which("node") {
         (
             node,
             vec![
@@ -304,7 +304,7 @@ fn a_jit_runtime_named_in_allow_executables_maps_rwx_silently() {
             ],
         )
     } else {
-        let python = which("python3").expect("node or python3 is needed for the JIT test");
+        let python = which::which("python3").expect("node or python3 is needed for the JIT test");
         (
             python,
             vec![
@@ -335,14 +335,6 @@ fn a_jit_runtime_named_in_allow_executables_maps_rwx_silently() {
         "the exempt runtime was reported: {jit_events:?}"
     );
     assert_eq!(events.len(), 1, "{events:?}");
-}
-
-fn which(name: &str) -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").ok_or("no PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| format!("{name} not found"))
 }
 
 /// The executable a runtime really runs as (a pyenv shim execs the real python).

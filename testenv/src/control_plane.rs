@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
+use kube::config::{
+    AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+};
 
 use crate::{
     pki::{self, Pki},
@@ -24,6 +27,10 @@ pub const DEFAULT_NODE_NAME: &str = "vigil-test-node";
 /// Where Service ClusterIPs come from. They are only ever bound inside test network
 /// namespaces, never routed.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// The kubeconfig's cluster and context name, and its user.
+const KUBECONFIG_CLUSTER: &str = "testenv";
+const KUBECONFIG_USER: &str = "testenv-admin";
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -125,6 +132,44 @@ fn etcd_healthy(addr: SocketAddr) -> bool {
     stream.write_all(request.as_bytes()).is_ok()
         && stream.read_to_string(&mut response).is_ok()
         && response.contains("\"health\":\"true\"")
+}
+
+/// A cluster-admin kubeconfig for `server` that names the certificate files of `pki`.
+fn kubeconfig(server: &str, pki: &Pki) -> Kubeconfig {
+    let file = |p: &Path| Some(p.to_string_lossy().into_owned());
+    Kubeconfig {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Config".to_owned()),
+        clusters: vec![NamedCluster {
+            name: KUBECONFIG_CLUSTER.to_owned(),
+            cluster: Some(Cluster {
+                server: Some(server.to_owned()),
+                certificate_authority: file(&pki.ca_cert),
+                ..Cluster::default()
+            }),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: KUBECONFIG_USER.to_owned(),
+            auth_info: Some(AuthInfo {
+                client_certificate: file(&pki.admin_cert),
+                client_key: file(&pki.admin_key),
+                ..AuthInfo::default()
+            }),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: KUBECONFIG_CLUSTER.to_owned(),
+            context: Some(Context {
+                cluster: KUBECONFIG_CLUSTER.to_owned(),
+                user: Some(KUBECONFIG_USER.to_owned()),
+                ..Context::default()
+            }),
+            ..NamedContext::default()
+        }],
+        current_context: Some(KUBECONFIG_CLUSTER.to_owned()),
+        ..Kubeconfig::default()
+    }
 }
 
 impl ControlPlane {
@@ -267,33 +312,9 @@ impl ControlPlane {
     }
 
     fn write_kubeconfig(&self) -> Result<()> {
-        let file = |p: &Path| yaml_string(&p.to_string_lossy());
-        let text = format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: testenv
-  cluster:
-    server: {server}
-    certificate-authority: {ca}
-users:
-- name: testenv-admin
-  user:
-    client-certificate: {cert}
-    client-key: {key}
-contexts:
-- name: testenv
-  context:
-    cluster: testenv
-    user: testenv-admin
-current-context: testenv
-",
-            server = yaml_string(&self.server()),
-            ca = file(&self.pki.ca_cert),
-            cert = file(&self.pki.admin_cert),
-            key = file(&self.pki.admin_key),
-        );
         let path = self.kubeconfig();
+        let text = serde_yaml_ng::to_string(&kubeconfig(&self.server(), &self.pki))
+            .context("cannot serialise the kubeconfig")?;
         fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     }
 
@@ -547,6 +568,43 @@ mod tests {
     fn yaml_strings_are_quoted_and_escaped() {
         assert_eq!(yaml_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
         assert_eq!(yaml_string("/tmp/x y"), "\"/tmp/x y\"");
+    }
+
+    /// What kube-rs (like kubectl) reads back is what was meant, even for paths that need
+    /// quoting in YAML.
+    #[test]
+    fn kubeconfig_round_trips_with_odd_paths() {
+        let dir = Path::new("/tmp/a \"quoted\": dir #1");
+        let pki = Pki {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("apiserver.crt"),
+            server_key: dir.join("apiserver.key"),
+            admin_cert: dir.join("admin.crt"),
+            admin_key: dir.join("admin.key"),
+            service_account_key: dir.join("sa.key"),
+            service_account_pub: dir.join("sa.pub"),
+        };
+        let text = serde_yaml_ng::to_string(&kubeconfig("https://127.0.0.1:6443", &pki))
+            .expect("serialise");
+        let back = Kubeconfig::from_yaml(&text).expect("parse");
+        assert_eq!(back.current_context.as_deref(), Some("testenv"));
+        let cluster = back.clusters[0].cluster.as_ref().expect("cluster");
+        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(
+            cluster.certificate_authority.as_deref(),
+            Some("/tmp/a \"quoted\": dir #1/ca.crt")
+        );
+        let user = back.auth_infos[0].auth_info.as_ref().expect("user");
+        assert_eq!(
+            user.client_key.as_deref(),
+            Some("/tmp/a \"quoted\": dir #1/admin.key")
+        );
+        let context = back.contexts[0].context.as_ref().expect("context");
+        assert_eq!(
+            (context.cluster.as_str(), context.user.as_deref()),
+            ("testenv", Some("testenv-admin"))
+        );
     }
 
     /// One control plane can be shared between tests through a static.

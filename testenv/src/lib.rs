@@ -3,7 +3,7 @@
 //! The binaries (`kube-apiserver`, `kubectl`, `etcd`, `helm`) are built from pinned Go modules
 //! kept in `k8s-env/` by [`ensure_built`] (what `cargo xtask k8s-env` and `cargo xtask test`
 //! run) into [`bin_dir`]; `KUBEBUILDER_ASSETS` supplies `kube-apiserver` and `etcd` instead when
-//! set. [`ControlPlane::start`] generates a CA and certificates with the `openssl` command,
+//! set. [`ControlPlane::start`] generates a CA and certificates (with `rcgen`),
 //! starts etcd and kube-apiserver (RBAC on, Service CIDR [`SERVICE_CIDR`]), writes a
 //! cluster-admin kubeconfig and creates a Node object.
 //!

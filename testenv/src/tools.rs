@@ -177,13 +177,9 @@ pub struct Built {
 
 /// The `go` command: the one on `PATH`, else `/usr/local/go/bin/go`.
 fn go_command() -> Result<PathBuf> {
-    let on_path: Vec<PathBuf> = env::var_os("PATH")
-        .map(|path| env::split_paths(&path).map(|dir| dir.join("go")).collect())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/local/go/bin/go")])
-        .find(|go| go.is_file())
+    which::which("go")
+        .ok()
+        .or_else(|| Some(PathBuf::from("/usr/local/go/bin/go")).filter(|go| go.is_file()))
         .context(
             "Go is required to build the Kubernetes test binaries (kube-apiserver, etcd, kubectl, \
              helm) but no `go` command was found on PATH or in /usr/local/go/bin; install Go \

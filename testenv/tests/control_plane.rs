@@ -114,6 +114,43 @@ fn control_plane_serves_nodes_rbac_and_services_and_survives_an_apiserver_restar
         )
         .expect("create a pod");
 
+    // The service-account key pair works: a token the API server signs with the private key
+    // authenticates (verified with the public key) as that account, without the admin's
+    // client certificate.
+    plane
+        .kubectl_ok([
+            "create",
+            "serviceaccount",
+            "probe",
+            "--namespace=vigil-test",
+        ])
+        .expect("create a ServiceAccount");
+    let token = plane
+        .kubectl_ok(["create", "token", "probe", "--namespace=vigil-test"])
+        .expect("request a token");
+    let whoami = std::process::Command::new(plane.bin_dir().join("kubectl"))
+        .env("KUBERC", "off")
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig=/dev/null")
+        .arg(format!("--server={}", plane.server()))
+        .arg(format!(
+            "--certificate-authority={}",
+            plane.ca_cert().display()
+        ))
+        .arg(format!("--token={}", token.trim()))
+        .args([
+            "auth",
+            "whoami",
+            "--output=jsonpath={.status.userInfo.username}",
+        ])
+        .output()
+        .expect("run kubectl");
+    assert!(whoami.status.success(), "{whoami:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&whoami.stdout).trim(),
+        "system:serviceaccount:vigil-test:probe"
+    );
+
     let stopping = std::time::Instant::now();
     plane.stop_apiserver().expect("stop kube-apiserver");
     eprintln!("kube-apiserver stopped in {:?}", stopping.elapsed());

@@ -16,10 +16,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use testenv::{ControlPlane, Source};
 
-use crate::util::{self, command, output_of, run_checked, secs};
+use crate::util::{command, output_of, secs};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -50,11 +50,10 @@ pub fn run(options: &Options) -> Result<()> {
     }
 }
 
-/// Makes sure Go and openssl are there, builds what is missing or out of date, and prints the
+/// Makes sure Go is there, builds what is missing or out of date, and prints the
 /// binaries with their versions. Returns the directory holding them (for `VIGIL_K8S_BIN`).
 pub fn ensure() -> Result<PathBuf> {
     let go = testenv::go_version().context("the Kubernetes test environment needs Go")?;
-    ensure_openssl()?;
     let built = testenv::ensure_built()?;
     let bin = testenv::bin_dir();
     println!("k8s-env: {} (with {go})", bin.display());
@@ -77,25 +76,6 @@ pub fn ensure() -> Result<PathBuf> {
 
 fn pin(built: &testenv::Built) -> String {
     format!("{} {}", built.tool.module, built.tool.version)
-}
-
-/// The control plane's certificates are made with the `openssl` command.
-fn ensure_openssl() -> Result<()> {
-    if output_of(command("openssl").arg("version")).is_some() {
-        return Ok(());
-    }
-    if !util::is_root() {
-        bail!(
-            "the Kubernetes test environment needs the `openssl` command; install it \
-             (apt-get install openssl) or run this as root to have it installed"
-        );
-    }
-    println!("k8s-env: installing openssl");
-    run_checked(
-        command("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "openssl"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
 }
 
 fn up(dir: &Path, node: &str, bin: &Path) -> Result<()> {

@@ -3,6 +3,8 @@
 //! task's cgroup, so each binding gets the union of every policy covering its path.
 use std::collections::BTreeMap;
 
+use kube::core::SelectorExt as _;
+
 use crate::{
     metadata::cgroup::PodDirs,
     policy::{NamespaceSelection, Policy},

@@ -6,12 +6,12 @@
 //! Each behaviour compiles its own section (`crate::behaviour::*::compile`); this puts them
 //! together. The kernel's LPM tries return only the longest match, so each entry here carries
 //! what its covering (shorter) entries say: a deny anywhere on the way down wins.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use agent_common::{
     MAX_PORT_RANGES, PathRule, PortRange as KernelRange, PortRules, path_verdict, rule_id,
 };
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::compiled::Staging;
 pub use super::compiled::{CompiledSet, PathEntry, RuleRef};
@@ -68,9 +68,20 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
 }
 
 /// Each CIDR with the ranges of every CIDR covering it (itself included).
+///
+/// The probes key IPv4 as `::ffff:a.b.c.d`, so an IPv6 network short enough to cover
+/// `::ffff:0:0/96` (e.g. `::/0`) would also match every IPv4 address in the trie. A policy's
+/// IPv6 network says nothing about IPv4, so such a network gets an entry `0.0.0.0/0` beside it
+/// that carries only the IPv4 rules covering it and shadows the IPv6 one for IPv4 lookups.
 fn nets(entries: &[(IpNet, KernelRange)], dropped: &mut Vec<String>) -> BTreeMap<IpNet, PortRules> {
     let mut out = BTreeMap::new();
     let mut cidrs: Vec<IpNet> = entries.iter().map(|(n, _)| *n).collect();
+    let mapped = IpNet::V6(Ipv6Net::new(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96).expect("/96"));
+    if cidrs.iter().any(|n| n.contains(&mapped)) {
+        cidrs.push(IpNet::V4(
+            Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
+        ));
+    }
     cidrs.sort();
     cidrs.dedup();
     for cidr in cidrs {
@@ -126,6 +137,9 @@ pub const NOT_ALLOWED: u32 = rule_id::NOT_ALLOWED;
 pub const PROTOCOL: u32 = rule_id::PROTOCOL;
 pub const UNVERIFIABLE: u32 = rule_id::UNVERIFIABLE;
 pub const MOVED: u32 = rule_id::MOVED;
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -273,6 +287,29 @@ spec:
         let audit = deny("Audit");
         let c = compile(&audit.iter().collect::<Vec<_>>());
         assert_eq!(c.set.connect_action, u32::from(action::ALERT));
+    }
+
+    /// Found by the property test: `::/0` in an allowlist allowed every IPv4 address too,
+    /// because the trie keys IPv4 inside `::ffff:0:0/96`.
+    #[test]
+    fn an_ipv6_network_says_nothing_about_ipv4() {
+        let ps = policies(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {name: v6}\nspec:\n  hostProcesses: {}\n  connect: {allow: [{cidr: \"::/0\"}, {cidr: 10.0.0.0/8, ports: [\"443\"]}], deny: [{cidr: \"::/0\", ports: [\"25\"]}]}\n",
+        );
+        let c = compile(&ps.iter().collect::<Vec<_>>());
+        let everything_v4: IpNet = "0.0.0.0/0".parse().unwrap();
+        for (map, what) in [(&c.connect_allow, "allow"), (&c.connect_deny, "deny")] {
+            let shadow = &map[&everything_v4];
+            assert_eq!(shadow.count, 0, "{what}: no IPv4 rule covers 0.0.0.0/0");
+        }
+        let ten = &c.connect_allow[&"10.0.0.0/8".parse::<IpNet>().unwrap()];
+        assert_eq!(
+            (ten.count, ten.ranges[0].lo),
+            (1, 443),
+            "IPv4 entries do not inherit IPv6 ports"
+        );
+        let v6 = &c.connect_allow[&"::/0".parse::<IpNet>().unwrap()];
+        assert_eq!((v6.count, v6.ranges[0].lo, v6.ranges[0].hi), (1, 0, 65535));
     }
 
     #[test]

@@ -34,8 +34,9 @@ macro_rules! port {
 pub const PATH_PATTERN: &str = concat!("^(/", component!(), ")+$");
 /// An absolute, canonical directory prefix ending in `/` (`/` alone is every path).
 pub const PREFIX_PATTERN: &str = concat!("^(/", component!(), ")*/$");
-/// A cgroup v2 path relative to the cgroup root; a trailing `/` is allowed.
-pub const CGROUP_PATTERN: &str = concat!("^(/", component!(), ")*/?$");
+/// A cgroup v2 path relative to the cgroup root; a trailing `/` is allowed. Not empty (the
+/// property test found the schema taking `""`, which the agent refuses).
+pub const CGROUP_PATTERN: &str = concat!("^((/", component!(), ")+/?|/)$");
 /// `443` or `8000-8080`.
 pub const PORT_PATTERN: &str = concat!("^", port!(), "(-", port!(), ")?$");
 /// An IPv4 CIDR with exact octets, or an IPv6 CIDR checked loosely here (hex groups and

@@ -87,7 +87,15 @@ pub fn text_from(text: &str, source: Option<&Path>) -> Result<Vec<Policy>, Vec<F
             Err(err) => {
                 // A document with e.g. a duplicate key leaves the stream usable, but after a
                 // syntax error the parser repeats that error for every further "document".
-                let message = format!("not valid YAML: {err}");
+                // Some syntax errors (e.g. a missing key, a duplicate key) do not say where.
+                let message = match err.location() {
+                    Some(at) if !err.to_string().contains(" line ") => format!(
+                        "not valid YAML at line {} column {}: {err}",
+                        at.line(),
+                        at.column()
+                    ),
+                    _ => format!("not valid YAML: {err}"),
+                };
                 if last_yaml_error.as_ref() == Some(&message) {
                     break;
                 }

@@ -2,13 +2,13 @@
 //! ranges, exactly-one exec matches). Everything downstream (the compiler to kernel maps, the
 //! user-space matchers, summaries) works on these types, never on the raw CRD structs.
 use std::{
-    collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
     str::FromStr,
 };
 
 use ipnet::IpNet;
+use kube::core::{Expression, Selector};
 
 pub use super::crd::{
     Action, CompatSyscalls, ForeignWrites, LabelSelector, LabelSelectorRequirement, Mode, Protocol,
@@ -90,7 +90,7 @@ impl PolicySpec {
 pub struct PodSelection {
     pub namespaces: NamespaceSelection,
     /// Pods within those namespaces; empty selects every pod.
-    pub pods: LabelSelector,
+    pub pods: Selector,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -98,7 +98,7 @@ pub enum NamespaceSelection {
     /// A RuntimePolicy's own namespace.
     Named(String),
     /// Namespaces whose labels match; empty selects every namespace.
-    Matching(LabelSelector),
+    Matching(Selector),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -123,25 +123,25 @@ impl HostSelection {
     }
 }
 
-impl LabelSelector {
-    /// Kubernetes semantics: every `matchLabels` pair and every expression must hold.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
+// Matching is kube's (`SelectorExt::matches`); the policy keeps its own selector type only so
+// that unknown keys and operators are refused with the field named.
+impl From<&LabelSelector> for Selector {
+    fn from(sel: &LabelSelector) -> Self {
+        let labels = sel
+            .match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|req| {
-                let value = labels.get(&req.key);
-                match req.operator {
-                    SelectorOperator::In => value.is_some_and(|v| req.values.contains(v)),
-                    SelectorOperator::NotIn => value.is_none_or(|v| !req.values.contains(v)),
-                    SelectorOperator::Exists => value.is_some(),
-                    SelectorOperator::DoesNotExist => value.is_none(),
-                }
-            })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.match_labels.is_empty() && self.match_expressions.is_empty()
+            .map(|(k, v)| Expression::Equal(k.clone(), v.clone()));
+        let expressions = sel.match_expressions.iter().map(|req| {
+            let key = req.key.clone();
+            let values = || req.values.iter().cloned().collect();
+            match req.operator {
+                SelectorOperator::In => Expression::In(key, values()),
+                SelectorOperator::NotIn => Expression::NotIn(key, values()),
+                SelectorOperator::Exists => Expression::Exists(key),
+                SelectorOperator::DoesNotExist => Expression::DoesNotExist(key),
+            }
+        });
+        labels.chain(expressions).collect()
     }
 }
 

@@ -1,7 +1,7 @@
 //! One line per policy, for `vigil policy check` and the agent's log.
 use std::fmt::Write as _;
 
-use super::model::{LabelSelector, NamespaceSelection, Policy, SelectorOperator, WriteExecute};
+use super::model::{NamespaceSelection, Policy, WriteExecute};
 
 /// `RuntimePolicy shop/web: Enforce; selects pods app=web in namespace shop (containers nginx);
 /// exec 2 allow, 2 deny, Kill; connect 1 allow + Services, 0 deny, Alert; memory ...`.
@@ -11,13 +11,14 @@ pub fn summary(policy: &Policy) -> String {
     if let Some(pods) = &spec.pods {
         let what = match &pods.namespaces {
             NamespaceSelection::Named(ns) => format!("in namespace {ns}"),
-            NamespaceSelection::Matching(sel) if sel.is_empty() => "in every namespace".into(),
-            NamespaceSelection::Matching(sel) => format!("in namespaces {}", selector(sel)),
+            NamespaceSelection::Matching(sel) if sel.selects_all() => "in every namespace".into(),
+            // kubectl's selector syntax: `app=web,tier in (a,b),!canary`.
+            NamespaceSelection::Matching(sel) => format!("in namespaces {sel}"),
         };
-        let pods_sel = if pods.pods.is_empty() {
+        let pods_sel = if pods.pods.selects_all() {
             "every pod".into()
         } else {
-            format!("pods {}", selector(&pods.pods))
+            format!("pods {}", pods.pods)
         };
         selects.push(format!("{pods_sel} {what}"));
     }
@@ -90,16 +91,4 @@ pub fn summary(policy: &Policy) -> String {
         );
     }
     line
-}
-
-/// kubectl's selector syntax: `app=web,tier in (a,b),!canary`.
-fn selector(sel: &LabelSelector) -> String {
-    let labels = sel.match_labels.iter().map(|(k, v)| format!("{k}={v}"));
-    let exprs = sel.match_expressions.iter().map(|req| match req.operator {
-        SelectorOperator::In => format!("{} in ({})", req.key, req.values.join(",")),
-        SelectorOperator::NotIn => format!("{} notin ({})", req.key, req.values.join(",")),
-        SelectorOperator::Exists => req.key.clone(),
-        SelectorOperator::DoesNotExist => format!("!{}", req.key),
-    });
-    labels.chain(exprs).collect::<Vec<_>>().join(",")
 }

@@ -2,6 +2,8 @@
 //! texts. Realistic whole files live in `agent/tests/fixtures/policies/`.
 use std::{collections::BTreeMap, fs, path::PathBuf};
 
+use kube::core::{Selector, SelectorExt as _};
+
 use super::*;
 
 /// A RuntimePolicy `shop/web` whose spec is `spec` (YAML lines indented by two spaces).
@@ -126,10 +128,10 @@ fn cluster_policy_selections() {
     ));
     let pods = both.spec.pods.unwrap();
     assert!(
-        pods.pods.is_empty(),
+        pods.pods.selects_all(),
         "no podSelector: every pod of those namespaces"
     );
-    assert!(matches!(pods.namespaces, NamespaceSelection::Matching(ref s) if !s.is_empty()));
+    assert!(matches!(pods.namespaces, NamespaceSelection::Matching(ref s) if !s.selects_all()));
     assert_eq!(
         both.spec.host.unwrap().cgroup_prefixes,
         ["/system.slice/nginx.service", "/"]
@@ -139,7 +141,7 @@ fn cluster_policy_selections() {
     let pods = every_pod.spec.pods.unwrap();
     assert_eq!(
         pods.namespaces,
-        NamespaceSelection::Matching(LabelSelector::default())
+        NamespaceSelection::Matching(Selector::default())
     );
 }
 
@@ -770,7 +772,9 @@ fn semantics_helpers() {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let sel = |yaml: &str| -> LabelSelector { serde_yaml_ng::from_str(yaml).unwrap() };
+    let sel = |yaml: &str| -> Selector {
+        Selector::from(&serde_yaml_ng::from_str::<LabelSelector>(yaml).unwrap())
+    };
     assert!(sel("{}").matches(&labels));
     assert!(sel("{matchLabels: {app: web}}").matches(&labels));
     assert!(!sel("{matchLabels: {app: api}}").matches(&labels));

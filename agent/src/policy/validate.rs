@@ -7,6 +7,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::Selector;
 
 use super::{
     crd::{self, ClusterRuntimePolicy, PATH_MAX, RuntimePolicy},
@@ -51,7 +52,7 @@ pub fn runtime_policy(object: &RuntimePolicy) -> Result<Policy, Vec<FieldError>>
     selector(&spec.pod_selector, "spec.podSelector", &mut e);
     let pods = Some(PodSelection {
         namespaces: NamespaceSelection::Named(namespace.clone()),
-        pods: spec.pod_selector.clone(),
+        pods: Selector::from(&spec.pod_selector),
     });
     let body = Body {
         containers: spec.containers.as_ref(),
@@ -83,9 +84,16 @@ pub fn cluster_runtime_policy(object: &ClusterRuntimePolicy) -> Result<Policy, V
     let pods =
         (spec.namespace_selector.is_some() || spec.pod_selector.is_some()).then(|| PodSelection {
             namespaces: NamespaceSelection::Matching(
-                spec.namespace_selector.clone().unwrap_or_default(),
+                spec.namespace_selector
+                    .as_ref()
+                    .map(Selector::from)
+                    .unwrap_or_default(),
             ),
-            pods: spec.pod_selector.clone().unwrap_or_default(),
+            pods: spec
+                .pod_selector
+                .as_ref()
+                .map(Selector::from)
+                .unwrap_or_default(),
         });
     let host = spec
         .host_processes
@@ -615,3 +623,6 @@ fn check_label_key(k: &str) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod props;

@@ -20,6 +20,15 @@ pub struct BadLogFilter {
 /// quietly turn into another level.
 pub fn log_filter(wanted: Option<&str>) -> Result<EnvFilter, BadLogFilter> {
     let wanted = wanted.unwrap_or("info");
+    // tracing-subscriber's directive parser panics on some non-ASCII input (found by the
+    // fuzz test: "\tª="), and a panic at start-up would hide the reason; targets, levels and
+    // field names are ASCII anyway.
+    if let Some(c) = wanted.chars().find(|c| !c.is_ascii()) {
+        return Err(BadLogFilter {
+            value: wanted.to_string(),
+            reason: format!("{c:?} is not ASCII"),
+        });
+    }
     let directives = if wanted.contains("kube") {
         wanted.to_string()
     } else {
@@ -60,5 +69,7 @@ mod tests {
             err.to_string().contains("VIGIL_LOG=\"verbose=loud=yes\""),
             "{err}"
         );
+        let err = log_filter(Some("\tª=")).unwrap_err();
+        assert!(err.to_string().contains("'ª' is not ASCII"), "{err}");
     }
 }
