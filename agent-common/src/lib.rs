@@ -592,3 +592,95 @@ mod pod {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ExePath {}
 }
+
+/// Probe failures, counted per probe and reason in the per-CPU `PROBE_ERRORS` map: a probe
+/// that gives up on an event (a value it cannot read, a map that refuses an update) says so
+/// instead of returning quietly. Slot `probe * REASONS + reason`.
+pub mod probe_error {
+    /// A kernel or user value could not be read or resolved.
+    pub const READ: u32 = 0;
+    /// A map refused an update or lacked an entry it needed (full, missing).
+    pub const MAP: u32 = 1;
+    /// Anything else a helper returned.
+    pub const OTHER: u32 = 2;
+    pub const REASONS: u32 = 3;
+    pub const REASON_NAMES: [&str; REASONS as usize] = ["read", "map", "other"];
+
+    /// The reason behind a probe's error value: its own `1` for "could not read", else a
+    /// helper's negative errno.
+    pub const fn reason(err: i64) -> u32 {
+        match err {
+            1 | -14 => READ,
+            -2 | -7 | -12 | -16 | -17 | -28 => MAP,
+            _ => OTHER,
+        }
+    }
+
+    pub const fn slot(probe: u32, reason: u32) -> u32 {
+        probe * REASONS + reason
+    }
+
+    /// The probes that count, by entry-point name; a probe's id is its index here.
+    pub const PROBES: [&str; 32] = [
+        "cgroup_attach_task",
+        "sys_enter",
+        "sys_enter_execve",
+        "sys_enter_execveat",
+        "sched_process_exec",
+        "sys_enter_ptrace",
+        "sys_enter_process_vm_writev",
+        "sys_enter_userfaultfd",
+        "sys_exit_openat",
+        "sys_exit_openat2",
+        "sys_exit_open",
+        "sched_process_exec_image",
+        "sys_enter_mmap_exec",
+        "sys_enter_mprotect_exec",
+        "sys_enter_pkey_mprotect_exec",
+        "judge_mapped_file",
+        "sched_process_fork",
+        "sched_process_exit",
+        "sys_enter_open_script",
+        "sys_enter_openat_script",
+        "sys_enter_openat2_script",
+        "sys_exit_open_script",
+        "sys_exit_openat_script",
+        "sys_exit_openat2_script",
+        "sys_enter_mmap",
+        "sys_enter_mprotect",
+        "sys_enter_pkey_mprotect",
+        "sys_enter_personality",
+        "sys_exit_mmap",
+        "sys_exit_mprotect",
+        "sys_exit_pkey_mprotect",
+        "sys_enter_shmat",
+    ];
+    pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
+
+    /// The id of the probe named `name` (its index in [`PROBES`]); a compile error when it is
+    /// not there, so a renamed probe cannot count into another's row.
+    pub const fn id(name: &str) -> u32 {
+        let mut i = 0;
+        while i < PROBES.len() {
+            if eq(PROBES[i].as_bytes(), name.as_bytes()) {
+                return i as u32;
+            }
+            i += 1;
+        }
+        panic!("a probe missing from probe_error::PROBES")
+    }
+
+    const fn eq(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}

@@ -7,12 +7,14 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 
+use crate::diag::gave_up;
 use crate::{
     kill::kill_at_syscall_exit,
     maps::CGROUP_SETS,
     policy::{current_set, mark, origin, policy_set, send_sigkill, violation},
     task::{config, emit, header, read_kernel, read_kernel_ptr},
 };
+use agent_common::probe_error;
 
 /// Levels of the destination's ancestry searched for the pinned binding.
 const MAX_LEVELS: usize = 32;
@@ -21,7 +23,8 @@ const MAX_LEVELS: usize = 32;
 #[raw_tracepoint(tracepoint = "cgroup_attach_task")]
 pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
     match try_attach(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("cgroup_attach_task") }, err),
     }
 }
 

@@ -14,6 +14,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
+use crate::diag::gave_up;
 use crate::{
     file::{anonymous_file, task_fd_file},
     maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
@@ -25,6 +26,7 @@ use crate::{
     task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
     throttle::admit,
 };
+use agent_common::probe_error;
 
 const DEV_FD: &[u8; 8] = b"/dev/fd/";
 
@@ -54,14 +56,16 @@ fn fd_of_dev_fd_path(name: &[u8; PATH_LEN]) -> Option<u32> {
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
     match try_capture_args(&ctx, 1) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_execve") }, err),
     }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     match try_capture_args(&ctx, 2) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_execveat") }, err),
     }
 }
 
@@ -70,7 +74,8 @@ pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     match try_exec(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sched_process_exec") }, err),
     }
 }
 

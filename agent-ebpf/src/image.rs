@@ -5,11 +5,13 @@
 use agent_common::{WxEvent, wx_reason, wx_syscall};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
+use crate::diag::gave_up;
 use crate::{
     task::{config, current_task, read_kernel, read_kernel_ptr, traced},
     vma::{self, Area, VM_EXEC, VM_READ, VM_WRITE},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
+use agent_common::probe_error;
 
 /// Areas looked at between the start and the end of the code: an image of more segments
 /// than this is looked at only that far.
@@ -18,9 +20,14 @@ const MAX_AREAS: usize = 16;
 /// A second program on `sched_process_exec`, attached after the exec program, so the new
 /// image's executable is recorded (for exemptions) when this one runs.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec_image(_ctx: RawTracePointContext) -> i32 {
+pub fn sched_process_exec_image(ctx: RawTracePointContext) -> i32 {
     match try_image() {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(
+            &ctx,
+            const { probe_error::id("sched_process_exec_image") },
+            err,
+        ),
     }
 }
 

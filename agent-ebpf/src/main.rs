@@ -5,6 +5,7 @@
 mod cgroup_move;
 mod compat;
 mod connect;
+mod diag;
 mod doctor;
 mod exec;
 mod file;

@@ -17,6 +17,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
+use crate::diag::gave_up;
 use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
     maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH},
@@ -26,6 +27,7 @@ use crate::{
     vma::{self, Found, VM_EXEC},
     wx,
 };
+use agent_common::probe_error;
 
 const PROT_EXEC: u64 = 4;
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -34,30 +36,42 @@ const MAP_ANONYMOUS: u64 = 0x20;
 #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
 pub fn sys_enter_mmap_exec(ctx: TracePointContext) -> u32 {
     match try_mapped(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_mmap_exec") }, err),
     }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
 pub fn sys_enter_mprotect_exec(ctx: TracePointContext) -> u32 {
     match try_made_executable(&ctx, wx_syscall::MPROTECT) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(
+            &ctx,
+            const { probe_error::id("sys_enter_mprotect_exec") },
+            err,
+        ),
     }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
 pub fn sys_enter_pkey_mprotect_exec(ctx: TracePointContext) -> u32 {
     match try_made_executable(&ctx, wx_syscall::PKEY_MPROTECT) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(
+            &ctx,
+            const { probe_error::id("sys_enter_pkey_mprotect_exec") },
+            err,
+        ),
     }
 }
 
 /// Tail-call target: judges the file of the request in `FILE_REQUEST`. A program of its
 /// own, verified from a fresh state: the path walk does not fit after the hooks' own work.
 #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
-pub fn judge_mapped_file(_ctx: TracePointContext) -> u32 {
+pub fn judge_mapped_file(ctx: TracePointContext) -> u32 {
     match try_judge_mapped_file() {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("judge_mapped_file") }, err),
     }
 }
 

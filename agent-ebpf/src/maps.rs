@@ -17,6 +17,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::SLOTS, 0);
 
+/// Probe failures per probe and reason (see `agent_common::probe_error`).
+#[map]
+pub static PROBE_ERRORS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(agent_common::probe_error::SLOTS, 0);
+
 /// Slot 0: the run-time [`Config`] written by user space before attaching.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -7,24 +7,28 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
+use crate::diag::gave_up;
 use crate::{
     kill::forget_pending_kill,
     maps::{TASK_EXE, TASK_ORIGIN},
     policy::{live_binding, origin, pin_origin},
     task::{config, current_task, read_kernel, read_kernel_ptr},
 };
+use agent_common::probe_error;
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     match try_fork(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sched_process_fork") }, err),
     }
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     match try_exit() {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sched_process_exit") }, err),
     }
 }
 

@@ -8,6 +8,7 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
+use crate::diag::gave_up;
 use crate::{
     maps::{EXEC_PATHS, PATH_SCRATCH, PendingWx, TASK_EXE, WX_PENDING},
     path::path_key,
@@ -16,6 +17,7 @@ use crate::{
     task::syscall_arg,
     task::{config, current_task, emit, header, read_kernel, selected, traced},
 };
+use agent_common::probe_error;
 
 pub const PROT_READ: u32 = 1;
 pub const PROT_WRITE: u32 = 2;
@@ -27,28 +29,40 @@ const SHM_EXEC: u32 = 0o100000;
 #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     match try_protection(&ctx, wx_syscall::MMAP) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_mmap") }, err),
     }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
 pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
     match try_protection(&ctx, wx_syscall::MPROTECT) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_mprotect") }, err),
     }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
 pub fn sys_enter_pkey_mprotect(ctx: TracePointContext) -> u32 {
     match try_protection(&ctx, wx_syscall::PKEY_MPROTECT) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(
+            &ctx,
+            const { probe_error::id("sys_enter_pkey_mprotect") },
+            err,
+        ),
     }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_personality")]
 pub fn sys_enter_personality(ctx: TracePointContext) -> u32 {
     match try_personality(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(
+            &ctx,
+            const { probe_error::id("sys_enter_personality") },
+            err,
+        ),
     }
 }
 
@@ -136,21 +150,28 @@ pub fn forget_pending(tid: u32) {
 #[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
 pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     match try_returned(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sys_exit_mmap") }, err),
     }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_mprotect")]
 pub fn sys_exit_mprotect(ctx: TracePointContext) -> u32 {
     match try_returned(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sys_exit_mprotect") }, err),
     }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_pkey_mprotect")]
 pub fn sys_exit_pkey_mprotect(ctx: TracePointContext) -> u32 {
     match try_returned(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(
+            &ctx,
+            const { probe_error::id("sys_exit_pkey_mprotect") },
+            err,
+        ),
     }
 }
 
@@ -220,7 +241,8 @@ pub fn report(cfg: &Config, judged: Violation, record: WxEvent) {
 #[tracepoint(category = "syscalls", name = "sys_enter_shmat")]
 pub fn sys_enter_shmat(ctx: TracePointContext) -> u32 {
     match try_shmat(&ctx) {
-        Ok(()) | Err(_) => 0,
+        Ok(()) => 0,
+        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_shmat") }, err),
     }
 }
 

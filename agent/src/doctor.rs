@@ -7,7 +7,7 @@ use aya::{
 };
 
 use crate::{
-    ebpf::{Btf, PROGRAMS, load_program, offsets, tracefs},
+    ebpf::{Btf, PINNED_AGENTS, PROGRAMS, load_program, offsets, read_probe_errors, tracefs},
     metadata::cgroup,
 };
 
@@ -146,6 +146,7 @@ pub fn run() -> Vec<Check> {
     });
 
     program_checks(&mut checks);
+    running_agents(&mut checks);
     checks
 }
 
@@ -233,6 +234,56 @@ fn program_checks(checks: &mut Vec<Check>) {
             format!("{err}; tracepoints are used instead"),
         ),
     });
+}
+
+/// The probe failures each running agent on this host has counted (from the counters it
+/// pins); stale pins of agents that are gone are removed.
+fn running_agents(checks: &mut Vec<Check>) {
+    let Ok(entries) = std::fs::read_dir(PINNED_AGENTS) else {
+        checks.push(check("probe failures", Status::Ok, "no agent running"));
+        return;
+    };
+    let mut running = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            // An agent that did not get to clean up (killed): its counters mean nothing now.
+            let _removed = std::fs::remove_dir_all(&dir);
+            continue;
+        }
+        running += 1;
+        let name = format!("probe failures (agent pid {pid})");
+        let counts = aya::maps::MapData::from_pin(dir.join("probe_errors"))
+            .map_err(|e| e.to_string())
+            .and_then(|data| {
+                aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|map| read_probe_errors(&map).map_err(|e| e.to_string()));
+        checks.push(match counts {
+            Ok(counts) if counts.is_empty() => check(name, Status::Ok, "none"),
+            Ok(counts) => check(
+                name,
+                Status::Missing,
+                counts
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            Err(err) => check(name, Status::Missing, format!("cannot read: {err}")),
+        });
+    }
+    if running == 0 {
+        checks.push(check("probe failures", Status::Ok, "no agent running"));
+    }
 }
 
 /// Whether the agent can run, given the checks.

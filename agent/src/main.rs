@@ -40,6 +40,10 @@ struct AgentArgs {
     /// Ring buffer size in bytes (a power of two and a multiple of the page size).
     #[arg(long)]
     ring_buffer_bytes: Option<u32>,
+    /// Forward the kernel probes' own log (why a probe gave up on an event) to this log, at
+    /// warn level. Off by default: the probes then log nothing.
+    #[arg(long)]
+    kernel_log: bool,
 }
 
 impl AgentArgs {
@@ -48,6 +52,7 @@ impl AgentArgs {
             cgroup_root: self.cgroup_root,
             node: self.node_name.unwrap_or_else(vigil::node_name),
             ring_buffer_bytes: self.ring_buffer_bytes,
+            kernel_log: self.kernel_log,
         };
         (options, self.output)
     }

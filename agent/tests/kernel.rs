@@ -374,6 +374,7 @@ fn loss_accounting_is_exact_with_a_tiny_ring_buffer() {
         mode: vigil::ebpf::Mode::Trace,
         exclude_pid: std::process::id(),
         cgroup_root: Some(cg.root.clone()),
+        kernel_log: false,
     })
     .expect("loading probes");
     let mut ring = probes.take_ring_buffer().unwrap();
@@ -499,4 +500,71 @@ fn doctor_refuses_to_pass_without_privileges() {
         "{text}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("privileges"));
+}
+
+/// The counters a probe keeps when it gives up reach the loss event, the log and `vigil
+/// doctor`. No probe fails on demand, so the test writes a count into the running agent's
+/// pinned `PROBE_ERRORS` slot, as the probe's failure path would, and follows it out.
+#[test]
+fn probe_failures_are_counted_and_reported_in_loss_events_the_log_and_doctor() {
+    if !root_or_skip("probe-failures") {
+        return;
+    }
+    use agent_common::probe_error;
+    use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+    let cg = TestCgroup::new("probe-failures");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let pinned = std::path::Path::new(vigil::ebpf::PINNED_AGENTS)
+        .join(tracer.pid().to_string())
+        .join("probe_errors");
+    let data = MapData::from_pin(&pinned).unwrap_or_else(|e| {
+        panic!(
+            "the agent pins its probe counters at {}: {e}",
+            pinned.display()
+        )
+    });
+    let mut map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("CPU count");
+    let slot = probe_error::slot(probe_error::id("sys_exit_openat"), probe_error::MAP);
+    map.set(slot, PerCpuValues::try_from(vec![2u64; cpus]).unwrap(), 0)
+        .expect("writing the slot");
+    let want = 2 * cpus as u64;
+
+    let loss = tracer.wait_for("a loss event naming the probe failure", |e| {
+        e["type"] == "dev.vigil.loss.v1"
+            && e["data"]["lost"]["probeErrors"]["sys_exit_openat/map"] == want
+    });
+    assert_eq!(
+        loss["data"]["lostSinceStart"]["probeErrors"]["sys_exit_openat/map"],
+        want
+    );
+    assert_eq!(
+        loss["data"]["lost"]["total"], 0,
+        "a probe failure is not a lost record"
+    );
+
+    let out = std::process::Command::new(common::vigil_bin())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = format!("probe failures (agent pid {})", tracer.pid());
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&line) && l.contains(&format!("sys_exit_openat/map: {want}"))),
+        "doctor did not show the count:\n{text}"
+    );
+    assert!(
+        tracer
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("kernel probes gave up") && l.contains("sys_exit_openat/map")),
+        "the log did not name the failure"
+    );
+    tracer.stop();
+    assert!(
+        !pinned.exists(),
+        "the agent removes its pinned counters when it stops"
+    );
 }

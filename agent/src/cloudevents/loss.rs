@@ -2,10 +2,10 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::ebpf::KernelLosses;
+use crate::ebpf::{KernelLosses, ProbeErrors};
 
 /// Losses since the previous report, and totals since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LossReport {
     pub kernel: KernelLosses,
     /// Violations the kernel held back in a flood: not lost (a later record of the same
@@ -15,6 +15,9 @@ pub struct LossReport {
     pub undecodable: u64,
     /// Finished events sinks' full queues refused (summed over sinks).
     pub sink_queue_full: u64,
+    /// Probe failures by `<probe>/<reason>`: not records lost, but events a probe may have
+    /// given up on.
+    pub probe_errors: ProbeErrors,
 }
 
 fn kernel_delta(now: &KernelLosses, earlier: &KernelLosses) -> KernelLosses {
@@ -32,9 +35,10 @@ impl LossReport {
         self.kernel.total() + self.reader_queue_full + self.undecodable + self.sink_queue_full
     }
 
-    /// Whether anything is worth a loss event: a loss, or violations held back.
+    /// Whether anything is worth a loss event: a loss, violations held back, or a probe
+    /// that gave up.
     pub fn any(&self) -> bool {
-        self.total() > 0 || self.held_back.total() > 0
+        self.total() > 0 || self.held_back.total() > 0 || !self.probe_errors.is_empty()
     }
 
     pub fn since(&self, earlier: &Self) -> Self {
@@ -44,6 +48,17 @@ impl LossReport {
             reader_queue_full: self.reader_queue_full - earlier.reader_queue_full,
             undecodable: self.undecodable - earlier.undecodable,
             sink_queue_full: self.sink_queue_full - earlier.sink_queue_full,
+            probe_errors: self
+                .probe_errors
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v - earlier.probe_errors.get(k).copied().unwrap_or(0),
+                    )
+                })
+                .filter(|(_, v)| *v > 0)
+                .collect(),
         }
     }
 }
@@ -96,6 +111,11 @@ pub struct Losses {
     /// Records lost in all: `ringBuffer`, `readerQueueFull`, `undecodable` and
     /// `sinkQueueFull` added up.
     pub total: u64,
+    /// Failures of the kernel probes, by `<probe>/<reason>` (reason `read`: a value could not
+    /// be read or resolved; `map`: a map refused an update or lacked an entry; `other`), only
+    /// those above zero. Not records lost, and not part of `total`: a probe that gave up may
+    /// have missed an event, so each is worth a look (`vigil run --kernel-log` tells why).
+    pub probe_errors: ProbeErrors,
 }
 
 impl From<&LossReport> for Losses {
@@ -107,6 +127,7 @@ impl From<&LossReport> for Losses {
             undecodable: r.undecodable,
             sink_queue_full: r.sink_queue_full,
             total: r.total(),
+            probe_errors: r.probe_errors.clone(),
         }
     }
 }

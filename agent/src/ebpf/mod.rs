@@ -1,10 +1,11 @@
 //! Loading the probes, attaching them, and owning their maps.
 mod btf;
+pub mod kernel_log;
 pub mod offsets;
 pub mod reader;
 pub mod tracefs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use agent_common::{Config, kind};
 use aya::{
@@ -210,6 +211,8 @@ pub enum EbpfError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("the probes' log (AYA_LOGS): {0}")]
+    KernelLog(String),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("attaching the cgroup programs: {0}")]
@@ -313,6 +316,9 @@ pub struct ProbeOptions {
     pub exclude_pid: u32,
     /// The cgroup v2 root the cgroup programs attach to; `None`: found in mountinfo.
     pub cgroup_root: Option<PathBuf>,
+    /// Forward the probes' own log (why a probe gave up) to the agent's log; off, the
+    /// probes' log level is patched to nothing at load.
+    pub kernel_log: bool,
 }
 
 /// Records lost because the ring buffer was full, per behaviour, since load.
@@ -335,7 +341,42 @@ impl KernelLosses {
 pub struct LossCounters {
     map: PerCpuArray<MapData, u64>,
     throttled: PerCpuArray<MapData, u64>,
+    probe_errors: PerCpuArray<MapData, u64>,
+    /// Where `PROBE_ERRORS` is pinned for `vigil doctor`; removed on drop.
+    pinned: Option<PathBuf>,
 }
+
+/// Where each running agent pins its `PROBE_ERRORS` map: `<dir>/<pid>/probe_errors`.
+pub const PINNED_AGENTS: &str = "/sys/fs/bpf/vigil/agents";
+
+impl Drop for LossCounters {
+    fn drop(&mut self) {
+        if let Some(dir) = self.pinned.take()
+            && let Err(err) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(dir = %dir.display(), %err, "could not remove the pinned probe counters");
+        }
+    }
+}
+
+/// Pins `map` as this agent's probe counters, so that `vigil doctor` can read them while the
+/// agent runs. Not being able to is logged: the counts still reach the loss events and log.
+fn pin_probe_errors(map: &aya::maps::Map) -> Option<PathBuf> {
+    let dir = Path::new(PINNED_AGENTS).join(std::process::id().to_string());
+    let pinned = std::fs::create_dir_all(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| map.pin(dir.join("probe_errors")).map_err(|e| e.to_string()));
+    match pinned {
+        Ok(()) => Some(dir),
+        Err(err) => {
+            tracing::warn!(dir = %dir.display(), %err, "probe counters not pinned: vigil doctor cannot show them");
+            None
+        }
+    }
+}
+
+/// Failures of one probe for one reason (see `agent_common::probe_error`), summed over CPUs.
+pub type ProbeErrors = std::collections::BTreeMap<String, u64>;
 
 fn per_kind(
     map: &PerCpuArray<MapData, u64>,
@@ -366,6 +407,34 @@ impl LossCounters {
     pub fn held_back(&self) -> Result<KernelLosses, EbpfError> {
         per_kind(&self.throttled, "THROTTLED")
     }
+
+    /// Every probe failure so far, as `<probe>/<reason>`, the zero ones left out.
+    pub fn probe_errors(&self) -> Result<ProbeErrors, EbpfError> {
+        read_probe_errors(&self.probe_errors)
+    }
+}
+
+/// The non-zero counts of a `PROBE_ERRORS` map, as `<probe>/<reason>`.
+pub fn read_probe_errors(map: &PerCpuArray<MapData, u64>) -> Result<ProbeErrors, EbpfError> {
+    use agent_common::probe_error::{PROBES, REASON_NAMES, slot};
+    let mut out = ProbeErrors::new();
+    for (probe, name) in PROBES.iter().enumerate() {
+        for (reason, reason_name) in REASON_NAMES.iter().enumerate() {
+            let at = slot(probe as u32, reason as u32);
+            let count: u64 = map
+                .get(&at, 0)
+                .map_err(|source| EbpfError::Map {
+                    map: "PROBE_ERRORS",
+                    source,
+                })?
+                .iter()
+                .sum();
+            if count > 0 {
+                out.insert(format!("{name}/{reason_name}"), count);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The kernel maps a compiled policy lives in.
@@ -387,6 +456,8 @@ pub struct PolicyMaps {
 /// The loaded and attached probes. Dropping it detaches every program.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The reader of the probes' own log, with `kernel_log`.
+    kernel_log: Option<kernel_log::KernelLog>,
     /// Kernel structure members this kernel's BTF did not have.
     pub missing_offsets: Vec<String>,
 }
@@ -423,7 +494,18 @@ impl Probes {
         if let Some(bytes) = options.ring_buffer_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
+        // aya-log's levels: 0 logs nothing, 5 (trace) everything.
+        let log_level: u8 = if options.kernel_log { 5 } else { 0 };
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         let mut ebpf = loader.load(PROBES_OBJECT)?;
+        let kernel_log = if options.kernel_log {
+            Some(
+                aya_log::EbpfLogger::init(&mut ebpf)
+                    .map_err(|e| EbpfError::KernelLog(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         {
             let map = ebpf
                 .map_mut("CONFIG")
@@ -465,8 +547,14 @@ impl Probes {
         }
         Ok(Self {
             ebpf,
+            kernel_log: kernel_log.map(kernel_log::KernelLog),
             missing_offsets,
         })
+    }
+
+    /// The reader of the probes' own log, when `kernel_log` was asked for; taken once.
+    pub fn take_kernel_log(&mut self) -> Option<kernel_log::KernelLog> {
+        self.kernel_log.take()
     }
 
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, EbpfError> {
@@ -481,6 +569,10 @@ impl Probes {
     }
 
     pub fn take_loss_counters(&mut self) -> Result<LossCounters, EbpfError> {
+        let Some(probe_errors) = self.ebpf.take_map("PROBE_ERRORS") else {
+            return Err(EbpfError::MissingMap("PROBE_ERRORS"));
+        };
+        let pinned = pin_probe_errors(&probe_errors);
         let mut take = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, EbpfError> {
             let map = self
                 .ebpf
@@ -491,6 +583,11 @@ impl Probes {
         Ok(LossCounters {
             map: take("LOSSES")?,
             throttled: take("THROTTLED")?,
+            probe_errors: PerCpuArray::try_from(probe_errors).map_err(|source| EbpfError::Map {
+                map: "PROBE_ERRORS",
+                source,
+            })?,
+            pinned,
         })
     }
 

@@ -22,6 +22,7 @@ impl Losses {
             reader_queue_full: intake.stats.dropped.load(Ordering::Relaxed),
             undecodable: intake.undecodable,
             sink_queue_full: out.queue_full(),
+            probe_errors: self.kernel.probe_errors()?,
         })
     }
 
@@ -40,6 +41,12 @@ impl Losses {
                     lost = delta.total(),
                     since_start = now.total(),
                     "events lost"
+                );
+            }
+            if !delta.probe_errors.is_empty() {
+                tracing::warn!(
+                    failures = ?delta.probe_errors,
+                    "kernel probes gave up on events (counted per probe and reason)"
                 );
             }
             if delta.held_back.total() > 0 {

@@ -61,6 +61,8 @@ pub struct AgentOptions {
     pub cgroup_root: Option<PathBuf>,
     pub node: String,
     pub ring_buffer_bytes: Option<u32>,
+    /// Forward the probes' own log to the agent's log (`--kernel-log`).
+    pub kernel_log: bool,
 }
 
 impl AgentOptions {
@@ -80,7 +82,7 @@ pub struct TraceOptions {
 }
 
 /// What a finished trace saw.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TraceSummary {
     pub emitted: u64,
     pub losses: LossReport,
@@ -108,6 +110,9 @@ impl Stages {
         sinks: Vec<Box<dyn Sink>>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, PipelineError> {
+        if let Some(log) = probes.take_kernel_log() {
+            tokio::spawn(log.forward(stop.clone()));
+        }
         let intake = intake::Intake::start(probes.take_ring_buffer()?, stop);
         let losses = losses::Losses {
             kernel: probes.take_loss_counters()?,
@@ -163,7 +168,7 @@ impl Stages {
         let losses = self
             .losses
             .now(&self.intake, &self.out)
-            .unwrap_or(self.losses.reported);
+            .unwrap_or_else(|_| self.losses.reported.clone());
         self.out.close().await;
         drop(self.probes);
         Ok(TraceSummary {
@@ -192,6 +197,7 @@ pub async fn trace(
         ring_buffer_bytes: common.ring_buffer_bytes,
         exclude_pid: std::process::id(),
         cgroup_root: Some(root.clone()),
+        kernel_log: common.kernel_log,
     })?;
     let mut stages = Stages::start(probes, root.clone(), sinks, stop)?;
     tracing::info!(

@@ -94,6 +94,7 @@ pub async fn run(
         ring_buffer_bytes: common.ring_buffer_bytes,
         exclude_pid: std::process::id(),
         cgroup_root: Some(root.clone()),
+        kernel_log: common.kernel_log,
     })?;
     let mut enforcer = Enforcer::new(probes.take_policy_maps()?, root.clone());
     let seeded = seed::from_proc(enforcer.task_exe_map());
