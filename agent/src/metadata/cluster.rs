@@ -90,36 +90,18 @@ where
     });
 }
 
-/// Retry delays for a failed watch: 250 ms doubling to 3 s, back to 250 ms after a success.
-/// kube-rs's default tops out at 30 s, which would leave the agent that long behind an API
-/// server that came back; a failed attempt costs one refused connection.
-struct QuickBackoff {
-    next: std::time::Duration,
-}
-
-impl QuickBackoff {
-    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
-    const MAX: std::time::Duration = std::time::Duration::from_secs(3);
-
-    fn new() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Iterator for QuickBackoff {
-    type Item = std::time::Duration;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let now = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        Some(now)
-    }
-}
-
-impl kube::runtime::utils::Backoff for QuickBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
+/// Retry delays for a failed watch: 125 ms doubling to 1.5 s, each plus a random part of up to
+/// as much again (so at most 3 s), back to the start after a success. kube-rs's default tops
+/// out at 30 s (60 with its jitter), which would leave the agent that long behind an API
+/// server that came back; a failed attempt costs one refused connection, and the jitter keeps
+/// the agents of every node from coming back in step.
+fn quick_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(125))
+        .with_max_delay(std::time::Duration::from_millis(1500))
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 fn trim_pod(pod: &mut Pod) {
@@ -163,7 +145,7 @@ pub fn start(client: Client, node: &str) -> Cluster {
     let (pods, w) = reflector::store();
     let on_node = cfg().fields(&format!("spec.nodeName={node}"));
     let stream = watcher(Api::<Pod>::all(client.clone()), on_node)
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(trim_pod)
         .reflect(w);
     drive("pods", stream, None);
@@ -173,7 +155,7 @@ pub fn start(client: Client, node: &str) -> Cluster {
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         cfg(),
     )
-    .backoff(QuickBackoff::new())
+    .backoff(quick_backoff())
     .modify(trim_meta)
     .reflect(w);
     drive("namespaces", stream, None);
@@ -183,35 +165,35 @@ pub fn start(client: Client, node: &str) -> Cluster {
         Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
         cfg(),
     )
-    .backoff(QuickBackoff::new())
+    .backoff(quick_backoff())
     .modify(trim_meta)
     .reflect(w);
     drive("replicasets", stream, None);
 
     let (jobs, w) = reflector::store();
     let stream = watcher(Api::<PartialObjectMeta<Job>>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(trim_meta)
         .reflect(w);
     drive("jobs", stream, None);
 
     let (services, w) = reflector::store();
     let stream = watcher(Api::<Service>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(trim_meta)
         .reflect(w);
     drive("services", stream, Some(dirty.services.clone()));
 
     let (slices, w) = reflector::store();
     let stream = watcher(Api::<EndpointSlice>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(trim_meta)
         .reflect(w);
     drive("endpointslices", stream, Some(dirty.services.clone()));
 
     let (runtime_policies, w) = reflector::store();
     let stream = watcher(Api::<RuntimePolicy>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(|p: &mut RuntimePolicy| p.managed_fields_mut().clear())
         .reflect(w);
     drive(
@@ -222,7 +204,7 @@ pub fn start(client: Client, node: &str) -> Cluster {
 
     let (cluster_policies, w) = reflector::store();
     let stream = watcher(Api::<ClusterRuntimePolicy>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(|p: &mut ClusterRuntimePolicy| p.managed_fields_mut().clear())
         .reflect(w);
     drive(
@@ -324,4 +306,29 @@ pub struct PodInfo {
     pub container_id: Option<String>,
     pub container_name: Option<String>,
     pub image: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn watch_retries_stay_within_three_seconds_and_start_again_after_a_success() {
+        let mut backoff = quick_backoff();
+        let delays: Vec<_> = backoff.by_ref().take(20).collect();
+        let min = std::time::Duration::from_millis(125);
+        let max = std::time::Duration::from_secs(3);
+        assert!(delays.iter().all(|d| *d >= min && *d <= max), "{delays:?}");
+        assert!(
+            delays[0] < std::time::Duration::from_millis(250),
+            "{delays:?}"
+        );
+        assert!(
+            delays[19] >= std::time::Duration::from_millis(1500),
+            "{delays:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next().unwrap() < std::time::Duration::from_millis(250));
+    }
 }
