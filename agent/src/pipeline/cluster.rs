@@ -148,6 +148,7 @@ impl ClusterLink {
                 bindings = applied.bound.len(),
                 waiting_for = applied.waiting.len(),
                 map_entries = enforcer.map_entries(),
+                map_errors = enforcer.map_errors(),
                 "policies in force"
             );
             self.applied = Some(desired);
