@@ -59,6 +59,11 @@ impl Cluster {
 
     /// `vigil run` against this cluster, with the private cgroup root.
     fn agent(&self, kubeconfig: Option<&Path>) -> Tracer {
+        self.agent_on(self.plane.node_name(), &self.root, kubeconfig)
+    }
+
+    /// `vigil run` as the agent of `node`, with `root` as its cgroup root.
+    fn agent_on(&self, node: &str, root: &TestCgroup, kubeconfig: Option<&Path>) -> Tracer {
         let kubeconfig = kubeconfig.map_or_else(|| self.plane.kubeconfig(), Path::to_path_buf);
         Tracer::spawn_with(
             &[
@@ -68,13 +73,111 @@ impl Cluster {
                 "--watch-interval-ms",
                 "100",
                 "--node-name",
-                self.plane.node_name(),
+                node,
                 "--cgroup-root",
-                self.root.dir.to_str().unwrap(),
+                root.dir.to_str().unwrap(),
             ],
             &[("KUBECONFIG", kubeconfig.as_os_str())],
             "vigil is enforcing",
         )
+    }
+
+    /// `node`'s entry in the status of `object` (e.g. `["runtimepolicy", "web", "-n",
+    /// "shop"]`): its `Accepted` condition's status and message, and its observed generation.
+    fn verdict(&self, object: &[&str], node: &str) -> Option<NodeVerdict> {
+        self.verdicts(object).into_iter().find(|v| v.node == node)
+    }
+
+    /// Every node's entry in the status of `object`.
+    fn verdicts(&self, object: &[&str]) -> Vec<NodeVerdict> {
+        let mut args = vec!["get"];
+        args.extend_from_slice(object);
+        args.extend(["-o", "json"]);
+        let json: serde_json::Value =
+            serde_json::from_str(&self.plane.kubectl_ok(args).unwrap()).unwrap();
+        json["status"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let accepted = entry["conditions"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|c| c["type"] == "Accepted"))
+                    .cloned()
+                    .unwrap_or_default();
+                NodeVerdict {
+                    node: entry["node"].as_str().unwrap_or_default().into(),
+                    status: accepted["status"].as_str().unwrap_or_default().into(),
+                    message: accepted["message"].as_str().unwrap_or_default().into(),
+                    generation: entry["observedGeneration"].as_i64().unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Polls `object`'s status until `done` holds for its entries (at most `limit`).
+    fn until_verdicts(
+        &self,
+        object: &[&str],
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&[NodeVerdict]) -> bool,
+    ) -> Vec<NodeVerdict> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let verdicts = self.verdicts(object);
+            if done(&verdicts) {
+                return verdicts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {} s; the status says {verdicts:?}",
+                limit.as_secs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The chart's resources as `helm template` renders them, applied with `edit` made to
+    /// them, and a kubeconfig with a token of the chart's ServiceAccount.
+    fn chart_account(&self, dir: &Path, edit: impl Fn(&str) -> String) -> (String, PathBuf) {
+        let helm = self.plane.bin_dir().join("helm");
+        let chart = testenv::workspace_root().join("charts/vigil");
+        let out = Command::new(&helm)
+            .args([
+                "template",
+                "vigil",
+                chart.to_str().unwrap(),
+                "--namespace",
+                "vigil-system",
+                "--kube-version",
+                "1.37.0",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = String::from_utf8(out.stdout).unwrap();
+        self.plane
+            .kubectl_ok(["create", "namespace", "vigil-system"])
+            .unwrap();
+        let edited = edit(&rendered);
+        self.plane.apply(&edited).unwrap();
+        let token = self
+            .plane
+            .kubectl_ok([
+                "create",
+                "token",
+                "vigil",
+                "-n",
+                "vigil-system",
+                "--duration=1h",
+            ])
+            .unwrap();
+        (rendered, token_kubeconfig(self, dir, token.trim()))
     }
 
     fn namespace(&self, name: &str, labels: &str) {
@@ -138,6 +241,16 @@ impl Cluster {
             .unwrap();
         StagedPod::create(&self.root, &uid, &container_id, name)
     }
+}
+
+/// One node's entry in a policy's status.
+#[derive(Debug, Clone, PartialEq)]
+struct NodeVerdict {
+    node: String,
+    /// The `Accepted` condition's status: `True` or `False`.
+    status: String,
+    message: String,
+    generation: i64,
 }
 
 /// The cgroups of a staged pod; removed on drop (innermost first).
@@ -270,20 +383,14 @@ fn a_violation_in_a_pod_carries_its_pod_container_and_deployment() {
     assert_eq!(d["policy"]["kind"], "RuntimePolicy");
     assert_eq!(d["policy"]["namespace"], "shop");
     assert!(d.get("metadataIncomplete").is_none());
-    // The policy's status says it is enforced.
-    let accepted = c
-        .plane
-        .kubectl_ok([
-            "get",
-            "runtimepolicy",
-            "no-tmp",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status}",
-        ])
-        .unwrap();
-    assert_eq!(accepted, "True");
+    // The policy's status says it is enforced on this node.
+    let node = c.plane.node_name();
+    c.until_verdicts(
+        &["runtimepolicy", "no-tmp", "-n", "shop"],
+        Duration::from_secs(10),
+        "the policy's status",
+        |all| all.iter().any(|v| v.node == node && v.status == "True"),
+    );
     agent.stop();
 }
 
@@ -429,26 +536,15 @@ fn an_invalid_policy_is_refused_visibly_and_the_last_good_version_holds() {
         deny_policy("shop", "no-tmp", "app: web", &denied)
     );
     c.plane.apply(&bad).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let message = loop {
-        let m = c
-            .plane
-            .kubectl_ok([
-                "get",
-                "runtimepolicy",
-                "no-tmp",
-                "-n",
-                "shop",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Accepted\")].message}",
-            ])
-            .unwrap();
-        if m.contains("refused") {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "no refusal in the status: {m:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let node = c.plane.node_name();
+    let verdicts = c.until_verdicts(
+        &["runtimepolicy", "no-tmp", "-n", "shop"],
+        Duration::from_secs(10),
+        "the refusal in the status",
+        |all| all.iter().any(|v| v.node == node && v.status == "False"),
+    );
+    let message = &verdicts.iter().find(|v| v.node == node).unwrap().message;
+    assert!(message.contains("refused"), "{message}");
     assert!(message.contains("spec.connect.deny[0].cidr"), "{message}");
     let events = c
         .plane
@@ -815,42 +911,7 @@ fn the_charts_rbac_is_exactly_enough() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let (writer, denied) = denied_binary(tmp.path());
-    let helm = c.plane.bin_dir().join("helm");
-    let chart = testenv::workspace_root().join("charts/vigil");
-    let out = Command::new(&helm)
-        .args([
-            "template",
-            "vigil",
-            chart.to_str().unwrap(),
-            "--namespace",
-            "vigil-system",
-            "--kube-version",
-            "1.37.0",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8(out.stdout).unwrap();
-    c.plane
-        .kubectl_ok(["create", "namespace", "vigil-system"])
-        .unwrap();
-    c.plane.apply(&rendered).unwrap();
-    let token = c
-        .plane
-        .kubectl_ok([
-            "create",
-            "token",
-            "vigil",
-            "-n",
-            "vigil-system",
-            "--duration=1h",
-        ])
-        .unwrap();
-    let kubeconfig = token_kubeconfig(&c, tmp.path(), token.trim());
+    let (rendered, kubeconfig) = c.chart_account(tmp.path(), str::to_string);
 
     c.namespace("shop", "env: prod");
     let pod = c.pod("shop", "web-0", "app: web", None);
@@ -865,27 +926,13 @@ fn the_charts_rbac_is_exactly_enough() {
         true,
         "apply, with the chart's role",
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c
-        .plane
-        .kubectl_ok([
-            "get",
-            "runtimepolicy",
-            "no-tmp",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.status.conditions[0].status}",
-        ])
-        .unwrap()
-        != "True"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the agent could not write the policy's status with the chart's role"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let node = c.plane.node_name();
+    c.until_verdicts(
+        &["runtimepolicy", "no-tmp", "-n", "shop"],
+        Duration::from_secs(10),
+        "the policy's status, written with the chart's role",
+        |all| all.iter().any(|v| v.node == node && v.status == "True"),
+    );
     let refusals: Vec<String> = agent
         .stderr_lines()
         .into_iter()
@@ -952,4 +999,138 @@ fn trace_names_the_pod_of_every_event_too() {
     assert_eq!(e["data"]["pod"]["labels"]["app"], "web");
     assert_eq!(e["data"]["container"]["name"], "app");
     tracer.stop();
+}
+
+#[test]
+fn two_agents_keep_two_verdicts_in_one_policys_status() {
+    let Some(c) = Cluster::start("two-nodes") else {
+        return;
+    };
+    let here = c.plane.node_name().to_string();
+    let there = "node-b";
+    let other_root = TestCgroup::new("k8s-two-nodes-b");
+    let a = c.agent(None);
+    let b = c.agent_on(there, &other_root, None);
+    c.namespace("shop", "env: prod");
+    let policy = deny_policy("shop", "no-tmp", "app: web", "/nonexistent/denied");
+    c.plane.apply(&policy).unwrap();
+    let object = ["runtimepolicy", "no-tmp", "-n", "shop"];
+    let both = |status: &'static str, generation: i64| {
+        let (here, there) = (here.clone(), there.to_string());
+        move |all: &[NodeVerdict]| {
+            [&here, &there].iter().all(|node| {
+                all.iter()
+                    .any(|v| v.node == **node && v.status == status && v.generation == generation)
+            })
+        }
+    };
+    let verdicts = c.until_verdicts(
+        &object,
+        Duration::from_secs(20),
+        "both nodes accept",
+        both("True", 1),
+    );
+    assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+    for v in &verdicts {
+        assert!(v.message.contains(&v.node), "{v:?}");
+    }
+    // Each agent owns its own entry, by server-side apply under its own manager.
+    let managers = c
+        .plane
+        .kubectl_ok([
+            "get",
+            "runtimepolicy",
+            "no-tmp",
+            "-n",
+            "shop",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation}/{.subresource}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    for node in [here.as_str(), there] {
+        let line = format!("vigil-agent/{node}/Apply/status");
+        assert!(
+            managers.lines().any(|l| l == line),
+            "{line} not in {managers}"
+        );
+    }
+
+    // A version both refuse: both entries follow, neither erases the other.
+    let bad = format!("{policy}  connect:\n    deny: [{{cidr: 10.0.0.1/8}}]\n");
+    c.plane.apply(&bad).unwrap();
+    let verdicts = c.until_verdicts(
+        &object,
+        Duration::from_secs(20),
+        "both nodes refuse generation 2",
+        both("False", 2),
+    );
+    assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+
+    // With one agent gone, the other's write leaves the gone one's verdict standing.
+    b.stop();
+    c.plane.apply(&policy).unwrap();
+    let verdicts = c.until_verdicts(
+        &object,
+        Duration::from_secs(20),
+        "this node accepts generation 3",
+        |all| {
+            all.iter()
+                .any(|v| v.node == here && v.status == "True" && v.generation == 3)
+        },
+    );
+    let gone = verdicts.iter().find(|v| v.node == there);
+    assert!(
+        gone.is_some_and(|v| v.status == "False" && v.generation == 2),
+        "{verdicts:?}"
+    );
+    a.stop();
+}
+
+#[test]
+fn a_refused_status_write_is_retried_until_it_lands() {
+    let Some(c) = Cluster::start("status-retry") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = denied_binary(tmp.path());
+    // The chart's role without the right to write the policies' status.
+    let status_rule =
+        "resources: [runtimepolicies/status, clusterruntimepolicies/status]\n    verbs: [patch]";
+    let (rendered, kubeconfig) = c.chart_account(tmp.path(), |r| {
+        assert!(
+            r.contains(status_rule),
+            "the chart's status rule changed shape"
+        );
+        r.replace(status_rule, &status_rule.replace("[patch]", "[get]"))
+    });
+    c.namespace("shop", "env: prod");
+    let pod = c.pod("shop", "web-0", "app: web", None);
+    let agent = c.agent(Some(&kubeconfig));
+    c.plane
+        .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
+        .unwrap();
+    until_enforced(&pod, &writer, tmp.path(), true, "apply");
+    agent.wait_for_log("could not write the policy's status");
+    let object = ["runtimepolicy", "no-tmp", "-n", "shop"];
+    let node = c.plane.node_name();
+    assert_eq!(c.verdict(&object, node), None, "the refused write landed");
+
+    // The right restored: a retry lands, with no change to the policy to prompt it.
+    c.plane.apply(&rendered).unwrap();
+    let restored = Instant::now();
+    c.until_verdicts(
+        &object,
+        Duration::from_secs(60),
+        "the retried status write",
+        |all| {
+            all.iter()
+                .any(|v| v.node == node && v.status == "True" && v.generation == 1)
+        },
+    );
+    eprintln!(
+        "status write landed {} ms after the right to write it came back",
+        restored.elapsed().as_millis()
+    );
+    agent.stop();
 }

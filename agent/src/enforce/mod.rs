@@ -75,10 +75,44 @@ pub struct Enforcer {
     wanted: BTreeMap<String, u32>,
     /// Binding path -> (cgroup id, set) it is bound to now.
     bound: HashMap<String, (u64, u32)>,
+    /// Map entries that could not be removed (each logged): a stale rule or binding the
+    /// kernel may still act on, so it must not pass unseen.
+    map_errors: u64,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
     move |source| EnforceError::Map { map, source }
+}
+
+/// Logs and counts (in `errors`) a failed removal of `key` from `map`; a key already gone is
+/// no error. A free function so that it borrows only the counter, not the whole enforcer.
+fn removed(
+    errors: &mut u64,
+    map: &'static str,
+    key: impl FnOnce() -> String,
+    result: Result<(), aya::maps::MapError>,
+) {
+    if let Err(error) = absent_is_removed(result) {
+        *errors += 1;
+        tracing::warn!(map, key = %key(), %error, total = *errors, "could not remove a kernel map entry; the stale entry stays in the kernel");
+    }
+}
+
+/// A removal's outcome with "the key was not there" counted as done: every removal follows
+/// what the agent believes is in the map, and an entry already gone is what it wanted.
+pub fn absent_is_removed(
+    result: Result<(), aya::maps::MapError>,
+) -> Result<(), aya::maps::MapError> {
+    use aya::maps::MapError;
+    match result {
+        Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+        Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 impl Enforcer {
@@ -91,7 +125,13 @@ impl Enforcer {
             wanted: BTreeMap::new(),
             bound: HashMap::new(),
             refused_deep: std::collections::BTreeSet::new(),
+            map_errors: 0,
         }
+    }
+
+    /// Map entries the agent failed to remove since it started.
+    pub fn map_errors(&self) -> u64 {
+        self.map_errors
     }
 
     /// Compiles `policies` for their `hostProcesses` bindings (a plain host) and swaps them in.
@@ -214,16 +254,37 @@ impl Enforcer {
                 .map_err(map_err("POLICY_SETS"))?;
             for entry in compiled.paths.keys() {
                 if let Some((bits, data)) = path_key(id, entry) {
-                    let _ = self.maps.exec_paths.remove(&Key::new(bits, data));
+                    let result = self.maps.exec_paths.remove(&Key::new(bits, data));
+                    removed(
+                        &mut self.map_errors,
+                        "EXEC_PATHS",
+                        || {
+                            let kind = if entry.exact { "path" } else { "prefix" };
+                            format!("set {id} {kind} {}", entry.path)
+                        },
+                        result,
+                    );
                 }
             }
             for net in compiled.connect_allow.keys() {
                 let (bits, data) = addr_key(id, net);
-                let _ = self.maps.connect_allow.remove(&Key::new(bits, data));
+                let result = self.maps.connect_allow.remove(&Key::new(bits, data));
+                removed(
+                    &mut self.map_errors,
+                    "CONNECT_ALLOW",
+                    || format!("set {id} {net}"),
+                    result,
+                );
             }
             for net in compiled.connect_deny.keys() {
                 let (bits, data) = addr_key(id, net);
-                let _ = self.maps.connect_deny.remove(&Key::new(bits, data));
+                let result = self.maps.connect_deny.remove(&Key::new(bits, data));
+                removed(
+                    &mut self.map_errors,
+                    "CONNECT_DENY",
+                    || format!("set {id} {net}"),
+                    result,
+                );
             }
         }
         Ok(())
@@ -241,14 +302,26 @@ impl Enforcer {
             .collect();
         for path in stale {
             if let Some((id, _)) = self.bound.remove(&path) {
-                let _ = self.maps.cgroup_sets.remove(&id);
+                let result = self.maps.cgroup_sets.remove(&id);
+                removed(
+                    &mut self.map_errors,
+                    "CGROUP_SETS",
+                    || format!("cgroup {id} ({path})"),
+                    result,
+                );
             }
         }
         for (path, set) in &self.wanted {
             match cgroup::filter_for(&self.cgroup_root, path) {
                 Ok(cgroup) if cgroup.level >= agent_common::MAX_CGROUP_LEVELS => {
                     if let Some((old, _)) = self.bound.remove(path) {
-                        let _ = self.maps.cgroup_sets.remove(&old);
+                        let result = self.maps.cgroup_sets.remove(&old);
+                        removed(
+                            &mut self.map_errors,
+                            "CGROUP_SETS",
+                            || format!("cgroup {old} ({path})"),
+                            result,
+                        );
                     }
                     if self.refused_deep.insert(path.clone()) {
                         tracing::error!(
@@ -269,7 +342,13 @@ impl Enforcer {
                             if let Some((old_id, _)) = old
                                 && old_id != id
                             {
-                                let _ = self.maps.cgroup_sets.remove(&old_id);
+                                let result = self.maps.cgroup_sets.remove(&old_id);
+                                removed(
+                                    &mut self.map_errors,
+                                    "CGROUP_SETS",
+                                    || format!("cgroup {old_id} ({path}, made anew)"),
+                                    result,
+                                );
                             }
                             self.maps
                                 .cgroup_sets
@@ -281,7 +360,13 @@ impl Enforcer {
                 }
                 Err(_) => {
                     if let Some((old, _)) = self.bound.remove(path) {
-                        let _ = self.maps.cgroup_sets.remove(&old);
+                        let result = self.maps.cgroup_sets.remove(&old);
+                        removed(
+                            &mut self.map_errors,
+                            "CGROUP_SETS",
+                            || format!("cgroup {old} ({path})"),
+                            result,
+                        );
                     }
                     applied.waiting.push(path.clone());
                 }
@@ -389,7 +474,13 @@ impl Enforcer {
         // A set: up to 65,536 addresses on each side.
         let wanted: std::collections::HashSet<&ServiceKey> = services.iter().collect();
         for key in current.iter().filter(|k| !wanted.contains(k)) {
-            let _ = self.maps.services.remove(key);
+            let result = self.maps.services.remove(key);
+            removed(
+                &mut self.map_errors,
+                "SERVICES",
+                || service_text(key),
+                result,
+            );
         }
         Ok(())
     }
@@ -420,6 +511,20 @@ impl Enforcer {
     }
 }
 
+/// A Service key as a person reads it: `10.96.0.10:53/6`.
+fn service_text(key: &ServiceKey) -> String {
+    let addr = std::net::Ipv6Addr::from(key.addr);
+    let ip = addr
+        .to_ipv4_mapped()
+        .map_or_else(|| addr.to_string(), |v4| v4.to_string());
+    let ip = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip
+    };
+    format!("{ip}:{}/{}", key.port, key.protocol)
+}
+
 fn policy_ref(p: &Policy, rule: String, text: String) -> PolicyRef {
     PolicyRef {
         kind: p.kind.to_string(),
@@ -427,5 +532,68 @@ fn policy_ref(p: &Policy, rule: String, text: String) -> PolicyRef {
         namespace: p.namespace.clone(),
         rule,
         text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syscall(errno: i32) -> Result<(), aya::maps::MapError> {
+        Err(aya::sys::SyscallError {
+            call: "bpf_map_delete_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        }
+        .into())
+    }
+
+    #[test]
+    fn a_key_already_gone_is_removed_and_anything_else_is_an_error() {
+        assert!(absent_is_removed(Ok(())).is_ok());
+        assert!(absent_is_removed(syscall(libc::ENOENT)).is_ok());
+        assert!(absent_is_removed(Err(aya::maps::MapError::KeyNotFound)).is_ok());
+        assert!(absent_is_removed(Err(aya::maps::MapError::ElementNotFound)).is_ok());
+        for errno in [libc::EPERM, libc::EINVAL, libc::EBADF, libc::ENOMEM] {
+            assert!(absent_is_removed(syscall(errno)).is_err(), "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn counts_and_keeps_counting_failed_removals_only() {
+        let mut errors = 0;
+        removed(&mut errors, "SERVICES", || "a".into(), Ok(()));
+        removed(
+            &mut errors,
+            "SERVICES",
+            || "b".into(),
+            syscall(libc::ENOENT),
+        );
+        assert_eq!(errors, 0);
+        removed(&mut errors, "SERVICES", || "c".into(), syscall(libc::EPERM));
+        removed(
+            &mut errors,
+            "CGROUP_SETS",
+            || "d".into(),
+            syscall(libc::EBADF),
+        );
+        assert_eq!(errors, 2);
+    }
+
+    #[test]
+    fn service_keys_read_as_addresses() {
+        let v4 = ServiceKey {
+            addr: std::net::Ipv4Addr::new(10, 96, 0, 10)
+                .to_ipv6_mapped()
+                .octets(),
+            port: 53,
+            protocol: 17,
+        };
+        assert_eq!(service_text(&v4), "10.96.0.10:53/17");
+        let v6 = ServiceKey {
+            addr: "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            port: 443,
+            protocol: 6,
+        };
+        assert_eq!(service_text(&v6), "[fd00::1]:443/6");
     }
 }

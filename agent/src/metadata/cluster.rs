@@ -3,10 +3,10 @@
 //! metadata only), Services and EndpointSlices, and both policy kinds. Lookups never wait on
 //! the network; each watch retries with backoff on its own and says so once.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Debug,
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -46,9 +46,77 @@ impl Dirty {
     }
 }
 
+/// Pod UID -> the pod's key in the store, kept from the pod watch's own events: every event
+/// from a pod looks its pod up by UID, and the store can only be searched by scanning it.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    state: RwLock<IndexState>,
+}
+
+#[derive(Debug, Default)]
+struct IndexState {
+    by_uid: HashMap<String, ObjectRef<Pod>>,
+    /// The pods of a relist in progress, swapped in whole when it ends (as the store does), so
+    /// that pods deleted while the watch was down leave the index too.
+    relist: Option<HashMap<String, ObjectRef<Pod>>>,
+}
+
+impl PodIndex {
+    /// Follows one event of the pod watch, after the store has applied it.
+    pub fn apply(&self, event: &watcher::Event<Pod>) {
+        let entry = |pod: &Pod| Some((pod.metadata.uid.clone()?, ObjectRef::from_obj(pod)));
+        // A poisoned lock only means a panic elsewhere mid-update; the map itself is whole.
+        let mut state = self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            watcher::Event::Apply(pod) => {
+                if let Some((uid, key)) = entry(pod) {
+                    state.by_uid.insert(uid, key);
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = pod.metadata.uid.as_deref() {
+                    state.by_uid.remove(uid);
+                }
+            }
+            watcher::Event::Init => state.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(pod) => {
+                if let Some((uid, key)) = entry(pod) {
+                    state.relist.get_or_insert_default().insert(uid, key);
+                }
+            }
+            watcher::Event::InitDone => {
+                state.by_uid = state.relist.take().unwrap_or_default();
+            }
+        }
+    }
+
+    /// The store key of the pod with this UID, if the watch has seen it.
+    pub fn get(&self, uid: &str) -> Option<ObjectRef<Pod>> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_uid
+            .get(uid)
+            .cloned()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_uid
+            .len()
+    }
+}
+
 pub struct Cluster {
     pub dirty: Arc<Dirty>,
     pub pods: Store<Pod>,
+    pub pods_by_uid: Arc<PodIndex>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
     pub jobs: Store<PartialObjectMeta<Job>>,
@@ -58,10 +126,15 @@ pub struct Cluster {
     pub cluster_policies: Store<ClusterRuntimePolicy>,
 }
 
-/// Drives one watch into its store; every applied change sets its `changed` flag, if any. Errors (the
-/// API server gone, a forbidden verb) are logged once per outage, with the resource named.
-fn drive<K, S>(resource: &'static str, stream: S, changed: Option<Arc<AtomicBool>>)
-where
+/// Drives one watch into its store; every applied change sets its `changed` flag, if any,
+/// and is shown to `observe`. Errors (the API server gone, a forbidden verb) are logged once
+/// per outage, with the resource named.
+fn drive<K, S>(
+    resource: &'static str,
+    stream: S,
+    changed: Option<Arc<AtomicBool>>,
+    mut observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) where
     K: Debug,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
@@ -70,11 +143,12 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(_) => {
+                Ok(event) => {
                     if failing {
                         tracing::info!(resource, "watch resumed; resynced from the API server");
                         failing = false;
                     }
+                    observe(&event);
                     if let Some(flag) = &changed {
                         flag.store(true, Ordering::Release);
                     }
@@ -90,36 +164,18 @@ where
     });
 }
 
-/// Retry delays for a failed watch: 250 ms doubling to 3 s, back to 250 ms after a success.
-/// kube-rs's default tops out at 30 s, which would leave the agent that long behind an API
-/// server that came back; a failed attempt costs one refused connection.
-struct QuickBackoff {
-    next: std::time::Duration,
-}
-
-impl QuickBackoff {
-    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
-    const MAX: std::time::Duration = std::time::Duration::from_secs(3);
-
-    fn new() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Iterator for QuickBackoff {
-    type Item = std::time::Duration;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let now = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        Some(now)
-    }
-}
-
-impl kube::runtime::utils::Backoff for QuickBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
+/// Retry delays for a failed watch: 125 ms doubling to 1.5 s, each plus a random part of up to
+/// as much again (so at most 3 s), back to the start after a success. kube-rs's default tops
+/// out at 30 s (60 with its jitter), which would leave the agent that long behind an API
+/// server that came back; a failed attempt costs one refused connection, and the jitter keeps
+/// the agents of every node from coming back in step.
+fn quick_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(125))
+        .with_max_delay(std::time::Duration::from_millis(1500))
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 fn trim_pod(pod: &mut Pod) {
@@ -163,77 +219,87 @@ pub fn start(client: Client, node: &str) -> Cluster {
     let (pods, w) = reflector::store();
     let on_node = cfg().fields(&format!("spec.nodeName={node}"));
     let stream = watcher(Api::<Pod>::all(client.clone()), on_node)
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(trim_pod)
         .reflect(w);
-    drive("pods", stream, None);
+    let pods_by_uid = Arc::new(PodIndex::default());
+    let index = pods_by_uid.clone();
+    drive("pods", stream, None, move |event| index.apply(event));
 
     let (namespaces, w) = reflector::store();
     let stream = watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         cfg(),
     )
-    .backoff(QuickBackoff::new())
+    .backoff(quick_backoff())
     .modify(trim_meta)
     .reflect(w);
-    drive("namespaces", stream, None);
+    drive("namespaces", stream, None, |_| {});
 
     let (replicasets, w) = reflector::store();
     let stream = watcher(
         Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
         cfg(),
     )
-    .backoff(QuickBackoff::new())
+    .backoff(quick_backoff())
     .modify(trim_meta)
     .reflect(w);
-    drive("replicasets", stream, None);
+    drive("replicasets", stream, None, |_| {});
 
     let (jobs, w) = reflector::store();
     let stream = watcher(Api::<PartialObjectMeta<Job>>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(trim_meta)
         .reflect(w);
-    drive("jobs", stream, None);
+    drive("jobs", stream, None, |_| {});
 
     let (services, w) = reflector::store();
     let stream = watcher(Api::<Service>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(trim_meta)
         .reflect(w);
-    drive("services", stream, Some(dirty.services.clone()));
+    drive("services", stream, Some(dirty.services.clone()), |_| {});
 
     let (slices, w) = reflector::store();
     let stream = watcher(Api::<EndpointSlice>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(trim_meta)
         .reflect(w);
-    drive("endpointslices", stream, Some(dirty.services.clone()));
+    drive(
+        "endpointslices",
+        stream,
+        Some(dirty.services.clone()),
+        |_| {},
+    );
 
     let (runtime_policies, w) = reflector::store();
     let stream = watcher(Api::<RuntimePolicy>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(|p: &mut RuntimePolicy| p.managed_fields_mut().clear())
         .reflect(w);
     drive(
         "runtimepolicies.vigil.dev",
         stream,
         Some(dirty.policies.clone()),
+        |_| {},
     );
 
     let (cluster_policies, w) = reflector::store();
     let stream = watcher(Api::<ClusterRuntimePolicy>::all(client.clone()), cfg())
-        .backoff(QuickBackoff::new())
+        .backoff(quick_backoff())
         .modify(|p: &mut ClusterRuntimePolicy| p.managed_fields_mut().clear())
         .reflect(w);
     drive(
         "clusterruntimepolicies.vigil.dev",
         stream,
         Some(dirty.policies.clone()),
+        |_| {},
     );
 
     Cluster {
         dirty,
         pods,
+        pods_by_uid,
         namespaces,
         replicasets,
         jobs,
@@ -242,6 +308,14 @@ pub fn start(client: Client, node: &str) -> Cluster {
         runtime_policies,
         cluster_policies,
     }
+}
+
+/// The pod with `uid`: one index lookup and one store lookup. The UID is checked again
+/// because the index follows the store a moment later: a pod made anew under the same name
+/// (a StatefulSet's) may already be in the store under the old pod's key.
+fn pod_by_uid(pods: &Store<Pod>, index: &PodIndex, uid: &str) -> Option<Arc<Pod>> {
+    pods.get(&index.get(uid)?)
+        .filter(|pod| pod.metadata.uid.as_deref() == Some(uid))
 }
 
 /// The workload that owns a pod, through ReplicaSet to Deployment and Job to CronJob.
@@ -253,7 +327,7 @@ pub struct Owner {
 
 impl Cluster {
     pub fn pod_by_uid(&self, uid: &str) -> Option<Arc<Pod>> {
-        self.pods.find(|p| p.metadata.uid.as_deref() == Some(uid))
+        pod_by_uid(&self.pods, &self.pods_by_uid, uid)
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
@@ -324,4 +398,113 @@ pub struct PodInfo {
     pub container_id: Option<String>,
     pub container_name: Option<String>,
     pub image: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector::store::Writer, utils::Backoff};
+
+    fn pod(name: &str, uid: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.into());
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.uid = Some(uid.into());
+        pod
+    }
+
+    /// A store and its index fed the same events, as `start` does.
+    fn follow(events: Vec<watcher::Event<Pod>>) -> (Store<Pod>, PodIndex) {
+        let mut writer = Writer::<Pod>::default();
+        let index = PodIndex::default();
+        for event in &events {
+            writer.apply_watcher_event(event);
+            index.apply(event);
+        }
+        (writer.as_reader(), index)
+    }
+
+    #[test]
+    fn finds_pods_by_uid_through_applies_and_deletes() {
+        use watcher::Event::{Apply, Delete};
+        let (store, index) = follow(vec![
+            Apply(pod("web-0", "u1")),
+            Apply(pod("web-1", "u2")),
+            Apply(pod("db-0", "u3")),
+            Delete(pod("web-1", "u2")),
+        ]);
+        assert_eq!(index.len(), 2);
+        let found = pod_by_uid(&store, &index, "u1").unwrap();
+        assert_eq!(found.metadata.name.as_deref(), Some("web-0"));
+        assert_eq!(
+            pod_by_uid(&store, &index, "u3")
+                .unwrap()
+                .metadata
+                .name
+                .as_deref(),
+            Some("db-0")
+        );
+        assert!(pod_by_uid(&store, &index, "u2").is_none());
+        assert!(pod_by_uid(&store, &index, "nope").is_none());
+    }
+
+    #[test]
+    fn a_pod_made_anew_under_its_name_is_found_by_its_new_uid_only() {
+        use watcher::Event::{Apply, Delete};
+        let (store, index) = follow(vec![
+            Apply(pod("web-0", "old")),
+            Delete(pod("web-0", "old")),
+            Apply(pod("web-0", "new")),
+        ]);
+        assert!(pod_by_uid(&store, &index, "old").is_none());
+        assert!(pod_by_uid(&store, &index, "new").is_some());
+        // The store already holds the new pod while the index still names the old UID.
+        let mut writer = Writer::<Pod>::default();
+        let lagging = PodIndex::default();
+        lagging.apply(&Apply(pod("web-0", "old")));
+        writer.apply_watcher_event(&Apply(pod("web-0", "new")));
+        assert!(pod_by_uid(&writer.as_reader(), &lagging, "old").is_none());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_index_whole() {
+        use watcher::Event::{Apply, Init, InitApply, InitDone};
+        let mut events = vec![
+            Apply(pod("web-0", "u1")),
+            Apply(pod("web-1", "u2")),
+            // The watch was down while web-1 was deleted and web-2 created.
+            Init,
+            InitApply(pod("web-0", "u1")),
+            InitApply(pod("web-2", "u4")),
+        ];
+        let (store, index) = follow(events.clone());
+        // Until the relist is complete, the old view stands (as in the store).
+        assert!(pod_by_uid(&store, &index, "u2").is_some());
+        assert!(pod_by_uid(&store, &index, "u4").is_none());
+        events.push(InitDone);
+        let (store, index) = follow(events);
+        assert_eq!(index.len(), 2);
+        assert!(pod_by_uid(&store, &index, "u1").is_some());
+        assert!(pod_by_uid(&store, &index, "u2").is_none());
+        assert!(pod_by_uid(&store, &index, "u4").is_some());
+    }
+
+    #[test]
+    fn watch_retries_stay_within_three_seconds_and_start_again_after_a_success() {
+        let mut backoff = quick_backoff();
+        let delays: Vec<_> = backoff.by_ref().take(20).collect();
+        let min = std::time::Duration::from_millis(125);
+        let max = std::time::Duration::from_secs(3);
+        assert!(delays.iter().all(|d| *d >= min && *d <= max), "{delays:?}");
+        assert!(
+            delays[0] < std::time::Duration::from_millis(250),
+            "{delays:?}"
+        );
+        assert!(
+            delays[19] >= std::time::Duration::from_millis(1500),
+            "{delays:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next().unwrap() < std::time::Duration::from_millis(250));
+    }
 }

@@ -19,7 +19,11 @@ use crate::{
         cluster::{self, Cluster, Dirty, PodInfo, PodLookup},
         container,
     },
-    policy::{Policy, cluster::ClusterPolicies},
+    policy::{
+        Policy,
+        cluster::ClusterPolicies,
+        status::{self, StatusWriter, Verdict},
+    },
 };
 
 /// The policies in force and their cgroup bindings, as last applied.
@@ -30,7 +34,8 @@ pub struct ClusterLink {
     policies: ClusterPolicies,
     cluster_policies: Vec<Policy>,
     applied: Option<Desired>,
-    status: mpsc::UnboundedSender<crate::policy::cluster::Verdict>,
+    /// To the task that writes verdicts back, retrying each until it lands.
+    status: mpsc::UnboundedSender<Verdict>,
 }
 
 /// Where a Kubernetes configuration would come from, if one is there at all.
@@ -89,15 +94,16 @@ impl ClusterLink {
                 reason: err.to_string(),
             })?;
         let cluster = cluster::start(client.clone(), node);
-        let (status, mut status_rx) = mpsc::unbounded_channel::<crate::policy::cluster::Verdict>();
-        let node_name = node.to_string();
+        // Unbounded, yet it holds at most one verdict per policy change, and the writer keeps
+        // only the latest per policy.
+        let (status, verdicts) = mpsc::unbounded_channel::<Verdict>();
+        let writer = StatusWriter::new(client, node);
         tokio::spawn(async move {
-            while let Some(verdict) = status_rx.recv().await {
-                if let Err(err) = crate::policy::cluster::write(&client, &node_name, &verdict).await
-                {
-                    tracing::warn!(policy = %verdict.name, error = %err, "could not write the policy's status");
-                }
-            }
+            status::deliver(verdicts, status::retry_delays(), |verdict| {
+                let writer = &writer;
+                async move { writer.write(&verdict).await }
+            })
+            .await;
         });
         tracing::info!(
             node,
@@ -105,7 +111,7 @@ impl ClusterLink {
         );
         Ok(Some(Self {
             cluster,
-            policies: ClusterPolicies::default(),
+            policies: ClusterPolicies::new(node),
             cluster_policies: Vec::new(),
             applied: None,
             status,
@@ -129,8 +135,11 @@ impl ClusterLink {
             let (collected, verdicts) = self.policies.collect(&self.cluster);
             self.cluster_policies = collected;
             for verdict in verdicts {
-                self.policies.mark_written(&verdict);
-                let _ = self.status.send(verdict);
+                if self.status.send(verdict).is_err() {
+                    tracing::error!(
+                        "the policy status writer has stopped; verdicts are no longer written back"
+                    );
+                }
             }
         }
         let mut policies: Vec<Policy> = file_policies.to_vec();
@@ -148,6 +157,7 @@ impl ClusterLink {
                 bindings = applied.bound.len(),
                 waiting_for = applied.waiting.len(),
                 map_entries = enforcer.map_entries(),
+                map_errors = enforcer.map_errors(),
                 "policies in force"
             );
             self.applied = Some(desired);

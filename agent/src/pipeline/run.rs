@@ -69,6 +69,7 @@ fn apply(enforcer: &mut Enforcer, policies: &[Policy]) -> Result<(), PipelineErr
         bound = ?applied.bound,
         waiting_for = ?applied.waiting,
         map_entries = enforcer.map_entries(),
+        map_errors = enforcer.map_errors(),
         "policies in force"
     );
     Ok(())

@@ -1,40 +1,20 @@
 //! Policies from the API server: each object validated on its own, the last good version of
-//! an object kept in force while a newer one is invalid, and the verdict written back where
-//! `kubectl` shows it (a status condition, and an Event on the policy when refused).
+//! an object kept in force while a newer one is invalid, and the verdicts to write back (see
+//! [`super::status`]).
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Condition};
-use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::events::{Event, EventType, Recorder, Reporter},
-};
-use serde_json::json;
+use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time};
+use kube::{Resource, ResourceExt};
 
-use super::{
-    FieldError, Policy,
-    crd::{ClusterRuntimePolicy, RuntimePolicy},
-    validate,
-};
+use super::{FieldError, Policy, crd::PolicyStatus, status::Verdict, validate};
 use crate::metadata::cluster::Cluster;
 
-/// What to write back about one policy object.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    pub reference: ObjectReference,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub cluster_scoped: bool,
-    pub generation: i64,
-    /// `None`: accepted.
-    pub refusal: Option<String>,
-}
-
-#[derive(Default)]
 pub struct ClusterPolicies {
+    node: String,
     last_good: HashMap<String, Policy>,
-    /// uid -> (generation, accepted) last written.
-    written: HashMap<String, (i64, bool)>,
+    /// uid -> (generation, accepted) handed to the status writer, which retries until it
+    /// lands: sent once, not again for every sync while it waits.
+    sent: HashMap<String, (i64, bool)>,
 }
 
 fn refusal(errors: &[FieldError]) -> String {
@@ -45,8 +25,42 @@ fn refusal(errors: &[FieldError]) -> String {
         .join("; ")
 }
 
+/// What this node's entry in `status` already says about `verdict`: whether it says exactly
+/// that (nothing to write: an agent that restarts writes nothing that stands), and if the
+/// condition's status is the same, since when.
+fn already_written(
+    status: Option<&PolicyStatus>,
+    node: &str,
+    verdict: &Verdict,
+) -> (bool, Option<Time>) {
+    let Some(entry) = status.and_then(|s| s.nodes.iter().find(|n| n.node == node)) else {
+        return (false, None);
+    };
+    let Some(condition) = entry.conditions.iter().find(|c| c.type_ == "Accepted") else {
+        return (false, None);
+    };
+    let (state, reason, message) = verdict.accepted(node);
+    if condition.status != state {
+        return (false, None);
+    }
+    let same = entry.observed_generation == Some(verdict.generation)
+        && condition.observed_generation == Some(verdict.generation)
+        && condition.reason == reason
+        && condition.message == message;
+    (same, Some(condition.last_transition_time.clone()))
+}
+
 impl ClusterPolicies {
-    /// The policies in force, and the verdicts not yet written back.
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.into(),
+            last_good: HashMap::new(),
+            sent: HashMap::new(),
+        }
+    }
+
+    /// The policies in force, and the verdicts to write back: those not sent yet and not
+    /// already in this node's entry of the object's status. Each one returned counts as sent.
     pub fn collect(&mut self, cluster: &Cluster) -> (Vec<Policy>, Vec<Verdict>) {
         let mut seen = Vec::new();
         let mut verdicts = Vec::new();
@@ -56,7 +70,8 @@ impl ClusterPolicies {
                          namespace: Option<String>,
                          name: String,
                          cluster_scoped: bool,
-                         generation: i64| {
+                         generation: i64,
+                         status: Option<&PolicyStatus>| {
             let refusal_text = match result {
                 Ok(policy) => {
                     self.last_good.insert(uid.clone(), policy);
@@ -78,15 +93,23 @@ impl ClusterPolicies {
                     Some(text)
                 }
             };
-            if self.written.get(&uid) != Some(&(generation, refusal_text.is_none())) {
-                verdicts.push(Verdict {
+            let wanted = (generation, refusal_text.is_none());
+            if self.sent.get(&uid) != Some(&wanted) {
+                let mut verdict = Verdict {
                     reference,
                     namespace,
                     name,
                     cluster_scoped,
                     generation,
                     refusal: refusal_text,
-                });
+                    since: None,
+                };
+                let (same, since) = already_written(status, &self.node, &verdict);
+                verdict.since = since;
+                if !same {
+                    verdicts.push(verdict);
+                }
+                self.sent.insert(uid.clone(), wanted);
             }
             seen.push(uid);
         };
@@ -100,6 +123,7 @@ impl ClusterPolicies {
                 p.name_any(),
                 false,
                 p.meta().generation.unwrap_or(0),
+                p.status.as_ref(),
             );
         }
         for p in cluster.cluster_policies.state() {
@@ -112,10 +136,11 @@ impl ClusterPolicies {
                 p.name_any(),
                 true,
                 p.meta().generation.unwrap_or(0),
+                p.status.as_ref(),
             );
         }
         self.last_good.retain(|uid, _| seen.contains(uid));
-        self.written.retain(|uid, _| seen.contains(uid));
+        self.sent.retain(|uid, _| seen.contains(uid));
         let ordered: BTreeMap<String, Policy> = self
             .last_good
             .values()
@@ -123,69 +148,80 @@ impl ClusterPolicies {
             .collect();
         (ordered.into_values().collect(), verdicts)
     }
-
-    pub fn mark_written(&mut self, verdict: &Verdict) {
-        if let Some(uid) = &verdict.reference.uid {
-            self.written
-                .insert(uid.clone(), (verdict.generation, verdict.refusal.is_none()));
-        }
-    }
 }
 
-/// Writes a verdict: the `Accepted` condition and `observedGeneration`, and for a refusal an
-/// Event naming the fields.
-pub async fn write(client: &Client, node: &str, verdict: &Verdict) -> Result<(), kube::Error> {
-    let (status, reason, message) = match &verdict.refusal {
-        None => (
-            "True",
-            "Valid",
-            format!("enforced by the agent on node {node}"),
-        ),
-        Some(text) => (
-            "False",
-            "Invalid",
-            format!("refused, the last good version stays in force: {text}"),
-        ),
-    };
-    let condition = Condition {
-        type_: "Accepted".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.clone(),
-        observed_generation: Some(verdict.generation),
-        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        ),
-    };
-    let patch =
-        json!({"status": {"conditions": [condition], "observedGeneration": verdict.generation}});
-    let params = PatchParams::default();
-    if verdict.cluster_scoped {
-        Api::<ClusterRuntimePolicy>::all(client.clone())
-            .patch_status(&verdict.name, &params, &Patch::Merge(&patch))
-            .await?;
-    } else {
-        let ns = verdict.namespace.as_deref().unwrap_or("default");
-        Api::<RuntimePolicy>::namespaced(client.clone(), ns)
-            .patch_status(&verdict.name, &params, &Patch::Merge(&patch))
-            .await?;
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    use super::*;
+    use crate::policy::crd::NodeStatus;
+
+    fn verdict(generation: i64, refusal: Option<&str>) -> Verdict {
+        Verdict {
+            reference: ObjectReference::default(),
+            namespace: Some("shop".into()),
+            name: "web".into(),
+            cluster_scoped: false,
+            generation,
+            refusal: refusal.map(Into::into),
+            since: None,
+        }
     }
-    if verdict.refusal.is_some() {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "vigil-agent".into(),
-                instance: Some(node.into()),
-            },
+
+    /// The status as `node`'s agent would have written `written`, at `time` (seconds).
+    fn status_of(node: &str, written: &Verdict, time: i64) -> PolicyStatus {
+        let (status, reason, message) = written.accepted(node);
+        PolicyStatus {
+            nodes: vec![NodeStatus {
+                node: node.into(),
+                observed_generation: Some(written.generation),
+                conditions: vec![Condition {
+                    type_: "Accepted".into(),
+                    status: status.into(),
+                    reason: reason.into(),
+                    message,
+                    observed_generation: Some(written.generation),
+                    last_transition_time: Time(
+                        k8s_openapi::jiff::Timestamp::from_second(time).unwrap(),
+                    ),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn only_what_this_nodes_entry_does_not_already_say_is_written() {
+        let at = |s| Some(Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap()));
+        let accepted = status_of("node-a", &verdict(2, None), 100);
+        assert_eq!(
+            already_written(Some(&accepted), "node-a", &verdict(2, None)),
+            (true, at(100))
         );
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidPolicy".into(),
-            note: Some(message.chars().take(1000).collect()),
-            action: "Validate".into(),
-            secondary: None,
-        };
-        recorder.publish(&event, &verdict.reference).await?;
+        // A new generation, still accepted: written, keeping when it became accepted.
+        assert_eq!(
+            already_written(Some(&accepted), "node-a", &verdict(3, None)),
+            (false, at(100))
+        );
+        // Now refused: written, and the transition is now.
+        assert_eq!(
+            already_written(Some(&accepted), "node-a", &verdict(3, Some("spec.exec: x"))),
+            (false, None)
+        );
+        // Another node's entry says nothing about this node.
+        assert_eq!(
+            already_written(Some(&accepted), "node-b", &verdict(2, None)),
+            (false, None)
+        );
+        assert_eq!(
+            already_written(None, "node-a", &verdict(1, None)),
+            (false, None)
+        );
+        // Refused for other reasons than the entry names: written again.
+        let refused = status_of("node-a", &verdict(4, Some("spec.exec: x")), 200);
+        assert_eq!(
+            already_written(Some(&refused), "node-a", &verdict(4, Some("spec.exec: y"))),
+            (false, at(200))
+        );
     }
-    Ok(())
 }

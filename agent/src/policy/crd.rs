@@ -333,15 +333,33 @@ pub enum WriteExecute {
     Allow,
 }
 
-/// Written by the agent: whether it accepted the policy, and which generation it saw.
+// One entry per node rather than one set of conditions: every node's agent judges the policy
+// on its own, and a list keyed by node lets each write only its entry (server-side apply, one
+// field manager per node) without erasing the others' verdicts.
+/// Written by the agents: each node's verdict on the policy.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
+    /// One entry per node whose agent judged the policy, written by that agent only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node's agent's verdict on the policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node whose agent wrote this entry.
+    pub node: String,
+    /// The generation of the policy this entry judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`: True when this node enforces that generation; False (reason Invalid, the
+    /// message naming every refused field) when it keeps the last good version in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
 }
 
 /// The first line of each generated CRD file.

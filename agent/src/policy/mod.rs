@@ -9,6 +9,7 @@ mod error;
 pub mod limits;
 mod load;
 mod model;
+pub mod status;
 mod structure;
 mod summary;
 pub mod validate;
