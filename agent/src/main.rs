@@ -88,6 +88,10 @@ enum Command {
         /// How often policy files and cgroups are checked for changes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         watch_interval_ms: u64,
+        /// Keep the agent's state (policies in force, bindings, refusals) as JSON in this
+        /// file, replaced whole on every change.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
     },
     /// Print what this kernel offers the agent; exit non-zero when the agent cannot run.
     Doctor,
@@ -228,12 +232,14 @@ fn main() -> Result<()> {
             policies,
             agent,
             watch_interval_ms,
+            state_file,
         } => {
             let (agent, format) = agent.options();
             let options = RunOptions {
                 agent,
                 policies,
                 watch_interval: std::time::Duration::from_millis(watch_interval_ms.max(50)),
+                state_file,
             };
             with_signals(|rx| async move {
                 let summary = pipeline::run::run(&options, sinks(format), rx).await?;

@@ -28,8 +28,6 @@ use kube::{
     },
 };
 
-use crate::policy::crd::{ClusterRuntimePolicy, RuntimePolicy};
-
 /// What changed since the caller last looked: only policies and Services need work of their
 /// own (pods, namespaces and owners are read afresh whenever they are needed). Flags rather
 /// than a queue, so that nothing piles up while nobody looks.
@@ -122,14 +120,12 @@ pub struct Cluster {
     pub jobs: Store<PartialObjectMeta<Job>>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
-    pub runtime_policies: Store<RuntimePolicy>,
-    pub cluster_policies: Store<ClusterRuntimePolicy>,
 }
 
 /// Drives one watch into its store; every applied change sets its `changed` flag, if any,
 /// and is shown to `observe`. Errors (the API server gone, a forbidden verb) are logged once
 /// per outage, with the resource named.
-fn drive<K, S>(
+pub(crate) fn drive<K, S>(
     resource: &'static str,
     stream: S,
     changed: Option<Arc<AtomicBool>>,
@@ -169,7 +165,7 @@ fn drive<K, S>(
 /// out at 30 s (60 with its jitter), which would leave the agent that long behind an API
 /// server that came back; a failed attempt costs one refused connection, and the jitter keeps
 /// the agents of every node from coming back in step.
-fn quick_backoff() -> watcher::ExponentialBackoff {
+pub(crate) fn quick_backoff() -> watcher::ExponentialBackoff {
     backon::ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_millis(125))
         .with_max_delay(std::time::Duration::from_millis(1500))
@@ -209,7 +205,9 @@ fn trim_meta<K: Resource>(object: &mut K) {
     object.meta_mut().annotations = None;
 }
 
-/// Starts every reflector. Stores fill in the background; `dirty` says what changed.
+/// Starts the reflectors of what the pipeline looks up (pods, their owners, Services); the
+/// policies' own reflectors are `policy::cluster::watch`. Stores fill in the background;
+/// `dirty` says what changed.
 pub fn start(client: Client, node: &str) -> Cluster {
     let dirty = Arc::new(Dirty {
         policies: Arc::new(AtomicBool::new(true)),
@@ -272,30 +270,6 @@ pub fn start(client: Client, node: &str) -> Cluster {
         |_| {},
     );
 
-    let (runtime_policies, w) = reflector::store();
-    let stream = watcher(Api::<RuntimePolicy>::all(client.clone()), cfg())
-        .backoff(quick_backoff())
-        .modify(|p: &mut RuntimePolicy| p.managed_fields_mut().clear())
-        .reflect(w);
-    drive(
-        "runtimepolicies.vigil.dev",
-        stream,
-        Some(dirty.policies.clone()),
-        |_| {},
-    );
-
-    let (cluster_policies, w) = reflector::store();
-    let stream = watcher(Api::<ClusterRuntimePolicy>::all(client.clone()), cfg())
-        .backoff(quick_backoff())
-        .modify(|p: &mut ClusterRuntimePolicy| p.managed_fields_mut().clear())
-        .reflect(w);
-    drive(
-        "clusterruntimepolicies.vigil.dev",
-        stream,
-        Some(dirty.policies.clone()),
-        |_| {},
-    );
-
     Cluster {
         dirty,
         pods,
@@ -305,8 +279,6 @@ pub fn start(client: Client, node: &str) -> Cluster {
         jobs,
         services,
         slices,
-        runtime_policies,
-        cluster_policies,
     }
 }
 

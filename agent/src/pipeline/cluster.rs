@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     enforce::{
-        Enforcer,
+        Applied, Enforcer,
         bindings::{self, PodView},
     },
     metadata::{
@@ -31,6 +31,7 @@ type Desired = (Vec<Policy>, BTreeMap<String, Vec<usize>>);
 
 pub struct ClusterLink {
     pub cluster: Cluster,
+    policy_stores: crate::policy::cluster::PolicyStores,
     policies: ClusterPolicies,
     cluster_policies: Vec<Policy>,
     applied: Option<Desired>,
@@ -94,6 +95,7 @@ impl ClusterLink {
                 reason: err.to_string(),
             })?;
         let cluster = cluster::start(client.clone(), node);
+        let policy_stores = crate::policy::cluster::watch(&client, &cluster.dirty.policies);
         // Unbounded, yet it holds at most one verdict per policy change, and the writer keeps
         // only the latest per policy.
         let (status, verdicts) = mpsc::unbounded_channel::<Verdict>();
@@ -111,6 +113,7 @@ impl ClusterLink {
         );
         Ok(Some(Self {
             cluster,
+            policy_stores,
             policies: ClusterPolicies::new(node),
             cluster_policies: Vec::new(),
             applied: None,
@@ -125,14 +128,14 @@ impl ClusterLink {
         enforcer: &mut Enforcer,
         file_policies: &[Policy],
         cgroup_root: &Path,
-    ) -> Result<(), crate::enforce::EnforceError> {
+    ) -> Result<Option<Applied>, crate::enforce::EnforceError> {
         if Dirty::take(&self.cluster.dirty.services) {
             let keys = service_keys(&self.cluster);
             enforcer.set_services(&keys)?;
             tracing::debug!(addresses = keys.len(), "service addresses in force");
         }
         if Dirty::take(&self.cluster.dirty.policies) {
-            let (collected, verdicts) = self.policies.collect(&self.cluster);
+            let (collected, verdicts) = self.policies.collect(&self.policy_stores);
             self.cluster_policies = collected;
             for verdict in verdicts {
                 if self.status.send(verdict).is_err() {
@@ -149,20 +152,12 @@ impl ClusterLink {
         let mut wanted = bindings::host_bindings(&policies);
         wanted.extend(bindings::pod_bindings(&policies, &pods, &dirs));
         let desired = (policies, wanted);
-        if self.applied.as_ref() != Some(&desired) {
-            let applied = enforcer.apply_bindings(&desired.0, &desired.1)?;
-            tracing::info!(
-                policies = applied.policies,
-                sets = applied.sets,
-                bindings = applied.bound.len(),
-                waiting_for = applied.waiting.len(),
-                map_entries = enforcer.map_entries(),
-                map_errors = enforcer.map_errors(),
-                "policies in force"
-            );
-            self.applied = Some(desired);
+        if self.applied.as_ref() == Some(&desired) {
+            return Ok(None);
         }
-        Ok(())
+        let applied = enforcer.apply_bindings(&desired.0, &desired.1)?;
+        self.applied = Some(desired);
+        Ok(Some(applied))
     }
 
     /// The pod (and container) a cgroup path belongs to.

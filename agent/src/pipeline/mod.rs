@@ -52,6 +52,8 @@ pub enum PipelineError {
     NothingToEnforce,
     #[error(transparent)]
     Cluster(#[from] cluster::BrokenClusterConfig),
+    #[error(transparent)]
+    State(#[from] crate::telemetry::state::StateFileError),
 }
 
 /// What every agent command takes.

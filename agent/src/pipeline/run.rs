@@ -13,10 +13,11 @@ use super::{
 };
 use crate::{
     ebpf::{Mode, ProbeOptions, Probes},
-    enforce::{Enforcer, seed},
+    enforce::{Applied, Enforcer, seed},
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
     sink::Sink,
+    telemetry::state::StateFile,
 };
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct RunOptions {
     pub policies: Vec<PathBuf>,
     /// How often policy files and cgroup bindings are checked for changes.
     pub watch_interval: Duration,
+    /// Where the agent keeps its state as JSON (`--state-file`).
+    pub state_file: Option<PathBuf>,
 }
 
 /// What identifies the policy files' content: every file's path, size and modification time.
@@ -51,7 +54,7 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-fn log_refused(errors: &[FieldError]) {
+fn refused(errors: &[FieldError], state: &mut StateFile) -> Result<(), PipelineError> {
     tracing::error!(
         errors = errors.len(),
         "policy set refused; the last good policies stay in force"
@@ -59,20 +62,46 @@ fn log_refused(errors: &[FieldError]) {
     for e in errors {
         tracing::error!("{e}");
     }
+    Ok(state.refused(errors)?)
 }
 
-fn apply(enforcer: &mut Enforcer, policies: &[Policy]) -> Result<(), PipelineError> {
-    let applied = enforcer.apply(policies)?;
+/// Says what was put in force, in the log and the state file.
+fn in_force(
+    enforcer: &Enforcer,
+    applied: Option<Applied>,
+    state: &mut StateFile,
+) -> Result<(), PipelineError> {
+    let Some(applied) = applied else {
+        return Ok(());
+    };
     tracing::info!(
         policies = applied.policies,
         sets = applied.sets,
+        bindings = applied.bound.len(),
         bound = ?applied.bound,
         waiting_for = ?applied.waiting,
         map_entries = enforcer.map_entries(),
         map_errors = enforcer.map_errors(),
         "policies in force"
     );
-    Ok(())
+    Ok(state.applied(&applied, enforcer.map_entries(), enforcer.map_errors())?)
+}
+
+/// Applies the file policies (no cluster) or syncs with the cluster, and says what changed.
+fn sync(
+    enforcer: &mut Enforcer,
+    link: Option<&mut ClusterLink>,
+    file_policies: &[Policy],
+    reload: bool,
+    root: &std::path::Path,
+    state: &mut StateFile,
+) -> Result<(), PipelineError> {
+    let applied = match link {
+        Some(link) => link.sync(enforcer, file_policies, root)?,
+        None if reload => Some(enforcer.apply(file_policies)?),
+        None => None,
+    };
+    in_force(enforcer, applied, state)
 }
 
 /// Loads the policies, enforces them until `stop` turns true, and reloads them on change.
@@ -107,10 +136,15 @@ pub async fn run(
     if link.is_none() && options.policies.is_empty() {
         return Err(PipelineError::NothingToEnforce);
     }
-    match link.as_mut() {
-        Some(link) => link.sync(&mut enforcer, &file_policies, &root)?,
-        None => apply(&mut enforcer, &file_policies)?,
-    }
+    let mut state = StateFile::new(options.state_file.clone(), &common.node);
+    sync(
+        &mut enforcer,
+        link.as_mut(),
+        &file_policies,
+        true,
+        &root,
+        &mut state,
+    )?;
     let pinned = enforcer.pin_running();
     tracing::debug!(
         processes = pinned,
@@ -149,14 +183,10 @@ pub async fn run(
                             file_policies = policies;
                             reloaded = true;
                         }
-                        Err(errors) => log_refused(&errors),
+                        Err(errors) => refused(&errors, &mut state)?,
                     }
                 }
-                match link.as_mut() {
-                    Some(link) => link.sync(&mut enforcer, &file_policies, &root)?,
-                    None if reloaded => apply(&mut enforcer, &file_policies)?,
-                    None => {}
-                }
+                sync(&mut enforcer, link.as_mut(), &file_policies, reloaded, &root, &mut state)?;
                 let rebound = enforcer.refresh()?;
                 if !rebound.is_empty() {
                     tracing::info!(paths = ?rebound, "policies bound to new cgroups");

@@ -6,8 +6,59 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{Resource, ResourceExt};
 
-use super::{FieldError, Policy, crd::PolicyStatus, status::Verdict, validate};
-use crate::metadata::cluster::Cluster;
+use std::sync::{Arc, atomic::AtomicBool};
+
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
+};
+
+use super::{
+    FieldError, Policy,
+    crd::{ClusterRuntimePolicy, PolicyStatus, RuntimePolicy},
+    status::Verdict,
+    validate,
+};
+use crate::metadata::cluster::{drive, quick_backoff};
+
+/// The policy objects as the API server has them.
+pub struct PolicyStores {
+    pub runtime: Store<RuntimePolicy>,
+    pub cluster: Store<ClusterRuntimePolicy>,
+}
+
+/// Starts the reflectors of both policy kinds; every change sets `changed`.
+pub fn watch(client: &Client, changed: &Arc<AtomicBool>) -> PolicyStores {
+    let (runtime, w) = reflector::store();
+    let stream = watcher(
+        Api::<RuntimePolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .backoff(quick_backoff())
+    .modify(|p: &mut RuntimePolicy| p.managed_fields_mut().clear())
+    .reflect(w);
+    drive(
+        "runtimepolicies.vigil.dev",
+        stream,
+        Some(changed.clone()),
+        |_| {},
+    );
+    let (cluster, w) = reflector::store();
+    let stream = watcher(
+        Api::<ClusterRuntimePolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .backoff(quick_backoff())
+    .modify(|p: &mut ClusterRuntimePolicy| p.managed_fields_mut().clear())
+    .reflect(w);
+    drive(
+        "clusterruntimepolicies.vigil.dev",
+        stream,
+        Some(changed.clone()),
+        |_| {},
+    );
+    PolicyStores { runtime, cluster }
+}
 
 pub struct ClusterPolicies {
     node: String,
@@ -61,7 +112,7 @@ impl ClusterPolicies {
 
     /// The policies in force, and the verdicts to write back: those not sent yet and not
     /// already in this node's entry of the object's status. Each one returned counts as sent.
-    pub fn collect(&mut self, cluster: &Cluster) -> (Vec<Policy>, Vec<Verdict>) {
+    pub fn collect(&mut self, stores: &PolicyStores) -> (Vec<Policy>, Vec<Verdict>) {
         let mut seen = Vec::new();
         let mut verdicts = Vec::new();
         let mut judge = |uid: String,
@@ -113,7 +164,7 @@ impl ClusterPolicies {
             }
             seen.push(uid);
         };
-        for p in cluster.runtime_policies.state() {
+        for p in stores.runtime.state() {
             let uid = p.uid().unwrap_or_default();
             judge(
                 uid,
@@ -126,7 +177,7 @@ impl ClusterPolicies {
                 p.status.as_ref(),
             );
         }
-        for p in cluster.cluster_policies.state() {
+        for p in stores.cluster.state() {
             let uid = p.uid().unwrap_or_default();
             judge(
                 uid,
