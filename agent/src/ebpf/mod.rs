@@ -287,14 +287,8 @@ fn attach_program(
     Ok(())
 }
 
-/// Limits the probes to one cgroup v2 subtree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupFilter {
-    /// The cgroup's id (the inode number of its directory).
-    pub id: u64,
-    /// Its depth below the cgroup v2 root (the root is 0).
-    pub level: u32,
-}
+/// The cgroup subtree the probes are limited to (found by `metadata::cgroup::filter_for`).
+pub use crate::metadata::cgroup::CgroupFilter;
 
 /// What the probes report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

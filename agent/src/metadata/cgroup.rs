@@ -6,8 +6,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::ebpf::CgroupFilter;
-
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(
@@ -54,6 +52,15 @@ pub fn cgroup_id(root: &Path, path: &str) -> Result<u64, CgroupError> {
         )));
     }
     Ok(std::os::unix::fs::MetadataExt::ino(&meta))
+}
+
+/// Limits the probes to one cgroup v2 subtree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupFilter {
+    /// The cgroup's id (the inode number of its directory).
+    pub id: u64,
+    /// Its depth below the cgroup v2 root (the root is 0).
+    pub level: u32,
 }
 
 /// Resolves `path` (relative to the cgroup v2 root, e.g. `/system.slice/foo.service`) to the
