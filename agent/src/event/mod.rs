@@ -197,6 +197,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv6Addr};
 
