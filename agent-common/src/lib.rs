@@ -621,7 +621,7 @@ pub mod probe_error {
     }
 
     /// The probes that count, by entry-point name; a probe's id is its index here.
-    pub const PROBES: [&str; 32] = [
+    pub const PROBES: [&str; 25] = [
         "cgroup_attach_task",
         "sys_enter",
         "sys_enter_execve",
@@ -630,9 +630,7 @@ pub mod probe_error {
         "sys_enter_ptrace",
         "sys_enter_process_vm_writev",
         "sys_enter_userfaultfd",
-        "sys_exit_openat",
-        "sys_exit_openat2",
-        "sys_exit_open",
+        "sys_exit_open_mem",
         "sched_process_exec_image",
         "sys_enter_mmap_exec",
         "sys_enter_mprotect_exec",
@@ -642,17 +640,12 @@ pub mod probe_error {
         "sched_process_exit",
         "sys_enter_open_script",
         "sys_enter_openat_script",
-        "sys_enter_openat2_script",
         "sys_exit_open_script",
-        "sys_exit_openat_script",
-        "sys_exit_openat2_script",
         "sys_enter_mmap",
         "sys_enter_mprotect",
         "sys_enter_pkey_mprotect",
         "sys_enter_personality",
-        "sys_exit_mmap",
-        "sys_exit_mprotect",
-        "sys_exit_pkey_mprotect",
+        "sys_exit_protection",
         "sys_enter_shmat",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;

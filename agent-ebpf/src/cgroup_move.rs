@@ -7,14 +7,13 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     kill::kill_at_syscall_exit,
     maps::CGROUP_SETS,
     policy::{current_set, mark, origin, policy_set, send_sigkill, violation},
     task::{config, emit, header, read_kernel, read_kernel_ptr},
 };
-use agent_common::probe_error;
 
 /// Levels of the destination's ancestry searched for the pinned binding.
 const MAX_LEVELS: usize = 32;
@@ -24,7 +23,7 @@ const MAX_LEVELS: usize = 32;
 pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
     match try_attach(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("cgroup_attach_task") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("cgroup_attach_task"), err),
     }
 }
 

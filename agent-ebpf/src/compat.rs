@@ -6,14 +6,13 @@
 use agent_common::{Config, WxEvent, mode, set_flags, wx_reason, wx_syscall};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     maps::COMPAT_WATCH,
     policy::{current_set, enforce, policy_set, violation},
     task::{config, current_task, read_kernel, traced},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
-use agent_common::probe_error;
 
 /// `thread_info.status` bit: the task is in a 32-bit system call.
 const TS_COMPAT: u32 = 0x0002;
@@ -26,7 +25,7 @@ const NR_PKEY_MPROTECT: i64 = 380;
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     match try_compat(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter"), err),
     }
 }
 

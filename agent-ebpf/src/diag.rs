@@ -9,6 +9,15 @@ use aya_ebpf::EbpfContext;
 
 use crate::maps::PROBE_ERRORS;
 
+/// The id of the probe named (an entry point's own name), worked out at compile time; a name
+/// missing from `agent_common::probe_error::PROBES` does not build.
+macro_rules! probe_id {
+    ($name:literal) => {
+        const { agent_common::probe_error::id($name) }
+    };
+}
+pub(crate) use probe_id;
+
 /// Counts a failure of probe `probe` and gives the entry point's return value.
 #[inline(always)]
 pub fn gave_up<C: EbpfContext, R: From<u8>>(ctx: &C, probe: u32, err: i64) -> R {

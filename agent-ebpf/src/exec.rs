@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     file::{anonymous_file, task_fd_file},
     maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
@@ -26,7 +26,6 @@ use crate::{
     task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
     throttle::admit,
 };
-use agent_common::probe_error;
 
 const DEV_FD: &[u8; 8] = b"/dev/fd/";
 
@@ -57,7 +56,7 @@ fn fd_of_dev_fd_path(name: &[u8; PATH_LEN]) -> Option<u32> {
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
     match try_capture_args(&ctx, 1) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_execve") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_execve"), err),
     }
 }
 
@@ -65,7 +64,7 @@ pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     match try_capture_args(&ctx, 2) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_execveat") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_execveat"), err),
     }
 }
 
@@ -75,7 +74,7 @@ pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     match try_exec(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sched_process_exec") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sched_process_exec"), err),
     }
 }
 

@@ -6,14 +6,13 @@
 use agent_common::{Config, SYSCALL_RET_OFFSET, WxEvent, set_flags, wx_reason, wx_syscall};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     file::{anonymous_file, super_block_field, task_fd_file},
     policy::{Violation, current_set, enforce, policy_set, violation},
     task::{config, read_kernel, read_kernel_ptr, syscall_arg, traced},
     wx,
 };
-use agent_common::probe_error;
 
 const PTRACE_POKETEXT: u64 = 4;
 const PTRACE_POKEDATA: u64 = 5;
@@ -30,7 +29,7 @@ const FMODE_WRITE: u32 = 0x2;
 pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
     match try_ptrace(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_ptrace") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_ptrace"), err),
     }
 }
 
@@ -38,11 +37,7 @@ pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
     match try_vm_writev(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_process_vm_writev") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_process_vm_writev"), err),
     }
 }
 
@@ -50,35 +45,17 @@ pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_userfaultfd(ctx: TracePointContext) -> u32 {
     match try_userfaultfd(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_userfaultfd") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_userfaultfd"), err),
     }
 }
 
+/// One program on `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`: their records
+/// share the layout it reads.
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+pub fn sys_exit_open_mem(ctx: TracePointContext) -> u32 {
     match try_opened(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_exit_openat") }, err),
-    }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    match try_opened(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_exit_openat2") }, err),
-    }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_open")]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    match try_opened(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_exit_open") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_exit_open_mem"), err),
     }
 }
 

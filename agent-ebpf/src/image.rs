@@ -5,13 +5,12 @@
 use agent_common::{WxEvent, wx_reason, wx_syscall};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     task::{config, current_task, read_kernel, read_kernel_ptr, traced},
     vma::{self, Area, VM_EXEC, VM_READ, VM_WRITE},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
-use agent_common::probe_error;
 
 /// Areas looked at between the start and the end of the code: an image of more segments
 /// than this is looked at only that far.
@@ -23,11 +22,7 @@ const MAX_AREAS: usize = 16;
 pub fn sched_process_exec_image(ctx: RawTracePointContext) -> i32 {
     match try_image() {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sched_process_exec_image") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sched_process_exec_image"), err),
     }
 }
 

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
     maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH},
@@ -27,7 +27,6 @@ use crate::{
     vma::{self, Found, VM_EXEC},
     wx,
 };
-use agent_common::probe_error;
 
 const PROT_EXEC: u64 = 4;
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -37,7 +36,7 @@ const MAP_ANONYMOUS: u64 = 0x20;
 pub fn sys_enter_mmap_exec(ctx: TracePointContext) -> u32 {
     match try_mapped(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_mmap_exec") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_mmap_exec"), err),
     }
 }
 
@@ -45,11 +44,7 @@ pub fn sys_enter_mmap_exec(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_mprotect_exec(ctx: TracePointContext) -> u32 {
     match try_made_executable(&ctx, wx_syscall::MPROTECT) {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_mprotect_exec") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_mprotect_exec"), err),
     }
 }
 
@@ -57,11 +52,7 @@ pub fn sys_enter_mprotect_exec(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_pkey_mprotect_exec(ctx: TracePointContext) -> u32 {
     match try_made_executable(&ctx, wx_syscall::PKEY_MPROTECT) {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_pkey_mprotect_exec") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_pkey_mprotect_exec"), err),
     }
 }
 
@@ -71,7 +62,7 @@ pub fn sys_enter_pkey_mprotect_exec(ctx: TracePointContext) -> u32 {
 pub fn judge_mapped_file(ctx: TracePointContext) -> u32 {
     match try_judge_mapped_file() {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("judge_mapped_file") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("judge_mapped_file"), err),
     }
 }
 

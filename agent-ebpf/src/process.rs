@@ -7,20 +7,19 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     kill::forget_pending_kill,
     maps::{TASK_EXE, TASK_ORIGIN},
     policy::{live_binding, origin, pin_origin},
     task::{config, current_task, read_kernel, read_kernel_ptr},
 };
-use agent_common::probe_error;
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     match try_fork(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sched_process_fork") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sched_process_fork"), err),
     }
 }
 
@@ -28,7 +27,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     match try_exit() {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sched_process_exit") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sched_process_exit"), err),
     }
 }
 

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     file::{anonymous_file, task_fd_file},
     maps::{EXEC_PATHS, PATH_SCRATCH, SCRIPT_PENDING},
@@ -18,73 +18,30 @@ use crate::{
     policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
     task::{config, current_task, read_kernel, read_kernel_ptr, syscall_arg},
 };
-use agent_common::probe_error;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
 pub fn sys_enter_open_script(ctx: TracePointContext) -> u32 {
     match try_opening(&ctx, 0) {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_open_script") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_open_script"), err),
     }
 }
 
+/// One program on `sys_enter_openat` and `sys_enter_openat2`: the name is argument 1 of both.
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
 pub fn sys_enter_openat_script(ctx: TracePointContext) -> u32 {
     match try_opening(&ctx, 1) {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_openat_script") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_openat_script"), err),
     }
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
-pub fn sys_enter_openat2_script(ctx: TracePointContext) -> u32 {
-    match try_opening(&ctx, 1) {
-        Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_openat2_script") },
-            err,
-        ),
-    }
-}
-
+/// One program on `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`.
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn sys_exit_open_script(ctx: TracePointContext) -> u32 {
     match try_opened(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_exit_open_script") }, err),
-    }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
-pub fn sys_exit_openat_script(ctx: TracePointContext) -> u32 {
-    match try_opened(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_exit_openat_script") },
-            err,
-        ),
-    }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
-pub fn sys_exit_openat2_script(ctx: TracePointContext) -> u32 {
-    match try_opened(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_exit_openat2_script") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_exit_open_script"), err),
     }
 }
 

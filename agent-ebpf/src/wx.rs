@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
-use crate::diag::gave_up;
+use crate::diag::{gave_up, probe_id};
 use crate::{
     maps::{EXEC_PATHS, PATH_SCRATCH, PendingWx, TASK_EXE, WX_PENDING},
     path::path_key,
@@ -17,7 +17,6 @@ use crate::{
     task::syscall_arg,
     task::{config, current_task, emit, header, read_kernel, selected, traced},
 };
-use agent_common::probe_error;
 
 pub const PROT_READ: u32 = 1;
 pub const PROT_WRITE: u32 = 2;
@@ -30,7 +29,7 @@ const SHM_EXEC: u32 = 0o100000;
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     match try_protection(&ctx, wx_syscall::MMAP) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_mmap") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_mmap"), err),
     }
 }
 
@@ -38,7 +37,7 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
     match try_protection(&ctx, wx_syscall::MPROTECT) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_mprotect") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_mprotect"), err),
     }
 }
 
@@ -46,11 +45,7 @@ pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_pkey_mprotect(ctx: TracePointContext) -> u32 {
     match try_protection(&ctx, wx_syscall::PKEY_MPROTECT) {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_pkey_mprotect") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_pkey_mprotect"), err),
     }
 }
 
@@ -58,11 +53,7 @@ pub fn sys_enter_pkey_mprotect(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_personality(ctx: TracePointContext) -> u32 {
     match try_personality(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_enter_personality") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_personality"), err),
     }
 }
 
@@ -147,31 +138,13 @@ pub fn forget_pending(tid: u32) {
     let _ = WX_PENDING.remove(tid);
 }
 
+/// One program on `sys_exit_mmap`, `sys_exit_mprotect` and `sys_exit_pkey_mprotect`: the
+/// request in flight says which call it was.
 #[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
-pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+pub fn sys_exit_protection(ctx: TracePointContext) -> u32 {
     match try_returned(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_exit_mmap") }, err),
-    }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_mprotect")]
-pub fn sys_exit_mprotect(ctx: TracePointContext) -> u32 {
-    match try_returned(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_exit_mprotect") }, err),
-    }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_pkey_mprotect")]
-pub fn sys_exit_pkey_mprotect(ctx: TracePointContext) -> u32 {
-    match try_returned(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(
-            &ctx,
-            const { probe_error::id("sys_exit_pkey_mprotect") },
-            err,
-        ),
+        Err(err) => gave_up(&ctx, probe_id!("sys_exit_protection"), err),
     }
 }
 
@@ -242,7 +215,7 @@ pub fn report(cfg: &Config, judged: Violation, record: WxEvent) {
 pub fn sys_enter_shmat(ctx: TracePointContext) -> u32 {
     match try_shmat(&ctx) {
         Ok(()) => 0,
-        Err(err) => gave_up(&ctx, const { probe_error::id("sys_enter_shmat") }, err),
+        Err(err) => gave_up(&ctx, probe_id!("sys_enter_shmat"), err),
     }
 }
 

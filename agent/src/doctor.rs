@@ -162,7 +162,8 @@ fn program_checks(checks: &mut Vec<Check>) {
             return;
         }
     };
-    for (program, hook) in PROGRAMS {
+    let mut seen = std::collections::HashSet::new();
+    for (program, hook) in PROGRAMS.iter().filter(|(p, _)| seen.insert(*p)) {
         let result = ebpf
             .program_mut(program)
             .ok_or_else(|| "missing from the object".to_string())

@@ -526,17 +526,17 @@ fn probe_failures_are_counted_and_reported_in_loss_events_the_log_and_doctor() {
     let mut map: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a per-CPU array");
     let cpus = aya::util::nr_cpus().expect("CPU count");
-    let slot = probe_error::slot(probe_error::id("sys_exit_openat"), probe_error::MAP);
+    let slot = probe_error::slot(probe_error::id("sys_exit_open_mem"), probe_error::MAP);
     map.set(slot, PerCpuValues::try_from(vec![2u64; cpus]).unwrap(), 0)
         .expect("writing the slot");
     let want = 2 * cpus as u64;
 
     let loss = tracer.wait_for("a loss event naming the probe failure", |e| {
         e["type"] == "dev.vigil.loss.v1"
-            && e["data"]["lost"]["probeErrors"]["sys_exit_openat/map"] == want
+            && e["data"]["lost"]["probeErrors"]["sys_exit_open_mem/map"] == want
     });
     assert_eq!(
-        loss["data"]["lostSinceStart"]["probeErrors"]["sys_exit_openat/map"],
+        loss["data"]["lostSinceStart"]["probeErrors"]["sys_exit_open_mem/map"],
         want
     );
     assert_eq!(
@@ -552,14 +552,14 @@ fn probe_failures_are_counted_and_reported_in_loss_events_the_log_and_doctor() {
     let line = format!("probe failures (agent pid {})", tracer.pid());
     assert!(
         text.lines()
-            .any(|l| l.contains(&line) && l.contains(&format!("sys_exit_openat/map: {want}"))),
+            .any(|l| l.contains(&line) && l.contains(&format!("sys_exit_open_mem/map: {want}"))),
         "doctor did not show the count:\n{text}"
     );
     assert!(
         tracer
             .stderr_lines()
             .iter()
-            .any(|l| l.contains("kernel probes gave up") && l.contains("sys_exit_openat/map")),
+            .any(|l| l.contains("kernel probes gave up") && l.contains("sys_exit_open_mem/map")),
         "the log did not name the failure"
     );
     tracer.stop();

@@ -86,7 +86,7 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_mmap"),
     ),
     (
-        "sys_exit_mmap",
+        "sys_exit_protection",
         Hook::Tracepoint("syscalls", "sys_exit_mmap"),
     ),
     (
@@ -102,7 +102,7 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_pkey_mprotect"),
     ),
     (
-        "sys_exit_mprotect",
+        "sys_exit_protection",
         Hook::Tracepoint("syscalls", "sys_exit_mprotect"),
     ),
     (
@@ -110,7 +110,7 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_pkey_mprotect"),
     ),
     (
-        "sys_exit_pkey_mprotect",
+        "sys_exit_protection",
         Hook::Tracepoint("syscalls", "sys_exit_pkey_mprotect"),
     ),
     (
@@ -130,15 +130,15 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_process_vm_writev"),
     ),
     (
-        "sys_exit_openat",
+        "sys_exit_open_mem",
         Hook::Tracepoint("syscalls", "sys_exit_openat"),
     ),
     (
-        "sys_exit_openat2",
+        "sys_exit_open_mem",
         Hook::Tracepoint("syscalls", "sys_exit_openat2"),
     ),
     (
-        "sys_exit_open",
+        "sys_exit_open_mem",
         Hook::Tracepoint("syscalls", "sys_exit_open"),
     ),
     (
@@ -150,7 +150,7 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_enter_openat"),
     ),
     (
-        "sys_enter_openat2_script",
+        "sys_enter_openat_script",
         Hook::Tracepoint("syscalls", "sys_enter_openat2"),
     ),
     (
@@ -158,11 +158,11 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tracepoint("syscalls", "sys_exit_open"),
     ),
     (
-        "sys_exit_openat_script",
+        "sys_exit_open_script",
         Hook::Tracepoint("syscalls", "sys_exit_openat"),
     ),
     (
-        "sys_exit_openat2_script",
+        "sys_exit_open_script",
         Hook::Tracepoint("syscalls", "sys_exit_openat2"),
     ),
     (
@@ -525,6 +525,7 @@ impl Probes {
         for (program, table) in TAIL_CALLS {
             fill_tail_call(&mut ebpf, program, table)?;
         }
+        let mut loaded = std::collections::HashSet::new();
         for (program, hook) in PROGRAMS {
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
@@ -536,7 +537,10 @@ impl Probes {
             let prog = ebpf
                 .program_mut(program)
                 .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
-            load_program(prog, *hook).map_err(err("load"))?;
+            // A program on several hooks is loaded (verified) once and attached to each.
+            if loaded.insert(*program) {
+                load_program(prog, *hook).map_err(err("load"))?;
+            }
             attach_program(prog, *hook, &cgroup_root).map_err(err("attach"))?;
         }
         Ok(Self {

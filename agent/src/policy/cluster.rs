@@ -29,35 +29,30 @@ pub struct PolicyStores {
 
 /// Starts the reflectors of both policy kinds; every change sets `changed`.
 pub fn watch(client: &Client, changed: &Arc<AtomicBool>) -> PolicyStores {
-    let (runtime, w) = reflector::store();
-    let stream = watcher(
-        Api::<RuntimePolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .backoff(quick_backoff())
-    .modify(|p: &mut RuntimePolicy| p.managed_fields_mut().clear())
-    .reflect(w);
-    drive(
-        "runtimepolicies.vigil.dev",
-        stream,
-        Some(changed.clone()),
-        |_| {},
-    );
-    let (cluster, w) = reflector::store();
-    let stream = watcher(
-        Api::<ClusterRuntimePolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .backoff(quick_backoff())
-    .modify(|p: &mut ClusterRuntimePolicy| p.managed_fields_mut().clear())
-    .reflect(w);
-    drive(
-        "clusterruntimepolicies.vigil.dev",
-        stream,
-        Some(changed.clone()),
-        |_| {},
-    );
-    PolicyStores { runtime, cluster }
+    PolicyStores {
+        runtime: reflect(client, "runtimepolicies.vigil.dev", changed),
+        cluster: reflect(client, "clusterruntimepolicies.vigil.dev", changed),
+    }
+}
+
+/// One kind's reflector, its objects trimmed of what the agent never reads.
+fn reflect<K>(client: &Client, resource: &'static str, changed: &Arc<AtomicBool>) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .backoff(quick_backoff())
+        .modify(|p: &mut K| p.managed_fields_mut().clear())
+        .reflect(writer);
+    drive(resource, stream, Some(changed.clone()), |_| {});
+    store
 }
 
 pub struct ClusterPolicies {
