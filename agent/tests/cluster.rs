@@ -15,8 +15,8 @@ use std::{
 };
 
 use common::{
-    TestCgroup, Tracer, denied_binary, in_cgroup, is, remove_cgroup_dir, root_or_skip,
-    run_in_cgroup, scenario_bin,
+    LIVENESS, TestCgroup, Tracer, denied_binary, in_cgroup, is, remove_cgroup_dir, root_or_skip,
+    run_in_cgroup, scenario_bin, wait_until,
 };
 use testenv::ControlPlane;
 
@@ -115,27 +115,20 @@ impl Cluster {
             .collect()
     }
 
-    /// Polls `object`'s status until `done` holds for its entries (at most `limit`).
+    /// Polls `object`'s status until `done` holds for its entries. The bound is twice the
+    /// liveness bound: a write refused and then allowed waits for the retry's backoff too.
     fn until_verdicts(
         &self,
         object: &[&str],
-        limit: Duration,
         what: &str,
         done: impl Fn(&[NodeVerdict]) -> bool,
     ) -> Vec<NodeVerdict> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let verdicts = self.verdicts(object);
-            if done(&verdicts) {
-                return verdicts;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {} s; the status says {verdicts:?}",
-                limit.as_secs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            what,
+            2 * LIVENESS,
+            || Some(self.verdicts(object)).filter(|v| done(v)),
+            || format!("the status says {:?}", self.verdicts(object)),
+        )
     }
 
     /// The chart's resources as `helm template` renders them, applied with `edit` made to
@@ -301,7 +294,8 @@ impl Drop for StagedPod {
     }
 }
 
-/// Polls until a denied exec in `pod` is killed (`want_killed`) or runs; the time it took.
+/// Polls until a denied exec in `pod` is killed (`want_killed`) or runs; the time it took
+/// (printed by the tests, not asserted: `cargo xtask bench` measures speed).
 fn until_enforced(
     pod: &StagedPod,
     writer: &Path,
@@ -311,21 +305,24 @@ fn until_enforced(
 ) -> Duration {
     static ATTEMPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let start = Instant::now();
-    loop {
-        // A fresh marker every attempt: an old one would read as "it ran".
-        let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let marker = tmp.join(format!("poll-{}-{n}", pod.uid));
-        let (_, status) = pod.run(writer, &["write-marker", marker.to_str().unwrap()]);
-        let killed = status.signal() == Some(libc::SIGKILL) && !marker.exists();
-        if killed == want_killed {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what}: not in effect after 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        what,
+        LIVENESS,
+        || {
+            // A fresh marker every attempt: an old one would read as "it ran".
+            let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let marker = tmp.join(format!("poll-{}-{n}", pod.uid));
+            let (_, status) = pod.run(writer, &["write-marker", marker.to_str().unwrap()]);
+            let killed = status.signal() == Some(libc::SIGKILL) && !marker.exists();
+            (killed == want_killed).then(|| start.elapsed())
+        },
+        || {
+            format!(
+                "a denied exec is still {}",
+                if want_killed { "running" } else { "killed" }
+            )
+        },
+    )
 }
 
 fn deny_policy(ns: &str, name: &str, selector: &str, denied: &str) -> String {
@@ -350,7 +347,6 @@ fn a_violation_in_a_pod_carries_its_pod_container_and_deployment() {
         Some((&rs, &rs_uid)),
     );
     let agent = c.agent(None);
-    let applied = Instant::now();
     c.plane
         .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
         .unwrap();
@@ -359,7 +355,6 @@ fn a_violation_in_a_pod_carries_its_pod_container_and_deployment() {
         "policy apply -> enforced in the kernel: {} ms",
         took.as_millis()
     );
-    assert!(applied.elapsed() < Duration::from_secs(5));
 
     let e = agent.wait_for("the kill in the pod", |e| {
         e["type"] == EXEC && e["vigilaction"] == "kill"
@@ -387,7 +382,6 @@ fn a_violation_in_a_pod_carries_its_pod_container_and_deployment() {
     let node = c.plane.node_name();
     c.until_verdicts(
         &["runtimepolicy", "no-tmp", "-n", "shop"],
-        Duration::from_secs(10),
         "the policy's status",
         |all| all.iter().any(|v| v.node == node && v.status == "True"),
     );
@@ -501,18 +495,6 @@ fn relabelling_the_pod_or_deleting_the_policy_lifts_it() {
         back.as_millis(),
         deleted.as_millis()
     );
-    for (what, d) in [
-        ("apply", t),
-        ("relabel out", lifted),
-        ("relabel in", back),
-        ("delete", deleted),
-    ] {
-        assert!(
-            d < Duration::from_secs(2),
-            "{what} took {} ms",
-            d.as_millis()
-        );
-    }
     agent.stop();
 }
 
@@ -539,7 +521,6 @@ fn an_invalid_policy_is_refused_visibly_and_the_last_good_version_holds() {
     let node = c.plane.node_name();
     let verdicts = c.until_verdicts(
         &["runtimepolicy", "no-tmp", "-n", "shop"],
-        Duration::from_secs(10),
         "the refusal in the status",
         |all| all.iter().any(|v| v.node == node && v.status == "False"),
     );
@@ -765,23 +746,22 @@ fn allow_services_follows_the_clusters_services_and_endpoints() {
         .apply("apiVersion: vigil.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {name: egress, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  connect: {allowServices: true, action: Alert}\n")
         .unwrap();
     let bad = format!("{vip}:8081");
-    // The policy is in force once the known-bad connect is reported.
-    let start = Instant::now();
-    loop {
-        let pid = netns.connect_from(&pod, &bad);
-        std::thread::sleep(Duration::from_millis(100));
-        if agent
-            .events()
-            .iter()
-            .any(|e| e["data"]["process"]["pid"] == pid)
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the egress policy never took effect"
-        );
-    }
+    // The policy is in force once a known-bad connect is reported. Until then no connect is
+    // reported at all, so each attempt looks back at every earlier one.
+    let mut tried = Vec::new();
+    wait_until(
+        "the egress policy in force",
+        LIVENESS,
+        || {
+            tried.push(netns.connect_from(&pod, &bad));
+            let events = agent.events();
+            tried
+                .iter()
+                .any(|pid| events.iter().any(|e| e["data"]["process"]["pid"] == *pid))
+                .then_some(())
+        },
+        || "no connect to the Service's unlisted port was reported".into(),
+    );
     assert!(
         !connect_violates(&agent, &netns, &pod, &format!("{vip}:8080"), &bad),
         "the Service's ClusterIP:port was refused"
@@ -799,28 +779,23 @@ fn allow_services_follows_the_clusters_services_and_endpoints() {
     assert_eq!(e["data"]["policy"]["rule"], "spec.connect.allow");
     assert_eq!(e["data"]["connect"]["daddr"], vip.as_str());
 
-    // A new Service: its address is allowed within a second.
+    // A new Service: its address comes to be allowed, with no change to the policy.
     c.plane.apply("apiVersion: v1\nkind: Service\nmetadata: {name: api2, namespace: shop}\nspec: {ports: [{port: 7070, protocol: TCP}], selector: {app: api2}}\n").unwrap();
     let created = Instant::now();
     let vip2 = cluster_ip(&c, "shop", "api2");
     netns.add_address(&vip2);
     netns.listen(&format!("{vip2}:7070"));
-    let ready = loop {
-        if !connect_violates(&agent, &netns, &pod, &format!("{vip2}:7070"), &bad) {
-            break created.elapsed();
-        }
-        assert!(
-            created.elapsed() < Duration::from_secs(5),
-            "the new Service was not allowed within 5 s"
-        );
-    };
+    let ready = wait_until(
+        "the new Service allowed",
+        LIVENESS,
+        || {
+            (!connect_violates(&agent, &netns, &pod, &format!("{vip2}:7070"), &bad))
+                .then(|| created.elapsed())
+        },
+        || "a connect to its ClusterIP is still a violation".into(),
+    );
     eprintln!(
         "service created -> its ClusterIP allowed: {} ms",
-        ready.as_millis()
-    );
-    assert!(
-        ready < Duration::from_secs(1),
-        "took {} ms",
         ready.as_millis()
     );
     agent.stop();
@@ -842,6 +817,7 @@ fn an_api_server_outage_keeps_enforcement_and_the_agent_resyncs() {
     c.plane.stop_apiserver().unwrap();
     let down = Instant::now();
     let mut n = 0;
+    // Time passing is the point: enforcement must hold for the whole outage, however long.
     while down.elapsed() < Duration::from_secs(20) {
         let marker = tmp.path().join(format!("outage-{n}"));
         let (_, status) = pod.run(&writer, &["write-marker", marker.to_str().unwrap()]);
@@ -929,7 +905,6 @@ fn the_charts_rbac_is_exactly_enough() {
     let node = c.plane.node_name();
     c.until_verdicts(
         &["runtimepolicy", "no-tmp", "-n", "shop"],
-        Duration::from_secs(10),
         "the policy's status, written with the chart's role",
         |all| all.iter().any(|v| v.node == node && v.status == "True"),
     );
@@ -955,12 +930,7 @@ fn the_charts_rbac_is_exactly_enough() {
     );
     c.plane.apply(&crippled).unwrap();
     let agent = c.agent(Some(&kubeconfig));
-    agent.wait_for_log("watch failed");
-    let line = agent
-        .stderr_lines()
-        .into_iter()
-        .find(|l| l.contains("watch failed"))
-        .unwrap();
+    let line = agent.wait_for_log("watch failed");
     assert!(
         line.contains("endpointslices") && line.contains("cannot list"),
         "{line}"
@@ -1024,12 +994,7 @@ fn two_agents_keep_two_verdicts_in_one_policys_status() {
             })
         }
     };
-    let verdicts = c.until_verdicts(
-        &object,
-        Duration::from_secs(20),
-        "both nodes accept",
-        both("True", 1),
-    );
+    let verdicts = c.until_verdicts(&object, "both nodes accept", both("True", 1));
     assert_eq!(verdicts.len(), 2, "{verdicts:?}");
     for v in &verdicts {
         assert!(v.message.contains(&v.node), "{v:?}");
@@ -1059,26 +1024,16 @@ fn two_agents_keep_two_verdicts_in_one_policys_status() {
     // A version both refuse: both entries follow, neither erases the other.
     let bad = format!("{policy}  connect:\n    deny: [{{cidr: 10.0.0.1/8}}]\n");
     c.plane.apply(&bad).unwrap();
-    let verdicts = c.until_verdicts(
-        &object,
-        Duration::from_secs(20),
-        "both nodes refuse generation 2",
-        both("False", 2),
-    );
+    let verdicts = c.until_verdicts(&object, "both nodes refuse generation 2", both("False", 2));
     assert_eq!(verdicts.len(), 2, "{verdicts:?}");
 
     // With one agent gone, the other's write leaves the gone one's verdict standing.
     b.stop();
     c.plane.apply(&policy).unwrap();
-    let verdicts = c.until_verdicts(
-        &object,
-        Duration::from_secs(20),
-        "this node accepts generation 3",
-        |all| {
-            all.iter()
-                .any(|v| v.node == here && v.status == "True" && v.generation == 3)
-        },
-    );
+    let verdicts = c.until_verdicts(&object, "this node accepts generation 3", |all| {
+        all.iter()
+            .any(|v| v.node == here && v.status == "True" && v.generation == 3)
+    });
     let gone = verdicts.iter().find(|v| v.node == there);
     assert!(
         gone.is_some_and(|v| v.status == "False" && v.generation == 2),
@@ -1119,15 +1074,10 @@ fn a_refused_status_write_is_retried_until_it_lands() {
     // The right restored: a retry lands, with no change to the policy to prompt it.
     c.plane.apply(&rendered).unwrap();
     let restored = Instant::now();
-    c.until_verdicts(
-        &object,
-        Duration::from_secs(60),
-        "the retried status write",
-        |all| {
-            all.iter()
-                .any(|v| v.node == node && v.status == "True" && v.generation == 1)
-        },
-    );
+    c.until_verdicts(&object, "the retried status write", |all| {
+        all.iter()
+            .any(|v| v.node == node && v.status == "True" && v.generation == 1)
+    });
     eprintln!(
         "status write landed {} ms after the right to write it came back",
         restored.elapsed().as_millis()

@@ -139,10 +139,16 @@ fn schema_accepts_the_valid_fixtures_and_shipped_policies() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
+    assert!(
+        files.len() >= 3,
+        "the valid fixtures are missing: {files:?}"
+    );
     files.push(workspace().join("policies/host/baseline.yaml"));
     files.push(workspace().join("policies/examples/web.yaml"));
     for file in files {
-        for doc in documents(&file) {
+        let docs = documents(&file);
+        assert!(!docs.is_empty(), "{} holds no policy", file.display());
+        for doc in docs {
             if let Err(errors) = schema_accepts(&doc) {
                 panic!("{}: {}", file.display(), errors.join("; "));
             }

@@ -58,12 +58,38 @@ impl Receivers {
         panic!("no port free on both 127.0.0.1 and ::1 for TCP and UDP");
     }
 
-    /// Everything that arrived since the last call: one entry per accepted connection (its
-    /// first bytes, if any came) or datagram.
-    fn arrived(&self) -> Vec<Vec<u8>> {
-        // Whatever was sent before the scenario exited is queued by now on loopback; a short
-        // grace covers the softirq that delivers it.
+    /// What arrives since the last call, once `want` things have (one entry per accepted
+    /// connection, with its first bytes if any came, or per datagram); fails after the
+    /// liveness bound.
+    fn arrived(&self, want: usize) -> Vec<Vec<u8>> {
+        let got = std::cell::RefCell::new(Vec::new());
+        common::wait_until(
+            "what was sent",
+            common::LIVENESS,
+            || {
+                got.borrow_mut().extend(self.take());
+                (got.borrow().len() >= want).then_some(())
+            },
+            || format!("{} of {want} arrived", got.borrow().len()),
+        );
+        let mut got = got.into_inner();
+        got.extend(self.take());
+        got
+    }
+
+    /// Asserts that nothing arrived since the last call.
+    #[track_caller]
+    fn nothing_arrived(&self, what: &str) {
+        // Waiting is the point: a leak would show up within the grace. Whatever was sent
+        // before the scenario exited is queued by now on loopback, so a short grace covers
+        // the softirq that delivers it.
         std::thread::sleep(Duration::from_millis(50));
+        let leaked = self.take();
+        assert!(leaked.is_empty(), "{what} leaked: {leaked:?}");
+    }
+
+    /// Everything queued on the receivers right now.
+    fn take(&self) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
         for l in &self.tcp {
             while let Ok((mut stream, _)) = l.accept() {
@@ -200,11 +226,7 @@ fn deny_refuses_every_path_to_a_destination_off_the_allowlist_and_lets_the_allow
                 denied.port,
                 "spec.connect.allow",
             );
-            assert_eq!(
-                denied.arrived(),
-                Vec::<Vec<u8>>::new(),
-                "{method} to {lo} leaked"
-            );
+            denied.nothing_arrived(&format!("{method} to {lo}"));
 
             // The benign twin: the allowed port goes through by the same path.
             let (pid, out) = send(&cg, test, method, &host(lo, a)).expect("supported above");
@@ -215,7 +237,7 @@ fn deny_refuses_every_path_to_a_destination_off_the_allowlist_and_lets_the_allow
             );
             if method != "udplite-sendto" {
                 // (UDP-Lite datagrams do not reach a UDP socket; the result line says it went.)
-                let got = allowed.arrived();
+                let got = allowed.arrived(1);
                 assert_eq!(got.len(), 1, "{method} to {lo}:{a} arrived {got:?}");
                 assert!(
                     got[0].is_empty() || got[0] == PAYLOAD,
@@ -250,10 +272,10 @@ fn deny_refuses_every_path_to_a_destination_off_the_allowlist_and_lets_the_allow
             "result=ok",
             "{method} to {unspecified}:{a}"
         );
-        assert_eq!(allowed.arrived().len(), 1, "{method} to {unspecified}:{a}");
+        assert_eq!(allowed.arrived(1).len(), 1, "{method} to {unspecified}:{a}");
         quiet.push(pid);
     }
-    assert_eq!(denied.arrived(), Vec::<Vec<u8>>::new());
+    denied.nothing_arrived("the unspecified address");
 
     // A raw socket would reach any destination without passing an address hook.
     let (pid, out) = send(&cg, test, "raw-socket", "127.0.0.1:0").unwrap();
@@ -301,6 +323,7 @@ fn kill_refuses_and_kills_on_every_path_and_a_deny_list_covers_the_unspecified_a
         ),
     );
     let tracer = Tracer::enforce(&policy);
+    let mut tried = 0;
     for (method, dest, daddr, hook) in [
         ("tcp-connect", host("0.0.0.0", d), "127.0.0.1", "connect"),
         ("udp-sendto", host("::", d), "::1", "sendmsg"),
@@ -334,12 +357,11 @@ fn kill_refuses_and_kills_on_every_path_and_a_deny_list_covers_the_unspecified_a
         );
         let e = tracer.wait_for(&format!("{method} to {dest}"), |e| is(e, CONNECT, pid));
         assert_violation(&e, "kill", hook, daddr, d, rule_for(daddr));
-        assert_eq!(
-            denied.arrived(),
-            Vec::<Vec<u8>>::new(),
-            "{method} to {dest} leaked"
-        );
+        denied.nothing_arrived(&format!("{method} to {dest}"));
+        tried += 1;
     }
+    // io_uring and the 32-bit entry may be missing from a kernel; the other paths never.
+    assert!(tried >= 4, "only {tried} kill paths could run here");
     // Raw sockets are killed too in a cgroup with connect rules ...
     let (pid, out) = send(&cg, test, "raw-socket", "127.0.0.1:0").unwrap();
     assert_eq!(
@@ -353,7 +375,7 @@ fn kill_refuses_and_kills_on_every_path_and_a_deny_list_covers_the_unspecified_a
     // socket in a cgroup no policy selects.
     let (pid, out) = send(&cg, test, "tcp-connect", &host("127.0.0.1", allowed.port)).unwrap();
     assert_eq!(result_line(&out), "result=ok", "{out:?}");
-    assert_eq!(allowed.arrived().len(), 1);
+    assert_eq!(allowed.arrived(1).len(), 1);
     let (free_pid, out) = send(&free, test, "raw-socket", "127.0.0.1:0").unwrap();
     assert_eq!(result_line(&out), "result=ok", "{out:?}");
     let events = tracer.stop();

@@ -315,17 +315,38 @@ fn a_jit_runtime_named_in_allow_executables_maps_rwx_silently() {
     };
     let runtime_real = resolve_interpreter(&runtime);
     let cg = TestCgroup::new("jit");
+    // The twin: the same runtime where no exemption names it.
+    let plain = TestCgroup::new("jit-plain");
     let tmp = tempfile::tempdir().unwrap();
     let spec =
         format!("  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{runtime_real}\"]\n");
-    let file = write_policy(tmp.path(), &policy_for(&cg, "jit", &spec));
+    let file = write_policy(
+        tmp.path(),
+        &[
+            policy_for(&cg, "jit", &spec),
+            policy_for(&plain, "jit-plain", "  memory:\n    writeExecute: Deny\n"),
+        ]
+        .join("---\n"),
+    );
     let tracer = Tracer::enforce(&file);
+    // Silence below only means something if this runtime does map RWX memory.
+    let out = plain.command(&runtime).args(&args).output().unwrap();
+    assert_ok(&out, "JIT runtime without an exemption");
+    tracer.wait_for("the runtime's RWX mapping without an exemption", |e| {
+        e["type"] == WX
+            && e["data"]["cgroup"]["id"] == plain.id
+            && e["data"]["process"]["exe"] == runtime_real.as_str()
+    });
     let out = cg.command(&runtime).args(&args).output().unwrap();
     assert_ok(&out, "JIT runtime");
     let (marker, out) = cg.scenario(&["mmap-rwx"]);
     assert_ok(&out, "non-exempt RWX");
     settle(&tracer, marker, WX);
-    let events = tracer.stop();
+    let events: Vec<Value> = tracer
+        .stop()
+        .into_iter()
+        .filter(|e| e["data"]["cgroup"]["id"] == cg.id)
+        .collect();
     let jit_events: Vec<&Value> = events
         .iter()
         .filter(|e| e["data"]["process"]["exe"] == runtime_real.as_str())
@@ -412,14 +433,12 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
         for i in 0..100 {
             let before = applied(&tracer);
             std::fs::write(&file, if i % 2 == 0 { &b } else { &a }).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while applied(&tracer) == before {
-                assert!(
-                    Instant::now() < deadline,
-                    "reload {i} was not applied within 10 s"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            common::wait_until(
+                &format!("reload {i} applied"),
+                common::LIVENESS,
+                || (applied(&tracer) != before).then_some(()),
+                || "no new `policies in force` line".into(),
+            );
             if i == 9 {
                 rss_early = rss_kib(tracer.pid());
             }
@@ -428,7 +447,15 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         generator.join().unwrap()
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Every kill is reported: wait for the last of them rather than guess how long it takes.
+    let kills = results.len();
+    tracer.wait_for_events(&format!("{kills} kill events"), |events| {
+        let reported = events
+            .iter()
+            .filter(|e| e["type"] == EXEC && e["vigilaction"] == "kill")
+            .count();
+        (reported >= kills).then_some(())
+    });
     let counts = entries(&tracer);
     let events = tracer.stop();
 
@@ -545,22 +572,18 @@ fn invalid_policies_are_refused_naming_the_field_and_the_last_good_one_holds() {
     for (i, (spec, field)) in invalid.iter().enumerate() {
         let before = tracer.stderr_lines().len();
         std::fs::write(&file, policy_for(&cg, "guard", spec)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let fresh = tracer.stderr_lines()[before..].to_vec();
-            if let Some(line) = fresh
-                .iter()
-                .find(|l| l.contains(&format!("{}: {field}:", file.display())))
-            {
-                assert!(line.contains("ERROR"), "refusals are errors: {line}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "invalid policy {i} was not refused naming {field}; log: {fresh:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let line = common::wait_until(
+            &format!("invalid policy {i} refused naming {field}"),
+            common::LIVENESS,
+            || {
+                tracer.stderr_lines()[before..]
+                    .iter()
+                    .find(|l| l.contains(&format!("{}: {field}:", file.display())))
+                    .cloned()
+            },
+            || format!("log: {:?}", &tracer.stderr_lines()[before..]),
+        );
+        assert!(line.contains("ERROR"), "refusals are errors: {line}");
         // The last good policy still kills.
         let marker = tmp.path().join(format!("m-{i}"));
         let (_, status) = run_in(&cg, &writer, &["write-marker", marker.to_str().unwrap()]);

@@ -17,6 +17,10 @@ use common::{TestCgroup, Tracer, is, pid_of, root_or_skip, run_in_cgroup, scenar
 use serde_json::Value;
 
 const EXEC: &str = "dev.vigil.exec.v1";
+const WX: &str = "dev.vigil.wx.v1";
+const WX_KILL: &str = "  memory:\n    writeExecute: Deny\n    action: Kill\n";
+const FOREIGN_WRITES_KILL: &str =
+    "  memory:\n    writeExecute: Allow\n    foreignWrites: Deny\n    action: Kill\n";
 
 /// One ClusterRuntimePolicy document per (cgroup, name, spec), in one file.
 fn write_policies(dir: &Path, docs: &[(&TestCgroup, &str, String)]) -> PathBuf {
@@ -52,22 +56,72 @@ fn run_writer(
     (pid, status, marker.exists())
 }
 
+/// A cgroup named `name`, a policy of that name on it with `spec`, and the agent enforcing
+/// it; the directory holds the policy file and whatever the test puts there.
+fn policed(name: &str, spec: &str) -> (TestCgroup, tempfile::TempDir, Tracer) {
+    let cg = TestCgroup::new(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_policies(tmp.path(), &[(&cg, name, spec.to_string())]);
+    let tracer = Tracer::enforce(&file);
+    (cg, tmp, tracer)
+}
+
+/// The exit code with which a scenario says this kernel lacks what it needs.
+const UNSUPPORTED: i32 = 77;
+
+/// Runs the scenario `args` in `cg`, where a Kill policy must kill it inside the call, before
+/// it returns to user space; the `ty` event that says so. `None` (the reason printed) where
+/// this kernel lacks the call.
+#[track_caller]
+fn killed_in_the_call_if_supported(
+    tracer: &Tracer,
+    cg: &TestCgroup,
+    args: &[&str],
+    ty: &str,
+) -> Option<Value> {
+    let (pid, out) = cg.scenario(args);
+    if out.status.code() == Some(UNSUPPORTED) {
+        common::skip_for_kernel(&args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        return None;
+    }
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{args:?}: {out:?}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?} returned to user space: {out:?}"
+    );
+    Some(tracer.wait_for(&format!("{args:?}"), |e| is(e, ty, pid)))
+}
+
+/// As [`killed_in_the_call_if_supported`], for calls every kernel this runs on has.
+#[track_caller]
+fn killed_in_the_call(tracer: &Tracer, cg: &TestCgroup, args: &[&str], ty: &str) -> Value {
+    killed_in_the_call_if_supported(tracer, cg, args, ty)
+        .unwrap_or_else(|| panic!("{args:?} is missing from this kernel"))
+}
+
+/// Asserts that no event names any of `pids` (the benign twins).
+#[track_caller]
+fn assert_quiet(events: &[Value], pids: &[u32], what: &str) {
+    let loud: Vec<&Value> = events
+        .iter()
+        .filter(|e| pids.iter().any(|p| pid_of(e) == u64::from(*p)))
+        .collect();
+    assert!(loud.is_empty(), "{what} was reported: {loud:?}");
+}
+
 #[test]
 fn anonymous_files_are_told_by_their_file_system_not_their_name() {
     if !root_or_skip("anonymous") {
         return;
     }
-    let cg = TestCgroup::new("anon");
-    let tmp = tempfile::tempdir().unwrap();
-    let file = write_policies(
-        tmp.path(),
-        &[(
-            &cg,
-            "anon",
-            "  exec:\n    deny: [{memfd: true}]\n    action: Kill\n".to_string(),
-        )],
+    let (cg, tmp, tracer) = policed(
+        "anon",
+        "  exec:\n    deny: [{memfd: true}]\n    action: Kill\n",
     );
-    let tracer = Tracer::enforce(&file);
 
     // A script held in a memfd, run by an interpreter from disk: the script is fileless.
     let marker = tmp.path().join("m-script");
@@ -96,13 +150,7 @@ fn anonymous_files_are_told_by_their_file_system_not_their_name() {
         assert!(status.success() && ran, "{name}: {status}");
         quiet.push(pid);
     }
-    let events = tracer.stop();
-    for pid in quiet {
-        assert!(
-            !events.iter().any(|e| is(e, EXEC, pid)),
-            "a file on disk was taken for a memfd"
-        );
-    }
+    assert_quiet(&tracer.stop(), &quiet, "a file on disk named like a memfd");
 }
 
 /// A directory under `base` whose `writer` has a real path exactly `len` bytes long.
@@ -415,13 +463,11 @@ fn a_wx_exemption_follows_the_image_exactly() {
         (child.id(), child.wait_with_output().unwrap())
     };
     assert!(out.status.success(), "{out:?}");
-    let e = tracer.wait_for("the RWX of the new image", |e| {
-        is(e, "dev.vigil.wx.v1", pid)
-    });
+    let e = tracer.wait_for("the RWX of the new image", |e| is(e, WX, pid));
     assert_eq!(e["vigilverdict"], "violation", "{e}");
     let events = tracer.stop();
     assert!(
-        !events.iter().any(|e| is(e, "dev.vigil.wx.v1", quiet)),
+        !events.iter().any(|e| is(e, WX, quiet)),
         "the exemption was dropped when the leader thread exited"
     );
 }
@@ -467,7 +513,7 @@ fn shared_memory_mapped_executable_is_wx_unless_the_runtime_is_exempt() {
             Some(libc::SIGKILL),
             "{scenario}: {out:?}"
         );
-        let e = tracer.wait_for(scenario, |e| is(e, "dev.vigil.wx.v1", pid));
+        let e = tracer.wait_for(scenario, |e| is(e, WX, pid));
         assert_eq!(e["data"]["wx"]["sharedExec"], true, "{e}");
         assert_eq!(e["data"]["wx"]["syscall"], syscall, "{e}");
         assert_eq!(e["vigilaction"], "kill", "{e}");
@@ -493,9 +539,9 @@ fn shared_memory_mapped_executable_is_wx_unless_the_runtime_is_exempt() {
     let events = tracer.stop();
     let loud: Vec<&Value> = events
         .iter()
-        .filter(|e| e["type"] == "dev.vigil.wx.v1")
+        .filter(|e| e["type"] == WX)
         .filter(|e| {
-            quiet.iter().any(|p| is(e, "dev.vigil.wx.v1", *p))
+            quiet.iter().any(|p| is(e, WX, *p))
                 || e["data"]["process"]["exe"] == runtime.to_str().unwrap()
         })
         .collect();
@@ -614,34 +660,13 @@ fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
     if !root_or_skip("foreign-writes") {
         return;
     }
-    let cg = TestCgroup::new("foreign");
-    let tmp = tempfile::tempdir().unwrap();
-    let file = write_policies(
-        tmp.path(),
-        &[(
-            &cg,
-            "foreign",
-            "  memory:\n    writeExecute: Allow\n    foreignWrites: Deny\n    action: Kill\n"
-                .to_string(),
-        )],
-    );
-    let tracer = Tracer::enforce(&file);
+    let (cg, _tmp, tracer) = policed("foreign", FOREIGN_WRITES_KILL);
     for (scenario, syscall) in [
         ("ptrace-poke", "ptrace"),
         ("vm-writev", "process_vm_writev"),
         ("proc-mem-write", "open"),
     ] {
-        let (pid, out) = cg.scenario(&[scenario]);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "{scenario}: {out:?}"
-        );
-        assert!(
-            out.stdout.is_empty(),
-            "{scenario} returned to user space: {out:?}"
-        );
-        let e = tracer.wait_for(scenario, |e| is(e, "dev.vigil.wx.v1", pid));
+        let e = killed_in_the_call(&tracer, &cg, &[scenario], WX);
         assert_eq!(e["data"]["wx"]["foreignWrite"], true, "{e}");
         assert_eq!(e["data"]["wx"]["syscall"], syscall, "{e}");
         assert_eq!(
@@ -664,13 +689,7 @@ fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
     let (pid, out) = free.scenario(&["ptrace-poke"]);
     assert!(out.status.success(), "{out:?}");
     quiet.push(pid);
-    let events = tracer.stop();
-    for pid in quiet {
-        assert!(
-            !events.iter().any(|e| is(e, "dev.vigil.wx.v1", pid)),
-            "a benign access was reported"
-        );
-    }
+    assert_quiet(&tracer.stop(), &quiet, "a benign access");
 }
 
 #[test]
@@ -678,17 +697,7 @@ fn wx_is_decided_on_what_the_kernel_did() {
     if !root_or_skip("wx-result") {
         return;
     }
-    let cg = TestCgroup::new("wx-result");
-    let tmp = tempfile::tempdir().unwrap();
-    let file = write_policies(
-        tmp.path(),
-        &[(
-            &cg,
-            "wx-result",
-            "  memory:\n    writeExecute: Deny\n    action: Kill\n".to_string(),
-        )],
-    );
-    let tracer = Tracer::enforce(&file);
+    let (cg, _tmp, tracer) = policed("wx-result", WX_KILL);
     // Requests the kernel refuses made no mapping: the process lives, nothing is reported.
     let (quiet, out) = cg.scenario(&["refused-rwx"]);
     assert!(out.status.success(), "{out:?}");
@@ -696,25 +705,11 @@ fn wx_is_decided_on_what_the_kernel_did() {
     // The same requests granted: killed before the mapping is used, reported with the
     // address the kernel chose.
     for scenario in ["mmap-rwx", "mprotect-rwx"] {
-        let (pid, out) = cg.scenario(&[scenario]);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "{scenario}: {out:?}"
-        );
-        assert!(
-            out.stdout.is_empty(),
-            "{scenario} returned to user space: {out:?}"
-        );
-        let e = tracer.wait_for(scenario, |e| is(e, "dev.vigil.wx.v1", pid));
+        let e = killed_in_the_call(&tracer, &cg, &[scenario], WX);
         assert_ne!(e["data"]["wx"]["addr"], "0x0", "{e}");
         assert_eq!(e["vigilaction"], "kill", "{e}");
     }
-    let events = tracer.stop();
-    assert!(
-        !events.iter().any(|e| is(e, "dev.vigil.wx.v1", quiet)),
-        "a refused request was reported"
-    );
+    assert_quiet(&tracer.stop(), &[quiet], "a refused request");
 }
 
 #[test]
@@ -722,36 +717,15 @@ fn wx_through_the_32_bit_entry_is_caught() {
     if !root_or_skip("compat-wx") {
         return;
     }
-    let cg = TestCgroup::new("compat-wx");
-    let tmp = tempfile::tempdir().unwrap();
-    let file = write_policies(
-        tmp.path(),
-        &[(
-            &cg,
-            "compat-wx",
-            "  memory:\n    writeExecute: Deny\n    action: Kill\n".to_string(),
-        )],
-    );
-    let tracer = Tracer::enforce(&file);
+    let (cg, _tmp, tracer) = policed("compat-wx", WX_KILL);
     for (scenario, syscall) in [
         ("compat-mmap-rwx", "mmap2"),
         ("compat-mprotect-rwx", "mprotect"),
     ] {
-        let (pid, out) = cg.scenario(&[scenario]);
-        if out.status.code() == Some(77) {
-            common::skip_for_kernel(scenario, String::from_utf8_lossy(&out.stderr).trim());
-            continue;
-        }
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "{scenario}: {out:?}"
-        );
-        assert!(
-            out.stdout.is_empty(),
-            "{scenario} returned to user space: {out:?}"
-        );
-        let e = tracer.wait_for(scenario, |e| is(e, "dev.vigil.wx.v1", pid));
+        // Without the 32-bit entry there is nothing to test, the twin included.
+        let Some(e) = killed_in_the_call_if_supported(&tracer, &cg, &[scenario], WX) else {
+            return;
+        };
         assert_eq!(e["data"]["wx"]["syscall"], syscall, "{e}");
         assert_eq!(e["data"]["wx"]["compat"], true, "{e}");
         assert_eq!(e["data"]["wx"]["protText"], "rwx", "{e}");
@@ -759,11 +733,7 @@ fn wx_through_the_32_bit_entry_is_caught() {
     // The benign twin: a writable, not executable, mapping through the same entry.
     let (quiet, out) = cg.scenario(&["compat-mmap-rw"]);
     assert!(out.status.success(), "{out:?}");
-    let events = tracer.stop();
-    assert!(
-        !events.iter().any(|e| is(e, "dev.vigil.wx.v1", quiet)),
-        "a writable-only compat mapping was reported"
-    );
+    assert_quiet(&tracer.stop(), &[quiet], "a writable-only compat mapping");
 }
 
 #[test]
@@ -1347,7 +1317,7 @@ fn memory_the_kernel_maps_at_exec_and_files_made_executable_later_are_judged() {
         let (pid, status, ran) = run_writer(&cg, program, &marker);
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status}");
         assert!(!ran, "{what}: the image ran");
-        let e = tracer.wait_for(what, |e| is(e, "dev.vigil.wx.v1", pid));
+        let e = tracer.wait_for(what, |e| is(e, WX, pid));
         assert_eq!(e["data"]["wx"]["syscall"], "execve", "{what}: {e}");
         assert!(
             e["data"]["wx"]["protText"].as_str().unwrap().contains('x'),
@@ -1428,14 +1398,9 @@ fn every_32_bit_call_is_a_violation_where_compat_syscalls_are_denied() {
     );
     let tracer = Tracer::enforce(&file);
     // A writable-only mapping through the 32-bit entry: no W^X, but the entry is forbidden.
-    let (pid, out) = cg.scenario(&["compat-mmap-rw"]);
-    if out.status.code() == Some(77) {
-        common::skip_for_kernel("compat-deny", String::from_utf8_lossy(&out.stderr).trim());
+    let Some(e) = killed_in_the_call_if_supported(&tracer, &cg, &["compat-mmap-rw"], WX) else {
         return;
-    }
-    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
-    assert!(out.stdout.is_empty(), "it returned to user space: {out:?}");
-    let e = tracer.wait_for("the 32-bit call", |e| is(e, "dev.vigil.wx.v1", pid));
+    };
     assert_eq!(e["data"]["wx"]["syscall"], "compat", "{e}");
     // i386 mmap2.
     assert_eq!(e["data"]["wx"]["compatSyscall"], 192, "{e}");
@@ -1451,14 +1416,7 @@ fn every_32_bit_call_is_a_violation_where_compat_syscalls_are_denied() {
     assert!(out.status.success(), "{out:?}");
     let (quiet_32, out) = other.scenario(&["compat-mmap-rw"]);
     assert!(out.status.success(), "{out:?}");
-    let events = tracer.stop();
-    for pid in [quiet_64, quiet_32] {
-        let noisy: Vec<_> = events
-            .iter()
-            .filter(|e| pid_of(e) == u64::from(pid))
-            .collect();
-        assert!(noisy.is_empty(), "a benign call was reported: {noisy:?}");
-    }
+    assert_quiet(&tracer.stop(), &[quiet_64, quiet_32], "a benign call");
 }
 
 #[test]
@@ -1466,28 +1424,11 @@ fn a_userfaultfd_is_a_foreign_write_under_foreign_writes_deny() {
     if !root_or_skip("userfaultfd") {
         return;
     }
-    let cg = TestCgroup::new("uffd");
+    let (cg, _tmp, tracer) = policed("uffd", FOREIGN_WRITES_KILL);
     let free = TestCgroup::new("uffd-free");
-    let tmp = tempfile::tempdir().unwrap();
-    let file = write_policies(
-        tmp.path(),
-        &[(
-            &cg,
-            "uffd",
-            "  memory:\n    writeExecute: Allow\n    foreignWrites: Deny\n    action: Kill\n"
-                .to_string(),
-        )],
-    );
-    let tracer = Tracer::enforce(&file);
     let mut quiet = Vec::new();
     for how in ["syscall", "device"] {
-        let (pid, out) = cg.scenario(&["userfaultfd", how]);
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{how}: {out:?}");
-        assert!(
-            out.stdout.is_empty(),
-            "{how}: it got its descriptor: {out:?}"
-        );
-        let e = tracer.wait_for(how, |e| is(e, "dev.vigil.wx.v1", pid));
+        let e = killed_in_the_call(&tracer, &cg, &["userfaultfd", how], WX);
         assert_eq!(e["data"]["wx"]["syscall"], "userfaultfd", "{how}: {e}");
         assert_eq!(e["data"]["wx"]["foreignWrite"], true, "{how}: {e}");
         assert_eq!(
@@ -1499,11 +1440,5 @@ fn a_userfaultfd_is_a_foreign_write_under_foreign_writes_deny() {
         assert_eq!(stdout_text(&out), "created", "{how}: {out:?}");
         quiet.push(pid);
     }
-    let events = tracer.stop();
-    for pid in quiet {
-        assert!(
-            !events.iter().any(|e| pid_of(e) == u64::from(pid)),
-            "a userfaultfd outside the policy was reported"
-        );
-    }
+    assert_quiet(&tracer.stop(), &quiet, "a userfaultfd outside the policy");
 }

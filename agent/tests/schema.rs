@@ -372,6 +372,43 @@ fn drifted_events_are_refused() {
     assert_invalid(&e, "/specversion");
 }
 
+/// An agent that writes an invalid event fails the test at the next look, with the event and
+/// the schema's errors, not later as a wait that timed out.
+#[test]
+fn an_invalid_event_fails_the_test_at_once_and_says_why() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("fake-vigil");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho 'vigil is tracing' >&2\necho '{\"specversion\": \"0.3\"}'\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tracer = common::Tracer::spawn_program(&agent, &[], &[], "vigil is tracing");
+    let failure = |f: Box<dyn FnOnce() + '_>| {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .expect_err("an invalid event must fail the test");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Waiting for an event that never comes: the invalid one ends the wait, not the deadline.
+    let message = failure(Box::new(|| {
+        tracer.wait_for("that never comes", |_| false);
+    }));
+    assert!(
+        message.contains("does not match docs/event.schema.json")
+            && message.contains("/specversion")
+            && message.contains(r#"{"specversion": "0.3"}"#),
+        "{message}"
+    );
+    // A test that never looks again still fails when the agent is dropped.
+    let message = failure(Box::new(move || drop(tracer)));
+    assert!(message.contains("invalid line"), "{message}");
+}
+
 #[test]
 fn the_examples_in_the_documentation_match_the_schema() {
     let doc = include_str!("../../docs/event-schema.md");

@@ -314,7 +314,156 @@ pub fn service_keys(cluster: &Cluster) -> Vec<ServiceKey> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use kube::runtime::{
+        reflector::{Store, store::Writer},
+        watcher,
+    };
+    use serde_json::json;
+
     use super::*;
+
+    /// A store holding `objects`, each given as its JSON.
+    fn store<K>(objects: &[serde_json::Value]) -> Store<K>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let mut writer = Writer::<K>::default();
+        for object in objects {
+            let object: K = serde_json::from_value(object.clone()).expect("a valid object");
+            writer.apply_watcher_event(&watcher::Event::Apply(object));
+        }
+        writer.as_reader()
+    }
+
+    /// A cluster whose stores hold only these namespaces, pods, Services and EndpointSlices.
+    fn cluster_of(
+        namespaces: &[serde_json::Value],
+        pods: &[serde_json::Value],
+        services: &[serde_json::Value],
+        slices: &[serde_json::Value],
+    ) -> Cluster {
+        Cluster {
+            dirty: std::sync::Arc::new(Dirty {
+                policies: Default::default(),
+                services: Default::default(),
+            }),
+            pods: store(pods),
+            pods_by_uid: Default::default(),
+            namespaces: store(namespaces),
+            replicasets: store(&[]),
+            jobs: store(&[]),
+            services: store(services),
+            slices: store(slices),
+            runtime_policies: store(&[]),
+            cluster_policies: store(&[]),
+        }
+    }
+
+    /// A key as the kernel map holds it: IPv4 as `::ffff:a.b.c.d`.
+    fn key(addr: &str, port: u16, protocol: u16) -> ServiceKey {
+        ServiceKey {
+            addr: mapped(addr.parse::<IpAddr>().unwrap()),
+            port,
+            protocol,
+        }
+    }
+
+    fn sorted(mut keys: Vec<ServiceKey>) -> Vec<ServiceKey> {
+        keys.sort_by_key(|k| (k.addr, k.port, k.protocol));
+        keys
+    }
+
+    #[test]
+    fn service_keys_are_every_cluster_ip_port_and_every_ready_endpoint() {
+        let services = [
+            json!({"metadata": {"name": "api", "namespace": "shop"}, "spec": {
+                "clusterIP": "10.96.0.10",
+                "clusterIPs": ["10.96.0.10", "fd00::10"],
+                "ports": [{"port": 8080}, {"port": 53, "protocol": "UDP"}],
+            }}),
+            // Only `clusterIP` set, as older API servers leave it.
+            json!({"metadata": {"name": "old", "namespace": "shop"}, "spec": {
+                "clusterIP": "10.96.0.11",
+                "ports": [{"port": 9000, "protocol": "SCTP"}],
+            }}),
+            // Headless: no address to allow.
+            json!({"metadata": {"name": "headless", "namespace": "shop"}, "spec": {
+                "clusterIP": "None",
+                "ports": [{"port": 80}],
+            }}),
+            json!({"metadata": {"name": "no-spec", "namespace": "shop"}}),
+        ];
+        let slices = [json!({
+            "metadata": {"name": "api-1", "namespace": "shop"},
+            "addressType": "IPv4",
+            "ports": [{"port": 9090}, {"port": 9091, "protocol": "UDP"}, {"name": "no-port"}],
+            "endpoints": [
+                {"addresses": ["10.244.1.7"], "conditions": {"ready": true}},
+                // Ready unless the slice says otherwise.
+                {"addresses": ["10.244.1.8"]},
+                {"addresses": ["10.244.1.9"], "conditions": {"ready": false}},
+                // The same endpoint twice (two slices of one Service may overlap).
+                {"addresses": ["10.244.1.7", "not-an-address"]},
+            ],
+        })];
+        let keys = service_keys(&cluster_of(&[], &[], &services, &slices));
+        assert_eq!(
+            keys,
+            sorted(vec![
+                key("10.96.0.10", 8080, 6),
+                key("10.96.0.10", 53, 17),
+                key("fd00::10", 8080, 6),
+                key("fd00::10", 53, 17),
+                key("10.96.0.11", 9000, 132),
+                key("10.244.1.7", 9090, 6),
+                key("10.244.1.7", 9091, 17),
+                key("10.244.1.8", 9090, 6),
+                key("10.244.1.8", 9091, 17),
+            ])
+        );
+    }
+
+    #[test]
+    fn pod_views_carry_labels_namespace_labels_and_container_ids() {
+        let namespaces = [json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": {"name": "shop", "labels": {"env": "prod"}},
+        })];
+        let pods = [
+            json!({
+                "metadata": {"name": "web-0", "namespace": "shop", "uid": "u1",
+                             "labels": {"app": "web"}},
+                "status": {"containerStatuses": [
+                    {"name": "app", "containerID": "containerd://c1", "image": "web",
+                     "imageID": "", "ready": true, "restartCount": 0},
+                    // Not started yet: no id, so nothing to bind.
+                    {"name": "sidecar", "image": "proxy", "imageID": "", "ready": false,
+                     "restartCount": 0},
+                ]},
+            }),
+            // A namespace the store has not seen: no namespace labels.
+            json!({"metadata": {"name": "db-0", "namespace": "new", "uid": "u2"}}),
+            // Without a UID there is no pod to bind.
+            json!({"metadata": {"name": "ghost", "namespace": "shop"}}),
+        ];
+        let mut views = pod_views(&cluster_of(&namespaces, &pods, &[], &[]));
+        views.sort_by(|a, b| a.uid.cmp(&b.uid));
+        assert_eq!(views.len(), 2, "{views:?}");
+        let web = &views[0];
+        assert_eq!(web.uid, "u1");
+        assert_eq!(web.namespace, "shop");
+        assert_eq!(web.labels, [("app".into(), "web".into())].into());
+        assert_eq!(web.namespace_labels, [("env".into(), "prod".into())].into());
+        assert_eq!(web.containers, vec![("app".to_string(), "c1".to_string())]);
+        let db = &views[1];
+        assert_eq!((db.uid.as_str(), db.namespace.as_str()), ("u2", "new"));
+        assert!(db.labels.is_empty() && db.namespace_labels.is_empty());
+        assert!(db.containers.is_empty());
+    }
 
     fn source(env: &[(&str, &str)], existing: &[&str]) -> Option<ConfigSource> {
         config_source(

@@ -50,6 +50,11 @@ fn assert_refused(text: &str, field: &str, reason: &str) -> Vec<FieldError> {
 
 const WEB: &str = "  podSelector: {matchLabels: {app: web}}\n";
 
+/// The RuntimePolicy `shop/web` selecting `app: web`, with `extra` in its spec.
+fn web(extra: &str) -> String {
+    runtime(&format!("{WEB}{extra}"))
+}
+
 #[test]
 fn valid_runtime_policy_is_normalized() {
     let p = ok(&runtime(
@@ -147,9 +152,7 @@ fn cluster_policy_selections() {
 
 #[test]
 fn empty_sections_are_no_ops() {
-    let p = ok(&runtime(&format!(
-        "{WEB}  exec: {{action: Kill}}\n  connect: {{}}\n"
-    )));
+    let p = ok(&web("  exec: {action: Kill}\n  connect: {}\n"));
     assert!(p.spec.exec.allow.is_empty() && p.spec.exec.deny.is_empty());
     assert!(!p.spec.connect.has_allowlist());
     assert_eq!(
@@ -162,9 +165,9 @@ fn empty_sections_are_no_ops() {
 #[test]
 fn unknown_fields_are_all_reported_with_their_path() {
     let errors = assert_refused(
-        &runtime(&format!(
-            "{WEB}  exec: {{alow: [{{path: /bin/sh}}]}}\n  connect: {{allow: [{{cidr: 10.0.0.0/8, port: [\"1\"]}}]}}\n  namespaceSelector: {{}}\n"
-        )),
+        &web(
+            "  exec: {alow: [{path: /bin/sh}]}\n  connect: {allow: [{cidr: 10.0.0.0/8, port: [\"1\"]}]}\n  namespaceSelector: {}\n",
+        ),
         "spec.exec.alow",
         "unknown field",
     );
@@ -196,24 +199,22 @@ fn unknown_top_level_field() {
 #[test]
 fn bad_enum_values() {
     assert_refused(
-        &runtime(&format!("{WEB}  mode: enforce\n")),
+        &web("  mode: enforce\n"),
         "spec.mode",
         "\"Enforce\", \"Audit\"",
     );
     assert_refused(
-        &runtime(&format!("{WEB}  exec: {{action: Block}}\n")),
+        &web("  exec: {action: Block}\n"),
         "spec.exec.action",
         "\"Kill\"",
     );
     assert_refused(
-        &runtime(&format!("{WEB}  memory: {{writeExecute: No}}\n")),
+        &web("  memory: {writeExecute: No}\n"),
         "spec.memory.writeExecute",
         "\"Deny\"",
     );
     assert_refused(
-        &runtime(&format!(
-            "{WEB}  connect: {{deny: [{{cidr: 10.0.0.0/8, protocol: SCTP}}]}}\n"
-        )),
+        &web("  connect: {deny: [{cidr: 10.0.0.0/8, protocol: SCTP}]}\n"),
         "spec.connect.deny[0].protocol",
         "\"TCP\", \"UDP\"",
     );
@@ -222,19 +223,17 @@ fn bad_enum_values() {
 #[test]
 fn wrong_types() {
     assert_refused(
-        &runtime(&format!(
-            "{WEB}  connect: {{allow: [{{cidr: 10.0.0.0/8, ports: [443]}}]}}\n"
-        )),
+        &web("  connect: {allow: [{cidr: 10.0.0.0/8, ports: [443]}]}\n"),
         "spec.connect.allow[0].ports[0]",
         "write ports as strings",
     );
     assert_refused(
-        &runtime(&format!("{WEB}  exec: {{allow: {{path: /bin/sh}}}}\n")),
+        &web("  exec: {allow: {path: /bin/sh}}\n"),
         "spec.exec.allow",
         "expected a list",
     );
     assert_refused(
-        &runtime(&format!("{WEB}  connect: {{allowServices: \"yes\"}}\n")),
+        &web("  connect: {allowServices: \"yes\"}\n"),
         "spec.connect.allowServices",
         "true or false",
     );
@@ -248,14 +247,12 @@ fn required_fields() {
         "is required",
     );
     assert_refused(
-        &runtime(&format!("{WEB}  memory: {{action: Alert}}\n")),
+        &web("  memory: {action: Alert}\n"),
         "spec.memory.writeExecute",
         "is required",
     );
     assert_refused(
-        &runtime(&format!(
-            "{WEB}  connect: {{allow: [{{ports: [\"1\"]}}]}}\n"
-        )),
+        &web("  connect: {allow: [{ports: [\"1\"]}]}\n"),
         "spec.connect.allow[0].cidr",
         "is required",
     );
@@ -322,9 +319,9 @@ fn bad_ports() {
     ok(&ports("65535"));
     ok(&ports("1-65535"));
     ok(&ports("443-443"));
-    let p = ok(&runtime(&format!(
-        "{WEB}  connect: {{allow: [{{cidr: 10.0.0.0/8, ports: []}}]}}\n"
-    )));
+    let p = ok(&web(
+        "  connect: {allow: [{cidr: 10.0.0.0/8, ports: []}]}\n",
+    ));
     assert_eq!(
         p.spec.connect.allow[0].port_ranges(),
         [PortRange::ALL],
@@ -407,17 +404,13 @@ fn exec_paths_must_be_absolute_and_canonical() {
 #[test]
 fn empty_lists_are_refused_as_ambiguous() {
     assert_refused(
-        &runtime(&format!("{WEB}  connect: {{allow: []}}\n")),
+        &web("  connect: {allow: []}\n"),
         "spec.connect.allow",
         "ambiguous",
     );
+    assert_refused(&web("  exec: {deny: []}\n"), "spec.exec.deny", "ambiguous");
     assert_refused(
-        &runtime(&format!("{WEB}  exec: {{deny: []}}\n")),
-        "spec.exec.deny",
-        "ambiguous",
-    );
-    assert_refused(
-        &runtime(&format!("{WEB}  containers: []\n")),
+        &web("  containers: []\n"),
         "spec.containers",
         "selects no container",
     );
@@ -487,12 +480,12 @@ fn names_are_checked() {
     let text = runtime(WEB).replace("namespace: shop", "namespace: Shop");
     assert_refused(&text, "metadata.namespace", "not a namespace name");
     assert_refused(
-        &runtime(&format!("{WEB}  containers: [Nginx]\n")),
+        &web("  containers: [Nginx]\n"),
         "spec.containers[0]",
         "not a container name",
     );
     assert_refused(
-        &runtime(&format!("{WEB}  containers: [a, a]\n")),
+        &web("  containers: [a, a]\n"),
         "spec.containers[1]",
         "listed twice",
     );
@@ -575,24 +568,20 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
 
 #[test]
 fn deny_is_only_for_connect() {
-    let p = ok(&runtime(&format!(
-        "{WEB}  connect: {{allow: [{{cidr: 10.0.0.0/8}}], action: Deny}}
-"
-    )));
+    let p = ok(&web(
+        "  connect: {allow: [{cidr: 10.0.0.0/8}], action: Deny}
+",
+    ));
     assert_eq!(p.spec.connect.action, crate::policy::Action::Deny);
     assert_refused(
-        &runtime(&format!(
-            "{WEB}  exec: {{deny: [{{prefix: /tmp/}}], action: Deny}}
-"
-        )),
+        &web("  exec: {deny: [{prefix: /tmp/}], action: Deny}
+"),
         "spec.exec.action",
         "Deny is only available for connect",
     );
     assert_refused(
-        &runtime(&format!(
-            "{WEB}  memory: {{writeExecute: Deny, action: Deny}}
-"
-        )),
+        &web("  memory: {writeExecute: Deny, action: Deny}
+"),
         "spec.memory.action",
         "use Kill",
     );
@@ -679,7 +668,7 @@ fn yaml_errors_end_the_file_but_not_before_good_documents() {
     // A duplicate key spoils one document only.
     let text = format!(
         "{}\n---\n{}",
-        runtime(&format!("{WEB}  mode: Audit\n  mode: Audit\n")),
+        web("  mode: Audit\n  mode: Audit\n"),
         runtime("  mode: x\n")
     );
     let errors = load_str(&text, None).unwrap_err();
@@ -698,11 +687,7 @@ fn yaml_errors_end_the_file_but_not_before_good_documents() {
 
 #[test]
 fn display_is_file_field_reason() {
-    let errors = load_str(
-        &runtime(&format!("{WEB}  mode: x\n")),
-        Some(Path::new("dir/p.yaml")),
-    )
-    .unwrap_err();
+    let errors = load_str(&web("  mode: x\n"), Some(Path::new("dir/p.yaml"))).unwrap_err();
     let line = errors[0].to_string();
     assert!(
         line.starts_with("dir/p.yaml: spec.mode: unknown value \"x\""),
@@ -758,9 +743,9 @@ fn load_paths_reads_directories_sorted_and_refuses_the_whole_set() {
 
 #[test]
 fn semantics_helpers() {
-    let p = ok(&runtime(&format!(
-        "{WEB}  mode: Audit\n  exec: {{deny: [{{prefix: /tmp/}}], action: Kill}}\n"
-    )));
+    let p = ok(&web(
+        "  mode: Audit\n  exec: {deny: [{prefix: /tmp/}], action: Kill}\n",
+    ));
     assert_eq!(
         p.spec.effective(p.spec.exec.action),
         Action::Alert,

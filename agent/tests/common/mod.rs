@@ -64,6 +64,34 @@ pub fn scenario_bin() -> PathBuf {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// How long a test waits for something that must happen before it calls it a failure. A
+/// liveness bound, not a latency claim: on a loaded machine (two cores, other suites running)
+/// an event or a reload can take seconds; `cargo xtask bench` is where speed is measured.
+pub const LIVENESS: Duration = Duration::from_secs(60);
+
+/// Polls `poll` every 20 ms until it yields a value; fails naming `what` (and what `poll`
+/// last saw, via `seen`) after `limit`.
+pub fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut poll: impl FnMut() -> Option<T>,
+    seen: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = poll() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {} s; {}",
+            limit.as_secs(),
+            seen()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `docs/event.schema.json`, compiled once for every test of a binary.
 pub fn event_schema() -> &'static jsonschema::Validator {
     static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
@@ -226,6 +254,9 @@ pub struct Tracer {
     events: Arc<Mutex<Vec<Value>>>,
     stdout_thread: Option<std::thread::JoinHandle<()>>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Stdout lines that are not JSON or do not match the schema, each with the reason. The
+    /// reader thread only records them: a panic there would surface in the test as a timeout.
+    invalid: Arc<Mutex<Vec<String>>>,
 }
 
 impl Tracer {
@@ -264,7 +295,17 @@ impl Tracer {
         envs: &[(&str, &std::ffi::OsStr)],
         ready_marker: &'static str,
     ) -> Self {
-        let mut cmd = Command::new(vigil_bin());
+        Self::spawn_program(&vigil_bin(), args, envs, ready_marker)
+    }
+
+    /// Starts `program ARGS` as the agent (a stand-in lets the helper itself be tested).
+    pub fn spawn_program(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+        ready_marker: &'static str,
+    ) -> Self {
+        let mut cmd = Command::new(program);
         cmd.args(args);
         for (k, v) in envs {
             cmd.env(k, v);
@@ -292,28 +333,37 @@ impl Tracer {
             }
         });
         let events = Arc::new(Mutex::new(Vec::new()));
+        let invalid = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
-        let sink = events.clone();
+        let (sink, invalid_sink) = (events.clone(), invalid.clone());
         let stdout_thread = std::thread::spawn(move || {
             // Every emitted event must match the documented schema.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
-                let errors = schema_errors(&value);
-                if !errors.is_empty() {
-                    panic!(
-                        "event does not match docs/event.schema.json:\n{}\nevent: {line}",
-                        errors.join("\n")
-                    );
+                match serde_json::from_str::<Value>(&line) {
+                    Err(e) => invalid_sink
+                        .lock()
+                        .expect("invalid")
+                        .push(format!("stdout line is not JSON ({e}): {line}")),
+                    Ok(value) => {
+                        let errors = schema_errors(&value);
+                        if errors.is_empty() {
+                            sink.lock().expect("events").push(value);
+                        } else {
+                            invalid_sink.lock().expect("invalid").push(format!(
+                                "event does not match docs/event.schema.json:\n{}\nevent: {line}",
+                                errors.join("\n")
+                            ));
+                        }
+                    }
                 }
-                sink.lock().expect("events").push(value);
             }
         });
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        if ready_rx.recv_timeout(LIVENESS).is_err() {
             let _ = child.kill();
             panic!(
-                "vigil {} did not report `{ready_marker}` within 60 s",
-                args[0]
+                "{} {args:?} did not report `{ready_marker}` within {} s",
+                program.display(),
+                LIVENESS.as_secs()
             );
         }
         Self {
@@ -321,10 +371,28 @@ impl Tracer {
             events,
             stdout_thread: Some(stdout_thread),
             log,
+            invalid,
         }
     }
 
+    /// Fails the test, in the test's thread, once the agent has written anything that is not
+    /// a valid event.
+    #[track_caller]
+    pub fn assert_valid_output(&self) {
+        // Copied out so that the panic does not poison the lock for a later look.
+        let invalid = self.invalid.lock().expect("invalid").clone();
+        if let Some(first) = invalid.first() {
+            panic!(
+                "the agent wrote {} invalid line(s) to stdout; the first: {first}",
+                invalid.len()
+            );
+        }
+    }
+
+    /// Every event so far (after checking that all of them are valid).
+    #[track_caller]
     pub fn events(&self) -> Vec<Value> {
+        self.assert_valid_output();
         self.events.lock().expect("events").clone()
     }
 
@@ -332,16 +400,18 @@ impl Tracer {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Waits until the agent logged a line containing `text`.
-    pub fn wait_for_log(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.stderr_lines().iter().any(|l| l.contains(text)) {
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not log `{text}` within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Waits until the agent logged a line containing `text`; returns the line.
+    #[track_caller]
+    pub fn wait_for_log(&self, text: &str) -> String {
+        wait_until(
+            &format!("the agent's log line `{text}`"),
+            LIVENESS,
+            || {
+                self.assert_valid_output();
+                self.stderr_lines().into_iter().find(|l| l.contains(text))
+            },
+            || "no such line".into(),
+        )
     }
 
     /// Everything the agent logged so far.
@@ -350,44 +420,41 @@ impl Tracer {
     }
 
     /// Waits for an event matching `pred`.
+    #[track_caller]
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(ev) = self.events().into_iter().find(|e| pred(e)) {
-                return ev;
-            }
-            if Instant::now() > deadline {
+        self.wait_for_events(&format!("the event {what}"), |events| {
+            events.iter().find(|e| pred(e)).cloned()
+        })
+    }
+
+    /// Waits until `done` yields something from the events so far.
+    #[track_caller]
+    pub fn wait_for_events<T>(&self, what: &str, done: impl Fn(&[Value]) -> Option<T>) -> T {
+        wait_until(
+            what,
+            LIVENESS,
+            || done(&self.events()),
+            || {
                 let seen: Vec<String> = self.events().iter().map(compact).collect();
-                panic!(
-                    "no event {what} within 10 s; saw {} events:\n{}",
-                    seen.len(),
-                    seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                format!("saw {} events:\n{}", seen.len(), seen.join("\n"))
+            },
+        )
     }
 
     /// SIGINT, then waits for a clean exit; returns every event emitted.
+    #[track_caller]
     pub fn stop(mut self) -> Vec<Value> {
+        self.assert_valid_output();
         let mut child = self.child.take().expect("running");
         // SAFETY: signalling the child we started, by its pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vigil trace did not stop within 20 s of SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(
-            status.success(),
-            "vigil trace exited with {status} after SIGINT"
+        let status = wait_until(
+            "vigil's exit after SIGINT",
+            LIVENESS,
+            || child.try_wait().expect("wait"),
+            || "still running".into(),
         );
+        assert!(status.success(), "vigil exited with {status} after SIGINT");
         if let Some(t) = self.stdout_thread.take() {
             t.join().expect("stdout reader");
         }
@@ -400,6 +467,10 @@ impl Drop for Tracer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A test that never looked at the events again still fails on an invalid one.
+        if !std::thread::panicking() {
+            self.assert_valid_output();
         }
     }
 }
