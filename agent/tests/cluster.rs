@@ -65,11 +65,8 @@ impl Cluster {
     /// `vigil run` as the agent of `node`, with `root` as its cgroup root.
     fn agent_on(&self, node: &str, root: &TestCgroup, kubeconfig: Option<&Path>) -> Tracer {
         let kubeconfig = kubeconfig.map_or_else(|| self.plane.kubeconfig(), Path::to_path_buf);
-        Tracer::spawn_with(
+        Tracer::run(
             &[
-                "run",
-                "--output",
-                "json",
                 "--watch-interval-ms",
                 "100",
                 "--node-name",
@@ -78,7 +75,6 @@ impl Cluster {
                 root.dir.to_str().unwrap(),
             ],
             &[("KUBECONFIG", kubeconfig.as_os_str())],
-            "vigil is enforcing",
         )
     }
 
@@ -570,7 +566,9 @@ fn an_event_from_a_pod_created_a_moment_before_is_still_enriched() {
     let slice = c.root.dir.join("kubepods.slice");
     std::fs::create_dir(&slice).unwrap();
     let agent = c.agent(None);
-    agent.wait_for_log("bindings=1");
+    agent.wait_for_state("the kubelet's slice bound", |s| {
+        s["bound"].as_array().is_some_and(|b| b.len() == 1)
+    });
     let created = Instant::now();
     let pod = c.pod("shop", "fresh-0", "app: fresh", None);
     let (pid, _) = pod.run(

@@ -311,13 +311,14 @@ fn deep_bindings_are_enforced_or_refused_by_name_and_deep_descendants_stay_cover
         ],
     );
     let tracer = Tracer::enforce(&file);
-    tracer.wait_for_log("binding refused");
-    let line = tracer
-        .stderr_lines()
-        .into_iter()
-        .find(|l| l.contains("binding refused"))
-        .unwrap();
-    assert!(line.contains(&format!("cgroup={} ", refused.rel)), "{line}");
+    let state = tracer.wait_for_state("the too-deep binding refused", |s| {
+        s["tooDeep"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    assert_eq!(
+        state["tooDeep"],
+        serde_json::json!([refused.rel]),
+        "{state}"
+    );
     // Bound at level 30 (the kills prove it was not refused): enforced there and at level 40
     // below it.
     let marker = tmp.path().join("marker");

@@ -357,8 +357,6 @@ mod tests {
             jobs: store(&[]),
             services: store(services),
             slices: store(slices),
-            runtime_policies: store(&[]),
-            cluster_policies: store(&[]),
         }
     }
 

@@ -257,6 +257,8 @@ pub struct Tracer {
     /// Stdout lines that are not JSON or do not match the schema, each with the reason. The
     /// reader thread only records them: a panic there would surface in the test as a timeout.
     invalid: Arc<Mutex<Vec<String>>>,
+    /// `vigil run --state-file`: where the agent keeps its state, for [`Tracer::state`].
+    state: Option<(tempfile::TempDir, PathBuf)>,
 }
 
 impl Tracer {
@@ -274,18 +276,46 @@ impl Tracer {
     /// Starts `vigil run` with `policy` (a file or directory), checking it every 100 ms.
     pub fn enforce(policy: &Path) -> Self {
         let policy = policy.to_str().expect("UTF-8 path");
-        Self::spawn_with(
-            &[
-                "run",
-                "--output",
-                "json",
-                "--watch-interval-ms",
-                "100",
-                "--policy",
-                policy,
-            ],
-            &[],
-            "vigil is enforcing",
+        Self::run(&["--watch-interval-ms", "100", "--policy", policy], &[])
+    }
+
+    /// Starts `vigil run --output json ARGS` with `envs`, its state kept in a file of the
+    /// test's own (see [`Tracer::state`]), and waits until it enforces.
+    pub fn run(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let dir = tempfile::tempdir().expect("a directory for the state file");
+        let file = dir.path().join("state.json");
+        let mut all = vec!["run", "--output", "json"];
+        all.extend_from_slice(args);
+        all.extend(["--state-file", file.to_str().expect("UTF-8 path")]);
+        let mut tracer = Self::spawn_with(&all, envs, "vigil is enforcing");
+        tracer.state = Some((dir, file));
+        tracer
+    }
+
+    /// The agent's state file (`vigil run --state-file`) as it is now.
+    #[track_caller]
+    pub fn state(&self) -> Value {
+        let (_, file) = self
+            .state
+            .as_ref()
+            .expect("a tracer started by Tracer::enforce");
+        let text = std::fs::read(file)
+            .unwrap_or_else(|e| panic!("reading the state file {}: {e}", file.display()));
+        serde_json::from_slice(&text)
+            .unwrap_or_else(|e| panic!("the state file {} is not JSON: {e}", file.display()))
+    }
+
+    /// Waits until the agent's state satisfies `pred`; returns it.
+    #[track_caller]
+    pub fn wait_for_state(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_until(
+            &format!("the agent's state: {what}"),
+            LIVENESS,
+            || {
+                self.assert_valid_output();
+                Some(self.state()).filter(|s| pred(s))
+            },
+            || format!("state: {}", self.state()),
         )
     }
 
@@ -372,6 +402,7 @@ impl Tracer {
             stdout_thread: Some(stdout_thread),
             log,
             invalid,
+            state: None,
         }
     }
 
