@@ -1,6 +1,7 @@
 //! Vigil: an eBPF runtime security agent for Kubernetes pods.
 pub mod behaviour;
 pub mod cloudevents;
+pub mod config;
 pub mod doctor;
 pub mod ebpf;
 pub mod enforce;

@@ -8,7 +8,7 @@ use vigil::{
     doctor,
     pipeline::{self, AgentOptions, TraceOptions, run::RunOptions},
     sink::{
-        Sink,
+        Filter, Routed,
         stdout::{Format, StdoutSink},
     },
 };
@@ -27,9 +27,14 @@ struct Cli {
 /// What every agent command takes.
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// `json`: one CloudEvent per line on stdout; `pretty`: a readable line per event.
+    /// `json`: one CloudEvent per line on stdout; `pretty`: a readable line per event. A
+    /// shortcut for a configuration with one stdout sink.
     #[arg(long, value_enum, default_value = "json")]
     output: Format,
+    /// Where events go: the sinks of this configuration file (docs/sinks.md). Checked
+    /// whole before the agent starts.
+    #[arg(long, conflicts_with = "output")]
+    config: Option<PathBuf>,
     /// Where cgroup v2 is mounted (default: found in /proc/self/mountinfo).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
@@ -47,21 +52,48 @@ struct AgentArgs {
 }
 
 impl AgentArgs {
-    fn options(self) -> (AgentOptions, Format) {
+    /// The agent's options and its sinks (checked before anything is loaded).
+    fn options(self) -> Result<(AgentOptions, Vec<Routed>)> {
+        let sinks = sinks(self.config.as_deref(), self.output)?;
         let options = AgentOptions {
             cgroup_root: self.cgroup_root,
             node: self.node_name.unwrap_or_else(vigil::node_name),
             ring_buffer_bytes: self.ring_buffer_bytes,
             kernel_log: self.kernel_log,
         };
-        (options, self.output)
+        Ok((options, sinks))
     }
 }
 
-/// The sinks events go to: stdout in the chosen format.
-fn sinks(format: Format) -> Vec<Box<dyn Sink>> {
-    let stdout = std::io::BufWriter::new(std::io::stdout());
-    vec![Box::new(StdoutSink::new(Box::new(stdout), format))]
+/// The sinks events go to: those of the configuration file, or stdout in the chosen format.
+fn sinks(config: Option<&std::path::Path>, format: Format) -> Result<Vec<Routed>> {
+    let Some(path) = config else {
+        let stdout = std::io::BufWriter::new(std::io::stdout());
+        return Ok(vec![(
+            Box::new(StdoutSink::new(Box::new(stdout), format)),
+            Filter::default(),
+        )]);
+    };
+    let config = load_config(path)?;
+    config
+        .sinks
+        .iter()
+        .map(|spec| vigil::sink::build(spec).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// The checked configuration, or every error on stderr and a refusal.
+fn load_config(path: &std::path::Path) -> Result<vigil::config::Config> {
+    vigil::config::load(path).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!(
+            "{}: the configuration is refused ({} error(s))",
+            path.display(),
+            errors.len()
+        )
+    })
 }
 
 #[derive(Subcommand)]
@@ -95,6 +127,11 @@ enum Command {
     },
     /// Print what this kernel offers the agent; exit non-zero when the agent cannot run.
     Doctor,
+    /// Work with the agent's configuration file (sinks).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Work with RuntimePolicy and ClusterRuntimePolicy files.
     Policy {
         #[command(subcommand)]
@@ -110,6 +147,13 @@ enum Command {
     /// schema`).
     #[command(hide = true)]
     Schema,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file without starting: exit 0 and name its sinks, or exit 1 and
+    /// print one `file: field.path: reason` line per error.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +251,28 @@ fn main() -> Result<()> {
             command: PolicyCommand::Check { paths },
         } => policy_check(&paths),
         Command::Crd { out } => write_crds(&out),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match vigil::config::load(&file) {
+            Ok(config) => {
+                for spec in &config.sinks {
+                    println!(
+                        "{}: sink {} ({})",
+                        file.display(),
+                        spec.name,
+                        spec.kind.type_name()
+                    );
+                }
+                Ok(())
+            }
+            Err(errors) => {
+                for e in &errors {
+                    println!("{e}");
+                }
+                eprintln!("{} error(s): the configuration is refused", errors.len());
+                std::process::exit(1)
+            }
+        },
         Command::Schema => {
             print!("{}", vigil::cloudevents::schema::event_schema_text());
             Ok(())
@@ -234,7 +300,7 @@ fn main() -> Result<()> {
             watch_interval_ms,
             state_file,
         } => {
-            let (agent, format) = agent.options();
+            let (agent, sinks) = agent.options()?;
             let options = RunOptions {
                 agent,
                 policies,
@@ -242,7 +308,7 @@ fn main() -> Result<()> {
                 state_file,
             };
             with_signals(|rx| async move {
-                let summary = pipeline::run::run(&options, sinks(format), rx).await?;
+                let summary = pipeline::run::run(&options, sinks, rx).await?;
                 tracing::info!(
                     violations = summary.emitted,
                     lost = summary.losses.total(),
@@ -252,10 +318,10 @@ fn main() -> Result<()> {
             })
         }
         Command::Trace { agent, cgroup } => {
-            let (agent, format) = agent.options();
+            let (agent, sinks) = agent.options()?;
             let options = TraceOptions { agent, cgroup };
             with_signals(|rx| async move {
-                let summary = pipeline::trace(&options, sinks(format), rx).await?;
+                let summary = pipeline::trace(&options, sinks, rx).await?;
                 tracing::info!(
                     events = summary.emitted,
                     lost = summary.losses.total(),

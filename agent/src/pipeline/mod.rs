@@ -19,7 +19,7 @@ use crate::{
     metadata::cgroup::{self, CgroupError},
     pipeline::cluster::ClusterLink,
     policy::PolicyRef,
-    sink::{FanOut, Sink, SinkError, fanout::SINK_QUEUE_CAPACITY},
+    sink::{FanOut, Routed, SinkError, fanout::SINK_QUEUE_CAPACITY},
 };
 
 /// Records waiting between the reader and the enrich stage.
@@ -109,7 +109,7 @@ impl Stages {
     pub(crate) fn start(
         mut probes: Probes,
         root: PathBuf,
-        sinks: Vec<Box<dyn Sink>>,
+        sinks: Vec<Routed>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, PipelineError> {
         if let Some(log) = probes.take_kernel_log() {
@@ -183,7 +183,7 @@ impl Stages {
 /// Runs `vigil trace` until `stop` turns true, then drains, reports losses and returns.
 pub async fn trace(
     options: &TraceOptions,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<Routed>,
     stop: watch::Receiver<bool>,
 ) -> Result<TraceSummary, PipelineError> {
     let common = &options.agent;

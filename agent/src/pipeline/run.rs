@@ -16,7 +16,7 @@ use crate::{
     enforce::{Applied, Enforcer, seed},
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
-    sink::Sink,
+    sink::Routed,
     telemetry::state::StateFile,
 };
 
@@ -108,7 +108,7 @@ fn sync(
 /// With a kubeconfig (or in a cluster) policies and Services also come from the API server.
 pub async fn run(
     options: &RunOptions,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<Routed>,
     stop: watch::Receiver<bool>,
 ) -> Result<TraceSummary, PipelineError> {
     let common = &options.agent;

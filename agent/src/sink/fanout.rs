@@ -25,8 +25,24 @@ pub struct SinkStats {
     pub failed: AtomicU64,
 }
 
+/// Which events a sink takes (the config's `minSeverity` and `types`).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub min_severity: Option<crate::cloudevents::Severity>,
+    /// Empty: every type.
+    pub types: Vec<crate::cloudevents::EventType>,
+}
+
+impl Filter {
+    pub fn wants(&self, event: &VigilEvent) -> bool {
+        self.min_severity.is_none_or(|m| event.severity >= m)
+            && (self.types.is_empty() || self.types.contains(&event.ty()))
+    }
+}
+
 struct Queue {
     name: String,
+    filter: Filter,
     tx: mpsc::Sender<Arc<VigilEvent>>,
     stats: Arc<SinkStats>,
     worker: tokio::task::JoinHandle<()>,
@@ -37,15 +53,17 @@ pub struct FanOut {
 }
 
 impl FanOut {
-    /// Starts one worker per sink, each with a queue of `capacity` events.
-    pub fn start(sinks: Vec<Box<dyn Sink>>, capacity: usize) -> Self {
+    /// Starts one worker per sink, each with a queue of `capacity` events and the filter of
+    /// what it takes.
+    pub fn start(sinks: Vec<(Box<dyn Sink>, Filter)>, capacity: usize) -> Self {
         let queues = sinks
             .into_iter()
-            .map(|sink| {
+            .map(|(sink, filter)| {
                 let (tx, rx) = mpsc::channel(capacity);
                 let stats = Arc::new(SinkStats::default());
                 Queue {
                     name: sink.name().to_string(),
+                    filter,
                     tx,
                     stats: stats.clone(),
                     worker: tokio::spawn(work(sink, rx, stats)),
@@ -58,7 +76,7 @@ impl FanOut {
     /// Hands `event` to every sink without waiting.
     pub fn send(&self, event: VigilEvent) {
         let event = Arc::new(event);
-        for q in &self.queues {
+        for q in self.queues.iter().filter(|q| q.filter.wants(&event)) {
             if q.tx.try_send(event.clone()).is_err() {
                 let refused = q.stats.queue_full.fetch_add(1, Ordering::Relaxed) + 1;
                 if refused == 1 || refused.is_multiple_of(1000) {
@@ -183,14 +201,20 @@ mod tests {
         let open_seen = Arc::new(Mutex::new(Vec::new()));
         let fan = FanOut::start(
             vec![
-                Box::new(Recording {
-                    seen: stuck_seen.clone(),
-                    gate: stuck_gate.clone(),
-                }),
-                Box::new(Recording {
-                    seen: open_seen.clone(),
-                    gate: open_gate,
-                }),
+                (
+                    Box::new(Recording {
+                        seen: stuck_seen.clone(),
+                        gate: stuck_gate.clone(),
+                    }) as Box<dyn Sink>,
+                    Filter::default(),
+                ),
+                (
+                    Box::new(Recording {
+                        seen: open_seen.clone(),
+                        gate: open_gate,
+                    }),
+                    Filter::default(),
+                ),
             ],
             4,
         );

@@ -2,6 +2,7 @@
 //! and worker ([`FanOut`]), so a slow or stuck sink never holds up the pipeline or another
 //! sink, and whatever a full queue refuses is counted.
 pub mod fanout;
+pub mod file;
 pub mod pretty;
 pub mod stdout;
 
@@ -9,9 +10,12 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-pub use fanout::{FanOut, SinkStats};
+pub use fanout::{FanOut, Filter, SinkStats};
 
-use crate::cloudevents::VigilEvent;
+use crate::{
+    cloudevents::VigilEvent,
+    config::{SinkKind, SinkSpec},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -20,6 +24,8 @@ pub enum SinkError {
         sink: String,
         source: std::io::Error,
     },
+    #[error("sink {sink}: type {ty} is not available in this build yet")]
+    Unavailable { sink: String, ty: &'static str },
     #[error("sink {sink}: encoding event {id}: {source}")]
     Encode {
         sink: String,
@@ -44,4 +50,62 @@ pub trait Sink: Send + 'static {
     /// Makes everything delivered so far durable or visible (called when the queue is idle
     /// and at shutdown).
     fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// `events` as CloudEvents in structured-mode JSON, one per line.
+pub fn json_lines(sink: &str, events: &[Arc<VigilEvent>]) -> Result<Vec<u8>, SinkError> {
+    let mut buf = Vec::with_capacity(events.len() * 1024);
+    for event in events {
+        let encode = |source: Box<dyn std::error::Error + Send + Sync>| SinkError::Encode {
+            sink: sink.to_string(),
+            id: event.id.clone(),
+            source,
+        };
+        let ce = event.to_cloudevent().map_err(|e| encode(Box::new(e)))?;
+        serde_json::to_writer(&mut buf, &ce).map_err(|e| encode(Box::new(e)))?;
+        buf.push(b'\n');
+    }
+    Ok(buf)
+}
+
+/// A sink and the filter of what it takes, as the fan-out runs them.
+pub type Routed = (Box<dyn Sink>, Filter);
+
+/// The sink a config entry describes, and its filter.
+pub fn build(spec: &SinkSpec) -> Result<Routed, SinkError> {
+    let filter = Filter {
+        min_severity: Some(spec.min_severity),
+        types: spec.types.clone(),
+    };
+    let sink: Box<dyn Sink> = match &spec.kind {
+        SinkKind::Stdout { format } => {
+            use std::io::IsTerminal;
+            let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+                stdout::Format::Pretty
+            } else {
+                stdout::Format::Json
+            });
+            Box::new(stdout::StdoutSink::new(
+                Box::new(std::io::BufWriter::new(std::io::stdout())),
+                format,
+            ))
+        }
+        SinkKind::File {
+            path,
+            max_bytes,
+            keep,
+        } => Box::new(file::FileSink::new(
+            spec.name.clone(),
+            path.clone(),
+            *max_bytes,
+            *keep,
+        )?),
+        other => {
+            return Err(SinkError::Unavailable {
+                sink: spec.name.clone(),
+                ty: other.type_name(),
+            });
+        }
+    };
+    Ok((sink, filter))
 }

@@ -3,7 +3,7 @@ use std::{io::Write, sync::Arc};
 
 use futures::future::BoxFuture;
 
-use super::{Sink, SinkError, pretty::pretty};
+use super::{Sink, SinkError, json_lines, pretty::pretty};
 use crate::cloudevents::VigilEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,19 +30,13 @@ impl StdoutSink {
 
     /// The bytes `events` become on the wire.
     fn encode(&self, events: &[Arc<VigilEvent>]) -> Result<Vec<u8>, SinkError> {
-        let mut buf = Vec::with_capacity(events.len() * 1024);
+        if self.format == Format::Json {
+            return json_lines("stdout", events);
+        }
+        let mut buf = Vec::with_capacity(events.len() * 256);
         for event in events {
-            match self.format {
-                Format::Json => {
-                    let ce = event.to_cloudevent().map_err(|e| encode_error(event, e))?;
-                    serde_json::to_writer(&mut buf, &ce).map_err(|e| encode_error(event, e))?;
-                    buf.push(b'\n');
-                }
-                Format::Pretty => {
-                    buf.extend_from_slice(pretty(event).as_bytes());
-                    buf.push(b'\n');
-                }
-            }
+            buf.extend_from_slice(pretty(event).as_bytes());
+            buf.push(b'\n');
         }
         Ok(buf)
     }
@@ -72,17 +66,6 @@ fn write_error(source: std::io::Error) -> SinkError {
     SinkError::Write {
         sink: "stdout".into(),
         source,
-    }
-}
-
-fn encode_error(
-    event: &VigilEvent,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> SinkError {
-    SinkError::Encode {
-        sink: "stdout".into(),
-        id: event.id.clone(),
-        source: Box::new(e),
     }
 }
 

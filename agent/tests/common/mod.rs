@@ -279,12 +279,17 @@ impl Tracer {
         Self::run(&["--watch-interval-ms", "100", "--policy", policy], &[])
     }
 
-    /// Starts `vigil run --output json ARGS` with `envs`, its state kept in a file of the
+    /// Starts `vigil run --output json ARGS` (without `--output` when ARGS name a `--config`)
+    /// with `envs`, its state kept in a file of the
     /// test's own (see [`Tracer::state`]), and waits until it enforces.
     pub fn run(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Self {
         let dir = tempfile::tempdir().expect("a directory for the state file");
         let file = dir.path().join("state.json");
-        let mut all = vec!["run", "--output", "json"];
+        let mut all = vec!["run"];
+        // A configuration names its own sinks; `--output` is the shortcut without one.
+        if !args.contains(&"--config") {
+            all.extend(["--output", "json"]);
+        }
         all.extend_from_slice(args);
         all.extend(["--state-file", file.to_str().expect("UTF-8 path")]);
         let mut tracer = Self::spawn_with(&all, envs, "vigil is enforcing");

@@ -1,0 +1,145 @@
+//! `vigil run --config FILE`: where events go. The YAML shape is fixed by the sinks issue and
+//! documented in `docs/sinks.md`. Everything is checked before the agent starts: unknown keys
+//! and types, URLs, CA files, secrets (read from the files and environment variables the
+//! config names, never written inline and never shown in an error); every problem is reported
+//! as `file: field.path: reason`, the same style as policy errors.
+mod check;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use check::parse;
+
+use crate::{cloudevents::EventType, cloudevents::Severity, sink::stdout::Format};
+
+/// One problem with a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {field}: {reason}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// `sinks[2].url`; `(file)` for the file as a whole.
+    pub field: String,
+    pub reason: String,
+}
+
+/// A value that must never be printed: a webhook URL or a token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub sinks: Vec<SinkSpec>,
+    /// Identical violations inside this window become one event (`aggregation.window`).
+    pub aggregation_window: Option<Duration>,
+}
+
+/// One sink: what every sink takes, and its own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    pub name: String,
+    /// Events less severe than this are not sent to the sink.
+    pub min_severity: Severity,
+    /// Only these event types are sent (all when empty).
+    pub types: Vec<EventType>,
+    pub kind: SinkKind,
+}
+
+impl SinkSpec {
+    /// Whether an event of `ty` and `severity` goes to this sink.
+    pub fn wants(&self, ty: EventType, severity: Severity) -> bool {
+        severity >= self.min_severity && (self.types.is_empty() || self.types.contains(&ty))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMode {
+    Structured,
+    Binary,
+    Batch,
+}
+
+/// A disk spool that keeps undelivered events across outages and restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spool {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    Stdout {
+        /// `None`: pretty on a terminal, JSON lines otherwise.
+        format: Option<Format>,
+    },
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: u32,
+    },
+    Http {
+        url: url::Url,
+        mode: HttpMode,
+        headers: Vec<(String, String)>,
+        ca_file: Option<PathBuf>,
+        spool: Option<Spool>,
+    },
+    Slack {
+        webhook_url: Secret,
+    },
+    SplunkHec {
+        url: url::Url,
+        token: Secret,
+        index: Option<String>,
+        sourcetype: Option<String>,
+        ack: bool,
+        ca_file: Option<PathBuf>,
+    },
+    KubernetesEvents,
+}
+
+impl SinkKind {
+    /// The `type` the config names it by.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Stdout { .. } => "stdout",
+            Self::File { .. } => "file",
+            Self::Http { .. } => "http",
+            Self::Slack { .. } => "slack",
+            Self::SplunkHec { .. } => "splunk-hec",
+            Self::KubernetesEvents => "kubernetes-events",
+        }
+    }
+}
+
+/// Reads and checks `path`; every problem found, not only the first.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_path_buf(),
+            field: "(file)".into(),
+            reason: format!("cannot be read: {e}"),
+        }]
+    })?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}

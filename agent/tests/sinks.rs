@@ -1,0 +1,167 @@
+//! The configuration file and the sinks it names, through the `vigil` binary: `vigil config
+//! check`, and `vigil run --config` delivering a violation to a file sink while a filtered
+//! sink stays quiet.
+#[expect(
+    dead_code,
+    reason = "the helpers are shared by several test binaries; each uses a part"
+)]
+mod common;
+
+use std::process::Command;
+
+use common::{TestCgroup, Tracer, is, root_or_skip, schema_errors, vigil_bin};
+
+fn check(file: &std::path::Path) -> std::process::Output {
+    Command::new(vigil_bin())
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .expect("running vigil config check")
+}
+
+#[test]
+fn config_check_names_the_sinks_or_every_error_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("slack-url");
+    std::fs::write(
+        &hook,
+        "https://hooks.chat.example/services/T0/B0/sekrit-part\n",
+    )
+    .unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!(
+            "sinks:\n  - {{name: archive, type: file, path: {}/events.jsonl}}\n  - {{name: chat, type: slack, webhookUrlFile: {}}}\n",
+            dir.path().display(),
+            hook.display()
+        ),
+    )
+    .unwrap();
+    let out = check(&good);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sink archive (file)") && stdout.contains("sink chat (slack)"),
+        "{stdout}"
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "sinks:\n  - {{name: archive, type: file, path: relative.jsonl}}\n  - {{name: chat, type: slack, webhookUrlFile: {}, colour: red}}\n  - {{name: hec, type: splunk-hec, url: 'https://s.example:8088', tokenEnv: VIGIL_TEST_UNSET_TOKEN}}\n",
+            hook.display()
+        ),
+    )
+    .unwrap();
+    let out = check(&bad);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let prefix = format!("{}: ", bad.display());
+    for field in ["sinks[0].path", "sinks[1].colour", "sinks[2].tokenEnv"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{prefix}{field}: "))),
+            "no error for {field}:\n{stdout}"
+        );
+    }
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains("sekrit"), "a secret was printed:\n{all}");
+}
+
+#[test]
+fn run_refuses_a_bad_config_before_loading_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "sinks:\n  - {name: x, type: carrier-pigeon}\n").unwrap();
+    let out = Command::new(vigil_bin())
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("running vigil run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: sinks[0].type: unknown sink type `carrier-pigeon`",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the configuration is refused"), "{stderr}");
+}
+
+#[test]
+fn a_violation_reaches_the_file_sink_and_a_filtered_sink_stays_quiet() {
+    if !root_or_skip("file-sink") {
+        return;
+    }
+    let cg = TestCgroup::new("file-sink");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = common::denied_binary(tmp.path());
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: file-sink}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
+            cg.rel
+        ),
+    )
+    .unwrap();
+    let archive = tmp.path().join("events.jsonl");
+    let config = tmp.path().join("config.yaml");
+    // stdout takes only connect events: the exec violation must not reach it.
+    std::fs::write(
+        &config,
+        format!(
+            "sinks:\n  - {{name: archive, type: file, path: {}, maxBytes: 1048576, keep: 2}}\n  - {{name: console, type: stdout, format: json, types: [dev.vigil.connect.v1]}}\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let tracer = Tracer::run(
+        &[
+            "--watch-interval-ms",
+            "100",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let marker = tmp.path().join("marker");
+    let (pid, status) = common::run_in_cgroup(
+        &cg.dir,
+        &writer,
+        &["write-marker", marker.to_str().unwrap()],
+    );
+    assert!(status.success(), "Alert never kills");
+    let line = common::wait_until(
+        "the violation in the file sink",
+        common::LIVENESS,
+        || {
+            std::fs::read_to_string(&archive)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+                .find(|e| is(e, "dev.vigil.exec.v1", pid))
+        },
+        || format!("file: {:?}", std::fs::read_to_string(&archive)),
+    );
+    assert_eq!(line["vigilaction"], "alert");
+    assert_eq!(line["data"]["policy"]["rule"], "spec.exec.deny[0]");
+    let errors = schema_errors(&line);
+    assert!(errors.is_empty(), "{errors:?}");
+    let events = tracer.stop();
+    assert!(
+        !events.iter().any(|e| is(e, "dev.vigil.exec.v1", pid)),
+        "the stdout sink takes only connect events"
+    );
+}
