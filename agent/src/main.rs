@@ -54,10 +54,11 @@ struct AgentArgs {
 impl AgentArgs {
     /// The agent's options and its sinks (checked before anything is loaded).
     fn options(self) -> Result<(AgentOptions, Vec<Routed>)> {
-        let sinks = sinks(self.config.as_deref(), self.output)?;
+        let node = self.node_name.unwrap_or_else(vigil::node_name);
+        let sinks = sinks(self.config.as_deref(), self.output, &node)?;
         let options = AgentOptions {
             cgroup_root: self.cgroup_root,
-            node: self.node_name.unwrap_or_else(vigil::node_name),
+            node,
             ring_buffer_bytes: self.ring_buffer_bytes,
             kernel_log: self.kernel_log,
         };
@@ -66,7 +67,7 @@ impl AgentArgs {
 }
 
 /// The sinks events go to: those of the configuration file, or stdout in the chosen format.
-fn sinks(config: Option<&std::path::Path>, format: Format) -> Result<Vec<Routed>> {
+fn sinks(config: Option<&std::path::Path>, format: Format, node: &str) -> Result<Vec<Routed>> {
     let Some(path) = config else {
         let stdout = std::io::BufWriter::new(std::io::stdout());
         return Ok(vec![(
@@ -78,7 +79,7 @@ fn sinks(config: Option<&std::path::Path>, format: Format) -> Result<Vec<Routed>
     config
         .sinks
         .iter()
-        .map(|spec| vigil::sink::build(spec).map_err(anyhow::Error::from))
+        .map(|spec| vigil::sink::build(spec, node).map_err(anyhow::Error::from))
         .collect()
 }
 

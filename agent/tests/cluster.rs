@@ -64,18 +64,28 @@ impl Cluster {
 
     /// `vigil run` as the agent of `node`, with `root` as its cgroup root.
     fn agent_on(&self, node: &str, root: &TestCgroup, kubeconfig: Option<&Path>) -> Tracer {
+        self.agent_with(node, root, kubeconfig, &[])
+    }
+
+    /// [`Cluster::agent_on`] with `extra` arguments.
+    fn agent_with(
+        &self,
+        node: &str,
+        root: &TestCgroup,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+    ) -> Tracer {
         let kubeconfig = kubeconfig.map_or_else(|| self.plane.kubeconfig(), Path::to_path_buf);
-        Tracer::run(
-            &[
-                "--watch-interval-ms",
-                "100",
-                "--node-name",
-                node,
-                "--cgroup-root",
-                root.dir.to_str().unwrap(),
-            ],
-            &[("KUBECONFIG", kubeconfig.as_os_str())],
-        )
+        let mut args = vec![
+            "--watch-interval-ms",
+            "100",
+            "--node-name",
+            node,
+            "--cgroup-root",
+            root.dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Tracer::run(&args, &[("KUBECONFIG", kubeconfig.as_os_str())])
     }
 
     /// `node`'s entry in the status of `object` (e.g. `["runtimepolicy", "web", "-n",
@@ -1080,5 +1090,89 @@ fn a_refused_status_write_is_retried_until_it_lands() {
         "status write landed {} ms after the right to write it came back",
         restored.elapsed().as_millis()
     );
+    agent.stop();
+}
+
+#[test]
+fn a_violation_in_a_pod_shows_as_an_event_on_the_pod() {
+    let Some(c) = Cluster::start("k8s-events") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = denied_binary(tmp.path());
+    c.namespace("shop", "env: prod");
+    c.plane
+        .apply(
+            &deny_policy("shop", "web", "app: web", &denied)
+                .replace("action: Kill", "action: Alert"),
+        )
+        .unwrap();
+    let config = tmp.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "sinks:\n  - {name: console, type: stdout, format: json}\n  - {name: cluster, type: kubernetes-events}\n",
+    )
+    .unwrap();
+    let agent = c.agent_with(
+        c.plane.node_name(),
+        &c.root,
+        None,
+        &["--config", config.to_str().unwrap()],
+    );
+    let pod = c.pod("shop", "web-0", "app: web", None);
+    // Alert: the exec runs, and the violation is reported once the pod's binding is in force.
+    let pid = wait_until(
+        "a reported violation in web-0",
+        LIVENESS,
+        || {
+            let (pid, _) = pod.run(
+                &writer,
+                &["write-marker", tmp.path().join("m").to_str().unwrap()],
+            );
+            agent
+                .events()
+                .iter()
+                .any(|e| is(e, EXEC, pid) && e["data"]["pod"]["name"] == "web-0")
+                .then_some(pid)
+        },
+        || "no violation event from the pod yet".into(),
+    );
+    let event = wait_until(
+        "an Event on the pod",
+        LIVENESS,
+        || {
+            let out = c
+                .plane
+                .kubectl_ok([
+                    "get",
+                    "events",
+                    "-n",
+                    "shop",
+                    "--field-selector",
+                    "involvedObject.name=web-0",
+                    "-o",
+                    "json",
+                ])
+                .ok()?;
+            let list: serde_json::Value = serde_json::from_str(&out).ok()?;
+            list["items"]
+                .as_array()?
+                .iter()
+                .find(|e| e["reason"] == "ExecDenied")
+                .cloned()
+        },
+        || "no ExecDenied Event on web-0".into(),
+    );
+    let note = event["message"].as_str().unwrap_or_default();
+    assert!(note.contains(&denied), "the note names the binary: {event}");
+    assert!(
+        note.contains("policy shop/web rule spec.exec.deny[0]"),
+        "{event}"
+    );
+    assert!(note.contains("reported"), "the action taken: {event}");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["involvedObject"]["kind"], "Pod");
+    assert_eq!(event["reportingComponent"], "vigil-agent", "{event}");
+    eprintln!("the violation of pid {pid} became an Event on web-0");
     agent.stop();
 }

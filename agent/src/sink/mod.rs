@@ -3,6 +3,7 @@
 //! sink, and whatever a full queue refuses is counted.
 pub mod fanout;
 pub mod file;
+pub mod kube_events;
 pub mod pretty;
 pub mod stdout;
 
@@ -24,6 +25,8 @@ pub enum SinkError {
         sink: String,
         source: std::io::Error,
     },
+    #[error("sink {sink}: {reason}")]
+    Kubernetes { sink: String, reason: String },
     #[error("sink {sink}: type {ty} is not available in this build yet")]
     Unavailable { sink: String, ty: &'static str },
     #[error("sink {sink}: encoding event {id}: {source}")]
@@ -71,8 +74,8 @@ pub fn json_lines(sink: &str, events: &[Arc<VigilEvent>]) -> Result<Vec<u8>, Sin
 /// A sink and the filter of what it takes, as the fan-out runs them.
 pub type Routed = (Box<dyn Sink>, Filter);
 
-/// The sink a config entry describes, and its filter.
-pub fn build(spec: &SinkSpec) -> Result<Routed, SinkError> {
+/// The sink a config entry describes, and its filter. `node` names the agent's node.
+pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
     let filter = Filter {
         min_severity: Some(spec.min_severity),
         types: spec.types.clone(),
@@ -100,6 +103,22 @@ pub fn build(spec: &SinkSpec) -> Result<Routed, SinkError> {
             *max_bytes,
             *keep,
         )?),
+        SinkKind::KubernetesEvents => {
+            let present = crate::pipeline::cluster::config_source(
+                |name| std::env::var(name).ok(),
+                |path| path.exists(),
+            );
+            if present.is_none() {
+                return Err(SinkError::Kubernetes {
+                    sink: spec.name.clone(),
+                    reason: "kubernetes-events needs a Kubernetes configuration (in a pod, KUBECONFIG or ~/.kube/config) and none is there".into(),
+                });
+            }
+            Box::new(kube_events::KubeEventsSink::new(
+                spec.name.clone(),
+                node.to_string(),
+            ))
+        }
         other => {
             return Err(SinkError::Unavailable {
                 sink: spec.name.clone(),
