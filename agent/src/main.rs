@@ -55,8 +55,9 @@ impl AgentArgs {
     /// The agent's options and its sinks (checked before anything is loaded).
     fn options(self) -> Result<(AgentOptions, Vec<Routed>)> {
         let node = self.node_name.unwrap_or_else(vigil::node_name);
-        let sinks = sinks(self.config.as_deref(), self.output, &node)?;
+        let (sinks, aggregation) = sinks(self.config.as_deref(), self.output, &node)?;
         let options = AgentOptions {
+            aggregation,
             cgroup_root: self.cgroup_root,
             node,
             ring_buffer_bytes: self.ring_buffer_bytes,
@@ -66,21 +67,28 @@ impl AgentArgs {
     }
 }
 
-/// The sinks events go to: those of the configuration file, or stdout in the chosen format.
-fn sinks(config: Option<&std::path::Path>, format: Format, node: &str) -> Result<Vec<Routed>> {
+/// The sinks events go to (those of the configuration file, or stdout in the chosen format)
+/// and the aggregation window.
+fn sinks(
+    config: Option<&std::path::Path>,
+    format: Format,
+    node: &str,
+) -> Result<(Vec<Routed>, Option<std::time::Duration>)> {
     let Some(path) = config else {
         let stdout = std::io::BufWriter::new(std::io::stdout());
-        return Ok(vec![(
+        let console: Routed = (
             Box::new(StdoutSink::new(Box::new(stdout), format)),
             Filter::default(),
-        )]);
+        );
+        return Ok((vec![console], None));
     };
     let config = load_config(path)?;
-    config
+    let sinks = config
         .sinks
         .iter()
         .map(|spec| vigil::sink::build(spec, node).map_err(anyhow::Error::from))
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((sinks, config.aggregation_window))
 }
 
 /// The checked configuration, or every error on stderr and a refusal.

@@ -9,7 +9,6 @@ use crate::{
     event,
     metadata::{cgroup::CgroupPaths, cluster::PodLookup, process::ProcessCache},
     pipeline::cluster::ClusterLink,
-    sink::FanOut,
 };
 
 /// How long an event from a pod the store has not seen yet is held for its metadata.
@@ -48,7 +47,7 @@ impl Enrich {
         event: event::Event,
         judgement: Judgement,
         link: Option<&ClusterLink>,
-        out: &FanOut,
+        out: &mut dyn FnMut(VigilEvent),
     ) {
         let cgroup_path = self.cgroups.path(event.header.cgroup_id);
         let lookup = link.map(|l| l.lookup(cgroup_path.as_deref()));
@@ -81,8 +80,8 @@ impl Enrich {
         self.send(out, finished);
     }
 
-    fn send(&mut self, out: &FanOut, event: VigilEvent) {
-        out.send(event);
+    fn send(&mut self, out: &mut dyn FnMut(VigilEvent), event: VigilEvent) {
+        out(event);
         self.emitted += 1;
     }
 
@@ -118,7 +117,7 @@ impl Enrich {
         &mut self,
         node: &str,
         link: Option<&ClusterLink>,
-        out: &FanOut,
+        out: &mut dyn FnMut(VigilEvent),
         all: bool,
     ) {
         let now = tokio::time::Instant::now();

@@ -1,6 +1,7 @@
 //! The stages between the ring buffer and the sinks:
 //! intake (reader, decode) -> verdict -> enrich (process, cgroup, pod) -> fan-out -> sinks,
 //! with loss accounting over all of them. `docs/architecture.md` draws the path.
+mod aggregate;
 pub mod cluster;
 mod enrich;
 mod held;
@@ -27,6 +28,8 @@ pub(crate) const QUEUE_CAPACITY: usize = 65_536;
 pub(crate) const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often events held for their pod's metadata are looked up again.
 pub(crate) const HELD_RECHECK: Duration = Duration::from_millis(100);
+/// How often closed aggregation windows are looked for (a summary is at most this late).
+pub(crate) const WINDOW_CHECK: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -65,6 +68,8 @@ pub struct AgentOptions {
     pub ring_buffer_bytes: Option<u32>,
     /// Forward the probes' own log to the agent's log (`--kernel-log`).
     pub kernel_log: bool,
+    /// Identical violations inside this window become one event (`aggregation.window`).
+    pub aggregation: Option<Duration>,
 }
 
 impl AgentOptions {
@@ -99,8 +104,26 @@ pub(crate) struct Stages {
     probes: Probes,
     intake: intake::Intake,
     enrich: enrich::Enrich,
+    aggregate: Option<aggregate::Aggregator>,
     losses: losses::Losses,
     out: FanOut,
+}
+
+/// Hands a finished event to the aggregator (when there is one) and on to the sinks.
+fn forward<'a>(
+    aggregate: &'a mut Option<aggregate::Aggregator>,
+    out: &'a FanOut,
+) -> impl FnMut(crate::cloudevents::VigilEvent) + 'a {
+    move |event| {
+        let now = std::time::Instant::now();
+        let event = match aggregate.as_mut() {
+            Some(agg) => agg.offer(event, now),
+            None => Some(event),
+        };
+        if let Some(event) = event {
+            out.send(event);
+        }
+    }
 }
 
 impl Stages {
@@ -110,6 +133,7 @@ impl Stages {
         mut probes: Probes,
         root: PathBuf,
         sinks: Vec<Routed>,
+        aggregation: Option<Duration>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, PipelineError> {
         if let Some(log) = probes.take_kernel_log() {
@@ -124,6 +148,7 @@ impl Stages {
             probes,
             intake,
             enrich: enrich::Enrich::new(root),
+            aggregate: aggregation.map(aggregate::Aggregator::new),
             losses,
             out: FanOut::start(sinks, SINK_QUEUE_CAPACITY),
         })
@@ -141,8 +166,8 @@ impl Stages {
         judgement: Judgement,
         link: Option<&ClusterLink>,
     ) {
-        self.enrich
-            .dispatch(node, event, judgement, link, &self.out);
+        let mut out = forward(&mut self.aggregate, &self.out);
+        self.enrich.dispatch(node, event, judgement, link, &mut out);
     }
 
     pub(crate) fn has_held(&self) -> bool {
@@ -150,7 +175,17 @@ impl Stages {
     }
 
     pub(crate) fn release_held(&mut self, node: &str, link: Option<&ClusterLink>) {
-        self.enrich.release_held(node, link, &self.out, false);
+        let mut out = forward(&mut self.aggregate, &self.out);
+        self.enrich.release_held(node, link, &mut out, false);
+    }
+
+    /// Sends the summaries of aggregation windows that have closed (all, with `now` `None`).
+    pub(crate) fn close_windows(&mut self, now: Option<std::time::Instant>) {
+        if let Some(agg) = self.aggregate.as_mut() {
+            for summary in agg.due(now) {
+                self.out.send(summary);
+            }
+        }
     }
 
     pub(crate) fn report_losses(&mut self, node: &str) -> Result<(), PipelineError> {
@@ -165,7 +200,11 @@ impl Stages {
         link: Option<&ClusterLink>,
     ) -> Result<TraceSummary, PipelineError> {
         self.intake.stopped().await?;
-        self.enrich.release_held(node, link, &self.out, true);
+        {
+            let mut out = forward(&mut self.aggregate, &self.out);
+            self.enrich.release_held(node, link, &mut out, true);
+        }
+        self.close_windows(None);
         self.losses.report(node, &self.intake, &self.out)?;
         let losses = self
             .losses
@@ -201,7 +240,7 @@ pub async fn trace(
         cgroup_root: Some(root.clone()),
         kernel_log: common.kernel_log,
     })?;
-    let mut stages = Stages::start(probes, root.clone(), sinks, stop)?;
+    let mut stages = Stages::start(probes, root.clone(), sinks, common.aggregation, stop)?;
     tracing::info!(
         probes = crate::ebpf::PROGRAMS.len(),
         cgroup = options.cgroup.as_deref().unwrap_or("/"),
@@ -213,6 +252,7 @@ pub async fn trace(
     let node = common.node.as_str();
     let mut ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut held_ticker = tokio::time::interval(HELD_RECHECK);
+    let mut windows = tokio::time::interval(WINDOW_CHECK);
     loop {
         tokio::select! {
             ev = stages.next() => {
@@ -221,6 +261,7 @@ pub async fn trace(
             }
             _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref()),
             _ = ticker.tick() => stages.report_losses(node)?,
+            _ = windows.tick() => stages.close_windows(Some(std::time::Instant::now())),
         }
     }
     stages.finish(node, link.as_ref()).await

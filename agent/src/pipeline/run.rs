@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::{
     AgentOptions, HELD_RECHECK, LOSS_REPORT_INTERVAL, PipelineError, Stages, TraceSummary,
-    verdict::judge,
+    WINDOW_CHECK, verdict::judge,
 };
 use crate::{
     ebpf::{Mode, ProbeOptions, Probes},
@@ -153,12 +153,13 @@ pub async fn run(
     let mut fingerprint_now = fingerprint(&options.policies);
     let mut fingerprint_seen = fingerprint_now.clone();
 
-    let mut stages = Stages::start(probes, root.clone(), sinks, stop)?;
+    let mut stages = Stages::start(probes, root.clone(), sinks, common.aggregation, stop)?;
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
     let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
     let mut held_ticker = tokio::time::interval(HELD_RECHECK);
+    let mut windows = tokio::time::interval(WINDOW_CHECK);
     loop {
         tokio::select! {
             ev = stages.next() => {
@@ -169,6 +170,7 @@ pub async fn run(
             }
             _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref()),
             _ = loss_ticker.tick() => stages.report_losses(node)?,
+            _ = windows.tick() => stages.close_windows(Some(std::time::Instant::now())),
             _ = watch_ticker.tick() => {
                 let now = fingerprint(&options.policies);
                 let mut reloaded = false;
