@@ -165,3 +165,72 @@ fn a_violation_reaches_the_file_sink_and_a_filtered_sink_stays_quiet() {
         "the stdout sink takes only connect events"
     );
 }
+
+#[test]
+fn a_binary_with_a_hostile_name_reaches_the_file_sink_as_valid_json_shown_byte_for_byte() {
+    if !root_or_skip("hostile-name") {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let cg = TestCgroup::new("hostile-name");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(tmp.path()).unwrap().join("bin");
+    std::fs::create_dir(&dir).unwrap();
+    // An escape sequence, a Slack mention, a right-to-left override, a byte that is not UTF-8.
+    let name: &[u8] = b"x\x1b[2J<!channel>\xe2\x80\xaegpj.\xff";
+    let binary = dir.join(std::ffi::OsStr::from_bytes(name));
+    std::fs::copy("/bin/true", &binary).unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: hostile}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Alert\n",
+            cg.rel,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let archive = tmp.path().join("events.jsonl");
+    let config = tmp.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sinks:\n  - {{name: archive, type: file, path: {}}}\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let tracer = Tracer::run(
+        &[
+            "--watch-interval-ms",
+            "100",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (pid, status) = common::run_in_cgroup(&cg.dir, &binary, &[]);
+    assert!(status.success(), "Alert never kills");
+    let event = common::wait_until(
+        "the hostile binary's violation in the file sink",
+        common::LIVENESS,
+        || {
+            std::fs::read_to_string(&archive)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+                .find(|e| is(e, "dev.vigil.exec.v1", pid))
+        },
+        || format!("file: {:?}", std::fs::read(&archive)),
+    );
+    let errors = schema_errors(&event);
+    assert!(errors.is_empty(), "{errors:?}");
+    let want = format!("{}/x\u{1b}[2J<!channel>\u{202e}gpj.\\xff", dir.display());
+    assert_eq!(
+        event["data"]["exec"]["path"], want,
+        "the name as it is, its invalid byte shown by value: {event}"
+    );
+    tracer.stop();
+}

@@ -99,7 +99,20 @@ pub struct Event {
 
 pub(crate) fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    text(&bytes[..end])
+}
+
+/// Bytes as text: valid UTF-8 as it is, every invalid byte written out as `\xNN`, so that a
+/// name that is not UTF-8 is shown (and told apart from another), not replaced or dropped.
+pub fn text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
@@ -150,7 +163,7 @@ pub(crate) fn split_args(buf: &[u8], len: u32, argc: u32) -> Vec<String> {
     let used = &buf[..(len as usize).min(buf.len())];
     used.split(|&b| b == 0)
         .take(argc as usize)
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .map(text)
         .collect()
 }
 
@@ -353,6 +366,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(decode(&as_bytes(&other)), Err(DecodeError::Kind(99)));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_shown_by_value() {
+        assert_eq!(text(b"/tmp/\xff\xfeok"), "/tmp/\\xff\\xfeok");
+        assert_eq!(text("/tmp/caf\u{e9}".as_bytes()), "/tmp/caf\u{e9}");
+        assert_eq!(c_string(b"/a\xc3\0junk"), "/a\\xc3");
     }
 
     #[test]

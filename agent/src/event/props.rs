@@ -30,7 +30,30 @@ fn header(kind: u32, violation: bool, rule: u32, comm: &[u8]) -> EventHeader {
 
 fn cut(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    shown(&bytes[..end])
+}
+
+/// The model of how bytes are shown, from `str::from_utf8`'s error positions: valid UTF-8 as
+/// it is, each byte of an invalid sequence as `\xNN`.
+fn shown(mut bytes: &[u8]) -> String {
+    let mut out = String::new();
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                out.push_str(s);
+                return out;
+            }
+            Err(e) => {
+                let (valid, rest) = bytes.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).expect("valid up to here"));
+                let bad = e.error_len().unwrap_or(rest.len());
+                for b in &rest[..bad] {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+                bytes = &rest[bad..];
+            }
+        }
+    }
 }
 
 proptest! {
@@ -105,7 +128,7 @@ proptest! {
         prop_assert_eq!(&x.path, &cut(&e.path));
         prop_assert_eq!(&event.header.comm, &cut(&e.header.comm));
         if used == joined.len() {
-            let want: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let want: Vec<String> = args.iter().map(|a| shown(a)).collect();
             prop_assert_eq!(&x.args, &want);
         }
         match event.header.verdict {

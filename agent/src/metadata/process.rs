@@ -46,7 +46,7 @@ fn read_proc(procfs: &std::path::Path, pid: u32) -> Option<ProcessInfo> {
         .map(|raw| {
             raw.split(|&b| b == 0)
                 .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .map(crate::event::text)
                 .collect()
         })
         .unwrap_or_default();

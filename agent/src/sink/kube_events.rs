@@ -149,8 +149,9 @@ pub fn event_for(event: &VigilEvent) -> Option<(ObjectReference, Event)> {
         .and_then(|c| c.name.clone().flatten())
         .map(|c| format!(" in container {c}"))
         .unwrap_or_default();
-    // The API server caps a note at 1 kB; the text is the attacker's choice, so it is cut.
-    let note: String = format!("{what}{container}: {action}{policy}")
+    // The text is the watched process's choice: shown, not obeyed, by `kubectl describe` on a
+    // terminal; and cut to the 1 kB the API server takes.
+    let note: String = super::pretty::visible(&format!("{what}{container}: {action}{policy}"))
         .chars()
         .take(1000)
         .collect();
@@ -330,10 +331,18 @@ mod tests {
         );
         // Host processes have no pod to write on.
         assert!(event_for(&exec_violation(None, "/tmp/evil")).is_none());
-        // A hostile path cannot make the note exceed what the API server takes.
+        // A hostile path cannot make the note exceed what the API server takes, nor reach a
+        // terminal as a control sequence.
         let long = format!("/tmp/{}", "a".repeat(5000));
         let (_, event) = event_for(&exec_violation(Some(&pod), &long)).unwrap();
         assert_eq!(event.note.unwrap().chars().count(), 1000);
+        let (_, event) = event_for(&exec_violation(Some(&pod), "/tmp/\u{1b}[2Jx")).unwrap();
+        assert!(
+            event
+                .note
+                .unwrap()
+                .starts_with("executable /tmp/\\u{1b}[2Jx")
+        );
     }
 
     #[test]

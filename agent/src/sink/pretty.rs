@@ -3,6 +3,33 @@
 use crate::cloudevents::{Payload, VerdictName, VigilEvent, data::Member};
 
 pub fn pretty(event: &VigilEvent) -> String {
+    // Paths, arguments and process names are whoever is watched's choice: nothing in them may
+    // reach a terminal as a control sequence or reorder what the reader sees.
+    visible(&line(event))
+}
+
+/// `text` with control characters and invisible or reordering Unicode formatting characters
+/// written out as `\u{..}`, so that what a terminal shows is what the text holds.
+pub fn visible(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !text.chars().any(hidden) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if hidden(c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn line(event: &VigilEvent) -> String {
     let time = event.time.format("%H:%M:%S%.3f");
     let ty = event.ty().short();
     let data = match &event.payload {
@@ -125,5 +152,20 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("(exe -, parent -[1], cgroup /)"), "{line}");
+    }
+
+    #[test]
+    fn control_sequences_and_reordering_characters_are_shown_not_obeyed() {
+        let hostile = "/tmp/\u{1b}[2J\u{1b}]0;owned\u{7}x\u{202e}gpj.exe\u{9b}31m\nnext";
+        let line = visible(hostile);
+        assert!(
+            !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{line:?}"
+        );
+        assert_eq!(
+            line,
+            "/tmp/\\u{1b}[2J\\u{1b}]0;owned\\u{7}x\\u{202e}gpj.exe\\u{9b}31m\\u{a}next"
+        );
+        assert_eq!(visible("/usr/bin/curl"), "/usr/bin/curl");
     }
 }
