@@ -1,8 +1,8 @@
 //! Tight loops for `cargo xtask bench`; each prints `ns_per_op=<float>`.
 use std::{
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
     process::Command,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{Failure, Outcome, connect::close_with_reset, memory::rwx_round_trip, parse_count};
@@ -53,5 +53,34 @@ pub fn mmap(n: &str) -> Outcome {
         rwx_round_trip()?;
     }
     report(n, start);
+    Ok(())
+}
+
+/// One UDP datagram every 1/RATE s for SECONDS s (0: as fast as it goes), each to the next of
+/// 1,000 loopback ports from 20000, so that no two in a row are the same violation; prints
+/// `sent=<n>`. For the alert latency and sink throughput benchmarks.
+pub fn udp_paced(rate: &str, seconds: &str) -> Outcome {
+    let rate = parse_count(rate)?;
+    let seconds = parse_count(seconds)?;
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds as u64);
+    let period = (rate > 0).then(|| Duration::from_secs(1) / rate as u32);
+    let mut next = start;
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        let port = 20_000 + (sent % 1000) as u16;
+        // Nothing listens there: the datagram is the violation, its fate does not matter.
+        let _ = socket.send_to(b"vigil-bench", ("127.0.0.1", port));
+        sent += 1;
+        if let Some(period) = period {
+            next += period;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+        }
+    }
+    println!("sent={sent}");
     Ok(())
 }

@@ -37,7 +37,7 @@ fn usage() -> ExitCode {
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
          \x20        proc-mem-write | proc-mem-read | refused-rwx | compat-mmap-rwx |\n\
          \x20        compat-mmap-rw | compat-mprotect-rwx | userfaultfd syscall|device\n\
-         bench:   bench-exec N | bench-connect N | bench-mmap N"
+         bench:   bench-exec N | bench-connect N | bench-mmap N | bench-udp-paced RATE SECONDS"
     );
     ExitCode::from(2)
 }
@@ -91,6 +91,7 @@ fn main() -> ExitCode {
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),
         ("bench-mmap", [n]) => bench::mmap(n),
+        ("bench-udp-paced", [rate, seconds]) => bench::udp_paced(rate, seconds),
         _ => return usage(),
     };
     match result {
