@@ -3,7 +3,7 @@
 //! with what a test's responder returns, so each fake replies as its real service documents.
 use std::{
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -86,6 +86,18 @@ impl FakeServer {
 
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().expect("requests").clone()
+    }
+
+    /// Waits until at least `n` requests arrived, or `limit` passed.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Request> {
+        let until = Instant::now() + limit;
+        loop {
+            let seen = self.requests();
+            if seen.len() >= n || Instant::now() >= until {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod fake_http;
 pub mod fanout;
 pub mod pretty;
 pub mod slack;
+pub mod splunk;
 pub mod stdout;
 
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub enum SinkError {
         url: String,
         reason: String,
     },
+    #[error("sink {sink}: the token is not valid in an HTTP header")]
+    BadToken { sink: String },
     #[error("sink {sink}: the sink's sender task has stopped")]
     Stopped { sink: String },
 }
