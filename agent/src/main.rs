@@ -309,14 +309,15 @@ fn main() -> Result<()> {
             watch_interval_ms,
             state_file,
         } => {
-            let (agent, sinks) = agent.options()?;
-            let options = RunOptions {
-                agent,
-                policies,
-                watch_interval: std::time::Duration::from_millis(watch_interval_ms.max(50)),
-                state_file,
-            };
+            // Sinks are made in the runtime: some start tasks of their own.
             with_signals(|rx| async move {
+                let (agent, sinks) = agent.options()?;
+                let options = RunOptions {
+                    agent,
+                    policies,
+                    watch_interval: std::time::Duration::from_millis(watch_interval_ms.max(50)),
+                    state_file,
+                };
                 let summary = pipeline::run::run(&options, sinks, rx).await?;
                 tracing::info!(
                     violations = summary.emitted,

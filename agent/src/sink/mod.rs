@@ -145,6 +145,29 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
             *max_bytes,
             *keep,
         )?),
+        SinkKind::Slack { webhook_url } => Box::new(slack::SlackSink::new(
+            spec.name.clone(),
+            slack::SlackOptions::new(webhook_url.expose().to_string()),
+        )?),
+        SinkKind::SplunkHec {
+            url,
+            token,
+            index,
+            sourcetype,
+            ack,
+            ca_file,
+        } => {
+            let mut options = splunk::SplunkOptions::new(
+                url.as_str().trim_end_matches('/').to_string(),
+                token.expose().to_string(),
+                node.to_string(),
+            );
+            options.index = index.clone();
+            options.sourcetype = sourcetype.clone();
+            options.ack = *ack;
+            options.ca_file = ca_file.clone();
+            Box::new(splunk::SplunkSink::new(spec.name.clone(), options)?)
+        }
         SinkKind::KubernetesEvents => {
             let present = crate::pipeline::cluster::config_source(
                 |name| std::env::var(name).ok(),
