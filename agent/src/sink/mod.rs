@@ -2,6 +2,7 @@
 //! and worker ([`FanOut`]), so a slow or stuck sink never holds up the pipeline or another
 //! sink, and whatever a full queue refuses is counted.
 pub mod fanout;
+pub mod http;
 pub mod pretty;
 pub mod stdout;
 
@@ -25,6 +26,53 @@ pub enum SinkError {
         sink: String,
         id: String,
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("sink {sink} ({url}): {reason}")]
+    HttpConfig {
+        sink: String,
+        url: String,
+        reason: String,
+    },
+    #[error("sink {sink}: CA bundle {}: {reason}", path.display())]
+    CaFile {
+        sink: String,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("sink {sink}: {url} refused the request with HTTP {status} (not retried): {body:?}")]
+    Refused {
+        sink: String,
+        url: String,
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+    #[error("sink {sink}: TLS with {url} failed (not retried): {reason}")]
+    Tls {
+        sink: String,
+        url: String,
+        reason: String,
+    },
+    #[error("sink {sink}: gave up on {url} after {attempts} attempts in {elapsed:.1?}: {last}")]
+    GaveUp {
+        sink: String,
+        url: String,
+        attempts: u32,
+        elapsed: std::time::Duration,
+        /// Why the last attempt failed.
+        last: String,
+    },
+    #[error(
+        "sink {sink}: {failed_events} of {total_events} events in {failed_requests} requests not \
+         delivered to {url}; the first: {first}"
+    )]
+    Partly {
+        sink: String,
+        url: String,
+        failed_events: usize,
+        total_events: usize,
+        failed_requests: usize,
+        first: Box<SinkError>,
     },
 }
 
