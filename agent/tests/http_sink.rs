@@ -736,3 +736,54 @@ fn take_time(event: &mut Value) -> DateTime<chrono::FixedOffset> {
         .expect("a time");
     DateTime::parse_from_rfc3339(time.as_str().unwrap()).expect("RFC 3339")
 }
+
+#[tokio::test]
+async fn behind_the_fan_out_a_dead_receiver_delays_no_other_http_sink() {
+    use vigil::sink::FanOut;
+
+    let healthy = Receiver::start(vec![]).await;
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url =
+        reqwest::Url::parse(&format!("http://{}/events", probe.local_addr().unwrap())).unwrap();
+    drop(probe);
+    let mut dead_options = options(dead_url, HttpMode::Batch);
+    dead_options.retry.max_elapsed = None;
+    let dead = HttpSink::new("dead".into(), dead_options).unwrap();
+    let dead_stats = dead.stats();
+    let alive = new_sink(options(healthy.url("http"), HttpMode::Batch));
+    let alive_stats = alive.stats();
+    let fan = FanOut::start(vec![Box::new(dead), Box::new(alive)], 1024);
+
+    let sent: Vec<VigilEvent> = events(50).iter().map(|e| (**e).clone()).collect();
+    let ids: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+    let started = Instant::now();
+    for event in sent {
+        fan.send(event);
+    }
+    while alive_stats.delivered.load(Ordering::Relaxed) < 50 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the healthy sink is held up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut got: Vec<String> = healthy
+        .captured()
+        .iter()
+        .flat_map(|c| {
+            json_body(c)
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    got.dedup();
+    assert_eq!(got, ids);
+    assert_eq!(dead_stats.delivered.load(Ordering::Relaxed), 0);
+    assert!(dead_stats.retries.load(Ordering::Relaxed) > 0);
+    // The dead sink retries until its receiver returns: the fan-out is not closed here, and
+    // its worker ends with the test's runtime.
+    drop(fan);
+}

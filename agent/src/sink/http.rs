@@ -39,8 +39,10 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// `Content-Type` of a batch-mode request.
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 
-/// How events are put into requests (CloudEvents HTTP binding, section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How events are put into requests (CloudEvents HTTP binding, section 3); in configuration
+/// `structured`, `binary` or `batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HttpMode {
     /// One request per event, the whole event as JSON in the body.
     Structured,
@@ -748,6 +750,17 @@ mod tests {
             enc("~!#$&'()*+,/:;<=>?@[\\]^_`{|}"),
             "~!#$&'()*+,/:;<=>?@[\\]^_`{|}"
         );
+    }
+
+    #[test]
+    fn modes_read_from_configuration_by_their_lowercase_names() {
+        let modes: Vec<HttpMode> =
+            serde_json::from_str(r#"["structured", "binary", "batch"]"#).unwrap();
+        assert_eq!(
+            modes,
+            vec![HttpMode::Structured, HttpMode::Binary, HttpMode::Batch]
+        );
+        assert!(serde_json::from_str::<HttpMode>(r#""Structured""#).is_err());
     }
 
     #[test]
