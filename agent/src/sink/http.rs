@@ -297,7 +297,7 @@ fn describe(err: reqwest::Error) -> String {
     text
 }
 
-/// One request's body and `Content-Type`, ready to be sent as often as needed.
+/// One request, built once and cloned for each attempt (its body is bytes, so it clones).
 struct Prepared {
     request: Request,
     /// Events in it (for the counters).
