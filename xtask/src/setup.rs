@@ -21,7 +21,9 @@ const LLVM_PACKAGES: [&str; 4] = [
     "zlib1g-dev",
     "libzstd-dev",
 ];
-const TEST_PACKAGES: [&str; 1] = ["iproute2"];
+/// `ip` for the network-namespace tests; python3 and its venv for the independent CloudEvents
+/// consumer the HTTP sink tests run (the `cloudevents` package, installed into a venv).
+const TEST_PACKAGES: [&str; 3] = ["iproute2", "python3", "python3-venv"];
 
 #[derive(Clone, Copy)]
 pub enum Toolchain {
@@ -200,7 +202,10 @@ fn missing_packages(toolchain: bool, llvm: bool) -> Vec<&'static str> {
     for package in TEST_PACKAGES {
         let installed = dpkg_installed(package).unwrap_or_else(|| {
             // Not Debian: accept the tool itself.
-            output_of(Command::new("ip").arg("-V")).is_some()
+            match package {
+                "iproute2" => output_of(Command::new("ip").arg("-V")).is_some(),
+                _ => output_of(Command::new("python3").args(["-m", "venv", "--help"])).is_some(),
+            }
         });
         if !installed {
             missing.push(package);

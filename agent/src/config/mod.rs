@@ -72,12 +72,7 @@ impl SinkSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpMode {
-    Structured,
-    Binary,
-    Batch,
-}
+pub use crate::sink::http::HttpMode;
 
 /// A disk spool that keeps undelivered events across outages and restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,9 +15,14 @@ pub const SINK_QUEUE_CAPACITY: usize = 65_536;
 /// Events handed to a sink in one call.
 const BATCH: usize = 512;
 
+/// How long closing waits for a sink to deliver what it still has.
+pub const CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What one sink's queue and worker have done since start.
 #[derive(Debug, Default)]
 pub struct SinkStats {
+    /// Events taken into the sink's queue.
+    pub queued: AtomicU64,
     pub delivered: AtomicU64,
     /// Events refused because the sink's queue was full.
     pub queue_full: AtomicU64,
@@ -77,7 +82,9 @@ impl FanOut {
     pub fn send(&self, event: VigilEvent) {
         let event = Arc::new(event);
         for q in self.queues.iter().filter(|q| q.filter.wants(&event)) {
-            if q.tx.try_send(event.clone()).is_err() {
+            if q.tx.try_send(event.clone()).is_ok() {
+                q.stats.queued.fetch_add(1, Ordering::Relaxed);
+            } else {
                 let refused = q.stats.queue_full.fetch_add(1, Ordering::Relaxed) + 1;
                 if refused == 1 || refused.is_multiple_of(1000) {
                     tracing::warn!(
@@ -106,12 +113,27 @@ impl FanOut {
             .collect()
     }
 
-    /// Closes the queues and waits until every worker has delivered what it had and flushed.
+    /// Closes the queues and waits until every worker has delivered what it had and flushed,
+    /// at most [`CLOSE_DEADLINE`] in all; what a sink could not deliver by then is dropped,
+    /// and said, with the count.
     pub async fn close(self) {
-        for q in self.queues {
+        let deadline = tokio::time::Instant::now() + CLOSE_DEADLINE;
+        for mut q in self.queues {
             drop(q.tx);
-            if let Err(err) = q.worker.await {
-                tracing::error!(sink = q.name, %err, "sink worker failed");
+            match tokio::time::timeout_at(deadline, &mut q.worker).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(sink = q.name, %err, "sink worker failed"),
+                Err(_) => {
+                    q.worker.abort();
+                    let s = &q.stats;
+                    let done =
+                        s.delivered.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
+                    tracing::error!(
+                        sink = q.name,
+                        undelivered = s.queued.load(Ordering::Relaxed).saturating_sub(done),
+                        "the sink did not deliver everything within the shutdown deadline; the rest is dropped"
+                    );
+                }
             }
         }
     }

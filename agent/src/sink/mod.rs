@@ -5,6 +5,7 @@
 mod fake_http;
 pub mod fanout;
 pub mod file;
+pub mod http;
 pub mod kube_events;
 pub mod pretty;
 pub mod slack;
@@ -31,8 +32,6 @@ pub enum SinkError {
     },
     #[error("sink {sink}: {reason}")]
     Kubernetes { sink: String, reason: String },
-    #[error("sink {sink}: type {ty} is not available in this build yet")]
-    Unavailable { sink: String, ty: &'static str },
     #[error("sink {sink}: encoding event {id}: {source}")]
     Encode {
         sink: String,
@@ -44,7 +43,13 @@ pub enum SinkError {
         sink: String,
         source: reqwest::Error,
     },
-    #[error("sink {sink}: reading the CA bundle {path}: {reason}")]
+    #[error("sink {sink} ({url}): {reason}")]
+    HttpConfig {
+        sink: String,
+        url: String,
+        reason: String,
+    },
+    #[error("sink {sink}: CA bundle {}: {reason}", path.display())]
     CaFile {
         sink: String,
         path: std::path::PathBuf,
@@ -77,6 +82,41 @@ pub enum SinkError {
     BadToken { sink: String },
     #[error("sink {sink}: the sink's sender task has stopped")]
     Stopped { sink: String },
+    #[error("sink {sink}: {url} refused the request with HTTP {status} (not retried): {body:?}")]
+    HttpRefused {
+        sink: String,
+        url: String,
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+    #[error("sink {sink}: TLS with {url} failed (not retried): {reason}")]
+    Tls {
+        sink: String,
+        url: String,
+        reason: String,
+    },
+    #[error("sink {sink}: gave up on {url} after {attempts} attempts in {elapsed:.1?}: {last}")]
+    HttpGaveUp {
+        sink: String,
+        url: String,
+        attempts: u32,
+        elapsed: std::time::Duration,
+        /// Why the last attempt failed.
+        last: String,
+    },
+    #[error(
+        "sink {sink}: {failed_events} of {total_events} events in {failed_requests} requests not \
+         delivered to {url}; the first: {first}"
+    )]
+    Partly {
+        sink: String,
+        url: String,
+        failed_events: usize,
+        total_events: usize,
+        failed_requests: usize,
+        first: Box<SinkError>,
+    },
 }
 
 /// A destination for events. The fan-out calls it from the sink's own task with batches in
@@ -145,6 +185,26 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
             *max_bytes,
             *keep,
         )?),
+        SinkKind::Http {
+            url,
+            mode,
+            headers,
+            ca_file,
+            spool,
+        } => {
+            if spool.is_some() {
+                // Accepting it would promise delivery across restarts that nothing keeps.
+                return Err(SinkError::HttpConfig {
+                    sink: spec.name.clone(),
+                    url: url.to_string(),
+                    reason: "spool is not available in this build yet".into(),
+                });
+            }
+            let mut options = http::HttpOptions::new(url.clone(), *mode);
+            options.headers = headers.clone();
+            options.ca_file = ca_file.clone();
+            Box::new(http::HttpSink::new(spec.name.clone(), options)?)
+        }
         SinkKind::Slack { webhook_url } => Box::new(slack::SlackSink::new(
             spec.name.clone(),
             slack::SlackOptions::new(webhook_url.expose().to_string()),
@@ -183,12 +243,6 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
                 spec.name.clone(),
                 node.to_string(),
             ))
-        }
-        other => {
-            return Err(SinkError::Unavailable {
-                sink: spec.name.clone(),
-                ty: other.type_name(),
-            });
         }
     };
     Ok((sink, filter))

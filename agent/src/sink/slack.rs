@@ -882,7 +882,10 @@ mod tests {
         let sink = SlackSink::new("chat", options(&server)).expect("sink");
         let stats = sink.stats();
         let fan = FanOut::start(
-            vec![(Box::new(sink) as Box<dyn crate::sink::Sink>, Default::default())],
+            vec![(
+                Box::new(sink) as Box<dyn crate::sink::Sink>,
+                Default::default(),
+            )],
             1024,
         );
         let started = std::time::Instant::now();

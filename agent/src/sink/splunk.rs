@@ -917,7 +917,7 @@ mod tests {
         let err = SplunkSink::new("splunk", options).err().expect("refused");
         assert!(
             err.to_string().starts_with(&format!(
-                "sink splunk: reading the CA bundle {}/missing.pem:",
+                "sink splunk: CA bundle {}/missing.pem:",
                 dir.path().display()
             )),
             "{err}"

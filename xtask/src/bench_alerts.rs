@@ -1,0 +1,269 @@
+//! The alert path under load: `vigil run` with an HTTP sink to a receiver on loopback, and a
+//! workload in the bench cgroup sending datagrams its policy forbids (Alert), each to a new
+//! port so that none is held back as a flood.
+//! - latency: 1,000 violations a second for 30 s, structured mode; for each event, the time
+//!   from its kernel timestamp (`time`) to its receipt; p50, p99 and max;
+//! - throughput: violations as fast as the workload sends them for 10 s, batch mode; the
+//!   events per second the receiver got over the busy part.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Goals the issue sets.
+pub const LATENCY_P99_GOAL_MS: f64 = 5.0;
+pub const THROUGHPUT_GOAL: f64 = 1_000.0;
+
+#[derive(Debug, Clone, Default)]
+pub struct AlertResults {
+    pub sent: u64,
+    pub received: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub batch_sent: u64,
+    pub batch_received: u64,
+    pub batch_per_second: f64,
+}
+
+/// What the receiver saw: per event, its kernel time and when it arrived (both Unix ns).
+type Seen = Arc<Mutex<Vec<(i128, i128)>>>;
+
+fn unix_ns(t: SystemTime) -> i128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// A minimal HTTP/1.1 receiver: keep-alive, Content-Length bodies, 200 to everything.
+fn receiver() -> Result<(u16, Seen)> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding the receiver")?;
+    let port = listener.local_addr()?.port();
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let sink = sink.clone();
+            thread::spawn(move || serve(stream, &sink));
+        }
+    });
+    Ok((port, seen))
+}
+
+fn serve(stream: TcpStream, seen: &Seen) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let arrived = unix_ns(SystemTime::now());
+        record(&body, arrived, seen);
+        if writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The kernel times of the connect events in a structured event or a batch.
+fn record(body: &[u8], arrived: i128, seen: &Seen) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let events = match value {
+        serde_json::Value::Array(events) => events,
+        event => vec![event],
+    };
+    let mut seen = seen.lock().expect("seen");
+    for e in events {
+        if e["type"] != "dev.vigil.connect.v1" {
+            continue;
+        }
+        if let Some(t) = e["time"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .and_then(|t| t.timestamp_nanos_opt())
+        {
+            seen.push((i128::from(t), arrived));
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// The policy (datagrams to loopback off the allowlist: Alert) and the sink configuration.
+fn files(dir: &Path, cgroup_rel: &str, port: u16, mode: &str) -> Result<(PathBuf, PathBuf)> {
+    let policy = dir.join(format!("alerts-policy-{mode}.yaml"));
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: bench-alerts}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{cgroup_rel}\"]}}\n  connect:\n    allow: [{{cidr: 10.255.255.0/24}}]\n    action: Alert\n"
+        ),
+    )?;
+    let config = dir.join(format!("alerts-config-{mode}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "sinks:\n  - {{name: receiver, type: http, url: 'http://127.0.0.1:{port}/', mode: {mode}}}\n"
+        ),
+    )?;
+    Ok((policy, config))
+}
+
+/// Runs one load under a fresh agent; what was sent, and what the receiver saw.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the load's own settings beside where it runs; a struct would only rename them"
+)]
+fn under_load(
+    agent_binary: &Path,
+    scenario: &Path,
+    cgroup_dir: &Path,
+    cgroup_rel: &str,
+    work: &Path,
+    mode: &str,
+    rate: &str,
+    seconds: &str,
+) -> Result<(u64, Vec<(i128, i128)>)> {
+    let (port, seen) = receiver()?;
+    let (policy, config) = files(work, cgroup_rel, port, mode)?;
+    let args = [
+        "run",
+        "--policy",
+        policy.to_str().context("UTF-8 path")?,
+        "--config",
+        config.to_str().context("UTF-8 path")?,
+    ];
+    let mut agent = crate::bench::start_agent(agent_binary, &args, "vigil is enforcing")?;
+    let sent = crate::bench::run_in_cgroup_output(
+        scenario,
+        cgroup_dir,
+        &["bench-udp-paced", rate, seconds],
+    )?;
+    let sent: u64 = sent
+        .lines()
+        .find_map(|l| l.strip_prefix("sent="))
+        .and_then(|n| n.trim().parse().ok())
+        .context("the workload did not say how much it sent")?;
+    // Let what is in flight arrive: until nothing new comes for a second, at most 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = 0;
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_secs(1));
+        let now = seen.lock().expect("seen").len();
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    agent.stop()?;
+    let seen = seen.lock().expect("seen").clone();
+    Ok((sent, seen))
+}
+
+pub fn run(
+    agent_binary: &Path,
+    scenario: &Path,
+    cgroup_dir: &Path,
+    cgroup_rel: &str,
+) -> Result<AlertResults> {
+    let work = crate::util::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&work)?;
+    let mut out = AlertResults::default();
+
+    let (sent, seen) = under_load(
+        agent_binary,
+        scenario,
+        cgroup_dir,
+        cgroup_rel,
+        &work,
+        "structured",
+        "1000",
+        "30",
+    )?;
+    if seen.is_empty() {
+        bail!("the receiver got no alert of the {sent} violations");
+    }
+    let mut latencies: Vec<f64> = seen
+        .iter()
+        .map(|(kernel, arrived)| (arrived - kernel) as f64 / 1e6)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    out.sent = sent;
+    out.received = seen.len() as u64;
+    out.p50_ms = percentile(&latencies, 50.0);
+    out.p99_ms = percentile(&latencies, 99.0);
+    out.max_ms = *latencies.last().expect("not empty");
+
+    let (sent, seen) = under_load(
+        agent_binary,
+        scenario,
+        cgroup_dir,
+        cgroup_rel,
+        &work,
+        "batch",
+        "0",
+        "10",
+    )?;
+    out.batch_sent = sent;
+    out.batch_received = seen.len() as u64;
+    let first = seen.iter().map(|(_, a)| *a).min().unwrap_or(0);
+    let last = seen.iter().map(|(_, a)| *a).max().unwrap_or(0);
+    let span = (last - first) as f64 / 1e9;
+    out.batch_per_second = if span > 0.0 {
+        seen.len() as f64 / span
+    } else {
+        0.0
+    };
+    Ok(out)
+}
+
+pub fn print(r: &AlertResults) {
+    println!();
+    println!(
+        "alert latency (kernel timestamp -> receipt at a loopback HTTP receiver, structured mode, 1,000 violations/s for 30 s):"
+    );
+    println!(
+        "  p50 {:.2} ms   p99 {:.2} ms (goal < {LATENCY_P99_GOAL_MS} ms)   max {:.2} ms   received {} of {} sent",
+        r.p50_ms, r.p99_ms, r.max_ms, r.received, r.sent
+    );
+    println!(
+        "one HTTP sink in batch mode: {:.0} events/s received ({} of {} sent in 10 s; goal >= {THROUGHPUT_GOAL} events/s)",
+        r.batch_per_second, r.batch_received, r.batch_sent
+    );
+}
