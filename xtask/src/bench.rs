@@ -191,7 +191,12 @@ pub fn run(options: &Options) -> Result<()> {
     )?;
     println!("bench: vigil run peak RSS (VmHWM): {policy_rss_kib} KiB");
 
+    let alerts = step("alert latency and HTTP sink throughput", || {
+        crate::bench_alerts::run(&agent_binary, &scenario, &cgroup.dir, &cgroup.rel)
+    })?;
+
     print_table(&workloads, peak_rss_kib);
+    crate::bench_alerts::print(&alerts);
     let path = write_json(&workloads, options.runs, peak_rss_kib)?;
     println!("bench: results written to {}", path.display());
     Ok(())
@@ -294,6 +299,34 @@ fn run_scenario(scenario: &Path, cgroup: &BenchCgroup, workload: &Workload) -> R
     }
 }
 
+/// Starts `vigil ARGS` and waits for `ready_line` (for the alert bench).
+pub(crate) fn start_agent(binary: &Path, args: &[&str], ready_line: &'static str) -> Result<Agent> {
+    Agent::start(binary, args, ready_line)
+}
+
+/// Runs `scenario ARGS` in the cgroup at `dir`; its stdout.
+pub(crate) fn run_in_cgroup_output(scenario: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("echo $$ > \"$0\"/cgroup.procs && exec \"$@\"")
+        .arg(dir)
+        .arg(scenario)
+        .args(args)
+        .stdin(Stdio::null());
+    let line = describe(&cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn median(samples: &[f64]) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -306,7 +339,7 @@ fn median(samples: &[f64]) -> f64 {
 }
 
 /// The running agent. Dropping it (on an error) stops it too.
-struct Agent {
+pub(crate) struct Agent {
     child: Option<Child>,
     pid: u32,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -426,7 +459,7 @@ impl Agent {
     }
 
     /// Sends SIGINT (the agent flushes and exits) and waits; SIGKILL if it hangs.
-    fn stop(&mut self) -> Result<ExitStatus> {
+    pub(crate) fn stop(&mut self) -> Result<ExitStatus> {
         let pid = self.pid.to_string();
         util::run_checked(Command::new("kill").args(["-INT", &pid]))?;
         match self.wait_for_exit(STOP_TIMEOUT)? {

@@ -4,6 +4,7 @@
 //! is the full suite CI runs (`.ci/run`), `bench` measures the agent's overhead, and `crd`
 //! regenerates the chart's CRDs from the Rust types.
 mod bench;
+mod bench_alerts;
 mod build;
 mod crd;
 mod k8s_env;
