@@ -234,3 +234,86 @@ fn a_binary_with_a_hostile_name_reaches_the_file_sink_as_valid_json_shown_byte_f
     );
     tracer.stop();
 }
+
+#[test]
+fn identical_violations_in_a_window_reach_the_sink_as_a_few_events_whose_counts_add_up() {
+    if !root_or_skip("aggregation") {
+        return;
+    }
+    let cg = TestCgroup::new("aggregation");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = common::denied_binary(tmp.path());
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: aggregation}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
+            cg.rel
+        ),
+    )
+    .unwrap();
+    let archive = tmp.path().join("events.jsonl");
+    let config = tmp.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sinks:\n  - {{name: archive, type: file, path: {}}}\naggregation: {{window: 3s}}\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let tracer = Tracer::run(
+        &[
+            "--watch-interval-ms",
+            "100",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    const RUNS: u64 = 30;
+    let marker = tmp.path().join("marker");
+    for _ in 0..RUNS {
+        let (_, status) = common::run_in_cgroup(
+            &cg.dir,
+            &writer,
+            &["write-marker", marker.to_str().unwrap()],
+        );
+        assert!(status.success(), "Alert never kills");
+    }
+    let violations = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .filter(|e| e["type"] == "dev.vigil.exec.v1" && e["vigilpolicy"] == "aggregation")
+            .collect()
+    };
+    let count = |e: &serde_json::Value| e["data"]["count"].as_u64().unwrap_or(1);
+    // The summaries come when their windows close; every run is counted once.
+    let events = common::wait_until(
+        "every run counted in the file sink",
+        common::LIVENESS,
+        || {
+            let events = violations(&std::fs::read_to_string(&archive).unwrap_or_default());
+            (events.iter().map(count).sum::<u64>() == RUNS).then_some(events)
+        },
+        || format!("file: {:?}", std::fs::read_to_string(&archive)),
+    );
+    tracer.stop();
+    assert!(
+        events.len() < RUNS as usize / 2,
+        "{} events for {RUNS} identical violations: not aggregated",
+        events.len()
+    );
+    assert!(
+        events[0]["data"].get("count").is_none(),
+        "the first goes out alone"
+    );
+    let summary = events.iter().find(|e| count(e) > 1).expect("a summary");
+    assert!(summary["data"]["firstSeen"].is_string(), "{summary}");
+    for e in &events {
+        let errors = schema_errors(e);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}
