@@ -317,3 +317,187 @@ fn identical_violations_in_a_window_reach_the_sink_as_a_few_events_whose_counts_
         assert!(errors.is_empty(), "{errors:?}");
     }
 }
+
+/// A loopback HTTP/1.1 receiver that answers every request with `reply` (status line and
+/// body) and keeps the bodies it got, per path.
+/// Each request's path and body, in arrival order.
+type Requests = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+struct Receiver {
+    port: u16,
+    bodies: Requests,
+}
+
+impl Receiver {
+    fn start(reply: &'static str) -> Self {
+        use std::io::{BufRead, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies: Requests = Requests::default();
+        let sink = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = std::io::BufReader::new(stream);
+                    loop {
+                        let mut request = String::new();
+                        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path = request.split(' ').nth(1).unwrap_or("").to_string();
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line.trim_end().is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':')
+                                && k.eq_ignore_ascii_case("content-length")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        sink.lock().unwrap().push((path, body));
+                        let (status, text) = reply.split_once('\n').unwrap_or((reply, ""));
+                        let response = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if writer.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, bodies }
+    }
+
+    fn bodies(&self) -> Vec<(String, Vec<u8>)> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_needs() {
+    if !root_or_skip("hostile-sinks") {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let cg = TestCgroup::new("hostile-sinks");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(tmp.path()).unwrap().join("bin");
+    std::fs::create_dir(&dir).unwrap();
+    let name: &[u8] = b"<!channel> <@U1> *b* \x1b[2J\xff";
+    let binary = dir.join(std::ffi::OsStr::from_bytes(name));
+    std::fs::copy("/bin/true", &binary).unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: hostile}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Alert\n",
+            cg.rel,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let http = Receiver::start("200 OK\n");
+    let slack = Receiver::start("200 OK\nok");
+    let splunk = Receiver::start("200 OK\n{\"text\":\"Success\",\"code\":0}");
+    let hook = tmp.path().join("slack-url");
+    std::fs::write(&hook, format!("http://127.0.0.1:{}/hook", slack.port)).unwrap();
+    let config = tmp.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sinks:\n  - {{name: siem, type: http, url: 'http://127.0.0.1:{}/events', mode: structured}}\n  - {{name: chat, type: slack, webhookUrlFile: {}}}\n  - {{name: splunk, type: splunk-hec, url: 'http://127.0.0.1:{}', tokenEnv: VIGIL_TEST_HEC_TOKEN}}\n",
+            http.port,
+            hook.display(),
+            splunk.port
+        ),
+    )
+    .unwrap();
+    let token = std::ffi::OsString::from("test-token-1234");
+    let dir_s = dir.display().to_string();
+    let args = [
+        "run",
+        "--watch-interval-ms",
+        "100",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let tracer = Tracer::spawn_with(
+        &args,
+        &[("VIGIL_TEST_HEC_TOKEN", token.as_os_str())],
+        "vigil is enforcing",
+    );
+    let (pid, status) = common::run_in_cgroup(&cg.dir, &binary, &[]);
+    assert!(status.success(), "Alert never kills");
+    let want = format!("{dir_s}/<!channel> <@U1> *b* \u{1b}[2J\\xff");
+    let got = |r: &Receiver| r.bodies().into_iter().map(|(_, b)| b).collect::<Vec<_>>();
+    // HTTP: the CloudEvent as JSON, the name as it is.
+    let event = common::wait_until(
+        "the violation at the HTTP receiver",
+        common::LIVENESS,
+        || {
+            got(&http)
+                .iter()
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .find(|e| is(e, "dev.vigil.exec.v1", pid))
+        },
+        || format!("{} requests", http.bodies().len()),
+    );
+    assert_eq!(event["data"]["exec"]["path"], want.as_str());
+    // Splunk: valid JSON events, the CloudEvent as `event`, the name as it is.
+    let hec = common::wait_until(
+        "the violation at the HEC receiver",
+        common::LIVENESS,
+        || {
+            splunk.bodies().iter().find_map(|(path, body)| {
+                (path == "/services/collector/event").then_some(())?;
+                serde_json::Deserializer::from_slice(body)
+                    .into_iter::<serde_json::Value>()
+                    .map(|e| e.expect("every HEC event is valid JSON"))
+                    .find(|e| is(&e["event"], "dev.vigil.exec.v1", pid))
+            })
+        },
+        || format!("{} requests", splunk.bodies().len()),
+    );
+    assert_eq!(hec["event"]["data"]["exec"]["path"], want.as_str());
+    // Slack: no mention, link or formatting survives; the name is still there to read.
+    let message = common::wait_until(
+        "the violation at the Slack webhook",
+        common::LIVENESS,
+        || {
+            got(&slack)
+                .into_iter()
+                .find(|b| String::from_utf8_lossy(b).contains(&pid.to_string()))
+        },
+        || format!("{} messages", slack.bodies().len()),
+    );
+    let text = String::from_utf8(message).expect("UTF-8 JSON");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let all = json.to_string();
+    for forbidden in ["<!channel>", "<@U1>"] {
+        assert!(
+            !all.contains(forbidden),
+            "{forbidden:?} reached Slack: {all}"
+        );
+    }
+    assert!(
+        all.contains("&lt;!channel&gt;"),
+        "the name is shown, escaped: {all}"
+    );
+    tracer.stop();
+}
