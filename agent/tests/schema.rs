@@ -175,6 +175,7 @@ fn loss_event() -> Value {
         reader_queue_full: 5,
         undecodable: 0,
         sink_queue_full: 4,
+        sink_failed: 0,
         probe_errors: [("sys_exit_open_mem/read".to_string(), 3)].into(),
     };
     let delta = totals.since(&LossReport {

@@ -501,3 +501,84 @@ fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_n
     );
     tracer.stop();
 }
+
+#[test]
+fn events_a_sink_gives_up_on_are_reported_as_lost_through_the_other_sinks() {
+    if !root_or_skip("sink-failed") {
+        return;
+    }
+    let cg = TestCgroup::new("sink-failed");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = common::denied_binary(tmp.path());
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: sink-failed}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
+            cg.rel
+        ),
+    )
+    .unwrap();
+    // A receiver that refuses everything for good: the HTTP sink does not retry a 400.
+    let refusing = Receiver::start("400 Bad Request\nno");
+    let archive = tmp.path().join("events.jsonl");
+    let config = tmp.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sinks:\n  - {{name: siem, type: http, url: 'http://127.0.0.1:{}/events', types: [dev.vigil.exec.v1]}}\n  - {{name: archive, type: file, path: {}}}\n",
+            refusing.port,
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let tracer = Tracer::run(
+        &[
+            "--watch-interval-ms",
+            "100",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let marker = tmp.path().join("marker");
+    let (pid, _) = common::run_in_cgroup(
+        &cg.dir,
+        &writer,
+        &["write-marker", marker.to_str().unwrap()],
+    );
+    let loss = common::wait_until(
+        "a loss event counting the refused delivery",
+        common::LIVENESS,
+        || {
+            std::fs::read_to_string(&archive)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+                .find(|e| {
+                    e["type"] == "dev.vigil.loss.v1"
+                        && e["data"]["lostSinceStart"]["sinkFailed"].as_u64() >= Some(1)
+                })
+        },
+        || format!("file: {:?}", std::fs::read_to_string(&archive)),
+    );
+    assert!(
+        loss["data"]["lostSinceStart"]["total"].as_u64() >= Some(1),
+        "{loss}"
+    );
+    assert!(
+        refusing.bodies().iter().any(|(_, b)| {
+            serde_json::from_slice::<serde_json::Value>(b)
+                .is_ok_and(|e| is(&e, "dev.vigil.exec.v1", pid))
+        }),
+        "the refused event was offered to the receiver"
+    );
+    let log = tracer.stderr_lines().join("\n");
+    tracer.stop();
+    assert!(
+        log.contains("siem"),
+        "the log names the sink that failed:\n{log}"
+    );
+}

@@ -15,6 +15,8 @@ pub struct LossReport {
     pub undecodable: u64,
     /// Finished events sinks' full queues refused (summed over sinks).
     pub sink_queue_full: u64,
+    /// Finished events sinks gave up delivering (summed over sinks).
+    pub sink_failed: u64,
     /// Probe failures by `<probe>/<reason>`: not records lost, but events a probe may have
     /// given up on.
     pub probe_errors: ProbeErrors,
@@ -32,7 +34,11 @@ fn kernel_delta(now: &KernelLosses, earlier: &KernelLosses) -> KernelLosses {
 impl LossReport {
     /// Records lost (held-back violations are not lost).
     pub fn total(&self) -> u64 {
-        self.kernel.total() + self.reader_queue_full + self.undecodable + self.sink_queue_full
+        self.kernel.total()
+            + self.reader_queue_full
+            + self.undecodable
+            + self.sink_queue_full
+            + self.sink_failed
     }
 
     /// Whether anything is worth a loss event: a loss, violations held back, or a probe
@@ -48,6 +54,7 @@ impl LossReport {
             reader_queue_full: self.reader_queue_full - earlier.reader_queue_full,
             undecodable: self.undecodable - earlier.undecodable,
             sink_queue_full: self.sink_queue_full - earlier.sink_queue_full,
+            sink_failed: self.sink_failed - earlier.sink_failed,
             probe_errors: self
                 .probe_errors
                 .iter()
@@ -108,8 +115,12 @@ pub struct Losses {
     /// Finished events a sink's queue refused because it was full (a sink that does not keep
     /// up), summed over the sinks; each sink's own count is in the agent's log.
     pub sink_queue_full: u64,
-    /// Records lost in all: `ringBuffer`, `readerQueueFull`, `undecodable` and
-    /// `sinkQueueFull` added up.
+    /// Finished events a sink gave up delivering (a receiver that refused them for good, or
+    /// stayed unreachable past the sink's retries), summed over the sinks; each sink's count
+    /// and the reason are in the agent's log.
+    pub sink_failed: u64,
+    /// Records lost in all: `ringBuffer`, `readerQueueFull`, `undecodable`, `sinkQueueFull`
+    /// and `sinkFailed` added up.
     pub total: u64,
     /// Failures of the kernel probes, by `<probe>/<reason>` (reason `read`: a value could not
     /// be read or resolved; `map`: a map refused an update or lacked an entry; `other`), only
@@ -126,6 +137,7 @@ impl From<&LossReport> for Losses {
             reader_queue_full: r.reader_queue_full,
             undecodable: r.undecodable,
             sink_queue_full: r.sink_queue_full,
+            sink_failed: r.sink_failed,
             total: r.total(),
             probe_errors: r.probe_errors.clone(),
         }

@@ -22,6 +22,7 @@ impl Losses {
             reader_queue_full: intake.stats.dropped.load(Ordering::Relaxed),
             undecodable: intake.undecodable,
             sink_queue_full: out.queue_full(),
+            sink_failed: out.failed(),
             probe_errors: self.kernel.probe_errors()?,
         })
     }

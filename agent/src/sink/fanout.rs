@@ -105,6 +105,14 @@ impl FanOut {
             .sum()
     }
 
+    /// Events sinks failed to deliver (gave up on), over all sinks, since start.
+    pub fn failed(&self) -> u64 {
+        self.queues
+            .iter()
+            .map(|q| q.stats.failed.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Each sink's name and counters.
     pub fn stats(&self) -> Vec<(String, Arc<SinkStats>)> {
         self.queues
