@@ -197,7 +197,7 @@ pub fn run(options: &Options) -> Result<()> {
 
     print_table(&workloads, peak_rss_kib);
     crate::bench_alerts::print(&alerts);
-    let path = write_json(&workloads, options.runs, peak_rss_kib)?;
+    let path = write_json(&workloads, options.runs, peak_rss_kib, &alerts)?;
     println!("bench: results written to {}", path.display());
     Ok(())
 }
@@ -555,10 +555,28 @@ fn json_numbers(samples: &[f64]) -> String {
     format!("[{}]", numbers.join(", "))
 }
 
-fn write_json(workloads: &[Workload], runs: u64, peak_rss_kib: u64) -> Result<PathBuf> {
+fn write_json(
+    workloads: &[Workload],
+    runs: u64,
+    peak_rss_kib: u64,
+    alerts: &crate::bench_alerts::AlertResults,
+) -> Result<PathBuf> {
     let mut json = String::from("{\n");
     let _ = writeln!(json, "  \"runs\": {runs},");
     let _ = writeln!(json, "  \"agent_peak_rss_kib\": {peak_rss_kib},");
+    let _ = writeln!(
+        json,
+        "  \"alerts\": {{\"sent\": {}, \"received\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
+         \"latency_max_ms\": {}, \"batch_sent\": {}, \"batch_received\": {}, \"batch_events_per_second\": {}}},",
+        alerts.sent,
+        alerts.received,
+        alerts.p50_ms,
+        alerts.p99_ms,
+        alerts.max_ms,
+        alerts.batch_sent,
+        alerts.batch_received,
+        alerts.batch_per_second
+    );
     json.push_str("  \"workloads\": [\n");
     for (i, w) in workloads.iter().enumerate() {
         let _ = writeln!(
