@@ -35,37 +35,19 @@ const AWKWARD_SUBJECT: &str = "namespaces/ops/pods/caf\u{e9} \"100%\"";
 
 fn exec_event(comm: &str, path: &str) -> VigilEvent {
     let header = Header {
-        verdict: Verdict::Observed,
         boot_ns: 5_000_000_000,
         cgroup_id: 7123,
-        pid: 4242,
-        tid: 4242,
         ppid: 4200,
         uid: 1000,
         gid: 1000,
-        comm: comm.into(),
-        count: 1,
-        first_ns: 0,
+        ..Header::new(Verdict::Observed, 4242, comm)
     };
     let args = vec![path.to_string(), "-c".to_string(), "id".to_string()];
     let event = Event {
         header,
         body: Body::Exec(Exec {
-            path: path.into(),
-            exe_path: Some(path.into()),
             exe_name: comm.into(),
-            script: false,
-            undecided: false,
-            unverifiable: false,
-            mapped: false,
-            opened: false,
-            user_mount: false,
-            undecided_set: None,
-            args: args.clone(),
-            memfd: false,
-            deleted: false,
-            args_truncated: false,
-            args_missing: false,
+            ..Exec::plain(path, args.clone())
         }),
     };
     let lineage = Lineage {

@@ -94,21 +94,11 @@ fn exec_event() -> Value {
     let args = ["curl", "-s", "http://127.0.0.1/"];
     build(
         Body::Exec(Exec {
-            path: "/usr/bin/curl".into(),
-            exe_path: Some("/usr/bin/curl".into()),
             exe_name: "curl".into(),
-            script: false,
-            undecided: false,
-            unverifiable: false,
-            mapped: false,
-            opened: false,
-            user_mount: false,
-            undecided_set: None,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            memfd: false,
-            deleted: false,
-            args_truncated: false,
-            args_missing: false,
+            ..Exec::plain(
+                "/usr/bin/curl",
+                args.iter().map(|a| a.to_string()).collect(),
+            )
         }),
         &lineage(Some("/usr/bin/curl"), &args, true),
         Some("/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope"),
@@ -440,21 +430,8 @@ fn violations_from_pods_known_and_not_yet_known_validate() {
     let event = Event {
         header: header("curl"),
         body: Body::Exec(Exec {
-            path: "/tmp/x".into(),
-            exe_path: Some("/tmp/x".into()),
             exe_name: "x".into(),
-            args: vec!["x".into()],
-            memfd: false,
-            deleted: false,
-            script: false,
-            undecided: false,
-            unverifiable: false,
-            mapped: false,
-            opened: false,
-            user_mount: false,
-            undecided_set: None,
-            args_truncated: false,
-            args_missing: false,
+            ..Exec::plain("/tmp/x", vec!["x".into()])
         }),
     };
     let policy = PolicyRef {

@@ -97,6 +97,49 @@ fn run_refuses_a_bad_config_before_loading_anything() {
     assert!(stderr.contains("the configuration is refused"), "{stderr}");
 }
 
+/// `vigil run` enforcing an Alert policy `name` on execs under `denied`, in `cg` only, with the
+/// sinks of `config` (the configuration file's text); both files are written to `dir`.
+fn alerting(
+    cg: &TestCgroup,
+    dir: &std::path::Path,
+    name: &str,
+    denied: &str,
+    config: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> Tracer {
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
+            cg.rel
+        ),
+    )
+    .unwrap();
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config).unwrap();
+    Tracer::run(
+        &[
+            "--watch-interval-ms",
+            "100",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        envs,
+    )
+}
+
+/// The JSON lines of the file sink at `path` so far.
+fn lines_of(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+        .collect()
+}
+
 #[test]
 fn a_violation_reaches_the_file_sink_and_a_filtered_sink_stays_quiet() {
     if !root_or_skip("file-sink") {
@@ -105,35 +148,17 @@ fn a_violation_reaches_the_file_sink_and_a_filtered_sink_stays_quiet() {
     let cg = TestCgroup::new("file-sink");
     let tmp = tempfile::tempdir().unwrap();
     let (writer, denied) = common::denied_binary(tmp.path());
-    let policy = tmp.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: file-sink}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
-            cg.rel
-        ),
-    )
-    .unwrap();
     let archive = tmp.path().join("events.jsonl");
-    let config = tmp.path().join("config.yaml");
     // stdout takes only connect events: the exec violation must not reach it.
-    std::fs::write(
-        &config,
-        format!(
+    let tracer = alerting(
+        &cg,
+        tmp.path(),
+        "file-sink",
+        &denied,
+        &format!(
             "sinks:\n  - {{name: archive, type: file, path: {}, maxBytes: 1048576, keep: 2}}\n  - {{name: console, type: stdout, format: json, types: [dev.vigil.connect.v1]}}\n",
             archive.display()
         ),
-    )
-    .unwrap();
-    let tracer = Tracer::run(
-        &[
-            "--watch-interval-ms",
-            "100",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
         &[],
     );
     let marker = tmp.path().join("marker");
@@ -147,10 +172,8 @@ fn a_violation_reaches_the_file_sink_and_a_filtered_sink_stays_quiet() {
         "the violation in the file sink",
         common::LIVENESS,
         || {
-            std::fs::read_to_string(&archive)
-                .unwrap_or_default()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            lines_of(&archive)
+                .into_iter()
                 .find(|e| is(e, "dev.vigil.exec.v1", pid))
         },
         || format!("file: {:?}", std::fs::read_to_string(&archive)),
@@ -180,35 +203,16 @@ fn a_binary_with_a_hostile_name_reaches_the_file_sink_as_valid_json_shown_byte_f
     let name: &[u8] = b"x\x1b[2J<!channel>\xe2\x80\xaegpj.\xff";
     let binary = dir.join(std::ffi::OsStr::from_bytes(name));
     std::fs::copy("/bin/true", &binary).unwrap();
-    let policy = tmp.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: hostile}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Alert\n",
-            cg.rel,
-            dir.display()
-        ),
-    )
-    .unwrap();
     let archive = tmp.path().join("events.jsonl");
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let tracer = alerting(
+        &cg,
+        tmp.path(),
+        "hostile",
+        &dir.display().to_string(),
+        &format!(
             "sinks:\n  - {{name: archive, type: file, path: {}}}\n",
             archive.display()
         ),
-    )
-    .unwrap();
-    let tracer = Tracer::run(
-        &[
-            "--watch-interval-ms",
-            "100",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
         &[],
     );
     let (pid, status) = common::run_in_cgroup(&cg.dir, &binary, &[]);
@@ -217,10 +221,8 @@ fn a_binary_with_a_hostile_name_reaches_the_file_sink_as_valid_json_shown_byte_f
         "the hostile binary's violation in the file sink",
         common::LIVENESS,
         || {
-            std::fs::read_to_string(&archive)
-                .unwrap_or_default()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+            lines_of(&archive)
+                .into_iter()
                 .find(|e| is(e, "dev.vigil.exec.v1", pid))
         },
         || format!("file: {:?}", std::fs::read(&archive)),
@@ -243,34 +245,16 @@ fn identical_violations_in_a_window_reach_the_sink_as_a_few_events_whose_counts_
     let cg = TestCgroup::new("aggregation");
     let tmp = tempfile::tempdir().unwrap();
     let (writer, denied) = common::denied_binary(tmp.path());
-    let policy = tmp.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: aggregation}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
-            cg.rel
-        ),
-    )
-    .unwrap();
     let archive = tmp.path().join("events.jsonl");
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let tracer = alerting(
+        &cg,
+        tmp.path(),
+        "aggregation",
+        &denied,
+        &format!(
             "sinks:\n  - {{name: archive, type: file, path: {}}}\naggregation: {{window: 3s}}\n",
             archive.display()
         ),
-    )
-    .unwrap();
-    let tracer = Tracer::run(
-        &[
-            "--watch-interval-ms",
-            "100",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
         &[],
     );
     const RUNS: u64 = 30;
@@ -400,47 +384,25 @@ fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_n
     let name: &[u8] = b"<!channel> <@U1> *b* \x1b[2J\xff";
     let binary = dir.join(std::ffi::OsStr::from_bytes(name));
     std::fs::copy("/bin/true", &binary).unwrap();
-    let policy = tmp.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: hostile}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{}/\"}}]\n    action: Alert\n",
-            cg.rel,
-            dir.display()
-        ),
-    )
-    .unwrap();
     let http = Receiver::start("200 OK\n");
     let slack = Receiver::start("200 OK\nok");
     let splunk = Receiver::start("200 OK\n{\"text\":\"Success\",\"code\":0}");
     let hook = tmp.path().join("slack-url");
     std::fs::write(&hook, format!("http://127.0.0.1:{}/hook", slack.port)).unwrap();
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let token = std::ffi::OsString::from("test-token-1234");
+    let dir_s = dir.display().to_string();
+    let tracer = alerting(
+        &cg,
+        tmp.path(),
+        "hostile",
+        &dir_s,
+        &format!(
             "sinks:\n  - {{name: siem, type: http, url: 'http://127.0.0.1:{}/events', mode: structured}}\n  - {{name: chat, type: slack, webhookUrlFile: {}}}\n  - {{name: splunk, type: splunk-hec, url: 'http://127.0.0.1:{}', tokenEnv: VIGIL_TEST_HEC_TOKEN}}\n",
             http.port,
             hook.display(),
             splunk.port
         ),
-    )
-    .unwrap();
-    let token = std::ffi::OsString::from("test-token-1234");
-    let dir_s = dir.display().to_string();
-    let args = [
-        "run",
-        "--watch-interval-ms",
-        "100",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    let tracer = Tracer::spawn_with(
-        &args,
         &[("VIGIL_TEST_HEC_TOKEN", token.as_os_str())],
-        "vigil is enforcing",
     );
     let (pid, status) = common::run_in_cgroup(&cg.dir, &binary, &[]);
     assert!(status.success(), "Alert never kills");
@@ -510,37 +472,19 @@ fn events_a_sink_gives_up_on_are_reported_as_lost_through_the_other_sinks() {
     let cg = TestCgroup::new("sink-failed");
     let tmp = tempfile::tempdir().unwrap();
     let (writer, denied) = common::denied_binary(tmp.path());
-    let policy = tmp.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: sink-failed}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
-            cg.rel
-        ),
-    )
-    .unwrap();
     // A receiver that refuses everything for good: the HTTP sink does not retry a 400.
     let refusing = Receiver::start("400 Bad Request\nno");
     let archive = tmp.path().join("events.jsonl");
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let tracer = alerting(
+        &cg,
+        tmp.path(),
+        "sink-failed",
+        &denied,
+        &format!(
             "sinks:\n  - {{name: siem, type: http, url: 'http://127.0.0.1:{}/events', types: [dev.vigil.exec.v1]}}\n  - {{name: archive, type: file, path: {}}}\n",
             refusing.port,
             archive.display()
         ),
-    )
-    .unwrap();
-    let tracer = Tracer::run(
-        &[
-            "--watch-interval-ms",
-            "100",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
         &[],
     );
     let marker = tmp.path().join("marker");
@@ -553,14 +497,10 @@ fn events_a_sink_gives_up_on_are_reported_as_lost_through_the_other_sinks() {
         "a loss event counting the refused delivery",
         common::LIVENESS,
         || {
-            std::fs::read_to_string(&archive)
-                .unwrap_or_default()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
-                .find(|e| {
-                    e["type"] == "dev.vigil.loss.v1"
-                        && e["data"]["lostSinceStart"]["sinkFailed"].as_u64() >= Some(1)
-                })
+            lines_of(&archive).into_iter().find(|e| {
+                e["type"] == "dev.vigil.loss.v1"
+                    && e["data"]["lostSinceStart"]["sinkFailed"].as_u64() >= Some(1)
+            })
         },
         || format!("file: {:?}", std::fs::read_to_string(&archive)),
     );

@@ -71,6 +71,43 @@ pub struct Header {
     pub first_ns: u64,
 }
 
+impl Header {
+    /// A header for process `pid` named `comm` with `verdict`: its thread is itself, its parent
+    /// pid 1, the count one, the rest zero. For tools and tests that build events.
+    pub fn new(verdict: Verdict, pid: u32, comm: &str) -> Self {
+        Self {
+            verdict,
+            boot_ns: 0,
+            cgroup_id: 0,
+            pid,
+            tid: pid,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            comm: comm.into(),
+            count: 1,
+            first_ns: 0,
+        }
+    }
+}
+
+/// The header the unit tests' violations share: pid 42 in cgroup 9, set 1 rule 0.
+#[cfg(test)]
+pub(crate) fn test_violation(action: Action, comm: &str) -> Header {
+    Header {
+        cgroup_id: 9,
+        ..Header::new(
+            Verdict::Violation {
+                action,
+                set: 1,
+                rule: 0,
+            },
+            42,
+            comm,
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Exec(Exec),

@@ -180,21 +180,8 @@ mod tests {
                 first_ns: 500,
             },
             body: Body::Exec(Exec {
-                path: path.into(),
-                exe_path: Some(path.into()),
                 exe_name: "x".into(),
-                args: vec![],
-                memfd: false,
-                deleted: false,
-                script: false,
-                undecided: false,
-                unverifiable: false,
-                mapped: false,
-                opened: false,
-                user_mount: false,
-                undecided_set: None,
-                args_truncated: false,
-                args_missing: false,
+                ..Exec::plain(path, Vec::new())
             }),
         };
         let policy = PolicyRef {

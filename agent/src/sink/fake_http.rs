@@ -192,7 +192,7 @@ pub fn exec_violation(
 ) -> crate::cloudevents::VigilEvent {
     use crate::{
         cloudevents::{Context, violation},
-        event::{Action, Body, Event, Exec, Header, Verdict},
+        event::{Action, Body, Event, Exec},
         metadata::{
             cluster::{Owner, PodInfo, PodLookup},
             process::{Lineage, ProcessInfo},
@@ -201,39 +201,10 @@ pub fn exec_violation(
     };
     let args = vec![path.to_string(), "-x".into()];
     let event = Event {
-        header: Header {
-            verdict: Verdict::Violation {
-                action: Action::Kill,
-                set: 1,
-                rule: 0,
-            },
-            boot_ns: 0,
-            cgroup_id: 9,
-            pid: 42,
-            tid: 42,
-            ppid: 1,
-            uid: 0,
-            gid: 0,
-            comm: comm.into(),
-            count: 1,
-            first_ns: 0,
-        },
+        header: crate::event::test_violation(Action::Kill, comm),
         body: Body::Exec(Exec {
-            path: path.into(),
-            exe_path: Some(path.into()),
             exe_name: comm.into(),
-            args: args.clone(),
-            memfd: false,
-            deleted: false,
-            script: false,
-            undecided: false,
-            unverifiable: false,
-            mapped: false,
-            opened: false,
-            user_mount: false,
-            undecided_set: None,
-            args_truncated: false,
-            args_missing: false,
+            ..Exec::plain(path, args.clone())
         }),
     };
     let policy = PolicyRef {

@@ -231,7 +231,7 @@ mod tests {
     use super::*;
     use crate::{
         cloudevents::{Context, violation},
-        event::{Body, Event as VEvent, Exec, Header, Verdict},
+        event::{Body, Event as VEvent, Exec},
         metadata::{
             cluster::{PodInfo, PodLookup},
             process::Lineage,
@@ -241,39 +241,10 @@ mod tests {
 
     fn exec_violation(pod: Option<&PodLookup>, path: &str) -> VigilEvent {
         let event = VEvent {
-            header: Header {
-                verdict: Verdict::Violation {
-                    action: Action::Kill,
-                    set: 1,
-                    rule: 0,
-                },
-                boot_ns: 0,
-                cgroup_id: 9,
-                pid: 42,
-                tid: 42,
-                ppid: 1,
-                uid: 0,
-                gid: 0,
-                comm: "x".into(),
-                count: 1,
-                first_ns: 0,
-            },
+            header: crate::event::test_violation(Action::Kill, "x"),
             body: Body::Exec(Exec {
-                path: path.into(),
-                exe_path: Some(path.into()),
                 exe_name: "x".into(),
-                args: vec![],
-                memfd: false,
-                deleted: false,
-                script: false,
-                undecided: false,
-                unverifiable: false,
-                mapped: false,
-                opened: false,
-                user_mount: false,
-                undecided_set: None,
-                args_truncated: false,
-                args_missing: false,
+                ..Exec::plain(path, Vec::new())
             }),
         };
         let policy = PolicyRef {

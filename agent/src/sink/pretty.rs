@@ -86,7 +86,7 @@ mod tests {
     use super::*;
     use crate::{
         cloudevents::{Context, violation},
-        event::{Action, Body, Event, Exec, Header, Verdict},
+        event::{Action, Body, Event, Exec},
         metadata::process::Lineage,
         policy::PolicyRef,
     };
@@ -94,23 +94,7 @@ mod tests {
     #[test]
     fn a_violation_reads_with_its_action_policy_and_rule() {
         let event = Event {
-            header: Header {
-                verdict: Verdict::Violation {
-                    action: Action::Kill,
-                    set: 1,
-                    rule: 0,
-                },
-                boot_ns: 0,
-                cgroup_id: 9,
-                pid: 42,
-                tid: 42,
-                ppid: 1,
-                uid: 0,
-                gid: 0,
-                comm: "evil".into(),
-                count: 1,
-                first_ns: 0,
-            },
+            header: crate::event::test_violation(Action::Kill, "evil"),
             body: Body::Exec(Exec {
                 path: "/tmp/evil".into(),
                 exe_path: Some("/tmp/evil".into()),

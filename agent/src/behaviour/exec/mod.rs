@@ -44,6 +44,28 @@ pub struct Exec {
 }
 
 impl Exec {
+    /// A plain exec of `path`, as the kernel reports one: the path is its own real path, the
+    /// file's name its last component, no flags set. For tools and tests that build events.
+    pub fn plain(path: &str, args: Vec<String>) -> Self {
+        Self {
+            path: path.into(),
+            exe_path: Some(path.into()),
+            exe_name: path.rsplit('/').next().unwrap_or(path).into(),
+            script: false,
+            undecided: false,
+            unverifiable: false,
+            mapped: false,
+            opened: false,
+            user_mount: false,
+            undecided_set: None,
+            args,
+            memfd: false,
+            deleted: false,
+            args_truncated: false,
+            args_missing: false,
+        }
+    }
+
     pub fn decode(e: &ExecEvent) -> Self {
         let flag = |bit: u32| e.flags & bit != 0;
         Self {
