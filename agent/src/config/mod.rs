@@ -13,7 +13,7 @@ use std::{
 
 pub use check::parse;
 
-use crate::{cloudevents::EventType, cloudevents::Severity, sink::stdout::Format};
+use crate::cloudevents::{EventType, Severity};
 
 /// One problem with a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +72,25 @@ impl SinkSpec {
     }
 }
 
-pub use crate::sink::http::HttpMode;
+/// How events are put into requests (CloudEvents HTTP binding, section 3); in configuration
+/// `structured`, `binary` or `batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    /// One request per event, the whole event as JSON in the body.
+    Structured,
+    /// One request per event, attributes as `ce-` headers and the data as the body.
+    Binary,
+    /// A JSON array of structured events per request.
+    Batch,
+}
+
+/// How the stdout sink writes: `json`, one CloudEvent per line; `pretty`, a readable line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    Pretty,
+}
 
 /// A disk spool that keeps undelivered events across outages and restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,18 +39,7 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// `Content-Type` of a batch-mode request.
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 
-/// How events are put into requests (CloudEvents HTTP binding, section 3); in configuration
-/// `structured`, `binary` or `batch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HttpMode {
-    /// One request per event, the whole event as JSON in the body.
-    Structured,
-    /// One request per event, attributes as `ce-` headers and the data as the body.
-    Binary,
-    /// A JSON array of structured events per request.
-    Batch,
-}
+pub use crate::config::HttpMode;
 
 /// When to retry and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]

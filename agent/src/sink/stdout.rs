@@ -6,11 +6,7 @@ use futures::future::BoxFuture;
 use super::{Sink, SinkError, json_lines, pretty::pretty};
 use crate::cloudevents::VigilEvent;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Json,
-    Pretty,
-}
+pub use crate::config::Format;
 
 /// Writes to any blocking writer (stdout, a pipe); the writes run on a blocking thread so a
 /// reader that does not keep up stalls only this sink.

@@ -9,11 +9,8 @@ use std::{
 
 use serde_yaml_ng::{Mapping, Value};
 
-use super::{Config, ConfigError, HttpMode, Secret, SinkKind, SinkSpec, Spool};
-use crate::{
-    cloudevents::{EventType, Severity},
-    sink::stdout::Format,
-};
+use super::{Config, ConfigError, Format, HttpMode, Secret, SinkKind, SinkSpec, Spool};
+use crate::cloudevents::{EventType, Severity};
 
 const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
 const DEFAULT_KEEP: u64 = 5;
