@@ -160,8 +160,19 @@ proptest! {
 
     #[test]
     fn btf_parser_survives_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(btf) = Btf::parse(&bytes) {
-            let _ = btf.offset_of("task_struct", "tgid");
+        match Btf::parse(&bytes) {
+            // A refusal always says why.
+            Err(reason) => prop_assert!(!reason.is_empty()),
+            Ok(btf) => {
+                prop_assert_eq!(&bytes[..2], &[0x9f, 0xeb][..], "only BTF's magic parses");
+                // Random types hold no task_struct with a tgid member.
+                let _ = btf.offset_of("task_struct", "tgid");
+            }
+        }
+        // Without BTF's magic nothing past it is read.
+        if bytes.len() >= 2 && bytes[..2] != [0x9f, 0xeb] {
+            let refused = Btf::parse(&bytes).err().unwrap_or_default();
+            prop_assert!(refused.starts_with("bad magic"), "{refused}");
         }
     }
 

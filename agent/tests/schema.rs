@@ -490,17 +490,16 @@ fn violations_from_pods_known_and_not_yet_known_validate() {
 #[test]
 fn the_committed_schema_is_what_the_event_types_generate() {
     let generated = vigil::cloudevents::schema::event_schema_text();
-    if SCHEMA != generated {
-        let line = SCHEMA
-            .lines()
-            .zip(generated.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or_else(|| SCHEMA.lines().count().min(generated.lines().count()));
-        panic!(
-            "docs/event.schema.json differs from the event types at line {}:\n  committed: {}\n  generated: {}\nrun `cargo xtask schema`",
-            line + 1,
-            SCHEMA.lines().nth(line).unwrap_or("<end of file>"),
-            generated.lines().nth(line).unwrap_or("<end of file>"),
-        );
-    }
+    let line = SCHEMA
+        .lines()
+        .zip(generated.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or_else(|| SCHEMA.lines().count().min(generated.lines().count()));
+    assert!(
+        SCHEMA == generated,
+        "docs/event.schema.json differs from the event types at line {}:\n  committed: {}\n  generated: {}\nrun `cargo xtask schema`",
+        line + 1,
+        SCHEMA.lines().nth(line).unwrap_or("<end of file>"),
+        generated.lines().nth(line).unwrap_or("<end of file>"),
+    );
 }

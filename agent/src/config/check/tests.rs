@@ -77,7 +77,7 @@ aggregation: {{window: 10s}}
 
     /// The config `text` is refused with an error at `field` whose reason contains `reason`.
     #[track_caller]
-    fn refused(&self, text: &str, field: &str, reason: &str) {
+    fn assert_refused(&self, text: &str, field: &str, reason: &str) {
         let errors = self.check(text).expect_err("refused");
         assert!(
             errors
@@ -148,57 +148,57 @@ fn the_example_of_the_issue_is_accepted_with_every_field() {
 fn bad_configs_are_refused_naming_the_field() {
     let f = Fixture::new();
     let one = |sink: &str| format!("sinks:\n  - {sink}\n");
-    f.refused("sinks: [", "(file)", "not YAML (line");
-    f.refused("[1, 2]", "(file)", "must be a mapping");
-    f.refused("sinks: []", "sinks", "at least one sink");
-    f.refused(
+    f.assert_refused("sinks: [", "(file)", "not YAML (line");
+    f.assert_refused("[1, 2]", "(file)", "must be a mapping");
+    f.assert_refused("sinks: []", "sinks", "at least one sink");
+    f.assert_refused(
         "sinx: []\nsinks: [{name: a, type: stdout}]",
         "sinx",
         "unknown field",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: smoke-signal}"),
         "sinks[0].type",
         "unknown sink type `smoke-signal`",
     );
-    f.refused(&one("{type: stdout}"), "sinks[0].name", "required");
-    f.refused(
+    f.assert_refused(&one("{type: stdout}"), "sinks[0].name", "required");
+    f.assert_refused(
         &one("{name: Loud, type: stdout}"),
         "sinks[0].name",
         "lower-case",
     );
-    f.refused(
+    f.assert_refused(
         "sinks:\n  - {name: a, type: stdout}\n  - {name: a, type: stdout}\n",
         "sinks[1].name",
         "names another sink",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: stdout, url: x}"),
         "sinks[0].url",
         "unknown field",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: http, url: 'ftp://x/y'}"),
         "sinks[0].url",
         "http or https",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: http, url: 'not a url'}"),
         "sinks[0].url",
         "not a URL",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: http, url: 'https://user:pw@x.example/'}"),
         "sinks[0].url",
         "credentials",
     );
-    f.refused(&one("{name: a, type: http}"), "sinks[0].url", "required");
-    f.refused(
+    f.assert_refused(&one("{name: a, type: http}"), "sinks[0].url", "required");
+    f.assert_refused(
         &one("{name: a, type: http, url: 'https://x.example', mode: fast}"),
         "sinks[0].mode",
         "structured, binary or batch",
     );
-    f.refused(
+    f.assert_refused(
         &one(&format!(
             "{{name: a, type: http, url: 'https://x.example', caFile: {}}}",
             f.path("missing.pem")
@@ -206,7 +206,7 @@ fn bad_configs_are_refused_naming_the_field() {
         "sinks[0].caFile",
         "cannot be read",
     );
-    f.refused(
+    f.assert_refused(
         &one(&format!(
             "{{name: a, type: http, url: 'https://x.example', caFile: {}}}",
             f.path("not-a-cert")
@@ -214,17 +214,17 @@ fn bad_configs_are_refused_naming_the_field() {
         "sinks[0].caFile",
         "no PEM certificate",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: http, url: 'https://x.example', headers: {'Bad Header': x}}"),
         "sinks[0].headers.Bad Header",
         "not a valid header name",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: slack, webhookUrlFile: relative/path}"),
         "sinks[0].webhookUrlFile",
         "absolute",
     );
-    f.refused(
+    f.assert_refused(
         &one(&format!(
             "{{name: a, type: slack, webhookUrlFile: {}}}",
             f.path("missing")
@@ -232,18 +232,18 @@ fn bad_configs_are_refused_naming_the_field() {
         "sinks[0].webhookUrlFile",
         "cannot be read",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: splunk-hec, url: 'https://s.example:8088', tokenEnv: NOT_SET_ANYWHERE}"),
         "sinks[0].tokenEnv",
         "NOT_SET_ANYWHERE is not set",
     );
-    f.refused(&one("{name: a, type: splunk-hec, url: 'https://s.example:8088', tokenEnv: SPLUNK_HEC_TOKEN, ack: maybe}"), "sinks[0].ack", "true or false");
-    f.refused(
+    f.assert_refused(&one("{name: a, type: splunk-hec, url: 'https://s.example:8088', tokenEnv: SPLUNK_HEC_TOKEN, ack: maybe}"), "sinks[0].ack", "true or false");
+    f.assert_refused(
         &one("{name: a, type: file, path: /nonexistent-dir/x.jsonl}"),
         "sinks[0].path",
         "does not exist",
     );
-    f.refused(
+    f.assert_refused(
         &one(&format!(
             "{{name: a, type: file, path: {}/x, maxBytes: 0}}",
             f.dir.path().display()
@@ -251,7 +251,7 @@ fn bad_configs_are_refused_naming_the_field() {
         "sinks[0].maxBytes",
         "above 0",
     );
-    f.refused(
+    f.assert_refused(
         &one(&format!(
             "{{name: a, type: file, path: {}/x, keep: -1}}",
             f.dir.path().display()
@@ -259,22 +259,22 @@ fn bad_configs_are_refused_naming_the_field() {
         "sinks[0].keep",
         "whole number",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: stdout, minSeverity: urgent}"),
         "sinks[0].minSeverity",
         "not one of",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: stdout, types: [dev.vigil.exec.v2]}"),
         "sinks[0].types[0]",
         "not an event type",
     );
-    f.refused(
+    f.assert_refused(
         "sinks: [{name: a, type: stdout}]\naggregation: {window: soon}",
         "aggregation.window",
         "not a duration",
     );
-    f.refused(
+    f.assert_refused(
         &one("{name: a, type: stdout, format: xml}"),
         "sinks[0].format",
         "json or pretty",
@@ -303,7 +303,7 @@ fn a_webhook_url_file_holding_plain_http_is_refused_without_showing_the_url() {
         "http://hooks.chat.example/very-secret-token",
     )
     .unwrap();
-    f.refused(
+    f.assert_refused(
         &format!(
             "sinks:\n  - {{name: a, type: slack, webhookUrlFile: {}}}\n",
             f.path("plain")
