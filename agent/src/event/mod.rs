@@ -140,7 +140,8 @@ pub(crate) fn c_string(bytes: &[u8]) -> String {
 }
 
 /// Bytes as text: valid UTF-8 as it is, every invalid byte written out as `\xNN`, so that a
-/// name that is not UTF-8 is shown (and told apart from another), not replaced or dropped.
+/// name that is not UTF-8 is shown by value, not replaced or dropped. (A name spelling `\xNN`
+/// literally reads the same; decisions on bytes are the kernel's: docs/threat-model.md.)
 pub fn text(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
