@@ -7,7 +7,10 @@
 )]
 mod common;
 
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use common::{TestCgroup, Tracer, is, root_or_skip, schema_errors, vigil_bin};
 
@@ -97,38 +100,88 @@ fn run_refuses_a_bad_config_before_loading_anything() {
     assert!(stderr.contains("the configuration is refused"), "{stderr}");
 }
 
-/// `vigil run` enforcing an Alert policy `name` on execs under `denied`, in `cg` only, with the
-/// sinks of `config` (the configuration file's text); both files are written to `dir`.
-fn alerting(
-    cg: &TestCgroup,
-    dir: &std::path::Path,
-    name: &str,
-    denied: &str,
-    config: &str,
-    envs: &[(&str, &std::ffi::OsStr)],
-) -> Tracer {
-    let policy = dir.join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
-            cg.rel
-        ),
-    )
-    .unwrap();
-    let file = dir.join("config.yaml");
-    std::fs::write(&file, config).unwrap();
-    Tracer::run(
-        &[
-            "--watch-interval-ms",
-            "100",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--config",
-            file.to_str().unwrap(),
-        ],
-        envs,
-    )
+/// A kernel test's own cgroup and scratch directory, with a file sink's path in it.
+struct Scene {
+    cg: TestCgroup,
+    tmp: tempfile::TempDir,
+    /// Where a `file` sink named in the test's configuration writes.
+    archive: PathBuf,
+}
+
+impl Scene {
+    /// `None` (with the reason printed) where the test cannot run.
+    fn new(name: &str) -> Option<Self> {
+        if !root_or_skip(name) {
+            return None;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        Some(Self {
+            cg: TestCgroup::new(name),
+            archive: tmp.path().join("events.jsonl"),
+            tmp,
+        })
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// `vigil run` enforcing an Alert policy `name` on execs under `denied`, in this scene's
+    /// cgroup only, with the sinks of `config` (the configuration file's text).
+    fn alerting(
+        &self,
+        name: &str,
+        denied: &str,
+        config: &str,
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Tracer {
+        let policy = self.dir().join("policy.yaml");
+        std::fs::write(
+            &policy,
+            format!(
+                "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n",
+                self.cg.rel
+            ),
+        )
+        .unwrap();
+        let file = self.dir().join("config.yaml");
+        std::fs::write(&file, config).unwrap();
+        Tracer::run(
+            &[
+                "--watch-interval-ms",
+                "100",
+                "--policy",
+                policy.to_str().unwrap(),
+                "--config",
+                file.to_str().unwrap(),
+            ],
+            envs,
+        )
+    }
+
+    /// Runs `program` (a scenario binary) in the scene's cgroup to write a marker file.
+    fn write_marker(&self, program: &Path) -> (u32, std::process::ExitStatus) {
+        let marker = self.dir().join("marker");
+        common::run_in_cgroup(
+            &self.cg.dir,
+            program,
+            &["write-marker", marker.to_str().unwrap()],
+        )
+    }
+
+    /// The first event in the file sink that `wanted` picks, waiting for it.
+    fn archived(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        common::wait_until(
+            what,
+            common::LIVENESS,
+            || lines_of(&self.archive).into_iter().find(|e| wanted(e)),
+            || format!("file: {:?}", std::fs::read(&self.archive)),
+        )
+    }
 }
 
 /// The JSON lines of the file sink at `path` so far.
@@ -140,44 +193,37 @@ fn lines_of(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A copy of `/bin/true` named `name` in a `bin` folder of the scene: the folder and the copy.
+fn hostile_binary(scene: &Scene, name: &[u8]) -> (PathBuf, PathBuf) {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::fs::canonicalize(scene.dir()).unwrap().join("bin");
+    std::fs::create_dir(&dir).unwrap();
+    let binary = dir.join(std::ffi::OsStr::from_bytes(name));
+    std::fs::copy("/bin/true", &binary).unwrap();
+    (dir, binary)
+}
+
 #[test]
 fn a_violation_reaches_the_file_sink_and_a_filtered_sink_stays_quiet() {
-    if !root_or_skip("file-sink") {
+    let Some(scene) = Scene::new("file-sink") else {
         return;
-    }
-    let cg = TestCgroup::new("file-sink");
-    let tmp = tempfile::tempdir().unwrap();
-    let (writer, denied) = common::denied_binary(tmp.path());
-    let archive = tmp.path().join("events.jsonl");
+    };
+    let (writer, denied) = common::denied_binary(scene.dir());
     // stdout takes only connect events: the exec violation must not reach it.
-    let tracer = alerting(
-        &cg,
-        tmp.path(),
+    let tracer = scene.alerting(
         "file-sink",
         &denied,
         &format!(
             "sinks:\n  - {{name: archive, type: file, path: {}, maxBytes: 1048576, keep: 2}}\n  - {{name: console, type: stdout, format: json, types: [dev.vigil.connect.v1]}}\n",
-            archive.display()
+            scene.archive.display()
         ),
         &[],
     );
-    let marker = tmp.path().join("marker");
-    let (pid, status) = common::run_in_cgroup(
-        &cg.dir,
-        &writer,
-        &["write-marker", marker.to_str().unwrap()],
-    );
+    let (pid, status) = scene.write_marker(&writer);
     assert!(status.success(), "Alert never kills");
-    let line = common::wait_until(
-        "the violation in the file sink",
-        common::LIVENESS,
-        || {
-            lines_of(&archive)
-                .into_iter()
-                .find(|e| is(e, "dev.vigil.exec.v1", pid))
-        },
-        || format!("file: {:?}", std::fs::read_to_string(&archive)),
-    );
+    let line = scene.archived("the violation in the file sink", |e| {
+        is(e, "dev.vigil.exec.v1", pid)
+    });
     assert_eq!(line["vigilaction"], "alert");
     assert_eq!(line["data"]["policy"]["rule"], "spec.exec.deny[0]");
     let errors = schema_errors(&line);
@@ -191,42 +237,25 @@ fn a_violation_reaches_the_file_sink_and_a_filtered_sink_stays_quiet() {
 
 #[test]
 fn a_binary_with_a_hostile_name_reaches_the_file_sink_as_valid_json_shown_byte_for_byte() {
-    if !root_or_skip("hostile-name") {
+    let Some(scene) = Scene::new("hostile-name") else {
         return;
-    }
-    use std::os::unix::ffi::OsStrExt;
-    let cg = TestCgroup::new("hostile-name");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = std::fs::canonicalize(tmp.path()).unwrap().join("bin");
-    std::fs::create_dir(&dir).unwrap();
+    };
     // An escape sequence, a Slack mention, a right-to-left override, a byte that is not UTF-8.
-    let name: &[u8] = b"x\x1b[2J<!channel>\xe2\x80\xaegpj.\xff";
-    let binary = dir.join(std::ffi::OsStr::from_bytes(name));
-    std::fs::copy("/bin/true", &binary).unwrap();
-    let archive = tmp.path().join("events.jsonl");
-    let tracer = alerting(
-        &cg,
-        tmp.path(),
+    let (dir, binary) = hostile_binary(&scene, b"x\x1b[2J<!channel>\xe2\x80\xaegpj.\xff");
+    let tracer = scene.alerting(
         "hostile",
         &dir.display().to_string(),
         &format!(
             "sinks:\n  - {{name: archive, type: file, path: {}}}\n",
-            archive.display()
+            scene.archive.display()
         ),
         &[],
     );
-    let (pid, status) = common::run_in_cgroup(&cg.dir, &binary, &[]);
+    let (pid, status) = common::run_in_cgroup(&scene.cg.dir, &binary, &[]);
     assert!(status.success(), "Alert never kills");
-    let event = common::wait_until(
-        "the hostile binary's violation in the file sink",
-        common::LIVENESS,
-        || {
-            lines_of(&archive)
-                .into_iter()
-                .find(|e| is(e, "dev.vigil.exec.v1", pid))
-        },
-        || format!("file: {:?}", std::fs::read(&archive)),
-    );
+    let event = scene.archived("the hostile binary's violation in the file sink", |e| {
+        is(e, "dev.vigil.exec.v1", pid)
+    });
     let errors = schema_errors(&event);
     assert!(errors.is_empty(), "{errors:?}");
     let want = format!("{}/x\u{1b}[2J<!channel>\u{202e}gpj.\\xff", dir.display());
@@ -239,16 +268,12 @@ fn a_binary_with_a_hostile_name_reaches_the_file_sink_as_valid_json_shown_byte_f
 
 #[test]
 fn identical_violations_in_a_window_reach_the_sink_as_a_few_events_whose_counts_add_up() {
-    if !root_or_skip("aggregation") {
+    let Some(scene) = Scene::new("aggregation") else {
         return;
-    }
-    let cg = TestCgroup::new("aggregation");
-    let tmp = tempfile::tempdir().unwrap();
-    let (writer, denied) = common::denied_binary(tmp.path());
-    let archive = tmp.path().join("events.jsonl");
-    let tracer = alerting(
-        &cg,
-        tmp.path(),
+    };
+    let (writer, denied) = common::denied_binary(scene.dir());
+    let archive = &scene.archive;
+    let tracer = scene.alerting(
         "aggregation",
         &denied,
         &format!(
@@ -258,13 +283,8 @@ fn identical_violations_in_a_window_reach_the_sink_as_a_few_events_whose_counts_
         &[],
     );
     const RUNS: u64 = 30;
-    let marker = tmp.path().join("marker");
     for _ in 0..RUNS {
-        let (_, status) = common::run_in_cgroup(
-            &cg.dir,
-            &writer,
-            &["write-marker", marker.to_str().unwrap()],
-        );
+        let (_, status) = scene.write_marker(&writer);
         assert!(status.success(), "Alert never kills");
     }
     let violations = |text: &str| -> Vec<serde_json::Value> {
@@ -279,10 +299,10 @@ fn identical_violations_in_a_window_reach_the_sink_as_a_few_events_whose_counts_
         "every run counted in the file sink",
         common::LIVENESS,
         || {
-            let events = violations(&std::fs::read_to_string(&archive).unwrap_or_default());
+            let events = violations(&std::fs::read_to_string(archive).unwrap_or_default());
             (events.iter().map(count).sum::<u64>() == RUNS).then_some(events)
         },
-        || format!("file: {:?}", std::fs::read_to_string(&archive)),
+        || format!("file: {:?}", std::fs::read_to_string(archive)),
     );
     tracer.stop();
     assert!(
@@ -373,27 +393,18 @@ impl Receiver {
 
 #[test]
 fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_needs() {
-    if !root_or_skip("hostile-sinks") {
+    let Some(scene) = Scene::new("hostile-sinks") else {
         return;
-    }
-    use std::os::unix::ffi::OsStrExt;
-    let cg = TestCgroup::new("hostile-sinks");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = std::fs::canonicalize(tmp.path()).unwrap().join("bin");
-    std::fs::create_dir(&dir).unwrap();
-    let name: &[u8] = b"<!channel> <@U1> *b* \x1b[2J\xff";
-    let binary = dir.join(std::ffi::OsStr::from_bytes(name));
-    std::fs::copy("/bin/true", &binary).unwrap();
+    };
+    let (dir, binary) = hostile_binary(&scene, b"<!channel> <@U1> *b* \x1b[2J\xff");
     let http = Receiver::start("200 OK\n");
     let slack = Receiver::start("200 OK\nok");
     let splunk = Receiver::start("200 OK\n{\"text\":\"Success\",\"code\":0}");
-    let hook = tmp.path().join("slack-url");
+    let hook = scene.dir().join("slack-url");
     std::fs::write(&hook, format!("http://127.0.0.1:{}/hook", slack.port)).unwrap();
     let token = std::ffi::OsString::from("test-token-1234");
     let dir_s = dir.display().to_string();
-    let tracer = alerting(
-        &cg,
-        tmp.path(),
+    let tracer = scene.alerting(
         "hostile",
         &dir_s,
         &format!(
@@ -404,7 +415,7 @@ fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_n
         ),
         &[("VIGIL_TEST_HEC_TOKEN", token.as_os_str())],
     );
-    let (pid, status) = common::run_in_cgroup(&cg.dir, &binary, &[]);
+    let (pid, status) = common::run_in_cgroup(&scene.cg.dir, &binary, &[]);
     assert!(status.success(), "Alert never kills");
     let want = format!("{dir_s}/<!channel> <@U1> *b* \u{1b}[2J\\xff");
     let got = |r: &Receiver| r.bodies().into_iter().map(|(_, b)| b).collect::<Vec<_>>();
@@ -466,44 +477,27 @@ fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_n
 
 #[test]
 fn events_a_sink_gives_up_on_are_reported_as_lost_through_the_other_sinks() {
-    if !root_or_skip("sink-failed") {
+    let Some(scene) = Scene::new("sink-failed") else {
         return;
-    }
-    let cg = TestCgroup::new("sink-failed");
-    let tmp = tempfile::tempdir().unwrap();
-    let (writer, denied) = common::denied_binary(tmp.path());
+    };
+    let (writer, denied) = common::denied_binary(scene.dir());
     // A receiver that refuses everything for good: the HTTP sink does not retry a 400.
     let refusing = Receiver::start("400 Bad Request\nno");
-    let archive = tmp.path().join("events.jsonl");
-    let tracer = alerting(
-        &cg,
-        tmp.path(),
+    let tracer = scene.alerting(
         "sink-failed",
         &denied,
         &format!(
             "sinks:\n  - {{name: siem, type: http, url: 'http://127.0.0.1:{}/events', types: [dev.vigil.exec.v1]}}\n  - {{name: archive, type: file, path: {}}}\n",
             refusing.port,
-            archive.display()
+            scene.archive.display()
         ),
         &[],
     );
-    let marker = tmp.path().join("marker");
-    let (pid, _) = common::run_in_cgroup(
-        &cg.dir,
-        &writer,
-        &["write-marker", marker.to_str().unwrap()],
-    );
-    let loss = common::wait_until(
-        "a loss event counting the refused delivery",
-        common::LIVENESS,
-        || {
-            lines_of(&archive).into_iter().find(|e| {
-                e["type"] == "dev.vigil.loss.v1"
-                    && e["data"]["lostSinceStart"]["sinkFailed"].as_u64() >= Some(1)
-            })
-        },
-        || format!("file: {:?}", std::fs::read_to_string(&archive)),
-    );
+    let (pid, _) = scene.write_marker(&writer);
+    let loss = scene.archived("a loss event counting the refused delivery", |e| {
+        e["type"] == "dev.vigil.loss.v1"
+            && e["data"]["lostSinceStart"]["sinkFailed"].as_u64() >= Some(1)
+    });
     assert!(
         loss["data"]["lostSinceStart"]["total"].as_u64() >= Some(1),
         "{loss}"

@@ -6,7 +6,6 @@
 mod check;
 
 use std::{
-    fmt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -14,6 +13,7 @@ use std::{
 pub use check::parse;
 
 use crate::cloudevents::{EventType, Severity};
+pub use crate::secret::Secret;
 
 /// One problem with a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,27 +23,6 @@ pub struct ConfigError {
     /// `sinks[2].url`; `(file)` for the file as a whole.
     pub field: String,
     pub reason: String,
-}
-
-/// A value that must never be printed: a webhook URL or a token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
 }
 
 /// A checked configuration.

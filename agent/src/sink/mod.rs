@@ -207,7 +207,7 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
         }
         SinkKind::Slack { webhook_url } => Box::new(slack::SlackSink::new(
             spec.name.clone(),
-            slack::SlackOptions::new(webhook_url.expose().to_string()),
+            slack::SlackOptions::new(webhook_url.clone()),
         )?),
         SinkKind::SplunkHec {
             url,
@@ -219,7 +219,7 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
         } => {
             let mut options = splunk::SplunkOptions::new(
                 url.as_str().trim_end_matches('/').to_string(),
-                token.expose().to_string(),
+                token.clone(),
                 node.to_string(),
             );
             options.index = index.clone();

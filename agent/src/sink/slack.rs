@@ -9,7 +9,6 @@
 //! The retry helpers ([`Retry`], [`Backoff`], [`retry_after`]) are shared with the Splunk sink.
 use std::{
     collections::{BTreeMap, HashSet},
-    fmt,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -30,6 +29,7 @@ use super::{Sink, SinkError};
 use crate::{
     cloudevents::{EventType, Payload, Severity, VigilEvent, data::Member},
     event::Action,
+    secret::Secret,
 };
 
 /// How a sink retries what may succeed later: a 5xx, a 429, a refused or broken connection.
@@ -100,9 +100,10 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// Where a Slack sink reports: never the webhook's URL, which is its secret.
 const RECEIVER: &str = "the Slack incoming webhook";
 
+#[derive(Debug)]
 pub struct SlackOptions {
-    /// Read by the caller from `webhookUrlFile`. A secret: never logged, never in an error.
-    pub webhook_url: String,
+    /// Read by the caller from `webhookUrlFile`; never logged, never in an error.
+    pub webhook_url: Secret,
     /// Events below this severity are not sent.
     pub min_severity: Severity,
     /// Only these types are sent; all when empty.
@@ -115,7 +116,7 @@ pub struct SlackOptions {
 }
 
 impl SlackOptions {
-    pub fn new(webhook_url: String) -> Self {
+    pub fn new(webhook_url: Secret) -> Self {
         Self {
             webhook_url,
             min_severity: Severity::Info,
@@ -124,19 +125,6 @@ impl SlackOptions {
             retry: Retry::default(),
             request_timeout: Duration::from_secs(10),
         }
-    }
-}
-
-impl fmt::Debug for SlackOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SlackOptions")
-            .field("webhook_url", &"<secret>")
-            .field("min_severity", &self.min_severity)
-            .field("types", &self.types)
-            .field("min_interval", &self.min_interval)
-            .field("retry", &self.retry)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
     }
 }
 
@@ -193,7 +181,7 @@ impl SlackSink {
     /// Starts the sink's sender task: call it inside the Tokio runtime.
     pub fn new(name: impl Into<String>, options: SlackOptions) -> Result<Self, SinkError> {
         let name = name.into();
-        reqwest::Url::parse(&options.webhook_url).map_err(|e| SinkError::BadUrl {
+        reqwest::Url::parse(options.webhook_url.expose()).map_err(|e| SinkError::BadUrl {
             sink: name.clone(),
             url: "the webhook URL (a secret, not shown)".into(),
             reason: e.to_string(),
@@ -297,7 +285,7 @@ impl Sink for SlackSink {
 struct Sender {
     name: String,
     client: reqwest::Client,
-    url: String,
+    url: Secret,
     retry: Retry,
     min_interval: Duration,
     stats: Arc<SlackStats>,
@@ -412,7 +400,7 @@ impl Sender {
             attempts += 1;
             let reply = self
                 .client
-                .post(&self.url)
+                .post(self.url.expose())
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_vec())
                 .send()
@@ -772,6 +760,14 @@ mod tests {
     /// The path part of the webhook URL is its secret.
     const SECRET: &str = "/services/T0001/B0001/s3cr3tXYZ";
 
+    #[test]
+    fn the_options_debug_form_hides_the_webhook_url() {
+        let options = SlackOptions::new(Secret::new(format!("https://hooks.example{SECRET}")));
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("s3cr3tXYZ"), "{shown}");
+        assert!(shown.contains("webhook_url: Secret(<redacted>)"), "{shown}");
+    }
+
     /// Slack's incoming webhook as documented: `ok` on success; `invalid_payload` for a body
     /// that is not a JSON message with `text` or `blocks`; then whatever `script` says, in
     /// order (429 with `Retry-After`, 5xx, the permanent errors).
@@ -802,7 +798,7 @@ mod tests {
     }
 
     fn options(server: &FakeServer) -> SlackOptions {
-        let mut options = SlackOptions::new(format!("{}{SECRET}", server.url));
+        let mut options = SlackOptions::new(Secret::new(format!("{}{SECRET}", server.url)));
         options.retry = Retry {
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(50),
@@ -983,7 +979,7 @@ mod tests {
         drop(closed);
         let log = CapturedLog::default();
         let _guard = log.start();
-        let mut options = SlackOptions::new(url);
+        let mut options = SlackOptions::new(Secret::new(url));
         options.retry = Retry {
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(20),

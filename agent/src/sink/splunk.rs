@@ -7,7 +7,6 @@
 //! does not come within `ack_timeout` is sent again, with the same event ids.
 use std::{
     collections::HashSet,
-    fmt,
     io::Write,
     path::PathBuf,
     sync::{
@@ -26,15 +25,16 @@ use super::{
     Sink, SinkError,
     slack::{Backoff, Retry, retry_after},
 };
-use crate::cloudevents::VigilEvent;
+use crate::{cloudevents::VigilEvent, secret::Secret};
 
 const CHANNEL_HEADER: &str = "X-Splunk-Request-Channel";
 
+#[derive(Debug)]
 pub struct SplunkOptions {
     /// The collector's base URL, e.g. `https://splunk.example:8088`.
     pub url: String,
-    /// Read by the caller from `tokenEnv`. A secret: never logged, never in an error.
-    pub token: String,
+    /// Read by the caller from `tokenEnv`; never logged, never in an error.
+    pub token: Secret,
     /// The token's default index when `None`.
     pub index: Option<String>,
     /// The token's default sourcetype when `None`.
@@ -57,7 +57,7 @@ pub struct SplunkOptions {
 }
 
 impl SplunkOptions {
-    pub fn new(url: String, token: String, host: String) -> Self {
+    pub fn new(url: String, token: Secret, host: String) -> Self {
         Self {
             url,
             token,
@@ -73,21 +73,6 @@ impl SplunkOptions {
             retry: Retry::default(),
             request_timeout: Duration::from_secs(30),
         }
-    }
-}
-
-impl fmt::Debug for SplunkOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SplunkOptions")
-            .field("url", &self.url)
-            .field("token", &"<secret>")
-            .field("index", &self.index)
-            .field("sourcetype", &self.sourcetype)
-            .field("source", &self.source)
-            .field("host", &self.host)
-            .field("ack", &self.ack)
-            .field("ca_file", &self.ca_file)
-            .finish_non_exhaustive()
     }
 }
 
@@ -187,8 +172,9 @@ impl SplunkSink {
             sink: name.clone(),
             source: e.without_url(),
         })?;
-        let mut authorization = HeaderValue::from_str(&format!("Splunk {}", options.token))
-            .map_err(|_| SinkError::BadToken { sink: name.clone() })?;
+        let mut authorization =
+            HeaderValue::from_str(&format!("Splunk {}", options.token.expose()))
+                .map_err(|_| SinkError::BadToken { sink: name.clone() })?;
         authorization.set_sensitive(true);
         let channel = options.ack.then(|| uuid::Uuid::new_v4().to_string());
         Ok(Self {
@@ -497,6 +483,18 @@ mod tests {
 
     const TOKEN: &str = "11111111-2222-3333-4444-555555555555";
 
+    #[test]
+    fn the_options_debug_form_hides_the_token() {
+        let options = SplunkOptions::new(
+            "https://127.0.0.1:8088".into(),
+            Secret::new(TOKEN.into()),
+            "n1".into(),
+        );
+        let shown = format!("{options:?}");
+        assert!(!shown.contains(TOKEN), "{shown}");
+        assert!(shown.contains("token: Secret(<redacted>)"), "{shown}");
+    }
+
     /// Acknowledgements the fake gives: an ackId is acknowledged once it is at least this.
     type AcksFrom = Arc<AtomicU64>;
 
@@ -600,7 +598,8 @@ mod tests {
     }
 
     fn options(server: &FakeServer) -> SplunkOptions {
-        let mut options = SplunkOptions::new(server.url.clone(), TOKEN.into(), "n1".into());
+        let mut options =
+            SplunkOptions::new(server.url.clone(), Secret::new(TOKEN.into()), "n1".into());
         options.index = Some("security".into());
         options.sourcetype = Some("vigil".into());
         options.retry = Retry {
@@ -740,7 +739,7 @@ mod tests {
             )
         );
         let mut options = options(&server);
-        options.token = "wrong".into();
+        options.token = Secret::new("wrong".into());
         let mut wrong = SplunkSink::new("splunk", options).expect("sink");
         let err = wrong
             .deliver(&[event("/tmp/c")])
@@ -892,7 +891,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", closed.local_addr().expect("address"));
         drop(closed);
-        let mut options = SplunkOptions::new(url.clone(), TOKEN.into(), "n1".into());
+        let mut options = SplunkOptions::new(url.clone(), Secret::new(TOKEN.into()), "n1".into());
         options.retry = Retry {
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(20),
@@ -911,8 +910,11 @@ mod tests {
     #[test]
     fn an_unreadable_or_empty_ca_bundle_is_refused_naming_its_path() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut options =
-            SplunkOptions::new("https://127.0.0.1:8088".into(), TOKEN.into(), "n1".into());
+        let mut options = SplunkOptions::new(
+            "https://127.0.0.1:8088".into(),
+            Secret::new(TOKEN.into()),
+            "n1".into(),
+        );
         options.ca_file = Some(dir.path().join("missing.pem"));
         let err = SplunkSink::new("splunk", options).err().expect("refused");
         assert!(
@@ -924,8 +926,11 @@ mod tests {
         );
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").expect("write");
-        let mut options =
-            SplunkOptions::new("https://127.0.0.1:8088".into(), TOKEN.into(), "n1".into());
+        let mut options = SplunkOptions::new(
+            "https://127.0.0.1:8088".into(),
+            Secret::new(TOKEN.into()),
+            "n1".into(),
+        );
         options.ca_file = Some(empty);
         let err = SplunkSink::new("splunk", options).err().expect("refused");
         assert!(
