@@ -166,6 +166,8 @@ fn loss_event() -> Value {
         undecodable: 0,
         sink_queue_full: 4,
         sink_failed: 0,
+        spool_dropped: 6,
+        spool_corrupt: 1,
         probe_errors: [("sys_exit_open_mem/read".to_string(), 3)].into(),
     };
     let delta = totals.since(&LossReport {

@@ -17,6 +17,10 @@ pub struct LossReport {
     pub sink_queue_full: u64,
     /// Finished events sinks gave up delivering (summed over sinks).
     pub sink_failed: u64,
+    /// Undelivered events full disk spools dropped (summed over sinks).
+    pub spool_dropped: u64,
+    /// Damaged regions disk spools skipped (summed over sinks).
+    pub spool_corrupt: u64,
     /// Probe failures by `<probe>/<reason>`: not records lost, but events a probe may have
     /// given up on.
     pub probe_errors: ProbeErrors,
@@ -39,6 +43,8 @@ impl LossReport {
             + self.undecodable
             + self.sink_queue_full
             + self.sink_failed
+            + self.spool_dropped
+            + self.spool_corrupt
     }
 
     /// Whether anything is worth a loss event: a loss, violations held back, or a probe
@@ -55,6 +61,8 @@ impl LossReport {
             undecodable: self.undecodable - earlier.undecodable,
             sink_queue_full: self.sink_queue_full - earlier.sink_queue_full,
             sink_failed: self.sink_failed - earlier.sink_failed,
+            spool_dropped: self.spool_dropped - earlier.spool_dropped,
+            spool_corrupt: self.spool_corrupt - earlier.spool_corrupt,
             probe_errors: self
                 .probe_errors
                 .iter()
@@ -119,8 +127,15 @@ pub struct Losses {
     /// stayed unreachable past the sink's retries), summed over the sinks; each sink's count
     /// and the reason are in the agent's log.
     pub sink_failed: u64,
-    /// Records lost in all: `ringBuffer`, `readerQueueFull`, `undecodable`, `sinkQueueFull`
-    /// and `sinkFailed` added up.
+    /// Undelivered events a sink's disk spool dropped, oldest first, because it reached its
+    /// `maxBytes` (a receiver down for longer than the spool holds), summed over the sinks.
+    pub spool_dropped: u64,
+    /// Damaged regions a sink's disk spool skipped when it read them back (a write torn by a
+    /// crash or `kill -9`, a damaged disk); each held at least one event, and is counted as
+    /// one. Summed over the sinks.
+    pub spool_corrupt: u64,
+    /// Records lost in all: `ringBuffer`, `readerQueueFull`, `undecodable`, `sinkQueueFull`,
+    /// `sinkFailed`, `spoolDropped` and `spoolCorrupt` added up.
     pub total: u64,
     /// Failures of the kernel probes, by `<probe>/<reason>` (reason `read`: a value could not
     /// be read or resolved; `map`: a map refused an update or lacked an entry; `other`), only
@@ -138,6 +153,8 @@ impl From<&LossReport> for Losses {
             undecodable: r.undecodable,
             sink_queue_full: r.sink_queue_full,
             sink_failed: r.sink_failed,
+            spool_dropped: r.spool_dropped,
+            spool_corrupt: r.spool_corrupt,
             total: r.total(),
             probe_errors: r.probe_errors.clone(),
         }

@@ -16,6 +16,7 @@ pub(crate) struct Losses {
 
 impl Losses {
     pub(crate) fn now(&self, intake: &Intake, out: &FanOut) -> Result<LossReport, EbpfError> {
+        let (spool_dropped, spool_corrupt) = out.spool_lost();
         Ok(LossReport {
             kernel: self.kernel.read()?,
             held_back: self.kernel.held_back()?,
@@ -23,6 +24,8 @@ impl Losses {
             undecodable: intake.undecodable,
             sink_queue_full: out.queue_full(),
             sink_failed: out.failed(),
+            spool_dropped,
+            spool_corrupt,
             probe_errors: self.kernel.probe_errors()?,
         })
     }

@@ -28,6 +28,11 @@ pub struct SinkStats {
     pub queue_full: AtomicU64,
     /// Events in batches the sink failed to deliver.
     pub failed: AtomicU64,
+    /// Undelivered events a full disk spool dropped (its oldest).
+    pub spool_dropped: AtomicU64,
+    /// Damaged regions of a disk spool skipped (a write torn by a crash is one); each held at
+    /// least one event.
+    pub spool_corrupt: AtomicU64,
 }
 
 /// Which events a sink takes (the config's `minSeverity` and `types`).
@@ -65,7 +70,7 @@ impl FanOut {
             .into_iter()
             .map(|(sink, filter)| {
                 let (tx, rx) = mpsc::channel(capacity);
-                let stats = Arc::new(SinkStats::default());
+                let stats = sink.shared_stats().unwrap_or_default();
                 Queue {
                     name: sink.name().to_string(),
                     filter,
@@ -111,6 +116,16 @@ impl FanOut {
             .iter()
             .map(|q| q.stats.failed.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Events disk spools dropped or skipped as damaged, over all sinks, since start.
+    pub fn spool_lost(&self) -> (u64, u64) {
+        self.queues.iter().fold((0, 0), |(dropped, corrupt), q| {
+            (
+                dropped + q.stats.spool_dropped.load(Ordering::Relaxed),
+                corrupt + q.stats.spool_corrupt.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Each sink's name and counters.

@@ -16,7 +16,7 @@ use std::{
 };
 
 use ::cloudevents::{
-    Event as CloudEvent,
+    AttributesReader, Event as CloudEvent,
     binding::reqwest::RequestSerializer,
     event::SpecVersion,
     message::{
@@ -431,40 +431,38 @@ impl HttpSink {
     }
 
     /// The requests `events` become in this sink's mode.
-    fn prepare(&self, events: &[Arc<VigilEvent>]) -> Result<Vec<Prepared>, SinkError> {
+    fn prepare(&self, events: Vec<CloudEvent>) -> Result<Vec<Prepared>, SinkError> {
         let post = || self.client.post(self.url.clone());
         match self.mode {
             HttpMode::Structured => events
-                .iter()
-                .map(|event| {
-                    let ce = self.cloudevent(event)?;
+                .into_iter()
+                .map(|ce| {
+                    let id = ce.id().to_string();
                     let builder = StructuredDeserializer::deserialize_structured(
                         ce,
                         RequestSerializer::new(post()),
                     )
-                    .map_err(|e| self.encode_error(&event.id, e))?;
-                    self.build(builder, &event.id, 1)
+                    .map_err(|e| self.encode_error(&id, e))?;
+                    self.build(builder, &id, 1)
                 })
                 .collect(),
             HttpMode::Binary => events
-                .iter()
-                .map(|event| {
-                    let ce = self.cloudevent(event)?;
+                .into_iter()
+                .map(|ce| {
+                    let id = ce.id().to_string();
                     let builder = BinaryDeserializer::deserialize_binary(
                         ce,
                         PercentEncoded(RequestSerializer::new(post())),
                     )
-                    .map_err(|e| self.encode_error(&event.id, e))?;
-                    self.build(builder, &event.id, 1)
+                    .map_err(|e| self.encode_error(&id, e))?;
+                    self.build(builder, &id, 1)
                 })
                 .collect(),
             HttpMode::Batch => {
                 let mut encoded = Vec::with_capacity(events.len());
-                for event in events {
-                    let ce = self.cloudevent(event)?;
-                    let json =
-                        serde_json::to_vec(&ce).map_err(|e| self.encode_error(&event.id, e))?;
-                    encoded.push((event.id.as_str(), json));
+                for ce in &events {
+                    let json = serde_json::to_vec(ce).map_err(|e| self.encode_error(ce.id(), e))?;
+                    encoded.push((ce.id(), json));
                 }
                 chunks(&encoded, self.batch_max_events, self.batch_max_bytes)
                     .into_iter()
@@ -643,35 +641,48 @@ impl Sink for HttpSink {
         events: &'a [Arc<VigilEvent>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let requests = self.prepare(events)?;
-            // A request refused for good does not hold back the others: they are sent, and
-            // the refusals reported together.
-            let mut failures = Vec::new();
-            for prepared in &requests {
-                if let Err(err) = self.send(prepared).await {
-                    failures.push((prepared.events, err));
-                }
-            }
-            let failed_events = failures.iter().map(|(n, _)| n).sum();
-            let mut failures = failures.into_iter();
-            match (failures.next(), failures.len()) {
-                (None, _) => Ok(()),
-                (Some((_, only)), 0) if requests.len() == 1 => Err(only),
-                (Some((_, first)), more) => Err(SinkError::Partly {
-                    sink: self.name.clone(),
-                    url: self.shown_url.clone(),
-                    failed_events,
-                    total_events: events.len(),
-                    failed_requests: more + 1,
-                    first: Box::new(first),
-                }),
-            }
+            let events = events
+                .iter()
+                .map(|event| self.cloudevent(event))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.deliver_cloudevents(events).await
         })
     }
 
     fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         // Nothing is buffered: `deliver` returns once the receiver has answered.
         Box::pin(async { Ok(()) })
+    }
+}
+
+impl HttpSink {
+    /// Sends `events`, returning once each request is accepted, refused for good, or out of
+    /// retry time.
+    pub async fn deliver_cloudevents(&self, events: Vec<CloudEvent>) -> Result<(), SinkError> {
+        let total_events = events.len();
+        let requests = self.prepare(events)?;
+        // A request refused for good does not hold back the others: they are sent, and
+        // the refusals reported together.
+        let mut failures = Vec::new();
+        for prepared in &requests {
+            if let Err(err) = self.send(prepared).await {
+                failures.push((prepared.events, err));
+            }
+        }
+        let failed_events = failures.iter().map(|(n, _)| n).sum();
+        let mut failures = failures.into_iter();
+        match (failures.next(), failures.len()) {
+            (None, _) => Ok(()),
+            (Some((_, only)), 0) if requests.len() == 1 => Err(only),
+            (Some((_, first)), more) => Err(SinkError::Partly {
+                sink: self.name.clone(),
+                url: self.shown_url.clone(),
+                failed_events,
+                total_events,
+                failed_requests: more + 1,
+                first: Box::new(first),
+            }),
+        }
     }
 }
 

@@ -10,6 +10,8 @@ pub mod kube_events;
 pub mod pretty;
 pub mod slack;
 pub mod splunk;
+pub mod spool;
+pub mod spooled;
 pub mod stdout;
 
 use std::sync::Arc;
@@ -80,6 +82,11 @@ pub enum SinkError {
     },
     #[error("sink {sink}: the token is not valid in an HTTP header")]
     BadToken { sink: String },
+    #[error("sink {sink}: {source}")]
+    Spool {
+        sink: String,
+        source: spool::SpoolError,
+    },
     #[error("sink {sink}: the sink's sender task has stopped")]
     Stopped { sink: String },
     #[error("sink {sink}: {url} refused the request with HTTP {status} (not retried): {body:?}")]
@@ -135,6 +142,12 @@ pub trait Sink: Send + 'static {
     /// Makes everything delivered so far durable or visible (called when the queue is idle
     /// and at shutdown).
     fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Counters the sink itself adds to (a spooled sink counts what its spool drops); the
+    /// fan-out counts into these instead of its own.
+    fn shared_stats(&self) -> Option<Arc<SinkStats>> {
+        None
+    }
 }
 
 /// `events` as CloudEvents in structured-mode JSON, one per line.
@@ -192,18 +205,18 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
             ca_file,
             spool,
         } => {
-            if spool.is_some() {
-                // Accepting it would promise delivery across restarts that nothing keeps.
-                return Err(SinkError::HttpConfig {
-                    sink: spec.name.clone(),
-                    url: url.to_string(),
-                    reason: "spool is not available in this build yet".into(),
-                });
-            }
             let mut options = http::HttpOptions::new(url.clone(), *mode);
             options.headers = headers.clone();
             options.ca_file = ca_file.clone();
-            Box::new(http::HttpSink::new(spec.name.clone(), options)?)
+            let sink = http::HttpSink::new(spec.name.clone(), options)?;
+            match spool {
+                Some(spool) => Box::new(spooled::SpooledSink::new(
+                    sink,
+                    spool.dir.clone(),
+                    spool.max_bytes,
+                )?),
+                None => Box::new(sink),
+            }
         }
         SinkKind::Slack { webhook_url } => Box::new(slack::SlackSink::new(
             spec.name.clone(),

@@ -1,0 +1,185 @@
+//! An HTTP sink behind a disk spool (`spool:` in the configuration). The fan-out's worker only
+//! appends events to the spool, so a receiver that is down holds back nothing but its own
+//! deliveries, up to the spool's cap instead of the queue's; a sender task of its own reads
+//! the spool from its cursor, sends, and moves the cursor once the receiver has accepted.
+//! Events are kept as their structured-mode CloudEvent JSON: what is sent after a restart is
+//! the event as it was taken, with the same `id`.
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use ::cloudevents::Event as CloudEvent;
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+
+use super::{
+    Sink, SinkError, SinkStats,
+    http::HttpSink,
+    spool::{Spool, SpoolError},
+};
+use crate::cloudevents::VigilEvent;
+
+/// Events read from the spool for one delivery.
+const READ_EVENTS: usize = 512;
+const READ_BYTES: usize = 4 * 1024 * 1024;
+/// How often an idle sender looks at the spool even without being told of new events.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+pub struct SpooledSink {
+    name: String,
+    spool: Arc<Mutex<Spool>>,
+    wake: Arc<Notify>,
+    stats: Arc<SinkStats>,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+impl SpooledSink {
+    /// Opens the spool in `dir` (taking over what an earlier run left) and starts the sender
+    /// task: call it inside the Tokio runtime.
+    pub fn new(http: HttpSink, dir: PathBuf, max_bytes: u64) -> Result<Self, SinkError> {
+        let name = http.name().to_string();
+        let stats = Arc::new(SinkStats::default());
+        let (spool, recovered) =
+            Spool::open(&dir, max_bytes, stats.clone()).map_err(|e| spool_error(&name, e))?;
+        tracing::info!(
+            sink = name,
+            spool = %dir.display(),
+            pending = recovered.pending,
+            corrupt = recovered.corrupt,
+            cursor_reset = recovered.cursor_reset,
+            "spool open"
+        );
+        let spool = Arc::new(Mutex::new(spool));
+        let wake = Arc::new(Notify::new());
+        let sender = tokio::spawn(send_from_spool(
+            http,
+            spool.clone(),
+            wake.clone(),
+            stats.clone(),
+        ));
+        Ok(Self {
+            name,
+            spool,
+            wake,
+            stats,
+            sender,
+        })
+    }
+}
+
+impl Drop for SpooledSink {
+    fn drop(&mut self) {
+        // What the sender had in flight stays in the spool: the next run sends it again.
+        self.sender.abort();
+    }
+}
+
+fn spool_error(sink: &str, source: SpoolError) -> SinkError {
+    SinkError::Spool {
+        sink: sink.to_string(),
+        source,
+    }
+}
+
+/// Runs `f` on the spool off the async threads (it writes and syncs files).
+async fn with_spool<T: Send + 'static>(
+    spool: &Arc<Mutex<Spool>>,
+    f: impl FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut spool = spool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut spool)
+    })
+    .await
+    .unwrap_or_else(|join| Err(SpoolError::Task(join.to_string())))
+}
+
+async fn send_from_spool(
+    http: HttpSink,
+    spool: Arc<Mutex<Spool>>,
+    wake: Arc<Notify>,
+    stats: Arc<SinkStats>,
+) {
+    let name = http.name().to_string();
+    loop {
+        let records = match with_spool(&spool, |s| s.read(READ_EVENTS, READ_BYTES)).await {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::error!(sink = name, %err, "reading the spool failed; trying again");
+                tokio::time::sleep(IDLE_CHECK).await;
+                continue;
+            }
+        };
+        let Some(end) = records.last().map(|r| r.end) else {
+            let _ = tokio::time::timeout(IDLE_CHECK, wake.notified()).await;
+            continue;
+        };
+        let mut events = Vec::with_capacity(records.len());
+        for record in &records {
+            match serde_json::from_slice::<CloudEvent>(&record.bytes) {
+                Ok(event) => events.push(event),
+                Err(err) => {
+                    // Checksummed, so written so: not something a retry mends.
+                    stats.spool_corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(sink = name, %err, "a spooled event does not parse; skipped and counted");
+                }
+            }
+        }
+        let count = events.len() as u64;
+        if let Err(err) = http.deliver_cloudevents(events).await {
+            // Refused for good (or past max_elapsed): retrying from the spool cannot mend it.
+            let failed = match &err {
+                SinkError::Partly { failed_events, .. } => *failed_events as u64,
+                _ => count,
+            };
+            stats.failed.fetch_add(failed, Ordering::Relaxed);
+            tracing::error!(sink = name, %err, events = failed, "spooled events not delivered");
+        }
+        if let Err(err) = with_spool(&spool, move |s| s.commit(end)).await {
+            tracing::error!(sink = name, %err, "moving the spool's cursor failed; the batch may be sent again");
+        }
+    }
+}
+
+impl Sink for SpooledSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(
+        &'a mut self,
+        events: &'a [Arc<VigilEvent>],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let mut records = Vec::with_capacity(events.len());
+            for event in events {
+                let encode = |source: Box<dyn std::error::Error + Send + Sync>| SinkError::Encode {
+                    sink: self.name.clone(),
+                    id: event.id.clone(),
+                    source,
+                };
+                let ce = event.to_cloudevent().map_err(|e| encode(Box::new(e)))?;
+                records.push(serde_json::to_vec(&ce).map_err(|e| encode(Box::new(e)))?);
+            }
+            with_spool(&self.spool, move |s| s.append(&records))
+                .await
+                .map_err(|e| spool_error(&self.name, e))?;
+            self.wake.notify_one();
+            Ok(())
+        })
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        // Every append is synced before `deliver` returns.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn shared_stats(&self) -> Option<Arc<SinkStats>> {
+        Some(self.stats.clone())
+    }
+}
