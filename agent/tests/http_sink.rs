@@ -26,6 +26,7 @@ use vigil::{
     sink::{
         Sink, SinkError,
         http::{HttpMode, HttpOptions, HttpSink, RetryOptions},
+        spooled::SpooledSink,
     },
 };
 
@@ -781,4 +782,114 @@ async fn behind_the_fan_out_a_dead_receiver_delays_no_other_http_sink() {
     // The dead sink retries until its receiver returns: the fan-out is not closed here, and
     // its worker ends with the test's runtime.
     drop(fan);
+}
+
+/// A port of 127.0.0.1 nobody listens on (yet): the test binds it when the receiver returns.
+async fn silent_port() -> std::net::SocketAddr {
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    addr
+}
+
+fn spooled(url: reqwest::Url, mode: HttpMode, dir: &Path) -> SpooledSink {
+    SpooledSink::new(new_sink(options(url, mode)), dir.to_path_buf(), 1024 * 1024)
+        .expect("spooled sink")
+}
+
+/// The structured events the receiver got, in any mode's body (one event, or a batch).
+fn received(rx: &Receiver) -> Vec<Value> {
+    rx.captured()
+        .iter()
+        .flat_map(|c| match json_body(c) {
+            Value::Array(events) => events,
+            one => vec![one],
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_spool_takes_events_while_the_receiver_is_down_and_a_restarted_sink_delivers_them_unchanged()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = silent_port().await;
+    let url = reqwest::Url::parse(&format!("http://{addr}/events")).unwrap();
+    let first = events(40);
+    let second = events(25);
+    {
+        let mut sink = spooled(url.clone(), HttpMode::Batch, dir.path());
+        // Taking events does not wait for the receiver: they are on disk when this returns.
+        tokio::time::timeout(Duration::from_secs(10), sink.deliver(&first))
+            .await
+            .expect("the spool takes events with the receiver down")
+            .expect("spooled");
+        sink.deliver(&second).await.expect("spooled");
+        assert_eq!(
+            sink.shared_stats().unwrap().failed.load(Ordering::Relaxed),
+            0
+        );
+        // The agent stops: the sink and its sender go, the spool stays.
+        sink.close().await;
+    }
+    let restarted = spooled(url, HttpMode::Batch, dir.path());
+    let rx = Receiver::serve(
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+        vec![],
+        None,
+    );
+    let all: Vec<Arc<VigilEvent>> = first.iter().chain(&second).cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received(&rx).len() < all.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received(&rx);
+    assert_eq!(got.len(), all.len(), "every spooled event, once");
+    for (want, got) in all.iter().zip(&got) {
+        assert_eq!(got, &structured(want), "the event as it was taken, same id");
+    }
+    restarted.close().await;
+}
+
+#[tokio::test]
+async fn spooled_events_go_out_in_each_mode_and_a_refused_one_is_counted_without_holding_back_the_rest()
+ {
+    for mode in [HttpMode::Structured, HttpMode::Binary] {
+        let dir = tempfile::tempdir().unwrap();
+        let rx = Receiver::start(vec![
+            Reply::status(200),
+            Reply::status(400),
+            Reply::status(200),
+        ])
+        .await;
+        let mut sink = spooled(rx.url("http"), mode, dir.path());
+        let sent = events(3);
+        sink.deliver(&sent).await.expect("spooled");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rx.captured().len() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = rx.captured();
+        assert_eq!(got.len(), 3, "{mode:?}: the refused one is not retried");
+        let stats = sink.shared_stats().unwrap();
+        let failed = || stats.failed.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while failed() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(failed(), 1, "{mode:?}");
+        let ids: Vec<String> = got
+            .iter()
+            .map(|c| match mode {
+                HttpMode::Binary => c
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "ce-id")
+                    .map(|(_, v)| v.clone())
+                    .expect("ce-id"),
+                _ => json_body(c)["id"].as_str().unwrap().to_string(),
+            })
+            .collect();
+        let want: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(ids, want, "{mode:?}: in order, each with its id");
+    }
 }

@@ -8,6 +8,7 @@
 mod common;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -334,8 +335,12 @@ struct Receiver {
 
 impl Receiver {
     fn start(reply: &'static str) -> Self {
+        Self::listen(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), reply)
+    }
+
+    /// On a listener the test bound itself (a port it named to the agent before).
+    fn listen(listener: std::net::TcpListener, reply: &'static str) -> Self {
         use std::io::{BufRead, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let bodies: Requests = Requests::default();
         let sink = bodies.clone();
@@ -514,5 +519,157 @@ fn events_a_sink_gives_up_on_are_reported_as_lost_through_the_other_sinks() {
     assert!(
         log.contains("siem"),
         "the log names the sink that failed:\n{log}"
+    );
+}
+
+/// A port of 127.0.0.1 nobody listens on until the test binds it again.
+fn silent_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// The exec violations of `pids` the archive holds, by pid: each event's id.
+fn archived_ids(archive: &Path, pids: &[u32]) -> Option<BTreeMap<u32, String>> {
+    let ids: BTreeMap<u32, String> = lines_of(archive)
+        .into_iter()
+        .filter(|e| e["type"] == "dev.vigil.exec.v1")
+        .filter_map(|e| {
+            let pid = pids
+                .iter()
+                .copied()
+                .find(|&p| is(&e, "dev.vigil.exec.v1", p))?;
+            Some((pid, e["id"].as_str()?.to_string()))
+        })
+        .collect();
+    (ids.len() == pids.len()).then_some(ids)
+}
+
+/// Waits until every id in `ids` has reached `receiver` (at least once), and returns how
+/// many requests carried each.
+fn assert_every_id_arrives(
+    receiver: &Receiver,
+    ids: &BTreeMap<u32, String>,
+) -> BTreeMap<String, usize> {
+    let received = || -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for (_, body) in receiver.bodies() {
+            if let Ok(e) = serde_json::from_slice::<serde_json::Value>(&body)
+                && let Some(id) = e["id"].as_str()
+            {
+                *seen.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+        seen
+    };
+    common::wait_until(
+        "every violation's id at the receiver",
+        common::LIVENESS,
+        || {
+            let seen = received();
+            ids.values().all(|id| seen.contains_key(id)).then_some(seen)
+        },
+        || {
+            let seen = received();
+            let missing: Vec<_> = ids
+                .iter()
+                .filter(|(_, id)| !seen.contains_key(*id))
+                .collect();
+            format!("missing (pid, id): {missing:?}")
+        },
+    )
+}
+
+#[test]
+fn a_receiver_down_for_30_s_while_violations_keep_coming_gets_every_one_when_it_returns() {
+    let Some(scene) = Scene::new("outage") else {
+        return;
+    };
+    let (writer, denied) = common::denied_binary(scene.dir());
+    let port = silent_port();
+    let tracer = scene.alerting(
+        "outage",
+        &denied,
+        &format!(
+            "sinks:\n  - {{name: siem, type: http, url: 'http://127.0.0.1:{port}/events', types: [dev.vigil.exec.v1]}}\n  - {{name: archive, type: file, path: {}}}\n",
+            scene.archive.display()
+        ),
+        &[],
+    );
+    let down = std::time::Instant::now();
+    let mut pids = Vec::new();
+    while down.elapsed() < std::time::Duration::from_secs(30) {
+        pids.push(scene.write_marker(&writer).0);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let ids = common::wait_until(
+        "every violation in the archive",
+        common::LIVENESS,
+        || archived_ids(&scene.archive, &pids),
+        || format!("{} violations", pids.len()),
+    );
+    let receiver = Receiver::listen(
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        "200 OK\n",
+    );
+    assert_every_id_arrives(&receiver, &ids);
+    assert!(ids.len() >= 25, "{} violations in 30 s", ids.len());
+    let log = tracer.stderr_lines().join("\n");
+    assert!(log.contains("retrying"), "the outage is in the log:\n{log}");
+    tracer.stop();
+}
+
+#[test]
+fn spooled_violations_survive_an_agent_restart_and_a_kill_9_and_arrive_with_their_ids() {
+    let Some(scene) = Scene::new("spool") else {
+        return;
+    };
+    let (writer, denied) = common::denied_binary(scene.dir());
+    let port = silent_port();
+    let spool = scene.dir().join("spool");
+    let config = format!(
+        "sinks:\n  - {{name: siem, type: http, url: 'http://127.0.0.1:{port}/events', types: [dev.vigil.exec.v1], spool: {{dir: {}, maxBytes: 1048576}}}}\n  - {{name: archive, type: file, path: {}}}\n",
+        spool.display(),
+        scene.archive.display()
+    );
+    let mut pids = Vec::new();
+    let mut violate = |n: usize| {
+        let mut batch: Vec<u32> = (0..n).map(|_| scene.write_marker(&writer).0).collect();
+        common::wait_until(
+            "the violations in the archive",
+            common::LIVENESS,
+            || archived_ids(&scene.archive, &batch),
+            || "not all archived yet".into(),
+        );
+        pids.append(&mut batch);
+    };
+    // The receiver is down throughout: a clean stop with events spooled...
+    let first = scene.alerting("spool", &denied, &config, &[]);
+    violate(5);
+    first.stop();
+    // ...then a kill -9 with more.
+    let second = scene.alerting("spool", &denied, &config, &[]);
+    violate(5);
+    second.kill();
+    // The receiver comes back, and so does the agent.
+    let receiver = Receiver::listen(
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        "200 OK\n",
+    );
+    let third = scene.alerting("spool", &denied, &config, &[]);
+    let ids = archived_ids(&scene.archive, &pids).expect("every violation archived");
+    let seen = assert_every_id_arrives(&receiver, &ids);
+    let log = third.stderr_lines().join("\n");
+    third.stop();
+    assert_eq!(ids.len(), 10);
+    // The third agent found all ten waiting: none was sent while the receiver was down.
+    let opened = log
+        .lines()
+        .find(|l| l.contains("spool open"))
+        .unwrap_or_default();
+    assert!(opened.contains("pending=10"), "{log}");
+    // What reached the receiver is what was taken, nothing else (ids are UUIDs per event).
+    assert!(
+        seen.keys().all(|id| ids.values().any(|i| i == id)),
+        "{seen:?}"
     );
 }

@@ -58,7 +58,8 @@ impl Default for RetryOptions {
     fn default() -> Self {
         Self {
             initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
+            // A receiver back from an outage waits 2.5 s on average for its first request.
+            max_backoff: Duration::from_secs(5),
             max_elapsed: None,
         }
     }
@@ -209,15 +210,23 @@ fn retryable(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
-/// `Retry-After` as a wait from `now`: delay-seconds or an HTTP date (RFC 9110 10.2.3). A
-/// date in the past means now; an unreadable value is ignored (the backoff applies).
+/// The longest `Retry-After` obeyed: a receiver asking for a day would hold the sink's
+/// queue for a day; past this the sink asks again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// `Retry-After` as a wait from `now`: delay-seconds or an HTTP date (RFC 9110 10.2.3), at
+/// most [`MAX_RETRY_AFTER`]. A date in the past means now; an unreadable value is ignored
+/// (the backoff applies).
 fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// A wait drawn uniformly from `[0, ceiling]`.
@@ -717,6 +726,9 @@ mod tests {
         assert_eq!(with("soon"), None);
         assert_eq!(with("-3"), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+        // A day, in either form, is capped.
+        assert_eq!(with("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with("Mon, 07 Nov 1994 08:49:37 GMT"), Some(MAX_RETRY_AFTER));
     }
 
     #[test]

@@ -69,6 +69,19 @@ impl SpooledSink {
     }
 }
 
+impl SpooledSink {
+    /// Stops the sender and returns once the spool (and its directory's lock) is let go, so
+    /// that it can be opened again in this process.
+    pub async fn close(mut self) {
+        self.sender.abort();
+        let _ = (&mut self.sender).await;
+        // A file operation the sender started runs to its end, holding the spool until then.
+        while Arc::strong_count(&self.spool) > 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 impl Drop for SpooledSink {
     fn drop(&mut self) {
         // What the sender had in flight stays in the spool: the next run sends it again.

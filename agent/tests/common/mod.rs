@@ -432,6 +432,19 @@ impl Tracer {
         self.events.lock().expect("events").clone()
     }
 
+    /// `kill -9`: the agent ends with no chance to flush or clean up.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling the child we started, by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let status = child.wait().expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+        if let Some(t) = self.stdout_thread.take() {
+            t.join().expect("stdout reader");
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
