@@ -555,6 +555,46 @@ pub const SYSCALL_ARG0_OFFSET: usize = 16;
 /// Offset of `ret` in every `syscalls/sys_exit_*` record (checked at load time too).
 pub const SYSCALL_RET_OFFSET: usize = 16;
 
+/// The key of the kernel's flood throttle (`THROTTLE`): one kind of violation of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ThrottleKey {
+    pub cgroup_id: u64,
+    /// What the violation was aimed at ([`connect_target`] of a connect, a move's cgroup),
+    /// else 0.
+    pub target: u64,
+    pub rule: u32,
+    /// One of [`kind`].
+    pub kind: u32,
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// What one kind of violation did in its current throttle window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleState {
+    /// `boot_ns` of the window's first record.
+    pub window_start: u64,
+    /// `boot_ns` of the first violation held back since the last record went out.
+    pub first_held: u64,
+    pub emitted: u32,
+    /// Violations held back since the last record went out.
+    pub held: u32,
+}
+
+/// A connect's destination folded into a throttle key's `target`.
+pub const fn connect_target(dport: u16, daddr: &[u8; 16]) -> u64 {
+    let mut folded = (dport as u64) << 32;
+    let mut i = 0;
+    while i < 16 {
+        folded ^= (daddr[i] as u64) << ((i % 4) * 8);
+        folded = folded.rotate_left(5);
+        i += 1;
+    }
+    folded
+}
+
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () =
     assert!(core::mem::size_of::<ExecEvent>() == 80 + 16 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
@@ -565,6 +605,8 @@ const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56 * 4);
 const _: () = assert!(core::mem::size_of::<Config>() == 24 + 224);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
+const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
+const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
@@ -575,7 +617,7 @@ const _: () = assert!(core::mem::size_of::<PendingScript>() == 8 + SCRIPT_NAMES 
 mod pod {
     use super::{
         Config, ConnectEvent, EventHeader, ExePath, ExecEvent, MoveEvent, PathRule, PolicySet,
-        PortRules, ServiceKey, WxEvent,
+        PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent,
     };
 
     // SAFETY: all are #[repr(C)] of integers and byte arrays, with explicit padding fields,
@@ -586,6 +628,8 @@ mod pod {
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for WxEvent {}
     unsafe impl aya::Pod for MoveEvent {}
+    unsafe impl aya::Pod for ThrottleKey {}
+    unsafe impl aya::Pod for ThrottleState {}
     unsafe impl aya::Pod for PolicySet {}
     unsafe impl aya::Pod for PathRule {}
     unsafe impl aya::Pod for PortRules {}

@@ -1,13 +1,13 @@
 use agent_common::{
     AddrKeyData, Config, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule, PendingScript,
-    PolicySet, PortRules, ServiceKey, WxEvent, kind,
+    PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, kind,
 };
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
-use crate::state::{PathScratch, ThrottleKey, ThrottleState};
+use crate::state::PathScratch;
 
 /// Every record for user space. User space may resize it at load time.
 #[map]

@@ -23,27 +23,3 @@ pub struct PathScratch {
     /// Non-zero when the walk crossed a mount an unprivileged user made (see `mount_trusted`).
     pub forged: u64,
 }
-
-/// The key of one kind of violation.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ThrottleKey {
-    pub cgroup_id: u64,
-    /// What the violation was aimed at (a connect's destination), else 0.
-    pub target: u64,
-    pub rule: u32,
-    pub kind: u32,
-    pub pid: u32,
-    pub _pad: u32,
-}
-
-/// What one kind of violation did in its current window.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ThrottleState {
-    pub window_start: u64,
-    /// `boot_ns` of the first violation held back since the last record went out.
-    pub first_held: u64,
-    pub emitted: u32,
-    pub held: u32,
-}

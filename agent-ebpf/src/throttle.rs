@@ -3,14 +3,11 @@
 //! the next record of the same violation carries how many it stands for. So a process cannot
 //! bury one violation under a million others, and nothing is dropped silently.
 use agent_common::{
-    ConnectEvent, EventHeader, ExecEvent, MoveEvent, THROTTLE_BURST, THROTTLE_WINDOW_NS, WxEvent,
-    verdict,
+    ConnectEvent, EventHeader, ExecEvent, MoveEvent, THROTTLE_BURST, THROTTLE_WINDOW_NS,
+    ThrottleKey, ThrottleState, WxEvent, connect_target, verdict,
 };
 
-use crate::{
-    maps::{THROTTLE, THROTTLED},
-    state::{ThrottleKey, ThrottleState},
-};
+use crate::maps::{THROTTLE, THROTTLED};
 
 /// Records whose header [`admit`] may adjust, and what each was aimed at.
 pub trait HasHeader {
@@ -25,14 +22,7 @@ impl HasHeader for ConnectEvent {
         &mut self.header
     }
     fn target(&self) -> u64 {
-        let mut folded = u64::from(self.dport) << 32;
-        let mut i = 0;
-        while i < 16 {
-            folded ^= u64::from(self.daddr[i]) << ((i % 4) * 8);
-            folded = folded.rotate_left(5);
-            i += 1;
-        }
-        folded
+        connect_target(self.dport, &self.daddr)
     }
 }
 

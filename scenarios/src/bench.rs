@@ -85,3 +85,16 @@ pub fn udp_paced(rate: &str, seconds: &str) -> Outcome {
     println!("sent={sent}");
     Ok(())
 }
+
+/// COUNT UDP datagrams to one loopback port, as fast as they go: COUNT identical violations,
+/// for the aggregation benchmark; prints `sent=<n>`.
+pub fn udp_same(count: &str) -> Outcome {
+    let count = parse_count(count)?;
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    for _ in 0..count {
+        // Nothing listens there: the datagram is the violation, its fate does not matter.
+        let _ = socket.send_to(b"vigil-bench", ("127.0.0.1", 1023));
+    }
+    println!("sent={count}");
+    Ok(())
+}

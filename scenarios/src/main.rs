@@ -92,6 +92,7 @@ fn main() -> ExitCode {
         ("bench-connect", [n]) => bench::connect(n),
         ("bench-mmap", [n]) => bench::mmap(n),
         ("bench-udp-paced", [rate, seconds]) => bench::udp_paced(rate, seconds),
+        ("bench-udp-same", [count]) => bench::udp_same(count),
         _ => return usage(),
     };
     match result {

@@ -567,7 +567,7 @@ fn write_json(
     let _ = writeln!(
         json,
         "  \"alerts\": {{\"sent\": {}, \"received\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
-         \"latency_max_ms\": {}, \"batch_sent\": {}, \"batch_received\": {}, \"batch_events_per_second\": {}}},",
+         \"latency_max_ms\": {}, \"batch_sent\": {}, \"batch_received\": {}, \"batch_events_per_second\": {}, \"aggregated_sent\": {}, \"aggregated_events\": {}, \"aggregated_count\": {}, \"aggregated_first_ms\": {}}},",
         alerts.sent,
         alerts.received,
         alerts.p50_ms,
@@ -575,7 +575,11 @@ fn write_json(
         alerts.max_ms,
         alerts.batch_sent,
         alerts.batch_received,
-        alerts.batch_per_second
+        alerts.batch_per_second,
+        alerts.aggregated_sent,
+        alerts.aggregated_events,
+        alerts.aggregated_count,
+        alerts.aggregated_first_ms
     );
     json.push_str("  \"workloads\": [\n");
     for (i, w) in workloads.iter().enumerate() {

@@ -5,7 +5,9 @@
 //! - latency: 1,000 violations a second for 30 s, structured mode; for each event, the time
 //!   from its kernel timestamp (`time`) to its receipt; p50, p99 and max;
 //! - throughput: violations as fast as the workload sends them for 10 s, batch mode; the
-//!   events per second the receiver got over the busy part.
+//!   events per second the receiver got over the busy part;
+//! - aggregation: 1,000 identical violations (datagrams to one port) under a 10 s window; the
+//!   first one's latency, how many events carried them, and that their counts add up.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
@@ -30,10 +32,20 @@ pub struct AlertResults {
     pub batch_sent: u64,
     pub batch_received: u64,
     pub batch_per_second: f64,
+    pub aggregated_sent: u64,
+    /// Events the receiver got for them, and the sum of their `count`s.
+    pub aggregated_events: u64,
+    pub aggregated_count: u64,
+    pub aggregated_first_ms: f64,
 }
 
-/// What the receiver saw: per event, its kernel time and when it arrived (both Unix ns).
-type Seen = Arc<Mutex<Vec<(i128, i128)>>>;
+/// The aggregation window of the aggregation run.
+const WINDOW_S: u64 = 10;
+
+/// What the receiver saw: per event, its kernel time and when it arrived (both Unix ns), and
+/// how many violations it stands for.
+type Seen = Arc<Mutex<Vec<Arrival>>>;
+type Arrival = (i128, i128, u64);
 
 fn unix_ns(t: SystemTime) -> i128 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -102,7 +114,7 @@ fn record(body: &[u8], arrived: i128, seen: &Seen) {
         let n = body.windows(marker.len()).filter(|w| w == marker).count();
         seen.lock()
             .expect("seen")
-            .extend(std::iter::repeat_n((0, arrived), n));
+            .extend(std::iter::repeat_n((0, arrived, 1), n));
         return;
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
@@ -122,7 +134,11 @@ fn record(body: &[u8], arrived: i128, seen: &Seen) {
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .and_then(|t| t.timestamp_nanos_opt())
         {
-            seen.push((i128::from(t), arrived));
+            seen.push((
+                i128::from(t),
+                arrived,
+                e["data"]["count"].as_u64().unwrap_or(1),
+            ));
         }
     }
 }
@@ -136,7 +152,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// The policy (datagrams to loopback off the allowlist: Alert) and the sink configuration.
-fn files(dir: &Path, cgroup_rel: &str, port: u16, mode: &str) -> Result<(PathBuf, PathBuf)> {
+fn files(
+    dir: &Path,
+    cgroup_rel: &str,
+    port: u16,
+    mode: &str,
+    extra: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let policy = dir.join(format!("alerts-policy-{mode}.yaml"));
     std::fs::write(
         &policy,
@@ -148,29 +170,41 @@ fn files(dir: &Path, cgroup_rel: &str, port: u16, mode: &str) -> Result<(PathBuf
     std::fs::write(
         &config,
         format!(
-            "sinks:\n  - {{name: receiver, type: http, url: 'http://127.0.0.1:{port}/', mode: {mode}}}\n"
+            "sinks:\n  - {{name: receiver, type: http, url: 'http://127.0.0.1:{port}/', mode: {mode}}}\n{extra}"
         ),
     )?;
     Ok((policy, config))
 }
 
+/// Where a load runs.
+struct Bench<'a> {
+    agent_binary: &'a Path,
+    scenario: &'a Path,
+    cgroup_dir: &'a Path,
+    cgroup_rel: &'a str,
+    work: &'a Path,
+}
+
+/// One load: the sink's mode, configuration beyond the sink, the workload's arguments, and
+/// how long the receiver may stay quiet before what was in flight is taken as arrived.
+struct Load<'a> {
+    mode: &'a str,
+    extra_config: &'a str,
+    workload: &'a [&'a str],
+    quiet: Duration,
+}
+
 /// Runs one load under a fresh agent; what was sent, and what the receiver saw.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the load's own settings beside where it runs; a struct would only rename them"
-)]
-fn under_load(
-    agent_binary: &Path,
-    scenario: &Path,
-    cgroup_dir: &Path,
-    cgroup_rel: &str,
-    work: &Path,
-    mode: &str,
-    rate: &str,
-    seconds: &str,
-) -> Result<(u64, Vec<(i128, i128)>)> {
+fn under_load(bench: &Bench<'_>, load: &Load<'_>) -> Result<(u64, Vec<Arrival>)> {
+    let Bench {
+        agent_binary,
+        scenario,
+        cgroup_dir,
+        cgroup_rel,
+        work,
+    } = *bench;
     let (port, seen) = receiver()?;
-    let (policy, config) = files(work, cgroup_rel, port, mode)?;
+    let (policy, config) = files(work, cgroup_rel, port, load.mode, load.extra_config)?;
     let args = [
         "run",
         "--policy",
@@ -179,26 +213,23 @@ fn under_load(
         config.to_str().context("UTF-8 path")?,
     ];
     let mut agent = crate::bench::start_agent(agent_binary, &args, "vigil is enforcing")?;
-    let sent = crate::bench::run_in_cgroup_output(
-        scenario,
-        cgroup_dir,
-        &["bench-udp-paced", rate, seconds],
-    )?;
+    let sent = crate::bench::run_in_cgroup_output(scenario, cgroup_dir, load.workload)?;
     let sent: u64 = sent
         .lines()
         .find_map(|l| l.strip_prefix("sent="))
         .and_then(|n| n.trim().parse().ok())
         .context("the workload did not say how much it sent")?;
-    // Let what is in flight arrive: until nothing new comes for a second, at most 30 s.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = 0;
+    // Let what is in flight arrive: until nothing new comes for `quiet`, at most 30 s more.
+    let deadline = Instant::now() + load.quiet + Duration::from_secs(30);
+    let mut last = (0, Instant::now());
     while Instant::now() < deadline {
-        thread::sleep(Duration::from_secs(1));
+        thread::sleep(Duration::from_millis(200));
         let now = seen.lock().expect("seen").len();
-        if now == last && now > 0 {
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if now > 0 && last.1.elapsed() >= load.quiet {
             break;
         }
-        last = now;
     }
     agent.stop()?;
     let seen = seen.lock().expect("seen").clone();
@@ -215,22 +246,28 @@ pub fn run(
     std::fs::create_dir_all(&work)?;
     let mut out = AlertResults::default();
 
-    let (sent, seen) = under_load(
+    let bench = Bench {
         agent_binary,
         scenario,
         cgroup_dir,
         cgroup_rel,
-        &work,
-        "structured",
-        "1000",
-        "30",
+        work: &work,
+    };
+    let (sent, seen) = under_load(
+        &bench,
+        &Load {
+            mode: "structured",
+            extra_config: "",
+            workload: &["bench-udp-paced", "1000", "30"],
+            quiet: Duration::from_secs(1),
+        },
     )?;
     if seen.is_empty() {
         bail!("the receiver got no alert of the {sent} violations");
     }
     let mut latencies: Vec<f64> = seen
         .iter()
-        .map(|(kernel, arrived)| (arrived - kernel) as f64 / 1e6)
+        .map(|(kernel, arrived, _)| (arrived - kernel) as f64 / 1e6)
         .collect();
     latencies.sort_by(f64::total_cmp);
     out.sent = sent;
@@ -240,25 +277,44 @@ pub fn run(
     out.max_ms = *latencies.last().expect("not empty");
 
     let (sent, seen) = under_load(
-        agent_binary,
-        scenario,
-        cgroup_dir,
-        cgroup_rel,
-        &work,
-        "batch",
-        "0",
-        "10",
+        &bench,
+        &Load {
+            mode: "batch",
+            extra_config: "",
+            workload: &["bench-udp-paced", "0", "10"],
+            quiet: Duration::from_secs(1),
+        },
     )?;
     out.batch_sent = sent;
     out.batch_received = seen.len() as u64;
-    let first = seen.iter().map(|(_, a)| *a).min().unwrap_or(0);
-    let last = seen.iter().map(|(_, a)| *a).max().unwrap_or(0);
+    let first = seen.iter().map(|(_, a, _)| *a).min().unwrap_or(0);
+    let last = seen.iter().map(|(_, a, _)| *a).max().unwrap_or(0);
     let span = (last - first) as f64 / 1e9;
     out.batch_per_second = if span > 0.0 {
         seen.len() as f64 / span
     } else {
         0.0
     };
+
+    let window = format!("aggregation: {{window: {WINDOW_S}s}}\n");
+    let (sent, seen) = under_load(
+        &bench,
+        &Load {
+            mode: "structured",
+            extra_config: &window,
+            workload: &["bench-udp-same", "1000"],
+            // The summary comes when the window closes.
+            quiet: Duration::from_secs(WINDOW_S + 2),
+        },
+    )?;
+    let (kernel, arrived, _) = *seen
+        .iter()
+        .min_by_key(|(kernel, _, _)| *kernel)
+        .context("the receiver got no event of the identical violations")?;
+    out.aggregated_sent = sent;
+    out.aggregated_events = seen.len() as u64;
+    out.aggregated_count = seen.iter().map(|(_, _, n)| n).sum();
+    out.aggregated_first_ms = (arrived - kernel) as f64 / 1e6;
     Ok(out)
 }
 
@@ -274,5 +330,9 @@ pub fn print(r: &AlertResults) {
     println!(
         "one HTTP sink in batch mode, the workload sending as fast as it can for 10 s: {:.0} events/s received ({} of {} sent; the rest were held back by the kernel's flood throttle or dropped where the pipeline could not keep up, both counted in loss events)",
         r.batch_per_second, r.batch_received, r.batch_sent
+    );
+    println!(
+        "aggregation ({WINDOW_S} s window): {} identical violations reached the receiver as {} events whose counts add up to {}; the first in {:.2} ms (goal < {LATENCY_P99_GOAL_MS} ms)",
+        r.aggregated_sent, r.aggregated_events, r.aggregated_count, r.aggregated_first_ms
     );
 }

@@ -3,6 +3,7 @@ mod btf;
 pub mod kernel_log;
 pub mod offsets;
 pub mod reader;
+pub mod throttle;
 pub mod tracefs;
 
 use std::path::{Path, PathBuf};
@@ -587,6 +588,19 @@ impl Probes {
             })?,
             pinned,
         })
+    }
+
+    /// The flood throttle's map, for the sweep of counts no record carried; taken once.
+    pub fn take_throttle(&mut self) -> Result<throttle::ThrottleMap, EbpfError> {
+        let map = self
+            .ebpf
+            .take_map("THROTTLE")
+            .ok_or(EbpfError::MissingMap("THROTTLE"))?;
+        let map = aya::maps::HashMap::try_from(map).map_err(|source| EbpfError::Map {
+            map: "THROTTLE",
+            source,
+        })?;
+        Ok(throttle::ThrottleMap::new(map))
     }
 
     /// The maps policies compile into; taken once.

@@ -69,6 +69,10 @@ pub struct Header {
     /// in the kernel), and the `boot_ns` of the first of them.
     pub count: u32,
     pub first_ns: u64,
+    /// What the kernel's flood throttle keys the violation's target by (a connect's folded
+    /// destination, a move's cgroup; 0 for the rest), so that user space can name the
+    /// throttle's entry for this record.
+    pub target: u64,
 }
 
 impl Header {
@@ -87,6 +91,7 @@ impl Header {
             comm: comm.into(),
             count: 1,
             first_ns: 0,
+            target: 0,
         }
     }
 }
@@ -193,6 +198,7 @@ fn header(h: &EventHeader) -> Header {
         comm: c_string(&h.comm),
         count: h.count.max(1),
         first_ns: h.first_ns,
+        target: 0,
     }
 }
 
@@ -225,7 +231,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::CONNECT => {
             let c: ConnectEvent = read(bytes, record_kind)?;
             Ok(Event {
-                header: header(&c.header),
+                header: Header {
+                    target: agent_common::connect_target(c.dport, &c.daddr),
+                    ..header(&c.header)
+                },
                 body: Body::Connect(Connect::decode(&c)),
             })
         }
@@ -239,11 +248,37 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::MOVE => {
             let m: MoveEvent = read(bytes, record_kind)?;
             Ok(Event {
-                header: header(&m.header),
+                header: Header {
+                    target: m.to_cgroup,
+                    ..header(&m.header)
+                },
                 body: Body::Move(Move::decode(&m)),
             })
         }
         other => Err(DecodeError::Kind(other)),
+    }
+}
+
+impl Event {
+    /// The kernel flood throttle's key of this record; `None` for an observation, which the
+    /// throttle never holds back.
+    pub fn throttle_key(&self) -> Option<agent_common::ThrottleKey> {
+        let Verdict::Violation { set, rule, .. } = self.header.verdict else {
+            return None;
+        };
+        Some(agent_common::ThrottleKey {
+            cgroup_id: self.header.cgroup_id,
+            target: self.header.target,
+            rule: agent_common::rule_id::pack(set, rule),
+            kind: match self.body {
+                Body::Exec(_) => kind::EXEC,
+                Body::Connect(_) => kind::CONNECT,
+                Body::Wx(_) => kind::WX,
+                Body::Move(_) => kind::MOVE,
+            },
+            pid: self.header.pid,
+            _pad: 0,
+        })
     }
 }
 
@@ -321,6 +356,45 @@ mod tests {
         assert_eq!(x.path, "/dev/fd/3");
         assert_eq!(x.args, vec!["sh", "-c", "echo hi"]);
         assert!(x.memfd && !x.deleted && !x.args_missing);
+    }
+
+    #[test]
+    fn a_violation_names_the_kernel_throttle_entry_it_came_from() {
+        let mut c = ConnectEvent {
+            header: EventHeader {
+                verdict: agent_common::verdict::VIOLATION,
+                action: agent_common::action::ALERT,
+                rule: agent_common::rule_id::pack(3, agent_common::rule_id::NOT_ALLOWED),
+                ..head(kind::CONNECT)
+            },
+            family: 2,
+            protocol: 17,
+            dport: 1023,
+            hook: connect_hook::SENDMSG,
+            sock_type: 2,
+            ..Default::default()
+        };
+        c.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let key = decode(&as_bytes(&c))
+            .unwrap()
+            .throttle_key()
+            .expect("a violation");
+        assert_eq!(
+            key,
+            agent_common::ThrottleKey {
+                cgroup_id: 42,
+                target: agent_common::connect_target(1023, &c.daddr),
+                rule: c.header.rule,
+                kind: kind::CONNECT,
+                pid: 100,
+                _pad: 0,
+            }
+        );
+        // Another destination is another entry; an observation has none.
+        c.dport = 1024;
+        assert_ne!(decode(&as_bytes(&c)).unwrap().throttle_key(), Some(key));
+        c.header.verdict = agent_common::verdict::OBSERVED;
+        assert_eq!(decode(&as_bytes(&c)).unwrap().throttle_key(), None);
     }
 
     #[test]

@@ -11,6 +11,11 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// Now, on the clock of `bpf_ktime_get_boot_ns()` (`CLOCK_BOOTTIME`).
+pub fn boot_now_ns() -> u64 {
+    u64::try_from(now_ns(libc::CLOCK_BOOTTIME)).unwrap_or(0)
+}
+
 /// The wall-clock time of a `bpf_ktime_get_boot_ns()` timestamp. The offset is taken anew
 /// each call, so clock adjustments since start are followed.
 pub fn wall_time(boot_ns: u64) -> DateTime<Utc> {

@@ -147,6 +147,7 @@ mod tests {
             comm: comm.into(),
             count: 1,
             first_ns: 0,
+            target: 0,
         }
     }
 

@@ -178,6 +178,7 @@ mod tests {
                 comm: "x".into(),
                 count,
                 first_ns: 500,
+                target: 0,
             },
             body: Body::Exec(Exec {
                 exe_name: "x".into(),

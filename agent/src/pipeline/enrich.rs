@@ -3,6 +3,8 @@
 //! (bounded, see `held`) for its metadata, then goes out with what is known.
 use std::{path::PathBuf, time::Duration};
 
+use agent_common::ThrottleKey;
+
 use super::{Judgement, held};
 use crate::{
     cloudevents::{self, Context, VigilEvent},
@@ -47,7 +49,7 @@ impl Enrich {
         event: event::Event,
         judgement: Judgement,
         link: Option<&ClusterLink>,
-        out: &mut dyn FnMut(VigilEvent),
+        out: &mut dyn FnMut(VigilEvent, Option<ThrottleKey>),
     ) {
         let cgroup_path = self.cgroups.path(event.header.cgroup_id);
         let lookup = link.map(|l| l.lookup(cgroup_path.as_deref()));
@@ -74,14 +76,20 @@ impl Enrich {
             }
             let finished =
                 self.finish(node, &h.event, &h.judgement, h.cgroup_path, lookup.as_ref());
-            return self.send(out, finished);
+            return self.send(out, finished, h.event.throttle_key());
         }
         let finished = self.finish(node, &event, &judgement, cgroup_path, lookup.as_ref());
-        self.send(out, finished);
+        self.send(out, finished, event.throttle_key());
     }
 
-    fn send(&mut self, out: &mut dyn FnMut(VigilEvent), event: VigilEvent) {
-        out(event);
+    /// Hands `event` on with the kernel throttle's key of the record it came from.
+    fn send(
+        &mut self,
+        out: &mut dyn FnMut(VigilEvent, Option<ThrottleKey>),
+        event: VigilEvent,
+        throttle: Option<ThrottleKey>,
+    ) {
+        out(event, throttle);
         self.emitted += 1;
     }
 
@@ -117,7 +125,7 @@ impl Enrich {
         &mut self,
         node: &str,
         link: Option<&ClusterLink>,
-        out: &mut dyn FnMut(VigilEvent),
+        out: &mut dyn FnMut(VigilEvent, Option<ThrottleKey>),
         all: bool,
     ) {
         let now = tokio::time::Instant::now();
@@ -134,7 +142,7 @@ impl Enrich {
             };
             let finished =
                 self.finish(node, &h.event, &h.judgement, h.cgroup_path, lookup.as_ref());
-            self.send(out, finished);
+            self.send(out, finished, h.event.throttle_key());
         }
     }
 }

@@ -2,6 +2,7 @@
 //! intake (reader, decode) -> verdict -> enrich (process, cgroup, pod) -> fan-out -> sinks,
 //! with loss accounting over all of them. `docs/architecture.md` draws the path.
 mod aggregate;
+mod carry;
 pub mod cluster;
 mod enrich;
 mod held;
@@ -30,6 +31,8 @@ pub(crate) const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) const HELD_RECHECK: Duration = Duration::from_millis(100);
 /// How often closed aggregation windows are looked for (a summary is at most this late).
 pub(crate) const WINDOW_CHECK: Duration = Duration::from_millis(250);
+/// How often the kernel's flood throttle is swept for counts no record carried.
+pub(crate) const CARRY_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -105,16 +108,22 @@ pub(crate) struct Stages {
     intake: intake::Intake,
     enrich: enrich::Enrich,
     aggregate: Option<aggregate::Aggregator>,
+    carry: carry::Carry,
     losses: losses::Losses,
     out: FanOut,
 }
 
-/// Hands a finished event to the aggregator (when there is one) and on to the sinks.
+/// Hands a finished event to the aggregator (when there is one) and on to the sinks; a
+/// violation is remembered under its throttle key, for a count the kernel holds back after it.
 fn forward<'a>(
     aggregate: &'a mut Option<aggregate::Aggregator>,
+    carry: &'a mut carry::Carry,
     out: &'a FanOut,
-) -> impl FnMut(crate::cloudevents::VigilEvent) + 'a {
-    move |event| {
+) -> impl FnMut(crate::cloudevents::VigilEvent, Option<agent_common::ThrottleKey>) + 'a {
+    move |event, throttle| {
+        if let Some(key) = throttle {
+            carry.remember(key, &event);
+        }
         let now = std::time::Instant::now();
         let event = match aggregate.as_mut() {
             Some(agg) => agg.offer(event, now),
@@ -140,6 +149,7 @@ impl Stages {
             tokio::spawn(log.forward(stop.clone()));
         }
         let intake = intake::Intake::start(probes.take_ring_buffer()?, stop);
+        let carry = carry::Carry::new(probes.take_throttle()?);
         let losses = losses::Losses {
             kernel: probes.take_loss_counters()?,
             reported: LossReport::default(),
@@ -149,6 +159,7 @@ impl Stages {
             intake,
             enrich: enrich::Enrich::new(root),
             aggregate: aggregation.map(aggregate::Aggregator::new),
+            carry,
             losses,
             out: FanOut::start(sinks, SINK_QUEUE_CAPACITY),
         })
@@ -166,7 +177,7 @@ impl Stages {
         judgement: Judgement,
         link: Option<&ClusterLink>,
     ) {
-        let mut out = forward(&mut self.aggregate, &self.out);
+        let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
         self.enrich.dispatch(node, event, judgement, link, &mut out);
     }
 
@@ -175,7 +186,7 @@ impl Stages {
     }
 
     pub(crate) fn release_held(&mut self, node: &str, link: Option<&ClusterLink>) {
-        let mut out = forward(&mut self.aggregate, &self.out);
+        let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
         self.enrich.release_held(node, link, &mut out, false);
     }
 
@@ -186,6 +197,16 @@ impl Stages {
                 self.out.send(summary);
             }
         }
+    }
+
+    /// Sends the violations standing for counts the kernel held back in floods that stopped.
+    pub(crate) fn carry_held_back(&mut self) -> Result<(), PipelineError> {
+        let carried = self.carry.sweep(crate::metadata::clock::boot_now_ns())?;
+        let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
+        for event in carried {
+            out(event, None);
+        }
+        Ok(())
     }
 
     pub(crate) fn report_losses(&mut self, node: &str) -> Result<(), PipelineError> {
@@ -201,7 +222,7 @@ impl Stages {
     ) -> Result<TraceSummary, PipelineError> {
         self.intake.stopped().await?;
         {
-            let mut out = forward(&mut self.aggregate, &self.out);
+            let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
             self.enrich.release_held(node, link, &mut out, true);
         }
         self.close_windows(None);

@@ -156,6 +156,7 @@ mod tests {
                 comm: "test".into(),
                 count: 1,
                 first_ns: 0,
+                target: 0,
             },
             body,
         }

@@ -1,0 +1,132 @@
+//! Violations the kernel held back in a flood that then stopped: no later record carries
+//! their count, so user space does. It remembers the last finished violation of each throttle
+//! key, and when the sweep of the kernel's throttle map finds a stranded count, it sends that
+//! violation again standing for the held-back ones (`count`, `firstSeen`), so that counts add
+//! up to what happened. A count whose violation is no longer remembered stays what it already
+//! is in loss events: `heldBack`.
+use std::{collections::HashMap, time::Duration};
+
+use agent_common::{ThrottleKey, ThrottleState};
+use tokio::time::Instant;
+
+use crate::{
+    cloudevents::{Payload, VigilEvent},
+    ebpf::{EbpfError, throttle::ThrottleMap},
+    metadata::clock::wall_time,
+};
+
+/// How long a violation is remembered after it went out: a stranded count is found two
+/// throttle windows after its window opened, and the sweep runs every second.
+const REMEMBER: Duration = Duration::from_secs(10);
+/// Violations remembered at most (as many as the kernel's throttle map holds keys).
+const MAX_REMEMBERED: usize = 16_384;
+
+pub(crate) struct Carry {
+    map: ThrottleMap,
+    last: HashMap<ThrottleKey, (VigilEvent, Instant)>,
+}
+
+impl Carry {
+    pub(crate) fn new(map: ThrottleMap) -> Self {
+        Self {
+            map,
+            last: HashMap::new(),
+        }
+    }
+
+    /// `event` (a finished violation) is the latest of throttle key `key`.
+    pub(crate) fn remember(&mut self, key: ThrottleKey, event: &VigilEvent) {
+        if self.last.len() >= MAX_REMEMBERED && !self.last.contains_key(&key) {
+            return;
+        }
+        self.last.insert(key, (event.clone(), Instant::now()));
+    }
+
+    /// The violations standing for counts the kernel holds for floods that stopped.
+    pub(crate) fn sweep(&mut self, now_boot_ns: u64) -> Result<Vec<VigilEvent>, EbpfError> {
+        let now = Instant::now();
+        self.last
+            .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+        let stranded = self.map.sweep(now_boot_ns)?;
+        Ok(stranded
+            .into_iter()
+            .filter_map(|(key, state)| match self.last.get(&key) {
+                Some((event, _)) => Some(carried(event, &state)),
+                None => {
+                    tracing::debug!(
+                        held = state.held,
+                        pid = key.pid,
+                        "held-back violations whose record is no longer remembered (in heldBack only)"
+                    );
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+/// `last` again, now standing for the `held` violations after it.
+fn carried(last: &VigilEvent, state: &ThrottleState) -> VigilEvent {
+    let mut event = last.clone();
+    event.id = uuid::Uuid::new_v4().to_string();
+    event.time = chrono::Utc::now();
+    if let Payload::Behaviour(data) = &mut event.payload {
+        data.count = Some(state.held);
+        data.first_seen =
+            Some(wall_time(state.first_held).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cloudevents::{Context, violation},
+        event::{Action, Body, Event, Exec, test_violation},
+        metadata::process::Lineage,
+        policy::PolicyRef,
+    };
+
+    #[test]
+    fn a_carried_violation_is_the_last_one_again_standing_for_the_held_ones() {
+        let event = Event {
+            header: test_violation(Action::Alert, "x"),
+            body: Body::Exec(Exec::plain("/tmp/x", vec![])),
+        };
+        let policy = PolicyRef {
+            kind: "ClusterRuntimePolicy".into(),
+            name: "p".into(),
+            namespace: None,
+            rule: "spec.exec.deny[0]".into(),
+            text: "prefix /tmp/".into(),
+        };
+        let last = violation(
+            &event,
+            &Lineage::default(),
+            &Context::host("n", None),
+            &policy,
+            Action::Alert,
+        );
+        let held = ThrottleState {
+            window_start: 1,
+            first_held: crate::metadata::clock::boot_now_ns(),
+            emitted: 8,
+            held: 992,
+        };
+        let carried = carried(&last, &held);
+        assert_ne!(carried.id, last.id, "an event of its own");
+        assert_eq!(carried.subject, last.subject);
+        assert_eq!(carried.policy, last.policy);
+        let data = carried.behaviour().expect("behaviour");
+        assert_eq!(data.count, Some(992));
+        let first = chrono::DateTime::parse_from_rfc3339(data.first_seen.as_deref().unwrap())
+            .expect("RFC 3339");
+        let age = chrono::Utc::now() - first.with_timezone(&chrono::Utc);
+        assert!(age.num_seconds().abs() < 60, "first seen now, not {first}");
+        assert_eq!(
+            carried.behaviour().unwrap().member,
+            last.behaviour().unwrap().member
+        );
+    }
+}
