@@ -4,36 +4,63 @@
 //! violation again standing for the held-back ones (`count`, `firstSeen`), so that counts add
 //! up to what happened. A count whose violation is no longer remembered stays what it already
 //! is in loss events: `heldBack`.
+//!
+//! The sweep reads the whole map, a system call or two per entry, so it runs on a thread of
+//! its own: the pipeline's loop only gets the stranded counts.
 use std::{collections::HashMap, time::Duration};
 
 use agent_common::{ThrottleKey, ThrottleState};
-use tokio::time::Instant;
+use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     cloudevents::{Payload, VigilEvent},
-    ebpf::{EbpfError, throttle::ThrottleMap},
-    metadata::clock::wall_time,
+    ebpf::throttle::ThrottleMap,
+    metadata::clock::{boot_now_ns, wall_time},
 };
 
+/// How often the kernel's flood throttle is swept for counts no record carried.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a violation is remembered after it went out: a stranded count is found two
 /// throttle windows after its window opened, and the sweep runs every second.
 const REMEMBER: Duration = Duration::from_secs(10);
 /// Violations remembered at most (as many as the kernel's throttle map holds keys).
 const MAX_REMEMBERED: usize = 16_384;
 
+/// Stranded throttle entries, as the sweep found them.
+pub(crate) type Stranded = Vec<(ThrottleKey, ThrottleState)>;
+
+/// Starts the sweep of `map` on a thread of its own; it ends when the receiver is dropped.
+pub(crate) fn sweep_in_background(
+    mut map: ThrottleMap,
+) -> std::io::Result<mpsc::Receiver<Stranded>> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::Builder::new()
+        .name("vigil-throttle".into())
+        .spawn(move || {
+            while !tx.is_closed() {
+                std::thread::sleep(SWEEP_EVERY);
+                match map.sweep(boot_now_ns()) {
+                    Ok(stranded) if stranded.is_empty() => {}
+                    Ok(stranded) => {
+                        if tx.blocking_send(stranded).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "sweeping the flood throttle failed; trying again");
+                    }
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+#[derive(Default)]
 pub(crate) struct Carry {
-    map: ThrottleMap,
     last: HashMap<ThrottleKey, (VigilEvent, Instant)>,
 }
 
 impl Carry {
-    pub(crate) fn new(map: ThrottleMap) -> Self {
-        Self {
-            map,
-            last: HashMap::new(),
-        }
-    }
-
     /// `event` (a finished violation) is the latest of throttle key `key`.
     pub(crate) fn remember(&mut self, key: ThrottleKey, event: &VigilEvent) {
         if self.last.len() >= MAX_REMEMBERED && !self.last.contains_key(&key) {
@@ -42,13 +69,12 @@ impl Carry {
         self.last.insert(key, (event.clone(), Instant::now()));
     }
 
-    /// The violations standing for counts the kernel holds for floods that stopped.
-    pub(crate) fn sweep(&mut self, now_boot_ns: u64) -> Result<Vec<VigilEvent>, EbpfError> {
+    /// The violations standing for the `stranded` counts of floods that stopped.
+    pub(crate) fn carry(&mut self, stranded: Stranded) -> Vec<VigilEvent> {
         let now = Instant::now();
         self.last
             .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
-        let stranded = self.map.sweep(now_boot_ns)?;
-        Ok(stranded
+        stranded
             .into_iter()
             .filter_map(|(key, state)| match self.last.get(&key) {
                 Some((event, _)) => Some(carried(event, &state)),
@@ -61,7 +87,7 @@ impl Carry {
                     None
                 }
             })
-            .collect())
+            .collect()
     }
 }
 

@@ -31,8 +31,6 @@ pub(crate) const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) const HELD_RECHECK: Duration = Duration::from_millis(100);
 /// How often closed aggregation windows are looked for (a summary is at most this late).
 pub(crate) const WINDOW_CHECK: Duration = Duration::from_millis(250);
-/// How often the kernel's flood throttle is swept for counts no record carried.
-pub(crate) const CARRY_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -60,6 +58,8 @@ pub enum PipelineError {
     Cluster(#[from] cluster::BrokenClusterConfig),
     #[error(transparent)]
     State(#[from] crate::telemetry::state::StateFileError),
+    #[error("starting the flood throttle's sweep thread: {0}")]
+    Sweep(std::io::Error),
 }
 
 /// What every agent command takes.
@@ -109,6 +109,7 @@ pub(crate) struct Stages {
     enrich: enrich::Enrich,
     aggregate: Option<aggregate::Aggregator>,
     carry: carry::Carry,
+    stranded: Option<tokio::sync::mpsc::Receiver<carry::Stranded>>,
     losses: losses::Losses,
     out: FanOut,
 }
@@ -149,7 +150,8 @@ impl Stages {
             tokio::spawn(log.forward(stop.clone()));
         }
         let intake = intake::Intake::start(probes.take_ring_buffer()?, stop);
-        let carry = carry::Carry::new(probes.take_throttle()?);
+        let stranded =
+            carry::sweep_in_background(probes.take_throttle()?).map_err(PipelineError::Sweep)?;
         let losses = losses::Losses {
             kernel: probes.take_loss_counters()?,
             reported: LossReport::default(),
@@ -159,7 +161,8 @@ impl Stages {
             intake,
             enrich: enrich::Enrich::new(root),
             aggregate: aggregation.map(aggregate::Aggregator::new),
-            carry,
+            carry: carry::Carry::default(),
+            stranded: Some(stranded),
             losses,
             out: FanOut::start(sinks, SINK_QUEUE_CAPACITY),
         })
@@ -199,14 +202,21 @@ impl Stages {
         }
     }
 
-    /// Sends the violations standing for counts the kernel held back in floods that stopped.
-    pub(crate) fn carry_held_back(&mut self) -> Result<(), PipelineError> {
-        let carried = self.carry.sweep(crate::metadata::clock::boot_now_ns())?;
+    /// Counts the kernel held back in floods that stopped, as the sweep finds them; taken
+    /// once, by the loop that hands them back to [`Self::carry_held_back`].
+    pub(crate) fn take_stranded(&mut self) -> tokio::sync::mpsc::Receiver<carry::Stranded> {
+        self.stranded
+            .take()
+            .unwrap_or_else(|| tokio::sync::mpsc::channel(1).1)
+    }
+
+    /// Sends the violations standing for `stranded` counts.
+    pub(crate) fn carry_held_back(&mut self, stranded: carry::Stranded) {
+        let carried = self.carry.carry(stranded);
         let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
         for event in carried {
             out(event, None);
         }
-        Ok(())
     }
 
     pub(crate) fn report_losses(&mut self, node: &str) -> Result<(), PipelineError> {

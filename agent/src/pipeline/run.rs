@@ -160,7 +160,7 @@ pub async fn run(
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
     let mut held_ticker = tokio::time::interval(HELD_RECHECK);
     let mut windows = tokio::time::interval(WINDOW_CHECK);
-    let mut carry_ticker = tokio::time::interval(super::CARRY_CHECK);
+    let mut stranded = stages.take_stranded();
     loop {
         tokio::select! {
             ev = stages.next() => {
@@ -172,7 +172,7 @@ pub async fn run(
             _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref()),
             _ = loss_ticker.tick() => stages.report_losses(node)?,
             _ = windows.tick() => stages.close_windows(Some(std::time::Instant::now())),
-            _ = carry_ticker.tick() => stages.carry_held_back()?,
+            Some(stranded) = stranded.recv() => stages.carry_held_back(stranded),
             _ = watch_ticker.tick() => {
                 let now = fingerprint(&options.policies);
                 let mut reloaded = false;
