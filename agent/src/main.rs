@@ -49,6 +49,10 @@ struct AgentArgs {
     /// warn level. Off by default: the probes then log nothing.
     #[arg(long)]
     kernel_log: bool,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, e.g.
+    /// `0.0.0.0:9464` (docs/operations.md).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentArgs {
@@ -62,6 +66,7 @@ impl AgentArgs {
             node,
             ring_buffer_bytes: self.ring_buffer_bytes,
             kernel_log: self.kernel_log,
+            metrics_addr: self.metrics_addr,
         };
         Ok((options, sinks))
     }

@@ -3,6 +3,8 @@
 //! refusals that are not retried (4xx, an untrusted certificate), and an independent consumer
 //! (the Python `cloudevents` package) reading what the sink sent. No root, no kernel.
 
+#[path = "support/python.rs"]
+mod python;
 #[path = "http_sink/receiver.rs"]
 mod receiver;
 
@@ -607,47 +609,11 @@ async fn tls_is_trusted_with_the_ca_file_and_refused_without_it_or_with_another_
 /// Where the Python `cloudevents` package is installed for these tests, made on first use.
 /// `None` only outside CI when python3 or pip cannot provide it.
 fn python_with_cloudevents() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-cloudevents");
-    let python = venv.join("bin/python3");
-    let ready = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import cloudevents.core.bindings.http"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ready(&python) {
-        return Some(python);
-    }
-    let attempt = || -> Result<(), String> {
-        let status = Command::new("python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv)
-            .status()
-            .map_err(|e| format!("python3 -m venv: {e}"))?;
-        if !status.success() {
-            return Err(format!("python3 -m venv {}: {status}", venv.display()));
-        }
-        let status = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "cloudevents==2.2.0"])
-            .status()
-            .map_err(|e| format!("pip: {e}"))?;
-        if !status.success() {
-            return Err(format!("pip install cloudevents==2.2.0: {status}"));
-        }
-        Ok(())
-    };
-    match attempt() {
-        Ok(()) if ready(&python) => Some(python),
-        result => {
-            let why = result.err().unwrap_or_else(|| "cannot import it".into());
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the Python cloudevents package is needed in CI: {why}"
-            );
-            eprintln!("SKIPPED: no Python cloudevents package ({why})");
-            None
-        }
-    }
+    python::with_package(
+        "py-cloudevents",
+        "cloudevents==2.2.0",
+        "import cloudevents.core.bindings.http",
+    )
 }
 
 /// Attributes and data of `event` as the Python script prints them.

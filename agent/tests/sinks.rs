@@ -6,6 +6,8 @@
     reason = "the helpers are shared by several test binaries; each uses a part"
 )]
 mod common;
+#[path = "support/python.rs"]
+mod python;
 
 use std::{
     collections::BTreeMap,
@@ -144,6 +146,17 @@ impl Scene {
         )
     }
 
+    /// [`Self::alerting`] with more arguments for `vigil run`.
+    fn alerting_with(&self, name: &str, denied: &str, config: &str, args: &[&str]) -> Tracer {
+        self.run(
+            name,
+            &format!("exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Alert\n"),
+            config,
+            &[],
+            args,
+        )
+    }
+
     /// `vigil run` enforcing policy `name` with `rules` (the spec's sections, indented as
     /// under `spec:`), in this scene's cgroup only, with the sinks of `config`.
     fn enforcing(
@@ -152,6 +165,17 @@ impl Scene {
         rules: &str,
         config: &str,
         envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Tracer {
+        self.run(name, rules, config, envs, &[])
+    }
+
+    fn run(
+        &self,
+        name: &str,
+        rules: &str,
+        config: &str,
+        envs: &[(&str, &std::ffi::OsStr)],
+        args: &[&str],
     ) -> Tracer {
         let policy = self.dir().join("policy.yaml");
         std::fs::write(
@@ -164,17 +188,16 @@ impl Scene {
         .unwrap();
         let file = self.dir().join("config.yaml");
         std::fs::write(&file, config).unwrap();
-        Tracer::run(
-            &[
-                "--watch-interval-ms",
-                "100",
-                "--policy",
-                policy.to_str().unwrap(),
-                "--config",
-                file.to_str().unwrap(),
-            ],
-            envs,
-        )
+        let mut all = vec![
+            "--watch-interval-ms",
+            "100",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--config",
+            file.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        Tracer::run(&all, envs)
     }
 
     /// Runs `program` (a scenario binary) in the scene's cgroup to write a marker file.
@@ -750,4 +773,132 @@ fn a_flood_from_one_process_that_stops_is_counted_in_full_though_the_kernel_held
         let errors = schema_errors(e);
         assert!(errors.is_empty(), "{errors:?}");
     }
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code and the body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The samples of a Prometheus text exposition, as the Python `prometheus_client` parser
+/// reads them: `name{label="value",...}` (labels sorted) to value.
+fn parsed(python: &Path, text: &str) -> BTreeMap<String, f64> {
+    let script = "import sys, json\nfrom prometheus_client.parser import text_string_to_metric_families\nout = {}\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    for s in f.samples:\n        labels = ','.join(f'{k}=\"{v}\"' for k, v in sorted(s.labels.items()))\n        out[f'{s.name}{{{labels}}}'] = s.value\nprint(json.dumps(out))\n";
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn metrics_move_by_exactly_the_violations_and_parse_with_prometheus_client() {
+    let Some(scene) = Scene::new("metrics") else {
+        return;
+    };
+    let Some(python) = python::with_package(
+        "py-prometheus-client",
+        "prometheus_client==0.21.1",
+        "import prometheus_client.parser",
+    ) else {
+        return;
+    };
+    let (writer, denied) = common::denied_binary(scene.dir());
+    let port = silent_port();
+    let addr = format!("127.0.0.1:{port}");
+    let tracer = scene.alerting_with(
+        "metrics",
+        &denied,
+        &format!(
+            "sinks:\n  - {{name: archive, type: file, path: {}}}\n",
+            scene.archive.display()
+        ),
+        &["--metrics-addr", &addr],
+    );
+    assert_eq!(get(port, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(port, "/readyz"), (200, "ok\n".into()));
+    let exec_alerts =
+        "vigil_events_total{action=\"alert\",behaviour=\"exec\",verdict=\"violation\"}";
+    let delivered = "vigil_sink_delivered_total{sink=\"archive\"}";
+    let before = parsed(&python, &get(port, "/metrics").1);
+    let pids: Vec<u32> = (0..3).map(|_| scene.write_marker(&writer).0).collect();
+    let ids = common::wait_until(
+        "the three violations in the archive",
+        common::LIVENESS,
+        || archived_ids(&scene.archive, &pids),
+        || "not yet".into(),
+    );
+    let archived = || lines_of(&scene.archive).len() as f64;
+    // The file sink counts a batch delivered once it is written.
+    let after = common::wait_until(
+        "the deliveries counted",
+        common::LIVENESS,
+        || {
+            let now = parsed(&python, &get(port, "/metrics").1);
+            (now.get(delivered).copied().unwrap_or(0.0) >= archived()).then_some(now)
+        },
+        || get(port, "/metrics").1,
+    );
+    let moved = |name: &str| {
+        after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
+    };
+    assert_eq!(ids.len(), 3);
+    assert_eq!(moved(exec_alerts), 3.0, "{after:?}");
+    assert_eq!(after.get(delivered).copied(), Some(archived()), "{after:?}");
+    for name in [
+        "vigil_sink_failed_total{sink=\"archive\"}",
+        "vigil_sink_queue_full_total{sink=\"archive\"}",
+        "vigil_reader_queue_dropped_total{}",
+    ] {
+        assert_eq!(after.get(name).copied(), Some(0.0), "{name}: {after:?}");
+    }
+    assert_eq!(
+        after.get("vigil_policies{}").copied(),
+        Some(1.0),
+        "{after:?}"
+    );
+    assert_eq!(after.get("vigil_ready{}").copied(), Some(1.0));
+    assert!(
+        after
+            .get("vigil_resident_memory_bytes{}")
+            .copied()
+            .unwrap_or(0.0)
+            > 1e6
+    );
+    // Bounded labels: no pid, path or address in any of them.
+    for key in after.keys() {
+        assert!(!pids.iter().any(|p| key.contains(&p.to_string())), "{key}");
+        assert!(!key.contains(&denied), "{key}");
+    }
+    tracer.stop();
 }

@@ -30,13 +30,14 @@ impl Losses {
         })
     }
 
-    /// Sends a loss event when anything was lost since the last report.
+    /// Sends a loss event when anything was lost since the last report; returns the
+    /// counters as they are now.
     pub(crate) fn report(
         &mut self,
         node: &str,
         intake: &Intake,
         out: &FanOut,
-    ) -> Result<(), EbpfError> {
+    ) -> Result<LossReport, EbpfError> {
         let now = self.now(intake, out)?;
         let delta = now.since(&self.reported);
         if delta.any() {
@@ -60,8 +61,8 @@ impl Losses {
                 );
             }
             out.send(cloudevents::loss(node, &delta, &now));
-            self.reported = now;
+            self.reported = now.clone();
         }
-        Ok(())
+        Ok(now)
     }
 }

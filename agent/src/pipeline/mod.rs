@@ -22,6 +22,10 @@ use crate::{
     pipeline::cluster::ClusterLink,
     policy::PolicyRef,
     sink::{FanOut, Routed, SinkError, fanout::SINK_QUEUE_CAPACITY},
+    telemetry::{
+        metrics::{EventLabels, Telemetry},
+        server,
+    },
 };
 
 /// Records waiting between the reader and the enrich stage.
@@ -60,6 +64,8 @@ pub enum PipelineError {
     State(#[from] crate::telemetry::state::StateFileError),
     #[error("starting the flood throttle's sweep thread: {0}")]
     Sweep(std::io::Error),
+    #[error(transparent)]
+    Serve(#[from] crate::telemetry::server::ServeError),
 }
 
 /// What every agent command takes.
@@ -73,6 +79,8 @@ pub struct AgentOptions {
     pub kernel_log: bool,
     /// Identical violations inside this window become one event (`aggregation.window`).
     pub aggregation: Option<Duration>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`--metrics-addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentOptions {
@@ -112,6 +120,9 @@ pub(crate) struct Stages {
     stranded: Option<tokio::sync::mpsc::Receiver<carry::Stranded>>,
     losses: losses::Losses,
     out: FanOut,
+    pub(crate) telemetry: std::sync::Arc<Telemetry>,
+    /// The `--metrics-addr` server, stopped with the stages.
+    _server: Option<server::Server>,
 }
 
 /// Hands a finished event to the aggregator (when there is one) and on to the sinks; a
@@ -120,6 +131,7 @@ fn forward<'a>(
     aggregate: &'a mut Option<aggregate::Aggregator>,
     carry: &'a mut carry::Carry,
     out: &'a FanOut,
+    telemetry: &'a Telemetry,
 ) -> impl FnMut(crate::cloudevents::VigilEvent, Option<agent_common::ThrottleKey>) + 'a {
     move |event, throttle| {
         if let Some(key) = throttle {
@@ -131,21 +143,39 @@ fn forward<'a>(
             None => Some(event),
         };
         if let Some(event) = event {
+            count(telemetry, &event);
             out.send(event);
         }
     }
 }
 
+/// `vigil_events_total`, for an event handed to the sinks.
+fn count(telemetry: &Telemetry, event: &crate::cloudevents::VigilEvent) {
+    telemetry
+        .events
+        .get_or_create(&EventLabels {
+            behaviour: event.ty().short(),
+            verdict: event.verdict.name(),
+            action: event.action.name(),
+        })
+        .inc();
+}
+
 impl Stages {
     /// Takes the ring buffer and loss counters from `probes`, starts the reader and the
     /// sinks' workers.
-    pub(crate) fn start(
+    pub(crate) async fn start(
         mut probes: Probes,
         root: PathBuf,
         sinks: Vec<Routed>,
-        aggregation: Option<Duration>,
+        options: &AgentOptions,
+        telemetry: std::sync::Arc<Telemetry>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, PipelineError> {
+        let server = match options.metrics_addr {
+            Some(addr) => Some(server::serve(addr, telemetry.clone()).await?),
+            None => None,
+        };
         if let Some(log) = probes.take_kernel_log() {
             tokio::spawn(log.forward(stop.clone()));
         }
@@ -156,15 +186,19 @@ impl Stages {
             kernel: probes.take_loss_counters()?,
             reported: LossReport::default(),
         };
+        let out = FanOut::start(sinks, SINK_QUEUE_CAPACITY);
+        telemetry.set_sinks(out.views());
         Ok(Self {
             probes,
             intake,
             enrich: enrich::Enrich::new(root),
-            aggregate: aggregation.map(aggregate::Aggregator::new),
+            aggregate: options.aggregation.map(aggregate::Aggregator::new),
             carry: carry::Carry::default(),
             stranded: Some(stranded),
             losses,
-            out: FanOut::start(sinks, SINK_QUEUE_CAPACITY),
+            out,
+            telemetry,
+            _server: server,
         })
     }
 
@@ -180,7 +214,12 @@ impl Stages {
         judgement: Judgement,
         link: Option<&ClusterLink>,
     ) {
-        let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
+        let mut out = forward(
+            &mut self.aggregate,
+            &mut self.carry,
+            &self.out,
+            &self.telemetry,
+        );
         self.enrich.dispatch(node, event, judgement, link, &mut out);
     }
 
@@ -189,14 +228,22 @@ impl Stages {
     }
 
     pub(crate) fn release_held(&mut self, node: &str, link: Option<&ClusterLink>) {
-        let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
+        let mut out = forward(
+            &mut self.aggregate,
+            &mut self.carry,
+            &self.out,
+            &self.telemetry,
+        );
         self.enrich.release_held(node, link, &mut out, false);
     }
 
-    /// Sends the summaries of aggregation windows that have closed (all, with `now` `None`).
+    /// Sends the summaries of aggregation windows that have closed (all, with `now` `None`);
+    /// called every [`WINDOW_CHECK`], it is also the loop's heartbeat for `/healthz`.
     pub(crate) fn close_windows(&mut self, now: Option<std::time::Instant>) {
+        self.telemetry.beat();
         if let Some(agg) = self.aggregate.as_mut() {
             for summary in agg.due(now) {
+                count(&self.telemetry, &summary);
                 self.out.send(summary);
             }
         }
@@ -213,14 +260,21 @@ impl Stages {
     /// Sends the violations standing for `stranded` counts.
     pub(crate) fn carry_held_back(&mut self, stranded: carry::Stranded) {
         let carried = self.carry.carry(stranded);
-        let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
+        let mut out = forward(
+            &mut self.aggregate,
+            &mut self.carry,
+            &self.out,
+            &self.telemetry,
+        );
         for event in carried {
             out(event, None);
         }
     }
 
     pub(crate) fn report_losses(&mut self, node: &str) -> Result<(), PipelineError> {
-        Ok(self.losses.report(node, &self.intake, &self.out)?)
+        let now = self.losses.report(node, &self.intake, &self.out)?;
+        self.telemetry.set_losses(&now);
+        Ok(())
     }
 
     /// Waits for the reader, sends what is still held, reports the last losses, lets the
@@ -232,9 +286,15 @@ impl Stages {
     ) -> Result<TraceSummary, PipelineError> {
         self.intake.stopped().await?;
         {
-            let mut out = forward(&mut self.aggregate, &mut self.carry, &self.out);
+            let mut out = forward(
+                &mut self.aggregate,
+                &mut self.carry,
+                &self.out,
+                &self.telemetry,
+            );
             self.enrich.release_held(node, link, &mut out, true);
         }
+        self.telemetry.set_ready(false);
         self.close_windows(None);
         self.losses.report(node, &self.intake, &self.out)?;
         let losses = self
@@ -271,7 +331,8 @@ pub async fn trace(
         cgroup_root: Some(root.clone()),
         kernel_log: common.kernel_log,
     })?;
-    let mut stages = Stages::start(probes, root.clone(), sinks, common.aggregation, stop)?;
+    let mut stages =
+        Stages::start(probes, root.clone(), sinks, common, Telemetry::new(), stop).await?;
     tracing::info!(
         probes = crate::ebpf::PROGRAMS.len(),
         cgroup = options.cgroup.as_deref().unwrap_or("/"),
@@ -280,6 +341,7 @@ pub async fn trace(
     );
     // In a cluster, events name their pod; the reflectors are only read here.
     let link = ClusterLink::connect(&common.node).await?;
+    stages.telemetry.set_ready(true);
     let node = common.node.as_str();
     let mut ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut held_ticker = tokio::time::interval(HELD_RECHECK);

@@ -17,7 +17,7 @@ use crate::{
     pipeline::cluster::ClusterLink,
     policy::{self, FieldError, Policy},
     sink::Routed,
-    telemetry::state::StateFile,
+    telemetry::{metrics::Telemetry, state::StateFile},
 };
 
 #[derive(Debug, Clone)]
@@ -136,7 +136,9 @@ pub async fn run(
     if link.is_none() && options.policies.is_empty() {
         return Err(PipelineError::NothingToEnforce);
     }
-    let mut state = StateFile::new(options.state_file.clone(), &common.node);
+    let telemetry = Telemetry::new();
+    let mut state =
+        StateFile::new(options.state_file.clone(), &common.node).with_telemetry(telemetry.clone());
     sync(
         &mut enforcer,
         link.as_mut(),
@@ -153,7 +155,9 @@ pub async fn run(
     let mut fingerprint_now = fingerprint(&options.policies);
     let mut fingerprint_seen = fingerprint_now.clone();
 
-    let mut stages = Stages::start(probes, root.clone(), sinks, common.aggregation, stop)?;
+    let mut stages = Stages::start(probes, root.clone(), sinks, common, telemetry, stop).await?;
+    // Programs attached, policies compiled, the cluster's caches synced (connect waits).
+    stages.telemetry.set_ready(true);
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
     let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);

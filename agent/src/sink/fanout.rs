@@ -7,7 +7,7 @@ use std::sync::{
 
 use tokio::sync::mpsc;
 
-use super::Sink;
+use super::{Sink, SinkCounters};
 use crate::cloudevents::VigilEvent;
 
 /// Events one sink may have waiting.
@@ -33,6 +33,16 @@ pub struct SinkStats {
     /// Damaged regions of a disk spool skipped (a write torn by a crash is one); each held at
     /// least one event.
     pub spool_corrupt: AtomicU64,
+    /// Bytes a disk spool's segments take now.
+    pub spool_bytes: AtomicU64,
+}
+
+/// One sink as metrics see it.
+#[derive(Debug, Clone)]
+pub struct SinkView {
+    pub name: String,
+    pub stats: Arc<SinkStats>,
+    pub counters: Option<Arc<dyn SinkCounters>>,
 }
 
 /// Which events a sink takes (the config's `minSeverity` and `types`).
@@ -52,6 +62,7 @@ impl Filter {
 
 struct Queue {
     name: String,
+    counters: Option<Arc<dyn SinkCounters>>,
     filter: Filter,
     tx: mpsc::Sender<Arc<VigilEvent>>,
     stats: Arc<SinkStats>,
@@ -73,6 +84,7 @@ impl FanOut {
                 let stats = sink.shared_stats().unwrap_or_default();
                 Queue {
                     name: sink.name().to_string(),
+                    counters: sink.counters(),
                     filter,
                     tx,
                     stats: stats.clone(),
@@ -126,6 +138,18 @@ impl FanOut {
                 corrupt + q.stats.spool_corrupt.load(Ordering::Relaxed),
             )
         })
+    }
+
+    /// Each sink, for metrics.
+    pub fn views(&self) -> Vec<SinkView> {
+        self.queues
+            .iter()
+            .map(|q| SinkView {
+                name: q.name.clone(),
+                stats: q.stats.clone(),
+                counters: q.counters.clone(),
+            })
+            .collect()
     }
 
     /// Each sink's name and counters.

@@ -640,9 +640,19 @@ fn chunks<'e, T: AsRef<[u8]>>(
     runs
 }
 
+impl super::SinkCounters for HttpStats {
+    fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
 impl Sink for HttpSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
+        Some(self.stats.clone())
     }
 
     fn deliver<'a>(

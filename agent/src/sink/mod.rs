@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-pub use fanout::{FanOut, Filter, SinkStats};
+pub use fanout::{FanOut, Filter, SinkStats, SinkView};
 
 use crate::{
     cloudevents::VigilEvent,
@@ -147,6 +147,22 @@ pub trait Sink: Send + 'static {
     /// fan-out counts into these instead of its own.
     fn shared_stats(&self) -> Option<Arc<SinkStats>> {
         None
+    }
+
+    /// What the sink counts beyond what the fan-out sees (retries, refusals), for metrics.
+    fn counters(&self) -> Option<Arc<dyn SinkCounters>> {
+        None
+    }
+}
+
+/// What a sink that talks to a receiver counts, for metrics.
+pub trait SinkCounters: std::fmt::Debug + Send + Sync {
+    /// Attempts repeated after a failure that may pass (a 429, a 5xx, a refused connection).
+    fn retries(&self) -> u64;
+
+    /// Events the receiver refused for good, by the receiver's reason.
+    fn refusals(&self) -> Vec<(String, u64)> {
+        Vec::new()
     }
 }
 

@@ -233,9 +233,29 @@ impl SlackSink {
     }
 }
 
+impl super::SinkCounters for SlackStats {
+    fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Messages Slack refused, by its error.
+    fn refusals(&self) -> Vec<(String, u64)> {
+        self.permanent_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(e, n)| (e.clone(), *n))
+            .collect()
+    }
+}
+
 impl Sink for SlackSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
+        Some(self.stats.clone())
     }
 
     /// Hands the wanted events to the sender task; waits only while it has `COMMANDS`

@@ -423,9 +423,33 @@ impl SplunkSink {
     }
 }
 
+impl super::SinkCounters for SplunkStats {
+    fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Events HEC refused: as invalid data, or for the token or configuration.
+    fn refusals(&self) -> Vec<(String, u64)> {
+        vec![
+            (
+                "invalid_data".into(),
+                self.events_invalid.load(Ordering::Relaxed),
+            ),
+            (
+                "token_or_configuration".into(),
+                self.events_refused.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
+
 impl Sink for SplunkSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
+        Some(self.stats.clone())
     }
 
     fn deliver<'a>(

@@ -29,6 +29,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct SpooledSink {
     name: String,
+    counters: Arc<super::http::HttpStats>,
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
     stats: Arc<SinkStats>,
@@ -40,6 +41,7 @@ impl SpooledSink {
     /// task: call it inside the Tokio runtime.
     pub fn new(http: HttpSink, dir: PathBuf, max_bytes: u64) -> Result<Self, SinkError> {
         let name = http.name().to_string();
+        let counters = http.stats();
         let stats = Arc::new(SinkStats::default());
         let (spool, recovered) =
             Spool::open(&dir, max_bytes, stats.clone()).map_err(|e| spool_error(&name, e))?;
@@ -61,6 +63,7 @@ impl SpooledSink {
         ));
         Ok(Self {
             name,
+            counters,
             spool,
             wake,
             stats,
@@ -194,5 +197,9 @@ impl Sink for SpooledSink {
 
     fn shared_stats(&self) -> Option<Arc<SinkStats>> {
         Some(self.stats.clone())
+    }
+
+    fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
+        Some(self.counters.clone())
     }
 }

@@ -1,4 +1,6 @@
 //! Logging: human-readable lines on stderr (stdout belongs to events); the state file.
+pub mod metrics;
+pub mod server;
 pub mod state;
 
 use std::io::IsTerminal;

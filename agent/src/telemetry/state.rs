@@ -54,6 +54,8 @@ pub struct AgentState {
 pub struct StateFile {
     path: Option<PathBuf>,
     state: AgentState,
+    /// Where `/metrics` reads the state.
+    telemetry: Option<std::sync::Arc<super::metrics::Telemetry>>,
 }
 
 impl StateFile {
@@ -65,7 +67,15 @@ impl StateFile {
                 node: node.to_string(),
                 ..AgentState::default()
             },
+            telemetry: None,
         }
+    }
+
+    /// Every change is also shown by `/metrics`.
+    pub fn with_telemetry(mut self, telemetry: std::sync::Arc<super::metrics::Telemetry>) -> Self {
+        telemetry.set_state(&self.state);
+        self.telemetry = Some(telemetry);
+        self
     }
 
     pub fn state(&self) -> &AgentState {
@@ -108,6 +118,9 @@ impl StateFile {
     }
 
     fn write(&self) -> Result<(), StateFileError> {
+        if let Some(t) = &self.telemetry {
+            t.set_state(&self.state);
+        }
         let Some(path) = &self.path else {
             return Ok(());
         };

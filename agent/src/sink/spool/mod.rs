@@ -233,6 +233,12 @@ impl Spool {
         self.segments.iter().map(|s| s.len).sum()
     }
 
+    fn publish_bytes(&self) {
+        self.stats
+            .spool_bytes
+            .store(self.bytes(), Ordering::Relaxed);
+    }
+
     /// Appends `records` and makes them durable, then drops the oldest segments while the
     /// spool is over its cap. A record larger than a segment is refused and counted.
     pub fn append(&mut self, records: &[Vec<u8>]) -> Result<(), SpoolError> {
@@ -259,7 +265,9 @@ impl Spool {
         self.writer
             .sync_data()
             .map_err(|e| self.io("syncing a segment", e))?;
-        self.enforce_cap()
+        self.enforce_cap()?;
+        self.publish_bytes();
+        Ok(())
     }
 
     fn flush_frames(&mut self, frames: &mut Vec<u8>) -> Result<(), SpoolError> {
@@ -438,6 +446,7 @@ impl Spool {
         while self.segments.len() > 1 && self.segments[0].seq < self.cursor.seq {
             self.remove_oldest()?;
         }
+        self.publish_bytes();
         Ok(())
     }
 
