@@ -759,8 +759,12 @@ async fn silent_port() -> std::net::SocketAddr {
 }
 
 fn spooled(url: reqwest::Url, mode: HttpMode, dir: &Path) -> SpooledSink {
-    SpooledSink::new(new_sink(options(url, mode)), dir.to_path_buf(), 1024 * 1024)
-        .expect("spooled sink")
+    SpooledSink::new(
+        Box::new(new_sink(options(url, mode))),
+        dir.to_path_buf(),
+        1024 * 1024,
+    )
+    .expect("spooled sink")
 }
 
 /// The structured events the receiver got, in any mode's body (one event, or a batch).

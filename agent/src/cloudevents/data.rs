@@ -3,13 +3,23 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::behaviour::{cgroup_move::MoveData, connect::ConnectData, exec::ExecData, wx::WxData};
 
+/// A member that is present, even as null: `Some(None)` for null, where a missing member is
+/// `None` (`#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 /// The process (thread group) that did it. Identity fields come from the kernel at the moment
 /// of the behaviour.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "process")]
 pub struct ProcessData {
@@ -35,7 +45,7 @@ pub struct ProcessData {
 }
 
 /// What the agent knows about the parent process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "parent")]
 pub struct ParentData {
     /// Parent's process id (host pid namespace); same as `process.ppid`.
@@ -49,7 +59,7 @@ pub struct ParentData {
 }
 
 /// The cgroup (v2) the process was in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "cgroup")]
 pub struct CgroupData {
     /// cgroup id (the inode number of its directory in the cgroup v2 file system).
@@ -61,7 +71,7 @@ pub struct CgroupData {
 
 /// The workload owning the pod, resolved through ReplicaSet to Deployment and Job to
 /// CronJob; null for a bare pod.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "owner")]
 pub struct OwnerData {
     pub kind: String,
@@ -70,7 +80,7 @@ pub struct OwnerData {
 
 /// The pod the process runs in (in a cluster; absent for host processes). With
 /// `metadataIncomplete`, only `uid` is known.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "pod")]
 pub struct PodData {
@@ -89,36 +99,52 @@ pub struct PodData {
     #[schemars(with = "BTreeMap<String, String>")]
     pub labels: Option<BTreeMap<String, String>>,
     /// The pod's ServiceAccount.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     #[schemars(with = "Option<String>")]
     pub service_account: Option<Option<String>>,
     /// The workload owning the pod, resolved through ReplicaSet to Deployment and Job to
     /// CronJob; null for a bare pod.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     #[schemars(with = "Option<OwnerData>")]
     pub owner: Option<Option<OwnerData>>,
 }
 
 /// The container the process runs in (absent for host processes); fields the pod's status
 /// does not (yet) tell are null.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "container")]
 pub struct ContainerData {
     /// The container id (64 hex digits, without the runtime's scheme); null for the pod's own
     /// cgroup.
     pub id: Option<String>,
     /// The container's name in the pod spec.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     #[schemars(with = "Option<String>")]
     pub name: Option<Option<String>>,
     /// The container's image, as the pod's status reports it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     #[schemars(with = "Option<String>")]
     pub image: Option<Option<String>>,
 }
 
 /// Violations only: the violated policy and the rule that decided.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "policy")]
 pub struct PolicyData {
     /// `RuntimePolicy` or `ClusterRuntimePolicy` (`unknown` if the policy was replaced before
@@ -136,7 +162,7 @@ pub struct PolicyData {
 }
 
 /// The behaviour's own member: exactly one, named after the behaviour.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Member {
     Exec(ExecData),
@@ -147,7 +173,7 @@ pub enum Member {
 
 /// The members shared by every behaviour event (exec, connect, wx, cgroup). Each type adds
 /// its own member (`exec`, `connect`, `wx` or `move`) and no other.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(rename = "behaviourData")]
 pub struct BehaviourData {
@@ -167,7 +193,7 @@ pub struct BehaviourData {
     pub container: Option<ContainerData>,
     /// Present (true) when the event came from a pod the agent's view of the API server did
     /// not know within 2 s: `pod` and `container` hold only what the cgroup tells.
-    #[serde(skip_serializing_if = "crate::cloudevents::schema::is_false")]
+    #[serde(default, skip_serializing_if = "crate::cloudevents::schema::is_false")]
     #[schemars(schema_with = "crate::cloudevents::schema::only_true")]
     pub metadata_incomplete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,6 @@
 //! `dev.vigil.loss.v1`: what was lost, so that no loss is silent.
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ebpf::{KernelLosses, ProbeErrors};
 
@@ -79,7 +79,7 @@ impl LossReport {
 }
 
 /// Records per behaviour.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct PerBehaviour {
     /// exec records.
@@ -105,7 +105,7 @@ impl From<&KernelLosses> for PerBehaviour {
 }
 
 /// Counts of lost records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "losses")]
 pub struct Losses {
@@ -163,7 +163,7 @@ impl From<&LossReport> for Losses {
 
 /// dev.vigil.loss.v1: events were lost. Emitted whenever anything was lost since the previous
 /// report (checked periodically and at exit), so that no loss is silent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "lossData")]
 pub struct LossData {

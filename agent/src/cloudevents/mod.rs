@@ -4,12 +4,14 @@
 //! wire. `docs/event.schema.json` is generated from these types (`cargo xtask schema`).
 pub mod data;
 mod loss;
+#[cfg(test)]
+mod roundtrip;
 pub mod schema;
 
 use ::cloudevents::{Event as CloudEvent, EventBuilder, EventBuilderV10};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::data::{
     BehaviourData, CgroupData, ContainerData, Member, OwnerData, ParentData, PodData, PolicyData,
@@ -24,7 +26,7 @@ use crate::{
 };
 
 /// What happened; selects the shape of `data`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum EventType {
     #[serde(rename = "dev.vigil.exec.v1")]
     Exec,
@@ -71,7 +73,7 @@ impl EventType {
 
 /// Extension `vigilverdict`: `observed`: the behaviour was seen and no policy was violated
 /// (everything `vigil trace` emits); `violation`: a policy forbids it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VerdictName {
     Observed,
@@ -90,7 +92,9 @@ impl VerdictName {
 /// Extension `vigilseverity`: how urgent the event is. Observed behaviour is `info`; loss
 /// events are `warning`; violations are `high` when the act was refused or the process
 /// killed, `medium` when only reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -115,7 +119,7 @@ impl Severity {
 }
 
 /// The `data` of one event, typed by the event's type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Payload {
     Behaviour(Box<BehaviourData>),
@@ -150,6 +154,13 @@ pub enum CloudEventError {
         ty: &'static str,
         source: serde_json::Error,
     },
+    /// A CloudEvent that is not one of Vigil's (read back from a spool).
+    #[error("CloudEvent {id}: {field}: {reason}")]
+    NotVigil {
+        id: String,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 impl VigilEvent {
@@ -171,6 +182,73 @@ impl VigilEvent {
             Payload::Behaviour(b) => Some(b),
             Payload::Loss(_) => None,
         }
+    }
+
+    /// The event [`Self::to_cloudevent`] made, read back (from a sink's disk spool).
+    pub fn from_cloudevent(ce: &CloudEvent) -> Result<Self, CloudEventError> {
+        use ::cloudevents::{AttributesReader, Data, event::ExtensionValue};
+        let id = ce.id().to_string();
+        let not_vigil = |field: &'static str, reason: String| CloudEventError::NotVigil {
+            id: id.clone(),
+            field,
+            reason,
+        };
+        let named = |field: &'static str, value: Option<String>| {
+            let value = value.ok_or_else(|| not_vigil(field, "missing".into()))?;
+            Ok::<_, CloudEventError>(serde_json::Value::String(value))
+        };
+        fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+            serde_json::from_value(value).map_err(|e| e.to_string())
+        }
+        let extension = |name: &str| match ce.extension(name) {
+            Some(ExtensionValue::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+            None => None,
+        };
+        let ty: EventType =
+            parse(named("type", Some(ce.ty().to_string()))?).map_err(|e| not_vigil("type", e))?;
+        let data = match ce.data() {
+            Some(Data::Json(value)) => value.clone(),
+            Some(Data::String(text)) => {
+                serde_json::from_str(text).map_err(|e| not_vigil("data", e.to_string()))?
+            }
+            Some(Data::Binary(bytes)) => {
+                serde_json::from_slice(bytes).map_err(|e| not_vigil("data", e.to_string()))?
+            }
+            None => return Err(not_vigil("data", "missing".into())),
+        };
+        let payload = match ty {
+            EventType::Loss => {
+                Payload::Loss(Box::new(parse(data).map_err(|e| not_vigil("data", e))?))
+            }
+            _ => Payload::Behaviour(Box::new(parse(data).map_err(|e| not_vigil("data", e))?)),
+        };
+        let event = Self {
+            source: ce.source().to_string(),
+            subject: ce
+                .subject()
+                .ok_or_else(|| not_vigil("subject", "missing".into()))?
+                .to_string(),
+            time: *ce
+                .time()
+                .ok_or_else(|| not_vigil("time", "missing".into()))?,
+            verdict: parse(named("vigilverdict", extension("vigilverdict"))?)
+                .map_err(|e| not_vigil("vigilverdict", e))?,
+            action: parse(named("vigilaction", extension("vigilaction"))?)
+                .map_err(|e| not_vigil("vigilaction", e))?,
+            severity: parse(named("vigilseverity", extension("vigilseverity"))?)
+                .map_err(|e| not_vigil("vigilseverity", e))?,
+            policy: extension("vigilpolicy"),
+            payload,
+            id: id.clone(),
+        };
+        if event.ty() != ty {
+            return Err(not_vigil(
+                "type",
+                format!("{} with the data of {}", ty.as_str(), event.ty().as_str()),
+            ));
+        }
+        Ok(event)
     }
 
     /// The event as the `cloudevents-sdk` carries it (structured-mode JSON when serialized).

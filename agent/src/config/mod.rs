@@ -41,6 +41,8 @@ pub struct SinkSpec {
     pub min_severity: Severity,
     /// Only these event types are sent (all when empty).
     pub types: Vec<EventType>,
+    /// What the sink has not delivered is kept on disk here (sinks that send to a receiver).
+    pub spool: Option<Spool>,
     pub kind: SinkKind,
 }
 
@@ -94,7 +96,6 @@ pub enum SinkKind {
         mode: HttpMode,
         headers: Vec<(String, String)>,
         ca_file: Option<PathBuf>,
-        spool: Option<Spool>,
     },
     Slack {
         webhook_url: Secret,

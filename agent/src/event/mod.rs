@@ -34,7 +34,9 @@ pub enum Verdict {
 /// Extension `vigilaction`: what Vigil did about it: `none`, `alert` (reported only), `deny`
 /// (the act was refused with EPERM before it happened; the process lives), `kill` (the
 /// process was killed; for connects, the act was also refused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     None,

@@ -219,20 +219,11 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
             mode,
             headers,
             ca_file,
-            spool,
         } => {
             let mut options = http::HttpOptions::new(url.clone(), *mode);
             options.headers = headers.clone();
             options.ca_file = ca_file.clone();
-            let sink = http::HttpSink::new(spec.name.clone(), options)?;
-            match spool {
-                Some(spool) => Box::new(spooled::SpooledSink::new(
-                    sink,
-                    spool.dir.clone(),
-                    spool.max_bytes,
-                )?),
-                None => Box::new(sink),
-            }
+            Box::new(http::HttpSink::new(spec.name.clone(), options)?)
         }
         SinkKind::Slack { webhook_url } => Box::new(slack::SlackSink::new(
             spec.name.clone(),
@@ -273,6 +264,14 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
                 node.to_string(),
             ))
         }
+    };
+    let sink = match &spec.spool {
+        Some(spool) => Box::new(spooled::SpooledSink::new(
+            sink,
+            spool.dir.clone(),
+            spool.max_bytes,
+        )?),
+        None => sink,
     };
     Ok((sink, filter))
 }

@@ -1,9 +1,11 @@
-//! An HTTP sink behind a disk spool (`spool:` in the configuration). The fan-out's worker only
+//! A sink behind a disk spool (`spool:` in the configuration). The fan-out's worker only
 //! appends events to the spool, so a receiver that is down holds back nothing but its own
 //! deliveries, up to the spool's cap instead of the queue's; a sender task of its own reads
-//! the spool from its cursor, sends, and moves the cursor once the receiver has accepted.
-//! Events are kept as their structured-mode CloudEvent JSON: what is sent after a restart is
-//! the event as it was taken, with the same `id`.
+//! the spool from its cursor, hands the events to the sink, waits until the sink has
+//! delivered them (`deliver`, then `flush`), and only then moves the cursor. Events are kept
+//! as their structured-mode CloudEvent JSON and read back into the same typed events
+//! (`VigilEvent::from_cloudevent`): what is sent after a restart is the event as it was
+//! taken, with the same `id`.
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
@@ -15,8 +17,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use super::{
-    Sink, SinkError, SinkStats,
-    http::HttpSink,
+    Sink, SinkCounters, SinkError, SinkStats,
     spool::{Spool, SpoolError},
 };
 use crate::cloudevents::VigilEvent;
@@ -29,7 +30,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct SpooledSink {
     name: String,
-    counters: Arc<super::http::HttpStats>,
+    counters: Option<Arc<dyn SinkCounters>>,
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
     stats: Arc<SinkStats>,
@@ -39,9 +40,9 @@ pub struct SpooledSink {
 impl SpooledSink {
     /// Opens the spool in `dir` (taking over what an earlier run left) and starts the sender
     /// task: call it inside the Tokio runtime.
-    pub fn new(http: HttpSink, dir: PathBuf, max_bytes: u64) -> Result<Self, SinkError> {
-        let name = http.name().to_string();
-        let counters = http.stats();
+    pub fn new(inner: Box<dyn Sink>, dir: PathBuf, max_bytes: u64) -> Result<Self, SinkError> {
+        let name = inner.name().to_string();
+        let counters = inner.counters();
         let stats = Arc::new(SinkStats::default());
         let (spool, recovered) =
             Spool::open(&dir, max_bytes, stats.clone()).map_err(|e| spool_error(&name, e))?;
@@ -56,7 +57,7 @@ impl SpooledSink {
         let spool = Arc::new(Mutex::new(spool));
         let wake = Arc::new(Notify::new());
         let sender = tokio::spawn(send_from_spool(
-            http,
+            inner,
             spool.clone(),
             wake.clone(),
             stats.clone(),
@@ -116,12 +117,12 @@ async fn with_spool<T: Send + 'static>(
 }
 
 async fn send_from_spool(
-    http: HttpSink,
+    mut inner: Box<dyn Sink>,
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
     stats: Arc<SinkStats>,
 ) {
-    let name = http.name().to_string();
+    let name = inner.name().to_string();
     loop {
         let records = match with_spool(&spool, |s| s.read(READ_EVENTS, READ_BYTES)).await {
             Ok(records) => records,
@@ -137,17 +138,24 @@ async fn send_from_spool(
         };
         let mut events = Vec::with_capacity(records.len());
         for record in &records {
-            match serde_json::from_slice::<CloudEvent>(&record.bytes) {
-                Ok(event) => events.push(event),
+            let read = serde_json::from_slice::<CloudEvent>(&record.bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|ce| VigilEvent::from_cloudevent(&ce).map_err(|e| e.to_string()));
+            match read {
+                Ok(event) => events.push(Arc::new(event)),
                 Err(err) => {
                     // Checksummed, so written so: not something a retry mends.
                     stats.spool_corrupt.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(sink = name, %err, "a spooled event does not parse; skipped and counted");
+                    tracing::error!(sink = name, %err, "a spooled event does not read back; skipped and counted");
                 }
             }
         }
         let count = events.len() as u64;
-        if let Err(err) = http.deliver_cloudevents(events).await {
+        let delivered = match inner.deliver(&events).await {
+            Ok(()) => inner.flush().await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = delivered {
             // Refused for good (or past max_elapsed): retrying from the spool cannot mend it.
             let failed = match &err {
                 SinkError::Partly { failed_events, .. } => *failed_events as u64,
@@ -200,6 +208,96 @@ impl Sink for SpooledSink {
     }
 
     fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
-        Some(self.counters.clone())
+        self.counters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloudevents::{LossReport, loss};
+
+    /// Keeps what it is given, and flushes only when told to.
+    struct Recording {
+        seen: Arc<Mutex<Vec<VigilEvent>>>,
+        flushes: Arc<Notify>,
+    }
+
+    impl Sink for Recording {
+        fn name(&self) -> &str {
+            "recording"
+        }
+
+        fn deliver<'a>(
+            &'a mut self,
+            events: &'a [Arc<VigilEvent>],
+        ) -> BoxFuture<'a, Result<(), SinkError>> {
+            Box::pin(async move {
+                let mut seen = self.seen.lock().expect("seen");
+                seen.extend(events.iter().map(|e| (**e).clone()));
+                Ok(())
+            })
+        }
+
+        fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async move {
+                self.flushes.notified().await;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn any_sink_gets_the_events_as_they_were_and_the_cursor_waits_for_its_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let flushes = Arc::new(Notify::new());
+        let inner = Recording {
+            seen: seen.clone(),
+            flushes: flushes.clone(),
+        };
+        let mut sink = SpooledSink::new(Box::new(inner), dir.path().into(), 1 << 20).unwrap();
+        let sent: Vec<Arc<VigilEvent>> = (0..3)
+            .map(|_| Arc::new(loss("n1", &LossReport::default(), &LossReport::default())))
+            .collect();
+        sink.deliver(&sent).await.unwrap();
+        while seen.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let got: Vec<VigilEvent> = seen.lock().unwrap().clone();
+        let want: Vec<VigilEvent> = sent.iter().map(|e| (**e).clone()).collect();
+        assert_eq!(got, want);
+        // Not flushed yet: a restart now sends them again.
+        sink.close().await;
+        let (spool, recovered) =
+            Spool::open(dir.path(), 1 << 20, Arc::new(SinkStats::default())).unwrap();
+        assert_eq!(
+            recovered.pending, 3,
+            "at least once: unflushed is undelivered"
+        );
+        drop(spool);
+        // Flushed: the cursor moves.
+        let inner = Recording {
+            seen: seen.clone(),
+            flushes: flushes.clone(),
+        };
+        let sink = SpooledSink::new(Box::new(inner), dir.path().into(), 1 << 20).unwrap();
+        while seen.lock().unwrap().len() < 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        flushes.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let pending = {
+                let spool = sink.spool.lock().unwrap();
+                spool.pending_records().unwrap()
+            };
+            if pending == 0 || tokio::time::Instant::now() > deadline {
+                assert_eq!(pending, 0, "the cursor moved past the flushed events");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sink.close().await;
     }
 }

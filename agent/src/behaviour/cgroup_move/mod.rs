@@ -2,7 +2,7 @@
 //! (`agent-ebpf/src/cgroup_move.rs`). Always a violation: the policy keeps applying.
 use agent_common::MoveEvent;
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A process under a policy moved to a cgroup outside its binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl Move {
 /// or first ran, under that policy) was moved to a cgroup outside the binding's subtree, e.g.
 /// by writing cgroup.procs. The policy keeps applying to it. `process` is the mover (the moved
 /// process itself when it moved itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "move")]
 pub struct MoveData {
@@ -42,7 +42,7 @@ pub struct MoveData {
 }
 
 /// The member a cgroup move event adds to the shared data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct MoveMember {
     #[serde(rename = "move")]

@@ -1,11 +1,11 @@
 //! `data.connect` of a `dev.vigil.connect.v1` CloudEvent, and its readable line.
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Connect, ConnectHook, sock_type_name};
 
 /// The address family of a destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,
@@ -16,7 +16,7 @@ pub enum Family {
 /// own copy of the destination: a connect (by any path: connect(2), io_uring, TCP Fast Open,
 /// 32-bit compat calls), a datagram sent to an explicit destination (sendto, sendmsg,
 /// sendmmsg), or the creation of a socket no address hook can judge (raw, ICMP, SCTP, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "connect")]
 #[schemars(extend("allOf" = [
@@ -58,7 +58,7 @@ pub struct ConnectData {
 }
 
 /// The member a connect event adds to the shared data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ConnectMember {
     pub connect: ConnectData,

@@ -27,7 +27,9 @@ impl Protocol {
 }
 
 /// Where an egress record was decided (see `agent_common::connect_hook`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectHook {
     /// connect(2) and every other path to a connect (io_uring, TCP Fast Open, compat).

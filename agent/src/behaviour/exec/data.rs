@@ -1,12 +1,12 @@
 //! `data.exec` of a `dev.vigil.exec.v1` CloudEvent, and its readable line.
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Exec;
 use crate::cloudevents::schema::{is_false, only_true};
 
 /// dev.vigil.exec.v1: a program was executed (successful execve/execveat).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "exec")]
 pub struct ExecData {
@@ -34,27 +34,27 @@ pub struct ExecData {
     /// Only on violations, present only when true: a policy applies but the kernel could not
     /// decide (an executable whose real path it cannot resolve, under an Alert deny list);
     /// user space decided, and can only alert.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub undecided: bool,
     /// Only on violations, present only when true: the executable's real path could not be
     /// resolved in the kernel (deeper or longer than its walk goes), so the kernel decided
     /// without it and failed closed: not on any allowlist, killed under a Kill deny list.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub unverifiable: bool,
     /// Only on violations, present only when true: not an exec but a file mapped executable
     /// (mmap with PROT_EXEC) by a running process: the dynamic loader run on a program,
     /// dlopen, LD_PRELOAD. `path` is that file's real path; `process` is the process that
     /// mapped it.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub mapped: bool,
     /// Only on violations, present only when true: not an exec but the script of an earlier
     /// exec, decided on the file its interpreter opened under the name the script was run by
     /// (relative, `..`, `/dev/fd/N/name` and symlinked names alike). `path` is that file's
     /// real path; `process.exe` is the interpreter.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub opened: bool,
     /// Only on violations, present only when true: the real path crosses a mount an
@@ -62,13 +62,13 @@ pub struct ExecData {
     /// a file system mounted over a path, a root made with pivot_root). The path names what
     /// that user chose, not where the file lives, so it is unverifiable (and `unverifiable`
     /// is true).
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub user_mount: bool,
 }
 
 /// The member an exec event adds to the shared data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ExecMember {
     pub exec: ExecData,

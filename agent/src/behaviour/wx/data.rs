@@ -1,6 +1,6 @@
 //! `data.wx` of a `dev.vigil.wx.v1` CloudEvent, and its readable line.
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Wx, WxSyscall, prot_text};
 use crate::cloudevents::schema::{is_false, only_true};
@@ -9,7 +9,7 @@ use crate::cloudevents::schema::{is_false, only_true};
 /// pkey_mprotect), shared or anonymous memory was mapped executable (mmap of a memfd or
 /// /dev/shm file, shmat with SHM_EXEC), or the process turned on READ_IMPLIES_EXEC
 /// (personality): the usual first steps of in-memory code injection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "wx")]
 #[schemars(extend("allOf" = [
@@ -84,13 +84,13 @@ pub struct WxData {
     pub persona: Option<u32>,
     /// Present only when true: the request came through the 32-bit system call entry (int
     /// 0x80), which 64-bit processes may use too. Decided at the call's entry.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub compat: bool,
     /// Present only when true: `syscall` is execve and the new image's stack is executable
     /// (its PT_GNU_STACK header asks for it), mapped by the kernel at exec with no system call
     /// of the process's own. `addr`/`len` are the stack area.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub exec_stack: bool,
     /// Present only when `syscall` is compat: the 32-bit system call number of a call through
@@ -100,7 +100,7 @@ pub struct WxData {
 }
 
 /// The member a W^X event adds to the shared data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct WxMember {
     pub wx: WxData,

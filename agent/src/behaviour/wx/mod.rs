@@ -8,7 +8,9 @@ use agent_common::{WxEvent, wx_reason, wx_syscall};
 
 pub use data::{WxData, WxMember};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WxSyscall {
     Mmap,

@@ -23,7 +23,7 @@ fn own_keys(ty: &str) -> Option<&'static [&'static str]> {
     Some(match ty {
         "stdout" => &["format"],
         "file" => &["path", "maxBytes", "keep"],
-        "http" => &["url", "mode", "headers", "caFile", "spool"],
+        "http" => &["url", "mode", "headers", "caFile"],
         "slack" => &["webhookUrlFile"],
         "splunk-hec" => &["url", "tokenEnv", "index", "sourcetype", "ack", "caFile"],
         "kubernetes-events" => &[],
@@ -32,6 +32,12 @@ fn own_keys(ty: &str) -> Option<&'static [&'static str]> {
 }
 
 const TYPES: &str = "stdout, file, http, slack, splunk-hec, kubernetes-events";
+
+/// The sink types that send to a receiver, and so may keep a disk spool.
+const SPOOLED: &[&str] = &["http", "slack", "splunk-hec", "kubernetes-events"];
+
+/// The least `spool.maxBytes` (the spool's segments are an eighth of it).
+const MIN_SPOOL_BYTES: u64 = crate::sink::spool::MIN_CAP;
 
 struct Checker<'a> {
     file: &'a Path,
@@ -177,6 +183,7 @@ impl Checker<'_> {
             }
             Some(Value::Sequence(list)) => {
                 let mut names = BTreeSet::new();
+                let mut spools = std::collections::BTreeMap::new();
                 for (i, item) in list.iter().enumerate() {
                     let field = format!("sinks[{i}]");
                     if let Some(spec) = self.sink(item, &field) {
@@ -184,6 +191,14 @@ impl Checker<'_> {
                             self.err(
                                 format!("{field}.name"),
                                 format!("`{}` names another sink too", spec.name),
+                            );
+                        }
+                        if let Some(spool) = &spec.spool
+                            && let Some(other) = spools.insert(spool.dir.clone(), spec.name.clone())
+                        {
+                            self.err(
+                                format!("{field}.spool.dir"),
+                                format!("the spool of sink `{other}` too; each sink needs its own"),
                             );
                         }
                         config.sinks.push(spec);
@@ -230,7 +245,22 @@ impl Checker<'_> {
             );
             return None;
         };
-        let allowed: Vec<&str> = COMMON.iter().chain(own).copied().collect();
+        let spooled = SPOOLED.contains(&ty.as_str());
+        let allowed: Vec<&str> = COMMON
+            .iter()
+            .chain(own)
+            .chain(spooled.then_some(&"spool"))
+            .copied()
+            .collect();
+        if !spooled && map.contains_key("spool") {
+            self.err(
+                join(field, "spool"),
+                format!(
+                    "a {ty} sink writes locally and keeps no spool; spool is for {}",
+                    SPOOLED.join(", ")
+                ),
+            );
+        }
         self.known_keys(map, field, &allowed);
         let min_severity = match self.string(map, "minSeverity", field, false) {
             None => Severity::Info,
@@ -243,11 +273,17 @@ impl Checker<'_> {
             }),
         };
         let types = self.types(map, field);
+        let spool = if spooled {
+            self.spool(map, field)
+        } else {
+            None
+        };
         let kind = self.kind(&ty, map, field)?;
         Some(SinkSpec {
             name: name?,
             min_severity,
             types,
+            spool,
             kind,
         })
     }
@@ -333,7 +369,6 @@ impl Checker<'_> {
                     mode,
                     headers: self.headers(map, field),
                     ca_file: self.ca_file(map, field),
-                    spool: self.spool(map, field),
                 }
             }
             "slack" => {
@@ -507,6 +542,13 @@ impl Checker<'_> {
         self.known_keys(spool, &path, &["dir", "maxBytes"]);
         let dir = self.absolute_path(spool, "dir", &path, true)?;
         let max_bytes = self.unsigned(spool, "maxBytes", &path, DEFAULT_MAX_BYTES);
+        if max_bytes < MIN_SPOOL_BYTES {
+            self.err(
+                join(&path, "maxBytes"),
+                format!("{max_bytes} is below the least a spool needs ({MIN_SPOOL_BYTES})"),
+            );
+            return None;
+        }
         Some(Spool { dir, max_bytes })
     }
 }

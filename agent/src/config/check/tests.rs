@@ -108,11 +108,11 @@ fn the_example_of_the_issue_is_accepted_with_every_field() {
         mode,
         headers,
         ca_file,
-        spool,
     } = &config.sinks[0].kind
     else {
         panic!("not http")
     };
+    let spool = &config.sinks[0].spool;
     assert_eq!(url.as_str(), "https://collector.example/events");
     assert_eq!(*mode, HttpMode::Structured);
     assert_eq!(headers, &[("X-Team".to_string(), "security".to_string())]);
@@ -171,6 +171,21 @@ fn bad_configs_are_refused_naming_the_field() {
         "sinks:\n  - {name: a, type: stdout}\n  - {name: a, type: stdout}\n",
         "sinks[1].name",
         "names another sink",
+    );
+    f.assert_refused(
+        &one("{name: a, type: file, path: /var/log/a.jsonl, spool: {dir: /var/lib/a}}"),
+        "sinks[0].spool",
+        "a file sink writes locally and keeps no spool",
+    );
+    f.assert_refused(
+        &one("{name: a, type: kubernetes-events, spool: {dir: /var/lib/a, maxBytes: 4096}}"),
+        "sinks[0].spool.maxBytes",
+        "4096 is below the least a spool needs",
+    );
+    f.assert_refused(
+        "sinks:\n  - {name: a, type: kubernetes-events, spool: {dir: /var/lib/s}}\n  - {name: b, type: kubernetes-events, spool: {dir: /var/lib/s}}\n",
+        "sinks[1].spool.dir",
+        "the spool of sink `a` too",
     );
     f.assert_refused(
         &one("{name: a, type: stdout, url: x}"),

@@ -1,0 +1,200 @@
+//! Every shape of event survives [`VigilEvent::to_cloudevent`] and
+//! [`VigilEvent::from_cloudevent`] unchanged: what a spool keeps is what was taken.
+use std::net::{IpAddr, Ipv4Addr};
+
+use ::cloudevents::AttributesWriter;
+
+use super::*;
+use crate::{
+    behaviour::{
+        cgroup_move::Move,
+        connect::{Connect, ConnectHook, Protocol},
+        wx::{Wx, WxSyscall},
+    },
+    event::{Exec, Header, Verdict, test_violation},
+    metadata::{
+        cluster::{Owner, PodInfo},
+        process::{Lineage, ProcessInfo},
+    },
+};
+
+fn policy() -> PolicyRef {
+    PolicyRef {
+        kind: "RuntimePolicy".into(),
+        name: "web".into(),
+        namespace: Some("shop".into()),
+        rule: "spec.exec.deny[0]".into(),
+        text: "prefix /tmp/".into(),
+    }
+}
+
+fn pod(owner: Option<Owner>, service_account: Option<String>) -> PodLookup {
+    PodLookup::Found(PodInfo {
+        namespace: "shop".into(),
+        name: "web-0".into(),
+        uid: "u-1".into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        service_account,
+        owner,
+        container_id: Some("c0ffee".into()),
+        container_name: None,
+        image: Some("nginx:1".into()),
+    })
+}
+
+fn bodies() -> Vec<Body> {
+    let wx = Wx {
+        syscall: WxSyscall::PkeyMprotect,
+        prot: 7,
+        flags: 0x22,
+        addr: 0x7f00_0000_0000,
+        len: 4096,
+        fd: -1,
+        read_implies_exec: false,
+        write_exec: true,
+        shared_exec: false,
+        foreign_write: false,
+        compat: true,
+        exec_stack: false,
+        extra: 3,
+    };
+    vec![
+        Body::Exec(Exec {
+            memfd: true,
+            ..Exec::plain("/tmp/x\\xff", vec!["x".into(), "-c".into()])
+        }),
+        Body::Connect(Connect {
+            protocol: Protocol::Udp,
+            ipv4: true,
+            daddr: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            dport: Some(1023),
+            hook: ConnectHook::Sendmsg,
+            sock_type: 2,
+        }),
+        Body::Connect(Connect {
+            protocol: Protocol::Other(1),
+            ipv4: false,
+            daddr: None,
+            dport: None,
+            hook: ConnectHook::Socket,
+            sock_type: 3,
+        }),
+        Body::Wx(wx),
+        Body::Move(Move {
+            from_cgroup: 7,
+            to_cgroup: 8,
+            moved_pid: 42,
+        }),
+    ]
+}
+
+fn assert_round_trips(event: &VigilEvent) {
+    let ce = event.to_cloudevent().expect("a CloudEvent");
+    // Through the bytes a spool keeps.
+    let bytes = serde_json::to_vec(&ce).expect("JSON");
+    let back: CloudEvent = serde_json::from_slice(&bytes).expect("a CloudEvent again");
+    assert_eq!(
+        &VigilEvent::from_cloudevent(&back).expect("a Vigil event"),
+        event,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+}
+
+#[test]
+fn every_behaviour_in_every_context_reads_back_as_it_was() {
+    let lineage = Lineage {
+        process: ProcessInfo {
+            comm: "x".into(),
+            exe: Some("/tmp/x".into()),
+            args: vec!["x".into()],
+        },
+        parent: None,
+    };
+    let owned = pod(
+        Some(Owner {
+            kind: "Deployment".into(),
+            name: "web".into(),
+        }),
+        Some("default".into()),
+    );
+    // A bare pod: owner and service account present as null.
+    let bare = pod(None, None);
+    let unknown = PodLookup::Unknown {
+        uid: "u-2".into(),
+        container_id: None,
+    };
+    for body in bodies() {
+        for lookup in [None, Some(&owned), Some(&bare), Some(&unknown)] {
+            let ctx = Context {
+                node: "n1",
+                cgroup_path: Some("/kubepods/x".into()),
+                pod: lookup,
+            };
+            let observed_event = Event {
+                header: Header::new(Verdict::Observed, 42, "x"),
+                body: body.clone(),
+            };
+            assert_round_trips(&observed(&observed_event, &lineage, &ctx));
+            let mut flood = Event {
+                header: test_violation(Action::Kill, "x"),
+                body: body.clone(),
+            };
+            flood.header.count = 9;
+            flood.header.first_ns = 1;
+            assert_round_trips(&violation(
+                &flood,
+                &Lineage::default(),
+                &ctx,
+                &policy(),
+                Action::Kill,
+            ));
+        }
+    }
+}
+
+#[test]
+fn loss_events_read_back_as_they_were() {
+    let totals = LossReport {
+        reader_queue_full: 3,
+        spool_dropped: 2,
+        probe_errors: [("sys_exit_open_mem/read".to_string(), 1)].into(),
+        ..LossReport::default()
+    };
+    assert_round_trips(&loss("n1", &totals, &totals));
+}
+
+#[test]
+fn a_cloudevent_that_is_not_vigils_is_refused_naming_the_field() {
+    let event = loss("n1", &LossReport::default(), &LossReport::default());
+    let mut ce = event.to_cloudevent().unwrap();
+    ce.set_type("com.example.other");
+    let err = VigilEvent::from_cloudevent(&ce).unwrap_err();
+    assert!(err.to_string().contains(": type: "), "{err}");
+    ce.set_type("dev.vigil.exec.v1");
+    let err = VigilEvent::from_cloudevent(&ce).unwrap_err();
+    assert!(
+        err.to_string().contains(": data: missing field `process`"),
+        "{err}"
+    );
+    let exec = observed(
+        &Event {
+            header: Header::new(Verdict::Observed, 42, "x"),
+            body: bodies().remove(0),
+        },
+        &Lineage::default(),
+        &Context::host("n1", None),
+    );
+    let mut ce = exec.to_cloudevent().unwrap();
+    ce.set_type("dev.vigil.connect.v1");
+    let err = VigilEvent::from_cloudevent(&ce).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(": type: dev.vigil.connect.v1 with the data of dev.vigil.exec.v1"),
+        "{err}"
+    );
+    let mut ce = event.to_cloudevent().unwrap();
+    ce.set_extension("vigilaction", "explode");
+    let err = VigilEvent::from_cloudevent(&ce).unwrap_err();
+    assert!(err.to_string().contains(": vigilaction: "), "{err}");
+}
