@@ -7,14 +7,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::behaviour::{cgroup_move::MoveData, connect::ConnectData, exec::ExecData, wx::WxData};
 
-/// A member that is present, even as null: `Some(None)` for null, where a missing member is
-/// `None` (`#[serde(default)]`).
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
+/// `Option<Option<T>>` members: missing is `None` (and not written), null is `Some(None)`.
+mod present {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        value: &Option<Option<T>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value
+            .as_ref()
+            .and_then(Option::as_ref)
+            .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(deserializer).map(Some)
+    }
 }
 
 /// The process (thread group) that did it. Identity fields come from the kernel at the moment
@@ -99,20 +110,12 @@ pub struct PodData {
     #[schemars(with = "BTreeMap<String, String>")]
     pub labels: Option<BTreeMap<String, String>>,
     /// The pod's ServiceAccount.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "present")]
     #[schemars(with = "Option<String>")]
     pub service_account: Option<Option<String>>,
     /// The workload owning the pod, resolved through ReplicaSet to Deployment and Job to
     /// CronJob; null for a bare pod.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "present")]
     #[schemars(with = "Option<OwnerData>")]
     pub owner: Option<Option<OwnerData>>,
 }
@@ -126,19 +129,11 @@ pub struct ContainerData {
     /// cgroup.
     pub id: Option<String>,
     /// The container's name in the pod spec.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "present")]
     #[schemars(with = "Option<String>")]
     pub name: Option<Option<String>>,
     /// The container's image, as the pod's status reports it.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "present")]
     #[schemars(with = "Option<String>")]
     pub image: Option<Option<String>>,
 }

@@ -21,7 +21,11 @@ use prometheus_client::{
 };
 
 use super::state::AgentState;
-use crate::{cloudevents::LossReport, ebpf::KernelLosses, sink::SinkView};
+use crate::{
+    cloudevents::LossReport,
+    ebpf::KernelLosses,
+    sink::{SinkStats, SinkView},
+};
 
 /// `vigil_events_total`'s labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +110,20 @@ impl Telemetry {
         self.ready.load(Ordering::Relaxed) && self.alive()
     }
 }
+
+/// The fan-out's counters of each sink: name, help, field.
+type SinkCounter = (&'static str, &'static str, fn(&SinkStats) -> &AtomicU64);
+
+// A table reads best one row a line.
+#[rustfmt::skip]
+const SINK_COUNTERS: [SinkCounter; 6] = [
+    ("vigil_sink_queued", "Events taken into the sink's queue", |s| &s.queued),
+    ("vigil_sink_delivered", "Events delivered (spooled: in the spool)", |s| &s.delivered),
+    ("vigil_sink_queue_full", "Events the sink's full queue refused", |s| &s.queue_full),
+    ("vigil_sink_failed", "Events the sink gave up delivering", |s| &s.failed),
+    ("vigil_sink_spool_dropped", "Undelivered events a full spool dropped", |s| &s.spool_dropped),
+    ("vigil_sink_spool_corrupt", "Damaged spool regions skipped", |s| &s.spool_corrupt),
+];
 
 /// Reads the shared values at each scrape.
 #[derive(Debug)]
@@ -201,53 +219,12 @@ impl Collector for Collected {
         )?;
 
         let sinks = lock(&t.sinks).clone();
-        let load = |f: fn(&SinkView) -> &AtomicU64| {
-            sinks
+        for (name, help, field) in SINK_COUNTERS {
+            let values = sinks
                 .iter()
-                .map(move |s| (s.name.as_str(), f(s).load(Ordering::Relaxed)))
-        };
-        family(
-            e,
-            "vigil_sink_queued",
-            "Events taken into each sink's queue",
-            counter,
-            counters("sink", load(|s| &s.stats.queued)),
-        )?;
-        family(
-            e,
-            "vigil_sink_delivered",
-            "Events each sink delivered (for a spooled sink: written to its spool)",
-            counter,
-            counters("sink", load(|s| &s.stats.delivered)),
-        )?;
-        family(
-            e,
-            "vigil_sink_queue_full",
-            "Events refused because the sink's queue was full",
-            counter,
-            counters("sink", load(|s| &s.stats.queue_full)),
-        )?;
-        family(
-            e,
-            "vigil_sink_failed",
-            "Events a sink gave up delivering",
-            counter,
-            counters("sink", load(|s| &s.stats.failed)),
-        )?;
-        family(
-            e,
-            "vigil_sink_spool_dropped",
-            "Undelivered events a full disk spool dropped (its oldest)",
-            counter,
-            counters("sink", load(|s| &s.stats.spool_dropped)),
-        )?;
-        family(
-            e,
-            "vigil_sink_spool_corrupt",
-            "Damaged disk spool regions skipped",
-            counter,
-            counters("sink", load(|s| &s.stats.spool_corrupt)),
-        )?;
+                .map(|s| (s.name.as_str(), field(&s.stats).load(Ordering::Relaxed)));
+            family(e, name, help, counter, counters("sink", values))?;
+        }
         family(
             e,
             "vigil_sink_spool_bytes",
@@ -388,7 +365,6 @@ pub fn encode(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::SinkStats;
 
     #[test]
     fn the_exposition_names_each_sink_and_escapes_what_a_label_cannot_hold() {
