@@ -22,8 +22,10 @@ impl ThrottleMap {
     }
 
     /// Takes out of the map every entry quiet since `now_boot_ns - STRANDED_AFTER_NS`;
-    /// returns those holding violations back. A record racing the removal opens a fresh
-    /// window, so at worst a violation counted in `THROTTLED` is not attributed again.
+    /// returns those holding violations back. Each entry is read again just before it is
+    /// removed: one whose window the kernel reopened meanwhile has had its count carried by
+    /// that record, and stays. A record racing the removal itself opens a fresh window, so at
+    /// worst a violation counted in `THROTTLED` is not attributed again.
     pub fn sweep(
         &mut self,
         now_boot_ns: u64,
@@ -34,23 +36,57 @@ impl ThrottleMap {
         };
         let mut quiet = Vec::new();
         for entry in self.map.iter() {
-            let (key, state) = entry.map_err(err)?;
+            let (key, state) = match entry {
+                Ok(entry) => entry,
+                // The LRU evicted it while the walk went on.
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(err(e)),
+            };
             if now_boot_ns.saturating_sub(state.window_start) >= STRANDED_AFTER_NS {
                 quiet.push((key, state));
             }
         }
+        // A key the walk met twice (the walk restarts when its key goes) is taken once.
+        quiet.sort_by_key(|(k, _)| (k.cgroup_id, k.target, k.rule, k.kind, k.pid));
+        quiet.dedup_by_key(|(k, _)| *k);
         let mut stranded = Vec::new();
-        for (key, state) in quiet {
+        let mut failed = None;
+        for (key, seen) in quiet {
+            let now = match self.map.get(&key, 0) {
+                Ok(now) if now.window_start == seen.window_start => now,
+                // Reopened by a record, which carried the count; or gone.
+                Ok(_) => continue,
+                Err(e) if gone(&e) => continue,
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
+            };
             match self.map.remove(&key) {
                 Ok(()) => {}
-                // Evicted by the LRU meanwhile: its count was never going to be carried.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(source) => return Err(err(source)),
+                Err(e) if gone(&e) => continue,
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
             }
-            if state.held > 0 {
-                stranded.push((key, state));
+            if now.held > 0 {
+                stranded.push((key, now));
             }
         }
+        // What was taken out is reported whatever else failed; the failure is said once.
+        if let Some(e) = failed {
+            tracing::warn!(error = %err(e), "sweeping the flood throttle: some entries stay for the next sweep");
+        }
         Ok(stranded)
+    }
+}
+
+/// Whether a map call failed because the key is not (or no longer) there.
+fn gone(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }

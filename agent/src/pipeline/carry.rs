@@ -64,7 +64,12 @@ impl Carry {
     /// `event` (a finished violation) is the latest of throttle key `key`.
     pub(crate) fn remember(&mut self, key: ThrottleKey, event: &VigilEvent) {
         if self.last.len() >= MAX_REMEMBERED && !self.last.contains_key(&key) {
-            return;
+            let now = Instant::now();
+            self.last
+                .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+            if self.last.len() >= MAX_REMEMBERED {
+                return;
+            }
         }
         self.last.insert(key, (event.clone(), Instant::now()));
     }

@@ -200,10 +200,12 @@ async fn work(
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
             Err(err) => {
+                let failed = err.failed_events(batch.len());
                 stats
-                    .failed
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!(%err, events = batch.len(), "sink failed to deliver");
+                    .delivered
+                    .fetch_add(batch.len().saturating_sub(failed) as u64, Ordering::Relaxed);
+                stats.failed.fetch_add(failed as u64, Ordering::Relaxed);
+                tracing::error!(%err, events = failed, "sink failed to deliver");
             }
         }
         batch.clear();

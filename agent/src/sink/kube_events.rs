@@ -178,9 +178,27 @@ pub fn event_for(event: &VigilEvent) -> Option<(ObjectReference, Event)> {
     Some((reference, event))
 }
 
+impl super::SinkCounters for KubeEventStats {
+    fn retries(&self) -> u64 {
+        0
+    }
+
+    /// Violations not written because their pod had had its share of Events this minute.
+    fn refusals(&self) -> Vec<(String, u64)> {
+        vec![(
+            "rate_limited".into(),
+            self.held_back.load(Ordering::Relaxed),
+        )]
+    }
+}
+
 impl Sink for KubeEventsSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
+        Some(self.stats.clone())
     }
 
     fn deliver<'a>(
@@ -188,6 +206,7 @@ impl Sink for KubeEventsSink {
         events: &'a [Arc<VigilEvent>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
+            let mut failures = Vec::new();
             for event in events {
                 let Some((reference, k8s_event)) = event_for(event) else {
                     continue;
@@ -214,10 +233,25 @@ impl Sink for KubeEventsSink {
                     Err(e) => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(sink = name, pod = ?reference.name, error = %e, "writing an Event failed");
+                        failures.push(e.to_string());
                     }
                 }
             }
-            Ok(())
+            // Said to the fan-out, which counts them as failed (and a spool keeps them).
+            let Some(first) = failures.first() else {
+                return Ok(());
+            };
+            Err(SinkError::Partly {
+                sink: self.name.clone(),
+                url: "the API server".into(),
+                failed_events: failures.len(),
+                total_events: events.len(),
+                failed_requests: failures.len(),
+                first: Box::new(SinkError::Kubernetes {
+                    sink: self.name.clone(),
+                    reason: first.clone(),
+                }),
+            })
         })
     }
 

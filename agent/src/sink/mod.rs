@@ -126,6 +126,34 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// A refusal sending the same events again cannot change: the receiver refused them (a
+    /// 4xx, a revoked webhook, a disabled token), an untrusted certificate, an event that
+    /// cannot be encoded, a configuration that cannot work. Anything else may pass later.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Refused { .. }
+            | Self::HttpRefused { .. }
+            | Self::Tls { .. }
+            | Self::Encode { .. }
+            | Self::BadUrl { .. }
+            | Self::BadToken { .. }
+            | Self::HttpConfig { .. }
+            | Self::CaFile { .. } => true,
+            Self::Partly { first, .. } => first.is_permanent(),
+            _ => false,
+        }
+    }
+
+    /// How many of a batch of `batch` events this error leaves undelivered.
+    pub fn failed_events(&self, batch: usize) -> usize {
+        match self {
+            Self::Partly { failed_events, .. } => *failed_events,
+            _ => batch,
+        }
+    }
+}
+
 /// A destination for events. The fan-out calls it from the sink's own task with batches in
 /// the order the pipeline finished them.
 pub trait Sink: Send + 'static {
@@ -142,6 +170,13 @@ pub trait Sink: Send + 'static {
     /// Makes everything delivered so far durable or visible (called when the queue is idle
     /// and at shutdown).
     fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Returns once everything delivered so far has reached the receiver or been given up on
+    /// and counted: what a spool waits for before it moves its cursor. `flush` for sinks whose
+    /// `deliver` already waits for the receiver.
+    fn settle(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.flush()
+    }
 
     /// Counters the sink itself adds to (a spooled sink counts what its spool drops); the
     /// fan-out counts into these instead of its own.
@@ -181,6 +216,11 @@ pub fn json_lines(sink: &str, events: &[Arc<VigilEvent>]) -> Result<Vec<u8>, Sin
     }
     Ok(buf)
 }
+
+/// How long a sink with a spool keeps retrying one batch before it gives up on it: the spool
+/// holds what comes meanwhile, so an outage of hours loses nothing (without a spool, the
+/// sink's own default applies, and its queue takes the overflow).
+pub const SPOOLED_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A sink and the filter of what it takes, as the fan-out runs them.
 pub type Routed = (Box<dyn Sink>, Filter);
@@ -225,10 +265,13 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
             options.ca_file = ca_file.clone();
             Box::new(http::HttpSink::new(spec.name.clone(), options)?)
         }
-        SinkKind::Slack { webhook_url } => Box::new(slack::SlackSink::new(
-            spec.name.clone(),
-            slack::SlackOptions::new(webhook_url.clone()),
-        )?),
+        SinkKind::Slack { webhook_url } => {
+            let mut options = slack::SlackOptions::new(webhook_url.clone());
+            if spec.spool.is_some() {
+                options.retry.give_up_after = SPOOLED_GIVE_UP;
+            }
+            Box::new(slack::SlackSink::new(spec.name.clone(), options)?)
+        }
         SinkKind::SplunkHec {
             url,
             token,
@@ -246,6 +289,9 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
             options.sourcetype = sourcetype.clone();
             options.ack = *ack;
             options.ca_file = ca_file.clone();
+            if spec.spool.is_some() {
+                options.retry.give_up_after = SPOOLED_GIVE_UP;
+            }
             Box::new(splunk::SplunkSink::new(spec.name.clone(), options)?)
         }
         SinkKind::KubernetesEvents => {

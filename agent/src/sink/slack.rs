@@ -174,6 +174,8 @@ pub struct SlackSink {
     types: Vec<EventType>,
     tx: mpsc::Sender<Command>,
     stats: Arc<SlackStats>,
+    /// Shared with the fan-out: the sender task counts what Slack refused or it gave up on.
+    sink_stats: Arc<super::SinkStats>,
     delivered_since_flush: bool,
 }
 
@@ -197,6 +199,7 @@ impl SlackSink {
             })?;
         let stats = Arc::new(SlackStats::default());
         let (tx, rx) = mpsc::channel(COMMANDS);
+        let sink_stats = Arc::new(super::SinkStats::default());
         let sender = Sender {
             name: name.clone(),
             client,
@@ -204,6 +207,7 @@ impl SlackSink {
             retry: options.retry,
             min_interval: options.min_interval,
             stats: stats.clone(),
+            sink_stats: sink_stats.clone(),
             reported: HashSet::new(),
         };
         tokio::spawn(sender.run(rx));
@@ -213,6 +217,7 @@ impl SlackSink {
             types: options.types,
             tx,
             stats,
+            sink_stats,
             delivered_since_flush: false,
         })
     }
@@ -256,6 +261,16 @@ impl Sink for SlackSink {
 
     fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
         Some(self.stats.clone())
+    }
+
+    fn shared_stats(&self) -> Option<Arc<super::SinkStats>> {
+        Some(self.sink_stats.clone())
+    }
+
+    /// Waits until everything handed over is sent to Slack or given up on (counted).
+    fn settle(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.delivered_since_flush = false;
+        self.flush()
     }
 
     /// Hands the wanted events to the sender task; waits only while it has `COMMANDS`
@@ -309,6 +324,7 @@ struct Sender {
     retry: Retry,
     min_interval: Duration,
     stats: Arc<SlackStats>,
+    sink_stats: Arc<super::SinkStats>,
     /// Slack errors already logged: each is logged once, and counted every time.
     reported: HashSet<String>,
 }
@@ -377,6 +393,7 @@ impl Sender {
             }
             Outcome::Refused(status, error) => {
                 self.stats.events_rejected.fetch_add(n, Ordering::Relaxed);
+                self.sink_stats.failed.fetch_add(n, Ordering::Relaxed);
                 *self
                     .stats
                     .permanent_errors
@@ -400,6 +417,7 @@ impl Sender {
             }
             Outcome::GaveUp { attempts, last } => {
                 self.stats.events_failed.fetch_add(n, Ordering::Relaxed);
+                self.sink_stats.failed.fetch_add(n, Ordering::Relaxed);
                 let err = SinkError::GaveUp {
                     sink: self.name.clone(),
                     receiver: RECEIVER.into(),

@@ -27,6 +27,9 @@ const READ_EVENTS: usize = 512;
 const READ_BYTES: usize = 4 * 1024 * 1024;
 /// How often an idle sender looks at the spool even without being told of new events.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// The pause before a batch the sink gave up on is sent again, doubling up to the most.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct SpooledSink {
     name: String,
@@ -43,7 +46,8 @@ impl SpooledSink {
     pub fn new(inner: Box<dyn Sink>, dir: PathBuf, max_bytes: u64) -> Result<Self, SinkError> {
         let name = inner.name().to_string();
         let counters = inner.counters();
-        let stats = Arc::new(SinkStats::default());
+        // One set of counters: what the sink counts itself (Slack's give-ups) and the spool's.
+        let stats = inner.shared_stats().unwrap_or_default();
         let (spool, recovered) =
             Spool::open(&dir, max_bytes, stats.clone()).map_err(|e| spool_error(&name, e))?;
         tracing::info!(
@@ -123,6 +127,7 @@ async fn send_from_spool(
     stats: Arc<SinkStats>,
 ) {
     let name = inner.name().to_string();
+    let mut retry = RETRY_FIRST;
     loop {
         let records = match with_spool(&spool, |s| s.read(READ_EVENTS, READ_BYTES)).await {
             Ok(records) => records,
@@ -150,19 +155,27 @@ async fn send_from_spool(
                 }
             }
         }
-        let count = events.len() as u64;
         let delivered = match inner.deliver(&events).await {
-            Ok(()) => inner.flush().await,
+            Ok(()) => inner.settle().await,
             Err(err) => Err(err),
         };
-        if let Err(err) = delivered {
-            // Refused for good (or past max_elapsed): retrying from the spool cannot mend it.
-            let failed = match &err {
-                SinkError::Partly { failed_events, .. } => *failed_events as u64,
-                _ => count,
-            };
-            stats.failed.fetch_add(failed, Ordering::Relaxed);
-            tracing::error!(sink = name, %err, events = failed, "spooled events not delivered");
+        match delivered {
+            Ok(()) => retry = RETRY_FIRST,
+            Err(err) if err.is_permanent() => {
+                // Refused for good: sending it again cannot mend it.
+                let failed = err.failed_events(events.len()) as u64;
+                stats.failed.fetch_add(failed, Ordering::Relaxed);
+                tracing::error!(sink = name, %err, events = failed, "spooled events refused for good");
+                retry = RETRY_FIRST;
+            }
+            Err(err) => {
+                // The sink gave up for now (a receiver down past its retries): the spool
+                // keeps the batch, and it is sent again after a pause.
+                tracing::warn!(sink = name, %err, retry_in = ?retry, "spooled events not delivered yet; kept");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
+            }
         }
         if let Err(err) = with_spool(&spool, move |s| s.commit(end)).await {
             tracing::error!(sink = name, %err, "moving the spool's cursor failed; the batch may be sent again");

@@ -4,7 +4,7 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -17,8 +17,12 @@ pub struct ServeError {
     pub source: std::io::Error,
 }
 
-/// The Prometheus text format's content type.
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// What prometheus-client writes: the OpenMetrics text format (`_total`, `# EOF`).
+const TEXT_FORMAT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Scrapers served at once; more wait for a turn.
+const CONNECTIONS: usize = 16;
+/// A client that has not sent its request headers by then is dropped.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -75,10 +79,20 @@ pub async fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<Server
         .map_err(|source| ServeError { addr, source })?;
     let registry = Arc::new(telemetry.registry());
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let turns = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
     Ok(Server(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let Ok(turn) = turns.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors, say: do not spin on it.
+                    tracing::warn!(%err, "metrics endpoint: accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
             };
             let telemetry = telemetry.clone();
             let registry = registry.clone();
@@ -89,8 +103,11 @@ pub async fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<Server
                 });
                 // A scraper that hangs up early is its own business.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                drop(turn);
             });
         }
     })))

@@ -16,6 +16,13 @@ pub fn encode(record: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(record);
 }
 
+/// The whole length of the frame `bytes` starts with, from its header alone (`None` when the
+/// header is cut short or its length cannot be a record's).
+pub fn first_len(bytes: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    (len != 0 && len <= MAX_RECORD).then_some(HEADER_LEN + len)
+}
+
 /// The frame at the start of `bytes`: its record, or `None` when it is cut short or does not
 /// check.
 fn first(bytes: &[u8]) -> Option<&[u8]> {

@@ -94,6 +94,9 @@ pub struct Spool {
     segments: VecDeque<Segment>,
     writer: File,
     cursor: Position,
+    /// Where the batch last handed out by [`Self::read`] ends, until it is committed: a cap
+    /// drop does not count it as lost (it is being delivered).
+    in_flight: Option<Position>,
     stats: Arc<SinkStats>,
     /// Held for the spool's life: an advisory lock that keeps a second agent out.
     _lock: File,
@@ -211,6 +214,7 @@ impl Spool {
             segments,
             writer,
             cursor,
+            in_flight: None,
             stats,
             _lock: lock,
         };
@@ -274,9 +278,15 @@ impl Spool {
         if frames.is_empty() {
             return Ok(());
         }
-        self.writer
-            .write_all(frames)
-            .map_err(|e| self.io("appending to a segment", e))?;
+        let len = self.segments.back().expect("a segment").len;
+        if let Err(e) = self.writer.write_all(frames) {
+            // A partial frame (a full disk) would shift every later append: cut it off, or
+            // if even that fails, leave the segment for a fresh one.
+            if self.writer.set_len(len).is_err() {
+                let _ = self.roll();
+            }
+            return Err(self.io("appending to a segment", e));
+        }
         self.segments.back_mut().expect("a segment").len += frames.len() as u64;
         frames.clear();
         Ok(())
@@ -294,14 +304,21 @@ impl Spool {
             .open(segment_path(&self.dir, seq))
             .map_err(|e| self.io("creating a segment", e))?;
         self.segments.push_back(Segment { seq, len: 0 });
-        Ok(())
+        // The new file's name must outlive a power cut as its content does.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.io("syncing the directory", e))
     }
 
     fn enforce_cap(&mut self) -> Result<(), SpoolError> {
         while self.bytes() > self.max_bytes && self.segments.len() > 1 {
             let oldest = self.segments[0];
             let from = if oldest.seq == self.cursor.seq {
-                self.cursor.offset
+                match self.in_flight {
+                    // Being delivered now: not lost.
+                    Some(end) if end.seq == oldest.seq => end.offset,
+                    _ => self.cursor.offset,
+                }
             } else {
                 0
             };
@@ -326,25 +343,44 @@ impl Spool {
     }
 
     fn remove_oldest(&mut self) -> Result<(), SpoolError> {
-        let oldest = self.segments.pop_front().expect("a segment");
+        let oldest = self.segments[0];
         match fs::remove_file(segment_path(&self.dir, oldest.seq)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(self.io("removing a segment", e))
+                return Err(self.io("removing a segment", e));
             }
-            _ => Ok(()),
+            _ => {}
         }
+        self.segments.pop_front();
+        Ok(())
     }
 
     fn read_segment(&self, seg: Segment, from: u64) -> Result<Vec<u8>, SpoolError> {
+        self.read_at(seg, from, seg.len - from)
+    }
+
+    /// At most `len` bytes of `seg` from `from` on (never past its checked length).
+    fn read_at(&self, seg: Segment, from: u64, len: u64) -> Result<Vec<u8>, SpoolError> {
+        let len = len.min(seg.len.saturating_sub(from));
         let mut file = File::open(segment_path(&self.dir, seg.seq))
             .map_err(|e| self.io("opening a segment", e))?;
         file.seek(SeekFrom::Start(from))
             .map_err(|e| self.io("reading a segment", e))?;
-        let mut bytes = Vec::with_capacity((seg.len - from) as usize);
-        file.take(seg.len - from)
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.take(len)
             .read_to_end(&mut bytes)
             .map_err(|e| self.io("reading a segment", e))?;
         Ok(bytes)
+    }
+
+    /// The bytes from the cursor on that hold up to `max_bytes` of records, and at least the
+    /// first whole record: not the rest of a segment that may be large.
+    fn read_from_cursor(&self, seg: Segment, max_bytes: usize) -> Result<Vec<u8>, SpoolError> {
+        let from = self.cursor.offset;
+        let bytes = self.read_at(seg, from, (max_bytes + HEADER_LEN) as u64)?;
+        match frame::first_len(&bytes) {
+            Some(first) if first > bytes.len() => self.read_at(seg, from, first as u64),
+            _ => Ok(bytes),
+        }
     }
 
     fn count_frames(&self, seg: Segment, from: u64) -> Result<u64, SpoolError> {
@@ -379,7 +415,16 @@ impl Spool {
     ) -> Result<Vec<Record>, SpoolError> {
         loop {
             let Some(index) = self.segments.iter().position(|s| s.seq == self.cursor.seq) else {
-                return Ok(Vec::new());
+                // The cursor's segment is gone: on with the next one there is.
+                let Some(next) = self.segments.iter().find(|s| s.seq > self.cursor.seq) else {
+                    return Ok(Vec::new());
+                };
+                self.cursor = Position {
+                    seq: next.seq,
+                    offset: 0,
+                };
+                self.write_cursor()?;
+                continue;
             };
             let seg = self.segments[index];
             if self.cursor.offset >= seg.len {
@@ -395,9 +440,11 @@ impl Spool {
                 self.drop_delivered_segments()?;
                 continue;
             }
-            let bytes = self.read_segment(seg, self.cursor.offset)?;
+            let bytes = self.read_from_cursor(seg, max_bytes)?;
             let (records, checked) = frame::decode(&bytes, max_records, max_bytes);
             if records.is_empty() && checked < bytes.len() {
+                // What was read starts with a frame that does not check: damaged.
+                let bytes = self.read_segment(seg, self.cursor.offset)?;
                 // Damaged since it was opened: skip the rest of the segment.
                 self.stats.spool_corrupt.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -416,7 +463,7 @@ impl Spool {
                 continue;
             }
             let mut offset = self.cursor.offset;
-            return Ok(records
+            let records: Vec<Record> = records
                 .into_iter()
                 .map(|bytes| {
                     offset += frame::framed_len(&bytes);
@@ -428,12 +475,15 @@ impl Spool {
                         },
                     }
                 })
-                .collect());
+                .collect();
+            self.in_flight = records.last().map(|r| r.end);
+            return Ok(records);
         }
     }
 
     /// Marks everything before `end` delivered, durably.
     pub fn commit(&mut self, end: Position) -> Result<(), SpoolError> {
+        self.in_flight = None;
         // The cap may have dropped the segment meanwhile: the cursor has moved past it.
         if end <= self.cursor {
             return Ok(());

@@ -248,3 +248,36 @@ fn frames_check_their_length_and_checksum() {
     let (records, used) = frame::decode(&bytes, 1, 1 << 20);
     assert_eq!((records, used), (vec![b"abc".to_vec()], HEADER_LEN + 3));
 }
+
+#[test]
+fn a_batch_being_delivered_when_the_cap_drops_its_segment_is_not_counted_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = stats();
+    let (mut spool, _) = Spool::open(dir.path(), MIN_CAP, counts.clone()).unwrap();
+    let records: Vec<Vec<u8>> = (0..100).map(|i| record(i, 1000)).collect();
+    spool.append(&records[..7]).unwrap();
+    let in_flight = spool.read(5, 1 << 20).unwrap();
+    assert_eq!(in_flight.len(), 5);
+    spool.append(&records[7..]).unwrap();
+    // The sender delivers the 5 and commits; the cap had dropped their segment meanwhile.
+    spool.commit(in_flight.last().unwrap().end).unwrap();
+    let dropped = counts.spool_dropped.load(Ordering::Relaxed) as usize;
+    let got = drain(&mut spool);
+    assert_eq!(
+        5 + dropped + got.len(),
+        records.len(),
+        "each delivered or counted, once"
+    );
+}
+
+#[test]
+fn a_record_larger_than_a_read_is_still_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), MIN_CAP, stats()).unwrap();
+    let big = record(1, 5000);
+    spool.append(&[big.clone(), record(2, 10)]).unwrap();
+    let first = spool.read(10, 100).unwrap();
+    assert_eq!(first.iter().map(|r| &r.bytes).collect::<Vec<_>>(), [&big]);
+    spool.commit(first[0].end).unwrap();
+    assert_eq!(drain(&mut spool), [record(2, 10)]);
+}
