@@ -1027,6 +1027,12 @@ mod tests {
         deliver_all(&mut sink, &[event("/tmp/a"), event("/tmp/b")]).await;
         let stats = sink.stats();
         assert_eq!(stats.events_failed.load(Ordering::Relaxed), 2);
+        let failed = sink
+            .shared_stats()
+            .expect("shared")
+            .failed
+            .load(Ordering::Relaxed);
+        assert_eq!(failed, 2, "given up: reported as sinkFailed");
         assert!(stats.retries.load(Ordering::Relaxed) >= 2);
         assert_eq!(stats.messages_sent.load(Ordering::Relaxed), 0);
         let log = log.text();
@@ -1062,6 +1068,12 @@ mod tests {
             let stats = sink.stats();
             assert_eq!(stats.permanent(slack_error), 2, "{slack_error}");
             assert_eq!(stats.events_rejected.load(Ordering::Relaxed), 2);
+            let failed = sink
+                .shared_stats()
+                .expect("shared")
+                .failed
+                .load(Ordering::Relaxed);
+            assert_eq!(failed, 2, "refused: reported as sinkFailed");
             assert_eq!(stats.retries.load(Ordering::Relaxed), 0);
             let log = log.text();
             assert_eq!(log.matches(slack_error).count(), 1, "{log}");
