@@ -7,6 +7,7 @@ mod bench;
 mod bench_alerts;
 mod build;
 mod crd;
+mod image;
 mod k8s_env;
 mod run;
 mod schema;
@@ -83,6 +84,14 @@ enum Command {
     /// creates a Node object, prints `ready` and the kubeconfig path, and runs until SIGINT or
     /// SIGTERM. With KUBEBUILDER_ASSETS set, kube-apiserver and etcd come from there.
     K8sEnv(k8s_env::Options),
+    /// Build the agent (release) and its container image as an OCI archive:
+    /// target/images/vigil-<appVersion>.oci.tar, named vigil:<appVersion> (the chart's
+    /// appVersion). `ctr -n k8s.io images import`, `docker load` and `podman load` take it.
+    Image {
+        /// Package this binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +105,7 @@ fn main() -> ExitCode {
         Command::Crd(options) => crd::run(&options),
         Command::Schema(options) => schema::run(&options),
         Command::K8sEnv(options) => k8s_env::run(&options),
+        Command::Image { binary } => image::run(binary),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,8 +22,9 @@ const LLVM_PACKAGES: [&str; 4] = [
     "libzstd-dev",
 ];
 /// `ip` for the network-namespace tests; python3 and its venv for the independent CloudEvents
-/// consumer the HTTP sink tests run (the `cloudevents` package, installed into a venv).
-const TEST_PACKAGES: [&str; 3] = ["iproute2", "python3", "python3-venv"];
+/// consumer the HTTP sink tests run (the `cloudevents` package, installed into a venv); skopeo
+/// as the independent reader of the OCI archives `cargo xtask image` writes.
+const TEST_PACKAGES: [&str; 4] = ["iproute2", "python3", "python3-venv", "skopeo"];
 
 #[derive(Clone, Copy)]
 pub enum Toolchain {
@@ -204,6 +205,7 @@ fn missing_packages(toolchain: bool, llvm: bool) -> Vec<&'static str> {
             // Not Debian: accept the tool itself.
             match package {
                 "iproute2" => output_of(Command::new("ip").arg("-V")).is_some(),
+                "skopeo" => output_of(Command::new("skopeo").arg("--version")).is_some(),
                 _ => output_of(Command::new("python3").args(["-m", "venv", "--help"])).is_some(),
             }
         });
