@@ -14,23 +14,78 @@ use std::{
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-/// Where the binary goes in the image.
+/// Where the agent's binary goes in its image.
 pub const ENTRYPOINT: &str = "/usr/bin/vigil";
 
-/// The files of the image: where each goes, and where its content comes from.
-pub fn contents(binary: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// One image: its name and tag, the program it is made of (put at `at`, with the libraries
+/// it loads), and what it runs.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub tag: &'a str,
+    pub binary: &'a Path,
+    pub at: &'a str,
+    pub entrypoint: &'a [&'a str],
+    pub cmd: &'a [&'a str],
+}
+
+/// The agent's image.
+pub fn agent<'a>(binary: &'a Path, tag: &'a str) -> Spec<'a> {
+    Spec {
+        name: "vigil",
+        tag,
+        binary,
+        at: ENTRYPOINT,
+        entrypoint: &[ENTRYPOINT],
+        cmd: &["run"],
+    }
+}
+
+/// Debian's static busybox, the test workloads' shell and tools.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The test workloads' image: busybox as `/bin/busybox`, a shell by default.
+pub fn busybox(tag: &str) -> Spec<'_> {
+    Spec {
+        name: "vigil-test-busybox",
+        tag,
+        binary: Path::new(BUSYBOX),
+        at: BUSYBOX,
+        entrypoint: &[BUSYBOX],
+        cmd: &["sh"],
+    }
+}
+
+/// The pod sandbox image (kubelet's "pause"): any program that sleeps until killed.
+pub fn pause(tag: &str) -> Spec<'_> {
+    Spec {
+        name: "vigil-test-pause",
+        tag,
+        binary: Path::new(BUSYBOX),
+        at: BUSYBOX,
+        entrypoint: &[BUSYBOX, "sleep", "2147483647"],
+        cmd: &[],
+    }
+}
+
+/// The files of an image of `binary` at `at`: where each goes, and where its content comes
+/// from. A static binary stands alone.
+pub fn contents(binary: &Path, at: &str) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = vec![(at.to_string(), binary.to_path_buf())];
     let out = Command::new("ldd")
         .arg(binary)
         .output()
         .context("running ldd")?;
-    if !out.status.success() {
-        bail!(
-            "ldd {}: {}",
-            binary.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if said.contains("not a dynamic executable") || said.contains("statically linked") {
+        return Ok(files);
     }
-    let mut files = vec![(ENTRYPOINT.to_string(), binary.to_path_buf())];
+    if !out.status.success() {
+        bail!("ldd {}: {said}", binary.display());
+    }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, or the loader itself:
         // `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file.
@@ -112,17 +167,18 @@ impl Blob {
     }
 }
 
-/// Writes the image of `binary` as `<out>/<name>-<tag>.oci.tar`, named `<name>:<tag>`;
-/// returns the archive's path.
-pub fn build(binary: &Path, out: &Path, name: &str, tag: &str) -> Result<PathBuf> {
-    let files = contents(binary)?;
+/// Writes the image `spec` as `<out>/<name>-<tag>.oci.tar`, named `<name>:<tag>`; returns
+/// the archive's path.
+pub fn build(spec: &Spec<'_>, out: &Path) -> Result<PathBuf> {
+    let Spec { name, tag, .. } = *spec;
+    let files = contents(spec.binary, spec.at)?;
     let layer = Blob::new(layer(&files)?);
     let config = Blob::new(serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {
-            "Entrypoint": [ENTRYPOINT],
-            "Cmd": ["run"],
+            "Entrypoint": spec.entrypoint,
+            "Cmd": spec.cmd,
             "Env": ["PATH=/usr/bin"],
             "Labels": {"org.opencontainers.image.version": tag},
         },
@@ -178,15 +234,23 @@ pub fn build(binary: &Path, out: &Path, name: &str, tag: &str) -> Result<PathBuf
     Ok(path)
 }
 
-/// `cargo xtask image`.
-pub fn run(binary: Option<PathBuf>) -> Result<()> {
+/// `cargo xtask image`: the agent's image, and with `workloads` the test workloads' and the
+/// pod sandbox's.
+pub fn run(binary: Option<PathBuf>, workloads: bool) -> Result<()> {
     let binary = match binary {
         Some(binary) => binary,
         None => crate::build::run(true)?,
     };
     let out = crate::util::workspace_root().join("target/images");
-    let path = build(&binary, &out, "vigil", &app_version()?)?;
-    println!("image: {}", path.display());
+    let tag = app_version()?;
+    let mut specs = vec![agent(&binary, &tag)];
+    if workloads {
+        crate::setup::run()?;
+        specs.extend([busybox(&tag), pause(&tag)]);
+    }
+    for spec in &specs {
+        println!("image: {}", build(spec, &out)?.display());
+    }
     Ok(())
 }
 
@@ -246,8 +310,8 @@ mod tests {
         };
         let dir = std::env::temp_dir().join(format!("vigil-image-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let first = build(&binary, &dir.join("a"), "vigil", "9.9.9").unwrap();
-        let second = build(&binary, &dir.join("b"), "vigil", "9.9.9").unwrap();
+        let first = build(&agent(&binary, "9.9.9"), &dir.join("a")).unwrap();
+        let second = build(&agent(&binary, "9.9.9"), &dir.join("b")).unwrap();
         assert_eq!(
             std::fs::read(&first).unwrap(),
             std::fs::read(&second).unwrap(),
@@ -301,6 +365,67 @@ mod tests {
             manifest["annotations"]["io.containerd.image.name"],
             "docker.io/library/vigil:9.9.9"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod workload_tests {
+    use super::*;
+
+    #[test]
+    fn the_workload_images_hold_busybox_alone_and_run_it() {
+        if !Path::new(BUSYBOX).exists() || !crate::util::is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{BUSYBOX} (busybox-static, installed by cargo xtask setup) and root are needed"
+            );
+            eprintln!("SKIPPED: no {BUSYBOX} or not root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("vigil-workload-image-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for spec in [busybox("1"), pause("1")] {
+            let archive = build(&spec, &dir).unwrap();
+            let unpacked = dir.join(format!("{}-unpacked", spec.name));
+            let root = dir.join(format!("{}-root", spec.name));
+            std::fs::create_dir_all(&unpacked).unwrap();
+            std::fs::create_dir_all(&root).unwrap();
+            let tar = |file: &Path, into: &Path| {
+                let status = Command::new("tar")
+                    .arg("-xf")
+                    .arg(file)
+                    .arg("-C")
+                    .arg(into)
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            };
+            tar(&archive, &unpacked);
+            let docker: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap())
+                    .unwrap();
+            tar(
+                &unpacked.join(docker[0]["Layers"][0].as_str().unwrap()),
+                &root,
+            );
+            let files: Vec<String> = std::fs::read_dir(root.join("bin"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(files, ["busybox"], "{}: busybox alone", spec.name);
+            let out = Command::new("chroot")
+                .arg(&root)
+                .args([BUSYBOX, "echo", "from the image"])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "from the image\n");
+            let config: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(unpacked.join(docker[0]["Config"].as_str().unwrap())).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(config["config"]["Entrypoint"][0], BUSYBOX);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -91,6 +91,10 @@ enum Command {
         /// Package this binary instead of building the release one.
         #[arg(long)]
         binary: Option<std::path::PathBuf>,
+        /// Also build the test workloads' image (Debian's busybox-static) and the pod sandbox
+        /// image, the same way.
+        #[arg(long)]
+        workloads: bool,
     },
 }
 
@@ -105,7 +109,7 @@ fn main() -> ExitCode {
         Command::Crd(options) => crd::run(&options),
         Command::Schema(options) => schema::run(&options),
         Command::K8sEnv(options) => k8s_env::run(&options),
-        Command::Image { binary } => image::run(binary),
+        Command::Image { binary, workloads } => image::run(binary, workloads),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,8 +23,15 @@ const LLVM_PACKAGES: [&str; 4] = [
 ];
 /// `ip` for the network-namespace tests; python3 and its venv for the independent CloudEvents
 /// consumer the HTTP sink tests run (the `cloudevents` package, installed into a venv); skopeo
-/// as the independent reader of the OCI archives `cargo xtask image` writes.
-const TEST_PACKAGES: [&str; 4] = ["iproute2", "python3", "python3-venv", "skopeo"];
+/// as the independent reader of the OCI archives `cargo xtask image` writes; busybox-static,
+/// the test workloads' image.
+const TEST_PACKAGES: [&str; 5] = [
+    "iproute2",
+    "python3",
+    "python3-venv",
+    "skopeo",
+    "busybox-static",
+];
 
 #[derive(Clone, Copy)]
 pub enum Toolchain {
@@ -206,6 +213,7 @@ fn missing_packages(toolchain: bool, llvm: bool) -> Vec<&'static str> {
             match package {
                 "iproute2" => output_of(Command::new("ip").arg("-V")).is_some(),
                 "skopeo" => output_of(Command::new("skopeo").arg("--version")).is_some(),
+                "busybox-static" => Path::new("/bin/busybox").exists(),
                 _ => output_of(Command::new("python3").args(["-m", "venv", "--help"])).is_some(),
             }
         });
