@@ -216,6 +216,11 @@ pub enum EbpfError {
     KernelLog(String),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("a second handle on map {map}: {source}")]
+    MapHandle {
+        map: &'static str,
+        source: std::io::Error,
+    },
     #[error("attaching the cgroup programs: {0}")]
     Cgroup(#[from] crate::metadata::cgroup::CgroupError),
 }
@@ -590,7 +595,9 @@ impl Probes {
         })
     }
 
-    /// The flood throttle's map, for the sweep of counts no record carried; taken once.
+    /// The flood throttle's map, for the sweep of counts no record carried, with a handle of
+    /// its own on the `THROTTLED` counters (which the loss counters keep); taken once, before
+    /// [`Self::take_loss_counters`].
     pub fn take_throttle(&mut self) -> Result<throttle::ThrottleMap, EbpfError> {
         let map = self
             .ebpf
@@ -600,7 +607,23 @@ impl Probes {
             map: "THROTTLE",
             source,
         })?;
-        Ok(throttle::ThrottleMap::new(map))
+        let Some(aya::maps::Map::PerCpuArray(throttled)) = self.ebpf.map("THROTTLED") else {
+            return Err(EbpfError::MissingMap("THROTTLED"));
+        };
+        let err = |source| EbpfError::Map {
+            map: "THROTTLED",
+            source,
+        };
+        let fd = std::os::fd::AsFd::as_fd(throttled.fd())
+            .try_clone_to_owned()
+            .map_err(|source| EbpfError::MapHandle {
+                map: "THROTTLED",
+                source,
+            })?;
+        let throttled = aya::maps::MapData::from_fd(fd).map_err(err)?;
+        let throttled =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(throttled)).map_err(err)?;
+        Ok(throttle::ThrottleMap::new(map, throttled))
     }
 
     /// The maps policies compile into; taken once.

@@ -2,9 +2,10 @@
 //! identical violations past a burst a second and lets the next record of the same violation
 //! carry their count; when a flood simply stops, no next record comes. The sweep finds those
 //! stranded counts (held, and no record for two windows), and takes them out of the map for
-//! user space to report; entries idle as long are removed, so the map holds only live floods.
+//! user space to report. It reads the map only when the kernel held something back since the
+//! last sweep that left nothing held, so a node without floods pays for one counter read.
 use agent_common::{THROTTLE_WINDOW_NS, ThrottleKey, ThrottleState};
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, PerCpuArray};
 
 use super::EbpfError;
 
@@ -14,11 +15,37 @@ pub const STRANDED_AFTER_NS: u64 = 2 * THROTTLE_WINDOW_NS;
 
 pub struct ThrottleMap {
     map: HashMap<MapData, ThrottleKey, ThrottleState>,
+    /// Violations held back so far (`THROTTLED`): while it stands still and nothing was left
+    /// held at the last sweep, there is nothing to sweep, and the map is not read at all.
+    throttled: PerCpuArray<MapData, u64>,
+    held_at_last_sweep: Option<u64>,
 }
 
 impl ThrottleMap {
-    pub(super) fn new(map: HashMap<MapData, ThrottleKey, ThrottleState>) -> Self {
-        Self { map }
+    pub(super) fn new(
+        map: HashMap<MapData, ThrottleKey, ThrottleState>,
+        throttled: PerCpuArray<MapData, u64>,
+    ) -> Self {
+        Self {
+            map,
+            throttled,
+            held_at_last_sweep: None,
+        }
+    }
+
+    fn held_so_far(&self) -> Result<u64, EbpfError> {
+        let mut total = 0;
+        for slot in 0..agent_common::kind::SLOTS {
+            let values = self
+                .throttled
+                .get(&slot, 0)
+                .map_err(|source| EbpfError::Map {
+                    map: "THROTTLED",
+                    source,
+                })?;
+            total += values.iter().sum::<u64>();
+        }
+        Ok(total)
     }
 
     /// Takes out of the map every entry quiet since `now_boot_ns - STRANDED_AFTER_NS`;
@@ -34,7 +61,12 @@ impl ThrottleMap {
             map: "THROTTLE",
             source,
         };
+        let held = self.held_so_far()?;
+        if self.held_at_last_sweep == Some(held) {
+            return Ok(Vec::new());
+        }
         let mut quiet = Vec::new();
+        let mut still_held = false;
         for entry in self.map.iter() {
             let (key, state) = match entry {
                 Ok(entry) => entry,
@@ -42,8 +74,14 @@ impl ThrottleMap {
                 Err(e) if gone(&e) => continue,
                 Err(e) => return Err(err(e)),
             };
+            if state.held == 0 {
+                // Nothing to carry; the LRU reclaims it when room is needed.
+                continue;
+            }
             if now_boot_ns.saturating_sub(state.window_start) >= STRANDED_AFTER_NS {
                 quiet.push((key, state));
+            } else {
+                still_held = true;
             }
         }
         // A key the walk met twice (the walk restarts when its key goes) is taken once.
@@ -74,6 +112,8 @@ impl ThrottleMap {
                 stranded.push((key, now));
             }
         }
+        // Until a sweep leaves nothing held, the next one looks again.
+        self.held_at_last_sweep = (!still_held && failed.is_none()).then_some(held);
         // What was taken out is reported whatever else failed; the failure is said once.
         if let Some(e) = failed {
             tracing::warn!(error = %err(e), "sweeping the flood throttle: some entries stay for the next sweep");

@@ -7,7 +7,10 @@
 //!
 //! The sweep reads the whole map, a system call or two per entry, so it runs on a thread of
 //! its own: the pipeline's loop only gets the stranded counts.
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use agent_common::{ThrottleKey, ThrottleState};
 use tokio::{sync::mpsc, time::Instant};
@@ -55,30 +58,45 @@ pub(crate) fn sweep_in_background(
     Ok(rx)
 }
 
+/// The last violation of each throttle key, for at most [`REMEMBER`] and [`MAX_REMEMBERED`]
+/// keys; the oldest go first, at a constant cost per violation.
 #[derive(Default)]
 pub(crate) struct Carry {
     last: HashMap<ThrottleKey, (VigilEvent, Instant)>,
+    /// Keys in the order they were remembered (a key again is queued again).
+    order: VecDeque<(ThrottleKey, Instant)>,
 }
 
 impl Carry {
     /// `event` (a finished violation) is the latest of throttle key `key`.
     pub(crate) fn remember(&mut self, key: ThrottleKey, event: &VigilEvent) {
-        if self.last.len() >= MAX_REMEMBERED && !self.last.contains_key(&key) {
-            let now = Instant::now();
-            self.last
-                .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
-            if self.last.len() >= MAX_REMEMBERED {
-                return;
+        let now = Instant::now();
+        self.last.insert(key, (event.clone(), now));
+        self.order.push_back((key, now));
+        self.forget(now);
+    }
+
+    /// Forgets what is older than [`REMEMBER`], and the oldest beyond [`MAX_REMEMBERED`].
+    fn forget(&mut self, now: Instant) {
+        while let Some(&(key, at)) = self.order.front() {
+            let expired = now.duration_since(at) >= REMEMBER;
+            if !expired
+                && self.last.len() <= MAX_REMEMBERED
+                && self.order.len() <= 2 * MAX_REMEMBERED
+            {
+                break;
+            }
+            self.order.pop_front();
+            // Only the entry this queue slot stands for: a key remembered again is newer.
+            if self.last.get(&key).is_some_and(|(_, t)| *t == at) {
+                self.last.remove(&key);
             }
         }
-        self.last.insert(key, (event.clone(), Instant::now()));
     }
 
     /// The violations standing for the `stranded` counts of floods that stopped.
     pub(crate) fn carry(&mut self, stranded: Stranded) -> Vec<VigilEvent> {
-        let now = Instant::now();
-        self.last
-            .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+        self.forget(Instant::now());
         stranded
             .into_iter()
             .filter_map(|(key, state)| match self.last.get(&key) {
@@ -118,6 +136,48 @@ mod tests {
         metadata::process::Lineage,
         policy::PolicyRef,
     };
+
+    #[test]
+    fn the_oldest_keys_are_forgotten_first_and_a_key_seen_again_is_kept() {
+        let event = violation(
+            &Event {
+                header: test_violation(Action::Alert, "x"),
+                body: Body::Exec(Exec::plain("/tmp/x", vec![])),
+            },
+            &Lineage::default(),
+            &Context::host("n", None),
+            &PolicyRef {
+                kind: "ClusterRuntimePolicy".into(),
+                name: "p".into(),
+                namespace: None,
+                rule: "spec.exec.deny[0]".into(),
+                text: "prefix /tmp/".into(),
+            },
+            Action::Alert,
+        );
+        let key = |pid: u32| ThrottleKey {
+            pid,
+            ..ThrottleKey::default()
+        };
+        let mut carry = Carry::default();
+        carry.remember(key(0), &event);
+        for pid in 1..(MAX_REMEMBERED as u32 + 10) {
+            carry.remember(key(pid), &event);
+            if pid == MAX_REMEMBERED as u32 {
+                // Seen again: now among the newest.
+                carry.remember(key(0), &event);
+            }
+        }
+        assert_eq!(carry.last.len(), MAX_REMEMBERED);
+        assert!(carry.last.contains_key(&key(0)));
+        assert!(!carry.last.contains_key(&key(1)), "the oldest went first");
+        assert!(carry.last.contains_key(&key(MAX_REMEMBERED as u32 + 9)));
+        let held = ThrottleState {
+            held: 3,
+            ..ThrottleState::default()
+        };
+        assert_eq!(carry.carry(vec![(key(0), held), (key(1), held)]).len(), 1);
+    }
 
     #[test]
     fn a_carried_violation_is_the_last_one_again_standing_for_the_held_ones() {
