@@ -197,10 +197,6 @@ impl Sink for KubeEventsSink {
         &self.name
     }
 
-    fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
-        Some(self.stats.clone())
-    }
-
     fn deliver<'a>(
         &'a mut self,
         events: &'a [Arc<VigilEvent>],
@@ -257,6 +253,10 @@ impl Sink for KubeEventsSink {
 
     fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
+        Some(self.stats.clone())
     }
 }
 
