@@ -186,9 +186,17 @@ proptest! {
         for size in sizes {
             blob.extend(size.to_le_bytes());
         }
+        let fits = |off: u32, len: u32| u64::from(off) + u64::from(len) <= body.len() as u64;
+        let inside = fits(sizes[0], sizes[1]) && fits(sizes[2], sizes[3]);
         blob.extend(body);
-        if let Ok(btf) = Btf::parse(&blob) {
-            let _ = btf.offset_of("task_struct", "tgid");
+        match Btf::parse(&blob) {
+            // A section the file does not hold is refused as such, never read past the end.
+            Err(reason) if !inside => prop_assert_eq!(reason, "section outside the file"),
+            Ok(_) if !inside => prop_assert!(false, "a section outside the file parsed: {sizes:?}"),
+            Err(reason) => prop_assert!(!reason.is_empty()),
+            Ok(btf) => {
+                let _ = btf.offset_of("task_struct", "tgid");
+            }
         }
     }
 }
