@@ -254,10 +254,6 @@ mod tests {
                 Ok(())
             })
         }
-
-        fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
-            Box::pin(async { Ok(()) })
-        }
     }
 
     fn event() -> VigilEvent {

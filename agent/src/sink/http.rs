@@ -667,11 +667,6 @@ impl Sink for HttpSink {
             self.deliver_cloudevents(events).await
         })
     }
-
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
-        // Nothing is buffered: `deliver` returns once the receiver has answered.
-        Box::pin(async { Ok(()) })
-    }
 }
 
 impl HttpSink {

@@ -251,10 +251,6 @@ impl Sink for KubeEventsSink {
         })
     }
 
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     fn counters(&self) -> Option<Arc<dyn super::SinkCounters>> {
         Some(self.stats.clone())
     }

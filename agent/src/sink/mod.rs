@@ -168,8 +168,11 @@ pub trait Sink: Send + 'static {
     ) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Makes everything delivered so far durable or visible (called when the queue is idle
-    /// and at shutdown).
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+    /// and at shutdown). Nothing to do for a sink whose `deliver` returns once the receiver
+    /// has its events.
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Returns once everything delivered so far has reached the receiver or been given up on
     /// and counted: what a spool waits for before it moves its cursor. `flush` for sinks whose

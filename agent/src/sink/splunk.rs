@@ -488,10 +488,8 @@ impl Sink for SplunkSink {
         })
     }
 
-    /// Every `deliver` returns once Splunk has its events (acknowledged, with `ack`).
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
-    }
+    // `flush` has nothing to do: `deliver` returns once Splunk has the events (acknowledged,
+    // with `ack`).
 }
 
 #[cfg(test)]

@@ -211,10 +211,7 @@ impl Sink for SpooledSink {
         })
     }
 
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
-        // Every append is synced before `deliver` returns.
-        Box::pin(async { Ok(()) })
-    }
+    // `flush` has nothing to do: every append is synced before `deliver` returns.
 
     fn shared_stats(&self) -> Option<Arc<SinkStats>> {
         Some(self.stats.clone())
