@@ -24,8 +24,9 @@ use crate::{
 /// The Node object [`ControlPlane::start`] creates.
 pub const DEFAULT_NODE_NAME: &str = "vigil-test-node";
 
-/// Where Service ClusterIPs come from. They are only ever bound inside test network
-/// namespaces, never routed.
+/// Where Service ClusterIPs come from. Without a node they are only ever bound inside test
+/// network namespaces, never routed; on a real node kube-proxy routes them to pods on the
+/// node's bridge.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 /// The kubeconfig's cluster and context name, and its user.
@@ -51,6 +52,12 @@ pub struct Options {
     /// is refused until the ServiceAccount it names (or `default`) exists; with it off a Pod
     /// keeps the `serviceAccountName` it was given (none by default) and gets no token volume.
     pub service_account_admission: bool,
+    /// The address the API server binds and advertises (default 127.0.0.1). A real node's
+    /// pods reach it through the `kubernetes` Service, whose endpoint this becomes, so it
+    /// must not be loopback then (see `node.rs`).
+    pub address: Ipv4Addr,
+    /// Create the Node object (default true); a real kubelet registers its own.
+    pub create_node: bool,
 }
 
 impl Default for Options {
@@ -60,6 +67,8 @@ impl Default for Options {
             apiserver_args: Vec::new(),
             ready_timeout: Duration::from_secs(120),
             service_account_admission: false,
+            address: Ipv4Addr::LOCALHOST,
+            create_node: true,
         }
     }
 }
@@ -78,6 +87,7 @@ pub struct ControlPlane {
     created_dir: bool,
     bin_dir: PathBuf,
     node_name: String,
+    address: Ipv4Addr,
     pki: Pki,
     etcd_url: String,
     apiserver_port: u16,
@@ -202,7 +212,8 @@ impl ControlPlane {
             let _ = fs::remove_file(dir.join(old));
         }
 
-        let pki = pki::generate(&dir.join("pki")).context("cannot make the certificates")?;
+        let pki = pki::generate(&dir.join("pki"), options.address)
+            .context("cannot make the certificates")?;
         let [etcd_client, etcd_peer, apiserver_port] = free_ports::<3>()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
         let path = |p: &Path| p.as_os_str().to_owned();
@@ -213,11 +224,8 @@ impl ControlPlane {
         };
         let mut apiserver_args = vec![
             flag("etcd-servers", etcd_url.as_ref()),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            // The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
-            // endpoint, which validation refuses (loopback); nothing routes to it anyway.
-            "--endpoint-reconciler-type=none".into(),
+            format!("--bind-address={}", options.address).into(),
+            format!("--advertise-address={}", options.address).into(),
             format!("--secure-port={apiserver_port}").into(),
             flag("tls-cert-file", &path(&pki.server_cert)),
             flag("tls-private-key-file", &path(&pki.server_key)),
@@ -233,7 +241,16 @@ impl ControlPlane {
             ),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
+            // How `kubectl exec` and `logs` reach a kubelet, which trusts this CA.
+            flag("kubelet-client-certificate", &path(&pki.admin_cert)),
+            flag("kubelet-client-key", &path(&pki.admin_key)),
+            "--kubelet-preferred-address-types=InternalIP".into(),
         ];
+        if options.address.is_loopback() {
+            // The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
+            // endpoint, which validation refuses (loopback); nothing routes to it anyway.
+            apiserver_args.push("--endpoint-reconciler-type=none".into());
+        }
         if !options.service_account_admission {
             apiserver_args.push("--disable-admission-plugins=ServiceAccount".into());
         }
@@ -245,6 +262,7 @@ impl ControlPlane {
             created_dir,
             bin_dir: bin_dir.to_path_buf(),
             node_name: options.node_name,
+            address: options.address,
             pki,
             etcd_url,
             apiserver_port,
@@ -256,13 +274,15 @@ impl ControlPlane {
         plane.start_etcd(etcd_client, etcd_peer)?;
         plane.write_kubeconfig()?;
         plane.start_apiserver()?;
-        plane
-            .apply(&format!(
+        if options.create_node {
+            plane
+                .apply(&format!(
                 "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    \
                  kubernetes.io/hostname: {name}\n    kubernetes.io/os: linux\n",
                 name = yaml_string(&plane.node_name)
             ))
-            .context("cannot create the Node object")?;
+                .context("cannot create the Node object")?;
+        }
         Ok(plane)
     }
 
@@ -407,9 +427,15 @@ impl ControlPlane {
         &self.dir
     }
 
-    /// The API server's URL, `https://127.0.0.1:PORT`.
+    /// The API server's URL, `https://ADDRESS:PORT` (127.0.0.1 unless [`Options::address`]
+    /// said otherwise).
     pub fn server(&self) -> String {
-        format!("https://127.0.0.1:{}", self.apiserver_port)
+        format!("https://{}:{}", self.address, self.apiserver_port)
+    }
+
+    /// The API server's port.
+    pub fn apiserver_port(&self) -> u16 {
+        self.apiserver_port
     }
 
     /// etcd's client URL, `http://127.0.0.1:PORT`.
@@ -420,6 +446,16 @@ impl ControlPlane {
     /// The CA that signed the API server's certificate and the admin's.
     pub fn ca_cert(&self) -> &Path {
         &self.pki.ca_cert
+    }
+
+    /// The cluster-admin client certificate and key (group `system:masters`).
+    pub fn admin_cert(&self) -> (&Path, &Path) {
+        (&self.pki.admin_cert, &self.pki.admin_key)
+    }
+
+    /// The service-account signing key (what kube-controller-manager signs tokens with).
+    pub fn service_account_key(&self) -> &Path {
+        &self.pki.service_account_key
     }
 
     /// The CA's private key, to sign more client certificates (e.g. a user bound to a

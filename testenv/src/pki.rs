@@ -95,7 +95,9 @@ fn new_key(what: &str) -> Result<KeyPair> {
 }
 
 /// Makes every file in `dir` (created when missing).
-pub fn generate(dir: &Path) -> Result<Pki> {
+/// `address` is where the API server also serves, when it is not loopback (a real node's pods
+/// reach it there); it joins the serving certificate's names.
+pub fn generate(dir: &Path, address: Ipv4Addr) -> Result<Pki> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = |name: &str| dir.join(name);
     let pki = Pki {
@@ -128,6 +130,9 @@ pub fn generate(dir: &Path) -> Result<Pki> {
         .iter()
         .map(|ip| SanType::IpAddress(IpAddr::V4(*ip)))
         .collect();
+    if !SERVER_IPS.contains(&address) {
+        names.push(SanType::IpAddress(IpAddr::V4(address)));
+    }
     for dns in SERVER_DNS_NAMES {
         names.push(SanType::DnsName(dns.try_into().context(dns)?));
     }
@@ -203,7 +208,7 @@ mod tests {
     fn certificates_chain_to_the_ca_with_the_right_names_usages_and_groups() {
         let dir = std::env::temp_dir().join(format!("testenv-pki-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let pki = generate(&dir).expect("generate");
+        let pki = generate(&dir, Ipv4Addr::LOCALHOST).expect("generate");
         let ca = der(&pki.ca_cert);
         let server = der(&pki.server_cert);
         let admin = der(&pki.admin_cert);

@@ -35,8 +35,9 @@ const KUBERNETES: &str = "v1.37.2";
 const ETCD: &str = "v3.7.3";
 const HELM: &str = "v3.22.0";
 
-/// Every binary, in build order.
-pub const TOOLS: [Tool; 4] = [
+/// Every binary, in build order. The last four before helm run the node of `k8s-env up
+/// --node` (see `node.rs`).
+pub const TOOLS: [Tool; 8] = [
     Tool {
         name: "kube-apiserver",
         go_dir: "kubernetes",
@@ -57,6 +58,38 @@ pub const TOOLS: [Tool; 4] = [
         name: "kubectl",
         go_dir: "kubernetes",
         package: "k8s.io/kubernetes/cmd/kubectl",
+        module: "k8s.io/kubernetes",
+        version: KUBERNETES,
+        in_kubebuilder_assets: false,
+    },
+    Tool {
+        name: "kube-controller-manager",
+        go_dir: "kubernetes",
+        package: "k8s.io/kubernetes/cmd/kube-controller-manager",
+        module: "k8s.io/kubernetes",
+        version: KUBERNETES,
+        in_kubebuilder_assets: false,
+    },
+    Tool {
+        name: "kube-scheduler",
+        go_dir: "kubernetes",
+        package: "k8s.io/kubernetes/cmd/kube-scheduler",
+        module: "k8s.io/kubernetes",
+        version: KUBERNETES,
+        in_kubebuilder_assets: false,
+    },
+    Tool {
+        name: "kube-proxy",
+        go_dir: "kubernetes",
+        package: "k8s.io/kubernetes/cmd/kube-proxy",
+        module: "k8s.io/kubernetes",
+        version: KUBERNETES,
+        in_kubebuilder_assets: false,
+    },
+    Tool {
+        name: "kubelet",
+        go_dir: "kubernetes",
+        package: "k8s.io/kubernetes/cmd/kubelet",
         module: "k8s.io/kubernetes",
         version: KUBERNETES,
         in_kubebuilder_assets: false,

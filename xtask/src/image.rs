@@ -26,6 +26,8 @@ pub struct Spec<'a> {
     pub at: &'a str,
     pub entrypoint: &'a [&'a str],
     pub cmd: &'a [&'a str],
+    /// More programs, each at its host path, with the libraries it loads.
+    pub also: &'a [&'a str],
 }
 
 /// The agent's image.
@@ -37,13 +39,19 @@ pub fn agent<'a>(binary: &'a Path, tag: &'a str) -> Spec<'a> {
         at: ENTRYPOINT,
         entrypoint: &[ENTRYPOINT],
         cmd: &["run"],
+        also: &[],
     }
 }
 
 /// Debian's static busybox, the test workloads' shell and tools.
 pub const BUSYBOX: &str = "/bin/busybox";
 
-/// The test workloads' image: busybox as `/bin/busybox`, a shell by default.
+/// GNU grep: `grep -P` compiles its pattern with PCRE2's JIT into a writable and executable
+/// mapping, so it is the workloads' JIT runtime (what `memory.allowExecutables` exempts).
+pub const JIT_RUNTIME: &str = "/usr/bin/grep";
+
+/// The test workloads' image: busybox as `/bin/busybox` (a shell by default) and the JIT
+/// runtime [`JIT_RUNTIME`].
 pub fn busybox(tag: &str) -> Spec<'_> {
     Spec {
         name: "vigil-test-busybox",
@@ -52,6 +60,7 @@ pub fn busybox(tag: &str) -> Spec<'_> {
         at: BUSYBOX,
         entrypoint: &[BUSYBOX],
         cmd: &["sh"],
+        also: &[JIT_RUNTIME],
     }
 }
 
@@ -64,6 +73,7 @@ pub fn pause(tag: &str) -> Spec<'_> {
         at: BUSYBOX,
         entrypoint: &[BUSYBOX, "sleep", "2147483647"],
         cmd: &[],
+        also: &[],
     }
 }
 
@@ -171,7 +181,12 @@ impl Blob {
 /// the archive's path.
 pub fn build(spec: &Spec<'_>, out: &Path) -> Result<PathBuf> {
     let Spec { name, tag, .. } = *spec;
-    let files = contents(spec.binary, spec.at)?;
+    let mut files = contents(spec.binary, spec.at)?;
+    for program in spec.also {
+        files.extend(contents(Path::new(program), program)?);
+    }
+    files.sort();
+    files.dedup();
     let layer = Blob::new(layer(&files)?);
     let config = Blob::new(serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
@@ -252,6 +267,19 @@ pub fn run(binary: Option<PathBuf>, workloads: bool) -> Result<()> {
         println!("image: {}", build(spec, &out)?.display());
     }
     Ok(())
+}
+
+/// The images a test node needs, built into `out` from the agent's `binary`: the agent's,
+/// the workloads' and the sandbox's; returns their archives and the sandbox image's name.
+pub fn for_node(binary: &Path, out: &Path) -> Result<(Vec<PathBuf>, String)> {
+    let tag = app_version()?;
+    let sandbox = pause(&tag);
+    let sandbox_name = format!("docker.io/library/{}:{tag}", sandbox.name);
+    let archives = [agent(binary, &tag), busybox(&tag), sandbox]
+        .iter()
+        .map(|spec| build(spec, out))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((archives, sandbox_name))
 }
 
 /// The chart's `appVersion`: the image's tag.
@@ -374,7 +402,7 @@ mod workload_tests {
     use super::*;
 
     #[test]
-    fn the_workload_images_hold_busybox_alone_and_run_it() {
+    fn the_workload_images_hold_busybox_and_the_jit_runtime_and_run_them() {
         if !Path::new(BUSYBOX).exists() || !crate::util::is_root() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -413,7 +441,18 @@ mod workload_tests {
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
-            assert_eq!(files, ["busybox"], "{}: busybox alone", spec.name);
+            assert_eq!(files, ["busybox"], "{}: busybox in /bin", spec.name);
+            let has_grep = root.join(JIT_RUNTIME.trim_start_matches('/')).is_file();
+            assert_eq!(has_grep, !spec.also.is_empty(), "{}", spec.name);
+            if has_grep {
+                // Its own libraries (PCRE2 among them) run it, with the JIT.
+                let out = Command::new("chroot")
+                    .arg(&root)
+                    .args([BUSYBOX, "sh", "-c", "echo abc | /usr/bin/grep -P 'a.c'"])
+                    .output()
+                    .unwrap();
+                assert_eq!(String::from_utf8_lossy(&out.stdout), "abc\n", "{out:?}");
+            }
             let out = Command::new("chroot")
                 .arg(&root)
                 .args([BUSYBOX, "echo", "from the image"])

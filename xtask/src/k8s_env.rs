@@ -1,11 +1,15 @@
-//! `cargo xtask k8s-env [up --dir DIR [--node NAME]]`: the Kubernetes test environment.
+//! `cargo xtask k8s-env [up --dir DIR [--node] [--node-name NAME] | down --dir DIR]`: the
+//! Kubernetes test environment.
 //!
 //! Without `up`, builds `kube-apiserver`, `etcd`, `kubectl` and `helm` from the pinned Go
 //! modules in `k8s-env/` into `target/k8s-env/bin` (each only when missing or out of date; with
 //! `KUBEBUILDER_ASSETS` set, `kube-apiserver` and `etcd` come from there) and prints where they
 //! are and their versions. `up` then starts etcd and kube-apiserver on loopback with the
 //! `testenv` crate (what the tests use), prints `ready` and the kubeconfig's path, and runs
-//! until SIGINT or SIGTERM, then stops both and cleans up.
+//! until SIGINT or SIGTERM, then stops both and cleans up. `up --node` runs a real one-node
+//! cluster instead (`testenv::Cluster`: controllers, scheduler, containerd, CNI bridge,
+//! kube-proxy, kubelet) with Vigil's image and the test images imported; `down` removes what a
+//! cluster in DIR left behind (its owner is stopped first when it still runs).
 use std::{
     path::{Path, PathBuf},
     sync::{
@@ -36,9 +40,21 @@ enum Up {
         /// and then removed at exit).
         #[arg(long)]
         dir: PathBuf,
-        /// Name of the Node object to create.
+        /// Name of the node.
         #[arg(long, default_value = testenv::DEFAULT_NODE_NAME)]
-        node: String,
+        node_name: String,
+        /// Run a real node: kube-controller-manager, kube-scheduler, containerd with runc, a
+        /// CNI bridge on 10.244.0.0/24, kube-proxy and a kubelet; Vigil's image (from the
+        /// release build) and the test images are imported. Cleans up a previous cluster in
+        /// DIR first.
+        #[arg(long)]
+        node: bool,
+    },
+    /// Remove everything a `up --node` cluster in DIR left on the host (processes, pods,
+    /// mounts, cgroups, the bridge, iptables chains), then DIR.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -46,7 +62,17 @@ pub fn run(options: &Options) -> Result<()> {
     let bin = ensure()?;
     match &options.command {
         None => Ok(()),
-        Some(Up::Up { dir, node }) => up(dir, node, &bin),
+        Some(Up::Up {
+            dir,
+            node_name,
+            node: false,
+        }) => up(dir, node_name, &bin),
+        Some(Up::Up {
+            dir,
+            node_name,
+            node: true,
+        }) => up_node(dir, node_name, &bin),
+        Some(Up::Down { dir }) => down(dir, &bin),
     }
 }
 
@@ -78,12 +104,82 @@ fn pin(built: &testenv::Built) -> String {
     format!("{} {}", built.tool.module, built.tool.version)
 }
 
-fn up(dir: &Path, node: &str, bin: &Path) -> Result<()> {
+fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install a signal handler")?;
     }
+    Ok(stop)
+}
+
+fn up_node(dir: &Path, node: &str, bin: &Path) -> Result<()> {
+    crate::util::require_root("k8s-env up --node")?;
+    let stop = stop_flag()?;
+    let binary = crate::build::run(true)?;
+    let images = crate::util::workspace_root().join("target/images");
+    let (images, sandbox_image) = crate::image::for_node(&binary, &images)?;
+    let start = std::time::Instant::now();
+    let cluster = testenv::Cluster::start(
+        dir,
+        bin,
+        &testenv::NodeOptions {
+            node_name: node.to_owned(),
+            images,
+            sandbox_image,
+            ready_timeout: Duration::from_secs(300),
+        },
+    )?;
+    let plane = cluster.control_plane();
+    println!(
+        "k8s-env: node {} Ready in {}; API server {}; pods on {}, Services on {}",
+        cluster.node_name(),
+        secs(start.elapsed()),
+        plane.server(),
+        testenv::POD_CIDR,
+        testenv::SERVICE_CIDR
+    );
+    println!("ready");
+    println!("{}", plane.kubeconfig().display());
+    let mut failure = None;
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(err) = cluster.check_running() {
+            failure = Some(err);
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    println!("k8s-env: stopping");
+    let stopped = cluster.stop();
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    stopped?;
+    println!("k8s-env: stopped");
+    Ok(())
+}
+
+fn down(dir: &Path, bin: &Path) -> Result<()> {
+    crate::util::require_root("k8s-env down")?;
+    testenv::teardown(dir, bin)?;
+    // Only what a cluster writes there: DIR may be a directory the user keeps other files in.
+    for name in ["etcd-data", "pki", "apiserver-certs", "kubectl-cache"] {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    for name in ["etcd.log", "kube-apiserver.log", "kubeconfig"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+    println!("k8s-env: {} cleaned up", dir.display());
+    Ok(())
+}
+
+fn up(dir: &Path, node: &str, bin: &Path) -> Result<()> {
+    let stop = stop_flag()?;
     let options = testenv::Options {
         node_name: node.to_owned(),
         ..testenv::Options::default()

@@ -25,12 +25,20 @@ const LLVM_PACKAGES: [&str; 4] = [
 /// consumer the HTTP sink tests run (the `cloudevents` package, installed into a venv); skopeo
 /// as the independent reader of the OCI archives `cargo xtask image` writes; busybox-static,
 /// the test workloads' image.
-const TEST_PACKAGES: [&str; 5] = [
+const TEST_PACKAGES: [&str; 11] = [
     "iproute2",
     "python3",
     "python3-venv",
     "skopeo",
     "busybox-static",
+    // The real node of `k8s-env up --node`: the container runtime, pod networking, and what
+    // kube-proxy drives; GNU grep's PCRE2 JIT is the workloads' JIT runtime.
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "iptables",
+    "conntrack",
+    "grep",
 ];
 
 #[derive(Clone, Copy)]
@@ -214,6 +222,12 @@ fn missing_packages(toolchain: bool, llvm: bool) -> Vec<&'static str> {
                 "iproute2" => output_of(Command::new("ip").arg("-V")).is_some(),
                 "skopeo" => output_of(Command::new("skopeo").arg("--version")).is_some(),
                 "busybox-static" => Path::new("/bin/busybox").exists(),
+                "containerd" => output_of(Command::new("containerd").arg("--version")).is_some(),
+                "runc" => output_of(Command::new("runc").arg("--version")).is_some(),
+                "containernetworking-plugins" => Path::new("/usr/lib/cni/bridge").exists(),
+                "iptables" => output_of(Command::new("iptables").arg("--version")).is_some(),
+                "conntrack" => output_of(Command::new("conntrack").arg("--version")).is_some(),
+                "grep" => output_of(Command::new("grep").arg("--version")).is_some(),
                 _ => output_of(Command::new("python3").args(["-m", "venv", "--help"])).is_some(),
             }
         });

@@ -1,0 +1,397 @@
+//! Undoing a node: what [`crate::Cluster`] changed on the host, for a cluster that stopped
+//! normally and for one whose owner was killed (then its control processes died with it, by
+//! `PR_SET_PDEATHSIG`, but the containers, their shims, mounts, cgroups, the bridge and the
+//! iptables chains remain).
+//!
+//! Only what is provably the cluster's is touched: processes in the `kubepods` cgroups of a
+//! directory that recorded a cluster, shims serving that cluster's containerd socket, mounts
+//! under the cluster's directory, and the host objects its record names.
+use std::{
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{BRIDGE, CNI_NETWORK, FILTER_CHAIN, Layout, run};
+
+/// What a cluster changed on the host beyond its directory, saved as JSON in the directory
+/// as each change is made.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Leftovers {
+    /// The process that owns the cluster, and its start time (so a reused pid is not it).
+    pub(crate) owner: Option<(u32, u64)>,
+    /// File systems this mounted because the host lacked them (tracefs, bpffs).
+    pub(crate) mounted: Vec<String>,
+    pub(crate) bridge: bool,
+    pub(crate) filter_chain: bool,
+    pub(crate) kube_proxy: bool,
+}
+
+impl Leftovers {
+    pub(crate) fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("plain data");
+        fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn load(path: &Path) -> Result<Option<Self>> {
+        match fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .with_context(|| format!("{} is damaged", path.display())),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields after its last `)` do not.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// One line of `/proc/self/mountinfo`: the mount point (unescaped) and the file system type.
+fn mounts() -> Result<Vec<(PathBuf, String)>> {
+    let text = fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            Some((
+                PathBuf::from(unescape(fields.get(4)?)),
+                (*fields.get(sep + 1)?).to_owned(),
+            ))
+        })
+        .collect())
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = field
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether something is mounted at `path`.
+pub(crate) fn is_mount_point(path: &Path) -> Result<bool> {
+    Ok(mounts()?.iter().any(|(point, _)| point == path))
+}
+
+/// The roots of every cgroup hierarchy (v1 controllers and v2) mounted here.
+fn cgroup_roots() -> Result<Vec<PathBuf>> {
+    Ok(mounts()?
+        .into_iter()
+        .filter(|(_, fs_type)| fs_type == "cgroup" || fs_type == "cgroup2")
+        .map(|(point, _)| point)
+        .collect())
+}
+
+/// Every directory under `dir`, deepest first, `dir` last.
+fn dirs_deepest_first(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs_deepest_first(&entry.path(), out);
+            }
+        }
+    }
+    out.push(dir.to_path_buf());
+}
+
+/// The pids in `kubepods` and below, in every hierarchy.
+fn pod_pids() -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for root in cgroup_roots()? {
+        let mut dirs = Vec::new();
+        dirs_deepest_first(&root.join("kubepods"), &mut dirs);
+        for dir in dirs {
+            if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
+}
+
+fn kill(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: a plain syscall on a pid this module identified as the cluster's.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// The pids of `containerd-shim-runc-v2` processes serving `socket`.
+fn shim_pids(socket: &Path) -> Vec<u32> {
+    let socket = socket.as_os_str().as_encoded_bytes();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_shim = args
+                .first()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"));
+            let ours = args
+                .windows(2)
+                .any(|w| w[0] == b"-address" && w[1] == socket);
+            (is_shim && ours).then_some(pid)
+        })
+        .collect()
+}
+
+fn umount(path: &Path) -> Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .context("a mount point with a NUL byte")?;
+    // SAFETY: a plain syscall with a valid C string.
+    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINVAL) && err.raw_os_error() != Some(libc::ENOENT) {
+            return Err(err).with_context(|| format!("cannot unmount {}", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Removes what the cluster in `dir` left on the host. Does nothing when `dir` never held a
+/// cluster. When the cluster's owner still runs, asks it to stop (SIGTERM) and waits for it.
+pub fn teardown(dir: &Path, bin_dir: &Path) -> Result<()> {
+    let layout = Layout::new(dir);
+    let Some(leftovers) = Leftovers::load(&layout.leftovers())? else {
+        if layout.root.exists() {
+            unmount_under(&layout.root)?;
+            remove_dir(&layout.root)?;
+        }
+        return Ok(());
+    };
+    let mut errors: Vec<String> = Vec::new();
+    let mut note = |result: Result<()>| {
+        if let Err(err) = result {
+            errors.push(format!("{err:#}"));
+        }
+    };
+    if let Some((pid, started)) = leftovers.owner
+        && pid != std::process::id()
+        && start_time(pid) == Some(started)
+    {
+        note(stop_owner(pid, started));
+    }
+    note(kill_pods(&layout));
+    note(unmount_under(&layout.root));
+    note(remove_pod_cgroups());
+    if leftovers.kube_proxy {
+        note(
+            run(
+                &bin_dir.join("kube-proxy").to_string_lossy(),
+                &["--cleanup"],
+            )
+            .map(drop),
+        );
+    }
+    if leftovers.filter_chain {
+        // Each step may have been done already.
+        let _ = run("iptables", &["-w", "-D", "FORWARD", "-j", FILTER_CHAIN]);
+        let _ = run("iptables", &["-w", "-F", FILTER_CHAIN]);
+        let _ = run("iptables", &["-w", "-X", FILTER_CHAIN]);
+        if run("iptables", &["-w", "-n", "-L", FILTER_CHAIN]).is_ok() {
+            note(Err(anyhow::anyhow!(
+                "the iptables chain {FILTER_CHAIN} is still there"
+            )));
+        }
+    }
+    if leftovers.bridge && Path::new("/sys/class/net").join(BRIDGE).exists() {
+        note(run("ip", &["link", "del", BRIDGE]).map(drop));
+    }
+    note(remove_cni_cache());
+    for target in &leftovers.mounted {
+        note(umount(Path::new(target)));
+    }
+    if errors.is_empty()
+        && let Err(err) = remove_dir(&layout.root)
+    {
+        errors.push(format!("{err:#}"));
+    }
+    if !errors.is_empty() {
+        bail!("cleaning up the node in {}: {}", dir.display(), errors.join("; "));
+    }
+    Ok(())
+}
+
+fn stop_owner(pid: u32, started: u64) -> Result<()> {
+    kill(pid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while start_time(pid) == Some(started) {
+        if Instant::now() > deadline {
+            bail!("the cluster's owner (pid {pid}) did not stop within 90 s of SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Kills every process in the pods' cgroups and the shims of this cluster's containerd, and
+/// waits until the pods' cgroups are empty.
+fn kill_pods(layout: &Layout) -> Result<()> {
+    for pid in shim_pids(&layout.containerd_socket()) {
+        kill(pid, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pids = pod_pids()?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in &pids {
+            kill(*pid, libc::SIGKILL);
+        }
+        if Instant::now() > deadline {
+            bail!("pod processes {pids:?} did not end within 30 s of SIGKILL");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Unmounts everything mounted at or under `root`, deepest first.
+fn unmount_under(root: &Path) -> Result<()> {
+    let mut points: Vec<PathBuf> = mounts()?
+        .into_iter()
+        .map(|(point, _)| point)
+        .filter(|point| point.starts_with(root))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for point in points {
+        umount(&point)?;
+    }
+    // A bind mount stacked twice shows twice; repeat until none is left.
+    if mounts()?.iter().any(|(point, _)| point.starts_with(root)) {
+        for (point, _) in mounts()?.into_iter().filter(|(p, _)| p.starts_with(root)) {
+            umount(&point)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `kubepods` and everything under it in every cgroup hierarchy.
+fn remove_pod_cgroups() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut left = Vec::new();
+        for root in cgroup_roots()? {
+            let top = root.join("kubepods");
+            if !top.exists() {
+                continue;
+            }
+            let mut dirs = Vec::new();
+            dirs_deepest_first(&top, &mut dirs);
+            for dir in dirs {
+                if let Err(err) = fs::remove_dir(&dir)
+                    && err.kind() != ErrorKind::NotFound
+                {
+                    left.push(format!("{}: {err}", dir.display()));
+                }
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("cannot remove the pods' cgroups: {}", left.join(", "));
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// libcni caches each attachment's result under /var/lib/cni, named after the network.
+fn remove_cni_cache() -> Result<()> {
+    let dir = Path::new("/var/lib/cni/results");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{CNI_NETWORK}-"))
+        {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("cannot remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/tmp/a\040b\134c"), "/tmp/a b\\c");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn this_process_has_a_start_time() {
+        assert!(start_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn leftovers_round_trip() {
+        let dir = std::env::temp_dir().join(format!("testenv-leftovers-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("l.json");
+        let saved = Leftovers {
+            owner: Some((7, 9)),
+            mounted: vec!["/sys/kernel/tracing".into()],
+            bridge: true,
+            filter_chain: false,
+            kube_proxy: true,
+        };
+        saved.save(&path).expect("save");
+        let back = Leftovers::load(&path).expect("load").expect("present");
+        assert_eq!(back.owner, Some((7, 9)));
+        assert_eq!(back.mounted, ["/sys/kernel/tracing"]);
+        assert!(back.bridge && !back.filter_chain && back.kube_proxy);
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
