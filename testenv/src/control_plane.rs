@@ -277,10 +277,10 @@ impl ControlPlane {
         if options.create_node {
             plane
                 .apply(&format!(
-                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    \
+                    "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    \
                  kubernetes.io/hostname: {name}\n    kubernetes.io/os: linux\n",
-                name = yaml_string(&plane.node_name)
-            ))
+                    name = yaml_string(&plane.node_name)
+                ))
                 .context("cannot create the Node object")?;
         }
         Ok(plane)

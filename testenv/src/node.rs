@@ -180,7 +180,11 @@ impl Cluster {
             .with_context(|| format!("cannot make {} absolute", dir.display()))?;
         node_cleanup::teardown(&dir, bin_dir).context("cannot clean up a previous cluster")?;
         let layout = Layout::new(&dir);
-        for sub in [layout.root.clone(), layout.kubelet_root(), layout.sysctl_dir()] {
+        for sub in [
+            layout.root.clone(),
+            layout.kubelet_root(),
+            layout.sysctl_dir(),
+        ] {
             fs::create_dir_all(&sub).with_context(|| format!("cannot create {}", sub.display()))?;
         }
         let mut leftovers = Leftovers {
@@ -188,6 +192,7 @@ impl Cluster {
                 .map(|started| (std::process::id(), started)),
             // Started below; `--cleanup` is harmless should it not get that far.
             kube_proxy: true,
+            kube_chains_before: node_cleanup::kube_chains()?,
             ..Leftovers::default()
         };
         // From the first change to the host on, the record says what to undo.
@@ -243,15 +248,40 @@ impl Cluster {
             &PathBuf::from(format!("/proc/sys/net/ipv4/conf/{BRIDGE}/forwarding")),
             "1",
         )?;
-        run("iptables", &["-w", "-N", FILTER_CHAIN])?;
+        // In the mangle table, which is passed before the filter table where kube-proxy puts
+        // its ACCEPT rules first: nothing from the bridge is forwarded anywhere else.
+        run("iptables", &["-w", "-t", "mangle", "-N", FILTER_CHAIN])?;
         leftovers.filter_chain = true;
         run(
             "iptables",
             &[
-                "-w", "-A", FILTER_CHAIN, "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "DROP",
+                "-w",
+                "-t",
+                "mangle",
+                "-A",
+                FILTER_CHAIN,
+                "-i",
+                BRIDGE,
+                "!",
+                "-o",
+                BRIDGE,
+                "-j",
+                "DROP",
             ],
         )?;
-        run("iptables", &["-w", "-I", "FORWARD", "1", "-j", FILTER_CHAIN])?;
+        run(
+            "iptables",
+            &[
+                "-w",
+                "-t",
+                "mangle",
+                "-I",
+                "FORWARD",
+                "1",
+                "-j",
+                FILTER_CHAIN,
+            ],
+        )?;
 
         // The kubelet's root is its own shared mount: what the kubelet mounts there in its
         // namespace shows in the host's.
@@ -318,10 +348,7 @@ impl Cluster {
         self.spawn(
             "containerd",
             &containerd,
-            &os(&[
-                "--config".into(),
-                display(&self.layout.containerd_config()),
-            ]),
+            &os(&["--config".into(), display(&self.layout.containerd_config())]),
         )?;
         let socket = display(&self.layout.containerd_socket());
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -537,7 +564,9 @@ fn cni_config(ipam_dir: &Path) -> String {
         "plugins": [{
             "type": "bridge",
             "bridge": BRIDGE,
-            "isGateway": true,
+            // The plugin would turn on forwarding host-wide for a gateway; the bridge has the
+            // gateway's address from `prepare_host` instead, and forwarding on itself alone.
+            "isGateway": false,
             "ipMasq": false,
             "hairpinMode": true,
             "ipam": {

@@ -30,6 +30,107 @@ pub(crate) struct Leftovers {
     pub(crate) bridge: bool,
     pub(crate) filter_chain: bool,
     pub(crate) kube_proxy: bool,
+    /// The `KUBE-*` iptables chains (tool, table, chain) there before the cluster: kubelet
+    /// and kube-proxy make theirs, and only those go at the end.
+    pub(crate) kube_chains_before: Vec<Chain>,
+}
+
+/// An iptables chain: the tool (`iptables`, `ip6tables`), the table and the name.
+pub(crate) type Chain = (String, String, String);
+
+const IPTABLES_TOOLS: [&str; 2] = ["iptables", "ip6tables"];
+
+/// Every `KUBE-*` chain in every table, for IPv4 and IPv6.
+pub(crate) fn kube_chains() -> Result<Vec<Chain>> {
+    let mut chains = Vec::new();
+    for tool in IPTABLES_TOOLS {
+        let saved = run(&format!("{tool}-save"), &[])?;
+        let mut table = "";
+        for line in saved.lines() {
+            if let Some(name) = line.strip_prefix('*') {
+                table = name;
+            } else if let Some(chain) = line.strip_prefix(':')
+                && let Some(name) = chain.split_whitespace().next()
+                && name.starts_with("KUBE-")
+            {
+                chains.push((tool.to_owned(), table.to_owned(), name.to_owned()));
+            }
+        }
+    }
+    Ok(chains)
+}
+
+/// The words of an `iptables-save` rule line, with its double quotes undone.
+fn rule_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted => {
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// Removes `chains`: first every rule that jumps to one of them, then their rules, then them.
+fn remove_chains(chains: &[Chain]) -> Result<()> {
+    let mut tables: Vec<(&str, &str)> = chains
+        .iter()
+        .map(|(tool, table, _)| (tool.as_str(), table.as_str()))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for (tool, table) in tables {
+        let ours: Vec<&str> = chains
+            .iter()
+            .filter(|(t, tb, _)| t == tool && tb == table)
+            .map(|(_, _, chain)| chain.as_str())
+            .collect();
+        let saved = run(&format!("{tool}-save"), &["-t", table])?;
+        for line in saved.lines().filter(|l| l.starts_with("-A ")) {
+            let words = rule_words(line);
+            let jumps_to_ours = words
+                .windows(2)
+                .any(|w| (w[0] == "-j" || w[0] == "-g") && ours.contains(&w[1].as_str()));
+            let in_ours = words.get(1).is_some_and(|c| ours.contains(&c.as_str()));
+            if jumps_to_ours && !in_ours {
+                let mut args = vec!["-w", "-t", table, "-D"];
+                args.extend(words[1..].iter().map(String::as_str));
+                run(tool, &args)?;
+            }
+        }
+        for chain in &ours {
+            run(tool, &["-w", "-t", table, "-F", chain])?;
+        }
+        for chain in &ours {
+            run(tool, &["-w", "-t", table, "-X", chain])?;
+        }
+    }
+    Ok(())
 }
 
 impl Leftovers {
@@ -218,12 +319,29 @@ pub fn teardown(dir: &Path, bin_dir: &Path) -> Result<()> {
             .map(drop),
         );
     }
+    match kube_chains() {
+        Ok(now) => note(remove_chains(
+            &now.into_iter()
+                .filter(|chain| !leftovers.kube_chains_before.contains(chain))
+                .collect::<Vec<_>>(),
+        )),
+        Err(err) => note(Err(err)),
+    }
     if leftovers.filter_chain {
         // Each step may have been done already.
-        let _ = run("iptables", &["-w", "-D", "FORWARD", "-j", FILTER_CHAIN]);
-        let _ = run("iptables", &["-w", "-F", FILTER_CHAIN]);
-        let _ = run("iptables", &["-w", "-X", FILTER_CHAIN]);
-        if run("iptables", &["-w", "-n", "-L", FILTER_CHAIN]).is_ok() {
+        let mangle = ["-w", "-t", "mangle"];
+        let _ = run(
+            "iptables",
+            &[&mangle[..], &["-D", "FORWARD", "-j", FILTER_CHAIN]].concat(),
+        );
+        let _ = run("iptables", &[&mangle[..], &["-F", FILTER_CHAIN]].concat());
+        let _ = run("iptables", &[&mangle[..], &["-X", FILTER_CHAIN]].concat());
+        if run(
+            "iptables",
+            &[&mangle[..], &["-n", "-L", FILTER_CHAIN]].concat(),
+        )
+        .is_ok()
+        {
             note(Err(anyhow::anyhow!(
                 "the iptables chain {FILTER_CHAIN} is still there"
             )));
@@ -242,7 +360,11 @@ pub fn teardown(dir: &Path, bin_dir: &Path) -> Result<()> {
         errors.push(format!("{err:#}"));
     }
     if !errors.is_empty() {
-        bail!("cleaning up the node in {}: {}", dir.display(), errors.join("; "));
+        bail!(
+            "cleaning up the node in {}: {}",
+            dir.display(),
+            errors.join("; ")
+        );
     }
     Ok(())
 }
@@ -371,6 +493,28 @@ mod tests {
     }
 
     #[test]
+    fn iptables_save_rules_split_into_words() {
+        assert_eq!(
+            rule_words(
+                r#"-A KUBE-FIREWALL ! -s 127.0.0.0/8 -m comment --comment "block \"local\" conns" -j DROP"#
+            ),
+            [
+                "-A",
+                "KUBE-FIREWALL",
+                "!",
+                "-s",
+                "127.0.0.0/8",
+                "-m",
+                "comment",
+                "--comment",
+                "block \"local\" conns",
+                "-j",
+                "DROP"
+            ]
+        );
+    }
+
+    #[test]
     fn this_process_has_a_start_time() {
         assert!(start_time(std::process::id()).is_some());
     }
@@ -386,6 +530,7 @@ mod tests {
             bridge: true,
             filter_chain: false,
             kube_proxy: true,
+            kube_chains_before: Vec::new(),
         };
         saved.save(&path).expect("save");
         let back = Leftovers::load(&path).expect("load").expect("present");

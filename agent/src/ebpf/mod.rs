@@ -521,7 +521,7 @@ impl Probes {
             })?;
         }
         let root_path = match &options.cgroup_root {
-            Some(root) => root.clone(),
+            Some(root) => crate::metadata::cgroup::resolve_root(root)?,
             None => crate::metadata::cgroup::detect_root()?,
         };
         let cgroup_root = std::fs::File::open(&root_path).map_err(|source| EbpfError::Io {

@@ -12,6 +12,11 @@ pub enum CgroupError {
         "no cgroup v2 file system is mounted (looked in /proc/self/mountinfo); pass --cgroup-root"
     )]
     NoRoot,
+    #[error(
+        "--cgroup-root {0}: not a cgroup v2 file system, and neither is {0}/unified (a hybrid \
+         host's cgroup v2 mount)"
+    )]
+    NotCgroup2(PathBuf),
     #[error("cgroup {path}: {reason}")]
     Path { path: PathBuf, reason: String },
 }
@@ -30,6 +35,33 @@ pub fn detect_root() -> Result<PathBuf, CgroupError> {
         _ => 2,
     });
     roots.into_iter().next().ok_or(CgroupError::NoRoot)
+}
+
+/// Whether `path` is the root of a mounted cgroup v2 file system.
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c_path` is a valid C string and `stat` is large enough for the kernel's answer.
+    let ok = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by the successful call.
+    ok && unsafe { stat.assume_init() }.f_type == libc::CGROUP2_SUPER_MAGIC
+}
+
+/// The cgroup v2 root for `--cgroup-root PATH`: PATH itself, or on a hybrid host (where a
+/// DaemonSet mounts the node's /sys/fs/cgroup, whose cgroup v2 lives in `unified/`)
+/// `PATH/unified`. Anything else is refused: programs attached to a directory that is not
+/// cgroup v2 would see nothing.
+pub fn resolve_root(given: &Path) -> Result<PathBuf, CgroupError> {
+    if is_cgroup2(given) {
+        return Ok(given.to_path_buf());
+    }
+    let unified = given.join("unified");
+    if is_cgroup2(&unified) {
+        return Ok(unified);
+    }
+    Err(CgroupError::NotCgroup2(given.to_path_buf()))
 }
 
 /// The id of the cgroup at `path` (relative to the cgroup v2 root): the inode number of its
@@ -160,6 +192,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_directory_that_is_not_cgroup2_is_refused_by_name() {
+        let dir = std::env::temp_dir();
+        let err = resolve_root(&dir).expect_err("a temp directory is not cgroup v2");
+        let message = err.to_string();
+        assert!(message.contains(&dir.display().to_string()), "{message}");
+        assert!(message.contains("unified"), "{message}");
+    }
+
+    #[test]
+    fn the_mounted_cgroup2_root_resolves_to_itself_and_from_its_parent_on_hybrid_hosts() {
+        let Ok(root) = detect_root() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI machines mount cgroup v2"
+            );
+            eprintln!("SKIPPED: no cgroup v2 mounted");
+            return;
+        };
+        assert_eq!(resolve_root(&root).expect("cgroup v2"), root);
+        if root.ends_with("unified") {
+            let parent = root.parent().expect("parent");
+            assert_eq!(resolve_root(parent).expect("hybrid"), root);
+        }
+    }
+
+    #[test]
     fn filter_refuses_parent_components_and_missing_dirs() {
         let root = Path::new("/nonexistent-cgroup-root");
         let err = filter_for(root, "/a/../b").unwrap_err().to_string();
@@ -168,6 +226,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/system.slice/x.service"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_that_is_not_cgroup2_is_refused_by_name() {
+        let dir = std::env::temp_dir();
+        let err = resolve_root(&dir).expect_err("a temp directory is not cgroup v2");
+        let message = err.to_string();
+        assert!(message.contains(&dir.display().to_string()), "{message}");
+        assert!(message.contains("unified"), "{message}");
+    }
+
+    #[test]
+    fn the_mounted_cgroup2_root_resolves_to_itself_and_from_its_parent_on_hybrid_hosts() {
+        let Ok(root) = detect_root() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI machines mount cgroup v2"
+            );
+            eprintln!("SKIPPED: no cgroup v2 mounted");
+            return;
+        };
+        assert_eq!(resolve_root(&root).expect("cgroup v2"), root);
+        if root.ends_with("unified") {
+            let parent = root.parent().expect("parent");
+            assert_eq!(resolve_root(parent).expect("hybrid"), root);
+        }
     }
 
     #[test]

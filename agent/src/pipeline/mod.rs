@@ -86,7 +86,7 @@ pub struct AgentOptions {
 impl AgentOptions {
     pub(crate) fn root(&self) -> Result<PathBuf, PipelineError> {
         match &self.cgroup_root {
-            Some(root) => Ok(root.clone()),
+            Some(root) => Ok(cgroup::resolve_root(root)?),
             None => Ok(cgroup::detect_root()?),
         }
     }
