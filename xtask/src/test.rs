@@ -135,6 +135,17 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     )?;
 
     let debug = workspace_root().join("target/debug");
+    // The images of the node tests (agent/tests/node.rs): the agent's from this build, the
+    // workloads' and the pod sandbox's, imported into the test node's containerd.
+    let mut node_images = None;
+    steps.run("images for the node tests".to_owned(), || {
+        node_images = Some(crate::image::for_node(
+            &debug.join("vigil"),
+            &workspace_root().join("target/images/test"),
+        )?);
+        Ok(())
+    })?;
+    let (images, sandbox) = node_images.expect("set by the images step");
     let mut test = cargo_with(&[
         "test",
         "--workspace",
@@ -149,7 +160,9 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     test.args(extra)
         .env("VIGIL_SCENARIO_BIN", debug.join("vigil-scenario"))
         .env("VIGIL_BIN", debug.join("vigil"))
-        .env("VIGIL_K8S_BIN", k8s_bin.expect("set by the k8s-env step"));
+        .env("VIGIL_K8S_BIN", k8s_bin.expect("set by the k8s-env step"))
+        .env("VIGIL_NODE_IMAGES", std::env::join_paths(&images)?)
+        .env("VIGIL_SANDBOX_IMAGE", sandbox);
     steps.run(describe(&test), || run_counted(&mut test, counts))
 }
 

@@ -351,10 +351,17 @@ pub const PINNED_AGENTS: &str = "/sys/fs/bpf/vigil/agents";
 
 impl Drop for LossCounters {
     fn drop(&mut self) {
-        if let Some(dir) = self.pinned.take()
-            && let Err(err) = std::fs::remove_dir_all(&dir)
-        {
-            tracing::warn!(dir = %dir.display(), %err, "could not remove the pinned probe counters");
+        if let Some(dir) = self.pinned.take() {
+            if let Err(err) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), %err, "could not remove the pinned probe counters");
+            }
+            // The last agent out leaves no directory behind (another one's keeps them).
+            let agents = Path::new(PINNED_AGENTS);
+            if std::fs::remove_dir(agents).is_ok()
+                && let Some(vigil) = agents.parent()
+            {
+                let _ = std::fs::remove_dir(vigil);
+            }
         }
     }
 }
@@ -362,6 +369,7 @@ impl Drop for LossCounters {
 /// Pins `map` as this agent's probe counters, so that `vigil doctor` can read them while the
 /// agent runs. Not being able to is logged: the counts still reach the loss events and log.
 fn pin_probe_errors(map: &aya::maps::Map) -> Option<PathBuf> {
+    remove_dead_agents_pins();
     let dir = Path::new(PINNED_AGENTS).join(std::process::id().to_string());
     let pinned = std::fs::create_dir_all(&dir)
         .map_err(|e| e.to_string())
@@ -371,6 +379,27 @@ fn pin_probe_errors(map: &aya::maps::Map) -> Option<PathBuf> {
         Err(err) => {
             tracing::warn!(dir = %dir.display(), %err, "probe counters not pinned: vigil doctor cannot show them");
             None
+        }
+    }
+}
+
+/// Removes the pinned counters of agents that died without cleaning up (SIGKILL, OOM): a
+/// pinned map lives until its pin goes.
+fn remove_dead_agents_pins() {
+    let Ok(entries) = std::fs::read_dir(PINNED_AGENTS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && let Err(err) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), %err, "could not remove a dead agent's pinned counters");
         }
     }
 }

@@ -229,32 +229,6 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_that_is_not_cgroup2_is_refused_by_name() {
-        let dir = std::env::temp_dir();
-        let err = resolve_root(&dir).expect_err("a temp directory is not cgroup v2");
-        let message = err.to_string();
-        assert!(message.contains(&dir.display().to_string()), "{message}");
-        assert!(message.contains("unified"), "{message}");
-    }
-
-    #[test]
-    fn the_mounted_cgroup2_root_resolves_to_itself_and_from_its_parent_on_hybrid_hosts() {
-        let Ok(root) = detect_root() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI machines mount cgroup v2"
-            );
-            eprintln!("SKIPPED: no cgroup v2 mounted");
-            return;
-        };
-        assert_eq!(resolve_root(&root).expect("cgroup v2"), root);
-        if root.ends_with("unified") {
-            let parent = root.parent().expect("parent");
-            assert_eq!(resolve_root(parent).expect("hybrid"), root);
-        }
-    }
-
-    #[test]
     fn filter_for_a_directory_counts_its_depth() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a/b");

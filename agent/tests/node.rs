@@ -1,0 +1,878 @@
+//! End to end on a real node: `helm install` the chart into a one-node cluster (kubelet,
+//! containerd, runc, kube-proxy; `testenv::Cluster`) and catch what happens inside real pods.
+//!
+//! One cluster serves every test, in order (the chart is installed by the first and removed by
+//! the last), so this file has its own runner (`harness = false`): it starts the cluster, runs
+//! the tests, reports them the way libtest does (so `cargo xtask test` counts them) and tears
+//! the cluster down whatever happened.
+//!
+//! Needs root, the Kubernetes binaries (`VIGIL_K8S_BIN`) and the images `cargo xtask test`
+//! builds (`VIGIL_NODE_IMAGES`, `VIGIL_SANDBOX_IMAGE`). Outside CI it skips, saying why, when
+//! they are missing; in CI (`CI=true`) that fails.
+//!
+//! Traffic stays on the pod range, the Service range and loopback: pods have no other route,
+//! and the node drops anything forwarded off its bridge.
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use testenv::{Cluster, NodeOptions};
+
+/// The chart's capability set: what the agent runs with (`charts/vigil/values.yaml`).
+const CHART_CAPABILITIES: [&str; 5] = [
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_NET_ADMIN",
+    "CAP_SYS_PTRACE",
+    "CAP_DAC_READ_SEARCH",
+];
+const WAIT: Duration = Duration::from_secs(90);
+const AGENT_NS: &str = "vigil";
+const WORKLOAD_IMAGE: &str = "docker.io/library/vigil-test-busybox";
+
+struct Ctx {
+    cluster: Cluster,
+    tag: String,
+    workspace: PathBuf,
+}
+
+type TestFn = fn(&Ctx) -> Result<()>;
+
+const TESTS: [(&str, TestFn); 6] = [
+    (
+        "helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only",
+        helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only,
+    ),
+    (
+        "a_binary_copied_into_a_deployment_pod_is_killed_and_named_as_the_container_sees_it",
+        a_binary_copied_into_a_deployment_pod_is_killed_and_named_as_the_container_sees_it,
+    ),
+    (
+        "an_edited_policy_takes_effect_and_its_status_shows_this_nodes_verdict",
+        an_edited_policy_takes_effect_and_its_status_shows_this_nodes_verdict,
+    ),
+    (
+        "egress_to_a_service_is_allowed_and_to_an_unselected_pod_or_a_deleted_service_is_not",
+        egress_to_a_service_is_allowed_and_to_an_unselected_pod_or_a_deleted_service_is_not,
+    ),
+    (
+        "write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtime",
+        write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtime,
+    ),
+    (
+        "helm_uninstall_leaves_no_program_or_pin_behind",
+        helm_uninstall_leaves_no_program_or_pin_behind,
+    ),
+];
+
+fn main() -> ExitCode {
+    // libtest's arguments: flags are ignored, anything else filters by name.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected: Vec<&(&str, TestFn)> = TESTS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    if selected.is_empty() {
+        println!("\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured\n");
+        return ExitCode::SUCCESS;
+    }
+    let setup = match environment() {
+        Ok(Some(setup)) => setup,
+        Ok(None) => {
+            println!(
+                "\ntest result: ok. 0 passed; 0 failed; {} ignored; 0 measured\n",
+                selected.len()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            println!("node setup failed: {err:#}");
+            println!(
+                "\ntest result: FAILED. 0 passed; {} failed; 0 ignored; 0 measured\n",
+                selected.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    let ctx = match start(setup) {
+        Ok(ctx) => ctx,
+        Err(err) => {
+            println!("the cluster did not start: {err:#}");
+            println!(
+                "\ntest result: FAILED. 0 passed; {} failed; 0 ignored; 0 measured\n",
+                selected.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "node {} Ready in {:.1} s",
+        ctx.cluster.node_name(),
+        started.elapsed().as_secs_f64()
+    );
+    let (mut passed, mut failed) = (0, Vec::new());
+    for (name, test) in selected {
+        let start = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&ctx)));
+        let took = start.elapsed().as_secs_f64();
+        match outcome {
+            Ok(Ok(())) => {
+                println!("test {name} ... ok ({took:.1} s)");
+                passed += 1;
+            }
+            Ok(Err(err)) => {
+                println!("test {name} ... FAILED ({took:.1} s)\n{err:#}");
+                failed.push(*name);
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED (panicked, {took:.1} s)");
+                failed.push(*name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        println!(
+            "--- agent log tail:\n{}",
+            ctx.kubectl(&[
+                "logs",
+                "-n",
+                AGENT_NS,
+                "-l",
+                "app.kubernetes.io/name=vigil",
+                "--tail=40"
+            ])
+            .unwrap_or_else(|e| format!("{e:#}"))
+        );
+    }
+    let stopped = ctx.cluster.stop();
+    if let Err(err) = &stopped {
+        println!("stopping the cluster failed: {err:#}");
+    }
+    let ok = failed.is_empty() && stopped.is_ok();
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured\n",
+        if ok { "ok" } else { "FAILED" },
+        failed.len()
+    );
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+struct Setup {
+    bin: PathBuf,
+    images: Vec<PathBuf>,
+    sandbox: String,
+}
+
+/// What the tests need, or `None` (after saying why) when they cannot run here outside CI.
+fn environment() -> Result<Option<Setup>> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let mut missing = Vec::new();
+    // SAFETY: a plain syscall without arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_owned());
+    }
+    let images = std::env::var("VIGIL_NODE_IMAGES").unwrap_or_default();
+    let sandbox = std::env::var("VIGIL_SANDBOX_IMAGE").unwrap_or_default();
+    if images.is_empty() || sandbox.is_empty() {
+        missing
+            .push("VIGIL_NODE_IMAGES and VIGIL_SANDBOX_IMAGE (cargo xtask test sets them)".into());
+    }
+    let bin = testenv::bin_dir();
+    let absent = testenv::missing_binaries(&bin);
+    if !absent.is_empty() {
+        missing.push(format!("{} in {}", absent.join(", "), bin.display()));
+    }
+    if !missing.is_empty() {
+        let why = format!("the node tests need {}", missing.join("; "));
+        if in_ci {
+            bail!("{why}");
+        }
+        println!("SKIPPED: {why}");
+        return Ok(None);
+    }
+    Ok(Some(Setup {
+        bin,
+        images: std::env::split_paths(&images).collect(),
+        sandbox,
+    }))
+}
+
+fn start(setup: Setup) -> Result<Ctx> {
+    let workspace = testenv::workspace_root();
+    let dir = std::env::temp_dir().join("vigil-node-tests");
+    let cluster = Cluster::start(
+        &dir,
+        &setup.bin,
+        &NodeOptions {
+            node_name: "vigil-e2e-node".into(),
+            images: setup.images,
+            sandbox_image: setup.sandbox,
+            ready_timeout: Duration::from_secs(300),
+        },
+    )?;
+    let tag = chart_app_version(&workspace)?;
+    Ok(Ctx {
+        cluster,
+        tag,
+        workspace,
+    })
+}
+
+fn chart_app_version(workspace: &Path) -> Result<String> {
+    let chart = std::fs::read_to_string(workspace.join("charts/vigil/Chart.yaml"))?;
+    chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .context("Chart.yaml has no appVersion")
+}
+
+impl Ctx {
+    fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.cluster.control_plane().kubectl_ok(args)
+    }
+
+    fn apply(&self, yaml: &str) -> Result<()> {
+        self.cluster.control_plane().apply(yaml).map(drop)
+    }
+
+    fn helm(&self, args: &[&str]) -> Result<String> {
+        let plane = self.cluster.control_plane();
+        let out = Command::new(plane.bin_dir().join("helm"))
+            .args(args)
+            .env("KUBECONFIG", plane.kubeconfig())
+            .env("HELM_CONFIG_HOME", self.cluster.dir().join("helm/config"))
+            .env("HELM_CACHE_HOME", self.cluster.dir().join("helm/cache"))
+            .env("HELM_DATA_HOME", self.cluster.dir().join("helm/data"))
+            .current_dir(&self.workspace)
+            .output()
+            .context("cannot run helm")?;
+        ensure!(
+            out.status.success(),
+            "helm {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl exec POD -- /bin/busybox sh -c SCRIPT`: its exit code and output, killed
+    /// after 60 s.
+    fn exec(&self, ns: &str, pod: &str, script: &str) -> Result<(i32, String)> {
+        let mut cmd = self.cluster.control_plane().kubectl_command();
+        cmd.args([
+            "exec",
+            "-n",
+            ns,
+            pod,
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("cannot run kubectl exec")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("kubectl exec {pod} -- {script}: no answer within 60 s");
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let mut output = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            out.read_to_string(&mut output)?;
+        }
+        if let Some(mut err) = child.stderr.take() {
+            err.read_to_string(&mut output)?;
+        }
+        Ok((status.code().unwrap_or(-1), output))
+    }
+
+    /// The name of the one Running pod with `selector` in `ns`.
+    fn pod(&self, ns: &str, selector: &str) -> Result<String> {
+        wait(&format!("a ready pod {selector} in {ns}"), || {
+            let out = self.kubectl(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])?;
+            let list: Value = serde_json::from_str(&out)?;
+            Ok(list["items"].as_array().and_then(|items| {
+                items.iter().find_map(|pod| {
+                    let ready = pod["status"]["conditions"]
+                        .as_array()?
+                        .iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                    let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
+                    (ready && !deleting)
+                        .then(|| pod["metadata"]["name"].as_str().map(str::to_owned))
+                        .flatten()
+                })
+            }))
+        })
+    }
+
+    /// Every CloudEvent the agent printed so far (its container's stdout).
+    fn events(&self) -> Result<Vec<Value>> {
+        let pod = self.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+        let out = self.kubectl(&["logs", "-n", AGENT_NS, &pod])?;
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// Waits for the first event that `matches`.
+    fn event(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Result<Value> {
+        wait(what, || Ok(self.events()?.into_iter().find(|e| matches(e))))
+    }
+
+    fn namespace(&self, ns: &str) -> Result<()> {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+        ))
+    }
+
+    /// A one-replica Deployment of the workload image running `command`.
+    fn deployment(&self, ns: &str, app: &str, command: &[&str]) -> Result<String> {
+        let command = serde_json::to_string(command)?;
+        self.apply(&format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {app}, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {app}}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: main
+          image: {WORKLOAD_IMAGE}:{tag}
+          imagePullPolicy: Never
+          command: {command}
+"#,
+            tag = self.tag
+        ))?;
+        self.pod(ns, &format!("app={app}"))
+    }
+}
+
+/// Polls `check` every 500 ms until it yields a value, for at most [`WAIT`].
+fn wait<T>(what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + WAIT;
+    let mut last_error = None;
+    loop {
+        match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(err) => last_error = Some(err),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {WAIT:?} waiting for {what}{}",
+                last_error
+                    .map(|e| format!(" (last error: {e:#})"))
+                    .unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn data<'a>(event: &'a Value, pointer: &str) -> &'a Value {
+    event["data"].pointer(pointer).unwrap_or(&Value::Null)
+}
+
+/// The capability names in a `/proc/PID/status` mask.
+fn capability_names(mask: u64) -> Vec<&'static str> {
+    const NAMES: [(u32, &str); 6] = [
+        (2, "CAP_DAC_READ_SEARCH"),
+        (12, "CAP_NET_ADMIN"),
+        (19, "CAP_SYS_PTRACE"),
+        (21, "CAP_SYS_ADMIN"),
+        (38, "CAP_PERFMON"),
+        (39, "CAP_BPF"),
+    ];
+    let mut names = Vec::new();
+    for bit in 0..64 {
+        if mask & (1 << bit) != 0 {
+            names.push(
+                NAMES
+                    .iter()
+                    .find(|(b, _)| *b == bit)
+                    .map_or("(another capability)", |(_, n)| *n),
+            );
+        }
+    }
+    names
+}
+
+/// The host pid of the agent's process, found by its container's cgroup.
+fn agent_pid(ctx: &Ctx) -> Result<u32> {
+    let pod = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+    let status = ctx.kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        AGENT_NS,
+        &pod,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ])?;
+    let id = status
+        .strip_prefix("containerd://")
+        .context("a containerd container id")?
+        .to_owned();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if cgroup.contains(&id) && comm.trim() == "vigil" {
+            return Ok(pid);
+        }
+    }
+    bail!("no vigil process in container {id}")
+}
+
+fn helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only(
+    ctx: &Ctx,
+) -> Result<()> {
+    let start = Instant::now();
+    ctx.helm(&[
+        "install",
+        "vigil",
+        "charts/vigil",
+        "-n",
+        AGENT_NS,
+        "--create-namespace",
+        "--set",
+        "image.repository=docker.io/library/vigil",
+    ])?;
+    let pod = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+    println!(
+        "  helm install -> agent pod {pod} Ready in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let spec: Value =
+        serde_json::from_str(&ctx.kubectl(&["get", "pod", "-n", AGENT_NS, &pod, "-o", "json"])?)?;
+    let security = &spec["spec"]["containers"][0]["securityContext"];
+    ensure!(
+        security["privileged"] == false,
+        "not privileged: {security}"
+    );
+    ensure!(
+        spec["spec"]["serviceAccountName"] == "vigil",
+        "the chart's ServiceAccount: {}",
+        spec["spec"]["serviceAccountName"]
+    );
+    let pid = agent_pid(ctx)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mask = |field: &str| -> Result<u64> {
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .context(field.to_owned())?;
+        Ok(u64::from_str_radix(hex.trim(), 16)?)
+    };
+    let mut effective = capability_names(mask("CapEff:")?);
+    let mut bounding = capability_names(mask("CapBnd:")?);
+    let mut expected = CHART_CAPABILITIES.to_vec();
+    effective.sort_unstable();
+    bounding.sort_unstable();
+    expected.sort_unstable();
+    println!("  the agent runs with {effective:?}");
+    ensure!(
+        effective == expected,
+        "effective {effective:?}, chart {expected:?}"
+    );
+    ensure!(
+        bounding == expected,
+        "bounding {bounding:?}, chart {expected:?}"
+    );
+    // Everything it knows of the cluster came through that ServiceAccount's token: it has
+    // seen this node's pods (the DaemonSet's own among them) and serves ready.
+    let ready = ctx.exec(
+        "default",
+        &ctx.deployment("default", "probe", &["/bin/busybox", "sleep", "100000"])?,
+        &format!(
+            "/bin/busybox wget -q -O- http://{}:9464/readyz",
+            ctx.kubectl(&[
+                "get",
+                "pod",
+                "-n",
+                AGENT_NS,
+                &pod,
+                "-o",
+                "jsonpath={.status.podIP}"
+            ])?
+        ),
+    )?;
+    ensure!(ready.0 == 0, "readyz from a pod: {ready:?}");
+    Ok(())
+}
+
+fn a_binary_copied_into_a_deployment_pod_is_killed_and_named_as_the_container_sees_it(
+    ctx: &Ctx,
+) -> Result<()> {
+    let ns = "e2e-exec";
+    ctx.namespace(ns)?;
+    ctx.apply(&format!(
+        r#"apiVersion: vigil.dev/v1alpha1
+kind: RuntimePolicy
+metadata: {{name: only-busybox, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: shop}}}}
+  exec:
+    allow: [{{path: /bin/busybox}}, {{path: /usr/bin/grep}}]
+    action: Kill
+"#
+    ))?;
+    let pod = ctx.deployment(ns, "shop", &["/bin/busybox", "sleep", "100000"])?;
+    wait("the policy to be enforced on this node", || {
+        let status = ctx.kubectl(&[
+            "get",
+            "runtimepolicy",
+            "-n",
+            ns,
+            "only-busybox",
+            "-o",
+            "jsonpath={.status.nodes[0].conditions[0].reason}",
+        ])?;
+        Ok((status == "Valid").then_some(()))
+    })?;
+    // The allowed binary runs in the same pod.
+    let (code, out) = ctx.exec(ns, &pod, "/bin/busybox echo allowed")?;
+    ensure!(
+        code == 0 && out.contains("allowed"),
+        "allowed binary: {code} {out}"
+    );
+    let (code, out) = ctx.exec(
+        ns,
+        &pod,
+        "/bin/busybox mkdir -p /tmp && /bin/busybox cp /bin/busybox /tmp/shell && /tmp/shell echo escaped; echo rc=$?",
+    )?;
+    ensure!(
+        out.contains("rc=137") && !out.contains("escaped\n"),
+        "/tmp/shell must die by SIGKILL (rc 137): {code} {out}"
+    );
+    let event = ctx.event("the exec violation", |e| {
+        e["type"] == "dev.vigil.exec.v1" && data(e, "/exec/path") == "/tmp/shell"
+    })?;
+    let pod_uid = ctx.kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        ns,
+        &pod,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
+    for (pointer, want) in [
+        ("/pod/name", pod.as_str()),
+        ("/pod/namespace", ns),
+        ("/pod/uid", pod_uid.as_str()),
+        ("/pod/owner/kind", "Deployment"),
+        ("/pod/owner/name", "shop"),
+        ("/container/name", "main"),
+        ("/process/exe", "/tmp/shell"),
+        ("/policy/name", "only-busybox"),
+    ] {
+        ensure!(
+            data(&event, pointer) == want,
+            "{pointer} should be {want}: {event}"
+        );
+    }
+    ensure!(
+        data(&event, "/container/image") == format!("{WORKLOAD_IMAGE}:{}", ctx.tag).as_str(),
+        "image: {event}"
+    );
+    ensure!(
+        event["vigilaction"] == "kill" && event["vigilverdict"] == "violation",
+        "{event}"
+    );
+    ensure!(
+        event["subject"] == format!("namespaces/{ns}/pods/{pod}").as_str(),
+        "subject: {event}"
+    );
+    // The allowed run made no event.
+    let allowed = ctx
+        .events()?
+        .into_iter()
+        .filter(|e| {
+            e["type"] == "dev.vigil.exec.v1"
+                && data(e, "/pod/namespace") == ns
+                && data(e, "/exec/path") != "/tmp/shell"
+        })
+        .count();
+    ensure!(allowed == 0, "{allowed} events for allowed binaries");
+    Ok(())
+}
+
+fn an_edited_policy_takes_effect_and_its_status_shows_this_nodes_verdict(ctx: &Ctx) -> Result<()> {
+    let ns = "e2e-exec";
+    let pod = ctx.pod(ns, "app=shop")?;
+    ctx.kubectl(&[
+        "patch",
+        "runtimepolicy",
+        "-n",
+        ns,
+        "only-busybox",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/exec/allow/-","value":{"path":"/tmp/shell"}}]"#,
+    ])?;
+    let node = ctx.cluster.node_name().to_owned();
+    wait("status for generation 2", || {
+        let status: Value = serde_json::from_str(&ctx.kubectl(&[
+            "get",
+            "runtimepolicy",
+            "-n",
+            ns,
+            "only-busybox",
+            "-o",
+            "jsonpath={.status}",
+        ])?)?;
+        let this = status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["node"] == node.as_str()).cloned());
+        Ok(this.filter(|n| n["observedGeneration"] == 2 && n["conditions"][0]["status"] == "True"))
+    })?;
+    // Busybox run as `shell` looks for an applet of that name: that message proves it ran.
+    let (code, out) = ctx.exec(ns, &pod, "/tmp/shell; echo rc=$?")?;
+    ensure!(
+        out.contains("applet not found") && out.contains("rc=127"),
+        "/tmp/shell must run now: {code} {out}"
+    );
+    Ok(())
+}
+
+fn egress_to_a_service_is_allowed_and_to_an_unselected_pod_or_a_deleted_service_is_not(
+    ctx: &Ctx,
+) -> Result<()> {
+    let ns = "e2e-egress";
+    ctx.namespace(ns)?;
+    let server = "while true; do /bin/busybox echo hi | /bin/busybox nc -l -p 8080; done";
+    ctx.deployment(ns, "backend", &["/bin/busybox", "sh", "-c", server])?;
+    let lonely = ctx.deployment(ns, "lonely", &["/bin/busybox", "sh", "-c", server])?;
+    ctx.apply(&format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: {ns}}}
+spec:
+  selector: {{app: backend}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: vigil.dev/v1alpha1
+kind: RuntimePolicy
+metadata: {{name: services-only, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: client}}}}
+  connect:
+    allowServices: true
+    action: Alert
+"#
+    ))?;
+    let client = ctx.deployment(ns, "client", &["/bin/busybox", "sleep", "100000"])?;
+    let cluster_ip = ctx.kubectl(&[
+        "get",
+        "svc",
+        "-n",
+        ns,
+        "backend",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let lonely_ip = ctx.kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        ns,
+        &lonely,
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])?;
+    let connect = |ip: &str, port: u16| {
+        ctx.exec(
+            ns,
+            &client,
+            &format!("echo | /bin/busybox nc -w 3 {ip} {port}"),
+        )
+    };
+    let violation = |ip: String, port: u16| {
+        move |e: &Value| {
+            e["type"] == "dev.vigil.connect.v1"
+                && data(e, "/pod/namespace") == ns
+                && data(e, "/connect/daddr") == ip.as_str()
+                && data(e, "/connect/dport") == port
+        }
+    };
+    // The Service: allowed once the agent knows it, and the connection really goes through.
+    wait("the Service to answer through its ClusterIP", || {
+        let (_, out) = connect(&cluster_ip, 80)?;
+        Ok(out.contains("hi").then_some(()))
+    })?;
+    // A pod no Service selects: a violation.
+    connect(&lonely_ip, 8080)?;
+    let event = ctx.event(
+        "the connect violation to the lonely pod",
+        violation(lonely_ip.clone(), 8080),
+    )?;
+    ensure!(
+        event["vigilverdict"] == "violation" && data(&event, "/pod/name") == client.as_str(),
+        "{event}"
+    );
+    // The allowed Service connect made none (checked after the violation, so it had time).
+    let to_service = ctx
+        .events()?
+        .iter()
+        .filter(|e| violation(cluster_ip.clone(), 80)(e))
+        .count();
+    ensure!(
+        to_service == 0,
+        "{to_service} violations for the Service's ClusterIP"
+    );
+    // Delete the Service: the same ClusterIP is a violation now.
+    ctx.kubectl(&["delete", "svc", "-n", ns, "backend"])?;
+    wait("a violation for the deleted Service's ClusterIP", || {
+        connect(&cluster_ip, 80)?;
+        Ok(ctx
+            .events()?
+            .into_iter()
+            .find(|e| violation(cluster_ip.clone(), 80)(e)))
+    })?;
+    Ok(())
+}
+
+fn write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtime(
+    ctx: &Ctx,
+) -> Result<()> {
+    let ns = "e2e-wx";
+    ctx.namespace(ns)?;
+    ctx.apply(&format!(
+        r#"apiVersion: vigil.dev/v1alpha1
+kind: RuntimePolicy
+metadata: {{name: no-wx, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: jit}}}}
+  memory:
+    writeExecute: Deny
+    allowExecutables: [/usr/bin/grep]
+    action: Alert
+"#
+    ))?;
+    let pod = ctx.deployment(ns, "jit", &["/bin/busybox", "sleep", "100000"])?;
+    wait("the policy to be enforced on this node", || {
+        let status = ctx.kubectl(&[
+            "get",
+            "runtimepolicy",
+            "-n",
+            ns,
+            "no-wx",
+            "-o",
+            "jsonpath={.status.nodes[0].conditions[0].reason}",
+        ])?;
+        Ok((status == "Valid").then_some(()))
+    })?;
+    // The listed JIT runtime compiles its pattern into W+X memory: allowed.
+    let (code, out) = ctx.exec(ns, &pod, "echo abc | /usr/bin/grep -P 'a.c'")?;
+    ensure!(code == 0 && out.contains("abc"), "grep -P: {code} {out}");
+    // The same program under another name is not the listed executable.
+    let (code, out) = ctx.exec(
+        ns,
+        &pod,
+        "/bin/busybox mkdir -p /tmp && /bin/busybox cp /usr/bin/grep /tmp/pcre && echo abc | /tmp/pcre -P 'a.c'",
+    )?;
+    ensure!(
+        code == 0 && out.contains("abc"),
+        "Alert lets it run: {code} {out}"
+    );
+    let event = ctx.event("the W^X violation", |e| {
+        e["type"] == "dev.vigil.wx.v1" && data(e, "/pod/namespace") == ns
+    })?;
+    ensure!(data(&event, "/process/exe") == "/tmp/pcre", "{event}");
+    ensure!(data(&event, "/pod/name") == pod.as_str(), "{event}");
+    let from_grep = ctx
+        .events()?
+        .into_iter()
+        .filter(|e| e["type"] == "dev.vigil.wx.v1" && data(e, "/process/exe") == "/usr/bin/grep")
+        .count();
+    ensure!(
+        from_grep == 0,
+        "{from_grep} W^X events for the listed runtime"
+    );
+    Ok(())
+}
+
+/// The kernel's names for the agent's programs (truncated to 15 bytes).
+fn agent_program_names() -> Vec<String> {
+    vigil::ebpf::PROGRAMS
+        .iter()
+        .map(|(name, _)| name.chars().take(15).collect())
+        .collect()
+}
+
+/// How many loaded programs carry one of the agent's names.
+fn agent_programs_loaded() -> Result<usize> {
+    let names = agent_program_names();
+    let mut count = 0;
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing loaded programs")?;
+        if info
+            .name_as_str()
+            .is_some_and(|name| names.iter().any(|n| n == name))
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn helm_uninstall_leaves_no_program_or_pin_behind(ctx: &Ctx) -> Result<()> {
+    let before = agent_programs_loaded()?;
+    ensure!(before > 0, "the agent's programs are loaded while it runs");
+    ctx.helm(&[
+        "uninstall",
+        "vigil",
+        "-n",
+        AGENT_NS,
+        "--wait",
+        "--timeout",
+        "90s",
+    ])?;
+    wait("the agent's programs to be unloaded", || {
+        Ok((agent_programs_loaded()? == 0).then_some(()))
+    })?;
+    let pins = Path::new("/sys/fs/bpf/vigil");
+    ensure!(!pins.exists(), "{} is left behind", pins.display());
+    Ok(())
+}
