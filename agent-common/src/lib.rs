@@ -544,7 +544,10 @@ pub struct Config {
     pub agent_pid: u32,
     /// One of [`mode`].
     pub mode: u32,
-    pub _pad: u32,
+    /// This agent's generation when enforcement is pinned (0: not pinned). Its programs
+    /// report only while `EMITTER` holds it: during a hand-over from a previous agent
+    /// exactly one generation reports each act, while both enforce.
+    pub generation: u32,
     pub kernel: KernelOffsets,
 }
 
@@ -596,6 +599,22 @@ pub const fn connect_target(dport: u16, daddr: &[u8; 16]) -> u64 {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
+
+/// Names the layout of the records in `EVENTS`: an agent reads a previous agent's pinned
+/// ring buffer only when this matches (bump [`RECORD_LAYOUT_REVISION`] on any change a size
+/// does not show).
+pub const RECORD_LAYOUT_REVISION: u32 = 1;
+pub const RECORD_LAYOUT: u32 = RECORD_LAYOUT_REVISION
+    .wrapping_mul(31)
+    .wrapping_add(core::mem::size_of::<EventHeader>() as u32)
+    .wrapping_mul(31)
+    .wrapping_add(core::mem::size_of::<ExecEvent>() as u32)
+    .wrapping_mul(31)
+    .wrapping_add(core::mem::size_of::<ConnectEvent>() as u32)
+    .wrapping_mul(31)
+    .wrapping_add(core::mem::size_of::<WxEvent>() as u32)
+    .wrapping_mul(31)
+    .wrapping_add(core::mem::size_of::<MoveEvent>() as u32);
 const _: () =
     assert!(core::mem::size_of::<ExecEvent>() == 80 + 16 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);

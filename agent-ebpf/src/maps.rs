@@ -22,6 +22,15 @@ pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::SLOTS,
 pub static PROBE_ERRORS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(agent_common::probe_error::SLOTS, 0);
 
+/// Slot 0: the generation whose programs report (see `Config::generation`). Shared, by its
+/// pin, between the programs of consecutive agents.
+#[map]
+pub static EMITTER: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Violations this generation enforced but left to the reporting generation, per kind.
+#[map]
+pub static SILENCED: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::SLOTS, 0);
+
 /// Slot 0: the run-time [`Config`] written by user space before attaching.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -7,7 +7,7 @@ use agent_common::{
     ThrottleKey, ThrottleState, WxEvent, connect_target, verdict,
 };
 
-use crate::maps::{THROTTLE, THROTTLED};
+use crate::maps::{EMITTER, SILENCED, THROTTLE, THROTTLED};
 
 /// Records whose header [`admit`] may adjust, and what each was aimed at.
 pub trait HasHeader {
@@ -47,6 +47,16 @@ impl HasHeader for ExecEvent {
     }
 }
 
+/// Whether this generation's programs report: always unless enforcement is pinned, then
+/// only while `EMITTER` names this generation (the previous agent's programs report until
+/// the new agent takes over; both enforce meanwhile).
+fn reporting() -> bool {
+    let Some(cfg) = crate::task::config() else {
+        return true;
+    };
+    cfg.generation == 0 || EMITTER.get(0).is_some_and(|g| *g == cfg.generation)
+}
+
 /// Whether a record goes out; sets its `count` and `first_ns`. Observations (trace mode)
 /// always go out.
 #[expect(
@@ -54,6 +64,13 @@ impl HasHeader for ExecEvent {
     reason = "by reference, so the key and value are not copied again onto the 512-byte BPF stack (connect4 exceeds it otherwise)"
 )]
 pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
+    if !reporting() {
+        if let Some(slot) = SILENCED.get_ptr_mut(kind) {
+            // SAFETY: per-CPU slot, so no other program writes it concurrently.
+            unsafe { *slot += 1 };
+        }
+        return false;
+    }
     header.count = 1;
     header.first_ns = header.boot_ns;
     if header.verdict != verdict::VIOLATION {

@@ -67,6 +67,7 @@ impl AgentArgs {
             ring_buffer_bytes: self.ring_buffer_bytes,
             kernel_log: self.kernel_log,
             metrics_addr: self.metrics_addr,
+            pin_dir: None,
         };
         Ok((options, sinks))
     }
@@ -138,6 +139,17 @@ enum Command {
         /// file, replaced whole on every change.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// Pin the programs in bpffs under this directory (e.g. /sys/fs/bpf/vigil), so that
+        /// they keep enforcing while the agent restarts or is upgraded; the next agent takes
+        /// over from them. In a cluster the pins go when the agent's DaemonSet is deleted
+        /// (`helm uninstall`); `vigil unpin` removes them by hand.
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Remove the enforcement `vigil run --pin-dir` left pinned: its programs detach.
+    Unpin {
+        #[arg(long, default_value = vigil::ebpf::pin::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
     /// Print what this kernel offers the agent; exit non-zero when the agent cannot run.
     Doctor,
@@ -291,6 +303,11 @@ fn main() -> Result<()> {
             print!("{}", vigil::cloudevents::schema::event_schema_text());
             Ok(())
         }
+        Command::Unpin { pin_dir } => {
+            vigil::ebpf::pin::remove_all(&pin_dir)?;
+            println!("{}: no pinned enforcement left", pin_dir.display());
+            Ok(())
+        }
         Command::Doctor => {
             let checks = doctor::run();
             for c in &checks {
@@ -313,10 +330,12 @@ fn main() -> Result<()> {
             agent,
             watch_interval_ms,
             state_file,
+            pin_dir,
         } => {
             // Sinks are made in the runtime: some start tasks of their own.
             with_signals(|rx| async move {
-                let (agent, sinks) = agent.options()?;
+                let (mut agent, sinks) = agent.options()?;
+                agent.pin_dir = pin_dir;
                 let options = RunOptions {
                     agent,
                     policies,

@@ -381,6 +381,7 @@ fn loss_accounting_is_exact_with_a_tiny_ring_buffer() {
         exclude_pid: std::process::id(),
         cgroup_root: Some(cg.root.clone()),
         kernel_log: false,
+        pin: None,
     })
     .expect("loading probes");
     let mut ring = probes.take_ring_buffer().unwrap();

@@ -44,7 +44,7 @@ struct Ctx {
 
 type TestFn = fn(&Ctx) -> Result<()>;
 
-const TESTS: [(&str, TestFn); 6] = [
+const TESTS: [(&str, TestFn); 8] = [
     (
         "helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only",
         helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only,
@@ -64,6 +64,14 @@ const TESTS: [(&str, TestFn); 6] = [
     (
         "write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtime",
         write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtime,
+    ),
+    (
+        "deleting_the_agent_pod_during_denied_execs_kills_every_one_and_reports_each_once",
+        deleting_the_agent_pod_during_denied_execs_kills_every_one_and_reports_each_once,
+    ),
+    (
+        "helm_upgrade_replaces_the_agent_and_leaves_one_generation_of_programs",
+        helm_upgrade_replaces_the_agent_and_leaves_one_generation_of_programs,
     ),
     (
         "helm_uninstall_leaves_no_program_or_pin_behind",
@@ -874,5 +882,215 @@ fn helm_uninstall_leaves_no_program_or_pin_behind(ctx: &Ctx) -> Result<()> {
     })?;
     let pins = Path::new("/sys/fs/bpf/vigil");
     ensure!(!pins.exists(), "{} is left behind", pins.display());
+    Ok(())
+}
+
+/// The pinned generations (`gen-<N>` directories) under the chart's pin directory.
+fn pinned_generations() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf/vigil")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| n.starts_with("gen-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Follows one pod's log until the pod ends, collecting its lines.
+fn follow_log(ctx: &Ctx, pod: &str) -> Result<thread::JoinHandle<String>> {
+    let mut cmd = ctx.cluster.control_plane().kubectl_command();
+    cmd.args(["logs", "-f", "-n", AGENT_NS, pod])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().context("kubectl logs -f")?;
+    let mut out = child.stdout.take().context("piped")?;
+    Ok(thread::spawn(move || {
+        let mut text = String::new();
+        let _ = out.read_to_string(&mut text);
+        let _ = child.wait();
+        text
+    }))
+}
+
+/// Waits until an agent pod other than `old` is Ready and has taken over from the pinned
+/// generation before it; returns its name and how long that took.
+fn wait_for_takeover(ctx: &Ctx, old: &str, since: Instant) -> Result<(String, Duration)> {
+    let new = wait("a new agent pod to be Ready", || {
+        let pod = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+        Ok((pod != old).then_some(pod))
+    })?;
+    let ready = since.elapsed();
+    wait("the new agent to take over the pinned enforcement", || {
+        let log = ctx.kubectl(&["logs", "-n", AGENT_NS, &new])?;
+        Ok(log
+            .contains("took over the enforcement pinned by the previous agent")
+            .then_some(()))
+    })?;
+    Ok((new, ready))
+}
+
+fn deleting_the_agent_pod_during_denied_execs_kills_every_one_and_reports_each_once(
+    ctx: &Ctx,
+) -> Result<()> {
+    let ns = "e2e-restart";
+    ctx.namespace(ns)?;
+    ctx.apply(&format!(
+        r#"apiVersion: vigil.dev/v1alpha1
+kind: RuntimePolicy
+metadata: {{name: only-busybox, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: victim}}}}
+  exec:
+    allow: [{{path: /bin/busybox}}]
+    action: Kill
+"#
+    ))?;
+    let victim = ctx.deployment(ns, "victim", &["/bin/busybox", "sleep", "100000"])?;
+    // Each killed try is reported too: counted, to add up the reports below.
+    let killed_before = std::cell::Cell::new(0usize);
+    wait("the policy to be enforced on this node", || {
+        let (_, out) = ctx.exec(ns, &victim, "/bin/busybox mkdir -p /tmp && /bin/busybox cp /bin/busybox /tmp/shell && /tmp/shell true; echo rc=$?")?;
+        let killed = out.contains("rc=137");
+        killed_before.set(killed_before.get() + usize::from(killed));
+        Ok(killed.then_some(()))
+    })?;
+    let old = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+    let old_log = follow_log(ctx, &old)?;
+    // A denied exec every ~50 ms until /tmp/stop appears: "<pid> <exit code>" per attempt.
+    let stream = {
+        let mut cmd = ctx.cluster.control_plane().kubectl_command();
+        cmd.args([
+            "exec", "-n", ns, &victim, "--", "/bin/busybox", "sh", "-c",
+            "/bin/busybox rm -f /tmp/stop; while [ ! -e /tmp/stop ]; do /tmp/shell true & p=$!; wait $p; echo \"$p $?\"; /bin/busybox usleep 50000; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        let mut child = cmd.spawn().context("kubectl exec (the stream)")?;
+        let mut out = child.stdout.take().context("piped")?;
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            let _ = child.wait();
+            text
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    let deleted = Instant::now();
+    ctx.kubectl(&["delete", "pod", "-n", AGENT_NS, &old, "--wait=false"])?;
+    let (new, ready_after) = wait_for_takeover(ctx, &old, deleted)?;
+    let took_over_after = deleted.elapsed();
+    thread::sleep(Duration::from_secs(2));
+    ctx.exec(ns, &victim, "/bin/busybox touch /tmp/stop")?;
+    let attempts: Vec<(u32, i32)> = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stream's reader panicked"))?
+        .lines()
+        .filter_map(|l| {
+            let (pid, rc) = l.split_once(' ')?;
+            Some((pid.parse().ok()?, rc.trim().parse().ok()?))
+        })
+        .collect();
+    let survived: Vec<&(u32, i32)> = attempts.iter().filter(|(_, rc)| *rc != 137).collect();
+    println!(
+        "  {} denied execs; agent replaced: Ready {:.1} s and in charge {:.1} s after the delete; {} not killed",
+        attempts.len(),
+        ready_after.as_secs_f64(),
+        took_over_after.as_secs_f64(),
+        survived.len()
+    );
+    ensure!(attempts.len() >= 20, "the stream ran: {attempts:?}");
+    ensure!(
+        survived.is_empty(),
+        "every denied exec dies by SIGKILL: {survived:?}"
+    );
+    // Every kill reported exactly once, by the old agent or the new one. The stream's pids
+    // are the container's; the reports carry the node's: they are counted, and each
+    // report's pid must be unique.
+    let old_text = old_log
+        .join()
+        .map_err(|_| anyhow::anyhow!("the log follower panicked"))?;
+    let new_text = ctx.kubectl(&["logs", "-n", AGENT_NS, &new])?;
+    let mut reported: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut by_new = 0;
+    for (text, is_new) in [(&old_text, false), (&new_text, true)] {
+        for event in text
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            if event["type"] == "dev.vigil.exec.v1"
+                && data(&event, "/pod/namespace") == ns
+                && let Some(pid) = data(&event, "/process/pid").as_u64()
+            {
+                *reported.entry(pid).or_default() += 1;
+                by_new += usize::from(is_new);
+            }
+        }
+    }
+    let twice: Vec<(&u64, &usize)> = reported.iter().filter(|(_, n)| **n > 1).collect();
+    ensure!(twice.is_empty(), "reported more than once: {twice:?}");
+    let kills = attempts.len() + killed_before.get();
+    println!(
+        "  {kills} kills: {} reported by the old agent, {by_new} by the new one",
+        reported.len() - by_new,
+    );
+    ensure!(
+        reported.len() == kills,
+        "every kill reported once: {} reports for {kills} kills",
+        reported.len()
+    );
+    ensure!(by_new > 0, "the new agent reports after taking over");
+    ensure!(
+        pinned_generations().len() == 1,
+        "one generation pinned: {:?}",
+        pinned_generations()
+    );
+    Ok(())
+}
+
+fn helm_upgrade_replaces_the_agent_and_leaves_one_generation_of_programs(ctx: &Ctx) -> Result<()> {
+    let before = agent_programs_loaded()?;
+    let generations = pinned_generations();
+    ensure!(
+        generations.len() == 1,
+        "one generation before: {generations:?}"
+    );
+    let old = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+    let start = Instant::now();
+    ctx.helm(&[
+        "upgrade",
+        "vigil",
+        "charts/vigil",
+        "-n",
+        AGENT_NS,
+        "--reuse-values",
+        "--set",
+        "logLevel=debug",
+    ])?;
+    let (new, _) = wait_for_takeover(ctx, &old, start)?;
+    let args = ctx.kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        AGENT_NS,
+        &new,
+        "-o",
+        "jsonpath={.spec.containers[0].env}",
+    ])?;
+    ensure!(
+        args.contains("debug"),
+        "the changed value is in the new pod: {args}"
+    );
+    let after_generations = pinned_generations();
+    ensure!(
+        after_generations.len() == 1 && after_generations != generations,
+        "one new generation: before {generations:?}, after {after_generations:?}"
+    );
+    let after = agent_programs_loaded()?;
+    ensure!(
+        after == before,
+        "{after} of the agent's programs loaded after the upgrade, {before} before"
+    );
     Ok(())
 }

@@ -2,6 +2,7 @@
 mod btf;
 pub mod kernel_log;
 pub mod offsets;
+pub mod pin;
 pub mod reader;
 pub mod throttle;
 pub mod tracefs;
@@ -12,7 +13,10 @@ use agent_common::{Config, kind};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, Program, RawTracePoint, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Program, RawTracePoint, TracePoint,
+        links::{FdLink, LinkError},
+    },
 };
 
 pub use btf::Btf;
@@ -207,6 +211,12 @@ pub enum EbpfError {
     },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(String),
+    #[error("program {program}: pinning its link at {path}: {reason}")]
+    Pin {
+        program: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -268,29 +278,44 @@ pub fn load_program(
     }
 }
 
+/// An attachment to be pinned, or why it cannot be.
+type Taken = Result<FdLink, LinkError>;
+
 /// Attaches a loaded program; cgroup programs go on `cgroup_root` as BPF links, which the
 /// kernel always runs beside the other programs of that hook (the link API takes no
-/// ALLOW_MULTI flag: `Single` sends none) and detaches when the agent exits.
+/// ALLOW_MULTI flag: `Single` sends none). The attachment ends when the agent exits, unless
+/// `take` asks for it as a link to pin.
 fn attach_program(
     prog: &mut Program,
     hook: Hook,
     cgroup_root: &std::fs::File,
-) -> Result<(), aya::programs::ProgramError> {
-    match (hook, prog) {
+    take: bool,
+) -> Result<Option<Taken>, aya::programs::ProgramError> {
+    Ok(match (hook, prog) {
         (Hook::Tracepoint(category, name), prog) => {
-            <&mut TracePoint>::try_from(prog)?.attach(category, name)?;
+            let prog = <&mut TracePoint>::try_from(prog)?;
+            let id = prog.attach(category, name)?;
+            take.then(|| prog.take_link(id).map(FdLink::try_from))
+                .transpose()?
         }
         (Hook::Raw(name), prog) => {
-            <&mut RawTracePoint>::try_from(prog)?.attach(name)?;
+            let prog = <&mut RawTracePoint>::try_from(prog)?;
+            let id = prog.attach(name)?;
+            take.then(|| prog.take_link(id).map(|link| Ok(FdLink::from(link))))
+                .transpose()?
         }
         (Hook::Cgroup, Program::CgroupSock(prog)) => {
-            prog.attach(cgroup_root, CgroupAttachMode::Single)?;
+            let id = prog.attach(cgroup_root, CgroupAttachMode::Single)?;
+            take.then(|| prog.take_link(id).map(FdLink::try_from))
+                .transpose()?
         }
         (Hook::Cgroup, prog) => {
-            <&mut CgroupSockAddr>::try_from(prog)?.attach(cgroup_root, CgroupAttachMode::Single)?;
+            let prog = <&mut CgroupSockAddr>::try_from(prog)?;
+            let id = prog.attach(cgroup_root, CgroupAttachMode::Single)?;
+            take.then(|| prog.take_link(id).map(FdLink::try_from))
+                .transpose()?
         }
-    }
-    Ok(())
+    })
 }
 
 /// The cgroup subtree the probes are limited to (found by `metadata::cgroup::filter_for`).
@@ -319,6 +344,9 @@ pub struct ProbeOptions {
     /// Forward the probes' own log (why a probe gave up) to the agent's log; off, the
     /// probes' log level is patched to nothing at load.
     pub kernel_log: bool,
+    /// Pin the programs' links (enforcement survives the agent) and take over from the
+    /// generations pinned before (`--pin-dir`).
+    pub pin: Option<pin::PinPlan>,
 }
 
 /// Records lost because the ring buffer was full, per behaviour, since load.
@@ -489,6 +517,8 @@ pub struct Probes {
     kernel_log: Option<kernel_log::KernelLog>,
     /// Kernel structure members this kernel's BTF did not have.
     pub missing_offsets: Vec<String>,
+    /// With pinning: the take-over from previous agents' programs, once ready.
+    handover: Option<pin::Handover>,
 }
 
 impl Probes {
@@ -514,12 +544,17 @@ impl Probes {
                 Mode::Trace => agent_common::mode::TRACE,
                 Mode::Enforce => agent_common::mode::ENFORCE,
             },
-            _pad: 0,
+            generation: options.pin.as_ref().map_or(0, |pin| pin.generation),
             kernel,
         };
         offsets::check_syscall_layout(&tracefs)?;
 
         let mut loader = EbpfLoader::new();
+        let emitter_pin = options.pin.as_ref().map(|plan| plan.dir.join("emitter"));
+        if let Some(path) = &emitter_pin {
+            // Shared with the previous generations' programs (created when none is pinned).
+            loader.map_pin_path("EMITTER", path.as_path());
+        }
         if let Some(bytes) = options.ring_buffer_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -560,8 +595,29 @@ impl Probes {
         for (program, table) in TAIL_CALLS {
             fill_tail_call(&mut ebpf, program, table)?;
         }
+        let mut handover = None;
+        let mut own_pins = None;
+        if let Some(plan) = &options.pin {
+            let map = ebpf
+                .take_map("EMITTER")
+                .ok_or(EbpfError::MissingMap("EMITTER"))?;
+            let emitter = Array::try_from(map).map_err(|source| EbpfError::Map {
+                map: "EMITTER",
+                source,
+            })?;
+            let mut taking_over = pin::Handover {
+                generation: plan.generation,
+                previous: plan.previous.clone(),
+                emitter,
+            };
+            if plan.previous.is_empty() {
+                taking_over.report_now()?;
+            }
+            handover = Some(taking_over);
+            own_pins = Some(pin::OwnPins::create(plan)?);
+        }
         let mut loaded = std::collections::HashSet::new();
-        for (program, hook) in PROGRAMS {
+        for (index, (program, hook)) in PROGRAMS.iter().enumerate() {
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
                     program: (*program).into(),
@@ -576,13 +632,38 @@ impl Probes {
             if loaded.insert(*program) {
                 load_program(prog, *hook).map_err(err("load"))?;
             }
-            attach_program(prog, *hook, &cgroup_root).map_err(err("attach"))?;
+            let taken = attach_program(prog, *hook, &cgroup_root, own_pins.is_some())
+                .map_err(err("attach"))?;
+            if let (Some(own), Some(taken)) = (&own_pins, taken) {
+                let path = own.link_path(program, index);
+                let pin_error = |reason: String| EbpfError::Pin {
+                    program: (*program).into(),
+                    path: path.clone(),
+                    reason,
+                };
+                let link = taken.map_err(|e| pin_error(e.to_string()))?;
+                link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
+            }
+        }
+        if let Some(own) = &own_pins {
+            let events = ebpf.map("EVENTS").ok_or(EbpfError::MissingMap("EVENTS"))?;
+            events.pin(own.events_path()).map_err(|e| EbpfError::Pin {
+                program: "EVENTS (ring buffer)".into(),
+                path: own.events_path(),
+                reason: e.to_string(),
+            })?;
         }
         Ok(Self {
             ebpf,
             kernel_log: kernel_log.map(kernel_log::KernelLog),
             missing_offsets,
+            handover,
         })
+    }
+
+    /// With pinning, the take-over from the previous generations; taken once.
+    pub fn take_handover(&mut self) -> Option<pin::Handover> {
+        self.handover.take()
     }
 
     /// The reader of the probes' own log, when `kernel_log` was asked for; taken once.

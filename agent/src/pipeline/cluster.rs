@@ -31,6 +31,8 @@ type Desired = (Vec<Policy>, BTreeMap<String, Vec<usize>>);
 
 pub struct ClusterLink {
     pub cluster: Cluster,
+    /// For the questions asked once, e.g. whether this agent's DaemonSet is going away.
+    pub client: kube::Client,
     policy_stores: crate::policy::cluster::PolicyStores,
     policies: ClusterPolicies,
     cluster_policies: Vec<Policy>,
@@ -95,6 +97,7 @@ impl ClusterLink {
                 reason: err.to_string(),
             })?;
         let cluster = cluster::start(client.clone(), node);
+        let own_client = client.clone();
         let policy_stores = crate::policy::cluster::watch(&client, &cluster.dirty.policies);
         // Unbounded, yet it holds at most one verdict per policy change, and the writer keeps
         // only the latest per policy.
@@ -113,12 +116,41 @@ impl ClusterLink {
         );
         Ok(Some(Self {
             cluster,
+            client: own_client,
             policy_stores,
             policies: ClusterPolicies::new(node),
             cluster_policies: Vec::new(),
             applied: None,
             status,
         }))
+    }
+
+    /// Waits until every reflector has listed once: before that, a policy or a pod that
+    /// exists would look absent, and the first sync would bind nothing. Says so every 10 s.
+    pub async fn wait_synced(&self) {
+        let c = &self.cluster;
+        let all = async {
+            let _ = tokio::join!(
+                c.pods.wait_until_ready(),
+                c.namespaces.wait_until_ready(),
+                c.replicasets.wait_until_ready(),
+                c.jobs.wait_until_ready(),
+                c.services.wait_until_ready(),
+                c.slices.wait_until_ready(),
+                self.policy_stores.runtime.wait_until_ready(),
+                self.policy_stores.cluster.wait_until_ready(),
+            );
+        };
+        tokio::pin!(all);
+        let started = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = &mut all => break,
+                () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+                    tracing::warn!(waited_s = started.elapsed().as_secs(), "still waiting for the API server's first lists of pods, Services and policies");
+                }
+            }
+        }
     }
 
     /// Brings the kernel maps in line with the stores and the cgroups on disk. Cheap when

@@ -18,19 +18,25 @@ pub(crate) struct Intake {
 }
 
 impl Intake {
+    /// Starts the reader; with `second_sender`, also returns a sender into the same queue
+    /// (for the records a previous agent's ring buffer still holds), which must be dropped for
+    /// the queue to end.
     pub(crate) fn start(
         ring: aya::maps::RingBuf<aya::maps::MapData>,
         stop: watch::Receiver<bool>,
-    ) -> Self {
+        second_sender: bool,
+    ) -> (Self, Option<mpsc::Sender<Vec<u8>>>) {
         let stats = Arc::new(ReaderStats::default());
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let second = second_sender.then(|| tx.clone());
         let reader = tokio::spawn(reader::run(ring, tx, stats.clone(), stop));
-        Self {
+        let intake = Self {
             rx,
             reader,
             stats,
             undecodable: 0,
-        }
+        };
+        (intake, second)
     }
 
     /// The next decoded event; `None` once the reader has stopped and the queue is drained.

@@ -8,6 +8,7 @@ mod enrich;
 mod held;
 mod intake;
 mod losses;
+mod pins;
 pub mod run;
 mod verdict;
 use std::{path::PathBuf, time::Duration};
@@ -81,6 +82,8 @@ pub struct AgentOptions {
     pub aggregation: Option<Duration>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`--metrics-addr`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Pin enforcement here so that it survives the agent (`--pin-dir`, `vigil run` only).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -179,7 +182,32 @@ impl Stages {
         if let Some(log) = probes.take_kernel_log() {
             tokio::spawn(log.forward(stop.clone()));
         }
-        let intake = intake::Intake::start(probes.take_ring_buffer()?, stop);
+        let handover = probes.take_handover();
+        let (intake, handover_tx) =
+            intake::Intake::start(probes.take_ring_buffer()?, stop, handover.is_some());
+        if let (Some(handover), Some(tx)) = (handover, handover_tx) {
+            // Ready now: programs attached, policies compiled, caches synced.
+            tokio::spawn(async move {
+                let generation = handover.generation;
+                match handover.complete(tx).await {
+                    Ok(report) if report.generations.is_empty() => {
+                        tracing::info!(generation, "enforcement pinned");
+                    }
+                    Ok(report) => tracing::info!(
+                        generation,
+                        previous = ?report.generations,
+                        records = report.records,
+                        unreadable = ?report.unreadable,
+                        "took over the enforcement pinned by the previous agent"
+                    ),
+                    Err(err) => tracing::error!(
+                        generation,
+                        %err,
+                        "taking over from the previous agent failed: its programs stay attached beside this agent's"
+                    ),
+                }
+            });
+        }
         let stranded =
             carry::sweep_in_background(probes.take_throttle()?).map_err(PipelineError::Sweep)?;
         let losses = losses::Losses {
@@ -330,6 +358,7 @@ pub async fn trace(
         exclude_pid: std::process::id(),
         cgroup_root: Some(root.clone()),
         kernel_log: common.kernel_log,
+        pin: None,
     })?;
     let mut stages =
         Stages::start(probes, root.clone(), sinks, common, Telemetry::new(), stop).await?;

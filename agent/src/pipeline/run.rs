@@ -125,6 +125,11 @@ pub async fn run(
         exclude_pid: std::process::id(),
         cgroup_root: Some(root.clone()),
         kernel_log: common.kernel_log,
+        pin: common
+            .pin_dir
+            .as_deref()
+            .map(crate::ebpf::pin::plan)
+            .transpose()?,
     })?;
     let mut enforcer = Enforcer::new(probes.take_policy_maps()?, root.clone());
     let seeded = seed::from_proc(enforcer.task_exe_map());
@@ -135,6 +140,10 @@ pub async fn run(
     let mut link = ClusterLink::connect(&common.node).await?;
     if link.is_none() && options.policies.is_empty() {
         return Err(PipelineError::NothingToEnforce);
+    }
+    if let Some(link) = &link {
+        // Ready (and taking over pinned enforcement) only with the whole picture.
+        link.wait_synced().await;
     }
     let telemetry = Telemetry::new();
     let mut state =
@@ -202,5 +211,9 @@ pub async fn run(
             }
         }
     }
-    stages.finish(node, link.as_ref()).await
+    let summary = stages.finish(node, link.as_ref()).await;
+    if let Some(dir) = &common.pin_dir {
+        super::pins::release(dir, link.as_ref().map(|l| &l.client)).await;
+    }
+    summary
 }
