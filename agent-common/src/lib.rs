@@ -433,6 +433,19 @@ pub struct WxEvent {
     pub extra: u32,
 }
 
+/// A W^X record as it goes to user space: the facts, then the executable the kernel recorded
+/// at the process's exec (`TASK_EXE`), which outlives a process killed for the mapping.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WxRecord {
+    pub event: WxEvent,
+    /// Bytes of `exe` in use; 0: none recorded (the process predates the agent and /proc
+    /// did not say, or the map had no room).
+    pub exe_len: u32,
+    pub _pad: u32,
+    pub exe: [u8; PATH_LEN],
+}
+
 /// A process whose policy binding was pinned (it started, or first ran, under a policy) was
 /// moved to a cgroup outside that binding. The policy keeps applying to it wherever it is.
 #[repr(C)]
@@ -612,7 +625,7 @@ pub const RECORD_LAYOUT: u32 = RECORD_LAYOUT_REVISION
     .wrapping_mul(31)
     .wrapping_add(core::mem::size_of::<ConnectEvent>() as u32)
     .wrapping_mul(31)
-    .wrapping_add(core::mem::size_of::<WxEvent>() as u32)
+    .wrapping_add(core::mem::size_of::<WxRecord>() as u32)
     .wrapping_mul(31)
     .wrapping_add(core::mem::size_of::<MoveEvent>() as u32);
 const _: () =
@@ -620,6 +633,7 @@ const _: () =
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56 * 4);
 const _: () = assert!(core::mem::size_of::<Config>() == 24 + 224);
@@ -636,7 +650,7 @@ const _: () = assert!(core::mem::size_of::<PendingScript>() == 8 + SCRIPT_NAMES 
 mod pod {
     use super::{
         Config, ConnectEvent, EventHeader, ExePath, ExecEvent, MoveEvent, PathRule, PolicySet,
-        PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent,
+        PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, WxRecord,
     };
 
     // SAFETY: all are #[repr(C)] of integers and byte arrays, with explicit padding fields,
@@ -646,6 +660,7 @@ mod pod {
     unsafe impl aya::Pod for ExecEvent {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for WxEvent {}
+    unsafe impl aya::Pod for WxRecord {}
     unsafe impl aya::Pod for MoveEvent {}
     unsafe impl aya::Pod for ThrottleKey {}
     unsafe impl aya::Pod for ThrottleState {}

@@ -1,21 +1,24 @@
 //! W^X: mappings that are, or become, writable and executable at once. Syscall tracepoints
 //! carry the values, not pointers, so what is read is what the kernel acts on.
 use agent_common::{
-    Config, READ_IMPLIES_EXEC, SYSCALL_RET_OFFSET, WxEvent, kind, mode, set_flags, wx_reason,
-    wx_syscall,
+    Config, READ_IMPLIES_EXEC, SYSCALL_RET_OFFSET, WxEvent, WxRecord, kind, mode, set_flags,
+    wx_reason, wx_syscall,
 };
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 
 use crate::diag::{gave_up, probe_id};
 use crate::{
-    maps::{EXEC_PATHS, PATH_SCRATCH, PendingWx, TASK_EXE, WX_PENDING},
+    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, PendingWx, TASK_EXE, WX_PENDING},
     path::path_key,
     policy::{Violation, mark},
     policy::{current_set, enforce, policy_set, violation},
     task::syscall_arg,
-    task::{config, current_task, emit, header, read_kernel, selected, traced},
+    task::{config, count_loss, current_task, header, read_kernel, selected, traced},
+    throttle::admit,
 };
 
 pub const PROT_READ: u32 = 1;
@@ -208,7 +211,37 @@ pub fn report(cfg: &Config, judged: Violation, record: WxEvent) {
     let mut event = record;
     event.header = header(kind::WX, cfg);
     mark(&mut event.header, judged);
-    emit(kind::WX, event);
+    send(event);
+}
+
+/// Sends `event` (its header set) with the executable recorded at exec, written straight
+/// into the ring buffer: the record is too large for the BPF stack.
+fn send(mut event: WxEvent) {
+    if !admit(kind::WX, 0, &mut event.header) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<WxRecord>(0) else {
+        count_loss(kind::WX);
+        return;
+    };
+    // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
+    // until it is submitted.
+    let slot = unsafe { &mut *entry.as_mut_ptr() };
+    slot.event = event;
+    slot._pad = 0;
+    slot.exe_len = 0;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(exe) = TASK_EXE.get_ptr(tgid) {
+        // SAFETY: a live map value of PATH_LEN bytes, read into a slot of the same size.
+        let copied = unsafe {
+            let exe = &*exe;
+            bpf_probe_read_kernel_buf(exe.path.as_ptr(), &mut slot.exe).map(|()| exe.len)
+        };
+        if let Ok(len) = copied {
+            slot.exe_len = len;
+        }
+    }
+    entry.submit(0);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_shmat")]
@@ -264,16 +297,13 @@ fn try_personality(ctx: &TracePointContext) -> Result<(), i64> {
     if !selected(cfg) {
         return Ok(());
     }
-    emit(
-        kind::WX,
-        WxEvent {
-            header: header(kind::WX, cfg),
-            syscall: wx_syscall::PERSONALITY,
-            reason: wx_reason::READ_IMPLIES_EXEC,
-            fd: -1,
-            extra: persona,
-            ..WxEvent::default()
-        },
-    );
+    send(WxEvent {
+        header: header(kind::WX, cfg),
+        syscall: wx_syscall::PERSONALITY,
+        reason: wx_reason::READ_IMPLIES_EXEC,
+        fd: -1,
+        extra: persona,
+        ..WxEvent::default()
+    });
     Ok(())
 }

@@ -145,6 +145,7 @@ fn wx(syscall: WxSyscall, extra: u32) -> Value {
             compat: false,
             exec_stack: false,
             extra,
+            exe_path: None,
         }),
         &lineage(Some("/usr/bin/node"), &["node", "app.js"], true),
         Some("/system.slice/app.service"),

@@ -57,6 +57,7 @@ fn bodies() -> Vec<Body> {
         compat: true,
         exec_stack: false,
         extra: 3,
+        exe_path: None,
     };
     vec![
         Body::Exec(Exec {

@@ -1,6 +1,6 @@
 //! Typed events decoded from the kernel's records: the header every record shares, and the
 //! dispatch to each behaviour's own decoding (`crate::behaviour`).
-use agent_common::{ConnectEvent, EventHeader, ExecEvent, MoveEvent, WxEvent, kind};
+use agent_common::{ConnectEvent, EventHeader, ExecEvent, MoveEvent, WxRecord, kind};
 
 pub use crate::behaviour::{
     cgroup_move::Move,
@@ -241,10 +241,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             })
         }
         kind::WX => {
-            let w: WxEvent = read(bytes, record_kind)?;
+            let w: WxRecord = read(bytes, record_kind)?;
+            let mut wx = Wx::decode(&w.event);
+            wx.exe_path = (w.exe_len > 0)
+                .then(|| c_string(&w.exe[..(w.exe_len as usize).min(agent_common::PATH_LEN)]));
             Ok(Event {
-                header: header(&w.header),
-                body: Body::Wx(Wx::decode(&w)),
+                header: header(&w.event.header),
+                body: Body::Wx(wx),
             })
         }
         kind::MOVE => {
@@ -291,7 +294,7 @@ mod props;
 mod tests {
     use std::net::{IpAddr, Ipv6Addr};
 
-    use agent_common::{ARGS_LEN, NAME_LEN, PATH_LEN, connect_hook, exec_flags};
+    use agent_common::{ARGS_LEN, NAME_LEN, PATH_LEN, WxEvent, connect_hook, exec_flags};
 
     use super::*;
 
@@ -324,6 +327,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 1440);
         assert_eq!(size_of::<ConnectEvent>(), 128);
         assert_eq!(size_of::<WxEvent>(), 120);
+        assert_eq!(size_of::<WxRecord>(), 384);
         assert_eq!(size_of::<agent_common::Config>(), 248);
         assert_eq!(size_of::<agent_common::PolicySet>(), 32);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
@@ -465,9 +469,14 @@ mod tests {
     #[test]
     fn refuses_short_wrong_size_and_unknown_records() {
         assert!(matches!(decode(&[0; 10]), Err(DecodeError::Short { .. })));
-        let w = WxEvent {
-            header: head(kind::WX),
-            ..Default::default()
+        let w = WxRecord {
+            event: WxEvent {
+                header: head(kind::WX),
+                ..Default::default()
+            },
+            exe_len: 0,
+            _pad: 0,
+            exe: [0; agent_common::PATH_LEN],
         };
         let mut bytes = as_bytes(&w);
         bytes.pop();

@@ -74,7 +74,7 @@ proptest! {
                 let size = match event.body {
                     Body::Exec(_) => size_of::<ExecEvent>(),
                     Body::Connect(_) => size_of::<ConnectEvent>(),
-                    Body::Wx(_) => size_of::<WxEvent>(),
+                    Body::Wx(_) => size_of::<agent_common::WxRecord>(),
                     Body::Move(_) => size_of::<agent_common::MoveEvent>(),
                 };
                 prop_assert_eq!(bytes.len(), size);
@@ -177,14 +177,26 @@ proptest! {
     }
 
     #[test]
-    fn wx_reasons_map_to_their_booleans(reason in any::<u32>(), syscall in 0u32..16, extra in any::<u32>()) {
-        let w = WxEvent {
-            header: header(kind::WX, true, 0, b"x"),
-            syscall,
-            reason,
-            extra,
-            ..Default::default()
+    fn wx_reasons_map_to_their_booleans(
+        reason in any::<u32>(),
+        syscall in 0u32..16,
+        extra in any::<u32>(),
+        exe in prop::collection::vec(1u8..=255, 0..PATH_LEN + 8),
+    ) {
+        let mut w = agent_common::WxRecord {
+            event: WxEvent {
+                header: header(kind::WX, true, 0, b"x"),
+                syscall,
+                reason,
+                extra,
+                ..Default::default()
+            },
+            exe_len: exe.len() as u32,
+            _pad: 0,
+            exe: [0; PATH_LEN],
         };
+        let kept = exe.len().min(PATH_LEN);
+        w.exe[..kept].copy_from_slice(&exe[..kept]);
         let event = decode(&as_bytes(&w)).expect("a whole wx record decodes");
         let Body::Wx(x) = &event.body else { panic!("not a wx record") };
         prop_assert_eq!(x.write_exec, reason & wx_reason::WRITE_EXEC != 0);
@@ -194,5 +206,8 @@ proptest! {
         prop_assert_eq!(x.compat, reason & wx_reason::COMPAT != 0);
         prop_assert_eq!(x.exec_stack, reason & wx_reason::EXEC_STACK != 0);
         prop_assert_eq!(x.extra, extra);
+        // The executable recorded at exec: as long as it was, cut at the buffer's end.
+        let expected = (!exe.is_empty()).then(|| crate::event::text(&exe[..kept]));
+        prop_assert_eq!(x.exe_path.clone(), expected);
     }
 }

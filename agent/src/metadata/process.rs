@@ -116,10 +116,13 @@ impl ProcessCache {
                     });
                 // A mapping record carries the executable the kernel recorded at exec, which
                 // outlives a process killed for the mapping.
-                if let Body::Exec(exec) = body
-                    && info.exe.is_none()
-                {
-                    info.exe = exec.exe_path.clone();
+                if info.exe.is_none() {
+                    match body {
+                        Body::Exec(exec) => info.exe = exec.exe_path.clone(),
+                        // Likewise a W^X record.
+                        Body::Wx(wx) => info.exe = wx.exe_path.clone(),
+                        _ => {}
+                    }
                 }
                 info
             }
@@ -178,7 +181,7 @@ mod tests {
         let l = cache.lineage(&exec);
         assert_eq!(l.process.exe.as_deref(), Some("/tmp/payload"));
 
-        let wx = |comm: &str| Event {
+        let wx_from = |comm: &str, exe_path: Option<&str>| Event {
             header: header(4242, comm),
             body: Body::Wx(Wx {
                 syscall: WxSyscall::Mmap,
@@ -194,8 +197,10 @@ mod tests {
                 compat: false,
                 exec_stack: false,
                 extra: 0,
+                exe_path: exe_path.map(str::to_owned),
             }),
         };
+        let wx = |comm: &str| wx_from(comm, None);
         let l = cache.lineage(&wx("payload"));
         assert_eq!(l.process.args, vec!["payload", "-x"]);
 
@@ -210,6 +215,11 @@ mod tests {
                 args: vec![]
             }
         );
+
+        // A process gone by the time its W^X record is read (killed for it): the record's
+        // own executable, recorded by the kernel at exec, names it.
+        let l = cache.lineage(&wx_from("pcre", Some("/tmp/pcre")));
+        assert_eq!(l.process.exe.as_deref(), Some("/tmp/pcre"));
     }
 
     #[test]

@@ -197,6 +197,7 @@ mod tests {
             compat: false,
             exec_stack: false,
             extra: 0,
+            exe_path: None,
         })
     }
 

@@ -74,6 +74,9 @@ pub struct Wx {
     pub exec_stack: bool,
     /// `pkey_mprotect`'s key or `personality`'s persona.
     pub extra: u32,
+    /// The executable the kernel recorded at the process's exec: names a process that is
+    /// gone (killed for the mapping) by the time it is reported.
+    pub exe_path: Option<String>,
 }
 
 impl Wx {
@@ -105,6 +108,7 @@ impl Wx {
             foreign_write: reason(wx_reason::FOREIGN_WRITE),
             compat: reason(wx_reason::COMPAT),
             exec_stack: reason(wx_reason::EXEC_STACK),
+            exe_path: None,
             extra: w.extra,
         }
     }
