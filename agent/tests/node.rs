@@ -74,12 +74,18 @@ const TESTS: [(&str, TestFn); 8] = [
         helm_upgrade_replaces_the_agent_and_leaves_one_generation_of_programs,
     ),
     (
-        "helm_uninstall_leaves_no_program_or_pin_behind",
-        helm_uninstall_leaves_no_program_or_pin_behind,
+        "helm_uninstall_leaves_no_program_map_or_pin_behind",
+        helm_uninstall_leaves_no_program_map_or_pin_behind,
     ),
 ];
 
+/// Set in the child that starts a cluster and is then killed (see [`crashed_cluster`]).
+const CRASH_CHILD: &str = "VIGIL_NODE_CRASH_CHILD";
+
 fn main() -> ExitCode {
+    if std::env::var_os(CRASH_CHILD).is_some() {
+        return crash_child();
+    }
     // libtest's arguments: flags are ignored, anything else filters by name.
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -89,67 +95,64 @@ fn main() -> ExitCode {
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
         .collect();
-    println!("\nrunning {} tests", selected.len());
+    // Two more checks run around every selection: the start after a crash, and the host
+    // left as it was found.
+    let total = selected.len() + 2;
+    println!("\nrunning {total} tests");
     if selected.is_empty() {
         println!("\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured\n");
         return ExitCode::SUCCESS;
     }
+    let failed_all = |why: String| {
+        println!("{why}");
+        println!("\ntest result: FAILED. 0 passed; {total} failed; 0 ignored; 0 measured\n");
+        ExitCode::FAILURE
+    };
     let setup = match environment() {
         Ok(Some(setup)) => setup,
         Ok(None) => {
-            println!(
-                "\ntest result: ok. 0 passed; 0 failed; {} ignored; 0 measured\n",
-                selected.len()
-            );
+            println!("\ntest result: ok. 0 passed; 0 failed; {total} ignored; 0 measured\n");
             return ExitCode::SUCCESS;
         }
-        Err(err) => {
-            println!("node setup failed: {err:#}");
-            println!(
-                "\ntest result: FAILED. 0 passed; {} failed; 0 ignored; 0 measured\n",
-                selected.len()
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return failed_all(format!("node setup failed: {err:#}")),
     };
+    let before = match HostState::capture() {
+        Ok(state) => state,
+        Err(err) => return failed_all(format!("cannot read the host's state: {err:#}")),
+    };
+    let mut outcomes: Vec<(String, Result<()>)> = Vec::new();
+    // A cluster whose owner was SIGKILLed, with a pod running: the next start cleans it up.
+    let left_behind = crashed_cluster();
     let started = Instant::now();
     let ctx = match start(setup) {
         Ok(ctx) => ctx,
-        Err(err) => {
-            println!("the cluster did not start: {err:#}");
-            println!(
-                "\ntest result: FAILED. 0 passed; {} failed; 0 ignored; 0 measured\n",
-                selected.len()
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return failed_all(format!("the cluster did not start: {err:#}")),
     };
     println!(
         "node {} Ready in {:.1} s",
         ctx.cluster.node_name(),
         started.elapsed().as_secs_f64()
     );
-    let (mut passed, mut failed) = (0, Vec::new());
+    outcomes.push((
+        "a_cluster_whose_owner_was_killed_is_cleaned_up_by_the_next_start".into(),
+        left_behind.and_then(|pid| {
+            ensure!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "the crashed cluster's container process {pid} still runs"
+            );
+            Ok(())
+        }),
+    ));
+    report(&outcomes[0]);
     for (name, test) in selected {
         let start = Instant::now();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&ctx)));
-        let took = start.elapsed().as_secs_f64();
-        match outcome {
-            Ok(Ok(())) => {
-                println!("test {name} ... ok ({took:.1} s)");
-                passed += 1;
-            }
-            Ok(Err(err)) => {
-                println!("test {name} ... FAILED ({took:.1} s)\n{err:#}");
-                failed.push(*name);
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED (panicked, {took:.1} s)");
-                failed.push(*name);
-            }
-        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&ctx)))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
+        println!("  ({:.1} s)", start.elapsed().as_secs_f64());
+        outcomes.push(((*name).to_owned(), outcome));
+        report(outcomes.last().expect("pushed"));
     }
-    if !failed.is_empty() {
+    if outcomes.iter().any(|(_, o)| o.is_err()) {
         println!(
             "--- agent log tail:\n{}",
             ctx.kubectl(&[
@@ -164,19 +167,228 @@ fn main() -> ExitCode {
         );
     }
     let stopped = ctx.cluster.stop();
-    if let Err(err) = &stopped {
-        println!("stopping the cluster failed: {err:#}");
-    }
-    let ok = failed.is_empty() && stopped.is_ok();
+    outcomes.push((
+        "the_node_leaves_the_host_as_it_found_it".into(),
+        stopped.and_then(|()| before.same_as(&HostState::capture()?)),
+    ));
+    report(outcomes.last().expect("pushed"));
+    let failed = outcomes.iter().filter(|(_, o)| o.is_err()).count();
     println!(
-        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured\n",
-        if ok { "ok" } else { "FAILED" },
-        failed.len()
+        "\ntest result: {}. {} passed; {failed} failed; 0 ignored; 0 measured\n",
+        if failed == 0 { "ok" } else { "FAILED" },
+        outcomes.len() - failed
     );
-    if ok {
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn report((name, outcome): &(String, Result<()>)) {
+    match outcome {
+        Ok(()) => println!("test {name} ... ok"),
+        Err(err) => println!("test {name} ... FAILED\n{err:#}"),
+    }
+}
+
+/// What a cluster may touch on the host and must leave as it was.
+#[derive(Debug, PartialEq, Eq)]
+struct HostState {
+    sysctls: Vec<(String, String)>,
+    /// `iptables-save` and `ip6tables-save` without counters and comments.
+    rules: Vec<String>,
+    links: Vec<String>,
+    mounts: Vec<String>,
+    kubepods: Vec<String>,
+}
+
+impl HostState {
+    fn capture() -> Result<Self> {
+        let sysctls = [
+            "vm/overcommit_memory",
+            "vm/panic_on_oom",
+            "kernel/panic",
+            "kernel/panic_on_oops",
+            "kernel/keys/root_maxkeys",
+            "kernel/keys/root_maxbytes",
+            "net/ipv4/ip_forward",
+            "net/ipv4/conf/all/forwarding",
+            "net/ipv4/conf/all/route_localnet",
+            "net/ipv4/conf/all/accept_redirects",
+            "net/bridge/bridge-nf-call-iptables",
+            "net/netfilter/nf_conntrack_max",
+            "net/netfilter/nf_conntrack_tcp_timeout_established",
+            "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+        ]
+        .iter()
+        .map(|name| {
+            let value = std::fs::read_to_string(format!("/proc/sys/{name}"))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|e| format!("unreadable: {e}"));
+            ((*name).to_owned(), value)
+        })
+        .collect();
+        let mut rules = Vec::new();
+        for tool in ["iptables-save", "ip6tables-save"] {
+            let out = Command::new(tool)
+                .output()
+                .with_context(|| format!("running {tool}"))?;
+            rules.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    // Chain lines carry packet counters: `:INPUT ACCEPT [12:345]`.
+                    .map(|l| l.split(" [").next().unwrap_or(l).to_owned()),
+            );
+        }
+        let links = std::fs::read_dir("/sys/class/net")?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .collect();
+        mounts.sort();
+        let mut kubepods = Vec::new();
+        if Path::new("/sys/fs/cgroup/kubepods").exists() {
+            kubepods.push("/sys/fs/cgroup/kubepods".to_owned());
+        }
+        for entry in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+            if entry.path().join("kubepods").exists() {
+                kubepods.push(entry.path().join("kubepods").display().to_string());
+            }
+        }
+        let mut state = Self {
+            sysctls,
+            rules,
+            links,
+            mounts,
+            kubepods,
+        };
+        state.links.sort();
+        state.kubepods.sort();
+        Ok(state)
+    }
+
+    fn same_as(&self, after: &Self) -> Result<()> {
+        let mut differences = Vec::new();
+        if self.sysctls != after.sysctls {
+            differences.push(format!("sysctls {:?} -> {:?}", self.sysctls, after.sysctls));
+        }
+        let added: Vec<&String> = after
+            .rules
+            .iter()
+            .filter(|r| !self.rules.contains(r))
+            .collect();
+        let removed: Vec<&String> = self
+            .rules
+            .iter()
+            .filter(|r| !after.rules.contains(r))
+            .collect();
+        if !added.is_empty() || !removed.is_empty() {
+            differences.push(format!("iptables: added {added:?}, removed {removed:?}"));
+        }
+        if self.links != after.links {
+            differences.push(format!("links {:?} -> {:?}", self.links, after.links));
+        }
+        if self.mounts != after.mounts {
+            differences.push(format!("mounts {:?} -> {:?}", self.mounts, after.mounts));
+        }
+        if self.kubepods != after.kubepods {
+            differences.push(format!(
+                "kubepods cgroups {:?} -> {:?}",
+                self.kubepods, after.kubepods
+            ));
+        }
+        ensure!(
+            differences.is_empty(),
+            "the host changed: {}",
+            differences.join("; ")
+        );
+        Ok(())
+    }
+}
+
+/// Starts a cluster in a child process that runs one pod, then SIGKILLs the child: what is
+/// left is what a crashed `k8s-env up` leaves. Returns the pod's container process.
+fn crashed_cluster() -> Result<u32> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(CRASH_CHILD, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the crash child")?;
+    let stdout = child.stdout.take().context("piped")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let pid = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(pid) = line.strip_prefix("ready ") {
+                    break pid.trim().parse::<u32>().context("the child's pid line")?;
+                }
+            }
+            _ => {
+                let _ = child.wait();
+                bail!("the crash child ended before its pod ran");
+            }
+        }
+    };
+    child.kill().context("SIGKILL the crash child")?;
+    child.wait()?;
+    ensure!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the pod's process {pid} should outlive the crashed cluster's owner"
+    );
+    Ok(pid)
+}
+
+/// The crash child: a cluster with one running pod; prints `ready <pid>` and waits to be
+/// killed.
+fn crash_child() -> ExitCode {
+    let run = || -> Result<()> {
+        let setup = environment()?.context("the parent checked the environment")?;
+        let ctx = start(setup)?;
+        let pod = ctx.deployment(
+            "default",
+            "left-behind",
+            &["/bin/busybox", "sleep", "100000"],
+        )?;
+        let id = ctx.kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            "default",
+            &pod,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ])?;
+        let id = id
+            .strip_prefix("containerd://")
+            .context("containerd id")?
+            .to_owned();
+        let pid = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|c| c.contains(&id))
+            })
+            .context("the pod's process")?;
+        println!("ready {pid}");
+        // Keep `ctx` (and the cluster) alive until the parent kills this process.
+        loop {
+            thread::sleep(Duration::from_secs(3600));
+            let _ = &ctx;
+        }
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("crash child: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -867,7 +1079,7 @@ fn agent_programs_loaded() -> Result<usize> {
     Ok(count)
 }
 
-fn helm_uninstall_leaves_no_program_or_pin_behind(ctx: &Ctx) -> Result<()> {
+fn helm_uninstall_leaves_no_program_map_or_pin_behind(ctx: &Ctx) -> Result<()> {
     let before = agent_programs_loaded()?;
     ensure!(before > 0, "the agent's programs are loaded while it runs");
     ctx.helm(&[
@@ -884,6 +1096,21 @@ fn helm_uninstall_leaves_no_program_or_pin_behind(ctx: &Ctx) -> Result<()> {
     })?;
     let pins = Path::new("/sys/fs/bpf/vigil");
     ensure!(!pins.exists(), "{} is left behind", pins.display());
+    // Maps go with the last program and pin that holds them.
+    let ours = [
+        "EMITTER",
+        "CGROUP_SETS",
+        "POLICY_SETS",
+        "EXEC_PATHS",
+        "TASK_EXE",
+        "EVENTS",
+    ];
+    let left: Vec<String> = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter_map(|m| m.name_as_str().map(str::to_owned))
+        .filter(|name| ours.contains(&name.as_str()))
+        .collect();
+    ensure!(left.is_empty(), "maps left behind: {left:?}");
     Ok(())
 }
 

@@ -605,10 +605,18 @@ impl Probes {
                 map: "EMITTER",
                 source,
             })?;
+            let silenced = ebpf
+                .take_map("SILENCED")
+                .ok_or(EbpfError::MissingMap("SILENCED"))?;
+            let silenced = PerCpuArray::try_from(silenced).map_err(|source| EbpfError::Map {
+                map: "SILENCED",
+                source,
+            })?;
             let mut taking_over = pin::Handover {
                 generation: plan.generation,
                 previous: plan.previous.clone(),
                 emitter,
+                silenced,
             };
             if plan.previous.is_empty() {
                 taking_over.report_now()?;

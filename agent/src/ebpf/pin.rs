@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, Map, MapData, RingBuf};
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use tokio::sync::mpsc;
 
 use super::EbpfError;
@@ -191,6 +191,9 @@ pub struct Handover {
     pub generation: u32,
     pub previous: Vec<Previous>,
     pub emitter: Array<MapData, u32>,
+    /// This generation's `SILENCED` counters: what its programs enforced while the previous
+    /// generation was the reporting one.
+    pub silenced: PerCpuArray<MapData, u64>,
 }
 
 /// What a hand-over did, for the log.
@@ -199,6 +202,9 @@ pub struct HandoverReport {
     pub generations: Vec<u32>,
     pub records: u64,
     pub unreadable: Vec<u32>,
+    /// Violations this generation's programs met before it took over, left to the previous
+    /// generation to report (it reported those it knew of too).
+    pub silenced: u64,
 }
 
 impl Handover {
@@ -234,7 +240,13 @@ impl Handover {
             }
         }
         self.report_now()?;
-        let mut report = HandoverReport::default();
+        let mut report = HandoverReport {
+            silenced: (0..agent_common::kind::SLOTS)
+                .filter_map(|slot| self.silenced.get(&slot, 0).ok())
+                .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                .sum(),
+            ..HandoverReport::default()
+        };
         for previous in &self.previous {
             let events = previous.dir.join("events");
             let ring = if previous.layout_matches && events.exists() {

@@ -7,7 +7,7 @@ use std::{
 
 use agent_common::ServiceKey;
 use k8s_openapi::api::core::v1::Pod;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     enforce::{
@@ -33,6 +33,7 @@ pub struct ClusterLink {
     pub cluster: Cluster,
     /// For the questions asked once, e.g. whether this agent's DaemonSet is going away.
     pub client: kube::Client,
+    synced: watch::Receiver<bool>,
     policy_stores: crate::policy::cluster::PolicyStores,
     policies: ClusterPolicies,
     cluster_policies: Vec<Policy>,
@@ -99,6 +100,32 @@ impl ClusterLink {
         let cluster = cluster::start(client.clone(), node);
         let own_client = client.clone();
         let policy_stores = crate::policy::cluster::watch(&client, &cluster.dirty.policies);
+        let (synced_tx, synced) = watch::channel(false);
+        let stores = (
+            cluster.pods.clone(),
+            cluster.namespaces.clone(),
+            cluster.replicasets.clone(),
+            cluster.jobs.clone(),
+            cluster.services.clone(),
+            cluster.slices.clone(),
+            policy_stores.runtime.clone(),
+            policy_stores.cluster.clone(),
+        );
+        tokio::spawn(async move {
+            let (pods, namespaces, replicasets, jobs, services, slices, runtime, cluster_wide) =
+                &stores;
+            let _ = tokio::join!(
+                pods.wait_until_ready(),
+                namespaces.wait_until_ready(),
+                replicasets.wait_until_ready(),
+                jobs.wait_until_ready(),
+                services.wait_until_ready(),
+                slices.wait_until_ready(),
+                runtime.wait_until_ready(),
+                cluster_wide.wait_until_ready(),
+            );
+            let _ = synced_tx.send(true);
+        });
         // Unbounded, yet it holds at most one verdict per policy change, and the writer keeps
         // only the latest per policy.
         let (status, verdicts) = mpsc::unbounded_channel::<Verdict>();
@@ -117,6 +144,7 @@ impl ClusterLink {
         Ok(Some(Self {
             cluster,
             client: own_client,
+            synced,
             policy_stores,
             policies: ClusterPolicies::new(node),
             cluster_policies: Vec::new(),
@@ -125,32 +153,18 @@ impl ClusterLink {
         }))
     }
 
-    /// Waits until every reflector has listed once: before that, a policy or a pod that
-    /// exists would look absent, and the first sync would bind nothing. Says so every 10 s.
-    pub async fn wait_synced(&self) {
-        let c = &self.cluster;
-        let all = async {
-            let _ = tokio::join!(
-                c.pods.wait_until_ready(),
-                c.namespaces.wait_until_ready(),
-                c.replicasets.wait_until_ready(),
-                c.jobs.wait_until_ready(),
-                c.services.wait_until_ready(),
-                c.slices.wait_until_ready(),
-                self.policy_stores.runtime.wait_until_ready(),
-                self.policy_stores.cluster.wait_until_ready(),
-            );
-        };
-        tokio::pin!(all);
-        let started = std::time::Instant::now();
-        loop {
-            tokio::select! {
-                () = &mut all => break,
-                () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
-                    tracing::warn!(waited_s = started.elapsed().as_secs(), "still waiting for the API server's first lists of pods, Services and policies");
-                }
-            }
-        }
+    /// Turns true once every reflector has listed once: before that, a policy or a pod that
+    /// exists looks absent (the first sync binds nothing).
+    pub fn synced(&self) -> watch::Receiver<bool> {
+        self.synced.clone()
+    }
+
+    /// Waits for [`Self::synced`], at most `bound`; says whether it came.
+    pub async fn wait_synced(&self, bound: std::time::Duration) -> bool {
+        let mut synced = self.synced();
+        tokio::time::timeout(bound, synced.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Brings the kernel maps in line with the stores and the cgroups on disk. Cheap when

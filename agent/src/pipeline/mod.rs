@@ -174,6 +174,7 @@ impl Stages {
         options: &AgentOptions,
         telemetry: std::sync::Arc<Telemetry>,
         stop: watch::Receiver<bool>,
+        mut synced: watch::Receiver<bool>,
     ) -> Result<Self, PipelineError> {
         let server = match options.metrics_addr {
             Some(addr) => Some(server::serve(addr, telemetry.clone()).await?),
@@ -186,9 +187,12 @@ impl Stages {
         let (intake, handover_tx) =
             intake::Intake::start(probes.take_ring_buffer()?, stop, handover.is_some());
         if let (Some(handover), Some(tx)) = (handover, handover_tx) {
-            // Ready now: programs attached, policies compiled, caches synced.
+            // Once ready: programs attached, policies compiled, caches synced.
             tokio::spawn(async move {
                 let generation = handover.generation;
+                if synced.wait_for(|done| *done).await.is_err() {
+                    return;
+                }
                 match handover.complete(tx).await {
                     Ok(report) if report.generations.is_empty() => {
                         tracing::info!(generation, "enforcement pinned");
@@ -198,6 +202,7 @@ impl Stages {
                         previous = ?report.generations,
                         records = report.records,
                         unreadable = ?report.unreadable,
+                        silenced_before = report.silenced,
                         "took over the enforcement pinned by the previous agent"
                     ),
                     Err(err) => tracing::error!(
@@ -360,8 +365,16 @@ pub async fn trace(
         kernel_log: common.kernel_log,
         pin: None,
     })?;
-    let mut stages =
-        Stages::start(probes, root.clone(), sinks, common, Telemetry::new(), stop).await?;
+    let mut stages = Stages::start(
+        probes,
+        root.clone(),
+        sinks,
+        common,
+        Telemetry::new(),
+        stop,
+        watch::channel(true).1,
+    )
+    .await?;
     tracing::info!(
         probes = crate::ebpf::PROGRAMS.len(),
         cgroup = options.cgroup.as_deref().unwrap_or("/"),

@@ -20,6 +20,9 @@ use crate::{
     telemetry::{metrics::Telemetry, state::StateFile},
 };
 
+/// How long the agent waits for the API server's first lists before it enforces what it has.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub agent: AgentOptions,
@@ -141,10 +144,20 @@ pub async fn run(
     if link.is_none() && options.policies.is_empty() {
         return Err(PipelineError::NothingToEnforce);
     }
-    if let Some(link) = &link {
-        // Ready (and taking over pinned enforcement) only with the whole picture.
-        link.wait_synced().await;
-    }
+    // Ready, and taking over pinned enforcement, only with the whole picture; enforcing what
+    // is known meanwhile, once the lists had a fair chance to come.
+    let synced = match &link {
+        Some(link) => {
+            if !link.wait_synced(FIRST_LIST_WAIT).await {
+                tracing::warn!(
+                    waited_s = FIRST_LIST_WAIT.as_secs(),
+                    "the API server's first lists of pods, Services and policies are not all in: enforcing what is known; not ready, and not taking over pinned enforcement, until they are"
+                );
+            }
+            link.synced()
+        }
+        None => watch::channel(true).1,
+    };
     let telemetry = Telemetry::new();
     let mut state =
         StateFile::new(options.state_file.clone(), &common.node).with_telemetry(telemetry.clone());
@@ -164,9 +177,24 @@ pub async fn run(
     let mut fingerprint_now = fingerprint(&options.policies);
     let mut fingerprint_seen = fingerprint_now.clone();
 
-    let mut stages = Stages::start(probes, root.clone(), sinks, common, telemetry, stop).await?;
-    // Programs attached, policies compiled, the cluster's caches synced (connect waits).
-    stages.telemetry.set_ready(true);
+    let mut stages = Stages::start(
+        probes,
+        root.clone(),
+        sinks,
+        common,
+        telemetry,
+        stop,
+        synced.clone(),
+    )
+    .await?;
+    // Ready: programs attached, policies compiled, and the cluster's caches synced.
+    let ready = stages.telemetry.clone();
+    let mut synced_now = synced;
+    tokio::spawn(async move {
+        if synced_now.wait_for(|done| *done).await.is_ok() {
+            ready.set_ready(true);
+        }
+    });
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
     let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
