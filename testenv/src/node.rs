@@ -193,6 +193,7 @@ impl Cluster {
             // Started below; `--cleanup` is harmless should it not get that far.
             kube_proxy: true,
             kube_chains_before: node_cleanup::kube_chains()?,
+            netns_before: node_cleanup::pod_netns(),
             ..Leftovers::default()
         };
         // From the first change to the host on, the record says what to undo.
@@ -601,7 +602,6 @@ state = "{state}"
   sandbox_image = "{sandbox_image}"
   # Root here lacks CAP_SYS_RESOURCE: runc cannot write a negative oom_score_adj.
   restrict_oom_score_adj = true
-  netns_mounts_under = "{netns}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -618,7 +618,6 @@ state = "{state}"
         state = path("containerd/state"),
         socket = display(&layout.containerd_socket()),
         opt = path("containerd/opt"),
-        netns = path("netns"),
         cni = display(&layout.cni_conf_dir()),
     )
 }

@@ -33,6 +33,25 @@ pub(crate) struct Leftovers {
     /// The `KUBE-*` iptables chains (tool, table, chain) there before the cluster: kubelet
     /// and kube-proxy make theirs, and only those go at the end.
     pub(crate) kube_chains_before: Vec<Chain>,
+    /// The pod network namespaces (`/run/netns/cni-*`) there before the cluster: containerd
+    /// 1.6 pins each sandbox's there, and a pin left behind keeps the namespace and its veth.
+    #[serde(default)]
+    pub(crate) netns_before: Vec<String>,
+}
+
+/// Where containerd's CRI pins pod network namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
+/// The `cni-*` network namespaces pinned in [`NETNS_DIR`].
+pub(crate) fn pod_netns() -> Vec<String> {
+    std::fs::read_dir(NETNS_DIR)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| n.starts_with("cni-"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// An iptables chain: the tool (`iptables`, `ip6tables`), the table and the name.
@@ -351,6 +370,14 @@ pub fn teardown(dir: &Path, bin_dir: &Path) -> Result<()> {
         note(run("ip", &["link", "del", BRIDGE]).map(drop));
     }
     note(remove_cni_cache());
+    for name in pod_netns() {
+        if !leftovers.netns_before.contains(&name) {
+            let path = Path::new(NETNS_DIR).join(&name);
+            note(umount(&path).and_then(|()| {
+                fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))
+            }));
+        }
+    }
     for target in &leftovers.mounted {
         note(umount(Path::new(target)));
     }
@@ -531,6 +558,7 @@ mod tests {
             filter_chain: false,
             kube_proxy: true,
             kube_chains_before: Vec::new(),
+            netns_before: Vec::new(),
         };
         saved.save(&path).expect("save");
         let back = Leftovers::load(&path).expect("load").expect("present");
