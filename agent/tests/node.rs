@@ -44,7 +44,7 @@ struct Ctx {
 
 type TestFn = fn(&Ctx) -> Result<()>;
 
-const TESTS: [(&str, TestFn); 8] = [
+const TESTS: [(&str, TestFn); 9] = [
     (
         "helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only",
         helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only,
@@ -72,6 +72,10 @@ const TESTS: [(&str, TestFn); 8] = [
     (
         "helm_upgrade_replaces_the_agent_and_leaves_one_generation_of_programs",
         helm_upgrade_replaces_the_agent_and_leaves_one_generation_of_programs,
+    ),
+    (
+        "each_capability_the_chart_grants_is_needed",
+        each_capability_the_chart_grants_is_needed,
     ),
     (
         "helm_uninstall_leaves_no_program_map_or_pin_behind",
@@ -799,7 +803,8 @@ spec:
     let (code, out) = ctx.exec(
         ns,
         &pod,
-        "/bin/busybox mkdir -p /tmp && /bin/busybox cp /bin/busybox /tmp/shell && /tmp/shell echo escaped; echo rc=$?",
+        // The shell stays a moment after the kill: the report names it as the parent.
+        "/bin/busybox mkdir -p /tmp && /bin/busybox cp /bin/busybox /tmp/shell && /tmp/shell echo escaped; echo rc=$?; /bin/busybox sleep 2",
     )?;
     ensure!(
         out.contains("rc=137") && !out.contains("escaped\n"),
@@ -826,6 +831,7 @@ spec:
         ("/container/name", "main"),
         ("/process/exe", "/tmp/shell"),
         ("/policy/name", "only-busybox"),
+        ("/parent/exe", "/bin/busybox"),
     ] {
         ensure!(
             data(&event, pointer) == want,
@@ -1142,12 +1148,30 @@ fn follow_log(ctx: &Ctx, pod: &str) -> Result<thread::JoinHandle<String>> {
     }))
 }
 
-/// Waits until an agent pod other than `old` is Ready and has taken over from the pinned
+/// The names of the agent's pods now.
+fn agent_pods(ctx: &Ctx) -> Result<Vec<String>> {
+    Ok(ctx
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            AGENT_NS,
+            "-l",
+            "app.kubernetes.io/name=vigil",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Waits until an agent pod not among `old` is Ready and has taken over from the pinned
 /// generation before it; returns its name and how long that took.
-fn wait_for_takeover(ctx: &Ctx, old: &str, since: Instant) -> Result<(String, Duration)> {
+fn wait_for_takeover(ctx: &Ctx, old: &[String], since: Instant) -> Result<(String, Duration)> {
     let new = wait("a new agent pod to be Ready", || {
         let pod = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
-        Ok((pod != old).then_some(pod))
+        Ok((!old.contains(&pod)).then_some(pod))
     })?;
     let ready = since.elapsed();
     wait("the new agent to take over the pinned enforcement", || {
@@ -1207,7 +1231,7 @@ spec:
     thread::sleep(Duration::from_secs(2));
     let deleted = Instant::now();
     ctx.kubectl(&["delete", "pod", "-n", AGENT_NS, &old, "--wait=false"])?;
-    let (new, ready_after) = wait_for_takeover(ctx, &old, deleted)?;
+    let (new, ready_after) = wait_for_takeover(ctx, std::slice::from_ref(&old), deleted)?;
     let took_over_after = deleted.elapsed();
     thread::sleep(Duration::from_secs(2));
     ctx.exec(ns, &victim, "/bin/busybox touch /tmp/stop")?;
@@ -1297,7 +1321,7 @@ fn helm_upgrade_replaces_the_agent_and_leaves_one_generation_of_programs(ctx: &C
         "--set",
         "logLevel=debug",
     ])?;
-    let (new, _) = wait_for_takeover(ctx, &old, start)?;
+    let (new, _) = wait_for_takeover(ctx, std::slice::from_ref(&old), start)?;
     let args = ctx.kubectl(&[
         "get",
         "pod",
@@ -1320,6 +1344,161 @@ fn helm_upgrade_replaces_the_agent_and_leaves_one_generation_of_programs(ctx: &C
     ensure!(
         after == before,
         "{after} of the agent's programs loaded after the upgrade, {before} before"
+    );
+    Ok(())
+}
+
+/// The chart's capabilities by the names `values.yaml` uses.
+const VALUES_CAPABILITIES: [&str; 5] = [
+    "BPF",
+    "PERFMON",
+    "NET_ADMIN",
+    "SYS_PTRACE",
+    "DAC_READ_SEARCH",
+];
+
+/// `helm upgrade` with exactly `capabilities`; returns the agent pods it replaces.
+fn upgrade_capabilities(ctx: &Ctx, capabilities: &[&str]) -> Result<Vec<String>> {
+    let old = agent_pods(ctx)?;
+    ctx.helm(&[
+        "upgrade",
+        "vigil",
+        "charts/vigil",
+        "-n",
+        AGENT_NS,
+        "--reuse-values",
+        "--set",
+        &format!("capabilities={{{}}}", capabilities.join(",")),
+    ])?;
+    Ok(old)
+}
+
+/// An agent pod not among `old` (Ready or not) and its log (the previous run's when it has
+/// restarted).
+fn new_agent_log(ctx: &Ctx, old: &[String]) -> Result<Option<(String, String)>> {
+    let Some(pod) = agent_pods(ctx)?.into_iter().find(|p| !old.contains(p)) else {
+        return Ok(None);
+    };
+    let log = ctx
+        .kubectl(&["logs", "-n", AGENT_NS, &pod, "--previous"])
+        .or_else(|_| ctx.kubectl(&["logs", "-n", AGENT_NS, &pod]))
+        .unwrap_or_default();
+    Ok(Some((pod, log)))
+}
+
+/// A kill in `ns` (pod `victim`, where /tmp/shell is denied) reported by the agent now
+/// running, while the killed process's shell (its parent) still runs.
+fn fresh_kill_report(ctx: &Ctx, ns: &str, victim: &str) -> Result<Value> {
+    let agent = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+    let seen = ctx
+        .kubectl(&["logs", "-n", AGENT_NS, &agent])?
+        .lines()
+        .count();
+    wait("a kill reported by the new agent", || {
+        ctx.exec(ns, victim, "/tmp/shell true; /bin/busybox sleep 1")?;
+        let log = ctx.kubectl(&["logs", "-n", AGENT_NS, &agent])?;
+        Ok(log
+            .lines()
+            .skip(seen)
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["type"] == "dev.vigil.exec.v1" && data(e, "/exec/path") == "/tmp/shell"))
+    })
+}
+
+fn each_capability_the_chart_grants_is_needed(ctx: &Ctx) -> Result<()> {
+    let ns = "e2e-caps";
+    ctx.namespace(ns)?;
+    ctx.apply(&format!(
+        r#"apiVersion: vigil.dev/v1alpha1
+kind: RuntimePolicy
+metadata: {{name: only-busybox, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: victim}}}}
+  exec:
+    allow: [{{path: /bin/busybox}}]
+    action: Kill
+"#
+    ))?;
+    let victim = ctx.deployment(ns, "victim", &["/bin/busybox", "sleep", "100000"])?;
+    ctx.exec(
+        ns,
+        &victim,
+        "/bin/busybox mkdir -p /tmp && /bin/busybox cp /bin/busybox /tmp/shell",
+    )?;
+    for missing in VALUES_CAPABILITIES {
+        let rest: Vec<&str> = VALUES_CAPABILITIES
+            .iter()
+            .copied()
+            .filter(|c| *c != missing)
+            .collect();
+        let old = upgrade_capabilities(ctx, &rest)?;
+        let finding = match missing {
+            // Without these the agent cannot load or attach its programs: it stops, saying
+            // which, and never turns ready (the previous generation's pins keep enforcing).
+            "BPF" | "PERFMON" | "NET_ADMIN" => {
+                let (pod, error) = wait(&format!("the agent without {missing} to fail"), || {
+                    Ok(new_agent_log(ctx, &old)?.and_then(|(pod, log)| {
+                        log.lines()
+                            .find(|l| l.starts_with("Error:"))
+                            .map(|l| (pod, l.to_owned()))
+                    }))
+                })?;
+                let ready = ctx.kubectl(&[
+                    "get",
+                    "pod",
+                    "-n",
+                    AGENT_NS,
+                    &pod,
+                    "-o",
+                    "jsonpath={.status.containerStatuses[0].ready}",
+                ])?;
+                ensure!(
+                    ready == "false",
+                    "without {missing} the agent must not be ready"
+                );
+                let (code, out) = ctx.exec(ns, &victim, "/tmp/shell true; echo rc=$?")?;
+                ensure!(
+                    out.contains("rc=137"),
+                    "the pinned generation keeps killing meanwhile: {code} {out}"
+                );
+                error
+            }
+            // Without this the parent's executable cannot be read.
+            "SYS_PTRACE" => {
+                wait_for_takeover(ctx, &old, Instant::now())?;
+                let event = fresh_kill_report(ctx, ns, &victim)?;
+                ensure!(
+                    data(&event, "/parent/exe").is_null(),
+                    "without SYS_PTRACE the parent's exe is unreadable: {event}"
+                );
+                format!("parent {}", event["data"]["parent"])
+            }
+            // Without this a cgroup id cannot be turned into its path: no pod.
+            _ => {
+                wait_for_takeover(ctx, &old, Instant::now())?;
+                let event = fresh_kill_report(ctx, ns, &victim)?;
+                ensure!(
+                    data(&event, "/pod").is_null(),
+                    "without DAC_READ_SEARCH the pod is unknown: {event}"
+                );
+                format!("subject {}", event["subject"])
+            }
+        };
+        println!(
+            "  without {missing}: {}",
+            finding.chars().take(160).collect::<String>()
+        );
+        // Back to the chart's set before the next one.
+        let replaced = upgrade_capabilities(ctx, &VALUES_CAPABILITIES)?;
+        wait_for_takeover(ctx, &replaced, Instant::now())?;
+    }
+    // The full set again names both.
+    let event = fresh_kill_report(ctx, ns, &victim)?;
+    ensure!(
+        data(&event, "/parent/exe") == "/bin/busybox"
+            && data(&event, "/pod/name") == victim.as_str(),
+        "with the chart's set: {event}"
     );
     Ok(())
 }

@@ -653,13 +653,14 @@ impl Probes {
                 link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
             }
         }
-        if let Some(own) = &own_pins {
+        if let Some(own) = own_pins {
             let events = ebpf.map("EVENTS").ok_or(EbpfError::MissingMap("EVENTS"))?;
             events.pin(own.events_path()).map_err(|e| EbpfError::Pin {
                 program: "EVENTS (ring buffer)".into(),
                 path: own.events_path(),
                 reason: e.to_string(),
             })?;
+            own.commit();
         }
         Ok(Self {
             ebpf,

@@ -105,10 +105,23 @@ pub fn plan(dir: &Path) -> Result<PinPlan, EbpfError> {
     })
 }
 
-/// The pins of this agent's generation, made as it attaches.
+/// The pins of this agent's generation, made as it attaches. Dropped before
+/// [`OwnPins::commit`] (a load that failed half-way), they are removed: a half-attached
+/// generation must not enforce on after its agent gave up.
 #[derive(Debug)]
 pub struct OwnPins {
     pub dir: PathBuf,
+    committed: bool,
+}
+
+impl Drop for OwnPins {
+    fn drop(&mut self) {
+        if !self.committed
+            && let Err(err) = remove_generation(&self.dir)
+        {
+            tracing::warn!(dir = %self.dir.display(), %err, "could not remove the pins of a failed load");
+        }
+    }
 }
 
 impl OwnPins {
@@ -122,7 +135,15 @@ impl OwnPins {
         ] {
             std::fs::create_dir_all(&sub).map_err(io(&sub))?;
         }
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            committed: false,
+        })
+    }
+
+    /// Every program and the ring buffer are pinned: the generation stays.
+    pub fn commit(mut self) {
+        self.committed = true;
     }
 
     pub fn link_path(&self, program: &str, index: usize) -> PathBuf {
@@ -330,8 +351,17 @@ mod tests {
         let own = OwnPins::create(&plan).unwrap();
         std::fs::write(own.link_path("exec", 0), b"").unwrap();
         std::fs::write(own.events_path(), b"").unwrap();
-        remove_generation(&own.dir).unwrap();
-        assert!(!own.dir.exists());
+        let own_dir = own.dir.clone();
+        own.commit();
+        assert!(own_dir.exists(), "a committed generation stays");
+        remove_generation(&own_dir).unwrap();
+        assert!(!own_dir.exists());
+        // A load that failed half-way leaves nothing pinned.
+        let failed = OwnPins::create(&plan).unwrap();
+        std::fs::write(failed.link_path("exec", 0), b"").unwrap();
+        let failed_dir = failed.dir.clone();
+        drop(failed);
+        assert!(!failed_dir.exists());
         std::fs::write(dir.path().join("emitter"), b"").unwrap();
         remove_all(dir.path()).unwrap();
         assert!(!dir.path().exists());
