@@ -33,6 +33,8 @@ const CHART_CAPABILITIES: [&str; 5] = [
     "CAP_DAC_READ_SEARCH",
 ];
 const WAIT: Duration = Duration::from_secs(90);
+/// Policy rules: busybox may run, anything else is killed.
+const ONLY_BUSYBOX: &str = "  exec:\n    allow: [{path: /bin/busybox}]\n    action: Kill\n";
 const AGENT_NS: &str = "vigil";
 const WORKLOAD_IMAGE: &str = "docker.io/library/vigil-test-busybox";
 
@@ -571,6 +573,53 @@ impl Ctx {
         wait(what, || Ok(self.events()?.into_iter().find(|e| matches(e))))
     }
 
+    /// Creates namespace `ns` and a RuntimePolicy `name` in it selecting pods labelled
+    /// `app: APP`, with `rules` (YAML at the level of `podSelector`), and waits until this
+    /// node's agent reports it enforced.
+    fn policy(&self, ns: &str, name: &str, app: &str, rules: &str) -> Result<()> {
+        self.namespace(ns)?;
+        self.apply(&format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: {app}}}}}\n{rules}"
+        ))?;
+        wait(
+            &format!("policy {ns}/{name} to be enforced on this node"),
+            || {
+                let status = self.kubectl(&[
+                    "get",
+                    "runtimepolicy",
+                    "-n",
+                    ns,
+                    name,
+                    "-o",
+                    "jsonpath={.status.nodes[0].conditions[0].reason}",
+                ])?;
+                Ok((status == "Valid").then_some(()))
+            },
+        )
+    }
+
+    /// Waits until the agent has bound `pod`'s cgroup to its policies (it logs every pod
+    /// cgroup it binds, `pod<uid>`): from then on the kernel decides for it.
+    fn wait_bound(&self, ns: &str, pod: &str) -> Result<()> {
+        let uid = self.kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            ns,
+            pod,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])?;
+        let agent = self.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+        wait(&format!("pod {ns}/{pod} to be bound"), || {
+            let log = self.kubectl(&["logs", "-n", AGENT_NS, &agent])?;
+            Ok(log
+                .lines()
+                .any(|l| l.contains("policies in force") && l.contains(&format!("pod{uid}")))
+                .then_some(()))
+        })
+    }
+
     fn namespace(&self, ns: &str) -> Result<()> {
         self.apply(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
@@ -769,31 +818,14 @@ fn a_binary_copied_into_a_deployment_pod_is_killed_and_named_as_the_container_se
     ctx: &Ctx,
 ) -> Result<()> {
     let ns = "e2e-exec";
-    ctx.namespace(ns)?;
-    ctx.apply(&format!(
-        r#"apiVersion: vigil.dev/v1alpha1
-kind: RuntimePolicy
-metadata: {{name: only-busybox, namespace: {ns}}}
-spec:
-  podSelector: {{matchLabels: {{app: shop}}}}
-  exec:
-    allow: [{{path: /bin/busybox}}, {{path: /usr/bin/grep}}]
-    action: Kill
-"#
-    ))?;
+    ctx.policy(
+        ns,
+        "only-busybox",
+        "shop",
+        "  exec:\n    allow: [{path: /bin/busybox}, {path: /usr/bin/grep}]\n    action: Kill\n",
+    )?;
     let pod = ctx.deployment(ns, "shop", &["/bin/busybox", "sleep", "100000"])?;
-    wait("the policy to be enforced on this node", || {
-        let status = ctx.kubectl(&[
-            "get",
-            "runtimepolicy",
-            "-n",
-            ns,
-            "only-busybox",
-            "-o",
-            "jsonpath={.status.nodes[0].conditions[0].reason}",
-        ])?;
-        Ok((status == "Valid").then_some(()))
-    })?;
+    ctx.wait_bound(ns, &pod)?;
     // The allowed binary runs in the same pod.
     let (code, out) = ctx.exec(ns, &pod, "/bin/busybox echo allowed")?;
     ensure!(
@@ -917,18 +949,16 @@ metadata: {{name: backend, namespace: {ns}}}
 spec:
   selector: {{app: backend}}
   ports: [{{port: 80, targetPort: 8080}}]
----
-apiVersion: vigil.dev/v1alpha1
-kind: RuntimePolicy
-metadata: {{name: services-only, namespace: {ns}}}
-spec:
-  podSelector: {{matchLabels: {{app: client}}}}
-  connect:
-    allowServices: true
-    action: Alert
 "#
     ))?;
+    ctx.policy(
+        ns,
+        "services-only",
+        "client",
+        "  connect:\n    allowServices: true\n    action: Alert\n",
+    )?;
     let client = ctx.deployment(ns, "client", &["/bin/busybox", "sleep", "100000"])?;
+    ctx.wait_bound(ns, &client)?;
     let cluster_ip = ctx.kubectl(&[
         "get",
         "svc",
@@ -1003,32 +1033,14 @@ fn write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtim
     ctx: &Ctx,
 ) -> Result<()> {
     let ns = "e2e-wx";
-    ctx.namespace(ns)?;
-    ctx.apply(&format!(
-        r#"apiVersion: vigil.dev/v1alpha1
-kind: RuntimePolicy
-metadata: {{name: no-wx, namespace: {ns}}}
-spec:
-  podSelector: {{matchLabels: {{app: jit}}}}
-  memory:
-    writeExecute: Deny
-    allowExecutables: [/usr/bin/grep]
-    action: Alert
-"#
-    ))?;
+    ctx.policy(
+        ns,
+        "no-wx",
+        "jit",
+        "  memory:\n    writeExecute: Deny\n    allowExecutables: [/usr/bin/grep]\n    action: Alert\n",
+    )?;
     let pod = ctx.deployment(ns, "jit", &["/bin/busybox", "sleep", "100000"])?;
-    wait("the policy to be enforced on this node", || {
-        let status = ctx.kubectl(&[
-            "get",
-            "runtimepolicy",
-            "-n",
-            ns,
-            "no-wx",
-            "-o",
-            "jsonpath={.status.nodes[0].conditions[0].reason}",
-        ])?;
-        Ok((status == "Valid").then_some(()))
-    })?;
+    ctx.wait_bound(ns, &pod)?;
     // The listed JIT runtime compiles its pattern into W+X memory: allowed.
     let (code, out) = ctx.exec(ns, &pod, "echo abc | /usr/bin/grep -P 'a.c'")?;
     ensure!(code == 0 && out.contains("abc"), "grep -P: {code} {out}");
@@ -1134,11 +1146,17 @@ fn pinned_generations() -> Vec<String> {
 
 /// Follows one pod's log until the pod ends, collecting its lines.
 fn follow_log(ctx: &Ctx, pod: &str) -> Result<thread::JoinHandle<String>> {
+    kubectl_in_background(ctx, &["logs", "-f", "-n", AGENT_NS, pod])
+}
+
+/// Runs kubectl with `args` on a thread of its own; the thread returns its stdout once it
+/// ends.
+fn kubectl_in_background(ctx: &Ctx, args: &[&str]) -> Result<thread::JoinHandle<String>> {
     let mut cmd = ctx.cluster.control_plane().kubectl_command();
-    cmd.args(["logs", "-f", "-n", AGENT_NS, pod])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().context("kubectl logs -f")?;
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("kubectl {}", args.join(" ")))?;
     let mut out = child.stdout.take().context("piped")?;
     Ok(thread::spawn(move || {
         let mut text = String::new();
@@ -1187,18 +1205,7 @@ fn deleting_the_agent_pod_during_denied_execs_kills_every_one_and_reports_each_o
     ctx: &Ctx,
 ) -> Result<()> {
     let ns = "e2e-restart";
-    ctx.namespace(ns)?;
-    ctx.apply(&format!(
-        r#"apiVersion: vigil.dev/v1alpha1
-kind: RuntimePolicy
-metadata: {{name: only-busybox, namespace: {ns}}}
-spec:
-  podSelector: {{matchLabels: {{app: victim}}}}
-  exec:
-    allow: [{{path: /bin/busybox}}]
-    action: Kill
-"#
-    ))?;
+    ctx.policy(ns, "only-busybox", "victim", ONLY_BUSYBOX)?;
     let victim = ctx.deployment(ns, "victim", &["/bin/busybox", "sleep", "100000"])?;
     // Each killed try is reported too: counted, to add up the reports below.
     let killed_before = std::cell::Cell::new(0usize);
@@ -1211,23 +1218,20 @@ spec:
     let old = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
     let old_log = follow_log(ctx, &old)?;
     // A denied exec every ~50 ms until /tmp/stop appears: "<pid> <exit code>" per attempt.
-    let stream = {
-        let mut cmd = ctx.cluster.control_plane().kubectl_command();
-        cmd.args([
-            "exec", "-n", ns, &victim, "--", "/bin/busybox", "sh", "-c",
+    let stream = kubectl_in_background(
+        ctx,
+        &[
+            "exec",
+            "-n",
+            ns,
+            &victim,
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
             "/bin/busybox rm -f /tmp/stop; while [ ! -e /tmp/stop ]; do /tmp/shell true & p=$!; wait $p; echo \"$p $?\"; /bin/busybox usleep 50000; done",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        let mut child = cmd.spawn().context("kubectl exec (the stream)")?;
-        let mut out = child.stdout.take().context("piped")?;
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = out.read_to_string(&mut text);
-            let _ = child.wait();
-            text
-        })
-    };
+        ],
+    )?;
     thread::sleep(Duration::from_secs(2));
     let deleted = Instant::now();
     ctx.kubectl(&["delete", "pod", "-n", AGENT_NS, &old, "--wait=false"])?;
@@ -1408,19 +1412,9 @@ fn fresh_kill_report(ctx: &Ctx, ns: &str, victim: &str) -> Result<Value> {
 
 fn each_capability_the_chart_grants_is_needed(ctx: &Ctx) -> Result<()> {
     let ns = "e2e-caps";
-    ctx.namespace(ns)?;
-    ctx.apply(&format!(
-        r#"apiVersion: vigil.dev/v1alpha1
-kind: RuntimePolicy
-metadata: {{name: only-busybox, namespace: {ns}}}
-spec:
-  podSelector: {{matchLabels: {{app: victim}}}}
-  exec:
-    allow: [{{path: /bin/busybox}}]
-    action: Kill
-"#
-    ))?;
+    ctx.policy(ns, "only-busybox", "victim", ONLY_BUSYBOX)?;
     let victim = ctx.deployment(ns, "victim", &["/bin/busybox", "sleep", "100000"])?;
+    ctx.wait_bound(ns, &victim)?;
     ctx.exec(
         ns,
         &victim,
