@@ -361,27 +361,7 @@ fn crash_child() -> ExitCode {
             "left-behind",
             &["/bin/busybox", "sleep", "100000"],
         )?;
-        let id = ctx.kubectl(&[
-            "get",
-            "pod",
-            "-n",
-            "default",
-            &pod,
-            "-o",
-            "jsonpath={.status.containerStatuses[0].containerID}",
-        ])?;
-        let id = id
-            .strip_prefix("containerd://")
-            .context("containerd id")?
-            .to_owned();
-        let pid = std::fs::read_dir("/proc")?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .find(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                    .is_ok_and(|c| c.contains(&id))
-            })
-            .context("the pod's process")?;
+        let pid = container_process(&ctx, "default", &pod, "busybox")?;
         println!("ready {pid}");
         // Keep `ctx` (and the cluster) alive until the parent kills this process.
         loop {
@@ -598,6 +578,15 @@ impl Ctx {
         )
     }
 
+    /// [`Ctx::policy`], then a Deployment `app` of one pod sleeping under it, bound by the
+    /// agent; returns the pod's name.
+    fn policed_pod(&self, ns: &str, policy: &str, app: &str, rules: &str) -> Result<String> {
+        self.policy(ns, policy, app, rules)?;
+        let pod = self.deployment(ns, app, &["/bin/busybox", "sleep", "100000"])?;
+        self.wait_bound(ns, &pod)?;
+        Ok(pod)
+    }
+
     /// Waits until the agent has bound `pod`'s cgroup to its policies (it logs every pod
     /// cgroup it binds, `pod<uid>`): from then on the kernel decides for it.
     fn wait_bound(&self, ns: &str, pod: &str) -> Result<()> {
@@ -705,12 +694,18 @@ fn capability_names(mask: u64) -> Vec<&'static str> {
 /// The host pid of the agent's process, found by its container's cgroup.
 fn agent_pid(ctx: &Ctx) -> Result<u32> {
     let pod = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+    container_process(ctx, AGENT_NS, &pod, "vigil")
+}
+
+/// The host pid of the process named `comm` in `pod`'s (first) container, found by the
+/// container's cgroup.
+fn container_process(ctx: &Ctx, ns: &str, pod: &str, comm: &str) -> Result<u32> {
     let status = ctx.kubectl(&[
         "get",
         "pod",
         "-n",
-        AGENT_NS,
-        &pod,
+        ns,
+        pod,
         "-o",
         "jsonpath={.status.containerStatuses[0].containerID}",
     ])?;
@@ -729,12 +724,12 @@ fn agent_pid(ctx: &Ctx) -> Result<u32> {
         let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else {
             continue;
         };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if cgroup.contains(&id) && comm.trim() == "vigil" {
+        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if cgroup.contains(&id) && name.trim() == comm {
             return Ok(pid);
         }
     }
-    bail!("no vigil process in container {id}")
+    bail!("no {comm} process in container {id}")
 }
 
 fn helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only(
@@ -818,14 +813,12 @@ fn a_binary_copied_into_a_deployment_pod_is_killed_and_named_as_the_container_se
     ctx: &Ctx,
 ) -> Result<()> {
     let ns = "e2e-exec";
-    ctx.policy(
+    let pod = ctx.policed_pod(
         ns,
         "only-busybox",
         "shop",
         "  exec:\n    allow: [{path: /bin/busybox}, {path: /usr/bin/grep}]\n    action: Kill\n",
     )?;
-    let pod = ctx.deployment(ns, "shop", &["/bin/busybox", "sleep", "100000"])?;
-    ctx.wait_bound(ns, &pod)?;
     // The allowed binary runs in the same pod.
     let (code, out) = ctx.exec(ns, &pod, "/bin/busybox echo allowed")?;
     ensure!(
@@ -1033,14 +1026,12 @@ fn write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtim
     ctx: &Ctx,
 ) -> Result<()> {
     let ns = "e2e-wx";
-    ctx.policy(
+    let pod = ctx.policed_pod(
         ns,
         "no-wx",
         "jit",
         "  memory:\n    writeExecute: Deny\n    allowExecutables: [/usr/bin/grep]\n    action: Alert\n",
     )?;
-    let pod = ctx.deployment(ns, "jit", &["/bin/busybox", "sleep", "100000"])?;
-    ctx.wait_bound(ns, &pod)?;
     // The listed JIT runtime compiles its pattern into W+X memory: allowed.
     let (code, out) = ctx.exec(ns, &pod, "echo abc | /usr/bin/grep -P 'a.c'")?;
     ensure!(code == 0 && out.contains("abc"), "grep -P: {code} {out}");
@@ -1412,9 +1403,7 @@ fn fresh_kill_report(ctx: &Ctx, ns: &str, victim: &str) -> Result<Value> {
 
 fn each_capability_the_chart_grants_is_needed(ctx: &Ctx) -> Result<()> {
     let ns = "e2e-caps";
-    ctx.policy(ns, "only-busybox", "victim", ONLY_BUSYBOX)?;
-    let victim = ctx.deployment(ns, "victim", &["/bin/busybox", "sleep", "100000"])?;
-    ctx.wait_bound(ns, &victim)?;
+    let victim = ctx.policed_pod(ns, "only-busybox", "victim", ONLY_BUSYBOX)?;
     ctx.exec(
         ns,
         &victim,
