@@ -214,7 +214,7 @@ fn go_command() -> Result<PathBuf> {
         .ok()
         .or_else(|| Some(PathBuf::from("/usr/local/go/bin/go")).filter(|go| go.is_file()))
         .context(
-            "Go is required to build the Kubernetes test binaries (kube-apiserver, etcd, kubectl, \
+            "Go is required to build the Kubernetes test binaries (kube-apiserver, kubelet, etcd, \
              helm) but no `go` command was found on PATH or in /usr/local/go/bin; install Go \
              1.26 or newer (the pins in k8s-env/*/go.mod need it)",
         )

@@ -77,12 +77,14 @@ enum Command {
     ///
     /// With --check, only compare and fail when the committed file is out of date.
     Schema(schema::Options),
-    /// Build the Kubernetes test binaries (kube-apiserver, etcd, kubectl, helm) into
-    /// target/k8s-env/bin when missing; with `up --dir DIR`, also run a control plane.
+    /// Build the Kubernetes test binaries (kube-apiserver, kubectl, the node's kubelet,
+    /// kube-controller-manager, kube-scheduler and kube-proxy, etcd, helm) into
+    /// target/k8s-env/bin when missing; with `up --dir DIR`, also run a cluster.
     ///
     /// `up` starts etcd and kube-apiserver on 127.0.0.1, writes DIR/kubeconfig (cluster-admin),
     /// creates a Node object, prints `ready` and the kubeconfig path, and runs until SIGINT or
-    /// SIGTERM. With KUBEBUILDER_ASSETS set, kube-apiserver and etcd come from there.
+    /// SIGTERM. With KUBEBUILDER_ASSETS set, kube-apiserver and etcd come from there. `up
+    /// --node` runs a real one-node cluster instead (root); `down` removes what one left.
     K8sEnv(k8s_env::Options),
     /// Build the agent (release) and its container image as an OCI archive:
     /// target/images/vigil-<appVersion>.oci.tar, named vigil:<appVersion> (the chart's

@@ -123,11 +123,11 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
         "warnings",
     ]))?;
     steps.command(crate::build::command(false))?;
-    // kube-apiserver, etcd, kubectl and helm for the tests that run a real control plane
-    // (testenv): built from k8s-env/ once, skipped while present and matching the pins.
+    // The Kubernetes binaries, etcd and helm for the tests that run a real control plane or
+    // node (testenv): built from k8s-env/ once, skipped while present and matching the pins.
     let mut k8s_bin = None;
     steps.run(
-        "k8s-env (kube-apiserver, etcd, kubectl, helm)".to_owned(),
+        "k8s-env (the Kubernetes binaries, etcd, helm)".to_owned(),
         || {
             k8s_bin = Some(k8s_env::ensure()?);
             Ok(())
