@@ -207,6 +207,8 @@ struct HostState {
     links: Vec<String>,
     mounts: Vec<String>,
     kubepods: Vec<String>,
+    /// Whether the chart's pin directory exists.
+    agent_pins: bool,
 }
 
 impl HostState {
@@ -272,6 +274,7 @@ impl HostState {
             links,
             mounts,
             kubepods,
+            agent_pins: Path::new(testenv::AGENT_PINS).exists(),
         };
         state.links.sort();
         state.kubepods.sort();
@@ -306,6 +309,14 @@ impl HostState {
             differences.push(format!(
                 "kubepods cgroups {:?} -> {:?}",
                 self.kubepods, after.kubepods
+            ));
+        }
+        if self.agent_pins != after.agent_pins {
+            differences.push(format!(
+                "{} existed: {} -> {}",
+                testenv::AGENT_PINS,
+                self.agent_pins,
+                after.agent_pins
             ));
         }
         ensure!(

@@ -25,7 +25,7 @@ mod tools;
 
 pub use control_plane::{ControlPlane, DEFAULT_NODE_NAME, Options, SERVICE_CIDR};
 pub use node::{BRIDGE, CRI_NAMESPACE, Cluster, NODE_ADDRESS, NodeOptions, POD_CIDR};
-pub use node_cleanup::teardown;
+pub use node_cleanup::{AGENT_PINS, teardown};
 pub use tools::{
     Built, Source, TOOLS, Tool, bin_dir, bin_dir_for_tests, ensure_built, go_version,
     missing_binaries, workspace_root,

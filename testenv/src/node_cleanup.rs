@@ -37,6 +37,45 @@ pub(crate) struct Leftovers {
     /// 1.6 pins each sandbox's there, and a pin left behind keeps the namespace and its veth.
     #[serde(default)]
     pub(crate) netns_before: Vec<String>,
+    /// Whether [`AGENT_PINS`] was there before the cluster. An agent the cluster ran and
+    /// that was not uninstalled leaves its enforcement pinned there (by design: it outlives
+    /// the agent's pod); a cluster that goes takes it along.
+    #[serde(default = "there")]
+    pub(crate) agent_pins_before: bool,
+}
+
+/// Where the chart's agents pin their programs.
+pub const AGENT_PINS: &str = "/sys/fs/bpf/vigil";
+
+/// For records written before the field existed: assume the pins were there, and keep them.
+fn there() -> bool {
+    true
+}
+
+/// Removes a bpffs directory and everything in it: pins first (files), then directories
+/// (bpffs removes neither recursively). A removed link pin detaches its program once nothing
+/// else holds it.
+fn remove_bpffs_tree(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut dirs = Vec::new();
+    dirs_deepest_first(dir, &mut dirs);
+    for d in &dirs {
+        for entry in fs::read_dir(d)
+            .with_context(|| format!("cannot list {}", d.display()))?
+            .flatten()
+        {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_file(entry.path())
+                    .with_context(|| format!("cannot unpin {}", entry.path().display()))?;
+            }
+        }
+    }
+    for d in &dirs {
+        fs::remove_dir(d).with_context(|| format!("cannot remove {}", d.display()))?;
+    }
+    Ok(())
 }
 
 /// Where containerd's CRI pins pod network namespaces.
@@ -327,6 +366,9 @@ pub fn teardown(dir: &Path, bin_dir: &Path) -> Result<()> {
         note(stop_owner(pid, started));
     }
     note(kill_pods(&layout));
+    if !leftovers.agent_pins_before {
+        note(remove_bpffs_tree(Path::new(AGENT_PINS)));
+    }
     note(unmount_under(&layout.root));
     note(remove_pod_cgroups());
     if leftovers.kube_proxy {
@@ -559,6 +601,7 @@ mod tests {
             kube_proxy: true,
             kube_chains_before: Vec::new(),
             netns_before: Vec::new(),
+            agent_pins_before: false,
         };
         saved.save(&path).expect("save");
         let back = Leftovers::load(&path).expect("load").expect("present");
