@@ -278,6 +278,15 @@ pub fn load_program(
     }
 }
 
+/// Takes map `name` out of `ebpf` as the typed map `T`.
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, EbpfError> {
+    let map = ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| EbpfError::Map { map: name, source })
+}
+
 /// An attachment to be pinned, or why it cannot be.
 type Taken = Result<FdLink, LinkError>;
 
@@ -598,25 +607,11 @@ impl Probes {
         let mut handover = None;
         let mut own_pins = None;
         if let Some(plan) = &options.pin {
-            let map = ebpf
-                .take_map("EMITTER")
-                .ok_or(EbpfError::MissingMap("EMITTER"))?;
-            let emitter = Array::try_from(map).map_err(|source| EbpfError::Map {
-                map: "EMITTER",
-                source,
-            })?;
-            let silenced = ebpf
-                .take_map("SILENCED")
-                .ok_or(EbpfError::MissingMap("SILENCED"))?;
-            let silenced = PerCpuArray::try_from(silenced).map_err(|source| EbpfError::Map {
-                map: "SILENCED",
-                source,
-            })?;
             let mut taking_over = pin::Handover {
                 generation: plan.generation,
                 previous: plan.previous.clone(),
-                emitter,
-                silenced,
+                emitter: take(&mut ebpf, "EMITTER")?,
+                silenced: take(&mut ebpf, "SILENCED")?,
             };
             if plan.previous.is_empty() {
                 taking_over.report_now()?;
@@ -747,13 +742,6 @@ impl Probes {
 
     /// The maps policies compile into; taken once.
     pub fn take_policy_maps(&mut self) -> Result<PolicyMaps, EbpfError> {
-        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, EbpfError> {
-            let map = ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))?;
-            T::try_from(map).map_err(|source| EbpfError::Map { map: name, source })
-        }
         let ebpf = &mut self.ebpf;
         Ok(PolicyMaps {
             cgroup_sets: take(ebpf, "CGROUP_SETS")?,
