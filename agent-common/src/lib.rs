@@ -5,6 +5,26 @@
 //! agent's tests.
 #![no_std]
 
+/// Declares a module of one-bit `u32` flags numbered in the order written, from bit 0, so
+/// that no two flags of a record can share a bit by a slip of the pen.
+macro_rules! bit_flags {
+    (
+        $(#[$($module_attr:tt)*])*
+        pub mod $module:ident { $($flags:tt)+ }
+    ) => {
+        $(#[$($module_attr)*])*
+        pub mod $module {
+            bit_flags!(@from 0; $($flags)+);
+        }
+    };
+    (@from $bit:expr; $(#[$($attr:tt)*])* $flag:ident, $($rest:tt)*) => {
+        $(#[$($attr)*])*
+        pub const $flag: u32 = 1 << ($bit);
+        bit_flags!(@from $bit + 1; $($rest)*);
+    };
+    (@from $bit:expr;) => {};
+}
+
 pub mod decide;
 
 pub const COMM_LEN: usize = 16;
@@ -37,40 +57,42 @@ pub mod kind {
     pub const SLOTS: u32 = 5;
 }
 
-/// Flags of an exec record.
-pub mod exec_flags {
-    /// The executable, its interpreter or a script run from a descriptor lives on a
-    /// kernel-internal mount (`SB_KERNMOUNT`): a memfd or another anonymous file, never a
-    /// file anyone can reach by a path.
-    pub const MEMFD: u32 = 1 << 0;
-    /// The executable has no links left on its file system (deleted after open).
-    pub const DELETED: u32 = 1 << 1;
-    /// Not every argument fitted into the buffer.
-    pub const ARGS_TRUNCATED: u32 = 1 << 2;
-    /// The arguments from `sys_enter_execve(at)` were not found (e.g. evicted).
-    pub const ARGS_MISSING: u32 = 1 << 3;
-    /// The executable's dentry could not be read (kernel offsets unknown).
-    pub const EXE_UNKNOWN: u32 = 1 << 4;
-    /// The executed file is a script: `path` is the script, `exe_path` its interpreter.
-    pub const SCRIPT: u32 = 1 << 5;
-    /// The executable's real path did not fit (or was deeper than the walk goes).
-    pub const EXE_PATH_TRUNCATED: u32 = 1 << 6;
-    /// A policy applies but the kernel could not decide (path too long for its maps):
-    /// user space decides, and may only alert.
-    pub const UNDECIDED: u32 = 1 << 7;
-    /// The executable's real path could not be resolved (deeper or longer than the kernel's
-    /// walk goes): the kernel decided without it, failing closed.
-    pub const UNVERIFIABLE: u32 = 1 << 8;
-    /// Not an exec: a file mapped executable (`mmap` with `PROT_EXEC`) by a running process
-    /// (the dynamic loader, `dlopen`, `LD_PRELOAD`); `path` is the file's real path.
-    pub const MAPPED: u32 = 1 << 9;
-    /// Not an exec: the script of an earlier exec, as its interpreter opened it; `path` is
-    /// the opened file's real path, `exe_path` the interpreter's.
-    pub const OPENED: u32 = 1 << 10;
-    /// The real path crosses a mount an unprivileged user made in a user namespace of its
-    /// own (a bind mount, a detached mount, a new root): the path is that user's choice, so
-    /// it is unverifiable.
-    pub const USER_MOUNT: u32 = 1 << 11;
+bit_flags! {
+    /// Flags of an exec record.
+    pub mod exec_flags {
+        /// The executable, its interpreter or a script run from a descriptor lives on a
+        /// kernel-internal mount (`SB_KERNMOUNT`): a memfd or another anonymous file, never a
+        /// file anyone can reach by a path.
+        MEMFD,
+        /// The executable has no links left on its file system (deleted after open).
+        DELETED,
+        /// Not every argument fitted into the buffer.
+        ARGS_TRUNCATED,
+        /// The arguments from `sys_enter_execve(at)` were not found (e.g. evicted).
+        ARGS_MISSING,
+        /// The executable's dentry could not be read (kernel offsets unknown).
+        EXE_UNKNOWN,
+        /// The executed file is a script: `path` is the script, `exe_path` its interpreter.
+        SCRIPT,
+        /// The executable's real path did not fit (or was deeper than the walk goes).
+        EXE_PATH_TRUNCATED,
+        /// A policy applies but the kernel could not decide (path too long for its maps):
+        /// user space decides, and may only alert.
+        UNDECIDED,
+        /// The executable's real path could not be resolved (deeper or longer than the kernel's
+        /// walk goes): the kernel decided without it, failing closed.
+        UNVERIFIABLE,
+        /// Not an exec: a file mapped executable (`mmap` with `PROT_EXEC`) by a running process
+        /// (the dynamic loader, `dlopen`, `LD_PRELOAD`); `path` is the file's real path.
+        MAPPED,
+        /// Not an exec: the script of an earlier exec, as its interpreter opened it; `path` is
+        /// the opened file's real path, `exe_path` the interpreter's.
+        OPENED,
+        /// The real path crosses a mount an unprivileged user made in a user namespace of its
+        /// own (a bind mount, a detached mount, a new root): the path is that user's choice, so
+        /// it is unverifiable.
+        USER_MOUNT,
+    }
 }
 
 /// Whether a record reports a violation.
@@ -87,6 +109,14 @@ pub mod action {
     pub const DENY: u16 = 2;
     /// The act is refused where the hook can refuse it, and the process is killed.
     pub const KILL: u16 = 3;
+}
+
+/// What `CONFIG.mode` selects.
+pub mod mode {
+    /// `vigil trace`: every behaviour is reported, filtered only by cgroup.
+    pub const TRACE: u32 = 0;
+    /// `vigil run`: policies decide in the kernel; only violations are reported.
+    pub const ENFORCE: u32 = 1;
 }
 
 /// Packs a policy set and a rule index into a header's `rule`.
@@ -114,34 +144,28 @@ pub mod rule_id {
     }
 }
 
-/// What `CONFIG.mode` selects.
-pub mod mode {
-    /// `vigil trace`: every behaviour is reported, filtered only by cgroup.
-    pub const TRACE: u32 = 0;
-    /// `vigil run`: policies decide in the kernel; only violations are reported.
-    pub const ENFORCE: u32 = 1;
-}
-
-/// Bits of [`PolicySet::flags`].
-pub mod set_flags {
-    /// `exec.allow` is not empty: executables not on it are violations.
-    pub const EXEC_ALLOWLIST: u32 = 1 << 0;
-    /// `exec.deny` has `memfd: true`.
-    pub const EXEC_DENY_MEMFD: u32 = 1 << 1;
-    /// `connect.allow` is not empty or `allowServices` is set: other destinations are
-    /// violations.
-    pub const CONNECT_ALLOWLIST: u32 = 1 << 2;
-    pub const CONNECT_ALLOW_SERVICES: u32 = 1 << 3;
-    /// `memory.writeExecute: Deny`.
-    pub const WX_DENY: u32 = 1 << 4;
-    /// `exec.allow` has `memfd: true`: executables run from a memfd are on the allowlist.
-    pub const EXEC_ALLOW_MEMFD: u32 = 1 << 5;
-    /// `connect.deny` is not empty.
-    pub const CONNECT_RULES: u32 = 1 << 6;
-    /// `memory.foreignWrites: Deny`.
-    pub const FOREIGN_WRITES_DENY: u32 = 1 << 7;
-    /// `memory.compatSyscalls: Deny`.
-    pub const COMPAT_DENY: u32 = 1 << 8;
+bit_flags! {
+    /// Bits of [`PolicySet::flags`].
+    pub mod set_flags {
+        /// `exec.allow` is not empty: executables not on it are violations.
+        EXEC_ALLOWLIST,
+        /// `exec.deny` has `memfd: true`.
+        EXEC_DENY_MEMFD,
+        /// `connect.allow` is not empty or `allowServices` is set: other destinations are
+        /// violations.
+        CONNECT_ALLOWLIST,
+        CONNECT_ALLOW_SERVICES,
+        /// `memory.writeExecute: Deny`.
+        WX_DENY,
+        /// `exec.allow` has `memfd: true`: executables run from a memfd are on the allowlist.
+        EXEC_ALLOW_MEMFD,
+        /// `connect.deny` is not empty.
+        CONNECT_RULES,
+        /// `memory.foreignWrites: Deny`.
+        FOREIGN_WRITES_DENY,
+        /// `memory.compatSyscalls: Deny`.
+        COMPAT_DENY,
+    }
 }
 
 /// Policy sets: slot 0 means "no policy".
@@ -282,6 +306,27 @@ pub mod connect_hook {
     pub const SOCKET: u32 = 3;
 }
 
+bit_flags! {
+    /// Why a W^X record was emitted.
+    pub mod wx_reason {
+        /// The requested protection is writable and executable.
+        WRITE_EXEC,
+        /// The process runs with `READ_IMPLIES_EXEC`, so a readable and writable mapping is
+        /// executable too.
+        READ_IMPLIES_EXEC,
+        /// An executable mapping of memory another mapping can write: an anonymous file
+        /// (memfd), a file in `/dev/shm`, or SysV shared memory attached with `SHM_EXEC`.
+        SHARED_EXEC,
+        /// A write into another process's memory (or the means to it).
+        FOREIGN_WRITE,
+        /// Not a reason of its own: the request came through the 32-bit system call entry.
+        COMPAT,
+        /// The new image's stack is executable (`PT_GNU_STACK` asked for it): mapped by the
+        /// kernel at exec, with no system call.
+        EXEC_STACK,
+    }
+}
+
 /// The syscall a W^X record came from.
 pub mod wx_syscall {
     pub const MMAP: u32 = 1;
@@ -307,25 +352,6 @@ pub mod wx_syscall {
     /// A userfaultfd created (`userfaultfd(2)`, or `/dev/userfaultfd` opened: `fd`), the means
     /// to have the kernel fill pages, executable ones too (`flags`: its flags or open mode).
     pub const USERFAULTFD: u32 = 12;
-}
-
-/// Why a W^X record was emitted.
-pub mod wx_reason {
-    /// The requested protection is writable and executable.
-    pub const WRITE_EXEC: u32 = 1 << 0;
-    /// The process runs with `READ_IMPLIES_EXEC`, so a readable and writable mapping is
-    /// executable too.
-    pub const READ_IMPLIES_EXEC: u32 = 1 << 1;
-    /// An executable mapping of memory another mapping can write: an anonymous file
-    /// (memfd), a file in `/dev/shm`, or SysV shared memory attached with `SHM_EXEC`.
-    pub const SHARED_EXEC: u32 = 1 << 2;
-    /// A write into another process's memory (or the means to it).
-    pub const FOREIGN_WRITE: u32 = 1 << 3;
-    /// Not a reason of its own: the request came through the 32-bit system call entry.
-    pub const COMPAT: u32 = 1 << 4;
-    /// The new image's stack is executable (`PT_GNU_STACK` asked for it): mapped by the
-    /// kernel at exec, with no system call.
-    pub const EXEC_STACK: u32 = 1 << 5;
 }
 
 pub const READ_IMPLIES_EXEC: u32 = 0x0040_0000;
@@ -462,87 +488,155 @@ pub struct MoveEvent {
     pub _pad: u32,
 }
 
-/// Offsets into kernel structures, read by user space from `/sys/kernel/btf/vmlinux`
-/// (Rust eBPF has no CO-RE relocations). [`OFFSET_UNKNOWN`] marks a field this kernel lacks:
-/// the probe then leaves the dependent field empty and says so in its flags.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelOffsets {
-    pub task_real_parent: u32,
-    pub task_tgid: u32,
-    pub task_personality: u32,
-    pub task_files: u32,
-    pub file_dentry: u32,
-    pub file_inode: u32,
-    pub dentry_name: u32,
-    pub inode_nlink: u32,
-    pub files_fdt: u32,
-    pub fdtable_max_fds: u32,
-    pub fdtable_fd: u32,
-    pub file_vfsmount: u32,
-    pub vfsmount_mnt_root: u32,
-    /// `vfsmount.mnt_sb` and `super_block.s_flags`: a file on a kernel-internal mount
-    /// (`SB_KERNMOUNT`: memfd, pipes, sockets, anonymous inodes) has no path anyone chose.
-    pub vfsmount_sb: u32,
-    pub sb_flags: u32,
-    pub mount_mnt: u32,
-    pub mount_parent: u32,
-    pub mount_mountpoint: u32,
-    pub dentry_parent: u32,
-    pub bprm_file: u32,
-    pub bprm_filename: u32,
-    pub bprm_interp: u32,
-    pub task_pid: u32,
-    /// `task_struct.signal`, `signal_struct.live`: threads of the process still alive.
-    pub task_signal: u32,
-    pub signal_live: u32,
-    /// `super_block.s_magic`: tmpfs files may be shared memory.
-    pub sb_magic: u32,
-    /// `cgroup.root`, `cgroup_root.hierarchy_id` (0: the cgroup v2 hierarchy), `cgroup.kn`,
-    /// `kernfs_node.id` (the cgroup id), `cgroup.self.parent`.
-    pub cgroup_root: u32,
-    pub root_hierarchy_id: u32,
-    pub cgroup_kn: u32,
-    pub kn_id: u32,
-    pub cgroup_parent: u32,
-    /// `file.f_mode`: whether a file was opened for writing.
-    pub file_mode: u32,
-    /// `task_struct.thread_info.status` (`TS_COMPAT`: the task is in a 32-bit system call)
-    /// and the `pt_regs` members that hold a 32-bit call's first five arguments.
-    pub thread_status: u32,
-    pub regs_bx: u32,
-    pub regs_cx: u32,
-    pub regs_dx: u32,
-    pub regs_si: u32,
-    pub regs_di: u32,
-    /// `task_struct.mm`, `mm_struct.arg_start`, `mm_struct.arg_end`: the new image's
-    /// arguments, written by the kernel at exec (a script chain's names).
-    pub task_mm: u32,
-    pub mm_arg_start: u32,
-    pub mm_arg_end: u32,
-    /// `mount.mnt_ns`, `mnt_namespace.user_ns`, `user_namespace.level`, `vfsmount.mnt_flags`
-    /// and `super_block.s_root`: whether a mount crossed by a path walk was made by an
-    /// unprivileged user in a user namespace of its own (the path is then that user's
-    /// choice).
-    pub mount_mnt_ns: u32,
-    pub mnt_ns_user_ns: u32,
-    pub user_ns_level: u32,
-    pub vfsmount_flags: u32,
-    pub sb_root: u32,
-    /// `super_block.s_user_ns`: the user namespace that mounted the file system.
-    pub sb_user_ns: u32,
-    /// `vm_area_struct.vm_flags`, `vm_file`, `vm_start`, `vm_end`: a memory area's protection
-    /// and file; `mm_struct.start_stack`, `start_code`, `start_data`, `end_code`: where the
-    /// kernel put a new image's stack, code and data.
-    pub vma_flags: u32,
-    pub vma_file: u32,
-    pub vma_start: u32,
-    pub vma_end: u32,
-    pub mm_start_stack: u32,
-    pub mm_start_code: u32,
-    pub mm_start_data: u32,
-    pub mm_end_code: u32,
-    pub _pad: u32,
+macro_rules! kernel_offsets {
+    (
+        $(#[$($attr:tt)*])*
+        pub struct $name:ident {
+            $($structure:ident {
+                $($(#[$($field_attr:tt)*])* $field:ident: $member:literal,)+
+            })+
+        }
+    ) => {
+        $(#[$($attr)*])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $($($(#[$($field_attr)*])* pub $field: u32,)+)+
+            pub _pad: u32,
+        }
+
+        impl $name {
+            /// Each offset from `find(structure, member)`: the list above is the only place
+            /// that says where a field's offset comes from.
+            pub fn find(mut find: impl FnMut(&str, &str) -> u32) -> Self {
+                Self {
+                    $($($field: find(stringify!($structure), $member),)+)+
+                    _pad: 0,
+                }
+            }
+        }
+    };
+}
+
+kernel_offsets! {
+    /// Offsets into kernel structures, read by user space from `/sys/kernel/btf/vmlinux`
+    /// (Rust eBPF has no CO-RE relocations), grouped by structure. [`OFFSET_UNKNOWN`] marks a
+    /// member this kernel lacks: the probe then leaves the dependent field empty and says so
+    /// in its flags.
+    pub struct KernelOffsets {
+        task_struct {
+            task_real_parent: "real_parent",
+            task_tgid: "tgid",
+            task_personality: "personality",
+            task_files: "files",
+            task_pid: "pid",
+            /// With `signal_struct.live`: threads of the process still alive.
+            task_signal: "signal",
+            /// `TS_COMPAT`: the task is in a 32-bit system call (its first five arguments are
+            /// in the `pt_regs` members below).
+            thread_status: "thread_info.status",
+            /// With `mm_struct.arg_start` and `arg_end`: the new image's arguments, written by
+            /// the kernel at exec (a script chain's names).
+            task_mm: "mm",
+        }
+        file {
+            file_dentry: "f_path.dentry",
+            file_inode: "f_inode",
+            file_vfsmount: "f_path.mnt",
+            /// Whether a file was opened for writing.
+            file_mode: "f_mode",
+        }
+        dentry {
+            dentry_name: "d_name.name",
+            dentry_parent: "d_parent",
+        }
+        inode {
+            inode_nlink: "__i_nlink",
+        }
+        files_struct {
+            files_fdt: "fdt",
+        }
+        fdtable {
+            fdtable_max_fds: "max_fds",
+            fdtable_fd: "fd",
+        }
+        vfsmount {
+            vfsmount_mnt_root: "mnt_root",
+            /// With `super_block.s_flags`: a file on a kernel-internal mount (`SB_KERNMOUNT`:
+            /// memfd, pipes, sockets, anonymous inodes) has no path anyone chose.
+            vfsmount_sb: "mnt_sb",
+            vfsmount_flags: "mnt_flags",
+        }
+        super_block {
+            sb_flags: "s_flags",
+            /// tmpfs files may be shared memory.
+            sb_magic: "s_magic",
+            sb_root: "s_root",
+            /// The user namespace that mounted the file system.
+            sb_user_ns: "s_user_ns",
+        }
+        mount {
+            mount_mnt: "mnt",
+            mount_parent: "mnt_parent",
+            mount_mountpoint: "mnt_mountpoint",
+            /// With `mnt_namespace.user_ns`, `user_namespace.level`, `vfsmount.mnt_flags` and
+            /// `super_block.s_root`: whether a mount crossed by a path walk was made by an
+            /// unprivileged user in a user namespace of its own (the path is then that user's
+            /// choice).
+            mount_mnt_ns: "mnt_ns",
+        }
+        mnt_namespace {
+            mnt_ns_user_ns: "user_ns",
+        }
+        user_namespace {
+            user_ns_level: "level",
+        }
+        linux_binprm {
+            bprm_file: "file",
+            bprm_filename: "filename",
+            bprm_interp: "interp",
+        }
+        signal_struct {
+            signal_live: "live.counter",
+        }
+        cgroup {
+            /// With `cgroup_root.hierarchy_id` (0: the cgroup v2 hierarchy) and
+            /// `kernfs_node.id` (the cgroup id).
+            cgroup_root: "root",
+            cgroup_kn: "kn",
+            cgroup_parent: "self.parent",
+        }
+        cgroup_root {
+            root_hierarchy_id: "hierarchy_id",
+        }
+        kernfs_node {
+            kn_id: "id",
+        }
+        pt_regs {
+            regs_bx: "bx",
+            regs_cx: "cx",
+            regs_dx: "dx",
+            regs_si: "si",
+            regs_di: "di",
+        }
+        mm_struct {
+            mm_arg_start: "arg_start",
+            mm_arg_end: "arg_end",
+            /// With `start_code`, `start_data` and `end_code`: where the kernel put a new
+            /// image's stack, code and data.
+            mm_start_stack: "start_stack",
+            mm_start_code: "start_code",
+            mm_start_data: "start_data",
+            mm_end_code: "end_code",
+        }
+        vm_area_struct {
+            /// With `vm_file`, `vm_start` and `vm_end`: a memory area's protection and file.
+            vma_flags: "vm_flags",
+            vma_file: "vm_file",
+            vma_start: "vm_start",
+            vma_end: "vm_end",
+        }
+    }
 }
 
 /// Run-time configuration, slot 0 of the `CONFIG` array map.
@@ -611,6 +705,10 @@ pub const fn connect_target(dport: u16, daddr: &[u8; 16]) -> u64 {
     folded
 }
 
+// Flag values are read by the other generation during a hand-over: they stay where they are.
+const _: () = assert!(exec_flags::MEMFD == 1 && exec_flags::USER_MOUNT == 1 << 11);
+const _: () = assert!(set_flags::EXEC_ALLOWLIST == 1 && set_flags::COMPAT_DENY == 1 << 8);
+const _: () = assert!(wx_reason::WRITE_EXEC == 1 && wx_reason::EXEC_STACK == 1 << 5);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 
 /// Names the layout of the records in `EVENTS`: an agent reads a previous agent's pinned

@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     kill::kill_at_syscall_exit,
     maps::CGROUP_SETS,
@@ -18,13 +18,10 @@ use crate::{
 /// Levels of the destination's ancestry searched for the pinned binding.
 const MAX_LEVELS: usize = 32;
 
-/// `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`, after the move.
-#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
-pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
-    match try_attach(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("cgroup_attach_task"), err),
-    }
+entry_points! {
+    /// `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`, after the move.
+    #[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+    fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 = try_attach(&ctx);
 }
 
 fn try_attach(ctx: &RawTracePointContext) -> Result<(), i64> {

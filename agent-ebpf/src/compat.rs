@@ -6,7 +6,7 @@
 use agent_common::{Config, WxEvent, mode, set_flags, wx_reason, wx_syscall};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     maps::COMPAT_WATCH,
     policy::{current_set, enforce, policy_set, violation},
@@ -21,12 +21,9 @@ const NR_MPROTECT: i64 = 125;
 const NR_MMAP2: i64 = 192;
 const NR_PKEY_MPROTECT: i64 = 380;
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    match try_compat(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter"), err),
-    }
+entry_points! {
+    #[raw_tracepoint(tracepoint = "sys_enter")]
+    fn sys_enter(ctx: RawTracePointContext) -> i32 = try_compat(&ctx);
 }
 
 /// Whether any policy set denies the 32-bit entry (one array read).

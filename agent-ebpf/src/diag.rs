@@ -9,14 +9,29 @@ use aya_ebpf::EbpfContext;
 
 use crate::maps::PROBE_ERRORS;
 
-/// The id of the probe named (an entry point's own name), worked out at compile time; a name
-/// missing from `agent_common::probe_error::PROBES` does not build.
-macro_rules! probe_id {
-    ($name:literal) => {
-        const { agent_common::probe_error::id($name) }
-    };
+/// Declares thin entry points, each `fn name(ctx: Context) -> Ret = body;` with its
+/// attributes: the body (a `Result<(), i64>`) runs, and an error is counted under the entry
+/// point's own name, worked out at compile time, so the counted name cannot drift from the
+/// function's; a name missing from `agent_common::probe_error::PROBES` does not build.
+macro_rules! entry_points {
+    ($(
+        $(#[$($attr:tt)*])*
+        fn $name:ident($ctx:ident: $context:ty) -> $ret:ty = $body:expr;
+    )+) => {$(
+        $(#[$($attr)*])*
+        pub fn $name($ctx: $context) -> $ret {
+            match $body {
+                Ok(()) => 0,
+                Err(err) => $crate::diag::gave_up(
+                    &$ctx,
+                    const { agent_common::probe_error::id(stringify!($name)) },
+                    err,
+                ),
+            }
+        }
+    )+};
 }
-pub(crate) use probe_id;
+pub(crate) use entry_points;
 
 /// Counts a failure of probe `probe` and gives the entry point's return value.
 #[inline(always)]

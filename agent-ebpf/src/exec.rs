@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, task_fd_file},
     maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
@@ -52,30 +52,17 @@ fn fd_of_dev_fd_path(name: &[u8; PATH_LEN]) -> Option<u32> {
     (digits > 0).then_some(fd)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_execve")]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    match try_capture_args(&ctx, 1) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_execve"), err),
-    }
-}
+entry_points! {
+    #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
+    fn sys_enter_execve(ctx: TracePointContext) -> u32 = try_capture_args(&ctx, 1);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    match try_capture_args(&ctx, 2) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_execveat"), err),
-    }
-}
+    #[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
+    fn sys_enter_execveat(ctx: TracePointContext) -> u32 = try_capture_args(&ctx, 2);
 
-/// A raw tracepoint: its arguments include `bprm`, which tells a script from its
-/// interpreter and gives the executed file itself.
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
-    match try_exec(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sched_process_exec"), err),
-    }
+    /// A raw tracepoint: its arguments include `bprm`, which tells a script from its
+    /// interpreter and gives the executed file itself.
+    #[raw_tracepoint(tracepoint = "sched_process_exec")]
+    fn sched_process_exec(ctx: RawTracePointContext) -> i32 = try_exec(&ctx);
 }
 
 /// Copies `argv` (argument `argv_index` of the syscall) into `EXEC_ARGS` under the thread id.

@@ -6,7 +6,7 @@
 use agent_common::{Config, SYSCALL_RET_OFFSET, WxEvent, set_flags, wx_reason, wx_syscall};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, super_block_field, task_fd_file},
     policy::{Violation, current_set, enforce, policy_set, violation},
@@ -25,38 +25,20 @@ const PTRACE_SEIZE: u64 = 0x4206;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const FMODE_WRITE: u32 = 0x2;
 
-#[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
-pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
-    match try_ptrace(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_ptrace"), err),
-    }
-}
+entry_points! {
+    #[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
+    fn sys_enter_ptrace(ctx: TracePointContext) -> u32 = try_ptrace(&ctx);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_process_vm_writev")]
-pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
-    match try_vm_writev(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_process_vm_writev"), err),
-    }
-}
+    #[tracepoint(category = "syscalls", name = "sys_enter_process_vm_writev")]
+    fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 = try_vm_writev(&ctx);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_userfaultfd")]
-pub fn sys_enter_userfaultfd(ctx: TracePointContext) -> u32 {
-    match try_userfaultfd(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_userfaultfd"), err),
-    }
-}
+    #[tracepoint(category = "syscalls", name = "sys_enter_userfaultfd")]
+    fn sys_enter_userfaultfd(ctx: TracePointContext) -> u32 = try_userfaultfd(&ctx);
 
-/// One program on `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`: their records
-/// share the layout it reads.
-#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
-pub fn sys_exit_open_mem(ctx: TracePointContext) -> u32 {
-    match try_opened(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_exit_open_mem"), err),
-    }
+    /// One program on `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`: their records
+    /// share the layout it reads.
+    #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
+    fn sys_exit_open_mem(ctx: TracePointContext) -> u32 = try_opened(&ctx);
 }
 
 /// What a foreign write by the current task amounts to: `None` when nothing is reported; in

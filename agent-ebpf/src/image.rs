@@ -5,7 +5,7 @@
 use agent_common::{WxEvent, wx_reason, wx_syscall};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     task::{config, current_task, read_kernel, read_kernel_ptr, traced},
     vma::{self, Area, VM_EXEC, VM_READ, VM_WRITE},
@@ -16,14 +16,11 @@ use crate::{
 /// than this is looked at only that far.
 const MAX_AREAS: usize = 16;
 
-/// A second program on `sched_process_exec`, attached after the exec program, so the new
-/// image's executable is recorded (for exemptions) when this one runs.
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec_image(ctx: RawTracePointContext) -> i32 {
-    match try_image() {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sched_process_exec_image"), err),
-    }
+entry_points! {
+    /// A second program on `sched_process_exec`, attached after the exec program, so the new
+    /// image's executable is recorded (for exemptions) when this one runs.
+    #[raw_tracepoint(tracepoint = "sched_process_exec")]
+    fn sched_process_exec_image(ctx: RawTracePointContext) -> i32 = try_image();
 }
 
 /// The area at `addr` of the new image. At exec its mm has a single thread and no other

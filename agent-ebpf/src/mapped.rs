@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
     maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH},
@@ -31,39 +31,23 @@ use crate::{
 const PROT_EXEC: u64 = 4;
 const MAP_ANONYMOUS: u64 = 0x20;
 
-/// A second program on `sys_enter_mmap` (beside the W^X one), so each stays small.
-#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
-pub fn sys_enter_mmap_exec(ctx: TracePointContext) -> u32 {
-    match try_mapped(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_mmap_exec"), err),
-    }
-}
+entry_points! {
+    /// A second program on `sys_enter_mmap` (beside the W^X one), so each stays small.
+    #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+    fn sys_enter_mmap_exec(ctx: TracePointContext) -> u32 = try_mapped(&ctx);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
-pub fn sys_enter_mprotect_exec(ctx: TracePointContext) -> u32 {
-    match try_made_executable(&ctx, wx_syscall::MPROTECT) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_mprotect_exec"), err),
-    }
-}
+    #[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
+    fn sys_enter_mprotect_exec(ctx: TracePointContext) -> u32 =
+        try_made_executable(&ctx, wx_syscall::MPROTECT);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
-pub fn sys_enter_pkey_mprotect_exec(ctx: TracePointContext) -> u32 {
-    match try_made_executable(&ctx, wx_syscall::PKEY_MPROTECT) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_pkey_mprotect_exec"), err),
-    }
-}
+    #[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
+    fn sys_enter_pkey_mprotect_exec(ctx: TracePointContext) -> u32 =
+        try_made_executable(&ctx, wx_syscall::PKEY_MPROTECT);
 
-/// Tail-call target: judges the file of the request in `FILE_REQUEST`. A program of its
-/// own, verified from a fresh state: the path walk does not fit after the hooks' own work.
-#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
-pub fn judge_mapped_file(ctx: TracePointContext) -> u32 {
-    match try_judge_mapped_file() {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("judge_mapped_file"), err),
-    }
+    /// Tail-call target: judges the file of the request in `FILE_REQUEST`. A program of its
+    /// own, verified from a fresh state: the path walk does not fit after the hooks' own work.
+    #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+    fn judge_mapped_file(ctx: TracePointContext) -> u32 = try_judge_mapped_file();
 }
 
 fn try_judge_mapped_file() -> Result<(), i64> {

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     kill::forget_pending_kill,
     maps::{TASK_EXE, TASK_ORIGIN},
@@ -15,20 +15,12 @@ use crate::{
     task::{config, current_task, read_kernel, read_kernel_ptr},
 };
 
-#[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    match try_fork(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sched_process_fork"), err),
-    }
-}
+entry_points! {
+    #[raw_tracepoint(tracepoint = "sched_process_fork")]
+    fn sched_process_fork(ctx: RawTracePointContext) -> i32 = try_fork(&ctx);
 
-#[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    match try_exit() {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sched_process_exit"), err),
-    }
+    #[tracepoint(category = "sched", name = "sched_process_exit")]
+    fn sched_process_exit(ctx: TracePointContext) -> u32 = try_exit();
 }
 
 fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {

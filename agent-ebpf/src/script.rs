@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, task_fd_file},
     maps::{EXEC_PATHS, PATH_SCRATCH, SCRIPT_PENDING},
@@ -19,30 +19,17 @@ use crate::{
     task::{config, current_task, read_kernel, read_kernel_ptr, syscall_arg},
 };
 
-#[tracepoint(category = "syscalls", name = "sys_enter_open")]
-pub fn sys_enter_open_script(ctx: TracePointContext) -> u32 {
-    match try_opening(&ctx, 0) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_open_script"), err),
-    }
-}
+entry_points! {
+    #[tracepoint(category = "syscalls", name = "sys_enter_open")]
+    fn sys_enter_open_script(ctx: TracePointContext) -> u32 = try_opening(&ctx, 0);
 
-/// One program on `sys_enter_openat` and `sys_enter_openat2`: the name is argument 1 of both.
-#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
-pub fn sys_enter_openat_script(ctx: TracePointContext) -> u32 {
-    match try_opening(&ctx, 1) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_openat_script"), err),
-    }
-}
+    /// One program on `sys_enter_openat` and `sys_enter_openat2`: the name is argument 1 of both.
+    #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+    fn sys_enter_openat_script(ctx: TracePointContext) -> u32 = try_opening(&ctx, 1);
 
-/// One program on `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`.
-#[tracepoint(category = "syscalls", name = "sys_exit_open")]
-pub fn sys_exit_open_script(ctx: TracePointContext) -> u32 {
-    match try_opened(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_exit_open_script"), err),
-    }
+    /// One program on `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`.
+    #[tracepoint(category = "syscalls", name = "sys_exit_open")]
+    fn sys_exit_open_script(ctx: TracePointContext) -> u32 = try_opened(&ctx);
 }
 
 /// What became of a script the interpreter is to open.

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::diag::{gave_up, probe_id};
+use crate::diag::entry_points;
 use crate::{
     maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, PendingWx, TASK_EXE, WX_PENDING},
     path::path_key,
@@ -28,36 +28,20 @@ const PERSONALITY_QUERY: u32 = 0xffff_ffff;
 const SHM_RDONLY: u32 = 0o10000;
 const SHM_EXEC: u32 = 0o100000;
 
-#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
-pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
-    match try_protection(&ctx, wx_syscall::MMAP) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_mmap"), err),
-    }
-}
+entry_points! {
+    #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+    fn sys_enter_mmap(ctx: TracePointContext) -> u32 = try_protection(&ctx, wx_syscall::MMAP);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
-pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
-    match try_protection(&ctx, wx_syscall::MPROTECT) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_mprotect"), err),
-    }
-}
+    #[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
+    fn sys_enter_mprotect(ctx: TracePointContext) -> u32 =
+        try_protection(&ctx, wx_syscall::MPROTECT);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
-pub fn sys_enter_pkey_mprotect(ctx: TracePointContext) -> u32 {
-    match try_protection(&ctx, wx_syscall::PKEY_MPROTECT) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_pkey_mprotect"), err),
-    }
-}
+    #[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
+    fn sys_enter_pkey_mprotect(ctx: TracePointContext) -> u32 =
+        try_protection(&ctx, wx_syscall::PKEY_MPROTECT);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_personality")]
-pub fn sys_enter_personality(ctx: TracePointContext) -> u32 {
-    match try_personality(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_personality"), err),
-    }
+    #[tracepoint(category = "syscalls", name = "sys_enter_personality")]
+    fn sys_enter_personality(ctx: TracePointContext) -> u32 = try_personality(&ctx);
 }
 
 /// Whether the current process's executable (recorded at exec) is in the set's
@@ -141,14 +125,11 @@ pub fn forget_pending(tid: u32) {
     let _ = WX_PENDING.remove(tid);
 }
 
-/// One program on `sys_exit_mmap`, `sys_exit_mprotect` and `sys_exit_pkey_mprotect`: the
-/// request in flight says which call it was.
-#[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
-pub fn sys_exit_protection(ctx: TracePointContext) -> u32 {
-    match try_returned(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_exit_protection"), err),
-    }
+entry_points! {
+    /// One program on `sys_exit_mmap`, `sys_exit_mprotect` and `sys_exit_pkey_mprotect`: the
+    /// request in flight says which call it was.
+    #[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
+    fn sys_exit_protection(ctx: TracePointContext) -> u32 = try_returned(&ctx);
 }
 
 /// The W^X request of this thread, if one is pending: carried out and reported when the
@@ -244,12 +225,9 @@ fn send(mut event: WxEvent) {
     entry.submit(0);
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_shmat")]
-pub fn sys_enter_shmat(ctx: TracePointContext) -> u32 {
-    match try_shmat(&ctx) {
-        Ok(()) => 0,
-        Err(err) => gave_up(&ctx, probe_id!("sys_enter_shmat"), err),
-    }
+entry_points! {
+    #[tracepoint(category = "syscalls", name = "sys_enter_shmat")]
+    fn sys_enter_shmat(ctx: TracePointContext) -> u32 = try_shmat(&ctx);
 }
 
 /// SysV shared memory attached executable: every attachment may write the segment.

@@ -7,7 +7,10 @@ use aya::{
 };
 
 use crate::{
-    ebpf::{Btf, PINNED_AGENTS, PROGRAMS, load_program, offsets, read_probe_errors, tracefs},
+    ebpf::{
+        Btf, PINNED_AGENTS, PROGRAMS, attachments, load_program, offsets, read_probe_errors,
+        tracefs,
+    },
     metadata::cgroup,
 };
 
@@ -109,7 +112,7 @@ pub fn run() -> Vec<Check> {
         Err(err) => check("bpffs", Status::Missing, err.to_string()),
     });
     if let Some(dir) = &tracefs_dir {
-        for (category, name) in PROGRAMS.iter().filter_map(|(_, hook)| hook.tracepoint()) {
+        for (category, name) in attachments().filter_map(|(_, hook)| hook.tracepoint()) {
             let path = dir.join("events").join(category).join(name);
             checks.push(if path.join("id").exists() {
                 check(
@@ -162,12 +165,11 @@ fn program_checks(checks: &mut Vec<Check>) {
             return;
         }
     };
-    let mut seen = std::collections::HashSet::new();
-    for (program, hook) in PROGRAMS.iter().filter(|(p, _)| seen.insert(*p)) {
+    for (program, hooks) in PROGRAMS {
         let result = ebpf
             .program_mut(program)
             .ok_or_else(|| "missing from the object".to_string())
-            .and_then(|p| load_program(p, *hook).map_err(|e| e.to_string()));
+            .and_then(|p| load_program(p, hooks[0]).map_err(|e| e.to_string()));
         checks.push(match result {
             Ok(()) => check(
                 format!("program {program}"),

@@ -528,6 +528,16 @@ impl Ctx {
         Ok((status.code().unwrap_or(-1), output))
     }
 
+    /// Runs `script` in the pod, which must exit 0 and print `expected`.
+    fn exec_ok(&self, ns: &str, pod: &str, script: &str, expected: &str) -> Result<()> {
+        let (code, out) = self.exec(ns, pod, script)?;
+        ensure!(
+            code == 0 && out.contains(expected),
+            "{script}: exit {code}, expected {expected:?} in: {out}"
+        );
+        Ok(())
+    }
+
     /// The name of the one Running pod with `selector` in `ns`.
     fn pod(&self, ns: &str, selector: &str) -> Result<String> {
         wait(&format!("a ready pod {selector} in {ns}"), || {
@@ -824,18 +834,11 @@ fn a_binary_copied_into_a_deployment_pod_is_killed_and_named_as_the_container_se
     ctx: &Ctx,
 ) -> Result<()> {
     let ns = "e2e-exec";
-    let pod = ctx.policed_pod(
-        ns,
-        "only-busybox",
-        "shop",
-        "  exec:\n    allow: [{path: /bin/busybox}, {path: /usr/bin/grep}]\n    action: Kill\n",
-    )?;
+    let rules =
+        "  exec:\n    allow: [{path: /bin/busybox}, {path: /usr/bin/grep}]\n    action: Kill\n";
+    let pod = ctx.policed_pod(ns, "only-busybox", "shop", rules)?;
     // The allowed binary runs in the same pod.
-    let (code, out) = ctx.exec(ns, &pod, "/bin/busybox echo allowed")?;
-    ensure!(
-        code == 0 && out.contains("allowed"),
-        "allowed binary: {code} {out}"
-    );
+    ctx.exec_ok(ns, &pod, "/bin/busybox echo allowed", "allowed")?;
     let (code, out) = ctx.exec(
         ns,
         &pod,
@@ -1037,25 +1040,17 @@ fn write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtim
     ctx: &Ctx,
 ) -> Result<()> {
     let ns = "e2e-wx";
-    let pod = ctx.policed_pod(
-        ns,
-        "no-wx",
-        "jit",
-        "  memory:\n    writeExecute: Deny\n    allowExecutables: [/usr/bin/grep]\n    action: Alert\n",
-    )?;
+    let rules = "  memory:\n    writeExecute: Deny\n    allowExecutables: [/usr/bin/grep]\n    action: Alert\n";
+    let pod = ctx.policed_pod(ns, "no-wx", "jit", rules)?;
     // The listed JIT runtime compiles its pattern into W+X memory: allowed.
-    let (code, out) = ctx.exec(ns, &pod, "echo abc | /usr/bin/grep -P 'a.c'")?;
-    ensure!(code == 0 && out.contains("abc"), "grep -P: {code} {out}");
-    // The same program under another name is not the listed executable.
-    let (code, out) = ctx.exec(
+    ctx.exec_ok(ns, &pod, "echo abc | /usr/bin/grep -P 'a.c'", "abc")?;
+    // The same program under another name is not the listed executable; Alert lets it run.
+    ctx.exec_ok(
         ns,
         &pod,
         "/bin/busybox mkdir -p /tmp && /bin/busybox cp /usr/bin/grep /tmp/pcre && echo abc | /tmp/pcre -P 'a.c'",
+        "abc",
     )?;
-    ensure!(
-        code == 0 && out.contains("abc"),
-        "Alert lets it run: {code} {out}"
-    );
     let event = ctx.event("the W^X violation", |e| {
         e["type"] == "dev.vigil.wx.v1" && data(e, "/pod/namespace") == ns
     })?;

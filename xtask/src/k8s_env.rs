@@ -139,20 +139,38 @@ fn up_node(dir: &Path, node: &str, bin: &Path) -> Result<()> {
         testenv::POD_CIDR,
         testenv::SERVICE_CIDR
     );
+    let failure = watch(&stop, &plane.kubeconfig(), || cluster.check_running());
+    finish(failure, cluster.stop())
+}
+
+/// Prints what a script waits for, then watches the processes until a signal or a failure;
+/// the failure, if any, is returned for `finish` to report after stopping.
+fn watch<E>(
+    stop: &AtomicBool,
+    kubeconfig: &Path,
+    mut check_running: impl FnMut() -> Result<(), E>,
+) -> Option<E> {
     println!("ready");
-    println!("{}", plane.kubeconfig().display());
+    println!("{}", kubeconfig.display());
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) {
-        if let Err(err) = cluster.check_running() {
+        if let Err(err) = check_running() {
             failure = Some(err);
             break;
         }
         thread::sleep(Duration::from_millis(200));
     }
     println!("k8s-env: stopping");
-    let stopped = cluster.stop();
+    failure
+}
+
+/// A failure seen while running outranks one seen while stopping.
+fn finish<E>(failure: Option<E>, stopped: Result<(), E>) -> Result<()>
+where
+    anyhow::Error: From<E>,
+{
     if let Some(err) = failure {
-        return Err(err);
+        return Err(err.into());
     }
     stopped?;
     println!("k8s-env: stopped");
@@ -193,22 +211,6 @@ fn up(dir: &Path, node: &str, bin: &Path) -> Result<()> {
         plane.node_name(),
         plane.etcd_url()
     );
-    println!("ready");
-    println!("{}", plane.kubeconfig().display());
-    let mut failure = None;
-    while !stop.load(Ordering::Relaxed) {
-        if let Err(err) = plane.check_running() {
-            failure = Some(err);
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    println!("k8s-env: stopping");
-    let stopped = plane.stop();
-    if let Some(err) = failure {
-        return Err(err);
-    }
-    stopped?;
-    println!("k8s-env: stopped");
-    Ok(())
+    let failure = watch(&stop, &plane.kubeconfig(), || plane.check_running());
+    finish(failure, plane.stop())
 }

@@ -56,125 +56,91 @@ const RAW_CATEGORIES: &[(&str, &str)] = &[
     ("cgroup_attach_task", "cgroup"),
 ];
 
-/// Every program and where it attaches.
-pub const PROGRAMS: &[(&str, Hook)] = &[
-    (
-        "sys_enter_execve",
-        Hook::Tracepoint("syscalls", "sys_enter_execve"),
-    ),
-    (
-        "sys_enter_execveat",
-        Hook::Tracepoint("syscalls", "sys_enter_execveat"),
-    ),
-    ("sched_process_exec", Hook::Raw("sched_process_exec")),
+/// Every program and the hooks it attaches to. Programs on one tracepoint run in the order
+/// they were attached, which is the order here.
+pub const PROGRAMS: &[(&str, &[Hook])] = &[
+    ("sys_enter_execve", &[syscall("sys_enter_execve")]),
+    ("sys_enter_execveat", &[syscall("sys_enter_execveat")]),
+    ("sched_process_exec", &[Hook::Raw("sched_process_exec")]),
     // After the exec program: it records the executable that exemptions are looked up by.
-    ("sched_process_exec_image", Hook::Raw("sched_process_exec")),
-    ("sched_process_fork", Hook::Raw("sched_process_fork")),
+    (
+        "sched_process_exec_image",
+        &[Hook::Raw("sched_process_exec")],
+    ),
+    ("sched_process_fork", &[Hook::Raw("sched_process_fork")]),
     (
         "sched_process_exit",
-        Hook::Tracepoint("sched", "sched_process_exit"),
+        &[Hook::Tracepoint("sched", "sched_process_exit")],
     ),
-    ("sys_exit", Hook::Raw("sys_exit")),
-    ("sys_enter", Hook::Raw("sys_enter")),
-    ("cgroup_attach_task", Hook::Raw("cgroup_attach_task")),
-    ("connect4", Hook::Cgroup),
-    ("connect6", Hook::Cgroup),
-    ("sendmsg4", Hook::Cgroup),
-    ("sendmsg6", Hook::Cgroup),
-    ("sock_create", Hook::Cgroup),
-    (
-        "sys_enter_mmap",
-        Hook::Tracepoint("syscalls", "sys_enter_mmap"),
-    ),
-    (
-        "sys_enter_mmap_exec",
-        Hook::Tracepoint("syscalls", "sys_enter_mmap"),
-    ),
+    ("sys_exit", &[Hook::Raw("sys_exit")]),
+    ("sys_enter", &[Hook::Raw("sys_enter")]),
+    ("cgroup_attach_task", &[Hook::Raw("cgroup_attach_task")]),
+    ("connect4", &[Hook::Cgroup]),
+    ("connect6", &[Hook::Cgroup]),
+    ("sendmsg4", &[Hook::Cgroup]),
+    ("sendmsg6", &[Hook::Cgroup]),
+    ("sock_create", &[Hook::Cgroup]),
+    ("sys_enter_mmap", &[syscall("sys_enter_mmap")]),
+    ("sys_enter_mmap_exec", &[syscall("sys_enter_mmap")]),
     (
         "sys_exit_protection",
-        Hook::Tracepoint("syscalls", "sys_exit_mmap"),
+        &[
+            syscall("sys_exit_mmap"),
+            syscall("sys_exit_mprotect"),
+            syscall("sys_exit_pkey_mprotect"),
+        ],
     ),
-    (
-        "sys_enter_mprotect",
-        Hook::Tracepoint("syscalls", "sys_enter_mprotect"),
-    ),
-    (
-        "sys_enter_mprotect_exec",
-        Hook::Tracepoint("syscalls", "sys_enter_mprotect"),
-    ),
+    ("sys_enter_mprotect", &[syscall("sys_enter_mprotect")]),
+    ("sys_enter_mprotect_exec", &[syscall("sys_enter_mprotect")]),
     (
         "sys_enter_pkey_mprotect_exec",
-        Hook::Tracepoint("syscalls", "sys_enter_pkey_mprotect"),
-    ),
-    (
-        "sys_exit_protection",
-        Hook::Tracepoint("syscalls", "sys_exit_mprotect"),
+        &[syscall("sys_enter_pkey_mprotect")],
     ),
     (
         "sys_enter_pkey_mprotect",
-        Hook::Tracepoint("syscalls", "sys_enter_pkey_mprotect"),
+        &[syscall("sys_enter_pkey_mprotect")],
     ),
-    (
-        "sys_exit_protection",
-        Hook::Tracepoint("syscalls", "sys_exit_pkey_mprotect"),
-    ),
-    (
-        "sys_enter_shmat",
-        Hook::Tracepoint("syscalls", "sys_enter_shmat"),
-    ),
-    (
-        "sys_enter_ptrace",
-        Hook::Tracepoint("syscalls", "sys_enter_ptrace"),
-    ),
-    (
-        "sys_enter_userfaultfd",
-        Hook::Tracepoint("syscalls", "sys_enter_userfaultfd"),
-    ),
+    ("sys_enter_shmat", &[syscall("sys_enter_shmat")]),
+    ("sys_enter_ptrace", &[syscall("sys_enter_ptrace")]),
+    ("sys_enter_userfaultfd", &[syscall("sys_enter_userfaultfd")]),
     (
         "sys_enter_process_vm_writev",
-        Hook::Tracepoint("syscalls", "sys_enter_process_vm_writev"),
+        &[syscall("sys_enter_process_vm_writev")],
     ),
     (
         "sys_exit_open_mem",
-        Hook::Tracepoint("syscalls", "sys_exit_openat"),
+        &[
+            syscall("sys_exit_openat"),
+            syscall("sys_exit_openat2"),
+            syscall("sys_exit_open"),
+        ],
     ),
-    (
-        "sys_exit_open_mem",
-        Hook::Tracepoint("syscalls", "sys_exit_openat2"),
-    ),
-    (
-        "sys_exit_open_mem",
-        Hook::Tracepoint("syscalls", "sys_exit_open"),
-    ),
-    (
-        "sys_enter_open_script",
-        Hook::Tracepoint("syscalls", "sys_enter_open"),
-    ),
+    ("sys_enter_open_script", &[syscall("sys_enter_open")]),
     (
         "sys_enter_openat_script",
-        Hook::Tracepoint("syscalls", "sys_enter_openat"),
-    ),
-    (
-        "sys_enter_openat_script",
-        Hook::Tracepoint("syscalls", "sys_enter_openat2"),
+        &[syscall("sys_enter_openat"), syscall("sys_enter_openat2")],
     ),
     (
         "sys_exit_open_script",
-        Hook::Tracepoint("syscalls", "sys_exit_open"),
+        &[
+            syscall("sys_exit_open"),
+            syscall("sys_exit_openat"),
+            syscall("sys_exit_openat2"),
+        ],
     ),
-    (
-        "sys_exit_open_script",
-        Hook::Tracepoint("syscalls", "sys_exit_openat"),
-    ),
-    (
-        "sys_exit_open_script",
-        Hook::Tracepoint("syscalls", "sys_exit_openat2"),
-    ),
-    (
-        "sys_enter_personality",
-        Hook::Tracepoint("syscalls", "sys_enter_personality"),
-    ),
+    ("sys_enter_personality", &[syscall("sys_enter_personality")]),
 ];
+
+/// Each `(program, hook)` of [`PROGRAMS`], in attach order.
+pub fn attachments() -> impl Iterator<Item = (&'static str, Hook)> {
+    PROGRAMS
+        .iter()
+        .flat_map(|(program, hooks)| hooks.iter().map(|hook| (*program, *hook)))
+}
+
+const fn syscall(name: &'static str) -> Hook {
+    Hook::Tracepoint("syscalls", name)
+}
 
 /// Programs that are not attached but jumped to (`bpf_tail_call`): each is loaded and put in
 /// slot 0 of its table before any hook is attached.
@@ -619,8 +585,8 @@ impl Probes {
             handover = Some(taking_over);
             own_pins = Some(pin::OwnPins::create(plan)?);
         }
-        let mut loaded = std::collections::HashSet::new();
-        for (index, (program, hook)) in PROGRAMS.iter().enumerate() {
+        let mut index = 0;
+        for (program, hooks) in PROGRAMS {
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
                     program: (*program).into(),
@@ -632,20 +598,21 @@ impl Probes {
                 .program_mut(program)
                 .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
             // A program on several hooks is loaded (verified) once and attached to each.
-            if loaded.insert(*program) {
-                load_program(prog, *hook).map_err(err("load"))?;
-            }
-            let taken = attach_program(prog, *hook, &cgroup_root, own_pins.is_some())
-                .map_err(err("attach"))?;
-            if let (Some(own), Some(taken)) = (&own_pins, taken) {
-                let path = own.link_path(program, index);
-                let pin_error = |reason: String| EbpfError::Pin {
-                    program: (*program).into(),
-                    path: path.clone(),
-                    reason,
-                };
-                let link = taken.map_err(|e| pin_error(e.to_string()))?;
-                link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
+            load_program(prog, hooks[0]).map_err(err("load"))?;
+            for hook in *hooks {
+                let taken = attach_program(prog, *hook, &cgroup_root, own_pins.is_some())
+                    .map_err(err("attach"))?;
+                if let (Some(own), Some(taken)) = (&own_pins, taken) {
+                    let path = own.link_path(program, index);
+                    let pin_error = |reason: String| EbpfError::Pin {
+                        program: (*program).into(),
+                        path: path.clone(),
+                        reason,
+                    };
+                    let link = taken.map_err(|e| pin_error(e.to_string()))?;
+                    link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
+                }
+                index += 1;
             }
         }
         if let Some(own) = own_pins {
