@@ -85,7 +85,7 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     wx::report(
         cfg,
         judged,
-        WxEvent {
+        &WxEvent {
             syscall,
             prot,
             flags,
@@ -118,7 +118,7 @@ fn compat_denied(cfg: &Config, id: i64) -> bool {
     wx::report(
         cfg,
         v,
-        WxEvent {
+        &WxEvent {
             syscall: wx_syscall::COMPAT,
             reason: wx_reason::COMPAT,
             fd: -1,

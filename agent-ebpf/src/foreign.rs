@@ -68,7 +68,7 @@ fn report(cfg: &Config, syscall: u32, flags: u32, fd: i32, target: u32) {
     wx::report(
         cfg,
         judged,
-        WxEvent {
+        &WxEvent {
             syscall,
             flags,
             reason: wx_reason::FOREIGN_WRITE,

@@ -96,7 +96,7 @@ fn try_image() -> Result<(), i64> {
     wx::report(
         cfg,
         judged,
-        WxEvent {
+        &WxEvent {
             syscall: wx_syscall::EXEC,
             prot: prot_of(&area),
             reason,

@@ -240,7 +240,7 @@ fn shared_exec(cfg: &agent_common::Config, request: FileRequest) {
     wx::report(
         cfg,
         judged,
-        WxEvent {
+        &WxEvent {
             syscall: request.syscall,
             prot: request.prot as u32,
             flags: request.flags as u32,

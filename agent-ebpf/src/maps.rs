@@ -121,6 +121,12 @@ pub struct PendingWx {
 #[map]
 pub static WX_PENDING: HashMap<u32, PendingWx> = HashMap::with_max_entries(16_384, 0);
 
+/// Where a W^X request is put together before it goes into `WX_PENDING`: it does not fit on
+/// the BPF stack beside the calls that report it on kernels before 6.13 (512 bytes for a
+/// program and the functions it calls, together).
+#[map]
+pub static WX_SCRATCH: PerCpuArray<PendingWx> = PerCpuArray::with_max_entries(1, 0);
+
 /// Process (thread group) id -> the script it was exec'd to run, until its interpreter opens
 /// it (then decided on the opened file) or the process exits. It survives execs of plain
 /// binaries (`#!/usr/bin/env python3` runs env, which runs python3, which opens the script).

@@ -1,8 +1,8 @@
 //! W^X: mappings that are, or become, writable and executable at once. Syscall tracepoints
 //! carry the values, not pointers, so what is read is what the kernel acts on.
 use agent_common::{
-    Config, READ_IMPLIES_EXEC, SYSCALL_RET_OFFSET, WxEvent, WxRecord, kind, mode, set_flags,
-    wx_reason, wx_syscall,
+    Config, EventHeader, READ_IMPLIES_EXEC, SYSCALL_RET_OFFSET, WxEvent, WxRecord, kind, mode,
+    set_flags, wx_reason, wx_syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
@@ -12,7 +12,7 @@ use aya_ebpf::{
 
 use crate::diag::entry_points;
 use crate::{
-    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, PendingWx, TASK_EXE, WX_PENDING},
+    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, TASK_EXE, WX_PENDING, WX_SCRATCH},
     path::path_key,
     policy::{Violation, mark},
     policy::{current_set, enforce, policy_set, violation},
@@ -94,28 +94,36 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     };
     // Decided when the call returns: a request the kernel refuses (a bad descriptor, an
     // unmapped range) made no mapping and is no violation.
-    let pending = PendingWx {
-        judged_hit: judged.hit,
-        judged_action: judged.action,
-        judged_rule: judged.rule,
-        _pad: 0,
-        event: WxEvent {
-            syscall,
-            prot,
-            flags,
-            reason,
-            addr: syscall_arg(ctx, 0)?,
-            len: syscall_arg(ctx, 1)?,
-            fd,
-            extra,
-            ..WxEvent::default()
-        },
+    let addr = syscall_arg(ctx, 0)?;
+    let len = syscall_arg(ctx, 1)?;
+    let pending = WX_SCRATCH.get_ptr_mut(0).ok_or(1)?;
+    // SAFETY: this CPU's slot, which no other program uses while this one runs.
+    let pending = unsafe { &mut *pending };
+    pending.judged_hit = judged.hit;
+    pending.judged_action = judged.action;
+    pending.judged_rule = judged.rule;
+    pending._pad = 0;
+    pending.event = WxEvent {
+        syscall,
+        prot,
+        flags,
+        reason,
+        addr,
+        len,
+        fd,
+        extra,
+        ..WxEvent::default()
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    if WX_PENDING.insert(tid, pending, 0).is_err() {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value the request is copied onto the stack this map slot spares"
+    )]
+    let inserted = WX_PENDING.insert(tid, &*pending, 0);
+    if inserted.is_err() {
         // No room to wait for the result: decide now rather than not at all.
         enforce(judged);
-        report(cfg, judged, pending.event);
+        report(cfg, judged, &pending.event);
     }
     Ok(())
 }
@@ -161,7 +169,7 @@ fn try_returned(ctx: &TracePointContext) -> Result<(), i64> {
         // Where the kernel put it.
         event.addr = ret as u64;
     }
-    report(cfg, judged, event);
+    report(cfg, judged, &event);
     Ok(())
 }
 
@@ -187,18 +195,20 @@ pub fn judge(cfg: &Config) -> Option<Violation> {
     Some(v)
 }
 
-/// Emits a W^X record for the current task, marked with `judged`.
-pub fn report(cfg: &Config, judged: Violation, record: WxEvent) {
-    let mut event = record;
-    event.header = header(kind::WX, cfg);
-    mark(&mut event.header, judged);
-    send(event);
+/// Emits a W^X record for the current task, marked with `judged`. The record is copied
+/// straight into the ring buffer, never onto the stack: kernels before 6.13 give a program
+/// and the functions it calls 512 bytes of stack together, and copies did not fit (6.12
+/// refused `sys_enter_mmap` at 544 bytes).
+pub fn report(cfg: &Config, judged: Violation, record: &WxEvent) {
+    let mut header = header(kind::WX, cfg);
+    mark(&mut header, judged);
+    emit(header, record);
 }
 
-/// Sends `event` (its header set) with the executable recorded at exec, written straight
-/// into the ring buffer: the record is too large for the BPF stack.
-fn send(mut event: WxEvent) {
-    if !admit(kind::WX, 0, &mut event.header) {
+/// Sends `record` under `header` with the executable recorded at exec, written straight
+/// into the ring buffer: the whole record is too large for the BPF stack.
+fn emit(mut header: EventHeader, record: &WxEvent) {
+    if !admit(kind::WX, 0, &mut header) {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<WxRecord>(0) else {
@@ -208,7 +218,8 @@ fn send(mut event: WxEvent) {
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
     // until it is submitted.
     let slot = unsafe { &mut *entry.as_mut_ptr() };
-    slot.event = event;
+    slot.event = *record;
+    slot.event.header = header;
     slot._pad = 0;
     slot.exe_len = 0;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -246,7 +257,7 @@ fn try_shmat(ctx: &TracePointContext) -> Result<(), i64> {
     report(
         cfg,
         judged,
-        WxEvent {
+        &WxEvent {
             syscall: wx_syscall::SHMAT,
             prot: PROT_READ
                 | PROT_EXEC
@@ -275,13 +286,15 @@ fn try_personality(ctx: &TracePointContext) -> Result<(), i64> {
     if !selected(cfg) {
         return Ok(());
     }
-    send(WxEvent {
-        header: header(kind::WX, cfg),
-        syscall: wx_syscall::PERSONALITY,
-        reason: wx_reason::READ_IMPLIES_EXEC,
-        fd: -1,
-        extra: persona,
-        ..WxEvent::default()
-    });
+    emit(
+        header(kind::WX, cfg),
+        &WxEvent {
+            syscall: wx_syscall::PERSONALITY,
+            reason: wx_reason::READ_IMPLIES_EXEC,
+            fd: -1,
+            extra: persona,
+            ..WxEvent::default()
+        },
+    );
     Ok(())
 }
