@@ -32,6 +32,7 @@ const CHART_CAPABILITIES: [&str; 5] = [
     "CAP_SYS_PTRACE",
     "CAP_DAC_READ_SEARCH",
 ];
+/// How long a wait for the cluster may take, times [`pace`].
 const WAIT: Duration = Duration::from_secs(90);
 /// Policy rules: busybox may run, anything else is killed.
 const ONLY_BUSYBOX: &str = "  exec:\n    allow: [{path: /bin/busybox}]\n    action: Kill\n";
@@ -439,7 +440,7 @@ fn start(setup: Setup) -> Result<Ctx> {
             node_name: "vigil-e2e-node".into(),
             images: setup.images,
             sandbox_image: setup.sandbox,
-            ready_timeout: Duration::from_secs(300),
+            ready_timeout: Duration::from_secs(300) * pace(),
         },
     )?;
     let tag = chart_app_version(&workspace)?;
@@ -506,7 +507,8 @@ impl Ctx {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("cannot run kubectl exec")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let bound = Duration::from_secs(60) * pace();
+        let deadline = Instant::now() + bound;
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break status;
@@ -514,7 +516,7 @@ impl Ctx {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("kubectl exec {pod} -- {script}: no answer within 60 s");
+                bail!("kubectl exec {pod} -- {script}: no answer within {bound:?}");
             }
             thread::sleep(Duration::from_millis(50));
         };
@@ -540,6 +542,23 @@ impl Ctx {
 
     /// The name of the one Running pod with `selector` in `ns`.
     fn pod(&self, ns: &str, selector: &str) -> Result<String> {
+        self.ready_pod(ns, selector)
+            .with_context(|| self.describe_pods(ns, selector))
+    }
+
+    /// What the cluster says of the pods with `selector`: their events and their last log
+    /// lines, for a test that waited for them in vain.
+    fn describe_pods(&self, ns: &str, selector: &str) -> String {
+        let said = |args: &[&str]| {
+            self.kubectl(args)
+                .unwrap_or_else(|err| format!("kubectl {}: {err:#}", args.join(" ")))
+        };
+        let describe = said(&["describe", "pods", "-n", ns, "-l", selector]);
+        let logs = said(&["logs", "-n", ns, "-l", selector, "--tail=20"]);
+        format!("pods {selector} in {ns}:\n{describe}\nlast log lines:\n{logs}")
+    }
+
+    fn ready_pod(&self, ns: &str, selector: &str) -> Result<String> {
         wait(&format!("a ready pod {selector} in {ns}"), || {
             let out = self.kubectl(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])?;
             let list: Value = serde_json::from_str(&out)?;
@@ -662,9 +681,21 @@ spec:
     }
 }
 
+/// How many times slower than this machine the node runs: `VIGIL_NODE_PACE` (a whole number,
+/// default 1), which the pure cgroup v2 guest sets because it runs under emulation. The
+/// waits are liveness bounds, so they stretch with it.
+fn pace() -> u32 {
+    std::env::var("VIGIL_NODE_PACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
 /// Polls `check` every 500 ms until it yields a value, for at most [`WAIT`].
 fn wait<T>(what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + WAIT;
+    let bound = WAIT * pace();
+    let deadline = Instant::now() + bound;
     let mut last_error = None;
     loop {
         match check() {
@@ -674,7 +705,7 @@ fn wait<T>(what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T
         }
         if Instant::now() > deadline {
             bail!(
-                "timed out after {WAIT:?} waiting for {what}{}",
+                "timed out after {bound:?} waiting for {what}{}",
                 last_error
                     .map(|e| format!(" (last error: {e:#})"))
                     .unwrap_or_default()
@@ -1104,7 +1135,7 @@ fn helm_uninstall_leaves_no_program_map_or_pin_behind(ctx: &Ctx) -> Result<()> {
         AGENT_NS,
         "--wait",
         "--timeout",
-        "90s",
+        &format!("{}s", 90 * pace()),
     ])?;
     wait("the agent's programs to be unloaded", || {
         Ok((agent_programs_loaded()? == 0).then_some(()))

@@ -7,6 +7,7 @@ mod bench;
 mod bench_alerts;
 mod build;
 mod crd;
+mod guest;
 mod image;
 mod k8s_env;
 mod run;
@@ -59,6 +60,10 @@ enum Command {
     /// Arguments after `--` go to the test binaries (after `cargo test ... --`), e.g.
     /// `cargo xtask test -- exec_is_reported`.
     Test {
+        /// Only the node tests on the pure cgroup v2 kernel in QEMU (after the Kubernetes
+        /// binaries, a debug build and the node images).
+        #[arg(long)]
+        cgroup_v2_only: bool,
         /// Extra arguments for the test binaries.
         #[arg(last = true)]
         args: Vec<String>,
@@ -106,7 +111,11 @@ fn main() -> ExitCode {
         Command::Setup => setup::run().map(|_| ()),
         Command::Build { release } => build::run(release).map(|_| ()),
         Command::Run { args } => run::run(&args),
-        Command::Test { args } => test::run(&args),
+        Command::Test {
+            cgroup_v2_only: true,
+            ..
+        } => test::cgroup_v2_only(),
+        Command::Test { args, .. } => test::run(&args),
         Command::Bench(options) => bench::run(&options),
         Command::Crd(options) => crd::run(&options),
         Command::Schema(options) => schema::run(&options),

@@ -25,7 +25,7 @@ const LLVM_PACKAGES: [&str; 4] = [
 /// consumer the HTTP sink tests run (the `cloudevents` package, installed into a venv); skopeo
 /// as the independent reader of the OCI archives `cargo xtask image` writes; busybox-static,
 /// the test workloads' image.
-const TEST_PACKAGES: [&str; 11] = [
+const TEST_PACKAGES: [&str; 15] = [
     "iproute2",
     "python3",
     "python3-venv",
@@ -39,6 +39,13 @@ const TEST_PACKAGES: [&str; 11] = [
     "iptables",
     "conntrack",
     "grep",
+    // The pure cgroup v2 node: a Debian kernel booted in QEMU (`xtask/src/guest.rs`), with an
+    // initramfs packed by cpio from busybox and the kernel's modules (kmod's depmod and
+    // modprobe resolve them, xz unpacks them).
+    "qemu-system-x86",
+    "cpio",
+    "kmod",
+    "xz-utils",
 ];
 
 #[derive(Clone, Copy)]
@@ -228,6 +235,12 @@ fn missing_packages(toolchain: bool, llvm: bool) -> Vec<&'static str> {
                 "iptables" => output_of(Command::new("iptables").arg("--version")).is_some(),
                 "conntrack" => output_of(Command::new("conntrack").arg("--version")).is_some(),
                 "grep" => output_of(Command::new("grep").arg("--version")).is_some(),
+                "qemu-system-x86" => {
+                    output_of(Command::new("qemu-system-x86_64").arg("--version")).is_some()
+                }
+                "cpio" => output_of(Command::new("cpio").arg("--version")).is_some(),
+                "kmod" => output_of(Command::new("depmod").arg("--version")).is_some(),
+                "xz-utils" => output_of(Command::new("xz").arg("--version")).is_some(),
                 _ => output_of(Command::new("python3").args(["-m", "venv", "--help"])).is_some(),
             }
         });

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     k8s_env, setup,
@@ -146,6 +146,7 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
         Ok(())
     })?;
     let (images, sandbox) = node_images.expect("set by the images step");
+    let k8s_bin_dir = k8s_bin.expect("set by the k8s-env step");
     let mut test = cargo_with(&[
         "test",
         "--workspace",
@@ -160,10 +161,139 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     test.args(extra)
         .env("VIGIL_SCENARIO_BIN", debug.join("vigil-scenario"))
         .env("VIGIL_BIN", debug.join("vigil"))
-        .env("VIGIL_K8S_BIN", k8s_bin.expect("set by the k8s-env step"))
+        .env("VIGIL_K8S_BIN", &k8s_bin_dir)
         .env("VIGIL_NODE_IMAGES", std::env::join_paths(&images)?)
-        .env("VIGIL_SANDBOX_IMAGE", sandbox);
-    steps.run(describe(&test), || run_counted(&mut test, counts))
+        .env("VIGIL_SANDBOX_IMAGE", &sandbox);
+    steps.run(describe(&test), || run_counted(&mut test, counts))?;
+    // The same node on a host with nothing but cgroup v2, which these hybrid machines cannot
+    // be: a Debian kernel in QEMU on this host's own files (`guest.rs`).
+    steps.run(GUEST_STEP.to_owned(), || {
+        guest_node_tests(&images, &sandbox, &k8s_bin_dir, counts)
+    })
+}
+
+const GUEST_STEP: &str = "the node tests on a pure cgroup v2 kernel (Debian's 6.12 in QEMU)";
+
+/// `cargo xtask test --cgroup-v2-only`: the guest's step alone, after what it needs (the
+/// Kubernetes binaries, a debug build and the node images).
+pub fn cgroup_v2_only() -> Result<()> {
+    util::require_root("test --cgroup-v2-only")?;
+    let k8s_bin = k8s_env::ensure()?;
+    run_checked(&mut crate::build::command(false))?;
+    let (images, sandbox) = crate::image::for_node(
+        &workspace_root().join("target/debug/vigil"),
+        &workspace_root().join("target/images/test"),
+    )?;
+    let mut counts = Counts::default();
+    let result = step(GUEST_STEP, || {
+        guest_node_tests(&images, &sandbox, &k8s_bin, &mut counts)
+    });
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
+    result
+}
+
+/// Boots the guest on the node tests' script and fails unless they all passed.
+fn guest_node_tests(
+    images: &[std::path::PathBuf],
+    sandbox: &str,
+    k8s_bin: &std::path::Path,
+    counts: &mut Counts,
+) -> Result<()> {
+    let guest = crate::guest::prepare(&workspace_root().join("target/guest"))?;
+    let script = node_tests_in_guest(images, sandbox, k8s_bin)?;
+    let mut qemu = guest.command(&script)?;
+    run_counted(&mut qemu, counts)?;
+    let code = guest.exit_code()?;
+    anyhow::ensure!(
+        code == 0,
+        "the node tests on Linux {} with cgroup v2 alone failed (exit {code}; the cluster's \
+         logs: {})",
+        guest.version,
+        guest.out().join("logs").display()
+    );
+    Ok(())
+}
+
+/// The tests run on the pure cgroup v2 guest: the chart installs and turns ready, a denied
+/// exec in a Deployment's pod is killed and reported, W^X is judged in a pod, and the
+/// uninstall leaves nothing; the runner adds its start-after-a-crash and host-left-as-found
+/// checks. The others would add nothing the cgroup layout decides, at TCG's pace.
+const GUEST_NODE_TESTS: [&str; 4] = [
+    "helm_install_brings_the_agent_to_ready",
+    "a_binary_copied_into_a_deployment_pod_is_killed",
+    "write_execute_memory_in_a_pod_is_a_violation",
+    "helm_uninstall_leaves_no_program_map_or_pin_behind",
+];
+
+/// How many times slower than the host the guest is taken to be (TCG: CPU-bound work about
+/// 5 times, a Go binary's start about 10): the node tests stretch their waits by it.
+const GUEST_PACE: u32 = 5;
+
+/// Writes the guest's script: it checks that the guest has cgroup v2 alone, then runs the node
+/// test binary of this build with [`GUEST_NODE_TESTS`].
+fn node_tests_in_guest(
+    images: &[std::path::PathBuf],
+    sandbox: &str,
+    k8s_bin: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let binary = test_executable("node")?;
+    let images = std::env::join_paths(images)?;
+    let ci = std::env::var("CI").unwrap_or_default();
+    let script = format!(
+        r#"cd '{root}'
+controllers=$(cat /sys/fs/cgroup/cgroup.controllers)
+echo "guest: cgroup2 at /sys/fs/cgroup with controllers: $controllers"
+if grep -q ' cgroup ' /proc/mounts; then echo "guest: a cgroup v1 hierarchy is mounted"; exit 1; fi
+export CI='{ci}' VIGIL_K8S_BIN='{k8s_bin}' VIGIL_NODE_IMAGES='{images}' VIGIL_SANDBOX_IMAGE='{sandbox}'
+export VIGIL_NODE_PACE={pace}
+'{binary}' {tests}
+rc=$?
+# The cluster's own logs outlive its teardown: kept for a failed run.
+if [ $rc -ne 0 ]; then
+    mkdir -p /.out/logs
+    find /tmp/vigil-node-tests -name '*.log' -exec cp --parents {{}} /.out/logs \;
+    echo "guest: the cluster's logs were copied into the out share, logs/"
+fi
+exit $rc
+"#,
+        pace = GUEST_PACE,
+        root = workspace_root().display(),
+        k8s_bin = k8s_bin.display(),
+        images = images.to_string_lossy(),
+        binary = binary.display(),
+        tests = GUEST_NODE_TESTS.join(" "),
+    );
+    let path = workspace_root().join("target/guest/node-tests.sh");
+    std::fs::write(&path, script)?;
+    Ok(path)
+}
+
+/// The path of integration test `name`'s executable, as cargo built it for this suite.
+fn test_executable(name: &str) -> Result<std::path::PathBuf> {
+    let out = cargo_with(&[
+        "test",
+        "-p",
+        "agent",
+        "--test",
+        name,
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stderr(std::process::Stdio::inherit())
+    .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo test --no-run --test {name} failed"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == name)
+        .find_map(|message| message["executable"].as_str().map(std::path::PathBuf::from))
+        .with_context(|| format!("cargo built no executable for test {name}"))
 }
 
 #[cfg(test)]

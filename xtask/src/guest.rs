@@ -1,0 +1,318 @@
+//! A pure cgroup v2 host: a Debian kernel booted in QEMU with `cgroup_no_v1=all`.
+//!
+//! These machines mount the cgroup v1 controllers (the hybrid layout) and must not remount
+//! them, so the only way to show the node on a host with nothing but cgroup v2 is another
+//! kernel. The guest's root file system is this host's own, shared read-only over 9p with a
+//! tmpfs above it: the guest runs the very binaries, images and Go tools this build made, at
+//! the same paths. It has no network device, so nothing it does leaves it, and nothing it
+//! writes reaches the host except through its `out` share.
+//!
+//! TCG, not KVM: KVM hung at boot on these machines.
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{output_of, run_checked};
+
+/// Debian 12's newest kernel: the 6.12 series, whose BPF verifier still gives a program and the
+/// functions it calls 512 bytes of stack together (per-program stacks came in 6.13).
+pub const KERNEL_PACKAGE: &str = "linux-image-6.12.107+deb12-amd64-unsigned";
+/// What the init needs before the root is there: 9p over virtio and overlayfs (virtio-pci is
+/// built in). Their dependencies are added by `modprobe --show-depends`.
+const INIT_MODULES: [&str; 3] = ["9pnet_virtio", "9p", "overlay"];
+const MEMORY_MIB: u32 = 6144;
+const CPUS: u32 = 2;
+/// QEMU is killed after this long: a guest that hangs must fail the step, not CI.
+const TIMEOUT_SECS: u32 = 2400;
+
+/// A prepared guest: its kernel, its initramfs, and the directory it reports into.
+pub struct Guest {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    out: PathBuf,
+    pub version: String,
+}
+
+/// Fetches and unpacks the kernel package into `dir` (once), and writes the initramfs and the
+/// guest's second stage.
+pub fn prepare(dir: &Path) -> Result<Guest> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tree = dir.join("kernel");
+    if !tree.join("boot").is_dir() {
+        unpack_kernel(dir, &tree)?;
+    }
+    let modules = tree.join("lib/modules");
+    let version = fs::read_dir(&modules)
+        .with_context(|| format!("cannot read {}", modules.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .next()
+        .with_context(|| format!("{} holds no kernel version", modules.display()))?;
+    if !modules.join(&version).join("modules.dep").exists() {
+        run_checked(Command::new("depmod").arg("-b").arg(&tree).arg(&version))?;
+    }
+    let kernel = tree.join(format!("boot/vmlinuz-{version}"));
+    if !kernel.exists() {
+        bail!("{KERNEL_PACKAGE} has no {}", kernel.display());
+    }
+    let stage2 = dir.join("stage2.sh");
+    fs::write(&stage2, STAGE2).with_context(|| format!("cannot write {}", stage2.display()))?;
+    let initramfs = dir.join("initramfs.cpio");
+    write_initramfs(dir, &tree, &version, &stage2, &initramfs)?;
+    let out = dir.join("out");
+    Ok(Guest {
+        kernel,
+        initramfs,
+        out,
+        version,
+    })
+}
+
+fn unpack_kernel(dir: &Path, tree: &Path) -> Result<()> {
+    run_checked(
+        Command::new("apt-get")
+            .args(["download", KERNEL_PACKAGE])
+            .current_dir(dir),
+    )?;
+    let prefix = format!("{}_", KERNEL_PACKAGE.replace('+', "%2b"));
+    let package = fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.ends_with(".deb") && (n.starts_with(&prefix) || n.starts_with(KERNEL_PACKAGE))
+            })
+        })
+        .with_context(|| {
+            format!(
+                "apt-get download {KERNEL_PACKAGE} left no package in {}",
+                dir.display()
+            )
+        })?;
+    let partial = dir.join("kernel.partial");
+    let _ = fs::remove_dir_all(&partial);
+    run_checked(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&package)
+            .arg(&partial),
+    )?;
+    fs::rename(&partial, tree)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), tree.display()))?;
+    fs::remove_file(&package)?;
+    Ok(())
+}
+
+/// The initramfs: busybox, the modules the init loads in dependency order (unpacked: busybox
+/// `insmod` does not read xz), and the init itself.
+fn write_initramfs(
+    dir: &Path,
+    tree: &Path,
+    version: &str,
+    stage2: &Path,
+    archive: &Path,
+) -> Result<()> {
+    let root = dir.join("initramfs");
+    let _ = fs::remove_dir_all(&root);
+    for sub in ["bin", "dev", "proc", "sys", "host", "newroot", "rw", "mods"] {
+        fs::create_dir_all(root.join(sub))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("cannot copy /bin/busybox (package busybox-static)")?;
+    for applet in [
+        "sh",
+        "mount",
+        "mkdir",
+        "insmod",
+        "switch_root",
+        "poweroff",
+        "cat",
+        "echo",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    let mut order: Vec<String> = Vec::new();
+    for module in INIT_MODULES {
+        let deps = output_of(Command::new("modprobe").arg("-d").arg(tree).args([
+            "-S",
+            version,
+            "--show-depends",
+            module,
+        ]))
+        .with_context(|| format!("modprobe cannot resolve {module} for {version}"))?;
+        for line in deps.lines() {
+            if let Some(path) = line.strip_prefix("insmod ") {
+                let path = path.trim().to_owned();
+                if !order.contains(&path) {
+                    order.push(path);
+                }
+            }
+        }
+    }
+    for (index, module) in order.iter().enumerate() {
+        let name = Path::new(module)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a module path without a name")?;
+        let target =
+            root.join("mods")
+                .join(format!("{:02}-{}", index + 1, name.trim_end_matches(".xz")));
+        if name.ends_with(".xz") {
+            let unpacked = Command::new("xz")
+                .arg("-dc")
+                .arg(module)
+                .output()
+                .context("cannot run xz")?;
+            if !unpacked.status.success() {
+                bail!("xz -dc {module} failed");
+            }
+            fs::write(&target, unpacked.stdout)?;
+        } else {
+            fs::copy(module, &target)?;
+        }
+    }
+    let init = INIT
+        .replace("@MODULES@", &tree.join("lib/modules").display().to_string())
+        .replace("@STAGE2@", &stage2.display().to_string());
+    let init_path = root.join("init");
+    fs::write(&init_path, init)?;
+    fs::set_permissions(&init_path, fs::Permissions::from_mode(0o755))?;
+    let file = fs::File::create(archive)?;
+    let status = Command::new("sh")
+        .args(["-c", "find . | cpio --quiet -o -H newc"])
+        .current_dir(&root)
+        .stdout(file)
+        .status()
+        .context("cannot run cpio")?;
+    if !status.success() {
+        bail!("packing {} with cpio failed ({status})", root.display());
+    }
+    Ok(())
+}
+
+impl Guest {
+    /// QEMU running `script` (a shell script on this host's file system) as the guest's
+    /// work. The serial console is QEMU's standard output.
+    pub fn command(&self, script: &Path) -> Result<Command> {
+        let _ = fs::remove_dir_all(&self.out);
+        fs::create_dir_all(&self.out)?;
+        let mut cmd = Command::new("timeout");
+        cmd.args([
+            "--signal=KILL",
+            &TIMEOUT_SECS.to_string(),
+            "qemu-system-x86_64",
+        ])
+        .args(["-accel", "tcg", "-cpu", "max"])
+        .args(["-m", &MEMORY_MIB.to_string(), "-smp", &CPUS.to_string()])
+        .arg("-kernel")
+        .arg(&self.kernel)
+        .arg("-initrd")
+        .arg(&self.initramfs)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 cgroup_no_v1=all vigil.run={}",
+            script.display()
+        ))
+        .args([
+            "-nic",
+            "none",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "mon:stdio",
+        ])
+        .args([
+            "-fsdev",
+            "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device",
+            "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
+            "-fsdev",
+        ])
+        .arg(format!(
+            "local,id=out,path={},security_model=none",
+            self.out.display()
+        ))
+        .args(["-device", "virtio-9p-pci,fsdev=out,mount_tag=out"])
+        .stdin(std::process::Stdio::null());
+        Ok(cmd)
+    }
+
+    /// The host's end of the guest's `out` share.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// The exit code of the guest's script, which the second stage wrote into the `out`
+    /// share before powering off; none when the guest never got that far.
+    pub fn exit_code(&self) -> Result<i32> {
+        let path = self.out.join("rc");
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "the guest wrote no exit code to {} (it did not boot, or hung until killed; \
+                 its console is above)",
+                path.display()
+            )
+        })?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{}: not an exit code: {text:?}", path.display()))
+    }
+}
+
+/// The guest's first stage: loads 9p and overlayfs, makes the root (this host's root over 9p,
+/// read-only, with a tmpfs above it), binds the guest kernel's modules in, and hands over.
+const INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for module in /mods/*.ko; do insmod "$module" || echo "guest: insmod $module failed"; done
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroot /host; then
+    echo "guest: the host's root could not be mounted"; poweroff -f
+fi
+mount -t tmpfs -o size=4g,mode=755 rw /rw
+mkdir -p /rw/upper /rw/work
+if ! mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work root /newroot; then
+    echo "guest: the overlay root could not be mounted"; poweroff -f
+fi
+version=$(cat /proc/sys/kernel/osrelease)
+mkdir -p /newroot/lib/modules/$version
+mount --bind /newroot@MODULES@/$version /newroot/lib/modules/$version
+mkdir -p /newroot/.host
+mount --move /host /newroot/.host
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot /bin/sh @STAGE2@
+"#;
+
+/// The guest's second stage, PID 1 on the shared root: what a systemd host has mounted, the
+/// script named on the kernel command line (`vigil.run=`), its exit code into `out`.
+const STAGE2: &str = r#"#!/bin/sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 shm /dev/shm
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t bpf -o mode=700 bpf /sys/fs/bpf
+mount -t tmpfs -o mode=755 run /run
+mount -t tmpfs -o mode=1777 tmp /tmp
+mount --make-rshared /
+ip link set lo up
+hostname vigil-guest
+mkdir -p /.out
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out /.out
+script=$(sed -n 's/.*vigil\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
+echo "guest: Linux $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s; running $script"
+sh "$script"
+rc=$?
+echo "guest: $script exited $rc"
+echo "$rc" > /.out/rc
+sync
+poweroff -f
+"#;
