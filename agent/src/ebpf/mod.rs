@@ -175,6 +175,18 @@ pub enum EbpfError {
         action: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "program {program}: attaching to tracepoint {tracepoint} needs perf_event_open, which \
+         this kernel refuses (EACCES) to a process without CAP_SYS_ADMIN while \
+         kernel.perf_event_paranoid is {level} (Debian's and Ubuntu's kernels default to 3): \
+         set it to 2 on the node (`sysctl kernel.perf_event_paranoid=2`), or grant SYS_ADMIN \
+         (the chart's `capabilities`)"
+    )]
+    PerfParanoid {
+        program: String,
+        tracepoint: String,
+        level: i32,
+    },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(String),
     #[error("program {program}: pinning its link at {path}: {reason}")]
@@ -255,6 +267,33 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 
 /// An attachment to be pinned, or why it cannot be.
 type Taken = Result<FdLink, LinkError>;
+
+/// The error of a failed attachment; a tracepoint refused for `perf_event_paranoid` says so,
+/// with what the node's operator can do.
+fn explain_attach(program: &str, hook: Hook, source: aya::programs::ProgramError) -> EbpfError {
+    let denied = std::iter::successors(Some(&source as &dyn std::error::Error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    let level = std::fs::read_to_string(PERF_EVENT_PARANOID)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok());
+    match (hook, level) {
+        (Hook::Tracepoint(category, name), Some(level)) if denied && level > 2 => {
+            EbpfError::PerfParanoid {
+                program: program.into(),
+                tracepoint: format!("{category}/{name}"),
+                level,
+            }
+        }
+        _ => EbpfError::Program {
+            program: program.into(),
+            action: "attach",
+            source,
+        },
+    }
+}
+
+const PERF_EVENT_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
 
 /// Attaches a loaded program; cgroup programs go on `cgroup_root` as BPF links, which the
 /// kernel always runs beside the other programs of that hook (the link API takes no
@@ -601,7 +640,7 @@ impl Probes {
             load_program(prog, hooks[0]).map_err(err("load"))?;
             for hook in *hooks {
                 let taken = attach_program(prog, *hook, &cgroup_root, own_pins.is_some())
-                    .map_err(err("attach"))?;
+                    .map_err(|source| explain_attach(program, *hook, source))?;
                 if let (Some(own), Some(taken)) = (&own_pins, taken) {
                     let path = own.link_path(program, index);
                     let pin_error = |reason: String| EbpfError::Pin {
