@@ -205,7 +205,10 @@ impl Guest {
             &TIMEOUT_SECS.to_string(),
             "qemu-system-x86_64",
         ])
-        .args(["-accel", "tcg", "-cpu", "max"])
+        // One host thread runs both vCPUs: with a thread each (MTTCG), the kernel's own text
+        // patching (static keys, as tracepoints are switched) was seen to leave a stale int3
+        // that oopsed in `syscall_trace_enter`.
+        .args(["-accel", "tcg,thread=single", "-cpu", "max"])
         .args(["-m", &MEMORY_MIB.to_string(), "-smp", &CPUS.to_string()])
         .arg("-kernel")
         .arg(&self.kernel)
@@ -246,7 +249,8 @@ impl Guest {
     }
 
     /// Whether the guest reached its second stage: TCG has been seen to oops while the
-    /// kernel patches its own text at boot (int3 in `sched_clock_cpu`), before any of ours ran.
+    /// kernel patches its own text at boot (int3 in `sched_clock_cpu`), before any of ours ran
+    /// (with a host thread per vCPU).
     pub fn booted(&self) -> bool {
         self.out.join("booted").exists()
     }
