@@ -311,7 +311,6 @@ mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf -o mode=700 bpf /sys/fs/bpf
 mount -t tmpfs -o mode=755 run /run
-mount -t tmpfs -o mode=1777 tmp /tmp
 mount --make-rshared /
 ip link set lo up
 hostname vigil-guest

@@ -261,12 +261,16 @@ echo "guest: cgroup2 at /sys/fs/cgroup with controllers: $controllers"
 if grep -q ' cgroup ' /proc/mounts; then echo "guest: a cgroup v1 hierarchy is mounted"; exit 1; fi
 export CI='{ci}' VIGIL_K8S_BIN='{k8s_bin}' VIGIL_NODE_IMAGES='{images}' VIGIL_SANDBOX_IMAGE='{sandbox}'
 export VIGIL_NODE_PACE={pace}
+# The cluster's directory on a tmpfs of its own: containerd's overlay snapshots cannot sit on
+# the guest's overlay root, and /tmp stays the host's (a workspace may live there).
+export TMPDIR=/run/vigil-tmp
+mkdir -p "$TMPDIR"
 '{binary}' {tests}
 rc=$?
 # The cluster's own logs outlive its teardown: kept for a failed run.
 if [ $rc -ne 0 ]; then
     mkdir -p /.out/logs
-    find /tmp/vigil-node-tests -name '*.log' -exec cp --parents {{}} /.out/logs \;
+    find "$TMPDIR/vigil-node-tests" -name '*.log' -exec cp --parents {{}} /.out/logs \;
     echo "guest: the cluster's logs were copied into the out share, logs/"
 fi
 exit $rc
