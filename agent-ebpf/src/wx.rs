@@ -96,7 +96,11 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     // unmapped range) made no mapping and is no violation.
     let addr = syscall_arg(ctx, 0)?;
     let len = syscall_arg(ctx, 1)?;
-    let pending = WX_SCRATCH.get_ptr_mut(0).ok_or(1)?;
+    let Some(pending) = WX_SCRATCH.get_ptr_mut(0) else {
+        // No slot to hold the request: carry the action out now rather than not at all.
+        enforce(judged);
+        return Err(1);
+    };
     // SAFETY: this CPU's slot, which no other program uses while this one runs.
     let pending = unsafe { &mut *pending };
     pending.judged_hit = judged.hit;
