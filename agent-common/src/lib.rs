@@ -538,6 +538,12 @@ kernel_offsets! {
             /// With `mm_struct.arg_start` and `arg_end`: the new image's arguments, written by
             /// the kernel at exec (a script chain's names).
             task_mm: "mm",
+            /// With `nsproxy.mnt_ns`: the mount namespace a task is in (a container runtime's
+            /// hand-over ends when the process leaves the runtime's).
+            task_nsproxy: "nsproxy",
+            /// With `css_set.dfl_cgrp`: a task's cgroup v2 cgroup (a child born into another
+            /// cgroup than its parent's, with `CLONE_INTO_CGROUP`).
+            task_cgroups: "cgroups",
         }
         file {
             file_dentry: "f_path.dentry",
@@ -584,6 +590,12 @@ kernel_offsets! {
             /// unprivileged user in a user namespace of its own (the path is then that user's
             /// choice).
             mount_mnt_ns: "mnt_ns",
+        }
+        nsproxy {
+            nsproxy_mnt_ns: "mnt_ns",
+        }
+        css_set {
+            css_set_dfl_cgrp: "dfl_cgrp",
         }
         mnt_namespace {
             mnt_ns_user_ns: "user_ns",
@@ -733,8 +745,8 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 224);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 60 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 240);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);

@@ -1,7 +1,9 @@
 //! A process moved out of the cgroup its policy binding covers (by anyone who can write
 //! `cgroup.procs`). Decisions keep using the binding the process is pinned to, so the move
 //! escapes nothing; the move itself is reported with both cgroups, and under `Kill` the
-//! moved process dies at its next system call, as does a policed process that moved it.
+//! moved process dies at its next system call, as does a policed process that moved it. A
+//! process pinned nowhere that the container runtime moves into a policed cgroup starts its
+//! hand-over (`handover.rs`).
 use agent_common::{MoveEvent, action, kind, mode, rule_id};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
@@ -11,7 +13,7 @@ use crate::diag::entry_points;
 use crate::{
     kill::kill_at_syscall_exit,
     maps::CGROUP_SETS,
-    policy::{current_set, mark, origin, policy_set, send_sigkill, violation},
+    policy::{cgroup_id, current_set, mark, origin, policy_set, send_sigkill, violation},
     task::{config, emit, header, read_kernel, read_kernel_ptr},
 };
 
@@ -40,7 +42,9 @@ fn try_attach(ctx: &RawTracePointContext) -> Result<(), i64> {
     let moved_tgid: i32 = read_kernel(task, k.task_tgid).ok_or(1)?;
     let moved_pid: i32 = read_kernel(task, k.task_pid).ok_or(1)?;
     let pinned = origin(moved_tgid as u32);
+    let mover = (bpf_get_current_pid_tgid() >> 32) as u32;
     if pinned == 0 {
+        crate::handover::on_move(cfg, dst, task, moved_tgid as u32, mover);
         return Ok(());
     }
     let to = cgroup_id(cfg, dst).ok_or(1)?;
@@ -75,7 +79,6 @@ fn try_attach(ctx: &RawTracePointContext) -> Result<(), i64> {
     let v = violation(strongest, set, rule_id::MOVED);
     if strongest == u32::from(action::KILL) {
         kill_at_syscall_exit(moved_tgid as u32);
-        let mover = (bpf_get_current_pid_tgid() >> 32) as u32;
         if mover == moved_tgid as u32 || current_set() != 0 {
             send_sigkill();
         }
@@ -90,9 +93,4 @@ fn try_attach(ctx: &RawTracePointContext) -> Result<(), i64> {
     mark(&mut event.header, v);
     emit(kind::MOVE, event);
     Ok(())
-}
-
-fn cgroup_id(cfg: &agent_common::Config, cgroup: *const u8) -> Option<u64> {
-    let kn = read_kernel_ptr(cgroup, cfg.kernel.cgroup_kn)?;
-    read_kernel(kn, cfg.kernel.kn_id)
 }

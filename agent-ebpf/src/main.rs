@@ -10,6 +10,7 @@ mod doctor;
 mod exec;
 mod file;
 mod foreign;
+mod handover;
 mod image;
 mod kill;
 mod mapped;

@@ -94,6 +94,13 @@ pub static KILLS_RECORDED: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static TASK_ORIGIN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(32_768, 0);
 
+/// Process (thread group) id -> the mount namespace (its address) it was in when a process
+/// outside every policy (the container runtime) put it into a policed cgroup: until it leaves
+/// that namespace, it is the runtime's own work (`runc init`), not the container's. See
+/// `handover.rs`. LRU: an evicted entry only makes the process judged by the pod's policy.
+#[map]
+pub static HANDOVER: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0);
+
 /// Per (cgroup, rule, behaviour): how many identical violations went out and were held back
 /// in the current window.
 #[map]

@@ -1,8 +1,8 @@
 //! Policy decisions in the kernel: which set applies to the current task, and what it says
 //! about an exec, a connect or a W^X mapping. Allowed behaviour never leaves the kernel.
 use agent_common::{
-    AddrKeyData, EventHeader, MAX_CGROUP_LEVELS, MAX_PORT_RANGES, PolicySet, PortRules, ServiceKey,
-    action, rule_id, set_flags,
+    AddrKeyData, Config, EventHeader, MAX_CGROUP_LEVELS, MAX_PORT_RANGES, PolicySet, PortRules,
+    ServiceKey, action, rule_id, set_flags,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -12,7 +12,10 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 
-use crate::maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICES, TASK_ORIGIN};
+use crate::{
+    maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICES, TASK_ORIGIN},
+    task::{read_kernel, read_kernel_ptr},
+};
 
 const SIGKILL: u32 = 9;
 
@@ -52,7 +55,8 @@ pub fn pin_origin(tgid: u32, binding: u64) {
 }
 
 /// The policy set that decides for the current process (0: none): the set of the binding it
-/// is pinned to, even after it was moved elsewhere, else the live one (and it is pinned).
+/// is pinned to, even after it was moved elsewhere, else the live one (and it is pinned). A
+/// process still in its container runtime's hand-over is the runtime's: no set, no pin.
 pub fn current_set() -> u32 {
     let (binding, set) = live_binding();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -64,9 +68,40 @@ pub fn current_set() -> u32 {
         }
     }
     if pinned == 0 {
+        if binding != 0
+            && let Some(cfg) = crate::task::config()
+            && crate::handover::active(cfg, tgid)
+        {
+            return 0;
+        }
         pin_origin(tgid, binding);
     }
     set
+}
+
+/// The id of `cgroup` (a `struct cgroup`).
+pub fn cgroup_id(cfg: &Config, cgroup: *const u8) -> Option<u64> {
+    let kn = read_kernel_ptr(cgroup, cfg.kernel.cgroup_kn)?;
+    read_kernel(kn, cfg.kernel.kn_id)
+}
+
+/// The deepest bound ancestor of `cgroup` (itself included), 0: none.
+pub fn bound_ancestor(cfg: &Config, cgroup: *const u8) -> u64 {
+    let mut cgroup = cgroup;
+    for _ in 0..MAX_CGROUP_LEVELS {
+        let Some(id) = cgroup_id(cfg, cgroup) else {
+            break;
+        };
+        // SAFETY: only checked for presence.
+        if unsafe { CGROUP_SETS.get(id) }.is_some() {
+            return id;
+        }
+        match read_kernel_ptr(cgroup, cfg.kernel.cgroup_parent) {
+            Some(parent) => cgroup = parent,
+            None => break,
+        }
+    }
+    0
 }
 
 pub fn policy_set(set: u32) -> Option<&'static PolicySet> {

@@ -1,5 +1,5 @@
-//! Process lifetimes, for what is keyed by process: the executable recorded at exec follows
-//! a fork and goes away at exit.
+//! Process lifetimes, for what is keyed by process: the executable recorded at exec, the
+//! policy binding and the runtime's hand-over follow a fork and go away at exit.
 use agent_common::{ExePath, mode};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -38,8 +38,12 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let parent_tgid: i32 = read_kernel(parent, k.task_tgid).ok_or(1)?;
-    // The child is pinned where the parent is (this runs in the parent's context).
+    // A reused process id: nothing of the old process's hand-over carries over.
+    crate::handover::forget(child_tgid as u32);
+    // The child is pinned where the parent is (this runs in the parent's context), unless it
+    // is still its container runtime's.
     let pinned = match origin(parent_tgid as u32) {
+        0 if crate::handover::on_fork(cfg, parent_tgid as u32, child, child_tgid as u32) => 0,
         0 => live_binding().0,
         pinned => pinned,
     };
@@ -74,6 +78,7 @@ fn try_exit() -> Result<(), i64> {
         let _ = TASK_ORIGIN.remove(tgid);
         forget_pending_kill(tgid);
         crate::script::forget(tgid);
+        crate::handover::forget(tgid);
     }
     Ok(())
 }

@@ -619,6 +619,94 @@ fn moving_out_of_a_policed_cgroup_escapes_nothing_and_is_reported() {
     }
 }
 
+/// `vigil-scenario runtime-handover MODE DIR PROGRAM ARGS...` run from outside every policed
+/// cgroup (as a container runtime runs): the pid that exec'd `PROGRAM`, and how it ended.
+fn runtime_handover(mode: &str, dir: &Path, program: &Path, args: &[&str]) -> (u32, String) {
+    let out = std::process::Command::new(scenario_bin())
+        .args(["runtime-handover", mode, dir.to_str().unwrap()])
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{mode}: no `{key}` line: {out:?}"))
+            .to_string()
+    };
+    (line("pid ").parse().unwrap(), line("status "))
+}
+
+#[test]
+fn the_runtimes_own_work_before_the_container_is_not_the_pods_and_nothing_else_passes_for_it() {
+    if !root_or_skip("runtime-handover") {
+        return;
+    }
+    // A pod's cgroup with a container's cgroup below it, as the kubelet and runc lay them out,
+    // under an exec allowlist with Kill that does not list the runtime.
+    let pod = TestCgroup::new("handover");
+    let container = TestCgroup::nested(&pod, "container");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, _) = common::denied_binary(tmp.path());
+    let scenario = std::fs::canonicalize(scenario_bin()).unwrap();
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &pod,
+            "handover",
+            format!(
+                "  exec:\n    allow: [{{path: \"{}\"}}]\n    action: Kill\n",
+                scenario.display()
+            ),
+        )],
+    );
+    let tracer = Tracer::enforce(&file);
+    let marker = tmp.path().join("marker");
+    let m = marker.to_str().unwrap();
+    // What runc 1.1 does in the container's cgroup: exec a binary the pod does not list,
+    // and exec itself again from a memfd (which no allowlist can list).
+    let programs: [(&Path, [&str; 2]); 2] = [
+        (&writer, ["write-marker", m]),
+        (&scenario, ["memfd-exec-marker", m]),
+    ];
+    let mut runtimes = Vec::new();
+    for (mode, the_runtimes) in [
+        // Put into the cgroup by an unpoliced parent, or cloned into it, and still in the
+        // parent's mount namespace: the runtime's, as are its children there.
+        ("move", true),
+        ("move-fork", true),
+        ("clone-into", true),
+        // In a mount namespace of its own: the container's.
+        ("move-unshare", false),
+        ("move-fork-unshare", false),
+        ("clone-into-unshare", false),
+        // Moved in by a process inside the pod, or by itself: the pod's.
+        ("policed-mover", false),
+        ("self-move", false),
+    ] {
+        for (program, args) in &programs {
+            let _ = std::fs::remove_file(&marker);
+            let (pid, status) = runtime_handover(mode, &container.dir, program, args);
+            let what = format!("{mode} {}", args[0]);
+            if the_runtimes {
+                assert_eq!(status, "exit=0", "{what}");
+                assert!(marker.exists(), "{what}: the runtime's exec did not run");
+                runtimes.push(pid);
+            } else {
+                assert_eq!(status, "signal=9", "{what}");
+                assert!(!marker.exists(), "{what}: the pod's exec ran");
+                let e = tracer.wait_for(&what, |e| is(e, EXEC, pid));
+                assert_eq!(e["vigilaction"], "kill", "{what}: {e}");
+                assert_eq!(e["data"]["cgroup"]["id"], container.id, "{what}: {e}");
+            }
+        }
+    }
+    let events = tracer.stop();
+    assert_quiet(&events, &runtimes, "the runtime's hand-over");
+}
+
 #[test]
 fn a_cgroup_created_below_a_policed_one_is_policed_from_its_first_moment() {
     if !root_or_skip("new-child") {

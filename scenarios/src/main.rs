@@ -8,6 +8,7 @@ mod connect;
 mod egress;
 mod exec;
 mod memory;
+mod runtime;
 mod userns;
 
 use std::process::ExitCode;
@@ -23,7 +24,10 @@ fn usage() -> ExitCode {
          \x20        userns-exec tmpfs DIR SOURCE NAME ARGS... | userns-exec detached DIR NAME ARGS... |\n\
          \x20        userns-exec pivot DIR PROGRAM ARGS... |\n\
          \x20        memfd-script-marker PATH | move-to CGROUP_DIR [PROGRAM ARGS...] |\n\
-         \x20        wait-then-move-to GO_FILE CGROUP_DIR [PROGRAM ARGS...]\n\
+         \x20        wait-then-move-to GO_FILE CGROUP_DIR [PROGRAM ARGS...] |\n\
+         \x20        runtime-handover MODE CGROUP_DIR PROGRAM ARGS... (move move-unshare\n\
+         \x20        move-fork move-fork-unshare clone-into clone-into-unshare policed-mover\n\
+         \x20        self-move)\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          egress:  send METHOD ADDR (tcp-connect udp-connect tcp-fastopen udp-sendto\n\
@@ -55,6 +59,9 @@ fn main() -> ExitCode {
         ("memfd-script-marker", [path]) => exec::memfd_script_marker(path),
         ("move-to", [dir, then @ ..]) => exec::move_to(dir, then),
         ("wait-then-move-to", [go, dir, then @ ..]) => exec::wait_then_move_to(go, dir, then),
+        ("runtime-handover", [mode, dir, program, args @ ..]) => {
+            runtime::handover(mode, dir, program, args)
+        }
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("exec-at", [dir, name, args @ ..]) => exec::exec_at(dir, name, args),
         ("userns-exec", [mode, rest @ ..]) => userns::run(mode, rest),
