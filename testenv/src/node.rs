@@ -194,6 +194,7 @@ impl Cluster {
             kube_proxy: true,
             kube_chains_before: node_cleanup::kube_chains()?,
             netns_before: node_cleanup::pod_netns(),
+            tables_before: Some(node_cleanup::tables()?),
             agent_pins_before: Path::new(node_cleanup::AGENT_PINS).exists(),
             ..Leftovers::default()
         };

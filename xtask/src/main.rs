@@ -55,13 +55,14 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The full suite, what CI runs: setup, fmt, clippy, build, then all tests (as root).
+    /// The full suite, what CI runs: setup, fmt, clippy, build, then all tests (as root),
+    /// the node tests also on a pure cgroup v2 kernel in QEMU.
     ///
     /// Arguments after `--` go to the test binaries (after `cargo test ... --`), e.g.
     /// `cargo xtask test -- exec_is_reported`.
     Test {
-        /// Only the node tests on the pure cgroup v2 kernel in QEMU (after the Kubernetes
-        /// binaries, a debug build and the node images).
+        /// Only the suite's last step: the node tests on the pure cgroup v2 kernel in QEMU
+        /// (after the Kubernetes binaries, a debug build and the node images).
         #[arg(long)]
         cgroup_v2_only: bool,
         /// Extra arguments for the test binaries.

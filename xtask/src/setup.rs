@@ -25,7 +25,7 @@ const LLVM_PACKAGES: [&str; 4] = [
 /// consumer the HTTP sink tests run (the `cloudevents` package, installed into a venv); skopeo
 /// as the independent reader of the OCI archives `cargo xtask image` writes; busybox-static,
 /// the test workloads' image.
-const TEST_PACKAGES: [&str; 15] = [
+const TEST_PACKAGES: [&str; 16] = [
     "iproute2",
     "python3",
     "python3-venv",
@@ -37,6 +37,8 @@ const TEST_PACKAGES: [&str; 15] = [
     "runc",
     "containernetworking-plugins",
     "iptables",
+    // `nft delete table`: a node's teardown removes the empty tables the cluster created.
+    "nftables",
     "conntrack",
     "grep",
     // The pure cgroup v2 node: a Debian kernel booted in QEMU (`xtask/src/guest.rs`), with an
@@ -233,6 +235,7 @@ fn missing_packages(toolchain: bool, llvm: bool) -> Vec<&'static str> {
                 "runc" => output_of(Command::new("runc").arg("--version")).is_some(),
                 "containernetworking-plugins" => Path::new("/usr/lib/cni/bridge").exists(),
                 "iptables" => output_of(Command::new("iptables").arg("--version")).is_some(),
+                "nftables" => output_of(Command::new("nft").arg("--version")).is_some(),
                 "conntrack" => output_of(Command::new("conntrack").arg("--version")).is_some(),
                 "grep" => output_of(Command::new("grep").arg("--version")).is_some(),
                 "qemu-system-x86" => {
