@@ -10,6 +10,7 @@ pub mod metadata;
 pub mod mountinfo;
 pub mod pipeline;
 pub mod policy;
+pub mod readiness;
 pub mod secret;
 pub mod sink;
 pub mod telemetry;

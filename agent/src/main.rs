@@ -20,6 +20,16 @@ use vigil::{
     about = "eBPF runtime security agent for Kubernetes"
 )]
 struct Cli {
+    /// How the log is written on stderr: `text` (readable lines) or `json` (one object per
+    /// line, the fields at the top level). The filter is `VIGIL_LOG` (default `info`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "VIGIL_LOG_FORMAT"
+    )]
+    log_format: vigil::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -153,6 +163,19 @@ enum Command {
     },
     /// Print what this kernel offers the agent; exit non-zero when the agent cannot run.
     Doctor,
+    /// Ask the agent on every node a DaemonSet covers for `/readyz` (what `helm test` runs):
+    /// exit 0 only when each one answered ready.
+    CheckReady {
+        /// The DaemonSet's namespace.
+        #[arg(long)]
+        namespace: String,
+        /// The DaemonSet's name.
+        #[arg(long)]
+        daemonset: String,
+        /// The agents' metrics port (`--metrics-addr`).
+        #[arg(long, default_value_t = 9464)]
+        port: u16,
+    },
     /// Work with the agent's configuration file (sinks).
     Config {
         #[command(subcommand)]
@@ -271,7 +294,7 @@ async fn stop_on_signal(tx: watch::Sender<bool>) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    vigil::telemetry::init_logging()?;
+    vigil::telemetry::init_logging(cli.log_format)?;
     match cli.command {
         Command::Policy {
             command: PolicyCommand::Check { paths },
@@ -306,6 +329,25 @@ fn main() -> Result<()> {
         Command::Unpin { pin_dir } => {
             vigil::ebpf::pin::remove_all(&pin_dir)?;
             println!("{}: no pinned enforcement left", pin_dir.display());
+            Ok(())
+        }
+        Command::CheckReady {
+            namespace,
+            daemonset,
+            port,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let readiness =
+                runtime.block_on(vigil::readiness::check(&namespace, &daemonset, port))?;
+            for line in vigil::readiness::report(&readiness) {
+                println!("{line}");
+            }
+            anyhow::ensure!(
+                readiness.all_ready(),
+                "not every agent of daemonset {namespace}/{daemonset} is ready"
+            );
             Ok(())
         }
         Command::Doctor => {

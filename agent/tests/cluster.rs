@@ -556,6 +556,79 @@ fn an_invalid_policy_is_refused_visibly_and_the_last_good_version_holds() {
     agent.stop();
 }
 
+/// Every policy file of the library in `policies/`.
+fn shipped_policies() -> Vec<PathBuf> {
+    let root = testenv::workspace_root().join("policies");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_policy_library_applies_as_it_is_and_a_wrong_field_is_refused_by_name() {
+    let Some(c) = Cluster::start("library") else {
+        return;
+    };
+    let files = shipped_policies();
+    assert!(files.len() >= 8, "the policy library: {files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        // A namespaced policy needs its namespace, as on a user's cluster.
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let doc: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            if let Some(ns) = doc["metadata"]["namespace"].as_str() {
+                let _ = c.plane.kubectl(["create", "namespace", ns]);
+            }
+        }
+        let out = c
+            .plane
+            .kubectl_ok(["apply", "--dry-run=server", "-f", file.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+        assert!(
+            out.contains("(server dry run)"),
+            "{}: {out}",
+            file.display()
+        );
+    }
+    // What the API server's schema refuses, with the field named: a misspelt field, a value
+    // outside an enum, a string where a list belongs.
+    let web = std::fs::read_to_string(testenv::workspace_root().join("policies/examples/web.yaml"))
+        .unwrap();
+    for (from, to, field) in [
+        (
+            "    allow:\n      - path: /usr/sbin/nginx",
+            "    alow:\n      - path: /usr/sbin/nginx",
+            "spec.exec.alow",
+        ),
+        (
+            "    action: Kill",
+            "    action: Explode",
+            "spec.exec.action",
+        ),
+        (
+            "  containers: [nginx]",
+            "  containers: nginx",
+            "spec.containers",
+        ),
+    ] {
+        assert!(web.contains(from), "{from}");
+        let bad = web.replacen(from, to, 1);
+        let path = c._dir.path().join("bad.yaml");
+        std::fs::write(&path, bad).unwrap();
+        let out = c
+            .plane
+            .kubectl(["apply", "--dry-run=server", "-f", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{field}: accepted");
+        assert!(stderr.contains(field), "{field} is not named: {stderr}");
+    }
+}
+
 #[test]
 fn an_event_from_a_pod_created_a_moment_before_is_still_enriched() {
     let Some(c) = Cluster::start("fresh-pod") else {

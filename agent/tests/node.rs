@@ -47,10 +47,14 @@ struct Ctx {
 
 type TestFn = fn(&Ctx) -> Result<()>;
 
-const TESTS: [(&str, TestFn); 9] = [
+const TESTS: [(&str, TestFn); 10] = [
     (
         "helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only",
         helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only,
+    ),
+    (
+        "helm_test_asks_every_agent_for_readyz",
+        helm_test_asks_every_agent_for_readyz,
     ),
     (
         "a_binary_copied_into_a_deployment_pod_is_killed_and_named_as_the_container_sees_it",
@@ -788,7 +792,7 @@ fn helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only(
     ctx: &Ctx,
 ) -> Result<()> {
     let start = Instant::now();
-    ctx.helm(&[
+    let installed = ctx.helm(&[
         "install",
         "vigil",
         "charts/vigil",
@@ -798,6 +802,13 @@ fn helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only(
         "--set",
         "image.repository=docker.io/library/vigil",
     ])?;
+    // The chart's NOTES tell the operator how to see the agent ready and an event.
+    ensure!(
+        installed.contains(&format!(
+            "kubectl -n {AGENT_NS} rollout status daemonset/vigil"
+        )) && installed.contains("grep dev.vigil.exec.v1"),
+        "helm install did not print the chart's notes: {installed}"
+    );
     let pod = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
     println!(
         "  helm install -> agent pod {pod} Ready in {:.1} s",
@@ -1519,6 +1530,23 @@ fn each_capability_the_chart_grants_is_needed(ctx: &Ctx) -> Result<()> {
         data(&event, "/parent/exe") == "/bin/busybox"
             && data(&event, "/pod/name") == victim.as_str(),
         "with the chart's set: {event}"
+    );
+    Ok(())
+}
+
+/// `helm test`: its pod asks the agent on every node for `/readyz`, as the agent's own
+/// ServiceAccount, and passes only when each answered ready.
+fn helm_test_asks_every_agent_for_readyz(ctx: &Ctx) -> Result<()> {
+    let out = ctx.helm(&["test", "vigil", "-n", AGENT_NS, "--logs", "--timeout", "5m"])?;
+    ensure!(
+        out.lines().any(|l| l
+            .strip_prefix("Phase:")
+            .is_some_and(|p| p.trim() == "Succeeded")),
+        "helm test did not succeed: {out}"
+    );
+    ensure!(
+        out.contains("1 of 1 agents ready") && out.contains(" ready\n"),
+        "the test pod's report: {out}"
     );
     Ok(())
 }

@@ -875,6 +875,32 @@ fn metrics_move_by_exactly_the_violations_and_parse_with_prometheus_client() {
     assert_eq!(ids.len(), 3);
     assert_eq!(moved(exec_alerts), 3.0, "{after:?}");
     assert_eq!(after.get(delivered).copied(), Some(archived()), "{after:?}");
+    // Every delivered event has its latency measured once, from its kernel timestamp.
+    let latency = |part: &str| {
+        after
+            .get(&format!(
+                "vigil_sink_delivery_latency_seconds_{part}{{sink=\"archive\"}}"
+            ))
+            .copied()
+    };
+    assert_eq!(latency("count"), Some(archived()), "{after:?}");
+    assert!(latency("sum").is_some_and(|s| s > 0.0), "{after:?}");
+    // The policy's rules are in the kernel's maps, each map with its capacity.
+    let map = |metric: &str, name: &str| {
+        after
+            .get(&format!("vigil_map_{metric}{{map=\"{name}\"}}"))
+            .copied()
+    };
+    assert!(
+        map("entries", "EXEC_PATHS").is_some_and(|n| n >= 1.0),
+        "{after:?}"
+    );
+    assert!(
+        map("entries", "CGROUP_SETS").is_some_and(|n| n >= 1.0),
+        "{after:?}"
+    );
+    assert_eq!(map("capacity", "EXEC_PATHS"), Some(16_384.0), "{after:?}");
+    assert_eq!(map("capacity", "SERVICES"), Some(65_536.0), "{after:?}");
     for name in [
         "vigil_sink_failed_total{sink=\"archive\"}",
         "vigil_sink_queue_full_total{sink=\"archive\"}",

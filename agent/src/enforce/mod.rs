@@ -37,6 +37,25 @@ pub enum EnforceError {
 
 const HALF: u32 = MAX_POLICY_SETS / 2;
 
+/// A kernel map's fill: what `/metrics` and the state file show per map.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MapUsage {
+    pub map: &'static str,
+    pub entries: usize,
+    /// Its `max_entries` (0: the kernel would not say).
+    pub capacity: u32,
+}
+
+impl MapUsage {
+    fn new(map: &'static str, entries: usize, capacity: u32) -> Self {
+        Self {
+            map,
+            entries,
+            capacity,
+        }
+    }
+}
+
 /// One generation of compiled sets as written to the kernel.
 struct Generation {
     base: u32,
@@ -483,6 +502,38 @@ impl Enforcer {
             );
         }
         Ok(())
+    }
+
+    /// Each map policies compile into: its entries and its capacity.
+    pub fn map_usage(&self) -> Vec<MapUsage> {
+        use aya::maps::IterableMap;
+        fn capacity<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u32 {
+            map.map().info().map_or(0, |info| info.max_entries())
+        }
+        let m = &self.maps;
+        vec![
+            MapUsage::new(
+                "CGROUP_SETS",
+                m.cgroup_sets.keys().count(),
+                capacity(&m.cgroup_sets),
+            ),
+            MapUsage::new(
+                "EXEC_PATHS",
+                m.exec_paths.keys().count(),
+                capacity(&m.exec_paths),
+            ),
+            MapUsage::new(
+                "CONNECT_ALLOW",
+                m.connect_allow.keys().count(),
+                capacity(&m.connect_allow),
+            ),
+            MapUsage::new(
+                "CONNECT_DENY",
+                m.connect_deny.keys().count(),
+                capacity(&m.connect_deny),
+            ),
+            MapUsage::new("SERVICES", m.services.keys().count(), capacity(&m.services)),
+        ]
     }
 
     /// Entries in the path and CIDR maps (to show reloads do not leak).

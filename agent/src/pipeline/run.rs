@@ -87,7 +87,12 @@ fn in_force(
         map_errors = enforcer.map_errors(),
         "policies in force"
     );
-    Ok(state.applied(&applied, enforcer.map_entries(), enforcer.map_errors())?)
+    Ok(state.applied(
+        &applied,
+        enforcer.map_usage(),
+        enforcer.map_entries(),
+        enforcer.map_errors(),
+    )?)
 }
 
 /// Applies the file policies (no cluster) or syncs with the cluster, and says what changed.

@@ -35,6 +35,32 @@ pub struct SinkStats {
     pub spool_corrupt: AtomicU64,
     /// Bytes a disk spool's segments take now.
     pub spool_bytes: AtomicU64,
+    /// Seconds from each delivered event's kernel timestamp to its acknowledged delivery.
+    pub latency: DeliveryLatency,
+}
+
+/// A histogram of delivery latencies: 1 ms to about 65 s, doubling.
+#[derive(Debug, Clone)]
+pub struct DeliveryLatency(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for DeliveryLatency {
+    fn default() -> Self {
+        Self(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
+        ))
+    }
+}
+
+impl SinkStats {
+    /// Counts `events` as acknowledged by the receiver now.
+    pub fn acknowledged(&self, events: &[Arc<VigilEvent>]) {
+        let now = chrono::Utc::now();
+        for event in events {
+            let took = (now - event.time).num_microseconds().unwrap_or(i64::MAX);
+            // A clock stepped back makes a negative age: it counts as immediate.
+            self.latency.0.observe(took.max(0) as f64 / 1e6);
+        }
+    }
 }
 
 /// One sink as metrics see it.
@@ -198,6 +224,9 @@ async fn work(
                 stats
                     .delivered
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if !sink.acknowledges_later() {
+                    stats.acknowledged(&batch);
+                }
             }
             Err(err) => {
                 let failed = err.failed_events(batch.len());

@@ -181,6 +181,12 @@ pub trait Sink: Send + 'static {
         self.flush()
     }
 
+    /// Whether a successful `deliver` only takes the events in, and the receiver acknowledges
+    /// them later (a spool): then the sink measures their delivery latency itself.
+    fn acknowledges_later(&self) -> bool {
+        false
+    }
+
     /// Counters the sink itself adds to (a spooled sink counts what its spool drops); the
     /// fan-out counts into these instead of its own.
     fn shared_stats(&self) -> Option<Arc<SinkStats>> {

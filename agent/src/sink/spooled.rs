@@ -160,7 +160,10 @@ async fn send_from_spool(
             Err(err) => Err(err),
         };
         match delivered {
-            Ok(()) => retry = RETRY_FIRST,
+            Ok(()) => {
+                stats.acknowledged(&events);
+                retry = RETRY_FIRST;
+            }
             Err(err) if err.is_permanent() => {
                 // Refused for good: sending it again cannot mend it.
                 let failed = err.failed_events(events.len()) as u64;
@@ -212,6 +215,10 @@ impl Sink for SpooledSink {
     }
 
     // `flush` has nothing to do: every append is synced before `deliver` returns.
+
+    fn acknowledges_later(&self) -> bool {
+        true
+    }
 
     fn shared_stats(&self) -> Option<Arc<SinkStats>> {
         Some(self.stats.clone())

@@ -239,6 +239,15 @@ impl Collector for Collected {
         )?;
         family(
             e,
+            "vigil_sink_delivery_latency_seconds",
+            "From an event's kernel timestamp to the receiver's acknowledgement of it (a spooled sink: of the spool's sender)",
+            MetricType::Histogram,
+            sinks
+                .iter()
+                .map(|s| ([("sink", s.name.as_str())], s.stats.latency.0.clone())),
+        )?;
+        family(
+            e,
             "vigil_sink_retries",
             "Delivery attempts repeated after a failure that may pass",
             counter,
@@ -300,6 +309,26 @@ impl Collector for Collected {
                 resident_bytes().unwrap_or(0),
             ),
         ];
+        family(
+            e,
+            "vigil_map_entries",
+            "Entries in each kernel map policies compile into, as of the last policy change",
+            gauge,
+            state
+                .maps
+                .iter()
+                .map(|m| ([("map", m.map)], ConstGauge::new(m.entries as u64))),
+        )?;
+        family(
+            e,
+            "vigil_map_capacity",
+            "The most entries each of those maps holds (max_entries)",
+            gauge,
+            state
+                .maps
+                .iter()
+                .map(|m| ([("map", m.map)], ConstGauge::new(u64::from(m.capacity)))),
+        )?;
         for (name, help, value) in gauges {
             family(
                 e,

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::{enforce::Applied, policy::FieldError};
+use crate::{
+    enforce::{Applied, MapUsage},
+    policy::FieldError,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("state file {path}: {source}")]
@@ -43,6 +46,8 @@ pub struct AgentState {
     pub too_deep: Vec<String>,
     /// Entries in the kernel's policy maps.
     pub map_entries: usize,
+    /// Each policy map's entries and capacity, as of the last time policies were applied.
+    pub maps: Vec<MapUsage>,
     /// Kernel map updates that failed (see the log for which).
     pub map_errors: u64,
     /// How many times a policy set from files was refused whole.
@@ -86,6 +91,7 @@ impl StateFile {
     pub fn applied(
         &mut self,
         applied: &Applied,
+        maps: Vec<MapUsage>,
         map_entries: usize,
         map_errors: u64,
     ) -> Result<(), StateFileError> {
@@ -97,6 +103,7 @@ impl StateFile {
         s.waiting = applied.waiting.clone();
         s.too_deep = applied.too_deep.clone();
         s.map_entries = map_entries;
+        s.maps = maps;
         s.map_errors = map_errors;
         self.write()
     }
@@ -151,7 +158,7 @@ mod tests {
             waiting: vec!["/b".into()],
             too_deep: vec![],
         };
-        file.applied(&applied, 7, 0).unwrap();
+        file.applied(&applied, Vec::new(), 7, 0).unwrap();
         let read = |p: &std::path::Path| -> serde_json::Value {
             serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
         };
