@@ -120,6 +120,12 @@ fn by_default_the_agent_is_node_critical_tolerates_every_taint_and_is_scraped() 
     assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert!(agent["resources"]["requests"]["memory"].is_string());
     assert!(agent["resources"]["limits"]["memory"].is_string());
+    // A throttled agent would fall behind the kernel's ring buffer (docs/operations.md).
+    assert!(
+        agent["resources"]["limits"]["cpu"].is_null(),
+        "{}",
+        agent["resources"]
+    );
     let service = kind(&docs, "Service").expect("the metrics Service");
     assert_eq!(service["spec"]["clusterIP"], "None");
     assert_eq!(service["spec"]["ports"][0]["port"], 9464);

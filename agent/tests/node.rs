@@ -38,6 +38,8 @@ const WAIT: Duration = Duration::from_secs(90);
 const ONLY_BUSYBOX: &str = "  exec:\n    allow: [{path: /bin/busybox}]\n    action: Kill\n";
 const AGENT_NS: &str = "vigil";
 const WORKLOAD_IMAGE: &str = "docker.io/library/vigil-test-busybox";
+/// Where the workload image has `vigil-scenario`, the load generator (`xtask/src/image.rs`).
+const SCENARIO: &str = "/usr/bin/vigil-scenario";
 
 struct Ctx {
     cluster: Cluster,
@@ -47,7 +49,7 @@ struct Ctx {
 
 type TestFn = fn(&Ctx) -> Result<()>;
 
-const TESTS: [(&str, TestFn); 10] = [
+const TESTS: [(&str, TestFn); 11] = [
     (
         "helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only",
         helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only,
@@ -83,6 +85,10 @@ const TESTS: [(&str, TestFn); 10] = [
     (
         "each_capability_the_chart_grants_is_needed",
         each_capability_the_chart_grants_is_needed,
+    ),
+    (
+        "the_agents_cpu_and_memory_at_idle_and_under_1000_violations_a_second",
+        the_agents_cpu_and_memory_at_idle_and_under_1000_violations_a_second,
     ),
     (
         "helm_uninstall_leaves_no_program_map_or_pin_behind",
@@ -1549,4 +1555,97 @@ fn helm_test_asks_every_agent_for_readyz(ctx: &Ctx) -> Result<()> {
         "the test pod's report: {out}"
     );
     Ok(())
+}
+
+/// The agent's CPU time (user + system, in clock ticks) and its resident and peak memory (KiB).
+fn agent_usage(pid: u32) -> Result<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which may hold spaces: utime and stime are the 12th
+    // and 13th of them.
+    let rest = &stat[stat.rfind(')').context("a /proc stat line")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .context(key.to_owned())?
+            .parse::<u64>()
+            .map_err(Into::into)
+    };
+    Ok((ticks, kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+/// The agent's share of one core between two samples `secs` apart.
+fn cpu_percent(before: u64, after: u64, secs: f64) -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (after - before) as f64 / hz / secs * 100.0
+}
+
+/// What the chart's resource requests and limits are sized from: the agent's CPU and memory
+/// on this node at rest, then while a pod makes 1,000 distinct connect violations a second
+/// for 30 s (each one an event through the pipeline to the stdout sink). Printed, not
+/// asserted against a bound: every violation must be reported.
+fn the_agents_cpu_and_memory_at_idle_and_under_1000_violations_a_second(ctx: &Ctx) -> Result<()> {
+    let ns = "e2e-load";
+    let rules = "  connect:\n    deny: [{cidr: 127.0.0.0/8}]\n    action: Alert\n";
+    let pod = ctx.policed_pod(ns, "loopback-alert", "load", rules)?;
+    let pid = agent_pid(ctx)?;
+    let idle_secs = 20.0;
+    let (t0, _, _) = agent_usage(pid)?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(idle_secs));
+    let (t1, idle_rss, _) = agent_usage(pid)?;
+    let idle_cpu = cpu_percent(t0, t1, start.elapsed().as_secs_f64());
+
+    let alerts_before = connect_alerts(ctx)?;
+    let start = Instant::now();
+    let (code, out) = ctx.exec(ns, &pod, &format!("{SCENARIO} bench-udp-paced 1000 30"))?;
+    let took = start.elapsed().as_secs_f64();
+    let (t2, load_rss, peak) = agent_usage(pid)?;
+    ensure!(code == 0, "the load generator failed: {out}");
+    let sent: u64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sent="))
+        .context("sent=")?
+        .parse()?;
+    let load_cpu = cpu_percent(t1, t2, took);
+    // Counted by the agent's own metrics: 30,000 events are more than the kubelet keeps of a
+    // container's log.
+    let all = wait("every violation of the load reported", || {
+        let n = connect_alerts(ctx)? - alerts_before;
+        Ok((n >= sent).then_some(n))
+    })?;
+    println!(
+        "  agent at rest: {idle_cpu:.1}% of a core, RSS {:.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "  agent under {:.0} violations/s for {took:.0} s ({sent} sent, {all} reported): {load_cpu:.1}% of a core, RSS {:.1} MiB, peak {:.1} MiB",
+        sent as f64 / took,
+        load_rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    ensure!(all == sent, "{all} violations reported of {sent}");
+    Ok(())
+}
+
+/// `vigil_events_total` for connect alerts, from the agent's `/metrics` (through the API
+/// server's proxy to its pod).
+fn connect_alerts(ctx: &Ctx) -> Result<u64> {
+    let pod = ctx.pod(AGENT_NS, "app.kubernetes.io/name=vigil")?;
+    let text = ctx.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{AGENT_NS}/pods/{pod}:9464/proxy/metrics"),
+    ])?;
+    let series =
+        "vigil_events_total{behaviour=\"connect\",verdict=\"violation\",action=\"alert\"} ";
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .map_or(Ok(0), str::parse)?)
 }

@@ -28,6 +28,8 @@ pub struct Spec<'a> {
     pub cmd: &'a [&'a str],
     /// More programs, each at its host path, with the libraries it loads.
     pub also: &'a [&'a str],
+    /// More programs from elsewhere: (the file, where it goes), with the libraries it loads.
+    pub extra: &'a [(&'a Path, &'a str)],
 }
 
 /// The agent's image.
@@ -40,6 +42,7 @@ pub fn agent<'a>(binary: &'a Path, tag: &'a str) -> Spec<'a> {
         entrypoint: &[ENTRYPOINT],
         cmd: &["run"],
         also: &[],
+        extra: &[],
     }
 }
 
@@ -50,9 +53,13 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// mapping, so it is the workloads' JIT runtime (what `memory.allowExecutables` exempts).
 pub const JIT_RUNTIME: &str = "/usr/bin/grep";
 
-/// The test workloads' image: busybox as `/bin/busybox` (a shell by default) and the JIT
-/// runtime [`JIT_RUNTIME`].
-pub fn busybox(tag: &str) -> Spec<'_> {
+/// Where the test workloads' image has `vigil-scenario`, when it is built with it.
+pub const SCENARIO: &str = "/usr/bin/vigil-scenario";
+
+/// The test workloads' image: busybox as `/bin/busybox` (a shell by default), the JIT
+/// runtime [`JIT_RUNTIME`], and `extra` programs (the node tests add `vigil-scenario` at
+/// [`SCENARIO`], their load generator).
+pub fn busybox<'a>(tag: &'a str, extra: &'a [(&'a Path, &'a str)]) -> Spec<'a> {
     Spec {
         name: "vigil-test-busybox",
         tag,
@@ -61,6 +68,7 @@ pub fn busybox(tag: &str) -> Spec<'_> {
         entrypoint: &[BUSYBOX],
         cmd: &["sh"],
         also: &[JIT_RUNTIME],
+        extra,
     }
 }
 
@@ -74,6 +82,7 @@ pub fn pause(tag: &str) -> Spec<'_> {
         entrypoint: &[BUSYBOX, "sleep", "2147483647"],
         cmd: &[],
         also: &[],
+        extra: &[],
     }
 }
 
@@ -185,6 +194,9 @@ pub fn build(spec: &Spec<'_>, out: &Path) -> Result<PathBuf> {
     for program in spec.also {
         files.extend(contents(Path::new(program), program)?);
     }
+    for (program, at) in spec.extra {
+        files.extend(contents(program, at)?);
+    }
     files.sort();
     files.dedup();
     let layer = Blob::new(layer(&files)?);
@@ -261,7 +273,7 @@ pub fn run(binary: Option<PathBuf>, workloads: bool) -> Result<()> {
     let mut specs = vec![agent(&binary, &tag)];
     if workloads {
         crate::setup::run()?;
-        specs.extend([busybox(&tag), pause(&tag)]);
+        specs.extend([busybox(&tag, &[]), pause(&tag)]);
     }
     for spec in &specs {
         println!("image: {}", build(spec, &out)?.display());
@@ -275,7 +287,10 @@ pub fn for_node(binary: &Path, out: &Path) -> Result<(Vec<PathBuf>, String)> {
     let tag = app_version()?;
     let sandbox = pause(&tag);
     let sandbox_name = format!("docker.io/library/{}:{tag}", sandbox.name);
-    let archives = [agent(binary, &tag), busybox(&tag), sandbox]
+    // The load generator of the node tests, built beside the agent.
+    let scenario = binary.with_file_name("vigil-scenario");
+    let extra = [(scenario.as_path(), SCENARIO)];
+    let archives = [agent(binary, &tag), busybox(&tag, &extra), sandbox]
         .iter()
         .map(|spec| build(spec, out))
         .collect::<Result<Vec<_>>>()?;
@@ -413,7 +428,7 @@ mod workload_tests {
         }
         let dir = std::env::temp_dir().join(format!("vigil-workload-image-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for spec in [busybox("1"), pause("1")] {
+        for spec in [busybox("1", &[]), pause("1")] {
             let archive = build(&spec, &dir).unwrap();
             let unpacked = dir.join(format!("{}-unpacked", spec.name));
             let root = dir.join(format!("{}-root", spec.name));

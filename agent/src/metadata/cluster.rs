@@ -122,9 +122,46 @@ pub struct Cluster {
     pub slices: Store<EndpointSlice>,
 }
 
+/// One reflector's health, for `/metrics`: read at each scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReflectorState {
+    /// Listed in full at least once, and the watch not failing now.
+    pub synced: bool,
+    /// When the last full list ended (Unix seconds; 0: never).
+    pub last_resync: u64,
+    /// Changes the watch delivered.
+    pub events: u64,
+    /// Watch errors (each failed attempt of an outage counts).
+    pub failures: u64,
+}
+
+static REFLECTORS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<&'static str, ReflectorState>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn reflector_state(resource: &'static str, update: impl FnOnce(&mut ReflectorState)) {
+    let mut all = REFLECTORS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    update(all.entry(resource).or_default());
+}
+
+/// Every reflector started so far, by resource.
+pub fn reflector_states() -> BTreeMap<&'static str, ReflectorState> {
+    REFLECTORS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Drives one watch into its store; every applied change sets its `changed` flag, if any,
 /// and is shown to `observe`. Errors (the API server gone, a forbidden verb) are logged once
-/// per outage, with the resource named.
+/// per outage, with the resource named. Its health is kept for [`reflector_states`].
 pub(crate) fn drive<K, S>(
     resource: &'static str,
     stream: S,
@@ -134,8 +171,10 @@ pub(crate) fn drive<K, S>(
     K: Debug,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
+    reflector_state(resource, |_| {});
     tokio::spawn(async move {
         let mut failing = false;
+        let mut listed = false;
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
@@ -144,12 +183,24 @@ pub(crate) fn drive<K, S>(
                         tracing::info!(resource, "watch resumed; resynced from the API server");
                         failing = false;
                     }
+                    listed |= matches!(event, watcher::Event::InitDone);
+                    reflector_state(resource, |state| {
+                        state.events += 1;
+                        state.synced = listed;
+                        if matches!(event, watcher::Event::InitDone) {
+                            state.last_resync = unix_now();
+                        }
+                    });
                     observe(&event);
                     if let Some(flag) = &changed {
                         flag.store(true, Ordering::Release);
                     }
                 }
                 Err(err) => {
+                    reflector_state(resource, |state| {
+                        state.failures += 1;
+                        state.synced = false;
+                    });
                     if !failing {
                         tracing::warn!(resource, error = %err, "watch failed; retrying with backoff, enforcing with what is known");
                         failing = true;
@@ -376,6 +427,55 @@ pub struct PodInfo {
 mod tests {
     use super::*;
     use kube::runtime::{reflector::store::Writer, utils::Backoff};
+
+    /// Waits (a bounded while) until `resource`'s state passes `done`.
+    async fn state_when(
+        resource: &'static str,
+        done: impl Fn(&ReflectorState) -> bool,
+    ) -> ReflectorState {
+        for _ in 0..500 {
+            if let Some(state) = reflector_states().get(resource).filter(|s| done(s)) {
+                return state.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{resource}: {:?}", reflector_states().get(resource));
+    }
+
+    #[tokio::test]
+    async fn a_reflectors_state_follows_its_lists_and_failures() {
+        let (tx, rx) =
+            futures::channel::mpsc::unbounded::<Result<watcher::Event<Pod>, watcher::Error>>();
+        drive("test-pods", rx, None, |_| {});
+        let never = state_when("test-pods", |_| true).await;
+        assert_eq!(
+            never,
+            ReflectorState::default(),
+            "registered before any event"
+        );
+
+        let send = |item| tx.unbounded_send(item).expect("the driver is listening");
+        send(Ok(watcher::Event::Init));
+        send(Ok(watcher::Event::InitApply(pod("a", "u1"))));
+        send(Ok(watcher::Event::InitDone));
+        let listed = state_when("test-pods", |s| s.events == 3).await;
+        assert!(listed.synced);
+        assert!(listed.last_resync > 0);
+        assert_eq!(listed.failures, 0);
+
+        send(Err(watcher::Error::NoResourceVersion));
+        send(Err(watcher::Error::NoResourceVersion));
+        let failing = state_when("test-pods", |s| s.failures == 2).await;
+        assert!(!failing.synced, "a failing watch is not synced");
+
+        send(Ok(watcher::Event::Apply(pod("b", "u2"))));
+        let resumed = state_when("test-pods", |s| s.events == 4).await;
+        assert!(resumed.synced);
+        assert_eq!(
+            resumed.last_resync, listed.last_resync,
+            "no new full list yet"
+        );
+    }
 
     fn pod(name: &str, uid: &str) -> Pod {
         let mut pod = Pod::default();

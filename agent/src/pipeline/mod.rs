@@ -401,3 +401,69 @@ pub async fn trace(
     }
     stages.finish(node, link.as_ref()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cloudevents::Context,
+        event::{Body, Event, test_violation},
+        metadata::{
+            cluster::{PodInfo, PodLookup},
+            process::Lineage,
+        },
+    };
+
+    /// An exec violation in pod `i` of a thousand: its own name, UID, labels and container.
+    fn in_pod(i: usize) -> cloudevents::VigilEvent {
+        let event = Event {
+            header: test_violation(Action::Kill, "x"),
+            body: Body::Exec(crate::event::Exec::plain(&format!("/tmp/x{i}"), Vec::new())),
+        };
+        let pod = PodLookup::Found(PodInfo {
+            namespace: format!("ns-{}", i % 7),
+            name: format!("pod-{i}"),
+            uid: format!("uid-{i}"),
+            labels: [("app".to_string(), format!("app-{i}"))].into(),
+            service_account: None,
+            owner: None,
+            container_id: Some(format!("c{i}")),
+            container_name: Some("app".into()),
+            image: Some(format!("img:{i}")),
+        });
+        let policy = PolicyRef {
+            kind: "RuntimePolicy".into(),
+            name: "p".into(),
+            namespace: Some("ns-0".into()),
+            rule: "spec.exec.deny[0]".into(),
+            text: "prefix /tmp/".into(),
+        };
+        let ctx = Context {
+            node: "n1",
+            cgroup_path: None,
+            pod: Some(&pod),
+        };
+        cloudevents::violation(&event, &Lineage::default(), &ctx, &policy, Action::Kill)
+    }
+
+    #[test]
+    fn a_thousand_pods_add_no_series() {
+        let telemetry = Telemetry::new();
+        count(&telemetry, &in_pod(0));
+        let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+        let one = series(&crate::telemetry::metrics::encode(&telemetry.registry()));
+        for i in 1..1000 {
+            count(&telemetry, &in_pod(i));
+        }
+        let text = crate::telemetry::metrics::encode(&telemetry.registry());
+        assert_eq!(series(&text), one, "{text}");
+        assert!(
+            text.lines().any(|l| l
+                == "vigil_events_total{behaviour=\"exec\",verdict=\"violation\",action=\"kill\"} 1000"),
+            "{text}"
+        );
+        for needle in ["pod-", "uid-", "app-", "/tmp/x", "img:", "ns-"] {
+            assert!(!text.contains(needle), "{needle} in a label:\n{text}");
+        }
+    }
+}

@@ -329,6 +329,43 @@ impl Collector for Collected {
                 .iter()
                 .map(|m| ([("map", m.map)], ConstGauge::new(u64::from(m.capacity)))),
         )?;
+        let reflectors = crate::metadata::cluster::reflector_states();
+        family(
+            e,
+            "vigil_reflector_synced",
+            "1 once the resource was listed in full and its watch is not failing",
+            gauge,
+            reflectors
+                .iter()
+                .map(|(r, s)| ([("resource", *r)], ConstGauge::new(i64::from(s.synced)))),
+        )?;
+        family(
+            e,
+            "vigil_reflector_last_resync_timestamp_seconds",
+            "When the resource was last listed in full (Unix seconds; 0: never)",
+            gauge,
+            reflectors
+                .iter()
+                .map(|(r, s)| ([("resource", *r)], ConstGauge::new(s.last_resync))),
+        )?;
+        family(
+            e,
+            "vigil_reflector_events",
+            "Changes the resource's watch delivered",
+            counter,
+            reflectors
+                .iter()
+                .map(|(r, s)| ([("resource", *r)], ConstCounter::new(s.events))),
+        )?;
+        family(
+            e,
+            "vigil_reflector_failures",
+            "Failed attempts of the resource's watch (the API server unreachable, a refused verb)",
+            counter,
+            reflectors
+                .iter()
+                .map(|(r, s)| ([("resource", *r)], ConstCounter::new(s.failures))),
+        )?;
         for (name, help, value) in gauges {
             family(
                 e,
