@@ -13,12 +13,11 @@ use crate::diag::entry_points;
 use crate::{
     kill::kill_at_syscall_exit,
     maps::CGROUP_SETS,
-    policy::{cgroup_id, current_set, mark, origin, policy_set, send_sigkill, violation},
+    policy::{
+        ancestor_where, cgroup_id, current_set, mark, origin, policy_set, send_sigkill, violation,
+    },
     task::{config, emit, header, read_kernel, read_kernel_ptr},
 };
-
-/// Levels of the destination's ancestry searched for the pinned binding.
-const MAX_LEVELS: usize = 32;
 
 entry_points! {
     /// `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`, after the move.
@@ -49,17 +48,8 @@ fn try_attach(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let to = cgroup_id(cfg, dst).ok_or(1)?;
     // Still inside the binding's subtree: nothing escaped.
-    let mut cgroup = dst;
-    for _ in 0..MAX_LEVELS {
-        match cgroup_id(cfg, cgroup) {
-            Some(id) if id == pinned => return Ok(()),
-            Some(_) => {}
-            None => break,
-        }
-        match read_kernel_ptr(cgroup, k.cgroup_parent) {
-            Some(parent) => cgroup = parent,
-            None => break,
-        }
+    if ancestor_where(cfg, dst, |id| id == pinned) != 0 {
+        return Ok(());
     }
     // SAFETY: the value is copied out at once.
     let Some(set) = (unsafe { CGROUP_SETS.get(pinned) }).copied() else {

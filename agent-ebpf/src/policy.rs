@@ -85,15 +85,16 @@ pub fn cgroup_id(cfg: &Config, cgroup: *const u8) -> Option<u64> {
     read_kernel(kn, cfg.kernel.kn_id)
 }
 
-/// The deepest bound ancestor of `cgroup` (itself included), 0: none.
-pub fn bound_ancestor(cfg: &Config, cgroup: *const u8) -> u64 {
+/// The id of the deepest ancestor of `cgroup` (itself included) whose id passes `wanted`, 0:
+/// none within [`MAX_CGROUP_LEVELS`] levels.
+#[inline(always)]
+pub fn ancestor_where(cfg: &Config, cgroup: *const u8, wanted: impl Fn(u64) -> bool) -> u64 {
     let mut cgroup = cgroup;
     for _ in 0..MAX_CGROUP_LEVELS {
         let Some(id) = cgroup_id(cfg, cgroup) else {
             break;
         };
-        // SAFETY: only checked for presence.
-        if unsafe { CGROUP_SETS.get(id) }.is_some() {
+        if wanted(id) {
             return id;
         }
         match read_kernel_ptr(cgroup, cfg.kernel.cgroup_parent) {
@@ -102,6 +103,12 @@ pub fn bound_ancestor(cfg: &Config, cgroup: *const u8) -> u64 {
         }
     }
     0
+}
+
+/// The deepest bound ancestor of `cgroup` (itself included), 0: none.
+pub fn bound_ancestor(cfg: &Config, cgroup: *const u8) -> u64 {
+    // SAFETY: only checked for presence.
+    ancestor_where(cfg, cgroup, |id| unsafe { CGROUP_SETS.get(id) }.is_some())
 }
 
 pub fn policy_set(set: u32) -> Option<&'static PolicySet> {
