@@ -99,6 +99,7 @@ pub enum SinkKind {
     },
     Slack {
         webhook_url: Secret,
+        ca_file: Option<PathBuf>,
     },
     SplunkHec {
         url: url::Url,

@@ -352,29 +352,14 @@ impl HttpSink {
             headers.insert(header, value);
         }
 
-        let mut builder = Client::builder()
+        let builder = Client::builder()
             .default_headers(headers)
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
             // A POST redirected by 301/302 would become a GET without the event: a redirect
             // is reported as the refusal it is for this sink.
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &options.ca_file {
-            let ca_error = |reason: String| SinkError::CaFile {
-                sink: name.clone(),
-                path: path.clone(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_error(format!("not a PEM bundle: {}", describe(e))))?;
-            if certs.is_empty() {
-                return Err(ca_error("no PEM certificate in it".into()));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        let builder = super::trust::add_ca_file(builder, &name, options.ca_file.as_deref())?;
         let client = builder
             .build()
             .map_err(|e| config_error(format!("setting up the client: {}", describe(e))))?;

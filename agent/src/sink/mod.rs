@@ -13,6 +13,7 @@ pub mod splunk;
 pub mod spool;
 pub mod spooled;
 pub mod stdout;
+mod trust;
 
 use std::sync::Arc;
 
@@ -274,8 +275,12 @@ pub fn build(spec: &SinkSpec, node: &str) -> Result<Routed, SinkError> {
             options.ca_file = ca_file.clone();
             Box::new(http::HttpSink::new(spec.name.clone(), options)?)
         }
-        SinkKind::Slack { webhook_url } => {
+        SinkKind::Slack {
+            webhook_url,
+            ca_file,
+        } => {
             let mut options = slack::SlackOptions::new(webhook_url.clone());
+            options.ca_file = ca_file.clone();
             if spec.spool.is_some() {
                 options.retry.give_up_after = SPOOLED_GIVE_UP;
             }

@@ -9,6 +9,7 @@
 //! The retry helpers ([`Retry`], [`Backoff`], [`retry_after`]) are shared with the Splunk sink.
 use std::{
     collections::{BTreeMap, HashSet},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -113,6 +114,9 @@ pub struct SlackOptions {
     pub retry: Retry,
     /// A request taking longer than this is abandoned and retried.
     pub request_timeout: Duration,
+    /// A PEM bundle of CAs trusted in addition to the built-in roots (a Slack-compatible
+    /// server behind a private CA, or a TLS-inspecting egress proxy).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl SlackOptions {
@@ -124,6 +128,7 @@ impl SlackOptions {
             min_interval: Duration::from_secs(1),
             retry: Retry::default(),
             request_timeout: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 }
@@ -188,10 +193,11 @@ impl SlackSink {
             url: "the webhook URL (a secret, not shown)".into(),
             reason: e.to_string(),
         })?;
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(options.request_timeout)
             // A redirect would carry the message somewhere the webhook's owner did not choose.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        let client = super::trust::add_ca_file(builder, &name, options.ca_file.as_deref())?
             .build()
             .map_err(|e| SinkError::Client {
                 sink: name.clone(),
@@ -854,6 +860,30 @@ mod tests {
         sink.deliver(events).await.expect("deliver");
         sink.flush().await.expect("flush");
         sink.flush().await.expect("drain");
+    }
+
+    #[tokio::test]
+    async fn a_ca_file_that_is_missing_or_holds_no_certificate_refuses_the_sink_by_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        for (path, reason) in [
+            (missing, "No such file"),
+            (empty, "no PEM certificate in it"),
+        ] {
+            let mut options =
+                SlackOptions::new(Secret::new(format!("https://hooks.example{SECRET}")));
+            options.ca_file = Some(path.clone());
+            let err = SlackSink::new("chat", options).err().expect("refused");
+            let text = err.to_string();
+            assert!(
+                text.contains("chat") && text.contains(&path.display().to_string()),
+                "{text}"
+            );
+            assert!(text.contains(reason), "{text}");
+            assert!(!text.contains(SECRET), "the webhook leaked: {text}");
+        }
     }
 
     #[tokio::test]

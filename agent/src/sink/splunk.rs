@@ -148,26 +148,11 @@ impl SplunkSink {
             url: base.clone(),
             reason: e.to_string(),
         })?;
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(options.request_timeout)
             // A redirect would carry the token somewhere the configuration did not name.
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &options.ca_file {
-            let ca_error = |reason: String| SinkError::CaFile {
-                sink: name.clone(),
-                path: path.clone(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_error(e.without_url().to_string()))?;
-            if certificates.is_empty() {
-                return Err(ca_error("no PEM certificate in it".into()));
-            }
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
+        let builder = super::trust::add_ca_file(builder, &name, options.ca_file.as_deref())?;
         let client = builder.build().map_err(|e| SinkError::Client {
             sink: name.clone(),
             source: e.without_url(),

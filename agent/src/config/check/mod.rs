@@ -24,7 +24,7 @@ fn own_keys(ty: &str) -> Option<&'static [&'static str]> {
         "stdout" => &["format"],
         "file" => &["path", "maxBytes", "keep"],
         "http" => &["url", "mode", "headers", "caFile"],
-        "slack" => &["webhookUrlFile"],
+        "slack" => &["webhookUrlFile", "caFile"],
         "splunk-hec" => &["url", "tokenEnv", "index", "sourcetype", "ack", "caFile"],
         "kubernetes-events" => &[],
         _ => return None,
@@ -372,6 +372,7 @@ impl Checker<'_> {
                 }
             }
             "slack" => {
+                let ca_file = self.ca_file(map, field);
                 let file = self.absolute_path(map, "webhookUrlFile", field, true)?;
                 let at = join(field, "webhookUrlFile");
                 let text = match std::fs::read_to_string(&file) {
@@ -401,6 +402,7 @@ impl Checker<'_> {
                 }
                 SinkKind::Slack {
                     webhook_url: Secret::new(text),
+                    ca_file,
                 }
             }
             "splunk-hec" => {

@@ -46,6 +46,7 @@ sinks:
   - name: chat
     type: slack
     webhookUrlFile: {slack}
+    caFile: {ca}
     minSeverity: high
     types: [dev.vigil.exec.v1]
   - name: splunk
@@ -124,10 +125,15 @@ fn the_example_of_the_issue_is_accepted_with_every_field() {
     assert!(chat.wants(EventType::Exec, Severity::High));
     assert!(!chat.wants(EventType::Exec, Severity::Medium));
     assert!(!chat.wants(EventType::Connect, Severity::Critical));
-    let SinkKind::Slack { webhook_url } = &chat.kind else {
+    let SinkKind::Slack {
+        webhook_url,
+        ca_file,
+    } = &chat.kind
+    else {
         panic!("not slack")
     };
     assert_eq!(webhook_url.expose(), SECRET_URL);
+    assert_eq!(ca_file.as_deref(), Some(f.dir.path().join("ca.pem").as_path()));
     assert!(!format!("{config:?}").contains("very-secret-token"));
     let SinkKind::SplunkHec { token, ack, .. } = &config.sinks[2].kind else {
         panic!("not splunk")
@@ -224,6 +230,16 @@ fn bad_configs_are_refused_naming_the_field() {
     f.assert_refused(
         &one(&format!(
             "{{name: a, type: http, url: 'https://x.example', caFile: {}}}",
+            f.path("not-a-cert")
+        )),
+        "sinks[0].caFile",
+        "no PEM certificate",
+    );
+    // The webhook is fine; its CA is not: the CA's field is named all the same.
+    f.assert_refused(
+        &one(&format!(
+            "{{name: a, type: slack, webhookUrlFile: {}, caFile: {}}}",
+            f.path("slack-url"),
             f.path("not-a-cert")
         )),
         "sinks[0].caFile",
