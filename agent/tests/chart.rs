@@ -145,7 +145,7 @@ fn every_sink_renders_into_a_configuration_the_agent_accepts_with_secrets_only_b
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.yaml");
     std::fs::write(&file, &config).unwrap();
-    // What only the pod has (the Secret's file, the host's directory) is all that is missing;
+    // What only the pod has (the Secrets' files, the host's directory) is all that is missing;
     // the token's variable is set as the pod sets it.
     let out = Command::new(common::vigil_bin())
         .args(["config", "check", file.to_str().unwrap()])
@@ -159,6 +159,12 @@ fn every_sink_renders_into_a_configuration_the_agent_accepts_with_secrets_only_b
         problems,
         [
             format!("{f}: sinks[1].path: its directory /var/log/vigil does not exist"),
+            format!(
+                "{f}: sinks[2].caFile: /etc/vigil/ca/siem/ca.crt cannot be read: No such file or directory (os error 2)"
+            ),
+            format!(
+                "{f}: sinks[3].caFile: /etc/vigil/ca/chat/bundle.pem cannot be read: No such file or directory (os error 2)"
+            ),
             format!(
                 "{f}: sinks[3].webhookUrlFile: /etc/vigil/secrets/chat/url cannot be read: No such file or directory (os error 2)"
             ),
@@ -191,6 +197,28 @@ fn every_sink_renders_into_a_configuration_the_agent_accepts_with_secrets_only_b
         volumes.contains("\"secretName\":\"vigil-slack\""),
         "{volumes}"
     );
+    // Each sink's CA is its Secret's one key, mounted where its caFile says.
+    for (sink, secret, key) in [
+        ("siem", "corp-ca", "ca.crt"),
+        ("chat", "chat-ca", "bundle.pem"),
+    ] {
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == format!("ca-{sink}"))
+            .unwrap_or_else(|| panic!("no CA volume for {sink}: {volumes}"));
+        assert_eq!(volume["secret"]["secretName"], secret);
+        assert_eq!(volume["secret"]["items"][0]["key"], key);
+        let mount = agent["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == format!("ca-{sink}"))
+            .unwrap_or_else(|| panic!("no CA mount for {sink}"));
+        assert_eq!(mount["mountPath"], format!("/etc/vigil/ca/{sink}"));
+        assert_eq!(mount["readOnly"], true);
+    }
     assert!(volumes.contains("/var/lib/vigil/spool"), "{volumes}");
     assert!(volumes.contains("/var/log/vigil"), "{volumes}");
     assert!(
@@ -219,6 +247,10 @@ fn wrong_values_are_refused_at_install_naming_the_field() {
         (
             "sinks:\n  - {name: archive, type: file, path: /tmp/events.jsonl}\n",
             "at '/sinks/0/path'",
+        ),
+        (
+            "sinks:\n  - {name: siem, type: http, url: \"https://c.example\", ca: /etc/ssl/ca.pem}\n",
+            "at '/sinks/0/ca'",
         ),
         (
             "sinks:\n  - {name: mail, type: smtp}\n",

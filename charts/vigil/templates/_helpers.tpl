@@ -24,7 +24,10 @@ references the chart chooses. */}}
 {{- define "vigil.config" -}}
 {{- $sinks := list -}}
 {{- range .Values.sinks -}}
-{{- $sink := omit . "webhookUrl" "token" "spool" -}}
+{{- $sink := omit . "webhookUrl" "token" "spool" "ca" -}}
+{{- if .ca -}}
+{{- $_ := set $sink "caFile" (printf "/etc/vigil/ca/%s/%s" .name .ca.key) -}}
+{{- end -}}
 {{- if eq .type "slack" -}}
 {{- $_ := set $sink "webhookUrlFile" (printf "/etc/vigil/secrets/%s/%s" .name .webhookUrl.key) -}}
 {{- end -}}

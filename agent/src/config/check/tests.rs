@@ -133,7 +133,10 @@ fn the_example_of_the_issue_is_accepted_with_every_field() {
         panic!("not slack")
     };
     assert_eq!(webhook_url.expose(), SECRET_URL);
-    assert_eq!(ca_file.as_deref(), Some(f.dir.path().join("ca.pem").as_path()));
+    assert_eq!(
+        ca_file.as_deref(),
+        Some(f.dir.path().join("ca.pem").as_path())
+    );
     assert!(!format!("{config:?}").contains("very-secret-token"));
     let SinkKind::SplunkHec { token, ack, .. } = &config.sinks[2].kind else {
         panic!("not splunk")
