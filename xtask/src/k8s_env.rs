@@ -45,7 +45,7 @@ enum Up {
         node_name: String,
         /// Run a real node: kube-controller-manager, kube-scheduler, containerd with runc, a
         /// CNI bridge on 10.244.0.0/24, kube-proxy and a kubelet; Vigil's image (from the
-        /// release build) and the test images are imported. Cleans up a previous cluster in
+        /// debug build) and the test images are imported. Cleans up a previous cluster in
         /// DIR first.
         #[arg(long)]
         node: bool,
@@ -116,7 +116,9 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 fn up_node(dir: &Path, node: &str, bin: &Path) -> Result<()> {
     crate::util::require_root("k8s-env up --node")?;
     let stop = stop_flag()?;
-    let binary = crate::build::run(true)?;
+    // The debug build, as `cargo xtask run` and the tests use: the cluster is for trying the
+    // agent, and a second (release) build of everything would double the wait.
+    let binary = crate::build::run(false)?;
     let images = crate::util::workspace_root().join("target/images");
     let (images, sandbox_image) = crate::image::for_node(&binary, &images)?;
     let start = std::time::Instant::now();

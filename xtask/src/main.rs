@@ -7,6 +7,7 @@ mod bench;
 mod bench_alerts;
 mod build;
 mod crd;
+mod fake_slack;
 mod guest;
 mod image;
 mod k8s_env;
@@ -92,6 +93,12 @@ enum Command {
     /// SIGTERM. With KUBEBUILDER_ASSETS set, kube-apiserver and etcd come from there. `up
     /// --node` runs a real one-node cluster instead (root); `down` removes what one left.
     K8sEnv(k8s_env::Options),
+    /// A stand-in for a Slack incoming webhook, over HTTPS with a CA of its own, for trying the
+    /// Slack sink where Slack cannot be reached (docs/quickstart.md).
+    ///
+    /// Writes DIR/ca.pem, DIR/webhook-url (the secret URL) and DIR/messages.jsonl, prints each
+    /// message's text, and runs until SIGINT or SIGTERM.
+    FakeSlack(fake_slack::Options),
     /// Build the agent (release) and its container image as an OCI archive:
     /// target/images/vigil-<appVersion>.oci.tar, named vigil:<appVersion> (the chart's
     /// appVersion). `ctr -n k8s.io images import`, `docker load` and `podman load` take it.
@@ -121,6 +128,7 @@ fn main() -> ExitCode {
         Command::Crd(options) => crd::run(&options),
         Command::Schema(options) => schema::run(&options),
         Command::K8sEnv(options) => k8s_env::run(&options),
+        Command::FakeSlack(options) => fake_slack::run(&options),
         Command::Image { binary, workloads } => image::run(binary, workloads),
     };
     match result {
