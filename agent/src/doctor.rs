@@ -166,15 +166,25 @@ fn program_checks(checks: &mut Vec<Check>) {
         }
     };
     for (program, hooks) in PROGRAMS {
+        let started = std::time::Instant::now();
         let result = ebpf
             .program_mut(program)
             .ok_or_else(|| "missing from the object".to_string())
-            .and_then(|p| load_program(p, hooks[0]).map_err(|e| e.to_string()));
+            .and_then(|p| {
+                load_program(p, hooks[0]).map_err(|e| e.to_string())?;
+                // What the kernel says it verified (5.16 and newer), for comparing kernels.
+                Ok(p.info().ok().and_then(|i| i.verified_instruction_count()))
+            });
+        let took = started.elapsed();
         checks.push(match result {
-            Ok(()) => check(
+            Ok(verified) => check(
                 format!("program {program}"),
                 Status::Ok,
-                "accepted by the verifier",
+                format!(
+                    "accepted by the verifier in {} ms{}",
+                    took.as_millis(),
+                    verified.map_or_else(String::new, |n| format!(", {n} instructions verified"))
+                ),
             ),
             Err(err) => check(format!("program {program}"), Status::Fail, err),
         });

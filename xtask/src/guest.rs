@@ -38,13 +38,19 @@ pub struct Guest {
     pub version: String,
 }
 
-/// Fetches and unpacks the kernel package into `dir` (once), and writes the initramfs and the
-/// guest's second stage.
+/// [`prepare_kernel`] with [`KERNEL_PACKAGE`], fetched through the host's apt sources.
 pub fn prepare(dir: &Path) -> Result<Guest> {
+    prepare_kernel(dir, KERNEL_PACKAGE, &mut Command::new("apt-get"))
+}
+
+/// Fetches (`apt_get download PACKAGE`, with whatever options the caller gave `apt_get`) and
+/// unpacks the kernel package into `dir` (once), and writes the initramfs and the guest's
+/// second stage.
+pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &mut Command) -> Result<Guest> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tree = dir.join("kernel");
     if !tree.join("boot").is_dir() {
-        unpack_kernel(dir, &tree)?;
+        unpack_kernel(dir, &tree, package, apt_get)?;
     }
     let modules = tree.join("lib/modules");
     let version = fs::read_dir(&modules)
@@ -57,7 +63,7 @@ pub fn prepare(dir: &Path) -> Result<Guest> {
     }
     let kernel = tree.join(format!("boot/vmlinuz-{version}"));
     if !kernel.exists() {
-        bail!("{KERNEL_PACKAGE} has no {}", kernel.display());
+        bail!("{package} has no {}", kernel.display());
     }
     let stage2 = dir.join("stage2.sh");
     fs::write(&stage2, STAGE2).with_context(|| format!("cannot write {}", stage2.display()))?;
@@ -72,23 +78,19 @@ pub fn prepare(dir: &Path) -> Result<Guest> {
     })
 }
 
-fn unpack_kernel(dir: &Path, tree: &Path) -> Result<()> {
-    run_checked(
-        Command::new("apt-get")
-            .args(["download", KERNEL_PACKAGE])
-            .current_dir(dir),
-    )?;
-    let prefix = format!("{}_", KERNEL_PACKAGE.replace('+', "%2b"));
+fn unpack_kernel(dir: &Path, tree: &Path, package_name: &str, apt_get: &mut Command) -> Result<()> {
+    run_checked(apt_get.args(["download", package_name]).current_dir(dir))?;
+    let prefix = format!("{}_", package_name.replace('+', "%2b"));
     let package = fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .find(|path| {
             path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.ends_with(".deb") && (n.starts_with(&prefix) || n.starts_with(KERNEL_PACKAGE))
+                n.ends_with(".deb") && (n.starts_with(&prefix) || n.starts_with(package_name))
             })
         })
         .with_context(|| {
             format!(
-                "apt-get download {KERNEL_PACKAGE} left no package in {}",
+                "apt-get download {package_name} left no package in {}",
                 dir.display()
             )
         })?;
@@ -197,6 +199,11 @@ impl Guest {
     /// QEMU running `script` (a shell script on this host's file system) as the guest's
     /// work. The serial console is QEMU's standard output.
     pub fn command(&self, script: &Path) -> Result<Command> {
+        self.command_with(script, "")
+    }
+
+    /// [`Guest::command`] with more kernel parameters.
+    pub fn command_with(&self, script: &Path, parameters: &str) -> Result<Command> {
         let _ = fs::remove_dir_all(&self.out);
         fs::create_dir_all(&self.out)?;
         let mut cmd = Command::new("timeout");
@@ -216,7 +223,7 @@ impl Guest {
         .arg(&self.initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet panic=-1 cgroup_no_v1=all vigil.run={}",
+            "console=ttyS0 quiet panic=-1 cgroup_no_v1=all {parameters} vigil.run={}",
             script.display()
         ))
         .args([

@@ -16,6 +16,7 @@ mod schema;
 mod setup;
 mod test;
 mod util;
+mod vm_test;
 
 use std::process::ExitCode;
 
@@ -99,6 +100,12 @@ enum Command {
     /// Writes DIR/ca.pem, DIR/webhook-url (the secret URL) and DIR/messages.jsonl, prints each
     /// message's text, and runs until SIGINT or SIGTERM.
     FakeSlack(fake_slack::Options),
+    /// The kernel and enforcement tests on Debian's kernels, each booted under QEMU (TCG)
+    /// with this host's root over 9p; one table of the results (as root).
+    ///
+    /// Kernels come from Debian's suites (bullseye to sid) through an apt configuration of
+    /// its own under target/vm/apt. Default: 6.1.
+    VmTest(vm_test::Options),
     /// Build the agent (release) and its container image as an OCI archive:
     /// target/images/vigil-<appVersion>.oci.tar, named vigil:<appVersion> (the chart's
     /// appVersion). `ctr -n k8s.io images import`, `docker load` and `podman load` take it.
@@ -129,6 +136,7 @@ fn main() -> ExitCode {
         Command::Schema(options) => schema::run(&options),
         Command::K8sEnv(options) => k8s_env::run(&options),
         Command::FakeSlack(options) => fake_slack::run(&options),
+        Command::VmTest(options) => vm_test::run(&options),
         Command::Image { binary, workloads } => image::run(binary, workloads),
     };
     match result {

@@ -65,16 +65,16 @@ pub fn run(extra: &[String]) -> Result<()> {
 }
 
 /// Totals over every `test result:` line cargo test printed.
-#[derive(Default)]
-struct Counts {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
+#[derive(Default, Clone, Copy)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
 }
 
 impl Counts {
     /// Adds `test result: ok. 13 passed; 0 failed; 0 ignored; ...`.
-    fn add_line(&mut self, line: &str) {
+    pub fn add_line(&mut self, line: &str) {
         let Some(rest) = line.strip_prefix("test result: ") else {
             return;
         };
@@ -299,7 +299,7 @@ exit $rc
 }
 
 /// The path of integration test `name`'s executable, as cargo built it for this suite.
-fn test_executable(name: &str) -> Result<std::path::PathBuf> {
+pub fn test_executable(name: &str) -> Result<std::path::PathBuf> {
     let out = cargo_with(&[
         "test",
         "-p",

@@ -1,0 +1,516 @@
+//! `cargo xtask vm-test [--kernel SERIES]... [--all] [-- FILTER...]`: the kernel and
+//! enforcement tests on Debian's kernels, each booted under QEMU (TCG) with this host's root
+//! shared over 9p (`guest.rs`), and one table of what each kernel made of them.
+//!
+//! The kernels come from Debian's archive through an apt configuration of its own under
+//! `target/vm/apt` (the host's sources and package lists are left alone): the suites from
+//! bullseye (5.10) to sid, from the mirror the host's own sources name. A series (`6.1`) is its
+//! newest package; `--all` is every series they hold. Each kernel's packages and guest files
+//! are kept under `target/vm/<series>/`.
+//!
+//! In each guest: `vigil doctor` (which kernel features the agent found, and each program's
+//! verification: time and instructions), then the kernel test binaries of this build.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    guest,
+    test::{Counts, test_executable},
+    util::{self, run_checked, workspace_root},
+};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// A kernel series to boot (5.10, 6.1, 6.12, 7.3, ...); repeatable. Without it and
+    /// without --all: 6.1, Debian 12's own.
+    #[arg(long = "kernel", value_name = "SERIES")]
+    kernels: Vec<String>,
+    /// Every series Debian's suites hold.
+    #[arg(long)]
+    all: bool,
+    /// Only tests whose names contain one of these (passed to each test binary).
+    #[arg(last = true)]
+    filters: Vec<String>,
+}
+
+/// The suites searched for kernels, oldest first.
+const SUITES: [&str; 7] = [
+    "bullseye",
+    "bookworm",
+    "bookworm-backports",
+    "trixie",
+    "trixie-backports",
+    "forky",
+    "sid",
+];
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// The test binaries that load the agent's programs and enforce with them.
+const KERNEL_TESTS: [&str; 6] = [
+    "kernel",
+    "exec_decision",
+    "exec_identity",
+    "enforce",
+    "egress",
+    "flood",
+];
+/// BPF LSM on, for the programs that need it, with the LSMs Debian enables by default.
+const LSM: &str = "lsm=lockdown,capability,landlock,yama,apparmor,bpf";
+
+/// What one kernel made of the run.
+struct Outcome {
+    series: String,
+    package: String,
+    release: Option<String>,
+    booted: bool,
+    programs_refused: Vec<String>,
+    largest: Vec<(String, u32)>,
+    counts: Counts,
+    exit: Option<i32>,
+    took: Duration,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    util::require_root("vm-test")?;
+    let apt = Apt::new(&workspace_root().join("target/vm/apt"))?;
+    let available = apt.kernels()?;
+    let wanted: Vec<String> = if options.all {
+        available.iter().map(|(s, _)| s.clone()).collect()
+    } else if options.kernels.is_empty() {
+        vec!["6.1".to_owned()]
+    } else {
+        options.kernels.clone()
+    };
+    crate::util::step("cargo build -p agent -p scenarios", || {
+        crate::build::build(false).map(drop)
+    })?;
+    let binaries = KERNEL_TESTS
+        .iter()
+        .map(|name| test_executable(name))
+        .collect::<Result<Vec<_>>>()?;
+    let mut outcomes = Vec::new();
+    for series in &wanted {
+        let Some((_, package)) = available.iter().find(|(s, _)| s == series) else {
+            bail!(
+                "Debian's suites hold no kernel {series}; they hold {}",
+                available
+                    .iter()
+                    .map(|(s, _)| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        outcomes.push(one_kernel(
+            &apt,
+            series,
+            package,
+            &binaries,
+            &options.filters,
+        )?);
+    }
+    println!("\n{}", table(&outcomes));
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.series.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("the kernel tests failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+impl Outcome {
+    fn passed(&self) -> bool {
+        self.booted
+            && self.exit == Some(0)
+            && self.counts.failed == 0
+            && self.programs_refused.is_empty()
+    }
+}
+
+fn one_kernel(
+    apt: &Apt,
+    series: &str,
+    package: &str,
+    binaries: &[PathBuf],
+    filters: &[String],
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let dir = workspace_root().join("target/vm").join(series);
+    println!("==> vm-test: Linux {series} ({package})");
+    let guest = guest::prepare_kernel(&dir, package, &mut apt.command("apt-get"))?;
+    let script = script(&dir, binaries, filters)?;
+    let mut outcome = Outcome {
+        series: series.to_owned(),
+        package: package.to_owned(),
+        release: None,
+        booted: false,
+        programs_refused: Vec::new(),
+        largest: Vec::new(),
+        counts: Counts::default(),
+        exit: None,
+        took: Duration::ZERO,
+    };
+    for attempt in 1..=3 {
+        let mut qemu = guest.command_with(&script, LSM)?;
+        read_console(&mut qemu, &mut outcome)?;
+        if guest.booted() {
+            outcome.booted = true;
+            break;
+        }
+        println!("vm-test: Linux {series} did not reach its second stage (boot {attempt} of 3)");
+        outcome = Outcome {
+            counts: Counts::default(),
+            ..outcome
+        };
+    }
+    outcome.exit = guest.exit_code().ok();
+    outcome.took = started.elapsed();
+    outcome
+        .largest
+        .sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    outcome.largest.truncate(3);
+    Ok(outcome)
+}
+
+/// Echoes the guest's console and gathers what the table shows.
+fn read_console(qemu: &mut Command, outcome: &mut Outcome) -> Result<()> {
+    let mut child = qemu
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (cargo xtask setup installs it)")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let line = line.trim_end_matches('\r');
+        println!("{line}");
+        outcome.counts.add_line(line);
+        if let Some(rest) = line.strip_prefix("guest: Linux ") {
+            outcome.release = rest
+                .split_whitespace()
+                .next()
+                .map(|r| r.trim_end_matches(','))
+                .map(str::to_owned);
+        }
+        if let Some(rest) = line.strip_prefix("FAIL program ") {
+            outcome
+                .programs_refused
+                .push(rest.split_whitespace().next().unwrap_or(rest).to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("ok   program ") {
+            let name = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(count) = rest
+                .split(", ")
+                .find_map(|part| part.strip_suffix(" instructions verified"))
+                .and_then(|n| n.trim().parse().ok())
+            {
+                outcome.largest.push((name, count));
+            }
+        }
+    }
+    child.wait()?;
+    Ok(())
+}
+
+/// The guest's work: the doctor, then each test binary, all of them whatever one did.
+fn script(dir: &Path, binaries: &[PathBuf], filters: &[String]) -> Result<PathBuf> {
+    let root = workspace_root();
+    let debug = root.join("target/debug");
+    let ci = std::env::var("CI").unwrap_or_default();
+    let filters = filters
+        .iter()
+        .map(|f| format!("'{}'", f.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut text = format!(
+        r#"cd '{root}'
+export CI='{ci}' VIGIL_BIN='{debug}/vigil' VIGIL_SCENARIO_BIN='{debug}/vigil-scenario'
+export TMPDIR=/run/vigil-tmp
+mkdir -p "$TMPDIR"
+echo "guest: LSMs $(cat /sys/kernel/security/lsm 2>/dev/null)"
+'{debug}/vigil' doctor
+echo "vm-test: vigil doctor exited $?"
+rc=0
+"#,
+        root = root.display(),
+        debug = debug.display(),
+    );
+    for binary in binaries {
+        text.push_str(&format!(
+            "'{}' --test-threads=1 {filters} || rc=1\n",
+            binary.display()
+        ));
+    }
+    text.push_str("exit $rc\n");
+    let path = dir.join("kernel-tests.sh");
+    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn table(outcomes: &[Outcome]) -> String {
+    let mut lines = vec![format!(
+        "{:<7} {:<34} {:>6} {:>6} {:>7} {:>7}  {}",
+        "series",
+        "kernel",
+        "passed",
+        "failed",
+        "skipped",
+        "time",
+        "programs refused / most instructions verified"
+    )];
+    for o in outcomes {
+        let kernel = if !o.booted {
+            "did not boot".to_owned()
+        } else {
+            o.release.clone().unwrap_or_else(|| o.package.clone())
+        };
+        let programs = if o.programs_refused.is_empty() {
+            o.largest
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            format!("REFUSED: {}", o.programs_refused.join(", "))
+        };
+        lines.push(format!(
+            "{:<7} {:<34} {:>6} {:>6} {:>7} {:>6}s  {}",
+            o.series,
+            kernel,
+            o.counts.passed,
+            o.counts.failed,
+            o.counts.ignored,
+            o.took.as_secs(),
+            programs
+        ));
+    }
+    lines.join("\n")
+}
+
+/// apt with a configuration of its own: its sources, lists, cache and an empty status.
+struct Apt {
+    options: Vec<String>,
+}
+
+impl Apt {
+    fn new(dir: &Path) -> Result<Self> {
+        for sub in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let mirror = host_mirror()?;
+        let sources: String = SUITES
+            .iter()
+            .map(|suite| format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n"))
+            .collect();
+        let list = dir.join("sources.list");
+        fs::write(&list, sources)?;
+        let status = dir.join("status");
+        if !status.exists() {
+            fs::write(&status, "")?;
+        }
+        let options = [
+            format!("Dir::Etc::SourceList={}", list.display()),
+            "Dir::Etc::SourceParts=/nonexistent".to_owned(),
+            format!("Dir::State::Lists={}", dir.join("lists").display()),
+            format!("Dir::State::Status={}", status.display()),
+            format!("Dir::Cache={}", dir.join("cache").display()),
+            "APT::Architectures=amd64".to_owned(),
+        ]
+        .iter()
+        .flat_map(|o| ["-o".to_owned(), o.clone()])
+        .collect();
+        let apt = Self { options };
+        // Once a day is enough: kernels are published a few times a month.
+        let stamp = dir.join("updated");
+        let fresh = fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(24 * 3600));
+        if !fresh {
+            run_checked(apt.command("apt-get").args(["-q", "update"]))?;
+            fs::write(&stamp, "")?;
+        }
+        Ok(apt)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(&self.options);
+        cmd
+    }
+
+    /// The newest image package of each kernel series: the generic flavour (the cloud one
+    /// has no 9p), unsigned where Debian builds one.
+    fn kernels(&self) -> Result<Vec<(String, String)>> {
+        let out = self
+            .command("apt-cache")
+            .args(["pkgnames", "linux-image-"])
+            .output()
+            .context("cannot run apt-cache")?;
+        if !out.status.success() {
+            bail!(
+                "apt-cache pkgnames failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let names = String::from_utf8_lossy(&out.stdout);
+        Ok(newest_per_series(names.lines()))
+    }
+}
+
+/// The newest image of each series among package names, by [`image_version`].
+fn newest_per_series<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
+    let mut best: BTreeMap<String, (Vec<u64>, bool, String)> = BTreeMap::new();
+    for name in names {
+        let Some((series, version, unsigned)) = image_version(name) else {
+            continue;
+        };
+        let candidate = (version, unsigned, name.to_owned());
+        match best.get(&series) {
+            Some(current) if (&current.0, current.1) >= (&candidate.0, candidate.1) => {}
+            _ => {
+                best.insert(series, candidate);
+            }
+        }
+    }
+    let mut by_series: Vec<(String, String)> = best
+        .into_iter()
+        .map(|(s, (_, _, name))| (s, name))
+        .collect();
+    by_series.sort_by_key(|(s, _)| series_key(s));
+    by_series
+}
+
+fn series_key(series: &str) -> Vec<u64> {
+    series.split('.').filter_map(|n| n.parse().ok()).collect()
+}
+
+/// `linux-image-6.1.0-50-amd64-unsigned` -> (`6.1`, [6, 1, 0, 50], true);
+/// `linux-image-7.3.4+deb13-amd64` -> (`7.3`, [7, 3, 4, 13], false). Other flavours (cloud,
+/// rt), debug symbols and meta packages are none.
+fn image_version(name: &str) -> Option<(String, Vec<u64>, bool)> {
+    let rest = name.strip_prefix("linux-image-")?;
+    let (rest, unsigned) = match rest.strip_suffix("-amd64-unsigned") {
+        Some(r) => (r, true),
+        None => (rest.strip_suffix("-amd64")?, false),
+    };
+    if !rest.starts_with(|c: char| c.is_ascii_digit())
+        || rest.contains("cloud")
+        || rest.contains("rt")
+    {
+        return None;
+    }
+    let numbers: Vec<u64> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let series = format!("{}.{}", numbers.first()?, numbers.get(1)?);
+    Some((series, numbers, unsigned))
+}
+
+/// The Debian mirror the host's apt sources name (deb822 `URIs:` or a `deb` line), so that
+/// this reaches the archive the way the host does.
+fn host_mirror() -> Result<String> {
+    let mut texts = Vec::new();
+    if let Ok(text) = fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(text);
+    }
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path
+                .extension()
+                .is_some_and(|e| e == "sources" || e == "list")
+            {
+                texts.push(fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    for text in &texts {
+        // deb822: the URIs of a stanza whose suites are Debian releases, security aside.
+        for stanza in text.split("\n\n") {
+            let field = |name: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+            };
+            if let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:"))
+                && SUITES
+                    .iter()
+                    .any(|s| suites.split_whitespace().any(|x| x == *s))
+                && !uris.contains("security")
+                && let Some(uri) = uris.split_whitespace().next()
+            {
+                return Ok(uri.to_owned());
+            }
+        }
+        for line in text.lines() {
+            let words: Vec<&str> = line
+                .split_whitespace()
+                .filter(|w| !w.starts_with('['))
+                .collect();
+            if words.len() >= 3
+                && words[0] == "deb"
+                && SUITES.contains(&words[2])
+                && !words[1].contains("security")
+            {
+                return Ok(words[1].to_owned());
+            }
+        }
+    }
+    bail!(
+        "the host's apt sources name no Debian mirror for {}",
+        SUITES.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_series_gets_its_newest_generic_image_unsigned_first() {
+        let names = [
+            "linux-image-5.10.0-30-amd64-unsigned",
+            "linux-image-5.10.0-32-amd64-unsigned",
+            "linux-image-5.10.0-32-cloud-amd64-unsigned",
+            "linux-image-6.1.0-9-amd64-unsigned",
+            "linux-image-6.1.0-50-amd64-unsigned",
+            "linux-image-6.1.0-50-rt-amd64-unsigned",
+            "linux-image-6.12.107+deb13-amd64",
+            "linux-image-6.12.107+deb13-amd64-unsigned",
+            "linux-image-6.12.95+deb12-amd64-unsigned",
+            "linux-image-7.3.4+deb13-amd64",
+            "linux-image-7.3.4+deb13-amd64-dbg",
+            "linux-image-amd64",
+            "linux-image-7.10.1+deb14-amd64",
+        ];
+        let got = newest_per_series(names.into_iter());
+        let got: Vec<(&str, &str)> = got.iter().map(|(s, n)| (s.as_str(), n.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("5.10", "linux-image-5.10.0-32-amd64-unsigned"),
+                ("6.1", "linux-image-6.1.0-50-amd64-unsigned"),
+                ("6.12", "linux-image-6.12.107+deb13-amd64-unsigned"),
+                ("7.3", "linux-image-7.3.4+deb13-amd64"),
+                ("7.10", "linux-image-7.10.1+deb14-amd64"),
+            ]
+        );
+    }
+}
