@@ -13,8 +13,9 @@ use aya_ebpf::{
 
 use crate::{
     kill::kill_at_syscall_exit,
+    maps::CONNECT_SCRATCH,
     policy::{Violation, current_set, decide_connect, mapped_v6, mark, policy_set, violation},
-    task::{config, emit, header, traced},
+    task::{config, emit_from, header, traced},
 };
 
 const AF_INET: u16 = 2;
@@ -112,18 +113,24 @@ fn decide_address(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         )
     };
     effective_destination(family, &mut daddr);
-    let event = ConnectEvent {
-        header: header(kind::CONNECT, cfg),
-        family,
-        protocol: protocol as u16,
-        dport: port,
-        daddr,
-        hook,
-        sock_type,
-        ..ConnectEvent::default()
+    // The record is built only to be sent, in per-CPU map memory: the decision's call chain
+    // (policy set, hand-over) and the report's (throttle) stay within the stack together.
+    let Some(event) = CONNECT_SCRATCH.get_ptr_mut(0) else {
+        return ALLOW;
     };
+    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU inside this program.
+    let event = unsafe { &mut *event };
+    event.header = header(kind::CONNECT, cfg);
+    event.family = family;
+    event.protocol = protocol as u16;
+    event.sport = 0;
+    event.dport = port;
+    event.saddr = [0; 16];
+    event.daddr = daddr;
+    event.hook = hook;
+    event.sock_type = sock_type;
     if cfg.mode != mode::ENFORCE {
-        emit(kind::CONNECT, event);
+        emit_from(kind::CONNECT, event);
         return ALLOW;
     }
     let set = current_set();
@@ -138,12 +145,13 @@ fn decide_address(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
 /// Emits a violation and carries out its action: the return value refuses the call for
 /// Deny and Kill; Kill also kills the process when the call returns to it (these hooks
 /// cannot signal).
-fn report(mut event: ConnectEvent, v: Violation) -> i32 {
+#[inline(always)]
+fn report(event: &mut ConnectEvent, v: Violation) -> i32 {
     if !v.is_hit() {
         return ALLOW;
     }
     mark(&mut event.header, v);
-    emit(kind::CONNECT, event);
+    emit_from(kind::CONNECT, event);
     if v.action == action::KILL {
         kill_at_syscall_exit(event.header.pid);
     }
@@ -177,7 +185,12 @@ fn decide_socket(ctx: &SockContext) -> i32 {
     if judged_by_address(sock_type, protocol) || !traced(cfg) {
         return ALLOW;
     }
-    let event = ConnectEvent {
+    let Some(event) = CONNECT_SCRATCH.get_ptr_mut(0) else {
+        return ALLOW;
+    };
+    // SAFETY: this CPU's scratch slot, as in `decide_address`.
+    let event = unsafe { &mut *event };
+    *event = ConnectEvent {
         header: header(kind::CONNECT, cfg),
         family: family as u16,
         protocol: protocol as u16,
@@ -186,7 +199,7 @@ fn decide_socket(ctx: &SockContext) -> i32 {
         ..ConnectEvent::default()
     };
     if cfg.mode != mode::ENFORCE {
-        emit(kind::CONNECT, event);
+        emit_from(kind::CONNECT, event);
         return ALLOW;
     }
     let set = current_set();

@@ -126,10 +126,16 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     let k = &cfg.kernel;
     let file = task_fd_file(cfg, ret as u32).ok_or(1)?;
     let mode: u32 = read_kernel(file, k.file_mode).ok_or(1)?;
-    let name = read_kernel_ptr(file, k.file_dentry)
+    // A zeroed name, not an `Option`: the compiler read an absent one's bytes before its tag,
+    // from stack 6.1's verifier had not seen written, and refused the program.
+    let mut name = [0u8; 12];
+    if let Some(read) = read_kernel_ptr(file, k.file_dentry)
         .and_then(|dentry| read_kernel_ptr(dentry, k.dentry_name))
-        .and_then(|name| read_kernel::<[u8; 12]>(name, 0));
-    if name == Some(*b"userfaultfd\0") && !anonymous_file(cfg, file) {
+        .and_then(|name| read_kernel::<[u8; 12]>(name, 0))
+    {
+        name = read;
+    }
+    if name == *b"userfaultfd\0" && !anonymous_file(cfg, file) {
         report(cfg, wx_syscall::USERFAULTFD, mode, ret as i32, 0);
         return Ok(());
     }
@@ -139,7 +145,7 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     if super_block_field(cfg, file, k.sb_magic) != Some(PROC_SUPER_MAGIC) {
         return Ok(());
     }
-    if name.is_none_or(|n| n[..4] != *b"mem\0") {
+    if name[..4] != *b"mem\0" {
         return Ok(());
     }
     report(cfg, wx_syscall::PROC_MEM, mode, ret as i32, 0);

@@ -1,5 +1,5 @@
 use agent_common::{
-    AddrKeyData, Config, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule, PendingScript,
+    AddrKeyData, Config, ConnectEvent, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule, PendingScript,
     PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, kind,
 };
 use aya_ebpf::{
@@ -43,6 +43,12 @@ pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(2
 /// Per-CPU scratch space for building an [`ExecArgs`], too large for the stack.
 #[map]
 pub static EXEC_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for a connect record: the socket hooks' call chain (policy set,
+/// hand-over, throttle) leaves no room on the 512-byte stack for it (6.1's verifier counts the
+/// frames of a chain together).
+#[map]
+pub static CONNECT_SCRATCH: PerCpuArray<ConnectEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space for paths and LPM keys.
 #[map]

@@ -100,6 +100,22 @@ pub fn emit<T: 'static + HasHeader>(kind: u32, mut record: T) {
     }
 }
 
+/// [`emit`] of a record kept in map memory (a per-CPU scratch slot), copied straight into the
+/// ring buffer: never onto the stack.
+pub fn emit_from<T: 'static + HasHeader + Copy>(kind: u32, record: &mut T) {
+    let target = record.target();
+    if !admit(kind, target, record.header_mut()) {
+        return;
+    }
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(*record);
+            entry.submit(0);
+        }
+        None => count_loss(kind),
+    }
+}
+
 /// Argument `index` of the syscall whose `sys_enter_*` tracepoint fired.
 pub fn syscall_arg(ctx: &aya_ebpf::programs::TracePointContext, index: usize) -> Result<u64, i64> {
     // SAFETY: syscall tracepoint records hold 8-byte argument slots from SYSCALL_ARG0_OFFSET.

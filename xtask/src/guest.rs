@@ -22,9 +22,10 @@ use crate::util::{output_of, run_checked};
 /// Debian 12's newest kernel: the 6.12 series, whose BPF verifier still gives a program and the
 /// functions it calls 512 bytes of stack together (per-program stacks came in 6.13).
 pub const KERNEL_PACKAGE: &str = "linux-image-6.12.107+deb12-amd64-unsigned";
-/// What the init needs before the root is there: 9p over virtio and overlayfs (virtio-pci is
-/// built in). Their dependencies are added by `modprobe --show-depends`.
-const INIT_MODULES: [&str; 3] = ["9pnet_virtio", "9p", "overlay"];
+/// What the init needs before the root is there: the virtio PCI transport (built in from 6.12,
+/// a module before), 9p over virtio and overlayfs. Their dependencies are added by
+/// `modprobe --show-depends`; a built-in one is skipped.
+const INIT_MODULES: [&str; 4] = ["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 const MEMORY_MIB: u32 = 6144;
 const CPUS: u32 = 2;
 /// QEMU is killed after this long: a guest that hangs must fail the step, not CI.

@@ -239,6 +239,7 @@ fn script(dir: &Path, binaries: &[PathBuf], filters: &[String]) -> Result<PathBu
 export CI='{ci}' VIGIL_BIN='{debug}/vigil' VIGIL_SCENARIO_BIN='{debug}/vigil-scenario'
 export TMPDIR=/run/vigil-tmp
 mkdir -p "$TMPDIR"
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 echo "guest: LSMs $(cat /sys/kernel/security/lsm 2>/dev/null)"
 '{debug}/vigil' doctor
 echo "vm-test: vigil doctor exited $?"
