@@ -5,8 +5,9 @@
 //! decided when they are created.
 use core::ptr::read_volatile;
 
-use agent_common::{ConnectEvent, action, connect_hook, kind, mode, rule_id, set_flags};
+use agent_common::{Config, action, connect_hook, kind, mode, rule_id, set_flags};
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
@@ -15,7 +16,7 @@ use crate::{
     kill::kill_at_syscall_exit,
     maps::CONNECT_SCRATCH,
     policy::{Violation, current_set, decide_connect, mapped_v6, mark, policy_set, violation},
-    task::{config, emit_from, header, traced},
+    task::{config, count_loss, emit_from, header, traced},
 };
 
 const AF_INET: u16 = 2;
@@ -113,24 +114,16 @@ fn decide_address(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         )
     };
     effective_destination(family, &mut daddr);
-    // The record is built only to be sent, in per-CPU map memory: the decision's call chain
-    // (policy set, hand-over) and the report's (throttle) stay within the stack together.
-    let Some(event) = CONNECT_SCRATCH.get_ptr_mut(0) else {
-        return ALLOW;
+    let destination = Destination {
+        family,
+        protocol: protocol as u16,
+        port,
+        daddr,
+        hook,
+        sock_type,
     };
-    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU inside this program.
-    let event = unsafe { &mut *event };
-    event.header = header(kind::CONNECT, cfg);
-    event.family = family;
-    event.protocol = protocol as u16;
-    event.sport = 0;
-    event.dport = port;
-    event.saddr = [0; 16];
-    event.daddr = daddr;
-    event.hook = hook;
-    event.sock_type = sock_type;
     if cfg.mode != mode::ENFORCE {
-        emit_from(kind::CONNECT, event);
+        send(cfg, &destination, None);
         return ALLOW;
     }
     let set = current_set();
@@ -139,27 +132,67 @@ fn decide_address(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     };
     let addr = mapped_v6(family == AF_INET, &daddr);
     let v = decide_connect(set, ps, &addr, port, rule_protocol(protocol));
-    report(event, v)
+    report(cfg, &destination, v)
+}
+
+/// What a connect record says of the call, kept on the stack for the decision.
+struct Destination {
+    family: u16,
+    protocol: u16,
+    port: u16,
+    daddr: [u8; 16],
+    hook: u32,
+    sock_type: u32,
 }
 
 /// Emits a violation and carries out its action: the return value refuses the call for
 /// Deny and Kill; Kill also kills the process when the call returns to it (these hooks
 /// cannot signal).
 #[inline(always)]
-fn report(event: &mut ConnectEvent, v: Violation) -> i32 {
+fn report(cfg: &Config, destination: &Destination, v: Violation) -> i32 {
     if !v.is_hit() {
         return ALLOW;
     }
-    mark(&mut event.header, v);
-    emit_from(kind::CONNECT, event);
+    let pid = send(cfg, destination, Some(v));
     if v.action == action::KILL {
-        kill_at_syscall_exit(event.header.pid);
+        kill_at_syscall_exit(pid);
     }
     if v.action >= action::DENY {
         REFUSE
     } else {
         ALLOW
     }
+}
+
+/// Builds the record in this CPU's scratch slot (the decision's call chain, policy set and
+/// hand-over, and the report's, throttle, leave no room for it on the 512-byte stack; 6.1
+/// counts a chain's frames together) and sends it from there. Only a record that is sent is
+/// built, after the decision, which never reads it. Returns the caller's pid.
+#[inline(always)]
+fn send(cfg: &Config, destination: &Destination, v: Option<Violation>) -> u32 {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(event) = CONNECT_SCRATCH.get_ptr_mut(0) else {
+        count_loss(kind::CONNECT);
+        return pid;
+    };
+    // SAFETY: this CPU's slot. Another socket hook on this CPU could only reuse it between
+    // here and the copy into the ring buffer on a fully preemptible kernel, and then only the
+    // report's contents would mix: the decision was made on the stack.
+    let event = unsafe { &mut *event };
+    event.header = header(kind::CONNECT, cfg);
+    event.family = destination.family;
+    event.protocol = destination.protocol;
+    event.sport = 0;
+    event.dport = destination.port;
+    event.saddr = [0; 16];
+    event.daddr = destination.daddr;
+    event.hook = destination.hook;
+    event.sock_type = destination.sock_type;
+    if let Some(v) = v {
+        mark(&mut event.header, v);
+    }
+    emit_from(kind::CONNECT, event);
+    pid
 }
 
 /// Whether the address hooks judge sockets of this type and protocol.
@@ -185,21 +218,16 @@ fn decide_socket(ctx: &SockContext) -> i32 {
     if judged_by_address(sock_type, protocol) || !traced(cfg) {
         return ALLOW;
     }
-    let Some(event) = CONNECT_SCRATCH.get_ptr_mut(0) else {
-        return ALLOW;
-    };
-    // SAFETY: this CPU's scratch slot, as in `decide_address`.
-    let event = unsafe { &mut *event };
-    *event = ConnectEvent {
-        header: header(kind::CONNECT, cfg),
+    let destination = Destination {
         family: family as u16,
         protocol: protocol as u16,
+        port: 0,
+        daddr: [0; 16],
         hook: connect_hook::SOCKET,
         sock_type,
-        ..ConnectEvent::default()
     };
     if cfg.mode != mode::ENFORCE {
-        emit_from(kind::CONNECT, event);
+        send(cfg, &destination, None);
         return ALLOW;
     }
     let set = current_set();
@@ -211,5 +239,9 @@ fn decide_socket(ctx: &SockContext) -> i32 {
     if ps.flags & (set_flags::CONNECT_ALLOWLIST | set_flags::CONNECT_RULES) == 0 {
         return ALLOW;
     }
-    report(event, violation(ps.connect_action, set, rule_id::PROTOCOL))
+    report(
+        cfg,
+        &destination,
+        violation(ps.connect_action, set, rule_id::PROTOCOL),
+    )
 }

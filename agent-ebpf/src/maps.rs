@@ -1,6 +1,6 @@
 use agent_common::{
-    AddrKeyData, Config, ConnectEvent, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule, PendingScript,
-    PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, kind,
+    AddrKeyData, Config, ConnectEvent, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule,
+    PendingScript, PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, kind,
 };
 use aya_ebpf::{
     macros::map,

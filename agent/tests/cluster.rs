@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::{
-    LIVENESS, TestCgroup, Tracer, denied_binary, in_cgroup, is, remove_cgroup_dir, root_or_skip,
+    TestCgroup, Tracer, denied_binary, in_cgroup, is, liveness, remove_cgroup_dir, root_or_skip,
     run_in_cgroup, scenario_bin, wait_until,
 };
 use testenv::ControlPlane;
@@ -131,7 +131,7 @@ impl Cluster {
     ) -> Vec<NodeVerdict> {
         wait_until(
             what,
-            2 * LIVENESS,
+            2 * liveness(),
             || Some(self.verdicts(object)).filter(|v| done(v)),
             || format!("the status says {:?}", self.verdicts(object)),
         )
@@ -313,7 +313,7 @@ fn until_enforced(
     let start = Instant::now();
     wait_until(
         what,
-        LIVENESS,
+        liveness(),
         || {
             // A fresh marker every attempt: an old one would read as "it ran".
             let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -832,7 +832,7 @@ fn allow_services_follows_the_clusters_services_and_endpoints() {
     let mut tried = Vec::new();
     wait_until(
         "the egress policy in force",
-        LIVENESS,
+        liveness(),
         || {
             tried.push(netns.connect_from(&pod, &bad));
             let events = agent.events();
@@ -868,7 +868,7 @@ fn allow_services_follows_the_clusters_services_and_endpoints() {
     netns.listen(&format!("{vip2}:7070"));
     let ready = wait_until(
         "the new Service allowed",
-        LIVENESS,
+        liveness(),
         || {
             (!connect_violates(&agent, &netns, &pod, &format!("{vip2}:7070"), &bad))
                 .then(|| created.elapsed())
@@ -1196,7 +1196,7 @@ fn a_violation_in_a_pod_shows_as_an_event_on_the_pod() {
     // Alert: the exec runs, and the violation is reported once the pod's binding is in force.
     let pid = wait_until(
         "a reported violation in web-0",
-        LIVENESS,
+        liveness(),
         || {
             let (pid, _) = pod.run(
                 &writer,
@@ -1212,7 +1212,7 @@ fn a_violation_in_a_pod_shows_as_an_event_on_the_pod() {
     );
     let event = wait_until(
         "an Event on the pod",
-        LIVENESS,
+        liveness(),
         || {
             let out = c
                 .plane

@@ -65,7 +65,7 @@ impl Receivers {
         let got = std::cell::RefCell::new(Vec::new());
         common::wait_until(
             "what was sent",
-            common::LIVENESS,
+            common::liveness(),
             || {
                 got.borrow_mut().extend(self.take());
                 (got.borrow().len() >= want).then_some(())

@@ -575,7 +575,7 @@ fn invalid_policies_are_refused_naming_the_field_and_the_last_good_one_holds() {
         // The operator reading the log sees it as an error, naming the file and the field.
         let line = common::wait_until(
             &format!("invalid policy {i} logged naming {field}"),
-            common::LIVENESS,
+            common::liveness(),
             || {
                 tracer.stderr_lines()[before..]
                     .iter()

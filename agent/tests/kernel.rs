@@ -452,7 +452,7 @@ fn trace_streams_through_the_pipeline_without_losses_and_pretty_output_is_readab
     let mut text = Vec::new();
     let line = loop {
         let line = printed
-            .recv_timeout(common::LIVENESS)
+            .recv_timeout(common::liveness())
             .unwrap_or_else(|_| panic!("no pretty wx line for {pid}:\n{}", text.join("\n")));
         if line.contains(&format!("[{pid}]")) && line.contains(" wx ") {
             break line;

@@ -218,7 +218,7 @@ impl Scene {
     ) -> serde_json::Value {
         common::wait_until(
             what,
-            common::LIVENESS,
+            common::liveness(),
             || lines_of(&self.archive).into_iter().find(|e| wanted(e)),
             || format!("file: {:?}", std::fs::read(&self.archive)),
         )
@@ -339,7 +339,7 @@ fn identical_violations_in_a_window_reach_the_sink_as_a_few_events_whose_counts_
     // The summaries come when their windows close; every run is counted once.
     let events = common::wait_until(
         "every run counted in the file sink",
-        common::LIVENESS,
+        common::liveness(),
         || {
             let events = violations(&std::fs::read_to_string(archive).unwrap_or_default());
             (events.iter().map(count).sum::<u64>() == RUNS).then_some(events)
@@ -471,7 +471,7 @@ fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_n
     // HTTP: the CloudEvent as JSON, the name as it is.
     let event = common::wait_until(
         "the violation at the HTTP receiver",
-        common::LIVENESS,
+        common::liveness(),
         || {
             got(&http)
                 .iter()
@@ -484,7 +484,7 @@ fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_n
     // Splunk: valid JSON events, the CloudEvent as `event`, the name as it is.
     let hec = common::wait_until(
         "the violation at the HEC receiver",
-        common::LIVENESS,
+        common::liveness(),
         || {
             splunk.bodies().iter().find_map(|(path, body)| {
                 (path == "/services/collector/event").then_some(())?;
@@ -500,7 +500,7 @@ fn a_binary_with_a_hostile_name_reaches_http_slack_and_splunk_as_each_receiver_n
     // Slack: no mention, link or formatting survives; the name is still there to read.
     let message = common::wait_until(
         "the violation at the Slack webhook",
-        common::LIVENESS,
+        common::liveness(),
         || {
             got(&slack)
                 .into_iter()
@@ -607,7 +607,7 @@ fn assert_every_id_arrives(
     };
     common::wait_until(
         "every violation's id at the receiver",
-        common::LIVENESS,
+        common::liveness(),
         || {
             let seen = received();
             ids.values().all(|id| seen.contains_key(id)).then_some(seen)
@@ -647,7 +647,7 @@ fn a_receiver_down_for_30_s_while_violations_keep_coming_gets_every_one_when_it_
     }
     let ids = common::wait_until(
         "every violation in the archive",
-        common::LIVENESS,
+        common::liveness(),
         || archived_ids(&scene.archive, &pids),
         || format!("{} violations", pids.len()),
     );
@@ -680,7 +680,7 @@ fn spooled_violations_survive_an_agent_restart_and_a_kill_9_and_arrive_with_thei
         let mut batch: Vec<u32> = (0..n).map(|_| scene.write_marker(&writer).0).collect();
         common::wait_until(
             "the violations in the archive",
-            common::LIVENESS,
+            common::liveness(),
             || archived_ids(&scene.archive, &batch),
             || "not all archived yet".into(),
         );
@@ -740,7 +740,7 @@ fn a_flood_from_one_process_that_stops_is_counted_in_full_though_the_kernel_held
     let count = |e: &serde_json::Value| e["data"]["count"].as_u64().unwrap_or(1);
     let events = common::wait_until(
         "violations whose counts add up to 1,000",
-        common::LIVENESS,
+        common::liveness(),
         || {
             let events: Vec<_> = lines_of(&scene.archive)
                 .into_iter()
@@ -854,7 +854,7 @@ fn metrics_move_by_exactly_the_violations_and_parse_with_prometheus_client() {
     let pids: Vec<u32> = (0..3).map(|_| scene.write_marker(&writer).0).collect();
     let ids = common::wait_until(
         "the three violations in the archive",
-        common::LIVENESS,
+        common::liveness(),
         || archived_ids(&scene.archive, &pids),
         || "not yet".into(),
     );
@@ -862,7 +862,7 @@ fn metrics_move_by_exactly_the_violations_and_parse_with_prometheus_client() {
     // The file sink counts a batch delivered once it is written.
     let after = common::wait_until(
         "the deliveries counted",
-        common::LIVENESS,
+        common::liveness(),
         || {
             let now = parsed(&python, &get(port, "/metrics").1);
             (now.get(delivered).copied().unwrap_or(0.0) >= archived()).then_some(now)

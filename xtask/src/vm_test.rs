@@ -237,6 +237,8 @@ fn script(dir: &Path, binaries: &[PathBuf], filters: &[String]) -> Result<PathBu
     let mut text = format!(
         r#"cd '{root}'
 export CI='{ci}' VIGIL_BIN='{debug}/vigil' VIGIL_SCENARIO_BIN='{debug}/vigil-scenario'
+# Emulation: the tests' liveness bounds stretch (loading the programs alone takes a minute).
+export VIGIL_TEST_PACE=5
 export TMPDIR=/run/vigil-tmp
 mkdir -p "$TMPDIR"
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null

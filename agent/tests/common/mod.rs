@@ -67,7 +67,16 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// How long a test waits for something that must happen before it calls it a failure. A
 /// liveness bound, not a latency claim: on a loaded machine (two cores, other suites running)
 /// an event or a reload can take seconds; `cargo xtask bench` is where speed is measured.
-pub const LIVENESS: Duration = Duration::from_secs(60);
+/// 60 s, times `VIGIL_TEST_PACE` (a whole number, default 1), which `cargo xtask vm-test`
+/// sets for kernels under emulation, where loading the programs alone takes a minute.
+pub fn liveness() -> Duration {
+    let pace: u32 = std::env::var("VIGIL_TEST_PACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(1);
+    Duration::from_secs(60) * pace
+}
 
 /// Polls `poll` every 20 ms until it yields a value; fails naming `what` (and what `poll`
 /// last saw, via `seen`) after `limit`.
@@ -315,7 +324,7 @@ impl Tracer {
     pub fn wait_for_state(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         wait_until(
             &format!("the agent's state: {what}"),
-            LIVENESS,
+            liveness(),
             || {
                 self.assert_valid_output();
                 Some(self.state()).filter(|s| pred(s))
@@ -393,12 +402,12 @@ impl Tracer {
                 }
             }
         });
-        if ready_rx.recv_timeout(LIVENESS).is_err() {
+        if ready_rx.recv_timeout(liveness()).is_err() {
             let _ = child.kill();
             panic!(
                 "{} {args:?} did not report `{ready_marker}` within {} s",
                 program.display(),
-                LIVENESS.as_secs()
+                liveness().as_secs()
             );
         }
         Self {
@@ -454,7 +463,7 @@ impl Tracer {
     pub fn wait_for_log(&self, text: &str) -> String {
         wait_until(
             &format!("the agent's log line `{text}`"),
-            LIVENESS,
+            liveness(),
             || {
                 self.assert_valid_output();
                 self.stderr_lines().into_iter().find(|l| l.contains(text))
@@ -481,7 +490,7 @@ impl Tracer {
     pub fn wait_for_events<T>(&self, what: &str, done: impl Fn(&[Value]) -> Option<T>) -> T {
         wait_until(
             what,
-            LIVENESS,
+            liveness(),
             || done(&self.events()),
             || {
                 let seen: Vec<String> = self.events().iter().map(compact).collect();
@@ -499,7 +508,7 @@ impl Tracer {
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         let status = wait_until(
             "vigil's exit after SIGINT",
-            LIVENESS,
+            liveness(),
             || child.try_wait().expect("wait"),
             || "still running".into(),
         );
