@@ -193,7 +193,8 @@ fn read_console(qemu: &mut Command, outcome: &mut Outcome) -> Result<()> {
         let line = line.trim_end_matches('\r');
         println!("{line}");
         outcome.counts.add_line(line);
-        if let Some(rest) = line.strip_prefix("guest: Linux ") {
+        // The console may put terminal escapes before the guest's first line.
+        if let Some((_, rest)) = line.split_once("guest: Linux ") {
             outcome.release = rest
                 .split_whitespace()
                 .next()
