@@ -129,11 +129,13 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     // A zeroed name, not an `Option`: the compiler read an absent one's bytes before its tag,
     // from stack 6.1's verifier had not seen written, and refused the program.
     let mut name = [0u8; 12];
+    let mut named = false;
     if let Some(read) = read_kernel_ptr(file, k.file_dentry)
         .and_then(|dentry| read_kernel_ptr(dentry, k.dentry_name))
         .and_then(|name| read_kernel::<[u8; 12]>(name, 0))
     {
         name = read;
+        named = true;
     }
     if name == *b"userfaultfd\0" && !anonymous_file(cfg, file) {
         report(cfg, wx_syscall::USERFAULTFD, mode, ret as i32, 0);
@@ -145,7 +147,9 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     if super_block_field(cfg, file, k.sb_magic) != Some(PROC_SUPER_MAGIC) {
         return Ok(());
     }
-    if name[..4] != *b"mem\0" {
+    // A procfs file opened for writing whose name cannot be read is judged as `mem`: fail
+    // closed rather than let an unnamed write handle through unseen.
+    if named && name[..4] != *b"mem\0" {
         return Ok(());
     }
     report(cfg, wx_syscall::PROC_MEM, mode, ret as i32, 0);
