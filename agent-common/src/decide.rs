@@ -71,14 +71,14 @@ pub fn exec(
 }
 
 /// The decision for a file whose real path cannot be verified: not on any allowlist; under a
-/// deny list with `Kill`, killed. Alert-only deny lists leave it to user space, which reads
+/// deny list with `Deny` or `Kill`, refused. Alert-only deny lists leave it to user space, which reads
 /// /proc while the process lives.
 #[inline(always)]
 pub fn fail_closed(set: u32, ps: &PolicySet) -> Violation {
     if ps.flags & set_flags::EXEC_ALLOWLIST != 0 {
         return violation(ps.exec_action, set, rule_id::NOT_ALLOWED);
     }
-    if ps.exec_action == u32::from(action::KILL) {
+    if action::refuses(ps.exec_action as u16) {
         return violation(ps.exec_action, set, rule_id::UNVERIFIABLE);
     }
     Violation::ALLOWED

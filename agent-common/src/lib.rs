@@ -92,6 +92,12 @@ bit_flags! {
         /// own (a bind mount, a detached mount, a new root): the path is that user's choice, so
         /// it is unverifiable.
         USER_MOUNT,
+        /// Not run: refused before it started (BPF LSM, `bprm_check_security`), the exec
+        /// failed with `EPERM` in the process that asked for it. `path` is the refused file's
+        /// real path (for a script, the level refused: the script or an interpreter; the name
+        /// asked for when the real path cannot be resolved), `exe_path` the caller's own
+        /// executable.
+        PREVENTED,
     }
 }
 
@@ -109,6 +115,12 @@ pub mod action {
     pub const DENY: u16 = 2;
     /// The act is refused where the hook can refuse it, and the process is killed.
     pub const KILL: u16 = 3;
+
+    /// Whether `action` refuses the act (Deny, Kill) rather than only reporting it.
+    #[inline(always)]
+    pub const fn refuses(action: u16) -> bool {
+        action == DENY || action == KILL
+    }
 }
 
 /// What `CONFIG.mode` selects.
@@ -668,6 +680,18 @@ pub struct Config {
     /// exactly one generation reports each act, while both enforce.
     pub generation: u32,
     pub kernel: KernelOffsets,
+    /// Which acts BPF LSM programs refuse before they happen on this node ([`prevent`]
+    /// bits); the tracepoints leave a Deny or Kill of those to them.
+    pub prevent: u32,
+    pub _pad: u32,
+}
+
+/// Bits of [`Config::prevent`].
+pub mod prevent {
+    /// `bprm_check_security`: every exec, at every interpreter level.
+    pub const EXEC: u32 = 1;
+    /// `mmap_file` and `file_mprotect`: every W^X mapping, 32-bit calls and `shmat` too.
+    pub const WX: u32 = 2;
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -746,7 +770,7 @@ const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 60 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 240);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 240 + 8);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);
@@ -809,7 +833,7 @@ pub mod probe_error {
     }
 
     /// The probes that count, by entry-point name; a probe's id is its index here.
-    pub const PROBES: [&str; 25] = [
+    pub const PROBES: [&str; 28] = [
         "cgroup_attach_task",
         "sys_enter",
         "sys_enter_execve",
@@ -835,6 +859,9 @@ pub mod probe_error {
         "sys_enter_personality",
         "sys_exit_protection",
         "sys_enter_shmat",
+        "lsm_bprm_check",
+        "lsm_mmap_file",
+        "lsm_file_mprotect",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

@@ -3,13 +3,13 @@
 //! through it are judged like their 64-bit twins, and under `compatSyscalls: Deny` any call
 //! through it is a violation. Decided at entry (a compat request the kernel then refuses is
 //! still reported).
-use agent_common::{Config, WxEvent, mode, set_flags, wx_reason, wx_syscall};
+use agent_common::{Config, WxEvent, mode, prevent, set_flags, wx_reason, wx_syscall};
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::diag::entry_points;
 use crate::{
     maps::COMPAT_WATCH,
-    policy::{current_set, enforce, policy_set, violation},
+    policy::{current_set, enforce, policy_set, prevented, violation},
     task::{config, current_task, read_kernel, traced},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
@@ -69,9 +69,14 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !traced(cfg) {
         return Ok(());
     }
-    let Some(judged) = wx::judge(cfg) else {
+    let Some(judged) = wx::decide(cfg) else {
         return Ok(());
     };
+    // Where BPF LSM runs, `mmap_file` and `file_mprotect` refuse it before the act.
+    if prevented(cfg, prevent::WX, judged) {
+        return Ok(());
+    }
+    let judged = enforce(judged);
     let (syscall, flags, fd, extra) = match id {
         NR_MMAP2 => (
             wx_syscall::MMAP2,
@@ -113,8 +118,7 @@ fn compat_denied(cfg: &Config, id: i64) -> bool {
     if ps.flags & set_flags::COMPAT_DENY == 0 {
         return false;
     }
-    let v = violation(ps.wx_action, set, ps.compat_rule);
-    enforce(v);
+    let v = enforce(violation(ps.wx_action, set, ps.compat_rule));
     wx::report(
         cfg,
         v,

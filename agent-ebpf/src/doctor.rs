@@ -2,8 +2,8 @@
 //! kernel's verifier accepts what later enforcement paths need.
 use aya_ebpf::{
     helpers::generated::bpf_send_signal,
-    macros::{fentry, lsm, tracepoint},
-    programs::{FEntryContext, LsmContext, TracePointContext},
+    macros::{fentry, tracepoint},
+    programs::{FEntryContext, TracePointContext},
 };
 
 /// Loads only where `bpf_send_signal` is available to tracepoint programs.
@@ -11,12 +11,6 @@ use aya_ebpf::{
 pub fn doctor_send_signal(_ctx: TracePointContext) -> u32 {
     // SAFETY: signal 0 delivers nothing; the program is never attached anyway.
     unsafe { bpf_send_signal(0) };
-    0
-}
-
-/// Loads (and attaches) only where BPF-LSM programs are allowed.
-#[lsm(hook = "bprm_check_security")]
-pub fn doctor_lsm(_ctx: LsmContext) -> i32 {
     0
 }
 

@@ -229,7 +229,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
                 }
             }
         }
-        enforce(violation);
+        let violation = enforce(violation);
         if !violation.is_hit() && !undecided {
             return Ok(());
         }
@@ -394,7 +394,7 @@ fn remember_exe(scratch: &mut PathScratch, tgid: u32, built: Built) {
 }
 
 /// Copies the arguments captured at syscall entry into the record.
-fn fill_args(event: &mut ExecEvent) {
+pub fn fill_args(event: &mut ExecEvent) {
     event.argc = 0;
     event.args_len = 0;
     let old_tid = event.old_tid;
@@ -420,7 +420,7 @@ fn fill_args(event: &mut ExecEvent) {
 
 /// The executed file's dentry name (memfd files are named `memfd:...`) and whether it
 /// still has a link on its file system.
-fn file_facts(cfg: &Config, file: *const u8, name: &mut [u8; NAME_LEN]) -> u32 {
+pub fn file_facts(cfg: &Config, file: *const u8, name: &mut [u8; NAME_LEN]) -> u32 {
     let k = &cfg.kernel;
     let mut flags = 0;
     match read_kernel_ptr(file, k.file_dentry)

@@ -53,9 +53,7 @@ fn judge(cfg: &Config) -> Option<Violation> {
     if ps.flags & set_flags::FOREIGN_WRITES_DENY == 0 {
         return None;
     }
-    let v = violation(ps.wx_action, set, ps.foreign_rule);
-    enforce(v);
-    Some(v)
+    Some(enforce(violation(ps.wx_action, set, ps.foreign_rule)))
 }
 
 fn report(cfg: &Config, syscall: u32, flags: u32, fd: i32, target: u32) {

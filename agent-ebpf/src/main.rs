@@ -17,6 +17,8 @@ mod mapped;
 mod maps;
 mod path;
 mod policy;
+mod prevent_exec;
+mod prevent_wx;
 mod process;
 mod read;
 mod script;

@@ -187,8 +187,9 @@ fn judge_file(
         violation(ps.exec_action, set, ps.memfd_rule)
     } else if rule.exec == path_verdict::DENY {
         violation(ps.exec_action, set, rule.exec_rule.into())
-    } else if !verified && !memfd && ps.exec_action == u32::from(action::KILL) {
-        // A file whose real path cannot be resolved, under Kill: fails closed as at exec.
+    } else if !verified && !memfd && action::refuses(ps.exec_action as u16) {
+        // A file whose real path cannot be resolved, under Deny or Kill: fails closed as at
+        // exec.
         violation(ps.exec_action, set, agent_common::rule_id::UNVERIFIABLE)
     } else {
         Violation::ALLOWED
@@ -196,7 +197,7 @@ fn judge_file(
     if !v.is_hit() {
         return Ok(());
     }
-    enforce(v);
+    let v = enforce(v);
 
     let mut flags = exec_flags::MAPPED | exec_flags::ARGS_MISSING;
     if memfd {

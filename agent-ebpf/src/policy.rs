@@ -133,11 +133,25 @@ pub fn send_sigkill() {
     unsafe { bpf_send_signal(SIGKILL) };
 }
 
-/// Carries out a violation's action from a tracing hook (after the act: Kill kills).
-pub fn enforce(violation: Violation) {
-    if violation.is_hit() && violation.action == action::KILL {
+/// Carries out a violation's action from a tracing hook, after the act: Kill kills, and so
+/// does Deny, which only a hook before the act can carry out (fail closed). Gives the
+/// violation as carried out, to be reported as such.
+pub fn enforce(violation: Violation) -> Violation {
+    if violation.is_hit() && action::refuses(violation.action) {
         send_sigkill();
+        return Violation {
+            action: action::KILL,
+            ..violation
+        };
     }
+    violation
+}
+
+/// Whether a BPF LSM program refuses `v` before the act (it runs for `bit`, one of
+/// [`agent_common::prevent`], and the action refuses): a tracing hook that sees the request
+/// first leaves it to that program, which reports it.
+pub fn prevented(cfg: &Config, bit: u32, v: Violation) -> bool {
+    v.is_hit() && action::refuses(v.action) && cfg.prevent & bit != 0
 }
 
 const NO_MATCH: u32 = u32::MAX;

@@ -238,7 +238,7 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     if !v.is_hit() {
         return Ok(());
     }
-    enforce(v);
+    let v = enforce(v);
     let mut flags = exec_flags::SCRIPT | exec_flags::OPENED | exec_flags::ARGS_MISSING;
     if memfd {
         flags |= exec_flags::MEMFD;

@@ -92,10 +92,32 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
         wx_syscall::PKEY_MPROTECT => (0, -1, syscall_arg(ctx, 3)? as u32),
         _ => (0, -1, 0),
     };
-    // Decided when the call returns: a request the kernel refuses (a bad descriptor, an
-    // unmapped range) made no mapping and is no violation.
     let addr = syscall_arg(ctx, 0)?;
     let len = syscall_arg(ctx, 1)?;
+    hold(
+        cfg,
+        judged,
+        &WxEvent {
+            syscall,
+            prot,
+            flags,
+            reason,
+            addr,
+            len,
+            fd,
+            extra,
+            ..WxEvent::default()
+        },
+    )
+}
+
+/// Files the request of this thread until its syscall returns, where it is decided: a request
+/// the kernel refuses (a bad descriptor, an unmapped range, a BPF LSM program) made no
+/// mapping and is no violation of its own.
+// Inlined: the record is built in place by the caller, and passing it on a frame of its own
+// would cost stack that kernels before 6.13 count with the caller's.
+#[inline(always)]
+fn hold(cfg: &Config, judged: Violation, event: &WxEvent) -> Result<(), i64> {
     let Some(pending) = WX_SCRATCH.get_ptr_mut(0) else {
         // No slot to hold the request: carry the action out now rather than not at all.
         enforce(judged);
@@ -107,17 +129,7 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     pending.judged_action = judged.action;
     pending.judged_rule = judged.rule;
     pending._pad = 0;
-    pending.event = WxEvent {
-        syscall,
-        prot,
-        flags,
-        reason,
-        addr,
-        len,
-        fd,
-        extra,
-        ..WxEvent::default()
-    };
+    pending.event = *event;
     let tid = bpf_get_current_pid_tgid() as u32;
     #[expect(
         clippy::needless_borrows_for_generic_args,
@@ -126,7 +138,7 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     let inserted = WX_PENDING.insert(tid, &*pending, 0);
     if inserted.is_err() {
         // No room to wait for the result: decide now rather than not at all.
-        enforce(judged);
+        let judged = enforce(judged);
         report(cfg, judged, &pending.event);
     }
     Ok(())
@@ -138,8 +150,8 @@ pub fn forget_pending(tid: u32) {
 }
 
 entry_points! {
-    /// One program on `sys_exit_mmap`, `sys_exit_mprotect` and `sys_exit_pkey_mprotect`: the
-    /// request in flight says which call it was.
+    /// One program on `sys_exit_mmap`, `sys_exit_mprotect`, `sys_exit_pkey_mprotect` and
+    /// `sys_exit_shmat`: the request in flight says which call it was.
     #[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
     fn sys_exit_protection(ctx: TracePointContext) -> u32 = try_returned(&ctx);
 }
@@ -167,9 +179,10 @@ fn try_returned(ctx: &TracePointContext) -> Result<(), i64> {
         action: pending.judged_action,
         rule: pending.judged_rule,
     };
-    enforce(judged);
+    // The act happened: a BPF LSM program, where there is one, did not refuse it.
+    let judged = enforce(judged);
     let mut event = pending.event;
-    if event.syscall == wx_syscall::MMAP {
+    if event.syscall == wx_syscall::MMAP || event.syscall == wx_syscall::SHMAT {
         // Where the kernel put it.
         event.addr = ret as u64;
     }
@@ -178,7 +191,7 @@ fn try_returned(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// Like [`judge`], without carrying out the action.
-fn decide(cfg: &Config) -> Option<Violation> {
+pub fn decide(cfg: &Config) -> Option<Violation> {
     if cfg.mode != mode::ENFORCE {
         return Some(Violation::ALLOWED);
     }
@@ -194,9 +207,7 @@ fn decide(cfg: &Config) -> Option<Violation> {
 /// policy, W^X allowed, or an exempt executable); in trace mode an observation; in enforce
 /// mode a violation, whose action is carried out here.
 pub fn judge(cfg: &Config) -> Option<Violation> {
-    let v = decide(cfg)?;
-    enforce(v);
-    Some(v)
+    Some(enforce(decide(cfg)?))
 }
 
 /// Emits a W^X record for the current task, marked with `judged`. The record is copied
@@ -255,10 +266,12 @@ fn try_shmat(ctx: &TracePointContext) -> Result<(), i64> {
     if !traced(cfg) {
         return Ok(());
     }
-    let Some(judged) = judge(cfg) else {
+    let Some(judged) = decide(cfg) else {
         return Ok(());
     };
-    report(
+    // A writable attachment is writable and executable, which `mmap_file` refuses where BPF
+    // LSM runs (taking this record); a read-only one is carried out when the call returns.
+    hold(
         cfg,
         judged,
         &WxEvent {
@@ -277,8 +290,7 @@ fn try_shmat(ctx: &TracePointContext) -> Result<(), i64> {
             extra: syscall_arg(ctx, 0)? as u32,
             ..WxEvent::default()
         },
-    );
-    Ok(())
+    )
 }
 
 fn try_personality(ctx: &TracePointContext) -> Result<(), i64> {

@@ -3,13 +3,14 @@ use std::{fmt, path::Path};
 
 use aya::{
     Btf as AyaBtf, Ebpf,
-    programs::{FEntry, Lsm, TracePoint},
+    programs::{FEntry, TracePoint},
 };
 
 use crate::{
     ebpf::{
-        Btf, PINNED_AGENTS, PROGRAMS, attachments, load_program, offsets, read_probe_errors,
-        tracefs,
+        Btf, PINNED_AGENTS, PROGRAMS, attachments, load_program, offsets,
+        prevent::{self, PREVENTION},
+        read_probe_errors, tracefs,
     },
     metadata::cgroup,
 };
@@ -207,26 +208,8 @@ fn program_checks(checks: &mut Vec<Check>) {
         ),
     });
 
+    prevention_checks(&mut ebpf, checks);
     let btf = AyaBtf::from_sys_fs();
-    let lsm_active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    let lsm = match &btf {
-        Ok(btf) => ebpf
-            .program_mut("doctor_lsm")
-            .ok_or_else(|| "missing from the object".to_string())
-            .and_then(|p| <&mut Lsm>::try_from(p).map_err(|e| e.to_string()))
-            .and_then(|p| {
-                p.load("bprm_check_security", btf)
-                    .map_err(|e| format!("load: {e}"))?;
-                // Attached for a moment and detached on drop: it allows everything.
-                p.attach().map(drop).map_err(|e| format!("attach: {e}"))
-            }),
-        Err(err) => Err(format!("no kernel BTF: {err}")),
-    };
-    let bpf_listed = lsm_active.split(',').any(|l| l.trim() == "bpf");
-    checks.push(match lsm {
-        Ok(()) => check("BPF-LSM", Status::Ok, "lsm programs load and attach"),
-        Err(err) => check("BPF-LSM", Status::Missing, format!("{err} (bpf {} in /sys/kernel/security/lsm); enforcement uses tracepoints + bpf_send_signal", if bpf_listed { "is listed" } else { "is not listed" })),
-    });
     let fentry = match &btf {
         Ok(btf) => ebpf
             .program_mut("doctor_fentry")
@@ -247,6 +230,44 @@ fn program_checks(checks: &mut Vec<Check>) {
             format!("{err}; tracepoints are used instead"),
         ),
     });
+}
+
+/// Whether the prevention programs (BPF LSM) load and attach here, each one's verified
+/// instructions, and what `Deny` of exec and W^X amounts to on this node. They stay attached
+/// only while the doctor runs, and refuse nothing then: no policy is loaded.
+fn prevention_checks(ebpf: &mut Ebpf, checks: &mut Vec<Check>) {
+    let started = std::time::Instant::now();
+    let (prevention, _links) = prevent::attach(ebpf, false);
+    let took = started.elapsed();
+    if prevention.unavailable.is_none() {
+        for (program, hook, _) in PREVENTION {
+            let verified = ebpf
+                .program(program)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            checks.push(check(
+                format!("program {program}"),
+                Status::Ok,
+                format!(
+                    "attached to LSM hook {hook}{}",
+                    verified.map_or_else(String::new, |n| format!(", {n} instructions verified"))
+                ),
+            ));
+        }
+    }
+    checks.push(check(
+        "prevention (BPF LSM)",
+        if prevention.unavailable.is_none() {
+            Status::Ok
+        } else {
+            Status::Missing
+        },
+        format!(
+            "{} ({} ms to load and attach)",
+            prevention.describe(),
+            took.as_millis()
+        ),
+    ));
 }
 
 /// The probe failures each running agent on this host has counted (from the counters it

@@ -486,7 +486,7 @@ fn doctor_reports_this_kernel_and_succeeds() {
         "BTF",
         "BPF ring buffer",
         "bpf_send_signal",
-        "BPF-LSM",
+        "prevention (BPF LSM)",
         "fentry",
         "cgroup v2 root",
         "tracepoint sched/sched_process_exec",

@@ -34,7 +34,7 @@ fn usage() -> ExitCode {
          \x20        udplite-sendto udp-sendmsg udp-sendmmsg tcp-connect-unfaulted\n\
          \x20        udp-sendto-unfaulted uring-tcp-connect uring-udp-connect\n\
          \x20        uring-udp-sendmsg compat-udp-connect raw-socket)\n\
-         memory:  mmap-rwx | mprotect-rwx | pkey-mprotect-rwx | rie-mmap-rw |\n\
+         memory:  mmap-rwx | mprotect-rwx | mprotect-rwx-outcome | pkey-mprotect-rwx | rie-mmap-rw |\n\
          \x20        mmap-file-rx PATH | mprotect-file-exec PATH | flood-mmap COUNT |\n\
          \x20        wait-then-mmap-rwx GO_FILE |\n\
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
         ("send", [method, addr]) => egress::send(method, addr),
         ("mmap-rwx", []) => memory::mmap_rwx(),
         ("mprotect-rwx", []) => memory::mprotect_rwx(),
+        ("mprotect-rwx-outcome", []) => memory::mprotect_rwx_outcome(),
         ("pkey-mprotect-rwx", []) => memory::pkey_mprotect_rwx(),
         ("rie-mmap-rw", []) => memory::read_implies_exec_rw(),
         ("mmap-file-rx", [path]) => memory::mmap_file_rx(path),

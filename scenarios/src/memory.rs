@@ -49,6 +49,43 @@ pub fn mprotect_rwx() -> Outcome {
     Ok(())
 }
 
+/// Asks for RW to become RWX and says what came of it: `mprotect=ok` or the error, then the
+/// area's protection as `/proc/self/maps` shows it, after a write into it (a mapping left as
+/// it was is still writable).
+pub fn mprotect_rwx_outcome() -> Outcome {
+    let p = anon(libc::PROT_READ | libc::PROT_WRITE)?;
+    // SAFETY: p is our writable mapping of PAGE bytes.
+    unsafe { p.cast::<u8>().write_volatile(0xc3) };
+    // SAFETY: p is our mapping.
+    let rc = unsafe {
+        libc::mprotect(
+            p,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+        )
+    };
+    let outcome = if rc == 0 {
+        "ok".to_owned()
+    } else {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .map_or_else(|| "error".to_owned(), |e| format!("errno {e}"))
+    };
+    // SAFETY: as above; still writable whatever mprotect did.
+    unsafe { p.cast::<u8>().write_volatile(0x90) };
+    let start = format!("{:x}-", p as usize);
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let perms = maps
+        .lines()
+        .find(|l| l.starts_with(&start))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?")
+        .to_owned();
+    println!("mprotect={outcome} perms={perms}");
+    unmap(p);
+    Ok(())
+}
+
 /// pkey_mprotect with key -1 (no key) works with or without protection-key hardware.
 pub fn pkey_mprotect_rwx() -> Outcome {
     let p = anon(libc::PROT_READ | libc::PROT_WRITE)?;

@@ -53,8 +53,9 @@ const SUITES: [&str; 7] = [
 ];
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// The test binaries that load the agent's programs and enforce with them.
-const KERNEL_TESTS: [&str; 6] = [
+const KERNEL_TESTS: [&str; 7] = [
     "kernel",
+    "prevent",
     "exec_decision",
     "exec_identity",
     "enforce",

@@ -3,6 +3,7 @@ mod btf;
 pub mod kernel_log;
 pub mod offsets;
 pub mod pin;
+pub mod prevent;
 pub mod reader;
 pub mod throttle;
 pub mod tracefs;
@@ -88,6 +89,7 @@ pub const PROGRAMS: &[(&str, &[Hook])] = &[
             syscall("sys_exit_mmap"),
             syscall("sys_exit_mprotect"),
             syscall("sys_exit_pkey_mprotect"),
+            syscall("sys_exit_shmat"),
         ],
     ),
     ("sys_enter_mprotect", &[syscall("sys_enter_mprotect")]),
@@ -533,6 +535,8 @@ pub struct Probes {
     pub missing_offsets: Vec<String>,
     /// With pinning: the take-over from previous agents' programs, once ready.
     handover: Option<pin::Handover>,
+    /// What this node refuses before the act (BPF LSM).
+    pub prevention: prevent::Prevention,
 }
 
 impl Probes {
@@ -550,7 +554,7 @@ impl Probes {
         if btf.is_some() && !missing_offsets.is_empty() {
             tracing::warn!(members = ?missing_offsets, "kernel structure members not found in BTF; dependent fields stay empty");
         }
-        let config = Config {
+        let mut config = Config {
             filter_cgroup_id: options.cgroup.map_or(0, |c| c.id),
             filter_cgroup_level: options.cgroup.map_or(0, |c| c.level),
             agent_pid: options.exclude_pid,
@@ -560,6 +564,8 @@ impl Probes {
             },
             generation: options.pin.as_ref().map_or(0, |pin| pin.generation),
             kernel,
+            prevent: 0,
+            _pad: 0,
         };
         offsets::check_syscall_layout(&tracefs)?;
 
@@ -584,20 +590,6 @@ impl Probes {
         } else {
             None
         };
-        {
-            let map = ebpf
-                .map_mut("CONFIG")
-                .ok_or(EbpfError::MissingMap("CONFIG"))?;
-            let mut array: Array<_, Config> =
-                Array::try_from(map).map_err(|source| EbpfError::Map {
-                    map: "CONFIG",
-                    source,
-                })?;
-            array.set(0, config, 0).map_err(|source| EbpfError::Map {
-                map: "CONFIG",
-                source,
-            })?;
-        }
         let root_path = match &options.cgroup_root {
             Some(root) => crate::metadata::cgroup::resolve_root(root)?,
             None => crate::metadata::cgroup::detect_root()?,
@@ -625,6 +617,34 @@ impl Probes {
             own_pins = Some(pin::OwnPins::create(plan)?);
         }
         let mut index = 0;
+        // Before any tracepoint: those leave to these programs what they refuse.
+        let (prevention, lsm_links) = prevent::attach(&mut ebpf, own_pins.is_some());
+        config.prevent = prevention.active;
+        if let Some(own) = &own_pins {
+            for (program, link) in lsm_links {
+                let path = own.link_path(program, index);
+                link.pin(&path).map_err(|e| EbpfError::Pin {
+                    program: program.into(),
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                index += 1;
+            }
+        }
+        {
+            let map = ebpf
+                .map_mut("CONFIG")
+                .ok_or(EbpfError::MissingMap("CONFIG"))?;
+            let mut array: Array<_, Config> =
+                Array::try_from(map).map_err(|source| EbpfError::Map {
+                    map: "CONFIG",
+                    source,
+                })?;
+            array.set(0, config, 0).map_err(|source| EbpfError::Map {
+                map: "CONFIG",
+                source,
+            })?;
+        }
         for (program, hooks) in PROGRAMS {
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
@@ -668,6 +688,7 @@ impl Probes {
             kernel_log: kernel_log.map(kernel_log::KernelLog),
             missing_offsets,
             handover,
+            prevention,
         })
     }
 

@@ -58,6 +58,26 @@ pub fn ensure_tracefs() -> Result<PathBuf, EbpfError> {
     Ok(PathBuf::from(TRACEFS))
 }
 
+/// The active LSMs, in order, from securityfs (mounted first when it is not).
+pub fn active_lsms() -> Result<Vec<String>, EbpfError> {
+    let lsm = Path::new(SECURITYFS).join("lsm");
+    if !lsm.exists() && !is_mounted(Path::new(SECURITYFS), "securityfs") {
+        mount("securityfs", SECURITYFS)?;
+    }
+    let text = std::fs::read_to_string(&lsm).map_err(|source| EbpfError::Io {
+        path: lsm.clone(),
+        source,
+    })?;
+    Ok(text
+        .trim()
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+pub const SECURITYFS: &str = "/sys/kernel/security";
+
 pub fn ensure_bpffs() -> Result<(), EbpfError> {
     if is_mounted(Path::new(BPFFS), "bpf") {
         return Ok(());

@@ -90,7 +90,7 @@ impl ProcessCache {
     pub fn lineage(&mut self, event: &Event) -> Lineage {
         let h = &event.header;
         let process = match &event.body {
-            Body::Exec(exec) if !exec.mapped && !exec.opened => {
+            Body::Exec(exec) if !exec.mapped && !exec.opened && !exec.prevented => {
                 // The exec record is authoritative for the new image; /proc may add the
                 // resolved executable path if the process still exists.
                 let exe = exec.exe_path.clone().or_else(|| {
@@ -170,6 +170,7 @@ mod tests {
                 mapped: false,
                 opened: false,
                 user_mount: false,
+                prevented: false,
                 undecided_set: None,
                 args: vec!["payload".into(), "-x".into()],
                 memfd: false,

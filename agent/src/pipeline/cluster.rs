@@ -153,6 +153,12 @@ impl ClusterLink {
         }))
     }
 
+    /// Says, in the status of each policy that uses `Deny` for exec or memory, that this node
+    /// carries it out as Kill, and why (`None`: it refuses before the act).
+    pub fn set_deny_fallback(&mut self, why: Option<String>) {
+        self.policies.deny_fallback = why;
+    }
+
     /// Turns true once every reflector has listed once: before that, a policy or a pod that
     /// exists looks absent (the first sync binds nothing).
     pub fn synced(&self) -> watch::Receiver<bool> {

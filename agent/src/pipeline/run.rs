@@ -145,7 +145,14 @@ pub async fn run(
         processes = seeded,
         "executables of running processes recorded"
     );
+    match &probes.prevention.unavailable {
+        None => tracing::info!("{}", probes.prevention.describe()),
+        Some(_) => tracing::warn!("{}", probes.prevention.describe()),
+    }
     let mut link = ClusterLink::connect(&common.node).await?;
+    if let Some(link) = link.as_mut() {
+        link.set_deny_fallback(probes.prevention.unavailable.clone());
+    }
     if link.is_none() && options.policies.is_empty() {
         return Err(PipelineError::NothingToEnforce);
     }

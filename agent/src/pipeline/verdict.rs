@@ -173,6 +173,7 @@ mod tests {
             mapped: false,
             opened: false,
             user_mount: false,
+            prevented: false,
             undecided_set,
             args: vec![path.into()],
             memfd: false,

@@ -61,6 +61,27 @@ pub struct ClusterPolicies {
     /// uid -> (generation, accepted) handed to the status writer, which retries until it
     /// lands: sent once, not again for every sync while it waits.
     sent: HashMap<String, (i64, bool)>,
+    /// Why this node carries out a Deny of exec and W^X as Kill (no BPF LSM), if it does.
+    pub deny_fallback: Option<String>,
+}
+
+/// What an accepted policy's status says about `Deny` on a node without BPF LSM.
+fn deny_caveat(policy: &Policy, fallback: Option<&str>) -> Option<String> {
+    let fallback = fallback?;
+    let sections: Vec<&str> = [
+        ("exec", policy.spec.exec.action),
+        ("memory", policy.spec.memory.action),
+    ]
+    .into_iter()
+    .filter(|(_, action)| *action == crate::policy::Action::Deny)
+    .map(|(section, _)| section)
+    .collect();
+    (!sections.is_empty()).then(|| {
+        format!(
+            "{} Deny is carried out as Kill after the act on this node ({fallback})",
+            sections.join(" and ")
+        )
+    })
 }
 
 fn refusal(errors: &[FieldError]) -> String {
@@ -99,6 +120,7 @@ fn already_written(
 impl ClusterPolicies {
     pub fn new(node: &str) -> Self {
         Self {
+            deny_fallback: None,
             node: node.into(),
             last_good: HashMap::new(),
             sent: HashMap::new(),
@@ -118,8 +140,10 @@ impl ClusterPolicies {
                          cluster_scoped: bool,
                          generation: i64,
                          status: Option<&PolicyStatus>| {
+            let mut caveat = None;
             let refusal_text = match result {
                 Ok(policy) => {
+                    caveat = deny_caveat(&policy, self.deny_fallback.as_deref());
                     self.last_good.insert(uid.clone(), policy);
                     None
                 }
@@ -148,6 +172,7 @@ impl ClusterPolicies {
                     cluster_scoped,
                     generation,
                     refusal: refusal_text,
+                    caveat,
                     since: None,
                 };
                 let (same, since) = already_written(status, &self.node, &verdict);
@@ -211,6 +236,7 @@ mod tests {
             cluster_scoped: false,
             generation,
             refusal: refusal.map(Into::into),
+            caveat: None,
             since: None,
         }
     }

@@ -203,10 +203,12 @@ pub enum Action {
     #[default]
     Alert,
     /// Refuse the act in the kernel before it happens (EPERM; the process lives) and emit an
-    /// event. Only `connect` has a hook before the act on every kernel.
+    /// event. Connects are refused on every kernel; execs and W^X mappings where the node
+    /// runs BPF LSM, and elsewhere the process is killed after the act (the policy's status
+    /// says so per node); foreign writes and 32-bit system calls are killed.
     Deny,
-    /// Refuse the act where the hook can (connect), SIGKILL the process in the kernel, and
-    /// emit an event.
+    /// Refuse the act where a hook runs before it (connect; exec and W^X with BPF LSM),
+    /// SIGKILL the process in the kernel, and emit an event.
     Kill,
 }
 

@@ -30,6 +30,9 @@ pub struct Verdict {
     pub generation: i64,
     /// `None`: accepted.
     pub refusal: Option<String>,
+    /// What an accepted policy's message adds about this node: how it carries the policy
+    /// out where that differs from what it says (Deny of exec or W^X without BPF LSM).
+    pub caveat: Option<String>,
     /// The `lastTransitionTime` of this node's condition when its status is unchanged (only
     /// the generation moved on); `None` means now.
     pub since: Option<Time>,
@@ -66,7 +69,10 @@ impl Verdict {
             None => (
                 "True",
                 "Valid",
-                format!("enforced by the agent on node {node}"),
+                match &self.caveat {
+                    None => format!("enforced by the agent on node {node}"),
+                    Some(caveat) => format!("enforced by the agent on node {node}; {caveat}"),
+                },
             ),
             Some(text) => (
                 "False",
@@ -335,6 +341,7 @@ mod tests {
             cluster_scoped: false,
             generation,
             refusal: refusal.map(Into::into),
+            caveat: None,
             since: None,
         }
     }

@@ -567,24 +567,25 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
 }
 
 #[test]
-fn deny_is_only_for_connect() {
-    let p = ok(&web(
-        "  connect: {allow: [{cidr: 10.0.0.0/8}], action: Deny}
-",
-    ));
-    assert_eq!(p.spec.connect.action, crate::policy::Action::Deny);
-    assert_refused(
-        &web("  exec: {deny: [{prefix: /tmp/}], action: Deny}
-"),
-        "spec.exec.action",
-        "Deny is only available for connect",
-    );
-    assert_refused(
-        &web("  memory: {writeExecute: Deny, action: Deny}
-"),
-        "spec.memory.action",
-        "use Kill",
-    );
+fn deny_is_accepted_for_every_section() {
+    // Exec and W^X are refused before the act where the node runs BPF LSM, and killed after
+    // it elsewhere: the policy means the same on every node.
+    for section in [
+        "  connect: {allow: [{cidr: 10.0.0.0/8}], action: Deny}\n",
+        "  exec: {deny: [{prefix: /tmp/}], action: Deny}\n",
+        "  memory: {writeExecute: Deny, action: Deny}\n",
+    ] {
+        let p = ok(&web(section));
+        let actions = [
+            p.spec.connect.action,
+            p.spec.exec.action,
+            p.spec.memory.action,
+        ];
+        assert!(
+            actions.contains(&crate::policy::Action::Deny),
+            "{section}: {actions:?}"
+        );
+    }
 }
 
 #[test]

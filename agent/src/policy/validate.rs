@@ -246,22 +246,7 @@ fn host_processes(h: &crd::HostProcesses, e: &mut Errors) -> HostSelection {
     }
 }
 
-/// `Deny` needs a hook that runs before the act and can refuse it; exec and memory are
-/// decided after the act on kernels without BPF LSM (Kill still stops the new image or the
-/// process before its next instruction).
-fn deny_needs_a_refusing_hook(section: &str, action: Action, e: &mut Errors) {
-    if action == Action::Deny {
-        e.push(
-            format!("spec.{section}.action"),
-            format!(
-                "Deny is only available for connect: {section} is decided after the act on this                  agent's hooks; use Kill (the process dies before its next instruction) or Alert"
-            ),
-        );
-    }
-}
-
 fn exec(rules: &crd::ExecRules, e: &mut Errors) -> ExecRules {
-    deny_needs_a_refusing_hook("exec", rules.action, e);
     let mut out = ExecRules {
         action: rules.action,
         ..ExecRules::default()
@@ -403,7 +388,6 @@ fn connect_match(m: &crd::ConnectMatch, field: &str, e: &mut Errors) -> Option<C
 }
 
 fn memory(rules: &crd::MemoryRules, e: &mut Errors) -> MemoryRules {
-    deny_needs_a_refusing_hook("memory", rules.action, e);
     let mut allowed = Vec::new();
     for (i, p) in rules.allow_executables.iter().enumerate() {
         let field = format!("spec.memory.allowExecutables[{i}]");

@@ -108,6 +108,7 @@ mod tests {
                 mapped: false,
                 opened: false,
                 user_mount: false,
+                prevented: false,
                 undecided_set: None,
                 args_truncated: false,
                 args_missing: false,

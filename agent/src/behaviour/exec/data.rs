@@ -65,6 +65,13 @@ pub struct ExecData {
     #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub user_mount: bool,
+    /// Only on violations, present only when true: the exec did not happen. The kernel
+    /// refused it before the file ran (BPF LSM): the caller's execve failed with EPERM and
+    /// `process` is the caller, still running its own program. `path` is the refused file's
+    /// real path (for a script, the level refused: the script or one of its interpreters).
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub prevented: bool,
 }
 
 /// The member an exec event adds to the shared data.
@@ -90,6 +97,7 @@ impl From<&Exec> for ExecData {
             mapped: e.mapped,
             opened: e.opened,
             user_mount: e.user_mount,
+            prevented: e.prevented,
         }
     }
 }
@@ -98,6 +106,7 @@ impl ExecData {
     /// `/usr/bin/curl curl -s x [memfd, deleted]`
     pub fn line(&self) -> String {
         let marks: Vec<&str> = [
+            (self.prevented, "refused before it ran"),
             (self.memfd, "memfd"),
             (self.mapped, "mapped executable, not exec'd"),
             (self.opened, "script as its interpreter opened it"),

@@ -34,6 +34,9 @@ pub struct Exec {
     /// The real path crosses a mount an unprivileged user made in a user namespace of its
     /// own: the path is that user's choice (and so unverifiable).
     pub user_mount: bool,
+    /// Not run: refused before it started (BPF LSM); `path` is the refused file's real path
+    /// and the process is the caller, still running its own executable.
+    pub prevented: bool,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
     pub args: Vec<String>,
@@ -57,6 +60,7 @@ impl Exec {
             mapped: false,
             opened: false,
             user_mount: false,
+            prevented: false,
             undecided_set: None,
             args,
             memfd: false,
@@ -79,6 +83,7 @@ impl Exec {
             mapped: flag(exec_flags::MAPPED),
             opened: flag(exec_flags::OPENED),
             user_mount: flag(exec_flags::USER_MOUNT),
+            prevented: flag(exec_flags::PREVENTED),
             undecided_set: flag(exec_flags::UNDECIDED)
                 .then(|| agent_common::rule_id::set(e.header.rule)),
             args: split_args(&e.args, e.args_len, e.argc),

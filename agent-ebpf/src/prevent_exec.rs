@@ -1,0 +1,150 @@
+//! Exec refused before it happens (BPF LSM, `bprm_check_security`). The hook runs for the
+//! executed file and again for each interpreter a script names, before the point of no
+//! return: a refused level fails the whole `execve` with `EPERM` and the caller keeps running
+//! its old image (under Kill it is killed as well). The decision is the exec tracepoint's,
+//! on the file the kernel is about to run, from the same policy maps; what this hook lets
+//! through is decided again at `sched_process_exec`, which kills (fail closed).
+use agent_common::{NAME_LEN, PathRule, action, exec_flags, kind, mode};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::lsm,
+    programs::LsmContext,
+};
+
+use crate::{
+    diag::gave_up,
+    exec::{file_facts, fill_args},
+    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, TASK_EXE},
+    path::{path_key, real_path},
+    policy::{current_set, decide_exec, fail_closed, mark, policy_set, send_sigkill},
+    task::{config, count_loss, header, read_kernel_ptr},
+    throttle::admit,
+};
+
+pub const EPERM: i32 = 1;
+
+/// `bprm_check_security(struct linux_binprm *bprm)`; argument 1 is what the LSMs before
+/// this program decided.
+#[lsm(hook = "bprm_check_security")]
+pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
+    // The hook's second argument is the previous programs' return value.
+    let prior: i32 = ctx.arg(1);
+    if prior != 0 {
+        return prior;
+    }
+    match try_bprm_check(&ctx) {
+        Ok(ret) => ret,
+        // Nothing decided here: the exec tracepoint decides after the act, failing closed.
+        Err(err) => gave_up(
+            &ctx,
+            const { agent_common::probe_error::id("lsm_bprm_check") },
+            err,
+        ),
+    }
+}
+
+fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
+    let cfg = config().ok_or(1)?;
+    if cfg.mode != mode::ENFORCE {
+        return Ok(0);
+    }
+    let set = current_set();
+    let Some(ps) = policy_set(set) else {
+        return Ok(0);
+    };
+    // Alert leaves the act and its report to the exec tracepoint.
+    if !action::refuses(ps.exec_action as u16) {
+        return Ok(0);
+    }
+    let k = &cfg.kernel;
+    // The hook's first argument is the `struct linux_binprm *`.
+    let bprm: *const u8 = ctx.arg(0);
+    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = unsafe { &mut *scratch };
+    let file = read_kernel_ptr(bprm, k.bprm_file);
+    let mut exe_name = [0u8; NAME_LEN];
+    let mut flags = exec_flags::PREVENTED;
+    match file {
+        Some(file) => flags |= file_facts(cfg, file, &mut exe_name),
+        None => flags |= exec_flags::EXE_UNKNOWN,
+    }
+    let memfd = flags & exec_flags::MEMFD != 0;
+    let path = file.and_then(|f| real_path(cfg, f, scratch));
+    let mut rule = PathRule::default();
+    let mut keyed = false;
+    match path {
+        Some(built)
+            if !built.forged()
+                && path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len) =>
+        {
+            keyed = true;
+            if let Some(found) = EXEC_PATHS.get(&scratch.key) {
+                rule = *found;
+            }
+        }
+        Some(built) if built.forged() => flags |= exec_flags::USER_MOUNT,
+        _ => flags |= exec_flags::EXE_PATH_TRUNCATED,
+    }
+    let mut v = decide_exec(set, ps, memfd, keyed, &rule, None);
+    if !keyed && !memfd && !v.is_hit() {
+        v = fail_closed(set, ps);
+        if v.is_hit() {
+            flags |= exec_flags::UNVERIFIABLE;
+        }
+    }
+    if !v.is_hit() {
+        return Ok(0);
+    }
+    if v.action == action::KILL {
+        send_sigkill();
+    }
+
+    let mut head = header(kind::EXEC, cfg);
+    mark(&mut head, v);
+    let filename = read_kernel_ptr(bprm, k.bprm_filename);
+    let interp = read_kernel_ptr(bprm, k.bprm_interp);
+    if filename.is_some() && interp.is_some() && interp != filename {
+        flags |= exec_flags::SCRIPT;
+    }
+    if !admit(kind::EXEC, 0, &mut head) {
+        return Ok(-EPERM);
+    }
+    let Some(mut entry) = EVENTS.reserve::<agent_common::ExecEvent>(0) else {
+        count_loss(kind::EXEC);
+        return Ok(-EPERM);
+    };
+    // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
+    // until it is submitted.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.header = head;
+    event.flags = flags;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // The exec did not happen: the arguments are still filed under the caller's thread.
+    event.old_tid = pid_tgid as u32;
+    event.exe_name = exe_name;
+    event.path[0] = 0;
+    match path {
+        Some(built) => {
+            // SAFETY: the source has at least PATH_LEN bytes from any start.
+            let _ = unsafe { bpf_probe_read_kernel_buf(built.ptr(&scratch.path), &mut event.path) };
+        }
+        None => {
+            if let Some(name) = filename {
+                // SAFETY: the helper bounds the copy by the destination length.
+                let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut event.path) };
+            }
+        }
+    }
+    // The caller still runs its own executable, as recorded at its exec.
+    event.exe_path[0] = 0;
+    if let Some(exe) = TASK_EXE.get_ptr((pid_tgid >> 32) as u32) {
+        // SAFETY: a live map value of PATH_LEN bytes.
+        let _ = unsafe { bpf_probe_read_kernel_buf((*exe).path.as_ptr(), &mut event.exe_path) };
+    }
+    fill_args(event);
+    entry.submit(0);
+    Ok(-EPERM)
+}

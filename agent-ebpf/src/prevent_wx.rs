@@ -1,0 +1,143 @@
+//! W^X refused before it happens (BPF LSM, `mmap_file` and `file_mprotect`). The kernel
+//! calls these for every mapping and protection change whatever the entry (`mmap`,
+//! `mprotect`, `pkey_mprotect`, their 32-bit twins, writable `shmat`), with the protection it
+//! is about to apply, `READ_IMPLIES_EXEC` already added. A refused call fails with `EPERM`
+//! and the memory stays as it was (under Kill the process is killed as well). What these
+//! hooks let through is decided again at the syscall's exit, which kills (fail closed).
+use agent_common::{WxEvent, action, mode, wx_reason, wx_syscall};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
+
+use crate::{
+    diag::gave_up,
+    maps::WX_PENDING,
+    policy::send_sigkill,
+    prevent_exec::EPERM,
+    task::{config, current_task, read_kernel, traced},
+    wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
+};
+
+/// `thread_info.status` bit: the task is in a 32-bit system call.
+const TS_COMPAT: u32 = 0x0002;
+
+/// `mmap_file(struct file *file, unsigned long reqprot, unsigned long prot, unsigned long
+/// flags)`; argument 4 is what the LSMs before this program decided.
+#[lsm(hook = "mmap_file")]
+pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
+    // The hook's arguments, in order; the last is the previous programs' verdict.
+    let (prior, reqprot, prot, flags): (i32, u64, u64, u64) =
+        (ctx.arg(4), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    if prior != 0 {
+        return prior;
+    }
+    let request = Request {
+        syscall: wx_syscall::MMAP,
+        reqprot: reqprot as u32,
+        prot: prot as u32,
+        flags: flags as u32,
+        addr: 0,
+        len: 0,
+    };
+    match try_refuse(&request) {
+        Ok(ret) => ret,
+        Err(err) => gave_up(
+            &ctx,
+            const { agent_common::probe_error::id("lsm_mmap_file") },
+            err,
+        ),
+    }
+}
+
+/// `file_mprotect(struct vm_area_struct *vma, unsigned long reqprot, unsigned long prot)`;
+/// argument 3 is what the LSMs before this program decided.
+#[lsm(hook = "file_mprotect")]
+pub fn lsm_file_mprotect(ctx: LsmContext) -> i32 {
+    let (prior, vma, reqprot, prot): (i32, *const u8, u64, u64) =
+        (ctx.arg(3), ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if prior != 0 {
+        return prior;
+    }
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    let start: u64 = read_kernel(vma, cfg.kernel.vma_start).unwrap_or(0);
+    let end: u64 = read_kernel(vma, cfg.kernel.vma_end).unwrap_or(0);
+    let request = Request {
+        syscall: wx_syscall::MPROTECT,
+        reqprot: reqprot as u32,
+        prot: prot as u32,
+        flags: 0,
+        addr: start,
+        len: end.wrapping_sub(start),
+    };
+    match try_refuse(&request) {
+        Ok(ret) => ret,
+        Err(err) => gave_up(
+            &ctx,
+            const { agent_common::probe_error::id("lsm_file_mprotect") },
+            err,
+        ),
+    }
+}
+
+/// What the hook was asked, for the record when no syscall tracepoint filed the request.
+struct Request {
+    syscall: u32,
+    reqprot: u32,
+    prot: u32,
+    flags: u32,
+    addr: u64,
+    len: u64,
+}
+
+fn try_refuse(request: &Request) -> Result<i32, i64> {
+    if request.prot & (PROT_WRITE | PROT_EXEC) != PROT_WRITE | PROT_EXEC {
+        return Ok(0);
+    }
+    let cfg = config().ok_or(1)?;
+    if cfg.mode != mode::ENFORCE || !traced(cfg) {
+        return Ok(0);
+    }
+    let Some(v) = wx::decide(cfg) else {
+        return Ok(0);
+    };
+    // Alert leaves the act and its report to the tracepoints.
+    if !v.is_hit() || !action::refuses(v.action) {
+        return Ok(0);
+    }
+    if v.action == action::KILL {
+        send_sigkill();
+    }
+    // The request as the syscall tracepoint filed it (its address, length and descriptor),
+    // taken so that its exit, which sees EPERM, has nothing left to report.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let event = match WX_PENDING.get_ptr(tid) {
+        // SAFETY: a live map value, copied out before it is removed.
+        Some(pending) => unsafe { (*pending).event },
+        None => {
+            let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).unwrap_or(0);
+            let compat = status & TS_COMPAT != 0;
+            let asked_exec = request.reqprot & PROT_EXEC != 0;
+            WxEvent {
+                syscall: match (request.syscall, compat) {
+                    (wx_syscall::MMAP, true) => wx_syscall::MMAP2,
+                    (syscall, _) => syscall,
+                },
+                prot: request.prot,
+                flags: request.flags,
+                reason: if compat { wx_reason::COMPAT } else { 0 }
+                    | if asked_exec || request.reqprot & PROT_READ == 0 {
+                        wx_reason::WRITE_EXEC
+                    } else {
+                        wx_reason::READ_IMPLIES_EXEC
+                    },
+                addr: request.addr,
+                len: request.len,
+                fd: -1,
+                ..WxEvent::default()
+            }
+        }
+    };
+    let _ = WX_PENDING.remove(tid);
+    wx::report(cfg, v, &event);
+    Ok(-EPERM)
+}

@@ -1,0 +1,140 @@
+//! Refusing acts before they happen where the kernel runs BPF LSM: the `lsm_*` programs are
+//! attached all together or not at all. Without them the tracepoints carry a `Deny` of exec
+//! and W^X out as a kill after the act (fail closed), and this says so.
+use agent_common::prevent;
+use aya::{
+    Btf as AyaBtf, Ebpf,
+    programs::{Lsm, links::FdLink},
+};
+
+use super::{EbpfError, tracefs};
+
+/// Each prevention program, the LSM hook it attaches to and the acts it covers.
+pub const PREVENTION: &[(&str, &str, u32)] = &[
+    ("lsm_bprm_check", "bprm_check_security", prevent::EXEC),
+    ("lsm_mmap_file", "mmap_file", prevent::WX),
+    ("lsm_file_mprotect", "file_mprotect", prevent::WX),
+];
+
+/// What this node refuses before the act.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prevention {
+    /// [`agent_common::prevent`] bits: what the attached programs cover.
+    pub active: u32,
+    /// Why nothing is refused before the act, when nothing is.
+    pub unavailable: Option<String>,
+}
+
+impl Prevention {
+    /// One line for logs, `vigil doctor` and policy status.
+    pub fn describe(&self) -> String {
+        match &self.unavailable {
+            None => "BPF LSM refuses denied execs and W^X mappings before they happen (EPERM)"
+                .to_owned(),
+            Some(why) => format!(
+                "no BPF LSM ({why}): Deny of exec and W^X is carried out as Kill after the act"
+            ),
+        }
+    }
+}
+
+/// Why BPF LSM cannot refuse anything here, or `None` when it is active.
+fn lsm_missing() -> Option<String> {
+    match tracefs::active_lsms() {
+        Ok(lsms) if lsms.iter().any(|l| l == "bpf") => None,
+        Ok(lsms) => Some(format!(
+            "bpf is not among the active LSMs ({}); boot with lsm=...,bpf",
+            lsms.join(",")
+        )),
+        Err(err) => Some(format!("cannot read the active LSMs: {err}")),
+    }
+}
+
+/// Attached programs' links, by program, for pinning.
+pub type Links = Vec<(&'static str, FdLink)>;
+
+/// Loads and attaches every prevention program, or none. Attached links are handed back for
+/// pinning when `take` is set.
+pub fn attach(ebpf: &mut Ebpf, take: bool) -> (Prevention, Links) {
+    if let Some(why) = lsm_missing() {
+        return (
+            Prevention {
+                active: 0,
+                unavailable: Some(why),
+            },
+            Vec::new(),
+        );
+    }
+    match try_attach(ebpf, take) {
+        Ok((active, links)) => (
+            Prevention {
+                active,
+                unavailable: None,
+            },
+            links,
+        ),
+        Err(err) => (
+            Prevention {
+                active: 0,
+                unavailable: Some(err.to_string()),
+            },
+            Vec::new(),
+        ),
+    }
+}
+
+fn try_attach(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
+    let btf = AyaBtf::from_sys_fs().map_err(|e| EbpfError::Btf {
+        path: super::offsets::VMLINUX_BTF.into(),
+        reason: e.to_string(),
+    })?;
+    let mut attached = Vec::new();
+    let result = (|| {
+        for (program, hook, bit) in PREVENTION {
+            let err = |action: &'static str| {
+                move |source| EbpfError::Program {
+                    program: (*program).into(),
+                    action,
+                    source,
+                }
+            };
+            let prog = ebpf
+                .program_mut(program)
+                .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
+            let prog = <&mut Lsm>::try_from(prog).map_err(err("load"))?;
+            prog.load(hook, &btf).map_err(err("load"))?;
+            let id = prog.attach().map_err(err("attach"))?;
+            attached.push((*program, *bit, id));
+        }
+        Ok::<(), EbpfError>(())
+    })();
+    if let Err(err) = result {
+        // All or nothing: a half-attached set would leave the tracepoints deferring to a
+        // program that is not there.
+        for (program, _, id) in attached {
+            if let Some(prog) = ebpf.program_mut(program)
+                && let Ok(prog) = <&mut Lsm>::try_from(prog)
+            {
+                let _detached = prog.detach(id);
+            }
+        }
+        return Err(err);
+    }
+    let mut active = 0;
+    let mut links = Vec::new();
+    for (program, bit, id) in attached {
+        active |= bit;
+        if take
+            && let Some(prog) = ebpf.program_mut(program)
+            && let Ok(prog) = <&mut Lsm>::try_from(prog)
+        {
+            let link = prog.take_link(id).map_err(|source| EbpfError::Program {
+                program: program.into(),
+                action: "take its link",
+                source,
+            })?;
+            links.push((program, FdLink::from(link)));
+        }
+    }
+    Ok((active, links))
+}
