@@ -459,6 +459,11 @@ pub fn report_file(
 ) {
     let mut head = header(kind::EXEC, cfg);
     mark(&mut head, v);
+    // Only tracepoints report this way, after the act, where a Deny was carried out as a
+    // kill (`policy::enforce`); marked here rather than by the caller, whose stack is full.
+    if agent_common::action::refuses(head.action) {
+        head.action = agent_common::action::KILL;
+    }
     if !admit(kind::EXEC, 0, &mut head) {
         return;
     }

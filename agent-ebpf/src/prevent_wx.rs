@@ -4,12 +4,12 @@
 //! is about to apply, `READ_IMPLIES_EXEC` already added. A refused call fails with `EPERM`
 //! and the memory stays as it was (under Kill the process is killed as well). What these
 //! hooks let through is decided again at the syscall's exit, which kills (fail closed).
-use agent_common::{WxEvent, action, mode, wx_reason, wx_syscall};
+use agent_common::{action, mode, wx_reason, wx_syscall};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
 
 use crate::{
     diag::gave_up,
-    maps::WX_PENDING,
+    maps::{WX_PENDING, WX_SCRATCH},
     policy::send_sigkill,
     prevent_exec::EPERM,
     task::{config, current_task, read_kernel, traced},
@@ -108,36 +108,39 @@ fn try_refuse(request: &Request) -> Result<i32, i64> {
         send_sigkill();
     }
     // The request as the syscall tracepoint filed it (its address, length and descriptor),
-    // taken so that its exit, which sees EPERM, has nothing left to report.
+    // taken so that its exit, which sees EPERM, has nothing left to report. Records stay in
+    // map memory: kernels before 6.13 give this program and its calls 512 bytes of stack.
     let tid = bpf_get_current_pid_tgid() as u32;
-    let event = match WX_PENDING.get_ptr(tid) {
-        // SAFETY: a live map value, copied out before it is removed.
-        Some(pending) => unsafe { (*pending).event },
-        None => {
-            let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).unwrap_or(0);
-            let compat = status & TS_COMPAT != 0;
-            let asked_exec = request.reqprot & PROT_EXEC != 0;
-            WxEvent {
-                syscall: match (request.syscall, compat) {
-                    (wx_syscall::MMAP, true) => wx_syscall::MMAP2,
-                    (syscall, _) => syscall,
-                },
-                prot: request.prot,
-                flags: request.flags,
-                reason: if compat { wx_reason::COMPAT } else { 0 }
-                    | if asked_exec || request.reqprot & PROT_READ == 0 {
-                        wx_reason::WRITE_EXEC
-                    } else {
-                        wx_reason::READ_IMPLIES_EXEC
-                    },
-                addr: request.addr,
-                len: request.len,
-                fd: -1,
-                ..WxEvent::default()
-            }
-        }
+    if let Some(pending) = WX_PENDING.get_ptr(tid) {
+        // SAFETY: a live map value, read before it is removed.
+        wx::report(cfg, v, unsafe { &(*pending).event });
+        let _ = WX_PENDING.remove(tid);
+        return Ok(-EPERM);
+    }
+    let slot = WX_SCRATCH.get_ptr_mut(0).ok_or(1)?;
+    // SAFETY: this CPU's slot, which no other program uses while this one runs.
+    let event = unsafe { &mut (*slot).event };
+    let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).unwrap_or(0);
+    let compat = status & TS_COMPAT != 0;
+    event.syscall = if compat && request.syscall == wx_syscall::MMAP {
+        wx_syscall::MMAP2
+    } else {
+        request.syscall
     };
-    let _ = WX_PENDING.remove(tid);
-    wx::report(cfg, v, &event);
+    event.prot = request.prot;
+    event.flags = request.flags;
+    event.reason = if request.reqprot & PROT_EXEC == 0 && request.reqprot & PROT_READ != 0 {
+        wx_reason::READ_IMPLIES_EXEC
+    } else {
+        wx_reason::WRITE_EXEC
+    };
+    if compat {
+        event.reason |= wx_reason::COMPAT;
+    }
+    event.addr = request.addr;
+    event.len = request.len;
+    event.fd = -1;
+    event.extra = 0;
+    wx::report(cfg, v, event);
     Ok(-EPERM)
 }

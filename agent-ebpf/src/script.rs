@@ -238,7 +238,8 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     if !v.is_hit() {
         return Ok(());
     }
-    let v = enforce(v);
+    // Reported as carried out by `report_file` (a Deny as the kill it was here).
+    enforce(v);
     let mut flags = exec_flags::SCRIPT | exec_flags::OPENED | exec_flags::ARGS_MISSING;
     if memfd {
         flags |= exec_flags::MEMFD;

@@ -8,7 +8,7 @@ use aya::{
 
 use crate::{
     ebpf::{
-        Btf, PINNED_AGENTS, PROGRAMS, attachments, load_program, offsets,
+        Btf, PINNED_AGENTS, PROGRAMS, TAIL_CALLS, attachments, load_program, offsets,
         prevent::{self, PREVENTION},
         read_probe_errors, tracefs,
     },
@@ -183,6 +183,32 @@ fn program_checks(checks: &mut Vec<Check>) {
                 Status::Ok,
                 format!(
                     "accepted by the verifier in {} ms{}",
+                    took.as_millis(),
+                    verified.map_or_else(String::new, |n| format!(", {n} instructions verified"))
+                ),
+            ),
+            Err(err) => check(format!("program {program}"), Status::Fail, err),
+        });
+    }
+    for (program, _) in TAIL_CALLS {
+        let started = std::time::Instant::now();
+        let result = ebpf
+            .program_mut(program)
+            .ok_or_else(|| "missing from the object".to_string())
+            .and_then(|p| {
+                <&mut TracePoint>::try_from(&mut *p)
+                    .map_err(|e| e.to_string())?
+                    .load()
+                    .map_err(|e| e.to_string())?;
+                Ok(p.info().ok().and_then(|i| i.verified_instruction_count()))
+            });
+        let took = started.elapsed();
+        checks.push(match result {
+            Ok(verified) => check(
+                format!("program {program}"),
+                Status::Ok,
+                format!(
+                    "accepted by the verifier in {} ms{} (jumped to)",
                     took.as_millis(),
                     verified.map_or_else(String::new, |n| format!(", {n} instructions verified"))
                 ),

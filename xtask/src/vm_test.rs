@@ -207,6 +207,10 @@ fn read_console(qemu: &mut Command, outcome: &mut Outcome) -> Result<()> {
                 .programs_refused
                 .push(rest.split_whitespace().next().unwrap_or(rest).to_owned());
         }
+        // Every guest boots with BPF LSM on: prevention must attach.
+        if line.starts_with("no   prevention (BPF LSM)") {
+            outcome.programs_refused.push(line.to_owned());
+        }
         if let Some(rest) = line.strip_prefix("ok   program ") {
             let name = rest
                 .split_whitespace()
