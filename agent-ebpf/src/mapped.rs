@@ -20,7 +20,7 @@ use aya_ebpf::{
 use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
-    maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH},
+    maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH, WX_SCRATCH},
     path::{path_key, real_path},
     policy::{Violation, current_set, enforce, policy_set, violation},
     task::{config, count_loss, syscall_arg, traced},
@@ -170,7 +170,7 @@ fn judge_file(
     }
     let shared = memfd || (tmpfs && !path.is_null() && under_dev_shm(path));
     if shared {
-        shared_exec(cfg, request);
+        shared_exec(cfg, &request);
     }
     let Some(ps) = ps.filter(|_| enforcing && exec_rules) else {
         return Ok(());
@@ -234,23 +234,26 @@ fn under_dev_shm(path: *const u8) -> bool {
     true
 }
 
-/// Reports (and in enforce mode decides) an executable mapping of shared memory.
-fn shared_exec(cfg: &agent_common::Config, request: FileRequest) {
+/// Reports (and in enforce mode decides) an executable mapping of shared memory. Never
+/// inlined, and its record is built in map memory: `judge_mapped_file` walks a path below it,
+/// and kernels before 6.13 give the whole call chain 512 bytes of stack.
+#[inline(never)]
+fn shared_exec(cfg: &agent_common::Config, request: &FileRequest) {
     let Some(judged) = wx::judge(cfg) else {
         return;
     };
-    wx::report(
-        cfg,
-        judged,
-        &WxEvent {
-            syscall: request.syscall,
-            prot: request.prot as u32,
-            flags: request.flags as u32,
-            reason: wx_reason::SHARED_EXEC,
-            addr: request.addr,
-            len: request.len,
-            fd: request.fd,
-            ..WxEvent::default()
-        },
-    );
+    let Some(slot) = WX_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, which no other program uses while this one runs.
+    let event = unsafe { &mut (*slot).event };
+    event.syscall = request.syscall;
+    event.prot = request.prot as u32;
+    event.flags = request.flags as u32;
+    event.reason = wx_reason::SHARED_EXEC;
+    event.addr = request.addr;
+    event.len = request.len;
+    event.fd = request.fd;
+    event.extra = 0;
+    wx::report(cfg, judged, event);
 }

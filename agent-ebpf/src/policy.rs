@@ -136,6 +136,7 @@ pub fn send_sigkill() {
 /// Carries out a violation's action from a tracing hook, after the act: Kill kills, and so
 /// does Deny, which only a hook before the act can carry out (fail closed). Gives the
 /// violation as carried out, to be reported as such.
+#[inline(always)]
 pub fn enforce(violation: Violation) -> Violation {
     if violation.is_hit() && action::refuses(violation.action) {
         send_sigkill();
