@@ -129,6 +129,81 @@ fn main() -> Result<()> {
     if !object.exists() {
         bail!("eBPF build succeeded but {} is missing", object.display());
     }
-    println!("cargo:rustc-env=VIGIL_PROBES_OBJECT={}", object.display());
+    let patched = object.with_file_name("vigil-probes.static-builtins");
+    let mut bytes =
+        std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    let changed = memory_builtins_static(&mut bytes)
+        .with_context(|| format!("patching the BTF of {}", object.display()))?;
+    if changed == 0 {
+        bail!("{}: no memory builtin found in its BTF", object.display());
+    }
+    std::fs::write(&patched, &bytes).with_context(|| format!("writing {}", patched.display()))?;
+    println!("cargo:rustc-env=VIGIL_PROBES_OBJECT={}", patched.display());
     Ok(())
+}
+
+/// The memory builtins (`memset`, `memcpy`, `memmove`, `memcmp`, `bcmp`) that `core` brings
+/// are global functions in the object's BTF. Kernels before 5.12 verify a global function on
+/// its own and refuse one that takes a pointer to anything but the context ("arg#0 type is
+/// not a struct"), which refused every program that calls them on 5.10. Marked static, they
+/// are verified in their caller's context, as every other function of the probes is. Gives
+/// how many were changed.
+fn memory_builtins_static(elf: &mut [u8]) -> Result<usize> {
+    const BUILTINS: [&[u8]; 5] = [b"memset", b"memcpy", b"memmove", b"memcmp", b"bcmp"];
+    const KIND_FUNC: u32 = 12;
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        bail!("not a 64-bit little-endian ELF object");
+    }
+    let (shoff, shentsize, shnum, shstrndx) = (
+        u64_at(elf, 0x28),
+        u16_at(elf, 0x3a),
+        u16_at(elf, 0x3c),
+        u16_at(elf, 0x3e),
+    );
+    let section = |i: usize| shoff + i * shentsize;
+    let names = u64_at(elf, section(shstrndx) + 24);
+    let btf = (0..shnum)
+        .map(section)
+        .find(|&h| {
+            let name = names + u32_at(elf, h) as usize;
+            elf.get(name..name + 5) == Some(b".BTF\0")
+        })
+        .context("no .BTF section")?;
+    let (start, size) = (u64_at(elf, btf + 24), u64_at(elf, btf + 32));
+    let btf = &mut elf[start..start + size];
+    if u16_at(btf, 0) != 0xeb9f {
+        bail!(".BTF has no BTF magic");
+    }
+    let hdr_len = u32_at(btf, 4) as usize;
+    let (type_off, type_len) = (u32_at(btf, 8) as usize, u32_at(btf, 12) as usize);
+    let str_off = hdr_len + u32_at(btf, 16) as usize;
+    let mut at = hdr_len + type_off;
+    let end = at + type_len;
+    let mut changed = 0;
+    while at < end {
+        let name = str_off + u32_at(btf, at) as usize;
+        let info = u32_at(btf, at + 4);
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        let name_bytes = &btf[name..];
+        let name_len = name_bytes.iter().position(|&c| c == 0).unwrap_or(0);
+        if kind == KIND_FUNC && BUILTINS.contains(&&name_bytes[..name_len]) && vlen != 0 {
+            // A FUNC's vlen is its linkage: 0 static, 1 global.
+            btf[at + 4..at + 8].copy_from_slice(&(info & !0xffff).to_le_bytes());
+            changed += 1;
+        }
+        at += 12
+            + match kind {
+                1 | 14 | 17 => 4,
+                3 => 12,
+                4 | 5 | 15 | 19 => 12 * vlen,
+                6 | 13 => 8 * vlen,
+                2 | 7..=12 | 16 | 18 => 0,
+                other => bail!("BTF type kind {other} unknown"),
+            };
+    }
+    Ok(changed)
 }

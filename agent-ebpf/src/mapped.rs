@@ -8,8 +8,7 @@
 //! or a file in `/dev/shm`) is W^X by intent, the dual-mapping pattern of JIT engines and
 //! injectors alike: a W^X violation unless the executable is exempt.
 use agent_common::{
-    PathRule, WxEvent, action, exec_flags, kind, mode, path_verdict, set_flags, wx_reason,
-    wx_syscall,
+    PathRule, action, exec_flags, kind, mode, path_verdict, set_flags, wx_reason, wx_syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},

@@ -242,7 +242,7 @@ fn script(dir: &Path, binaries: &[PathBuf], filters: &[String]) -> Result<PathBu
         .join(" ");
     let mut text = format!(
         r#"cd '{root}'
-export CI='{ci}' VIGIL_BIN='{debug}/vigil' VIGIL_SCENARIO_BIN='{debug}/vigil-scenario'
+export VIGIL_EXPECT_BPF_LSM=1 CI='{ci}' VIGIL_BIN='{debug}/vigil' VIGIL_SCENARIO_BIN='{debug}/vigil-scenario'
 # Emulation: the tests' liveness bounds stretch (loading the programs alone takes a minute).
 export VIGIL_TEST_PACE=5
 export TMPDIR=/run/vigil-tmp
