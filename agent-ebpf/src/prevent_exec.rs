@@ -23,6 +23,9 @@ use crate::{
     throttle::admit,
 };
 
+/// The hook's refusal is `-EPERM`, decided as a `bool` and turned into the value only at the
+/// entry point: kernels from 6.12 check an LSM program's return as 64 bits within
+/// [-4095, 0], and an `i32` carried through a `Result` came back zero-extended (4294967295).
 pub const EPERM: i32 = 1;
 
 /// `bprm_check_security(struct linux_binprm *bprm)`; argument 1 is what the LSMs before
@@ -35,7 +38,8 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
         return prior;
     }
     match try_bprm_check(&ctx) {
-        Ok(ret) => ret,
+        Ok(true) => -EPERM,
+        Ok(false) => 0,
         // Nothing decided here: the exec tracepoint decides after the act, failing closed.
         Err(err) => gave_up(
             &ctx,
@@ -45,18 +49,19 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
     }
 }
 
-fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
+/// Whether the exec is refused.
+fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     let cfg = config().ok_or(1)?;
     if cfg.mode != mode::ENFORCE {
-        return Ok(0);
+        return Ok(false);
     }
     let set = current_set();
     let Some(ps) = policy_set(set) else {
-        return Ok(0);
+        return Ok(false);
     };
     // Alert leaves the act and its report to the exec tracepoint.
     if !action::refuses(ps.exec_action as u16) {
-        return Ok(0);
+        return Ok(false);
     }
     let k = &cfg.kernel;
     // The hook's first argument is the `struct linux_binprm *`.
@@ -96,7 +101,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
         }
     }
     if !v.is_hit() {
-        return Ok(0);
+        return Ok(false);
     }
     if v.action == action::KILL {
         send_sigkill();
@@ -110,11 +115,11 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
         flags |= exec_flags::SCRIPT;
     }
     if !admit(kind::EXEC, 0, &mut head) {
-        return Ok(-EPERM);
+        return Ok(true);
     }
     let Some(mut entry) = EVENTS.reserve::<agent_common::ExecEvent>(0) else {
         count_loss(kind::EXEC);
-        return Ok(-EPERM);
+        return Ok(true);
     };
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
     // until it is submitted.
@@ -146,5 +151,5 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
     }
     fill_args(event);
     entry.submit(0);
-    Ok(-EPERM)
+    Ok(true)
 }

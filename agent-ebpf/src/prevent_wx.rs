@@ -38,7 +38,8 @@ pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
         len: 0,
     };
     match try_refuse(&request) {
-        Ok(ret) => ret,
+        Ok(true) => -EPERM,
+        Ok(false) => 0,
         Err(err) => gave_up(
             &ctx,
             const { agent_common::probe_error::id("lsm_mmap_file") },
@@ -70,7 +71,8 @@ pub fn lsm_file_mprotect(ctx: LsmContext) -> i32 {
         len: end.wrapping_sub(start),
     };
     match try_refuse(&request) {
-        Ok(ret) => ret,
+        Ok(true) => -EPERM,
+        Ok(false) => 0,
         Err(err) => gave_up(
             &ctx,
             const { agent_common::probe_error::id("lsm_file_mprotect") },
@@ -89,20 +91,21 @@ struct Request {
     len: u64,
 }
 
-fn try_refuse(request: &Request) -> Result<i32, i64> {
+/// Whether the mapping or protection change is refused.
+fn try_refuse(request: &Request) -> Result<bool, i64> {
     if request.prot & (PROT_WRITE | PROT_EXEC) != PROT_WRITE | PROT_EXEC {
-        return Ok(0);
+        return Ok(false);
     }
     let cfg = config().ok_or(1)?;
     if cfg.mode != mode::ENFORCE || !traced(cfg) {
-        return Ok(0);
+        return Ok(false);
     }
     let Some(v) = wx::decide(cfg) else {
-        return Ok(0);
+        return Ok(false);
     };
     // Alert leaves the act and its report to the tracepoints.
     if !v.is_hit() || !action::refuses(v.action) {
-        return Ok(0);
+        return Ok(false);
     }
     if v.action == action::KILL {
         send_sigkill();
@@ -115,7 +118,7 @@ fn try_refuse(request: &Request) -> Result<i32, i64> {
         // SAFETY: a live map value, read before it is removed.
         wx::report(cfg, v, unsafe { &(*pending).event });
         let _ = WX_PENDING.remove(tid);
-        return Ok(-EPERM);
+        return Ok(true);
     }
     let slot = WX_SCRATCH.get_ptr_mut(0).ok_or(1)?;
     // SAFETY: this CPU's slot, which no other program uses while this one runs.
@@ -142,5 +145,5 @@ fn try_refuse(request: &Request) -> Result<i32, i64> {
     event.fd = -1;
     event.extra = 0;
     wx::report(cfg, v, event);
-    Ok(-EPERM)
+    Ok(true)
 }

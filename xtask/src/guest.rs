@@ -53,6 +53,11 @@ pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &mut Command) -> Resul
     if !tree.join("boot").is_dir() {
         unpack_kernel(dir, &tree, package, apt_get)?;
     }
+    // Packages from trixie on ship their modules under usr/lib (merged /usr).
+    if !tree.join("lib").exists() && tree.join("usr/lib/modules").is_dir() {
+        std::os::unix::fs::symlink("usr/lib", tree.join("lib"))
+            .with_context(|| format!("cannot link {}/lib to usr/lib", tree.display()))?;
+    }
     let modules = tree.join("lib/modules");
     let version = fs::read_dir(&modules)
         .with_context(|| format!("cannot read {}", modules.display()))?
