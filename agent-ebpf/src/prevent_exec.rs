@@ -23,10 +23,23 @@ use crate::{
     throttle::admit,
 };
 
-/// The hook's refusal is `-EPERM`, decided as a `bool` and turned into the value only at the
-/// entry point: kernels from 6.12 check an LSM program's return as 64 bits within
-/// [-4095, 0], and an `i32` carried through a `Result` came back zero-extended (4294967295).
-pub const EPERM: i32 = 1;
+const EPERM: i64 = 1;
+
+/// The hook's return for a decision: `-EPERM` or 0. Kernels from 6.12 check an LSM program's
+/// return as a 64-bit value the verifier knows to be within [-4095, 0]: an `i32` carried
+/// through a `Result` came back zero-extended (4294967295), and `-(refused as i64)` is a
+/// negation, whose result the verifier does not track. So the refusal is a 64-bit constant,
+/// read back through memory so that the compiler cannot fold the two cases into arithmetic.
+#[inline(always)]
+pub fn verdict(refused: bool) -> i32 {
+    if refused {
+        let refusal: i64 = -EPERM;
+        // SAFETY: a read of a local.
+        unsafe { core::ptr::read_volatile(&refusal) as i32 }
+    } else {
+        0
+    }
+}
 
 /// `bprm_check_security(struct linux_binprm *bprm)`; argument 1 is what the LSMs before
 /// this program decided.
@@ -38,8 +51,7 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
         return prior;
     }
     match try_bprm_check(&ctx) {
-        Ok(true) => -EPERM,
-        Ok(false) => 0,
+        Ok(refused) => verdict(refused),
         // Nothing decided here: the exec tracepoint decides after the act, failing closed.
         Err(err) => gave_up(
             &ctx,

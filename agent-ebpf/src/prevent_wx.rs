@@ -11,7 +11,7 @@ use crate::{
     diag::gave_up,
     maps::{WX_PENDING, WX_SCRATCH},
     policy::send_sigkill,
-    prevent_exec::EPERM,
+    prevent_exec::verdict,
     task::{config, current_task, read_kernel, traced},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
@@ -38,8 +38,7 @@ pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
         len: 0,
     };
     match try_refuse(&request) {
-        Ok(true) => -EPERM,
-        Ok(false) => 0,
+        Ok(refused) => verdict(refused),
         Err(err) => gave_up(
             &ctx,
             const { agent_common::probe_error::id("lsm_mmap_file") },
@@ -71,8 +70,7 @@ pub fn lsm_file_mprotect(ctx: LsmContext) -> i32 {
         len: end.wrapping_sub(start),
     };
     match try_refuse(&request) {
-        Ok(true) => -EPERM,
-        Ok(false) => 0,
+        Ok(refused) => verdict(refused),
         Err(err) => gave_up(
             &ctx,
             const { agent_common::probe_error::id("lsm_file_mprotect") },
