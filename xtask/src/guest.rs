@@ -41,16 +41,17 @@ pub struct Guest {
 
 /// [`prepare_kernel`] with [`KERNEL_PACKAGE`], fetched through the host's apt sources.
 pub fn prepare(dir: &Path) -> Result<Guest> {
-    prepare_kernel(dir, KERNEL_PACKAGE, &mut Command::new("apt-get"))
+    prepare_kernel(dir, KERNEL_PACKAGE, &|| Command::new("apt-get"))
 }
 
 /// Fetches (`apt_get download PACKAGE`, with whatever options the caller gave `apt_get`) and
 /// unpacks the kernel package into `dir` (once), and writes the initramfs and the guest's
 /// second stage.
-pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &mut Command) -> Result<Guest> {
+pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &dyn Fn() -> Command) -> Result<Guest> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tree = dir.join("kernel");
-    if !tree.join("boot").is_dir() {
+    // Renamed into place only once whole.
+    if !tree.is_dir() {
         unpack_kernel(dir, &tree, package, apt_get)?;
     }
     // Packages from trixie on ship their modules under usr/lib (merged /usr).
@@ -67,7 +68,14 @@ pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &mut Command) -> Resul
     if !modules.join(&version).join("modules.dep").exists() {
         run_checked(Command::new("depmod").arg("-b").arg(&tree).arg(&version))?;
     }
-    let kernel = tree.join(format!("boot/vmlinuz-{version}"));
+    let kernel = [
+        tree.join(format!("boot/vmlinuz-{version}")),
+        // Where the split packaging puts it.
+        modules.join(&version).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|k| k.exists())
+    .unwrap_or_else(|| tree.join(format!("boot/vmlinuz-{version}")));
     if !kernel.exists() {
         bail!("{package} has no {}", kernel.display());
     }
@@ -84,8 +92,38 @@ pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &mut Command) -> Resul
     })
 }
 
-fn unpack_kernel(dir: &Path, tree: &Path, package_name: &str, apt_get: &mut Command) -> Result<()> {
-    run_checked(apt_get.args(["download", package_name]).current_dir(dir))?;
+fn unpack_kernel(
+    dir: &Path,
+    tree: &Path,
+    package_name: &str,
+    apt_get: &dyn Fn() -> Command,
+) -> Result<()> {
+    let partial = dir.join("kernel.partial");
+    let _ = fs::remove_dir_all(&partial);
+    unpack_package(dir, &partial, package_name, apt_get)?;
+    if !partial.join("boot").is_dir() {
+        // Newer packaging splits the image: the kernel and its modules are packages of
+        // their own, which the image package depends on.
+        let version = package_name
+            .trim_start_matches("linux-image-")
+            .trim_end_matches("-unsigned");
+        for part in ["linux-binary", "linux-modules"] {
+            unpack_package(dir, &partial, &format!("{part}-{version}"), apt_get)?;
+        }
+    }
+    fs::rename(&partial, tree)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), tree.display()))?;
+    Ok(())
+}
+
+/// `apt-get download PACKAGE` into `dir`, unpacked into `into`.
+fn unpack_package(
+    dir: &Path,
+    into: &Path,
+    package_name: &str,
+    apt_get: &dyn Fn() -> Command,
+) -> Result<()> {
+    run_checked(apt_get().args(["download", package_name]).current_dir(dir))?;
     let prefix = format!("{}_", package_name.replace('+', "%2b"));
     let package = fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -100,18 +138,32 @@ fn unpack_kernel(dir: &Path, tree: &Path, package_name: &str, apt_get: &mut Comm
                 dir.display()
             )
         })?;
-    let partial = dir.join("kernel.partial");
-    let _ = fs::remove_dir_all(&partial);
-    run_checked(
-        Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&package)
-            .arg(&partial),
-    )?;
-    fs::rename(&partial, tree)
-        .with_context(|| format!("cannot move {} to {}", partial.display(), tree.display()))?;
+    run_checked(Command::new("dpkg-deb").arg("-x").arg(&package).arg(into))?;
     fs::remove_file(&package)?;
     Ok(())
+}
+
+/// Whether `dir` holds a file for `module` (`name.ko`, compressed or not, `-` or `_`).
+fn module_file_exists(dir: &Path, module: &str) -> bool {
+    let wanted = module.replace('-', "_");
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
+                && name.split(".ko").next().map(|n| n.replace('-', "_")) == Some(wanted.clone())
+                && name.contains(".ko")
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// The initramfs: busybox, the modules the init loads in dependency order (unpacked: busybox
@@ -144,13 +196,20 @@ fn write_initramfs(
     }
     let mut order: Vec<String> = Vec::new();
     for module in INIT_MODULES {
-        let deps = output_of(Command::new("modprobe").arg("-d").arg(tree).args([
+        let deps = match output_of(Command::new("modprobe").arg("-d").arg(tree).args([
             "-S",
             version,
             "--show-depends",
             module,
-        ]))
-        .with_context(|| format!("modprobe cannot resolve {module} for {version}"))?;
+        ])) {
+            Some(deps) => deps,
+            // The host's modprobe may not read a newer kernel's index of built-in modules:
+            // a module with no file in the tree is built in.
+            None if !module_file_exists(&tree.join("lib/modules").join(version), module) => {
+                continue;
+            }
+            None => bail!("modprobe cannot resolve {module} for {version}"),
+        };
         for line in deps.lines() {
             if let Some(path) = line.strip_prefix("insmod ") {
                 let path = path.trim().to_owned();

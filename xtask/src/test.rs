@@ -175,7 +175,24 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     }
     steps.run(GUEST_STEP.to_owned(), || {
         guest_node_tests(&images, &sandbox, &k8s_bin_dir, counts)
-    })
+    })?;
+    // Prevention before the act needs BPF LSM, which this host's kernel refuses.
+    steps.run(
+        format!(
+            "prevention under BPF LSM: vm-test --kernel {} -- {}",
+            crate::vm_test::PREVENTION_KERNELS.join(" --kernel "),
+            crate::vm_test::PREVENTION_TESTS.join(" ")
+        ),
+        || {
+            crate::vm_test::run(&crate::vm_test::Options {
+                kernels: crate::vm_test::PREVENTION_KERNELS
+                    .map(str::to_owned)
+                    .to_vec(),
+                all: false,
+                filters: crate::vm_test::PREVENTION_TESTS.map(str::to_owned).to_vec(),
+            })
+        },
+    )
 }
 
 /// Boots of the guest before its kernel is taken not to come up: emulation has oopsed early
