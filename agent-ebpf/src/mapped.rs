@@ -8,7 +8,8 @@
 //! or a file in `/dev/shm`) is W^X by intent, the dual-mapping pattern of JIT engines and
 //! injectors alike: a W^X violation unless the executable is exempt.
 use agent_common::{
-    PathRule, action, exec_flags, kind, mode, path_verdict, set_flags, wx_reason, wx_syscall,
+    PathRule, action, exec_flags, kind, mode, path_verdict, prevent, set_flags, wx_reason,
+    wx_syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
@@ -21,7 +22,7 @@ use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
     maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH, WX_SCRATCH},
     path::{path_key, real_path},
-    policy::{Violation, current_set, enforce, policy_set, violation},
+    policy::{Violation, current_set, enforce, policy_set, prevented, violation},
     task::{config, count_loss, syscall_arg, traced},
     vma::{self, Found, VM_EXEC},
     wx,
@@ -238,9 +239,15 @@ fn under_dev_shm(path: *const u8) -> bool {
 /// and kernels before 6.13 give the whole call chain 512 bytes of stack.
 #[inline(never)]
 fn shared_exec(cfg: &agent_common::Config, request: &FileRequest) {
-    let Some(judged) = wx::judge(cfg) else {
+    let Some(judged) = wx::decide(cfg) else {
         return;
     };
+    // Writable as well, it is refused by `mmap_file` or `file_mprotect` where BPF LSM runs,
+    // which report it; an executable-only view of shared memory is carried out here.
+    if request.prot as u32 & wx::PROT_WRITE != 0 && prevented(cfg, prevent::WX, judged) {
+        return;
+    }
+    let judged = enforce(judged);
     let Some(slot) = WX_SCRATCH.get_ptr_mut(0) else {
         return;
     };

@@ -289,9 +289,13 @@ fn prevention_checks(ebpf: &mut Ebpf, checks: &mut Vec<Check>) {
             Status::Missing
         },
         format!(
-            "{} ({} ms to load and attach)",
+            "{} ({} ms to load and attach){}",
             prevention.describe(),
-            took.as_millis()
+            took.as_millis(),
+            prevention
+                .detail
+                .as_deref()
+                .map_or_else(String::new, |d| format!("\n{d}"))
         ),
     ));
 }

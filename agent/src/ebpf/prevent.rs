@@ -21,8 +21,10 @@ pub const PREVENTION: &[(&str, &str, u32)] = &[
 pub struct Prevention {
     /// [`agent_common::prevent`] bits: what the attached programs cover.
     pub active: u32,
-    /// Why nothing is refused before the act, when nothing is.
+    /// Why nothing is refused before the act, when nothing is (one line).
     pub unavailable: Option<String>,
+    /// The whole error, a verifier's log included, for `vigil doctor`.
+    pub detail: Option<String>,
 }
 
 impl Prevention {
@@ -61,6 +63,7 @@ pub fn attach(ebpf: &mut Ebpf, take: bool) -> (Prevention, Links) {
             Prevention {
                 active: 0,
                 unavailable: Some(why),
+                detail: None,
             },
             Vec::new(),
         );
@@ -70,25 +73,39 @@ pub fn attach(ebpf: &mut Ebpf, take: bool) -> (Prevention, Links) {
             Prevention {
                 active,
                 unavailable: None,
+                detail: None,
             },
             links,
         ),
         Err(err) => (
             Prevention {
                 active: 0,
-                unavailable: Some(err.to_string()),
+                // The first line: a verifier's log would flood every policy's status.
+                unavailable: Some(first_line(&err.to_string())),
+                detail: Some(err.to_string()),
             },
             Vec::new(),
         ),
     }
 }
 
+/// The first line of `text`, at most 300 characters.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line.to_owned(),
+    }
+}
+
 fn try_attach(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
+    let mut active = 0;
     let btf = AyaBtf::from_sys_fs().map_err(|e| EbpfError::Btf {
         path: super::offsets::VMLINUX_BTF.into(),
         reason: e.to_string(),
     })?;
     let mut attached = Vec::new();
+    let mut links = Vec::new();
     let result = (|| {
         for (program, hook, bit) in PREVENTION {
             let err = |action: &'static str| {
@@ -104,14 +121,22 @@ fn try_attach(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
             let prog = <&mut Lsm>::try_from(prog).map_err(err("load"))?;
             prog.load(hook, &btf).map_err(err("load"))?;
             let id = prog.attach().map_err(err("attach"))?;
-            attached.push((*program, *bit, id));
+            if take {
+                // Taken at once, so that a failure leaves nothing attached (see below).
+                let link = prog.take_link(id).map_err(err("take its link"))?;
+                links.push((*program, FdLink::from(link)));
+            } else {
+                attached.push((*program, id));
+            }
+            active |= bit;
         }
         Ok::<(), EbpfError>(())
     })();
     if let Err(err) = result {
         // All or nothing: a half-attached set would leave the tracepoints deferring to a
-        // program that is not there.
-        for (program, _, id) in attached {
+        // program that is not there. Taken links detach when dropped.
+        links.clear();
+        for (program, id) in attached {
             if let Some(prog) = ebpf.program_mut(program)
                 && let Ok(prog) = <&mut Lsm>::try_from(prog)
             {
@@ -119,22 +144,6 @@ fn try_attach(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
             }
         }
         return Err(err);
-    }
-    let mut active = 0;
-    let mut links = Vec::new();
-    for (program, bit, id) in attached {
-        active |= bit;
-        if take
-            && let Some(prog) = ebpf.program_mut(program)
-            && let Ok(prog) = <&mut Lsm>::try_from(prog)
-        {
-            let link = prog.take_link(id).map_err(|source| EbpfError::Program {
-                program: program.into(),
-                action: "take its link",
-                source,
-            })?;
-            links.push((program, FdLink::from(link)));
-        }
     }
     Ok((active, links))
 }

@@ -524,6 +524,12 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
         "exec.action is Kill, but this path is 257 bytes",
     );
     assert!(errors[0].reason.contains("can only alert"), "{}", errors[0]);
+    // Deny needs the kernel to decide before the act: the same limit.
+    assert_refused(
+        &exec("Deny"),
+        "spec.exec.allow[1].prefix",
+        "exec.action is Deny, but this path is 257 bytes",
+    );
     ok(&exec("Alert"));
     // Audit does not make Kill acceptable: switching the mode must not make a policy invalid.
     assert_refused(
@@ -541,6 +547,11 @@ fn kill_is_refused_on_rules_only_user_space_decides() {
         &mem("Kill"),
         "spec.memory.allowExecutables[0]",
         "memory.action is Kill",
+    );
+    assert_refused(
+        &mem("Deny"),
+        "spec.memory.allowExecutables[0]",
+        "memory.action is Deny",
     );
     ok(&mem("Alert"));
 

@@ -264,8 +264,13 @@ fn exec(rules: &crd::ExecRules, e: &mut Errors) -> ExecRules {
             let Some((key, rule)) = exec_match(m, &format!("{field}[{i}]"), e) else {
                 continue;
             };
-            if let (Action::Kill, Err(why)) = (rules.action, limits::exec_rule_in_kernel(&rule)) {
-                e.push(format!("{field}[{i}].{key}"), kill_refused("exec", why));
+            if let (Action::Kill | Action::Deny, Err(why)) =
+                (rules.action, limits::exec_rule_in_kernel(&rule))
+            {
+                e.push(
+                    format!("{field}[{i}].{key}"),
+                    refused_in_user_space("exec", rules.action, why),
+                );
             }
             target.push(rule);
         }
@@ -394,8 +399,8 @@ fn memory(rules: &crd::MemoryRules, e: &mut Errors) -> MemoryRules {
         let Some(()) = record(check_path(p), &field, e) else {
             continue;
         };
-        if let (Action::Kill, Err(why)) = (rules.action, limits::path_in_kernel(p)) {
-            e.push(&field, kill_refused("memory", why));
+        if let (Action::Kill | Action::Deny, Err(why)) = (rules.action, limits::path_in_kernel(p)) {
+            e.push(&field, refused_in_user_space("memory", rules.action, why));
         }
         allowed.push(p.clone());
     }
@@ -417,10 +422,6 @@ fn empty_list_reason(list: &str) -> &'static str {
     } else {
         "an empty list is ambiguous: omit deny when nothing is denied"
     }
-}
-
-fn kill_refused(section: &str, why: limits::UserSpaceOnly) -> String {
-    refused_in_user_space(section, Action::Kill, why)
 }
 
 fn refused_in_user_space(section: &str, action: Action, why: limits::UserSpaceOnly) -> String {
