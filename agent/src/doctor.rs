@@ -167,54 +167,15 @@ fn program_checks(checks: &mut Vec<Check>) {
         }
     };
     for (program, hooks) in PROGRAMS {
-        let started = std::time::Instant::now();
-        let result = ebpf
-            .program_mut(program)
-            .ok_or_else(|| "missing from the object".to_string())
-            .and_then(|p| {
-                load_program(p, hooks[0]).map_err(|e| e.to_string())?;
-                // What the kernel says it verified (5.16 and newer), for comparing kernels.
-                Ok(p.info().ok().and_then(|i| i.verified_instruction_count()))
-            });
-        let took = started.elapsed();
-        checks.push(match result {
-            Ok(verified) => check(
-                format!("program {program}"),
-                Status::Ok,
-                format!(
-                    "accepted by the verifier in {} ms{}",
-                    took.as_millis(),
-                    verified.map_or_else(String::new, |n| format!(", {n} instructions verified"))
-                ),
-            ),
-            Err(err) => check(format!("program {program}"), Status::Fail, err),
-        });
+        checks.push(verify(&mut ebpf, program, "", |p| {
+            load_program(p, hooks[0])
+        }));
     }
+    // Tail-call targets are tracepoint programs jumped to, never attached.
     for (program, _) in TAIL_CALLS {
-        let started = std::time::Instant::now();
-        let result = ebpf
-            .program_mut(program)
-            .ok_or_else(|| "missing from the object".to_string())
-            .and_then(|p| {
-                <&mut TracePoint>::try_from(&mut *p)
-                    .map_err(|e| e.to_string())?
-                    .load()
-                    .map_err(|e| e.to_string())?;
-                Ok(p.info().ok().and_then(|i| i.verified_instruction_count()))
-            });
-        let took = started.elapsed();
-        checks.push(match result {
-            Ok(verified) => check(
-                format!("program {program}"),
-                Status::Ok,
-                format!(
-                    "accepted by the verifier in {} ms{} (jumped to)",
-                    took.as_millis(),
-                    verified.map_or_else(String::new, |n| format!(", {n} instructions verified"))
-                ),
-            ),
-            Err(err) => check(format!("program {program}"), Status::Fail, err),
-        });
+        checks.push(verify(&mut ebpf, program, " (jumped to)", |p| {
+            <&mut TracePoint>::try_from(p)?.load()
+        }));
     }
     let send_signal = ebpf
         .program_mut("doctor_send_signal")
@@ -256,6 +217,37 @@ fn program_checks(checks: &mut Vec<Check>) {
             format!("{err}; tracepoints are used instead"),
         ),
     });
+}
+
+/// Loads (verifies) `program` with `load`, and says how long the verifier took and, on 5.16
+/// and newer, how many instructions it verified (for comparing kernels).
+fn verify(
+    ebpf: &mut Ebpf,
+    program: &str,
+    suffix: &str,
+    load: impl FnOnce(&mut aya::programs::Program) -> Result<(), aya::programs::ProgramError>,
+) -> Check {
+    let started = std::time::Instant::now();
+    let result = ebpf
+        .program_mut(program)
+        .ok_or_else(|| "missing from the object".to_string())
+        .and_then(|p| {
+            load(p).map_err(|e| e.to_string())?;
+            Ok(p.info().ok().and_then(|i| i.verified_instruction_count()))
+        });
+    let took = started.elapsed();
+    match result {
+        Ok(verified) => check(
+            format!("program {program}"),
+            Status::Ok,
+            format!(
+                "accepted by the verifier in {} ms{}{suffix}",
+                took.as_millis(),
+                verified.map_or_else(String::new, |n| format!(", {n} instructions verified"))
+            ),
+        ),
+        Err(err) => check(format!("program {program}"), Status::Fail, err),
+    }
 }
 
 /// Whether the prevention programs (BPF LSM) load and attach here, each one's verified
