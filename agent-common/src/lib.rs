@@ -629,6 +629,11 @@ kernel_offsets! {
             cgroup_root: "root",
             cgroup_kn: "kn",
             cgroup_parent: "self.parent",
+            /// With `ancestor_ids` (kernels before 6.0): a cgroup's depth and the ids of its
+            /// ancestors, read where tracing programs lack
+            /// `bpf_get_current_ancestor_cgroup_id` (before 5.14).
+            cgroup_level: "level",
+            cgroup_ancestor_ids: "ancestor_ids",
         }
         cgroup_root {
             root_hierarchy_id: "hierarchy_id",
@@ -652,6 +657,9 @@ kernel_offsets! {
             mm_start_code: "start_code",
             mm_start_data: "start_data",
             mm_end_code: "end_code",
+            /// With `vm_area_struct.vm_rb` and `rb_node`'s children (kernels before 6.1): the
+            /// tree of memory areas, walked where `bpf_find_vma` is missing (before 5.17).
+            mm_rb: "mm_rb",
         }
         vm_area_struct {
             /// With `vm_file`, `vm_start` and `vm_end`: a memory area's protection and file.
@@ -659,6 +667,11 @@ kernel_offsets! {
             vma_file: "vm_file",
             vma_start: "vm_start",
             vma_end: "vm_end",
+            vma_rb: "vm_rb",
+        }
+        rb_node {
+            rb_right: "rb_right",
+            rb_left: "rb_left",
         }
     }
 }
@@ -769,8 +782,8 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 60 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 240 + 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 66 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 264 + 8);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);
@@ -833,7 +846,7 @@ pub mod probe_error {
     }
 
     /// The probes that count, by entry-point name; a probe's id is its index here.
-    pub const PROBES: [&str; 28] = [
+    pub const PROBES: [&str; 31] = [
         "cgroup_attach_task",
         "sys_enter",
         "sys_enter_execve",
@@ -862,6 +875,9 @@ pub mod probe_error {
         "lsm_bprm_check",
         "lsm_mmap_file",
         "lsm_file_mprotect",
+        "sched_process_exec_image_walk",
+        "sys_enter_mprotect_exec_walk",
+        "sys_enter_pkey_mprotect_exec_walk",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

@@ -20,14 +20,18 @@ entry_points! {
     /// A second program on `sched_process_exec`, attached after the exec program, so the new
     /// image's executable is recorded (for exemptions) when this one runs.
     #[raw_tracepoint(tracepoint = "sched_process_exec")]
-    fn sched_process_exec_image(ctx: RawTracePointContext) -> i32 = try_image();
+    fn sched_process_exec_image(ctx: RawTracePointContext) -> i32 = try_image::<false>();
+
+    /// The same where `bpf_find_vma` is missing: the areas are found by walking their tree.
+    #[raw_tracepoint(tracepoint = "sched_process_exec")]
+    fn sched_process_exec_image_walk(ctx: RawTracePointContext) -> i32 = try_image::<true>();
 }
 
 /// The area at `addr` of the new image. At exec its mm has a single thread and no other
 /// process has had time to take its lock, so a lookup that cannot be made is not something
 /// the process can cause; it is treated as no area.
-fn area_at(cfg: &agent_common::Config, addr: u64) -> Option<Area> {
-    match vma::find(cfg, addr) {
+fn area_at<const WALK: bool>(cfg: &agent_common::Config, addr: u64) -> Option<Area> {
+    match vma::find::<WALK>(cfg, addr) {
         vma::Found::Area(area) => Some(area),
         vma::Found::Nothing | vma::Found::Unknown => None,
     }
@@ -47,7 +51,7 @@ fn prot_of(area: &Area) -> u32 {
     prot
 }
 
-fn try_image() -> Result<(), i64> {
+fn try_image<const WALK: bool>() -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
     if !traced(cfg) {
         return Ok(());
@@ -56,7 +60,7 @@ fn try_image() -> Result<(), i64> {
     let mm = read_kernel_ptr(current_task(), k.task_mm).ok_or(1)?;
     let stack: u64 = read_kernel(mm, k.mm_start_stack).ok_or(1)?;
     let mut found = None;
-    if let Some(area) = area_at(cfg, stack)
+    if let Some(area) = area_at::<WALK>(cfg, stack)
         && area.flags & VM_EXEC != 0
     {
         found = Some((area, wx_reason::EXEC_STACK));
@@ -69,7 +73,7 @@ fn try_image() -> Result<(), i64> {
         let data: u64 = read_kernel(mm, k.mm_start_data).ok_or(1)?;
         let mut addr = code;
         for _ in 0..MAX_AREAS {
-            let Some(area) = area_at(cfg, addr) else {
+            let Some(area) = area_at::<WALK>(cfg, addr) else {
                 break;
             };
             if area.flags & (VM_WRITE | VM_EXEC) == VM_WRITE | VM_EXEC {
@@ -78,7 +82,7 @@ fn try_image() -> Result<(), i64> {
             }
             addr = area.end;
             if addr >= end_code {
-                if let Some(area) = area_at(cfg, data)
+                if let Some(area) = area_at::<WALK>(cfg, data)
                     && area.flags & (VM_WRITE | VM_EXEC) == VM_WRITE | VM_EXEC
                 {
                     found = Some((area, wx_reason::WRITE_EXEC));

@@ -38,11 +38,20 @@ entry_points! {
 
     #[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
     fn sys_enter_mprotect_exec(ctx: TracePointContext) -> u32 =
-        try_made_executable(&ctx, wx_syscall::MPROTECT);
+        try_made_executable::<false>(&ctx, wx_syscall::MPROTECT);
+
+    /// The same where `bpf_find_vma` is missing (the areas' tree is walked).
+    #[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
+    fn sys_enter_mprotect_exec_walk(ctx: TracePointContext) -> u32 =
+        try_made_executable::<true>(&ctx, wx_syscall::MPROTECT);
 
     #[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
     fn sys_enter_pkey_mprotect_exec(ctx: TracePointContext) -> u32 =
-        try_made_executable(&ctx, wx_syscall::PKEY_MPROTECT);
+        try_made_executable::<false>(&ctx, wx_syscall::PKEY_MPROTECT);
+
+    #[tracepoint(category = "syscalls", name = "sys_enter_pkey_mprotect")]
+    fn sys_enter_pkey_mprotect_exec_walk(ctx: TracePointContext) -> u32 =
+        try_made_executable::<true>(&ctx, wx_syscall::PKEY_MPROTECT);
 
     /// Tail-call target: judges the file of the request in `FILE_REQUEST`. A program of its
     /// own, verified from a fresh state: the path walk does not fit after the hooks' own work.
@@ -103,7 +112,7 @@ fn try_mapped(ctx: &TracePointContext) -> Result<(), i64> {
 /// a program readable and then makes it executable): the file the kernel has behind the
 /// address is judged as if it were mapped executable.
 #[inline(always)]
-fn try_made_executable(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
+fn try_made_executable<const WALK: bool>(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
     let prot = syscall_arg(ctx, 2)?;
     if prot & PROT_EXEC == 0 {
         return Ok(());
@@ -116,7 +125,7 @@ fn try_made_executable(ctx: &TracePointContext, syscall: u32) -> Result<(), i64>
     let len = syscall_arg(ctx, 1)?;
     // The area at the start of the range (a range over several areas is refused by the
     // kernel unless all are mapped; the first is the loader's file).
-    let file = match vma::find(cfg, addr) {
+    let file = match vma::find::<WALK>(cfg, addr) {
         Found::Area(area) if area.file != 0 && area.flags & VM_EXEC == 0 => area.file,
         Found::Area(_) | Found::Nothing => return Ok(()),
         // Another thread holding the mm's lock must not buy an unjudged mapping: no file

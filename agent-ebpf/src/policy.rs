@@ -6,15 +6,13 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_send_signal,
-    },
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
     maps::lpm_trie::Key,
 };
 
 use crate::{
     maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICES, TASK_ORIGIN},
-    task::{read_kernel, read_kernel_ptr},
+    task::{ancestor_cgroup_id, config, read_kernel, read_kernel_ptr},
 };
 
 const SIGKILL: u32 = 9;
@@ -25,9 +23,11 @@ pub use agent_common::decide::{Violation, exec as decide_exec, fail_closed, viol
 pub fn live_binding() -> (u64, u32) {
     let mut binding = 0;
     let mut set = 0;
+    let Some(cfg) = config() else {
+        return (0, 0);
+    };
     for level in 0..MAX_CGROUP_LEVELS {
-        // SAFETY: a plain helper call without pointer arguments.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        let id = ancestor_cgroup_id(cfg, level as u32);
         if id == 0 {
             break;
         }

@@ -16,6 +16,44 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
+/// 1: tracing programs may call `bpf_get_current_ancestor_cgroup_id` (5.14 and newer); 0:
+/// the ancestors are read from the task's cgroup. User space sets it at load time, in
+/// read-only data the verifier sees as a constant, so the branch a kernel cannot take is
+/// never verified (a kernel refuses a program calling a helper it does not know).
+#[unsafe(no_mangle)]
+static ANCESTOR_HELPER: u8 = 1;
+
+/// The id of the current task's cgroup v2 ancestor at `level` (the root is 0; the cgroup
+/// itself at its own level), 0 when the cgroup is not that deep.
+pub fn ancestor_cgroup_id(cfg: &Config, level: u32) -> u64 {
+    // SAFETY: a read of a static; volatile so the compiler keeps the load the loader patches.
+    if unsafe { core::ptr::read_volatile(&raw const ANCESTOR_HELPER) } != 0 {
+        // SAFETY: a plain helper call without pointer arguments.
+        return unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+    }
+    // What the helper reads, as kernels before 6.0 keep it: the cgroup's `level` and the
+    // array of its ancestors' ids. The task's css_set and cgroup stay valid while a program
+    // runs (RCU), so these reads fail only on offsets this kernel lacks, which user space
+    // checks before it takes this path.
+    let k = &cfg.kernel;
+    if k.cgroup_ancestor_ids == agent_common::OFFSET_UNKNOWN {
+        return 0;
+    }
+    let Some(cgrp) = read_kernel_ptr(current_task(), k.task_cgroups)
+        .and_then(|cgroups| read_kernel_ptr(cgroups, k.css_set_dfl_cgrp))
+    else {
+        return 0;
+    };
+    match read_kernel::<i32>(cgrp, k.cgroup_level) {
+        Some(own) if own >= 0 && level <= own as u32 => read_kernel::<u64>(
+            cgrp,
+            k.cgroup_ancestor_ids.wrapping_add(level.wrapping_mul(8)),
+        )
+        .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Whether the current task is one this agent reports on: not the agent itself, and inside
 /// the configured cgroup subtree (if any).
 pub fn selected(cfg: &Config) -> bool {
@@ -26,9 +64,7 @@ pub fn selected(cfg: &Config) -> bool {
     if cfg.filter_cgroup_id == 0 {
         return true;
     }
-    // SAFETY: a plain helper call without pointer arguments.
-    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.filter_cgroup_level as i32) };
-    ancestor == cfg.filter_cgroup_id
+    ancestor_cgroup_id(cfg, cfg.filter_cgroup_level) == cfg.filter_cgroup_id
 }
 
 /// In trace mode, [`selected`]; in enforce mode every task but the agent (the policy set

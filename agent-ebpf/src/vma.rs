@@ -1,12 +1,15 @@
 //! The current process's memory areas, as the kernel keeps them: which area holds an
-//! address, with what protection and backed by which file (`bpf_find_vma`).
+//! address, with what protection and backed by which file. `bpf_find_vma` (5.17 and newer)
+//! looks it up under the mm's lock; before it, the kernel's tree of areas (`mm_rb`, which
+//! 6.1 replaced) is walked. A program takes one or the other at build time (`WALK`): a kernel
+//! refuses a program whose callback it does not know, even on a branch never taken.
 use agent_common::Config;
 use aya_ebpf::{
     cty::c_void,
     helpers::generated::{bpf_find_vma, bpf_get_current_task_btf},
 };
 
-use crate::task::read_kernel;
+use crate::task::{current_task, read_kernel, read_kernel_ptr};
 
 pub const VM_READ: u64 = 0x1;
 pub const VM_WRITE: u64 = 0x2;
@@ -52,8 +55,81 @@ pub enum Found {
 
 const ENOENT: i64 = 2;
 
-/// The area of the current process's memory that holds `addr`.
-pub fn find(cfg: &Config, addr: u64) -> Found {
+/// The area of the current process's memory that holds `addr`: by walking the tree of areas
+/// when `WALK`, else by `bpf_find_vma`.
+#[inline(always)]
+pub fn find<const WALK: bool>(cfg: &Config, addr: u64) -> Found {
+    if WALK {
+        walk(cfg, addr)
+    } else {
+        look_up(cfg, addr)
+    }
+}
+
+/// Deeper than a red-black tree of the most areas a process may have (`vm.max_map_count`
+/// 65530 by default, depth at most 2·log2(n+1) = 32) gets: a walk that does not end by then
+/// says nothing, and the caller fails closed.
+const MAX_DEPTH: usize = 40;
+
+/// The area holding `addr`, found as the kernel's `find_vma` does it on kernels that keep
+/// the areas in a red-black tree ordered by address. Without the mm's lock: another thread
+/// changing the tree meanwhile can make the walk miss (`Unknown` or `Nothing`), as it can
+/// change the area right after any lookup.
+fn walk(cfg: &Config, addr: u64) -> Found {
+    let k = &cfg.kernel;
+    let Some(mm) = read_kernel_ptr(current_task(), k.task_mm) else {
+        return Found::Unknown;
+    };
+    // `mm_rb` is a `struct rb_root`, whose only member is the root node.
+    let Some(mut node) = read_kernel::<u64>(mm, k.mm_rb) else {
+        return Found::Unknown;
+    };
+    if k.vma_rb == agent_common::OFFSET_UNKNOWN {
+        return Found::Unknown;
+    }
+    for _ in 0..MAX_DEPTH {
+        if node == 0 {
+            return Found::Nothing;
+        }
+        let vma = node.wrapping_sub(u64::from(k.vma_rb)) as *const u8;
+        let (Some(start), Some(end)) = (
+            read_kernel::<u64>(vma, k.vma_start),
+            read_kernel::<u64>(vma, k.vma_end),
+        ) else {
+            return Found::Unknown;
+        };
+        let child = if addr < start {
+            k.rb_left
+        } else if addr >= end {
+            k.rb_right
+        } else {
+            let (Some(flags), Some(file)) = (
+                read_kernel::<u64>(vma, k.vma_flags),
+                read_kernel::<u64>(vma, k.vma_file),
+            ) else {
+                return Found::Unknown;
+            };
+            if end <= start {
+                return Found::Unknown;
+            }
+            return Found::Area(Area {
+                flags,
+                file,
+                start,
+                end,
+                ..Area::default()
+            });
+        };
+        let Some(next) = read_kernel::<u64>(node as *const u8, child) else {
+            return Found::Unknown;
+        };
+        node = next;
+    }
+    Found::Unknown
+}
+
+/// The area holding `addr`, by `bpf_find_vma`.
+fn look_up(cfg: &Config, addr: u64) -> Found {
     let k = &cfg.kernel;
     let mut area = Area {
         flags_offset: k.vma_flags,

@@ -2,13 +2,15 @@
 use std::{fmt, path::Path};
 
 use aya::{
-    Btf as AyaBtf, Ebpf,
+    Btf as AyaBtf, Ebpf, EbpfLoader,
     programs::{FEntry, TracePoint},
 };
 
 use crate::{
     ebpf::{
-        Btf, PINNED_AGENTS, PROGRAMS, TAIL_CALLS, attachments, load_program, offsets,
+        Btf, PINNED_AGENTS, PROGRAMS, TAIL_CALLS, attachments,
+        fallback::Fallbacks,
+        load_program, offsets,
         prevent::{self, PREVENTION},
         read_probe_errors, tracefs,
     },
@@ -155,7 +157,30 @@ pub fn run() -> Vec<Check> {
 }
 
 fn program_checks(checks: &mut Vec<Check>) {
-    let mut ebpf = match Ebpf::load(crate::ebpf::Probes::object()) {
+    let btf = offsets::load_btf().ok();
+    let (kernel, _) = offsets::kernel_offsets(btf.as_ref());
+    let fallbacks = match Fallbacks::probe(&kernel) {
+        Ok(fallbacks) => {
+            let taken = fallbacks.describe();
+            checks.push(check(
+                "kernel helpers",
+                Status::Ok,
+                if taken.is_empty() {
+                    "every helper the probes call is available to them".to_owned()
+                } else {
+                    format!("fallbacks taken:\n{}", taken.join("\n"))
+                },
+            ));
+            fallbacks
+        }
+        Err(err) => {
+            checks.push(check("kernel helpers", Status::Fail, err.to_string()));
+            return;
+        }
+    };
+    let mut loader = EbpfLoader::new();
+    fallbacks.apply(&mut loader);
+    let mut ebpf = match loader.load(crate::ebpf::Probes::object()) {
         Ok(ebpf) => ebpf,
         Err(err) => {
             checks.push(check(
@@ -167,7 +192,7 @@ fn program_checks(checks: &mut Vec<Check>) {
         }
     };
     for (program, hooks) in PROGRAMS {
-        checks.push(verify(&mut ebpf, program, "", |p| {
+        checks.push(verify(&mut ebpf, fallbacks.program(program), "", |p| {
             load_program(p, hooks[0])
         }));
     }

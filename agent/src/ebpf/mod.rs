@@ -1,5 +1,6 @@
 //! Loading the probes, attaching them, and owning their maps.
 mod btf;
+pub mod fallback;
 pub mod kernel_log;
 pub mod offsets;
 pub mod pin;
@@ -211,6 +212,8 @@ pub enum EbpfError {
         map: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Fallback(#[from] fallback::FallbackError),
     #[error("attaching the cgroup programs: {0}")]
     Cgroup(#[from] crate::metadata::cgroup::CgroupError),
 }
@@ -537,6 +540,8 @@ pub struct Probes {
     handover: Option<pin::Handover>,
     /// What this node refuses before the act (BPF LSM).
     pub prevention: prevent::Prevention,
+    /// What the probes do instead of helpers this kernel lacks.
+    pub fallbacks: fallback::Fallbacks,
 }
 
 impl Probes {
@@ -553,6 +558,10 @@ impl Probes {
         let (kernel, missing_offsets) = offsets::kernel_offsets(btf.as_ref());
         if btf.is_some() && !missing_offsets.is_empty() {
             tracing::warn!(members = ?missing_offsets, "kernel structure members not found in BTF; dependent fields stay empty");
+        }
+        let fallbacks = fallback::Fallbacks::probe(&kernel)?;
+        for line in fallbacks.describe() {
+            tracing::info!("{line}");
         }
         let mut config = Config {
             filter_cgroup_id: options.cgroup.map_or(0, |c| c.id),
@@ -581,6 +590,7 @@ impl Probes {
         // aya-log's levels: 0 logs nothing, 5 (trace) everything.
         let log_level: u8 = if options.kernel_log { 5 } else { 0 };
         loader.override_global(aya_log::LEVEL, &log_level, true);
+        fallbacks.apply(&mut loader);
         let mut ebpf = loader.load(PROBES_OBJECT)?;
         let kernel_log = if options.kernel_log {
             Some(
@@ -653,9 +663,10 @@ impl Probes {
                     source,
                 }
             };
+            let build = fallbacks.program(program);
             let prog = ebpf
-                .program_mut(program)
-                .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
+                .program_mut(build)
+                .ok_or_else(|| EbpfError::MissingProgram(build.into()))?;
             // A program on several hooks is loaded (verified) once and attached to each.
             load_program(prog, hooks[0]).map_err(err("load"))?;
             for hook in *hooks {
@@ -689,6 +700,7 @@ impl Probes {
             missing_offsets,
             handover,
             prevention,
+            fallbacks,
         })
     }
 

@@ -15,7 +15,12 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
         match btf.and_then(|b| b.offset_of(name, path)) {
             Some(off) => off,
             None => {
-                missing.push(format!("{name}.{path}"));
+                let member = format!("{name}.{path}");
+                // Read only where a helper is missing; whether that is so is checked when
+                // the fallback is taken (`fallback::Fallbacks::probe`).
+                if !super::fallback::FALLBACK_MEMBERS.contains(&member.as_str()) {
+                    missing.push(member);
+                }
                 OFFSET_UNKNOWN
             }
         }
