@@ -27,7 +27,7 @@ pub fn live_binding() -> (u64, u32) {
         return (0, 0);
     };
     for level in 0..MAX_CGROUP_LEVELS {
-        let id = ancestor_cgroup_id(cfg, level as u32);
+        let id = ancestor_cgroup_id(cfg, level);
         if id == 0 {
             break;
         }
