@@ -127,10 +127,14 @@ fn try_made_executable<const WALK: bool>(ctx: &TracePointContext, syscall: u32) 
     // kernel unless all are mapped; the first is the loader's file).
     let file = match vma::find::<WALK>(cfg, addr) {
         Found::Area(area) if area.file != 0 && area.flags & VM_EXEC == 0 => area.file,
-        Found::Area(_) | Found::Nothing => return Ok(()),
+        Found::Area(_) => return Ok(()),
+        // An address nothing is mapped at fails in the kernel too (`ENOMEM`); but a walk
+        // without the mm's lock also finds nothing when another thread reshapes the tree
+        // meanwhile, which must not buy an unjudged mapping either.
+        Found::Nothing if !WALK => return Ok(()),
         // Another thread holding the mm's lock must not buy an unjudged mapping: no file
         // is judged as a file whose path cannot be resolved (killed under Kill).
-        Found::Unknown => 0,
+        Found::Nothing | Found::Unknown => 0,
     };
     let request = FileRequest {
         file,

@@ -165,34 +165,134 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
         .env("VIGIL_K8S_BIN", &k8s_bin_dir)
         .env("VIGIL_NODE_IMAGES", std::env::join_paths(&images)?)
         .env("VIGIL_SANDBOX_IMAGE", &sandbox);
-    steps.run(describe(&test), || run_counted(&mut test, counts))?;
     if !extra.is_empty() {
-        // A chosen subset of tests: the guest's selection is not part of it.
+        steps.run(describe(&test), || run_counted(&mut test, counts))?;
+        // A chosen subset of tests: the guests' selections are not part of it.
         println!(
-            "test: the node tests on a pure cgroup v2 kernel are left out with `--` arguments"
+            "test: the node tests on a pure cgroup v2 kernel and the kernels under QEMU are \
+             left out with `--` arguments"
         );
         return Ok(());
     }
+    // Prevention before the act needs BPF LSM, which this host's kernel refuses, and the
+    // oldest kernel's fallbacks need that kernel: both under QEMU, beside the host's tests
+    // (emulation keeps one core busy; the host's tests mostly wait on the kernel).
+    steps.run(
+        "vm-test: build and stage the guests' binaries".to_owned(),
+        || crate::vm_test::stage().map(drop),
+    )?;
+    let mut beside = Beside::start()?;
+    let host = steps.run(describe(&test), || run_counted(&mut test, counts));
+    if host.is_err() {
+        beside.stop();
+    }
+    host?;
+    steps.run(Beside::name(), || beside.finish())?;
     steps.run(GUEST_STEP.to_owned(), || {
         guest_node_tests(&images, &sandbox, &k8s_bin_dir, counts)
-    })?;
-    // Prevention before the act needs BPF LSM, which this host's kernel refuses.
-    steps.run(
+    })
+}
+
+/// The `vm-test` runs of the suite, in a process group of their own beside the host's tests,
+/// their output in a log: the oldest kernel with the prevention and fallback tests, then the
+/// others with the prevention tests.
+struct Beside {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Beside {
+    fn runs() -> [String; 2] {
+        use crate::vm_test::{FALLBACK_TESTS, OLDEST, PREVENTION_KERNELS, PREVENTION_TESTS};
+        let others: Vec<&str> = PREVENTION_KERNELS
+            .iter()
+            .copied()
+            .filter(|k| *k != OLDEST)
+            .collect();
+        [
+            format!(
+                "vm-test --kernel {OLDEST} -- {} {}",
+                PREVENTION_TESTS.join(" "),
+                FALLBACK_TESTS.join(" ")
+            ),
+            format!(
+                "vm-test --kernel {} -- {}",
+                others.join(" --kernel "),
+                PREVENTION_TESTS.join(" ")
+            ),
+        ]
+    }
+
+    fn name() -> String {
         format!(
-            "prevention under BPF LSM: vm-test --kernel {} -- {}",
-            crate::vm_test::PREVENTION_KERNELS.join(" --kernel "),
-            crate::vm_test::PREVENTION_TESTS.join(" ")
-        ),
-        || {
-            crate::vm_test::run(&crate::vm_test::Options {
-                kernels: crate::vm_test::PREVENTION_KERNELS
-                    .map(str::to_owned)
-                    .to_vec(),
-                all: false,
-                filters: crate::vm_test::PREVENTION_TESTS.map(str::to_owned).to_vec(),
+            "under QEMU, beside the host's tests: {}",
+            Self::runs().join("; ")
+        )
+    }
+
+    fn start() -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let dir = workspace_root().join("target/vm");
+        std::fs::create_dir_all(&dir)?;
+        // A copy: the host's tests rebuild this workspace's binaries, this one among them.
+        let xtask = dir.join("bin/xtask");
+        let _ = std::fs::remove_file(&xtask);
+        std::fs::copy(std::env::current_exe()?, &xtask)
+            .with_context(|| format!("cannot copy the xtask binary to {}", xtask.display()))?;
+        let log = dir.join("beside.log");
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let script = Self::runs()
+            .iter()
+            .map(|run| {
+                let (_, args) = run.split_once(' ').expect("`vm-test ARGS`");
+                format!("'{}' vm-test --staged {args}", xtask.display())
             })
-        },
-    )
+            .collect::<Vec<_>>()
+            .join(" && ");
+        println!("test: {} (output in {})", Self::name(), log.display());
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(workspace_root())
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .context("cannot start vm-test")?;
+        Ok(Self { child, log })
+    }
+
+    /// Ends the runs and their guests (their own process group).
+    fn stop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the runs; prints their tables, or the log's end when one failed.
+    fn finish(&mut self) -> Result<()> {
+        let status = self.child.wait()?;
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if status.success() {
+            let mut in_table = false;
+            for line in &lines {
+                in_table = line.starts_with("series ") || (in_table && !line.trim().is_empty());
+                if in_table {
+                    println!("{line}");
+                }
+            }
+            return Ok(());
+        }
+        for line in &lines[lines.len().saturating_sub(300)..] {
+            println!("{line}");
+        }
+        anyhow::bail!(
+            "vm-test failed ({status}); its whole output: {}",
+            self.log.display()
+        )
+    }
 }
 
 /// Boots of the guest before its kernel is taken not to come up: emulation has oopsed early

@@ -36,6 +36,10 @@ pub struct Options {
     /// Every series Debian's suites hold.
     #[arg(long)]
     pub all: bool,
+    /// Boot with the binaries an earlier `stage` left in `target/vm/bin`, building nothing
+    /// (`cargo xtask test` stages them, then boots beside the host's tests).
+    #[arg(long, hide = true)]
+    pub staged: bool,
     /// Only tests whose names contain one of these (passed to each test binary).
     #[arg(last = true)]
     pub filters: Vec<String>,
@@ -43,7 +47,15 @@ pub struct Options {
 
 /// The prevention tests (BPF LSM), which the host's kernel cannot run: `cargo xtask test`
 /// runs them on these kernels.
-pub const PREVENTION_KERNELS: [&str; 2] = ["6.12", "newest"];
+pub const PREVENTION_KERNELS: [&str; 3] = ["5.10", "6.12", "newest"];
+/// The oldest kernel: `cargo xtask test` also runs there the tests that go through its
+/// fallbacks (a task's cgroup ancestors read from its cgroup, the memory areas' tree walked).
+pub const OLDEST: &str = "5.10";
+pub const FALLBACK_TESTS: [&str; 3] = [
+    "memory_the_kernel_maps_at_exec_and_files_made_executable_later_are_judged",
+    "deep_bindings_are_enforced_or_refused_by_name",
+    "descendants_of_the_filtered_cgroup_are_traced",
+];
 pub const PREVENTION_TESTS: [&str; 5] = [
     "refuses_an_exec",
     "allowlist_under_deny",
@@ -107,13 +119,7 @@ pub fn run(options: &Options) -> Result<()> {
             })
             .collect()
     };
-    crate::util::step("cargo build -p agent -p scenarios", || {
-        crate::build::build(false).map(drop)
-    })?;
-    let binaries = KERNEL_TESTS
-        .iter()
-        .map(|name| test_executable(name))
-        .collect::<Result<Vec<_>>>()?;
+    let binaries = if options.staged { staged()? } else { stage()? };
     let mut outcomes = Vec::new();
     for series in &wanted {
         let Some((_, package)) = available.iter().find(|(s, _)| s == series) else {
@@ -148,6 +154,55 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("the kernel tests failed on {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Where the guests' binaries are copied: what the guest runs is never rewritten by a build
+/// on the host while it runs.
+fn bin_dir() -> PathBuf {
+    workspace_root().join("target/vm/bin")
+}
+
+/// Builds the agent, the scenarios and the kernel test binaries, and copies them into
+/// [`bin_dir`]; gives the test binaries' paths there.
+pub fn stage() -> Result<Vec<PathBuf>> {
+    crate::util::step("cargo build -p agent -p scenarios", || {
+        crate::build::build(false).map(drop)
+    })?;
+    let dir = bin_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let debug = workspace_root().join("target/debug");
+    let copy = |from: &Path, name: &str| -> Result<PathBuf> {
+        let to = dir.join(name);
+        // A new file, not the old one rewritten: a guest still running the old keeps it.
+        let _ = fs::remove_file(&to);
+        fs::copy(from, &to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        Ok(to)
+    };
+    copy(&debug.join("vigil"), "vigil")?;
+    copy(&debug.join("vigil-scenario"), "vigil-scenario")?;
+    KERNEL_TESTS
+        .iter()
+        .map(|name| copy(&test_executable(name)?, name))
+        .collect()
+}
+
+/// The test binaries an earlier [`stage`] left.
+fn staged() -> Result<Vec<PathBuf>> {
+    let dir = bin_dir();
+    ["vigil", "vigil-scenario"]
+        .iter()
+        .chain(KERNEL_TESTS.iter())
+        .map(|name| dir.join(name))
+        .map(|path| {
+            if path.is_file() {
+                Ok(path)
+            } else {
+                bail!("{} is missing: nothing was staged", path.display())
+            }
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(|paths| paths[2..].to_vec())
 }
 
 impl Outcome {
@@ -255,7 +310,7 @@ fn read_console(qemu: &mut Command, outcome: &mut Outcome) -> Result<()> {
 /// The guest's work: the doctor, then each test binary, all of them whatever one did.
 fn script(dir: &Path, binaries: &[PathBuf], filters: &[String]) -> Result<PathBuf> {
     let root = workspace_root();
-    let debug = root.join("target/debug");
+    let debug = bin_dir();
     let ci = std::env::var("CI").unwrap_or_default();
     let filters = filters
         .iter()
