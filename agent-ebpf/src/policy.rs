@@ -6,13 +6,15 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_send_signal,
+    },
     maps::lpm_trie::Key,
 };
 
 use crate::{
     maps::{CGROUP_SETS, CONNECT_ALLOW, CONNECT_DENY, POLICY_SETS, SERVICES, TASK_ORIGIN},
-    task::{ancestor_cgroup_id, config, read_kernel, read_kernel_ptr},
+    task::{ancestor_helper, ancestor_id_in, config, own_cgroup, read_kernel, read_kernel_ptr},
 };
 
 const SIGKILL: u32 = 9;
@@ -20,14 +22,30 @@ const SIGKILL: u32 = 9;
 pub use agent_common::decide::{Violation, exec as decide_exec, fail_closed, violation};
 
 /// The deepest bound ancestor of the current task's cgroup: its id and its set (0, 0: none).
+/// Inlined, so the branch this kernel does not take is never verified in its callers' paths.
+#[inline(always)]
 pub fn live_binding() -> (u64, u32) {
-    let mut binding = 0;
-    let mut set = 0;
+    if ancestor_helper() {
+        // SAFETY: a plain helper call without pointer arguments.
+        return deepest_bound(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) });
+    }
+    // The cgroup is read once; its ancestors' ids are an array in it.
     let Some(cfg) = config() else {
         return (0, 0);
     };
+    let Some((cgrp, own)) = own_cgroup(cfg) else {
+        return (0, 0);
+    };
+    deepest_bound(|level| ancestor_id_in(cfg, cgrp, own, level))
+}
+
+/// The deepest ancestor, by `id_at(level)`, that a policy set is bound to.
+#[inline(always)]
+fn deepest_bound(id_at: impl Fn(u32) -> u64) -> (u64, u32) {
+    let mut binding = 0;
+    let mut set = 0;
     for level in 0..MAX_CGROUP_LEVELS {
-        let id = ancestor_cgroup_id(cfg, level);
+        let id = id_at(level);
         if id == 0 {
             break;
         }

@@ -23,35 +23,50 @@ pub fn config() -> Option<&'static Config> {
 #[unsafe(no_mangle)]
 static ANCESTOR_HELPER: u8 = 1;
 
+/// Whether tracing programs may call `bpf_get_current_ancestor_cgroup_id` here.
+#[inline(always)]
+pub fn ancestor_helper() -> bool {
+    // SAFETY: a read of a static; volatile so the compiler keeps the load the loader patches.
+    unsafe { core::ptr::read_volatile(&raw const ANCESTOR_HELPER) != 0 }
+}
+
+/// Where the helper is missing, what it reads, as kernels before 6.0 keep it: the current
+/// task's cgroup v2 cgroup and its depth. The task's css_set and cgroup stay valid while a
+/// program runs (RCU), so these reads fail only on offsets this kernel lacks, which user
+/// space checks before it takes this path.
+pub fn own_cgroup(cfg: &Config) -> Option<(*const u8, u32)> {
+    let k = &cfg.kernel;
+    if k.cgroup_ancestor_ids == agent_common::OFFSET_UNKNOWN {
+        return None;
+    }
+    let cgroups = read_kernel_ptr(current_task(), k.task_cgroups)?;
+    let cgrp = read_kernel_ptr(cgroups, k.css_set_dfl_cgrp)?;
+    let level = read_kernel::<i32>(cgrp, k.cgroup_level)?;
+    (level >= 0).then_some((cgrp, level as u32))
+}
+
+/// The id of the ancestor at `level` of `cgrp` (at depth `own`), from its `ancestor_ids`; 0
+/// when `cgrp` is not that deep.
+pub fn ancestor_id_in(cfg: &Config, cgrp: *const u8, own: u32, level: u32) -> u64 {
+    if level > own {
+        return 0;
+    }
+    let offset = cfg
+        .kernel
+        .cgroup_ancestor_ids
+        .wrapping_add(level.wrapping_mul(8));
+    read_kernel::<u64>(cgrp, offset).unwrap_or(0)
+}
+
 /// The id of the current task's cgroup v2 ancestor at `level` (the root is 0; the cgroup
 /// itself at its own level), 0 when the cgroup is not that deep.
+#[inline(always)]
 pub fn ancestor_cgroup_id(cfg: &Config, level: u32) -> u64 {
-    // SAFETY: a read of a static; volatile so the compiler keeps the load the loader patches.
-    if unsafe { core::ptr::read_volatile(&raw const ANCESTOR_HELPER) } != 0 {
+    if ancestor_helper() {
         // SAFETY: a plain helper call without pointer arguments.
         return unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
     }
-    // What the helper reads, as kernels before 6.0 keep it: the cgroup's `level` and the
-    // array of its ancestors' ids. The task's css_set and cgroup stay valid while a program
-    // runs (RCU), so these reads fail only on offsets this kernel lacks, which user space
-    // checks before it takes this path.
-    let k = &cfg.kernel;
-    if k.cgroup_ancestor_ids == agent_common::OFFSET_UNKNOWN {
-        return 0;
-    }
-    let Some(cgrp) = read_kernel_ptr(current_task(), k.task_cgroups)
-        .and_then(|cgroups| read_kernel_ptr(cgroups, k.css_set_dfl_cgrp))
-    else {
-        return 0;
-    };
-    match read_kernel::<i32>(cgrp, k.cgroup_level) {
-        Some(own) if own >= 0 && level <= own as u32 => read_kernel::<u64>(
-            cgrp,
-            k.cgroup_ancestor_ids.wrapping_add(level.wrapping_mul(8)),
-        )
-        .unwrap_or(0),
-        _ => 0,
-    }
+    own_cgroup(cfg).map_or(0, |(cgrp, own)| ancestor_id_in(cfg, cgrp, own, level))
 }
 
 /// Whether the current task is one this agent reports on: not the agent itself, and inside

@@ -42,32 +42,13 @@ fn policy_file(dir: &Path, cg: &TestCgroup, name: &str, spec: &str) -> PathBuf {
     file
 }
 
-/// What `vigil doctor` says of prevention here: `Ok(())` when BPF LSM programs attach, else
-/// its reason.
-fn prevention() -> Result<(), String> {
-    let out = std::process::Command::new(common::vigil_bin())
-        .arg("doctor")
-        .output()
-        .expect("running vigil doctor");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("prevention (BPF LSM)"))
-        .unwrap_or_else(|| panic!("vigil doctor says nothing of prevention:\n{text}"));
-    if line.starts_with("ok") {
-        Ok(())
-    } else {
-        Err(line.to_owned())
-    }
-}
-
 /// Runs only where BPF LSM programs attach. `cargo xtask vm-test` boots kernels with BPF LSM
 /// on and sets `VIGIL_EXPECT_BPF_LSM`: there, not attaching fails the test.
 fn lsm_or_skip(test: &str) -> bool {
     if !root_or_skip(test) {
         return false;
     }
-    match prevention() {
+    match common::prevention() {
         Ok(()) => true,
         Err(why) if std::env::var_os("VIGIL_EXPECT_BPF_LSM").is_some() => {
             panic!("{test}: this kernel was booted with BPF LSM, yet: {why}")
@@ -353,7 +334,7 @@ fn without_bpf_lsm_deny_of_exec_and_wx_is_carried_out_as_kill() {
     if !root_or_skip("deny-fallback") {
         return;
     }
-    if prevention().is_ok() {
+    if common::prevention().is_ok() {
         eprintln!(
             "skipped deny-fallback: BPF LSM programs attach here, so Deny refuses before the act (the other tests here)"
         );

@@ -54,6 +54,25 @@ fn built_binary(env: &str, name: &str) -> PathBuf {
     candidate
 }
 
+/// What `vigil doctor` says of prevention here: `Ok(())` when BPF LSM programs attach, else
+/// its reason.
+pub fn prevention() -> Result<(), String> {
+    let out = std::process::Command::new(vigil_bin())
+        .arg("doctor")
+        .output()
+        .expect("running vigil doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("prevention (BPF LSM)"))
+        .unwrap_or_else(|| panic!("vigil doctor says nothing of prevention:\n{text}"));
+    if line.starts_with("ok") {
+        Ok(())
+    } else {
+        Err(line.to_owned())
+    }
+}
+
 pub fn vigil_bin() -> PathBuf {
     built_binary("VIGIL_BIN", "vigil")
 }
