@@ -156,16 +156,8 @@ fn judge_file(
     file: *const u8,
     request: FileRequest,
 ) -> Result<(), i64> {
-    let enforcing = cfg.mode == mode::ENFORCE;
     let set = current_set();
-    let ps = policy_set(set);
-    if enforcing && ps.is_none() {
-        return Ok(());
-    }
-    let exec_rules = ps.is_some_and(|ps| ps.exec_action != 0);
-    let memfd = anonymous_file(cfg, file);
-    let tmpfs = !memfd && tmpfs_file(cfg, file);
-    if !exec_rules && !memfd && !tmpfs {
+    if !worth_a_walk(cfg, file, set) {
         return Ok(());
     }
     let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
@@ -181,6 +173,13 @@ fn judge_file(
         len = built.len;
         forged = built.forged();
     }
+    // Worked out again after the walk, not carried across it: the verifier then walks the
+    // path once, not once per combination of these (its 1,000,000 instruction budget).
+    let enforcing = cfg.mode == mode::ENFORCE;
+    let ps = policy_set(set);
+    let exec_rules = ps.is_some_and(|ps| ps.exec_action != 0);
+    let memfd = anonymous_file(cfg, file);
+    let tmpfs = !memfd && tmpfs_file(cfg, file);
     let shared = memfd || (tmpfs && !path.is_null() && under_dev_shm(path));
     if shared {
         shared_exec(cfg, &request);
@@ -225,6 +224,19 @@ fn judge_file(
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     crate::exec::report_file(cfg, v, flags, path, tgid);
     Ok(())
+}
+
+/// Whether an executable mapping of `file` can matter: under a policy in enforce mode, and
+/// with exec rules or of memory another mapping may write.
+#[inline(never)]
+fn worth_a_walk(cfg: &agent_common::Config, file: *const u8, set: u32) -> bool {
+    let ps = policy_set(set);
+    if cfg.mode == mode::ENFORCE && ps.is_none() {
+        return false;
+    }
+    ps.is_some_and(|ps| ps.exec_action != 0)
+        || anonymous_file(cfg, file)
+        || tmpfs_file(cfg, file)
 }
 
 const DEV_SHM: &[u8; 9] = b"/dev/shm/";
