@@ -234,9 +234,7 @@ fn worth_a_walk(cfg: &agent_common::Config, file: *const u8, set: u32) -> bool {
     if cfg.mode == mode::ENFORCE && ps.is_none() {
         return false;
     }
-    ps.is_some_and(|ps| ps.exec_action != 0)
-        || anonymous_file(cfg, file)
-        || tmpfs_file(cfg, file)
+    ps.is_some_and(|ps| ps.exec_action != 0) || anonymous_file(cfg, file) || tmpfs_file(cfg, file)
 }
 
 const DEV_SHM: &[u8; 9] = b"/dev/shm/";

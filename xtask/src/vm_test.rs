@@ -441,9 +441,30 @@ impl Apt {
     /// The newest image package of each kernel series: the generic flavour (the cloud one
     /// has no 9p), unsigned where Debian builds one.
     fn kernels(&self) -> Result<Vec<(String, String)>> {
+        let images = self.package_names("linux-image-")?;
+        let binaries = self.package_names("linux-binary-")?;
+        let modules = self.package_names("linux-modules-")?;
+        let complete: Vec<&str> = images
+            .iter()
+            .map(String::as_str)
+            .filter(|image| match split_parts_missing(image, &binaries, &modules) {
+                Some(missing) => {
+                    println!(
+                        "vm-test: left out {image}: the archive holds its kernel but not {missing}"
+                    );
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        Ok(newest_per_series(complete.into_iter()))
+    }
+
+    /// The names of the packages whose names start with `prefix`.
+    fn package_names(&self, prefix: &str) -> Result<Vec<String>> {
         let out = self
             .command("apt-cache")
-            .args(["pkgnames", "linux-image-"])
+            .args(["pkgnames", prefix])
             .output()
             .context("cannot run apt-cache")?;
         if !out.status.success() {
@@ -452,9 +473,27 @@ impl Apt {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let names = String::from_utf8_lossy(&out.stdout);
-        Ok(newest_per_series(names.lines()))
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
     }
+}
+
+/// For an image split into `linux-binary-V` and `linux-modules-V` (7.x and some backports),
+/// the part the archive does not hold (a suite caught half-published).
+fn split_parts_missing(image: &str, binaries: &[String], modules: &[String]) -> Option<String> {
+    let version = image
+        .strip_prefix("linux-image-")?
+        .trim_end_matches("-unsigned");
+    let binary = format!("linux-binary-{version}");
+    let module = format!("linux-modules-{version}");
+    let has = |names: &[String], name: &str| names.iter().any(|n| n == name);
+    if !has(binaries, &binary) {
+        // Not split: the image holds the kernel and its modules.
+        return None;
+    }
+    (!has(modules, &module)).then_some(module)
 }
 
 /// The newest image of each series among package names, by [`image_version`].
@@ -568,6 +607,29 @@ fn host_mirror() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_image_whose_modules_the_archive_lacks_is_left_out() {
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let binaries = names(&[
+            "linux-binary-6.19.14+deb13-amd64",
+            "linux-binary-7.3.4+deb13-amd64",
+        ]);
+        let modules = names(&["linux-modules-7.3.4+deb13-amd64"]);
+        assert_eq!(
+            split_parts_missing("linux-image-6.19.14+deb13-amd64", &binaries, &modules).as_deref(),
+            Some("linux-modules-6.19.14+deb13-amd64")
+        );
+        assert_eq!(
+            split_parts_missing("linux-image-7.3.4+deb13-amd64", &binaries, &modules),
+            None
+        );
+        // Not split: the image is the whole kernel.
+        assert_eq!(
+            split_parts_missing("linux-image-6.1.0-50-amd64-unsigned", &binaries, &modules),
+            None
+        );
+    }
 
     #[test]
     fn each_series_gets_its_newest_generic_image_unsigned_first() {
