@@ -444,20 +444,28 @@ impl Apt {
         let images = self.package_names("linux-image-")?;
         let binaries = self.package_names("linux-binary-")?;
         let modules = self.package_names("linux-modules-")?;
-        let complete: Vec<&str> = images
-            .iter()
-            .map(String::as_str)
-            .filter(|image| match split_parts_missing(image, &binaries, &modules) {
-                Some(missing) => {
-                    println!(
-                        "vm-test: left out {image}: the archive holds its kernel but not {missing}"
-                    );
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        Ok(newest_per_series(complete.into_iter()))
+        let complete = newest_per_series(
+            images
+                .iter()
+                .map(String::as_str)
+                .filter(|image| split_parts_missing(image, &binaries, &modules).is_none()),
+        );
+        // A series whose newest image the archive holds only in part: said once.
+        for (series, newest) in newest_per_series(images.iter().map(String::as_str)) {
+            let missing = split_parts_missing(&newest, &binaries, &modules);
+            match (complete.iter().find(|(s, _)| *s == series), missing) {
+                (None, Some(missing)) => println!(
+                    "vm-test: {series} left out: the archive holds {newest} but not {missing} (nor \
+                     the modules of an older {series})"
+                ),
+                (Some((_, chosen)), Some(missing)) => println!(
+                    "vm-test: {series}: the archive holds {newest} but not {missing}; {chosen} \
+                     instead"
+                ),
+                _ => {}
+            }
+        }
+        Ok(complete)
     }
 
     /// The names of the packages whose names start with `prefix`.
