@@ -159,10 +159,18 @@ pub fn run() -> Vec<Check> {
 fn program_checks(checks: &mut Vec<Check>) {
     let btf = offsets::load_btf().ok();
     let (kernel, _) = offsets::kernel_offsets(btf.as_ref());
-    let fallbacks = match Fallbacks::probe(&kernel) {
-        Ok(fallbacks) => {
+    // A failed probe or a fallback that cannot work is reported, and the programs are still
+    // verified (with the helpers, if the probe failed), so every other check is made.
+    let fallbacks = Fallbacks::detect();
+    let helpers = fallbacks
+        .as_ref()
+        .map_err(ToString::to_string)
+        .and_then(|f| f.check(&kernel).map_err(|e| e.to_string()));
+    let fallbacks = fallbacks.unwrap_or_default();
+    checks.push(match helpers {
+        Ok(()) => {
             let taken = fallbacks.describe();
-            checks.push(check(
+            check(
                 "kernel helpers",
                 Status::Ok,
                 if taken.is_empty() {
@@ -170,14 +178,10 @@ fn program_checks(checks: &mut Vec<Check>) {
                 } else {
                     format!("fallbacks taken:\n{}", taken.join("\n"))
                 },
-            ));
-            fallbacks
+            )
         }
-        Err(err) => {
-            checks.push(check("kernel helpers", Status::Fail, err.to_string()));
-            return;
-        }
-    };
+        Err(err) => check("kernel helpers", Status::Fail, err),
+    });
     let mut loader = EbpfLoader::new();
     fallbacks.apply(&mut loader);
     let mut ebpf = match loader.load(crate::ebpf::Probes::object()) {

@@ -199,6 +199,17 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
 struct Beside {
     child: std::process::Child,
     log: std::path::PathBuf,
+    /// Whether the runs ended (waited for, or stopped).
+    ended: bool,
+}
+
+impl Drop for Beside {
+    /// A suite that ends early (an error, a panic) takes the guests with it.
+    fn drop(&mut self) {
+        if !self.ended {
+            self.stop();
+        }
+    }
 }
 
 impl Beside {
@@ -242,17 +253,17 @@ impl Beside {
         let log = dir.join("beside.log");
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let script = Self::runs()
-            .iter()
-            .map(|run| {
-                let (_, args) = run.split_once(' ').expect("`vm-test ARGS`");
-                format!("'{}' vm-test --staged {args}", xtask.display())
-            })
-            .collect::<Vec<_>>()
-            .join(" && ");
+        // Every run, whatever the one before it did; the group fails if one failed.
+        let mut script = "rc=0\n".to_owned();
+        for run in Self::runs() {
+            let (_, args) = run.split_once(' ').expect("`vm-test ARGS`");
+            script.push_str(&format!("\"$0\" vm-test --staged {args} || rc=1\n"));
+        }
+        script.push_str("exit $rc\n");
         println!("test: {} (output in {})", Self::name(), log.display());
         let child = Command::new("sh")
             .args(["-c", &script])
+            .arg(&xtask)
             .current_dir(workspace_root())
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone()?)
@@ -260,7 +271,11 @@ impl Beside {
             .process_group(0)
             .spawn()
             .context("cannot start vm-test")?;
-        Ok(Self { child, log })
+        Ok(Self {
+            child,
+            log,
+            ended: false,
+        })
     }
 
     /// Ends the runs and their guests (their own process group).
@@ -268,11 +283,13 @@ impl Beside {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let _ = self.child.wait();
+        self.ended = true;
     }
 
     /// Waits for the runs; prints their tables, or the log's end when one failed.
     fn finish(&mut self) -> Result<()> {
         let status = self.child.wait()?;
+        self.ended = true;
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         if status.success() {

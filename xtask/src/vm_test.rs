@@ -497,11 +497,12 @@ fn split_parts_missing(image: &str, binaries: &[String], modules: &[String]) -> 
     let binary = format!("linux-binary-{version}");
     let module = format!("linux-modules-{version}");
     let has = |names: &[String], name: &str| names.iter().any(|n| n == name);
-    if !has(binaries, &binary) {
-        // Not split: the image holds the kernel and its modules.
-        return None;
+    match (has(binaries, &binary), has(modules, &module)) {
+        // Not split (the image holds the kernel and its modules), or split and whole.
+        (false, false) | (true, true) => None,
+        (true, false) => Some(module),
+        (false, true) => Some(binary),
     }
-    (!has(modules, &module)).then_some(module)
 }
 
 /// The newest image of each series among package names, by [`image_version`].
@@ -631,6 +632,12 @@ mod tests {
         assert_eq!(
             split_parts_missing("linux-image-7.3.4+deb13-amd64", &binaries, &modules),
             None
+        );
+        let modules_only = names(&["linux-modules-7.0.13+deb13-amd64"]);
+        assert_eq!(
+            split_parts_missing("linux-image-7.0.13+deb13-amd64", &binaries, &modules_only)
+                .as_deref(),
+            Some("linux-binary-7.0.13+deb13-amd64")
         );
         // Not split: the image is the whole kernel.
         assert_eq!(

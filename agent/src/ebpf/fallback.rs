@@ -65,18 +65,24 @@ pub struct Fallbacks {
 impl Fallbacks {
     /// Probes this kernel's helpers and checks the members the fallbacks need are known.
     pub fn probe(offsets: &KernelOffsets) -> Result<Self, FallbackError> {
-        let fallbacks = Self {
+        let fallbacks = Self::detect()?;
+        fallbacks.check(offsets)?;
+        Ok(fallbacks)
+    }
+
+    /// Which helpers tracepoint programs lack here.
+    pub fn detect() -> Result<Self, FallbackError> {
+        Ok(Self {
             ancestors_from_cgroup: !helper(
                 BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id,
                 "bpf_get_current_ancestor_cgroup_id",
             )?,
             walk_memory_areas: !helper(BpfHelper::BPF_FUNC_find_vma, "bpf_find_vma")?,
-        };
-        fallbacks.check(offsets)?;
-        Ok(fallbacks)
+        })
     }
 
-    fn check(&self, k: &KernelOffsets) -> Result<(), FallbackError> {
+    /// Whether the members the fallbacks taken read are known.
+    pub fn check(&self, k: &KernelOffsets) -> Result<(), FallbackError> {
         let need = |helper, what, members: &[(&str, u32)]| {
             let missing: Vec<&str> = members
                 .iter()
