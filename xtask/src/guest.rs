@@ -28,8 +28,9 @@ pub const KERNEL_PACKAGE: &str = "linux-image-6.12.107+deb12-amd64-unsigned";
 const INIT_MODULES: [&str; 4] = ["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 const MEMORY_MIB: u32 = 6144;
 const CPUS: u32 = 2;
-/// QEMU is killed after this long: a guest that hangs must fail the step, not CI.
-const TIMEOUT_SECS: u32 = 2400;
+/// QEMU is killed after this long, unless the caller sets another bound
+/// ([`Guest::set_timeout`]): a guest that hangs must fail the step, not CI.
+const TIMEOUT_SECS: u64 = 2400;
 
 /// A prepared guest: its kernel, its initramfs, and the directory it reports into.
 pub struct Guest {
@@ -37,6 +38,7 @@ pub struct Guest {
     initramfs: PathBuf,
     out: PathBuf,
     pub version: String,
+    timeout_secs: u64,
 }
 
 /// [`prepare_kernel`] with [`KERNEL_PACKAGE`], fetched through the host's apt sources.
@@ -89,6 +91,7 @@ pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &dyn Fn() -> Command) 
         initramfs,
         out,
         version,
+        timeout_secs: TIMEOUT_SECS,
     })
 }
 
@@ -267,6 +270,11 @@ impl Guest {
         self.command_with(script, "")
     }
 
+    /// How long QEMU may run before it is killed.
+    pub fn set_timeout(&mut self, timeout: std::time::Duration) {
+        self.timeout_secs = timeout.as_secs().max(1);
+    }
+
     /// [`Guest::command`] with more kernel parameters.
     pub fn command_with(&self, script: &Path, parameters: &str) -> Result<Command> {
         let _ = fs::remove_dir_all(&self.out);
@@ -274,7 +282,7 @@ impl Guest {
         let mut cmd = Command::new("timeout");
         cmd.args([
             "--signal=KILL",
-            &TIMEOUT_SECS.to_string(),
+            &self.timeout_secs.to_string(),
             "qemu-system-x86_64",
         ])
         // One host thread runs both vCPUs: with a thread each (MTTCG), the kernel's own text

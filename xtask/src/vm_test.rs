@@ -40,6 +40,9 @@ pub struct Options {
     /// (`cargo xtask test` stages them, then boots beside the host's tests).
     #[arg(long, hide = true)]
     pub staged: bool,
+    /// How many kernels boot at once (each keeps one host core busy).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
     /// Only tests whose names contain one of these (passed to each test binary).
     #[arg(last = true)]
     pub filters: Vec<String>,
@@ -85,6 +88,8 @@ const KERNEL_TESTS: [&str; 7] = [
     "egress",
     "flood",
 ];
+/// How long a guest running the whole suite may take (a filtered run has the guest's default).
+const WHOLE_SUITE_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 /// BPF LSM on, for the programs that need it, with the LSMs Debian enables by default.
 const LSM: &str = "lsm=lockdown,capability,landlock,yama,apparmor,bpf";
 
@@ -120,7 +125,8 @@ pub fn run(options: &Options) -> Result<()> {
             .collect()
     };
     let binaries = if options.staged { staged()? } else { stage()? };
-    let mut outcomes = Vec::new();
+    // Fetched and prepared one by one (one apt cache), then booted `--jobs` at a time.
+    let mut prepared = Vec::new();
     for series in &wanted {
         let Some((_, package)) = available.iter().find(|(s, _)| s == series) else {
             bail!(
@@ -132,18 +138,10 @@ pub fn run(options: &Options) -> Result<()> {
                     .join(", ")
             );
         };
-        // Emulation oopses early in about one boot in ten here: a guest that did not come up
-        // is booted again, twice at most.
-        let mut outcome = one_kernel(&apt, series, package, &binaries, &options.filters)?;
-        for _ in 0..2 {
-            if outcome.booted {
-                break;
-            }
-            println!("vm-test: {series} did not come up; booting it again");
-            outcome = one_kernel(&apt, series, package, &binaries, &options.filters)?;
-        }
-        outcomes.push(outcome);
+        prepared.push(prepare(&apt, series, package, &binaries, &options.filters)?);
     }
+    let jobs = options.jobs.max(1);
+    let outcomes = boot_all(prepared, jobs)?;
     println!("\n{}", table(&outcomes));
     let failed: Vec<&str> = outcomes
         .iter()
@@ -154,6 +152,38 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("the kernel tests failed on {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Boots every prepared kernel, `jobs` at a time (each QEMU keeps one host core busy); the
+/// outcomes in the order given. With more than one at a time, each console line is prefixed
+/// with its series.
+fn boot_all(prepared: Vec<Prepared>, jobs: usize) -> Result<Vec<Outcome>> {
+    let total = prepared.len();
+    let queue = std::sync::Mutex::new(prepared.into_iter().enumerate().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(total) {
+            scope.spawn(|| {
+                loop {
+                    // The lock is released before the guest boots.
+                    let next = {
+                        let mut queue = queue.lock().expect("queue");
+                        if queue.is_empty() {
+                            None
+                        } else {
+                            Some(queue.remove(0))
+                        }
+                    };
+                    let Some((index, kernel)) = next else { break };
+                    let outcome = one_kernel(&kernel, jobs > 1);
+                    results.lock().expect("results").push((index, outcome));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("results");
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, outcome)| outcome).collect()
 }
 
 /// Where the guests' binaries are copied: what the guest runs is never rewritten by a build
@@ -214,21 +244,45 @@ impl Outcome {
     }
 }
 
-fn one_kernel(
+/// A kernel ready to boot: its guest files and the script the guest runs.
+struct Prepared {
+    series: String,
+    package: String,
+    guest: guest::Guest,
+    script: PathBuf,
+}
+
+fn prepare(
     apt: &Apt,
     series: &str,
     package: &str,
     binaries: &[PathBuf],
     filters: &[String],
-) -> Result<Outcome> {
-    let started = Instant::now();
+) -> Result<Prepared> {
     let dir = workspace_root().join("target/vm").join(series);
-    println!("==> vm-test: Linux {series} ({package})");
-    let guest = guest::prepare_kernel(&dir, package, &|| apt.command("apt-get"))?;
+    println!("==> vm-test: preparing Linux {series} ({package})");
+    let mut guest = guest::prepare_kernel(&dir, package, &|| apt.command("apt-get"))?;
+    // The whole suite runs about 55 tests, some minutes each on the slowest kernels under
+    // emulation; a filtered run keeps the guest's usual bound.
+    if filters.is_empty() {
+        guest.set_timeout(WHOLE_SUITE_TIMEOUT);
+    }
     let script = script(&dir, binaries, filters)?;
-    let mut outcome = Outcome {
+    Ok(Prepared {
         series: series.to_owned(),
         package: package.to_owned(),
+        guest,
+        script,
+    })
+}
+
+fn one_kernel(kernel: &Prepared, prefixed: bool) -> Result<Outcome> {
+    let started = Instant::now();
+    let series = &kernel.series;
+    println!("==> vm-test: Linux {series} ({})", kernel.package);
+    let mut outcome = Outcome {
+        series: series.to_owned(),
+        package: kernel.package.clone(),
         release: None,
         booted: false,
         programs_refused: Vec::new(),
@@ -237,10 +291,17 @@ fn one_kernel(
         exit: None,
         took: Duration::ZERO,
     };
+    let prefix = if prefixed {
+        format!("[{series}] ")
+    } else {
+        String::new()
+    };
+    // Emulation oopses early in about one boot in ten here: a guest that did not come up is
+    // booted again, twice at most.
     for attempt in 1..=3 {
-        let mut qemu = guest.command_with(&script, LSM)?;
-        read_console(&mut qemu, &mut outcome)?;
-        if guest.booted() {
+        let mut qemu = kernel.guest.command_with(&kernel.script, LSM)?;
+        read_console(&mut qemu, &mut outcome, &prefix)?;
+        if kernel.guest.booted() {
             outcome.booted = true;
             break;
         }
@@ -250,7 +311,7 @@ fn one_kernel(
             ..outcome
         };
     }
-    outcome.exit = guest.exit_code().ok();
+    outcome.exit = kernel.guest.exit_code().ok();
     outcome.took = started.elapsed();
     outcome
         .largest
@@ -260,7 +321,7 @@ fn one_kernel(
 }
 
 /// Echoes the guest's console and gathers what the table shows.
-fn read_console(qemu: &mut Command, outcome: &mut Outcome) -> Result<()> {
+fn read_console(qemu: &mut Command, outcome: &mut Outcome, prefix: &str) -> Result<()> {
     let mut child = qemu
         .stdout(Stdio::piped())
         .spawn()
@@ -269,7 +330,7 @@ fn read_console(qemu: &mut Command, outcome: &mut Outcome) -> Result<()> {
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         let line = line.trim_end_matches('\r');
-        println!("{line}");
+        println!("{prefix}{line}");
         outcome.counts.add_line(line);
         // The console may put terminal escapes before the guest's first line.
         if let Some((_, rest)) = line.split_once("guest: Linux ") {
