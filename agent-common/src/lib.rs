@@ -845,8 +845,10 @@ pub mod probe_error {
         probe * REASONS + reason
     }
 
-    /// The probes that count, by entry-point name; a probe's id is its index here.
-    pub const PROBES: [&str; 31] = [
+    /// The probes that count, by entry-point name, and the reads many entry points share
+    /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing); a
+    /// probe's id is its index here.
+    pub const PROBES: [&str; 32] = [
         "cgroup_attach_task",
         "sys_enter",
         "sys_enter_execve",
@@ -878,6 +880,7 @@ pub mod probe_error {
         "sched_process_exec_image_walk",
         "sys_enter_mprotect_exec_walk",
         "sys_enter_pkey_mprotect_exec_walk",
+        "task_cgroup",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

@@ -37,11 +37,7 @@ pub(crate) use entry_points;
 #[inline(always)]
 pub fn gave_up<C: EbpfContext, R: From<u8>>(ctx: &C, probe: u32, err: i64) -> R {
     let reason = probe_error::reason(err);
-    if let Some(count) = PROBE_ERRORS.get_ptr_mut(probe_error::slot(probe, reason)) {
-        // SAFETY: a valid pointer to this CPU's slot. A plain add: should a preempted
-        // program race with another on the same CPU, a count is off by one, not wrong.
-        unsafe { *count += 1 };
-    }
+    count(probe, reason);
     aya_log_ebpf::warn!(
         ctx,
         "probe {} gave up: reason {}, error {}",
@@ -50,4 +46,15 @@ pub fn gave_up<C: EbpfContext, R: From<u8>>(ctx: &C, probe: u32, err: i64) -> R 
         err
     );
     R::from(0)
+}
+
+/// Adds one to the failures of `probe` under `reason`, where there is no entry point's
+/// context to log with.
+#[inline(always)]
+pub fn count(probe: u32, reason: u32) {
+    if let Some(count) = PROBE_ERRORS.get_ptr_mut(probe_error::slot(probe, reason)) {
+        // SAFETY: a valid pointer to this CPU's slot. A plain add: should a preempted
+        // program race with another on the same CPU, a count is off by one, not wrong.
+        unsafe { *count += 1 };
+    }
 }

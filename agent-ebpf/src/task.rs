@@ -33,20 +33,27 @@ pub fn ancestor_helper() -> bool {
 /// Where the helper is missing, what it reads, as kernels before 6.0 keep it: the current
 /// task's cgroup v2 cgroup and its depth. The task's css_set and cgroup stay valid while a
 /// program runs (RCU), so these reads fail only on offsets this kernel lacks, which user
-/// space checks before it takes this path.
+/// space checks before it takes this path; should one fail all the same, it is counted
+/// (`task_cgroup`), and the task is taken to be under no policy.
 pub fn own_cgroup(cfg: &Config) -> Option<(*const u8, u32)> {
     let k = &cfg.kernel;
     if k.cgroup_ancestor_ids == agent_common::OFFSET_UNKNOWN {
         return None;
     }
-    let cgroups = read_kernel_ptr(current_task(), k.task_cgroups)?;
-    let cgrp = read_kernel_ptr(cgroups, k.css_set_dfl_cgrp)?;
-    let level = read_kernel::<i32>(cgrp, k.cgroup_level)?;
-    (level >= 0).then_some((cgrp, level as u32))
+    let cgroup = read_kernel_ptr(current_task(), k.task_cgroups)
+        .and_then(|cgroups| read_kernel_ptr(cgroups, k.css_set_dfl_cgrp))
+        .and_then(|cgrp| Some((cgrp, read_kernel::<i32>(cgrp, k.cgroup_level)?)));
+    match cgroup {
+        Some((cgrp, level)) if level >= 0 => Some((cgrp, level as u32)),
+        _ => {
+            count_cgroup_failure();
+            None
+        }
+    }
 }
 
 /// The id of the ancestor at `level` of `cgrp` (at depth `own`), from its `ancestor_ids`; 0
-/// when `cgrp` is not that deep.
+/// when `cgrp` is not that deep, or (counted) when the read fails.
 pub fn ancestor_id_in(cfg: &Config, cgrp: *const u8, own: u32, level: u32) -> u64 {
     if level > own {
         return 0;
@@ -55,7 +62,15 @@ pub fn ancestor_id_in(cfg: &Config, cgrp: *const u8, own: u32, level: u32) -> u6
         .kernel
         .cgroup_ancestor_ids
         .wrapping_add(level.wrapping_mul(8));
-    read_kernel::<u64>(cgrp, offset).unwrap_or(0)
+    read_kernel::<u64>(cgrp, offset).unwrap_or_else(|| {
+        count_cgroup_failure();
+        0
+    })
+}
+
+fn count_cgroup_failure() {
+    use agent_common::probe_error;
+    crate::diag::count(const { probe_error::id("task_cgroup") }, probe_error::READ);
 }
 
 /// The id of the current task's cgroup v2 ancestor at `level` (the root is 0; the cgroup
