@@ -102,6 +102,9 @@ struct Outcome {
     programs_refused: Vec<String>,
     largest: Vec<(String, u32)>,
     counts: Counts,
+    /// Tests that passed by skipping (`skipped TEST: REASON` on their standard error): a
+    /// feature this kernel lacks.
+    skips: Vec<String>,
     exit: Option<i32>,
     took: Duration,
 }
@@ -236,6 +239,44 @@ fn staged() -> Result<Vec<PathBuf>> {
 }
 
 impl Outcome {
+    /// Gathers what the table shows from one line of the guest's console.
+    fn read_line(&mut self, line: &str) {
+        self.counts.add_line(line);
+        if let Some(skip) = line.strip_prefix("skipped ") {
+            self.skips.push(skip.to_owned());
+        }
+        // The console may put terminal escapes before the guest's first line.
+        if let Some((_, rest)) = line.split_once("guest: Linux ") {
+            self.release = rest
+                .split_whitespace()
+                .next()
+                .map(|r| r.trim_end_matches(','))
+                .map(str::to_owned);
+        }
+        if let Some(rest) = line.strip_prefix("FAIL program ") {
+            self.programs_refused
+                .push(rest.split_whitespace().next().unwrap_or(rest).to_owned());
+        }
+        // Every guest boots with BPF LSM on: prevention must attach.
+        if line.starts_with("no   prevention (BPF LSM)") {
+            self.programs_refused.push(line.to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("ok   program ") {
+            let name = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(count) = rest
+                .split(", ")
+                .find_map(|part| part.strip_suffix(" instructions verified"))
+                .and_then(|n| n.trim().parse().ok())
+            {
+                self.largest.push((name, count));
+            }
+        }
+    }
+
     fn passed(&self) -> bool {
         self.booted
             && self.exit == Some(0)
@@ -288,6 +329,7 @@ fn one_kernel(kernel: &Prepared, prefixed: bool) -> Result<Outcome> {
         programs_refused: Vec::new(),
         largest: Vec::new(),
         counts: Counts::default(),
+        skips: Vec::new(),
         exit: None,
         took: Duration::ZERO,
     };
@@ -308,6 +350,7 @@ fn one_kernel(kernel: &Prepared, prefixed: bool) -> Result<Outcome> {
         println!("vm-test: Linux {series} did not reach its second stage (boot {attempt} of 3)");
         outcome = Outcome {
             counts: Counts::default(),
+            skips: Vec::new(),
             ..outcome
         };
     }
@@ -331,38 +374,7 @@ fn read_console(qemu: &mut Command, outcome: &mut Outcome, prefix: &str) -> Resu
         let line = line?;
         let line = line.trim_end_matches('\r');
         println!("{prefix}{line}");
-        outcome.counts.add_line(line);
-        // The console may put terminal escapes before the guest's first line.
-        if let Some((_, rest)) = line.split_once("guest: Linux ") {
-            outcome.release = rest
-                .split_whitespace()
-                .next()
-                .map(|r| r.trim_end_matches(','))
-                .map(str::to_owned);
-        }
-        if let Some(rest) = line.strip_prefix("FAIL program ") {
-            outcome
-                .programs_refused
-                .push(rest.split_whitespace().next().unwrap_or(rest).to_owned());
-        }
-        // Every guest boots with BPF LSM on: prevention must attach.
-        if line.starts_with("no   prevention (BPF LSM)") {
-            outcome.programs_refused.push(line.to_owned());
-        }
-        if let Some(rest) = line.strip_prefix("ok   program ") {
-            let name = rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            if let Some(count) = rest
-                .split(", ")
-                .find_map(|part| part.strip_suffix(" instructions verified"))
-                .and_then(|n| n.trim().parse().ok())
-            {
-                outcome.largest.push((name, count));
-            }
-        }
+        outcome.read_line(line);
     }
     child.wait()?;
     Ok(())
@@ -406,6 +418,8 @@ rc=0
     Ok(path)
 }
 
+/// One line per kernel; then each skip with its reason (a skipped test passed as far as the
+/// test binary counts, so it is moved from passed to skipped here).
 fn table(outcomes: &[Outcome]) -> String {
     let mut lines = vec![format!(
         "{:<7} {:<34} {:>6} {:>6} {:>7} {:>7}  {}",
@@ -432,16 +446,22 @@ fn table(outcomes: &[Outcome]) -> String {
         } else {
             format!("REFUSED: {}", o.programs_refused.join(", "))
         };
+        let skipped = o.skips.len() as u64;
         lines.push(format!(
             "{:<7} {:<34} {:>6} {:>6} {:>7} {:>6}s  {}",
             o.series,
             kernel,
-            o.counts.passed,
+            o.counts.passed.saturating_sub(skipped),
             o.counts.failed,
-            o.counts.ignored,
+            o.counts.ignored + skipped,
             o.took.as_secs(),
             programs
         ));
+    }
+    for o in outcomes {
+        for skip in &o.skips {
+            lines.push(format!("{}: skipped {skip}", o.series));
+        }
     }
     lines.join("\n")
 }
@@ -677,6 +697,43 @@ fn host_mirror() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skip_is_counted_as_skipped_with_its_reason() {
+        let mut outcome = Outcome {
+            series: "5.10".to_owned(),
+            package: "linux-image-5.10.0-32-amd64-unsigned".to_owned(),
+            release: Some("5.10.0-32-amd64".to_owned()),
+            booted: true,
+            programs_refused: Vec::new(),
+            largest: Vec::new(),
+            counts: Counts::default(),
+            skips: Vec::new(),
+            exit: Some(0),
+            took: Duration::from_secs(90),
+        };
+        for line in [
+            "skipped io_uring_connect_is_seen: this kernel lacks IORING_OP_CONNECT",
+            "test io_uring_connect_is_seen ... ok",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out",
+        ] {
+            outcome.read_line(line);
+        }
+        let table = table(&[outcome]);
+        let row = table.lines().nth(1).expect("a row");
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            &columns[..5],
+            ["5.10", "5.10.0-32-amd64", "2", "0", "2"],
+            "{table}"
+        );
+        assert!(
+            table.ends_with(
+                "5.10: skipped io_uring_connect_is_seen: this kernel lacks IORING_OP_CONNECT"
+            ),
+            "{table}"
+        );
+    }
 
     #[test]
     fn a_split_image_whose_modules_the_archive_lacks_is_left_out() {
