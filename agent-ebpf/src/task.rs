@@ -34,7 +34,10 @@ pub fn ancestor_helper() -> bool {
 /// task's cgroup v2 cgroup and its depth. The task's css_set and cgroup stay valid while a
 /// program runs (RCU), so these reads fail only on offsets this kernel lacks, which user
 /// space checks before it takes this path; should one fail all the same, it is counted
-/// (`task_cgroup`), and the task is taken to be under no policy.
+/// (`task_cgroup`), and the task is taken to be under no policy. Inlined: as a function of
+/// its own its frame made `judge_mapped_file`'s call chain pass the 512 bytes of stack
+/// kernels before 6.13 allow (5.10 and 6.1 round each frame up to 32).
+#[inline(always)]
 pub fn own_cgroup(cfg: &Config) -> Option<(*const u8, u32)> {
     let k = &cfg.kernel;
     if k.cgroup_ancestor_ids == agent_common::OFFSET_UNKNOWN {
@@ -68,6 +71,7 @@ pub fn ancestor_id_in(cfg: &Config, cgrp: *const u8, own: u32, level: u32) -> u6
     })
 }
 
+#[inline(always)]
 fn count_cgroup_failure() {
     use agent_common::probe_error;
     crate::diag::count(const { probe_error::id("task_cgroup") }, probe_error::READ);
