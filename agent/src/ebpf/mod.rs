@@ -6,6 +6,8 @@ pub mod offsets;
 pub mod pin;
 pub mod prevent;
 pub mod reader;
+#[cfg(test)]
+mod stack_depth;
 pub mod throttle;
 pub mod tracefs;
 
