@@ -87,10 +87,22 @@ fn a_flood_of_one_violation_hides_no_other_and_every_held_back_one_is_counted() 
     };
     let held = since_start("heldBack");
     let lost = since_start("ringBuffer");
+    // What the records were, should the sum be off: each kind of record with how many.
+    let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    for e in &flood_events {
+        let wx = &e["data"]["wx"];
+        let kind = format!(
+            "{} {} count {}",
+            wx["syscall"], wx["protText"], e["data"]["count"]
+        );
+        *kinds.entry(kind).or_default() += 1;
+    }
     assert_eq!(
         flood_events.len() as u64 + held + lost,
         FLOOD,
-        "every violation of the flood went out, or was held back and counted, or was lost and counted"
+        "every violation of the flood went out, or was held back and counted, or was lost and \
+         counted: {} records, {held} held back, {lost} lost; the records: {kinds:?}",
+        flood_events.len()
     );
     assert!(held > 0, "nothing was held back");
     // Not a timing claim: at a burst of 8 a second, 1000 records would take the flood two
