@@ -34,6 +34,9 @@ struct Function {
 /// Every function of `elf`, by (section, first instruction).
 fn functions(elf: &object::File<'_>) -> BTreeMap<Place, Function> {
     let mut out = BTreeMap::new();
+    let text = elf
+        .section_by_name(".text")
+        .map_or(usize::MAX, |s| s.index().0);
     for symbol in elf.symbols() {
         let Some(index) = symbol.section_index() else {
             continue;
@@ -107,15 +110,11 @@ fn functions(elf: &object::File<'_>) -> BTreeMap<Place, Function> {
                 // `call`: a BPF-to-BPF one has `src_reg` 1; a helper's result is in r0.
                 0x05 if code == 0x85 => {
                     if src == 1 {
-                        let target = match relocations.get(&at) {
-                            Some(symbol) => symbol / INSN + (imm + 1) as u64,
-                            None => (at / INSN).wrapping_add_signed(imm + 1),
-                        };
-                        let target_section = relocations
-                            .get(&at)
-                            .and_then(|_| elf.section_by_name(".text"))
-                            .map_or(index.0, |s| s.index().0);
-                        calls.push((target_section, target));
+                        // Relocated into `.text`, or relative within this section.
+                        calls.push(match relocations.get(&at) {
+                            Some(symbol) => (text, symbol / INSN + (imm + 1) as u64),
+                            None => (index.0, (at / INSN).wrapping_add_signed(imm + 1)),
+                        });
                     }
                     // Calls clobber r0 to r5.
                     stack_reg[..6].fill(None);
