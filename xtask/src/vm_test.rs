@@ -162,21 +162,20 @@ pub fn run(options: &Options) -> Result<()> {
 /// with its series.
 fn boot_all(prepared: Vec<Prepared>, jobs: usize) -> Result<Vec<Outcome>> {
     let total = prepared.len();
-    let queue = std::sync::Mutex::new(prepared.into_iter().enumerate().collect::<Vec<_>>());
+    let queue = std::sync::Mutex::new(
+        prepared
+            .into_iter()
+            .enumerate()
+            .collect::<std::collections::VecDeque<_>>(),
+    );
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(total) {
             scope.spawn(|| {
                 loop {
-                    // The lock is released before the guest boots.
-                    let next = {
-                        let mut queue = queue.lock().expect("queue");
-                        if queue.is_empty() {
-                            None
-                        } else {
-                            Some(queue.remove(0))
-                        }
-                    };
+                    // The lock is released at the end of this statement, before the guest
+                    // boots.
+                    let next = queue.lock().expect("queue").pop_front();
                     let Some((index, kernel)) = next else { break };
                     let outcome = one_kernel(&kernel, jobs > 1);
                     results.lock().expect("results").push((index, outcome));
