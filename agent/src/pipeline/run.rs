@@ -200,13 +200,19 @@ pub async fn run(
     )
     .await?;
     // Ready: programs attached, policies compiled, and the cluster's caches synced.
+    // Without a cluster to wait for, ready before the log says enforcing, so a probe that
+    // follows the log never finds the agent unready.
     let ready = stages.telemetry.clone();
-    let mut synced_now = synced;
-    tokio::spawn(async move {
-        if synced_now.wait_for(|done| *done).await.is_ok() {
-            ready.set_ready(true);
-        }
-    });
+    if *synced.borrow() {
+        ready.set_ready(true);
+    } else {
+        let mut synced_now = synced;
+        tokio::spawn(async move {
+            if synced_now.wait_for(|done| *done).await.is_ok() {
+                ready.set_ready(true);
+            }
+        });
+    }
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
     let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);

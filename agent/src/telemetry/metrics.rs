@@ -64,8 +64,12 @@ fn unix_now() -> u64 {
 pub const STUCK_AFTER_S: u64 = 30;
 
 impl Telemetry {
+    /// The event loop counts as alive from here: a probe of `/healthz` in the moment between
+    /// the server's start and the loop's first round must not see a stuck agent.
     pub fn new() -> Arc<Self> {
-        Arc::default()
+        let telemetry = Self::default();
+        telemetry.beat();
+        Arc::new(telemetry)
     }
 
     /// The registry `/metrics` encodes.
@@ -467,5 +471,20 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_new_agent_is_alive_but_unready_and_a_loop_still_past_the_limit_is_stuck() {
+        let telemetry = Telemetry::new();
+        assert!(telemetry.alive());
+        assert!(!telemetry.ready());
+        telemetry.set_ready(true);
+        assert!(telemetry.ready());
+        let long_ago = unix_now() - STUCK_AFTER_S - 1;
+        telemetry.heartbeat.store(long_ago, Ordering::Relaxed);
+        assert!(!telemetry.alive());
+        assert!(!telemetry.ready());
+        telemetry.beat();
+        assert!(telemetry.alive());
     }
 }
