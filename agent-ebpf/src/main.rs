@@ -9,6 +9,7 @@ mod diag;
 mod doctor;
 mod exec;
 mod file;
+mod floor;
 mod foreign;
 mod handover;
 mod image;

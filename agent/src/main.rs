@@ -196,6 +196,10 @@ enum Command {
     /// schema`).
     #[command(hide = true)]
     Schema,
+    /// Attach an empty program to every hook Vigil attaches to, until SIGINT or SIGTERM:
+    /// the floor `cargo xtask bench` measures Vigil against. Decides and reports nothing.
+    #[command(hide = true)]
+    Floor,
 }
 
 #[derive(Subcommand)]
@@ -350,6 +354,17 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Floor => with_signals(|mut rx| async move {
+            let floor = vigil::ebpf::floor::Floor::attach(None)?;
+            tracing::info!(
+                hooks = floor.attached,
+                lsm = floor.lsm,
+                "the floor is attached: empty programs on every hook"
+            );
+            let _ = rx.wait_for(|stop| *stop).await;
+            drop(floor);
+            Ok(())
+        }),
         Command::Doctor => {
             let checks = doctor::run();
             for c in &checks {

@@ -5,7 +5,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Failure, Outcome, connect::close_with_reset, memory::rwx_round_trip, parse_count};
+use crate::{
+    Failure, Outcome,
+    connect::close_with_reset,
+    memory::{rw_round_trip, rwx_round_trip},
+    parse_count,
+};
 
 fn report(n: usize, start: Instant) {
     println!(
@@ -51,6 +56,47 @@ pub fn mmap(n: &str) -> Outcome {
     let start = Instant::now();
     for _ in 0..n {
         rwx_round_trip()?;
+    }
+    report(n, start);
+    Ok(())
+}
+
+/// Plain RW mmap of a page + munmap: no W^X, what the agent must pass over cheaply.
+pub fn mmap_rw(n: &str) -> Outcome {
+    let n = parse_count(n)?;
+    let start = Instant::now();
+    for _ in 0..n {
+        rw_round_trip()?;
+    }
+    report(n, start);
+    Ok(())
+}
+
+/// A UDP datagram sent with `sendto` to a loopback socket, received before the next, so the
+/// receiver's queue never overflows and drops.
+pub fn udp(n: &str) -> Outcome {
+    let n = parse_count(n)?;
+    let receiver = UdpSocket::bind("127.0.0.1:0")?;
+    let to = receiver.local_addr()?;
+    let sender = UdpSocket::bind("127.0.0.1:0")?;
+    let mut buf = [0u8; 64];
+    let start = Instant::now();
+    for _ in 0..n {
+        sender.send_to(b"vigil-bench", to)?;
+        receiver.recv_from(&mut buf)?;
+    }
+    report(n, start);
+    Ok(())
+}
+
+/// `getppid`, a system call none of the agent's programs is about: what attaching them
+/// costs everything else a node runs.
+pub fn syscall(n: &str) -> Outcome {
+    let n = parse_count(n)?;
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getppid has no arguments and cannot fail.
+        std::hint::black_box(unsafe { libc::getppid() });
     }
     report(n, start);
     Ok(())

@@ -41,7 +41,8 @@ fn usage() -> ExitCode {
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
          \x20        proc-mem-write | proc-mem-read | refused-rwx | compat-mmap-rwx |\n\
          \x20        compat-mmap-rw | compat-mprotect-rwx | userfaultfd syscall|device\n\
-         bench:   bench-exec N | bench-connect N | bench-mmap N | bench-udp-paced RATE SECONDS"
+         bench:   bench-exec N | bench-connect N | bench-udp N | bench-mmap N | bench-mmap-rw N |\n\
+         \x20        bench-syscall N | bench-udp-paced RATE SECONDS | bench-udp-same COUNT"
     );
     ExitCode::from(2)
 }
@@ -99,6 +100,9 @@ fn main() -> ExitCode {
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),
         ("bench-mmap", [n]) => bench::mmap(n),
+        ("bench-mmap-rw", [n]) => bench::mmap_rw(n),
+        ("bench-udp", [n]) => bench::udp(n),
+        ("bench-syscall", [n]) => bench::syscall(n),
         ("bench-udp-paced", [rate, seconds]) => bench::udp_paced(rate, seconds),
         ("bench-udp-same", [count]) => bench::udp_same(count),
         _ => return usage(),

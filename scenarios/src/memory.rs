@@ -171,6 +171,13 @@ pub fn rwx_round_trip() -> Result<(), Failure> {
     Ok(())
 }
 
+/// What every allocator does: an RW page mapped and unmapped.
+pub fn rw_round_trip() -> Result<(), Failure> {
+    let p = anon(libc::PROT_READ | libc::PROT_WRITE)?;
+    unmap(p);
+    Ok(())
+}
+
 /// Waits until `go` exists, then maps RWX: a process that started before the agent.
 pub fn wait_then_rwx(go: &str) -> Outcome {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -1,11 +1,16 @@
-//! `cargo xtask bench`: the agent's overhead on exec, connect and mmap workloads.
+//! `cargo xtask bench`: what the agent costs the workloads it watches, against what any
+//! program on the same hooks costs and against a peer doing the same work.
 //!
-//! Each workload (`vigil-scenario bench-<workload> <N>`, which prints `ns_per_op=<float>`) runs
-//! in a cgroup of its own, `--runs` times in each of three modes, all in one run: without the
-//! agent (the baseline), while `vigil trace --output json` streams every event, and while
-//! `vigil run` enforces a policy on that cgroup that allows everything the workloads do (so
-//! every decision is made, and every event filtered, in the kernel). Medians are compared as
-//! ratios to the baseline; results are printed and written to target/bench/results.json.
+//! Each workload (`vigil-scenario bench-<workload> <N>`, which prints `ns_per_op=<float>`)
+//! runs in a cgroup of its own under five modes: nothing attached (the baseline); `vigil
+//! floor`, an empty program on every hook Vigil attaches to (the floor no code on those hooks
+//! can go below); bpftrace running a script that reports what `vigil trace` reports (every
+//! exec, connect, datagram destination and W^X request); `vigil trace --output json`
+//! streaming every event; and `vigil run` enforcing a policy on that cgroup that allows all
+//! the workloads do (every decision made, every event filtered, in the kernel). A round runs
+//! every mode once, each round in another order, so that drift on a noisy machine spreads
+//! over all modes; medians over the rounds are compared as ratios to the baseline and to the
+//! floor. Results are printed and written to target/bench/results.json.
 use std::{
     collections::VecDeque,
     fmt::Write as _,
@@ -28,16 +33,141 @@ use crate::{
     util::{self, describe, secs, step, workspace_root},
 };
 
-/// Workloads and their default iteration counts.
-const WORKLOADS: [(&str, u64); 3] = [("exec", 2000), ("connect", 20_000), ("mmap", 100_000)];
+/// Workloads: name, the scenario that runs it, what it does, default iterations.
+const WORKLOADS: [(&str, &str, &str, u64); 6] = [
+    ("exec", "bench-exec", "fork + exec of /bin/true", 2000),
+    (
+        "connect",
+        "bench-connect",
+        "TCP connect over loopback",
+        20_000,
+    ),
+    ("udp", "bench-udp", "UDP sendto over loopback", 50_000),
+    ("mmap-rwx", "bench-mmap", "mmap of an RWX page", 100_000),
+    ("mmap-rw", "bench-mmap-rw", "mmap of an RW page", 100_000),
+    (
+        "getppid",
+        "bench-syscall",
+        "a system call no program is about",
+        2_000_000,
+    ),
+];
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const STDERR_TAIL_LINES: usize = 40;
 
+/// What runs beside the workloads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Baseline,
+    Floor,
+    Bpftrace,
+    Trace,
+    Run,
+}
+
+const MODES: [Mode; 5] = [
+    Mode::Baseline,
+    Mode::Floor,
+    Mode::Bpftrace,
+    Mode::Trace,
+    Mode::Run,
+];
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Floor => "floor",
+            Self::Bpftrace => "bpftrace",
+            Self::Trace => "trace",
+            Self::Run => "run",
+        }
+    }
+
+    fn index(self) -> usize {
+        MODES.iter().position(|m| *m == self).unwrap_or(0)
+    }
+}
+
+/// The modes of round `round` (from 0), in that round's order: each round starts one mode
+/// further on.
+fn round_order(round: usize) -> Vec<Mode> {
+    (0..MODES.len())
+        .map(|i| MODES[(round + i) % MODES.len()])
+        .collect()
+}
+
+/// bpftrace doing what `vigil trace` does, on the syscall tracepoints a tracer without cgroup
+/// programs has: each exec (the caller's request and the new image), each connect and
+/// datagram destination, each mapping or protection change asking for write and execute.
+/// Its `BEGIN` runs once every probe is attached, and says so on stderr.
+const BPFTRACE_SCRIPT: &str = r#"BEGIN
+{
+  system("echo bpftrace is tracing >&2");
+}
+
+tracepoint:syscalls:sys_enter_execve,
+tracepoint:syscalls:sys_enter_execveat
+{
+  printf("exec pid=%d ppid=%d uid=%d cgroup=%llu comm=%s path=%s argv=", pid, curtask->real_parent->tgid, uid, cgroup, comm, str(args->filename));
+  join(args->argv);
+}
+
+tracepoint:sched:sched_process_exec
+{
+  printf("exec done pid=%d old_pid=%d path=%s
+", pid, args->old_pid, str(args->filename));
+}
+
+tracepoint:syscalls:sys_enter_connect
+{
+  $sa = (struct sockaddr_in *)args->uservaddr;
+  if ($sa->sin_family == 2) {
+    printf("connect pid=%d cgroup=%llu comm=%s to=%s:%d
+", pid, cgroup, comm, ntop(2, $sa->sin_addr.s_addr), (($sa->sin_port & 0xff) << 8) | ($sa->sin_port >> 8));
+  } else if ($sa->sin_family == 10) {
+    $sa6 = (struct sockaddr_in6 *)args->uservaddr;
+    printf("connect pid=%d cgroup=%llu comm=%s to=[%s]:%d
+", pid, cgroup, comm, ntop(10, $sa6->sin6_addr.in6_u.u6_addr8), (($sa6->sin6_port & 0xff) << 8) | ($sa6->sin6_port >> 8));
+  }
+}
+
+tracepoint:syscalls:sys_enter_sendto
+/(uint64)args->addr != 0/
+{
+  $sa = (struct sockaddr_in *)args->addr;
+  if ($sa->sin_family == 2) {
+    printf("sendto pid=%d cgroup=%llu comm=%s to=%s:%d
+", pid, cgroup, comm, ntop(2, $sa->sin_addr.s_addr), (($sa->sin_port & 0xff) << 8) | ($sa->sin_port >> 8));
+  } else if ($sa->sin_family == 10) {
+    $sa6 = (struct sockaddr_in6 *)args->addr;
+    printf("sendto pid=%d cgroup=%llu comm=%s to=[%s]:%d
+", pid, cgroup, comm, ntop(10, $sa6->sin6_addr.in6_u.u6_addr8), (($sa6->sin6_port & 0xff) << 8) | ($sa6->sin6_port >> 8));
+  }
+}
+
+tracepoint:syscalls:sys_enter_mmap
+/(args->prot & 6) == 6/
+{
+  printf("wx mmap pid=%d cgroup=%llu comm=%s prot=%d flags=%d fd=%d
+", pid, cgroup, comm, args->prot, args->flags, args->fd);
+}
+
+tracepoint:syscalls:sys_enter_mprotect,
+tracepoint:syscalls:sys_enter_pkey_mprotect
+/(args->prot & 6) == 6/
+{
+  printf("wx mprotect pid=%d cgroup=%llu comm=%s addr=%lx prot=%d
+", pid, cgroup, comm, args->start, args->prot);
+}
+"#;
+
 #[derive(clap::Args)]
 pub struct Options {
-    /// Multiply every workload's default iteration count (exec 2000, connect 20000,
-    /// mmap 100000) by FACTOR, e.g. `--scale 0.1` for a quick run.
+    /// Multiply every workload's default iteration count (exec 2000, connect 20000, udp
+    /// 50000, mmap-rwx and mmap-rw 100000, getppid 2000000) by FACTOR, e.g. `--scale 0.1`
+    /// for a quick run.
     #[arg(
         long,
         value_name = "FACTOR",
@@ -48,7 +178,7 @@ pub struct Options {
     /// Use exactly N iterations for every workload instead of the (scaled) defaults.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     iterations: Option<u64>,
-    /// Runs per workload with and without the agent; the median is reported.
+    /// Rounds: each runs every workload once under every mode; medians are reported.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     runs: u64,
 }
@@ -68,19 +198,21 @@ impl Options {
 
 struct Workload {
     name: &'static str,
+    scenario: &'static str,
+    what: &'static str,
     iterations: u64,
-    baseline: Vec<f64>,
-    with_agent: Vec<f64>,
-    with_policy: Vec<f64>,
+    /// ns per operation, per mode (indexed as [`MODES`]), one per round.
+    samples: [Vec<f64>; MODES.len()],
 }
 
 impl Workload {
-    fn ratio(&self) -> f64 {
-        median(&self.with_agent) / median(&self.baseline)
+    fn median(&self, mode: Mode) -> f64 {
+        median(&self.samples[mode.index()])
     }
 
-    fn policy_ratio(&self) -> f64 {
-        median(&self.with_policy) / median(&self.baseline)
+    /// `mode`'s median over `base`'s.
+    fn ratio(&self, mode: Mode, base: Mode) -> f64 {
+        self.median(mode) / self.median(base)
     }
 }
 
@@ -128,7 +260,7 @@ fn allowing_policy(cgroup: &BenchCgroup, scenario: &Path) -> Result<PathBuf> {
     let yaml = format!(
         "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: bench}}\nspec:\n  \
          hostProcesses: {{cgroupPrefixes: [\"{cg}\"]}}\n  exec:\n    allow: [{{path: \"{s}\"}}, {{path: \"{t}\"}}]\n  \
-         connect:\n    allow: [{{cidr: 127.0.0.1/32, protocol: TCP}}]\n  memory:\n    writeExecute: Deny\n    \
+         connect:\n    allow: [{{cidr: 127.0.0.1/32, protocol: TCP}}, {{cidr: 127.0.0.1/32, protocol: UDP}}]\n  memory:\n    writeExecute: Deny\n    \
          allowExecutables: [\"{s}\"]\n",
         cg = cgroup.rel,
         s = scenario.display(),
@@ -145,125 +277,117 @@ pub fn run(options: &Options) -> Result<()> {
     util::require_root("bench")?;
     let mut workloads = WORKLOADS
         .into_iter()
-        .map(|(name, default)| {
+        .map(|(name, scenario, what, default)| {
             Ok(Workload {
                 name,
+                scenario,
+                what,
                 iterations: options.iterations_for(default)?,
-                baseline: Vec::new(),
-                with_agent: Vec::new(),
-                with_policy: Vec::new(),
+                samples: Default::default(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
     setup::run()?;
+    setup::bench_packages()?;
     let agent_binary = build::build(true)?;
     let scenario = workspace_root().join("target/release/vigil-scenario");
 
     let cgroup = BenchCgroup::create()?;
     let policy = allowing_policy(&cgroup, &scenario)?;
-
-    step("measure without the agent", || {
-        for workload in &mut workloads {
-            workload.baseline = measure(&scenario, &cgroup, workload, options.runs, "baseline")?;
-        }
-        Ok(())
-    })?;
-
+    let script = workspace_root().join("target/bench/trace.bt");
+    fs::write(&script, BPFTRACE_SCRIPT).with_context(|| format!("writing {}", script.display()))?;
     let bench = Bench {
         scenario: &scenario,
         cgroup: &cgroup,
-        runs: options.runs,
+        agent: &agent_binary,
+        policy: &policy,
+        script: &script,
     };
-    let peak_rss_kib = bench.under_agent(
-        &agent_binary,
-        &["trace", "--output", "json"],
-        "vigil is tracing",
-        &mut workloads,
-        |w| &mut w.with_agent,
-    )?;
-    let policy_arg = policy.display().to_string();
-    let policy_rss_kib = bench.under_agent(
-        &agent_binary,
-        &["run", "--output", "json", "--policy", &policy_arg],
-        "vigil is enforcing",
-        &mut workloads,
-        |w| &mut w.with_policy,
-    )?;
-    println!("bench: vigil run peak RSS (VmHWM): {policy_rss_kib} KiB");
+    let mut peak_rss_kib = [0u64; MODES.len()];
+    for round in 0..options.runs as usize {
+        for mode in round_order(round) {
+            let label = format!("round {}/{}: {}", round + 1, options.runs, mode.name());
+            let rss = step(&label, || bench.round(mode, &mut workloads))?;
+            let slot = &mut peak_rss_kib[mode.index()];
+            *slot = (*slot).max(rss.unwrap_or(0));
+        }
+    }
 
     let alerts = step("alert latency and HTTP sink throughput", || {
         crate::bench_alerts::run(&agent_binary, &scenario, &cgroup.dir, &cgroup.rel)
     })?;
 
-    print_table(&workloads, peak_rss_kib);
+    print_table(&workloads, &peak_rss_kib);
     crate::bench_alerts::print(&alerts);
-    let path = write_json(&workloads, options.runs, peak_rss_kib, &alerts)?;
+    let path = write_json(&workloads, options.runs, &peak_rss_kib, &alerts)?;
     println!("bench: results written to {}", path.display());
     Ok(())
 }
 
-/// Where and how often the workloads run.
+/// Where the workloads run and what runs beside them.
 struct Bench<'a> {
     scenario: &'a Path,
     cgroup: &'a BenchCgroup,
-    runs: u64,
+    agent: &'a Path,
+    policy: &'a Path,
+    script: &'a Path,
 }
 
 impl Bench<'_> {
-    /// Starts `vigil ARGS`, measures every workload into `slot` while it runs, stops it, and
-    /// returns its peak RSS in KiB.
-    fn under_agent(
-        &self,
-        binary: &Path,
-        args: &[&str],
-        ready_line: &'static str,
-        workloads: &mut [Workload],
-        slot: fn(&mut Workload) -> &mut Vec<f64>,
-    ) -> Result<u64> {
-        let name = format!("vigil {}", args[0]);
-        let mut agent = step(&format!("start {name}"), || {
-            Agent::start(binary, args, ready_line)
-        })?;
-        step(&format!("measure with {name}"), || {
-            for workload in workloads.iter_mut() {
-                agent.check_running()?;
-                let samples = measure(
-                    self.scenario,
-                    self.cgroup,
-                    workload,
-                    self.runs,
-                    &format!("with {name}"),
-                )?;
-                *slot(workload) = samples;
+    /// Starts what `mode` runs beside the workloads (nothing for the baseline).
+    fn start(&self, mode: Mode) -> Result<Option<Agent>> {
+        let agent = |args: &[&str], ready| Agent::start(self.agent, args, ready).map(Some);
+        let policy = self.policy.display().to_string();
+        match mode {
+            Mode::Baseline => Ok(None),
+            Mode::Floor => agent(&["floor"], "the floor is attached"),
+            Mode::Trace => agent(&["trace", "--output", "json"], "vigil is tracing"),
+            Mode::Run => agent(
+                &["run", "--output", "json", "--policy", &policy],
+                "vigil is enforcing",
+            ),
+            Mode::Bpftrace => {
+                let script = self.script.display().to_string();
+                Agent::start(
+                    Path::new("bpftrace"),
+                    &["--unsafe", &script],
+                    "bpftrace is tracing",
+                )
+                .map(Some)
             }
-            agent.check_running()
-        })?;
-        let peak_rss_kib = agent.peak_rss_kib()?;
-        let status = step(&format!("stop {name}"), || agent.stop())?;
-        if !status.success() {
-            println!("bench: warning: {name} exited with {status} after SIGINT");
         }
-        Ok(peak_rss_kib)
     }
-}
 
-fn measure(
-    scenario: &Path,
-    cgroup: &BenchCgroup,
-    workload: &Workload,
-    runs: u64,
-    label: &str,
-) -> Result<Vec<f64>> {
-    (1..=runs)
-        .map(|run| {
-            let ns = run_scenario(scenario, cgroup, workload)?;
+    /// Runs every workload once under `mode`; the peak RSS (KiB) of what ran beside them.
+    fn round(&self, mode: Mode, workloads: &mut [Workload]) -> Result<Option<u64>> {
+        let mut beside = self.start(mode)?;
+        for workload in workloads.iter_mut() {
+            if let Some(beside) = beside.as_mut() {
+                beside.check_running()?;
+            }
+            let ns = run_scenario(self.scenario, self.cgroup, workload)?;
             println!(
-                "bench: {} ({} iterations) {label} run {run}/{runs}: {ns:.1} ns/op",
-                workload.name, workload.iterations
+                "bench: {} ({} iterations) {}: {ns:.1} ns/op",
+                workload.name,
+                workload.iterations,
+                mode.name()
             );
-            Ok(ns)
-        })
-        .collect()
+            workload.samples[mode.index()].push(ns);
+        }
+        let Some(mut beside) = beside else {
+            return Ok(None);
+        };
+        beside.check_running()?;
+        let rss = beside.peak_rss_kib()?;
+        let status = beside.stop()?;
+        if !status.success() {
+            println!(
+                "bench: warning: {} exited with {status} after SIGINT",
+                mode.name()
+            );
+        }
+        Ok(Some(rss))
+    }
 }
 
 fn run_scenario(scenario: &Path, cgroup: &BenchCgroup, workload: &Workload) -> Result<f64> {
@@ -274,7 +398,7 @@ fn run_scenario(scenario: &Path, cgroup: &BenchCgroup, workload: &Workload) -> R
         .arg("echo $$ > \"$0\"/cgroup.procs && exec \"$@\"")
         .arg(&cgroup.dir)
         .arg(scenario)
-        .arg(format!("bench-{}", workload.name))
+        .arg(workload.scenario)
         .arg(workload.iterations.to_string())
         .stdin(Stdio::null());
     let line = describe(&cmd);
@@ -522,31 +646,57 @@ impl Drop for Agent {
     }
 }
 
-fn print_table(workloads: &[Workload], peak_rss_kib: u64) {
+/// How far `ratio` is above 1, as a signed percentage.
+fn percent(ratio: f64) -> String {
+    format!("{:+.1}%", (ratio - 1.0) * 100.0)
+}
+
+fn print_table(workloads: &[Workload], peak_rss_kib: &[u64; MODES.len()]) {
+    use Mode::*;
     println!();
     println!(
-        "{:<10} {:>10} {:>14} {:>14} {:>7} {:>15} {:>7}",
-        "workload", "iterations", "baseline ns/op", "trace ns/op", "ratio", "policy ns/op", "ratio"
+        "{:<9} {:>9} {:>10} | {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9} | {:>9}",
+        "workload",
+        "iter",
+        "base ns/op",
+        "floor",
+        "bpftrace",
+        "trace",
+        "run",
+        "trace/fl",
+        "run/fl",
+        "trace/bpf"
     );
     for w in workloads {
         println!(
-            "{:<10} {:>10} {:>14.1} {:>14.1} {:>7.2} {:>15.1} {:>7.2}",
+            "{:<9} {:>9} {:>10.1} | {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {:>9} {:>9} | {:>9.3}",
             w.name,
             w.iterations,
-            median(&w.baseline),
-            median(&w.with_agent),
-            w.ratio(),
-            median(&w.with_policy),
-            w.policy_ratio()
+            w.median(Baseline),
+            w.ratio(Floor, Baseline),
+            w.ratio(Bpftrace, Baseline),
+            w.ratio(Trace, Baseline),
+            w.ratio(Run, Baseline),
+            percent(w.ratio(Trace, Floor)),
+            percent(w.ratio(Run, Floor)),
+            w.ratio(Trace, Bpftrace),
         );
     }
     println!(
-        "trace: `vigil trace` streams every event to user space; policy: `vigil run` with a policy allowing all of it (decided in the kernel)"
+        "ratios to the baseline (medians); trace/fl and run/fl: above the floor (empty programs on \
+         every hook Vigil attaches to); trace/bpf: vigil trace over bpftrace doing the same work"
     );
-    println!(
-        "agent peak RSS (VmHWM): {peak_rss_kib} KiB ({:.1} MiB)",
-        peak_rss_kib as f64 / 1024.0
-    );
+    for w in workloads {
+        println!("  {:<9} {}", w.name, w.what);
+    }
+    for mode in [Floor, Bpftrace, Trace, Run] {
+        let kib = peak_rss_kib[mode.index()];
+        println!(
+            "peak RSS (VmHWM) of {}: {kib} KiB ({:.1} MiB)",
+            mode.name(),
+            kib as f64 / 1024.0
+        );
+    }
     println!();
 }
 
@@ -558,12 +708,17 @@ fn json_numbers(samples: &[f64]) -> String {
 fn write_json(
     workloads: &[Workload],
     runs: u64,
-    peak_rss_kib: u64,
+    peak_rss_kib: &[u64; MODES.len()],
     alerts: &crate::bench_alerts::AlertResults,
 ) -> Result<PathBuf> {
+    use Mode::*;
     let mut json = String::from("{\n");
     let _ = writeln!(json, "  \"runs\": {runs},");
-    let _ = writeln!(json, "  \"agent_peak_rss_kib\": {peak_rss_kib},");
+    let rss: Vec<String> = [Floor, Bpftrace, Trace, Run]
+        .iter()
+        .map(|m| format!("\"{}\": {}", m.name(), peak_rss_kib[m.index()]))
+        .collect();
+    let _ = writeln!(json, "  \"peak_rss_kib\": {{{}}},", rss.join(", "));
     let _ = writeln!(
         json,
         "  \"alerts\": {{\"sent\": {}, \"received\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
@@ -583,22 +738,26 @@ fn write_json(
     );
     json.push_str("  \"workloads\": [\n");
     for (i, w) in workloads.iter().enumerate() {
+        let modes: Vec<String> = MODES
+            .iter()
+            .map(|m| {
+                format!(
+                    "\"{}\": {{\"ns_per_op\": {}, \"to_baseline\": {}, \"to_floor\": {}, \"samples\": {}}}",
+                    m.name(),
+                    w.median(*m),
+                    w.ratio(*m, Baseline),
+                    w.ratio(*m, Floor),
+                    json_numbers(&w.samples[m.index()])
+                )
+            })
+            .collect();
         let _ = writeln!(
             json,
-            "    {{\"name\": \"{}\", \"iterations\": {}, \"baseline_ns_per_op\": {}, \
-             \"with_agent_ns_per_op\": {}, \"ratio\": {}, \"with_policy_ns_per_op\": {}, \
-             \"policy_ratio\": {}, \"baseline_samples\": {}, \"with_agent_samples\": {}, \
-             \"with_policy_samples\": {}}}{}",
+            "    {{\"name\": \"{}\", \"iterations\": {}, \"trace_to_bpftrace\": {}, {}}}{}",
             w.name,
             w.iterations,
-            median(&w.baseline),
-            median(&w.with_agent),
-            w.ratio(),
-            median(&w.with_policy),
-            w.policy_ratio(),
-            json_numbers(&w.baseline),
-            json_numbers(&w.with_agent),
-            json_numbers(&w.with_policy),
+            w.ratio(Trace, Bpftrace),
+            modes.join(", "),
             if i + 1 < workloads.len() { "," } else { "" }
         );
     }
@@ -608,4 +767,37 @@ fn write_json(
     let path = dir.join("results.json");
     fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_round_runs_each_mode_once_and_each_mode_leads_a_round_in_turn() {
+        for round in 0..MODES.len() {
+            let order = round_order(round);
+            for mode in MODES {
+                assert_eq!(order.iter().filter(|m| **m == mode).count(), 1, "{order:?}");
+            }
+            assert_eq!(order[0], MODES[round]);
+        }
+    }
+
+    #[test]
+    fn ratios_are_of_medians_and_percent_is_signed() {
+        let mut samples: [Vec<f64>; MODES.len()] = Default::default();
+        samples[Mode::Baseline.index()] = vec![100.0, 300.0, 200.0];
+        samples[Mode::Floor.index()] = vec![210.0, 220.0];
+        let w = Workload {
+            name: "w",
+            scenario: "bench-w",
+            what: "",
+            iterations: 1,
+            samples,
+        };
+        assert_eq!(w.ratio(Mode::Floor, Mode::Baseline), 1.075);
+        assert_eq!(percent(1.025), "+2.5%");
+        assert_eq!(percent(0.99), "-1.0%");
+    }
 }

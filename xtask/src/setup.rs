@@ -254,6 +254,26 @@ fn missing_packages(toolchain: bool, llvm: bool) -> Vec<&'static str> {
     missing
 }
 
+/// What `cargo xtask bench` needs beyond the tests: bpftrace, the peer it measures Vigil
+/// against.
+const BENCH_PACKAGES: [&str; 1] = ["bpftrace"];
+
+/// Installs the bench's packages that are missing.
+pub fn bench_packages() -> Result<()> {
+    let missing: Vec<&str> = BENCH_PACKAGES
+        .into_iter()
+        .filter(|package| match dpkg_installed(package) {
+            Some(installed) => !installed,
+            // Not Debian: accept the tool itself.
+            None => output_of(Command::new(package).arg("--version")).is_none(),
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    install_packages(&missing)
+}
+
 fn install_packages(packages: &[&str]) -> Result<()> {
     if !util::is_root() {
         bail!(

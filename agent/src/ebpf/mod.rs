@@ -1,6 +1,7 @@
 //! Loading the probes, attaching them, and owning their maps.
 mod btf;
 pub mod fallback;
+pub mod floor;
 pub mod kernel_log;
 pub mod offsets;
 pub mod pin;
@@ -29,7 +30,7 @@ pub use btf::Btf;
 static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VIGIL_PROBES_OBJECT"));
 
 /// Where a program attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hook {
     /// A tracepoint's record: `(category, name)`.
     Tracepoint(&'static str, &'static str),

@@ -41,7 +41,7 @@ impl Prevention {
 }
 
 /// Why BPF LSM cannot refuse anything here, or `None` when it is active.
-fn lsm_missing() -> Option<String> {
+pub(super) fn lsm_missing() -> Option<String> {
     match tracefs::active_lsms() {
         Ok(lsms) if lsms.iter().any(|l| l == "bpf") => None,
         Ok(lsms) => Some(format!(
