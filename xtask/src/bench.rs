@@ -316,10 +316,29 @@ pub fn run(options: &Options) -> Result<()> {
     let alerts = step("alert latency and HTTP sink throughput", || {
         crate::bench_alerts::run(&agent_binary, &scenario, &cgroup.dir, &cgroup.rel)
     })?;
+    let work = workspace_root().join("target/bench");
+    let mut throughput = step("pipeline throughput", || {
+        crate::bench_throughput::Flood {
+            agent_binary: &agent_binary,
+            scenario: &scenario,
+            cgroup_dir: &cgroup.dir,
+            cgroup_rel: &cgroup.rel,
+            work: &work,
+        }
+        .run()
+    })?;
+    throughput.push(alerts.batch.clone());
 
     print_table(&workloads, &peak_rss_kib);
     crate::bench_alerts::print(&alerts);
-    let path = write_json(&workloads, options.runs, &peak_rss_kib, &alerts)?;
+    crate::bench_throughput::print(&throughput);
+    let path = write_json(
+        &workloads,
+        options.runs,
+        &peak_rss_kib,
+        &alerts,
+        &throughput,
+    )?;
     println!("bench: results written to {}", path.display());
     Ok(())
 }
@@ -451,6 +470,16 @@ pub(crate) fn run_in_cgroup_output(scenario: &Path, dir: &Path, args: &[&str]) -
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// utime + stime from a `/proc/PID/stat` line: the 14th and 15th fields, counted after the
+/// command name (which may hold spaces and parentheses, so the last `)` ends it).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn median(samples: &[f64]) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -471,12 +500,22 @@ pub(crate) struct Agent {
 
 impl Agent {
     fn start(binary: &Path, args: &[&str], ready_line: &'static str) -> Result<Self> {
+        Self::start_with(binary, args, ready_line, Stdio::null())
+    }
+
+    /// Starts `binary ARGS` with `stdout` as its standard output; waits for `ready_line`.
+    pub(crate) fn start_with(
+        binary: &Path,
+        args: &[&str],
+        ready_line: &'static str,
+        stdout: Stdio,
+    ) -> Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.args(args)
             // The readiness line is logged at info level.
             .env("VIGIL_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         let line = describe(&cmd);
         println!("bench: starting `{line}`");
@@ -554,6 +593,26 @@ impl Agent {
         } else {
             format!("; its last stderr lines:\n{}", lines.join("\n"))
         }
+    }
+
+    /// The standard output, when it was piped; taken once.
+    pub(crate) fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
+    /// The CPU time the process has used, user and system, all threads, in clock ticks.
+    pub(crate) fn cpu_ticks(&self) -> Result<u64> {
+        let path = format!("/proc/{}/stat", self.pid);
+        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        cpu_ticks(&stat).with_context(|| format!("no utime and stime in {path}: {stat}"))
+    }
+
+    /// The last lines the process wrote on stderr.
+    pub(crate) fn stderr_lines(&self) -> Vec<String> {
+        self.stderr_tail
+            .lock()
+            .map(|tail| tail.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn check_running(&mut self) -> Result<()> {
@@ -710,6 +769,7 @@ fn write_json(
     runs: u64,
     peak_rss_kib: &[u64; MODES.len()],
     alerts: &crate::bench_alerts::AlertResults,
+    throughput: &[crate::bench_throughput::Throughput],
 ) -> Result<PathBuf> {
     use Mode::*;
     let mut json = String::from("{\n");
@@ -736,6 +796,8 @@ fn write_json(
         alerts.aggregated_count,
         alerts.aggregated_first_ms
     );
+    let pipelines: Vec<String> = throughput.iter().map(|t| t.json()).collect();
+    let _ = writeln!(json, "  \"throughput\": [{}],", pipelines.join(", "));
     json.push_str("  \"workloads\": [\n");
     for (i, w) in workloads.iter().enumerate() {
         let modes: Vec<String> = MODES
@@ -782,6 +844,14 @@ mod tests {
             }
             assert_eq!(order[0], MODES[round]);
         }
+    }
+
+    #[test]
+    fn cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (vig il) (x)) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    1500 250 0 0 20 0 9 0 123456 1000000 2000 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(1750));
+        assert_eq!(cpu_ticks("4242 (vigil) S 1"), None);
     }
 
     #[test]

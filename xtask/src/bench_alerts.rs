@@ -37,6 +37,8 @@ pub struct AlertResults {
     pub aggregated_events: u64,
     pub aggregated_count: u64,
     pub aggregated_first_ms: f64,
+    /// The batch load as a pipeline's throughput, with the agent's CPU time.
+    pub batch: crate::bench_throughput::Throughput,
 }
 
 /// The aggregation window of the aggregation run.
@@ -194,8 +196,17 @@ struct Load<'a> {
     quiet: Duration,
 }
 
-/// Runs one load under a fresh agent; what was sent, and what the receiver saw.
-fn under_load(bench: &Bench<'_>, load: &Load<'_>) -> Result<(u64, Vec<Arrival>)> {
+/// What one load sent, what the receiver saw, the agent's CPU seconds from its start of the
+/// workload until the receiver went quiet, and what the agent counted lost.
+struct Outcome {
+    sent: u64,
+    seen: Vec<Arrival>,
+    cpu_seconds: f64,
+    lost: u64,
+}
+
+/// Runs one load under a fresh agent.
+fn under_load(bench: &Bench<'_>, load: &Load<'_>) -> Result<Outcome> {
     let Bench {
         agent_binary,
         scenario,
@@ -213,6 +224,7 @@ fn under_load(bench: &Bench<'_>, load: &Load<'_>) -> Result<(u64, Vec<Arrival>)>
         config.to_str().context("UTF-8 path")?,
     ];
     let mut agent = crate::bench::start_agent(agent_binary, &args, "vigil is enforcing")?;
+    let cpu = crate::bench_throughput::CpuWindow::open(&agent)?;
     let sent = crate::bench::run_in_cgroup_output(scenario, cgroup_dir, load.workload)?;
     let sent: u64 = sent
         .lines()
@@ -231,9 +243,17 @@ fn under_load(bench: &Bench<'_>, load: &Load<'_>) -> Result<(u64, Vec<Arrival>)>
             break;
         }
     }
+    let cpu_seconds = cpu.seconds(&agent)?;
     agent.stop()?;
+    let lost = crate::bench_throughput::lost_from_log(&agent.stderr_lines())
+        .context("the agent's log has no `stopped ... lost=N` line")?;
     let seen = seen.lock().expect("seen").clone();
-    Ok((sent, seen))
+    Ok(Outcome {
+        sent,
+        seen,
+        cpu_seconds,
+        lost,
+    })
 }
 
 pub fn run(
@@ -253,7 +273,7 @@ pub fn run(
         cgroup_rel,
         work: &work,
     };
-    let (sent, seen) = under_load(
+    let Outcome { sent, seen, .. } = under_load(
         &bench,
         &Load {
             mode: "structured",
@@ -276,7 +296,12 @@ pub fn run(
     out.p99_ms = percentile(&latencies, 99.0);
     out.max_ms = *latencies.last().expect("not empty");
 
-    let (sent, seen) = under_load(
+    let Outcome {
+        sent,
+        seen,
+        cpu_seconds,
+        lost,
+    } = under_load(
         &bench,
         &Load {
             mode: "batch",
@@ -295,9 +320,17 @@ pub fn run(
     } else {
         0.0
     };
+    out.batch = crate::bench_throughput::Throughput {
+        pipeline: "vigil run, one HTTP sink in batch mode (every datagram a violation)".into(),
+        sent,
+        events: seen.len() as u64,
+        lost,
+        cpu_seconds,
+        wall_seconds: span,
+    };
 
     let window = format!("aggregation: {{window: {WINDOW_S}s}}\n");
-    let (sent, seen) = under_load(
+    let Outcome { sent, seen, .. } = under_load(
         &bench,
         &Load {
             mode: "structured",
