@@ -39,22 +39,67 @@ pub struct Guest {
     out: PathBuf,
     pub version: String,
     timeout_secs: u64,
+    root: Root,
+}
+
+/// How the guest reaches this host's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    /// 9p over virtio, from the kernel's modules, with an overlay to write on.
+    NinePOverlay,
+    /// virtiofs, built into Debian's kernels from 6.12, read-only with tmpfs where the guest
+    /// writes: for a kernel whose modules the archive does not hold.
+    Virtiofs,
 }
 
 /// [`prepare_kernel`] with [`KERNEL_PACKAGE`], fetched through the host's apt sources.
 pub fn prepare(dir: &Path) -> Result<Guest> {
-    prepare_kernel(dir, KERNEL_PACKAGE, &|| Command::new("apt-get"))
+    prepare_kernel(
+        dir,
+        KERNEL_PACKAGE,
+        &|| Command::new("apt-get"),
+        Root::NinePOverlay,
+    )
+}
+
+/// The kernel's version: its modules' directory, or else its image's name.
+fn kernel_version(tree: &Path) -> Result<String> {
+    let modules = tree.join("lib/modules");
+    if let Ok(entries) = fs::read_dir(&modules)
+        && let Some(version) = entries
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .next()
+    {
+        return Ok(version);
+    }
+    fs::read_dir(tree.join("boot"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find_map(|name| name.strip_prefix("vmlinuz-").map(str::to_owned))
+        .with_context(|| {
+            format!(
+                "{} holds neither lib/modules/VERSION nor boot/vmlinuz-VERSION",
+                tree.display()
+            )
+        })
 }
 
 /// Fetches (`apt_get download PACKAGE`, with whatever options the caller gave `apt_get`) and
 /// unpacks the kernel package into `dir` (once), and writes the initramfs and the guest's
-/// second stage.
-pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &dyn Fn() -> Command) -> Result<Guest> {
+/// second stage. With [`Root::Virtiofs`] the kernel's modules are neither fetched nor used.
+pub fn prepare_kernel(
+    dir: &Path,
+    package: &str,
+    apt_get: &dyn Fn() -> Command,
+    root: Root,
+) -> Result<Guest> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tree = dir.join("kernel");
     // Renamed into place only once whole.
     if !tree.is_dir() {
-        unpack_kernel(dir, &tree, package, apt_get)?;
+        unpack_kernel(dir, &tree, package, apt_get, root)?;
     }
     // Packages from trixie on ship their modules under usr/lib (merged /usr).
     if !tree.join("lib").exists() && tree.join("usr/lib/modules").is_dir() {
@@ -62,12 +107,8 @@ pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &dyn Fn() -> Command) 
             .with_context(|| format!("cannot link {}/lib to usr/lib", tree.display()))?;
     }
     let modules = tree.join("lib/modules");
-    let version = fs::read_dir(&modules)
-        .with_context(|| format!("cannot read {}", modules.display()))?
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .next()
-        .with_context(|| format!("{} holds no kernel version", modules.display()))?;
-    if !modules.join(&version).join("modules.dep").exists() {
+    let version = kernel_version(&tree)?;
+    if root == Root::NinePOverlay && !modules.join(&version).join("modules.dep").exists() {
         run_checked(Command::new("depmod").arg("-b").arg(&tree).arg(&version))?;
     }
     let kernel = [
@@ -84,7 +125,7 @@ pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &dyn Fn() -> Command) 
     let stage2 = dir.join("stage2.sh");
     fs::write(&stage2, STAGE2).with_context(|| format!("cannot write {}", stage2.display()))?;
     let initramfs = dir.join("initramfs.cpio");
-    write_initramfs(dir, &tree, &version, &stage2, &initramfs)?;
+    write_initramfs(dir, &tree, &version, &stage2, &initramfs, root)?;
     let out = dir.join("out");
     Ok(Guest {
         kernel,
@@ -92,6 +133,7 @@ pub fn prepare_kernel(dir: &Path, package: &str, apt_get: &dyn Fn() -> Command) 
         out,
         version,
         timeout_secs: TIMEOUT_SECS,
+        root,
     })
 }
 
@@ -100,6 +142,7 @@ fn unpack_kernel(
     tree: &Path,
     package_name: &str,
     apt_get: &dyn Fn() -> Command,
+    root: Root,
 ) -> Result<()> {
     let partial = dir.join("kernel.partial");
     let _ = fs::remove_dir_all(&partial);
@@ -110,7 +153,11 @@ fn unpack_kernel(
         let version = package_name
             .trim_start_matches("linux-image-")
             .trim_end_matches("-unsigned");
-        for part in ["linux-binary", "linux-modules"] {
+        let parts: &[&str] = match root {
+            Root::NinePOverlay => &["linux-binary", "linux-modules"],
+            Root::Virtiofs => &["linux-binary"],
+        };
+        for part in parts {
             unpack_package(dir, &partial, &format!("{part}-{version}"), apt_get)?;
         }
     }
@@ -177,6 +224,7 @@ fn write_initramfs(
     version: &str,
     stage2: &Path,
     archive: &Path,
+    guest_root: Root,
 ) -> Result<()> {
     let root = dir.join("initramfs");
     let _ = fs::remove_dir_all(&root);
@@ -198,7 +246,11 @@ fn write_initramfs(
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     let mut order: Vec<String> = Vec::new();
-    for module in INIT_MODULES {
+    let wanted: &[&str] = match guest_root {
+        Root::NinePOverlay => &INIT_MODULES,
+        Root::Virtiofs => &[],
+    };
+    for module in wanted {
         let deps = match output_of(Command::new("modprobe").arg("-d").arg(tree).args([
             "-S",
             version,
@@ -244,7 +296,11 @@ fn write_initramfs(
             fs::copy(module, &target)?;
         }
     }
-    let init = INIT
+    let init = match guest_root {
+        Root::NinePOverlay => INIT,
+        Root::Virtiofs => INIT_VIRTIOFS,
+    };
+    let init = init
         .replace("@MODULES@", &tree.join("lib/modules").display().to_string())
         .replace("@STAGE2@", &stage2.display().to_string());
     let init_path = root.join("init");
@@ -280,11 +336,27 @@ impl Guest {
         let _ = fs::remove_dir_all(&self.out);
         fs::create_dir_all(&self.out)?;
         let mut cmd = Command::new("timeout");
-        cmd.args([
-            "--signal=KILL",
-            &self.timeout_secs.to_string(),
-            "qemu-system-x86_64",
-        ])
+        // `timeout` kills its whole process group: QEMU and, for virtiofs, its daemons.
+        cmd.args(["--signal=KILL", &self.timeout_secs.to_string()]);
+        match self.root {
+            Root::NinePOverlay => {
+                cmd.arg("qemu-system-x86_64");
+            }
+            Root::Virtiofs => {
+                let dir = self.out.parent().unwrap_or(&self.out);
+                cmd.args(["sh", "-c", VIRTIOFS_QEMU, "sh"])
+                    .arg(virtiofsd()?)
+                    .arg(dir.join("root.sock"))
+                    .arg(dir.join("out.sock"))
+                    .arg(&self.out)
+                    .arg(dir.join("virtiofsd.log"));
+            }
+        }
+        let out_fs = match self.root {
+            Root::NinePOverlay => "9p",
+            Root::Virtiofs => "virtiofs",
+        };
+        cmd
         // One host thread runs both vCPUs: with a thread each (MTTCG), the kernel's own text
         // patching (static keys, as tracepoints are switched) was seen to leave a stale int3
         // that oopsed in `syscall_trace_enter`.
@@ -296,7 +368,7 @@ impl Guest {
         .arg(&self.initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet panic=-1 cgroup_no_v1=all {parameters} vigil.run={}",
+            "console=ttyS0 quiet panic=-1 cgroup_no_v1=all {parameters} vigil.out={out_fs} vigil.run={}",
             script.display()
         ))
         .args([
@@ -307,19 +379,43 @@ impl Guest {
             "-serial",
             "mon:stdio",
         ])
-        .args([
-            "-fsdev",
-            "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
-            "-device",
-            "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
-            "-fsdev",
-        ])
-        .arg(format!(
-            "local,id=out,path={},security_model=none",
-            self.out.display()
-        ))
-        .args(["-device", "virtio-9p-pci,fsdev=out,mount_tag=out"])
         .stdin(std::process::Stdio::null());
+        match self.root {
+            Root::NinePOverlay => {
+                cmd.args([
+                    "-fsdev",
+                    "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
+                    "-device",
+                    "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
+                    "-fsdev",
+                ])
+                .arg(format!(
+                    "local,id=out,path={},security_model=none",
+                    self.out.display()
+                ))
+                .args(["-device", "virtio-9p-pci,fsdev=out,mount_tag=out"]);
+            }
+            Root::Virtiofs => {
+                let dir = self.out.parent().unwrap_or(&self.out);
+                // vhost-user needs the guest's memory shared with the daemons.
+                cmd.arg("-object")
+                    .arg(format!(
+                        "memory-backend-memfd,id=mem,size={MEMORY_MIB}M,share=on"
+                    ))
+                    .args(["-numa", "node,memdev=mem"]);
+                for (id, tag) in [("root", "hostroot"), ("out", "out")] {
+                    cmd.arg("-chardev")
+                        .arg(format!(
+                            "socket,id={id},path={}",
+                            dir.join(format!("{id}.sock")).display()
+                        ))
+                        .args([
+                            "-device",
+                            &format!("vhost-user-fs-pci,chardev={id},tag={tag}"),
+                        ]);
+                }
+            }
+        }
         Ok(cmd)
     }
 
@@ -378,6 +474,63 @@ umount /proc /sys
 exec switch_root /newroot /bin/sh @STAGE2@
 "#;
 
+/// The first stage of a guest without modules: this host's root over virtiofs, read-only
+/// (no overlayfs without modules), with tmpfs where the guest writes.
+const INIT_VIRTIOFS: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+if ! mount -t virtiofs -o ro hostroot /newroot; then
+    echo "guest: the host's root could not be mounted over virtiofs"; poweroff -f
+fi
+mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+mount -t tmpfs -o mode=1777 var-tmp /newroot/var/tmp
+mount -t tmpfs -o mode=700 root-home /newroot/root
+mount -t tmpfs -o mode=755 run /newroot/run
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot /bin/sh @STAGE2@
+"#;
+
+/// QEMU with virtiofs: `sh -c VIRTIOFS_QEMU sh DAEMON ROOT_SOCKET OUT_SOCKET OUT LOG QEMU-ARGS...`
+/// starts a daemon for this host's root and one for `OUT`, then QEMU, and stops the daemons
+/// when QEMU ends.
+const VIRTIOFS_QEMU: &str = r#"daemon=$1 root_socket=$2 out_socket=$3 out=$4 log=$5
+shift 5
+rm -f "$root_socket" "$out_socket"
+"$daemon" --socket-path="$root_socket" -o source=/ -o cache=auto -o sandbox=chroot 2>>"$log" &
+root_daemon=$!
+"$daemon" --socket-path="$out_socket" -o source="$out" -o cache=none -o sandbox=chroot 2>>"$log" &
+out_daemon=$!
+tries=0
+while [ ! -S "$root_socket" ] || [ ! -S "$out_socket" ]; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 100 ]; then
+        echo "vm-test: virtiofsd did not listen within 10 s (see $log)"
+        kill "$root_daemon" "$out_daemon" 2>/dev/null
+        exit 1
+    fi
+    sleep 0.1
+done
+qemu-system-x86_64 "$@"
+rc=$?
+kill "$root_daemon" "$out_daemon" 2>/dev/null
+exit "$rc"
+"#;
+
+/// The virtiofs daemon: QEMU's (Debian 12 ships it with QEMU) or the packaged one.
+fn virtiofsd() -> Result<PathBuf> {
+    ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context(
+            "no virtiofsd (/usr/lib/qemu/virtiofsd from qemu-system-x86 on Debian 12, or the \
+             virtiofsd package): a kernel without modules has no other way to the host's root",
+        )
+}
+
 /// The guest's second stage, PID 1 on the shared root: what a systemd host has mounted, the
 /// script named on the kernel command line (`vigil.run=`), its exit code into `out`.
 const STAGE2: &str = r#"#!/bin/sh
@@ -400,9 +553,17 @@ mount -t tmpfs -o mode=755 run /run
 mount --make-rshared /
 ip link set lo up
 hostname vigil-guest
-mkdir -p /.out
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out /.out
-echo booted > /.out/booted
+out=/.out
+if grep -q 'vigil\.out=virtiofs' /proc/cmdline; then
+    # The root is read-only: the share goes under /run.
+    out=/run/.out
+    mkdir -p "$out"
+    mount -t virtiofs out "$out"
+else
+    mkdir -p "$out"
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out "$out"
+fi
+echo booted > "$out/booted"
 # Debian's and Ubuntu's kernels refuse perf_event_open (the agent's tracepoints) to anything
 # without CAP_SYS_ADMIN at level 3; a node running the agent with the chart's capabilities is
 # set to 2, as docs/kubernetes.md tells its operator.
@@ -412,7 +573,7 @@ echo "guest: Linux $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s; running $scr
 sh "$script"
 rc=$?
 echo "guest: $script exited $rc"
-echo "$rc" > /.out/rc
+echo "$rc" > "$out/rc"
 sync
 poweroff -f
 "#;

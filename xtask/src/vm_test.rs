@@ -114,7 +114,7 @@ pub fn run(options: &Options) -> Result<()> {
     let apt = Apt::new(&workspace_root().join("target/vm/apt"))?;
     let available = apt.kernels()?;
     let wanted: Vec<String> = if options.all {
-        available.iter().map(|(s, _)| s.clone()).collect()
+        available.iter().map(|k| k.series.clone()).collect()
     } else if options.kernels.is_empty() {
         vec!["6.1".to_owned()]
     } else {
@@ -122,7 +122,7 @@ pub fn run(options: &Options) -> Result<()> {
             .kernels
             .iter()
             .map(|k| match (k.as_str(), available.last()) {
-                ("newest", Some((newest, _))) => newest.clone(),
+                ("newest", Some(newest)) => newest.series.clone(),
                 _ => k.clone(),
             })
             .collect()
@@ -131,17 +131,17 @@ pub fn run(options: &Options) -> Result<()> {
     // Fetched and prepared one by one (one apt cache), then booted `--jobs` at a time.
     let mut prepared = Vec::new();
     for series in &wanted {
-        let Some((_, package)) = available.iter().find(|(s, _)| s == series) else {
+        let Some(kernel) = available.iter().find(|k| k.series == *series) else {
             bail!(
                 "Debian's suites hold no kernel {series}; they hold {}",
                 available
                     .iter()
-                    .map(|(s, _)| s.as_str())
+                    .map(|k| k.series.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             );
         };
-        prepared.push(prepare(&apt, series, package, &binaries, &options.filters)?);
+        prepared.push(prepare(&apt, kernel, &binaries, &options.filters)?);
     }
     let jobs = options.jobs.max(1);
     let outcomes = boot_all(prepared, jobs)?;
@@ -294,14 +294,18 @@ struct Prepared {
 
 fn prepare(
     apt: &Apt,
-    series: &str,
-    package: &str,
+    kernel: &Kernel,
     binaries: &[PathBuf],
     filters: &[String],
 ) -> Result<Prepared> {
+    let Kernel {
+        series,
+        package,
+        root,
+    } = kernel;
     let dir = workspace_root().join("target/vm").join(series);
     println!("==> vm-test: preparing Linux {series} ({package})");
-    let mut guest = guest::prepare_kernel(&dir, package, &|| apt.command("apt-get"))?;
+    let mut guest = guest::prepare_kernel(&dir, package, &|| apt.command("apt-get"), *root)?;
     // The whole suite runs about 55 tests, some minutes each on the slowest kernels under
     // emulation; a filtered run keeps the guest's usual bound.
     if filters.is_empty() {
@@ -518,34 +522,16 @@ impl Apt {
         cmd
     }
 
-    /// The newest image package of each kernel series: the generic flavour (the cloud one
-    /// has no 9p), unsigned where Debian builds one.
-    fn kernels(&self) -> Result<Vec<(String, String)>> {
+    /// The newest image package of each series: the generic flavour (the cloud one
+    /// has no 9p), unsigned where Debian builds one. A series whose every image the archive
+    /// holds without its modules boots from the image alone, over virtiofs.
+    fn kernels(&self) -> Result<Vec<Kernel>> {
         let images = self.package_names("linux-image-")?;
         let binaries = self.package_names("linux-binary-")?;
         let modules = self.package_names("linux-modules-")?;
-        let complete = newest_per_series(
-            images
-                .iter()
-                .map(String::as_str)
-                .filter(|image| split_parts_missing(image, &binaries, &modules).is_none()),
-        );
-        // A series whose newest image the archive holds only in part: said once.
-        for (series, newest) in newest_per_series(images.iter().map(String::as_str)) {
-            let missing = split_parts_missing(&newest, &binaries, &modules);
-            match (complete.iter().find(|(s, _)| *s == series), missing) {
-                (None, Some(missing)) => println!(
-                    "vm-test: {series} left out: the archive holds {newest} but not {missing} (nor \
-                     the modules of an older {series})"
-                ),
-                (Some((_, chosen)), Some(missing)) => println!(
-                    "vm-test: {series}: the archive holds {newest} but not {missing}; {chosen} \
-                     instead"
-                ),
-                _ => {}
-            }
-        }
-        Ok(complete)
+        Ok(choose_kernels(&images, &binaries, &modules, |line| {
+            println!("{line}");
+        }))
     }
 
     /// The names of the packages whose names start with `prefix`.
@@ -568,8 +554,16 @@ impl Apt {
     }
 }
 
+/// A kernel package to boot, and how the guest reaches the host's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Kernel {
+    series: String,
+    package: String,
+    root: guest::Root,
+}
+
 /// For an image split into `linux-binary-V` and `linux-modules-V` (7.x and some backports),
-/// the part the archive does not hold (a suite caught half-published).
+/// the part the archive does not hold (a suite caught half-published, or never whole).
 fn split_parts_missing(image: &str, binaries: &[String], modules: &[String]) -> Option<String> {
     let version = image
         .strip_prefix("linux-image-")?
@@ -583,6 +577,64 @@ fn split_parts_missing(image: &str, binaries: &[String], modules: &[String]) -> 
         (true, false) => Some(module),
         (false, true) => Some(binary),
     }
+}
+
+/// Each series' kernel: its newest whole image; else its newest image whose kernel the
+/// archive holds without the modules (booted over virtiofs, which Debian builds in); a
+/// series with neither is left out. What was not the newest image is said through `say`.
+fn choose_kernels(
+    images: &[String],
+    binaries: &[String],
+    modules: &[String],
+    mut say: impl FnMut(String),
+) -> Vec<Kernel> {
+    let all = || images.iter().map(String::as_str);
+    let missing = |image: &str| split_parts_missing(image, binaries, modules);
+    let whole = newest_per_series(all().filter(|i| missing(i).is_none()));
+    let bootable = newest_per_series(
+        all().filter(|i| missing(i).is_none_or(|m| m.starts_with("linux-modules-"))),
+    );
+    let found = |list: &[(String, String)], series: &str| {
+        list.iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, p)| p.clone())
+    };
+    let mut out = Vec::new();
+    for (series, newest) in newest_per_series(all()) {
+        let lacking = missing(&newest);
+        let (package, root) = match (found(&whole, &series), found(&bootable, &series)) {
+            (Some(chosen), _) => {
+                if let Some(lacking) = &lacking {
+                    say(format!(
+                        "vm-test: {series}: the archive holds {newest} but not {lacking}; \
+                         {chosen} instead"
+                    ));
+                }
+                (chosen, guest::Root::NinePOverlay)
+            }
+            (None, Some(chosen)) => {
+                say(format!(
+                    "vm-test: {series}: the archive holds no linux-modules of any {series}: \
+                     {chosen} boots from its kernel alone, the host's root over virtiofs"
+                ));
+                (chosen, guest::Root::Virtiofs)
+            }
+            (None, None) => {
+                say(format!(
+                    "vm-test: {series} left out: the archive holds {newest} but not {} (nor \
+                     the kernel of an older {series})",
+                    lacking.unwrap_or_default()
+                ));
+                continue;
+            }
+        };
+        out.push(Kernel {
+            series,
+            package,
+            root,
+        });
+    }
+    out
 }
 
 /// The newest image of each series among package names, by [`image_version`].
@@ -696,6 +748,7 @@ fn host_mirror() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::Root;
 
     #[test]
     fn a_skip_is_counted_as_skipped_with_its_reason() {
@@ -735,31 +788,67 @@ mod tests {
     }
 
     #[test]
-    fn a_split_image_whose_modules_the_archive_lacks_is_left_out() {
+    fn a_split_image_whose_modules_the_archive_lacks_boots_over_virtiofs_unless_an_older_is_whole()
+    {
         let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let images = names(&[
+            "linux-image-6.1.0-50-amd64-unsigned",
+            "linux-image-6.19.13+deb13-amd64",
+            "linux-image-6.19.14+deb13-amd64",
+            "linux-image-7.0.13+deb13-amd64",
+            "linux-image-7.2.12+deb13-amd64",
+            "linux-image-7.2.13+deb13-amd64",
+            "linux-image-7.3.4+deb13-amd64",
+        ]);
         let binaries = names(&[
+            "linux-binary-6.19.13+deb13-amd64",
             "linux-binary-6.19.14+deb13-amd64",
+            "linux-binary-7.2.12+deb13-amd64",
+            "linux-binary-7.2.13+deb13-amd64",
             "linux-binary-7.3.4+deb13-amd64",
         ]);
-        let modules = names(&["linux-modules-7.3.4+deb13-amd64"]);
+        let modules = names(&[
+            "linux-modules-7.0.13+deb13-amd64",
+            "linux-modules-7.2.12+deb13-amd64",
+            "linux-modules-7.3.4+deb13-amd64",
+        ]);
+        let mut said = Vec::new();
+        let chosen = choose_kernels(&images, &binaries, &modules, |line| said.push(line));
+        let kernel = |series: &str, package: &str, root| Kernel {
+            series: series.into(),
+            package: package.into(),
+            root,
+        };
         assert_eq!(
-            split_parts_missing("linux-image-6.19.14+deb13-amd64", &binaries, &modules).as_deref(),
-            Some("linux-modules-6.19.14+deb13-amd64")
+            chosen,
+            [
+                // Not split: the image is the whole kernel.
+                kernel(
+                    "6.1",
+                    "linux-image-6.1.0-50-amd64-unsigned",
+                    Root::NinePOverlay
+                ),
+                // No modules of any 6.19: the newest kernel, over virtiofs.
+                kernel("6.19", "linux-image-6.19.14+deb13-amd64", Root::Virtiofs),
+                // 7.0's kernel itself is missing: left out (below).
+                // The newest 7.2 lacks its modules; an older one is whole.
+                kernel("7.2", "linux-image-7.2.12+deb13-amd64", Root::NinePOverlay),
+                kernel("7.3", "linux-image-7.3.4+deb13-amd64", Root::NinePOverlay),
+            ]
         );
-        assert_eq!(
-            split_parts_missing("linux-image-7.3.4+deb13-amd64", &binaries, &modules),
-            None
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(
+            said[0].contains("6.19") && said[0].contains("virtiofs"),
+            "{said:?}"
         );
-        let modules_only = names(&["linux-modules-7.0.13+deb13-amd64"]);
-        assert_eq!(
-            split_parts_missing("linux-image-7.0.13+deb13-amd64", &binaries, &modules_only)
-                .as_deref(),
-            Some("linux-binary-7.0.13+deb13-amd64")
+        assert!(
+            said[1].starts_with("vm-test: 7.0 left out")
+                && said[1].contains("linux-binary-7.0.13+deb13-amd64"),
+            "{said:?}"
         );
-        // Not split: the image is the whole kernel.
-        assert_eq!(
-            split_parts_missing("linux-image-6.1.0-50-amd64-unsigned", &binaries, &modules),
-            None
+        assert!(
+            said[2].contains("linux-image-7.2.12+deb13-amd64 instead"),
+            "{said:?}"
         );
     }
 
