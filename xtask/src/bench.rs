@@ -837,12 +837,12 @@ mod tests {
 
     #[test]
     fn every_round_runs_each_mode_once_and_each_mode_leads_a_round_in_turn() {
-        for round in 0..MODES.len() {
+        for (round, first) in MODES.iter().enumerate() {
             let order = round_order(round);
             for mode in MODES {
                 assert_eq!(order.iter().filter(|m| **m == mode).count(), 1, "{order:?}");
             }
-            assert_eq!(order[0], MODES[round]);
+            assert_eq!(order[0], *first);
         }
     }
 
