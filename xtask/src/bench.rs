@@ -98,10 +98,12 @@ fn round_order(round: usize) -> Vec<Mode> {
         .collect()
 }
 
-/// bpftrace doing what `vigil trace` does, on the syscall tracepoints a tracer without cgroup
-/// programs has: each exec (the caller's request and the new image), each connect and
-/// datagram destination, each mapping or protection change asking for write and execute.
-/// Its `BEGIN` runs once every probe is attached, and says so on stderr.
+/// bpftrace doing what `vigil trace` does on these workloads, on the syscall tracepoints a
+/// tracer without cgroup programs has: each exec (the caller's request and the new image),
+/// each connect and `sendto` destination, each `mmap`, `mprotect` or `pkey_mprotect` asking
+/// for write and execute (Vigil sees more: `sendmsg`, `sendmmsg`, `shmat`, io_uring, 32-bit
+/// calls). `BEGIN`'s `system()` runs once bpftrace reads its output, which it starts after
+/// every probe is attached: the line on stderr says it traces.
 const BPFTRACE_SCRIPT: &str = r#"BEGIN
 {
   system("echo bpftrace is tracing >&2");
@@ -116,20 +118,17 @@ tracepoint:syscalls:sys_enter_execveat
 
 tracepoint:sched:sched_process_exec
 {
-  printf("exec done pid=%d old_pid=%d path=%s
-", pid, args->old_pid, str(args->filename));
+  printf("exec done pid=%d old_pid=%d path=%s\n", pid, args->old_pid, str(args->filename));
 }
 
 tracepoint:syscalls:sys_enter_connect
 {
   $sa = (struct sockaddr_in *)args->uservaddr;
   if ($sa->sin_family == 2) {
-    printf("connect pid=%d cgroup=%llu comm=%s to=%s:%d
-", pid, cgroup, comm, ntop(2, $sa->sin_addr.s_addr), (($sa->sin_port & 0xff) << 8) | ($sa->sin_port >> 8));
+    printf("connect pid=%d cgroup=%llu comm=%s to=%s:%d\n", pid, cgroup, comm, ntop(2, $sa->sin_addr.s_addr), (($sa->sin_port & 0xff) << 8) | ($sa->sin_port >> 8));
   } else if ($sa->sin_family == 10) {
     $sa6 = (struct sockaddr_in6 *)args->uservaddr;
-    printf("connect pid=%d cgroup=%llu comm=%s to=[%s]:%d
-", pid, cgroup, comm, ntop(10, $sa6->sin6_addr.in6_u.u6_addr8), (($sa6->sin6_port & 0xff) << 8) | ($sa6->sin6_port >> 8));
+    printf("connect pid=%d cgroup=%llu comm=%s to=[%s]:%d\n", pid, cgroup, comm, ntop(10, $sa6->sin6_addr.in6_u.u6_addr8), (($sa6->sin6_port & 0xff) << 8) | ($sa6->sin6_port >> 8));
   }
 }
 
@@ -138,28 +137,24 @@ tracepoint:syscalls:sys_enter_sendto
 {
   $sa = (struct sockaddr_in *)args->addr;
   if ($sa->sin_family == 2) {
-    printf("sendto pid=%d cgroup=%llu comm=%s to=%s:%d
-", pid, cgroup, comm, ntop(2, $sa->sin_addr.s_addr), (($sa->sin_port & 0xff) << 8) | ($sa->sin_port >> 8));
+    printf("sendto pid=%d cgroup=%llu comm=%s to=%s:%d\n", pid, cgroup, comm, ntop(2, $sa->sin_addr.s_addr), (($sa->sin_port & 0xff) << 8) | ($sa->sin_port >> 8));
   } else if ($sa->sin_family == 10) {
     $sa6 = (struct sockaddr_in6 *)args->addr;
-    printf("sendto pid=%d cgroup=%llu comm=%s to=[%s]:%d
-", pid, cgroup, comm, ntop(10, $sa6->sin6_addr.in6_u.u6_addr8), (($sa6->sin6_port & 0xff) << 8) | ($sa6->sin6_port >> 8));
+    printf("sendto pid=%d cgroup=%llu comm=%s to=[%s]:%d\n", pid, cgroup, comm, ntop(10, $sa6->sin6_addr.in6_u.u6_addr8), (($sa6->sin6_port & 0xff) << 8) | ($sa6->sin6_port >> 8));
   }
 }
 
 tracepoint:syscalls:sys_enter_mmap
 /(args->prot & 6) == 6/
 {
-  printf("wx mmap pid=%d cgroup=%llu comm=%s prot=%d flags=%d fd=%d
-", pid, cgroup, comm, args->prot, args->flags, args->fd);
+  printf("wx mmap pid=%d cgroup=%llu comm=%s prot=%d flags=%d fd=%d\n", pid, cgroup, comm, args->prot, args->flags, args->fd);
 }
 
 tracepoint:syscalls:sys_enter_mprotect,
 tracepoint:syscalls:sys_enter_pkey_mprotect
 /(args->prot & 6) == 6/
 {
-  printf("wx mprotect pid=%d cgroup=%llu comm=%s addr=%lx prot=%d
-", pid, cgroup, comm, args->start, args->prot);
+  printf("wx mprotect pid=%d cgroup=%llu comm=%s addr=%lx prot=%d\n", pid, cgroup, comm, args->start, args->prot);
 }
 "#;
 
@@ -496,6 +491,8 @@ pub(crate) struct Agent {
     child: Option<Child>,
     pid: u32,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The thread draining stderr; it ends at end of file, once the process is gone.
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -528,7 +525,7 @@ impl Agent {
         let tail = Arc::clone(&stderr_tail);
         // Drains stderr for the agent's whole life so it never blocks on a full pipe; keeps
         // the last lines for error messages, and hands lines over while we wait for readiness.
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut reader = BufReader::new(stderr);
             let mut buf = Vec::new();
             loop {
@@ -553,6 +550,7 @@ impl Agent {
             child: Some(child),
             pid,
             stderr_tail,
+            stderr_reader: Some(stderr_reader),
         };
 
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -648,6 +646,10 @@ impl Agent {
         match self.wait_for_exit(STOP_TIMEOUT)? {
             Some(status) => {
                 self.child = None;
+                // Its last lines (what it counted lost) are read before anyone asks for them.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 Ok(status)
             }
             None => {
@@ -844,6 +846,16 @@ mod tests {
             }
             assert_eq!(order[0], *first);
         }
+    }
+
+    #[test]
+    fn no_string_of_the_bpftrace_script_runs_over_a_line_end() {
+        // bpftrace refuses a string with a line end in it ("unterminated string").
+        for (n, line) in BPFTRACE_SCRIPT.lines().enumerate() {
+            let quotes = line.matches('"').count() - line.matches("\\\"").count();
+            assert_eq!(quotes % 2, 0, "line {}: {line}", n + 1);
+        }
+        assert!(BPFTRACE_SCRIPT.contains("\\n\", pid"));
     }
 
     #[test]

@@ -97,9 +97,18 @@ pub fn prepare_kernel(
 ) -> Result<Guest> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tree = dir.join("kernel");
+    // What the tree was unpacked from: another package, or one with modules now, unpacks
+    // again.
+    let source = dir.join("kernel.source");
+    let wanted = format!("{package} {root:?}\n");
+    if tree.is_dir() && fs::read_to_string(&source).ok().as_deref() != Some(wanted.as_str()) {
+        fs::remove_dir_all(&tree).with_context(|| format!("cannot remove {}", tree.display()))?;
+    }
     // Renamed into place only once whole.
     if !tree.is_dir() {
         unpack_kernel(dir, &tree, package, apt_get, root)?;
+        fs::write(&source, &wanted)
+            .with_context(|| format!("cannot write {}", source.display()))?;
     }
     // Packages from trixie on ship their modules under usr/lib (merged /usr).
     if !tree.join("lib").exists() && tree.join("usr/lib/modules").is_dir() {
@@ -349,7 +358,8 @@ impl Guest {
                     .arg(dir.join("root.sock"))
                     .arg(dir.join("out.sock"))
                     .arg(&self.out)
-                    .arg(dir.join("virtiofsd.log"));
+                    .arg(dir.join("virtiofsd.log"))
+                    .arg(dir.join("root-view"));
             }
         }
         let out_fs = match self.root {
@@ -493,29 +503,36 @@ umount /proc /sys
 exec switch_root /newroot /bin/sh @STAGE2@
 "#;
 
-/// QEMU with virtiofs: `sh -c VIRTIOFS_QEMU sh DAEMON ROOT_SOCKET OUT_SOCKET OUT LOG QEMU-ARGS...`
-/// starts a daemon for this host's root and one for `OUT`, then QEMU, and stops the daemons
-/// when QEMU ends.
-const VIRTIOFS_QEMU: &str = r#"daemon=$1 root_socket=$2 out_socket=$3 out=$4 log=$5
-shift 5
+/// QEMU with virtiofs: `sh -c VIRTIOFS_QEMU sh DAEMON ROOT_SOCKET OUT_SOCKET OUT LOG VIEW
+/// QEMU-ARGS...` starts a daemon for this host's root and one for `OUT`, then QEMU, and
+/// stops the daemons when QEMU ends. The daemon cannot export read-only: the root is served
+/// from `VIEW`, a read-only bind of `/` alone (no submounts: the host's `/proc`, `/sys` and
+/// `/dev` are not reachable), made in a mount namespace of the daemon's own.
+const VIRTIOFS_QEMU: &str = r#"daemon=$1 root_socket=$2 out_socket=$3 out=$4 log=$5 view=$6
+shift 6
 rm -f "$root_socket" "$out_socket"
-"$daemon" --socket-path="$root_socket" -o source=/ -o cache=auto -o sandbox=chroot 2>>"$log" &
+mkdir -p "$view"
+unshare -m --propagation private sh -c 'mount --bind / "$1" && mount -o remount,bind,ro "$1" && exec "$2" --socket-path="$3" -o source="$1" -o cache=auto -o sandbox=chroot' sh "$view" "$daemon" "$root_socket" >>"$log" 2>&1 </dev/null &
 root_daemon=$!
-"$daemon" --socket-path="$out_socket" -o source="$out" -o cache=none -o sandbox=chroot 2>>"$log" &
+"$daemon" --socket-path="$out_socket" -o source="$out" -o cache=none -o sandbox=chroot >>"$log" 2>&1 </dev/null &
 out_daemon=$!
+stop_daemons() {
+    kill "$root_daemon" "$out_daemon" 2>/dev/null
+    wait
+}
 tries=0
 while [ ! -S "$root_socket" ] || [ ! -S "$out_socket" ]; do
     tries=$((tries + 1))
-    if [ "$tries" -gt 100 ]; then
-        echo "vm-test: virtiofsd did not listen within 10 s (see $log)"
-        kill "$root_daemon" "$out_daemon" 2>/dev/null
+    if [ "$tries" -gt 100 ] || ! kill -0 "$root_daemon" 2>/dev/null || ! kill -0 "$out_daemon" 2>/dev/null; then
+        echo "vm-test: virtiofsd is not listening (see $log)"
+        stop_daemons
         exit 1
     fi
     sleep 0.1
 done
 qemu-system-x86_64 "$@"
 rc=$?
-kill "$root_daemon" "$out_daemon" 2>/dev/null
+stop_daemons
 exit "$rc"
 "#;
 

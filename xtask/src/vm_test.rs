@@ -591,9 +591,14 @@ fn choose_kernels(
     let all = || images.iter().map(String::as_str);
     let missing = |image: &str| split_parts_missing(image, binaries, modules);
     let whole = newest_per_series(all().filter(|i| missing(i).is_none()));
-    let bootable = newest_per_series(
-        all().filter(|i| missing(i).is_none_or(|m| m.starts_with("linux-modules-"))),
-    );
+    // Debian builds virtiofs and the virtio PCI transport in from 6.12.
+    let virtiofs_built_in = |image: &str| {
+        image_version(image)
+            .is_some_and(|(series, _, _)| series_key(&series).as_slice() >= [6, 12].as_slice())
+    };
+    let bootable = newest_per_series(all().filter(|i| {
+        missing(i).is_none_or(|m| m.starts_with("linux-modules-") && virtiofs_built_in(i))
+    }));
     let found = |list: &[(String, String)], series: &str| {
         list.iter()
             .find(|(s, _)| s == series)
@@ -793,6 +798,7 @@ mod tests {
         let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let images = names(&[
             "linux-image-6.1.0-50-amd64-unsigned",
+            "linux-image-6.10.1+deb13-amd64",
             "linux-image-6.19.13+deb13-amd64",
             "linux-image-6.19.14+deb13-amd64",
             "linux-image-7.0.13+deb13-amd64",
@@ -801,6 +807,7 @@ mod tests {
             "linux-image-7.3.4+deb13-amd64",
         ]);
         let binaries = names(&[
+            "linux-binary-6.10.1+deb13-amd64",
             "linux-binary-6.19.13+deb13-amd64",
             "linux-binary-6.19.14+deb13-amd64",
             "linux-binary-7.2.12+deb13-amd64",
@@ -836,18 +843,20 @@ mod tests {
                 kernel("7.3", "linux-image-7.3.4+deb13-amd64", Root::NinePOverlay),
             ]
         );
-        assert_eq!(said.len(), 3, "{said:?}");
+        assert_eq!(said.len(), 4, "{said:?}");
+        // Before 6.12 virtiofs is a module too.
+        assert!(said[0].starts_with("vm-test: 6.10 left out"), "{said:?}");
         assert!(
-            said[0].contains("6.19") && said[0].contains("virtiofs"),
+            said[1].contains("6.19") && said[1].contains("virtiofs"),
             "{said:?}"
         );
         assert!(
-            said[1].starts_with("vm-test: 7.0 left out")
-                && said[1].contains("linux-binary-7.0.13+deb13-amd64"),
+            said[2].starts_with("vm-test: 7.0 left out")
+                && said[2].contains("linux-binary-7.0.13+deb13-amd64"),
             "{said:?}"
         );
         assert!(
-            said[2].contains("linux-image-7.2.12+deb13-amd64 instead"),
+            said[3].contains("linux-image-7.2.12+deb13-amd64 instead"),
             "{said:?}"
         );
     }

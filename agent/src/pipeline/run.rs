@@ -200,8 +200,8 @@ pub async fn run(
     )
     .await?;
     // Ready: programs attached, policies compiled, and the cluster's caches synced.
-    // Without a cluster to wait for, ready before the log says enforcing, so a probe that
-    // follows the log never finds the agent unready.
+    // Already synced (no cluster, or its caches filled): ready before the log says
+    // enforcing, so a probe that follows the log never finds the agent unready.
     let ready = stages.telemetry.clone();
     if *synced.borrow() {
         ready.set_ready(true);
