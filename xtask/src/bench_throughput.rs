@@ -225,12 +225,12 @@ pub fn print(results: &[Throughput]) {
         "pipeline throughput: datagrams to 64,000 loopback ports as fast as one process sends them for {FLOOD_S} s (goal: {GOAL_PER_CORE:.0} events per second per core)"
     );
     println!(
-        "  {:<62} {:>9} {:>9} {:>7} {:>8} {:>14}",
+        "  {:<68} {:>9} {:>9} {:>7} {:>8} {:>14}",
         "pipeline", "sent", "events", "lost", "cpu s", "events/cpu s"
     );
     for r in results {
         println!(
-            "  {:<62} {:>9} {:>9} {:>7} {:>8.2} {:>14.0}",
+            "  {:<68} {:>9} {:>9} {:>7} {:>8.2} {:>14.0}",
             r.pipeline,
             r.sent,
             r.events,
