@@ -90,9 +90,30 @@ fn a_flood_of_one_violation_hides_no_other_and_every_held_back_one_is_counted() 
             .map(|e| e["data"]["count"].as_u64().unwrap_or(1))
             .sum()
     };
-    tracer.wait_for_events("the flood's records standing for all of it", |events| {
-        (stands_for(events) + since_start(events, "ringBuffer") == FLOOD).then_some(())
-    });
+    common::wait_until(
+        "the flood's records standing for all of it",
+        common::liveness(),
+        || {
+            let events = tracer.events();
+            (stands_for(&events) + since_start(&events, "ringBuffer") == FLOOD).then_some(())
+        },
+        // The tally as it stood, should it never add up.
+        || {
+            let events = tracer.events();
+            let records = events.iter().filter(|e| is(e, "dev.vigil.wx.v1", flooder));
+            let counts: Vec<u64> = records
+                .map(|e| e["data"]["count"].as_u64().unwrap_or(1))
+                .collect();
+            format!(
+                "{} records of the flood standing for {}, {} lost in the ring buffer, {} held \
+                 back (a flood of {FLOOD}); their counts: {counts:?}",
+                counts.len(),
+                stands_for(&events),
+                since_start(&events, "ringBuffer"),
+                since_start(&events, "heldBack"),
+            )
+        },
+    );
     let events = tracer.stop();
     let flood_events: Vec<&Value> = events
         .iter()
