@@ -23,8 +23,8 @@ use crate::{
     policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
     script::Awaited,
     task::syscall_arg,
-    task::{config, count_loss, header, read_kernel, read_kernel_ptr, selected},
-    throttle::admit,
+    task::{config, header, read_kernel, read_kernel_ptr, selected},
+    throttle::{admit, lost},
 };
 
 const DEV_FD: &[u8; 8] = b"/dev/fd/";
@@ -254,7 +254,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_loss(kind::EXEC);
+        lost(kind::EXEC, 0, &head);
         return Ok(());
     };
     let event = entry.as_mut_ptr();
@@ -468,7 +468,7 @@ pub fn report_file(
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_loss(kind::EXEC);
+        lost(kind::EXEC, 0, &head);
         return;
     };
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes

@@ -19,8 +19,8 @@ use crate::{
     maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, TASK_EXE},
     path::{path_key, real_path},
     policy::{current_set, decide_exec, fail_closed, mark, policy_set, send_sigkill},
-    task::{config, count_loss, header, read_kernel_ptr},
-    throttle::admit,
+    task::{config, header, read_kernel_ptr},
+    throttle::{admit, lost},
 };
 
 const EPERM: i64 = 1;
@@ -130,7 +130,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
         return Ok(true);
     }
     let Some(mut entry) = EVENTS.reserve::<agent_common::ExecEvent>(0) else {
-        count_loss(kind::EXEC);
+        lost(kind::EXEC, 0, &head);
         return Ok(true);
     };
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{
 pub use crate::read::{read_kernel, read_kernel_ptr};
 use crate::{
     maps::{CONFIG, EVENTS, LOSSES},
-    throttle::{HasHeader, admit},
+    throttle::{HasHeader, admit, lost},
 };
 
 pub fn config() -> Option<&'static Config> {
@@ -166,7 +166,7 @@ pub fn emit<T: 'static + HasHeader>(kind: u32, mut record: T) {
             entry.write(record);
             entry.submit(0);
         }
-        None => count_loss(kind),
+        None => lost(kind, target, record.header_mut()),
     }
 }
 
@@ -182,7 +182,7 @@ pub fn emit_from<T: 'static + HasHeader + Copy>(kind: u32, record: &mut T) {
             entry.write(*record);
             entry.submit(0);
         }
-        None => count_loss(kind),
+        None => lost(kind, target, record.header_mut()),
     }
 }
 

@@ -7,7 +7,10 @@ use agent_common::{
     ThrottleKey, ThrottleState, WxEvent, connect_target, verdict,
 };
 
-use crate::maps::{EMITTER, SILENCED, THROTTLE, THROTTLED};
+use crate::{
+    maps::{EMITTER, SILENCED, THROTTLE, THROTTLED},
+    task::count_loss,
+};
 
 /// Records whose header [`admit`] may adjust, and what each was aimed at.
 pub trait HasHeader {
@@ -121,4 +124,40 @@ pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
         unsafe { *slot += 1 };
     }
     false
+}
+
+/// A record [`admit`] let out that did not fit into the ring buffer: its own violation is
+/// counted lost, and the held-back ones it was carrying go back to its throttle entry, for
+/// the next record of the same violation (or the sweep) to carry. Dropped with the record,
+/// they would be counted held back and yet stood for by no record.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference, as in `admit`: the key is not copied again onto the BPF stack"
+)]
+// A frame of its own, off the path of a record that fits: inlined, it grew its callers' frames
+// past what kernels before 6.13 allow a chain of calls (`ebpf::stack_depth`).
+#[inline(never)]
+pub fn lost(kind: u32, target: u64, header: &EventHeader) {
+    count_loss(kind);
+    if header.count <= 1 {
+        return;
+    }
+    let key = ThrottleKey {
+        cgroup_id: header.cgroup_id,
+        target,
+        rule: header.rule,
+        kind,
+        pid: header.pid,
+        _pad: 0,
+    };
+    // Evicted since: the count stays where it already is, in `THROTTLED` (heldBack).
+    let Some(state) = THROTTLE.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a live map value; see `admit` on concurrent updates of one key.
+    let state = unsafe { &mut *state };
+    if state.held == 0 || header.first_ns < state.first_held {
+        state.first_held = header.first_ns;
+    }
+    state.held += header.count - 1;
 }

@@ -17,8 +17,8 @@ use crate::{
     policy::{Violation, mark},
     policy::{current_set, enforce, policy_set, violation},
     task::syscall_arg,
-    task::{config, count_loss, current_task, header, read_kernel, selected, traced},
-    throttle::admit,
+    task::{config, current_task, header, read_kernel, selected, traced},
+    throttle::{admit, lost},
 };
 
 pub const PROT_READ: u32 = 1;
@@ -227,7 +227,7 @@ fn emit(mut header: EventHeader, record: &WxEvent) {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<WxRecord>(0) else {
-        count_loss(kind::WX);
+        lost(kind::WX, 0, &header);
         return;
     };
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes

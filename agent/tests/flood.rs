@@ -170,3 +170,112 @@ fn a_flood_of_one_violation_hides_no_other_and_every_held_back_one_is_counted() 
         assert!(e["data"]["firstSeen"].is_string(), "{e}");
     }
 }
+
+/// The record that opens a flood's next window carries the count held back in the last one.
+/// When the ring buffer has no room for it, the count must not go with it: the next record of
+/// the flood, or the sweep, carries it instead, and the records still stand for the whole
+/// flood. The ring is made full by stopping the agent's reader (SIGSTOP) while a stream of
+/// other violations fills it, for longer than a throttle window, so that the flood's next
+/// window opens with nowhere to put its record.
+#[test]
+fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
+    if !root_or_skip("flood") {
+        return;
+    }
+    let cg = TestCgroup::new("flood-lost");
+    let tmp = tempfile::tempdir().unwrap();
+    // The stream: datagrams to loopback ports nothing listens on, each port its own violation.
+    let file = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: flood-lost}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  memory: {{writeExecute: Deny, action: Alert}}\n  connect:\n    deny: [{{cidr: 127.0.0.1/32, ports: [\"1024-65023\"]}}]\n    action: Alert\n",
+            cg.rel
+        ),
+    )
+    .unwrap();
+    let tracer = Tracer::spawn_with(
+        &[
+            "run",
+            "--output",
+            "json",
+            "--ring-buffer-bytes",
+            "65536",
+            "--policy",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        "vigil is enforcing",
+    );
+    let flood = cg
+        .command(scenario_bin())
+        .args(["flood-mmap-for", "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let flooder = flood.id();
+    tracer.wait_for("the flood's first record", |e| {
+        is(e, "dev.vigil.wx.v1", flooder)
+    });
+    let agent = tracer.pid() as i32;
+    // SAFETY: signals to the agent this test started, by its pid.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
+    let (_, out) = cg.scenario(&["bench-udp-paced", "0", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGCONT) }, 0);
+    let out = flood.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let flooded: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("mapped=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the flood's count: {out:?}"));
+    let since_start = |events: &[Value], what: &str| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "dev.vigil.loss.v1")
+            .map(|e| e["data"]["lostSinceStart"][what]["wx"].as_u64().unwrap())
+            .max()
+            .unwrap_or(0)
+    };
+    let counts = |events: &[Value]| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| is(e, "dev.vigil.wx.v1", flooder))
+            .map(|e| e["data"]["count"].as_u64().unwrap_or(1))
+            .collect()
+    };
+    common::wait_until(
+        "the flood's records and its W^X records lost standing for all of it",
+        common::liveness(),
+        || {
+            let events = tracer.events();
+            let lost = since_start(&events, "ringBuffer");
+            (counts(&events).iter().sum::<u64>() + lost == flooded).then_some(())
+        },
+        || {
+            let events = tracer.events();
+            let counts = counts(&events);
+            format!(
+                "{} records standing for {}, {} lost in the ring buffer, {} held back (a \
+                 flood of {flooded}); their counts: {counts:?}",
+                counts.len(),
+                counts.iter().sum::<u64>(),
+                since_start(&events, "ringBuffer"),
+                since_start(&events, "heldBack"),
+            )
+        },
+    );
+    let events = tracer.stop();
+    let lost = since_start(&events, "ringBuffer");
+    let counts = counts(&events);
+    eprintln!(
+        "flood beside a stream: {} records, {} held back, {lost} W^X records lost; counts {counts:?}",
+        counts.len(),
+        since_start(&events, "heldBack"),
+    );
+    // Otherwise the ring never refused the flood a record, and this proved nothing.
+    assert!(lost > 0, "no W^X record found the ring buffer full");
+}

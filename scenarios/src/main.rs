@@ -35,7 +35,7 @@ fn usage() -> ExitCode {
          \x20        udp-sendto-unfaulted uring-tcp-connect uring-udp-connect\n\
          \x20        uring-udp-sendmsg compat-udp-connect raw-socket)\n\
          memory:  mmap-rwx | mprotect-rwx | mprotect-rwx-outcome | pkey-mprotect-rwx | rie-mmap-rw |\n\
-         \x20        mmap-file-rx PATH | mprotect-file-exec PATH | flood-mmap COUNT |\n\
+         \x20        mmap-file-rx PATH | mprotect-file-exec PATH | flood-mmap COUNT | flood-mmap-for SECONDS |\n\
          \x20        wait-then-mmap-rwx GO_FILE |\n\
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         ("mprotect-file-exec", [path]) => memory::mprotect_file_exec(path),
         ("userfaultfd", [how]) => memory::userfaultfd(how),
         ("flood-mmap", [count]) => memory::flood(count),
+        ("flood-mmap-for", [seconds]) => memory::flood_for(seconds),
         ("wait-then-mmap-rwx", [path]) => memory::wait_then_rwx(path),
         ("rwx-after-leader-exit", []) => memory::rwx_after_leader_exit(),
         ("memfd-dual-map", []) => memory::memfd_dual_map(),

@@ -164,6 +164,21 @@ pub fn flood(count: &str) -> Outcome {
     Ok(())
 }
 
+/// RWX mappings as fast as possible for `seconds` s, each unmapped at once: a flood that spans
+/// throttle windows however fast the machine; prints `mapped=<n>`.
+pub fn flood_for(seconds: &str) -> Outcome {
+    let end =
+        std::time::Instant::now() + std::time::Duration::from_secs(parse_count(seconds)? as u64);
+    let mut count = 0u64;
+    while std::time::Instant::now() < end {
+        let p = anon(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)?;
+        unmap(p);
+        count += 1;
+    }
+    println!("mapped={count}");
+    Ok(())
+}
+
 /// For the benchmark: one RWX map + unmap round trip.
 pub fn rwx_round_trip() -> Result<(), Failure> {
     let p = anon(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)?;

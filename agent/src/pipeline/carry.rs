@@ -2,8 +2,10 @@
 //! their count, so user space does. It remembers the last finished violation of each throttle
 //! key, and when the sweep of the kernel's throttle map finds a stranded count, it sends that
 //! violation again standing for the held-back ones (`count`, `firstSeen`), so that counts add
-//! up to what happened. A count whose violation is no longer remembered stays what it already
-//! is in loss events: `heldBack`.
+//! up to what happened. A count found before its violation's record came through (user space
+//! lagging behind the ring buffer) waits for it as long as a violation is remembered; one
+//! whose violation is no longer remembered stays what it already is in loss events:
+//! `heldBack`.
 //!
 //! The sweep reads the whole map, a system call or two per entry, so it runs on a thread of
 //! its own: the pipeline's loop only gets the stranded counts.
@@ -65,15 +67,20 @@ pub(crate) struct Carry {
     last: HashMap<ThrottleKey, (VigilEvent, Instant)>,
     /// Keys in the order they were remembered (a key again is queued again).
     order: VecDeque<(ThrottleKey, Instant)>,
+    /// Stranded counts whose violation was not remembered yet, with when they were found.
+    waiting: HashMap<ThrottleKey, (ThrottleState, Instant)>,
 }
 
 impl Carry {
-    /// `event` (a finished violation) is the latest of throttle key `key`.
-    pub(crate) fn remember(&mut self, key: ThrottleKey, event: &VigilEvent) {
+    /// `event` (a finished violation) is the latest of throttle key `key`; returns it again
+    /// standing for a stranded count of the key that was waiting for it.
+    pub(crate) fn remember(&mut self, key: ThrottleKey, event: &VigilEvent) -> Option<VigilEvent> {
         let now = Instant::now();
         self.last.insert(key, (event.clone(), now));
         self.order.push_back((key, now));
         self.forget(now);
+        let (state, _) = self.waiting.remove(&key)?;
+        Some(carried(event, &state))
     }
 
     /// Forgets what is older than [`REMEMBER`], and the oldest beyond [`MAX_REMEMBERED`].
@@ -92,25 +99,44 @@ impl Carry {
                 self.last.remove(&key);
             }
         }
+        let before = self.waiting.len();
+        self.waiting
+            .retain(|_, (_, found)| now.duration_since(*found) < REMEMBER);
+        if self.waiting.len() < before {
+            tracing::debug!(
+                counts = before - self.waiting.len(),
+                "held-back violations whose record never came through (in heldBack only)"
+            );
+        }
     }
 
     /// The violations standing for the `stranded` counts of floods that stopped.
+    /// A count whose violation is not remembered waits for its record (see the module).
     pub(crate) fn carry(&mut self, stranded: Stranded) -> Vec<VigilEvent> {
-        self.forget(Instant::now());
-        stranded
-            .into_iter()
-            .filter_map(|(key, state)| match self.last.get(&key) {
-                Some((event, _)) => Some(carried(event, &state)),
-                None => {
-                    tracing::debug!(
-                        held = state.held,
-                        pid = key.pid,
-                        "held-back violations whose record is no longer remembered (in heldBack only)"
-                    );
-                    None
+        let now = Instant::now();
+        self.forget(now);
+        let mut out = Vec::new();
+        for (key, state) in stranded {
+            if let Some((event, _)) = self.last.get(&key) {
+                out.push(carried(event, &state));
+            } else if self.waiting.len() < MAX_REMEMBERED {
+                let (waiting, _) = self
+                    .waiting
+                    .entry(key)
+                    .or_insert((ThrottleState { held: 0, ..state }, now));
+                if waiting.held == 0 || state.first_held < waiting.first_held {
+                    waiting.first_held = state.first_held;
                 }
-            })
-            .collect()
+                waiting.held += state.held;
+            } else {
+                tracing::debug!(
+                    held = state.held,
+                    pid = key.pid,
+                    "held-back violations whose record is not remembered (in heldBack only)"
+                );
+            }
+        }
+        out
     }
 }
 
@@ -177,6 +203,63 @@ mod tests {
             ..ThrottleState::default()
         };
         assert_eq!(carry.carry(vec![(key(0), held), (key(1), held)]).len(), 1);
+    }
+
+    #[test]
+    fn a_count_found_before_its_record_came_through_goes_out_with_that_record() {
+        let event = violation(
+            &Event {
+                header: test_violation(Action::Alert, "x"),
+                body: Body::Exec(Exec::plain("/tmp/x", vec![])),
+            },
+            &Lineage::default(),
+            &Context::host("n", None),
+            &PolicyRef {
+                kind: "ClusterRuntimePolicy".into(),
+                name: "p".into(),
+                namespace: None,
+                rule: "spec.exec.deny[0]".into(),
+                text: "prefix /tmp/".into(),
+            },
+            Action::Alert,
+        );
+        let key = ThrottleKey {
+            pid: 7,
+            ..ThrottleKey::default()
+        };
+        let other = ThrottleKey {
+            pid: 8,
+            ..ThrottleKey::default()
+        };
+        let now = crate::metadata::clock::boot_now_ns();
+        let stranded = |held, first_held| ThrottleState {
+            window_start: 1,
+            first_held,
+            emitted: 8,
+            held,
+        };
+        let mut carry = Carry::default();
+        // Two sweeps find counts of the key before its record is read off the ring buffer.
+        assert!(carry.carry(vec![(key, stranded(5, now))]).is_empty());
+        assert!(
+            carry
+                .carry(vec![(key, stranded(7, now - 1_000))])
+                .is_empty()
+        );
+        assert!(
+            carry.remember(other, &event).is_none(),
+            "another key's record carries nothing"
+        );
+        let carried = carry
+            .remember(key, &event)
+            .expect("the waiting count goes out");
+        let data = carried.behaviour().expect("behaviour");
+        assert_eq!(data.count, Some(12), "both counts, once");
+        assert!(data.first_seen.is_some());
+        assert!(
+            carry.remember(key, &event).is_none(),
+            "a count is carried once"
+        );
     }
 
     #[test]

@@ -137,17 +137,18 @@ fn forward<'a>(
     telemetry: &'a Telemetry,
 ) -> impl FnMut(crate::cloudevents::VigilEvent, Option<agent_common::ThrottleKey>) + 'a {
     move |event, throttle| {
-        if let Some(key) = throttle {
-            carry.remember(key, &event);
-        }
-        let now = std::time::Instant::now();
-        let event = match aggregate.as_mut() {
-            Some(agg) => agg.offer(event, now),
-            None => Some(event),
-        };
-        if let Some(event) = event {
-            count(telemetry, &event);
-            out.send(event);
+        // A count stranded before this record came through goes out right after it.
+        let carried = throttle.and_then(|key| carry.remember(key, &event));
+        for event in std::iter::once(event).chain(carried) {
+            let now = std::time::Instant::now();
+            let event = match aggregate.as_mut() {
+                Some(agg) => agg.offer(event, now),
+                None => Some(event),
+            };
+            if let Some(event) = event {
+                count(telemetry, &event);
+                out.send(event);
+            }
         }
     }
 }
