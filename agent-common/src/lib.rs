@@ -40,6 +40,10 @@ pub const ARGS_OFFSET_LIMIT: usize = 512;
 pub const ARGS_LEN: usize = ARGS_OFFSET_LIMIT + ARG_READ_LEN;
 /// Arguments read at most.
 pub const MAX_ARGS: usize = 32;
+/// `argc` of a record whose arguments are the new image's own, copied whole: every
+/// NUL-terminated string in `args[..args_len]` is one (the last one cut short when
+/// `ARGS_TRUNCATED`).
+pub const ARGC_ALL: u32 = u32::MAX;
 
 /// Identical violations emitted per cgroup, behaviour and rule in one [`THROTTLE_WINDOW_NS`]
 /// before the kernel holds the rest back (counted, and carried by the next record).
@@ -68,7 +72,9 @@ bit_flags! {
         DELETED,
         /// Not every argument fitted into the buffer.
         ARGS_TRUNCATED,
-        /// The arguments from `sys_enter_execve(at)` were not found (e.g. evicted).
+        /// The arguments could not be read: the new image's (`mm_struct.arg_start..arg_end`)
+        /// at `sched_process_exec`, or, for an exec refused before it ran, those captured at
+        /// `sys_enter_execve(at)` (not found, e.g. evicted).
         ARGS_MISSING,
         /// The executable's dentry could not be read (kernel offsets unknown).
         EXE_UNKNOWN,

@@ -1,14 +1,16 @@
-//! exec: arguments at `sys_enter_execve(at)`, the executed path and the verdict-relevant
-//! facts about the binary at `sched_process_exec` (after the point of no return).
+//! exec: the executed path, its arguments and the verdict-relevant facts about the binary at
+//! `sched_process_exec` (after the point of no return); arguments also at
+//! `sys_enter_execve(at)`, for an exec the BPF LSM refuses before it has a new image.
 use agent_common::{
-    ARG_READ_LEN, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExePath, ExecArgs, ExecEvent, MAX_ARGS,
-    NAME_LEN, PATH_LEN, PathRule, exec_flags, kind, mode,
+    ARG_READ_LEN, ARGC_ALL, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExePath, ExecArgs, ExecEvent,
+    MAX_ARGS, NAME_LEN, PATH_LEN, PathRule, exec_flags, kind, mode,
 };
 use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, generated::bpf_probe_read_user_str,
+        bpf_probe_read_user,
+        generated::{bpf_probe_read_user as probe_read_user_raw, bpf_probe_read_user_str},
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -23,7 +25,7 @@ use crate::{
     policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
     script::Awaited,
     task::syscall_arg,
-    task::{config, header, read_kernel, read_kernel_ptr, selected},
+    task::{config, current_task, header, read_kernel, read_kernel_ptr, selected},
     throttle::{admit, lost},
 };
 
@@ -275,7 +277,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             None => event.exe_path[0] = 0,
         }
     }
-    fill_args(event);
+    fill_args_from_image(cfg, event);
     entry.submit(0);
     Ok(())
 }
@@ -390,6 +392,46 @@ fn remember_exe(scratch: &mut PathScratch, tgid: u32, built: Built) {
     {
         let exe: &ExePath = &scratch.exe;
         let _ = TASK_EXE.insert(tgid, exe, 0);
+    }
+}
+
+/// The new image's arguments, as the kernel copied them onto its stack: what the program
+/// was given, not what the caller's memory held at syscall entry (which another of its threads
+/// may rewrite meanwhile). Copied whole, one read; `argc` says so ([`ARGC_ALL`]).
+fn fill_args_from_image(cfg: &Config, event: &mut ExecEvent) {
+    // Captured at syscall entry for the LSM's sake; not needed past this point.
+    let _ = EXEC_ARGS.remove(event.old_tid);
+    event.argc = ARGC_ALL;
+    event.args_len = 0;
+    let k = &cfg.kernel;
+    let Some(mm) = read_kernel_ptr(current_task(), k.task_mm) else {
+        event.flags |= exec_flags::ARGS_MISSING;
+        return;
+    };
+    let (Some(start), Some(end)) = (
+        read_kernel::<u64>(mm, k.mm_arg_start),
+        read_kernel::<u64>(mm, k.mm_arg_end),
+    ) else {
+        event.flags |= exec_flags::ARGS_MISSING;
+        return;
+    };
+    let mut len = end.saturating_sub(start);
+    if len > ARGS_LEN as u64 {
+        len = ARGS_LEN as u64;
+        event.flags |= exec_flags::ARGS_TRUNCATED;
+    }
+    // SAFETY: `len` is at most the buffer's size; the helper checks the user address.
+    let read = unsafe {
+        probe_read_user_raw(
+            event.args.as_mut_ptr() as *mut c_void,
+            len as u32,
+            start as *const c_void,
+        )
+    };
+    if read == 0 {
+        event.args_len = len as u32;
+    } else {
+        event.flags |= exec_flags::ARGS_MISSING;
     }
 }
 

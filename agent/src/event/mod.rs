@@ -207,6 +207,14 @@ fn header(h: &EventHeader) -> Header {
 /// Arguments are NUL-separated in the first `len` bytes.
 pub(crate) fn split_args(buf: &[u8], len: u32, argc: u32) -> Vec<String> {
     let used = &buf[..(len as usize).min(buf.len())];
+    if argc == agent_common::ARGC_ALL {
+        // Every string is one; the last NUL ends the last one rather than starting another.
+        if used.is_empty() {
+            return Vec::new();
+        }
+        let used = used.strip_suffix(&[0]).unwrap_or(used);
+        return used.split(|&b| b == 0).map(text).collect();
+    }
     used.split(|&b| b == 0)
         .take(argc as usize)
         .map(text)
@@ -302,6 +310,23 @@ mod tests {
         // SAFETY: test records are plain-old-data.
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
             .to_vec()
+    }
+
+    #[test]
+    fn the_new_images_arguments_are_every_string_empty_ones_and_a_cut_one_included() {
+        let all = agent_common::ARGC_ALL;
+        let buf = b"/bin/sh\0-c\0\0echo hi\0";
+        assert_eq!(
+            split_args(buf, buf.len() as u32, all),
+            ["/bin/sh", "-c", "", "echo hi"]
+        );
+        // Cut short at the buffer's end: the last one is what fitted.
+        assert_eq!(split_args(buf, 9, all), ["/bin/sh", "-"]);
+        assert!(split_args(buf, 0, all).is_empty());
+        // An exec with no arguments at all (argv NULL) has one empty area.
+        assert!(split_args(b"\0", 0, all).is_empty());
+        // Counted arguments (captured at syscall entry) stop at their count.
+        assert_eq!(split_args(buf, buf.len() as u32, 2), ["/bin/sh", "-c"]);
     }
 
     fn head(kind: u32) -> EventHeader {
