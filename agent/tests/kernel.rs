@@ -48,6 +48,43 @@ fn assert_envelope(e: &Value, cgroup: &TestCgroup) {
     );
 }
 
+/// What a process chose is not what it runs with: a second thread of the caller rewrites an
+/// argument while the first executes with it. The arguments reported must be the ones the
+/// new program was given (it prints them), never what the caller's memory held a moment
+/// earlier. The benign twin is every round whose argument did not change.
+#[test]
+fn a_racing_thread_rewriting_an_argument_does_not_change_the_reported_arguments() {
+    if !root_or_skip("exec") {
+        return;
+    }
+    let cg = TestCgroup::new("exec-race");
+    let tracer = Tracer::start(Some(&cg.rel), &[]);
+    let (_, out) = cg.scenario(&["race-exec-args", "40"]);
+    assert!(out.status.success(), "{out:?}");
+    let given: Vec<(u32, String)> = common::stdout_lines(&out)
+        .iter()
+        .filter_map(|l| {
+            let (pid, arg) = l.strip_prefix("pid=")?.split_once(" arg=")?;
+            Some((pid.parse().ok()?, arg.to_string()))
+        })
+        .collect();
+    assert_eq!(given.len(), 40, "{out:?}");
+    for (pid, arg) in &given {
+        let e = tracer.wait_for(&format!("the exec of pid {pid}"), |e| {
+            is(e, EXEC, *pid) && e["data"]["exec"]["args"][1] == "print-args"
+        });
+        assert_eq!(
+            e["data"]["exec"]["args"],
+            serde_json::json!(["vigil-scenario", "print-args", arg]),
+            "pid {pid} was given {arg:?}: {e}"
+        );
+        assert_eq!(e["data"]["exec"]["argsMissing"], false, "{e}");
+    }
+    let variants: std::collections::BTreeSet<&str> =
+        given.iter().map(|(_, a)| a.as_str()).collect();
+    eprintln!("race-exec-args: the programs were given {variants:?}");
+}
+
 #[test]
 fn exec_of_a_copied_binary_reports_path_args_pid_parent_and_cgroup() {
     if !root_or_skip("exec") {

@@ -137,3 +137,80 @@ pub fn exec_at(dir: &str, name: &str, args: &[&str]) -> Outcome {
     let argv: Vec<&str> = std::iter::once(name).chain(args.iter().copied()).collect();
     execveat(fd, name, &argv, 0)
 }
+
+/// The two values a racing thread writes into the argument being executed, alternately.
+const RACE_ARGS: [&[u8; 16]; 2] = [b"benign-argument\0", b"EVIL---argument\0"];
+
+/// `count` times: a child whose second thread keeps rewriting an argument while the first
+/// executes `vigil-scenario print-args ARGUMENT` with it; the new image prints what it got
+/// (`pid=<pid> arg=<argument>`). Whatever the caller's memory said at syscall entry, the
+/// program runs with the kernel's copy.
+pub fn race_exec_args(count: &str) -> Outcome {
+    let count = crate::parse_count(count)?;
+    let exe = CString::new(
+        std::env::current_exe()
+            .map_err(|e| Failure::Error(format!("current_exe: {e}")))?
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .map_err(|e| Failure::Error(e.to_string()))?;
+    std::io::stdout().flush().ok();
+    for _ in 0..count {
+        // SAFETY: this process is single-threaded; the child only spawns a thread and execs.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(os_error("fork"));
+        }
+        if pid == 0 {
+            race_child(&exe);
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } != pid
+            || !libc::WIFEXITED(status)
+            || libc::WEXITSTATUS(status) != 0
+        {
+            return Err(Failure::Error(format!("child {pid} failed: {status:#x}")));
+        }
+    }
+    Ok(())
+}
+
+/// In the child: starts the rewriting thread, waits until it has rewritten the argument at
+/// least once, then executes. Never returns.
+fn race_child(exe: &CString) -> ! {
+    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+    let arg: &'static [AtomicU8; 16] = Box::leak(Box::new(RACE_ARGS[0].map(AtomicU8::new)));
+    let flips: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    std::thread::spawn(move || {
+        let mut which = 1;
+        loop {
+            for (slot, byte) in arg.iter().zip(RACE_ARGS[which].iter()) {
+                slot.store(*byte, Ordering::Relaxed);
+            }
+            flips.fetch_add(1, Ordering::Relaxed);
+            which ^= 1;
+        }
+    });
+    while flips.load(Ordering::Relaxed) < 2 {
+        std::hint::spin_loop();
+    }
+    let argv: [*const libc::c_char; 4] = [
+        c"vigil-scenario".as_ptr(),
+        c"print-args".as_ptr(),
+        arg.as_ptr() as *const libc::c_char,
+        std::ptr::null(),
+    ];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: NUL-terminated strings (the racing one always holds a NUL at its end) and
+    // NULL-terminated arrays.
+    unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    // SAFETY: leaving the forked child without running the parent's destructors.
+    unsafe { libc::_exit(127) }
+}
+
+/// The new image of `race-exec-args`: what it was given.
+pub fn print_args(arg: &str) -> Outcome {
+    println!("pid={} arg={arg}", std::process::id());
+    Ok(())
+}

@@ -19,7 +19,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: vigil-scenario <scenario> [args]\n\
          exec:    memfd-exec | deleted-exec PATH | exec-at DIR NAME ARGS... | write-marker PATH |\n\
-         \x20        memfd-exec-marker PATH |\n\
+         \x20        memfd-exec-marker PATH | race-exec-args COUNT | print-args ARG |\n\
          \x20        userns-exec plain PROGRAM ARGS... | userns-exec bind SOURCE TARGET ARGS... |\n\
          \x20        userns-exec tmpfs DIR SOURCE NAME ARGS... | userns-exec detached DIR NAME ARGS... |\n\
          \x20        userns-exec pivot DIR PROGRAM ARGS... |\n\
@@ -82,6 +82,8 @@ fn main() -> ExitCode {
         ("userfaultfd", [how]) => memory::userfaultfd(how),
         ("flood-mmap", [count]) => memory::flood(count),
         ("flood-mmap-for", [seconds]) => memory::flood_for(seconds),
+        ("race-exec-args", [count]) => exec::race_exec_args(count),
+        ("print-args", [arg]) => exec::print_args(arg),
         ("wait-then-mmap-rwx", [path]) => memory::wait_then_rwx(path),
         ("rwx-after-leader-exit", []) => memory::rwx_after_leader_exit(),
         ("memfd-dual-map", []) => memory::memfd_dual_map(),
