@@ -174,9 +174,9 @@ fn a_flood_of_one_violation_hides_no_other_and_every_held_back_one_is_counted() 
 /// The record that opens a flood's next window carries the count held back in the last one.
 /// When the ring buffer has no room for it, the count must not go with it: the next record of
 /// the flood, or the sweep, carries it instead, and the records still stand for the whole
-/// flood. The ring is made full by stopping the agent's reader (SIGSTOP) while a stream of
-/// other violations fills it, for longer than a throttle window, so that the flood's next
-/// window opens with nowhere to put its record.
+/// flood. The ring is made full by stopping the agent (SIGSTOP) while a stream of other
+/// violations fills it, for longer than a throttle window, so that the flood's next window
+/// opens with nowhere to put its record.
 #[test]
 fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
     if !root_or_skip("flood") {
@@ -207,6 +207,15 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
         &[],
         "vigil is enforcing",
     );
+    // The reader stops first, not after the flood's first record came through: under
+    // emulation that record can take longer to come through than the flood lasts.
+    let stopped = Stopped::new(tracer.pid());
+    let stream = cg
+        .command(scenario_bin())
+        .args(["bench-udp-paced", "0", "3"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let flood = cg
         .command(scenario_bin())
         .args(["flood-mmap-for", "6"])
@@ -214,17 +223,12 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
         .spawn()
         .unwrap();
     let flooder = flood.id();
-    tracer.wait_for("the flood's first record", |e| {
-        is(e, "dev.vigil.wx.v1", flooder)
-    });
-    let agent = tracer.pid() as i32;
-    // SAFETY: signals to the agent this test started, by its pid.
-    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
-    let (_, out) = cg.scenario(&["bench-udp-paced", "0", "3"]);
-    assert!(out.status.success(), "{out:?}");
+    // More than a throttle window with the ring full: the flood's next windows open with
+    // nowhere to put the record carrying the last one's count.
+    let streamed = stream.wait_with_output().unwrap();
+    assert!(streamed.status.success(), "{streamed:?}");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(agent, libc::SIGCONT) }, 0);
+    drop(stopped);
     let out = flood.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let flooded: u64 = String::from_utf8_lossy(&out.stdout)
@@ -278,4 +282,24 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
     );
     // Otherwise the ring never refused the flood a record, and this proved nothing.
     assert!(lost > 0, "no W^X record found the ring buffer full");
+}
+
+/// The agent this test started, stopped (SIGSTOP) until this is dropped, even by a failing
+/// assertion: a stopped agent would not stop when the test ends.
+struct Stopped(i32);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        let pid = pid as i32;
+        // SAFETY: a signal to the agent this test started, by its pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
 }
