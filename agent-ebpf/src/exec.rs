@@ -152,6 +152,9 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let scratch = unsafe { &mut *scratch };
     let mut exe_name = [0u8; NAME_LEN];
     let facts = gather(ctx, cfg, scratch, &mut exe_name);
+    // Captured at syscall entry for the LSM's sake; not needed past this point, whether this
+    // exec is reported or not.
+    let _ = EXEC_ARGS.remove(facts.old_tid);
 
     let mut verdict_of = None;
     let mut unverified = false;
@@ -399,8 +402,6 @@ fn remember_exe(scratch: &mut PathScratch, tgid: u32, built: Built) {
 /// was given, not what the caller's memory held at syscall entry (which another of its threads
 /// may rewrite meanwhile). Copied whole, one read; `argc` says so ([`ARGC_ALL`]).
 fn fill_args_from_image(cfg: &Config, event: &mut ExecEvent) {
-    // Captured at syscall entry for the LSM's sake; not needed past this point.
-    let _ = EXEC_ARGS.remove(event.old_tid);
     event.argc = ARGC_ALL;
     event.args_len = 0;
     let k = &cfg.kernel;
@@ -415,7 +416,11 @@ fn fill_args_from_image(cfg: &Config, event: &mut ExecEvent) {
         event.flags |= exec_flags::ARGS_MISSING;
         return;
     };
-    let mut len = end.saturating_sub(start);
+    if end < start || start == 0 {
+        event.flags |= exec_flags::ARGS_MISSING;
+        return;
+    }
+    let mut len = end - start;
     if len > ARGS_LEN as u64 {
         len = ARGS_LEN as u64;
         event.flags |= exec_flags::ARGS_TRUNCATED;

@@ -222,7 +222,7 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
         .unwrap();
     let flood = cg
         .command(scenario_bin())
-        .args(["flood-mmap-for", "6"])
+        .args(["flood-mmap-for", "8"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

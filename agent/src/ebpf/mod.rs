@@ -751,9 +751,9 @@ impl Probes {
         })
     }
 
-    /// The flood throttle's map, for the sweep of counts no record carried, with a handle of
-    /// its own on the `THROTTLED` counters (which the loss counters keep); taken once, before
-    /// [`Self::take_loss_counters`].
+    /// The flood throttle's map, for the sweep of counts no record carried, with handles of
+    /// its own on the `THROTTLED` and `LOSSES` counters (which the loss counters keep); taken
+    /// once, before [`Self::take_loss_counters`].
     pub fn take_throttle(&mut self) -> Result<throttle::ThrottleMap, EbpfError> {
         let map = self
             .ebpf
@@ -763,23 +763,25 @@ impl Probes {
             map: "THROTTLE",
             source,
         })?;
-        let Some(aya::maps::Map::PerCpuArray(throttled)) = self.ebpf.map("THROTTLED") else {
-            return Err(EbpfError::MissingMap("THROTTLED"));
+        Ok(throttle::ThrottleMap::new(
+            map,
+            self.per_cpu_handle("THROTTLED")?,
+            self.per_cpu_handle("LOSSES")?,
+        ))
+    }
+
+    /// A handle of its own on per-CPU counters `name`, which stay in place for whoever takes
+    /// them later.
+    fn per_cpu_handle(&self, name: &'static str) -> Result<PerCpuArray<MapData, u64>, EbpfError> {
+        let Some(aya::maps::Map::PerCpuArray(counters)) = self.ebpf.map(name) else {
+            return Err(EbpfError::MissingMap(name));
         };
-        let err = |source| EbpfError::Map {
-            map: "THROTTLED",
-            source,
-        };
-        let fd = std::os::fd::AsFd::as_fd(throttled.fd())
+        let err = |source| EbpfError::Map { map: name, source };
+        let fd = std::os::fd::AsFd::as_fd(counters.fd())
             .try_clone_to_owned()
-            .map_err(|source| EbpfError::MapHandle {
-                map: "THROTTLED",
-                source,
-            })?;
-        let throttled = aya::maps::MapData::from_fd(fd).map_err(err)?;
-        let throttled =
-            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(throttled)).map_err(err)?;
-        Ok(throttle::ThrottleMap::new(map, throttled))
+            .map_err(|source| EbpfError::MapHandle { map: name, source })?;
+        let counters = aya::maps::MapData::from_fd(fd).map_err(err)?;
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(counters)).map_err(err)
     }
 
     /// The maps policies compile into; taken once.

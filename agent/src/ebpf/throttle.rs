@@ -15,9 +15,12 @@ pub const STRANDED_AFTER_NS: u64 = 2 * THROTTLE_WINDOW_NS;
 
 pub struct ThrottleMap {
     map: HashMap<MapData, ThrottleKey, ThrottleState>,
-    /// Violations held back so far (`THROTTLED`): while it stands still and nothing was left
-    /// held at the last sweep, there is nothing to sweep, and the map is not read at all.
+    /// Violations held back so far (`THROTTLED`) and records lost to a full ring buffer
+    /// (`LOSSES`, where a lost record gives its held-back count back to its entry): while
+    /// both stand still and nothing was left held at the last sweep, there is nothing to
+    /// sweep, and the map is not read at all.
     throttled: PerCpuArray<MapData, u64>,
+    losses: PerCpuArray<MapData, u64>,
     held_at_last_sweep: Option<u64>,
 }
 
@@ -25,25 +28,26 @@ impl ThrottleMap {
     pub(super) fn new(
         map: HashMap<MapData, ThrottleKey, ThrottleState>,
         throttled: PerCpuArray<MapData, u64>,
+        losses: PerCpuArray<MapData, u64>,
     ) -> Self {
         Self {
             map,
             throttled,
+            losses,
             held_at_last_sweep: None,
         }
     }
 
+    /// Violations held back and records lost so far: what can leave a count to sweep.
     fn held_so_far(&self) -> Result<u64, EbpfError> {
         let mut total = 0;
-        for slot in 0..agent_common::kind::SLOTS {
-            let values = self
-                .throttled
-                .get(&slot, 0)
-                .map_err(|source| EbpfError::Map {
-                    map: "THROTTLED",
-                    source,
-                })?;
-            total += values.iter().sum::<u64>();
+        for (counters, name) in [(&self.throttled, "THROTTLED"), (&self.losses, "LOSSES")] {
+            for slot in 0..agent_common::kind::SLOTS {
+                let values = counters
+                    .get(&slot, 0)
+                    .map_err(|source| EbpfError::Map { map: name, source })?;
+                total += values.iter().sum::<u64>();
+            }
         }
         Ok(total)
     }

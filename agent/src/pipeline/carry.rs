@@ -99,6 +99,11 @@ impl Carry {
                 self.last.remove(&key);
             }
         }
+    }
+
+    /// Forgets waiting counts older than [`REMEMBER`]: once a sweep, not once a violation (a
+    /// walk of all of them).
+    fn forget_waiting(&mut self, now: Instant) {
         let before = self.waiting.len();
         self.waiting
             .retain(|_, (_, found)| now.duration_since(*found) < REMEMBER);
@@ -115,11 +120,12 @@ impl Carry {
     pub(crate) fn carry(&mut self, stranded: Stranded) -> Vec<VigilEvent> {
         let now = Instant::now();
         self.forget(now);
+        self.forget_waiting(now);
         let mut out = Vec::new();
         for (key, state) in stranded {
             if let Some((event, _)) = self.last.get(&key) {
                 out.push(carried(event, &state));
-            } else if self.waiting.len() < MAX_REMEMBERED {
+            } else if self.waiting.len() < MAX_REMEMBERED || self.waiting.contains_key(&key) {
                 let (waiting, _) = self
                     .waiting
                     .entry(key)
