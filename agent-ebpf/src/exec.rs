@@ -259,7 +259,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        lost(kind::EXEC, 0, &head);
+        lost(kind::EXEC, 0, head.count, head.first_ns, &head);
         return Ok(());
     };
     let event = entry.as_mut_ptr();
@@ -515,7 +515,7 @@ pub fn report_file(
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        lost(kind::EXEC, 0, &head);
+        lost(kind::EXEC, 0, head.count, head.first_ns, &head);
         return;
     };
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes

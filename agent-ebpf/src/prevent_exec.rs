@@ -130,7 +130,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
         return Ok(true);
     }
     let Some(mut entry) = EVENTS.reserve::<agent_common::ExecEvent>(0) else {
-        lost(kind::EXEC, 0, &head);
+        lost(kind::EXEC, 0, head.count, head.first_ns, &head);
         return Ok(true);
     };
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes

@@ -166,7 +166,10 @@ pub fn emit<T: 'static + HasHeader>(kind: u32, mut record: T) {
             entry.write(record);
             entry.submit(0);
         }
-        None => lost(kind, target, record.header_mut()),
+        None => {
+            let header = record.header_mut();
+            lost(kind, target, header.count, header.first_ns, header);
+        }
     }
 }
 
@@ -182,7 +185,10 @@ pub fn emit_from<T: 'static + HasHeader + Copy>(kind: u32, record: &mut T) {
             entry.write(*record);
             entry.submit(0);
         }
-        None => lost(kind, target, record.header_mut()),
+        None => {
+            let header = record.header_mut();
+            lost(kind, target, header.count, header.first_ns, header);
+        }
     }
 }
 

@@ -136,10 +136,15 @@ pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
 )]
 // A frame of its own, off the path of a record that fits: inlined, it grew its callers' frames
 // past what kernels before 6.13 allow a chain of calls (`ebpf::stack_depth`).
+//
+// `count` and `first_ns` come as values, not through `header`: the branch on them must not
+// depend on the verifier following a read of the caller's stack through a pointer. On 5.10
+// and 6.1 the counts given back were carried by no record, while 6.12 and newer carried
+// them; a branch the verifier took for never taken is removed (suspected, not yet shown).
 #[inline(never)]
-pub fn lost(kind: u32, target: u64, header: &EventHeader) {
+pub fn lost(kind: u32, target: u64, count: u32, first_ns: u64, header: &EventHeader) {
     count_loss(kind);
-    if header.count <= 1 {
+    if count <= 1 {
         return;
     }
     let key = ThrottleKey {
@@ -156,8 +161,8 @@ pub fn lost(kind: u32, target: u64, header: &EventHeader) {
     };
     // SAFETY: a live map value; see `admit` on concurrent updates of one key.
     let state = unsafe { &mut *state };
-    if state.held == 0 || header.first_ns < state.first_held {
-        state.first_held = header.first_ns;
+    if state.held == 0 || first_ns < state.first_held {
+        state.first_held = first_ns;
     }
-    state.held += header.count - 1;
+    state.held += count - 1;
 }

@@ -227,7 +227,7 @@ fn emit(mut header: EventHeader, record: &WxEvent) {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<WxRecord>(0) else {
-        lost(kind::WX, 0, &header);
+        lost(kind::WX, 0, header.count, header.first_ns, &header);
         return;
     };
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
