@@ -79,14 +79,7 @@ pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
     if header.verdict != verdict::VIOLATION {
         return true;
     }
-    let key = ThrottleKey {
-        cgroup_id: header.cgroup_id,
-        target,
-        rule: header.rule,
-        kind,
-        pid: header.pid,
-        _pad: 0,
-    };
+    let key = key_of(kind, target, header);
     let now = header.boot_ns;
     let Some(state) = THROTTLE.get_ptr_mut(&key) else {
         let fresh = ThrottleState {
@@ -147,14 +140,7 @@ pub fn lost(kind: u32, target: u64, count: u32, first_ns: u64, header: &EventHea
     if count <= 1 {
         return;
     }
-    let key = ThrottleKey {
-        cgroup_id: header.cgroup_id,
-        target,
-        rule: header.rule,
-        kind,
-        pid: header.pid,
-        _pad: 0,
-    };
+    let key = key_of(kind, target, header);
     // Evicted since: the count stays where it already is, in `THROTTLED` (heldBack).
     let Some(state) = THROTTLE.get_ptr_mut(&key) else {
         return;
@@ -165,4 +151,17 @@ pub fn lost(kind: u32, target: u64, count: u32, first_ns: u64, header: &EventHea
         state.first_held = first_ns;
     }
     state.held += count - 1;
+}
+
+/// The throttle key of a record of `kind` aimed at `target`: identical violations share it.
+#[inline(always)]
+fn key_of(kind: u32, target: u64, header: &EventHeader) -> ThrottleKey {
+    ThrottleKey {
+        cgroup_id: header.cgroup_id,
+        target,
+        rule: header.rule,
+        kind,
+        pid: header.pid,
+        _pad: 0,
+    }
 }
