@@ -169,9 +169,9 @@ mod tests {
         policy::PolicyRef,
     };
 
-    #[test]
-    fn the_oldest_keys_are_forgotten_first_and_a_key_seen_again_is_kept() {
-        let event = violation(
+    /// A finished exec violation, as the pipeline remembers one.
+    fn exec_violation() -> VigilEvent {
+        violation(
             &Event {
                 header: test_violation(Action::Alert, "x"),
                 body: Body::Exec(Exec::plain("/tmp/x", vec![])),
@@ -186,7 +186,12 @@ mod tests {
                 text: "prefix /tmp/".into(),
             },
             Action::Alert,
-        );
+        )
+    }
+
+    #[test]
+    fn the_oldest_keys_are_forgotten_first_and_a_key_seen_again_is_kept() {
+        let event = exec_violation();
         let key = |pid: u32| ThrottleKey {
             pid,
             ..ThrottleKey::default()
@@ -213,22 +218,7 @@ mod tests {
 
     #[test]
     fn a_count_found_before_its_record_came_through_goes_out_with_that_record() {
-        let event = violation(
-            &Event {
-                header: test_violation(Action::Alert, "x"),
-                body: Body::Exec(Exec::plain("/tmp/x", vec![])),
-            },
-            &Lineage::default(),
-            &Context::host("n", None),
-            &PolicyRef {
-                kind: "ClusterRuntimePolicy".into(),
-                name: "p".into(),
-                namespace: None,
-                rule: "spec.exec.deny[0]".into(),
-                text: "prefix /tmp/".into(),
-            },
-            Action::Alert,
-        );
+        let event = exec_violation();
         let key = ThrottleKey {
             pid: 7,
             ..ThrottleKey::default()
