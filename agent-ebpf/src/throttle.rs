@@ -130,10 +130,11 @@ pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
 // A frame of its own, off the path of a record that fits: inlined, it grew its callers' frames
 // past what kernels before 6.13 allow a chain of calls (`ebpf::stack_depth`).
 //
-// `count` and `first_ns` come as values, not through `header`: the branch on them must not
-// depend on the verifier following a read of the caller's stack through a pointer. On 5.10
-// and 6.1 the counts given back were carried by no record, while 6.12 and newer carried
-// them; a branch the verifier took for never taken is removed (suspected, not yet shown).
+// `count` and `first_ns` come as values, not through `header`: read through the pointer to
+// the caller's stack, the counts given back were carried by no record on 5.10 and 6.1 (6.12
+// and newer carried them); as values they are carried on all three of 5.10, 6.1 and 7.1
+// (`flood::a_count_whose_record_found_the_ring_buffer_full…`). Which of the old verifiers'
+// steps lost the branch was not established.
 #[inline(never)]
 pub fn lost(kind: u32, target: u64, count: u32, first_ns: u64, header: &EventHeader) {
     count_loss(kind);

@@ -187,8 +187,7 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
     // The stream: datagrams to loopback ports nothing listens on, each port its own violation;
     // 8,000 of them, half what the kernel's throttle map (an LRU) holds: with all 64,000 the
     // map may evict, and a count whose entry is evicted is carried by no record (it stays in
-    // `heldBack`), which is not what this test is about. (On 5.10 and 6.1 the counts given
-    // back are carried by no record with 8,000 either: see docs/kernels.md.)
+    // `heldBack`), which is not what this test is about.
     let file = tmp.path().join("policy.yaml");
     std::fs::write(
         &file,
