@@ -425,12 +425,13 @@ impl HttpSink {
     }
 
     /// The requests `events` become in this sink's mode.
-    fn prepare(&self, events: Vec<CloudEvent>) -> Result<Vec<Prepared>, SinkError> {
+    fn prepare(&self, events: &[Arc<VigilEvent>]) -> Result<Vec<Prepared>, SinkError> {
         let post = || self.client.post(self.url.clone());
+        let cloudevents = || events.iter().map(|event| self.cloudevent(event));
         match self.mode {
-            HttpMode::Structured => events
-                .into_iter()
+            HttpMode::Structured => cloudevents()
                 .map(|ce| {
+                    let ce = ce?;
                     let id = ce.id().to_string();
                     let builder = StructuredDeserializer::deserialize_structured(
                         ce,
@@ -440,9 +441,9 @@ impl HttpSink {
                     self.build(builder, &id, 1)
                 })
                 .collect(),
-            HttpMode::Binary => events
-                .into_iter()
+            HttpMode::Binary => cloudevents()
                 .map(|ce| {
+                    let ce = ce?;
                     let id = ce.id().to_string();
                     let builder = BinaryDeserializer::deserialize_binary(
                         ce,
@@ -454,9 +455,12 @@ impl HttpSink {
                 .collect(),
             HttpMode::Batch => {
                 let mut encoded = Vec::with_capacity(events.len());
-                for ce in &events {
-                    let json = serde_json::to_vec(ce).map_err(|e| self.encode_error(ce.id(), e))?;
-                    encoded.push((ce.id(), json));
+                for event in events {
+                    let mut json = Vec::with_capacity(1024);
+                    event
+                        .write_json(&mut json)
+                        .map_err(|e| self.encode_error(&event.id, e))?;
+                    encoded.push((event.id.as_str(), json));
                 }
                 chunks(&encoded, self.batch_max_events, self.batch_max_bytes)
                     .into_iter()
@@ -644,20 +648,14 @@ impl Sink for HttpSink {
         &'a mut self,
         events: &'a [Arc<VigilEvent>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async move {
-            let events = events
-                .iter()
-                .map(|event| self.cloudevent(event))
-                .collect::<Result<Vec<_>, _>>()?;
-            self.deliver_cloudevents(events).await
-        })
+        Box::pin(self.deliver_events(events))
     }
 }
 
 impl HttpSink {
     /// Sends `events`, returning once each request is accepted, refused for good, or out of
     /// retry time.
-    pub async fn deliver_cloudevents(&self, events: Vec<CloudEvent>) -> Result<(), SinkError> {
+    async fn deliver_events(&self, events: &[Arc<VigilEvent>]) -> Result<(), SinkError> {
         let total_events = events.len();
         let requests = self.prepare(events)?;
         // A request refused for good does not hold back the others: they are sent, and

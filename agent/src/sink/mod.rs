@@ -220,8 +220,9 @@ pub fn json_lines(sink: &str, events: &[Arc<VigilEvent>]) -> Result<Vec<u8>, Sin
             id: event.id.clone(),
             source,
         };
-        let ce = event.to_cloudevent().map_err(|e| encode(Box::new(e)))?;
-        serde_json::to_writer(&mut buf, &ce).map_err(|e| encode(Box::new(e)))?;
+        event
+            .write_json(&mut buf)
+            .map_err(|e| encode(Box::new(e)))?;
         buf.push(b'\n');
     }
     Ok(buf)

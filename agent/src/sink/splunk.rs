@@ -191,7 +191,6 @@ impl SplunkSink {
             id: event.id.clone(),
             source: e,
         };
-        let cloudevent = event.to_cloudevent().map_err(|e| encode_error(e.into()))?;
         let mut write = || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             write!(
                 out,
@@ -212,7 +211,7 @@ impl SplunkSink {
                 serde_json::to_writer(&mut *out, index)?;
             }
             out.extend_from_slice(b",\"event\":");
-            serde_json::to_writer(&mut *out, &cloudevent)?;
+            event.write_json(out)?;
             out.extend_from_slice(b"}\n");
             Ok(())
         };

@@ -203,8 +203,11 @@ impl Sink for SpooledSink {
                     id: event.id.clone(),
                     source,
                 };
-                let ce = event.to_cloudevent().map_err(|e| encode(Box::new(e)))?;
-                records.push(serde_json::to_vec(&ce).map_err(|e| encode(Box::new(e)))?);
+                let mut record = Vec::with_capacity(1024);
+                event
+                    .write_json(&mut record)
+                    .map_err(|e| encode(Box::new(e)))?;
+                records.push(record);
             }
             with_spool(&self.spool, move |s| s.append(&records))
                 .await
