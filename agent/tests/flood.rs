@@ -265,9 +265,28 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
         || {
             let events = tracer.events();
             let counts = counts(&events);
+            // Every loss the agent counted, not only the ring buffer's, and when each record
+            // was made: where a shortfall went is read off a failure under emulation.
+            let last_loss = events
+                .iter()
+                .rev()
+                .find(|e| e["type"] == "dev.vigil.loss.v1")
+                .map(|e| e["data"]["lostSinceStart"].to_string());
+            let times: Vec<String> = events
+                .iter()
+                .filter(|e| is(e, "dev.vigil.wx.v1", flooder))
+                .map(|e| {
+                    format!(
+                        "{}x{}",
+                        e["time"].as_str().unwrap_or("?"),
+                        e["data"]["count"].as_u64().unwrap_or(1)
+                    )
+                })
+                .collect();
             format!(
                 "{} records standing for {}, {} lost in the ring buffer, {} held back (a \
-                 flood of {flooded}); their counts: {counts:?}",
+                 flood of {flooded}); their counts: {counts:?}; the records' times: {times:?}; \
+                 the last loss event's totals: {last_loss:?}",
                 counts.len(),
                 counts.iter().sum::<u64>(),
                 since_start(&events, "ringBuffer"),
