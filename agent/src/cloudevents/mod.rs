@@ -274,6 +274,13 @@ impl VigilEvent {
             .map_err(|source| CloudEventError::Data { ty, source })
     }
 
+    /// [`Self::write_json`] into a buffer of its own (one spool record, one batch element).
+    pub fn to_json(&self) -> Result<Vec<u8>, CloudEventError> {
+        let mut json = Vec::with_capacity(1024);
+        self.write_json(&mut json)?;
+        Ok(json)
+    }
+
     /// The event as the `cloudevents-sdk` carries it (structured-mode JSON when serialized).
     pub fn to_cloudevent(&self) -> Result<CloudEvent, CloudEventError> {
         let ty = self.ty().as_str();

@@ -456,9 +456,8 @@ impl HttpSink {
             HttpMode::Batch => {
                 let mut encoded = Vec::with_capacity(events.len());
                 for event in events {
-                    let mut json = Vec::with_capacity(1024);
-                    event
-                        .write_json(&mut json)
+                    let json = event
+                        .to_json()
                         .map_err(|e| self.encode_error(&event.id, e))?;
                     encoded.push((event.id.as_str(), json));
                 }

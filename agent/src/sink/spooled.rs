@@ -203,11 +203,7 @@ impl Sink for SpooledSink {
                     id: event.id.clone(),
                     source,
                 };
-                let mut record = Vec::with_capacity(1024);
-                event
-                    .write_json(&mut record)
-                    .map_err(|e| encode(Box::new(e)))?;
-                records.push(record);
+                records.push(event.to_json().map_err(|e| encode(Box::new(e)))?);
             }
             with_spool(&self.spool, move |s| s.append(&records))
                 .await
