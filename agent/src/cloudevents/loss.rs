@@ -138,8 +138,9 @@ pub struct Losses {
     /// `sinkFailed`, `spoolDropped` and `spoolCorrupt` added up.
     pub total: u64,
     /// Failures of the kernel probes, by `<probe>/<reason>` (reason `read`: a value could not
-    /// be read or resolved; `map`: a map refused an update or lacked an entry; `other`), only
-    /// those above zero. Not records lost, and not part of `total`: a probe that gave up may
+    /// be read or resolved; `map`: a map refused an update or lacked an entry; `other`;
+    /// `skipped`: runs of the program the kernel did not make, because another BPF program or
+    /// a `bpf()` map call held that CPU, counted by kernels from 6.7), only those above zero. Not records lost, and not part of `total`: a probe that gave up may
     /// have missed an event, so each is worth a look (`vigil run --kernel-log` tells why).
     pub probe_errors: ProbeErrors,
 }

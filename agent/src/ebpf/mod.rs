@@ -7,6 +7,7 @@ pub mod offsets;
 pub mod pin;
 pub mod prevent;
 pub mod reader;
+mod skipped;
 #[cfg(test)]
 mod stack_depth;
 pub mod throttle;
@@ -392,6 +393,8 @@ pub struct LossCounters {
     map: PerCpuArray<MapData, u64>,
     throttled: PerCpuArray<MapData, u64>,
     probe_errors: PerCpuArray<MapData, u64>,
+    /// Runs of the programs the kernel skipped, reported with the probe failures.
+    skipped: skipped::SkippedRuns,
     /// Where `PROBE_ERRORS` is pinned for `vigil doctor`; removed on drop.
     pinned: Option<PathBuf>,
 }
@@ -487,9 +490,14 @@ impl LossCounters {
         per_kind(&self.throttled, "THROTTLED")
     }
 
-    /// Every probe failure so far, as `<probe>/<reason>`, the zero ones left out.
+    /// Every probe failure so far, as `<probe>/<reason>`, the zero ones left out; a
+    /// program's runs the kernel skipped are `<program>/skipped`.
     pub fn probe_errors(&self) -> Result<ProbeErrors, EbpfError> {
-        read_probe_errors(&self.probe_errors)
+        let mut out = read_probe_errors(&self.probe_errors)?;
+        for (program, n) in self.skipped.read()? {
+            out.insert(format!("{program}/skipped"), n);
+        }
+        Ok(out)
     }
 }
 
@@ -747,6 +755,7 @@ impl Probes {
                 map: "PROBE_ERRORS",
                 source,
             })?,
+            skipped: skipped::SkippedRuns::of(&self.ebpf)?,
             pinned,
         })
     }
