@@ -17,31 +17,6 @@ use serde_json::Value;
 
 const FLOOD: u64 = 50_000;
 
-/// Runs of the W^X probes (on `mmap` and its return) the kernel skipped, as the last loss
-/// event counted them since start: a tracepoint's program does not run while another BPF
-/// program or a `bpf()` map call is active on that CPU, and the kernel counts each skip
-/// (from 6.7). They are every process's runs, the flood's among them.
-fn wx_runs_skipped(events: &[Value]) -> u64 {
-    let Some(last) = events
-        .iter()
-        .rev()
-        .find(|e| e["type"] == "dev.vigil.loss.v1")
-    else {
-        return 0;
-    };
-    let Some(errors) = last["data"]["lostSinceStart"]["probeErrors"].as_object() else {
-        return 0;
-    };
-    errors
-        .iter()
-        .filter(|(k, _)| {
-            k.ends_with("/skipped")
-                && (k.starts_with("sys_enter_mmap") || k.starts_with("sys_exit_protection"))
-        })
-        .filter_map(|(_, v)| v.as_u64())
-        .sum()
-}
-
 /// Whether a flood's tally is final: every violation is in a record or a counted loss; or the
 /// tally has stood still for longer than the sweep takes to carry a stranded count (two
 /// throttle windows and a tick), and what is missing is no more than the probes' runs the
@@ -160,7 +135,7 @@ fn a_flood_of_one_violation_hides_no_other_and_every_held_back_one_is_counted() 
             let events = tracer.events();
             let tally = stands_for(&events) + since_start(&events, "ringBuffer");
             settled
-                .check(tally, FLOOD, wx_runs_skipped(&events))
+                .check(tally, FLOOD, common::wx_runs_skipped(&events))
                 .then_some(())
         },
         // The tally as it stood, should it never add up.
@@ -178,7 +153,7 @@ fn a_flood_of_one_violation_hides_no_other_and_every_held_back_one_is_counted() 
                 stands_for(&events),
                 since_start(&events, "ringBuffer"),
                 since_start(&events, "heldBack"),
-                wx_runs_skipped(&events),
+                common::wx_runs_skipped(&events),
             )
         },
     );
@@ -190,7 +165,7 @@ fn a_flood_of_one_violation_hides_no_other_and_every_held_back_one_is_counted() 
     let held = since_start(&events, "heldBack");
     let lost = since_start(&events, "ringBuffer");
     // What the kernel skipped was never seen, so it is in no count but its own.
-    let skipped = wx_runs_skipped(&events);
+    let skipped = common::wx_runs_skipped(&events);
     let short = FLOOD - (stands_for(&events) + lost);
     assert!(
         short <= skipped,
@@ -338,7 +313,7 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
             let lost = since_start(&events, "ringBuffer");
             let tally = counts(&events).iter().sum::<u64>() + lost;
             settled
-                .check(tally, flooded, wx_runs_skipped(&events))
+                .check(tally, flooded, common::wx_runs_skipped(&events))
                 .then_some(())
         },
         || {
@@ -370,7 +345,7 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
                 counts.iter().sum::<u64>(),
                 since_start(&events, "ringBuffer"),
                 since_start(&events, "heldBack"),
-                wx_runs_skipped(&events),
+                common::wx_runs_skipped(&events),
             )
         },
     );
@@ -383,7 +358,7 @@ fn a_count_whose_record_found_the_ring_buffer_full_is_carried_by_a_later_one() {
         counts.len(),
         since_start(&events, "heldBack"),
         flooded - (counts.iter().sum::<u64>() + lost),
-        wx_runs_skipped(&events),
+        common::wx_runs_skipped(&events),
     );
     // Otherwise the ring never refused the flood a record, and this proved nothing.
     assert!(lost > 0, "no W^X record found the ring buffer full");

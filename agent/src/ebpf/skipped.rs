@@ -41,8 +41,8 @@ impl SkippedRuns {
         let mut out = Vec::new();
         for (name, fd) in &self.programs {
             let path = PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()));
-            let info = std::fs::read_to_string(&path)
-                .map_err(|source| EbpfError::Io { path, source })?;
+            let info =
+                std::fs::read_to_string(&path).map_err(|source| EbpfError::Io { path, source })?;
             if let Some(n) = recursion_misses(&info).filter(|n| *n > 0) {
                 out.push((name.as_str(), n));
             }

@@ -590,3 +590,28 @@ pub fn assert_ok(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs of the W^X probes (on `mmap` and its return) the kernel skipped, as the last loss
+/// event counted them since start: a tracepoint's program does not run while another BPF
+/// program or a `bpf()` map call is active on that CPU, and the kernel counts each skip
+/// (from 6.7). They are every process's runs, the flood's among them.
+pub fn wx_runs_skipped(events: &[Value]) -> u64 {
+    let Some(last) = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "dev.vigil.loss.v1")
+    else {
+        return 0;
+    };
+    let Some(errors) = last["data"]["lostSinceStart"]["probeErrors"].as_object() else {
+        return 0;
+    };
+    errors
+        .iter()
+        .filter(|(k, _)| {
+            k.ends_with("/skipped")
+                && (k.starts_with("sys_enter_mmap") || k.starts_with("sys_exit_protection"))
+        })
+        .filter_map(|(_, v)| v.as_u64())
+        .sum()
+}
