@@ -176,6 +176,23 @@ pub struct Options {
     /// Rounds: each runs every workload once under every mode; medians are reported.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     runs: u64,
+    /// Run only these parts (repeatable; default: all of them). `--scale` also multiplies
+    /// the cluster's object counts (1,000 pods, 2,000 Services, 100 policies).
+    #[arg(long, value_name = "PART")]
+    only: Vec<Part>,
+}
+
+/// The parts of one bench run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Part {
+    /// What the agent costs each workload, against the floor and bpftrace.
+    Overhead,
+    /// Alert latency and the HTTP sink's throughput.
+    Alerts,
+    /// Events per second per core of agent CPU.
+    Throughput,
+    /// The agent with 1,000 pods, 2,000 Services and 100 policies in the API server.
+    Scale,
 }
 
 impl Options {
@@ -188,6 +205,22 @@ impl Options {
         }
         // Float to integer: the product is positive and far below u64::MAX.
         Ok(((default as f64 * self.scale).round() as u64).max(1))
+    }
+
+    fn runs_part(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+
+    /// [`crate::bench_scale::Size::FULL`], times `--scale`.
+    fn cluster_size(&self) -> Result<crate::bench_scale::Size> {
+        let full = crate::bench_scale::Size::FULL;
+        let n = |count: usize| -> Result<usize> { Ok(self.iterations_for(count as u64)? as usize) };
+        Ok(crate::bench_scale::Size {
+            pods: n(full.pods)?,
+            services: n(full.services)?,
+            endpoints_per_service: full.endpoints_per_service,
+            policies: n(full.policies)?.min(full.policies),
+        })
     }
 }
 
@@ -217,18 +250,23 @@ struct BenchCgroup {
     rel: String,
 }
 
+/// Where cgroup v2 is mounted (the shortest such mount point).
+pub(crate) fn cgroup2_mount() -> Result<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            (fields.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(fields[4]))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+        .context("no cgroup v2 file system is mounted")
+}
+
 impl BenchCgroup {
     fn create() -> Result<Self> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        let root = mountinfo
-            .lines()
-            .filter_map(|l| {
-                let fields: Vec<&str> = l.split(' ').collect();
-                let sep = fields.iter().position(|f| *f == "-")?;
-                (fields.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(fields[4]))
-            })
-            .min_by_key(|p| p.as_os_str().len())
-            .context("no cgroup v2 file system is mounted")?;
+        let root = cgroup2_mount()?;
         let rel = format!("/vigil-bench-{}", std::process::id());
         let dir = root.join(rel.trim_start_matches('/'));
         fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
@@ -299,43 +337,78 @@ pub fn run(options: &Options) -> Result<()> {
         script: &script,
     };
     let mut peak_rss_kib = [0u64; MODES.len()];
-    for round in 0..options.runs as usize {
-        for mode in round_order(round) {
-            let label = format!("round {}/{}: {}", round + 1, options.runs, mode.name());
-            let rss = step(&label, || bench.round(mode, &mut workloads))?;
-            let slot = &mut peak_rss_kib[mode.index()];
-            *slot = (*slot).max(rss.unwrap_or(0));
+    let mut results = Results::default();
+    if options.runs_part(Part::Overhead) {
+        for round in 0..options.runs as usize {
+            for mode in round_order(round) {
+                let label = format!("round {}/{}: {}", round + 1, options.runs, mode.name());
+                let rss = step(&label, || bench.round(mode, &mut workloads))?;
+                let slot = &mut peak_rss_kib[mode.index()];
+                *slot = (*slot).max(rss.unwrap_or(0));
+            }
         }
+        results.overhead = Some((&workloads[..], options.runs, peak_rss_kib));
+    }
+    if options.runs_part(Part::Alerts) {
+        results.alerts = Some(step("alert latency and HTTP sink throughput", || {
+            crate::bench_alerts::run(&agent_binary, &scenario, &cgroup.dir, &cgroup.rel)
+        })?);
+    }
+    let work = workspace_root().join("target/bench");
+    if options.runs_part(Part::Throughput) {
+        let mut throughput = step("pipeline throughput", || {
+            crate::bench_throughput::Flood {
+                agent_binary: &agent_binary,
+                scenario: &scenario,
+                cgroup_dir: &cgroup.dir,
+                cgroup_rel: &cgroup.rel,
+                work: &work,
+            }
+            .run()
+        })?;
+        if let Some(alerts) = &results.alerts {
+            throughput.push(alerts.batch.clone());
+        }
+        results.throughput = Some(throughput);
+    }
+    if options.runs_part(Part::Scale) {
+        let size = options.cluster_size()?;
+        results.scale = Some(step("scale", || {
+            crate::bench_scale::Scale {
+                agent_binary: &agent_binary,
+                scenario: &scenario,
+                work: &work,
+                size,
+            }
+            .run()
+        })?);
     }
 
-    let alerts = step("alert latency and HTTP sink throughput", || {
-        crate::bench_alerts::run(&agent_binary, &scenario, &cgroup.dir, &cgroup.rel)
-    })?;
-    let work = workspace_root().join("target/bench");
-    let mut throughput = step("pipeline throughput", || {
-        crate::bench_throughput::Flood {
-            agent_binary: &agent_binary,
-            scenario: &scenario,
-            cgroup_dir: &cgroup.dir,
-            cgroup_rel: &cgroup.rel,
-            work: &work,
-        }
-        .run()
-    })?;
-    throughput.push(alerts.batch.clone());
-
-    print_table(&workloads, &peak_rss_kib);
-    crate::bench_alerts::print(&alerts);
-    crate::bench_throughput::print(&throughput);
-    let path = write_json(
-        &workloads,
-        options.runs,
-        &peak_rss_kib,
-        &alerts,
-        &throughput,
-    )?;
+    if let Some((workloads, _, rss)) = &results.overhead {
+        print_table(workloads, rss);
+    }
+    if let Some(alerts) = &results.alerts {
+        crate::bench_alerts::print(alerts);
+    }
+    if let Some(throughput) = &results.throughput {
+        crate::bench_throughput::print(throughput);
+    }
+    if let Some(scale) = &results.scale {
+        crate::bench_scale::print(scale);
+    }
+    let path = write_json(&results)?;
     println!("bench: results written to {}", path.display());
     Ok(())
+}
+
+/// What one run measured: the parts it ran.
+#[derive(Default)]
+struct Results<'a> {
+    /// The workloads, the rounds, and each mode's peak RSS.
+    overhead: Option<(&'a [Workload], u64, [u64; MODES.len()])>,
+    alerts: Option<crate::bench_alerts::AlertResults>,
+    throughput: Option<Vec<crate::bench_throughput::Throughput>>,
+    scale: Option<crate::bench_scale::ScaleResults>,
 }
 
 /// Where the workloads run and what runs beside them.
@@ -507,8 +580,20 @@ impl Agent {
         ready_line: &'static str,
         stdout: Stdio,
     ) -> Result<Self> {
+        Self::start_env(binary, args, &[], ready_line, stdout)
+    }
+
+    /// [`Agent::start_with`] with `envs` set for the agent.
+    pub(crate) fn start_env(
+        binary: &Path,
+        args: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+        ready_line: &'static str,
+        stdout: Stdio,
+    ) -> Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.args(args)
+            .envs(envs.iter().copied())
             // The readiness line is logged at info level.
             .env("VIGIL_LOG", "info")
             .stdin(Stdio::null())
@@ -629,14 +714,22 @@ impl Agent {
 
     /// The agent's peak resident set size (VmHWM) in KiB.
     fn peak_rss_kib(&self) -> Result<u64> {
+        Ok(self.rss_kib()?.1)
+    }
+
+    /// The agent's resident set size now and at its peak (VmRSS, VmHWM), in KiB.
+    pub(crate) fn rss_kib(&self) -> Result<(u64, u64)> {
         let path = format!("/proc/{}/status", self.pid);
         let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-            .with_context(|| format!("no VmHWM in {path}"))
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .with_context(|| format!("no {name} in {path}"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     /// Sends SIGINT (the agent flushes and exits) and waits; SIGKILL if it hangs.
@@ -766,66 +859,72 @@ fn json_numbers(samples: &[f64]) -> String {
     format!("[{}]", numbers.join(", "))
 }
 
-fn write_json(
-    workloads: &[Workload],
-    runs: u64,
-    peak_rss_kib: &[u64; MODES.len()],
-    alerts: &crate::bench_alerts::AlertResults,
-    throughput: &[crate::bench_throughput::Throughput],
-) -> Result<PathBuf> {
+fn write_json(results: &Results<'_>) -> Result<PathBuf> {
     use Mode::*;
-    let mut json = String::from("{\n");
-    let _ = writeln!(json, "  \"runs\": {runs},");
-    let rss: Vec<String> = [Floor, Bpftrace, Trace, Run]
-        .iter()
-        .map(|m| format!("\"{}\": {}", m.name(), peak_rss_kib[m.index()]))
-        .collect();
-    let _ = writeln!(json, "  \"peak_rss_kib\": {{{}}},", rss.join(", "));
-    let _ = writeln!(
-        json,
-        "  \"alerts\": {{\"sent\": {}, \"received\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
-         \"latency_max_ms\": {}, \"batch_sent\": {}, \"batch_received\": {}, \"batch_events_per_second\": {}, \"aggregated_sent\": {}, \"aggregated_events\": {}, \"aggregated_count\": {}, \"aggregated_first_ms\": {}}},",
-        alerts.sent,
-        alerts.received,
-        alerts.p50_ms,
-        alerts.p99_ms,
-        alerts.max_ms,
-        alerts.batch_sent,
-        alerts.batch_received,
-        alerts.batch_per_second,
-        alerts.aggregated_sent,
-        alerts.aggregated_events,
-        alerts.aggregated_count,
-        alerts.aggregated_first_ms
-    );
-    let pipelines: Vec<String> = throughput.iter().map(|t| t.json()).collect();
-    let _ = writeln!(json, "  \"throughput\": [{}],", pipelines.join(", "));
-    json.push_str("  \"workloads\": [\n");
-    for (i, w) in workloads.iter().enumerate() {
-        let modes: Vec<String> = MODES
+    let mut parts = Vec::new();
+    if let Some((_, runs, peak_rss_kib)) = &results.overhead {
+        parts.push(format!("  \"runs\": {runs}"));
+        let rss: Vec<String> = [Floor, Bpftrace, Trace, Run]
             .iter()
-            .map(|m| {
-                format!(
-                    "\"{}\": {{\"ns_per_op\": {}, \"to_baseline\": {}, \"to_floor\": {}, \"samples\": {}}}",
-                    m.name(),
-                    w.median(*m),
-                    w.ratio(*m, Baseline),
-                    w.ratio(*m, Floor),
-                    json_numbers(&w.samples[m.index()])
-                )
-            })
+            .map(|m| format!("\"{}\": {}", m.name(), peak_rss_kib[m.index()]))
             .collect();
-        let _ = writeln!(
-            json,
-            "    {{\"name\": \"{}\", \"iterations\": {}, \"trace_to_bpftrace\": {}, {}}}{}",
-            w.name,
-            w.iterations,
-            w.ratio(Trace, Bpftrace),
-            modes.join(", "),
-            if i + 1 < workloads.len() { "," } else { "" }
-        );
+        parts.push(format!("  \"peak_rss_kib\": {{{}}}", rss.join(", ")));
     }
-    json.push_str("  ]\n}\n");
+    if let Some(alerts) = &results.alerts {
+        parts.push(format!(
+            "  \"alerts\": {{\"sent\": {}, \"received\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
+             \"latency_max_ms\": {}, \"batch_sent\": {}, \"batch_received\": {}, \"batch_events_per_second\": {}, \"aggregated_sent\": {}, \"aggregated_events\": {}, \"aggregated_count\": {}, \"aggregated_first_ms\": {}}}",
+            alerts.sent,
+            alerts.received,
+            alerts.p50_ms,
+            alerts.p99_ms,
+            alerts.max_ms,
+            alerts.batch_sent,
+            alerts.batch_received,
+            alerts.batch_per_second,
+            alerts.aggregated_sent,
+            alerts.aggregated_events,
+            alerts.aggregated_count,
+            alerts.aggregated_first_ms
+        ));
+    }
+    if let Some(throughput) = &results.throughput {
+        let pipelines: Vec<String> = throughput.iter().map(|t| t.json()).collect();
+        parts.push(format!("  \"throughput\": [{}]", pipelines.join(", ")));
+    }
+    if let Some(scale) = &results.scale {
+        parts.push(format!("  \"scale\": {}", crate::bench_scale::json(scale)));
+    }
+    if let Some((workloads, _, _)) = &results.overhead {
+        let mut text = String::from("  \"workloads\": [\n");
+        for (i, w) in workloads.iter().enumerate() {
+            let modes: Vec<String> = MODES
+                .iter()
+                .map(|m| {
+                    format!(
+                        "\"{}\": {{\"ns_per_op\": {}, \"to_baseline\": {}, \"to_floor\": {}, \"samples\": {}}}",
+                        m.name(),
+                        w.median(*m),
+                        w.ratio(*m, Baseline),
+                        w.ratio(*m, Floor),
+                        json_numbers(&w.samples[m.index()])
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                text,
+                "    {{\"name\": \"{}\", \"iterations\": {}, \"trace_to_bpftrace\": {}, {}}}{}",
+                w.name,
+                w.iterations,
+                w.ratio(Trace, Bpftrace),
+                modes.join(", "),
+                if i + 1 < workloads.len() { "," } else { "" }
+            );
+        }
+        text.push_str("  ]");
+        parts.push(text);
+    }
+    let json = format!("{{\n{}\n}}\n", parts.join(",\n"));
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("results.json");
