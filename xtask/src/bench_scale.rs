@@ -61,6 +61,8 @@ const ROUNDS: usize = 5;
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The window CPU at idle is measured over.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Between the window right after ready and the idle one.
+const SETTLE: Duration = Duration::from_secs(20);
 /// Goals from the issue.
 const GOAL_RSS_MIB: f64 = 64.0;
 const GOAL_APPLY_MS: f64 = 1000.0;
@@ -70,8 +72,12 @@ pub struct ScaleResults {
     pub size: Size,
     pub setup_seconds: f64,
     pub ready_seconds: f64,
+    /// Once idle after the first lists, and at the end (after the changes).
+    pub synced_rss_kib: u64,
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
+    /// CPU over the first window after ready, and over a window once settled.
+    pub after_ready_cpu_percent: f64,
     pub idle_cpu_percent: f64,
     /// Policy change in the API server to the first denied exec killed, per round.
     pub enforce_ms: Vec<f64>,
@@ -146,9 +152,15 @@ impl Scale<'_> {
             Stdio::null(),
         )?;
         let ready_seconds = started.elapsed().as_secs_f64();
+        // Ready is not done: the first window still holds the first lists' work.
+        let first = CpuWindow::open(&agent)?;
+        thread::sleep(IDLE_WINDOW);
+        let after_ready_cpu_percent = 100.0 * first.seconds(&agent)? / IDLE_WINDOW.as_secs_f64();
+        thread::sleep(SETTLE);
         let idle = CpuWindow::open(&agent)?;
         thread::sleep(IDLE_WINDOW);
         let idle_cpu_percent = 100.0 * idle.seconds(&agent)? / IDLE_WINDOW.as_secs_f64();
+        let (synced_rss_kib, _) = agent.rss_kib()?;
 
         let (enforce_ms, lift_ms) = self.policy_changes(&plane, &files, &staged)?;
         let service_ms = self.new_services(&plane, &staged)?;
@@ -160,8 +172,10 @@ impl Scale<'_> {
             size: self.size,
             setup_seconds,
             ready_seconds,
+            synced_rss_kib,
             rss_kib,
             peak_rss_kib,
+            after_ready_cpu_percent,
             idle_cpu_percent,
             enforce_ms,
             lift_ms,
@@ -593,16 +607,24 @@ pub fn print(r: &ScaleResults) {
     );
     println!("  {:<34} {:>10.2} s", "start to ready", r.ready_seconds);
     println!(
-        "  {:<34} {:>10.1} MiB (peak {:.1} MiB; goal <= {GOAL_RSS_MIB:.0} MiB)",
+        "  {:<34} {:>10.1} MiB (after the changes {:.1} MiB, peak {:.1} MiB; goal <= {GOAL_RSS_MIB:.0} MiB)",
         "RSS once synced",
+        mib(r.synced_rss_kib),
         mib(r.rss_kib),
         mib(r.peak_rss_kib)
     );
     println!(
         "  {:<34} {:>10.2} % of a core over {}",
+        "CPU right after ready",
+        r.after_ready_cpu_percent,
+        secs(IDLE_WINDOW)
+    );
+    println!(
+        "  {:<34} {:>10.2} % of a core over {}, {} later",
         "CPU at idle",
         r.idle_cpu_percent,
-        secs(IDLE_WINDOW)
+        secs(IDLE_WINDOW),
+        secs(SETTLE)
     );
     for (what, samples, goal) in [
         ("policy change to enforced", &r.enforce_ms, true),
@@ -630,7 +652,7 @@ pub fn json(r: &ScaleResults) -> String {
     };
     format!(
         "{{\"pods\": {}, \"services\": {}, \"endpoints\": {}, \"policies\": {}, \"setup_seconds\": {:.1}, \
-         \"ready_seconds\": {:.3}, \"rss_kib\": {}, \"peak_rss_kib\": {}, \"idle_cpu_percent\": {:.3}, \
+         \"ready_seconds\": {:.3}, \"synced_rss_kib\": {}, \"rss_kib\": {}, \"peak_rss_kib\": {}, \"after_ready_cpu_percent\": {:.3}, \"idle_cpu_percent\": {:.3}, \
          \"enforce_ms\": {}, \"enforce_ms_median\": {:.1}, \"lift_ms\": {}, \"lift_ms_median\": {:.1}, \
          \"service_ms\": {}, \"service_ms_median\": {:.1}}}",
         r.size.pods,
@@ -639,8 +661,10 @@ pub fn json(r: &ScaleResults) -> String {
         r.size.policies,
         r.setup_seconds,
         r.ready_seconds,
+        r.synced_rss_kib,
         r.rss_kib,
         r.peak_rss_kib,
+        r.after_ready_cpu_percent,
         r.idle_cpu_percent,
         nums(&r.enforce_ms),
         median(&r.enforce_ms),
