@@ -49,7 +49,34 @@ impl Size {
     fn endpoints(&self) -> usize {
         self.services * self.endpoints_per_service
     }
+
+    /// This size times `factor`, within what the bench can lay out: at least one pod per
+    /// namespace and policies in two of them (the measured pods), at most the endpoint
+    /// addresses of 10.200.0.0/16 and the Service range's dynamic band.
+    pub fn times(&self, factor: f64) -> Result<Self> {
+        let n = |count: usize| ((count as f64 * factor).round() as usize).max(1);
+        let size = Self {
+            pods: n(self.pods).max(NAMESPACES),
+            services: n(self.services),
+            endpoints_per_service: self.endpoints_per_service,
+            policies: n(self.policies).clamp(2, NAMESPACES * APPS),
+        };
+        if size.endpoints() > MAX_ENDPOINTS || size.services > MAX_SERVICES {
+            bail!(
+                "--scale {factor}: {} Services with {} endpoints is more than the bench lays out \
+                 ({MAX_SERVICES} Services, {MAX_ENDPOINTS} endpoints)",
+                size.services,
+                size.endpoints()
+            );
+        }
+        Ok(size)
+    }
 }
+
+/// Endpoint addresses the bench hands out: 10.200.0.1 to 10.200.255.250.
+const MAX_ENDPOINTS: usize = 256 * 250;
+/// Services: the dynamic part of 10.96.0.0/16, with room to spare.
+const MAX_SERVICES: usize = 50_000;
 
 /// Namespaces the objects are spread over; each holds one policy per app label.
 const NAMESPACES: usize = 10;
@@ -233,10 +260,11 @@ impl Scale<'_> {
         // The benign twin first: an address no Service has is refused.
         let stranger = "10.201.0.1:80";
         netns.listen(self.scenario, stranger)?;
-        if netns.connect(pod, self.scenario, stranger)?.success() {
-            bail!(
-                "a connect from a pod to {stranger}, which no Service has, went through: the policy is not enforced"
-            );
+        match netns.connect(pod, self.scenario, stranger)? {
+            Connect::Refused => {}
+            other => bail!(
+                "a connect from a pod to {stranger}, which no Service has: {other:?}, where the policy refuses it (EPERM)"
+            ),
         }
         let mut out = Vec::new();
         for round in 0..ROUNDS {
@@ -244,15 +272,20 @@ impl Scale<'_> {
             let ip = format!("10.96.0.{}", 200 + round);
             let addr = format!("{ip}:80");
             netns.listen(self.scenario, &addr)?;
-            if netns.connect(pod, self.scenario, &addr)?.success() {
-                bail!("{addr} was reachable before its Service existed");
+            match netns.connect(pod, self.scenario, &addr)? {
+                Connect::Refused => {}
+                other => bail!("{addr} before its Service existed: {other:?}, not refused (EPERM)"),
             }
             plane.apply(&format!(
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: fresh-{round}, namespace: scale-1}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: a0}}\n  ports: [{{port: 80, protocol: TCP}}]\n"
             ))?;
             let t = until(
                 &format!("round {}: Service fresh-{round} allowed", round + 1),
-                || Ok(netns.connect(pod, self.scenario, &addr)?.success()),
+                || match netns.connect(pod, self.scenario, &addr)? {
+                    Connect::Through => Ok(true),
+                    Connect::Refused => Ok(false),
+                    Connect::Failed(why) => bail!("a connect to {addr} failed otherwise: {why}"),
+                },
             )?;
             out.push(t.as_secs_f64() * 1000.0);
         }
@@ -263,28 +296,43 @@ impl Scale<'_> {
 /// A process the kernel killed (what a `Kill` exec rule does) ended by this signal.
 const SIGKILL: i32 = 9;
 
-/// Polls `done` until it holds; how long that took.
+/// Polls `done` until it holds; how long that took. A short pause between tries keeps the
+/// polling itself from loading the agent it measures (each try is an exec it sees).
 fn until(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<Duration> {
     let started = Instant::now();
     while started.elapsed() < CHANGE_TIMEOUT {
         if done()? {
             return Ok(started.elapsed());
         }
+        thread::sleep(Duration::from_millis(5));
     }
     bail!("{what}: not within {}", secs(CHANGE_TIMEOUT))
 }
 
-/// Runs `program ARGS` in the cgroup at `dir` (its `cgroup.procs` first, then exec).
-fn run_in(dir: &Path, program: &Path, args: &[&str]) -> Result<ExitStatus> {
+/// What a connect from a pod came to.
+#[derive(Debug)]
+enum Connect {
+    Through,
+    /// `EPERM`: what the agent's cgroup program answers a connect the policy refuses.
+    Refused,
+    Failed(String),
+}
+
+/// `program` to be run in the cgroup at `dir` (its `cgroup.procs` first, then exec).
+fn in_cgroup(dir: &Path, program: &Path) -> Command {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg("echo $$ > \"$0\"/cgroup.procs && exec \"$@\"")
         .arg(dir)
         .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `program ARGS` in the cgroup at `dir`.
+fn run_in(dir: &Path, program: &Path, args: &[&str]) -> Result<ExitStatus> {
+    let mut cmd = in_cgroup(dir, program);
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
     cmd.status()
         .with_context(|| format!("cannot start `{}`", describe(&cmd)))
 }
@@ -537,9 +585,11 @@ impl NetNs {
             .stdout(Stdio::piped())
             .spawn()
             .context("starting a listener in the bench's network namespace")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("listener stdout")?).read_line(&mut line)?;
+        let stdout = child.stdout.take();
+        // Kept before anything can fail, so that drop ends it.
         self.listeners.push(child);
+        let mut line = String::new();
+        BufReader::new(stdout.context("listener stdout")?).read_line(&mut line)?;
         if line.trim() != "listening" {
             bail!("the listener on {addr} said {line:?}");
         }
@@ -547,19 +597,23 @@ impl NetNs {
     }
 
     /// A TCP connect to `addr` from inside the namespace, by a process of the cgroup `pod`.
-    fn connect(&self, pod: &Path, scenario: &Path, addr: &str) -> Result<ExitStatus> {
-        run_in(
-            pod,
-            Path::new("ip"),
-            &[
-                "netns",
-                "exec",
-                &self.name,
-                &scenario.to_string_lossy(),
-                "tcp-connect",
-                addr,
-            ],
-        )
+    fn connect(&self, pod: &Path, scenario: &Path, addr: &str) -> Result<Connect> {
+        let mut cmd = in_cgroup(pod, Path::new("ip"));
+        cmd.args(["netns", "exec", &self.name])
+            .arg(scenario)
+            .args(["tcp-connect", addr])
+            .stdout(Stdio::null());
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot start `{}`", describe(&cmd)))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Ok(if out.status.success() {
+            Connect::Through
+        } else if stderr.contains("(os error 1)") {
+            Connect::Refused
+        } else {
+            Connect::Failed(format!("{}: {}", out.status, stderr.trim()))
+        })
     }
 }
 
@@ -683,6 +737,16 @@ mod tests {
     fn the_full_size_is_what_the_goals_are_stated_for() {
         assert_eq!(Size::FULL.endpoints(), 10_000);
         assert_eq!(Size::FULL.policies, NAMESPACES * APPS);
+    }
+
+    #[test]
+    fn a_scaled_size_keeps_the_measured_pods_and_refuses_what_it_cannot_lay_out() {
+        let small = Size::FULL.times(0.001).unwrap();
+        assert_eq!(small.pods, NAMESPACES);
+        assert_eq!(small.policies, 2);
+        assert_eq!(Size::FULL.times(3.0).unwrap().policies, 100);
+        let err = Size::FULL.times(7.0).unwrap_err().to_string();
+        assert!(err.contains("more than the bench lays out"), "{err}");
     }
 
     #[test]
