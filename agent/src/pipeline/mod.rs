@@ -331,11 +331,12 @@ impl Stages {
         self.telemetry.set_ready(false);
         self.close_windows(None);
         self.losses.report(node, &self.intake, &self.out)?;
-        let losses = self
+        let mut losses = self
             .losses
             .now(&self.intake, &self.out)
             .unwrap_or_else(|_| self.losses.reported.clone());
-        self.out.close().await;
+        // Past the last loss event: the summary is where these are counted.
+        losses.sink_failed += self.out.close().await;
         drop(self.probes);
         Ok(TraceSummary {
             emitted: self.enrich.emitted,

@@ -188,9 +188,11 @@ impl FanOut {
 
     /// Closes the queues and waits until every worker has delivered what it had and flushed,
     /// at most [`CLOSE_DEADLINE`] in all; what a sink could not deliver by then is dropped,
-    /// and said, with the count.
-    pub async fn close(self) {
+    /// said with the count, and counted as that sink's failures. Returns how many were
+    /// dropped, over all sinks.
+    pub async fn close(self) -> u64 {
         let deadline = tokio::time::Instant::now() + CLOSE_DEADLINE;
+        let mut dropped = 0;
         for mut q in self.queues {
             drop(q.tx);
             match tokio::time::timeout_at(deadline, &mut q.worker).await {
@@ -201,14 +203,18 @@ impl FanOut {
                     let s = &q.stats;
                     let done =
                         s.delivered.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
+                    let undelivered = s.queued.load(Ordering::Relaxed).saturating_sub(done);
+                    s.failed.fetch_add(undelivered, Ordering::Relaxed);
+                    dropped += undelivered;
                     tracing::error!(
                         sink = q.name,
-                        undelivered = s.queued.load(Ordering::Relaxed).saturating_sub(done),
+                        undelivered,
                         "the sink did not deliver everything within the shutdown deadline; the rest is dropped"
                     );
                 }
             }
         }
+        dropped
     }
 }
 
@@ -287,6 +293,30 @@ mod tests {
 
     fn event() -> VigilEvent {
         loss("n1", &LossReport::default(), &LossReport::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_stuck_sink_still_holds_at_the_close_deadline_is_counted_as_failed() {
+        let stuck_gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let fan = FanOut::start(
+            vec![(
+                Box::new(Recording {
+                    seen: seen.clone(),
+                    gate: stuck_gate,
+                }) as Box<dyn Sink>,
+                Filter::default(),
+            )],
+            16,
+        );
+        for _ in 0..7 {
+            fan.send(event());
+        }
+        let stats = fan.stats();
+        let dropped = fan.close().await;
+        assert_eq!(dropped, 7);
+        assert_eq!(stats[0].1.failed.load(Ordering::Relaxed), 7);
+        assert!(seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
