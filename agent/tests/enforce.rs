@@ -735,11 +735,32 @@ fn allow_services_admits_the_node_wide_service_addresses() {
     assert_ok(&out, "connect to another port");
     assert_eq!(connect_violations(&mut ring, pid), vec![op]);
 
-    // Removing the Service takes its address off the list again.
-    enforcer.set_services(&[]).unwrap();
+    // Only what changed is written: a second Service joins, then the first leaves, and each
+    // address is allowed exactly while its Service exists.
+    let service = |port: u16| ServiceKey {
+        addr,
+        port,
+        protocol: 6,
+    };
+    enforcer.set_services(&[service(sp), service(op)]).unwrap();
+    let (pid, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{op}")]);
+    assert_ok(&out, "connect to the second service");
+    assert_eq!(connect_violations(&mut ring, pid), Vec::<u16>::new());
+    enforcer.set_services(&[service(op)]).unwrap();
     let (pid, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{sp}")]);
-    assert_ok(&out, "connect after the service is gone");
+    assert_ok(&out, "connect to the first service, gone");
     assert_eq!(connect_violations(&mut ring, pid), vec![sp]);
+    let (pid, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{op}")]);
+    assert_ok(&out, "connect to the second service, still there");
+    assert_eq!(connect_violations(&mut ring, pid), Vec::<u16>::new());
+
+    // Removing every Service takes the addresses off the list again.
+    enforcer.set_services(&[]).unwrap();
+    for port in [sp, op] {
+        let (pid, out) = cg.scenario(&["tcp-connect", &format!("127.0.0.1:{port}")]);
+        assert_ok(&out, "connect after the services are gone");
+        assert_eq!(connect_violations(&mut ring, pid), vec![port]);
+    }
 }
 
 #[test]

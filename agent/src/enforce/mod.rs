@@ -10,7 +10,7 @@ pub mod compiled;
 pub mod seed;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
 };
 
@@ -97,6 +97,9 @@ pub struct Enforcer {
     /// Map entries that could not be removed (each logged): a stale rule or binding the
     /// kernel may still act on, so it must not pass unseen.
     map_errors: u64,
+    /// What `SERVICES` holds, as last written; `None` until read from the map, and again
+    /// after a write failed part way.
+    services: Option<HashSet<ServiceKey>>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
@@ -145,6 +148,7 @@ impl Enforcer {
             bound: HashMap::new(),
             refused_deep: std::collections::BTreeSet::new(),
             map_errors: 0,
+            services: None,
         }
     }
 
@@ -481,18 +485,27 @@ impl Enforcer {
         self.describe(set, agent_common::rule_id::index(v.rule), "exec")
     }
 
-    /// Replaces the node-wide Service addresses (for `allowServices`).
+    /// Replaces the node-wide Service addresses (for `allowServices`). Only the difference
+    /// is written: a cluster's endpoints change all the time, and each `bpf()` map call costs
+    /// a system call and, while it runs, blinds the tracepoint probes on its CPU
+    /// (docs/threat-model.md), so rewriting 10,000 addresses for one that changed is not
+    /// free.
     pub fn set_services(&mut self, services: &[ServiceKey]) -> Result<(), EnforceError> {
-        let current: Vec<ServiceKey> = self.maps.services.keys().filter_map(Result::ok).collect();
-        for key in services {
+        let current = match self.services.take() {
+            Some(current) => current,
+            None => self.maps.services.keys().filter_map(Result::ok).collect(),
+        };
+        // A set: up to 65,536 addresses on each side.
+        let wanted: HashSet<ServiceKey> = services.iter().copied().collect();
+        for key in wanted.difference(&current) {
+            // On failure `self.services` stays `None`: the next call reads the map again.
             self.maps
                 .services
                 .insert(*key, 1, 0)
                 .map_err(map_err("SERVICES"))?;
         }
-        // A set: up to 65,536 addresses on each side.
-        let wanted: std::collections::HashSet<&ServiceKey> = services.iter().collect();
-        for key in current.iter().filter(|k| !wanted.contains(k)) {
+        let errors = self.map_errors;
+        for key in current.difference(&wanted) {
             let result = self.maps.services.remove(key);
             removed(
                 &mut self.map_errors,
@@ -501,6 +514,9 @@ impl Enforcer {
                 result,
             );
         }
+        // An entry that would not go stays in the kernel: the next call reads the map and
+        // tries again.
+        self.services = (self.map_errors == errors).then_some(wanted);
         Ok(())
     }
 
