@@ -735,8 +735,8 @@ fn allow_services_admits_the_node_wide_service_addresses() {
     assert_ok(&out, "connect to another port");
     assert_eq!(connect_violations(&mut ring, pid), vec![op]);
 
-    // Only what changed is written: a second Service joins, then the first leaves, and each
-    // address is allowed exactly while its Service exists.
+    // A second Service joins, then the first leaves: each address is allowed exactly while
+    // its Service exists (the enforcer writes only the difference, from what it remembers).
     let service = |port: u16| ServiceKey {
         addr,
         port,

@@ -202,6 +202,11 @@ pub enum EbpfError {
         path: PathBuf,
         reason: String,
     },
+    #[error("program {program}: a second handle on it: {source}")]
+    ProgramHandle {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -494,7 +499,7 @@ impl LossCounters {
     /// program's runs the kernel skipped are `<program>/skipped`.
     pub fn probe_errors(&self) -> Result<ProbeErrors, EbpfError> {
         let mut out = read_probe_errors(&self.probe_errors)?;
-        for (program, n) in self.skipped.read()? {
+        for (program, n) in self.skipped.read() {
             out.insert(format!("{program}/skipped"), n);
         }
         Ok(out)

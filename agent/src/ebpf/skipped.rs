@@ -8,7 +8,7 @@
 //! probe failure (`<program>/skipped`): an event that may be missing, never a silent one.
 use std::{
     os::fd::{AsFd, AsRawFd},
-    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use aya::programs::ProgramFd;
@@ -17,7 +17,16 @@ use super::EbpfError;
 
 /// A handle on each loaded program, to read its skipped runs.
 pub struct SkippedRuns {
-    programs: Vec<(String, ProgramFd)>,
+    programs: Vec<Program>,
+}
+
+struct Program {
+    name: String,
+    fd: ProgramFd,
+    /// The count last read: what is reported while a read fails.
+    last: std::sync::atomic::AtomicU64,
+    /// Whether a failed read was logged (once per program).
+    warned: AtomicBool,
 }
 
 impl SkippedRuns {
@@ -27,27 +36,43 @@ impl SkippedRuns {
         let mut programs = Vec::new();
         for (name, program) in ebpf.programs() {
             let Ok(fd) = program.fd() else { continue };
-            let fd = fd.try_clone().map_err(|source| EbpfError::Io {
-                path: PathBuf::from(format!("program {name}")),
+            let fd = fd.try_clone().map_err(|source| EbpfError::ProgramHandle {
+                program: name.to_string(),
                 source,
             })?;
-            programs.push((name.to_string(), fd));
+            programs.push(Program {
+                name: name.to_string(),
+                fd,
+                last: Default::default(),
+                warned: AtomicBool::new(false),
+            });
         }
         Ok(Self { programs })
     }
 
     /// Each program the kernel skipped at least once, with how often, since it was loaded.
-    pub fn read(&self) -> Result<Vec<(&str, u64)>, EbpfError> {
+    /// A count that cannot be read (the fdinfo file: out of descriptors, say) is logged once
+    /// and stands at its last value: a diagnostic read must not stop the agent.
+    pub fn read(&self) -> Vec<(&str, u64)> {
         let mut out = Vec::new();
-        for (name, fd) in &self.programs {
-            let path = PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()));
-            let info =
-                std::fs::read_to_string(&path).map_err(|source| EbpfError::Io { path, source })?;
-            if let Some(n) = recursion_misses(&info).filter(|n| *n > 0) {
-                out.push((name.as_str(), n));
+        for p in &self.programs {
+            let path = format!("/proc/self/fdinfo/{}", p.fd.as_fd().as_raw_fd());
+            match std::fs::read_to_string(&path).map(|info| recursion_misses(&info)) {
+                Ok(Some(n)) => p.last.store(n, Ordering::Relaxed),
+                // Before 5.12 the kernel keeps no count.
+                Ok(None) => {}
+                Err(err) => {
+                    if !p.warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(program = p.name, path, %err, "cannot read how often the kernel skipped this program; its last count stands");
+                    }
+                }
+            }
+            let n = p.last.load(Ordering::Relaxed);
+            if n > 0 {
+                out.push((p.name.as_str(), n));
             }
         }
-        Ok(out)
+        out
     }
 }
 

@@ -491,19 +491,20 @@ impl Enforcer {
     /// (docs/threat-model.md), so rewriting 10,000 addresses for one that changed is not
     /// free.
     pub fn set_services(&mut self, services: &[ServiceKey]) -> Result<(), EnforceError> {
+        // Until this call ends well, `self.services` stays `None`: the next call reads the map.
         let current = match self.services.take() {
             Some(current) => current,
-            None => self.maps.services.keys().filter_map(Result::ok).collect(),
+            // A walk that stops part way would leave entries unknown, never to be removed.
+            None => self
+                .maps
+                .services
+                .keys()
+                .collect::<Result<HashSet<_>, _>>()
+                .map_err(map_err("SERVICES"))?,
         };
         // A set: up to 65,536 addresses on each side.
         let wanted: HashSet<ServiceKey> = services.iter().copied().collect();
-        for key in wanted.difference(&current) {
-            // On failure `self.services` stays `None`: the next call reads the map again.
-            self.maps
-                .services
-                .insert(*key, 1, 0)
-                .map_err(map_err("SERVICES"))?;
-        }
+        // Removals first: a full map has room for the new addresses after them.
         let errors = self.map_errors;
         for key in current.difference(&wanted) {
             let result = self.maps.services.remove(key);
@@ -513,6 +514,12 @@ impl Enforcer {
                 || service_text(key),
                 result,
             );
+        }
+        for key in wanted.difference(&current) {
+            self.maps
+                .services
+                .insert(*key, 1, 0)
+                .map_err(map_err("SERVICES"))?;
         }
         // An entry that would not go stays in the kernel: the next call reads the map and
         // tries again.

@@ -195,24 +195,24 @@ impl FanOut {
         let mut dropped = 0;
         for mut q in self.queues {
             drop(q.tx);
-            match tokio::time::timeout_at(deadline, &mut q.worker).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::error!(sink = q.name, %err, "sink worker failed"),
+            let why = match tokio::time::timeout_at(deadline, &mut q.worker).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(err)) => format!("the sink's worker failed: {err}"),
                 Err(_) => {
                     q.worker.abort();
-                    let s = &q.stats;
-                    let done =
-                        s.delivered.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
-                    let undelivered = s.queued.load(Ordering::Relaxed).saturating_sub(done);
-                    s.failed.fetch_add(undelivered, Ordering::Relaxed);
-                    dropped += undelivered;
-                    tracing::error!(
-                        sink = q.name,
-                        undelivered,
-                        "the sink did not deliver everything within the shutdown deadline; the rest is dropped"
-                    );
+                    // Settled before counting: a worker between its last delivery and the
+                    // abort would otherwise be counted as not having delivered. A write
+                    // already handed to a blocking thread may still land after this.
+                    let _ = (&mut q.worker).await;
+                    "the sink did not deliver everything within the shutdown deadline".to_owned()
                 }
-            }
+            };
+            let s = &q.stats;
+            let done = s.delivered.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
+            let undelivered = s.queued.load(Ordering::Relaxed).saturating_sub(done);
+            s.failed.fetch_add(undelivered, Ordering::Relaxed);
+            dropped += undelivered;
+            tracing::error!(sink = q.name, undelivered, "{why}; the rest is dropped");
         }
         dropped
     }

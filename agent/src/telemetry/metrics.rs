@@ -211,7 +211,7 @@ impl Collector for Collected {
         family(
             e,
             "vigil_probe_errors",
-            "Kernel probe failures by probe and reason (read, map, other)",
+            "Kernel probe failures by probe and reason (read, map, other; skipped: runs the kernel did not make)",
             counter,
             losses.probe_errors.iter().filter_map(|(k, n)| {
                 let (probe, reason) = k.split_once('/')?;
