@@ -334,8 +334,9 @@ impl Enforcer {
                 );
             }
         }
+        let mounts = crate::mountinfo::cgroup2_mounts();
         for (path, set) in &self.wanted {
-            match cgroup::filter_for(&self.cgroup_root, path) {
+            match cgroup::filter_among(&self.cgroup_root, path, &mounts) {
                 Ok(cgroup) if cgroup.level >= agent_common::MAX_CGROUP_LEVELS => {
                     if let Some((old, _)) = self.bound.remove(path) {
                         let result = self.maps.cgroup_sets.remove(&old);

@@ -98,10 +98,20 @@ pub struct CgroupFilter {
 /// Resolves `path` (relative to the cgroup v2 root, e.g. `/system.slice/foo.service`) to the
 /// filter the probes understand.
 pub fn filter_for(root: &Path, path: &str) -> Result<CgroupFilter, CgroupError> {
+    filter_among(root, path, &crate::mountinfo::cgroup2_mounts())
+}
+
+/// [`filter_for`] with the cgroup v2 mounts already read: resolving a thousand pods' bindings
+/// read the mount table a thousand times, every watch tick.
+pub fn filter_among(
+    root: &Path,
+    path: &str,
+    mounts: &[(PathBuf, PathBuf)],
+) -> Result<CgroupFilter, CgroupError> {
     let id = cgroup_id(root, path)?;
     let relative = path.trim_start_matches('/');
     let full = root.join(relative);
-    let level = absolute_level(&full).unwrap_or_else(|| components(Path::new(relative)));
+    let level = absolute_level(&full, mounts).unwrap_or_else(|| components(Path::new(relative)));
     Ok(CgroupFilter { id, level })
 }
 
@@ -114,12 +124,12 @@ fn components(path: &Path) -> u32 {
 /// The depth of `dir` in the whole cgroup v2 hierarchy, which is what the kernel's
 /// `bpf_get_current_ancestor_cgroup_id` counts, even when `--cgroup-root` names a directory
 /// below the mount or the mount shows only part of the hierarchy.
-fn absolute_level(dir: &Path) -> Option<u32> {
-    let (mount_point, mounted_root) = crate::mountinfo::cgroup2_mounts()
-        .into_iter()
+fn absolute_level(dir: &Path, mounts: &[(PathBuf, PathBuf)]) -> Option<u32> {
+    let (mount_point, mounted_root) = mounts
+        .iter()
         .filter(|(mount_point, _)| dir.starts_with(mount_point))
         .max_by_key(|(mount_point, _)| mount_point.as_os_str().len())?;
-    Some(components(&mounted_root) + components(dir.strip_prefix(&mount_point).ok()?))
+    Some(components(mounted_root) + components(dir.strip_prefix(mount_point).ok()?))
 }
 
 /// Maps cgroup ids to paths below the root, through the kernel's cgroup file handles.

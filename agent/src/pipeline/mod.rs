@@ -383,7 +383,6 @@ pub async fn trace(
         cgroup_root = %root.display(),
         "vigil is tracing"
     );
-    crate::memory::give_back("loading the probes");
     // In a cluster, events name their pod; the reflectors are only read here.
     let link = ClusterLink::connect(&common.node).await?;
     stages.telemetry.set_ready(true);

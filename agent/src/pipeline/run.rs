@@ -205,18 +205,15 @@ pub async fn run(
     let ready = stages.telemetry.clone();
     if *synced.borrow() {
         ready.set_ready(true);
-        crate::memory::give_back("the first lists");
     } else {
         let mut synced_now = synced;
         tokio::spawn(async move {
             if synced_now.wait_for(|done| *done).await.is_ok() {
                 ready.set_ready(true);
-                crate::memory::give_back("the first lists");
             }
         });
     }
     tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
-    crate::memory::give_back("loading the probes");
     let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
