@@ -478,14 +478,9 @@ impl Bench<'_> {
 fn run_scenario(scenario: &Path, cgroup: &BenchCgroup, workload: &Workload) -> Result<f64> {
     // The shell joins the bench cgroup, then becomes the scenario: every mode runs the
     // workload in the same place.
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("echo $$ > \"$0\"/cgroup.procs && exec \"$@\"")
-        .arg(&cgroup.dir)
-        .arg(scenario)
-        .arg(workload.scenario)
-        .arg(workload.iterations.to_string())
-        .stdin(Stdio::null());
+    let mut cmd = in_cgroup(&cgroup.dir, scenario);
+    cmd.arg(workload.scenario)
+        .arg(workload.iterations.to_string());
     let line = describe(&cmd);
     let out = cmd
         .output()
@@ -513,15 +508,22 @@ pub(crate) fn start_agent(binary: &Path, args: &[&str], ready_line: &'static str
     Agent::start(binary, args, ready_line)
 }
 
-/// Runs `scenario ARGS` in the cgroup at `dir`; its stdout.
-pub(crate) fn run_in_cgroup_output(scenario: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+/// `program`, to be run in the cgroup at `dir`: a shell joins the cgroup (its `cgroup.procs`),
+/// then becomes the program.
+pub(crate) fn in_cgroup(dir: &Path, program: &Path) -> Command {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg("echo $$ > \"$0\"/cgroup.procs && exec \"$@\"")
         .arg(dir)
-        .arg(scenario)
-        .args(args)
+        .arg(program)
         .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `scenario ARGS` in the cgroup at `dir`; its stdout.
+pub(crate) fn run_in_cgroup_output(scenario: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+    let mut cmd = in_cgroup(dir, scenario);
+    cmd.args(args);
     let line = describe(&cmd);
     let out = cmd
         .output()

@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use testenv::ControlPlane;
 
 use crate::{
-    bench::{Agent, cgroup2_mount},
+    bench::{Agent, cgroup2_mount, in_cgroup},
     bench_throughput::CpuWindow,
     util::{describe, secs, workspace_root},
 };
@@ -316,17 +316,6 @@ enum Connect {
     /// `EPERM`: what the agent's cgroup program answers a connect the policy refuses.
     Refused,
     Failed(String),
-}
-
-/// `program` to be run in the cgroup at `dir` (its `cgroup.procs` first, then exec).
-fn in_cgroup(dir: &Path, program: &Path) -> Command {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("echo $$ > \"$0\"/cgroup.procs && exec \"$@\"")
-        .arg(dir)
-        .arg(program)
-        .stdin(Stdio::null());
-    cmd
 }
 
 /// Runs `program ARGS` in the cgroup at `dir`.
