@@ -94,6 +94,35 @@ impl Counts {
     }
 }
 
+/// Says how much room the build has: a full disk shows up much later as a linker's error.
+fn report_free_space() {
+    let root = workspace_root();
+    let out = Command::new("df")
+        .args(["-P", "-B1048576"])
+        .arg(root)
+        .output();
+    let free_mib = out.ok().and_then(|out| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .nth(1)?
+            .split_whitespace()
+            .nth(3)?
+            .parse::<u64>()
+            .ok()
+    });
+    match free_mib {
+        Some(mib) => println!(
+            "test: {} GiB free on the disk of {}",
+            mib / 1024,
+            root.display()
+        ),
+        None => println!(
+            "test: cannot tell the free space of {} (df)",
+            root.display()
+        ),
+    }
+}
+
 /// Runs cargo test, echoing its output and counting its results.
 fn run_counted(cmd: &mut Command, counts: &mut Counts) -> Result<()> {
     use std::io::BufRead;
@@ -113,6 +142,7 @@ fn run_counted(cmd: &mut Command, counts: &mut Counts) -> Result<()> {
 }
 
 fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result<()> {
+    report_free_space();
     steps.run("setup".to_owned(), || setup::run().map(|_| ()))?;
     steps.command(cargo_with(&["fmt", "--all", "--", "--check"]))?;
     steps.command(cargo_with(&[
@@ -441,25 +471,61 @@ pub fn test_executable(name: &str) -> Result<std::path::PathBuf> {
         "--test",
         name,
         "--no-run",
-        "--message-format=json",
+        "--message-format=json-diagnostic-rendered-ansi",
     ])
     .stderr(std::process::Stdio::inherit())
     .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let messages: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    // With JSON output cargo prints the compiler's errors (a linker's too) on stdout, as
+    // messages: without this a failed build said only "due to 1 previous error".
+    for rendered in messages.iter().filter_map(compiler_error) {
+        eprint!("{rendered}");
+    }
     anyhow::ensure!(
         out.status.success(),
         "cargo test --no-run --test {name} failed"
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    messages
+        .iter()
         .filter(|message| message["target"]["name"] == name)
         .find_map(|message| message["executable"].as_str().map(std::path::PathBuf::from))
         .with_context(|| format!("cargo built no executable for test {name}"))
 }
 
+/// The rendered text of a compiler message at level error, as rustc would have printed it.
+fn compiler_error(message: &serde_json::Value) -> Option<&str> {
+    if message["reason"] != "compiler-message" || message["message"]["level"] != "error" {
+        return None;
+    }
+    message["message"]["rendered"].as_str()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Counts;
+    use super::{Counts, compiler_error};
+
+    #[test]
+    fn shows_compiler_errors_and_nothing_else() {
+        let error = serde_json::json!({
+            "reason": "compiler-message",
+            "message": {"level": "error", "rendered": "error: linking with `cc` failed\n"},
+        });
+        let warning = serde_json::json!({
+            "reason": "compiler-message",
+            "message": {"level": "warning", "rendered": "warning: unused\n"},
+        });
+        let artifact = serde_json::json!({"reason": "compiler-artifact", "executable": "/x"});
+        assert_eq!(
+            compiler_error(&error),
+            Some("error: linking with `cc` failed\n")
+        );
+        assert_eq!(compiler_error(&warning), None);
+        assert_eq!(compiler_error(&artifact), None);
+    }
 
     #[test]
     fn adds_up_cargo_test_result_lines() {
