@@ -15,8 +15,8 @@ use std::{
 };
 
 use common::{
-    TestCgroup, Tracer, assert_ok, denied_binary, is, pid_of, root_or_skip, run_in_cgroup,
-    scenario_bin, skip_for_kernel,
+    TestCgroup, Tracer, assert_ok, denied_binary, is, liveness, pid_of, remove_cgroup_dir,
+    root_or_skip, run_in_cgroup, scenario_bin, skip_for_kernel, wait_until,
 };
 use serde_json::Value;
 
@@ -193,6 +193,83 @@ fn kill_stops_a_denied_exec_before_its_first_instruction_and_only_in_the_selecte
         .unwrap();
     assert!(status.success(), "outside the cgroup: {status}");
     assert!(outside.exists());
+    tracer.stop();
+}
+
+/// How many times the agent logged that `path` was bound to a new cgroup.
+fn rebinds(tracer: &Tracer, path: &str) -> usize {
+    tracer
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("policies bound to new cgroups") && l.contains(path))
+        .count()
+}
+
+#[test]
+fn a_binding_follows_its_cgroup_made_late_and_made_anew() {
+    if !root_or_skip("anew") {
+        return;
+    }
+    let cg = TestCgroup::new("anew");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, denied) = denied_binary(tmp.path());
+    let spec = format!("  exec:\n    deny: [{{prefix: \"{denied}/\"}}]\n    action: Kill\n");
+    let file = write_policy(tmp.path(), &policy_for(&cg, "anew", &spec));
+    // The cgroup comes only after the agent (a pod's cgroup after its object).
+    assert!(remove_cgroup_dir(&cg.dir), "removing {}", cg.dir.display());
+    let tracer = Tracer::enforce(&file);
+    tracer.wait_for_state("the binding waiting for its cgroup", |s| {
+        s["waiting"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|p| p == cg.rel.as_str()))
+    });
+    std::fs::create_dir(&cg.dir).unwrap();
+    wait_until(
+        "the binding of the late cgroup",
+        liveness(),
+        || (rebinds(&tracer, &cg.rel) >= 1).then_some(()),
+        || tracer.stderr_lines().join("\n"),
+    );
+    let late = tmp.path().join("late-marker");
+    let (_, status) = run_in(&cg, &writer, &["write-marker", late.to_str().unwrap()]);
+    assert_killed(status, &late, "denied exec in the late cgroup");
+
+    // Made anew at the same path (a service restarted): a new cgroup id, which the kernel
+    // knows nothing of until the agent binds it. Every bound path is looked up again only
+    // when the kernel counted a cgroup change, or at the latest after 10 s: this must be
+    // the count, well before the backstop.
+    assert!(remove_cgroup_dir(&cg.dir), "removing {}", cg.dir.display());
+    std::fs::create_dir(&cg.dir).unwrap();
+    let made = Instant::now();
+    let new_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.dir).unwrap());
+    assert_ne!(new_id, cg.id, "a cgroup made anew has a new id");
+    wait_until(
+        "the binding of the cgroup made anew",
+        liveness(),
+        || (rebinds(&tracer, &cg.rel) >= 2).then_some(()),
+        || tracer.stderr_lines().join("\n"),
+    );
+    let took = made.elapsed();
+    eprintln!("anew: the cgroup made anew was bound after {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "bound only after {took:?}: the backstop did it, not the kernel's count of cgroup changes"
+    );
+    let anew = tmp.path().join("anew-marker");
+    let (pid, status) = run_in(&cg, &writer, &["write-marker", anew.to_str().unwrap()]);
+    assert_killed(status, &anew, "denied exec in the cgroup made anew");
+    tracer.wait_for("the kill in the cgroup made anew", |e| {
+        is(e, EXEC, pid) && e["vigilaction"] == "kill"
+    });
+    // The benign twin: an allowed program in the same cgroup runs.
+    let allowed = tmp.path().join("allowed-marker");
+    let (_, status) = run_in(
+        &cg,
+        &scenario_bin(),
+        &["write-marker", allowed.to_str().unwrap()],
+    );
+    assert!(status.success(), "the allowed program: {status}");
+    assert!(allowed.exists(), "the allowed program ran");
     tracer.stop();
 }
 
