@@ -116,8 +116,10 @@ enum Pass {
 }
 
 /// The longest a bound path goes without being looked up while no cgroup change is
-/// counted: a backstop for a change the counting program missed (a tracing program is
-/// skipped while a map call holds its CPU's BPF slot; the skip is counted, not prevented).
+/// counted. The count is kept by raw tracepoint programs, which (unlike the syscall
+/// tracepoints, see docs/kernels.md) are skipped only when they recurse into themselves; the
+/// backstop bounds what a change nobody foresaw (a count that cannot be read, a new way to
+/// make a cgroup) can cost.
 const CHECK_EVERY_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
