@@ -175,6 +175,6 @@ pub static JUDGE_FILE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static COMPAT_WATCH: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Slot 0: how many cgroups were made, removed or renamed (`cgroup_change.rs`).
+/// Slot 0: how many cgroups were made or removed (`cgroup_change.rs`).
 #[map]
 pub static CGROUP_CHANGES: Array<u64> = Array::with_max_entries(1, 0);

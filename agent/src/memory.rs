@@ -10,9 +10,23 @@ const OWN_MAPPING_FROM: i32 = 256 * 1024;
 /// Heaps (arenas) at most: the runtime's threads share them.
 const ARENAS: i32 = 2;
 
-/// Sets the allocator's thresholds; called first thing, before any thread exists. False
-/// when the allocator refused them (the agent runs the same, only larger).
+/// glibc's own settings from the environment: an operator who set one keeps it.
+const OPERATOR_SETTINGS: [&str; 3] = [
+    "GLIBC_TUNABLES",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+];
+
+/// Sets the allocator's thresholds, unless the environment sets glibc's own; called first
+/// thing, before any thread exists. False when the allocator refused them (the agent runs
+/// the same, only larger).
 pub fn tune_allocator() -> bool {
+    if OPERATOR_SETTINGS
+        .iter()
+        .any(|name| std::env::var_os(name).is_some())
+    {
+        return true;
+    }
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: mallopt only changes glibc's allocation parameters; called before any

@@ -62,7 +62,6 @@ const RAW_CATEGORIES: &[(&str, &str)] = &[
     ("cgroup_attach_task", "cgroup"),
     ("cgroup_mkdir", "cgroup"),
     ("cgroup_rmdir", "cgroup"),
-    ("cgroup_rename", "cgroup"),
 ];
 
 /// Every program and the hooks it attaches to. Programs on one tracepoint run in the order
@@ -86,11 +85,7 @@ pub const PROGRAMS: &[(&str, &[Hook])] = &[
     ("cgroup_attach_task", &[Hook::Raw("cgroup_attach_task")]),
     (
         "cgroup_change",
-        &[
-            Hook::Raw("cgroup_mkdir"),
-            Hook::Raw("cgroup_rmdir"),
-            Hook::Raw("cgroup_rename"),
-        ],
+        &[Hook::Raw("cgroup_mkdir"), Hook::Raw("cgroup_rmdir")],
     ),
     ("connect4", &[Hook::Cgroup]),
     ("connect6", &[Hook::Cgroup]),
@@ -554,7 +549,7 @@ pub struct PolicyMaps {
     pub task_origin: aya::maps::HashMap<MapData, u32, u64>,
     /// Slot 0: non-zero once a set denies 32-bit system calls.
     pub compat_watch: Array<MapData, u64>,
-    /// Slot 0: moves whenever a cgroup is made, removed or renamed.
+    /// Slot 0: moves whenever a cgroup is made or removed.
     pub cgroup_changes: Array<MapData, u64>,
 }
 

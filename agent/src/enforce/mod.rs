@@ -104,6 +104,8 @@ pub struct Enforcer {
     cgroup_changes_seen: Option<u64>,
     /// When every binding was last looked up.
     checked_every: Option<std::time::Instant>,
+    /// Whether a failed read of the count was logged (once is enough).
+    count_unreadable_logged: bool,
 }
 
 /// Which bindings a pass looks up.
@@ -171,13 +173,25 @@ impl Enforcer {
             services: None,
             cgroup_changes_seen: None,
             checked_every: None,
+            count_unreadable_logged: false,
         }
     }
 
-    /// The kernel's count of cgroups made, removed or renamed; `None` when it cannot be
-    /// read, which makes the next pass look at every binding.
-    fn cgroup_changes(&self) -> Option<u64> {
-        self.maps.cgroup_changes.get(&0, 0).ok()
+    /// The kernel's count of cgroups made or removed; `None` when it cannot be read, which
+    /// makes the next pass look at every binding.
+    fn cgroup_changes(&mut self) -> Option<u64> {
+        match self.maps.cgroup_changes.get(&0, 0) {
+            Ok(count) => Some(count),
+            Err(err) => {
+                if !std::mem::replace(&mut self.count_unreadable_logged, true) {
+                    tracing::warn!(
+                        %err,
+                        "map CGROUP_CHANGES cannot be read: every binding is looked up at every watch tick instead"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Map entries the agent failed to remove since it started.
