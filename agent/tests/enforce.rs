@@ -510,13 +510,26 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
         let generator = scope.spawn(|| {
             let mut results = Vec::new();
             let mut n = 0;
+            let mut lived = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let marker = tmp.path().join(format!("gen-{n}"));
-                let (_, status) = run_in(&cg, &writer, &["write-marker", marker.to_str().unwrap()]);
-                results.push((status, marker.exists()));
+                let spawned = common::in_cgroup(&cg.dir, &writer)
+                    .args(["write-marker", marker.to_str().unwrap()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn();
+                match spawned {
+                    Ok(child) => {
+                        let status = child.wait_with_output().expect("waiting").status;
+                        results.push((status, marker.exists()));
+                    }
+                    // The exec failed and the caller lived to say so: under Kill with BPF
+                    // LSM the exec is refused and its caller killed before it runs again.
+                    Err(err) => lived.push(err.to_string()),
+                }
                 n += 1;
             }
-            results
+            (results, lived)
         });
         for i in 0..100 {
             let before = applied(&tracer);
@@ -533,6 +546,7 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         generator.join().unwrap()
     });
+    let (results, lived) = results;
     // Every kill is reported: wait for the last of them rather than guess how long it takes.
     let kills = results.len();
     tracer.wait_for_events(&format!("{kills} kill events"), |events| {
@@ -558,6 +572,18 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
         results.len() >= 20,
         "the generator ran only {} times",
         results.len()
+    );
+    let losses: Vec<String> = events
+        .iter()
+        .filter(|e| e["type"] == "dev.vigil.loss.v1")
+        .map(|e| e["data"].to_string())
+        .collect();
+    assert!(
+        lived.is_empty(),
+        "{} denied execs failed and their callers lived (of {} spawned): {:?}; the agent's loss reports: {losses:?}",
+        lived.len(),
+        results.len() + lived.len(),
+        &lived[..lived.len().min(3)],
     );
     assert_eq!(
         killed,
