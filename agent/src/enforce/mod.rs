@@ -483,17 +483,12 @@ impl Enforcer {
             (Some(now), Some(seen)) => now != seen,
             _ => true,
         };
-        let pass = if due || changed {
-            Pass::Every
-        } else {
-            Pass::Unbound
-        };
-        if pass == Pass::Unbound {
+        if !(due || changed) {
             // Each path bound now was unbound before.
-            return Ok(self.bind_all(pass)?.bound);
+            return Ok(self.bind_all(Pass::Unbound)?.bound);
         }
         let before = self.bound.clone();
-        let applied = self.bind_all(pass)?;
+        let applied = self.bind_all(Pass::Every)?;
         Ok(applied
             .bound
             .into_iter()
