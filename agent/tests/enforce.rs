@@ -473,7 +473,7 @@ fn resolve_interpreter(runtime: &Path) -> String {
 }
 
 #[test]
-fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
+fn reloading_150_times_leaves_no_gap_and_no_growth() {
     if !root_or_skip("reload") {
         return;
     }
@@ -504,6 +504,10 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
 
     // The generator: denied execs, one after another, for as long as the reloads go on.
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // The heap reaches its working size over the first reloads (about 100 on this host,
+    // measured to 300), so growth is measured only over the last 100.
+    const RELOADS: usize = 150;
+    const WARM: usize = 50;
     let mut rss_early = 0;
     let mut rss_late = 0;
     let results = std::thread::scope(|scope| {
@@ -531,14 +535,14 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
             }
             (results, lived)
         });
-        for i in 0..100 {
+        for i in 0..RELOADS {
             let before = applied(&tracer);
             std::fs::write(&file, if i % 2 == 0 { &b } else { &a }).unwrap();
             tracer.wait_for_state(&format!("reload {i} applied"), |s| {
                 s["applied"].as_u64() != Some(before)
             });
             counts.push(entries(&tracer));
-            if i == 9 {
+            if i + 1 == WARM {
                 rss_early = rss_kib(tracer.pid());
             }
         }
@@ -548,13 +552,24 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
     });
     let (results, lived) = results;
     // Every kill is reported: wait for the last of them rather than guess how long it takes.
-    let kills = results.len();
-    tracer.wait_for_events(&format!("{kills} kill events"), |events| {
-        let reported = events
+    // A record stands for `count` kills (1 when absent): past a few thousand the kernel's
+    // flood throttle folds them, and the last held-back ones come with a later record.
+    let kill_records = |events: &[Value]| -> Vec<Value> {
+        events
             .iter()
             .filter(|e| e["type"] == EXEC && e["vigilaction"] == "kill")
-            .count();
-        (reported >= kills).then_some(())
+            .cloned()
+            .collect()
+    };
+    let stands_for = |records: &[Value]| -> usize {
+        records
+            .iter()
+            .map(|e| e["data"]["count"].as_u64().unwrap_or(1) as usize)
+            .sum()
+    };
+    let kills = results.len();
+    tracer.wait_for_events(&format!("records standing for {kills} kills"), |events| {
+        (stands_for(&kill_records(events)) >= kills).then_some(())
     });
     let events = tracer.stop();
 
@@ -563,7 +578,7 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
         .filter(|(s, ran)| s.signal() == Some(libc::SIGKILL) && !ran)
         .count();
     eprintln!(
-        "reload: {} execs killed of {} across 100 reloads; map entries per apply {:?}; agent RSS {rss_early} KiB after 10 reloads, {rss_late} KiB after 100",
+        "reload: {} execs killed of {} across {RELOADS} reloads; map entries per apply {:?}; agent RSS {rss_early} KiB after {WARM} reloads, {rss_late} KiB after {RELOADS}",
         killed,
         results.len(),
         counts.iter().collect::<std::collections::BTreeSet<_>>(),
@@ -590,27 +605,34 @@ fn reloading_a_hundred_times_leaves_no_gap_and_no_growth() {
         results.len(),
         "some denied execs were not killed during reloads"
     );
-    let kills = events
-        .iter()
-        .filter(|e| e["type"] == EXEC && e["vigilaction"] == "kill")
-        .count();
-    assert_eq!(kills, results.len(), "every kill is reported");
-    let named = events
+    let records = kill_records(&events);
+    assert_eq!(
+        stands_for(&records),
+        results.len(),
+        "every kill is reported ({} records); the agent's loss reports: {losses:?}",
+        records.len()
+    );
+    let named = records
         .iter()
         .filter(|e| e["vigilpolicy"] == "reload")
         .count();
     assert_eq!(
-        named, kills,
+        named,
+        records.len(),
         "every kill names the policy, even across swaps"
     );
-    assert_eq!(counts.len(), 101, "one apply at start and one per reload");
+    assert_eq!(
+        counts.len(),
+        RELOADS + 1,
+        "one apply at start and one per reload"
+    );
     assert!(
         counts.windows(2).all(|w| w[0] == w[1]),
         "map entries changed across equivalent reloads: {counts:?}"
     );
     assert!(
         rss_late <= rss_early + 4096,
-        "RSS grew from {rss_early} KiB to {rss_late} KiB over 90 reloads"
+        "RSS grew from {rss_early} KiB to {rss_late} KiB over reloads {WARM} to {RELOADS}"
     );
 }
 
