@@ -852,9 +852,10 @@ pub mod probe_error {
     }
 
     /// The probes that count, by entry-point name, and the reads many entry points share
-    /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing); a
-    /// probe's id is its index here.
-    pub const PROBES: [&str; 32] = [
+    /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing;
+    /// `sigkill`: a kill the kernel would not send at once, left for the task's syscall exit);
+    /// a probe's id is its index here.
+    pub const PROBES: [&str; 33] = [
         "cgroup_attach_task",
         "sys_enter",
         "sys_enter_execve",
@@ -887,6 +888,7 @@ pub mod probe_error {
         "sys_enter_mprotect_exec_walk",
         "sys_enter_pkey_mprotect_exec_walk",
         "task_cgroup",
+        "sigkill",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

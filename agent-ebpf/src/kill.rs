@@ -1,6 +1,7 @@
-//! Kills for hooks that cannot send a signal themselves (cgroup socket programs): the hook
-//! refuses the act and records the process; the process is killed when the refused call
-//! returns to it, before its next instruction in user space.
+//! Kills for hooks that cannot send a signal themselves (cgroup socket programs), and kills
+//! the kernel would not send at once (`policy::send_sigkill`): the hook refuses the act and
+//! records the process; the process is killed when the refused call returns to it, before
+//! its next instruction in user space.
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint,
     programs::RawTracePointContext,
@@ -8,7 +9,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{KILLS_RECORDED, PENDING_KILLS},
-    policy::send_sigkill,
+    policy::try_sigkill,
 };
 
 /// Records that process `tgid` is to be killed when its current syscall returns.
@@ -38,8 +39,8 @@ pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: only checked for presence.
-    if unsafe { PENDING_KILLS.get(tgid) }.is_some() {
-        send_sigkill();
+    // Forgotten only once sent: a kill the kernel refuses now is tried at the next exit.
+    if unsafe { PENDING_KILLS.get(tgid) }.is_some() && try_sigkill() {
         forget_pending_kill(tgid);
     }
     0

@@ -174,3 +174,7 @@ pub static JUDGE_FILE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// `raw_syscalls/sys_enter` program does not look at the task's status for other calls.
 #[map]
 pub static COMPAT_WATCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Slot 0: how many cgroups were made or removed (`cgroup_change.rs`).
+#[map]
+pub static CGROUP_CHANGES: Array<u64> = Array::with_max_entries(1, 0);

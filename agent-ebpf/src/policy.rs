@@ -145,10 +145,25 @@ pub fn mark(header: &mut EventHeader, v: Violation) {
     }
 }
 
-/// SIGKILL to the current process, which dies before it returns to user space.
+/// SIGKILL to the current process, which dies before it returns to user space. When the
+/// kernel will not send it now (the helper fails for a task it deems exiting or whose memory
+/// is being switched, or while a deferred signal of this CPU is still in flight), the kill is
+/// counted and recorded for the task's way back to user space (`kill.rs`), which tries again
+/// at every system call exit until it is sent: a Kill that cannot be sent here is not dropped.
 pub fn send_sigkill() {
+    if !try_sigkill() {
+        crate::diag::count(
+            const { agent_common::probe_error::id("sigkill") },
+            agent_common::probe_error::OTHER,
+        );
+        crate::kill::kill_at_syscall_exit((bpf_get_current_pid_tgid() >> 32) as u32);
+    }
+}
+
+/// SIGKILL to the current process; false when the kernel refused to send it.
+pub fn try_sigkill() -> bool {
     // SAFETY: signals the current process only.
-    unsafe { bpf_send_signal(SIGKILL) };
+    unsafe { bpf_send_signal(SIGKILL) == 0 }
 }
 
 /// Carries out a violation's action from a tracing hook, after the act: Kill kills, and so

@@ -297,8 +297,14 @@ async fn stop_on_signal(tx: watch::Sender<bool>) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    let tuned = vigil::memory::tune_allocator();
     let cli = Cli::parse();
     vigil::telemetry::init_logging(cli.log_format)?;
+    if !tuned {
+        tracing::warn!(
+            "the allocator refused its thresholds (mallopt); the agent's memory may grow larger"
+        );
+    }
     match cli.command {
         Command::Policy {
             command: PolicyCommand::Check { paths },

@@ -160,7 +160,7 @@ proptest! {
 
     #[test]
     fn btf_parser_survives_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        match Btf::parse(&bytes) {
+        match Btf::parse(bytes.clone()) {
             // A refusal always says why.
             Err(reason) => prop_assert!(!reason.is_empty()),
             Ok(btf) => {
@@ -171,7 +171,7 @@ proptest! {
         }
         // Without BTF's magic nothing past it is read.
         if bytes.len() >= 2 && bytes[..2] != [0x9f, 0xeb] {
-            let refused = Btf::parse(&bytes).err().unwrap_or_default();
+            let refused = Btf::parse(bytes.clone()).err().unwrap_or_default();
             prop_assert!(refused.starts_with("bad magic"), "{refused}");
         }
     }
@@ -189,7 +189,7 @@ proptest! {
         let fits = |off: u32, len: u32| u64::from(off) + u64::from(len) <= body.len() as u64;
         let inside = fits(sizes[0], sizes[1]) && fits(sizes[2], sizes[3]);
         blob.extend(body);
-        match Btf::parse(&blob) {
+        match Btf::parse(blob) {
             // A section the file does not hold is refused as such, never read past the end.
             Err(reason) if !inside => prop_assert_eq!(reason, "section outside the file"),
             Ok(_) if !inside => prop_assert!(false, "a section outside the file parsed: {sizes:?}"),

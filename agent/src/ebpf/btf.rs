@@ -22,25 +22,19 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Debug, Clone)]
-struct Member {
-    name: String,
-    type_id: u32,
-    bit_offset: u32,
-}
-
-#[derive(Debug, Clone)]
-struct Type {
-    kind: u32,
-    name: String,
-    /// The referenced type for modifiers and typedefs.
-    type_ref: u32,
-    members: Vec<Member>,
-}
-
-/// The parsed type section of a BTF blob.
+/// The parsed type section of a BTF blob. The blob is kept and read in place: the kernel's
+/// has over a hundred thousand types and several hundred thousand members, and a copy of
+/// each name was most of what the agent's heap held at its peak, while loading.
 pub struct Btf {
-    types: Vec<Type>,
+    data: Vec<u8>,
+    /// Where the type section and the string section start in `data`, and their lengths.
+    types_at: usize,
+    types_len: usize,
+    strings_at: usize,
+    strings_len: usize,
+    /// Where each type's record starts in the type section, by type id (0 is `void`).
+    records: Vec<u32>,
+    /// Structs with members, by name (the first of a name wins).
     structs_by_name: HashMap<String, u32>,
 }
 
@@ -52,10 +46,32 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn string_at(strings: &[u8], offset: u32) -> String {
+/// The NUL-terminated string at `offset` of the string section.
+fn string_at(strings: &[u8], offset: u32) -> &[u8] {
     let rest = strings.get(offset as usize..).unwrap_or_default();
     let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end]).into_owned()
+    &rest[..end]
+}
+
+/// A type's record header: name, kind, member count, and size or referenced type.
+struct Header {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    size_or_type: u32,
+}
+
+/// Bytes that follow a type's 12-byte header, by kind; `None` for a kind BTF does not have.
+fn extra_len(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+        KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+        0..=19 => 0,
+        _ => return None,
+    })
 }
 
 impl Btf {
@@ -64,124 +80,159 @@ impl Btf {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&data).map_err(|reason| EbpfError::Btf {
+        Self::parse(data).map_err(|reason| EbpfError::Btf {
             path: path.to_owned(),
             reason,
         })
     }
 
-    pub fn parse(data: &[u8]) -> Result<Self, String> {
-        let magic = u16_at(data, 0).ok_or("file too short")?;
+    pub fn parse(data: Vec<u8>) -> Result<Self, String> {
+        let magic = u16_at(&data, 0).ok_or("file too short")?;
         if magic != MAGIC {
             return Err(format!(
                 "bad magic {magic:#x} (big-endian BTF is not supported)"
             ));
         }
-        let header = |at| u32_at(data, at).ok_or_else(|| "truncated header".to_string());
+        let header = |at| u32_at(&data, at).ok_or_else(|| "truncated header".to_string());
         let hdr_len = header(4)? as usize;
-        let (type_off, type_len) = (header(8)? as usize, header(12)? as usize);
-        let (str_off, str_len) = (header(16)? as usize, header(20)? as usize);
-        let section = |off: usize, len: usize| {
-            data.get(hdr_len + off..hdr_len + off + len)
-                .ok_or_else(|| "section outside the file".to_string())
-        };
-        let type_data = section(type_off, type_len)?;
-        let strings = section(str_off, str_len)?;
-
-        // Type id 0 is `void`.
-        let mut types = vec![Type {
-            kind: 0,
-            name: String::new(),
-            type_ref: 0,
-            members: Vec::new(),
-        }];
-        let mut at = 0usize;
-        while at < type_data.len() {
-            let truncated = || format!("type {} truncated", types.len());
-            let name_off = u32_at(type_data, at).ok_or_else(truncated)?;
-            let info = u32_at(type_data, at + 4).ok_or_else(truncated)?;
-            let size_or_type = u32_at(type_data, at + 8).ok_or_else(truncated)?;
-            at += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            let extra = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(type_data, m + 8).ok_or_else(truncated)?;
-                        members.push(Member {
-                            name: string_at(strings, u32_at(type_data, m).ok_or_else(truncated)?),
-                            type_id: u32_at(type_data, m + 4).ok_or_else(truncated)?,
-                            // With kind_flag the top byte holds a bitfield's size.
-                            bit_offset: if kind_flag {
-                                offset & 0x00ff_ffff
-                            } else {
-                                offset
-                            },
-                        });
-                    }
-                    vlen * 12
-                }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                0..=19 => 0,
-                other => return Err(format!("unknown BTF kind {other} at type {}", types.len())),
-            };
-            at += extra;
-            let is_ref = matches!(
-                kind,
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
-            );
-            types.push(Type {
-                kind,
-                name: string_at(strings, name_off),
-                type_ref: if is_ref { size_or_type } else { 0 },
-                members,
-            });
-        }
-        let mut structs_by_name = HashMap::new();
-        for (id, ty) in types.iter().enumerate() {
-            if ty.kind == KIND_STRUCT && !ty.members.is_empty() {
-                structs_by_name.entry(ty.name.clone()).or_insert(id as u32);
+        let (type_off, types_len) = (header(8)? as usize, header(12)? as usize);
+        let (str_off, strings_len) = (header(16)? as usize, header(20)? as usize);
+        let (types_at, strings_at) = (hdr_len + type_off, hdr_len + str_off);
+        for (at, len) in [(types_at, types_len), (strings_at, strings_len)] {
+            if at.checked_add(len).is_none_or(|end| end > data.len()) {
+                return Err("section outside the file".to_string());
             }
         }
-        Ok(Self {
-            types,
-            structs_by_name,
+        let mut btf = Self {
+            data,
+            types_at,
+            types_len,
+            strings_at,
+            strings_len,
+            // Type id 0 is `void`, which has no record.
+            records: vec![u32::MAX],
+            structs_by_name: HashMap::new(),
+        };
+        let mut at = 0usize;
+        while at < types_len {
+            let id = btf.records.len();
+            let record = u32::try_from(at).map_err(|_| "type section too large".to_string())?;
+            let ty = btf
+                .header_at(at)
+                .ok_or_else(|| format!("type {id} truncated"))?;
+            let extra = extra_len(ty.kind, ty.vlen)
+                .ok_or_else(|| format!("unknown BTF kind {} at type {id}", ty.kind))?;
+            at += 12 + extra;
+            if at > types_len {
+                return Err(format!("type {id} truncated"));
+            }
+            btf.records.push(record);
+            if ty.kind == KIND_STRUCT && ty.vlen > 0 {
+                let name = String::from_utf8_lossy(btf.string(ty.name_off)).into_owned();
+                btf.structs_by_name.entry(name).or_insert(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn type_section(&self) -> &[u8] {
+        &self.data[self.types_at..self.types_at + self.types_len]
+    }
+
+    fn string(&self, offset: u32) -> &[u8] {
+        string_at(
+            &self.data[self.strings_at..self.strings_at + self.strings_len],
+            offset,
+        )
+    }
+
+    /// The header of the record at byte `at` of the type section.
+    fn header_at(&self, at: usize) -> Option<Header> {
+        let types = self.type_section();
+        let info = u32_at(types, at + 4)?;
+        Some(Header {
+            name_off: u32_at(types, at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: u32_at(types, at + 8)?,
         })
+    }
+
+    /// Type `id`'s record start and header.
+    fn header(&self, id: u32) -> Option<(usize, Header)> {
+        let at = *self
+            .records
+            .get(id as usize)
+            .filter(|&&at| at != u32::MAX)? as usize;
+        Some((at, self.header_at(at)?))
     }
 
     /// Follows typedefs and modifiers to the underlying type.
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
-            match self.types.get(id as usize) {
-                Some(ty) if ty.type_ref != 0 => id = ty.type_ref,
+            match self.header(id) {
+                Some((_, ty))
+                    if matches!(
+                        ty.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) && ty.size_or_type != 0 =>
+                {
+                    id = ty.size_or_type;
+                }
                 _ => break,
             }
         }
         id
     }
 
+    /// The members of a struct or union: name, type id and bit offset each.
+    fn members(&self, id: u32) -> impl Iterator<Item = (&[u8], u32, u32)> {
+        let (at, ty) = match self.header(id) {
+            Some((at, ty)) if matches!(ty.kind, KIND_STRUCT | KIND_UNION) => (at, ty),
+            _ => (
+                0,
+                Header {
+                    name_off: 0,
+                    kind: 0,
+                    vlen: 0,
+                    kind_flag: false,
+                    size_or_type: 0,
+                },
+            ),
+        };
+        let types = self.type_section();
+        (0..ty.vlen).filter_map(move |i| {
+            let m = at + 12 + i * 12;
+            let offset = u32_at(types, m + 8)?;
+            Some((
+                self.string(u32_at(types, m)?),
+                u32_at(types, m + 4)?,
+                // With kind_flag the top byte holds a bitfield's size.
+                if ty.kind_flag {
+                    offset & 0x00ff_ffff
+                } else {
+                    offset
+                },
+            ))
+        })
+    }
+
     /// Finds `name` among the members of `type_id`, descending into anonymous members.
     /// Returns the bit offset and the member's type id.
     fn find_member(&self, type_id: u32, name: &str, depth: u32) -> Option<(u32, u32)> {
-        let ty = self.types.get(self.resolve(type_id) as usize)?;
-        if depth > 8 || !matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
+        if depth > 8 {
             return None;
         }
-        if let Some(m) = ty.members.iter().find(|m| m.name == name) {
-            return Some((m.bit_offset, m.type_id));
+        let id = self.resolve(type_id);
+        if let Some((_, type_id, bits)) = self.members(id).find(|m| m.0 == name.as_bytes()) {
+            return Some((bits, type_id));
         }
-        ty.members
-            .iter()
-            .filter(|m| m.name.is_empty())
-            .find_map(|m| {
-                self.find_member(m.type_id, name, depth + 1)
-                    .map(|(off, id)| (m.bit_offset + off, id))
+        self.members(id)
+            .filter(|m| m.0.is_empty())
+            .find_map(|(_, member_type, bits)| {
+                self.find_member(member_type, name, depth + 1)
+                    .map(|(off, id)| (bits + off, id))
             })
     }
 
@@ -264,7 +315,7 @@ mod tests {
 
     #[test]
     fn finds_members_through_anonymous_unions_and_paths() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let btf = Btf::parse(sample()).unwrap();
         assert_eq!(btf.offset_of("outer", "x"), Some(0));
         assert_eq!(btf.offset_of("outer", "y"), Some(4));
         assert_eq!(btf.offset_of("outer", "in.b"), Some(8));
@@ -275,10 +326,10 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        assert!(Btf::parse(b"\x00\x01").is_err());
+        assert!(Btf::parse(b"\x00\x01".to_vec()).is_err());
         let mut blob = sample();
         blob.truncate(30);
-        assert!(Btf::parse(&blob).is_err());
+        assert!(Btf::parse(blob).is_err());
     }
 
     #[test]

@@ -60,6 +60,8 @@ const RAW_CATEGORIES: &[(&str, &str)] = &[
     ("sys_exit", "raw_syscalls"),
     ("sys_enter", "raw_syscalls"),
     ("cgroup_attach_task", "cgroup"),
+    ("cgroup_mkdir", "cgroup"),
+    ("cgroup_rmdir", "cgroup"),
 ];
 
 /// Every program and the hooks it attaches to. Programs on one tracepoint run in the order
@@ -81,6 +83,10 @@ pub const PROGRAMS: &[(&str, &[Hook])] = &[
     ("sys_exit", &[Hook::Raw("sys_exit")]),
     ("sys_enter", &[Hook::Raw("sys_enter")]),
     ("cgroup_attach_task", &[Hook::Raw("cgroup_attach_task")]),
+    (
+        "cgroup_change",
+        &[Hook::Raw("cgroup_mkdir"), Hook::Raw("cgroup_rmdir")],
+    ),
     ("connect4", &[Hook::Cgroup]),
     ("connect6", &[Hook::Cgroup]),
     ("sendmsg4", &[Hook::Cgroup]),
@@ -543,6 +549,8 @@ pub struct PolicyMaps {
     pub task_origin: aya::maps::HashMap<MapData, u32, u64>,
     /// Slot 0: non-zero once a set denies 32-bit system calls.
     pub compat_watch: Array<MapData, u64>,
+    /// Slot 0: moves whenever a cgroup is made or removed.
+    pub cgroup_changes: Array<MapData, u64>,
 }
 
 /// The loaded and attached probes. Dropping it detaches every program.
@@ -811,6 +819,7 @@ impl Probes {
             task_exe: take(ebpf, "TASK_EXE")?,
             task_origin: take(ebpf, "TASK_ORIGIN")?,
             compat_watch: take(ebpf, "COMPAT_WATCH")?,
+            cgroup_changes: take(ebpf, "CGROUP_CHANGES")?,
         })
     }
 

@@ -15,8 +15,8 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
     batch::v1::Job,
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
+    core::v1::{Namespace, Pod, Service, ServicePort, ServiceSpec},
+    discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -227,6 +227,9 @@ pub(crate) fn quick_backoff() -> watcher::ExponentialBackoff {
 
 fn trim_pod(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
+    // Nothing reads a pod's annotations, and `kubectl apply` leaves a copy of the whole
+    // object in one of them.
+    pod.metadata.annotations = None;
     if let Some(spec) = pod.spec.as_mut() {
         spec.volumes = None;
         spec.affinity = None;
@@ -254,6 +257,63 @@ fn trim_pod(pod: &mut Pod) {
 fn trim_meta<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
     object.meta_mut().annotations = None;
+}
+
+/// What the Service addresses the kernel allows are made of (`service_keys`): the
+/// ClusterIPs and each port's number and protocol. A cluster's Services and EndpointSlices
+/// outnumber its pods many times over; their selectors, labels, target references, zones
+/// and hints are most of each object and nothing here reads them.
+pub(crate) fn trim_service(svc: &mut Service) {
+    svc.metadata.managed_fields = None;
+    svc.metadata.annotations = None;
+    svc.metadata.labels = None;
+    svc.metadata.owner_references = None;
+    svc.status = None;
+    svc.spec = svc.spec.take().map(|spec| ServiceSpec {
+        cluster_ip: spec.cluster_ip,
+        cluster_ips: spec.cluster_ips,
+        ports: spec.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|p| ServicePort {
+                    port: p.port,
+                    protocol: p.protocol,
+                    ..ServicePort::default()
+                })
+                .collect()
+        }),
+        ..ServiceSpec::default()
+    });
+}
+
+/// What `service_keys` reads of an EndpointSlice: each endpoint's addresses and whether it
+/// is ready, and each port's number and protocol.
+pub(crate) fn trim_slice(slice: &mut EndpointSlice) {
+    slice.metadata.managed_fields = None;
+    slice.metadata.annotations = None;
+    slice.metadata.labels = None;
+    slice.metadata.owner_references = None;
+    slice.endpoints = std::mem::take(&mut slice.endpoints)
+        .into_iter()
+        .map(|e| Endpoint {
+            addresses: e.addresses,
+            conditions: e.conditions.map(|c| EndpointConditions {
+                ready: c.ready,
+                ..EndpointConditions::default()
+            }),
+            ..Endpoint::default()
+        })
+        .collect();
+    slice.ports = slice.ports.take().map(|ports| {
+        ports
+            .into_iter()
+            .map(|p| EndpointPort {
+                port: p.port,
+                protocol: p.protocol,
+                ..EndpointPort::default()
+            })
+            .collect()
+    });
 }
 
 /// Starts the reflectors of what the pipeline looks up (pods, their owners, Services); the
@@ -305,14 +365,14 @@ pub fn start(client: Client, node: &str) -> Cluster {
     let (services, w) = reflector::store();
     let stream = watcher(Api::<Service>::all(client.clone()), cfg())
         .backoff(quick_backoff())
-        .modify(trim_meta)
+        .modify(trim_service)
         .reflect(w);
     drive("services", stream, Some(dirty.services.clone()), |_| {});
 
     let (slices, w) = reflector::store();
     let stream = watcher(Api::<EndpointSlice>::all(client.clone()), cfg())
         .backoff(quick_backoff())
-        .modify(trim_meta)
+        .modify(trim_slice)
         .reflect(w);
     drive(
         "endpointslices",

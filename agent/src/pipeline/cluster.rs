@@ -368,6 +368,8 @@ pub fn service_keys(cluster: &Cluster) -> Vec<ServiceKey> {
 mod tests {
     use std::net::IpAddr;
 
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
     use kube::runtime::{
         reflector::{Store, store::Writer},
         watcher,
@@ -473,6 +475,74 @@ mod tests {
                 key("10.244.1.8", 9090, 6),
                 key("10.244.1.8", 9091, 17),
             ])
+        );
+    }
+
+    #[test]
+    fn trimmed_services_and_slices_give_the_same_keys() {
+        let services = [json!({
+            "metadata": {"name": "api", "namespace": "shop", "labels": {"app": "api"},
+                         "annotations": {"note": "x"}},
+            "spec": {
+                "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"],
+                "selector": {"app": "api"}, "type": "NodePort", "externalIPs": ["192.0.2.1"],
+                "ports": [
+                    {"name": "http", "port": 8080, "targetPort": 80, "nodePort": 30080},
+                    {"name": "dns", "port": 53, "protocol": "UDP", "appProtocol": "dns"},
+                ],
+            },
+            "status": {"loadBalancer": {}},
+        })];
+        let slices = [json!({
+            "metadata": {"name": "api-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "api"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 9090, "appProtocol": "http"},
+                      {"port": 9091, "protocol": "UDP"}],
+            "endpoints": [
+                {"addresses": ["10.244.1.7"], "nodeName": "n1", "zone": "a", "hostname": "h",
+                 "conditions": {"ready": true, "serving": true, "terminating": false},
+                 "targetRef": {"kind": "Pod", "name": "api-0", "namespace": "shop", "uid": "u"},
+                 "hints": {"forZones": [{"name": "a"}]}},
+                {"addresses": ["10.244.1.9"], "conditions": {"ready": false, "serving": true}},
+                {"addresses": ["10.244.1.8"]},
+            ],
+        })];
+        let whole = service_keys(&cluster_of(&[], &[], &services, &slices));
+        let trim = |objects: &[serde_json::Value], f: &dyn Fn(&mut serde_json::Value)| {
+            objects
+                .iter()
+                .map(|o| {
+                    let mut o = o.clone();
+                    f(&mut o);
+                    o
+                })
+                .collect::<Vec<_>>()
+        };
+        let services = trim(&services, &|o| {
+            let mut svc: Service = serde_json::from_value(o.clone()).unwrap();
+            crate::metadata::cluster::trim_service(&mut svc);
+            *o = serde_json::to_value(svc).unwrap();
+        });
+        let slices = trim(&slices, &|o| {
+            let mut slice: EndpointSlice = serde_json::from_value(o.clone()).unwrap();
+            crate::metadata::cluster::trim_slice(&mut slice);
+            *o = serde_json::to_value(slice).unwrap();
+        });
+        assert!(
+            !serde_json::to_string(&slices).unwrap().contains("api-0"),
+            "the target reference is gone: {slices:?}"
+        );
+        assert!(
+            !serde_json::to_string(&services)
+                .unwrap()
+                .contains("selector"),
+            "the selector is gone: {services:?}"
+        );
+        assert_eq!(whole.len(), 8, "{whole:?}");
+        assert_eq!(
+            service_keys(&cluster_of(&[], &[], &services, &slices)),
+            whole
         );
     }
 
