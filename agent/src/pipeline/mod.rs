@@ -9,6 +9,7 @@ mod held;
 mod intake;
 mod losses;
 mod pins;
+mod policy_files;
 pub mod run;
 mod verdict;
 use std::{path::PathBuf, time::Duration};

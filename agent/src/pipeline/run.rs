@@ -1,15 +1,14 @@
 //! `vigil run`: policies enforced in the kernel, violations out as CloudEvents, policy files
 //! watched and swapped in without a gap.
-use std::{
-    path::PathBuf,
-    time::{Duration, SystemTime},
-};
+use std::{path::PathBuf, time::Duration};
 
 use tokio::sync::watch;
 
 use super::{
     AgentOptions, HELD_RECHECK, LOSS_REPORT_INTERVAL, PipelineError, Stages, TraceSummary,
-    WINDOW_CHECK, verdict::judge,
+    WINDOW_CHECK,
+    policy_files::{Look, PolicyFiles},
+    verdict::judge,
 };
 use crate::{
     ebpf::{Mode, ProbeOptions, Probes},
@@ -32,29 +31,6 @@ pub struct RunOptions {
     pub watch_interval: Duration,
     /// Where the agent keeps its state as JSON (`--state-file`).
     pub state_file: Option<PathBuf>,
-}
-
-/// What identifies the policy files' content: every file's path, size and modification time.
-fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out = Vec::new();
-    for path in paths {
-        let mut files = vec![path.clone()];
-        if path.is_dir() {
-            files = std::fs::read_dir(path)
-                .map(|d| d.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
-        }
-        for file in files {
-            let meta = std::fs::metadata(&file).ok();
-            out.push((
-                file,
-                meta.as_ref().map_or(0, |m| m.len()),
-                meta.and_then(|m| m.modified().ok()),
-            ));
-        }
-    }
-    out.sort();
-    out
 }
 
 fn refused(errors: &[FieldError], state: &mut StateFile) -> Result<(), PipelineError> {
@@ -186,8 +162,11 @@ pub async fn run(
         processes = pinned,
         "running processes pinned to their policy bindings"
     );
-    let mut fingerprint_now = fingerprint(&options.policies);
-    let mut fingerprint_seen = fingerprint_now.clone();
+    let mut policy_files = PolicyFiles::new(
+        options.policies.clone(),
+        options.watch_interval,
+        std::time::Instant::now(),
+    );
 
     let mut stages = Stages::start(
         probes,
@@ -233,21 +212,18 @@ pub async fn run(
             _ = windows.tick() => stages.close_windows(Some(std::time::Instant::now())),
             Some(stranded) = stranded.recv() => stages.carry_held_back(stranded),
             _ = watch_ticker.tick() => {
-                let now = fingerprint(&options.policies);
                 let mut reloaded = false;
-                if now != fingerprint_seen {
-                    // Still being written (a truncated file parses as no policies at all):
-                    // loaded once it has stayed the same for a whole interval.
-                    fingerprint_seen = now;
-                } else if now != fingerprint_now {
-                    fingerprint_now = now;
-                    match policy::load_paths(&options.policies) {
-                        Ok(policies) => {
-                            file_policies = policies;
-                            reloaded = true;
-                        }
-                        Err(errors) => refused(&errors, &mut state)?,
+                match policy_files.look(std::time::Instant::now()) {
+                    Look::Unchanged | Look::Settling => {}
+                    Look::Empty(files) => tracing::warn!(
+                        files = ?files,
+                        "policy file empty: taken as still being written, the policies in force stay (to lift a file's policies, leave a comment in it)"
+                    ),
+                    Look::Read(Ok(policies)) => {
+                        file_policies = policies;
+                        reloaded = true;
                     }
+                    Look::Read(Err(errors)) => refused(&errors, &mut state)?,
                 }
                 sync(&mut enforcer, link.as_mut(), &file_policies, reloaded, &root, &mut state)?;
                 let rebound = enforcer.refresh()?;

@@ -43,6 +43,12 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Vec<FieldError>> {
     }
 }
 
+/// The policy files `paths` name (files, or the `*.yaml`/`*.yml` of directories), those that
+/// can be read; [`load_paths`] reports the others.
+pub fn files_under(paths: &[PathBuf]) -> Vec<PathBuf> {
+    load::files(paths).0
+}
+
 /// Loads the policies in one YAML text (one or more documents); `source` names it in errors.
 pub fn load_str(text: &str, source: Option<&Path>) -> Result<Vec<Policy>, Vec<FieldError>> {
     let policies = load::text_from(text, source)?;
