@@ -85,6 +85,12 @@ pub fn text_from(text: &str, source: Option<&Path>) -> Result<Vec<Policy>, Vec<F
         let value = match <Value as serde::Deserialize>::deserialize(document) {
             Ok(value) => value,
             Err(err) => {
+                // After a syntax error, what the parser reads as further documents can fail
+                // again without a place ("EOF while parsing a value"): the first error, which
+                // says where, is the one to fix.
+                if err.location().is_none() && last_yaml_error.is_some() {
+                    break;
+                }
                 // A document with e.g. a duplicate key leaves the stream usable, but after a
                 // syntax error the parser repeats that error for every further "document".
                 // Some syntax errors (e.g. a missing key, a duplicate key) do not say where.
