@@ -97,6 +97,12 @@ pub async fn run(
 ) -> Result<TraceSummary, PipelineError> {
     let common = &options.agent;
     let root = common.root()?;
+    // Watched from before the first read: a change while the probes load is read after.
+    let mut policy_files = PolicyFiles::new(
+        options.policies.clone(),
+        options.watch_interval,
+        std::time::Instant::now(),
+    );
     let mut file_policies = if options.policies.is_empty() {
         Vec::new()
     } else {
@@ -161,11 +167,6 @@ pub async fn run(
     tracing::debug!(
         processes = pinned,
         "running processes pinned to their policy bindings"
-    );
-    let mut policy_files = PolicyFiles::new(
-        options.policies.clone(),
-        options.watch_interval,
-        std::time::Instant::now(),
     );
 
     let mut stages = Stages::start(
