@@ -184,7 +184,7 @@ fn deny_refuses_an_exec_before_it_runs_and_the_caller_lives() {
         "the allowed exec was reported: {events:?}"
     );
     assert_eq!(
-        events.len(),
+        common::reports(&events).len(),
         attempts.len(),
         "one event per refusal: {events:?}"
     );

@@ -567,6 +567,17 @@ pub fn compact(e: &Value) -> String {
     )
 }
 
+/// The events other than loss reports. Those count what the agent or the kernel could not
+/// see (on a loaded machine, e.g., probe runs the kernel skipped while another BPF program ran
+/// on that CPU), so "nothing else was reported" is about these. A lost violation still fails
+/// such a check: the reports then fall short.
+pub fn reports(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] != "dev.vigil.loss.v1")
+        .collect()
+}
+
 pub fn pid_of(e: &Value) -> u64 {
     e["data"]["process"]["pid"].as_u64().unwrap_or(0)
 }
