@@ -345,10 +345,24 @@ fn crashed_cluster() -> Result<u32> {
     let mut child = Command::new(std::env::current_exe()?)
         .env(CRASH_CHILD, "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .context("cannot start the crash child")?;
     let stdout = child.stdout.take().context("piped")?;
+    let stderr = child.stderr.take().context("piped")?;
+    // Its last words go into this test's failure: a runner that shows only the end of the
+    // output would otherwise lose why the child gave up.
+    let last_words = thread::spawn(move || {
+        let mut tail = std::collections::VecDeque::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            eprintln!("{line}");
+            if tail.len() == 30 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        Vec::from(tail).join("\n")
+    });
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     let pid = loop {
         match lines.next() {
@@ -358,8 +372,12 @@ fn crashed_cluster() -> Result<u32> {
                 }
             }
             _ => {
-                let _ = child.wait();
-                bail!("the crash child ended before its pod ran");
+                let status = child.wait();
+                let said = last_words.join().unwrap_or_default();
+                bail!(
+                    "the crash child ended ({status:?}) before its pod ran; its stderr ended \
+                     with:\n{said}"
+                );
             }
         }
     };
@@ -377,13 +395,22 @@ fn crashed_cluster() -> Result<u32> {
 fn crash_child() -> ExitCode {
     let run = || -> Result<()> {
         let setup = environment()?.context("the parent checked the environment")?;
+        let started = Instant::now();
         let ctx = start(setup)?;
+        eprintln!(
+            "crash child: node Ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         let pod = ctx.deployment(
             "default",
             "left-behind",
             &["/bin/busybox", "sleep", "100000"],
         )?;
         let pid = container_process(&ctx, "default", &pod, "busybox")?;
+        eprintln!(
+            "crash child: pod {pod} runs, {:.1} s after the start",
+            started.elapsed().as_secs_f64()
+        );
         println!("ready {pid}");
         // Keep `ctx` (and the cluster) alive until the parent kills this process.
         loop {

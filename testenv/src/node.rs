@@ -75,7 +75,8 @@ pub struct NodeOptions {
     pub images: Vec<PathBuf>,
     /// The pod sandbox image (one of `images`), e.g. `docker.io/library/vigil-test-pause:0.1.0`.
     pub sandbox_image: String,
-    /// How long the node may take to turn Ready.
+    /// How long the node may take to turn Ready, and each of etcd and kube-apiserver to
+    /// become ready before it: one bound, so a slow machine (emulation) stretches them all.
     pub ready_timeout: Duration,
 }
 
@@ -178,7 +179,14 @@ impl Cluster {
         }
         let dir = std::path::absolute(dir)
             .with_context(|| format!("cannot make {} absolute", dir.display()))?;
+        // Where a slow start spends its time, for a run that timed out under emulation.
+        let mut since = Instant::now();
+        let mut took = |phase: &str| {
+            eprintln!("testenv: {phase} in {:.1} s", since.elapsed().as_secs_f64());
+            since = Instant::now();
+        };
         node_cleanup::teardown(&dir, bin_dir).context("cannot clean up a previous cluster")?;
+        took("cleaning up a previous cluster");
         let layout = Layout::new(&dir);
         for sub in [
             layout.root.clone(),
@@ -211,6 +219,7 @@ impl Cluster {
                 service_account_admission: true,
                 address: NODE_ADDRESS,
                 create_node: false,
+                ready_timeout: options.ready_timeout,
                 ..Options::default()
             },
         )?;
@@ -221,11 +230,14 @@ impl Cluster {
             node_name: options.node_name.clone(),
             procs: Mutex::new(Vec::new()),
         };
+        took("etcd and kube-apiserver ready");
         cluster.start_controllers(bin_dir)?;
         cluster.start_containerd(options)?;
+        took("containerd up with the images imported");
         cluster.start_kubelet(bin_dir)?;
         cluster.start_kube_proxy(bin_dir)?;
         cluster.wait_ready(options.ready_timeout)?;
+        took("the node Ready");
         Ok(cluster)
     }
 
@@ -354,12 +366,13 @@ impl Cluster {
             &os(&["--config".into(), display(&self.layout.containerd_config())]),
         )?;
         let socket = display(&self.layout.containerd_socket());
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let bound = options.ready_timeout;
+        let deadline = Instant::now() + bound;
         while run("ctr", &["--address", &socket, "version"]).is_err() {
             self.check_running()?;
             if Instant::now() > deadline {
                 bail!(
-                    "containerd did not answer on {socket} within 60 s: {}",
+                    "containerd did not answer on {socket} within {bound:?}: {}",
                     log_tail(&self.layout.log("containerd"), 20)
                 );
             }
