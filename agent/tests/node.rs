@@ -2,9 +2,11 @@
 //! containerd, runc, kube-proxy; `testenv::Cluster`) and catch what happens inside real pods.
 //!
 //! One cluster serves every test, in order (the chart is installed by the first and removed by
-//! the last), so this file has its own runner (`harness = false`): it starts the cluster, runs
-//! the tests, reports them the way libtest does (so `cargo xtask test` counts them) and tears
-//! the cluster down whatever happened.
+//! the last), so this file has its own runner (`harness = false`) that reports the way libtest
+//! does (so `cargo xtask test` counts them). The cluster belongs to a child process that starts
+//! it, runs the tests and leaves one more pod running; the runner then SIGKILLs the child, as a
+//! crash would, runs the teardown every cluster start begins with, and checks that the pod's
+//! process is gone and the host is as it was before.
 //!
 //! Needs root, the Kubernetes binaries (`VIGIL_K8S_BIN`) and the images `cargo xtask test`
 //! builds (`VIGIL_NODE_IMAGES`, `VIGIL_SANDBOX_IMAGE`). Outside CI it skips, saying why, when
@@ -96,13 +98,15 @@ const TESTS: [(&str, TestFn); 11] = [
     ),
 ];
 
-/// Set in the child that starts a cluster and is then killed (see [`crashed_cluster`]).
-const CRASH_CHILD: &str = "VIGIL_NODE_CRASH_CHILD";
+/// Set in the child that owns the cluster: it runs the tests and is then SIGKILLed (see
+/// [`owner`]).
+const OWNER_CHILD: &str = "VIGIL_NODE_OWNER_CHILD";
+/// The checks the runner adds around every selection.
+const OWNER_KILLED: &str =
+    "a_cluster_whose_owner_was_killed_is_cleaned_up_by_the_next_starts_teardown";
+const HOST_AS_FOUND: &str = "the_node_leaves_the_host_as_it_found_it";
 
 fn main() -> ExitCode {
-    if std::env::var_os(CRASH_CHILD).is_some() {
-        return crash_child();
-    }
     // libtest's arguments: flags are ignored, anything else filters by name.
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -112,8 +116,9 @@ fn main() -> ExitCode {
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
         .collect();
-    // Two more checks run around every selection: the start after a crash, and the host
-    // left as it was found.
+    if std::env::var_os(OWNER_CHILD).is_some() {
+        return owner(&selected);
+    }
     let total = selected.len() + 2;
     println!("\nrunning {total} tests");
     if selected.is_empty() {
@@ -137,22 +142,17 @@ fn main() -> ExitCode {
         Ok(state) => state,
         Err(err) => return failed_all(format!("cannot read the host's state: {err:#}")),
     };
+    // The cluster belongs to a child that runs the tests, leaves a pod running and is then
+    // SIGKILLed: what remains is what a crashed `k8s-env up` leaves, and the teardown every
+    // start begins with must remove it. One cluster start serves both, which under emulation
+    // is worth minutes.
+    let owned = run_owner(&filters);
     let mut outcomes: Vec<(String, Result<()>)> = Vec::new();
-    // A cluster whose owner was SIGKILLed, with a pod running: the next start cleans it up.
-    let left_behind = crashed_cluster();
-    let started = Instant::now();
-    let ctx = match start(setup) {
-        Ok(ctx) => ctx,
-        Err(err) => return failed_all(format!("the cluster did not start: {err:#}")),
-    };
-    println!(
-        "node {} Ready in {:.1} s",
-        ctx.cluster.node_name(),
-        started.elapsed().as_secs_f64()
-    );
+    let cleaned = testenv::teardown(&cluster_dir(), &setup.bin);
     outcomes.push((
-        "a_cluster_whose_owner_was_killed_is_cleaned_up_by_the_next_start".into(),
-        left_behind.and_then(|pid| {
+        OWNER_KILLED.into(),
+        owned.result.and_then(|pid| {
+            cleaned.context("the teardown failed")?;
             ensure!(
                 !Path::new(&format!("/proc/{pid}")).exists(),
                 "the crashed cluster's container process {pid} still runs"
@@ -161,45 +161,29 @@ fn main() -> ExitCode {
         }),
     ));
     report(&outcomes[0]);
-    for (name, test) in selected {
-        let start = Instant::now();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&ctx)))
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
-        println!("  ({:.1} s)", start.elapsed().as_secs_f64());
-        outcomes.push(((*name).to_owned(), outcome));
-        report(outcomes.last().expect("pushed"));
-    }
-    if outcomes.iter().any(|(_, o)| o.is_err()) {
-        println!(
-            "--- agent log tail:\n{}",
-            ctx.kubectl(&[
-                "logs",
-                "-n",
-                AGENT_NS,
-                "-l",
-                "app.kubernetes.io/name=vigil",
-                "--tail=40"
-            ])
-            .unwrap_or_else(|e| format!("{e:#}"))
-        );
-    }
-    let stopped = ctx.cluster.stop();
     outcomes.push((
-        "the_node_leaves_the_host_as_it_found_it".into(),
-        stopped.and_then(|()| before.same_as(&HostState::capture()?)),
+        HOST_AS_FOUND.into(),
+        HostState::capture().and_then(|after| before.same_as(&after)),
     ));
     report(outcomes.last().expect("pushed"));
     let failed = outcomes.iter().filter(|(_, o)| o.is_err()).count();
+    // A selected test the owner never reported on counts as failed.
+    let passed = owned.passed.min(selected.len()) + outcomes.len() - failed;
+    let failed = total - passed;
     println!(
-        "\ntest result: {}. {} passed; {failed} failed; 0 ignored; 0 measured\n",
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured\n",
         if failed == 0 { "ok" } else { "FAILED" },
-        outcomes.len() - failed
     );
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Where the one cluster lives.
+fn cluster_dir() -> PathBuf {
+    std::env::temp_dir().join("vigil-node-tests")
 }
 
 fn report((name, outcome): &(String, Result<()>)) {
@@ -339,78 +323,98 @@ impl HostState {
     }
 }
 
-/// Starts a cluster in a child process that runs one pod, then SIGKILLs the child: what is
-/// left is what a crashed `k8s-env up` leaves. Returns the pod's container process.
-fn crashed_cluster() -> Result<u32> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(CRASH_CHILD, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start the crash child")?;
-    let stdout = child.stdout.take().context("piped")?;
-    let stderr = child.stderr.take().context("piped")?;
-    // Its last words go into this test's failure: a runner that shows only the end of the
-    // output would otherwise lose why the child gave up.
-    let last_words = thread::spawn(move || {
-        let mut tail = std::collections::VecDeque::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-            eprintln!("{line}");
-            if tail.len() == 30 {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-        Vec::from(tail).join("\n")
-    });
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let pid = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(pid) = line.strip_prefix("ready ") {
-                    break pid.trim().parse::<u32>().context("the child's pid line")?;
-                }
-            }
-            _ => {
-                let status = child.wait();
-                let said = last_words.join().unwrap_or_default();
-                bail!(
-                    "the crash child ended ({status:?}) before its pod ran; its stderr ended \
-                     with:\n{said}"
-                );
-            }
-        }
-    };
-    child.kill().context("SIGKILL the crash child")?;
-    child.wait()?;
-    ensure!(
-        Path::new(&format!("/proc/{pid}")).exists(),
-        "the pod's process {pid} should outlive the crashed cluster's owner"
-    );
-    Ok(pid)
+/// What the owner child did: how many tests it reported passed, and the container process of
+/// the pod it left running when it was killed.
+struct Owned {
+    passed: usize,
+    result: Result<u32>,
 }
 
-/// The crash child: a cluster with one running pod; prints `ready <pid>` and waits to be
-/// killed.
-fn crash_child() -> ExitCode {
+/// Runs [`owner`] in a child, passing its output through, and SIGKILLs it once it has left
+/// a pod running.
+fn run_owner(filters: &[String]) -> Owned {
+    let mut passed = 0;
+    let result = (|| -> Result<u32> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(filters)
+            .env(OWNER_CHILD, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the cluster's owner")?;
+        let stdout = child.stdout.take().context("piped")?;
+        let mut last_words = std::collections::VecDeque::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let line = line.context("the owner's output")?;
+            if let Some(pid) = line.strip_prefix("ready ") {
+                let pid = pid.trim().parse::<u32>().context("the owner's pid line")?;
+                child.kill().context("SIGKILL the cluster's owner")?;
+                child.wait()?;
+                ensure!(
+                    Path::new(&format!("/proc/{pid}")).exists(),
+                    "the pod's process {pid} should outlive the crashed cluster's owner"
+                );
+                return Ok(pid);
+            }
+            println!("{line}");
+            if line.starts_with("test ") && line.ends_with(" ... ok") {
+                passed += 1;
+            }
+            if last_words.len() == 5 {
+                last_words.pop_front();
+            }
+            last_words.push_back(line);
+        }
+        let status = child.wait()?;
+        bail!(
+            "the cluster's owner ended ({status}) before it left a pod running; it last said:\n{}",
+            Vec::from(last_words).join("\n")
+        )
+    })();
+    Owned { passed, result }
+}
+
+/// The owner child: starts the cluster, runs the selected tests reporting each, then runs
+/// one more pod, prints `ready <pid>` and waits to be killed.
+fn owner(selected: &[&(&str, TestFn)]) -> ExitCode {
     let run = || -> Result<()> {
         let setup = environment()?.context("the parent checked the environment")?;
         let started = Instant::now();
-        let ctx = start(setup)?;
-        eprintln!(
-            "crash child: node Ready in {:.1} s",
+        let ctx = start(setup).context("the cluster did not start")?;
+        println!(
+            "node {} Ready in {:.1} s",
+            ctx.cluster.node_name(),
             started.elapsed().as_secs_f64()
         );
+        let mut any_failed = false;
+        for (name, test) in selected {
+            let start = Instant::now();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&ctx)))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
+            println!("  ({:.1} s)", start.elapsed().as_secs_f64());
+            any_failed |= outcome.is_err();
+            report(&((*name).to_owned(), outcome));
+        }
+        if any_failed {
+            println!(
+                "--- agent log tail:\n{}",
+                ctx.kubectl(&[
+                    "logs",
+                    "-n",
+                    AGENT_NS,
+                    "-l",
+                    "app.kubernetes.io/name=vigil",
+                    "--tail=40"
+                ])
+                .unwrap_or_else(|e| format!("{e:#}"))
+            );
+        }
         let pod = ctx.deployment(
             "default",
             "left-behind",
             &["/bin/busybox", "sleep", "100000"],
         )?;
         let pid = container_process(&ctx, "default", &pod, "busybox")?;
-        eprintln!(
-            "crash child: pod {pod} runs, {:.1} s after the start",
-            started.elapsed().as_secs_f64()
-        );
         println!("ready {pid}");
         // Keep `ctx` (and the cluster) alive until the parent kills this process.
         loop {
@@ -421,7 +425,7 @@ fn crash_child() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("crash child: {err:#}");
+            println!("the cluster's owner: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -5,6 +5,10 @@
 //! `k8s-env/` (its `go.mod` and `go.sum` pin every dependency) into [`bin_dir`], next to a stamp
 //! file naming the pins, the Go version and the flags it was built with. A later run skips the
 //! binary while it exists and its stamp still matches.
+//!
+//! Each build is also kept, with its stamp, in a cache outside the workspace ([`cache_dir`]),
+//! as Go keeps its build cache: a fresh clone takes a binary from there when the stamps match
+//! exactly, instead of linking Kubernetes again (minutes of both cores).
 use std::{
     env, fs,
     io::ErrorKind,
@@ -195,6 +199,9 @@ pub enum Source {
     Built(Duration),
     /// Already there, with a stamp matching the pins.
     UpToDate,
+    /// Copied from this directory of [`cache_dir`], where an earlier build with the same
+    /// stamp left it.
+    Cached(PathBuf),
     /// A symbolic link to this file in `$KUBEBUILDER_ASSETS`.
     KubebuilderAssets(PathBuf),
 }
@@ -259,15 +266,88 @@ pub fn ensure_built() -> Result<Vec<Built>> {
             _ => {
                 let stamp = stamp(tool, &go_version)?;
                 if path.is_file() && fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+                    keep(tool.name, &stamp, &bin);
                     Source::UpToDate
+                } else if let Some(cache) = cache_dir()
+                    && from_cache(&cache, tool.name, &stamp, &bin)?
+                {
+                    Source::Cached(cache)
                 } else {
-                    build(tool, &go, &path, &stamp_path, &stamp)?
+                    let source = build(tool, &go, &path, &stamp_path, &stamp)?;
+                    keep(tool.name, &stamp, &bin);
+                    source
                 }
             }
         };
         built.push(Built { tool, path, source });
     }
     Ok(built)
+}
+
+/// The cache of built binaries: `$VIGIL_K8S_CACHE`, else `$XDG_CACHE_HOME/vigil/k8s-env`,
+/// else `$HOME/.cache/vigil/k8s-env`; `None` (no cache) when `VIGIL_K8S_CACHE` is set empty
+/// or there is no home.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = env::var_os("VIGIL_K8S_CACHE") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            env::var_os("HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(|home| PathBuf::from(home).join(".cache"))
+        })
+        .map(|cache| cache.join("vigil/k8s-env"))
+}
+
+/// Copies binary `name` from `cache` into `bin` when the cache's stamp for it is `stamp`
+/// exactly; false when the cache has no such build.
+fn from_cache(cache: &Path, name: &str, stamp: &str, bin: &Path) -> Result<bool> {
+    let cached = cache.join(name);
+    let cached_stamp = fs::read_to_string(cache.join(format!(".{name}.stamp")));
+    if !cached.is_file() || !cached_stamp.is_ok_and(|s| s == stamp) {
+        return Ok(false);
+    }
+    let stamp_path = bin.join(format!(".{name}.stamp"));
+    remove_if_present(&stamp_path)?;
+    copy_whole(&cached, &bin.join(name))?;
+    fs::write(&stamp_path, stamp)
+        .with_context(|| format!("cannot write {}", stamp_path.display()))?;
+    Ok(true)
+}
+
+/// Puts binary `name` of `bin` into the cache unless the cache has it under `stamp` already.
+/// A failure only costs the next clone a build, so it is reported and not returned.
+fn keep(name: &str, stamp: &str, bin: &Path) {
+    let Some(cache) = cache_dir() else { return };
+    if fs::read_to_string(cache.join(format!(".{name}.stamp"))).is_ok_and(|s| s == stamp) {
+        return;
+    }
+    if let Err(err) = to_cache(&cache, name, stamp, bin) {
+        eprintln!("testenv: cannot keep {name} in the cache: {err:#}");
+    }
+}
+
+/// Keeps binary `name` of `bin`, built as `stamp` says, in `cache`.
+fn to_cache(cache: &Path, name: &str, stamp: &str, bin: &Path) -> Result<()> {
+    fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let stamp_path = cache.join(format!(".{name}.stamp"));
+    // As in the workspace: without its stamp a binary is never taken.
+    remove_if_present(&stamp_path)?;
+    copy_whole(&bin.join(name), &cache.join(name))?;
+    fs::write(&stamp_path, stamp).with_context(|| format!("cannot write {}", stamp_path.display()))
+}
+
+/// Copies `from` to `to` through a temporary file renamed into place, so that no reader (a
+/// test running the old binary, another clone filling the cache) sees half a file.
+fn copy_whole(from: &Path, to: &Path) -> Result<()> {
+    let partial = to.with_extension(format!("partial-{}", std::process::id()));
+    fs::copy(from, &partial)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), partial.display()))?;
+    fs::rename(&partial, to)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), to.display()))
 }
 
 /// The Go module directory of `tool`.
@@ -369,6 +449,31 @@ fn link_asset(tool: &Tool, assets: &Path, path: &Path, stamp_path: &Path) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A build goes into the cache and comes back only under the very same stamp.
+    #[test]
+    fn the_cache_gives_back_a_binary_only_for_its_exact_stamp() {
+        let root = env::temp_dir().join(format!("vigil-k8s-cache-test-{}", std::process::id()));
+        let (cache, first, second) = (root.join("cache"), root.join("a"), root.join("b"));
+        for dir in [&first, &second] {
+            fs::create_dir_all(dir).expect("mkdir");
+        }
+        fs::write(first.join("etcd"), "binary v1").expect("write");
+        assert!(!from_cache(&cache, "etcd", "stamp v1", &second).expect("empty cache"));
+        to_cache(&cache, "etcd", "stamp v1", &first).expect("into the cache");
+        assert!(!from_cache(&cache, "etcd", "stamp v2", &second).expect("other stamp"));
+        assert!(!second.join("etcd").exists());
+        assert!(from_cache(&cache, "etcd", "stamp v1", &second).expect("same stamp"));
+        assert_eq!(
+            fs::read_to_string(second.join("etcd")).expect("copied"),
+            "binary v1"
+        );
+        assert_eq!(
+            fs::read_to_string(second.join(".etcd.stamp")).expect("stamped"),
+            "stamp v1"
+        );
+        fs::remove_dir_all(&root).expect("clean up");
+    }
 
     fn go_mod(dir: &str) -> String {
         fs::read_to_string(workspace_root().join("k8s-env").join(dir).join("go.mod"))

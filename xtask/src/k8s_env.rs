@@ -87,6 +87,7 @@ pub fn ensure() -> Result<PathBuf> {
         let (from, how) = match &item.source {
             Source::Built(took) => (pin(item), format!("built in {}", secs(*took))),
             Source::UpToDate => (pin(item), "up to date".to_owned()),
+            Source::Cached(cache) => (pin(item), format!("from the cache {}", cache.display())),
             // Not ours: say what the binary says it is.
             Source::KubebuilderAssets(path) => (
                 output_of(command(path).arg("--version"))
