@@ -290,7 +290,18 @@ pub fn for_node(binary: &Path, out: &Path) -> Result<(Vec<PathBuf>, String)> {
     // The load generator of the node tests, built beside the agent.
     let scenario = binary.with_file_name("vigil-scenario");
     let extra = [(scenario.as_path(), SCENARIO)];
-    let archives = [agent(binary, &tag), busybox(&tag, &extra), sandbox]
+    // The agent without its debug information, which is nine tenths of a debug build (250 MB):
+    // containerd hashes and unpacks every byte it imports, which in the emulated node took
+    // minutes. The code, symbols and embedded eBPF object stay as built.
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let stripped = out.join("vigil.no-debug");
+    crate::util::run_checked(
+        std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .arg(&stripped),
+    )?;
+    let archives = [agent(&stripped, &tag), busybox(&tag, &extra), sandbox]
         .iter()
         .map(|spec| build(spec, out))
         .collect::<Result<Vec<_>>>()?;

@@ -69,6 +69,10 @@ enum Command {
         /// (after the Kubernetes binaries, a debug build and the node images).
         #[arg(long)]
         cgroup_v2_only: bool,
+        /// Boot the pure cgroup v2 guest on this node-test script only (the suite runs it
+        /// beside the host's tests).
+        #[arg(long, hide = true, value_name = "SCRIPT")]
+        guest_script: Option<std::path::PathBuf>,
         /// Extra arguments for the test binaries.
         #[arg(last = true)]
         args: Vec<String>,
@@ -132,6 +136,10 @@ fn main() -> ExitCode {
             cgroup_v2_only: true,
             ..
         } => test::cgroup_v2_only(),
+        Command::Test {
+            guest_script: Some(script),
+            ..
+        } => test::guest_script(&script),
         Command::Test { args, .. } => test::run(&args),
         Command::Bench(options) => bench::run(&options),
         Command::Crd(options) => crd::run(&options),

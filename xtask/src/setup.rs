@@ -24,9 +24,11 @@ const LLVM_PACKAGES: [&str; 4] = [
 /// `ip` for the network-namespace tests; python3 and its venv for the independent CloudEvents
 /// consumer the HTTP sink tests run (the `cloudevents` package, installed into a venv); skopeo
 /// as the independent reader of the OCI archives `cargo xtask image` writes; busybox-static,
-/// the test workloads' image.
-const TEST_PACKAGES: [&str; 16] = [
+/// the test workloads' image; binutils' objcopy strips the node tests' agent image of its
+/// debug information.
+const TEST_PACKAGES: [&str; 17] = [
     "iproute2",
+    "binutils",
     "python3",
     "python3-venv",
     "skopeo",

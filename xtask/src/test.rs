@@ -178,17 +178,8 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     })?;
     let (images, sandbox) = node_images.expect("set by the images step");
     let k8s_bin_dir = k8s_bin.expect("set by the k8s-env step");
-    let mut test = cargo_with(&[
-        "test",
-        "--workspace",
-        "--exclude",
-        "agent-ebpf",
-        "--lib",
-        "--bins",
-        "--tests",
-        "--",
-        "--test-threads=1",
-    ]);
+    let mut test = cargo_with(&TEST_TARGETS);
+    test.args(["--", "--test-threads=1"]);
     test.args(extra)
         .env("VIGIL_SCENARIO_BIN", debug.join("vigil-scenario"))
         .env("VIGIL_BIN", debug.join("vigil"))
@@ -206,27 +197,52 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     }
     // Prevention before the act needs BPF LSM, which this host's kernel refuses, and the
     // oldest kernel's fallbacks need that kernel: both under QEMU, beside the host's tests
-    // (emulation keeps one core busy; the host's tests mostly wait on the kernel).
+    // (emulation keeps one core busy; the host's tests mostly wait on the kernel). The node
+    // tests on the pure cgroup v2 kernel run in a third lane, niced: the emulated node's
+    // waits stretch with its pace, the host's tests' do not.
     steps.run(
         "vm-test: build and stage the guests' binaries".to_owned(),
         || crate::vm_test::stage().map(drop),
     )?;
-    let mut beside = Beside::start()?;
+    let mut script = None;
+    steps.run(
+        "the pure cgroup v2 guest: kernel and script".to_owned(),
+        || {
+            crate::guest::prepare(&workspace_root().join("target/guest"))?;
+            script = Some(node_tests_in_guest(&images, &sandbox, &k8s_bin_dir)?);
+            Ok(())
+        },
+    )?;
+    let script = script.expect("set by the step");
+    let mut beside = Beside::start(Lane::VmTests)?;
+    let mut node_guest = Beside::start(Lane::NodeGuest(script))?;
     let host = steps.run(describe(&test), || run_counted(&mut test, counts));
     if host.is_err() {
         beside.stop();
+        node_guest.stop();
     }
     host?;
-    steps.run(Beside::name(), || beside.finish())?;
-    steps.run(GUEST_STEP.to_owned(), || {
-        guest_node_tests(&images, &sandbox, &k8s_bin_dir, counts)
-    })
+    let vm_tests = steps.run(beside.name(), || beside.finish(counts));
+    if vm_tests.is_err() {
+        node_guest.stop();
+    }
+    vm_tests?;
+    steps.run(node_guest.name(), || node_guest.finish(counts))
 }
 
-/// The `vm-test` runs of the suite, in a process group of their own beside the host's tests,
-/// their output in a log: the oldest kernel with the prevention and fallback tests, then the
-/// others with the prevention tests.
+/// What runs under QEMU beside the host's tests.
+enum Lane {
+    /// The `vm-test` runs: the oldest kernel with the prevention and fallback tests, then the
+    /// others with the prevention tests.
+    VmTests,
+    /// The node tests on the pure cgroup v2 kernel, from this script (`node_tests_in_guest`).
+    NodeGuest(std::path::PathBuf),
+}
+
+/// One lane of runs under QEMU, in a process group of their own beside the host's tests,
+/// their output in a log.
 struct Beside {
+    lane: Lane,
     child: std::process::Child,
     log: std::path::PathBuf,
     /// Whether the runs ended (waited for, or stopped).
@@ -243,7 +259,7 @@ impl Drop for Beside {
 }
 
 impl Beside {
-    fn runs() -> [String; 2] {
+    fn vm_test_runs() -> [String; 2] {
         use crate::vm_test::{FALLBACK_TESTS, OLDEST, PREVENTION_KERNELS, PREVENTION_TESTS};
         let others: Vec<&str> = PREVENTION_KERNELS
             .iter()
@@ -264,33 +280,50 @@ impl Beside {
         ]
     }
 
-    fn name() -> String {
-        format!(
-            "under QEMU, beside the host's tests: {}",
-            Self::runs().join("; ")
-        )
+    fn name(&self) -> String {
+        match self.lane {
+            Lane::VmTests => format!(
+                "under QEMU, beside the host's tests: {}",
+                Self::vm_test_runs().join("; ")
+            ),
+            Lane::NodeGuest(_) => GUEST_STEP.to_owned(),
+        }
     }
 
-    fn start() -> Result<Self> {
+    fn start(lane: Lane) -> Result<Self> {
         use std::os::unix::process::CommandExt;
         let dir = workspace_root().join("target/vm");
-        std::fs::create_dir_all(&dir)?;
-        // A copy: the host's tests rebuild this workspace's binaries, this one among them.
-        let xtask = dir.join("bin/xtask");
+        std::fs::create_dir_all(dir.join("bin"))?;
+        // A copy: the host's tests rebuild this workspace's binaries, this one among them. One
+        // per lane, so that starting a lane never replaces the file another is about to run.
+        let xtask = dir.join(match lane {
+            Lane::VmTests => "bin/xtask",
+            Lane::NodeGuest(_) => "bin/xtask-node-guest",
+        });
         let _ = std::fs::remove_file(&xtask);
         std::fs::copy(std::env::current_exe()?, &xtask)
             .with_context(|| format!("cannot copy the xtask binary to {}", xtask.display()))?;
-        let log = dir.join("beside.log");
+        let (log, script) = match &lane {
+            Lane::VmTests => {
+                // Every run, whatever the one before it did; the group fails if one failed.
+                let mut script = "rc=0\n".to_owned();
+                for run in Self::vm_test_runs() {
+                    let (_, args) = run.split_once(' ').expect("`vm-test ARGS`");
+                    script.push_str(&format!("\"$0\" vm-test --staged {args} || rc=1\n"));
+                }
+                script.push_str("exit $rc\n");
+                (dir.join("beside.log"), script)
+            }
+            Lane::NodeGuest(guest_script) => (
+                dir.join("node-guest.log"),
+                format!(
+                    "exec nice -n 10 \"$0\" test --guest-script '{}'\n",
+                    guest_script.display()
+                ),
+            ),
+        };
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        // Every run, whatever the one before it did; the group fails if one failed.
-        let mut script = "rc=0\n".to_owned();
-        for run in Self::runs() {
-            let (_, args) = run.split_once(' ').expect("`vm-test ARGS`");
-            script.push_str(&format!("\"$0\" vm-test --staged {args} || rc=1\n"));
-        }
-        script.push_str("exit $rc\n");
-        println!("test: {} (output in {})", Self::name(), log.display());
         let child = Command::new("sh")
             .args(["-c", &script])
             .arg(&xtask)
@@ -300,32 +333,51 @@ impl Beside {
             .stderr(file)
             .process_group(0)
             .spawn()
-            .context("cannot start vm-test")?;
-        Ok(Self {
+            .context("cannot start a lane under QEMU")?;
+        let beside = Self {
+            lane,
             child,
             log,
             ended: false,
-        })
+        };
+        println!(
+            "test: {} (output in {})",
+            beside.name(),
+            beside.log.display()
+        );
+        Ok(beside)
     }
 
     /// Ends the runs and their guests (their own process group).
     fn stop(&mut self) {
+        if self.ended {
+            return;
+        }
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let _ = self.child.wait();
         self.ended = true;
     }
 
-    /// Waits for the runs; prints their tables, or the log's end when one failed.
-    fn finish(&mut self) -> Result<()> {
+    /// Waits for the runs and adds up their tests; prints the vm-test tables or the node
+    /// guest's output, and the log's end when a run failed.
+    fn finish(&mut self, counts: &mut Counts) -> Result<()> {
         let status = self.child.wait()?;
         self.ended = true;
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
+        for line in &lines {
+            counts.add_line(line);
+        }
         if status.success() {
             let mut in_table = false;
             for line in &lines {
-                in_table = line.starts_with("series ") || (in_table && !line.trim().is_empty());
+                in_table = match self.lane {
+                    Lane::VmTests => {
+                        line.starts_with("series ") || (in_table && !line.trim().is_empty())
+                    }
+                    Lane::NodeGuest(_) => true,
+                };
                 if in_table {
                     println!("{line}");
                 }
@@ -336,7 +388,8 @@ impl Beside {
             println!("{line}");
         }
         anyhow::bail!(
-            "vm-test failed ({status}); its whole output: {}",
+            "{} failed ({status}); its whole output: {}",
+            self.name(),
             self.log.display()
         )
     }
@@ -361,7 +414,8 @@ pub fn cgroup_v2_only() -> Result<()> {
     )?;
     let mut counts = Counts::default();
     let result = step(GUEST_STEP, || {
-        guest_node_tests(&images, &sandbox, &k8s_bin, &mut counts)
+        let script = node_tests_in_guest(&images, &sandbox, &k8s_bin)?;
+        boot_node_guest(&script, &mut counts)
     });
     println!(
         "tests: {} passed, {} failed, {} skipped",
@@ -370,17 +424,18 @@ pub fn cgroup_v2_only() -> Result<()> {
     result
 }
 
+/// `cargo xtask test --guest-script SCRIPT`: the node guest's lane beside the host's tests.
+pub fn guest_script(script: &std::path::Path) -> Result<()> {
+    util::require_root("test --guest-script")?;
+    let mut counts = Counts::default();
+    step(GUEST_STEP, || boot_node_guest(script, &mut counts))
+}
+
 /// Boots the guest on the node tests' script and fails unless they all passed.
-fn guest_node_tests(
-    images: &[std::path::PathBuf],
-    sandbox: &str,
-    k8s_bin: &std::path::Path,
-    counts: &mut Counts,
-) -> Result<()> {
+fn boot_node_guest(script: &std::path::Path, counts: &mut Counts) -> Result<()> {
     let guest = crate::guest::prepare(&workspace_root().join("target/guest"))?;
-    let script = node_tests_in_guest(images, sandbox, k8s_bin)?;
     for attempt in 1..=BOOT_ATTEMPTS {
-        let mut qemu = guest.command(&script)?;
+        let mut qemu = guest.command(script)?;
         run_counted(&mut qemu, counts)?;
         if guest.booted() {
             break;
@@ -422,7 +477,12 @@ fn node_tests_in_guest(
     sandbox: &str,
     k8s_bin: &std::path::Path,
 ) -> Result<std::path::PathBuf> {
-    let binary = test_executable("node")?;
+    // A copy, as the vm-test guests run: the host's tests may build while the guest runs it.
+    let binary = workspace_root().join("target/guest/bin/node");
+    std::fs::create_dir_all(workspace_root().join("target/guest/bin"))?;
+    let _ = std::fs::remove_file(&binary);
+    std::fs::copy(test_executable("node")?, &binary)
+        .with_context(|| format!("cannot copy the node tests to {}", binary.display()))?;
     let images = std::env::join_paths(images)?;
     let ci = std::env::var("CI").unwrap_or_default();
     let script = format!(
@@ -462,19 +522,30 @@ exit $rc
     Ok(path)
 }
 
+/// What the suite's `cargo test` builds and runs. The guests' test binaries are built by the
+/// same command (with `--no-run`): any other selection resolves the dependencies' features
+/// differently and builds the whole tree a second time (minutes on a fresh clone).
+const TEST_TARGETS: [&str; 7] = [
+    "test",
+    "--workspace",
+    "--exclude",
+    "agent-ebpf",
+    "--lib",
+    "--bins",
+    "--tests",
+];
+
 /// The path of integration test `name`'s executable, as cargo built it for this suite.
 pub fn test_executable(name: &str) -> Result<std::path::PathBuf> {
-    let out = cargo_with(&[
-        "test",
-        "-p",
-        "agent",
-        "--test",
-        name,
-        "--no-run",
-        "--message-format=json-diagnostic-rendered-ansi",
-    ])
-    .stderr(std::process::Stdio::inherit())
-    .output()?;
+    Ok(test_executables(&[name])?.remove(0))
+}
+
+/// The paths of integration tests `names`' executables, in that order, from one build.
+pub fn test_executables(names: &[&str]) -> Result<Vec<std::path::PathBuf>> {
+    let out = cargo_with(&TEST_TARGETS)
+        .args(["--no-run", "--message-format=json-diagnostic-rendered-ansi"])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let messages: Vec<serde_json::Value> = stdout
         .lines()
@@ -487,13 +558,24 @@ pub fn test_executable(name: &str) -> Result<std::path::PathBuf> {
     }
     anyhow::ensure!(
         out.status.success(),
-        "cargo test --no-run --test {name} failed"
+        "cargo test --no-run (for the tests {}) failed",
+        names.join(", ")
     );
-    messages
+    names
         .iter()
-        .filter(|message| message["target"]["name"] == name)
-        .find_map(|message| message["executable"].as_str().map(std::path::PathBuf::from))
-        .with_context(|| format!("cargo built no executable for test {name}"))
+        .map(|name| {
+            messages
+                .iter()
+                .filter(|message| {
+                    message["target"]["name"] == *name
+                        && message["target"]["kind"]
+                            .as_array()
+                            .is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"))
+                })
+                .find_map(|message| message["executable"].as_str().map(std::path::PathBuf::from))
+                .with_context(|| format!("cargo built no executable for test {name}"))
+        })
+        .collect()
 }
 
 /// The rendered text of a compiler message at level error, as rustc would have printed it.

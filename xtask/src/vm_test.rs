@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     guest,
-    test::{Counts, test_executable},
+    test::{Counts, test_executables},
     util::{self, run_checked, workspace_root},
 };
 
@@ -215,7 +215,8 @@ pub fn stage() -> Result<Vec<PathBuf>> {
     copy(&debug.join("vigil-scenario"), "vigil-scenario")?;
     KERNEL_TESTS
         .iter()
-        .map(|name| copy(&test_executable(name)?, name))
+        .zip(test_executables(&KERNEL_TESTS)?)
+        .map(|(name, executable)| copy(&executable, name))
         .collect()
 }
 
