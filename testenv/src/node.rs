@@ -235,6 +235,24 @@ impl Cluster {
         cluster.start_containerd(options)?;
         took("containerd up with the images imported");
         cluster.start_kubelet(bin_dir)?;
+        // kube-proxy reads its node's addresses once at start: started before the kubelet
+        // registered the node, it assumes loopback, and when the node then appears it exits
+        // ("NodeIPs changed"), for its DaemonSet to restart it. Nothing restarts it here; a
+        // busy or emulated machine registers late.
+        cluster.wait_for(
+            options.ready_timeout,
+            &[(
+                "the kubelet to register the node",
+                vec![
+                    "get".into(),
+                    "node".into(),
+                    cluster.node_name.clone(),
+                    "-o".into(),
+                    "jsonpath=True".into(),
+                ],
+            )],
+        )?;
+        took("the node registered");
         cluster.start_kube_proxy(bin_dir)?;
         cluster.wait_ready(options.ready_timeout)?;
         took("the node Ready");
@@ -449,7 +467,6 @@ impl Cluster {
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let checks: [(&str, Vec<String>); 2] = [
             (
                 "the node to be Ready",
@@ -474,10 +491,16 @@ impl Cluster {
                 ],
             ),
         ];
+        self.wait_for(timeout, &checks)
+    }
+
+    /// Waits, for at most `timeout` in all, until each `kubectl` query in turn prints `True`.
+    fn wait_for(&self, timeout: Duration, checks: &[(&str, Vec<String>)]) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         for (what, args) in checks {
             loop {
                 self.check_running()?;
-                let out = self.plane().kubectl(&args);
+                let out = self.plane().kubectl(args);
                 if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True" {
                     break;
                 }

@@ -258,74 +258,92 @@ impl Drop for Beside {
     }
 }
 
-impl Beside {
-    fn vm_test_runs() -> [String; 2] {
+impl Lane {
+    /// The vm-test runs of each lane, balanced by their time under emulation: the oldest
+    /// kernel (prevention and fallback tests, the longest run) and the newest in the vm-test
+    /// lane; the second kernel after the node guest in its lane.
+    fn vm_test_runs(&self) -> Vec<String> {
         use crate::vm_test::{FALLBACK_TESTS, OLDEST, PREVENTION_KERNELS, PREVENTION_TESTS};
         let others: Vec<&str> = PREVENTION_KERNELS
             .iter()
             .copied()
             .filter(|k| *k != OLDEST)
             .collect();
-        [
-            format!(
-                "vm-test --kernel {OLDEST} -- {} {}",
-                PREVENTION_TESTS.join(" "),
-                FALLBACK_TESTS.join(" ")
-            ),
+        let prevention = |kernels: &[&str]| {
             format!(
                 "vm-test --kernel {} -- {}",
-                others.join(" --kernel "),
+                kernels.join(" --kernel "),
                 PREVENTION_TESTS.join(" ")
-            ),
-        ]
+            )
+        };
+        match self {
+            Lane::VmTests => vec![
+                format!(
+                    "vm-test --kernel {OLDEST} -- {} {}",
+                    PREVENTION_TESTS.join(" "),
+                    FALLBACK_TESTS.join(" ")
+                ),
+                prevention(&others[1..]),
+            ],
+            Lane::NodeGuest(_) => vec![prevention(&others[..1])],
+        }
     }
 
     fn name(&self) -> String {
-        match self.lane {
-            Lane::VmTests => format!(
-                "under QEMU, beside the host's tests: {}",
-                Self::vm_test_runs().join("; ")
-            ),
-            Lane::NodeGuest(_) => GUEST_STEP.to_owned(),
+        let runs = self.vm_test_runs().join("; ");
+        match self {
+            Lane::VmTests => format!("under QEMU, beside the host's tests: {runs}"),
+            Lane::NodeGuest(_) => format!("{GUEST_STEP}, then {runs}"),
         }
+    }
+
+    /// The lane's file names under `target/vm`: its copy of xtask (one per lane, so that
+    /// starting a lane never replaces the file another is about to run) and its log.
+    fn files(&self) -> (&'static str, &'static str) {
+        match self {
+            Lane::VmTests => ("bin/xtask", "beside.log"),
+            Lane::NodeGuest(_) => ("bin/xtask-node-guest", "node-guest.log"),
+        }
+    }
+
+    /// The lane's shell script (`$0` is xtask): every run, whatever the one before it did;
+    /// the lane fails if one failed.
+    fn script(&self) -> String {
+        let mut script = "rc=0\n".to_owned();
+        if let Lane::NodeGuest(guest_script) = self {
+            script.push_str(&format!(
+                "\"$0\" test --guest-script '{}' || rc=1\n",
+                guest_script.display()
+            ));
+        }
+        for run in self.vm_test_runs() {
+            let (_, args) = run.split_once(' ').expect("`vm-test ARGS`");
+            script.push_str(&format!("\"$0\" vm-test --staged {args} || rc=1\n"));
+        }
+        script.push_str("exit $rc\n");
+        script
+    }
+}
+
+impl Beside {
+    fn name(&self) -> String {
+        self.lane.name()
     }
 
     fn start(lane: Lane) -> Result<Self> {
         use std::os::unix::process::CommandExt;
         let dir = workspace_root().join("target/vm");
         std::fs::create_dir_all(dir.join("bin"))?;
-        // A copy: the host's tests rebuild this workspace's binaries, this one among them. One
-        // per lane, so that starting a lane never replaces the file another is about to run.
-        let xtask = dir.join(match lane {
-            Lane::VmTests => "bin/xtask",
-            Lane::NodeGuest(_) => "bin/xtask-node-guest",
-        });
+        let (xtask, log) = lane.files();
+        let (xtask, log) = (dir.join(xtask), dir.join(log));
+        // A copy: the host's tests rebuild this workspace's binaries, this one among them.
         let _ = std::fs::remove_file(&xtask);
         std::fs::copy(std::env::current_exe()?, &xtask)
             .with_context(|| format!("cannot copy the xtask binary to {}", xtask.display()))?;
-        let (log, script) = match &lane {
-            Lane::VmTests => {
-                // Every run, whatever the one before it did; the group fails if one failed.
-                let mut script = "rc=0\n".to_owned();
-                for run in Self::vm_test_runs() {
-                    let (_, args) = run.split_once(' ').expect("`vm-test ARGS`");
-                    script.push_str(&format!("\"$0\" vm-test --staged {args} || rc=1\n"));
-                }
-                script.push_str("exit $rc\n");
-                (dir.join("beside.log"), script)
-            }
-            Lane::NodeGuest(guest_script) => (
-                dir.join("node-guest.log"),
-                format!(
-                    "exec nice -n 10 \"$0\" test --guest-script '{}'\n",
-                    guest_script.display()
-                ),
-            ),
-        };
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let child = Command::new("sh")
-            .args(["-c", &script])
+            .args(["-c", &lane.script()])
             .arg(&xtask)
             .current_dir(workspace_root())
             .stdin(std::process::Stdio::null())
@@ -334,18 +352,13 @@ impl Beside {
             .process_group(0)
             .spawn()
             .context("cannot start a lane under QEMU")?;
-        let beside = Self {
+        println!("test: {} (output in {})", lane.name(), log.display());
+        Ok(Self {
             lane,
             child,
             log,
             ended: false,
-        };
-        println!(
-            "test: {} (output in {})",
-            beside.name(),
-            beside.log.display()
-        );
-        Ok(beside)
+        })
     }
 
     /// Ends the runs and their guests (their own process group).
@@ -588,7 +601,36 @@ fn compiler_error(message: &serde_json::Value) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Counts, compiler_error};
+    use super::{Counts, Lane, compiler_error};
+
+    /// The two lanes run every prevention kernel exactly once, the oldest with its fallback
+    /// tests, and the node guest's lane boots the node guest first.
+    #[test]
+    fn the_lanes_share_the_prevention_kernels_and_the_node_guest_goes_first() {
+        use crate::vm_test::{FALLBACK_TESTS, OLDEST, PREVENTION_KERNELS};
+        let node = Lane::NodeGuest("/w/node-tests.sh".into());
+        let runs: Vec<String> = [Lane::VmTests.vm_test_runs(), node.vm_test_runs()].concat();
+        for kernel in PREVENTION_KERNELS {
+            let with = runs
+                .iter()
+                .filter(|run| run.contains(&format!("--kernel {kernel} ")))
+                .collect::<Vec<_>>();
+            assert_eq!(with.len(), 1, "{kernel} in {runs:?}");
+            assert_eq!(
+                with[0].contains(FALLBACK_TESTS[0]),
+                kernel == OLDEST,
+                "{kernel}: {}",
+                with[0]
+            );
+        }
+        let script = node.script();
+        let guest = script
+            .find("test --guest-script '/w/node-tests.sh'")
+            .expect("guest");
+        let vm_test = script.find("vm-test --staged").expect("vm-test");
+        assert!(guest < vm_test, "{script}");
+        assert!(script.ends_with("exit $rc\n"), "{script}");
+    }
 
     #[test]
     fn shows_compiler_errors_and_nothing_else() {
