@@ -2,11 +2,13 @@
 //! names behind the rule indices the kernel reports.
 //!
 //! Reload writes the new sets under fresh ids (the two halves of the id space alternate),
-//! repoints every cgroup binding, then deletes the old sets. Every lookup in between sees a
-//! complete old or a complete new set: there is no moment without enforcement.
+//! repoints every cgroup binding, waits until no program that looked up an old set still runs
+//! (`grace.rs`), then deletes the old sets. Every lookup in between sees a complete old or a
+//! complete new set: there is no moment without enforcement.
 pub mod bindings;
 pub mod compile;
 pub mod compiled;
+mod grace;
 pub mod seed;
 
 use std::{
@@ -258,8 +260,10 @@ impl Enforcer {
         // 2. Repoint the bindings (and drop those no policy wants any more).
         self.wanted = wanted;
         let applied = self.bind_all(Pass::Every)?;
-        // 3. The old sets: nothing points to them any more.
+        // 3. The old sets: nothing points to them any more, and once the programs that looked
+        // them up before step 2 have finished, nothing reads them.
         if let Some(current) = self.current.take() {
+            grace::wait_for_running_programs();
             self.delete_generation(&current)?;
             // Kept only to name the rules of events still in flight.
             self.previous = Some(current);
