@@ -17,15 +17,23 @@ const FALLBACK: Duration = Duration::from_millis(100);
 
 /// Returns once every kernel program that started before the call has finished.
 pub fn wait_for_running_programs() {
-    // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL with flags 0 only waits.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    if let Err(err) = membarrier_global() {
         tracing::warn!(
             error = %err,
             "membarrier(MEMBARRIER_CMD_GLOBAL) refused: waiting {FALLBACK:?} before the old policy sets are deleted instead"
         );
         std::thread::sleep(FALLBACK);
+    }
+}
+
+/// `membarrier(MEMBARRIER_CMD_GLOBAL, 0, 0)`: one RCU grace period.
+fn membarrier_global() -> std::io::Result<()> {
+    // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL with flags 0 only waits.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -37,8 +45,6 @@ mod tests {
     /// silently cost the fallback's sleep on every reload).
     #[test]
     fn the_kernel_accepts_the_grace_period_call() {
-        // SAFETY: as above.
-        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        membarrier_global().expect("membarrier(MEMBARRIER_CMD_GLOBAL)");
     }
 }
