@@ -129,11 +129,17 @@ pub fn bound_ancestor(cfg: &Config, cgroup: *const u8) -> u64 {
     ancestor_where(cfg, cgroup, |id| unsafe { CGROUP_SETS.get(id) }.is_some())
 }
 
-pub fn policy_set(set: u32) -> Option<&'static PolicySet> {
+/// A copy of set `set`, taken once: a program decides, refuses and kills on this one reading.
+/// User space rewrites a set's slot only a grace period after the last binding pointing at it
+/// was repointed (`enforce/grace.rs`); the copy makes the gate, the decision and the kill agree
+/// even if a slot were rewritten under a running program, so a reading can never admit a
+/// process under `Kill` and then refuse it without killing.
+#[inline(always)]
+pub fn policy_set(set: u32) -> Option<PolicySet> {
     if set == 0 {
         return None;
     }
-    POLICY_SETS.get(set)
+    POLICY_SETS.get(set).copied()
 }
 
 /// Marks a record's header with a violation (nothing when `v` is not one).
