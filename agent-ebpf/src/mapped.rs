@@ -176,14 +176,15 @@ fn judge_file(
     // Worked out again after the walk, not carried across it: the verifier then walks the
     // path once, not once per combination of these (its 1,000,000 instruction budget).
     let enforcing = cfg.mode == mode::ENFORCE;
-    let ps = policy_set(set);
-    let exec_rules = ps.is_some_and(|ps| ps.exec_action != 0);
     let memfd = anonymous_file(cfg, file);
     let tmpfs = !memfd && tmpfs_file(cfg, file);
     let shared = memfd || (tmpfs && !path.is_null() && under_dev_shm(path));
     if shared {
         shared_exec(cfg, &request);
     }
+    // Copied after the call above, so that the copy is not on the stack under it.
+    let ps = policy_set(set);
+    let exec_rules = ps.is_some_and(|ps| ps.exec_action != 0);
     let Some(ps) = ps.filter(|_| enforcing && exec_rules) else {
         return Ok(());
     };

@@ -142,6 +142,18 @@ pub fn policy_set(set: u32) -> Option<PolicySet> {
     POLICY_SETS.get(set).copied()
 }
 
+/// Set `set` read in place, for a reader whose few reads of it follow one another with no
+/// work between (nothing a copy would make agree better), on a call chain where the copy's
+/// 32 bytes of stack do not fit: the W^X chains reach 512 bytes, the combined limit of
+/// kernels before 6.13 (`ebpf::stack_depth`).
+#[inline(always)]
+pub fn policy_set_in_place(set: u32) -> Option<&'static PolicySet> {
+    if set == 0 {
+        return None;
+    }
+    POLICY_SETS.get(set)
+}
+
 /// Marks a record's header with a violation (nothing when `v` is not one).
 pub fn mark(header: &mut EventHeader, v: Violation) {
     if v.is_hit() {

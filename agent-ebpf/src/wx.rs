@@ -15,7 +15,7 @@ use crate::{
     maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, TASK_EXE, WX_PENDING, WX_SCRATCH},
     path::path_key,
     policy::{Violation, mark},
-    policy::{current_set, enforce, policy_set, violation},
+    policy::{current_set, enforce, policy_set_in_place, violation},
     task::syscall_arg,
     task::{config, current_task, header, read_kernel, selected, traced},
     throttle::{admit, lost},
@@ -196,7 +196,7 @@ pub fn decide(cfg: &Config) -> Option<Violation> {
         return Some(Violation::ALLOWED);
     }
     let set = current_set();
-    let ps = policy_set(set)?;
+    let ps = policy_set_in_place(set)?;
     if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
         return None;
     }
