@@ -442,7 +442,7 @@ mod tests {
             text: "prefix /tmp/".into(),
         };
         let ctx = Context {
-            node: "n1",
+            node: "n1".into(),
             cgroup_path: None,
             pod: Some(&pod),
         };
