@@ -832,8 +832,10 @@ fn processes_started_before_the_agent_keep_their_exemption() {
         .command(&jit)
         .args(["wait-then-mmap-rwx", go.to_str().unwrap()])
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let early_pid = early.id();
     let spec = format!(
         "  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{}\"]\n",
         real(&jit)
@@ -842,7 +844,21 @@ fn processes_started_before_the_agent_keep_their_exemption() {
     let tracer = Tracer::enforce(&file);
     std::fs::write(&go, "").unwrap();
     let out = early.wait_with_output().unwrap();
-    assert!(out.status.success());
+    if !out.status.success() {
+        let seen: Vec<String> = tracer
+            .events()
+            .iter()
+            .filter(|e| e["data"]["process"]["pid"] == early_pid)
+            .map(|e| e.to_string())
+            .collect();
+        panic!(
+            "the process started before the agent (pid {early_pid}, {}) was refused its RWX mapping: {} ({}); the agent's events for it: {seen:?}; its log: {:?}",
+            real(&jit),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            tracer.stderr_lines(),
+        );
+    }
     let (marker, out) = cg.scenario(&["mmap-rwx"]);
     assert_ok(&out, "non-exempt RWX");
     settle(&tracer, marker, WX);
