@@ -197,10 +197,17 @@ pub fn decide(cfg: &Config) -> Option<Violation> {
     }
     let set = current_set();
     let ps = policy_set_in_place(set)?;
+    // A gate that spares the exemption's lookups; the decision reads the three fields again,
+    // together, after them (held across the lookups they would not fit the stack, see
+    // `policy_set_in_place`).
     if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
         return None;
     }
-    Some(violation(ps.wx_action, set, ps.wx_rule))
+    let (flags, action, rule) = (ps.flags, ps.wx_action, ps.wx_rule);
+    if flags & set_flags::WX_DENY == 0 {
+        return None;
+    }
+    Some(violation(action, set, rule))
 }
 
 /// What a W^X act of the current task amounts to: `None` when nothing is reported (no

@@ -836,6 +836,8 @@ fn processes_started_before_the_agent_keep_their_exemption() {
         .spawn()
         .unwrap();
     let early_pid = early.id();
+    // Waits up to 900 s for its go: if the test fails before, it must not outlive it.
+    let guard = common::KillOnUnwind(early_pid);
     let spec = format!(
         "  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{}\"]\n",
         real(&jit)
@@ -844,6 +846,7 @@ fn processes_started_before_the_agent_keep_their_exemption() {
     let tracer = Tracer::enforce(&file);
     std::fs::write(&go, "").unwrap();
     let out = early.wait_with_output().unwrap();
+    std::mem::forget(guard);
     if !out.status.success() {
         let seen: Vec<String> = tracer
             .events()

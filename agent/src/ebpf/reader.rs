@@ -12,7 +12,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
-use super::records::{Filling, RecordSender};
+use super::records::{Closed, Filling, RecordSender};
 
 /// Records per hand-off at most: the next stage starts on a long drain before it ends.
 const BATCH: usize = 256;
@@ -73,7 +73,19 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &RecordSender, stats: &ReaderStats) ->
             return false;
         }
     }
-    filling.send().is_ok()
+    hand_on(&mut filling, stats)
+}
+
+/// Hands the batch on; records nobody will take are counted as dropped. False once the
+/// receiver is gone.
+fn hand_on(filling: &mut Filling<'_>, stats: &ReaderStats) -> bool {
+    match filling.send() {
+        Ok(()) => true,
+        Err(Closed(records)) => {
+            stats.dropped.fetch_add(records as u64, Ordering::Relaxed);
+            false
+        }
+    }
 }
 
 /// Copies one record into the batch, or counts it dropped when the queue is full, and hands
@@ -85,7 +97,7 @@ fn take(filling: &mut Filling<'_>, record: &[u8], stats: &ReaderStats) -> bool {
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         return true;
     }
-    filling.copied() < BATCH || filling.send().is_ok()
+    filling.copied() < BATCH || hand_on(filling, stats)
 }
 
 #[cfg(test)]
@@ -133,5 +145,10 @@ mod tests {
             took &= take(&mut filling, &i.to_le_bytes(), &stats);
         }
         assert!(!took, "a batch that cannot be handed on stops the drain");
+        assert_eq!(
+            stats.dropped.load(Ordering::Relaxed),
+            BATCH as u64,
+            "and its records are counted as dropped"
+        );
     }
 }

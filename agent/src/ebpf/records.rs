@@ -48,11 +48,19 @@ impl Batch {
 struct Room {
     queued: AtomicUsize,
     capacity: usize,
+    /// Senders waiting for room: room that frees up is theirs first, as a bounded channel's
+    /// waiting senders are served before a `try_send`.
+    waiting: AtomicUsize,
     /// Woken when records leave the queue or the receiver goes away.
     changed: Notify,
 }
 
 impl Room {
+    /// Room for one record unless a waiting sender is first in line.
+    fn try_take_unless_waited_for(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) == 0 && self.try_take()
+    }
+
     fn try_take(&self) -> bool {
         self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
@@ -67,15 +75,17 @@ impl Room {
     }
 }
 
-/// The receiver went away: nothing more can be queued.
+/// The receiver went away: nothing more can be queued; carries how many records were not
+/// handed on (copied, then given up).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Closed;
+pub struct Closed(pub usize);
 
 /// A queue that holds at most `capacity` records.
 pub fn queue(capacity: usize) -> (RecordSender, RecordReceiver) {
     let room = Arc::new(Room {
         queued: AtomicUsize::new(0),
         capacity,
+        waiting: AtomicUsize::new(0),
         changed: Notify::new(),
     });
     // Unbounded in batches only: every record in them holds room, so the records are bounded.
@@ -107,21 +117,38 @@ impl RecordSender {
     /// Queues one record, waiting for room (what must not be dropped: the records a previous
     /// agent's ring buffer still holds at a hand-over).
     pub async fn send_waiting(&self, record: &[u8]) -> Result<(), Closed> {
+        self.room.waiting.fetch_add(1, Ordering::AcqRel);
+        let sent = self.wait_and_send(record).await;
+        self.room.waiting.fetch_sub(1, Ordering::AcqRel);
+        sent
+    }
+
+    async fn wait_and_send(&self, record: &[u8]) -> Result<(), Closed> {
         loop {
             let changed = self.room.changed.notified();
             tokio::pin!(changed);
             // Registered before the check, so a release between the two is not missed.
             changed.as_mut().enable();
             if self.tx.is_closed() {
-                return Err(Closed);
+                return Err(Closed(1));
             }
             if self.room.try_take() {
                 let mut batch = Batch::default();
                 batch.push(record);
-                return self.tx.send(batch).map_err(|_| Closed);
+                return self.hand_on(batch);
             }
             changed.await;
         }
+    }
+
+    /// Sends `batch`, whose records hold room; gives the room back if nobody will take it.
+    fn hand_on(&self, batch: Batch) -> Result<(), Closed> {
+        self.tx
+            .send(batch)
+            .map_err(|mpsc::error::SendError(batch)| {
+                self.room.give_back(batch.len());
+                Closed(batch.len())
+            })
     }
 }
 
@@ -135,7 +162,7 @@ pub struct Filling<'a> {
 impl Filling<'_> {
     /// Copies `record` in; false (and nothing copied) when the queue has no room for it.
     pub fn offer(&mut self, record: &[u8]) -> bool {
-        if !self.sender.room.try_take() {
+        if !self.sender.room.try_take_unless_waited_for() {
             return false;
         }
         self.batch.push(record);
@@ -151,13 +178,19 @@ impl Filling<'_> {
     pub fn send(&mut self) -> Result<(), Closed> {
         if self.batch.is_empty() {
             return if self.sender.tx.is_closed() {
-                Err(Closed)
+                Err(Closed(0))
             } else {
                 Ok(())
             };
         }
-        let batch = std::mem::take(&mut self.batch);
-        self.sender.tx.send(batch).map_err(|_| Closed)
+        self.sender.hand_on(std::mem::take(&mut self.batch))
+    }
+}
+
+impl Drop for Filling<'_> {
+    /// Records copied and never handed on give their room back.
+    fn drop(&mut self) {
+        self.sender.room.give_back(self.batch.len());
     }
 }
 
@@ -259,8 +292,41 @@ mod tests {
         });
         tokio::task::yield_now().await;
         drop(rx);
-        assert_eq!(stuck.await.unwrap(), Err(Closed));
-        assert_eq!(tx.fill().send(), Err(Closed));
+        assert_eq!(stuck.await.unwrap(), Err(Closed(1)));
+        assert_eq!(tx.fill().send(), Err(Closed(0)));
+    }
+
+    #[tokio::test]
+    async fn freed_room_goes_to_a_waiting_sender_before_the_reader() {
+        let (tx, mut rx) = queue(1);
+        let mut filling = tx.fill();
+        assert!(filling.offer(b"a"));
+        filling.send().unwrap();
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send_waiting(b"handed over").await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!filling.offer(b"b"), "full");
+        rx.recv().await.unwrap();
+        assert!(
+            !filling.offer(b"c"),
+            "the room freed is the waiting sender's, not the reader's"
+        );
+        waiting.await.unwrap().unwrap();
+        assert_eq!(rx.recv().await.unwrap().get(0), Some(&b"handed over"[..]));
+        assert!(filling.offer(b"d"), "and then the reader's again");
+    }
+
+    #[tokio::test]
+    async fn records_copied_and_never_sent_give_their_room_back() {
+        let (tx, _rx) = queue(2);
+        let mut filling = tx.fill();
+        assert!(filling.offer(b"a"));
+        assert!(filling.offer(b"b"));
+        drop(filling);
+        let mut filling = tx.fill();
+        assert!(filling.offer(b"c"), "room given back by the dropped batch");
     }
 
     #[tokio::test]

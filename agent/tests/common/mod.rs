@@ -448,6 +448,8 @@ impl Tracer {
     /// Parses the stdout lines read since the last look: every emitted event must match the
     /// documented schema.
     fn check_unread(&self) {
+        // Held throughout, so that two threads looking at once keep the events in order.
+        let mut events = self.events.lock().expect("events");
         let lines = std::mem::take(&mut *self.unread.lock().expect("unread"));
         for line in lines {
             match serde_json::from_str::<Value>(&line) {
@@ -459,7 +461,7 @@ impl Tracer {
                 Ok(value) => {
                     let errors = schema_errors(&value);
                     if errors.is_empty() {
-                        self.events.lock().expect("events").push(value);
+                        events.push(value);
                     } else {
                         self.invalid.lock().expect("invalid").push(format!(
                             "event does not match docs/event.schema.json:\n{}\nevent: {line}",
@@ -563,9 +565,26 @@ impl Drop for Tracer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Everything the agent wrote is read before it is checked.
+        if let Some(t) = self.stdout_thread.take() {
+            let _ = t.join();
+        }
         // A test that never looked at the events again still fails on an invalid one.
         if !std::thread::panicking() {
             self.assert_valid_output();
+        }
+    }
+}
+
+/// SIGKILLs a child this test started, by pid, if the test panics before it was waited for
+/// (then it is at worst a zombie, so the pid cannot have been reused). Forget it once waited.
+pub struct KillOnUnwind(pub u32);
+
+impl Drop for KillOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: signalling a child this test started and has not reaped.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
         }
     }
 }
