@@ -131,7 +131,7 @@ fn decide_address(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         return ALLOW;
     };
     let addr = mapped_v6(family == AF_INET, &daddr);
-    let v = decide_connect(set, ps, &addr, port, rule_protocol(protocol));
+    let v = decide_connect(set, &ps, &addr, port, rule_protocol(protocol));
     report(cfg, &destination, v)
 }
 

@@ -212,14 +212,14 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
         let mut violation = decide_exec(
             set,
-            ps,
+            &ps,
             facts.memfd,
             !unverifiable,
             &exe_rule,
             script_checked.then_some(&script_rule),
         );
         if unverifiable && !violation.is_hit() {
-            violation = fail_closed(set, ps);
+            violation = fail_closed(set, &ps);
             undecided = !violation.is_hit();
         }
         if facts.script && !violation.is_hit() && ps.exec_action != 0 {
@@ -229,7 +229,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
                 // cannot be verified.
                 Awaited::TooDeep | Awaited::Full => {
                     unverifiable = true;
-                    violation = fail_closed(set, ps);
+                    violation = fail_closed(set, &ps);
                     undecided = !violation.is_hit();
                 }
             }

@@ -22,7 +22,9 @@ use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
     maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH, WX_SCRATCH},
     path::{path_key, real_path},
-    policy::{Violation, current_set, enforce, policy_set, prevented, violation},
+    policy::{
+        Violation, current_set, enforce, policy_set, policy_set_in_place, prevented, violation,
+    },
     task::{config, count_loss, syscall_arg, traced},
     vma::{self, Found, VM_EXEC},
     wx,
@@ -176,17 +178,20 @@ fn judge_file(
     // Worked out again after the walk, not carried across it: the verifier then walks the
     // path once, not once per combination of these (its 1,000,000 instruction budget).
     let enforcing = cfg.mode == mode::ENFORCE;
-    let ps = policy_set(set);
-    let exec_rules = ps.is_some_and(|ps| ps.exec_action != 0);
     let memfd = anonymous_file(cfg, file);
     let tmpfs = !memfd && tmpfs_file(cfg, file);
     let shared = memfd || (tmpfs && !path.is_null() && under_dev_shm(path));
     if shared {
         shared_exec(cfg, &request);
     }
-    let Some(ps) = ps.filter(|_| enforcing && exec_rules) else {
+    // Copied after the call above, so that the copy is not on the stack under it; the
+    // decision and its kill below read only this copy.
+    let Some(ps) = policy_set(set) else {
         return Ok(());
     };
+    if !enforcing || ps.exec_action == 0 {
+        return Ok(());
+    }
     let verified = !path.is_null() && !forged;
     let mut rule = PathRule::default();
     if verified
@@ -230,11 +235,13 @@ fn judge_file(
 /// with exec rules or of memory another mapping may write.
 #[inline(never)]
 fn worth_a_walk(cfg: &agent_common::Config, file: *const u8, set: u32) -> bool {
-    let ps = policy_set(set);
-    if cfg.mode == mode::ENFORCE && ps.is_none() {
-        return false;
-    }
-    ps.is_some_and(|ps| ps.exec_action != 0) || anonymous_file(cfg, file) || tmpfs_file(cfg, file)
+    // One field, read once: a gate only, the decision reads its own copy after the walk.
+    let exec_rules = match policy_set_in_place(set) {
+        Some(ps) => ps.exec_action != 0,
+        None if cfg.mode == mode::ENFORCE => return false,
+        None => false,
+    };
+    exec_rules || anonymous_file(cfg, file) || tmpfs_file(cfg, file)
 }
 
 const DEV_SHM: &[u8; 9] = b"/dev/shm/";

@@ -129,7 +129,25 @@ pub fn bound_ancestor(cfg: &Config, cgroup: *const u8) -> u64 {
     ancestor_where(cfg, cgroup, |id| unsafe { CGROUP_SETS.get(id) }.is_some())
 }
 
-pub fn policy_set(set: u32) -> Option<&'static PolicySet> {
+/// A copy of set `set`, taken once: a program decides, refuses and kills on this one reading.
+/// User space rewrites a set's slot only a grace period after the last binding pointing at it
+/// was repointed (`enforce/grace.rs`); the copy makes the gate, the decision and the kill agree
+/// even if a slot were rewritten under a running program, so a reading can never admit a
+/// process under `Kill` and then refuse it without killing.
+#[inline(always)]
+pub fn policy_set(set: u32) -> Option<PolicySet> {
+    if set == 0 {
+        return None;
+    }
+    POLICY_SETS.get(set).copied()
+}
+
+/// Set `set` read in place, for a reader whose few reads of it follow one another with no
+/// work between (nothing a copy would make agree better), on a call chain where the copy's
+/// 32 bytes of stack do not fit: the W^X chains reach 512 bytes, the combined limit of
+/// kernels before 6.13 (`ebpf::stack_depth`).
+#[inline(always)]
+pub fn policy_set_in_place(set: u32) -> Option<&'static PolicySet> {
     if set == 0 {
         return None;
     }

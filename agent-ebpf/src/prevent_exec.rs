@@ -105,9 +105,9 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
         Some(built) if built.forged() => flags |= exec_flags::USER_MOUNT,
         _ => flags |= exec_flags::EXE_PATH_TRUNCATED,
     }
-    let mut v = decide_exec(set, ps, memfd, keyed, &rule, None);
+    let mut v = decide_exec(set, &ps, memfd, keyed, &rule, None);
     if !keyed && !memfd && !v.is_hit() {
-        v = fail_closed(set, ps);
+        v = fail_closed(set, &ps);
         if v.is_hit() {
             flags |= exec_flags::UNVERIFIABLE;
         }

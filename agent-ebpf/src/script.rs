@@ -231,9 +231,9 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
             rule = *found;
         }
     }
-    let mut v = decide_exec(set, ps, memfd, keyed, &rule, None);
+    let mut v = decide_exec(set, &ps, memfd, keyed, &rule, None);
     if !keyed && !memfd && !v.is_hit() {
-        v = fail_closed(set, ps);
+        v = fail_closed(set, &ps);
     }
     if !v.is_hit() {
         return Ok(());

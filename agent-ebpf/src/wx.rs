@@ -15,7 +15,7 @@ use crate::{
     maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, TASK_EXE, WX_PENDING, WX_SCRATCH},
     path::path_key,
     policy::{Violation, mark},
-    policy::{current_set, enforce, policy_set, violation},
+    policy::{current_set, enforce, policy_set_in_place, violation},
     task::syscall_arg,
     task::{config, current_task, header, read_kernel, selected, traced},
     throttle::{admit, lost},
@@ -196,11 +196,18 @@ pub fn decide(cfg: &Config) -> Option<Violation> {
         return Some(Violation::ALLOWED);
     }
     let set = current_set();
-    let ps = policy_set(set)?;
+    let ps = policy_set_in_place(set)?;
+    // A gate that spares the exemption's lookups; the decision reads the three fields again,
+    // together, after them (held across the lookups they would not fit the stack, see
+    // `policy_set_in_place`).
     if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
         return None;
     }
-    Some(violation(ps.wx_action, set, ps.wx_rule))
+    let (flags, action, rule) = (ps.flags, ps.wx_action, ps.wx_rule);
+    if flags & set_flags::WX_DENY == 0 {
+        return None;
+    }
+    Some(violation(action, set, rule))
 }
 
 /// What a W^X act of the current task amounts to: `None` when nothing is reported (no

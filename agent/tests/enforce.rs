@@ -502,39 +502,50 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
     let entries = |t: &Tracer| t.state()["mapEntries"].as_u64().expect("mapEntries");
     let mut counts = vec![entries(&tracer)];
 
-    // The generator: denied execs, one after another, for as long as the reloads go on.
+    // The benign twin: the same binary outside the denied directory, which every version of
+    // the policy allows; a reload must never kill or refuse it.
+    let allowed_dir = tmp.path().join("allowed");
+    std::fs::create_dir_all(&allowed_dir).unwrap();
+    let allowed = allowed_dir.join("writer");
+    std::fs::copy(&writer, &allowed).unwrap();
+
+    // Two generators, one after another each, for as long as the reloads go on: denied execs
+    // and allowed ones. Each gives (exit status, marker written) per exec, and the errors of
+    // execs that failed with their caller alive.
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let generate = |program: &Path, name: &str| {
+        let mut results = Vec::new();
+        let mut n = 0;
+        let mut lived = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let marker = tmp.path().join(format!("{name}-{n}"));
+            let spawned = common::in_cgroup(&cg.dir, program)
+                .args(["write-marker", marker.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            match spawned {
+                Ok(child) => {
+                    let status = child.wait_with_output().expect("waiting").status;
+                    results.push((status, marker.exists()));
+                }
+                // The exec failed and the caller lived to say so: under Kill with BPF LSM the
+                // exec is refused and its caller killed before it runs again.
+                Err(err) => lived.push(err.to_string()),
+            }
+            n += 1;
+        }
+        (results, lived)
+    };
     // The heap reaches its working size over the first reloads (about 100 on this host,
     // measured to 300), so growth is measured only over the last 100.
     const RELOADS: usize = 150;
     const WARM: usize = 50;
     let mut rss_early = 0;
     let mut rss_late = 0;
-    let results = std::thread::scope(|scope| {
-        let generator = scope.spawn(|| {
-            let mut results = Vec::new();
-            let mut n = 0;
-            let mut lived = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let marker = tmp.path().join(format!("gen-{n}"));
-                let spawned = common::in_cgroup(&cg.dir, &writer)
-                    .args(["write-marker", marker.to_str().unwrap()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
-                match spawned {
-                    Ok(child) => {
-                        let status = child.wait_with_output().expect("waiting").status;
-                        results.push((status, marker.exists()));
-                    }
-                    // The exec failed and the caller lived to say so: under Kill with BPF
-                    // LSM the exec is refused and its caller killed before it runs again.
-                    Err(err) => lived.push(err.to_string()),
-                }
-                n += 1;
-            }
-            (results, lived)
-        });
+    let (results, (benign, benign_failed)) = std::thread::scope(|scope| {
+        let generator = scope.spawn(|| generate(&writer, "denied"));
+        let twin = scope.spawn(|| generate(&allowed, "allowed"));
         for i in 0..RELOADS {
             let before = applied(&tracer);
             std::fs::write(&file, if i % 2 == 0 { &b } else { &a }).unwrap();
@@ -548,7 +559,7 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
         }
         rss_late = rss_kib(tracer.pid());
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        generator.join().unwrap()
+        (generator.join().unwrap(), twin.join().unwrap())
     });
     let (results, lived) = results;
     let killed = results
@@ -592,6 +603,30 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
         escaped.len(),
         results.len(),
         &escaped[..escaped.len().min(5)],
+    );
+    // The benign twin ran throughout, every time, untouched.
+    let harmed: Vec<&(std::process::ExitStatus, bool)> = benign
+        .iter()
+        .filter(|(s, ran)| !s.success() || !ran)
+        .collect();
+    eprintln!(
+        "reload: {} allowed execs ran of {} beside them",
+        benign.len() - harmed.len(),
+        benign.len() + benign_failed.len()
+    );
+    assert!(
+        benign.len() >= 20,
+        "the allowed generator ran only {} times",
+        benign.len()
+    );
+    assert!(
+        benign_failed.is_empty() && harmed.is_empty(),
+        "allowed execs were refused ({}: {:?}) or did not run to the end ({} of {}: exit status, marker written {:?}) during reloads",
+        benign_failed.len(),
+        &benign_failed[..benign_failed.len().min(3)],
+        harmed.len(),
+        benign.len(),
+        &harmed[..harmed.len().min(5)],
     );
     // Every kill is reported: wait for the last of them rather than guess how long it takes.
     // A record stands for `count` kills (1 when absent): past a few thousand the kernel's
@@ -640,6 +675,13 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
         records.len(),
         losses(&events),
     );
+    let allowed_real = real(&allowed);
+    let wrongly = events
+        .iter()
+        .filter(|e| e["type"] == EXEC && e["vigilaction"].is_string())
+        .filter(|e| e["data"]["process"]["exe"].as_str() == Some(allowed_real.as_str()))
+        .count();
+    assert_eq!(wrongly, 0, "violations reported for the allowed binary");
     let named = records
         .iter()
         .filter(|e| e["vigilpolicy"] == "reload")
@@ -790,8 +832,12 @@ fn processes_started_before_the_agent_keep_their_exemption() {
         .command(&jit)
         .args(["wait-then-mmap-rwx", go.to_str().unwrap()])
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let early_pid = early.id();
+    // Waits up to 900 s for its go: if the test fails before, it must not outlive it.
+    let guard = common::KillOnUnwind(early_pid);
     let spec = format!(
         "  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{}\"]\n",
         real(&jit)
@@ -800,7 +846,22 @@ fn processes_started_before_the_agent_keep_their_exemption() {
     let tracer = Tracer::enforce(&file);
     std::fs::write(&go, "").unwrap();
     let out = early.wait_with_output().unwrap();
-    assert!(out.status.success());
+    std::mem::forget(guard);
+    if !out.status.success() {
+        let seen: Vec<String> = tracer
+            .events()
+            .iter()
+            .filter(|e| e["data"]["process"]["pid"] == early_pid)
+            .map(|e| e.to_string())
+            .collect();
+        panic!(
+            "the process started before the agent (pid {early_pid}, {}) was refused its RWX mapping: {} ({}); the agent's events for it: {seen:?}; its log: {:?}",
+            real(&jit),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            tracer.stderr_lines(),
+        );
+    }
     let (marker, out) = cg.scenario(&["mmap-rwx"]);
     assert_ok(&out, "non-exempt RWX");
     settle(&tracer, marker, WX);

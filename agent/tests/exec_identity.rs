@@ -870,6 +870,8 @@ fn a_process_started_before_the_agent_is_pinned_to_its_policy_too() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // Waits up to 900 s for its go: if the test fails before, it must not outlive it.
+    let guard = common::KillOnUnwind(pid);
     let file = write_policies(
         tmp.path(),
         &[(
@@ -881,6 +883,7 @@ fn a_process_started_before_the_agent_is_pinned_to_its_policy_too() {
     let tracer = Tracer::enforce(&file);
     std::fs::write(&go, b"go").unwrap();
     let status = child.wait_with_output().unwrap().status;
+    std::mem::forget(guard);
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     assert!(
         !marker.exists(),

@@ -57,7 +57,7 @@ fn exec_event(comm: &str, path: &str) -> VigilEvent {
         process: ProcessInfo {
             comm: comm.into(),
             exe: Some(path.into()),
-            args,
+            args: args.into(),
         },
         parent: None,
     };

@@ -66,13 +66,13 @@ fn lineage(exe: Option<&str>, args: &[&str], parent: bool) -> Lineage {
     Lineage {
         process: ProcessInfo {
             comm: "curl".into(),
-            exe: exe.map(str::to_string),
+            exe: exe.map(Into::into),
             args: args.iter().map(|a| a.to_string()).collect(),
         },
         parent: parent.then(|| ProcessInfo {
             comm: "bash".into(),
             exe: Some("/usr/bin/bash".into()),
-            args: vec!["bash".into()],
+            args: vec!["bash".into()].into(),
         }),
     }
 }
@@ -82,7 +82,7 @@ fn build(body: Body, lineage: &Lineage, cgroup_path: Option<&str>) -> Value {
         header: header("curl"),
         body,
     };
-    let ctx = Context::host("node-a", cgroup_path.map(str::to_string));
+    let ctx = Context::host("node-a", cgroup_path.map(Into::into));
     serde_json::to_value(
         observed(&event, lineage, &ctx)
             .to_cloudevent()
@@ -470,7 +470,7 @@ fn violations_from_pods_known_and_not_yet_known_validate() {
         (&unknown, "hosts/node-a"),
     ] {
         let ctx = Context {
-            node: "node-a",
+            node: "node-a".into(),
             cgroup_path: None,
             pod: Some(pod),
         };

@@ -114,10 +114,11 @@ pub fn move_to(dir: &str, then: &[&str]) -> Outcome {
 /// Waits (up to 60 s) until `go` exists, doing nothing a policy judges meanwhile, then
 /// [`move_to`]: a process that started before the agent and moves before its first decision.
 pub fn wait_then_move_to(go: &str, dir: &str, then: &[&str]) -> Outcome {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Only a bound for a test that died without saying go (see memory::wait_then_rwx).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
     while !std::path::Path::new(go).exists() {
         if std::time::Instant::now() > deadline {
-            return Err(Failure::Error(format!("{go} did not appear within 60 s")));
+            return Err(Failure::Error(format!("{go} did not appear within 900 s")));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

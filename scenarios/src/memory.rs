@@ -195,10 +195,12 @@ pub fn rw_round_trip() -> Result<(), Failure> {
 
 /// Waits until `go` exists, then maps RWX: a process that started before the agent.
 pub fn wait_then_rwx(go: &str) -> Outcome {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Only a bound for a test that died without saying go: an agent loading its probes on
+    // an old kernel under emulation, beside other guests, took about a minute.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
     while !std::path::Path::new(go).exists() {
         if std::time::Instant::now() > deadline {
-            return Err(Failure::Error(format!("{go} did not appear within 60 s")));
+            return Err(Failure::Error(format!("{go} did not appear within 900 s")));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

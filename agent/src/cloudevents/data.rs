@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::shared::Shared;
 use crate::behaviour::{cgroup_move::MoveData, connect::ConnectData, exec::ExecData, wx::WxData};
 
 /// `Option<Option<T>>` members: missing is `None` (and not written), null is `Some(None)`.
@@ -49,10 +50,10 @@ pub struct ProcessData {
     pub comm: String,
     /// Path of the process's executable (from /proc, else for exec events the exec path), or
     /// null when unknown: the process exited before the agent could read /proc.
-    pub exe: Option<String>,
+    pub exe: Option<Shared<str>>,
     /// Command line as the agent knows it (empty when unknown). For exec events this is the
     /// new command line, also in `exec.args`.
-    pub args: Vec<String>,
+    pub args: Shared<[String]>,
 }
 
 /// What the agent knows about the parent process.
@@ -62,11 +63,11 @@ pub struct ParentData {
     /// Parent's process id (host pid namespace); same as `process.ppid`.
     pub pid: u32,
     /// Parent's task name (up to 15 bytes).
-    pub comm: String,
+    pub comm: Shared<str>,
     /// Path of the parent's executable, or null when unknown.
-    pub exe: Option<String>,
+    pub exe: Option<Shared<str>>,
     /// Parent's command line (empty when unknown).
-    pub args: Vec<String>,
+    pub args: Shared<[String]>,
 }
 
 /// The cgroup (v2) the process was in.
@@ -77,7 +78,7 @@ pub struct CgroupData {
     pub id: u64,
     /// Path of the cgroup relative to the cgroup v2 root (e.g. `/kubepods.slice/...`), or
     /// null when it could not be resolved (the cgroup was already removed).
-    pub path: Option<String>,
+    pub path: Option<Shared<str>>,
 }
 
 /// The workload owning the pod, resolved through ReplicaSet to Deployment and Job to
@@ -179,7 +180,7 @@ pub struct BehaviourData {
     pub cgroup: CgroupData,
     /// Name of the node (or host) the agent runs on.
     #[schemars(length(min = 1))]
-    pub node: String,
+    pub node: Shared<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "PodData")]
     pub pod: Option<PodData>,

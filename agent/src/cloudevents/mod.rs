@@ -7,6 +7,7 @@ mod loss;
 #[cfg(test)]
 mod roundtrip;
 pub mod schema;
+pub mod shared;
 
 use ::cloudevents::{Event as CloudEvent, EventBuilder, EventBuilderV10};
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ use self::data::{
     ProcessData,
 };
 pub use self::loss::{LossData, LossReport, Losses, PerBehaviour};
+use self::shared::Shared;
 use crate::{
     event::{Action, Body, Event},
     metadata::cluster::PodLookup,
@@ -328,16 +330,16 @@ struct Structured<'a> {
 /// Where an event happened, beyond the process itself.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
-    pub node: &'a str,
-    pub cgroup_path: Option<String>,
+    pub node: Shared<str>,
+    pub cgroup_path: Option<Shared<str>>,
     /// The pod, when the event came from one (and the agent knows the cluster).
     pub pod: Option<&'a PodLookup>,
 }
 
-impl<'a> Context<'a> {
-    pub fn host(node: &'a str, cgroup_path: Option<String>) -> Self {
+impl Context<'_> {
+    pub fn host(node: impl Into<Shared<str>>, cgroup_path: Option<Shared<str>>) -> Self {
         Self {
-            node,
+            node: node.into(),
             cgroup_path,
             pod: None,
         }
@@ -443,7 +445,7 @@ fn build(
             id: h.cgroup_id,
             path: ctx.cgroup_path.clone(),
         },
-        node: ctx.node.to_string(),
+        node: ctx.node.clone(),
         pod,
         container,
         metadata_incomplete,
@@ -477,7 +479,7 @@ fn build(
     };
     VigilEvent {
         id: uuid::Uuid::new_v4().to_string(),
-        source: source(ctx.node),
+        source: source(&ctx.node),
         subject,
         time: wall_time(h.boot_ns),
         verdict,

@@ -113,7 +113,7 @@ fn every_behaviour_in_every_context_reads_back_as_it_was() {
         process: ProcessInfo {
             comm: "x".into(),
             exe: Some("/tmp/x".into()),
-            args: vec!["x".into()],
+            args: vec!["x".into()].into(),
         },
         parent: None,
     };
@@ -133,7 +133,7 @@ fn every_behaviour_in_every_context_reads_back_as_it_was() {
     for body in bodies() {
         for lookup in [None, Some(&owned), Some(&bare), Some(&unknown)] {
             let ctx = Context {
-                node: "n1",
+                node: "n1".into(),
                 cgroup_path: Some("/kubepods/x".into()),
                 pod: lookup,
             };

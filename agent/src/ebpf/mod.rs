@@ -7,6 +7,7 @@ pub mod offsets;
 pub mod pin;
 pub mod prevent;
 pub mod reader;
+pub mod records;
 mod skipped;
 #[cfg(test)]
 mod stack_depth;

@@ -20,7 +20,6 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
-use tokio::sync::mpsc;
 
 use super::EbpfError;
 
@@ -243,7 +242,7 @@ impl Handover {
     /// since their agent stopped reading to `tx` (the reader's queue).
     pub async fn complete(
         mut self,
-        tx: mpsc::Sender<Vec<u8>>,
+        tx: super::records::RecordSender,
     ) -> Result<HandoverReport, EbpfError> {
         let deadline = Instant::now() + PREVIOUS_EXIT_WAIT;
         for previous in &self.previous {
@@ -288,7 +287,7 @@ impl Handover {
                 Some(mut ring) => {
                     while let Some(item) = ring.next() {
                         report.records += 1;
-                        if tx.send(item.to_vec()).await.is_err() {
+                        if tx.send_waiting(&item).await.is_err() {
                             break;
                         }
                     }

@@ -1,5 +1,6 @@
-//! Drains the ring buffer as fast as the kernel fills it: copy each record out, hand it to
-//! the next stage through a bounded channel, and count (never wait) when that stage is full.
+//! Drains the ring buffer as fast as the kernel fills it: copy each record out, hand them to
+//! the next stage in batches through a queue bounded in records (`records.rs`), and count
+//! (never wait) when that stage is full.
 use std::{
     os::fd::AsRawFd,
     sync::{
@@ -9,10 +10,12 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{mpsc, watch},
-};
+use tokio::{io::unix::AsyncFd, sync::watch};
+
+use super::records::{Closed, Filling, RecordSender};
+
+/// Records per hand-off at most: the next stage starts on a long drain before it ends.
+const BATCH: usize = 256;
 
 /// What the reader saw and what it had to drop.
 #[derive(Debug, Default)]
@@ -32,7 +35,7 @@ pub enum ReaderError {
 /// or the receiving side goes away.
 pub async fn run(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: RecordSender,
     stats: Arc<ReaderStats>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ReaderError> {
@@ -63,17 +66,89 @@ pub async fn run(
 }
 
 /// Returns false once the receiver is gone.
-fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Vec<u8>>, stats: &ReaderStats) -> bool {
+fn drain(ring: &mut RingBuf<MapData>, tx: &RecordSender, stats: &ReaderStats) -> bool {
+    let mut filling = tx.fill();
     while let Some(item) = ring.next() {
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        // Room first, copy second: a record that cannot be queued is never copied.
-        match tx.try_reserve() {
-            Ok(permit) => permit.send(item.to_vec()),
-            Err(mpsc::error::TrySendError::Full(())) => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => return false,
+        if !take(&mut filling, &item, stats) {
+            return false;
         }
     }
-    true
+    hand_on(&mut filling, stats)
+}
+
+/// Hands the batch on; records nobody will take are counted as dropped. False once the
+/// receiver is gone.
+fn hand_on(filling: &mut Filling<'_>, stats: &ReaderStats) -> bool {
+    match filling.send() {
+        Ok(()) => true,
+        Err(Closed(records)) => {
+            stats.dropped.fetch_add(records as u64, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Copies one record into the batch, or counts it dropped when the queue is full, and hands
+/// the batch on once it holds [`BATCH`] records. False once the receiver is gone.
+fn take(filling: &mut Filling<'_>, record: &[u8], stats: &ReaderStats) -> bool {
+    stats.received.fetch_add(1, Ordering::Relaxed);
+    // Room first, copy second: a record that cannot be queued is never copied.
+    if !filling.offer(record) {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    filling.copied() < BATCH || hand_on(filling, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ebpf::records::queue;
+
+    #[tokio::test]
+    async fn records_without_room_are_counted_and_the_rest_arrive_in_order_in_batches() {
+        let (tx, mut rx) = queue(300);
+        let stats = ReaderStats::default();
+        let mut filling = tx.fill();
+        for i in 0..400u32 {
+            assert!(take(&mut filling, &i.to_le_bytes(), &stats));
+        }
+        filling.send().unwrap();
+        assert_eq!(stats.received.load(Ordering::Relaxed), 400);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 100);
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            first.len(),
+            BATCH,
+            "a full batch goes on before the drain ends"
+        );
+        let second = rx.recv().await.unwrap();
+        let got: Vec<u32> = [first, second]
+            .iter()
+            .flat_map(|b| {
+                (0..b.len())
+                    .map(|i| u32::from_le_bytes(b.get(i).unwrap().try_into().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(got, (0..300).collect::<Vec<_>>(), "the first 300, in order");
+    }
+
+    #[tokio::test]
+    async fn the_reader_stops_when_the_receiver_is_gone() {
+        let (tx, rx) = queue(1000);
+        let stats = ReaderStats::default();
+        let mut filling = tx.fill();
+        drop(rx);
+        let mut took = true;
+        for i in 0..BATCH as u32 {
+            took &= take(&mut filling, &i.to_le_bytes(), &stats);
+        }
+        assert!(!took, "a batch that cannot be handed on stops the drain");
+        assert_eq!(
+            stats.dropped.load(Ordering::Relaxed),
+            BATCH as u64,
+            "and its records are counted as dropped"
+        );
+    }
 }

@@ -1,11 +1,15 @@
 //! Waiting until no kernel program can still hold a policy set it looked up before a swap.
 //!
-//! A program reads a set through a reference into the map's value, so a set rewritten while a
-//! program that looked it up is still running is read half old, half new: a Kill set zeroed
-//! mid-read gave a violation with no action, refused but not killed (seen under BPF LSM during
-//! 150 reloads on 6.1 and 6.17). The programs run inside RCU read-side sections, so once every
-//! binding points to the new sets, one RCU grace period ends every program that could have
-//! seen the old ones. `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for one (`synchronize_rcu`).
+//! A program reads a set out of the map's value, so a set rewritten while a program that looked
+//! it up is still running is read half old, half new: a Kill set zeroed mid-read gave a
+//! violation with no action, refused but not killed (seen under BPF LSM during 150 reloads on
+//! 6.1 and 6.17, when programs still read the set field by field; each now copies it once, which
+//! makes its own decisions agree but does not make the copy atomic). The programs run inside
+//! RCU read-side sections, so once every binding points to the new sets, one RCU grace period
+//! ends every program that could have seen the old ones. `membarrier(MEMBARRIER_CMD_GLOBAL)`
+//! waits for one (`synchronize_rcu`, milliseconds). It runs on the loop that applies policies,
+//! not on the ring-buffer reader's task: records queue up behind it (65,536 at most, counted
+//! past that) and none is lost to the wait itself.
 use std::time::Duration;
 
 /// `MEMBARRIER_CMD_GLOBAL` (linux/membarrier.h).

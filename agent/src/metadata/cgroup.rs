@@ -6,6 +6,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::cloudevents::shared::Shared;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(
@@ -136,7 +138,7 @@ fn absolute_level(dir: &Path, mounts: &[(PathBuf, PathBuf)]) -> Option<u32> {
 pub struct CgroupPaths {
     root: PathBuf,
     root_dir: Option<std::fs::File>,
-    cache: HashMap<u64, Option<String>>,
+    cache: HashMap<u64, Option<Shared<str>>>,
 }
 
 const FILEID_KERNFS: i32 = 0xfe;
@@ -154,11 +156,11 @@ impl CgroupPaths {
 
     /// The path of cgroup `id` relative to the root (`/` for the root itself), or `None` when
     /// the cgroup is gone or cannot be opened.
-    pub fn path(&mut self, id: u64) -> Option<String> {
+    pub fn path(&mut self, id: u64) -> Option<Shared<str>> {
         if let Some(hit) = self.cache.get(&id) {
             return hit.clone();
         }
-        let found = self.lookup(id);
+        let found = self.lookup(id).map(Shared::from);
         if self.cache.len() >= CACHE_LIMIT {
             self.cache.clear();
         }

@@ -2,13 +2,17 @@
 //! remembered from exec events and otherwise read from /proc. Never called by the reader.
 use std::collections::HashMap;
 
-use crate::event::{Body, Event};
+use crate::{
+    cloudevents::shared::Shared,
+    event::{Body, Event},
+};
 
+/// Shared with the events built from it: a cache hit costs no copy of the strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
-    pub comm: String,
-    pub exe: Option<String>,
-    pub args: Vec<String>,
+    pub comm: Shared<str>,
+    pub exe: Option<Shared<str>>,
+    pub args: Shared<[String]>,
 }
 
 /// What is known about an event's process and its parent.
@@ -38,16 +42,17 @@ fn read_proc(procfs: &std::path::Path, pid: u32) -> Option<ProcessInfo> {
     let comm = std::fs::read_to_string(dir.join("comm"))
         .ok()?
         .trim_end()
-        .to_string();
+        .into();
     let exe = std::fs::read_link(dir.join("exe"))
         .ok()
-        .map(|p| p.display().to_string());
+        .map(|p| p.display().to_string().into());
     let args = std::fs::read(dir.join("cmdline"))
         .map(|raw| {
             raw.split(|&b| b == 0)
                 .filter(|a| !a.is_empty())
                 .map(crate::event::text)
-                .collect()
+                .collect::<Vec<_>>()
+                .into()
         })
         .unwrap_or_default();
     Some(ProcessInfo { comm, exe, args })
@@ -78,7 +83,7 @@ impl ProcessCache {
     /// exec changes it, and then /proc is asked again.
     fn lookup(&mut self, pid: u32, comm: Option<&str>) -> Option<ProcessInfo> {
         if let Some(hit) = self.by_pid.get(&pid)
-            && comm.is_none_or(|c| c == hit.comm)
+            && comm.is_none_or(|c| *c == *hit.comm)
         {
             return Some(hit.clone());
         }
@@ -93,16 +98,16 @@ impl ProcessCache {
             Body::Exec(exec) if !exec.mapped && !exec.opened && !exec.prevented => {
                 // The exec record is authoritative for the new image; /proc may add the
                 // resolved executable path if the process still exists.
-                let exe = exec.exe_path.clone().or_else(|| {
+                let exe = exec.exe_path.as_deref().map(Shared::from).or_else(|| {
                     read_proc(&self.procfs, h.pid)
-                        .filter(|p| p.comm == h.comm)
+                        .filter(|p| *p.comm == *h.comm)
                         .and_then(|p| p.exe)
-                        .or_else(|| Some(exec.path.clone()))
+                        .or_else(|| Some(exec.path.as_str().into()))
                 });
                 let info = ProcessInfo {
-                    comm: h.comm.clone(),
+                    comm: h.comm.as_str().into(),
                     exe,
-                    args: exec.args.clone(),
+                    args: exec.args.clone().into(),
                 };
                 self.remember(h.pid, info.clone());
                 info
@@ -111,16 +116,16 @@ impl ProcessCache {
                 let mut info = self
                     .lookup(h.pid, Some(&h.comm))
                     .unwrap_or_else(|| ProcessInfo {
-                        comm: h.comm.clone(),
+                        comm: h.comm.as_str().into(),
                         ..Default::default()
                     });
                 // A mapping record carries the executable the kernel recorded at exec, which
                 // outlives a process killed for the mapping.
                 if info.exe.is_none() {
                     match body {
-                        Body::Exec(exec) => info.exe = exec.exe_path.clone(),
+                        Body::Exec(exec) => info.exe = exec.exe_path.as_deref().map(Shared::from),
                         // Likewise a W^X record.
-                        Body::Wx(wx) => info.exe = wx.exe_path.clone(),
+                        Body::Wx(wx) => info.exe = wx.exe_path.as_deref().map(Shared::from),
                         _ => {}
                     }
                 }
@@ -203,7 +208,7 @@ mod tests {
         };
         let wx = |comm: &str| wx_from(comm, None);
         let l = cache.lineage(&wx("payload"));
-        assert_eq!(l.process.args, vec!["payload", "-x"]);
+        assert_eq!(*l.process.args, ["payload", "-x"]);
 
         // Pid reused by another program: the stale entry must not be used; /proc (empty
         // here) knows nothing, so only the kernel's comm remains.
@@ -213,7 +218,7 @@ mod tests {
             ProcessInfo {
                 comm: "other".into(),
                 exe: None,
-                args: vec![]
+                args: Default::default(),
             }
         );
 
@@ -229,10 +234,11 @@ mod tests {
         let me = std::process::id();
         let info = cache.lookup(me, None).unwrap();
         assert_eq!(
-            info.exe,
+            info.exe.as_deref(),
             std::env::current_exe()
                 .ok()
                 .map(|p| p.display().to_string())
+                .as_deref()
         );
         assert!(!info.args.is_empty());
     }

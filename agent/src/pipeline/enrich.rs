@@ -7,7 +7,7 @@ use agent_common::ThrottleKey;
 
 use super::{Judgement, held};
 use crate::{
-    cloudevents::{self, Context, VigilEvent},
+    cloudevents::{self, Context, VigilEvent, shared::Shared},
     event,
     metadata::{cgroup::CgroupPaths, cluster::PodLookup, process::ProcessCache},
     pipeline::cluster::ClusterLink,
@@ -20,7 +20,7 @@ const METADATA_WAIT: Duration = Duration::from_secs(2);
 struct Held {
     event: event::Event,
     judgement: Judgement,
-    cgroup_path: Option<String>,
+    cgroup_path: Option<Shared<str>>,
     until: tokio::time::Instant,
 }
 
@@ -28,6 +28,8 @@ pub(crate) struct Enrich {
     processes: ProcessCache,
     cgroups: CgroupPaths,
     held: held::HeldQueue<Held>,
+    /// The node's name as the events share it, made again only when the name changes.
+    node: Shared<str>,
     /// Events finished and handed to the sinks.
     pub(crate) emitted: u64,
 }
@@ -38,6 +40,7 @@ impl Enrich {
             processes: ProcessCache::default(),
             cgroups: CgroupPaths::new(cgroup_root),
             held: held::HeldQueue::new(held::HELD_CAPACITY),
+            node: Shared::default(),
             emitted: 0,
         }
     }
@@ -98,12 +101,15 @@ impl Enrich {
         node: &str,
         event: &event::Event,
         judgement: &Judgement,
-        cgroup_path: Option<String>,
+        cgroup_path: Option<Shared<str>>,
         pod: Option<&PodLookup>,
     ) -> VigilEvent {
         let lineage = self.processes.lineage(event);
+        if *self.node != *node {
+            self.node = node.into();
+        }
         let ctx = Context {
-            node,
+            node: self.node.clone(),
             cgroup_path,
             pod,
         };

@@ -186,14 +186,27 @@ impl Stages {
             tokio::spawn(log.forward(stop.clone()));
         }
         let handover = probes.take_handover();
+        let mut stopping = stop.clone();
         let (intake, handover_tx) =
             intake::Intake::start(probes.take_ring_buffer()?, stop, handover.is_some());
         if let (Some(handover), Some(tx)) = (handover, handover_tx) {
-            // Once ready: programs attached, policies compiled, caches synced.
+            // Once ready: programs attached, policies compiled, caches synced. A stop before
+            // that drops the queue's second sender, or the queue would never end.
             tokio::spawn(async move {
                 let generation = handover.generation;
-                if synced.wait_for(|done| *done).await.is_err() {
-                    return;
+                tokio::select! {
+                    done = synced.wait_for(|done| *done) => {
+                        if done.is_err() {
+                            return;
+                        }
+                    }
+                    _ = stopping.wait_for(|stop| *stop) => {
+                        tracing::warn!(
+                            generation,
+                            "stopped before the first lists were in: the previous agent's pinned programs were not taken over"
+                        );
+                        return;
+                    }
                 }
                 match handover.complete(tx).await {
                     Ok(report) if report.generations.is_empty() => {
@@ -442,7 +455,7 @@ mod tests {
             text: "prefix /tmp/".into(),
         };
         let ctx = Context {
-            node: "n1",
+            node: "n1".into(),
             cgroup_path: None,
             pod: Some(&pod),
         };

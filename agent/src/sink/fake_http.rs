@@ -229,7 +229,7 @@ pub fn exec_violation(
         image: Some("nginx:1".into()),
     });
     let ctx = Context {
-        node: "n1",
+        node: "n1".into(),
         cgroup_path: Some("/kubepods/pod-u-1/c0ffee".into()),
         pod: Some(&pod),
     };
@@ -237,12 +237,12 @@ pub fn exec_violation(
         process: ProcessInfo {
             comm: comm.into(),
             exe: Some(path.into()),
-            args,
+            args: args.into(),
         },
         parent: Some(ProcessInfo {
             comm: "sh".into(),
             exe: Some("/bin/sh".into()),
-            args: vec!["sh".into()],
+            args: vec!["sh".into()].into(),
         }),
     };
     let mut event = violation(&event, &lineage, &ctx, &policy, Action::Kill);

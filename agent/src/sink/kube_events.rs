@@ -285,7 +285,7 @@ mod tests {
             text: "prefix /tmp/".into(),
         };
         let ctx = Context {
-            node: "n1",
+            node: "n1".into(),
             cgroup_path: None,
             pod,
         };

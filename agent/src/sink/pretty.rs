@@ -44,10 +44,7 @@ fn line(event: &VigilEvent) -> String {
     };
     let p = &data.process;
     let who = format!("{}[{}] uid={}", p.comm, p.pid, p.uid);
-    let parent = data
-        .parent
-        .as_ref()
-        .map_or("-", |parent| parent.comm.as_str());
+    let parent = data.parent.as_ref().map_or("-", |parent| &*parent.comm);
     let mut context = format!(
         "exe {}, parent {parent}[{}], cgroup {}",
         p.exe.as_deref().unwrap_or("-"),

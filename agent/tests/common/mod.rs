@@ -280,6 +280,8 @@ impl Drop for TestCgroup {
 pub struct Tracer {
     child: Option<Child>,
     events: Arc<Mutex<Vec<Value>>>,
+    /// Stdout lines read and not yet parsed and checked.
+    unread: Arc<Mutex<Vec<String>>>,
     stdout_thread: Option<std::thread::JoinHandle<()>>,
     log: Arc<Mutex<Vec<String>>>,
     /// Stdout lines that are not JSON or do not match the schema, each with the reason. The
@@ -397,28 +399,16 @@ impl Tracer {
         });
         let events = Arc::new(Mutex::new(Vec::new()));
         let invalid = Arc::new(Mutex::new(Vec::new()));
+        let unread = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
-        let (sink, invalid_sink) = (events.clone(), invalid.clone());
+        let unread_sink = unread.clone();
+        // Only reads: parsing and checking each line against the schema (a debug build, under
+        // emulation: milliseconds a line) happen when the test looks, so that the agent's
+        // stdout never waits on this test's checks (it would count what it cannot write
+        // within its shutdown deadline as lost).
         let stdout_thread = std::thread::spawn(move || {
-            // Every emitted event must match the documented schema.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Value>(&line) {
-                    Err(e) => invalid_sink
-                        .lock()
-                        .expect("invalid")
-                        .push(format!("stdout line is not JSON ({e}): {line}")),
-                    Ok(value) => {
-                        let errors = schema_errors(&value);
-                        if errors.is_empty() {
-                            sink.lock().expect("events").push(value);
-                        } else {
-                            invalid_sink.lock().expect("invalid").push(format!(
-                                "event does not match docs/event.schema.json:\n{}\nevent: {line}",
-                                errors.join("\n")
-                            ));
-                        }
-                    }
-                }
+                unread_sink.lock().expect("unread").push(line);
             }
         });
         if ready_rx.recv_timeout(liveness()).is_err() {
@@ -432,6 +422,7 @@ impl Tracer {
         Self {
             child: Some(child),
             events,
+            unread,
             stdout_thread: Some(stdout_thread),
             log,
             invalid,
@@ -443,6 +434,7 @@ impl Tracer {
     /// a valid event.
     #[track_caller]
     pub fn assert_valid_output(&self) {
+        self.check_unread();
         // Copied out so that the panic does not poison the lock for a later look.
         let invalid = self.invalid.lock().expect("invalid").clone();
         if let Some(first) = invalid.first() {
@@ -450,6 +442,34 @@ impl Tracer {
                 "the agent wrote {} invalid line(s) to stdout; the first: {first}",
                 invalid.len()
             );
+        }
+    }
+
+    /// Parses the stdout lines read since the last look: every emitted event must match the
+    /// documented schema.
+    fn check_unread(&self) {
+        // Held throughout, so that two threads looking at once keep the events in order.
+        let mut events = self.events.lock().expect("events");
+        let lines = std::mem::take(&mut *self.unread.lock().expect("unread"));
+        for line in lines {
+            match serde_json::from_str::<Value>(&line) {
+                Err(e) => self
+                    .invalid
+                    .lock()
+                    .expect("invalid")
+                    .push(format!("stdout line is not JSON ({e}): {line}")),
+                Ok(value) => {
+                    let errors = schema_errors(&value);
+                    if errors.is_empty() {
+                        events.push(value);
+                    } else {
+                        self.invalid.lock().expect("invalid").push(format!(
+                            "event does not match docs/event.schema.json:\n{}\nevent: {line}",
+                            errors.join("\n")
+                        ));
+                    }
+                }
+            }
         }
     }
 
@@ -545,9 +565,26 @@ impl Drop for Tracer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Everything the agent wrote is read before it is checked.
+        if let Some(t) = self.stdout_thread.take() {
+            let _ = t.join();
+        }
         // A test that never looked at the events again still fails on an invalid one.
         if !std::thread::panicking() {
             self.assert_valid_output();
+        }
+    }
+}
+
+/// SIGKILLs a child this test started, by pid, if the test panics before it was waited for
+/// (then it is at worst a zombie, so the pid cannot have been reused). Forget it once waited.
+pub struct KillOnUnwind(pub u32);
+
+impl Drop for KillOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: signalling a child this test started and has not reaped.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
         }
     }
 }
