@@ -153,11 +153,21 @@ fn main() -> ExitCode {
         OWNER_KILLED.into(),
         owned.result.and_then(|pid| {
             cleaned.context("the teardown failed")?;
-            ensure!(
-                !Path::new(&format!("/proc/{pid}")).exists(),
-                "the crashed cluster's container process {pid} still runs"
-            );
-            Ok(())
+            // The teardown saw the pod's cgroups empty: the process has exited, but its parent
+            // (the killed shim) is gone and whoever inherits it reaps it in its own time. A
+            // zombie has ended; anything else after 10 s has not.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let state = process_state(pid);
+                if matches!(state, None | Some('Z' | 'X')) {
+                    return Ok(());
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the crashed cluster's container process {pid} still runs (state {state:?}) 10 s after the teardown"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }),
     ));
     report(&outcomes[0]);
@@ -350,9 +360,10 @@ fn run_owner(filters: &[String]) -> Owned {
                 let pid = pid.trim().parse::<u32>().context("the owner's pid line")?;
                 child.kill().context("SIGKILL the cluster's owner")?;
                 child.wait()?;
+                let state = process_state(pid);
                 ensure!(
-                    Path::new(&format!("/proc/{pid}")).exists(),
-                    "the pod's process {pid} should outlive the crashed cluster's owner"
+                    state.is_some_and(|s| s != 'Z' && s != 'X'),
+                    "the pod's process {pid} should outlive the crashed cluster's owner (state {state:?})"
                 );
                 return Ok(pid);
             }
@@ -1436,6 +1447,13 @@ const VALUES_CAPABILITIES: [&str; 5] = [
     "SYS_PTRACE",
     "DAC_READ_SEARCH",
 ];
+
+/// The state letter of process `pid` (`/proc/PID/stat`, after the command's closing
+/// parenthesis), `None` when there is no such process.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
 
 /// `helm upgrade` with exactly `capabilities`; returns the agent pods it replaces.
 fn upgrade_capabilities(ctx: &Ctx, capabilities: &[&str]) -> Result<Vec<String>> {
