@@ -164,20 +164,18 @@ fn report(cfg: &Config, destination: &Destination, v: Violation) -> i32 {
     }
 }
 
-/// Builds the record in this CPU's scratch slot (the decision's call chain, policy set and
+/// Builds the record in this thread's scratch entry (the decision's call chain, policy set and
 /// hand-over, and the report's, throttle, leave no room for it on the 512-byte stack; 6.1
 /// counts a chain's frames together) and sends it from there. Only a record that is sent is
 /// built, after the decision, which never reads it. Returns the caller's pid.
 #[inline(always)]
 fn send(cfg: &Config, destination: &Destination, v: Option<Violation>) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(event) = CONNECT_SCRATCH.get_ptr_mut(0) else {
+    let Some(event) = crate::scratch::of(&CONNECT_SCRATCH) else {
         count_loss(kind::CONNECT);
         return pid;
     };
-    // SAFETY: this CPU's slot. Another socket hook on this CPU could only reuse it between
-    // here and the copy into the ring buffer on a fully preemptible kernel, and then only the
-    // report's contents would mix: the decision was made on the stack.
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let event = unsafe { &mut *event };
     event.header = header(kind::CONNECT, cfg);
     event.family = destination.family;

@@ -74,8 +74,8 @@ fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i6
         return Ok(());
     }
     let argv = syscall_arg(ctx, argv_index)? as *const *const u8;
-    let scratch = EXEC_SCRATCH.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = crate::scratch::of(&EXEC_SCRATCH).ok_or(1)?;
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let args = unsafe { &mut *scratch };
     args.argc = 0;
     args.truncated = 0;
@@ -147,8 +147,8 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !enforcing && !selected(cfg) {
         return Ok(());
     }
-    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let scratch = unsafe { &mut *scratch };
     let mut exe_name = [0u8; NAME_LEN];
     let facts = gather(ctx, cfg, scratch, &mut exe_name);

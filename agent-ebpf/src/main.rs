@@ -23,6 +23,7 @@ mod prevent_exec;
 mod prevent_wx;
 mod process;
 mod read;
+mod scratch;
 mod script;
 mod state;
 mod task;

@@ -63,8 +63,8 @@ entry_points! {
 
 fn try_judge_mapped_file() -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
-    let request = FILE_REQUEST.get_ptr(0).ok_or(1)?;
-    // SAFETY: the per-CPU slot the hook filled just before jumping here.
+    let request = crate::scratch::existing(&FILE_REQUEST).ok_or(1)?;
+    // SAFETY: this thread's entry, which the hook filled just before jumping here.
     let request = unsafe { *request };
     judge_file(cfg, request.file as *const u8, request)
 }
@@ -76,8 +76,8 @@ fn try_judge_mapped_file() -> Result<(), i64> {
 // an integer, and these return `Result`.
 #[inline(always)]
 fn hand_over(ctx: &TracePointContext, request: FileRequest) -> Result<(), i64> {
-    let slot = FILE_REQUEST.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: the per-CPU slot is ours for the duration of this program.
+    let slot = crate::scratch::of(&FILE_REQUEST).ok_or(1)?;
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     unsafe { *slot = request };
     // SAFETY: a tail call with this program's own context.
     unsafe { JUDGE_FILE.tail_call(ctx, 0) };
@@ -162,8 +162,8 @@ fn judge_file(
     if !worth_a_walk(cfg, file, set) {
         return Ok(());
     }
-    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let scratch = unsafe { &mut *scratch };
     // Plain values, not the Option: LLVM may leave an empty Option's payload undefined,
     // and the verifier refuses to copy it.
@@ -278,10 +278,10 @@ fn shared_exec(cfg: &agent_common::Config, request: &FileRequest) {
         return;
     }
     let judged = enforce(judged);
-    let Some(slot) = WX_SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = crate::scratch::of(&WX_SCRATCH) else {
         return;
     };
-    // SAFETY: this CPU's slot, which no other program uses while this one runs.
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let event = unsafe { &mut (*slot).event };
     event.syscall = request.syscall;
     event.prot = request.prot as u32;

@@ -40,19 +40,45 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(2048, 0);
 
-/// Per-CPU scratch space for building an [`ExecArgs`], too large for the stack.
-#[map]
-pub static EXEC_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);
+/// Per-thread scratch maps (`scratch.rs`): room for the threads that have one at once.
+/// Entries are made on demand (not preallocated): a thread that never needs one costs
+/// nothing.
+const SCRATCH_THREADS: u32 = 65_536;
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 
-/// Per-CPU scratch space for a connect record: the socket hooks' call chain (policy set,
+/// Per-thread scratch space for building an [`ExecArgs`], too large for the stack.
+#[map]
+pub static EXEC_SCRATCH: HashMap<u32, ExecArgs> =
+    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
+
+/// Per-thread scratch space for a connect record: the socket hooks' call chain (policy set,
 /// hand-over, throttle) leaves no room on the 512-byte stack for it (6.1's verifier counts the
 /// frames of a chain together).
 #[map]
-pub static CONNECT_SCRATCH: PerCpuArray<ConnectEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static CONNECT_SCRATCH: HashMap<u32, ConnectEvent> =
+    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
 
-/// Per-CPU scratch space for paths and LPM keys.
+/// Per-thread scratch space for paths and LPM keys.
 #[map]
-pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static PATH_SCRATCH: HashMap<u32, PathScratch> =
+    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
+
+const fn larger(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
+/// The size of the largest per-thread scratch value.
+pub const ZERO_LEN: usize = larger(
+    larger(size_of::<PathScratch>(), size_of::<ExecArgs>()),
+    larger(
+        size_of::<ConnectEvent>(),
+        larger(size_of::<PendingWx>(), size_of::<FileRequest>()),
+    ),
+);
+
+/// Slot 0: zeroes, never written; a new per-thread scratch entry is copied from it.
+#[map]
+pub static ZEROES: Array<[u8; ZERO_LEN]> = Array::with_max_entries(1, 0);
 
 /// cgroup id -> policy set (0: no policy). The deepest bound ancestor of a task's cgroup
 /// decides, so a binding covers the cgroups created below it later.
@@ -134,11 +160,12 @@ pub struct PendingWx {
 #[map]
 pub static WX_PENDING: HashMap<u32, PendingWx> = HashMap::with_max_entries(16_384, 0);
 
-/// Where a W^X request is put together before it goes into `WX_PENDING`: it does not fit on
-/// the BPF stack beside the calls that report it on kernels before 6.13 (512 bytes for a
-/// program and the functions it calls, together).
+/// Where a W^X request is put together before it goes into `WX_PENDING`, per thread: it does
+/// not fit on the BPF stack beside the calls that report it on kernels before 6.13 (512 bytes
+/// for a program and the functions it calls, together).
 #[map]
-pub static WX_SCRATCH: PerCpuArray<PendingWx> = PerCpuArray::with_max_entries(1, 0);
+pub static WX_SCRATCH: HashMap<u32, PendingWx> =
+    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
 
 /// Process (thread group) id -> the script it was exec'd to run, until its interpreter opens
 /// it (then decided on the opened file) or the process exits. It survives execs of plain
@@ -162,9 +189,10 @@ pub struct FileRequest {
     pub len: u64,
 }
 
-/// Per-CPU: the request being handed over (a tail call keeps the CPU).
+/// Per thread: the request being handed over (a tail call keeps the thread).
 #[map]
-pub static FILE_REQUEST: PerCpuArray<FileRequest> = PerCpuArray::with_max_entries(1, 0);
+pub static FILE_REQUEST: HashMap<u32, FileRequest> =
+    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
 
 /// Slot 0: `judge_mapped_file`, filled by user space before any hook is attached.
 #[map]

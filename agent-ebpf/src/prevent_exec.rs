@@ -78,8 +78,8 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     let k = &cfg.kernel;
     // The hook's first argument is the `struct linux_binprm *`.
     let bprm: *const u8 = ctx.arg(0);
-    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let scratch = unsafe { &mut *scratch };
     let file = read_kernel_ptr(bprm, k.bprm_file);
     let mut exe_name = [0u8; NAME_LEN];

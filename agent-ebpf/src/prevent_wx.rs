@@ -118,8 +118,8 @@ fn try_refuse(request: &Request) -> Result<bool, i64> {
         let _ = WX_PENDING.remove(tid);
         return Ok(true);
     }
-    let slot = WX_SCRATCH.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: this CPU's slot, which no other program uses while this one runs.
+    let slot = crate::scratch::of(&WX_SCRATCH).ok_or(1)?;
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let event = unsafe { &mut (*slot).event };
     let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).unwrap_or(0);
     let compat = status & TS_COMPAT != 0;

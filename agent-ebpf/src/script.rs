@@ -130,8 +130,8 @@ fn try_opening(ctx: &TracePointContext, name_arg: usize) -> Result<(), i64> {
         return Ok(());
     };
     let name = syscall_arg(ctx, name_arg)? as *const u8;
-    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let scratch = unsafe { &mut *scratch };
     scratch.filename[0] = 0;
     // SAFETY: the helper checks the user address and bounds the copy.
@@ -210,8 +210,8 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let file = task_fd_file(cfg, ret as u32);
     let memfd = file.is_some_and(|f| anonymous_file(cfg, f));
-    let scratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let scratch = unsafe { &mut *scratch };
     // Plain values, not the Option: LLVM may leave an empty Option's payload undefined,
     // and the verifier refuses to copy it.

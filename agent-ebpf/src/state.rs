@@ -1,4 +1,4 @@
-//! Kernel-only map values: the per-CPU scratch of the path walk and the flood throttle's key
+//! Kernel-only map values: the per-thread scratch of the path walk and the flood throttle's key
 //! and state. Kept apart from the code using them so that `maps.rs` depends on nothing that
 //! depends on it.
 use agent_common::{ExePath, PATH_LEN, PathKeyData, PendingScript};
@@ -8,7 +8,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 pub const WALK_END: usize = 256;
 const END: usize = WALK_END;
 
-/// Per-CPU scratch: too large for the 512-byte stack.
+/// Per-thread scratch (`scratch.rs`): too large for the 512-byte stack.
 #[repr(C)]
 pub struct PathScratch {
     /// The real path ends at `END - 1` (its NUL) and starts where `real_path` says; reads

@@ -173,7 +173,7 @@ pub fn emit<T: 'static + HasHeader>(kind: u32, mut record: T) {
     }
 }
 
-/// [`emit`] of a record kept in map memory (a per-CPU scratch slot), copied straight into the
+/// [`emit`] of a record kept in map memory (a scratch entry), copied straight into the
 /// ring buffer: never onto the stack.
 pub fn emit_from<T: 'static + HasHeader + Copy>(kind: u32, record: &mut T) {
     let target = record.target();

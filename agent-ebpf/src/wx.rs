@@ -51,10 +51,10 @@ fn exempt(set: u32) -> bool {
     let Some(exe) = TASK_EXE.get_ptr(tgid) else {
         return false;
     };
-    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = crate::scratch::of(&PATH_SCRATCH) else {
         return false;
     };
-    // SAFETY: a live map value, and the per-CPU scratch slot that is ours for now.
+    // SAFETY: a live map value, and this thread's scratch entry, which nobody else writes.
     let (exe, scratch) = unsafe { (&*exe, &mut *scratch) };
     if !path_key(&mut scratch.key, set, exe.path.as_ptr(), exe.len as usize) {
         return false;
@@ -118,12 +118,12 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
 // would cost stack that kernels before 6.13 count with the caller's.
 #[inline(always)]
 fn hold(cfg: &Config, judged: Violation, event: &WxEvent) -> Result<(), i64> {
-    let Some(pending) = WX_SCRATCH.get_ptr_mut(0) else {
+    let Some(pending) = crate::scratch::of(&WX_SCRATCH) else {
         // No slot to hold the request: carry the action out now rather than not at all.
         enforce(judged);
         return Err(1);
     };
-    // SAFETY: this CPU's slot, which no other program uses while this one runs.
+    // SAFETY: this thread's scratch entry, which nobody else writes.
     let pending = unsafe { &mut *pending };
     pending.judged_hit = judged.hit;
     pending.judged_action = judged.action;

@@ -8,7 +8,10 @@ mod common;
 
 use std::{
     net::TcpListener,
-    os::unix::{fs::PermissionsExt, process::ExitStatusExt},
+    os::unix::{
+        fs::PermissionsExt,
+        process::{CommandExt, ExitStatusExt},
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -472,6 +475,160 @@ fn resolve_interpreter(runtime: &Path) -> String {
     real(Path::new(&printed))
 }
 
+/// How one exec of a generator ended: exit status, whether its marker was written, its pid.
+type Ended = (std::process::ExitStatus, bool, u32);
+
+/// Runs `program write-marker DIR/NAME-n` in `cg` one after another (on CPU `cpu` only, when
+/// given) while `go_on(n)` holds. Gives how each ended, and the errors of execs that failed
+/// with their caller alive (under Kill with BPF LSM the exec is refused and its caller killed
+/// before it runs again, so there should be none).
+fn exec_loop(
+    cg: &TestCgroup,
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    cpu: Option<usize>,
+    go_on: impl Fn(usize) -> bool,
+) -> (Vec<Ended>, Vec<String>) {
+    let mut results = Vec::new();
+    let mut lived = Vec::new();
+    let mut n = 0;
+    while go_on(n) {
+        let marker = dir.join(format!("{name}-{n}"));
+        let mut cmd = common::in_cgroup(&cg.dir, program);
+        cmd.args(["write-marker", marker.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(cpu) = cpu {
+            // SAFETY: only sched_setaffinity (async-signal-safe) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id();
+                let status = child.wait_with_output().expect("waiting").status;
+                results.push((status, marker.exists(), pid));
+            }
+            Err(err) => lived.push(err.to_string()),
+        }
+        n += 1;
+    }
+    (results, lived)
+}
+
+/// The agent's events about the processes `pids` (its events carry the pid), waited for a
+/// little: a failure then names the program and rule that acted on them, or shows that
+/// nothing reported them.
+fn said_about(tracer: &Tracer, pids: &[u32]) -> Vec<String> {
+    if pids.is_empty() {
+        return Vec::new();
+    }
+    let said = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| {
+                e["data"]["process"]["pid"]
+                    .as_u64()
+                    .is_some_and(|p| pids.contains(&(p as u32)))
+            })
+            .map(|e| e.to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while said(&tracer.events()).len() < pids.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut out = said(&tracer.events());
+    out.push(format!(
+        "pids {pids:?}; the agent's state: {}",
+        tracer.state()
+    ));
+    out
+}
+
+/// Programs on a kernel that preempts kernel code (lazy or full preemption, Debian's default
+/// from 6.16) can be interrupted half way and their CPU given to another task whose programs
+/// run on the same CPU: what one program keeps in memory of its own while it decides must
+/// not be the other's. Both generators share one CPU, so their decisions interleave there;
+/// the denied one must die every time and the allowed one never.
+#[test]
+fn allowed_and_denied_execs_sharing_one_cpu_keep_their_own_verdicts() {
+    if !root_or_skip("one-cpu") {
+        return;
+    }
+    let cg = TestCgroup::new("one-cpu");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, d) = denied_binary(tmp.path());
+    let policy = policy_for(
+        &cg,
+        "one-cpu",
+        &format!("  exec:\n    deny: [{{prefix: \"{d}/\"}}]\n    action: Kill\n"),
+    );
+    let file = write_policy(tmp.path(), &policy);
+    let tracer = Tracer::enforce(&file);
+    let allowed_dir = tmp.path().join("allowed");
+    std::fs::create_dir_all(&allowed_dir).unwrap();
+    let allowed = allowed_dir.join("writer");
+    std::fs::copy(&writer, &allowed).unwrap();
+
+    const EXECS: usize = 300;
+    let ((denied, denied_lived), (benign, benign_failed)) = std::thread::scope(|scope| {
+        let denied =
+            scope.spawn(|| exec_loop(&cg, &writer, tmp.path(), "denied", Some(0), |n| n < EXECS));
+        let benign =
+            scope.spawn(|| exec_loop(&cg, &allowed, tmp.path(), "allowed", Some(0), |n| n < EXECS));
+        (denied.join().unwrap(), benign.join().unwrap())
+    });
+    let escaped: Vec<&Ended> = denied
+        .iter()
+        .filter(|(s, ran, _)| s.signal() != Some(libc::SIGKILL) || *ran)
+        .collect();
+    let harmed: Vec<&Ended> = benign
+        .iter()
+        .filter(|(s, ran, _)| !s.success() || !ran)
+        .collect();
+    eprintln!(
+        "one cpu: {} of {EXECS} denied execs killed, {} of {EXECS} allowed ones ran",
+        denied.len() - escaped.len(),
+        benign.len() - harmed.len()
+    );
+    assert!(
+        denied_lived.is_empty() && escaped.is_empty(),
+        "denied execs escaped the kill ({} refused with the caller alive: {:?}; {} ran or died otherwise: {:?}); what the agent said about them: {:#?}",
+        denied_lived.len(),
+        &denied_lived[..denied_lived.len().min(3)],
+        escaped.len(),
+        &escaped[..escaped.len().min(5)],
+        said_about(&tracer, &escaped.iter().map(|e| e.2).collect::<Vec<_>>()),
+    );
+    assert!(
+        benign_failed.is_empty() && harmed.is_empty(),
+        "allowed execs were refused ({}: {:?}) or did not run to the end ({}: {:?}); what the agent said about them: {:#?}",
+        benign_failed.len(),
+        &benign_failed[..benign_failed.len().min(3)],
+        harmed.len(),
+        &harmed[..harmed.len().min(5)],
+        said_about(&tracer, &harmed.iter().map(|e| e.2).collect::<Vec<_>>()),
+    );
+    let allowed_real = real(&allowed);
+    let events = tracer.stop();
+    let wrongly = events
+        .iter()
+        .filter(|e| e["type"] == EXEC && e["vigilaction"].is_string())
+        .filter(|e| e["data"]["process"]["exe"].as_str() == Some(allowed_real.as_str()))
+        .count();
+    assert_eq!(wrongly, 0, "violations reported for the allowed binary");
+}
+
 #[test]
 fn reloading_150_times_leaves_no_gap_and_no_growth() {
     if !root_or_skip("reload") {
@@ -510,33 +667,11 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
     std::fs::copy(&writer, &allowed).unwrap();
 
     // Two generators, one after another each, for as long as the reloads go on: denied execs
-    // and allowed ones. Each gives (exit status, marker written) per exec, and the errors of
-    // execs that failed with their caller alive.
+    // and allowed ones.
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let generate = |program: &Path, name: &str| {
-        let mut results = Vec::new();
-        let mut n = 0;
-        let mut lived = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let marker = tmp.path().join(format!("{name}-{n}"));
-            let spawned = common::in_cgroup(&cg.dir, program)
-                .args(["write-marker", marker.to_str().unwrap()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            match spawned {
-                Ok(child) => {
-                    let status = child.wait_with_output().expect("waiting").status;
-                    results.push((status, marker.exists()));
-                }
-                // The exec failed and the caller lived to say so: under Kill with BPF LSM the
-                // exec is refused and its caller killed before it runs again.
-                Err(err) => lived.push(err.to_string()),
-            }
-            n += 1;
-        }
-        (results, lived)
-    };
+    let go_on = |_: usize| !stop.load(std::sync::atomic::Ordering::Relaxed);
+    let generate =
+        |program: &Path, name: &str| exec_loop(&cg, program, tmp.path(), name, None, go_on);
     // The heap reaches its working size over the first reloads (about 100 on this host,
     // measured to 300), so growth is measured only over the last 100.
     const RELOADS: usize = 150;
@@ -564,7 +699,7 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
     let (results, lived) = results;
     let killed = results
         .iter()
-        .filter(|(s, ran)| s.signal() == Some(libc::SIGKILL) && !ran)
+        .filter(|(s, ran, _)| s.signal() == Some(libc::SIGKILL) && !ran)
         .count();
     eprintln!(
         "reload: {} execs killed of {} across {RELOADS} reloads; map entries per apply {:?}; agent RSS {rss_early} KiB after {WARM} reloads, {rss_late} KiB after {RELOADS}",
@@ -593,9 +728,9 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
         &lived[..lived.len().min(3)],
         losses(&tracer.events()),
     );
-    let escaped: Vec<&(std::process::ExitStatus, bool)> = results
+    let escaped: Vec<&Ended> = results
         .iter()
-        .filter(|(s, ran)| s.signal() != Some(libc::SIGKILL) || *ran)
+        .filter(|(s, ran, _)| s.signal() != Some(libc::SIGKILL) || *ran)
         .collect();
     assert!(
         escaped.is_empty(),
@@ -605,9 +740,9 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
         &escaped[..escaped.len().min(5)],
     );
     // The benign twin ran throughout, every time, untouched.
-    let harmed: Vec<&(std::process::ExitStatus, bool)> = benign
+    let harmed: Vec<&Ended> = benign
         .iter()
-        .filter(|(s, ran)| !s.success() || !ran)
+        .filter(|(s, ran, _)| !s.success() || !ran)
         .collect();
     eprintln!(
         "reload: {} allowed execs ran of {} beside them",
@@ -621,12 +756,13 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
     );
     assert!(
         benign_failed.is_empty() && harmed.is_empty(),
-        "allowed execs were refused ({}: {:?}) or did not run to the end ({} of {}: exit status, marker written {:?}) during reloads",
+        "allowed execs were refused ({}: {:?}) or did not run to the end ({} of {}: exit status, marker written, pid {:?}) during reloads; what the agent said about them: {:#?}",
         benign_failed.len(),
         &benign_failed[..benign_failed.len().min(3)],
         harmed.len(),
         benign.len(),
         &harmed[..harmed.len().min(5)],
+        said_about(&tracer, &harmed.iter().map(|e| e.2).collect::<Vec<_>>()),
     );
     // Every kill is reported: wait for the last of them rather than guess how long it takes.
     // A record stands for `count` kills (1 when absent): past a few thousand the kernel's
