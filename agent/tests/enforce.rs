@@ -620,6 +620,7 @@ fn allowed_and_denied_execs_sharing_one_cpu_keep_their_own_verdicts() {
         said_about(&tracer, &harmed.iter().map(|e| e.2).collect::<Vec<_>>()),
     );
     let allowed_real = real(&allowed);
+    let denied_real = real(&writer);
     let events = tracer.stop();
     let wrongly = events
         .iter()
@@ -627,6 +628,25 @@ fn allowed_and_denied_execs_sharing_one_cpu_keep_their_own_verdicts() {
         .filter(|e| e["data"]["process"]["exe"].as_str() == Some(allowed_real.as_str()))
         .count();
     assert_eq!(wrongly, 0, "violations reported for the allowed binary");
+    // Each report is one exec's own: its path and the arguments it was started with (built
+    // in memory of their own as well) are the denied binary's, never the other's.
+    let mixed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == EXEC && e["vigilaction"] == "kill")
+        .filter(|e| {
+            let exec = &e["data"]["exec"];
+            exec["path"].as_str() != Some(denied_real.as_str())
+                || exec["args"]
+                    .get(0)
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a != writer.to_str().unwrap())
+        })
+        .collect();
+    assert!(
+        mixed.is_empty(),
+        "kill reports naming another exec's path or arguments: {:#?}",
+        &mixed[..mixed.len().min(3)]
+    );
 }
 
 #[test]
