@@ -43,6 +43,11 @@ pub struct Options {
     /// How many kernels boot at once (each keeps one host core busy).
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Boot without BPF LSM (Debian's default LSMs without `bpf`, as most distributions
+    /// boot): exec and W^X are then enforced by the tracepoints after the act, under each
+    /// kernel's own preemption model. The prevention tests skip, naming the reason.
+    #[arg(long)]
+    pub without_bpf_lsm: bool,
     /// Only tests whose names contain one of these (passed to each test binary).
     #[arg(last = true)]
     pub filters: Vec<String>,
@@ -92,6 +97,8 @@ const KERNEL_TESTS: [&str; 7] = [
 const WHOLE_SUITE_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 /// BPF LSM on, for the programs that need it, with the LSMs Debian enables by default.
 const LSM: &str = "lsm=lockdown,capability,landlock,yama,apparmor,bpf";
+/// The same without BPF LSM: the tracepoint path only.
+const LSM_WITHOUT_BPF: &str = "lsm=lockdown,capability,landlock,yama,apparmor";
 
 /// What one kernel made of the run.
 struct Outcome {
@@ -107,6 +114,8 @@ struct Outcome {
     skips: Vec<String>,
     exit: Option<i32>,
     took: Duration,
+    /// Whether the guest was booted with BPF LSM.
+    bpf_lsm: bool,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -141,7 +150,13 @@ pub fn run(options: &Options) -> Result<()> {
                     .join(", ")
             );
         };
-        prepared.push(prepare(&apt, kernel, &binaries, &options.filters)?);
+        prepared.push(prepare(
+            &apt,
+            kernel,
+            &binaries,
+            &options.filters,
+            !options.without_bpf_lsm,
+        )?);
     }
     let jobs = options.jobs.max(1);
     let outcomes = boot_all(prepared, jobs)?;
@@ -257,8 +272,13 @@ impl Outcome {
             self.programs_refused
                 .push(rest.split_whitespace().next().unwrap_or(rest).to_owned());
         }
-        // Every guest boots with BPF LSM on: prevention must attach.
-        if line.starts_with("no   prevention (BPF LSM)") {
+        // A guest booted with BPF LSM must attach prevention; one booted without must not
+        // find it (else the run tests the wrong path).
+        let prevention_said = if self.bpf_lsm { "no   " } else { "ok   " };
+        if line
+            .strip_prefix(prevention_said)
+            .is_some_and(|rest| rest.starts_with("prevention (BPF LSM)"))
+        {
             self.programs_refused.push(line.to_owned());
         }
         if let Some(rest) = line.strip_prefix("ok   program ") {
@@ -291,6 +311,7 @@ struct Prepared {
     package: String,
     guest: guest::Guest,
     script: PathBuf,
+    bpf_lsm: bool,
 }
 
 fn prepare(
@@ -298,6 +319,7 @@ fn prepare(
     kernel: &Kernel,
     binaries: &[PathBuf],
     filters: &[String],
+    bpf_lsm: bool,
 ) -> Result<Prepared> {
     let Kernel {
         series,
@@ -312,12 +334,13 @@ fn prepare(
     if filters.is_empty() {
         guest.set_timeout(WHOLE_SUITE_TIMEOUT);
     }
-    let script = script(&dir, binaries, filters)?;
+    let script = script(&dir, binaries, filters, bpf_lsm)?;
     Ok(Prepared {
         series: series.to_owned(),
         package: package.to_owned(),
         guest,
         script,
+        bpf_lsm,
     })
 }
 
@@ -336,6 +359,7 @@ fn one_kernel(kernel: &Prepared, prefixed: bool) -> Result<Outcome> {
         skips: Vec::new(),
         exit: None,
         took: Duration::ZERO,
+        bpf_lsm: kernel.bpf_lsm,
     };
     let prefix = if prefixed {
         format!("[{series}] ")
@@ -345,7 +369,8 @@ fn one_kernel(kernel: &Prepared, prefixed: bool) -> Result<Outcome> {
     // Emulation oopses early in about one boot in ten here: a guest that did not come up is
     // booted again, twice at most.
     for attempt in 1..=3 {
-        let mut qemu = kernel.guest.command_with(&kernel.script, LSM)?;
+        let lsm = if kernel.bpf_lsm { LSM } else { LSM_WITHOUT_BPF };
+        let mut qemu = kernel.guest.command_with(&kernel.script, lsm)?;
         read_console(&mut qemu, &mut outcome, &prefix)?;
         if kernel.guest.booted() {
             outcome.booted = true;
@@ -385,7 +410,7 @@ fn read_console(qemu: &mut Command, outcome: &mut Outcome, prefix: &str) -> Resu
 }
 
 /// The guest's work: the doctor, then each test binary, all of them whatever one did.
-fn script(dir: &Path, binaries: &[PathBuf], filters: &[String]) -> Result<PathBuf> {
+fn script(dir: &Path, binaries: &[PathBuf], filters: &[String], bpf_lsm: bool) -> Result<PathBuf> {
     let root = workspace_root();
     let debug = bin_dir();
     let ci = std::env::var("CI").unwrap_or_default();
@@ -396,7 +421,7 @@ fn script(dir: &Path, binaries: &[PathBuf], filters: &[String]) -> Result<PathBu
         .join(" ");
     let mut text = format!(
         r#"cd '{root}'
-export VIGIL_EXPECT_BPF_LSM=1 CI='{ci}' VIGIL_BIN='{debug}/vigil' VIGIL_SCENARIO_BIN='{debug}/vigil-scenario'
+{expect_lsm}export CI='{ci}' VIGIL_BIN='{debug}/vigil' VIGIL_SCENARIO_BIN='{debug}/vigil-scenario'
 # Emulation: the tests' liveness bounds stretch (loading the programs alone takes a minute).
 export VIGIL_TEST_PACE=5
 export TMPDIR=/run/vigil-tmp
@@ -409,6 +434,11 @@ rc=0
 "#,
         root = root.display(),
         debug = debug.display(),
+        expect_lsm = if bpf_lsm {
+            "export VIGIL_EXPECT_BPF_LSM=1\n"
+        } else {
+            ""
+        },
     );
     for binary in binaries {
         text.push_str(&format!(
@@ -451,9 +481,14 @@ fn table(outcomes: &[Outcome]) -> String {
             format!("REFUSED: {}", o.programs_refused.join(", "))
         };
         let skipped = o.skips.len() as u64;
+        let series = if o.bpf_lsm {
+            o.series.clone()
+        } else {
+            format!("{} -bpf", o.series)
+        };
         lines.push(format!(
             "{:<7} {:<34} {:>6} {:>6} {:>7} {:>6}s  {}",
-            o.series,
+            series,
             kernel,
             o.counts.passed.saturating_sub(skipped),
             o.counts.failed,
@@ -756,6 +791,42 @@ mod tests {
     use super::*;
     use crate::guest::Root;
 
+    /// A guest booted with BPF LSM fails when prevention does not attach; one booted without
+    /// fails when it does (it would not be testing the tracepoint path), and is marked so.
+    #[test]
+    fn prevention_must_match_how_the_guest_was_booted() {
+        let outcome = |bpf_lsm: bool, line: &str| {
+            let mut o = Outcome {
+                series: "7.3".to_owned(),
+                package: "linux-image-7.3.4+deb13-amd64".to_owned(),
+                release: Some("7.3.4+deb13-amd64".to_owned()),
+                booted: true,
+                programs_refused: Vec::new(),
+                largest: Vec::new(),
+                counts: Counts::default(),
+                skips: Vec::new(),
+                exit: Some(0),
+                took: Duration::from_secs(90),
+                bpf_lsm,
+            };
+            o.read_line(line);
+            o
+        };
+        let attached = "ok   prevention (BPF LSM)               BPF LSM refuses denied execs";
+        let absent = "no   prevention (BPF LSM)               BPF LSM is not active";
+        assert!(outcome(true, attached).passed());
+        assert!(!outcome(true, absent).passed());
+        assert!(outcome(false, absent).passed());
+        let wrong = outcome(false, attached);
+        assert!(!wrong.passed());
+        let table = table(&[wrong]);
+        assert!(table.contains("7.3 -bpf"), "{table}");
+        assert!(
+            table.contains("REFUSED: ok   prevention (BPF LSM)"),
+            "{table}"
+        );
+    }
+
     #[test]
     fn a_skip_is_counted_as_skipped_with_its_reason() {
         let mut outcome = Outcome {
@@ -769,6 +840,7 @@ mod tests {
             skips: Vec::new(),
             exit: Some(0),
             took: Duration::from_secs(90),
+            bpf_lsm: true,
         };
         for line in [
             "skipped io_uring_connect_is_seen: this kernel lacks IORING_OP_CONNECT",
