@@ -14,8 +14,8 @@ use aya_ebpf::{
 
 use crate::{
     kill::kill_at_syscall_exit,
-    maps::CONNECT_SCRATCH,
     policy::{Violation, current_set, decide_connect, mapped_v6, mark, policy_set, violation},
+    scratch::{self, Claim},
     task::{config, count_loss, emit_from, header, traced},
 };
 
@@ -171,12 +171,12 @@ fn report(cfg: &Config, destination: &Destination, v: Violation) -> i32 {
 #[inline(always)]
 fn send(cfg: &Config, destination: &Destination, v: Option<Violation>) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(event) = crate::scratch::of(&CONNECT_SCRATCH) else {
+    let Ok(claim) = Claim::<scratch::Connect>::new() else {
         count_loss(kind::CONNECT);
         return pid;
     };
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let event = unsafe { &mut *event };
+    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
+    let event = unsafe { &mut *claim.entry() };
     event.header = header(kind::CONNECT, cfg);
     event.family = destination.family;
     event.protocol = destination.protocol;

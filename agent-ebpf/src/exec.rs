@@ -19,10 +19,11 @@ use aya_ebpf::{
 use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, task_fd_file},
-    maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, EXEC_SCRATCH, PATH_SCRATCH, TASK_EXE},
+    maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, TASK_EXE},
     path::{Built, PathScratch, path_key, real_path},
     policy::mark,
     policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
+    scratch::{self, Claim},
     script::Awaited,
     task::syscall_arg,
     task::{config, current_task, header, read_kernel, read_kernel_ptr, selected},
@@ -74,9 +75,10 @@ fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i6
         return Ok(());
     }
     let argv = syscall_arg(ctx, argv_index)? as *const *const u8;
-    let scratch = crate::scratch::of(&EXEC_SCRATCH).ok_or(1)?;
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let args = unsafe { &mut *scratch };
+    // No room: the exec is reported without its arguments (`argsMissing`), and counted.
+    let claim = Claim::<scratch::Args>::new()?;
+    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
+    let args = unsafe { &mut *claim.entry() };
     args.argc = 0;
     args.truncated = 0;
     let mut offset = 0usize;
@@ -147,9 +149,15 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !enforcing && !selected(cfg) {
         return Ok(());
     }
-    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let scratch = unsafe { &mut *scratch };
+    let claim = match Claim::<scratch::Path>::new() {
+        Ok(claim) => claim,
+        Err(err) => {
+            without_room(enforcing);
+            return Err(err);
+        }
+    };
+    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
+    let scratch = unsafe { &mut *claim.entry() };
     let mut exe_name = [0u8; NAME_LEN];
     let facts = gather(ctx, cfg, scratch, &mut exe_name);
     // Captured at syscall entry for the LSM's sake; not needed past this point, whether this
@@ -283,6 +291,19 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     fill_args_from_image(cfg, event);
     entry.submit(0);
     Ok(())
+}
+
+/// An exec that could not be looked at (no scratch entry to walk its path in): decided as an
+/// executable whose path cannot be walked, so Kill kills (fail closed), and the old image's
+/// W^X exemption does not carry over. Counted by the caller as the probe's map failure; the
+/// record cannot be built without the entry.
+#[inline(never)]
+fn without_room(enforcing: bool) {
+    if !enforcing {
+        return;
+    }
+    let _ = TASK_EXE.remove((bpf_get_current_pid_tgid() >> 32) as u32);
+    crate::policy::unverifiable_now();
 }
 
 /// Whether the name in `scratch.filename` is absolute with no empty, `.` or `..` component:

@@ -12,6 +12,7 @@ use agent_common::{
     wx_syscall,
 };
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
     macros::tracepoint,
     programs::TracePointContext,
@@ -20,11 +21,12 @@ use aya_ebpf::{
 use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, task_fd_file, tmpfs_file},
-    maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE, PATH_SCRATCH, WX_SCRATCH},
-    path::{path_key, real_path},
+    maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE},
+    path::{PathScratch, path_key, real_path},
     policy::{
         Violation, current_set, enforce, policy_set, policy_set_in_place, prevented, violation,
     },
+    scratch::{self, Claim},
     task::{config, count_loss, syscall_arg, traced},
     vma::{self, Found, VM_EXEC},
     wx,
@@ -62,10 +64,12 @@ entry_points! {
 }
 
 fn try_judge_mapped_file() -> Result<(), i64> {
-    let cfg = config().ok_or(1)?;
-    let request = crate::scratch::existing(&FILE_REQUEST).ok_or(1)?;
+    // Taken and released first, whatever happens next: the entry is this run's alone.
+    let claim = Claim::<scratch::Request>::existing()?;
     // SAFETY: this thread's entry, which the hook filled just before jumping here.
-    let request = unsafe { *request };
+    let request = unsafe { *claim.entry() };
+    drop(claim);
+    let cfg = config().ok_or(1)?;
     judge_file(cfg, request.file as *const u8, request)
 }
 
@@ -76,11 +80,18 @@ fn try_judge_mapped_file() -> Result<(), i64> {
 // an integer, and these return `Result`.
 #[inline(always)]
 fn hand_over(ctx: &TracePointContext, request: FileRequest) -> Result<(), i64> {
-    let slot = crate::scratch::of(&FILE_REQUEST).ok_or(1)?;
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    unsafe { *slot = request };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // Filed for the jump: `judge_mapped_file` removes it (see `scratch.rs`).
+    if let Err(err) = FILE_REQUEST.insert(tid, request, u64::from(BPF_NOEXIST)) {
+        // No room to hand the file over: unjudged, it fails closed.
+        if config().is_some_and(|cfg| cfg.mode == mode::ENFORCE) {
+            crate::policy::unverifiable_now();
+        }
+        return Err(i64::from(err));
+    }
     // SAFETY: a tail call with this program's own context.
     unsafe { JUDGE_FILE.tail_call(ctx, 0) };
+    let _ = FILE_REQUEST.remove(tid);
     count_loss(kind::EXEC);
     Ok(())
 }
@@ -162,18 +173,27 @@ fn judge_file(
     if !worth_a_walk(cfg, file, set) {
         return Ok(());
     }
-    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let scratch = unsafe { &mut *scratch };
+    // Without room to walk its path, the file is unverifiable: decided so below. The claim
+    // lives to the end of this function, past the report that reads `path`.
+    let claim = Claim::<scratch::Path>::new();
+    let scratch: *mut PathScratch = match &claim {
+        Ok(claim) => claim.entry(),
+        Err(_) => core::ptr::null_mut(),
+    };
     // Plain values, not the Option: LLVM may leave an empty Option's payload undefined,
     // and the verifier refuses to copy it.
     let mut path: *const u8 = core::ptr::null();
     let mut len = 0;
     let mut forged = false;
-    if let Some(built) = real_path(cfg, file, scratch) {
-        path = built.ptr(&scratch.path);
-        len = built.len;
-        forged = built.forged();
+    if !scratch.is_null() {
+        // SAFETY: this thread's scratch entry, which nobody else writes while the claim
+        // lives.
+        let scratch = unsafe { &mut *scratch };
+        if let Some(built) = real_path(cfg, file, scratch) {
+            path = built.ptr(&scratch.path);
+            len = built.len;
+            forged = built.forged();
+        }
     }
     // Worked out again after the walk, not carried across it: the verifier then walks the
     // path once, not once per combination of these (its 1,000,000 instruction budget).
@@ -192,13 +212,17 @@ fn judge_file(
     if !enforcing || ps.exec_action == 0 {
         return Ok(());
     }
-    let verified = !path.is_null() && !forged;
+    // A path was built only in a claimed entry: verified implies `scratch` is one.
+    let verified = !path.is_null() && !forged && !scratch.is_null();
     let mut rule = PathRule::default();
-    if verified
-        && path_key(&mut scratch.key, set, path, len)
-        && let Some(found) = EXEC_PATHS.get(&scratch.key)
-    {
-        rule = *found;
+    if verified {
+        // SAFETY: as above.
+        let scratch = unsafe { &mut *scratch };
+        if path_key(&mut scratch.key, set, path, len)
+            && let Some(found) = EXEC_PATHS.get(&scratch.key)
+        {
+            rule = *found;
+        }
     }
     let v = if memfd && ps.flags & set_flags::EXEC_DENY_MEMFD != 0 {
         violation(ps.exec_action, set, ps.memfd_rule)
@@ -278,11 +302,13 @@ fn shared_exec(cfg: &agent_common::Config, request: &FileRequest) {
         return;
     }
     let judged = enforce(judged);
-    let Some(slot) = crate::scratch::of(&WX_SCRATCH) else {
+    // Carried out above; without room for its record, the record is counted lost.
+    let Ok(claim) = Claim::<scratch::Wx>::new() else {
+        count_loss(kind::WX);
         return;
     };
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let event = unsafe { &mut (*slot).event };
+    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
+    let event = unsafe { &mut (*claim.entry()).event };
     event.syscall = request.syscall;
     event.prot = request.prot as u32;
     event.flags = request.flags as u32;

@@ -4,7 +4,9 @@ use agent_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key,
+    },
 };
 
 use crate::state::PathScratch;
@@ -40,28 +42,28 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(2048, 0);
 
-/// Per-thread scratch maps (`scratch.rs`): room for the threads that have one at once.
-/// Entries are made on demand (not preallocated): a thread that never needs one costs
-/// nothing.
-const SCRATCH_THREADS: u32 = 65_536;
-const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+/// Per-thread scratch maps (`scratch.rs`): room for the runs that hold an entry at once,
+/// node-wide (a run on each CPU and those preempted on it).
+const SCRATCH_RUNS: u32 = 1024;
 
 /// Per-thread scratch space for building an [`ExecArgs`], too large for the stack.
 #[map]
-pub static EXEC_SCRATCH: HashMap<u32, ExecArgs> =
-    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
+pub static EXEC_SCRATCH: HashMap<u32, ExecArgs> = HashMap::with_max_entries(SCRATCH_RUNS, 0);
 
 /// Per-thread scratch space for a connect record: the socket hooks' call chain (policy set,
 /// hand-over, throttle) leaves no room on the 512-byte stack for it (6.1's verifier counts the
 /// frames of a chain together).
 #[map]
-pub static CONNECT_SCRATCH: HashMap<u32, ConnectEvent> =
-    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
+pub static CONNECT_SCRATCH: HashMap<u32, ConnectEvent> = HashMap::with_max_entries(SCRATCH_RUNS, 0);
 
 /// Per-thread scratch space for paths and LPM keys.
 #[map]
-pub static PATH_SCRATCH: HashMap<u32, PathScratch> =
-    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
+pub static PATH_SCRATCH: HashMap<u32, PathScratch> = HashMap::with_max_entries(SCRATCH_RUNS, 0);
+
+/// Per-thread scratch space for one LPM key, for a lookup made inside a run that may hold
+/// `PATH_SCRATCH` already (the W^X exemption).
+#[map]
+pub static KEY_SCRATCH: HashMap<u32, Key<PathKeyData>> = HashMap::with_max_entries(SCRATCH_RUNS, 0);
 
 const fn larger(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
@@ -72,7 +74,10 @@ pub const ZERO_LEN: usize = larger(
     larger(size_of::<PathScratch>(), size_of::<ExecArgs>()),
     larger(
         size_of::<ConnectEvent>(),
-        larger(size_of::<PendingWx>(), size_of::<FileRequest>()),
+        larger(
+            size_of::<PendingWx>(),
+            larger(size_of::<FileRequest>(), size_of::<Key<PathKeyData>>()),
+        ),
     ),
 );
 
@@ -160,12 +165,11 @@ pub struct PendingWx {
 #[map]
 pub static WX_PENDING: HashMap<u32, PendingWx> = HashMap::with_max_entries(16_384, 0);
 
-/// Where a W^X request is put together before it goes into `WX_PENDING`, per thread: it does
-/// not fit on the BPF stack beside the calls that report it on kernels before 6.13 (512 bytes
-/// for a program and the functions it calls, together).
+/// Where a W^X record is put together to be reported, per thread: it does not fit on the BPF
+/// stack beside the calls that report it on kernels before 6.13 (512 bytes for a program and
+/// the functions it calls, together).
 #[map]
-pub static WX_SCRATCH: HashMap<u32, PendingWx> =
-    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
+pub static WX_SCRATCH: HashMap<u32, PendingWx> = HashMap::with_max_entries(SCRATCH_RUNS, 0);
 
 /// Process (thread group) id -> the script it was exec'd to run, until its interpreter opens
 /// it (then decided on the opened file) or the process exits. It survives execs of plain
@@ -191,8 +195,7 @@ pub struct FileRequest {
 
 /// Per thread: the request being handed over (a tail call keeps the thread).
 #[map]
-pub static FILE_REQUEST: HashMap<u32, FileRequest> =
-    HashMap::with_max_entries(SCRATCH_THREADS, NO_PREALLOC);
+pub static FILE_REQUEST: HashMap<u32, FileRequest> = HashMap::with_max_entries(SCRATCH_RUNS, 0);
 
 /// Slot 0: `judge_mapped_file`, filled by user space before any hook is attached.
 #[map]

@@ -199,6 +199,17 @@ pub fn enforce(violation: Violation) -> Violation {
     violation
 }
 
+/// Carries out the current process's exec policy on a file that could not be looked at (no
+/// scratch entry to walk its path in, `scratch.rs`): as a file whose path cannot be walked,
+/// so Kill kills and Deny, after the act, kills too (fail closed).
+#[inline(never)]
+pub fn unverifiable_now() {
+    let set = current_set();
+    if let Some(ps) = policy_set(set) {
+        enforce(fail_closed(set, &ps));
+    }
+}
+
 /// Whether a BPF LSM program refuses `v` before the act (it runs for `bit`, one of
 /// [`agent_common::prevent`], and the action refuses): a tracing hook that sees the request
 /// first leaves it to that program, which reports it.

@@ -16,9 +16,10 @@ use aya_ebpf::{
 use crate::{
     diag::gave_up,
     exec::{file_facts, fill_args},
-    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, TASK_EXE},
+    maps::{EVENTS, EXEC_PATHS, TASK_EXE},
     path::{path_key, real_path},
     policy::{current_set, decide_exec, fail_closed, mark, policy_set, send_sigkill},
+    scratch::{self, Claim},
     task::{config, header, read_kernel_ptr},
     throttle::{admit, lost},
 };
@@ -78,9 +79,20 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     let k = &cfg.kernel;
     // The hook's first argument is the `struct linux_binprm *`.
     let bprm: *const u8 = ctx.arg(0);
-    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let scratch = unsafe { &mut *scratch };
+    // Without room to walk the path, refused under the refusing action it runs for: the
+    // file cannot be verified (fail closed, as the tracepoint would decide it).
+    let Ok(claim) = Claim::<scratch::Path>::new() else {
+        if ps.exec_action as u16 == action::KILL {
+            send_sigkill();
+        }
+        crate::diag::count(
+            const { agent_common::probe_error::id("lsm_bprm_check") },
+            agent_common::probe_error::MAP,
+        );
+        return Ok(true);
+    };
+    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
+    let scratch = unsafe { &mut *claim.entry() };
     let file = read_kernel_ptr(bprm, k.bprm_file);
     let mut exe_name = [0u8; NAME_LEN];
     let mut flags = exec_flags::PREVENTED;

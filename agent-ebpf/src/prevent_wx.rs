@@ -4,15 +4,16 @@
 //! is about to apply, `READ_IMPLIES_EXEC` already added. A refused call fails with `EPERM`
 //! and the memory stays as it was (under Kill the process is killed as well). What these
 //! hooks let through is decided again at the syscall's exit, which kills (fail closed).
-use agent_common::{action, mode, wx_reason, wx_syscall};
+use agent_common::{action, kind, mode, wx_reason, wx_syscall};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
 
 use crate::{
     diag::gave_up,
-    maps::{WX_PENDING, WX_SCRATCH},
+    maps::WX_PENDING,
     policy::send_sigkill,
     prevent_exec::verdict,
-    task::{config, current_task, read_kernel, traced},
+    scratch::{self, Claim},
+    task::{config, count_loss, current_task, read_kernel, traced},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
 
@@ -118,9 +119,13 @@ fn try_refuse(request: &Request) -> Result<bool, i64> {
         let _ = WX_PENDING.remove(tid);
         return Ok(true);
     }
-    let slot = crate::scratch::of(&WX_SCRATCH).ok_or(1)?;
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let event = unsafe { &mut (*slot).event };
+    // Refused whatever follows: without room for its record, the record is counted lost.
+    let Ok(claim) = Claim::<scratch::Wx>::new() else {
+        count_loss(kind::WX);
+        return Ok(true);
+    };
+    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
+    let event = unsafe { &mut (*claim.entry()).event };
     let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).unwrap_or(0);
     let compat = status & TS_COMPAT != 0;
     event.syscall = if compat && request.syscall == wx_syscall::MMAP {

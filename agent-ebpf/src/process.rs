@@ -62,7 +62,6 @@ fn try_exit() -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // W^X requests wait for their result in both modes.
     crate::wx::forget_pending(pid_tgid as u32);
-    crate::scratch::forget(pid_tgid as u32);
     let cfg = config().ok_or(1)?;
     if cfg.mode != mode::ENFORCE {
         return Ok(());

@@ -3,7 +3,9 @@
 //! the caller's (`./s.sh`, `dir/../s.sh`, `/dev/fd/3/s.sh`, a symlink). The interpreter gets
 //! exactly that name and opens it: the file that open returns is the script, and it is
 //! decided then, by its real path, before the interpreter reads a line of it.
-use agent_common::{Config, PATH_LEN, PendingScript, SCRIPT_NAMES, SYSCALL_RET_OFFSET, exec_flags};
+use agent_common::{
+    Config, PATH_LEN, PendingScript, SCRIPT_NAMES, SYSCALL_RET_OFFSET, exec_flags, mode,
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
@@ -13,9 +15,10 @@ use aya_ebpf::{
 use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, task_fd_file},
-    maps::{EXEC_PATHS, PATH_SCRATCH, SCRIPT_PENDING},
+    maps::{EXEC_PATHS, SCRIPT_PENDING},
     path::{PathScratch, path_key, real_path},
     policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
+    scratch::{self, Claim},
     task::{config, current_task, read_kernel, read_kernel_ptr, syscall_arg},
 };
 
@@ -130,9 +133,19 @@ fn try_opening(ctx: &TracePointContext, name_arg: usize) -> Result<(), i64> {
         return Ok(());
     };
     let name = syscall_arg(ctx, name_arg)? as *const u8;
-    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let scratch = unsafe { &mut *scratch };
+    // Without room to read the name, this open could be the script's and would go unjudged:
+    // fail closed now.
+    let claim = match Claim::<scratch::Path>::new() {
+        Ok(claim) => claim,
+        Err(err) => {
+            if config().is_some_and(|cfg| cfg.mode == mode::ENFORCE) {
+                crate::policy::unverifiable_now();
+            }
+            return Err(err);
+        }
+    };
+    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
+    let scratch = unsafe { &mut *claim.entry() };
     scratch.filename[0] = 0;
     // SAFETY: the helper checks the user address and bounds the copy.
     unsafe { bpf_probe_read_user_str_bytes(name, &mut scratch.filename) }?;
@@ -210,25 +223,29 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let file = task_fd_file(cfg, ret as u32);
     let memfd = file.is_some_and(|f| anonymous_file(cfg, f));
-    let scratch = crate::scratch::of(&PATH_SCRATCH).ok_or(1)?;
-    // SAFETY: this thread's scratch entry, which nobody else writes.
-    let scratch = unsafe { &mut *scratch };
+    // Without room to walk its path, the script is unverifiable: decided so below.
+    let claim = Claim::<scratch::Path>::new();
     // Plain values, not the Option: LLVM may leave an empty Option's payload undefined,
     // and the verifier refuses to copy it.
     let mut path: *const u8 = core::ptr::null();
     let mut len = 0;
     let mut forged = false;
-    if let Some(built) = file.and_then(|f| real_path(cfg, f, scratch)) {
-        path = built.ptr(&scratch.path);
-        len = built.len;
-        forged = built.forged();
-    }
     let mut rule = agent_common::PathRule::default();
     let mut keyed = false;
-    if !path.is_null() && !forged && path_key(&mut scratch.key, set, path, len) {
-        keyed = true;
-        if let Some(found) = EXEC_PATHS.get(&scratch.key) {
-            rule = *found;
+    if let Ok(claim) = &claim {
+        // SAFETY: this thread's scratch entry, which nobody else writes while the claim
+        // lives (to the end of this function, past the report that reads `path`).
+        let scratch = unsafe { &mut *claim.entry() };
+        if let Some(built) = file.and_then(|f| real_path(cfg, f, scratch)) {
+            path = built.ptr(&scratch.path);
+            len = built.len;
+            forged = built.forged();
+        }
+        if !path.is_null() && !forged && path_key(&mut scratch.key, set, path, len) {
+            keyed = true;
+            if let Some(found) = EXEC_PATHS.get(&scratch.key) {
+                rule = *found;
+            }
         }
     }
     let mut v = decide_exec(set, &ps, memfd, keyed, &rule, None);

@@ -12,10 +12,11 @@ use aya_ebpf::{
 
 use crate::diag::entry_points;
 use crate::{
-    maps::{EVENTS, EXEC_PATHS, PATH_SCRATCH, TASK_EXE, WX_PENDING, WX_SCRATCH},
+    maps::{EVENTS, EXEC_PATHS, PendingWx, TASK_EXE, WX_PENDING, ZEROES},
     path::path_key,
     policy::{Violation, mark},
     policy::{current_set, enforce, policy_set_in_place, violation},
+    scratch::{self, Claim},
     task::syscall_arg,
     task::{config, current_task, header, read_kernel, selected, traced},
     throttle::{admit, lost},
@@ -51,17 +52,18 @@ fn exempt(set: u32) -> bool {
     let Some(exe) = TASK_EXE.get_ptr(tgid) else {
         return false;
     };
-    let Some(scratch) = crate::scratch::of(&PATH_SCRATCH) else {
+    // An entry of its own, not `PATH_SCRATCH`: the mapped-file judge holds that one when it
+    // asks. Without room, not exempt (fail closed).
+    let Ok(claim) = Claim::<scratch::LpmKey>::new() else {
         return false;
     };
-    // SAFETY: a live map value, and this thread's scratch entry, which nobody else writes.
-    let (exe, scratch) = unsafe { (&*exe, &mut *scratch) };
-    if !path_key(&mut scratch.key, set, exe.path.as_ptr(), exe.len as usize) {
+    // SAFETY: a live map value, and this thread's scratch entry, which nobody else writes
+    // while the claim lives.
+    let (exe, key) = unsafe { (&*exe, &mut *claim.entry()) };
+    if !path_key(key, set, exe.path.as_ptr(), exe.len as usize) {
         return false;
     }
-    EXEC_PATHS
-        .get(&scratch.key)
-        .is_some_and(|rule| rule.wx_exempt != 0)
+    EXEC_PATHS.get(key).is_some_and(|rule| rule.wx_exempt != 0)
 }
 
 fn read_implies_exec(cfg: &Config) -> bool {
@@ -118,29 +120,31 @@ fn try_protection(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
 // would cost stack that kernels before 6.13 count with the caller's.
 #[inline(always)]
 fn hold(cfg: &Config, judged: Violation, event: &WxEvent) -> Result<(), i64> {
-    let Some(pending) = crate::scratch::of(&WX_SCRATCH) else {
-        // No slot to hold the request: carry the action out now rather than not at all.
-        enforce(judged);
-        return Err(1);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // Filed zeroed, then filled in place: the entry is this thread's, read only by its own
+    // syscall's exit and LSM hook, which come after this program.
+    let filed = match ZEROES.get_ptr(0) {
+        Some(zero) => {
+            // SAFETY: ZERO_LEN (no fewer than a `PendingWx` has) bytes of zeroes, for which
+            // every field of a `PendingWx` has a value.
+            let zero = unsafe { &*zero.cast::<PendingWx>() };
+            WX_PENDING.insert(tid, zero, 0).is_ok()
+        }
+        None => false,
     };
-    // SAFETY: this thread's scratch entry, which nobody else writes.
+    let Some(pending) = WX_PENDING.get_ptr_mut(tid).filter(|_| filed) else {
+        // No room to wait for the result: decide now rather than not at all.
+        let judged = enforce(judged);
+        report(cfg, judged, event);
+        return Ok(());
+    };
+    // SAFETY: this thread's entry, just filed.
     let pending = unsafe { &mut *pending };
     pending.judged_hit = judged.hit;
     pending.judged_action = judged.action;
     pending.judged_rule = judged.rule;
     pending._pad = 0;
     pending.event = *event;
-    let tid = bpf_get_current_pid_tgid() as u32;
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value the request is copied onto the stack this map slot spares"
-    )]
-    let inserted = WX_PENDING.insert(tid, &*pending, 0);
-    if inserted.is_err() {
-        // No room to wait for the result: decide now rather than not at all.
-        let judged = enforce(judged);
-        report(cfg, judged, &pending.event);
-    }
     Ok(())
 }
 
