@@ -263,7 +263,9 @@ impl Lane {
     /// kernel (prevention and fallback tests, the longest run) and the newest in the vm-test
     /// lane; the second kernel after the node guest in its lane.
     fn vm_test_runs(&self) -> Vec<String> {
-        use crate::vm_test::{FALLBACK_TESTS, OLDEST, PREVENTION_KERNELS, PREVENTION_TESTS};
+        use crate::vm_test::{
+            FALLBACK_TESTS, OLDEST, PREEMPTION_TESTS, PREVENTION_KERNELS, PREVENTION_TESTS,
+        };
         let others: Vec<&str> = PREVENTION_KERNELS
             .iter()
             .copied()
@@ -283,7 +285,12 @@ impl Lane {
                     PREVENTION_TESTS.join(" "),
                     FALLBACK_TESTS.join(" ")
                 ),
-                prevention(&others[1..]),
+                // The newest kernel preempts kernel code: the tests that need that too.
+                format!(
+                    "{} {}",
+                    prevention(&others[1..]),
+                    PREEMPTION_TESTS.join(" ")
+                ),
             ],
             Lane::NodeGuest(_) => vec![prevention(&others[..1])],
         }
@@ -621,6 +628,14 @@ mod tests {
                 kernel == OLDEST,
                 "{kernel}: {}",
                 with[0]
+            );
+        }
+        // Only the newest of them preempts kernel code, so only it runs the tests that need it.
+        for run in &runs {
+            assert_eq!(
+                run.contains(crate::vm_test::PREEMPTION_TESTS[0]),
+                run.contains("--kernel newest "),
+                "{run}"
             );
         }
         let script = node.script();

@@ -64,6 +64,9 @@ pub const FALLBACK_TESTS: [&str; 3] = [
     "deep_bindings_are_enforced_or_refused_by_name",
     "descendants_of_the_filtered_cgroup_are_traced",
 ];
+/// What only a kernel that preempts kernel code can show (lazy preemption, Debian's default
+/// from 6.16; the host's kernel is `PREEMPT_NONE`): `cargo xtask test` runs it on the newest.
+pub const PREEMPTION_TESTS: [&str; 1] = ["allowed_and_denied_execs_sharing_one_cpu"];
 pub const PREVENTION_TESTS: [&str; 5] = [
     "refuses_an_exec",
     "allowlist_under_deny",
