@@ -475,6 +475,26 @@ fn resolve_interpreter(runtime: &Path) -> String {
     real(Path::new(&printed))
 }
 
+/// The benign twin of the denied `writer`: the same binary, copied outside the denied
+/// directory (to DIR/allowed/writer), which the policy allows.
+fn benign_twin(dir: &Path, writer: &Path) -> PathBuf {
+    let allowed_dir = dir.join("allowed");
+    std::fs::create_dir_all(&allowed_dir).unwrap();
+    let allowed = allowed_dir.join("writer");
+    std::fs::copy(writer, &allowed).unwrap();
+    allowed
+}
+
+/// No exec violation was reported for a process running the executable `exe` (a real path).
+fn assert_no_violation_of(events: &[Value], exe: &str) {
+    let wrongly = events
+        .iter()
+        .filter(|e| e["type"] == EXEC && e["vigilaction"].is_string())
+        .filter(|e| e["data"]["process"]["exe"].as_str() == Some(exe))
+        .count();
+    assert_eq!(wrongly, 0, "violations reported for the allowed binary");
+}
+
 /// How one exec of a generator ended: exit status, whether its marker was written, its pid.
 type Ended = (std::process::ExitStatus, bool, u32);
 
@@ -575,10 +595,7 @@ fn allowed_and_denied_execs_sharing_one_cpu_keep_their_own_verdicts() {
     );
     let file = write_policy(tmp.path(), &policy);
     let tracer = Tracer::enforce(&file);
-    let allowed_dir = tmp.path().join("allowed");
-    std::fs::create_dir_all(&allowed_dir).unwrap();
-    let allowed = allowed_dir.join("writer");
-    std::fs::copy(&writer, &allowed).unwrap();
+    let allowed = benign_twin(tmp.path(), &writer);
 
     const EXECS: usize = 300;
     let ((denied, denied_lived), (benign, benign_failed)) = std::thread::scope(|scope| {
@@ -622,12 +639,7 @@ fn allowed_and_denied_execs_sharing_one_cpu_keep_their_own_verdicts() {
     let allowed_real = real(&allowed);
     let denied_real = real(&writer);
     let events = tracer.stop();
-    let wrongly = events
-        .iter()
-        .filter(|e| e["type"] == EXEC && e["vigilaction"].is_string())
-        .filter(|e| e["data"]["process"]["exe"].as_str() == Some(allowed_real.as_str()))
-        .count();
-    assert_eq!(wrongly, 0, "violations reported for the allowed binary");
+    assert_no_violation_of(&events, &allowed_real);
     // Each report is one exec's own: its path and the arguments it was started with (built
     // in memory of their own as well) are the denied binary's, never the other's.
     let mixed: Vec<&Value> = events
@@ -681,10 +693,7 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
 
     // The benign twin: the same binary outside the denied directory, which every version of
     // the policy allows; a reload must never kill or refuse it.
-    let allowed_dir = tmp.path().join("allowed");
-    std::fs::create_dir_all(&allowed_dir).unwrap();
-    let allowed = allowed_dir.join("writer");
-    std::fs::copy(&writer, &allowed).unwrap();
+    let allowed = benign_twin(tmp.path(), &writer);
 
     // Two generators, one after another each, for as long as the reloads go on: denied execs
     // and allowed ones.
@@ -832,12 +841,7 @@ fn reloading_150_times_leaves_no_gap_and_no_growth() {
         losses(&events),
     );
     let allowed_real = real(&allowed);
-    let wrongly = events
-        .iter()
-        .filter(|e| e["type"] == EXEC && e["vigilaction"].is_string())
-        .filter(|e| e["data"]["process"]["exe"].as_str() == Some(allowed_real.as_str()))
-        .count();
-    assert_eq!(wrongly, 0, "violations reported for the allowed binary");
+    assert_no_violation_of(&events, &allowed_real);
     let named = records
         .iter()
         .filter(|e| e["vigilpolicy"] == "reload")
