@@ -794,24 +794,29 @@ mod tests {
     use super::*;
     use crate::guest::Root;
 
+    /// A guest of `series` that booted `release` and exited 0, nothing read from it yet.
+    fn booted(series: &str, release: &str, bpf_lsm: bool) -> Outcome {
+        Outcome {
+            series: series.to_owned(),
+            package: format!("linux-image-{release}"),
+            release: Some(release.to_owned()),
+            booted: true,
+            programs_refused: Vec::new(),
+            largest: Vec::new(),
+            counts: Counts::default(),
+            skips: Vec::new(),
+            exit: Some(0),
+            took: Duration::from_secs(90),
+            bpf_lsm,
+        }
+    }
+
     /// A guest booted with BPF LSM fails when prevention does not attach; one booted without
     /// fails when it does (it would not be testing the tracepoint path), and is marked so.
     #[test]
     fn prevention_must_match_how_the_guest_was_booted() {
         let outcome = |bpf_lsm: bool, line: &str| {
-            let mut o = Outcome {
-                series: "7.3".to_owned(),
-                package: "linux-image-7.3.4+deb13-amd64".to_owned(),
-                release: Some("7.3.4+deb13-amd64".to_owned()),
-                booted: true,
-                programs_refused: Vec::new(),
-                largest: Vec::new(),
-                counts: Counts::default(),
-                skips: Vec::new(),
-                exit: Some(0),
-                took: Duration::from_secs(90),
-                bpf_lsm,
-            };
+            let mut o = booted("7.3", "7.3.4+deb13-amd64", bpf_lsm);
             o.read_line(line);
             o
         };
@@ -832,19 +837,7 @@ mod tests {
 
     #[test]
     fn a_skip_is_counted_as_skipped_with_its_reason() {
-        let mut outcome = Outcome {
-            series: "5.10".to_owned(),
-            package: "linux-image-5.10.0-32-amd64-unsigned".to_owned(),
-            release: Some("5.10.0-32-amd64".to_owned()),
-            booted: true,
-            programs_refused: Vec::new(),
-            largest: Vec::new(),
-            counts: Counts::default(),
-            skips: Vec::new(),
-            exit: Some(0),
-            took: Duration::from_secs(90),
-            bpf_lsm: true,
-        };
+        let mut outcome = booted("5.10", "5.10.0-32-amd64", true);
         for line in [
             "skipped io_uring_connect_is_seen: this kernel lacks IORING_OP_CONNECT",
             "test io_uring_connect_is_seen ... ok",
