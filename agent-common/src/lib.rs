@@ -183,6 +183,10 @@ bit_flags! {
         FOREIGN_WRITES_DENY,
         /// `memory.compatSyscalls: Deny`.
         COMPAT_DENY,
+        /// A container runtime starts the processes of the bound cgroup (a pod's, or
+        /// `hostProcesses.containerRuntime`): its own work there before the container
+        /// enters its mount namespace is its hand-over, not judged (`handover.rs`).
+        RUNTIME_HANDOVER,
     }
 }
 

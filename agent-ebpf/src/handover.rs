@@ -13,13 +13,26 @@
 //! namespace each task is in. Nothing a process in the pod can do starts a hand-over: a
 //! policed mover or parent never hands over, and every process forked inside a pod is pinned
 //! to its policy at fork (`TASK_ORIGIN`).
-use agent_common::Config;
+//!
+//! The kernel fires `cgroup_attach_task` only after the move: the moved process already runs
+//! in the policed cgroup, and can exec there, before the move's verdict is recorded (seen
+//! once on the pure cgroup v2 node: runc's memfd re-exec landed in that window and was
+//! killed). So every move into a policed cgroup leaves a verdict, the runtime's namespace or
+//! [`NOT_THE_RUNTIMES`]; a process pinned nowhere in a policed cgroup with no verdict at all
+//! (its move not yet recorded, or made before the agent started) is judged by its parent
+//! instead: the runtime's while that parent is outside every policy and both share the
+//! mount namespace, the pod's otherwise.
+use agent_common::{Config, set_flags};
 
 use crate::{
-    maps::HANDOVER,
-    policy::{bound_ancestor, live_binding, origin},
-    task::{current_task, read_kernel_ptr},
+    maps::{CGROUP_SETS, HANDOVER},
+    policy::{ancestor_where, bound_ancestor, live_binding, origin, policy_set},
+    task::{current_task, read_kernel, read_kernel_ptr},
 };
+
+/// The verdict of a move (or a hand-over that ended): the process is not the runtime's. No
+/// mount namespace is at address 0.
+const NOT_THE_RUNTIMES: u64 = 0;
 
 /// The mount namespace `task` is in (the `mnt_namespace` address), if it can be read.
 fn mnt_ns(cfg: &Config, task: *const u8) -> Option<u64> {
@@ -33,35 +46,108 @@ fn unpoliced(tgid: u32) -> bool {
     live_binding().0 == 0 && origin(tgid) == 0
 }
 
-/// The namespace of process `tgid` (the current task)'s hand-over, while it lasts. An entry
-/// whose process has left the namespace is removed: the hand-over never resumes.
+/// The namespace of process `tgid` (the current task)'s hand-over, while it lasts. A process
+/// that has left the namespace is marked [`NOT_THE_RUNTIMES`]: the hand-over never resumes.
 fn current_handover(cfg: &Config, tgid: u32) -> Option<u64> {
     // SAFETY: the value is copied out at once.
     let ns = (unsafe { HANDOVER.get(tgid) }).copied()?;
-    if mnt_ns(cfg, current_task()) == Some(ns) {
+    if ns != NOT_THE_RUNTIMES && mnt_ns(cfg, current_task()) == Some(ns) {
         return Some(ns);
     }
-    let _ = HANDOVER.remove(tgid);
+    if ns != NOT_THE_RUNTIMES {
+        let _ = HANDOVER.insert(tgid, NOT_THE_RUNTIMES, 0);
+    }
     None
 }
 
-/// Whether process `tgid` (the current task) is still in its runtime's hand-over.
-pub fn active(cfg: &Config, tgid: u32) -> bool {
-    current_handover(cfg, tgid).is_some()
+/// Whether a container runtime starts the processes under `binding` (a bound cgroup's id):
+/// a pod's binding, with or without a policy, or a host binding whose every policy says
+/// `containerRuntime`. Elsewhere nothing is the runtime's: a service systemd clones into its
+/// cgroup shares systemd's mount namespace for good.
+pub fn hands_over(binding: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    match unsafe { CGROUP_SETS.get(binding) }.copied() {
+        None => false,
+        Some(0) => true,
+        Some(set) => policy_set(set).is_some_and(|ps| ps.flags & set_flags::RUNTIME_HANDOVER != 0),
+    }
+}
+
+/// Whether the recorded verdict on process `tgid` (the current task, pinned nowhere) makes it
+/// its runtime's; `None`: no verdict recorded yet.
+pub fn recorded(cfg: &Config, tgid: u32) -> Option<bool> {
+    // SAFETY: only checked for presence.
+    unsafe { HANDOVER.get(tgid) }?;
+    Some(current_handover(cfg, tgid).is_some())
+}
+
+/// Whether process `tgid` (the current task, pinned nowhere, in the cgroup `binding`
+/// covers) is its runtime's.
+pub fn active(cfg: &Config, tgid: u32, binding: u64) -> bool {
+    runtime_ns(cfg, tgid, binding).is_some()
+}
+
+/// The namespace of process `tgid` (the current task, pinned nowhere)'s hand-over: by its
+/// move's verdict, or, with none recorded and `binding` (the one covering its cgroup, 0:
+/// none) handing over, by its parent, which then becomes its verdict.
+#[inline(always)]
+fn runtime_ns(cfg: &Config, tgid: u32, binding: u64) -> Option<u64> {
+    // SAFETY: only checked for presence.
+    if unsafe { HANDOVER.get(tgid) }.is_some() {
+        return current_handover(cfg, tgid);
+    }
+    if binding == 0 {
+        return None;
+    }
+    let verdict = if hands_over(binding) {
+        parent_runtime_ns(cfg, current_task()).unwrap_or(NOT_THE_RUNTIMES)
+    } else {
+        NOT_THE_RUNTIMES
+    };
+    let _ = HANDOVER.insert(tgid, verdict, 0);
+    (verdict != NOT_THE_RUNTIMES).then_some(verdict)
+}
+
+/// The mount namespace `task` shares with its real parent, if that parent is outside every
+/// policy (no binding pinned, no bound cgroup above it).
+#[inline(always)]
+fn parent_runtime_ns(cfg: &Config, task: *const u8) -> Option<u64> {
+    let k = &cfg.kernel;
+    let parent = read_kernel_ptr(task, k.task_real_parent)?;
+    let parent_tgid: i32 = read_kernel(parent, k.task_tgid)?;
+    if origin(parent_tgid as u32) != 0 {
+        return None;
+    }
+    let cgroup = read_kernel_ptr(parent, k.task_cgroups)
+        .and_then(|cset| read_kernel_ptr(cset, k.css_set_dfl_cgrp))?;
+    // Inlined: this runs at the bottom of the deepest chains of calls (`current_set`).
+    // SAFETY: only checked for presence.
+    if ancestor_where(cfg, cgroup, |id| unsafe { CGROUP_SETS.get(id) }.is_some()) != 0 {
+        return None;
+    }
+    let ns = mnt_ns(cfg, task)?;
+    (mnt_ns(cfg, parent)? == ns).then_some(ns)
 }
 
 /// `moved` (process `moved_tgid`, pinned nowhere) was just put into cgroup `dst` by the
 /// current task.
 pub fn on_move(cfg: &Config, dst: *const u8, moved: *const u8, moved_tgid: u32, mover_tgid: u32) {
-    if mover_tgid == moved_tgid || !unpoliced(mover_tgid) || bound_ancestor(cfg, dst) == 0 {
+    let binding = bound_ancestor(cfg, dst);
+    if binding == 0 {
         return;
     }
-    let (Some(ns), Some(mover_ns)) = (mnt_ns(cfg, moved), mnt_ns(cfg, current_task())) else {
-        return;
+    let verdict = match (mnt_ns(cfg, moved), mnt_ns(cfg, current_task())) {
+        (Some(ns), Some(mover_ns))
+            if ns == mover_ns
+                && mover_tgid != moved_tgid
+                && unpoliced(mover_tgid)
+                && hands_over(binding) =>
+        {
+            ns
+        }
+        _ => NOT_THE_RUNTIMES,
     };
-    if ns == mover_ns {
-        let _ = HANDOVER.insert(moved_tgid, ns, 0);
-    }
+    let _ = HANDOVER.insert(moved_tgid, verdict, 0);
 }
 
 /// What a fork means for the hand-over. The current task is the parent, pinned nowhere.
@@ -69,12 +155,13 @@ pub fn on_move(cfg: &Config, dst: *const u8, moved: *const u8, moved_tgid: u32, 
 pub fn on_fork(cfg: &Config, parent_tgid: u32, child: *const u8, child_tgid: u32) -> bool {
     let child_ns = mnt_ns(cfg, child);
     let same_ns = |ns: u64| child_ns == Some(ns);
-    if let Some(ns) = current_handover(cfg, parent_tgid) {
+    let binding = live_binding().0;
+    if let Some(ns) = runtime_ns(cfg, parent_tgid, binding) {
         // The runtime's own children stay the runtime's while they share its namespace; one
         // cloned into a namespace of its own is the container's from birth.
         return same_ns(ns) && HANDOVER.insert(child_tgid, ns, 0).is_ok();
     }
-    if live_binding().0 != 0 {
+    if binding != 0 {
         return false;
     }
     // `CLONE_INTO_CGROUP`: born in a policed cgroup to a parent outside every policy.
@@ -83,7 +170,7 @@ pub fn on_fork(cfg: &Config, parent_tgid: u32, child: *const u8, child_tgid: u32
     let Some(cgroup) = born_into else {
         return false;
     };
-    if bound_ancestor(cfg, cgroup) == 0 {
+    if !hands_over(bound_ancestor(cfg, cgroup)) {
         return false;
     }
     match mnt_ns(cfg, current_task()) {

@@ -76,6 +76,19 @@ pub fn pin_origin(tgid: u32, binding: u64) {
 /// is pinned to, even after it was moved elsewhere, else the live one (and it is pinned). A
 /// process still in its container runtime's hand-over is the runtime's: no set, no pin.
 pub fn current_set() -> u32 {
+    set_deciding(true)
+}
+
+/// As [`current_set`], for the deepest chains of calls (`judge_mapped_file`), whose stack has
+/// no room for the walk of a parent's cgroups that settles a hand-over with no verdict yet
+/// (`handover.rs`): such a process is decided as the pod's this once, neither pinned nor
+/// settled, and its next decision elsewhere settles it.
+pub fn current_set_shallow() -> u32 {
+    set_deciding(false)
+}
+
+#[inline(always)]
+fn set_deciding(settle: bool) -> u32 {
     let (binding, set) = live_binding();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let pinned = origin(tgid);
@@ -88,9 +101,19 @@ pub fn current_set() -> u32 {
     if pinned == 0 {
         if binding != 0
             && let Some(cfg) = crate::task::config()
-            && crate::handover::active(cfg, tgid)
         {
-            return 0;
+            let runtimes = if settle {
+                crate::handover::active(cfg, tgid, binding)
+            } else {
+                match crate::handover::recorded(cfg, tgid) {
+                    Some(runtimes) => runtimes,
+                    None if crate::handover::hands_over(binding) => return set,
+                    None => false,
+                }
+            };
+            if runtimes {
+                return 0;
+            }
         }
         pin_origin(tgid, binding);
     }

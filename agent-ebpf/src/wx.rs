@@ -15,7 +15,7 @@ use crate::{
     maps::{EVENTS, EXEC_PATHS, PendingWx, TASK_EXE, WX_PENDING, ZEROES},
     path::path_key,
     policy::{Violation, mark},
-    policy::{current_set, enforce, policy_set_in_place, violation},
+    policy::{current_set_shallow, enforce, policy_set_in_place, violation},
     scratch::{self, Claim},
     task::syscall_arg,
     task::{config, current_task, header, read_kernel, selected, traced},
@@ -199,7 +199,7 @@ pub fn decide(cfg: &Config) -> Option<Violation> {
     if cfg.mode != mode::ENFORCE {
         return Some(Violation::ALLOWED);
     }
-    let set = current_set();
+    let set = current_set_shallow();
     let ps = policy_set_in_place(set)?;
     // A gate that spares the exemption's lookups; the decision reads the three fields again,
     // together, after them (held across the lookups they would not fit the stack, see

@@ -24,11 +24,21 @@ const FOREIGN_WRITES_KILL: &str =
 
 /// One ClusterRuntimePolicy document per (cgroup, name, spec), in one file.
 fn write_policies(dir: &Path, docs: &[(&TestCgroup, &str, String)]) -> PathBuf {
+    let docs: Vec<_> = docs
+        .iter()
+        .map(|(cg, name, spec)| (*cg, *name, spec.clone(), false))
+        .collect();
+    write_host_policies(dir, &docs)
+}
+
+/// As [`write_policies`], each with whether a container runtime starts the processes of its
+/// cgroup (`hostProcesses.containerRuntime`).
+fn write_host_policies(dir: &Path, docs: &[(&TestCgroup, &str, String, bool)]) -> PathBuf {
     let text: Vec<String> = docs
         .iter()
-        .map(|(cg, name, spec)| {
+        .map(|(cg, name, spec, runtime)| {
             format!(
-                "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n{spec}",
+                "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"], containerRuntime: {runtime}}}\n{spec}",
                 cg.rel
             )
         })
@@ -658,22 +668,24 @@ fn the_runtimes_own_work_before_the_container_is_not_the_pods_and_nothing_else_p
         return;
     }
     // A pod's cgroup with a container's cgroup below it, as the kubelet and runc lay them out,
-    // under an exec allowlist with Kill that does not list the runtime.
+    // under an exec allowlist with Kill that does not list the runtime; and a service's
+    // cgroup under the same policy but no container runtime, as systemd's are.
     let pod = TestCgroup::new("handover");
     let container = TestCgroup::nested(&pod, "container");
+    let service = TestCgroup::new("handover-service");
     let tmp = tempfile::tempdir().unwrap();
     let (writer, _) = common::denied_binary(tmp.path());
     let scenario = std::fs::canonicalize(scenario_bin()).unwrap();
-    let file = write_policies(
+    let spec = format!(
+        "  exec:\n    allow: [{{path: \"{}\"}}]\n    action: Kill\n",
+        scenario.display()
+    );
+    let file = write_host_policies(
         tmp.path(),
-        &[(
-            &pod,
-            "handover",
-            format!(
-                "  exec:\n    allow: [{{path: \"{}\"}}]\n    action: Kill\n",
-                scenario.display()
-            ),
-        )],
+        &[
+            (&pod, "handover", spec.clone(), true),
+            (&service, "handover-service", spec, false),
+        ],
     );
     let tracer = Tracer::enforce(&file);
     let marker = tmp.path().join("marker");
@@ -685,24 +697,29 @@ fn the_runtimes_own_work_before_the_container_is_not_the_pods_and_nothing_else_p
         (&scenario, ["memfd-exec-marker", m]),
     ];
     let mut runtimes = Vec::new();
-    for (mode, the_runtimes) in [
+    for (cgroup, mode, the_runtimes) in [
         // Put into the cgroup by an unpoliced parent, or cloned into it, and still in the
         // parent's mount namespace: the runtime's, as are its children there.
-        ("move", true),
-        ("move-fork", true),
-        ("clone-into", true),
+        (&container, "move", true),
+        (&container, "move-fork", true),
+        (&container, "clone-into", true),
         // In a mount namespace of its own: the container's.
-        ("move-unshare", false),
-        ("move-fork-unshare", false),
-        ("clone-into-unshare", false),
+        (&container, "move-unshare", false),
+        (&container, "move-fork-unshare", false),
+        (&container, "clone-into-unshare", false),
         // Moved in by a process inside the pod, or by itself: the pod's.
-        ("policed-mover", false),
-        ("self-move", false),
+        (&container, "policed-mover", false),
+        (&container, "self-move", false),
+        // Where no container runtime starts the processes, whoever put a process there
+        // (systemd clones a service into its cgroup) hands nothing over.
+        (&service, "move", false),
+        (&service, "move-fork", false),
+        (&service, "clone-into", false),
     ] {
         for (program, args) in &programs {
             let _ = std::fs::remove_file(&marker);
-            let (pid, status) = runtime_handover(mode, &container.dir, program, args);
-            let what = format!("{mode} {}", args[0]);
+            let (pid, status) = runtime_handover(mode, &cgroup.dir, program, args);
+            let what = format!("{} {mode} {}", cgroup.rel, args[0]);
             if the_runtimes {
                 assert_eq!(status, "exit=0", "{what}");
                 assert!(marker.exists(), "{what}: the runtime's exec did not run");
@@ -712,12 +729,130 @@ fn the_runtimes_own_work_before_the_container_is_not_the_pods_and_nothing_else_p
                 assert!(!marker.exists(), "{what}: the pod's exec ran");
                 let e = tracer.wait_for(&what, |e| is(e, EXEC, pid));
                 assert_eq!(e["vigilaction"], "kill", "{what}: {e}");
-                assert_eq!(e["data"]["cgroup"]["id"], container.id, "{what}: {e}");
+                assert_eq!(e["data"]["cgroup"]["id"], cgroup.id, "{what}: {e}");
             }
         }
     }
     let events = tracer.stop();
     assert_quiet(&events, &runtimes, "the runtime's hand-over");
+}
+
+/// A runtime-handover-early process, held at `ready` until [`Early::go`].
+struct Early {
+    what: String,
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Early {
+    fn start(mode: &str, dir: &Path, program: &Path, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let what = format!("early {} {mode} {}", dir.display(), args[0]);
+        let mut child = std::process::Command::new(scenario_bin())
+            .args(["runtime-handover-early", mode, dir.to_str().unwrap()])
+            .arg(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "{what}");
+        Self { what, child, out }
+    }
+
+    /// Lets it exec: the pid that exec'd and how it ended.
+    fn go(mut self) -> (u32, String) {
+        use std::io::{Read as _, Write as _};
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        let line = |key: &str| {
+            rest.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{}: no `{key}` line in {rest:?} ({status})", self.what))
+                .to_string()
+        };
+        (line("pid ").parse().unwrap(), line("status "))
+    }
+}
+
+/// The kernel reports a move into a cgroup (`cgroup_attach_task`) only after it: the moved
+/// process can exec in the pod's cgroup before the agent has seen its move (runc's memfd
+/// re-exec did, once, on the pure cgroup v2 node, and was killed). Moves made before the
+/// agent started are the same case, held still: with no move seen, the process's parent
+/// decides. A runtime's process is the runtime's; one in a namespace of its own, or whose
+/// parent is already inside the pod, is the pod's.
+#[test]
+fn a_runtime_move_the_agent_did_not_see_is_told_by_the_parent() {
+    if !root_or_skip("runtime-handover-early") {
+        return;
+    }
+    let pod = TestCgroup::new("handover-early");
+    let container = TestCgroup::nested(&pod, "container");
+    let service = TestCgroup::new("handover-early-service");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, _) = common::denied_binary(tmp.path());
+    let scenario = std::fs::canonicalize(scenario_bin()).unwrap();
+    let spec = format!(
+        "  exec:\n    allow: [{{path: \"{}\"}}]\n    action: Kill\n",
+        scenario.display()
+    );
+    let file = write_host_policies(
+        tmp.path(),
+        &[
+            (&pod, "handover-early", spec.clone(), true),
+            (&service, "handover-early-service", spec, false),
+        ],
+    );
+    let mut held = Vec::new();
+    for (cgroup, mode, the_runtimes) in [
+        (&container, "move", true),
+        (&container, "move-unshare", false),
+        (&container, "move-forked", false),
+        // No container runtime there: the same move hands nothing over.
+        (&service, "move", false),
+    ] {
+        for (program, first) in [(&writer, "write-marker"), (&scenario, "memfd-exec-marker")] {
+            let marker = tmp.path().join(format!(
+                "marker-{}-{mode}-{first}",
+                cgroup.rel.replace('/', "")
+            ));
+            let early = Early::start(
+                mode,
+                &cgroup.dir,
+                program,
+                &[first, marker.to_str().unwrap()],
+            );
+            held.push((early, the_runtimes, marker, cgroup.id));
+        }
+    }
+    let tracer = Tracer::enforce(&file);
+    let mut runtimes = Vec::new();
+    for (early, the_runtimes, marker, cgroup_id) in held {
+        let what = early.what.clone();
+        let (pid, status) = early.go();
+        if the_runtimes {
+            assert_eq!(status, "exit=0", "{what}");
+            assert!(marker.exists(), "{what}: the runtime's exec did not run");
+            runtimes.push(pid);
+        } else {
+            assert_eq!(status, "signal=9", "{what}");
+            assert!(!marker.exists(), "{what}: the pod's exec ran");
+            let e = tracer.wait_for(&what, |e| is(e, EXEC, pid));
+            assert_eq!(e["vigilaction"], "kill", "{what}: {e}");
+            assert_eq!(e["data"]["cgroup"]["id"], cgroup_id, "{what}: {e}");
+        }
+    }
+    let events = tracer.stop();
+    assert_quiet(
+        &events,
+        &runtimes,
+        "the runtime's hand-over the agent did not see",
+    );
 }
 
 #[test]

@@ -27,7 +27,9 @@ fn usage() -> ExitCode {
          \x20        wait-then-move-to GO_FILE CGROUP_DIR [PROGRAM ARGS...] |\n\
          \x20        runtime-handover MODE CGROUP_DIR PROGRAM ARGS... (move move-unshare\n\
          \x20        move-fork move-fork-unshare clone-into clone-into-unshare policed-mover\n\
-         \x20        self-move)\n\
+         \x20        self-move) |\n\
+         \x20        runtime-handover-early MODE CGROUP_DIR PROGRAM ARGS... (move move-unshare\n\
+         \x20        move-forked)\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          egress:  send METHOD ADDR (tcp-connect udp-connect tcp-fastopen udp-sendto\n\
@@ -62,6 +64,9 @@ fn main() -> ExitCode {
         ("wait-then-move-to", [go, dir, then @ ..]) => exec::wait_then_move_to(go, dir, then),
         ("runtime-handover", [mode, dir, program, args @ ..]) => {
             runtime::handover(mode, dir, program, args)
+        }
+        ("runtime-handover-early", [mode, dir, program, args @ ..]) => {
+            runtime::handover_early(mode, dir, program, args)
         }
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("exec-at", [dir, name, args @ ..]) => exec::exec_at(dir, name, args),

@@ -133,19 +133,23 @@ fn exec_after(
     match fork() {
         Err(e) => e,
         Ok(0) => exec(program, args),
-        Ok(pid) => match wait(pid) {
-            // The grandchild's fate is the child's: a killed one is killed again here.
-            Ok((_, signal)) if signal != 0 => {
-                // SAFETY: signals this process.
-                unsafe { libc::kill(libc::getpid(), signal) };
-                Failure::Error("survived its own signal".into())
-            }
-            Ok((how, _)) => match how.strip_prefix("exit=").map(str::parse::<i32>) {
-                Some(Ok(code)) => std::process::exit(code),
-                _ => Failure::Error(format!("the exec ended with {how}")),
-            },
-            Err(e) => e,
+        Ok(pid) => share_the_fate_of(pid),
+    }
+}
+
+/// Waits for child `pid` and ends as it did: a killed one is killed again here.
+fn share_the_fate_of(pid: i32) -> Failure {
+    match wait(pid) {
+        Ok((_, signal)) if signal != 0 => {
+            // SAFETY: signals this process.
+            unsafe { libc::kill(libc::getpid(), signal) };
+            Failure::Error("survived its own signal".into())
+        }
+        Ok((how, _)) => match how.strip_prefix("exit=").map(str::parse::<i32>) {
+            Some(Ok(code)) => std::process::exit(code),
+            _ => Failure::Error(format!("the exec ended with {how}")),
         },
+        Err(e) => e,
     }
 }
 
@@ -262,6 +266,67 @@ pub fn handover(mode: &str, dir: &str, program: &str, args: &[&str]) -> Outcome 
         _ => move_pid(dir, pid)?,
     }
     gate.open()?;
+    let (how, _) = wait(pid)?;
+    println!("status {how}");
+    Ok(())
+}
+
+/// `runtime-handover-early MODE CGROUP_DIR PROGRAM ARGS...`: the runtime's move, and all
+/// that follows it up to the exec, happen first; then it prints `ready` and waits for a line
+/// on its standard input before the exec. An agent started in between saw the processes
+/// arrive in the cgroup no more than one that missed the move's tracepoint. Modes:
+/// - `move`: the parent writes the child's pid into the cgroup, as in `runtime-handover`;
+/// - `move-unshare`: the moved child enters a mount namespace of its own before `ready`;
+/// - `move-forked`: the moved child forks before `ready`, and its child (a process already
+///   inside the pod when the agent came) execs.
+pub fn handover_early(mode: &str, dir: &str, program: &str, args: &[&str]) -> Outcome {
+    let (unshare, forked) = match mode {
+        "move" => (false, false),
+        "move-unshare" => (true, false),
+        "move-forked" => (false, true),
+        _ => return Err(Failure::Error(format!("unknown mode {mode}"))),
+    };
+    let (moved, ready, go) = (Gate::new()?, Gate::new()?, Gate::new()?);
+    let pid = match fork()? {
+        0 => child(|| {
+            let prepare = || -> Result<Option<i32>, Failure> {
+                moved.wait()?;
+                if unshare {
+                    unshare_mounts()?;
+                }
+                let grandchild = if forked {
+                    match fork()? {
+                        0 => child(|| match go.wait() {
+                            Ok(()) => exec(program, args),
+                            Err(e) => e,
+                        }),
+                        pid => Some(pid),
+                    }
+                } else {
+                    None
+                };
+                ready.open()?;
+                Ok(grandchild)
+            };
+            match prepare() {
+                Err(e) => e,
+                Ok(Some(grandchild)) => share_the_fate_of(grandchild),
+                Ok(None) => match go.wait() {
+                    Ok(()) => exec(program, args),
+                    Err(e) => e,
+                },
+            }
+        }),
+        pid => pid,
+    };
+    move_pid(dir, pid)?;
+    moved.open()?;
+    ready.wait()?;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    go.open()?;
     let (how, _) = wait(pid)?;
     println!("status {how}");
     Ok(())

@@ -10,8 +10,21 @@ use crate::{
     policy::{NamespaceSelection, Policy},
 };
 
-/// cgroup path (relative to the root, `/` for the root) -> indices of the policies covering it.
-pub fn host_bindings(policies: &[Policy]) -> BTreeMap<String, Vec<usize>> {
+/// What one binding holds: the policies covering its cgroup, and whether a container runtime
+/// starts the processes there (its hand-over, `agent-ebpf/src/handover.rs`, is then not
+/// judged).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Members {
+    /// Indices of the policies; none: explicitly no policy.
+    pub policies: Vec<usize>,
+    pub runtime_handover: bool,
+}
+
+/// cgroup path (relative to the root, `/` for the root) -> the policies covering it. A host
+/// binding has a container runtime's hand-over only when every policy covering it says so
+/// (`containerRuntime`): a hand-over exempts the runtime's work, so no policy is weakened
+/// by another's word.
+pub fn host_bindings(policies: &[Policy]) -> BTreeMap<String, Members> {
     let mut paths: Vec<String> = Vec::new();
     for policy in policies {
         if let Some(host) = &policy.spec.host {
@@ -27,13 +40,26 @@ pub fn host_bindings(policies: &[Policy]) -> BTreeMap<String, Vec<usize>> {
     paths
         .into_iter()
         .map(|path| {
-            let covering = policies
+            let covering: Vec<usize> = policies
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| p.spec.host.as_ref().is_some_and(|h| h.covers(&path)))
                 .map(|(i, _)| i)
                 .collect();
-            (path, covering)
+            let runtime_handover = covering.iter().all(|i| {
+                policies[*i]
+                    .spec
+                    .host
+                    .as_ref()
+                    .is_some_and(|h| h.container_runtime)
+            });
+            (
+                path,
+                Members {
+                    policies: covering,
+                    runtime_handover,
+                },
+            )
         })
         .collect()
 }
@@ -96,9 +122,13 @@ spec: {namespaceSelector: {matchLabels: {env: prod}}, memory: {writeExecute: Den
             );
         }
         let b = pod_bindings(&ps, &pods, &dirs);
-        assert_eq!(b["/pod-a"], vec![0, 2], "web in shop, prod namespace");
         assert_eq!(
-            b["/pod-a/a-c2"],
+            b["/pod-a"].policies,
+            vec![0, 2],
+            "web in shop, prod namespace"
+        );
+        assert_eq!(
+            b["/pod-a/a-c2"].policies,
             vec![0, 1, 2],
             "the proxy container adds the sidecar policy"
         );
@@ -106,13 +136,43 @@ spec: {namespaceSelector: {matchLabels: {env: prod}}, memory: {writeExecute: Den
             !b.contains_key("/pod-a/a-c1"),
             "the web container is covered by the pod's binding"
         );
-        assert_eq!(b["/pod-b"], Vec::<usize>::new());
-        assert_eq!(b["/pod-b/b-c2"], vec![1]);
+        assert_eq!(b["/pod-b"].policies, Vec::<usize>::new());
+        assert_eq!(b["/pod-b/b-c2"].policies, vec![1]);
+        assert!(
+            b.values().all(|m| m.runtime_handover),
+            "a pod is started by its runtime"
+        );
         assert_eq!(
-            b["/pod-c"],
+            b["/pod-c"].policies,
             Vec::<usize>::new(),
             "RuntimePolicies select only in their namespace"
         );
+    }
+
+    #[test]
+    fn a_host_binding_has_a_hand_over_only_when_every_covering_policy_says_so() {
+        let ps = load_str(
+            r#"
+apiVersion: vigil.dev/v1alpha1
+kind: ClusterRuntimePolicy
+metadata: {name: containers}
+spec: {hostProcesses: {cgroupPrefixes: [/system.slice/docker], containerRuntime: true}, exec: {allow: [{path: /app}]}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: ClusterRuntimePolicy
+metadata: {name: services}
+spec: {hostProcesses: {cgroupPrefixes: [/system.slice/docker/db, /system.slice/cron.service]}, exec: {deny: [{prefix: /tmp/}]}}
+"#,
+            None,
+        )
+        .unwrap();
+        let b = host_bindings(&ps);
+        assert!(b["/system.slice/docker"].runtime_handover);
+        assert!(
+            !b["/system.slice/docker/db"].runtime_handover,
+            "a policy without containerRuntime covers it too"
+        );
+        assert!(!b["/system.slice/cron.service"].runtime_handover);
     }
 
     #[test]
@@ -138,9 +198,13 @@ spec: {hostProcesses: {cgroupPrefixes: [/system.slice/nginx.service]}, exec: {de
         )
         .unwrap();
         let b = host_bindings(&ps);
-        assert_eq!(b["/"], vec![0]);
-        assert_eq!(b["/system.slice/nginx.service"], vec![0, 1, 2]);
+        assert_eq!(b["/"].policies, vec![0]);
+        assert_eq!(b["/system.slice/nginx.service"].policies, vec![0, 1, 2]);
         assert_eq!(b.len(), 2);
+        assert!(
+            b.values().all(|m| !m.runtime_handover),
+            "host processes have no runtime's hand-over unless a policy says so"
+        );
     }
 }
 
@@ -173,8 +237,13 @@ pub fn pod_bindings(
     policies: &[Policy],
     pods: &[PodView],
     dirs: &std::collections::HashMap<String, PodDirs>,
-) -> BTreeMap<String, Vec<usize>> {
+) -> BTreeMap<String, Members> {
     let mut out = BTreeMap::new();
+    // The container runtime starts every process of a pod.
+    let of_pod = |policies| Members {
+        policies,
+        runtime_handover: true,
+    };
     for pod in pods {
         let Some(dir) = dirs.get(&pod.uid) else {
             continue;
@@ -190,7 +259,7 @@ pub fn pod_bindings(
             .copied()
             .filter(|i| policies[*i].spec.containers.is_none())
             .collect();
-        out.insert(dir.pod.clone(), whole.clone());
+        out.insert(dir.pod.clone(), of_pod(whole.clone()));
         for (name, id) in &pod.containers {
             let Some(cgroup) = dir.containers.get(id) else {
                 continue;
@@ -205,7 +274,7 @@ pub fn pod_bindings(
             }));
             if members != whole {
                 members.sort_unstable();
-                out.insert(cgroup.clone(), members);
+                out.insert(cgroup.clone(), of_pod(members));
             }
         }
     }

@@ -211,10 +211,10 @@ impl Enforcer {
     pub fn apply_bindings(
         &mut self,
         policies: &[Policy],
-        bindings: &BTreeMap<String, Vec<usize>>,
+        bindings: &BTreeMap<String, bindings::Members>,
     ) -> Result<Applied, EnforceError> {
-        // Bindings with the same policies share one set.
-        let mut set_of_members: BTreeMap<Vec<usize>, u32> = BTreeMap::new();
+        // Bindings with the same policies (and hand-over) share one set.
+        let mut set_of_members: BTreeMap<bindings::Members, u32> = BTreeMap::new();
         let base = match &self.current {
             Some(g) if g.base == 0 => HALF,
             _ => 0,
@@ -226,15 +226,19 @@ impl Enforcer {
         };
         let mut wanted = BTreeMap::new();
         for (path, members) in bindings {
-            if members.is_empty() {
+            if members.policies.is_empty() {
                 wanted.insert(path.clone(), 0);
                 continue;
             }
             let id = match set_of_members.get(members) {
                 Some(id) => *id,
                 None => {
-                    let chosen: Vec<&Policy> = members.iter().map(|i| &policies[*i]).collect();
-                    let compiled = compile(&chosen);
+                    let chosen: Vec<&Policy> =
+                        members.policies.iter().map(|i| &policies[*i]).collect();
+                    let mut compiled = compile(&chosen);
+                    if members.runtime_handover {
+                        compiled.set.flags |= agent_common::set_flags::RUNTIME_HANDOVER;
+                    }
                     for dropped in &compiled.dropped_ranges {
                         tracing::warn!(range = %dropped, "more port ranges for one CIDR than the kernel keeps; this range is not enforced");
                     }
@@ -666,7 +670,18 @@ impl Enforcer {
             .iter()
             .map(|(path, (id, _))| (path.clone(), *id))
             .collect();
-        seed::origins_from_proc(&mut self.maps.task_origin, &bound)
+        let handing_over: HashSet<u64> = self
+            .bound
+            .values()
+            .filter(|(_, set)| {
+                self.maps
+                    .policy_sets
+                    .get(set, 0)
+                    .is_ok_and(|ps| ps.flags & agent_common::set_flags::RUNTIME_HANDOVER != 0)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        seed::origins_from_proc(&mut self.maps.task_origin, &bound, &handing_over)
     }
 
     pub fn task_exe_map(

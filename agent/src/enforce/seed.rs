@@ -61,10 +61,12 @@ pub fn covering_binding<'a>(
 }
 
 /// Pins every running process to the binding covering its cgroup, as the probes do at fork
-/// and exec for processes started later. Returns how many were pinned.
+/// and exec for processes started later, except one still in its container runtime's
+/// hand-over under a binding in `handing_over`. Returns how many were pinned.
 pub fn origins_from_proc(
     map: &mut aya::maps::HashMap<aya::maps::MapData, u32, u64>,
     bound: &[(String, u64)],
+    handing_over: &std::collections::HashSet<u64>,
 ) -> usize {
     let mut count = 0;
     for pid in running_pids() {
@@ -76,6 +78,9 @@ pub fn origins_from_proc(
         else {
             continue;
         };
+        if handing_over.contains(&binding) && in_runtimes_handover(pid, map, bound) {
+            continue;
+        }
         // BPF_NOEXIST: a pin the probes made since wins.
         if map.insert(pid, binding, 1).is_ok() {
             count += 1;
@@ -84,9 +89,95 @@ pub fn origins_from_proc(
     count
 }
 
+/// Process `pid`'s parent, from `/proc/<pid>/stat` (the field after the command name, which
+/// may itself hold spaces and parentheses).
+fn parent_of(pid: u32) -> Option<u32> {
+    parent_in_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    let (_, after) = stat.rsplit_once(')')?;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The mount namespace of process `pid` (`mnt:[inode]`).
+fn mount_ns(pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+/// Whether process `pid`, in a bound cgroup, is still its container runtime's as the probes
+/// judge a process whose move they did not see (`agent-ebpf/src/handover.rs`): its parent is
+/// under no binding, pinned to none, and shares its mount namespace. Such a process is left
+/// unpinned for the probes to decide; every other process in a bound cgroup is the pod's.
+fn in_runtimes_handover(
+    pid: u32,
+    pinned: &aya::maps::HashMap<aya::maps::MapData, u32, u64>,
+    bound: &[(String, u64)],
+) -> bool {
+    let Some(parent) = parent_of(pid) else {
+        return false;
+    };
+    let parent_bound = cgroup_of(parent).map(|cgroup| {
+        covering_binding(&cgroup, bound.iter().map(|(p, id)| (p.as_str(), *id))).is_some()
+    });
+    runtimes_by_parent(
+        parent_bound,
+        pinned.get(&parent, 0).is_ok(),
+        mount_ns(pid),
+        mount_ns(parent),
+    )
+}
+
+/// The rule of [`in_runtimes_handover`] on what /proc said (`None`: could not be read, which
+/// makes the process the pod's).
+fn runtimes_by_parent(
+    parent_bound: Option<bool>,
+    parent_pinned: bool,
+    own_ns: Option<std::path::PathBuf>,
+    parent_ns: Option<std::path::PathBuf>,
+) -> bool {
+    parent_bound == Some(false) && !parent_pinned && own_ns.is_some() && own_ns == parent_ns
+}
+
 #[cfg(test)]
 mod tests {
-    use super::covering_binding;
+    use super::{covering_binding, parent_in_stat, parent_of, runtimes_by_parent};
+
+    #[test]
+    fn a_process_is_the_runtimes_only_beside_an_unpoliced_parent_in_its_namespace() {
+        let ns = |n: &str| Some(std::path::PathBuf::from(format!("mnt:[{n}]")));
+        assert!(runtimes_by_parent(Some(false), false, ns("1"), ns("1")));
+        assert!(
+            !runtimes_by_parent(Some(true), false, ns("1"), ns("1")),
+            "a parent inside a pod"
+        );
+        assert!(
+            !runtimes_by_parent(Some(false), true, ns("1"), ns("1")),
+            "a parent pinned to a binding"
+        );
+        assert!(
+            !runtimes_by_parent(Some(false), false, ns("2"), ns("1")),
+            "the container's own namespace"
+        );
+        assert!(
+            !runtimes_by_parent(None, false, ns("1"), ns("1")),
+            "a parent whose cgroup cannot be read"
+        );
+        assert!(
+            !runtimes_by_parent(Some(false), false, None, None),
+            "namespaces that cannot be read"
+        );
+    }
+
+    #[test]
+    fn the_parent_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        assert_eq!(parent_in_stat("4242 (a) b (c)) S 77 4242 1 0"), Some(77));
+        assert_eq!(parent_in_stat("4242 (a) b"), None);
+        assert_eq!(
+            parent_of(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
+    }
 
     #[test]
     fn the_deepest_covering_binding_wins_by_whole_components() {

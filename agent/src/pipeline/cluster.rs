@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// The policies in force and their cgroup bindings, as last applied.
-type Desired = (Vec<Policy>, BTreeMap<String, Vec<usize>>);
+type Desired = (Vec<Policy>, BTreeMap<String, bindings::Members>);
 
 pub struct ClusterLink {
     pub cluster: Cluster,

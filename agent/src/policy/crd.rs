@@ -171,6 +171,12 @@ pub struct HostProcesses {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1), inner(regex(pattern = CGROUP_PATTERN), length(max = PATH_MAX)))]
     pub cgroup_prefixes: Option<Vec<String>>,
+    /// These cgroups hold containers that a container runtime (runc, crun) starts, as
+    /// Docker's and Podman's do: the runtime's own work in a container's cgroup before the
+    /// container enters its own mount namespace is not judged, as in a pod. Off (the
+    /// default): everything in the cgroups is judged, whoever put it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]

@@ -107,6 +107,8 @@ pub struct HostSelection {
     /// `/`); a process is selected when its cgroup is one of them or below one. Empty: every
     /// process outside a pod.
     pub cgroup_prefixes: Vec<String>,
+    /// `containerRuntime`: a container runtime starts the processes of these cgroups.
+    pub container_runtime: bool,
 }
 
 impl HostSelection {

@@ -791,19 +791,22 @@ fn semantics_helpers() {
 
     let host = HostSelection {
         cgroup_prefixes: vec!["/system.slice/nginx.service".into()],
+        container_runtime: false,
     };
     assert!(host.covers("/system.slice/nginx.service"));
     assert!(host.covers("/system.slice/nginx.service/worker"));
     assert!(!host.covers("/system.slice/nginx.service2"));
     assert!(
         HostSelection {
-            cgroup_prefixes: vec!["/".into()]
+            cgroup_prefixes: vec!["/".into()],
+            container_runtime: false,
         }
         .covers("/user.slice")
     );
     assert!(
         HostSelection {
-            cgroup_prefixes: vec![]
+            cgroup_prefixes: vec![],
+            container_runtime: false,
         }
         .covers("/anything")
     );

@@ -223,9 +223,11 @@ fn containers(list: &[String], has_pods: bool, e: &mut Errors) -> Vec<String> {
 }
 
 fn host_processes(h: &crd::HostProcesses, e: &mut Errors) -> HostSelection {
+    let container_runtime = h.container_runtime.unwrap_or(false);
     let Some(list) = &h.cgroup_prefixes else {
         return HostSelection {
             cgroup_prefixes: Vec::new(),
+            container_runtime,
         };
     };
     if list.is_empty() {
@@ -243,6 +245,7 @@ fn host_processes(h: &crd::HostProcesses, e: &mut Errors) -> HostSelection {
     }
     HostSelection {
         cgroup_prefixes: prefixes,
+        container_runtime,
     }
 }
 

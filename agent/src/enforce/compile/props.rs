@@ -113,6 +113,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                         pods: None,
                         host: Some(HostSelection {
                             cgroup_prefixes: Vec::new(),
+                            container_runtime: false,
                         }),
                         containers: None,
                         mode,
