@@ -898,6 +898,25 @@ fn helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only(
         bounding == expected,
         "bounding {bounding:?}, chart {expected:?}"
     );
+    // Whether BPF LSM can refuse before the act is the node's word (its securityfs, which
+    // the chart mounts), not a guess: Debian 12's 6.12 kernel runs it by default.
+    let log = ctx.kubectl(&["logs", "-n", AGENT_NS, &pod])?;
+    let prevention = log
+        .lines()
+        .find(|l| l.contains("BPF LSM"))
+        .context("the agent's log says nothing of BPF LSM")?;
+    println!("  {}", prevention.trim());
+    ensure!(
+        !prevention.contains("cannot read the active LSMs"),
+        "the agent could not read the node's LSMs: {prevention}"
+    );
+    if let Ok(node_lsms) = std::fs::read_to_string("/sys/kernel/security/lsm") {
+        let bpf = node_lsms.trim().split(',').any(|l| l == "bpf");
+        ensure!(
+            bpf || prevention.contains("bpf is not among the active LSMs"),
+            "the node's LSMs are {node_lsms:?}, the agent says: {prevention}"
+        );
+    }
     // Everything it knows of the cluster came through that ServiceAccount's token: it has
     // seen this node's pods (the DaemonSet's own among them) and serves ready.
     let ready = ctx.exec(

@@ -429,7 +429,6 @@ fn script(dir: &Path, binaries: &[PathBuf], filters: &[String], bpf_lsm: bool) -
 export VIGIL_TEST_PACE=5
 export TMPDIR=/run/vigil-tmp
 mkdir -p "$TMPDIR"
-mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 echo "guest: LSMs $(cat /sys/kernel/security/lsm 2>/dev/null)"
 '{debug}/vigil' doctor
 echo "vm-test: vigil doctor exited $?"
