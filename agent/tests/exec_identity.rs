@@ -662,31 +662,67 @@ fn runtime_handover(mode: &str, dir: &Path, program: &Path, args: &[&str]) -> (u
     (line("pid ").parse().unwrap(), line("status "))
 }
 
+/// A pod's cgroup with a container's cgroup below it, as the kubelet and runc lay them out,
+/// and a service's cgroup, both under an exec allowlist with Kill that lists only the scenario
+/// binary; the pod's policy says a container runtime starts its processes, the service's
+/// (as systemd's) does not.
+struct HandoverCgroups {
+    _pod: TestCgroup,
+    container: TestCgroup,
+    service: TestCgroup,
+    tmp: tempfile::TempDir,
+    /// A binary off the allowlist.
+    writer: PathBuf,
+    scenario: PathBuf,
+    file: PathBuf,
+}
+
+impl HandoverCgroups {
+    fn new(name: &str) -> Self {
+        let pod = TestCgroup::new(name);
+        let container = TestCgroup::nested(&pod, "container");
+        let service = TestCgroup::new(&format!("{name}-service"));
+        let tmp = tempfile::tempdir().unwrap();
+        let (writer, _) = common::denied_binary(tmp.path());
+        let scenario = std::fs::canonicalize(scenario_bin()).unwrap();
+        let spec = format!(
+            "  exec:\n    allow: [{{path: \"{}\"}}]\n    action: Kill\n",
+            scenario.display()
+        );
+        let service_name = format!("{name}-service");
+        let file = write_host_policies(
+            tmp.path(),
+            &[
+                (&pod, name, spec.clone(), true),
+                (&service, service_name.as_str(), spec, false),
+            ],
+        );
+        Self {
+            _pod: pod,
+            container,
+            service,
+            tmp,
+            writer,
+            scenario,
+            file,
+        }
+    }
+}
+
 #[test]
 fn the_runtimes_own_work_before_the_container_is_not_the_pods_and_nothing_else_passes_for_it() {
     if !root_or_skip("runtime-handover") {
         return;
     }
-    // A pod's cgroup with a container's cgroup below it, as the kubelet and runc lay them out,
-    // under an exec allowlist with Kill that does not list the runtime; and a service's
-    // cgroup under the same policy but no container runtime, as systemd's are.
-    let pod = TestCgroup::new("handover");
-    let container = TestCgroup::nested(&pod, "container");
-    let service = TestCgroup::new("handover-service");
-    let tmp = tempfile::tempdir().unwrap();
-    let (writer, _) = common::denied_binary(tmp.path());
-    let scenario = std::fs::canonicalize(scenario_bin()).unwrap();
-    let spec = format!(
-        "  exec:\n    allow: [{{path: \"{}\"}}]\n    action: Kill\n",
-        scenario.display()
-    );
-    let file = write_host_policies(
-        tmp.path(),
-        &[
-            (&pod, "handover", spec.clone(), true),
-            (&service, "handover-service", spec, false),
-        ],
-    );
+    let HandoverCgroups {
+        _pod,
+        container,
+        service,
+        tmp,
+        writer,
+        scenario,
+        file,
+    } = HandoverCgroups::new("handover");
     let tracer = Tracer::enforce(&file);
     let marker = tmp.path().join("marker");
     let m = marker.to_str().unwrap();
@@ -791,23 +827,15 @@ fn a_runtime_move_the_agent_did_not_see_is_told_by_the_parent() {
     if !root_or_skip("runtime-handover-early") {
         return;
     }
-    let pod = TestCgroup::new("handover-early");
-    let container = TestCgroup::nested(&pod, "container");
-    let service = TestCgroup::new("handover-early-service");
-    let tmp = tempfile::tempdir().unwrap();
-    let (writer, _) = common::denied_binary(tmp.path());
-    let scenario = std::fs::canonicalize(scenario_bin()).unwrap();
-    let spec = format!(
-        "  exec:\n    allow: [{{path: \"{}\"}}]\n    action: Kill\n",
-        scenario.display()
-    );
-    let file = write_host_policies(
-        tmp.path(),
-        &[
-            (&pod, "handover-early", spec.clone(), true),
-            (&service, "handover-early-service", spec, false),
-        ],
-    );
+    let HandoverCgroups {
+        _pod,
+        container,
+        service,
+        tmp,
+        writer,
+        scenario,
+        file,
+    } = HandoverCgroups::new("handover-early");
     let mut held = Vec::new();
     for (cgroup, mode, the_runtimes) in [
         (&container, "move", true),
