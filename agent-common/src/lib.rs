@@ -104,6 +104,11 @@ bit_flags! {
         /// asked for when the real path cannot be resolved), `exe_path` the caller's own
         /// executable.
         PREVENTED,
+        /// Run without its exec's own judgement: the kernel skipped both programs on
+        /// `sched_process_exec` (each run is skipped while another run of the same program
+        /// is preempted on that CPU), and the check on the way back to user space failed it
+        /// closed (`UNVERIFIABLE` too). `path` and `exe_path` are the new image's executable.
+        UNJUDGED,
     }
 }
 
@@ -148,6 +153,9 @@ pub mod rule_id {
     pub const UNVERIFIABLE: u32 = 0xfffd;
     /// A process under the set was moved to another cgroup.
     pub const MOVED: u32 = 0xfffc;
+    /// An exec that ran without its judgement (the kernel skipped the exec programs), failed
+    /// closed under the set's exec action.
+    pub const UNJUDGED: u32 = 0xfffb;
 
     pub const fn pack(set: u32, index: u32) -> u32 {
         (set << 16) | (index & 0xffff)
@@ -346,6 +354,9 @@ bit_flags! {
         /// The new image's stack is executable (`PT_GNU_STACK` asked for it): mapped by the
         /// kernel at exec, with no system call.
         EXEC_STACK,
+        /// The new image's memory went unjudged (the kernel skipped both programs that look
+        /// at it) under `memory.writeExecute: Deny`: failed closed on the exec's return.
+        UNJUDGED,
     }
 }
 
@@ -566,6 +577,10 @@ kernel_offsets! {
             /// With `css_set.dfl_cgrp`: a task's cgroup v2 cgroup (a child born into another
             /// cgroup than its parent's, with `CLONE_INTO_CGROUP`).
             task_cgroups: "cgroups",
+            /// With `start_time`: which image of which process a task runs (the kernel adds one
+            /// at every exec); an exec's judgement is marked with both (`judged.rs`).
+            task_self_exec_id: "self_exec_id",
+            task_start_time: "start_time",
         }
         file {
             file_dentry: "f_path.dentry",
@@ -657,6 +672,9 @@ kernel_offsets! {
             regs_dx: "dx",
             regs_si: "si",
             regs_di: "di",
+            /// The system call a task returns from; after a successful exec the kernel sets
+            /// it to that ABI's `execve`, whichever call it was.
+            regs_orig_ax: "orig_ax",
         }
         mm_struct {
             mm_arg_start: "arg_start",
@@ -667,6 +685,9 @@ kernel_offsets! {
             mm_start_code: "start_code",
             mm_start_data: "start_data",
             mm_end_code: "end_code",
+            /// The executable of a process's image (the interpreter of a script): what an exec
+            /// that went unjudged is reported and failed closed by.
+            mm_exe_file: "exe_file",
             /// With `vm_area_struct.vm_rb` and `rb_node`'s children (kernels before 6.1): the
             /// tree of memory areas, walked where `bpf_find_vma` is missing (before 5.17).
             mm_rb: "mm_rb",
@@ -706,7 +727,19 @@ pub struct Config {
     /// Which acts BPF LSM programs refuse before they happen on this node ([`prevent`]
     /// bits); the tracepoints leave a Deny or Kill of those to them.
     pub prevent: u32,
-    pub _pad: u32,
+    /// Which parts of an exec ([`judged`] bits) the exec's return fails closed when its
+    /// programs on `sched_process_exec` left them unjudged; 0 until every program is attached,
+    /// so an exec already under way at start-up is not taken for a skipped one.
+    pub judges: u32,
+}
+
+/// Bits of [`Config::judges`]: the programs on `sched_process_exec` whose judgement an exec
+/// must have had by the time it returns to user space.
+pub mod judged {
+    /// The exec itself: its path, script and arguments.
+    pub const EXEC: u32 = 1;
+    /// The memory the kernel mapped for the new image (an executable stack, a W+X segment).
+    pub const IMAGE: u32 = 2;
 }
 
 /// Bits of [`Config::prevent`].
@@ -792,8 +825,8 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 66 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 264 + 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 70 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 280 + 8);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);
@@ -859,7 +892,7 @@ pub mod probe_error {
     /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing;
     /// `sigkill`: a kill the kernel would not send at once, left for the task's syscall exit);
     /// a probe's id is its index here.
-    pub const PROBES: [&str; 33] = [
+    pub const PROBES: [&str; 37] = [
         "cgroup_attach_task",
         "sys_enter",
         "sys_enter_execve",
@@ -893,6 +926,10 @@ pub mod probe_error {
         "sys_enter_pkey_mprotect_exec_walk",
         "task_cgroup",
         "sigkill",
+        "sched_process_exec_again",
+        "sys_exit",
+        "sched_process_exec_image_again",
+        "sched_process_exec_image_walk_again",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

@@ -65,7 +65,22 @@ entry_points! {
     /// A raw tracepoint: its arguments include `bprm`, which tells a script from its
     /// interpreter and gives the executed file itself.
     #[raw_tracepoint(tracepoint = "sched_process_exec")]
-    fn sched_process_exec(ctx: RawTracePointContext) -> i32 = try_exec(&ctx);
+    fn sched_process_exec(ctx: RawTracePointContext) -> i32 = judge::<false>(&ctx);
+
+    /// The same judgement, by a program with a recursion guard of its own, for an exec the
+    /// first one was skipped for (`judged.rs`); attached right after it.
+    #[raw_tracepoint(tracepoint = "sched_process_exec")]
+    fn sched_process_exec_again(ctx: RawTracePointContext) -> i32 = judge::<true>(&ctx);
+}
+
+/// Judges the exec unless this is the second program and the first judged it already.
+#[inline(always)]
+fn judge<const AGAIN: bool>(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !crate::judged::claim(tgid, crate::judged::EXEC, AGAIN) {
+        return Ok(());
+    }
+    try_exec(ctx)
 }
 
 /// Copies `argv` (argument `argv_index` of the syscall) into `EXEC_ARGS` under the thread id.
@@ -143,6 +158,9 @@ struct ExecFacts {
     memfd: bool,
 }
 
+// Inlined into each entry point, and `gather` kept out: their frames with `real_path`'s chain
+// fill the 512 bytes kernels before 6.13 give a chain of calls (`ebpf::stack_depth`).
+#[inline(always)]
 fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
     let enforcing = cfg.mode == mode::ENFORCE;
@@ -158,8 +176,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     };
     // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
     let scratch = unsafe { &mut *claim.entry() };
-    let mut exe_name = [0u8; NAME_LEN];
-    let facts = gather(ctx, cfg, scratch, &mut exe_name);
+    let facts = gather(ctx, cfg, scratch);
     // Captured at syscall entry for the LSM's sake; not needed past this point, whether this
     // exec is reported or not.
     let _ = EXEC_ARGS.remove(facts.old_tid);
@@ -277,7 +294,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     event.header = head;
     event.flags = flags;
     event.old_tid = facts.old_tid;
-    event.exe_name = exe_name;
+    event.exe_name = scratch.exe_name;
     // SAFETY: both source buffers are at least PATH_LEN bytes long.
     unsafe {
         let _ = bpf_probe_read_kernel_buf(scratch.filename.as_ptr(), &mut event.path);
@@ -354,12 +371,8 @@ fn c_len(buf: &[u8; PATH_LEN]) -> usize {
 }
 
 /// The real path, the filename as given, and what kind of file was executed.
-fn gather(
-    ctx: &RawTracePointContext,
-    cfg: &Config,
-    scratch: &mut PathScratch,
-    exe_name: &mut [u8; NAME_LEN],
-) -> ExecFacts {
+#[inline(never)]
+fn gather(ctx: &RawTracePointContext, cfg: &Config, scratch: &mut PathScratch) -> ExecFacts {
     let k = &cfg.kernel;
     let old_tid: u64 = ctx.arg(1);
     let bprm = ctx.arg::<u64>(2) as *const u8;
@@ -383,8 +396,11 @@ fn gather(
         flags |= exec_flags::SCRIPT;
     }
     match file {
-        Some(file) => flags |= file_facts(cfg, file, exe_name),
-        None => flags |= exec_flags::EXE_UNKNOWN,
+        Some(file) => flags |= file_facts(cfg, file, &mut scratch.exe_name),
+        None => {
+            scratch.exe_name[0] = 0;
+            flags |= exec_flags::EXE_UNKNOWN;
+        }
     }
     let mut script_from_fd = false;
     if script && let Some(fd) = fd_of_dev_fd_path(&scratch.filename) {
@@ -408,7 +424,8 @@ fn gather(
 }
 
 /// Records the real path for W^X exemptions, keyed by process id.
-fn remember_exe(scratch: &mut PathScratch, tgid: u32, built: Built) {
+#[inline(always)]
+pub fn remember_exe(scratch: &mut PathScratch, tgid: u32, built: Built) {
     scratch.exe.len = built.len as u32;
     scratch.exe._pad = 0;
     // SAFETY: the source has at least PATH_LEN bytes from any start.
@@ -422,7 +439,8 @@ fn remember_exe(scratch: &mut PathScratch, tgid: u32, built: Built) {
 /// The new image's arguments, as the kernel copied them onto its stack: what the program
 /// was given, not what the caller's memory held at syscall entry (which another of its threads
 /// may rewrite meanwhile). Copied whole, one read; `argc` says so ([`ARGC_ALL`]).
-fn fill_args_from_image(cfg: &Config, event: &mut ExecEvent) {
+#[inline(always)]
+pub fn fill_args_from_image(cfg: &Config, event: &mut ExecEvent) {
     event.argc = ARGC_ALL;
     event.args_len = 0;
     let k = &cfg.kernel;

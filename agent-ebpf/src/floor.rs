@@ -1,7 +1,7 @@
 //! Empty programs for `vigil floor`: the cost of merely having a program on each hook Vigil
 //! attaches to, which `cargo xtask bench` measures Vigil's own programs against. Never
-//! attached by the agent. A hook that takes two of Vigil's programs takes two of these
-//! (the same program cannot be attached twice to one hook), hence the pairs.
+//! attached by the agent. A hook that takes several of Vigil's programs takes as many of these
+//! (the same program cannot be attached twice to one hook), hence the numbered ones.
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, lsm, raw_tracepoint, tracepoint},
     programs::{LsmContext, RawTracePointContext, SockAddrContext, SockContext, TracePointContext},
@@ -27,6 +27,16 @@ pub fn floor_raw_0(_ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint]
 pub fn floor_raw_1(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint]
+pub fn floor_raw_2(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint]
+pub fn floor_raw_3(_ctx: RawTracePointContext) -> i32 {
     0
 }
 

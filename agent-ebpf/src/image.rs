@@ -20,11 +20,22 @@ entry_points! {
     /// A second program on `sched_process_exec`, attached after the exec program, so the new
     /// image's executable is recorded (for exemptions) when this one runs.
     #[raw_tracepoint(tracepoint = "sched_process_exec")]
-    fn sched_process_exec_image(ctx: RawTracePointContext) -> i32 = try_image::<false>();
+    fn sched_process_exec_image(ctx: RawTracePointContext) -> i32 = try_image::<false, false>();
 
     /// The same where `bpf_find_vma` is missing: the areas are found by walking their tree.
     #[raw_tracepoint(tracepoint = "sched_process_exec")]
-    fn sched_process_exec_image_walk(ctx: RawTracePointContext) -> i32 = try_image::<true>();
+    fn sched_process_exec_image_walk(ctx: RawTracePointContext) -> i32 =
+        try_image::<true, false>();
+
+    /// Each again, by a program with a recursion guard of its own, for an image the first was
+    /// skipped for (`judged.rs`); attached right after it.
+    #[raw_tracepoint(tracepoint = "sched_process_exec")]
+    fn sched_process_exec_image_again(ctx: RawTracePointContext) -> i32 =
+        try_image::<false, true>();
+
+    #[raw_tracepoint(tracepoint = "sched_process_exec")]
+    fn sched_process_exec_image_walk_again(ctx: RawTracePointContext) -> i32 =
+        try_image::<true, true>();
 }
 
 /// The area at `addr` of the new image. At exec its mm has a single thread and no other
@@ -51,9 +62,13 @@ fn prot_of(area: &Area) -> u32 {
     prot
 }
 
-fn try_image<const WALK: bool>() -> Result<(), i64> {
+fn try_image<const WALK: bool, const AGAIN: bool>() -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
     if !traced(cfg) {
+        return Ok(());
+    }
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if !crate::judged::claim(tgid, crate::judged::IMAGE, AGAIN) {
         return Ok(());
     }
     let k = &cfg.kernel;

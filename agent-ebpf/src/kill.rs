@@ -7,6 +7,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
+use crate::diag::entry_points;
 use crate::{
     maps::{KILLS_RECORDED, PENDING_KILLS},
     policy::try_sigkill,
@@ -28,14 +29,20 @@ pub fn forget_pending_kill(tgid: u32) {
     let _ = PENDING_KILLS.remove(tgid);
 }
 
-/// `raw_syscalls/sys_exit`: every syscall of every process on its way back to user space,
-/// including 32-bit compat calls and `io_uring_enter`. Until the first kill is recorded it
-/// costs one array read.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
+entry_points! {
+    /// `raw_syscalls/sys_exit`: every syscall of every process on its way back to user space,
+    /// including 32-bit compat calls and `io_uring_enter`. Successful execs are checked for
+    /// what went unjudged (`judged.rs`); otherwise, until the first kill is recorded, a call
+    /// costs one array read.
+    #[raw_tracepoint(tracepoint = "sys_exit")]
+    fn sys_exit(ctx: RawTracePointContext) -> i32 = try_sys_exit(&ctx);
+}
+
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    crate::judged::at_return(ctx)?;
     match KILLS_RECORDED.get(0) {
         Some(flag) if *flag != 0 => {}
-        _ => return 0,
+        _ => return Ok(()),
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: only checked for presence.
@@ -43,5 +50,5 @@ pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
     if unsafe { PENDING_KILLS.get(tgid) }.is_some() && try_sigkill() {
         forget_pending_kill(tgid);
     }
-    0
+    Ok(())
 }

@@ -14,6 +14,7 @@ mod floor;
 mod foreign;
 mod handover;
 mod image;
+mod judged;
 mod kill;
 mod mapped;
 mod maps;

@@ -115,6 +115,25 @@ pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(65_536
 #[map]
 pub static TASK_EXE: LruHashMap<u32, ExePath> = LruHashMap::with_max_entries(16_384, 0);
 
+/// Which image of which process an exec's programs have judged: the task's `self_exec_id`
+/// (the kernel adds one at every exec) and `start_time` (so a reused process id never matches),
+/// with a bit per program that ran ([`crate::judged`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecMark {
+    pub image: u64,
+    pub started: u64,
+    pub by: u32,
+    pub _pad: u32,
+}
+
+/// Process (thread group) id -> the mark of its last exec, from `sched_process_exec` until the
+/// exec returns to user space, where a missing part is failed closed. LRU: an entry outlives
+/// its exec only where no syscall exit follows (a kernel-started exec); an evicted one makes
+/// an exec unjudged, which fails closed, never open.
+#[map]
+pub static EXEC_JUDGED: LruHashMap<u32, ExecMark> = LruHashMap::with_max_entries(16_384, 0);
+
 /// Processes (thread group ids) whose act a hook refused under `Kill` but that the hook
 /// could not signal (cgroup socket programs): killed when the call returns to them.
 #[map]

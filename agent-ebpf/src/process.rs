@@ -10,7 +10,7 @@ use aya_ebpf::{
 use crate::diag::entry_points;
 use crate::{
     kill::forget_pending_kill,
-    maps::{TASK_EXE, TASK_ORIGIN},
+    maps::{EXEC_JUDGED, TASK_EXE, TASK_ORIGIN},
     policy::{live_binding, origin, pin_origin},
     task::{config, current_task, read_kernel, read_kernel_ptr},
 };
@@ -76,6 +76,7 @@ fn try_exit() -> Result<(), i64> {
     if live == Some(0) {
         let _ = TASK_EXE.remove(tgid);
         let _ = TASK_ORIGIN.remove(tgid);
+        let _ = EXEC_JUDGED.remove(tgid);
         forget_pending_kill(tgid);
         crate::script::forget(tgid);
         crate::handover::forget(tgid);

@@ -1,7 +1,7 @@
 //! Kernel-only map values: the per-thread scratch of the path walk and the flood throttle's key
 //! and state. Kept apart from the code using them so that `maps.rs` depends on nothing that
 //! depends on it.
-use agent_common::{ExePath, PATH_LEN, PathKeyData, PendingScript};
+use agent_common::{ExePath, NAME_LEN, PATH_LEN, PathKeyData, PendingScript};
 use aya_ebpf::maps::lpm_trie::Key;
 
 /// The path walk builds backwards from this offset (a power of two, for masking).
@@ -15,6 +15,9 @@ pub struct PathScratch {
     /// of up to `END` bytes from any start stay inside.
     pub path: [u8; 2 * END],
     pub filename: [u8; PATH_LEN],
+    /// The executed file's dentry name: off the exec program's stack, which its chain of
+    /// calls fills.
+    pub exe_name: [u8; NAME_LEN],
     pub key: Key<PathKeyData>,
     pub exe: ExePath,
     pub pending: PendingScript,

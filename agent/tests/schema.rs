@@ -144,6 +144,7 @@ fn wx(syscall: WxSyscall, extra: u32) -> Value {
             foreign_write: false,
             compat: false,
             exec_stack: false,
+            unjudged: false,
             extra,
             exe_path: None,
         }),

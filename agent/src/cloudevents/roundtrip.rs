@@ -56,6 +56,7 @@ fn bodies() -> Vec<Body> {
         foreign_write: false,
         compat: true,
         exec_stack: false,
+        unjudged: false,
         extra: 3,
         exe_path: None,
     };

@@ -16,6 +16,10 @@ const ANCESTOR_HELPER: &str = "ANCESTOR_HELPER";
 /// walks the memory areas' tree instead of calling `bpf_find_vma`.
 const VMA_WALK: &[(&str, &str)] = &[
     ("sched_process_exec_image", "sched_process_exec_image_walk"),
+    (
+        "sched_process_exec_image_again",
+        "sched_process_exec_image_walk_again",
+    ),
     ("sys_enter_mprotect_exec", "sys_enter_mprotect_exec_walk"),
     (
         "sys_enter_pkey_mprotect_exec",

@@ -12,7 +12,7 @@ use super::{EbpfError, Hook, PROBES_OBJECT, attach_program, attachments, load_pr
 
 /// The empty programs for the `nth` program on one tracepoint (`floor.rs` in the probes).
 const TRACEPOINTS: [&str; 2] = ["floor_tracepoint_0", "floor_tracepoint_1"];
-const RAW: [&str; 2] = ["floor_raw_0", "floor_raw_1"];
+const RAW: [&str; 4] = ["floor_raw_0", "floor_raw_1", "floor_raw_2", "floor_raw_3"];
 /// Each cgroup program and its empty twin of the same attach type.
 const CGROUP: &[(&str, &str)] = &[
     ("connect4", "floor_connect4"),

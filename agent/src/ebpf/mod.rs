@@ -71,9 +71,18 @@ pub const PROGRAMS: &[(&str, &[Hook])] = &[
     ("sys_enter_execve", &[syscall("sys_enter_execve")]),
     ("sys_enter_execveat", &[syscall("sys_enter_execveat")]),
     ("sched_process_exec", &[Hook::Raw("sched_process_exec")]),
-    // After the exec program: it records the executable that exemptions are looked up by.
+    // Right after it: judges only an exec the first was skipped for (`agent-ebpf/src/judged.rs`).
+    (
+        "sched_process_exec_again",
+        &[Hook::Raw("sched_process_exec")],
+    ),
+    // After the exec programs: they record the executable that exemptions are looked up by.
     (
         "sched_process_exec_image",
+        &[Hook::Raw("sched_process_exec")],
+    ),
+    (
+        "sched_process_exec_image_again",
         &[Hook::Raw("sched_process_exec")],
     ),
     ("sched_process_fork", &[Hook::Raw("sched_process_fork")]),
@@ -154,6 +163,21 @@ pub fn attachments() -> impl Iterator<Item = (&'static str, Hook)> {
 
 const fn syscall(name: &'static str) -> Hook {
     Hook::Tracepoint("syscalls", name)
+}
+
+/// Writes the run-time configuration the programs read (`CONFIG`, slot 0).
+fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<(), EbpfError> {
+    let map = ebpf
+        .map_mut("CONFIG")
+        .ok_or(EbpfError::MissingMap("CONFIG"))?;
+    let mut array: Array<_, Config> = Array::try_from(map).map_err(|source| EbpfError::Map {
+        map: "CONFIG",
+        source,
+    })?;
+    array.set(0, config, 0).map_err(|source| EbpfError::Map {
+        map: "CONFIG",
+        source,
+    })
 }
 
 /// Programs that are not attached but jumped to (`bpf_tail_call`): each is loaded and put in
@@ -599,7 +623,7 @@ impl Probes {
             generation: options.pin.as_ref().map_or(0, |pin| pin.generation),
             kernel,
             prevent: 0,
-            _pad: 0,
+            judges: 0,
         };
         offsets::check_syscall_layout(&tracefs)?;
 
@@ -666,20 +690,7 @@ impl Probes {
                 index += 1;
             }
         }
-        {
-            let map = ebpf
-                .map_mut("CONFIG")
-                .ok_or(EbpfError::MissingMap("CONFIG"))?;
-            let mut array: Array<_, Config> =
-                Array::try_from(map).map_err(|source| EbpfError::Map {
-                    map: "CONFIG",
-                    source,
-                })?;
-            array.set(0, config, 0).map_err(|source| EbpfError::Map {
-                map: "CONFIG",
-                source,
-            })?;
-        }
+        write_config(&mut ebpf, config)?;
         for (program, hooks) in PROGRAMS {
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
@@ -710,6 +721,9 @@ impl Probes {
                 index += 1;
             }
         }
+        // Every exec from now on passes its judging programs before it returns.
+        config.judges = agent_common::judged::EXEC | agent_common::judged::IMAGE;
+        write_config(&mut ebpf, config)?;
         if let Some(own) = own_pins {
             let events = ebpf.map("EVENTS").ok_or(EbpfError::MissingMap("EVENTS"))?;
             events.pin(own.events_path()).map_err(|e| EbpfError::Pin {

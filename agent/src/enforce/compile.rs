@@ -137,6 +137,7 @@ pub const NOT_ALLOWED: u32 = rule_id::NOT_ALLOWED;
 pub const PROTOCOL: u32 = rule_id::PROTOCOL;
 pub const UNVERIFIABLE: u32 = rule_id::UNVERIFIABLE;
 pub const MOVED: u32 = rule_id::MOVED;
+pub const UNJUDGED: u32 = rule_id::UNJUDGED;
 
 #[cfg(test)]
 mod props;

@@ -540,6 +540,14 @@ impl Enforcer {
                 "the executable's real path could not be resolved in the kernel (deeper or longer than its walk goes); under Kill that fails closed".into(),
             ));
         }
+        if rule == compile::UNJUDGED {
+            let policy = members.iter().find(|p| p.spec.exec.has_rules())?;
+            return Some(policy_ref(
+                policy,
+                "spec.exec".into(),
+                "the exec ran without its judgement (the kernel skipped the exec probes while other runs of them were preempted on that CPU); it fails closed under the exec action".into(),
+            ));
+        }
         if rule == compile::PROTOCOL {
             let policy = members
                 .iter()

@@ -123,6 +123,7 @@ proptest! {
         prop_assert_eq!(x.mapped, flag(exec_flags::MAPPED));
         prop_assert_eq!(x.opened, flag(exec_flags::OPENED));
         prop_assert_eq!(x.user_mount, flag(exec_flags::USER_MOUNT));
+        prop_assert_eq!(x.unjudged, flag(exec_flags::UNJUDGED));
         prop_assert_eq!(x.args_truncated, flag(exec_flags::ARGS_TRUNCATED));
         prop_assert_eq!(x.undecided_set, flag(exec_flags::UNDECIDED).then_some(set));
         prop_assert_eq!(&x.path, &cut(&e.path));
@@ -205,6 +206,7 @@ proptest! {
         prop_assert_eq!(x.foreign_write, reason & wx_reason::FOREIGN_WRITE != 0);
         prop_assert_eq!(x.compat, reason & wx_reason::COMPAT != 0);
         prop_assert_eq!(x.exec_stack, reason & wx_reason::EXEC_STACK != 0);
+        prop_assert_eq!(x.unjudged, reason & wx_reason::UNJUDGED != 0);
         prop_assert_eq!(x.extra, extra);
         // The executable recorded at exec: as long as it was, cut at the buffer's end.
         let expected = (!exe.is_empty()).then(|| crate::event::text(&exe[..kept]));

@@ -174,6 +174,7 @@ mod tests {
             opened: false,
             user_mount: false,
             prevented: false,
+            unjudged: false,
             undecided_set,
             args: vec![path.into()],
             memfd: false,
@@ -197,6 +198,7 @@ mod tests {
             foreign_write: false,
             compat: false,
             exec_stack: false,
+            unjudged: false,
             extra: 0,
             exe_path: None,
         })

@@ -157,6 +157,13 @@ pub struct ExecRules {
     pub action: Action,
 }
 
+impl ExecRules {
+    /// Whether there is any exec rule (and so an exec action in force).
+    pub fn has_rules(&self) -> bool {
+        !self.allow.is_empty() || !self.deny.is_empty()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ExecRule {
     /// An exact, absolute, canonical path.

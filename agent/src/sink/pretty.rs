@@ -106,6 +106,7 @@ mod tests {
                 opened: false,
                 user_mount: false,
                 prevented: false,
+                unjudged: false,
                 undecided_set: None,
                 args_truncated: false,
                 args_missing: false,

@@ -678,6 +678,7 @@ fn details(event: &VigilEvent) -> String {
             (e.deleted, "deleted"),
             (e.script, "script"),
             (e.mapped, "mapped, not exec'd"),
+            (e.unjudged, "ran unjudged: its exec probes were skipped"),
             (e.unverifiable, "real path unverifiable"),
             (e.args_truncated, "args truncated"),
         ]

@@ -72,6 +72,15 @@ pub struct ExecData {
     #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub prevented: bool,
+    /// Only on violations, present only when true: the program ran without its exec's own
+    /// judgement. The kernel skips a tracing program while another run of it is preempted on
+    /// the same CPU, and both programs that judge an exec were skipped; the check on the
+    /// exec's way back to user space failed it closed (killed under Kill, before its first
+    /// instruction). What was run cannot be known any more, so `path` is the new image's
+    /// executable (for a script, its interpreter) and `unverifiable` is true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub unjudged: bool,
 }
 
 /// The member an exec event adds to the shared data.
@@ -98,6 +107,7 @@ impl From<&Exec> for ExecData {
             opened: e.opened,
             user_mount: e.user_mount,
             prevented: e.prevented,
+            unjudged: e.unjudged,
         }
     }
 }
@@ -107,6 +117,7 @@ impl ExecData {
     pub fn line(&self) -> String {
         let marks: Vec<&str> = [
             (self.prevented, "refused before it ran"),
+            (self.unjudged, "ran unjudged: its exec probes were skipped"),
             (self.memfd, "memfd"),
             (self.mapped, "mapped executable, not exec'd"),
             (self.opened, "script as its interpreter opened it"),

@@ -37,6 +37,9 @@ pub struct Exec {
     /// Not run: refused before it started (BPF LSM); `path` is the refused file's real path
     /// and the process is the caller, still running its own executable.
     pub prevented: bool,
+    /// Ran without its exec's own judgement (the kernel skipped the exec programs); failed
+    /// closed on its way back to user space. `path` is the new image's executable.
+    pub unjudged: bool,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
     pub args: Vec<String>,
@@ -61,6 +64,7 @@ impl Exec {
             opened: false,
             user_mount: false,
             prevented: false,
+            unjudged: false,
             undecided_set: None,
             args,
             memfd: false,
@@ -84,6 +88,7 @@ impl Exec {
             opened: flag(exec_flags::OPENED),
             user_mount: flag(exec_flags::USER_MOUNT),
             prevented: flag(exec_flags::PREVENTED),
+            unjudged: flag(exec_flags::UNJUDGED),
             undecided_set: flag(exec_flags::UNDECIDED)
                 .then(|| agent_common::rule_id::set(e.header.rule)),
             args: split_args(&e.args, e.args_len, e.argc),

@@ -31,7 +31,8 @@ use crate::cloudevents::schema::{is_false, only_true};
             {"properties": {"sharedExec": {"const": true}}},
             {"properties": {"foreignWrite": {"const": true}}},
             {"required": ["execStack"]},
-            {"required": ["compatSyscall"]}
+            {"required": ["compatSyscall"]},
+            {"required": ["unjudged"]}
         ]
     }
 ]))]
@@ -58,7 +59,7 @@ pub struct WxData {
     pub fd: i32,
     /// The request asks for write and execute permission together. Exactly one of
     /// `writeExecute`, `readImpliesExec`, `sharedExec` and `foreignWrite` is true (or
-    /// `execStack` or `compatSyscall` is present).
+    /// `execStack`, `compatSyscall` or `unjudged` is present).
     pub write_execute: bool,
     /// The memory becomes writable and executable because READ_IMPLIES_EXEC is on: a readable
     /// and writable mapping while the process runs with it, or (personality) the process
@@ -93,6 +94,14 @@ pub struct WxData {
     #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub exec_stack: bool,
+    /// Present only when true: `syscall` is execve and the memory the kernel mapped for the
+    /// new image went unjudged (the kernel skipped both programs that look at it, each run
+    /// skipped while another run of it is preempted on the same CPU), under
+    /// `memory.writeExecute: Deny` for an executable not exempt: failed closed on the exec's
+    /// way back to user space (killed under Kill). `prot`, `addr` and `len` are 0.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub unjudged: bool,
     /// Present only when `syscall` is compat: the 32-bit system call number of a call through
     /// the 32-bit entry, which the policy's `memory.compatSyscalls: Deny` forbids.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,6 +136,7 @@ impl From<&Wx> for WxData {
             persona: on(&[WxSyscall::Personality]),
             compat: w.compat,
             exec_stack: w.exec_stack,
+            unjudged: w.unjudged,
             compat_syscall: on(&[WxSyscall::Compat]),
         }
     }
@@ -137,6 +147,8 @@ impl WxData {
     pub fn line(&self) -> String {
         let rie = if self.read_implies_exec {
             " READ_IMPLIES_EXEC"
+        } else if self.unjudged {
+            " (the new image ran unjudged: its probes were skipped)"
         } else {
             ""
         };

@@ -72,6 +72,8 @@ pub struct Wx {
     pub compat: bool,
     /// The new image's stack is executable (`syscall` is `Exec`).
     pub exec_stack: bool,
+    /// The new image's memory went unjudged (`syscall` is `Exec`): failed closed.
+    pub unjudged: bool,
     /// `pkey_mprotect`'s key or `personality`'s persona.
     pub extra: u32,
     /// The executable the kernel recorded at the process's exec: names a process that is
@@ -108,6 +110,7 @@ impl Wx {
             foreign_write: reason(wx_reason::FOREIGN_WRITE),
             compat: reason(wx_reason::COMPAT),
             exec_stack: reason(wx_reason::EXEC_STACK),
+            unjudged: reason(wx_reason::UNJUDGED),
             exe_path: None,
             extra: w.extra,
         }

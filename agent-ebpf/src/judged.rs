@@ -1,0 +1,238 @@
+//! Every exec is judged, or fails closed. The kernel skips a run of a tracing program while
+//! another run of the same program is held on that CPU, which a kernel that preempts kernel
+//! code (lazy or full preemption, Debian's default from 6.16) lets happen whenever a task is
+//! preempted inside it: an exec whose `sched_process_exec` programs were skipped would run
+//! unjudged. So each program on `sched_process_exec` marks the image it judged (`EXEC_JUDGED`),
+//! each is loaded twice (a second instance has a guard of its own and judges only an image the
+//! first did not), and on the exec's way back to user space (`raw_syscalls/sys_exit`, a third
+//! guard) an image with a part still unjudged fails closed: under Kill it dies before its
+//! first instruction, under Alert it is reported as unverifiable.
+use agent_common::{
+    ExecEvent, NAME_LEN, WxEvent, exec_flags, kind, mode, rule_id, wx_reason, wx_syscall,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
+    programs::RawTracePointContext,
+};
+
+use crate::{
+    exec::{fill_args_from_image, remember_exe},
+    maps::{EVENTS, EXEC_JUDGED, ExecMark, TASK_EXE},
+    path::real_path,
+    policy::{Violation, current_set, enforce, mark, policy_set, violation},
+    scratch::{self, Claim},
+    task::{config, current_task, header, read_kernel, read_kernel_ptr},
+    throttle::{admit, lost},
+    wx,
+};
+
+pub use agent_common::judged::{EXEC, IMAGE};
+
+/// `thread_info.status` bit: the task is in (or, after an exec, returns from) a 32-bit call.
+const TS_COMPAT: u32 = 0x0002;
+/// What `orig_ax` holds after a successful exec, whichever call it was: the kernel rewrites it
+/// to the `execve` of the new image's ABI (`set_personality_64bit`, `_ia32`, `_x32`).
+const NR_EXECVE: u64 = 59;
+const NR_IA32_EXECVE: u64 = 11;
+const NR_X32_EXECVE: u64 = 0x4000_0000 | 520;
+
+/// The current task's image: (`self_exec_id`, `start_time`). Unreadable fields read as
+/// `u64::MAX` on every side alike, so a mark still pairs one exec's programs.
+fn image() -> (u64, u64) {
+    let Some(cfg) = config() else {
+        return (u64::MAX, u64::MAX);
+    };
+    let task = current_task();
+    (
+        read_kernel(task, cfg.kernel.task_self_exec_id).unwrap_or(u64::MAX),
+        read_kernel(task, cfg.kernel.task_start_time).unwrap_or(u64::MAX),
+    )
+}
+
+/// Marks `part` of the current exec as judged and says whether to judge it: always for the
+/// first instance of a program, for the second (`again`) only when the first did not run.
+/// Not inlined: the exec program's own frame has no room for the mark.
+#[inline(never)]
+pub fn claim(tgid: u32, part: u32, again: bool) -> bool {
+    let (image, started) = image();
+    let mut by = 0;
+    // SAFETY: the value is copied out at once.
+    if let Some(m) = unsafe { EXEC_JUDGED.get(tgid) }
+        && m.image == image
+        && m.started == started
+    {
+        if again && m.by & part != 0 {
+            return false;
+        }
+        by = m.by;
+    }
+    let mark = ExecMark {
+        image,
+        started,
+        by: by | part,
+        _pad: 0,
+    };
+    // A mark that cannot be written makes the exec's return fail it closed.
+    let _ = EXEC_JUDGED.insert(tgid, mark, 0);
+    true
+}
+
+/// `raw_syscalls/sys_exit` of a successful exec: what its `sched_process_exec` programs left
+/// unjudged fails closed here, before the new image's first instruction.
+pub fn at_return(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let ret: i64 = ctx.arg(1);
+    if ret != 0 {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    if cfg.mode != mode::ENFORCE || cfg.judges == 0 {
+        return Ok(());
+    }
+    let regs = ctx.arg::<u64>(0) as *const u8;
+    let nr: u64 = read_kernel(regs, cfg.kernel.regs_orig_ax).ok_or(1)?;
+    if nr != NR_EXECVE && nr != NR_IA32_EXECVE && nr != NR_X32_EXECVE {
+        return Ok(());
+    }
+    if nr != NR_X32_EXECVE {
+        // 59 is a 32-bit `oldolduname` and 11 a 64-bit `munmap`: the ABI tells them apart.
+        let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
+        if (status & TS_COMPAT != 0) != (nr == NR_IA32_EXECVE) {
+            return Ok(());
+        }
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let (image, started) = image();
+    // SAFETY: the value is copied out at once.
+    let by = match unsafe { EXEC_JUDGED.get(tgid) } {
+        Some(m) if m.image == image && m.started == started => m.by,
+        _ => 0,
+    };
+    let _ = EXEC_JUDGED.remove(tgid);
+    let unjudged = cfg.judges & !by;
+    if unjudged & EXEC != 0 {
+        unjudged_exec(tgid)?;
+    }
+    if unjudged & IMAGE != 0 {
+        unjudged_image();
+    }
+    Ok(())
+}
+
+/// The exec ran without its judgement: under exec rules it fails closed (killed first), and
+/// the new image's executable (the kernel's own record of it, `mm->exe_file`) becomes the
+/// process's for W^X exemptions. What was executed cannot be known any more (a script's own
+/// file is gone from view), so no allowlist can clear it.
+#[inline(never)]
+fn unjudged_exec(tgid: u32) -> Result<(), i64> {
+    let set = current_set();
+    let v = match policy_set(set) {
+        // No exec rules: nothing to fail.
+        Some(ps) if ps.exec_action != 0 => {
+            enforce(violation(ps.exec_action, set, rule_id::UNJUDGED))
+        }
+        _ => Violation::ALLOWED,
+    };
+    let cfg = config().ok_or(1)?;
+    let k = &cfg.kernel;
+    let file = read_kernel_ptr(current_task(), k.task_mm)
+        .and_then(|mm| read_kernel_ptr(mm, k.mm_exe_file))
+        .unwrap_or(core::ptr::null());
+    let claim = Claim::<scratch::Path>::new();
+    let mut flags = exec_flags::UNJUDGED | exec_flags::UNVERIFIABLE;
+    let mut path = core::ptr::null();
+    match claim.as_ref() {
+        Ok(claim) if !file.is_null() => {
+            // SAFETY: this thread's scratch entry, which nobody else writes while the claim
+            // lives.
+            let scratch = unsafe { &mut *claim.entry() };
+            match real_path(cfg, file, scratch) {
+                Some(built) if !built.forged() => {
+                    remember_exe(scratch, tgid, built);
+                    path = built.ptr(&scratch.path);
+                }
+                walked => {
+                    flags |= if walked.is_some() {
+                        exec_flags::USER_MOUNT
+                    } else {
+                        exec_flags::EXE_PATH_TRUNCATED
+                    };
+                    let _ = TASK_EXE.remove(tgid);
+                }
+            }
+        }
+        _ => {
+            flags |= exec_flags::EXE_PATH_TRUNCATED;
+            let _ = TASK_EXE.remove(tgid);
+        }
+    }
+    if v.is_hit() {
+        report(v, flags, path, file);
+    }
+    Ok(())
+}
+
+/// The exec record of an unjudged exec; `path` (null: unknown) is the real path of `file`
+/// (null: unknown), the new image's executable.
+#[inline(never)]
+fn report(v: Violation, flags: u32, path: *const u8, file: *const u8) {
+    let Some(cfg) = config() else {
+        return;
+    };
+    let mut head = header(kind::EXEC, cfg);
+    mark(&mut head, v);
+    if !admit(kind::EXEC, 0, &mut head) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        lost(kind::EXEC, 0, head.count, head.first_ns, &head);
+        return;
+    };
+    // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
+    // until it is submitted.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.header = head;
+    event.flags = flags;
+    event.old_tid = event.header.tid;
+    event.exe_name = [0; NAME_LEN];
+    if file.is_null() {
+        event.flags |= exec_flags::EXE_UNKNOWN;
+    } else {
+        event.flags |= crate::exec::file_facts(cfg, file, &mut event.exe_name);
+    }
+    event.path[0] = 0;
+    event.exe_path[0] = 0;
+    if !path.is_null() {
+        // SAFETY: the source has at least PATH_LEN bytes from any start.
+        unsafe {
+            let _ = bpf_probe_read_kernel_buf(path, &mut event.path);
+            let _ = bpf_probe_read_kernel_buf(path, &mut event.exe_path);
+        }
+    }
+    fill_args_from_image(cfg, event);
+    entry.submit(0);
+}
+
+/// The new image's memory went unjudged: under `memory.writeExecute: Deny` (the executable not
+/// exempt) it fails closed, whatever the kernel mapped.
+#[inline(never)]
+fn unjudged_image() {
+    let Some(cfg) = config() else {
+        return;
+    };
+    let Some(judged) = wx::judge(cfg) else {
+        return;
+    };
+    if !judged.is_hit() {
+        return;
+    }
+    wx::report(
+        cfg,
+        judged,
+        &WxEvent {
+            syscall: wx_syscall::EXEC,
+            reason: wx_reason::UNJUDGED,
+            fd: -1,
+            ..WxEvent::default()
+        },
+    );
+}
