@@ -39,10 +39,11 @@ entry_points! {
 }
 
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    crate::judged::at_return(ctx)?;
+    // Its failure is counted once the pending kills, which do not depend on it, are done.
+    let judged = crate::judged::at_return(ctx);
     match KILLS_RECORDED.get(0) {
         Some(flag) if *flag != 0 => {}
-        _ => return Ok(()),
+        _ => return judged,
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: only checked for presence.
@@ -50,5 +51,5 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if unsafe { PENDING_KILLS.get(tgid) }.is_some() && try_sigkill() {
         forget_pending_kill(tgid);
     }
-    Ok(())
+    judged
 }

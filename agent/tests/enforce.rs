@@ -639,6 +639,18 @@ fn allowed_and_denied_execs_sharing_one_cpu_keep_their_own_verdicts() {
     let allowed_real = real(&allowed);
     let denied_real = real(&writer);
     let events = tracer.stop();
+    // What each layer had to do (kernels that preempt kernel code, `agent-ebpf/src/judged.rs`):
+    // runs the kernel skipped, and execs the return check failed closed.
+    let unjudged = events
+        .iter()
+        .filter(|e| e["type"] == EXEC && e["data"]["exec"]["unjudged"] == true)
+        .count();
+    eprintln!(
+        "one cpu: runs skipped: sched_process_exec {}, sched_process_exec_again {}, sys_exit {}; execs failed closed unjudged: {unjudged}",
+        common::runs_skipped(&events, "sched_process_exec"),
+        common::runs_skipped(&events, "sched_process_exec_again"),
+        common::runs_skipped(&events, "sys_exit"),
+    );
     assert_no_violation_of(&events, &allowed_real);
     // Each report is one exec's own: its path and the arguments it was started with (built
     // in memory of their own as well) are the denied binary's, never the other's.
@@ -658,6 +670,171 @@ fn allowed_and_denied_execs_sharing_one_cpu_keep_their_own_verdicts() {
         mixed.is_empty(),
         "kill reports naming another exec's path or arguments: {:#?}",
         &mixed[..mixed.len().min(3)]
+    );
+}
+
+/// An `exec-held` scenario in the test's cgroup: its child stopped by ptrace inside a
+/// successful exec, after `sched_process_exec` and before the exec returns to user space.
+struct Held {
+    what: String,
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    pid: u32,
+}
+
+impl Held {
+    fn start(cg: &TestCgroup, program: &Path, marker: &Path) -> Self {
+        use std::io::BufRead as _;
+        let what = format!("{} held at its exec", program.display());
+        let mut child = common::in_cgroup(&cg.dir, scenario_bin())
+            .arg("exec-held")
+            .arg(program)
+            .args(["write-marker", marker.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let pid = line
+            .trim()
+            .strip_prefix("held ")
+            .unwrap_or_else(|| panic!("{what}: not held: {line:?}"))
+            .parse()
+            .unwrap();
+        Self {
+            what,
+            child,
+            out,
+            pid,
+        }
+    }
+
+    /// Lets the exec return: how the process ended (`exit=N`, `signal=N`).
+    fn go(mut self) -> String {
+        use std::io::{Read as _, Write as _};
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).unwrap();
+        self.child.wait().unwrap();
+        rest.lines()
+            .find_map(|l| l.strip_prefix("status "))
+            .unwrap_or_else(|| panic!("{}: no status in {rest:?}", self.what))
+            .to_string()
+    }
+}
+
+/// The exec's return is the last line (`agent-ebpf/src/judged.rs`): an exec that passed
+/// `sched_process_exec` with no judge there (here: before the agent started, held by ptrace
+/// until the agent enforces; on a preempting kernel: both judging programs skipped) has run
+/// unjudged, and under Kill dies before its first instruction, whatever it runs: what was
+/// executed cannot be known any more. The benign twin, held the same way after its judges
+/// saw it, runs: the mark of its judgement outlives the stop.
+#[test]
+fn an_exec_no_judge_saw_is_killed_on_its_return_and_one_they_saw_is_not() {
+    if !root_or_skip("unjudged") {
+        return;
+    }
+    let cg = TestCgroup::new("unjudged");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, d) = denied_binary(tmp.path());
+    let allowed = benign_twin(tmp.path(), &writer);
+    let policy = policy_for(
+        &cg,
+        "unjudged",
+        &format!("  exec:\n    deny: [{{prefix: \"{d}/\"}}]\n    action: Kill\n"),
+    );
+    let file = write_policy(tmp.path(), &policy);
+    let marker = |name: &str| tmp.path().join(format!("marker-{name}"));
+    let unseen = [
+        (
+            Held::start(&cg, &writer, &marker("denied")),
+            &writer,
+            "denied",
+        ),
+        (
+            Held::start(&cg, &allowed, &marker("allowed")),
+            &allowed,
+            "allowed",
+        ),
+    ];
+    let tracer = Tracer::enforce(&file);
+    for (held, program, name) in unseen {
+        let (what, pid) = (held.what.clone(), held.pid);
+        let status = held.go();
+        assert_eq!(status, "signal=9", "{what}");
+        assert!(!marker(name).exists(), "{what}: it ran");
+        let e = tracer.wait_for(&what, |e| is(e, EXEC, pid));
+        assert_eq!(e["vigilaction"], "kill", "{what}: {e}");
+        let exec = &e["data"]["exec"];
+        assert_eq!(exec["unjudged"], true, "{what}: {e}");
+        assert_eq!(exec["unverifiable"], true, "{what}: {e}");
+        assert_eq!(exec["path"], real(program), "{what}: {e}");
+        assert_eq!(e["data"]["policy"]["rule"], "spec.exec", "{what}: {e}");
+    }
+    let seen = Held::start(&cg, &allowed, &marker("seen"));
+    let pid = seen.pid;
+    assert_eq!(
+        seen.go(),
+        "exit=0",
+        "the allowed exec held after its judges saw it"
+    );
+    assert!(
+        marker("seen").exists(),
+        "the allowed exec held after its judges saw it"
+    );
+    let events = tracer.stop();
+    assert!(
+        violations(&events, EXEC, pid).is_empty(),
+        "the judged exec was reported: {:#?}",
+        violations(&events, EXEC, pid)
+    );
+}
+
+/// The same for the memory the kernel maps for a new image (`image.rs`): with no exec rules
+/// but `writeExecute: Deny`, an image no judge saw fails closed unless its executable (the
+/// kernel's record of it, taken on the exec's return) is exempt.
+#[test]
+fn an_image_no_judge_saw_fails_closed_under_write_execute_deny_unless_exempt() {
+    if !root_or_skip("unjudged-image") {
+        return;
+    }
+    let cg = TestCgroup::new("unjudged-image");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, _) = denied_binary(tmp.path());
+    let exempt = benign_twin(tmp.path(), &writer);
+    let policy = policy_for(
+        &cg,
+        "unjudged-image",
+        &format!(
+            "  memory:\n    writeExecute: Deny\n    allowExecutables: [\"{}\"]\n    action: Kill\n",
+            real(&exempt)
+        ),
+    );
+    let file = write_policy(tmp.path(), &policy);
+    let marker = |name: &str| tmp.path().join(format!("marker-{name}"));
+    let not_exempt = Held::start(&cg, &writer, &marker("not-exempt"));
+    let held_exempt = Held::start(&cg, &exempt, &marker("exempt"));
+    let tracer = Tracer::enforce(&file);
+    let (what, pid) = (not_exempt.what.clone(), not_exempt.pid);
+    assert_eq!(not_exempt.go(), "signal=9", "{what}");
+    assert!(!marker("not-exempt").exists(), "{what}: it ran");
+    let e = tracer.wait_for(&what, |e| is(e, WX, pid));
+    assert_eq!(e["vigilaction"], "kill", "{what}: {e}");
+    assert_eq!(e["data"]["wx"]["unjudged"], true, "{what}: {e}");
+    assert_eq!(e["data"]["wx"]["syscall"], "execve", "{what}: {e}");
+    let pid = held_exempt.pid;
+    assert_eq!(held_exempt.go(), "exit=0", "the exempt executable");
+    assert!(
+        marker("exempt").exists(),
+        "the exempt executable did not run"
+    );
+    let events = tracer.stop();
+    assert!(
+        violations(&events, WX, pid).is_empty() && violations(&events, EXEC, pid).is_empty(),
+        "the exempt executable was reported: {:#?}",
+        violations(&events, WX, pid)
     );
 }
 

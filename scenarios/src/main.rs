@@ -7,6 +7,7 @@ mod bench;
 mod connect;
 mod egress;
 mod exec;
+mod held;
 mod memory;
 mod runtime;
 mod userns;
@@ -29,7 +30,7 @@ fn usage() -> ExitCode {
          \x20        move-fork move-fork-unshare clone-into clone-into-unshare policed-mover\n\
          \x20        self-move) |\n\
          \x20        runtime-handover-early MODE CGROUP_DIR PROGRAM ARGS... (move move-unshare\n\
-         \x20        move-forked)\n\
+         \x20        move-forked) | exec-held PROGRAM ARGS...\n\
          connect: tcp-connect ADDR | tcp-listen ADDR | udp-connect ADDR | io-uring-connect ADDR |\n\
          \x20        race-connect ADDR_A ADDR_B COUNT\n\
          egress:  send METHOD ADDR (tcp-connect udp-connect tcp-fastopen udp-sendto\n\
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         ("runtime-handover-early", [mode, dir, program, args @ ..]) => {
             runtime::handover_early(mode, dir, program, args)
         }
+        ("exec-held", [program, args @ ..]) => held::exec_held(program, args),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("exec-at", [dir, name, args @ ..]) => exec::exec_at(dir, name, args),
         ("userns-exec", [mode, rest @ ..]) => userns::run(mode, rest),

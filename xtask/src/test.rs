@@ -291,6 +291,12 @@ impl Lane {
                     prevention(&others[1..]),
                     PREEMPTION_TESTS.join(" ")
                 ),
+                // And once without BPF LSM, where nothing refuses an exec before the act and
+                // every exec must still be judged or killed (`agent-ebpf/src/judged.rs`).
+                format!(
+                    "vm-test --without-bpf-lsm --kernel newest -- {}",
+                    PREEMPTION_TESTS.join(" ")
+                ),
             ],
             Lane::NodeGuest(_) => vec![prevention(&others[..1])],
         }
@@ -610,15 +616,26 @@ fn compiler_error(message: &serde_json::Value) -> Option<&str> {
 mod tests {
     use super::{Counts, Lane, compiler_error};
 
-    /// The two lanes run every prevention kernel exactly once, the oldest with its fallback
-    /// tests, and the node guest's lane boots the node guest first.
+    /// The two lanes run every prevention kernel exactly once with BPF LSM, the oldest with
+    /// its fallback tests, the newest once more without BPF LSM, and the node guest's lane
+    /// boots the node guest first.
     #[test]
     fn the_lanes_share_the_prevention_kernels_and_the_node_guest_goes_first() {
         use crate::vm_test::{FALLBACK_TESTS, OLDEST, PREVENTION_KERNELS};
         let node = Lane::NodeGuest("/w/node-tests.sh".into());
         let runs: Vec<String> = [Lane::VmTests.vm_test_runs(), node.vm_test_runs()].concat();
+        let (without_lsm, with_lsm): (Vec<&String>, Vec<&String>) = runs
+            .iter()
+            .partition(|run| run.contains("--without-bpf-lsm "));
+        assert_eq!(
+            without_lsm,
+            [&format!(
+                "vm-test --without-bpf-lsm --kernel newest -- {}",
+                crate::vm_test::PREEMPTION_TESTS.join(" ")
+            )]
+        );
         for kernel in PREVENTION_KERNELS {
-            let with = runs
+            let with = with_lsm
                 .iter()
                 .filter(|run| run.contains(&format!("--kernel {kernel} ")))
                 .collect::<Vec<_>>();

@@ -639,6 +639,19 @@ pub fn assert_ok(out: &Output, what: &str) {
     );
 }
 
+/// Runs of `program` the kernel skipped since start, as the last loss event counted them
+/// (`<program>/skipped`, from 6.7; 0 when none was counted).
+pub fn runs_skipped(events: &[Value], program: &str) -> u64 {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "dev.vigil.loss.v1")
+        .and_then(|last| {
+            last["data"]["lostSinceStart"]["probeErrors"][format!("{program}/skipped")].as_u64()
+        })
+        .unwrap_or(0)
+}
+
 /// Runs of the W^X probes (on `mmap` and its return) the kernel skipped, as the last loss
 /// event counted them since start: a tracepoint's program does not run while another BPF
 /// program or a `bpf()` map call is active on that CPU, and the kernel counts each skip
