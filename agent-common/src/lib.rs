@@ -534,8 +534,8 @@ macro_rules! kernel_offsets {
         #[repr(C)]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct $name {
+            // An even number of members: `Config` has no implicit padding (asserted below).
             $($($(#[$($field_attr)*])* pub $field: u32,)+)+
-            pub _pad: u32,
         }
 
         impl $name {
@@ -544,7 +544,6 @@ macro_rules! kernel_offsets {
             pub fn find(mut find: impl FnMut(&str, &str) -> u32) -> Self {
                 Self {
                     $($($field: find(stringify!($structure), $member),)+)+
-                    _pad: 0,
                 }
             }
         }
@@ -581,6 +580,9 @@ kernel_offsets! {
             /// at every exec); an exec's judgement is marked with both (`judged.rs`).
             task_self_exec_id: "self_exec_id",
             task_start_time: "start_time",
+            /// Non-zero while a tracer is attached: one that could rewrite the registers an
+            /// exec's return is told by (`judged.rs`).
+            task_ptrace: "ptrace",
         }
         file {
             file_dentry: "f_path.dentry",

@@ -23,12 +23,20 @@ const NR_PKEY_MPROTECT: i64 = 380;
 
 entry_points! {
     #[raw_tracepoint(tracepoint = "sys_enter")]
-    fn sys_enter(ctx: RawTracePointContext) -> i32 = try_compat(&ctx);
+    fn sys_enter(ctx: RawTracePointContext) -> i32 = try_sys_enter(&ctx);
 }
 
 /// Whether any policy set denies the 32-bit entry (one array read).
 fn compat_watched() -> bool {
     COMPAT_WATCH.get(0).is_some_and(|v| *v != 0)
+}
+
+/// A traced exec's entry is recorded (`judged.rs`), then the 32-bit entry judged; neither
+/// waits on the other's failure.
+fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let entry = crate::judged::at_entry(ctx.arg(1));
+    try_compat(ctx)?;
+    entry
 }
 
 fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {

@@ -76,6 +76,11 @@ entry_points! {
 /// Judges the exec unless this is the second program and the first judged it already.
 #[inline(always)]
 fn judge<const AGAIN: bool>(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(1)?;
+    // In trace mode only what is reported is marked (for the second program's sake).
+    if cfg.mode != mode::ENFORCE && !selected(cfg) {
+        return Ok(());
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !crate::judged::claim(tgid, crate::judged::EXEC, AGAIN) {
         return Ok(());

@@ -17,7 +17,7 @@ use aya_ebpf::{
 
 use crate::{
     exec::{fill_args_from_image, remember_exe},
-    maps::{EVENTS, EXEC_JUDGED, ExecMark, TASK_EXE},
+    maps::{EVENTS, EXEC_JUDGED, ExecMark, TASK_EXE, TRACED_EXEC_SEEN, TRACED_EXECS},
     path::real_path,
     policy::{Violation, current_set, enforce, mark, policy_set, violation},
     scratch::{self, Claim},
@@ -35,6 +35,10 @@ const TS_COMPAT: u32 = 0x0002;
 const NR_EXECVE: u64 = 59;
 const NR_IA32_EXECVE: u64 = 11;
 const NR_X32_EXECVE: u64 = 0x4000_0000 | 520;
+/// `execveat` of each ABI, as a call enters.
+const NR_EXECVEAT: u64 = 322;
+const NR_IA32_EXECVEAT: u64 = 358;
+const NR_X32_EXECVEAT: u64 = 0x4000_0000 | 545;
 
 /// The current task's image: (`self_exec_id`, `start_time`). Unreadable fields read as
 /// `u64::MAX` on every side alike, so a mark still pairs one exec's programs.
@@ -77,30 +81,103 @@ pub fn claim(tgid: u32, part: u32, again: bool) -> bool {
     true
 }
 
-/// `raw_syscalls/sys_exit` of a successful exec: what its `sched_process_exec` programs left
-/// unjudged fails closed here, before the new image's first instruction.
-pub fn at_return(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let ret: i64 = ctx.arg(1);
-    if ret != 0 {
+/// Whether system call `nr` (as `raw_syscalls` gives it) is an exec of the current task's
+/// ABI: 59 is a 32-bit `oldolduname` and 11 a 64-bit `munmap`, so the ABI tells them apart.
+fn is_exec_call(cfg: &agent_common::Config, nr: u64, entering: bool) -> Result<bool, i64> {
+    let compat_nr = nr == NR_IA32_EXECVE || (entering && nr == NR_IA32_EXECVEAT);
+    let native_nr = nr == NR_EXECVE || (entering && nr == NR_EXECVEAT);
+    if nr == NR_X32_EXECVE || (entering && nr == NR_X32_EXECVEAT) {
+        return Ok(true);
+    }
+    if !compat_nr && !native_nr {
+        return Ok(false);
+    }
+    let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
+    Ok(if status & TS_COMPAT != 0 {
+        compat_nr
+    } else {
+        native_nr
+    })
+}
+
+/// `raw_syscalls/sys_enter`: a traced task entering an exec has its image recorded, so that
+/// the exec's return is told by the image changing, whatever its tracer makes of the
+/// registers meanwhile.
+pub fn at_entry(nr: i64) -> Result<(), i64> {
+    let nr = nr as u64;
+    if nr != NR_EXECVE
+        && nr != NR_EXECVEAT
+        && nr != NR_IA32_EXECVE
+        && nr != NR_IA32_EXECVEAT
+        && nr != NR_X32_EXECVE
+        && nr != NR_X32_EXECVEAT
+    {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
     if cfg.mode != mode::ENFORCE || cfg.judges == 0 {
         return Ok(());
     }
-    let regs = ctx.arg::<u64>(0) as *const u8;
-    let nr: u64 = read_kernel(regs, cfg.kernel.regs_orig_ax).ok_or(1)?;
-    if nr != NR_EXECVE && nr != NR_IA32_EXECVE && nr != NR_X32_EXECVE {
+    let traced: u32 = read_kernel(current_task(), cfg.kernel.task_ptrace).ok_or(1)?;
+    if traced == 0 || !is_exec_call(cfg, nr, true)? {
         return Ok(());
     }
-    if nr != NR_X32_EXECVE {
-        // 59 is a 32-bit `oldolduname` and 11 a 64-bit `munmap`: the ABI tells them apart.
-        let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
-        if (status & TS_COMPAT != 0) != (nr == NR_IA32_EXECVE) {
-            return Ok(());
-        }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let entered = ExecMark {
+        image: image().0,
+        started: 0,
+        by: 0,
+        _pad: 0,
+    };
+    TRACED_EXECS.insert(tgid, entered, 0).map_err(i64::from)?;
+    if let Some(flag) = TRACED_EXEC_SEEN.get_ptr_mut(0) {
+        // SAFETY: a live map value; a flag that only ever goes from 0 to 1.
+        unsafe { *flag = 1 };
+    }
+    Ok(())
+}
+
+/// Whether the current task's process entered an exec traced and has a new image since.
+fn traced_exec_returned(tgid: u32) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(entered) = (unsafe { TRACED_EXECS.get(tgid) }).map(|m| m.image) else {
+        return false;
+    };
+    // Threads other than the one that exec'd keep the old image's id.
+    if entered == image().0 {
+        return false;
+    }
+    let _ = TRACED_EXECS.remove(tgid);
+    true
+}
+
+/// `raw_syscalls/sys_exit`: on a successful exec's return, what its `sched_process_exec`
+/// programs left unjudged fails closed here, before the new image's first instruction.
+pub fn at_return(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let ret: i64 = ctx.arg(1);
+    let traced_execs = TRACED_EXEC_SEEN.get(0).is_some_and(|seen| *seen != 0);
+    if ret != 0 && !traced_execs {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    if cfg.mode != mode::ENFORCE || cfg.judges == 0 {
+        return Ok(());
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let returned = (traced_execs && traced_exec_returned(tgid)) || {
+        ret == 0 && {
+            let regs = ctx.arg::<u64>(0) as *const u8;
+            let nr: u64 = read_kernel(regs, cfg.kernel.regs_orig_ax).ok_or(1)?;
+            is_exec_call(cfg, nr, false)?
+        }
+    };
+    if !returned {
+        return Ok(());
+    }
+    // The agent's own execs are not watched (`traced`).
+    if tgid == cfg.agent_pid {
+        return Ok(());
+    }
     let (image, started) = image();
     // SAFETY: the value is copied out at once.
     let by = match unsafe { EXEC_JUDGED.get(tgid) } {
@@ -108,8 +185,11 @@ pub fn at_return(ctx: &RawTracePointContext) -> Result<(), i64> {
         _ => 0,
     };
     let _ = EXEC_JUDGED.remove(tgid);
-    let unjudged = cfg.judges & !by;
+    let mut unjudged = cfg.judges & !by;
     if unjudged & EXEC != 0 {
+        // The image's programs then looked its exemption up by the previous image's
+        // executable: their judgement does not count.
+        unjudged |= cfg.judges & IMAGE;
         unjudged_exec(tgid)?;
     }
     if unjudged & IMAGE != 0 {

@@ -128,11 +128,25 @@ pub struct ExecMark {
 }
 
 /// Process (thread group) id -> the mark of its last exec, from `sched_process_exec` until the
-/// exec returns to user space, where a missing part is failed closed. LRU: an entry outlives
-/// its exec only where no syscall exit follows (a kernel-started exec); an evicted one makes
-/// an exec unjudged, which fails closed, never open.
+/// exec returns to user space, where a missing part is failed closed (removed there, and at
+/// exit). LRU, each CPU evicting from its own list (`BPF_F_NO_COMMON_LRU`), so a mark in
+/// flight is the last its CPU gives up: entries outlive their exec only in trace mode, which
+/// checks no return, and where the return was not seen. An evicted mark makes an exec
+/// unjudged, which fails closed, never open.
 #[map]
-pub static EXEC_JUDGED: LruHashMap<u32, ExecMark> = LruHashMap::with_max_entries(16_384, 0);
+pub static EXEC_JUDGED: LruHashMap<u32, ExecMark> =
+    LruHashMap::with_max_entries(16_384, aya_ebpf::bindings::BPF_F_NO_COMMON_LRU);
+
+/// Process (thread group) id -> the `self_exec_id` its traced thread had when it entered an
+/// exec (`image` only): a tracer may rewrite the registers that tell the exec's return, the
+/// image it cannot (`judged.rs`). LRU: an evicted entry leaves that exec to the registers.
+#[map]
+pub static TRACED_EXECS: LruHashMap<u32, ExecMark> = LruHashMap::with_max_entries(4096, 0);
+
+/// Slot 0: non-zero once a traced task entered an exec; until then a syscall exit does not
+/// look `TRACED_EXECS` up.
+#[map]
+pub static TRACED_EXEC_SEEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Processes (thread group ids) whose act a hook refused under `Kill` but that the hook
 /// could not signal (cgroup socket programs): killed when the call returns to them.

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use crate::diag::entry_points;
 use crate::{
     kill::forget_pending_kill,
-    maps::{EXEC_JUDGED, TASK_EXE, TASK_ORIGIN},
+    maps::{EXEC_JUDGED, TASK_EXE, TASK_ORIGIN, TRACED_EXECS},
     policy::{live_binding, origin, pin_origin},
     task::{config, current_task, read_kernel, read_kernel_ptr},
 };
@@ -77,6 +77,7 @@ fn try_exit() -> Result<(), i64> {
         let _ = TASK_EXE.remove(tgid);
         let _ = TASK_ORIGIN.remove(tgid);
         let _ = EXEC_JUDGED.remove(tgid);
+        let _ = TRACED_EXECS.remove(tgid);
         forget_pending_kill(tgid);
         crate::script::forget(tgid);
         crate::handover::forget(tgid);

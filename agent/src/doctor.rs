@@ -52,6 +52,34 @@ fn check(name: impl Into<String>, status: Status, detail: impl Into<String>) -> 
     }
 }
 
+/// For a map creation refused with `EPERM`: the locked-memory limit, which kernels before
+/// 5.11 charge BPF maps to.
+fn memlock_note(err: &std::io::Error) -> String {
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return String::new();
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads this process's own limit into a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return String::new();
+    }
+    let shown = |v: libc::rlim_t| {
+        if v == libc::RLIM_INFINITY {
+            "unlimited".to_owned()
+        } else {
+            format!("{} KiB", v / 1024)
+        }
+    };
+    format!(
+        " (RLIMIT_MEMLOCK {} of {}: kernels before 5.11 charge BPF maps to it, per user)",
+        shown(limit.rlim_cur),
+        shown(limit.rlim_max)
+    )
+}
+
 fn ring_buffer_supported() -> Result<(), std::io::Error> {
     // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
     let mut attr = [0u32; 32];
@@ -76,6 +104,7 @@ fn ring_buffer_supported() -> Result<(), std::io::Error> {
 
 /// Runs every check; the agent can run when none is `Fail`.
 pub fn run() -> Vec<Check> {
+    crate::ebpf::raise_memlock_limit();
     let mut checks = Vec::new();
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -142,7 +171,10 @@ pub fn run() -> Vec<Check> {
         Err(err) => check(
             "BPF ring buffer",
             Status::Fail,
-            format!("creating a ring buffer map failed: {err}"),
+            format!(
+                "creating a ring buffer map failed: {err}{}",
+                memlock_note(&err)
+            ),
         ),
     });
 

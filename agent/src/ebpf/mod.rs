@@ -165,6 +165,21 @@ const fn syscall(name: &'static str) -> Hook {
     Hook::Tracepoint("syscalls", name)
 }
 
+/// Lifts `RLIMIT_MEMLOCK` where this process may: kernels before 5.11 charge BPF maps to it
+/// (per user, across processes, and a map freed by an agent that just exited is uncharged
+/// only once the kernel gets to it), later ones to the memory cgroup. Without the privilege
+/// (`CAP_SYS_RESOURCE`) the limit stays, and a map creation it refuses says so (`EPERM`).
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: sets this process's own limit from a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("RLIMIT_MEMLOCK stays: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Writes the run-time configuration the programs read (`CONFIG`, slot 0).
 fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<(), EbpfError> {
     let map = ebpf
@@ -591,10 +606,34 @@ pub struct Probes {
     pub prevention: prevent::Prevention,
     /// What the probes do instead of helpers this kernel lacks.
     pub fallbacks: fallback::Fallbacks,
+    /// What the programs were configured with.
+    config: Config,
+    /// The programs' links are pinned: they outlive this agent until the next one takes over.
+    pinned: bool,
+}
+
+impl Drop for Probes {
+    /// Programs detach in no particular order: the exec's return check is disarmed first, so
+    /// that an exec whose judging programs are already gone is not taken for a skipped one.
+    /// Pinned programs keep enforcing after this agent; the next one unpins the check first
+    /// (`pin::unpin_links`).
+    fn drop(&mut self) {
+        if self.pinned || self.config.judges == 0 {
+            return;
+        }
+        let config = Config {
+            judges: 0,
+            ..self.config
+        };
+        if let Err(e) = write_config(&mut self.ebpf, config) {
+            tracing::warn!("disarming the exec return check before detaching: {e}");
+        }
+    }
 }
 
 impl Probes {
     pub fn load(options: &ProbeOptions) -> Result<Self, EbpfError> {
+        raise_memlock_limit();
         let tracefs = tracefs::ensure_tracefs()?;
         tracefs::ensure_bpffs()?;
         let btf = match offsets::load_btf() {
@@ -722,8 +761,26 @@ impl Probes {
             }
         }
         // Every exec from now on passes its judging programs before it returns.
-        config.judges = agent_common::judged::EXEC | agent_common::judged::IMAGE;
-        write_config(&mut ebpf, config)?;
+        let k = &config.kernel;
+        let unknown: Vec<&str> = [
+            ("task_struct.self_exec_id", k.task_self_exec_id),
+            ("task_struct.start_time", k.task_start_time),
+            ("pt_regs.orig_ax", k.regs_orig_ax),
+            ("thread_info.status", k.thread_status),
+        ]
+        .into_iter()
+        .filter(|(_, offset)| *offset == agent_common::OFFSET_UNKNOWN)
+        .map(|(member, _)| member)
+        .collect();
+        if unknown.is_empty() {
+            config.judges = agent_common::judged::EXEC | agent_common::judged::IMAGE;
+            write_config(&mut ebpf, config)?;
+        } else {
+            tracing::warn!(
+                members = ?unknown,
+                "execs are not checked on their return (these kernel members are unknown): an exec whose judging programs the kernel skipped goes unjudged"
+            );
+        }
         if let Some(own) = own_pins {
             let events = ebpf.map("EVENTS").ok_or(EbpfError::MissingMap("EVENTS"))?;
             events.pin(own.events_path()).map_err(|e| EbpfError::Pin {
@@ -740,6 +797,8 @@ impl Probes {
             handover,
             prevention,
             fallbacks,
+            config,
+            pinned: options.pin.is_some(),
         })
     }
 

@@ -156,10 +156,38 @@ impl OwnPins {
 
 /// Removes a generation's pins: its links go (and with the last reference its programs
 /// detach), then its ring buffer and markers.
+/// Unpins a generation's links, so its programs detach: the exec's return check
+/// (`sys_exit`) first, or an exec whose judging programs detached before it would be taken
+/// for one the kernel skipped (`agent-ebpf/src/judged.rs`) and killed.
+fn unpin_links(links: &Path) -> Result<(), EbpfError> {
+    if !links.exists() {
+        return Ok(());
+    }
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(links)
+        .map_err(io(links))?
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    paths.sort_by_key(|path| !is_return_check(path));
+    for path in paths {
+        std::fs::remove_file(&path).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// Whether a pinned link (`<program>-<index>`) is the `sys_exit` program's.
+fn is_return_check(link: &Path) -> bool {
+    link.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.rsplit_once('-'))
+        .is_some_and(|(program, _)| program == "sys_exit")
+}
+
 pub fn remove_generation(dir: &Path) -> Result<(), EbpfError> {
     if !dir.exists() {
         return Ok(());
     }
+    unpin_links(&dir.join("links"))?;
     // bpffs has no recursive removal: files (pins) first, then the directories.
     let mut dirs = vec![dir.to_path_buf()];
     let mut i = 0;
@@ -276,12 +304,7 @@ impl Handover {
             };
             // Its programs detach once their links are unpinned; a record they were writing
             // is committed within microseconds of that.
-            let links = previous.dir.join("links");
-            if links.exists() {
-                for entry in std::fs::read_dir(&links).map_err(io(&links))?.flatten() {
-                    std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
-                }
-            }
+            unpin_links(&previous.dir.join("links"))?;
             tokio::time::sleep(Duration::from_millis(100)).await;
             match ring {
                 Some(mut ring) => {
@@ -317,6 +340,26 @@ fn open_ring(path: &Path) -> Result<RingBuf<MapData>, EbpfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_sys_exit_programs_links_are_the_return_check() {
+        for (name, check) in [
+            ("sys_exit-7", true),
+            ("sys_exit-12", true),
+            ("sys_exit_protection-12", false),
+            ("sys_exit_open_mem-3", false),
+            ("sched_process_exec-1", false),
+        ] {
+            assert_eq!(is_return_check(Path::new(name)), check, "{name}");
+        }
+        // And unpinning leaves nothing behind.
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["sched_process_exec-1", "sys_exit-7", "connect4-20"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        unpin_links(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn the_next_generation_follows_the_highest_pinned_one() {
