@@ -123,6 +123,9 @@ struct Outcome {
 
 pub fn run(options: &Options) -> Result<()> {
     util::require_root("vm-test")?;
+    // QEMU, cpio and the eBPF toolchain come from setup: on a fresh machine `vm-test` is
+    // often the first command run.
+    crate::setup::run()?;
     let apt = Apt::new(&workspace_root().join("target/vm/apt"))?;
     let available = apt.kernels()?;
     let wanted: Vec<String> = if options.all {
