@@ -239,10 +239,10 @@ async fn batch_mode_sends_json_arrays_of_structured_events_cut_by_count_and_byte
                 .find(|e| item["id"] == e.id.as_str())
                 .expect("a sent event");
             assert_eq!(item, structured(event));
-            ids.push(event.id.clone());
+            ids.push(event.id.to_string());
         }
     }
-    let sent_ids: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+    let sent_ids: Vec<String> = sent.iter().map(|e| e.id.to_string()).collect();
     assert_eq!(ids, sent_ids, "each event once, in order");
     assert_eq!(sink.stats().delivered.load(Ordering::Relaxed), 5);
 
@@ -387,7 +387,7 @@ async fn a_receiver_that_is_not_listening_yet_gets_the_event_once_it_appears() {
     let mut sink = new_sink(options(url, HttpMode::Structured));
     let stats = sink.stats();
     let sent = events(1);
-    let id = sent[0].id.clone();
+    let id = sent[0].id;
     let started = Instant::now();
     let delivery = tokio::spawn(async move { sink.deliver(&sent).await });
 
@@ -569,7 +569,7 @@ async fn tls_is_trusted_with_the_ca_file_and_refused_without_it_or_with_another_
     trusting.deliver(&sent).await.expect("delivered over TLS");
     let got = rx.captured();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].header("ce-id"), sent[0].id);
+    assert_eq!(got[0].header("ce-id"), sent[0].id.as_str());
 
     for ca_file in [None, Some(wrong_ca)] {
         let mut opts = options(url.clone(), HttpMode::Binary);
@@ -717,7 +717,7 @@ async fn behind_the_fan_out_a_dead_receiver_delays_no_other_http_sink() {
     );
 
     let sent: Vec<VigilEvent> = events(50).iter().map(|e| (**e).clone()).collect();
-    let ids: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = sent.iter().map(|e| e.id.to_string()).collect();
     let started = Instant::now();
     for event in sent {
         fan.send(event);
@@ -859,7 +859,7 @@ async fn spooled_events_go_out_in_each_mode_and_a_refused_one_is_counted_without
                 _ => json_body(c)["id"].as_str().unwrap().to_string(),
             })
             .collect();
-        let want: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+        let want: Vec<String> = sent.iter().map(|e| e.id.to_string()).collect();
         assert_eq!(ids, want, "{mode:?}: in order, each with its id");
     }
 }

@@ -448,7 +448,7 @@ fn violations_from_pods_known_and_not_yet_known_validate() {
         rule: "spec.exec.deny[0]".into(),
         text: "prefix /tmp/".into(),
     };
-    let known = PodLookup::Found(PodInfo {
+    let known = PodLookup::found(&PodInfo {
         namespace: "shop".into(),
         name: "web-0".into(),
         uid: "8f7c0e1a-3b2d-4c5e-9f60-1a2b3c4d5e6f".into(),

@@ -47,7 +47,7 @@ pub struct ProcessData {
     pub gid: u32,
     /// The kernel's task name (up to 15 bytes, truncated; after an exec, the executable's file
     /// name).
-    pub comm: String,
+    pub comm: crate::event::Comm,
     /// Path of the process's executable (from /proc, else for exec events the exec path), or
     /// null when unknown: the process exited before the agent could read /proc.
     pub exe: Option<Shared<str>>,
@@ -183,10 +183,10 @@ pub struct BehaviourData {
     pub node: Shared<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "PodData")]
-    pub pod: Option<PodData>,
+    pub pod: Option<Shared<PodData>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "ContainerData")]
-    pub container: Option<ContainerData>,
+    pub container: Option<Shared<ContainerData>>,
     /// Present (true) when the event came from a pod the agent's view of the API server did
     /// not know within 2 s: `pod` and `container` hold only what the cgroup tells.
     #[serde(default, skip_serializing_if = "crate::cloudevents::schema::is_false")]

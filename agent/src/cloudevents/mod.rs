@@ -22,7 +22,7 @@ pub use self::loss::{LossData, LossReport, Losses, PerBehaviour};
 use self::shared::Shared;
 use crate::{
     event::{Action, Body, Event},
-    metadata::cluster::PodLookup,
+    metadata::cluster::{PodInfo, PodLookup},
     metadata::{clock::wall_time, process::Lineage},
     policy::PolicyRef,
 };
@@ -131,10 +131,10 @@ pub enum Payload {
 /// A finished event: what every sink receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VigilEvent {
-    pub id: String,
+    pub id: crate::event::EventId,
     /// `/vigil/nodes/<node>`.
-    pub source: String,
-    pub subject: String,
+    pub source: Shared<str>,
+    pub subject: Shared<str>,
     pub time: DateTime<Utc>,
     pub verdict: VerdictName,
     pub action: Action,
@@ -226,11 +226,11 @@ impl VigilEvent {
             _ => Payload::Behaviour(Box::new(parse(data).map_err(|e| not_vigil("data", e))?)),
         };
         let event = Self {
-            source: ce.source().to_string(),
+            source: ce.source().to_string().into(),
             subject: ce
                 .subject()
                 .ok_or_else(|| not_vigil("subject", "missing".into()))?
-                .to_string(),
+                .into(),
             time: *ce
                 .time()
                 .ok_or_else(|| not_vigil("time", "missing".into()))?,
@@ -242,7 +242,14 @@ impl VigilEvent {
                 .map_err(|e| not_vigil("vigilseverity", e))?,
             policy: extension("vigilpolicy"),
             payload,
-            id: id.clone(),
+            id: if id.len() <= crate::event::EventId::CAPACITY {
+                id.as_str().into()
+            } else {
+                return Err(not_vigil(
+                    "id",
+                    format!("{} bytes, longer than any id Vigil makes", id.len()),
+                ));
+            },
         };
         if event.ty() != ty {
             return Err(not_vigil(
@@ -289,10 +296,10 @@ impl VigilEvent {
         let data = serde_json::to_value(&self.payload)
             .map_err(|source| CloudEventError::Data { ty, source })?;
         let mut builder = EventBuilderV10::new()
-            .id(self.id.clone())
-            .source(self.source.clone())
+            .id(self.id.as_str())
+            .source(&*self.source)
             .ty(ty)
-            .subject(self.subject.clone())
+            .subject(&*self.subject)
             .time(self.time)
             .extension("vigilverdict", self.verdict.name())
             .extension("vigilaction", self.action.name())
@@ -327,17 +334,79 @@ struct Structured<'a> {
     data: &'a Payload,
 }
 
+/// The node's name and the attributes every event from it derives from the name alone, made
+/// once per name and shared by every event rather than formatted for each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNames {
+    pub name: Shared<str>,
+    /// `/vigil/nodes/<node>`.
+    pub source: Shared<str>,
+    /// `hosts/<node>`: the subject of a host process's event.
+    pub host_subject: Shared<str>,
+}
+
+impl From<&str> for NodeNames {
+    fn from(node: &str) -> Self {
+        Self {
+            name: node.into(),
+            source: source(node).into(),
+            host_subject: host_subject(node).into(),
+        }
+    }
+}
+
+impl Default for NodeNames {
+    fn default() -> Self {
+        Self::from("")
+    }
+}
+
+/// A pod's members as its events carry them (`pod`, `container`, `subject`), described once
+/// per pod object and container and shared by every event from there, rather than copied
+/// (labels and all) into each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodDescription {
+    pub pod: Shared<PodData>,
+    pub container: Shared<ContainerData>,
+    /// `namespaces/<namespace>/pods/<name>`.
+    pub subject: Shared<str>,
+}
+
+impl From<&PodInfo> for PodDescription {
+    fn from(p: &PodInfo) -> Self {
+        Self {
+            pod: Shared::new(PodData {
+                namespace: Some(p.namespace.clone()),
+                name: Some(p.name.clone()),
+                uid: p.uid.clone(),
+                labels: Some(p.labels.clone()),
+                service_account: Some(p.service_account.clone()),
+                owner: Some(p.owner.as_ref().map(|o| OwnerData {
+                    kind: o.kind.clone(),
+                    name: o.name.clone(),
+                })),
+            }),
+            container: Shared::new(ContainerData {
+                id: p.container_id.clone(),
+                name: Some(p.container_name.clone()),
+                image: Some(p.image.clone()),
+            }),
+            subject: format!("namespaces/{}/pods/{}", p.namespace, p.name).into(),
+        }
+    }
+}
+
 /// Where an event happened, beyond the process itself.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
-    pub node: Shared<str>,
+    pub node: NodeNames,
     pub cgroup_path: Option<Shared<str>>,
     /// The pod, when the event came from one (and the agent knows the cluster).
     pub pod: Option<&'a PodLookup>,
 }
 
 impl Context<'_> {
-    pub fn host(node: impl Into<Shared<str>>, cgroup_path: Option<Shared<str>>) -> Self {
+    pub fn host(node: impl Into<NodeNames>, cgroup_path: Option<Shared<str>>) -> Self {
         Self {
             node: node.into(),
             cgroup_path,
@@ -348,6 +417,10 @@ impl Context<'_> {
 
 fn source(node: &str) -> String {
     format!("/vigil/nodes/{node}")
+}
+
+fn host_subject(node: &str) -> String {
+    format!("hosts/{node}")
 }
 
 /// The behaviour's own member.
@@ -385,43 +458,29 @@ fn build(
     let h = &event.header;
     let (pod, container, metadata_incomplete, subject) = match ctx.pod {
         Some(PodLookup::Found(p)) => (
-            Some(PodData {
-                namespace: Some(p.namespace.clone()),
-                name: Some(p.name.clone()),
-                uid: p.uid.clone(),
-                labels: Some(p.labels.clone()),
-                service_account: Some(p.service_account.clone()),
-                owner: Some(p.owner.as_ref().map(|o| OwnerData {
-                    kind: o.kind.clone(),
-                    name: o.name.clone(),
-                })),
-            }),
-            Some(ContainerData {
-                id: p.container_id.clone(),
-                name: Some(p.container_name.clone()),
-                image: Some(p.image.clone()),
-            }),
+            Some(p.pod.clone()),
+            Some(p.container.clone()),
             false,
-            format!("namespaces/{}/pods/{}", p.namespace, p.name),
+            p.subject.clone(),
         ),
         Some(PodLookup::Unknown { uid, container_id }) => (
-            Some(PodData {
+            Some(Shared::new(PodData {
                 namespace: None,
                 name: None,
                 uid: uid.clone(),
                 labels: None,
                 service_account: None,
                 owner: None,
-            }),
-            Some(ContainerData {
+            })),
+            Some(Shared::new(ContainerData {
                 id: container_id.clone(),
                 name: None,
                 image: None,
-            }),
+            })),
             true,
-            format!("hosts/{}", ctx.node),
+            ctx.node.host_subject.clone(),
         ),
-        Some(PodLookup::Host) | None => (None, None, false, format!("hosts/{}", ctx.node)),
+        Some(PodLookup::Host) | None => (None, None, false, ctx.node.host_subject.clone()),
     };
     let aggregated = judged.is_some() && h.count > 1;
     let data = BehaviourData {
@@ -431,7 +490,7 @@ fn build(
             ppid: h.ppid,
             uid: h.uid,
             gid: h.gid,
-            comm: h.comm.clone(),
+            comm: h.comm,
             exe: lineage.process.exe.clone(),
             args: lineage.process.args.clone(),
         },
@@ -445,7 +504,7 @@ fn build(
             id: h.cgroup_id,
             path: ctx.cgroup_path.clone(),
         },
-        node: ctx.node.clone(),
+        node: ctx.node.name.clone(),
         pod,
         container,
         metadata_incomplete,
@@ -478,8 +537,8 @@ fn build(
         ),
     };
     VigilEvent {
-        id: uuid::Uuid::new_v4().to_string(),
-        source: source(&ctx.node),
+        id: crate::event::EventId::random(),
+        source: ctx.node.source.clone(),
         subject,
         time: wall_time(h.boot_ns),
         verdict,
@@ -493,9 +552,9 @@ fn build(
 /// `dev.vigil.loss.v1`: events that were lost, so that no loss is silent.
 pub fn loss(node: &str, delta: &LossReport, totals: &LossReport) -> VigilEvent {
     VigilEvent {
-        id: uuid::Uuid::new_v4().to_string(),
-        source: source(node),
-        subject: format!("hosts/{node}"),
+        id: crate::event::EventId::random(),
+        source: source(node).into(),
+        subject: host_subject(node).into(),
         time: Utc::now(),
         verdict: VerdictName::Observed,
         action: Action::None,

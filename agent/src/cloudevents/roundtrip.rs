@@ -29,7 +29,7 @@ fn policy() -> PolicyRef {
 }
 
 fn pod(owner: Option<Owner>, service_account: Option<String>) -> PodLookup {
-    PodLookup::Found(PodInfo {
+    PodLookup::found(&PodInfo {
         namespace: "shop".into(),
         name: "web-0".into(),
         uid: "u-1".into(),
@@ -204,4 +204,12 @@ fn a_cloudevent_that_is_not_vigils_is_refused_naming_the_field() {
     ce.set_extension("vigilaction", "explode");
     let err = VigilEvent::from_cloudevent(&ce).unwrap_err();
     assert!(err.to_string().contains(": vigilaction: "), "{err}");
+    let mut ce = event.to_cloudevent().unwrap();
+    ce.set_id("x".repeat(65));
+    let err = VigilEvent::from_cloudevent(&ce).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(": id: 65 bytes, longer than any id Vigil makes"),
+        "{err}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Values an event shares with the caches it was built from (a process's executable and
-//! arguments, a cgroup's path, the node's name) instead of copying them: cloning one is a
-//! reference count, not an allocation, and the last holder frees it, whichever thread that is.
+//! arguments, a cgroup's path, the node's name, a pod's description) instead of copying them:
+//! cloning one is a reference count, not an allocation, and the last holder frees it,
+//! whichever thread that is.
 //! Written, read back and described in the schema exactly as the owned value, so neither the
 //! wire format nor the committed schema changes.
 use std::{borrow::Cow, fmt, ops::Deref, sync::Arc};
@@ -10,6 +11,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Shared<T: ?Sized>(Arc<T>);
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(value))
+    }
+}
 
 impl<T: ?Sized> Clone for Shared<T> {
     fn clone(&self) -> Self {
@@ -100,6 +107,12 @@ impl<T: ?Sized + Serialize> Serialize for Shared<T> {
 impl<'de> Deserialize<'de> for Shared<str> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Self::from)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Self::new)
     }
 }
 

@@ -2,6 +2,9 @@
 //! dispatch to each behaviour's own decoding (`crate::behaviour`).
 use agent_common::{ConnectEvent, EventHeader, ExecEvent, MoveEvent, WxRecord, kind};
 
+mod inline;
+pub use inline::{Comm, EventId};
+
 pub use crate::behaviour::{
     cgroup_move::Move,
     connect::{Connect, ConnectHook, Protocol, sock_type_name},
@@ -66,7 +69,7 @@ pub struct Header {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// Identical violations this record stands for (more than 1 after a flood was held back
     /// in the kernel), and the `boot_ns` of the first of them.
     pub count: u32,
@@ -197,7 +200,7 @@ fn header(h: &EventHeader) -> Header {
         ppid: h.ppid,
         uid: h.uid,
         gid: h.gid,
-        comm: c_string(&h.comm),
+        comm: Comm::from_kernel(&h.comm),
         count: h.count.max(1),
         first_ns: h.first_ns,
         target: 0,
@@ -385,7 +388,7 @@ mod tests {
             panic!("not exec")
         };
         assert_eq!(x.path, "/dev/fd/3");
-        assert_eq!(x.args, vec!["sh", "-c", "echo hi"]);
+        assert_eq!(*x.args, ["sh", "-c", "echo hi"]);
         assert!(x.memfd && !x.deleted && !x.args_missing);
     }
 
@@ -487,7 +490,7 @@ mod tests {
                 x.ipv4,
                 sock_type_name(x.sock_type)
             ),
-            (None, None, Protocol::Other(1), false, "raw".to_string())
+            (None, None, Protocol::Other(1), false, "raw".into())
         );
     }
 

@@ -4,8 +4,10 @@ use std::{
     collections::HashMap,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
+use super::container::{self, PodCgroup};
 use crate::cloudevents::shared::Shared;
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +140,15 @@ fn absolute_level(dir: &Path, mounts: &[(PathBuf, PathBuf)]) -> Option<u32> {
 pub struct CgroupPaths {
     root: PathBuf,
     root_dir: Option<std::fs::File>,
-    cache: HashMap<u64, Option<Shared<str>>>,
+    cache: HashMap<u64, Resolved>,
+}
+
+/// A cgroup's path and, when it is a pod's, where in the pod: parsed once per cgroup rather
+/// than once per event (a cgroup id is never reused while the machine is up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub path: Shared<str>,
+    pub pod: Option<Arc<PodCgroup>>,
 }
 
 const FILEID_KERNFS: i32 = 0xfe;
@@ -157,18 +167,25 @@ impl CgroupPaths {
     /// The path of cgroup `id` relative to the root (`/` for the root itself), or `None` when
     /// the cgroup is gone or cannot be opened.
     pub fn path(&mut self, id: u64) -> Option<Shared<str>> {
+        self.resolve(id).map(|r| r.path)
+    }
+
+    /// The cgroup's path and pod, `None` when the id names no cgroup (yet).
+    pub fn resolve(&mut self, id: u64) -> Option<Resolved> {
         if let Some(hit) = self.cache.get(&id) {
-            return hit.clone();
+            return Some(hit.clone());
         }
-        let found = self.lookup(id).map(Shared::from);
+        // A miss is not cached: the cgroup may be created a moment later.
+        let path = self.lookup(id)?;
+        let found = Resolved {
+            pod: container::parse(&path).map(Arc::new),
+            path: path.into(),
+        };
         if self.cache.len() >= CACHE_LIMIT {
             self.cache.clear();
         }
-        // A miss is not cached: the cgroup may be created a moment later.
-        if found.is_some() {
-            self.cache.insert(id, found.clone());
-        }
-        found
+        self.cache.insert(id, found.clone());
+        Some(found)
     }
 
     fn lookup(&self, id: u64) -> Option<String> {
@@ -227,6 +244,71 @@ mod tests {
             let parent = root.parent().expect("parent");
             assert_eq!(resolve_root(parent).expect("hybrid"), root);
         }
+    }
+
+    /// Removes the directories it was given, deepest first.
+    struct Dirs(Vec<PathBuf>);
+
+    impl Drop for Dirs {
+        fn drop(&mut self) {
+            for dir in self.0.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+
+    #[test]
+    fn a_pods_cgroup_resolves_to_its_path_and_pod_once() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(root) = detect_root() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI machines mount cgroup v2"
+            );
+            eprintln!("SKIPPED: no cgroup v2 mounted");
+            return;
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs the tests as root"
+            );
+            eprintln!("SKIPPED: making a cgroup needs root");
+            return;
+        }
+        let uid = "8f7c0e1a-3b2d-4c5e-9f60-1a2b3c4d5e6f";
+        let cid = "4b825dc642cb6eb9a060e54bf8d69288fbee4904b825dc642cb6eb9a060e54bf";
+        let top = format!("vigil-unit-{}", std::process::id());
+        let rel = [
+            top.clone(),
+            format!(
+                "{top}/kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            ),
+        ];
+        let container = format!("{}/cri-containerd-{cid}.scope", rel[1]);
+        let mut dirs = Dirs(Vec::new());
+        for dir in rel.iter().chain([&container]) {
+            let path = root.join(dir);
+            std::fs::create_dir(&path).expect("creating a cgroup (as root)");
+            dirs.0.push(path);
+        }
+        let mut paths = CgroupPaths::new(root.clone());
+        let id = std::fs::metadata(root.join(&container)).unwrap().ino();
+        let found = paths.resolve(id).expect("resolved");
+        assert_eq!(&*found.path, format!("/{container}"));
+        let pod = found.pod.as_deref().expect("a pod's cgroup");
+        assert_eq!(pod.pod_uid, uid);
+        assert_eq!(pod.container_id.as_deref(), Some(cid));
+        let again = paths.resolve(id).expect("cached");
+        assert!(
+            Arc::ptr_eq(found.pod.as_ref().unwrap(), again.pod.as_ref().unwrap()),
+            "parsed once, shared after"
+        );
+        let host = std::fs::metadata(root.join(&rel[0])).unwrap().ino();
+        assert_eq!(paths.resolve(host).expect("resolved").pod, None);
+        drop(dirs);
     }
 
     #[test]

@@ -28,6 +28,8 @@ use kube::{
     },
 };
 
+use crate::cloudevents::{PodDescription, shared::Shared};
+
 /// What changed since the caller last looked: only policies and Services need work of their
 /// own (pods, namespaces and owners are read afresh whenever they are needed). Flags rather
 /// than a queue, so that nothing piles up while nobody looks.
@@ -419,36 +421,43 @@ impl Cluster {
             .map(|n| n.metadata.labels.clone().unwrap_or_default())
     }
 
-    pub fn owner(&self, pod: &Pod) -> Option<Owner> {
+    /// The store's object of the ReplicaSet or Job controlling `pod`, the one [`Self::owner`]
+    /// reads: a description of the pod made from it holds while the store hands out this very
+    /// object (a change, a late listing or a deletion replaces it).
+    pub fn controller_object(&self, pod: &Pod) -> Option<ControllerObject> {
         let ns = pod.metadata.namespace.as_deref()?;
-        let first = pod
-            .metadata
-            .owner_references
-            .as_ref()?
-            .iter()
-            .find(|o| o.controller == Some(true))?;
-        let up = |kind: &str, name: &str| -> Option<Owner> {
-            let meta = match kind {
-                "ReplicaSet" => self
-                    .replicasets
-                    .get(&ObjectRef::new(name).within(ns))
-                    .map(|r| r.metadata.clone()),
-                "Job" => self
-                    .jobs
-                    .get(&ObjectRef::new(name).within(ns))
-                    .map(|j| j.metadata.clone()),
-                _ => None,
-            }?;
+        let first = controller_ref(pod)?;
+        match first.kind.as_str() {
+            "ReplicaSet" => self
+                .replicasets
+                .get(&ObjectRef::new(&first.name).within(ns))
+                .map(ControllerObject::ReplicaSet),
+            "Job" => self
+                .jobs
+                .get(&ObjectRef::new(&first.name).within(ns))
+                .map(ControllerObject::Job),
+            _ => None,
+        }
+    }
+
+    /// The workload owning `pod`: its controlling ReplicaSet's or Job's own controller (a
+    /// Deployment, a CronJob) when the store holds that object, else the controller itself.
+    pub fn owner(&self, pod: &Pod) -> Option<Owner> {
+        pod.metadata.namespace.as_ref()?;
+        let first = controller_ref(pod)?;
+        let up = self.controller_object(pod).and_then(|object| {
+            let meta = object.metadata();
             let parent = meta
-                .owner_references?
-                .into_iter()
+                .owner_references
+                .as_ref()?
+                .iter()
                 .find(|o| o.controller == Some(true))?;
             Some(Owner {
-                kind: parent.kind,
-                name: parent.name,
+                kind: parent.kind.clone(),
+                name: parent.name.clone(),
             })
-        };
-        up(&first.kind, &first.name).or_else(|| {
+        });
+        up.or_else(|| {
             Some(Owner {
                 kind: first.kind.clone(),
                 name: first.name.clone(),
@@ -457,17 +466,59 @@ impl Cluster {
     }
 }
 
+fn controller_ref(
+    pod: &Pod,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+/// A pod's controlling ReplicaSet or Job, as the store holds it.
+#[derive(Debug, Clone)]
+pub enum ControllerObject {
+    ReplicaSet(Arc<PartialObjectMeta<ReplicaSet>>),
+    Job(Arc<PartialObjectMeta<Job>>),
+}
+
+impl ControllerObject {
+    fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Self::ReplicaSet(r) => &r.metadata,
+            Self::Job(j) => &j.metadata,
+        }
+    }
+
+    /// The very same object of the store (not merely an equal one).
+    pub fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::ReplicaSet(a), Self::ReplicaSet(b)) => Arc::ptr_eq(a, b),
+            (Self::Job(a), Self::Job(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// What an event's cgroup says about its pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PodLookup {
     /// Not in a pod: a host process.
     Host,
-    Found(PodInfo),
+    Found(Shared<PodDescription>),
     /// In a pod the store does not know (yet).
     Unknown {
         uid: String,
         container_id: Option<String>,
     },
+}
+
+impl PodLookup {
+    /// A pod described from `info` (tools and tests; the pipeline reuses descriptions).
+    pub fn found(info: &PodInfo) -> Self {
+        Self::Found(Shared::new(info.into()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -107,14 +107,14 @@ impl ProcessCache {
                 let info = ProcessInfo {
                     comm: h.comm.as_str().into(),
                     exe,
-                    args: exec.args.clone().into(),
+                    args: exec.args.clone(),
                 };
                 self.remember(h.pid, info.clone());
                 info
             }
             body => {
                 let mut info = self
-                    .lookup(h.pid, Some(&h.comm))
+                    .lookup(h.pid, Some(h.comm.as_str()))
                     .unwrap_or_else(|| ProcessInfo {
                         comm: h.comm.as_str().into(),
                         ..Default::default()
@@ -178,7 +178,7 @@ mod tests {
                 prevented: false,
                 unjudged: false,
                 undecided_set: None,
-                args: vec!["payload".into(), "-x".into()],
+                args: vec!["payload".into(), "-x".into()].into(),
                 memfd: false,
                 deleted: false,
                 args_truncated: false,

@@ -5,6 +5,7 @@
 //! events it stands for (the kernel's own flood counts included).
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -27,7 +28,7 @@ struct Window {
     /// Events held back since the window opened, and what they stand for.
     held: u64,
     first_seen: Option<String>,
-    last: Option<VigilEvent>,
+    last: Option<Arc<VigilEvent>>,
 }
 
 pub struct Aggregator {
@@ -88,7 +89,7 @@ impl Aggregator {
     }
 
     /// The event to send now, or `None` when an open window counts it instead.
-    pub fn offer(&mut self, event: VigilEvent, now: Instant) -> Option<VigilEvent> {
+    pub fn offer(&mut self, event: Arc<VigilEvent>, now: Instant) -> Option<Arc<VigilEvent>> {
         let Some(key) = key(&event) else {
             return Some(event);
         };
@@ -124,8 +125,9 @@ impl Aggregator {
             if now.is_some_and(|now| now < w.closes) {
                 return true;
             }
-            if let Some(mut summary) = w.last.take() {
-                summary.id = uuid::Uuid::new_v4().to_string();
+            if let Some(last) = w.last.take() {
+                let mut summary = Arc::unwrap_or_clone(last);
+                summary.id = crate::event::EventId::random();
                 if let Payload::Behaviour(data) = &mut summary.payload {
                     data.count = Some(u32::try_from(w.held).unwrap_or(u32::MAX));
                     data.first_seen = w.first_seen.take();
@@ -160,7 +162,7 @@ mod tests {
         policy::PolicyRef,
     };
 
-    fn exec(path: &str, cgroup: u64, count: u32) -> VigilEvent {
+    fn exec(path: &str, cgroup: u64, count: u32) -> Arc<VigilEvent> {
         let event = Event {
             header: Header {
                 verdict: Verdict::Violation {
@@ -192,13 +194,13 @@ mod tests {
             rule: "spec.exec.deny[0]".into(),
             text: "prefix /tmp/".into(),
         };
-        violation(
+        Arc::new(violation(
             &event,
             &Lineage::default(),
             &Context::host("n1", None),
             &policy,
             Action::Alert,
-        )
+        ))
     }
 
     fn count(e: &VigilEvent) -> u64 {
@@ -228,7 +230,8 @@ mod tests {
         );
         let summaries = agg.due(Some(t0 + Duration::from_secs(11)));
         assert_eq!(summaries.len(), 1);
-        let total: u64 = sent.iter().chain(&summaries).map(count).sum();
+        let total: u64 =
+            sent.iter().map(|e| count(e)).sum::<u64>() + summaries.iter().map(count).sum::<u64>();
         assert_eq!(total, 1000 + 10 * 2, "every violation counted once");
         let summary = summaries[0].behaviour().unwrap();
         assert!(summary.first_seen.is_some());
@@ -260,6 +263,7 @@ mod tests {
             &crate::cloudevents::LossReport::default(),
             &crate::cloudevents::LossReport::default(),
         );
+        let loss = Arc::new(loss);
         assert!(agg.offer(loss.clone(), t0).is_some());
         assert!(agg.offer(loss, t0).is_some(), "losses are never held");
         // A window with nothing held back closes without a summary.

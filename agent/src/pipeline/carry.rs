@@ -11,6 +11,7 @@
 //! its own: the pipeline's loop only gets the stranded counts.
 use std::{
     collections::{HashMap, VecDeque},
+    sync::Arc,
     time::Duration,
 };
 
@@ -64,7 +65,8 @@ pub(crate) fn sweep_in_background(
 /// keys; the oldest go first, at a constant cost per violation.
 #[derive(Default)]
 pub(crate) struct Carry {
-    last: HashMap<ThrottleKey, (VigilEvent, Instant)>,
+    /// Shared with the sinks' queues: remembering a violation copies nothing.
+    last: HashMap<ThrottleKey, (Arc<VigilEvent>, Instant)>,
     /// Keys in the order they were remembered (a key again is queued again).
     order: VecDeque<(ThrottleKey, Instant)>,
     /// Stranded counts whose violation was not remembered yet, with when they were found.
@@ -74,9 +76,13 @@ pub(crate) struct Carry {
 impl Carry {
     /// `event` (a finished violation) is the latest of throttle key `key`; returns it again
     /// standing for a stranded count of the key that was waiting for it.
-    pub(crate) fn remember(&mut self, key: ThrottleKey, event: &VigilEvent) -> Option<VigilEvent> {
+    pub(crate) fn remember(
+        &mut self,
+        key: ThrottleKey,
+        event: &Arc<VigilEvent>,
+    ) -> Option<VigilEvent> {
         let now = Instant::now();
-        self.last.insert(key, (event.clone(), now));
+        self.last.insert(key, (Arc::clone(event), now));
         self.order.push_back((key, now));
         self.forget(now);
         let (state, _) = self.waiting.remove(&key)?;
@@ -149,7 +155,7 @@ impl Carry {
 /// `last` again, now standing for the `held` violations after it.
 fn carried(last: &VigilEvent, state: &ThrottleState) -> VigilEvent {
     let mut event = last.clone();
-    event.id = uuid::Uuid::new_v4().to_string();
+    event.id = crate::event::EventId::random();
     event.time = chrono::Utc::now();
     if let Payload::Behaviour(data) = &mut event.payload {
         data.count = Some(state.held);
@@ -191,7 +197,7 @@ mod tests {
 
     #[test]
     fn the_oldest_keys_are_forgotten_first_and_a_key_seen_again_is_kept() {
-        let event = exec_violation();
+        let event = Arc::new(exec_violation());
         let key = |pid: u32| ThrottleKey {
             pid,
             ..ThrottleKey::default()
@@ -218,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_count_found_before_its_record_came_through_goes_out_with_that_record() {
-        let event = exec_violation();
+        let event = Arc::new(exec_violation());
         let key = ThrottleKey {
             pid: 7,
             ..ThrottleKey::default()
@@ -298,5 +304,20 @@ mod tests {
             carried.behaviour().unwrap().member,
             last.behaviour().unwrap().member
         );
+    }
+
+    #[test]
+    fn a_remembered_violation_is_the_sinks_own_event_not_a_copy() {
+        let mut carry = Carry::default();
+        let event = Arc::new(exec_violation());
+        carry.remember(
+            ThrottleKey {
+                pid: 1,
+                ..ThrottleKey::default()
+            },
+            &event,
+        );
+        let (kept, _) = carry.last.values().next().expect("remembered");
+        assert!(Arc::ptr_eq(kept, &event));
     }
 }

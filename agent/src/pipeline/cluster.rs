@@ -9,6 +9,7 @@ use agent_common::ServiceKey;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch};
 
+use super::seen_pods::SeenPods;
 use crate::{
     enforce::{
         Applied, Enforcer,
@@ -40,6 +41,9 @@ pub struct ClusterLink {
     applied: Option<Desired>,
     /// To the task that writes verdicts back, retrying each until it lands.
     status: mpsc::UnboundedSender<Verdict>,
+    /// Pod descriptions the events share; only the enrich stage asks, so the lock is never
+    /// contended.
+    seen: std::sync::Mutex<SeenPods>,
 }
 
 /// Where a Kubernetes configuration would come from, if one is there at all.
@@ -150,6 +154,7 @@ impl ClusterLink {
             cluster_policies: Vec::new(),
             applied: None,
             status,
+            seen: std::sync::Mutex::default(),
         }))
     }
 
@@ -212,18 +217,32 @@ impl ClusterLink {
         Ok(Some(applied))
     }
 
-    /// The pod (and container) a cgroup path belongs to.
-    pub fn lookup(&self, cgroup_path: Option<&str>) -> PodLookup {
-        let Some(found) = cgroup_path.and_then(container::parse) else {
+    /// The pod (and container) of a cgroup that is a pod's (`None`: a host cgroup, or one
+    /// not resolved).
+    pub fn lookup(&self, cgroup: Option<&container::PodCgroup>) -> PodLookup {
+        let Some(found) = cgroup else {
             return PodLookup::Host;
         };
         let Some(pod) = self.cluster.pod_by_uid(&found.pod_uid) else {
             return PodLookup::Unknown {
-                uid: found.pod_uid,
-                container_id: found.container_id,
+                uid: found.pod_uid.clone(),
+                container_id: found.container_id.clone(),
             };
         };
-        PodLookup::Found(pod_info(&self.cluster, &pod, found.container_id))
+        let owner = self.cluster.controller_object(&pod);
+        let container_id = found.container_id.as_deref();
+        let described = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .describe(
+                &pod,
+                owner,
+                container_id,
+                || pod_info(&self.cluster, &pod, container_id.map(str::to_owned)),
+                |uid| self.cluster.pod_by_uid(uid),
+            );
+        PodLookup::Found(described)
     }
 }
 

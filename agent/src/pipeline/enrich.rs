@@ -7,9 +7,13 @@ use agent_common::ThrottleKey;
 
 use super::{Judgement, held};
 use crate::{
-    cloudevents::{self, Context, VigilEvent, shared::Shared},
+    cloudevents::{self, Context, NodeNames, VigilEvent},
     event,
-    metadata::{cgroup::CgroupPaths, cluster::PodLookup, process::ProcessCache},
+    metadata::{
+        cgroup::{CgroupPaths, Resolved},
+        cluster::PodLookup,
+        process::ProcessCache,
+    },
     pipeline::cluster::ClusterLink,
 };
 
@@ -20,7 +24,7 @@ const METADATA_WAIT: Duration = Duration::from_secs(2);
 struct Held {
     event: event::Event,
     judgement: Judgement,
-    cgroup_path: Option<Shared<str>>,
+    cgroup: Option<Resolved>,
     until: tokio::time::Instant,
 }
 
@@ -29,7 +33,7 @@ pub(crate) struct Enrich {
     cgroups: CgroupPaths,
     held: held::HeldQueue<Held>,
     /// The node's name as the events share it, made again only when the name changes.
-    node: Shared<str>,
+    node: NodeNames,
     /// Events finished and handed to the sinks.
     pub(crate) emitted: u64,
 }
@@ -40,7 +44,7 @@ impl Enrich {
             processes: ProcessCache::default(),
             cgroups: CgroupPaths::new(cgroup_root),
             held: held::HeldQueue::new(held::HELD_CAPACITY),
-            node: Shared::default(),
+            node: NodeNames::default(),
             emitted: 0,
         }
     }
@@ -54,15 +58,15 @@ impl Enrich {
         link: Option<&ClusterLink>,
         out: &mut dyn FnMut(VigilEvent, Option<ThrottleKey>),
     ) {
-        let cgroup_path = self.cgroups.path(event.header.cgroup_id);
-        let lookup = link.map(|l| l.lookup(cgroup_path.as_deref()));
+        let cgroup = self.cgroups.resolve(event.header.cgroup_id);
+        let lookup = link.map(|l| l.lookup(cgroup.as_ref().and_then(|c| c.pod.as_deref())));
         if matches!(lookup, Some(PodLookup::Unknown { .. })) {
             // A pod created a moment ago: its metadata is on the way.
             let until = tokio::time::Instant::now() + METADATA_WAIT;
             let waiting = Held {
                 event,
                 judgement,
-                cgroup_path,
+                cgroup,
                 until,
             };
             let Err(h) = self.held.hold(waiting) else {
@@ -77,11 +81,10 @@ impl Enrich {
                     "too many events waiting for their pod's metadata: sent without it"
                 );
             }
-            let finished =
-                self.finish(node, &h.event, &h.judgement, h.cgroup_path, lookup.as_ref());
+            let finished = self.finish(node, &h.event, &h.judgement, h.cgroup, lookup.as_ref());
             return self.send(out, finished, h.event.throttle_key());
         }
-        let finished = self.finish(node, &event, &judgement, cgroup_path, lookup.as_ref());
+        let finished = self.finish(node, &event, &judgement, cgroup, lookup.as_ref());
         self.send(out, finished, event.throttle_key());
     }
 
@@ -101,16 +104,16 @@ impl Enrich {
         node: &str,
         event: &event::Event,
         judgement: &Judgement,
-        cgroup_path: Option<Shared<str>>,
+        cgroup: Option<Resolved>,
         pod: Option<&PodLookup>,
     ) -> VigilEvent {
         let lineage = self.processes.lineage(event);
-        if *self.node != *node {
+        if *self.node.name != *node {
             self.node = node.into();
         }
         let ctx = Context {
             node: self.node.clone(),
-            cgroup_path,
+            cgroup_path: cgroup.map(|c| c.path),
             pod,
         };
         match judgement {
@@ -136,7 +139,7 @@ impl Enrich {
     ) {
         let now = tokio::time::Instant::now();
         for h in self.held.take_all() {
-            let lookup = link.map(|l| l.lookup(h.cgroup_path.as_deref()));
+            let lookup = link.map(|l| l.lookup(h.cgroup.as_ref().and_then(|c| c.pod.as_deref())));
             let wait = !all && now < h.until;
             let h = if matches!(lookup, Some(PodLookup::Unknown { .. })) && wait {
                 match self.held.hold(h) {
@@ -146,8 +149,7 @@ impl Enrich {
             } else {
                 h
             };
-            let finished =
-                self.finish(node, &h.event, &h.judgement, h.cgroup_path, lookup.as_ref());
+            let finished = self.finish(node, &h.event, &h.judgement, h.cgroup, lookup.as_ref());
             self.send(out, finished, h.event.throttle_key());
         }
     }

@@ -11,6 +11,7 @@ mod losses;
 mod pins;
 mod policy_files;
 pub mod run;
+mod seen_pods;
 mod verdict;
 use std::{path::PathBuf, time::Duration};
 
@@ -138,8 +139,11 @@ fn forward<'a>(
     telemetry: &'a Telemetry,
 ) -> impl FnMut(crate::cloudevents::VigilEvent, Option<agent_common::ThrottleKey>) + 'a {
     move |event, throttle| {
+        let event = std::sync::Arc::new(event);
         // A count stranded before this record came through goes out right after it.
-        let carried = throttle.and_then(|key| carry.remember(key, &event));
+        let carried = throttle
+            .and_then(|key| carry.remember(key, &event))
+            .map(std::sync::Arc::new);
         for event in std::iter::once(event).chain(carried) {
             let now = std::time::Instant::now();
             let event = match aggregate.as_mut() {
@@ -436,7 +440,7 @@ mod tests {
             header: test_violation(Action::Kill, "x"),
             body: Body::Exec(crate::event::Exec::plain(&format!("/tmp/x{i}"), Vec::new())),
         };
-        let pod = PodLookup::Found(PodInfo {
+        let pod = PodLookup::found(&PodInfo {
             namespace: format!("ns-{}", i % 7),
             name: format!("pod-{i}"),
             uid: format!("uid-{i}"),

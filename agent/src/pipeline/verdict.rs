@@ -176,7 +176,7 @@ mod tests {
             prevented: false,
             unjudged: false,
             undecided_set,
-            args: vec![path.into()],
+            args: vec![path.into()].into(),
             memfd: false,
             deleted: false,
             args_truncated: false,

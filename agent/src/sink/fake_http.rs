@@ -214,7 +214,7 @@ pub fn exec_violation(
         rule: "spec.exec.deny[0]".into(),
         text: "prefix /tmp/".into(),
     };
-    let pod = PodLookup::Found(PodInfo {
+    let pod = PodLookup::found(&PodInfo {
         namespace: "shop".into(),
         name: "web-1".into(),
         uid: "u-1".into(),

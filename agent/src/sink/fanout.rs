@@ -121,9 +121,9 @@ impl FanOut {
         Self { queues }
     }
 
-    /// Hands `event` to every sink without waiting.
-    pub fn send(&self, event: VigilEvent) {
-        let event = Arc::new(event);
+    /// Hands `event` to every sink without waiting; the sinks share the one allocation.
+    pub fn send(&self, event: impl Into<Arc<VigilEvent>>) {
+        let event = event.into();
         for q in self.queues.iter().filter(|q| q.filter.wants(&event)) {
             if q.tx.try_send(event.clone()).is_ok() {
                 q.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -285,7 +285,7 @@ mod tests {
             Box::pin(async move {
                 let _open = self.gate.acquire().await.expect("gate");
                 let mut seen = self.seen.lock().expect("seen");
-                seen.extend(events.iter().map(|e| e.id.clone()));
+                seen.extend(events.iter().map(|e| e.id.to_string()));
                 Ok(())
             })
         }
@@ -345,7 +345,7 @@ mod tests {
             4,
         );
         let sent: Vec<VigilEvent> = (0..20).map(|_| event()).collect();
-        let ids: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+        let ids: Vec<String> = sent.iter().map(|e| e.id.to_string()).collect();
         for (i, e) in sent.into_iter().enumerate() {
             fan.send(e);
             if i % 2 == 1 {

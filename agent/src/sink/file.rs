@@ -10,7 +10,7 @@ use std::{
 
 use futures::future::BoxFuture;
 
-use super::{Sink, SinkError, json_lines};
+use super::{Sink, SinkError, json_lines, reuse};
 use crate::cloudevents::VigilEvent;
 
 pub struct FileSink {
@@ -25,6 +25,8 @@ struct State {
     keep: u32,
     file: File,
     size: u64,
+    /// The batch buffer, kept from batch to batch.
+    buf: Vec<u8>,
 }
 
 fn io_error(sink: &str, path: &Path, e: std::io::Error) -> SinkError {
@@ -51,6 +53,7 @@ impl FileSink {
                 keep: keep.max(1),
                 file,
                 size,
+                buf: Vec::new(),
             }),
         })
     }
@@ -106,14 +109,41 @@ impl State {
         Ok(())
     }
 
-    /// Writes the lines, rotating first whenever the next line would not fit.
-    fn write_lines(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        for line in bytes.split_inclusive(|&b| b == b'\n') {
-            if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
-                self.rotate()?;
+    /// Writes the lines, rotating first whenever the next line would not fit; the lines that
+    /// fit before a rotation go out in one write. A line longer than a whole file gets a file
+    /// of its own.
+    fn write_lines(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        // At most one rotation per line, as when each line was written on its own: a file
+        // that another writer filled again at once does not rotate the kept files away.
+        let mut rotated = false;
+        while !bytes.is_empty() {
+            let room = self.max_bytes.saturating_sub(self.size);
+            let mut fit = 0;
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if (fit + line.len()) as u64 > room {
+                    break;
+                }
+                fit += line.len();
             }
-            self.file.write_all(line)?;
-            self.size += line.len() as u64;
+            if fit == 0 {
+                if self.size > 0 && !rotated {
+                    self.rotate()?;
+                    rotated = true;
+                    continue;
+                }
+                fit = bytes
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |end| end + 1);
+            }
+            if let Err(e) = self.file.write_all(&bytes[..fit]) {
+                // Part of it may have landed: the size is the file's own.
+                self.size = self.file.metadata().map_or(self.size, |m| m.len());
+                return Err(e);
+            }
+            self.size += fit as u64;
+            rotated = false;
+            bytes = &bytes[fit..];
         }
         Ok(())
     }
@@ -129,8 +159,23 @@ impl Sink for FileSink {
         events: &'a [Arc<VigilEvent>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let bytes = json_lines(&self.name, events)?;
-            self.with_state(move |s| s.write_lines(&bytes)).await
+            let name = &self.name;
+            let state = self.state.as_mut().ok_or_else(|| SinkError::Write {
+                sink: name.clone(),
+                source: std::io::Error::other("the file was lost when an earlier write panicked"),
+            })?;
+            let encoded = json_lines(name, events, &mut state.buf);
+            if encoded.is_err() {
+                state.buf.clear();
+            }
+            encoded?;
+            self.with_state(|s| {
+                let buf = std::mem::take(&mut s.buf);
+                let written = s.write_lines(&buf);
+                s.buf = reuse(buf);
+                written
+            })
+            .await
         })
     }
 
@@ -186,7 +231,7 @@ mod tests {
                     .map(|e| e["id"].as_str().unwrap().to_string()),
             );
         }
-        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
         // The oldest events went with the file rotated out; the rest are all there, in order.
         assert!(
             !seen.is_empty() && seen.len() < ids.len(),
@@ -220,5 +265,28 @@ mod tests {
                 .unwrap()
                 .starts_with("xxx")
         );
+    }
+
+    #[test]
+    fn a_line_longer_than_a_file_gets_a_file_of_its_own_and_none_is_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut sink = FileSink::new("archive".into(), path.clone(), 10, 5).unwrap();
+        let state = sink.state.as_mut().unwrap();
+        state
+            .write_lines(b"a\nbb\nccccccccccccccccc\nd\neeeee\nf\n")
+            .unwrap();
+        let read = |n: u32| {
+            let file = if n == 0 {
+                path.clone()
+            } else {
+                dir.path().join(format!("events.jsonl.{n}"))
+            };
+            std::fs::read_to_string(file).unwrap()
+        };
+        // Oldest first: the lines that fit, the long line alone, then the rest.
+        assert_eq!(read(2), "a\nbb\n");
+        assert_eq!(read(1), "ccccccccccccccccc\n");
+        assert_eq!(read(0), "d\neeeee\nf\n");
     }
 }

@@ -454,13 +454,25 @@ impl HttpSink {
                 })
                 .collect(),
             HttpMode::Batch => {
-                let mut encoded = Vec::with_capacity(events.len());
+                // Every event into one buffer, then cut: one allocation per batch, not one
+                // per event.
+                let mut all = Vec::with_capacity(events.len() * 1024);
+                let mut ends = Vec::with_capacity(events.len());
                 for event in events {
-                    let json = event
-                        .to_json()
+                    event
+                        .write_json(&mut all)
                         .map_err(|e| self.encode_error(&event.id, e))?;
-                    encoded.push((event.id.as_str(), json));
+                    ends.push(all.len());
                 }
+                let encoded: Vec<(&str, &[u8])> = events
+                    .iter()
+                    .zip(&ends)
+                    .scan(0, |start, (event, &end)| {
+                        let json = &all[*start..end];
+                        *start = end;
+                        Some((event.id.as_str(), json))
+                    })
+                    .collect();
                 chunks(&encoded, self.batch_max_events, self.batch_max_bytes)
                     .into_iter()
                     .map(|chunk| {

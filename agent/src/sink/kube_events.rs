@@ -106,7 +106,7 @@ pub fn event_for(event: &VigilEvent) -> Option<(ObjectReference, Event)> {
         Member::Connect(c) => (
             "ConnectDenied",
             match (&c.daddr, c.dport) {
-                (Some(a), Some(p)) if a.contains(':') => format!("connect to [{a}]:{p}"),
+                (Some(a), Some(p)) if a.is_ipv6() => format!("connect to [{a}]:{p}"),
                 (Some(a), Some(p)) => format!("connect to {a}:{p}"),
                 _ => format!("{} socket ({})", c.protocol, c.socket_type),
             },
@@ -293,7 +293,7 @@ mod tests {
     }
 
     fn found() -> PodLookup {
-        PodLookup::Found(PodInfo {
+        PodLookup::found(&PodInfo {
             namespace: "shop".into(),
             name: "web-0".into(),
             uid: "u-1".into(),

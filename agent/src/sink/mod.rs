@@ -211,21 +211,35 @@ pub trait SinkCounters: std::fmt::Debug + Send + Sync {
     }
 }
 
-/// `events` as CloudEvents in structured-mode JSON, one per line.
-pub fn json_lines(sink: &str, events: &[Arc<VigilEvent>]) -> Result<Vec<u8>, SinkError> {
-    let mut buf = Vec::with_capacity(events.len() * 1024);
+/// `events` as CloudEvents in structured-mode JSON, one per line, appended to `buf` (a buffer
+/// the sink keeps from batch to batch, so that a flood does not allocate one per batch).
+pub fn json_lines(
+    sink: &str,
+    events: &[Arc<VigilEvent>],
+    buf: &mut Vec<u8>,
+) -> Result<(), SinkError> {
+    buf.reserve(events.len() * 1024);
     for event in events {
         let encode = |source: Box<dyn std::error::Error + Send + Sync>| SinkError::Encode {
             sink: sink.to_string(),
-            id: event.id.clone(),
+            id: event.id.to_string(),
             source,
         };
-        event
-            .write_json(&mut buf)
-            .map_err(|e| encode(Box::new(e)))?;
+        event.write_json(buf).map_err(|e| encode(Box::new(e)))?;
         buf.push(b'\n');
     }
-    Ok(buf)
+    Ok(())
+}
+
+/// A batch buffer handed back for the next batch: emptied, and let go of when one batch made
+/// it much larger than batches usually are.
+pub fn reuse(mut buf: Vec<u8>) -> Vec<u8> {
+    const KEEP: usize = 4 << 20;
+    if buf.capacity() > KEEP {
+        return Vec::new();
+    }
+    buf.clear();
+    buf
 }
 
 /// How long a sink with a spool keeps retrying one batch before it gives up on it: the spool

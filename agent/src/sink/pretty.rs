@@ -96,7 +96,7 @@ mod tests {
                 path: "/tmp/evil".into(),
                 exe_path: Some("/tmp/evil".into()),
                 exe_name: "evil".into(),
-                args: vec!["/tmp/evil".into(), "-x".into()],
+                args: vec!["/tmp/evil".into(), "-x".into()].into(),
                 memfd: false,
                 deleted: true,
                 script: false,

@@ -188,7 +188,7 @@ impl SplunkSink {
     fn encode(&self, event: &VigilEvent, out: &mut Vec<u8>) -> Result<(), SinkError> {
         let encode_error = |e: Box<dyn std::error::Error + Send + Sync>| SinkError::Encode {
             sink: self.name.clone(),
-            id: event.id.clone(),
+            id: event.id.to_string(),
             source: e,
         };
         let mut write = || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -619,7 +619,7 @@ mod tests {
 
     fn event(path: &str) -> Arc<VigilEvent> {
         let mut event = exec_violation("evil", path, BTreeMap::new());
-        event.id = uuid::Uuid::new_v4().to_string();
+        event.id = crate::event::EventId::random();
         Arc::new(event)
     }
 

@@ -200,7 +200,7 @@ impl Sink for SpooledSink {
             for event in events {
                 let encode = |source: Box<dyn std::error::Error + Send + Sync>| SinkError::Encode {
                     sink: self.name.clone(),
-                    id: event.id.clone(),
+                    id: event.id.to_string(),
                     source,
                 };
                 records.push(event.to_json().map_err(|e| encode(Box::new(e)))?);

@@ -1,4 +1,6 @@
 //! `data.connect` of a `dev.vigil.connect.v1` CloudEvent, and its readable line.
+use std::{borrow::Cow, net::IpAddr};
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -38,14 +40,17 @@ pub struct ConnectData {
     /// IP protocol: `tcp`, `udp`, or `ip-<n>` for another IP protocol number (UDP-Lite is
     /// `ip-136`, ICMP `ip-1`).
     #[schemars(regex(pattern = r"^(tcp|udp|ip-[0-9]+)$"))]
-    pub protocol: String,
+    pub protocol: Cow<'static, str>,
     /// Address family. An IPv4-mapped IPv6 destination (dual-stack socket) is reported as
     /// IPv4.
     pub family: Family,
     /// Destination address (dotted quad, or RFC 5952 IPv6 text) as the kernel uses it: an
     /// unspecified address (0.0.0.0, ::) is reported as the loopback address it reaches. Null
     /// only for `hook: socket`.
-    pub daddr: Option<String>,
+    // Kept as the address and written as its text (serde's human-readable form, the same
+    // `Display` text) while the event is serialized: no string made per event.
+    #[schemars(with = "Option<String>")]
+    pub daddr: Option<IpAddr>,
     /// Destination port; null only for `hook: socket`.
     pub dport: Option<u16>,
     /// `connect` (a connect by any path), `sendmsg` (a datagram with an explicit destination)
@@ -54,7 +59,7 @@ pub struct ConnectData {
     /// The socket's type as socket(2) names it: stream, dgram, raw, rdm, seqpacket, or
     /// type-<n>.
     #[schemars(regex(pattern = r"^(stream|dgram|raw|rdm|seqpacket|type-[0-9]+)$"))]
-    pub socket_type: String,
+    pub socket_type: Cow<'static, str>,
 }
 
 /// The member a connect event adds to the shared data.
@@ -69,7 +74,7 @@ impl From<&Connect> for ConnectData {
         Self {
             protocol: c.protocol.name(),
             family: if c.ipv4 { Family::Ipv4 } else { Family::Ipv6 },
-            daddr: c.daddr.map(|a| a.to_string()),
+            daddr: c.daddr,
             dport: c.dport,
             hook: c.hook,
             socket_type: sock_type_name(c.sock_type),
@@ -89,7 +94,7 @@ impl ConnectData {
             None => format!("{} {family} socket {}", self.protocol, self.socket_type),
             Some(addr) => {
                 let port = self.dport.map_or("-".to_string(), |p| p.to_string());
-                if addr.contains(':') {
+                if addr.is_ipv6() {
                     format!("{} {hook} [{addr}]:{port}", self.protocol)
                 } else {
                     format!("{} {hook} {addr}:{port}", self.protocol)

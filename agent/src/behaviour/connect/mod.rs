@@ -3,7 +3,10 @@
 pub mod compile;
 mod data;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use agent_common::{ConnectEvent, connect_hook};
 
@@ -17,11 +20,12 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn name(&self) -> String {
+    /// `tcp`, `udp`, `ip-<n>`: borrowed for the two every flood is made of.
+    pub fn name(&self) -> Cow<'static, str> {
         match self {
-            Self::Tcp => "tcp".into(),
-            Self::Udp => "udp".into(),
-            Self::Other(n) => format!("ip-{n}"),
+            Self::Tcp => Cow::Borrowed("tcp"),
+            Self::Udp => Cow::Borrowed("udp"),
+            Self::Other(n) => Cow::Owned(format!("ip-{n}")),
         }
     }
 }
@@ -64,15 +68,15 @@ pub struct Connect {
 }
 
 /// A socket type's name as `socket(2)` spells it, lower case.
-pub fn sock_type_name(t: u32) -> String {
-    match t {
-        1 => "stream".into(),
-        2 => "dgram".into(),
-        3 => "raw".into(),
-        4 => "rdm".into(),
-        5 => "seqpacket".into(),
-        n => format!("type-{n}"),
-    }
+pub fn sock_type_name(t: u32) -> Cow<'static, str> {
+    Cow::Borrowed(match t {
+        1 => "stream",
+        2 => "dgram",
+        3 => "raw",
+        4 => "rdm",
+        5 => "seqpacket",
+        n => return Cow::Owned(format!("type-{n}")),
+    })
 }
 
 fn ip(family: u16, addr: &[u8; 16]) -> IpAddr {

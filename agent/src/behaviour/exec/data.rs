@@ -3,7 +3,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Exec;
-use crate::cloudevents::schema::{is_false, only_true};
+use crate::cloudevents::{
+    schema::{is_false, only_true},
+    shared::Shared,
+};
 
 /// dev.vigil.exec.v1: a program was executed (successful execve/execveat).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -17,7 +20,7 @@ pub struct ExecData {
     /// `memfd:payload` for an anonymous memory file).
     pub exe_name: String,
     /// The new program's arguments, argv[0] first (possibly truncated, see `argsTruncated`).
-    pub args: Vec<String>,
+    pub args: Shared<[String]>,
     /// The executed file, its interpreter, or a script run from a descriptor lives on a
     /// kernel-internal file system (memfd_create and other anonymous files): fileless
     /// execution. Told by the file system, never by the name.

@@ -42,7 +42,8 @@ pub struct Exec {
     pub unjudged: bool,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
-    pub args: Vec<String>,
+    /// Shared with the process cache and the event: read from the record once, copied never.
+    pub args: crate::cloudevents::shared::Shared<[String]>,
     pub memfd: bool,
     pub deleted: bool,
     pub args_truncated: bool,
@@ -66,7 +67,7 @@ impl Exec {
             prevented: false,
             unjudged: false,
             undecided_set: None,
-            args,
+            args: args.into(),
             memfd: false,
             deleted: false,
             args_truncated: false,
@@ -91,7 +92,7 @@ impl Exec {
             unjudged: flag(exec_flags::UNJUDGED),
             undecided_set: flag(exec_flags::UNDECIDED)
                 .then(|| agent_common::rule_id::set(e.header.rule)),
-            args: split_args(&e.args, e.args_len, e.argc),
+            args: split_args(&e.args, e.args_len, e.argc).into(),
             memfd: flag(exec_flags::MEMFD),
             deleted: flag(exec_flags::DELETED),
             args_truncated: flag(exec_flags::ARGS_TRUNCATED),
