@@ -1239,21 +1239,31 @@ fn helm_uninstall_leaves_no_program_map_or_pin_behind(ctx: &Ctx) -> Result<()> {
     })?;
     let pins = Path::new("/sys/fs/bpf/vigil");
     ensure!(!pins.exists(), "{} is left behind", pins.display());
-    // Maps go with the last program and pin that holds them.
-    let ours = [
-        "EMITTER",
-        "CGROUP_SETS",
-        "POLICY_SETS",
-        "EXEC_PATHS",
-        "TASK_EXE",
-        "EVENTS",
-    ];
-    let left: Vec<String> = aya::maps::loaded_maps()
-        .filter_map(Result::ok)
-        .filter_map(|m| m.name_as_str().map(str::to_owned))
-        .filter(|name| ours.contains(&name.as_str()))
-        .collect();
-    ensure!(left.is_empty(), "maps left behind: {left:?}");
+    // Maps go with the last program and pin that holds them, but not at once: the kernel
+    // drops an unloaded program's maps after an RCU grace period and frees them from a work
+    // queue, which under emulation can trail the program's own removal by seconds.
+    let left = || -> Vec<String> {
+        let ours = [
+            "EMITTER",
+            "CGROUP_SETS",
+            "POLICY_SETS",
+            "EXEC_PATHS",
+            "TASK_EXE",
+            "EVENTS",
+        ];
+        aya::maps::loaded_maps()
+            .filter_map(Result::ok)
+            .filter_map(|m| m.name_as_str().map(str::to_owned))
+            .filter(|name| ours.contains(&name.as_str()))
+            .collect()
+    };
+    if wait("the agent's maps to be freed", || {
+        Ok(left().is_empty().then_some(()))
+    })
+    .is_err()
+    {
+        bail!("maps left behind: {:?}", left());
+    }
     Ok(())
 }
 
