@@ -15,9 +15,10 @@ use crate::{
     util::{self, cargo, describe, run_checked, secs, step, workspace_root},
 };
 
-/// The steps run so far, with their durations and outcomes.
+/// The steps run so far, with their durations and outcomes, and what the lanes under QEMU
+/// said each of their runs took (printed under the steps: CI shows only the end of the output).
 #[derive(Default)]
-struct Steps(Vec<(String, Duration, bool)>);
+struct Steps(Vec<(String, Duration, bool)>, Vec<String>);
 
 impl Steps {
     fn run(&mut self, name: String, body: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -55,6 +56,9 @@ pub fn run(extra: &[String]) -> Result<()> {
     for (name, took, ok) in &steps.0 {
         let outcome = if *ok { "ok" } else { "FAILED" };
         println!("  {:>8}  {outcome:<6}  {name}", secs(*took));
+    }
+    for line in &steps.1 {
+        println!("  {line}");
     }
     // The closing line: every test binary's totals added up.
     println!(
@@ -222,12 +226,18 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
         node_guest.stop();
     }
     host?;
-    let vm_tests = steps.run(beside.name(), || beside.finish(counts));
+    let mut run_times = Vec::new();
+    let vm_tests = steps.run(beside.name(), || beside.finish(counts, &mut run_times));
     if vm_tests.is_err() {
         node_guest.stop();
     }
-    vm_tests?;
-    steps.run(node_guest.name(), || node_guest.finish(counts))
+    let node = vm_tests.and_then(|()| {
+        steps.run(node_guest.name(), || {
+            node_guest.finish(counts, &mut run_times)
+        })
+    });
+    steps.1 = run_times;
+    node
 }
 
 /// What runs under QEMU beside the host's tests.
@@ -291,14 +301,26 @@ impl Lane {
                     prevention(&others[1..]),
                     PREEMPTION_TESTS.join(" ")
                 ),
-                // And once without BPF LSM, where nothing refuses an exec before the act and
-                // every exec must still be judged or killed (`agent-ebpf/src/judged.rs`).
+            ],
+            Lane::NodeGuest(_) => vec![
+                prevention(&others[..1]),
+                // The newest once more without BPF LSM, where nothing refuses an exec before
+                // the act and every exec must still be judged or killed
+                // (`agent-ebpf/src/judged.rs`). In this lane: CI's run of 2026-12-03 had the
+                // vm-test lane end 781 s after the host's tests and this one before them.
                 format!(
                     "vm-test --without-bpf-lsm --kernel newest -- {}",
                     PREEMPTION_TESTS.join(" ")
                 ),
             ],
-            Lane::NodeGuest(_) => vec![prevention(&others[..1])],
+        }
+    }
+
+    /// A short name for the summary's lines.
+    fn label(&self) -> &'static str {
+        match self {
+            Lane::VmTests => "vm-test lane",
+            Lane::NodeGuest(_) => "node guest lane",
         }
     }
 
@@ -320,23 +342,43 @@ impl Lane {
     }
 
     /// The lane's shell script (`$0` is xtask): every run, whatever the one before it did;
-    /// the lane fails if one failed.
+    /// the lane fails if one failed. Each run ends with a `RUN_TIME` line: its wall time,
+    /// outcome and what it was.
     fn script(&self) -> String {
         let mut script = "rc=0\n".to_owned();
-        if let Lane::NodeGuest(guest_script) = self {
+        let mut timed = |what: &str, command: String| {
             script.push_str(&format!(
-                "\"$0\" test --guest-script '{}' || rc=1\n",
-                guest_script.display()
+                "s=$(date +%s); if {command}; then r=ok; else r=FAILED; rc=1; fi\n\
+                 echo \"{RUN_TIME} $(( $(date +%s) - s ))s $r {what}\"\n"
             ));
+        };
+        if let Lane::NodeGuest(guest_script) = self {
+            timed(
+                "the node guest",
+                format!("\"$0\" test --guest-script '{}'", guest_script.display()),
+            );
         }
         for run in self.vm_test_runs() {
             let (_, args) = run.split_once(' ').expect("`vm-test ARGS`");
-            script.push_str(&format!("\"$0\" vm-test --staged {args} || rc=1\n"));
+            let kernels: Vec<&str> = args
+                .split(" -- ")
+                .next()
+                .unwrap_or(args)
+                .split_whitespace()
+                .filter(|word| *word != "--kernel")
+                .collect();
+            timed(
+                &format!("vm-test {}", kernels.join(" ")),
+                format!("\"$0\" vm-test --staged {args}"),
+            );
         }
         script.push_str("exit $rc\n");
         script
     }
 }
+
+/// How a lane's script marks the line that says what one of its runs took.
+const RUN_TIME: &str = "lane run took";
 
 impl Beside {
     fn name(&self) -> String {
@@ -386,14 +428,18 @@ impl Beside {
     }
 
     /// Waits for the runs and adds up their tests; prints the vm-test tables or the node
-    /// guest's output, and the log's end when a run failed.
-    fn finish(&mut self, counts: &mut Counts) -> Result<()> {
+    /// guest's output, and the log's end when a run failed. Adds each run's time to
+    /// `run_times`.
+    fn finish(&mut self, counts: &mut Counts, run_times: &mut Vec<String>) -> Result<()> {
         let status = self.child.wait()?;
         self.ended = true;
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         for line in &lines {
             counts.add_line(line);
+            if let Some(run) = line.strip_prefix(RUN_TIME) {
+                run_times.push(format!("{}:{run}", self.lane.label()));
+            }
         }
         if status.success() {
             let mut in_table = false;
@@ -618,7 +664,7 @@ mod tests {
 
     /// The two lanes run every prevention kernel exactly once with BPF LSM, the oldest with
     /// its fallback tests, the newest once more without BPF LSM, and the node guest's lane
-    /// boots the node guest first.
+    /// boots the node guest first; every run says what it took.
     #[test]
     fn the_lanes_share_the_prevention_kernels_and_the_node_guest_goes_first() {
         use crate::vm_test::{FALLBACK_TESTS, OLDEST, PREVENTION_KERNELS};
@@ -662,6 +708,35 @@ mod tests {
         let vm_test = script.find("vm-test --staged").expect("vm-test");
         assert!(guest < vm_test, "{script}");
         assert!(script.ends_with("exit $rc\n"), "{script}");
+        // Run with `true` and `false` standing in for xtask: each run reports its time and
+        // outcome, and the lane's status is a failure's.
+        for (xtask, outcome, success) in [("true", "ok", true), ("false", "FAILED", false)] {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &script, xtask])
+                .output()
+                .expect("sh");
+            let text = String::from_utf8_lossy(&out.stdout);
+            // `lane run took 0s ok vm-test 6.12`: the seconds, then the outcome and the run.
+            let runs: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("lane run took "))
+                .filter_map(|l| {
+                    let (secs, run) = l.split_once("s ")?;
+                    assert!(secs.parse::<u64>().is_ok(), "{l}");
+                    Some(run)
+                })
+                .collect();
+            assert_eq!(
+                runs,
+                [
+                    format!("{outcome} the node guest"),
+                    format!("{outcome} vm-test 6.12"),
+                    format!("{outcome} vm-test --without-bpf-lsm newest"),
+                ],
+                "{text}"
+            );
+            assert_eq!(out.status.success(), success, "{text}");
+        }
     }
 
     #[test]
