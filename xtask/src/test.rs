@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the full suite, what CI runs (`.ci/run`). Stops at the first failure.
 //!
-//! Before the tests it builds the Kubernetes test binaries (`k8s_env::ensure`; Go is required)
+//! Beside clippy and the build it builds the Kubernetes test binaries (`k8s_env::ensure`; Go is required)
 //! and hands their directory to the tests as `VIGIL_K8S_BIN`. After the host's tests, the
 //! node tests run again on a pure cgroup v2 kernel, Debian's 6.12 in QEMU (`guest.rs`).
 use std::{
@@ -149,25 +149,37 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     report_free_space();
     steps.run("setup".to_owned(), || setup::run().map(|_| ()))?;
     steps.command(cargo_with(&["fmt", "--all", "--", "--check"]))?;
-    steps.command(cargo_with(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    steps.command(crate::build::command(false))?;
     // The Kubernetes binaries, etcd and helm for the tests that run a real control plane or
     // node (testenv): built from k8s-env/ once, skipped while present and matching the pins.
+    // From nothing that is a long Go build (601 s in CI on 2026-12-03), much of it fetching
+    // modules or on the cores cargo leaves idle at the serial ends of its builds: it runs
+    // beside clippy and the build, and is waited for even when they fail (no orphaned `go`).
+    let k8s_build = std::thread::spawn(k8s_env::ensure);
+    let rust_builds = steps
+        .command(cargo_with(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+        .and_then(|()| steps.command(crate::build::command(false)));
     let mut k8s_bin = None;
-    steps.run(
-        "k8s-env (the Kubernetes binaries, etcd, helm)".to_owned(),
+    let k8s = steps.run(
+        "k8s-env (the Kubernetes binaries, etcd, helm; built beside clippy and the build, \
+         this is the wait after them)"
+            .to_owned(),
         || {
-            k8s_bin = Some(k8s_env::ensure()?);
+            let built = k8s_build
+                .join()
+                .map_err(|_| anyhow::anyhow!("the k8s-env build's thread panicked"))?;
+            k8s_bin = Some(built?);
             Ok(())
         },
-    )?;
+    );
+    rust_builds?;
+    k8s?;
 
     let debug = workspace_root().join("target/debug");
     // The images of the node tests (agent/tests/node.rs): the agent's from this build, the
