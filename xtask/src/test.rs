@@ -1,8 +1,9 @@
 //! `cargo xtask test`: the full suite, what CI runs (`.ci/run`). Stops at the first failure.
 //!
-//! Beside clippy and the build it builds the Kubernetes test binaries (`k8s_env::ensure`; Go is required)
-//! and hands their directory to the tests as `VIGIL_K8S_BIN`. After the host's tests, the
-//! node tests run again on a pure cgroup v2 kernel, Debian's 6.12 in QEMU (`guest.rs`).
+//! Beside clippy and the build it builds the Kubernetes test binaries (`k8s_env::ensure`; Go
+//! is required) and hands their directory to the tests as `VIGIL_K8S_BIN`. Beside the host's
+//! tests, two lanes run under QEMU: the vm-test kernels, and the node tests on a pure cgroup
+//! v2 kernel, Debian's 6.12 (`guest.rs`), followed by more vm-test kernels.
 use std::{
     process::Command,
     time::{Duration, Instant},
