@@ -199,7 +199,28 @@ enum Command {
     /// Attach an empty program to every hook Vigil attaches to, until SIGINT or SIGTERM:
     /// the floor `cargo xtask bench` measures Vigil against. Decides and reports nothing.
     #[command(hide = true)]
-    Floor,
+    Floor {
+        /// Leave these hooks out, to measure what they cost: `raw-syscalls` (the raw
+        /// `sys_enter` and `sys_exit`) or `syscalls` (every system call hook).
+        #[arg(long, value_name = "HOOKS")]
+        without: Vec<FloorLeaveOut>,
+    },
+}
+
+/// `vigil floor --without`'s values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FloorLeaveOut {
+    RawSyscalls,
+    Syscalls,
+}
+
+impl FloorLeaveOut {
+    fn leave_out(self) -> vigil::ebpf::floor::LeaveOut {
+        match self {
+            Self::RawSyscalls => vigil::ebpf::floor::LeaveOut::RawSyscalls,
+            Self::Syscalls => vigil::ebpf::floor::LeaveOut::Syscalls,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -360,8 +381,9 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Floor => with_signals(|mut rx| async move {
-            let floor = vigil::ebpf::floor::Floor::attach(None)?;
+        Command::Floor { without } => with_signals(|mut rx| async move {
+            let leave_out: Vec<_> = without.iter().map(|w| w.leave_out()).collect();
+            let floor = vigil::ebpf::floor::Floor::attach(None, &leave_out)?;
             tracing::info!(
                 hooks = floor.attached,
                 lsm = floor.lsm,

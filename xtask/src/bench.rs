@@ -2,9 +2,10 @@
 //! program on the same hooks costs and against a peer doing the same work.
 //!
 //! Each workload (`vigil-scenario bench-<workload> <N>`, which prints `ns_per_op=<float>`)
-//! runs in a cgroup of its own under five modes: nothing attached (the baseline); `vigil
+//! runs in a cgroup of its own under seven modes: nothing attached (the baseline); `vigil
 //! floor`, an empty program on every hook Vigil attaches to (the floor no code on those hooks
-//! can go below); bpftrace running a script that reports what `vigil trace` reports (every
+//! can go below), and the same without the raw syscall tracepoints and without any syscall
+//! hook (what those cost on their own); bpftrace running a script that reports what `vigil trace` reports (every
 //! exec, connect, datagram destination and W^X request); `vigil trace --output json`
 //! streaming every event; and `vigil run` enforcing a policy on that cgroup that allows all
 //! the workloads do (every decision made, every event filtered, in the kernel). A round runs
@@ -61,14 +62,20 @@ const STDERR_TAIL_LINES: usize = 40;
 enum Mode {
     Baseline,
     Floor,
+    /// The floor without the raw `sys_enter` and `sys_exit` tracepoints: what those two cost.
+    FloorNoRaw,
+    /// The floor without any system call hook: what is left where BPF LSM takes their place.
+    FloorNoSyscalls,
     Bpftrace,
     Trace,
     Run,
 }
 
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 7] = [
     Mode::Baseline,
     Mode::Floor,
+    Mode::FloorNoRaw,
+    Mode::FloorNoSyscalls,
     Mode::Bpftrace,
     Mode::Trace,
     Mode::Run,
@@ -79,6 +86,8 @@ impl Mode {
         match self {
             Self::Baseline => "baseline",
             Self::Floor => "floor",
+            Self::FloorNoRaw => "floor-no-raw",
+            Self::FloorNoSyscalls => "floor-no-syscalls",
             Self::Bpftrace => "bpftrace",
             Self::Trace => "trace",
             Self::Run => "run",
@@ -426,6 +435,13 @@ impl Bench<'_> {
         match mode {
             Mode::Baseline => Ok(None),
             Mode::Floor => agent(&["floor"], "the floor is attached"),
+            Mode::FloorNoRaw => agent(
+                &["floor", "--without", "raw-syscalls"],
+                "the floor is attached",
+            ),
+            Mode::FloorNoSyscalls => {
+                agent(&["floor", "--without", "syscalls"], "the floor is attached")
+            }
             Mode::Trace => agent(&["trace", "--output", "json"], "vigil is tracing"),
             Mode::Run => agent(
                 &["run", "--output", "json", "--policy", &policy],
@@ -809,11 +825,13 @@ fn print_table(workloads: &[Workload], peak_rss_kib: &[u64; MODES.len()]) {
     use Mode::*;
     println!();
     println!(
-        "{:<9} {:>9} {:>10} | {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9} | {:>9}",
+        "{:<9} {:>9} {:>10} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9} | {:>9}",
         "workload",
         "iter",
         "base ns/op",
         "floor",
+        "fl-noraw",
+        "fl-nosys",
         "bpftrace",
         "trace",
         "run",
@@ -823,11 +841,13 @@ fn print_table(workloads: &[Workload], peak_rss_kib: &[u64; MODES.len()]) {
     );
     for w in workloads {
         println!(
-            "{:<9} {:>9} {:>10.1} | {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {:>9} {:>9} | {:>9.3}",
+            "{:<9} {:>9} {:>10.1} | {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {:>9} {:>9} | {:>9.3}",
             w.name,
             w.iterations,
             w.median(Baseline),
             w.ratio(Floor, Baseline),
+            w.ratio(FloorNoRaw, Baseline),
+            w.ratio(FloorNoSyscalls, Baseline),
             w.ratio(Bpftrace, Baseline),
             w.ratio(Trace, Baseline),
             w.ratio(Run, Baseline),
@@ -838,12 +858,14 @@ fn print_table(workloads: &[Workload], peak_rss_kib: &[u64; MODES.len()]) {
     }
     println!(
         "ratios to the baseline (medians); trace/fl and run/fl: above the floor (empty programs on \
-         every hook Vigil attaches to); trace/bpf: vigil trace over bpftrace doing the same work"
+         every hook Vigil attaches to); fl-noraw: the floor without the raw sys_enter and \
+         sys_exit; fl-nosys: the floor without any system call hook; trace/bpf: vigil trace \
+         over bpftrace doing the same work"
     );
     for w in workloads {
         println!("  {:<9} {}", w.name, w.what);
     }
-    for mode in [Floor, Bpftrace, Trace, Run] {
+    for mode in [Floor, FloorNoRaw, FloorNoSyscalls, Bpftrace, Trace, Run] {
         let kib = peak_rss_kib[mode.index()];
         println!(
             "peak RSS (VmHWM) of {}: {kib} KiB ({:.1} MiB)",
@@ -864,7 +886,7 @@ fn write_json(results: &Results<'_>) -> Result<PathBuf> {
     let mut parts = Vec::new();
     if let Some((_, runs, peak_rss_kib)) = &results.overhead {
         parts.push(format!("  \"runs\": {runs}"));
-        let rss: Vec<String> = [Floor, Bpftrace, Trace, Run]
+        let rss: Vec<String> = [Floor, FloorNoRaw, FloorNoSyscalls, Bpftrace, Trace, Run]
             .iter()
             .map(|m| format!("\"{}\": {}", m.name(), peak_rss_kib[m.index()]))
             .collect();

@@ -40,6 +40,28 @@ fn stand_in(program: &str, hook: Hook, nth: usize) -> Result<&'static str, EbpfE
     found.ok_or_else(|| EbpfError::MissingProgram(format!("an empty stand-in for {program}")))
 }
 
+/// Hooks a floor can leave out, to measure what they cost on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveOut {
+    /// The raw `sys_enter` and `sys_exit` tracepoints, which run on every system call.
+    RawSyscalls,
+    /// Every system call hook: the raw ones and each `syscalls/*` tracepoint. What is left is
+    /// what a kernel with BPF LSM would need without syscall tracepoints: the scheduler and
+    /// cgroup tracepoints, the cgroup socket programs and the LSM hooks.
+    Syscalls,
+}
+
+impl LeaveOut {
+    /// Whether this leaves `hook` out.
+    pub fn covers(self, hook: Hook) -> bool {
+        let raw_syscall = matches!(hook, Hook::Raw("sys_enter" | "sys_exit"));
+        match self {
+            Self::RawSyscalls => raw_syscall,
+            Self::Syscalls => raw_syscall || matches!(hook, Hook::Tracepoint("syscalls", _)),
+        }
+    }
+}
+
 /// The empty programs attached; they detach when this is dropped.
 pub struct Floor {
     _ebpf: Ebpf,
@@ -50,7 +72,11 @@ pub struct Floor {
 }
 
 impl Floor {
-    pub fn attach(cgroup_root: Option<&std::path::Path>) -> Result<Self, EbpfError> {
+    /// Attaches an empty program on each of Vigil's hooks but those `leave_out` covers.
+    pub fn attach(
+        cgroup_root: Option<&std::path::Path>,
+        leave_out: &[LeaveOut],
+    ) -> Result<Self, EbpfError> {
         super::tracefs::ensure_tracefs()?;
         let mut ebpf = EbpfLoader::new().load(PROBES_OBJECT)?;
         let root_path = match cgroup_root {
@@ -78,6 +104,9 @@ impl Floor {
         let mut attached = if lsm { LSM.len() } else { 0 };
         let mut on_hook: HashMap<Hook, usize> = HashMap::new();
         for (program, hook) in attachments() {
+            if leave_out.iter().any(|l| l.covers(hook)) {
+                continue;
+            }
             let nth = on_hook.entry(hook).or_default();
             let empty = stand_in(program, hook, *nth)?;
             *nth += 1;
@@ -168,5 +197,27 @@ mod tests {
         for (_, empty) in LSM {
             assert!(symbols.contains(empty), "{empty} is not in the object");
         }
+    }
+
+    /// Leaving out the syscall hooks leaves no hook in tracefs' `syscalls` or `raw_syscalls`
+    /// categories and keeps every other; leaving out the raw ones keeps `syscalls/*`.
+    #[test]
+    fn leaving_out_syscall_hooks_goes_by_the_tracepoints_category() {
+        let category = |hook: Hook| hook.tracepoint().map(|(category, _)| category);
+        let hooks: Vec<Hook> = attachments().map(|(_, hook)| hook).collect();
+        for hook in &hooks {
+            let syscall = matches!(category(*hook), Some("syscalls" | "raw_syscalls"));
+            assert_eq!(LeaveOut::Syscalls.covers(*hook), syscall, "{hook:?}");
+            assert_eq!(
+                LeaveOut::RawSyscalls.covers(*hook),
+                category(*hook) == Some("raw_syscalls"),
+                "{hook:?}"
+            );
+        }
+        // Both kinds are there to leave out, and something stays when they are.
+        for leave_out in [LeaveOut::RawSyscalls, LeaveOut::Syscalls] {
+            assert!(hooks.iter().any(|h| leave_out.covers(*h)), "{leave_out:?}");
+        }
+        assert!(hooks.iter().any(|h| !LeaveOut::Syscalls.covers(*h)));
     }
 }
