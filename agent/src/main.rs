@@ -203,24 +203,8 @@ enum Command {
         /// Leave these hooks out, to measure what they cost: `raw-syscalls` (the raw
         /// `sys_enter` and `sys_exit`) or `syscalls` (every system call hook).
         #[arg(long, value_name = "HOOKS")]
-        without: Vec<FloorLeaveOut>,
+        without: Vec<vigil::ebpf::floor::LeaveOut>,
     },
-}
-
-/// `vigil floor --without`'s values.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum FloorLeaveOut {
-    RawSyscalls,
-    Syscalls,
-}
-
-impl FloorLeaveOut {
-    fn leave_out(self) -> vigil::ebpf::floor::LeaveOut {
-        match self {
-            Self::RawSyscalls => vigil::ebpf::floor::LeaveOut::RawSyscalls,
-            Self::Syscalls => vigil::ebpf::floor::LeaveOut::Syscalls,
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -382,8 +366,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Floor { without } => with_signals(|mut rx| async move {
-            let leave_out: Vec<_> = without.iter().map(|w| w.leave_out()).collect();
-            let floor = vigil::ebpf::floor::Floor::attach(None, &leave_out)?;
+            let floor = vigil::ebpf::floor::Floor::attach(None, &without)?;
             tracing::info!(
                 hooks = floor.attached,
                 lsm = floor.lsm,

@@ -5,8 +5,9 @@
 //! runs in a cgroup of its own under seven modes: nothing attached (the baseline); `vigil
 //! floor`, an empty program on every hook Vigil attaches to (the floor no code on those hooks
 //! can go below), and the same without the raw syscall tracepoints and without any syscall
-//! hook (what those cost on their own); bpftrace running a script that reports what `vigil trace` reports (every
-//! exec, connect, datagram destination and W^X request); `vigil trace --output json`
+//! hook (what those cost on their own); bpftrace running a script that reports what `vigil
+//! trace` reports (every exec, connect, datagram destination and W^X request); `vigil trace
+//! --output json`
 //! streaming every event; and `vigil run` enforcing a policy on that cgroup that allows all
 //! the workloads do (every decision made, every event filtered, in the kernel). A round runs
 //! every mode once, each round in another order, so that drift on a noisy machine spreads
@@ -431,17 +432,19 @@ impl Bench<'_> {
     /// Starts what `mode` runs beside the workloads (nothing for the baseline).
     fn start(&self, mode: Mode) -> Result<Option<Agent>> {
         let agent = |args: &[&str], ready| Agent::start(self.agent, args, ready).map(Some);
+        let floor = |without: &[&str]| {
+            let args: Vec<&str> = ["floor"]
+                .into_iter()
+                .chain(without.iter().copied())
+                .collect();
+            agent(&args, "the floor is attached")
+        };
         let policy = self.policy.display().to_string();
         match mode {
             Mode::Baseline => Ok(None),
-            Mode::Floor => agent(&["floor"], "the floor is attached"),
-            Mode::FloorNoRaw => agent(
-                &["floor", "--without", "raw-syscalls"],
-                "the floor is attached",
-            ),
-            Mode::FloorNoSyscalls => {
-                agent(&["floor", "--without", "syscalls"], "the floor is attached")
-            }
+            Mode::Floor => floor(&[]),
+            Mode::FloorNoRaw => floor(&["--without", "raw-syscalls"]),
+            Mode::FloorNoSyscalls => floor(&["--without", "syscalls"]),
             Mode::Trace => agent(&["trace", "--output", "json"], "vigil is tracing"),
             Mode::Run => agent(
                 &["run", "--output", "json", "--policy", &policy],
@@ -865,7 +868,7 @@ fn print_table(workloads: &[Workload], peak_rss_kib: &[u64; MODES.len()]) {
     for w in workloads {
         println!("  {:<9} {}", w.name, w.what);
     }
-    for mode in [Floor, FloorNoRaw, FloorNoSyscalls, Bpftrace, Trace, Run] {
+    for mode in MODES.into_iter().filter(|m| *m != Baseline) {
         let kib = peak_rss_kib[mode.index()];
         println!(
             "peak RSS (VmHWM) of {}: {kib} KiB ({:.1} MiB)",
@@ -886,8 +889,9 @@ fn write_json(results: &Results<'_>) -> Result<PathBuf> {
     let mut parts = Vec::new();
     if let Some((_, runs, peak_rss_kib)) = &results.overhead {
         parts.push(format!("  \"runs\": {runs}"));
-        let rss: Vec<String> = [Floor, FloorNoRaw, FloorNoSyscalls, Bpftrace, Trace, Run]
+        let rss: Vec<String> = MODES
             .iter()
+            .filter(|m| **m != Baseline)
             .map(|m| format!("\"{}\": {}", m.name(), peak_rss_kib[m.index()]))
             .collect();
         parts.push(format!("  \"peak_rss_kib\": {{{}}}", rss.join(", ")));

@@ -19,13 +19,16 @@ use crate::{
 /// The steps run so far, with their durations and outcomes, and what the lanes under QEMU
 /// said each of their runs took (printed under the steps: CI shows only the end of the output).
 #[derive(Default)]
-struct Steps(Vec<(String, Duration, bool)>, Vec<String>);
+struct Steps {
+    done: Vec<(String, Duration, bool)>,
+    lane_run_times: Vec<String>,
+}
 
 impl Steps {
     fn run(&mut self, name: String, body: impl FnOnce() -> Result<()>) -> Result<()> {
         let start = Instant::now();
         let result = step(&name, body);
-        self.0.push((name, start.elapsed(), result.is_ok()));
+        self.done.push((name, start.elapsed(), result.is_ok()));
         result
     }
 
@@ -54,11 +57,11 @@ pub fn run(extra: &[String]) -> Result<()> {
         "FAILED"
     };
     println!("test: {outcome} in {}", secs(start.elapsed()));
-    for (name, took, ok) in &steps.0 {
+    for (name, took, ok) in &steps.done {
         let outcome = if *ok { "ok" } else { "FAILED" };
         println!("  {:>8}  {outcome:<6}  {name}", secs(*took));
     }
-    for line in &steps.1 {
+    for line in &steps.lane_run_times {
         println!("  {line}");
     }
     // The closing line: every test binary's totals added up.
@@ -249,7 +252,7 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
             node_guest.finish(counts, &mut run_times)
         })
     });
-    steps.1 = run_times;
+    steps.lane_run_times = run_times;
     node
 }
 

@@ -40,8 +40,9 @@ fn stand_in(program: &str, hook: Hook, nth: usize) -> Result<&'static str, EbpfE
     found.ok_or_else(|| EbpfError::MissingProgram(format!("an empty stand-in for {program}")))
 }
 
-/// Hooks a floor can leave out, to measure what they cost on their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Hooks a floor can leave out, to measure what they cost on their own (`vigil floor
+/// --without`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LeaveOut {
     /// The raw `sys_enter` and `sys_exit` tracepoints, which run on every system call.
     RawSyscalls,
