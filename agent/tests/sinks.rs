@@ -588,6 +588,23 @@ fn archived_ids(archive: &Path, pids: &[u32]) -> Option<BTreeMap<u32, String>> {
     (ids.len() == pids.len()).then_some(ids)
 }
 
+/// Whether every id in `ids` is in a segment of the spool in `dir` (the records are the
+/// events' JSON, so an id's bytes appear as they are).
+fn spooled(dir: &Path, ids: &BTreeMap<u32, String>) -> bool {
+    let segments: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .collect();
+    ids.values().all(|id| {
+        segments
+            .iter()
+            .any(|s| s.windows(id.len()).any(|w| w == id.as_bytes()))
+    })
+}
+
 /// Waits until every id in `ids` has reached `receiver` (at least once), and returns how
 /// many requests carried each.
 fn assert_every_id_arrives(
@@ -678,11 +695,20 @@ fn spooled_violations_survive_an_agent_restart_and_a_kill_9_and_arrive_with_thei
     let mut pids = Vec::new();
     let mut violate = |n: usize| {
         let mut batch: Vec<u32> = (0..n).map(|_| scene.write_marker(&writer).0).collect();
-        common::wait_until(
+        let ids = common::wait_until(
             "the violations in the archive",
             common::liveness(),
             || archived_ids(&scene.archive, &batch),
             || "not all archived yet".into(),
+        );
+        // The file sink and the spool are fed by workers of their own: an event in the
+        // archive may still be on its way to the spool, and a kill -9 then loses it by
+        // design. What must survive is what the spool has taken (appended and synced).
+        common::wait_until(
+            "the violations in the spool",
+            common::liveness(),
+            || spooled(&spool, &ids).then_some(()),
+            || format!("ids {ids:?} not all in {}", spool.display()),
         );
         pids.append(&mut batch);
     };
