@@ -22,6 +22,7 @@ use crate::{
 struct Steps {
     done: Vec<(String, Duration, bool)>,
     lane_run_times: Vec<String>,
+    binary_times: BinaryTimes,
 }
 
 impl Steps {
@@ -63,6 +64,10 @@ pub fn run(extra: &[String]) -> Result<()> {
     }
     for line in &steps.lane_run_times {
         println!("  {line}");
+    }
+    let slowest = steps.binary_times.slowest(SLOWEST_SHOWN);
+    if !slowest.is_empty() {
+        println!("  the host's slowest test binaries: {slowest}");
     }
     // The closing line: every test binary's totals added up.
     println!(
@@ -132,17 +137,96 @@ fn report_free_space() {
 }
 
 /// Runs cargo test, echoing its output and counting its results.
-fn run_counted(cmd: &mut Command, counts: &mut Counts) -> Result<()> {
+/// How many of the slowest test binaries the summary names.
+const SLOWEST_SHOWN: usize = 8;
+
+/// What each test binary took, from cargo's `Running <target> (<file>)` line (on stderr) and
+/// the binary's own `test result: ... finished in 12.34s` (on stdout). CI shows only the end
+/// of the output: the summary says where the suite's time went.
+#[derive(Default)]
+struct BinaryTimes {
+    times: Vec<(String, f64)>,
+}
+
+impl BinaryTimes {
+    /// `tests/sinks.rs` of `     Running tests/sinks.rs (target/debug/deps/sinks-0123)`, with
+    /// the crate for unit tests (`unittests src/lib.rs (.../agent-0123)` is `agent src/lib.rs`).
+    fn target_of(stderr_line: &str) -> Option<String> {
+        let rest = stderr_line.trim_start().strip_prefix("Running ")?;
+        let (target, file) = rest.split_once(" (")?;
+        match target.strip_prefix("unittests ") {
+            Some(src) => {
+                let stem = file.trim_end_matches(')').rsplit('/').next()?;
+                let krate = stem.rsplit_once('-').map_or(stem, |(k, _)| k);
+                Some(format!("{krate} {src}"))
+            }
+            None => Some(target.to_owned()),
+        }
+    }
+
+    /// The seconds of `test result: ok. 3 passed; ...; finished in 12.34s`.
+    fn seconds_of(stdout_line: &str) -> Option<f64> {
+        let rest = stdout_line.strip_prefix("test result: ")?;
+        let (_, took) = rest.rsplit_once("finished in ")?;
+        took.trim().trim_end_matches('s').parse().ok()
+    }
+
+    /// `sinks.rs 219 s, ...`, longest first.
+    fn slowest(&self, n: usize) -> String {
+        let mut times = self.times.clone();
+        times.sort_by(|a, b| b.1.total_cmp(&a.1));
+        times
+            .iter()
+            .take(n)
+            .map(|(name, took)| format!("{name} {took:.0} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Runs `cmd` passing its output through, adds up its `test result:` lines, and with `times`
+/// notes what each test binary took.
+fn run_counted(
+    cmd: &mut Command,
+    counts: &mut Counts,
+    times: Option<&mut BinaryTimes>,
+) -> Result<()> {
     use std::io::BufRead;
     cmd.stdout(std::process::Stdio::piped());
+    let running = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    if times.is_some() {
+        cmd.stderr(std::process::Stdio::piped());
+    }
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");
+    // Cargo names a binary before it starts it, and the binary's result comes after: the
+    // name read last is the binary whose result line comes next.
+    let forward = child.stderr.take().map(|stderr| {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if let Some(target) = BinaryTimes::target_of(&line) {
+                    *running.lock().expect("not poisoned") = target;
+                }
+            }
+        })
+    });
+    let mut times = times;
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
         counts.add_line(&line);
+        if let (Some(times), Some(took)) = (times.as_deref_mut(), BinaryTimes::seconds_of(&line)) {
+            let name = running.lock().expect("not poisoned").clone();
+            times.times.push((name, took));
+        }
     }
     let status = child.wait()?;
+    if let Some(forward) = forward {
+        let _ = forward.join();
+    }
     if !status.success() {
         anyhow::bail!("{} failed: {status}", describe(cmd));
     }
@@ -207,7 +291,12 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
         .env("VIGIL_NODE_IMAGES", std::env::join_paths(&images)?)
         .env("VIGIL_SANDBOX_IMAGE", &sandbox);
     if !extra.is_empty() {
-        steps.run(describe(&test), || run_counted(&mut test, counts))?;
+        let mut times = BinaryTimes::default();
+        let result = steps.run(describe(&test), || {
+            run_counted(&mut test, counts, Some(&mut times))
+        });
+        steps.binary_times = times;
+        result?;
         // A chosen subset of tests: the guests' selections are not part of it.
         println!(
             "test: the node tests on a pure cgroup v2 kernel and the kernels under QEMU are \
@@ -236,7 +325,11 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     let script = script.expect("set by the step");
     let mut beside = Beside::start(Lane::VmTests)?;
     let mut node_guest = Beside::start(Lane::NodeGuest(script))?;
-    let host = steps.run(describe(&test), || run_counted(&mut test, counts));
+    let mut times = BinaryTimes::default();
+    let host = steps.run(describe(&test), || {
+        run_counted(&mut test, counts, Some(&mut times))
+    });
+    steps.binary_times = times;
     if host.is_err() {
         beside.stop();
         node_guest.stop();
@@ -524,7 +617,7 @@ fn boot_node_guest(script: &std::path::Path, counts: &mut Counts) -> Result<()> 
     let guest = crate::guest::prepare(&workspace_root().join("target/guest"))?;
     for attempt in 1..=BOOT_ATTEMPTS {
         let mut qemu = guest.command(script)?;
-        run_counted(&mut qemu, counts)?;
+        run_counted(&mut qemu, counts, None)?;
         if guest.booted() {
             break;
         }
@@ -676,7 +769,38 @@ fn compiler_error(message: &serde_json::Value) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Counts, Lane, compiler_error};
+    use super::{BinaryTimes, Counts, Lane, compiler_error};
+
+    /// Cargo's and libtest's lines as they print them, and the summary's order.
+    #[test]
+    fn each_test_binary_is_named_with_its_time_and_the_slowest_come_first() {
+        assert_eq!(
+            BinaryTimes::target_of(
+                "     Running tests/sinks.rs (target/debug/deps/sinks-02d24e2b)"
+            )
+            .as_deref(),
+            Some("tests/sinks.rs")
+        );
+        assert_eq!(
+            BinaryTimes::target_of(
+                "     Running unittests src/lib.rs (target/debug/deps/agent_common-9f3a)"
+            )
+            .as_deref(),
+            Some("agent_common src/lib.rs")
+        );
+        assert_eq!(BinaryTimes::target_of("   Compiling agent v0.1.0"), None);
+        assert_eq!(
+            BinaryTimes::seconds_of(
+                "test result: FAILED. 10 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 219.50s"
+            ),
+            Some(219.5)
+        );
+        assert_eq!(BinaryTimes::seconds_of("test sinks ... ok"), None);
+        let times = BinaryTimes {
+            times: vec![("a".into(), 3.0), ("b".into(), 219.5), ("c".into(), 40.2)],
+        };
+        assert_eq!(times.slowest(2), "b 220 s, c 40 s");
+    }
 
     /// The two lanes run every prevention kernel exactly once with BPF LSM, the oldest with
     /// its fallback tests, the newest once more without BPF LSM, and the node guest's lane
