@@ -414,6 +414,10 @@ fn main() -> Result<()> {
                 tracing::info!(
                     violations = summary.emitted,
                     lost = summary.losses.total(),
+                    ring_buffer = summary.losses.kernel.total(),
+                    reader_queue_full = summary.losses.reader_queue_full,
+                    sink_queue_full = summary.losses.sink_queue_full,
+                    sink_failed = summary.losses.sink_failed,
                     "stopped"
                 );
                 Ok(())
@@ -427,6 +431,10 @@ fn main() -> Result<()> {
                 tracing::info!(
                     events = summary.emitted,
                     lost = summary.losses.total(),
+                    ring_buffer = summary.losses.kernel.total(),
+                    reader_queue_full = summary.losses.reader_queue_full,
+                    sink_queue_full = summary.losses.sink_queue_full,
+                    sink_failed = summary.losses.sink_failed,
                     "stopped"
                 );
                 Ok(())

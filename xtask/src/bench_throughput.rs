@@ -178,8 +178,15 @@ impl Flood<'_> {
         let wall_seconds = (last.1 - started).as_secs_f64();
         let events = last.0 - before;
         agent.stop()?;
-        let lost = lost_from_log(&agent.stderr_lines())
-            .context("the agent's log has no `stopped ... lost=N` line")?;
+        let log = agent.stderr_lines();
+        let lost =
+            lost_from_log(&log).context("the agent's log has no `stopped ... lost=N` line")?;
+        if lost > 0 {
+            // Where they were lost (ring buffer, a queue, a sink), as the agent said it.
+            if let Some(stopped) = log.iter().rev().find(|l| l.contains(" stopped ")) {
+                println!("bench: {pipeline}: {stopped}");
+            }
+        }
         if events == 0 {
             bail!("{pipeline}: no event of the {sent} datagrams came out");
         }
