@@ -10,10 +10,12 @@
 //! The sweep reads the whole map, a system call or two per entry, so it runs on a thread of
 //! its own: the pipeline's loop only gets the stranded counts.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{VecDeque, hash_map::Entry},
     sync::Arc,
     time::Duration,
 };
+
+use foldhash::HashMap;
 
 use agent_common::{ThrottleKey, ThrottleState};
 use tokio::{sync::mpsc, time::Instant};
@@ -101,8 +103,10 @@ impl Carry {
             }
             self.order.pop_front();
             // Only the entry this queue slot stands for: a key remembered again is newer.
-            if self.last.get(&key).is_some_and(|(_, t)| *t == at) {
-                self.last.remove(&key);
+            if let Entry::Occupied(entry) = self.last.entry(key)
+                && entry.get().1 == at
+            {
+                entry.remove();
             }
         }
     }
