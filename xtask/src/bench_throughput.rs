@@ -115,7 +115,7 @@ fn count_lines(mut pipe: impl Read + Send + 'static) -> Arc<AtomicU64> {
             if n == 0 {
                 break;
             }
-            let newlines = buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            let newlines = memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
             counter.fetch_add(newlines, Ordering::Relaxed);
         }
     });
