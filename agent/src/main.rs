@@ -414,10 +414,7 @@ fn main() -> Result<()> {
                 tracing::info!(
                     violations = summary.emitted,
                     lost = summary.losses.total(),
-                    ring_buffer = summary.losses.kernel.total(),
-                    reader_queue_full = summary.losses.reader_queue_full,
-                    sink_queue_full = summary.losses.sink_queue_full,
-                    sink_failed = summary.losses.sink_failed,
+                    where_lost = summary.losses.breakdown(),
                     "stopped"
                 );
                 Ok(())
@@ -431,10 +428,7 @@ fn main() -> Result<()> {
                 tracing::info!(
                     events = summary.emitted,
                     lost = summary.losses.total(),
-                    ring_buffer = summary.losses.kernel.total(),
-                    reader_queue_full = summary.losses.reader_queue_full,
-                    sink_queue_full = summary.losses.sink_queue_full,
-                    sink_failed = summary.losses.sink_failed,
+                    where_lost = summary.losses.breakdown(),
                     "stopped"
                 );
                 Ok(())

@@ -703,7 +703,8 @@ fn spooled_violations_survive_an_agent_restart_and_a_kill_9_and_arrive_with_thei
         );
         // The file sink and the spool are fed by workers of their own: an event in the
         // archive may still be on its way to the spool, and a kill -9 then loses it by
-        // design. What must survive is what the spool has taken (appended and synced).
+        // design. What must survive is what the spool has taken (appended: the page cache
+        // outlives the process).
         common::wait_until(
             "the violations in the spool",
             common::liveness(),

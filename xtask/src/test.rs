@@ -136,13 +136,13 @@ fn report_free_space() {
     }
 }
 
-/// Runs cargo test, echoing its output and counting its results.
 /// How many of the slowest test binaries the summary names.
 const SLOWEST_SHOWN: usize = 8;
 
-/// What each test binary took, from cargo's `Running <target> (<file>)` line (on stderr) and
-/// the binary's own `test result: ... finished in 12.34s` (on stdout). CI shows only the end
-/// of the output: the summary says where the suite's time went.
+/// What each test binary took: from cargo's `Running <target> (<file>)` line (on stderr) to
+/// the next such line, or to cargo's exit for the last one. Timed on one stream, so nothing
+/// pairs lines of two pipes, and runners without libtest's summary line count too. CI shows
+/// only the end of the output: the summary says where the suite's time went.
 #[derive(Default)]
 struct BinaryTimes {
     times: Vec<(String, f64)>,
@@ -150,10 +150,15 @@ struct BinaryTimes {
 
 impl BinaryTimes {
     /// `tests/sinks.rs` of `     Running tests/sinks.rs (target/debug/deps/sinks-0123)`, with
-    /// the crate for unit tests (`unittests src/lib.rs (.../agent-0123)` is `agent src/lib.rs`).
+    /// the crate for unit tests (`unittests src/lib.rs (.../agent-0123)` is `agent src/lib.rs`)
+    /// and `doc-tests agent` for `   Doc-tests agent`; terminal colours ignored.
     fn target_of(stderr_line: &str) -> Option<String> {
-        let rest = stderr_line.trim_start().strip_prefix("Running ")?;
-        let (target, file) = rest.split_once(" (")?;
+        let plain = strip_ansi(stderr_line);
+        let line = plain.trim();
+        if let Some(krate) = line.strip_prefix("Doc-tests ") {
+            return Some(format!("doc-tests {krate}"));
+        }
+        let (target, file) = line.strip_prefix("Running ")?.split_once(" (")?;
         match target.strip_prefix("unittests ") {
             Some(src) => {
                 let stem = file.trim_end_matches(')').rsplit('/').next()?;
@@ -164,14 +169,19 @@ impl BinaryTimes {
         }
     }
 
-    /// The seconds of `test result: ok. 3 passed; ...; finished in 12.34s`.
-    fn seconds_of(stdout_line: &str) -> Option<f64> {
-        let rest = stdout_line.strip_prefix("test result: ")?;
-        let (_, took) = rest.rsplit_once("finished in ")?;
-        took.trim().trim_end_matches('s').parse().ok()
+    /// Each binary's time, from when each started (in order) and when the last one ended.
+    fn from_starts(starts: &[(String, Instant)], end: Instant) -> Self {
+        let ends = starts.iter().skip(1).map(|(_, at)| *at).chain([end]);
+        Self {
+            times: starts
+                .iter()
+                .zip(ends)
+                .map(|((name, from), to)| (name.clone(), (to - *from).as_secs_f64()))
+                .collect(),
+        }
     }
 
-    /// `sinks.rs 219 s, ...`, longest first.
+    /// `tests/sinks.rs 219 s, ...`, longest first.
     fn slowest(&self, n: usize) -> String {
         let mut times = self.times.clone();
         times.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -184,6 +194,28 @@ impl BinaryTimes {
     }
 }
 
+/// `line` without terminal escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How long the stderr forwarder may go on after cargo exited: a test's child that kept the
+/// pipe open must not hold the suite.
+const FORWARD_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs `cmd` passing its output through, adds up its `test result:` lines, and with `times`
 /// notes what each test binary took.
 fn run_counted(
@@ -191,41 +223,58 @@ fn run_counted(
     counts: &mut Counts,
     times: Option<&mut BinaryTimes>,
 ) -> Result<()> {
-    use std::io::BufRead;
+    use std::io::{BufRead, Write};
     cmd.stdout(std::process::Stdio::piped());
-    let running = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     if times.is_some() {
         cmd.stderr(std::process::Stdio::piped());
     }
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");
-    // Cargo names a binary before it starts it, and the binary's result comes after: the
-    // name read last is the binary whose result line comes next.
+    let starts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Instant)>::new()));
+    // Bytes, not strings: one byte that is not UTF-8 must not end the forwarding (the
+    // writers would then fail on a closed pipe).
     let forward = child.stderr.take().map(|stderr| {
-        let running = running.clone();
+        let starts = starts.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("{line}");
-                if let Some(target) = BinaryTimes::target_of(&line) {
-                    *running.lock().expect("not poisoned") = target;
+            let mut reader = std::io::BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let _ = std::io::stderr().write_all(&line);
+                if let Some(target) = BinaryTimes::target_of(&String::from_utf8_lossy(&line)) {
+                    starts
+                        .lock()
+                        .expect("not poisoned")
+                        .push((target, Instant::now()));
                 }
             }
         })
     });
-    let mut times = times;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line?;
-        println!("{line}");
-        counts.add_line(&line);
-        if let (Some(times), Some(took)) = (times.as_deref_mut(), BinaryTimes::seconds_of(&line)) {
-            let name = running.lock().expect("not poisoned").clone();
-            times.times.push((name, took));
-        }
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        println!("{text}");
+        counts.add_line(text);
+        line.clear();
     }
     let status = child.wait()?;
+    let ended = Instant::now();
     if let Some(forward) = forward {
-        let _ = forward.join();
+        while !forward.is_finished() && ended.elapsed() < FORWARD_GRACE {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if forward.is_finished() {
+            let _ = forward.join();
+        }
+    }
+    if let Some(times) = times {
+        *times = BinaryTimes::from_starts(&starts.lock().expect("not poisoned"), ended);
     }
     if !status.success() {
         anyhow::bail!("{} failed: {status}", describe(cmd));
@@ -771,7 +820,7 @@ fn compiler_error(message: &serde_json::Value) -> Option<&str> {
 mod tests {
     use super::{BinaryTimes, Counts, Lane, compiler_error};
 
-    /// Cargo's and libtest's lines as they print them, and the summary's order.
+    /// Cargo's lines as it prints them (colours too), and the summary's order.
     #[test]
     fn each_test_binary_is_named_with_its_time_and_the_slowest_come_first() {
         assert_eq!(
@@ -783,23 +832,37 @@ mod tests {
         );
         assert_eq!(
             BinaryTimes::target_of(
-                "     Running unittests src/lib.rs (target/debug/deps/agent_common-9f3a)"
+                "\u{1b}[1m\u{1b}[92m     Running\u{1b}[0m unittests src/lib.rs (target/debug/deps/agent_common-9f3a)\n"
             )
             .as_deref(),
             Some("agent_common src/lib.rs")
         );
-        assert_eq!(BinaryTimes::target_of("   Compiling agent v0.1.0"), None);
         assert_eq!(
-            BinaryTimes::seconds_of(
-                "test result: FAILED. 10 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 219.50s"
-            ),
-            Some(219.5)
+            BinaryTimes::target_of("   Doc-tests agent\n").as_deref(),
+            Some("doc-tests agent")
         );
-        assert_eq!(BinaryTimes::seconds_of("test sinks ... ok"), None);
-        let times = BinaryTimes {
-            times: vec![("a".into(), 3.0), ("b".into(), 219.5), ("c".into(), 40.2)],
-        };
+        assert_eq!(BinaryTimes::target_of("   Compiling agent v0.1.0"), None);
+        assert_eq!(BinaryTimes::target_of("test sinks ... ok"), None);
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let times = BinaryTimes::from_starts(
+            &[
+                ("a".into(), at(0)),
+                ("b".into(), at(3)),
+                ("c".into(), at(223)),
+            ],
+            at(263),
+        );
+        assert_eq!(
+            times.times,
+            [
+                ("a".to_owned(), 3.0),
+                ("b".to_owned(), 220.0),
+                ("c".to_owned(), 40.0)
+            ]
+        );
         assert_eq!(times.slowest(2), "b 220 s, c 40 s");
+        assert_eq!(BinaryTimes::from_starts(&[], at(1)).slowest(2), "");
     }
 
     /// The two lanes run every prevention kernel exactly once with BPF LSM, the oldest with

@@ -47,6 +47,20 @@ impl LossReport {
             + self.spool_corrupt
     }
 
+    /// Where the records of [`Self::total`] were lost, every counter named, for a log line.
+    pub fn breakdown(&self) -> String {
+        format!(
+            "ring_buffer={} reader_queue_full={} undecodable={} sink_queue_full={} sink_failed={} spool_dropped={} spool_corrupt={}",
+            self.kernel.total(),
+            self.reader_queue_full,
+            self.undecodable,
+            self.sink_queue_full,
+            self.sink_failed,
+            self.spool_dropped,
+            self.spool_corrupt
+        )
+    }
+
     /// Whether anything is worth a loss event: a loss, violations held back, or a probe
     /// that gave up.
     pub fn any(&self) -> bool {
@@ -175,4 +189,39 @@ pub struct LossData {
     pub lost: Losses,
     /// Events lost since the agent started.
     pub lost_since_start: Losses,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log's breakdown names every counter of the total, so its figures add up to it.
+    #[test]
+    fn the_breakdown_adds_up_to_the_total() {
+        let report = LossReport {
+            kernel: KernelLosses {
+                exec: 1,
+                connect: 2,
+                wx: 3,
+                moves: 4,
+            },
+            reader_queue_full: 20,
+            undecodable: 30,
+            sink_queue_full: 40,
+            sink_failed: 50,
+            spool_dropped: 60,
+            spool_corrupt: 70,
+            ..LossReport::default()
+        };
+        let text = report.breakdown();
+        let sum: u64 = text
+            .split_whitespace()
+            .map(|kv| kv.split_once('=').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(sum, report.total(), "{text}");
+        assert!(
+            text.starts_with("ring_buffer=10 reader_queue_full=20"),
+            "{text}"
+        );
+    }
 }

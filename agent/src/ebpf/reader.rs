@@ -2,13 +2,15 @@
 //! the next stage in batches through a queue bounded in records (`records.rs`), and count
 //! (never wait) when that stage is full.
 //!
-//! A drain that ran dry before a full batch is followed by a pause of [`GATHER`] before the
-//! reader waits on the ring again. The kernel wakes the reader for every record; under a
-//! steady stream each wake-up would carry a record or two through every stage, each hand-off
-//! waking another thread, and those thread switches were 40% of the agent's CPU. After the
-//! pause the next drain takes what came meanwhile in one batch. A record that comes alone is
-//! drained at once (the pause follows a drain, it never precedes one); the ring holds far more
-//! than a pause's worth of records at any rate the probes produce.
+//! A drain that ran dry before a full batch is followed by a pause of [`GATHER`] (1 to 2 ms:
+//! the timer counts whole milliseconds) before the reader waits on the ring again. The kernel
+//! wakes the reader for each record that finds it caught up; under a steady stream each
+//! wake-up would carry a record or two through every stage, each hand-off waking another
+//! thread, and those thread switches were 40% of the agent's CPU. After the pause the next
+//! drain takes what came meanwhile in one batch. A record that comes while the reader waits
+//! is drained at once; one that comes during a pause waits for its end, so an alert is late
+//! by 2 ms at most and no decision waits (they are made in the kernel). The ring holds far
+//! more than a pause's worth of records at any rate the probes produce.
 use std::{
     os::fd::AsRawFd,
     sync::{
