@@ -320,6 +320,19 @@ struct Prepared {
     bpf_lsm: bool,
 }
 
+/// Where a run of `series` keeps its kernel, script and output. A run without BPF LSM has a
+/// directory of its own: `cargo xtask test` boots the newest kernel both ways at once, in two
+/// lanes, and one run's output directory must not be the other's (CI run of 2026-12-04:
+/// `cannot create /.out/rc: Directory nonexistent` after every test had passed).
+fn run_dir(series: &str, bpf_lsm: bool) -> PathBuf {
+    let name = if bpf_lsm {
+        series.to_owned()
+    } else {
+        format!("{series}-without-bpf-lsm")
+    };
+    workspace_root().join("target/vm").join(name)
+}
+
 fn prepare(
     apt: &Apt,
     kernel: &Kernel,
@@ -332,7 +345,7 @@ fn prepare(
         package,
         root,
     } = kernel;
-    let dir = workspace_root().join("target/vm").join(series);
+    let dir = run_dir(series, bpf_lsm);
     println!("==> vm-test: preparing Linux {series} ({package})");
     let mut guest = guest::prepare_kernel(&dir, package, &|| apt.command("apt-get"), *root)?;
     // The whole suite runs about 55 tests, some minutes each on the slowest kernels under
@@ -794,6 +807,14 @@ fn host_mirror() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two runs `cargo xtask test` makes of the newest kernel at once never share a
+    /// directory.
+    #[test]
+    fn a_run_without_bpf_lsm_has_a_directory_of_its_own() {
+        assert_ne!(run_dir("7.3", true), run_dir("7.3", false));
+        assert!(run_dir("7.3", true).ends_with("target/vm/7.3"));
+    }
     use crate::guest::Root;
 
     /// A guest of `series` that booted `release` and exited 0, nothing read from it yet.
