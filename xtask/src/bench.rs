@@ -17,7 +17,6 @@ use std::{
     collections::VecDeque,
     fmt::Write as _,
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -630,15 +629,8 @@ impl Agent {
         // Drains stderr for the agent's whole life so it never blocks on a full pipe; keeps
         // the last lines for error messages, and hands lines over while we wait for readiness.
         let stderr_reader = thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+            let _ = crate::util::each_line(stderr, |buf| {
+                let line = String::from_utf8_lossy(buf).trim_end().to_owned();
                 if let Ok(mut tail) = tail.lock() {
                     if tail.len() == STDERR_TAIL_LINES {
                         tail.pop_front();
@@ -647,7 +639,7 @@ impl Agent {
                 }
                 // Fails once readiness was seen and the receiver is gone: keep draining.
                 let _ = tx.send(line);
-            }
+            });
         });
         let pid = child.id();
         let mut agent = Self {

@@ -33,6 +33,16 @@ impl Steps {
         result
     }
 
+    /// The host's `cargo test`, with what each test binary took kept for the summary.
+    fn host_tests(&mut self, test: &mut Command, counts: &mut Counts) -> Result<()> {
+        let mut times = BinaryTimes::default();
+        let result = self.run(describe(test), || {
+            run_counted(test, counts, Some(&mut times))
+        });
+        self.binary_times = times;
+        result
+    }
+
     fn command(&mut self, mut cmd: Command) -> Result<()> {
         self.run(describe(&cmd), || run_checked(&mut cmd))
     }
@@ -223,7 +233,7 @@ fn run_counted(
     counts: &mut Counts,
     times: Option<&mut BinaryTimes>,
 ) -> Result<()> {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     cmd.stdout(std::process::Stdio::piped());
     if times.is_some() {
         cmd.stderr(std::process::Stdio::piped());
@@ -231,38 +241,26 @@ fn run_counted(
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");
     let starts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Instant)>::new()));
-    // Bytes, not strings: one byte that is not UTF-8 must not end the forwarding (the
-    // writers would then fail on a closed pipe).
     let forward = child.stderr.take().map(|stderr| {
         let starts = starts.clone();
         std::thread::spawn(move || {
-            let mut reader = std::io::BufReader::new(stderr);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let _ = std::io::stderr().write_all(&line);
-                if let Some(target) = BinaryTimes::target_of(&String::from_utf8_lossy(&line)) {
+            let _ = util::each_line(stderr, |line| {
+                let _ = std::io::stderr().write_all(line);
+                if let Some(target) = BinaryTimes::target_of(&String::from_utf8_lossy(line)) {
                     starts
                         .lock()
                         .expect("not poisoned")
                         .push((target, Instant::now()));
                 }
-            }
+            });
         })
     });
-    let mut reader = std::io::BufReader::new(stdout);
-    let mut line = Vec::new();
-    while reader.read_until(b'\n', &mut line)? > 0 {
-        let text = String::from_utf8_lossy(&line);
+    util::each_line(stdout, |line| {
+        let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
         println!("{text}");
         counts.add_line(text);
-        line.clear();
-    }
+    })?;
     let status = child.wait()?;
     let ended = Instant::now();
     if let Some(forward) = forward {
@@ -340,12 +338,7 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
         .env("VIGIL_NODE_IMAGES", std::env::join_paths(&images)?)
         .env("VIGIL_SANDBOX_IMAGE", &sandbox);
     if !extra.is_empty() {
-        let mut times = BinaryTimes::default();
-        let result = steps.run(describe(&test), || {
-            run_counted(&mut test, counts, Some(&mut times))
-        });
-        steps.binary_times = times;
-        result?;
+        steps.host_tests(&mut test, counts)?;
         // A chosen subset of tests: the guests' selections are not part of it.
         println!(
             "test: the node tests on a pure cgroup v2 kernel and the kernels under QEMU are \
@@ -374,11 +367,7 @@ fn run_steps(steps: &mut Steps, extra: &[String], counts: &mut Counts) -> Result
     let script = script.expect("set by the step");
     let mut beside = Beside::start(Lane::VmTests)?;
     let mut node_guest = Beside::start(Lane::NodeGuest(script))?;
-    let mut times = BinaryTimes::default();
-    let host = steps.run(describe(&test), || {
-        run_counted(&mut test, counts, Some(&mut times))
-    });
-    steps.binary_times = times;
+    let host = steps.host_tests(&mut test, counts);
     if host.is_err() {
         beside.stop();
         node_guest.stop();

@@ -103,6 +103,20 @@ pub fn output_of(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Calls `each` with every line `from` yields (its bytes, `\n` included), up to the end:
+/// bytes, not strings, so a child's stray non-UTF-8 byte does not end the reading (and leave
+/// the child writing into a closed pipe). A read error ends it too, and is returned.
+pub fn each_line(from: impl std::io::Read, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(from);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        each(&line);
+        line.clear();
+    }
+    Ok(())
+}
+
 pub fn secs(duration: Duration) -> String {
     format!("{:.2}s", duration.as_secs_f64())
 }
