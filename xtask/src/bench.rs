@@ -59,7 +59,7 @@ const STDERR_TAIL_LINES: usize = 40;
 
 /// What runs beside the workloads.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
+pub(crate) enum Mode {
     Baseline,
     Floor,
     /// The floor without the raw `sys_enter` and `sys_exit` tracepoints: what those two cost.
@@ -82,7 +82,7 @@ const MODES: [Mode; 7] = [
 ];
 
 impl Mode {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Baseline => "baseline",
             Self::Floor => "floor",
@@ -201,6 +201,9 @@ pub enum Part {
     Alerts,
     /// Events per second per core of agent CPU.
     Throughput,
+    /// Each of the agent's programs: runs and time per workload operation (kernel run
+    /// statistics).
+    Programs,
     /// The agent with 1,000 pods, 2,000 Services and 100 policies in the API server.
     Scale,
 }
@@ -231,11 +234,11 @@ impl Options {
     }
 }
 
-struct Workload {
-    name: &'static str,
+pub(crate) struct Workload {
+    pub(crate) name: &'static str,
     scenario: &'static str,
     what: &'static str,
-    iterations: u64,
+    pub(crate) iterations: u64,
     /// ns per operation, per mode (indexed as [`MODES`]), one per round.
     samples: [Vec<f64>; MODES.len()],
 }
@@ -356,6 +359,11 @@ pub fn run(options: &Options) -> Result<()> {
         }
         results.overhead = Some((&workloads[..], options.runs, peak_rss_kib));
     }
+    if options.runs_part(Part::Programs) {
+        results.programs = Some(step("program costs", || {
+            crate::bench_programs::run(&bench, &workloads)
+        })?);
+    }
     if options.runs_part(Part::Alerts) {
         results.alerts = Some(step("alert latency and HTTP sink throughput", || {
             crate::bench_alerts::run(&agent_binary, &scenario, &cgroup.dir, &cgroup.rel)
@@ -394,6 +402,9 @@ pub fn run(options: &Options) -> Result<()> {
     if let Some((workloads, _, rss)) = &results.overhead {
         print_table(workloads, rss);
     }
+    if let Some(programs) = &results.programs {
+        crate::bench_programs::print(programs);
+    }
     if let Some(alerts) = &results.alerts {
         crate::bench_alerts::print(alerts);
     }
@@ -416,10 +427,11 @@ struct Results<'a> {
     alerts: Option<crate::bench_alerts::AlertResults>,
     throughput: Option<Vec<crate::bench_throughput::Throughput>>,
     scale: Option<crate::bench_scale::ScaleResults>,
+    programs: Option<Vec<crate::bench_programs::WorkloadCosts>>,
 }
 
 /// Where the workloads run and what runs beside them.
-struct Bench<'a> {
+pub(crate) struct Bench<'a> {
     scenario: &'a Path,
     cgroup: &'a BenchCgroup,
     agent: &'a Path,
@@ -430,7 +442,22 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// Starts what `mode` runs beside the workloads (nothing for the baseline).
     fn start(&self, mode: Mode) -> Result<Option<Agent>> {
-        let agent = |args: &[&str], ready| Agent::start(self.agent, args, ready).map(Some);
+        self.start_logging(mode, "info")
+    }
+
+    /// [`Bench::start`] with the agent's log filter `log` (`VIGIL_LOG`).
+    pub(crate) fn start_logging(&self, mode: Mode, log: &str) -> Result<Option<Agent>> {
+        let log = std::ffi::OsStr::new(log);
+        let agent = |args: &[&str], ready| {
+            Agent::start_env(
+                self.agent,
+                args,
+                &[("VIGIL_LOG", log)],
+                ready,
+                Stdio::null(),
+            )
+            .map(Some)
+        };
         let floor = |without: &[&str]| {
             let args: Vec<&str> = ["floor"]
                 .into_iter()
@@ -491,6 +518,11 @@ impl Bench<'_> {
         }
         Ok(Some(rss))
     }
+}
+
+/// Runs `workload` once in the bench cgroup; the nanoseconds one operation took.
+pub(crate) fn run_workload(bench: &Bench<'_>, workload: &Workload) -> Result<f64> {
+    run_scenario(bench.scenario, bench.cgroup, workload)
 }
 
 fn run_scenario(scenario: &Path, cgroup: &BenchCgroup, workload: &Workload) -> Result<f64> {
@@ -584,6 +616,8 @@ pub(crate) struct Agent {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     /// The thread draining stderr; it ends at end of file, once the process is gone.
     stderr_reader: Option<thread::JoinHandle<()>>,
+    /// Every stderr line up to the readiness line.
+    startup: Vec<String>,
 }
 
 impl Agent {
@@ -611,9 +645,9 @@ impl Agent {
     ) -> Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.args(args)
-            .envs(envs.iter().copied())
-            // The readiness line is logged at info level.
+            // The readiness line is logged at info level; `envs` may ask for more.
             .env("VIGIL_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::piped());
@@ -647,6 +681,7 @@ impl Agent {
             pid,
             stderr_tail,
             stderr_reader: Some(stderr_reader),
+            startup: Vec::new(),
         };
 
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -655,7 +690,9 @@ impl Agent {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     println!("agent: {line}");
-                    if line.contains(ready_line) {
+                    let ready = line.contains(ready_line);
+                    agent.startup.push(line);
+                    if ready {
                         return Ok(agent);
                     }
                 }
@@ -699,6 +736,16 @@ impl Agent {
         let path = format!("/proc/{}/stat", self.pid);
         let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         cpu_ticks(&stat).with_context(|| format!("no utime and stime in {path}: {stat}"))
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// What the process wrote on stderr up to its readiness line, that line included.
+    pub(crate) fn startup_lines(&self) -> &[String] {
+        &self.startup
     }
 
     /// The last lines the process wrote on stderr.
@@ -912,6 +959,12 @@ fn write_json(results: &Results<'_>) -> Result<PathBuf> {
     }
     if let Some(scale) = &results.scale {
         parts.push(format!("  \"scale\": {}", crate::bench_scale::json(scale)));
+    }
+    if let Some(programs) = &results.programs {
+        parts.push(format!(
+            "  \"programs\": {}",
+            crate::bench_programs::json(programs)
+        ));
     }
     if let Some((workloads, _, _)) = &results.overhead {
         let mut text = String::from("  \"workloads\": [\n");

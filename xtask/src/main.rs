@@ -5,6 +5,7 @@
 //! regenerates the chart's CRDs from the Rust types.
 mod bench;
 mod bench_alerts;
+mod bench_programs;
 mod bench_scale;
 mod bench_throughput;
 mod build;

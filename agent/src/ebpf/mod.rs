@@ -303,6 +303,19 @@ fn fill_tail_call(ebpf: &mut Ebpf, program: &str, table: &'static str) -> Result
         .map_err(|source| EbpfError::Map { map: table, source })
 }
 
+/// Logs the kernel's id of `program` (target `vigil::programs`, debug level), by which
+/// `cargo xtask bench` finds its run counts and times in the agent's `/proc/PID/fdinfo`.
+fn log_program_id(program: &str, prog: &Program) {
+    match prog.info() {
+        Ok(info) => {
+            tracing::debug!(target: "vigil::programs", program, id = info.id(), "program loaded")
+        }
+        Err(err) => {
+            tracing::debug!(target: "vigil::programs", program, %err, "program loaded, its id unknown")
+        }
+    }
+}
+
 /// Loads (verifies) one of [`PROGRAMS`] without attaching it.
 pub fn load_program(
     prog: &mut aya::programs::Program,
@@ -744,6 +757,7 @@ impl Probes {
                 .ok_or_else(|| EbpfError::MissingProgram(build.into()))?;
             // A program on several hooks is loaded (verified) once and attached to each.
             load_program(prog, hooks[0]).map_err(err("load"))?;
+            log_program_id(program, prog);
             for hook in *hooks {
                 let taken = attach_program(prog, *hook, &cgroup_root, own_pins.is_some())
                     .map_err(|source| explain_attach(program, *hook, source))?;
