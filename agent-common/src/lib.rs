@@ -222,6 +222,11 @@ pub struct PolicySet {
     pub foreign_rule: u32,
     /// Rule index reported for a system call through the 32-bit entry.
     pub compat_rule: u32,
+    /// Unique among the sets one agent writes (never 0 for a written set): a decision
+    /// cached about this set (a process's W^X exemption, [`ExePath::exempt`]) holds only
+    /// while the set under its id still has this stamp.
+    pub stamp: u32,
+    pub _pad: u32,
 }
 
 /// Bytes of a path inside an LPM key (after the 4-byte set id); a path of this length or
@@ -302,6 +307,11 @@ pub struct ServiceKey {
 pub struct ExePath {
     pub len: u32,
     pub _pad: u32,
+    /// The W^X exemption last looked up for this executable: the [`PolicySet::stamp`] of
+    /// the set it was looked up in, shifted left by one, with the answer in bit 0 (1:
+    /// exempt); 0 when none was. One 8-byte word, written at once, so no reader pairs one
+    /// stamp with another's answer.
+    pub exempt: u64,
     pub path: [u8; PATH_LEN],
 }
 
@@ -829,13 +839,13 @@ const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 70 * 4);
 const _: () = assert!(core::mem::size_of::<Config>() == 24 + 280 + 8);
-const _: () = assert!(core::mem::size_of::<PolicySet>() == 32);
+const _: () = assert!(core::mem::size_of::<PolicySet>() == 40);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);
 const _: () = assert!(core::mem::size_of::<PathRule>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
-const _: () = assert!(core::mem::size_of::<ExePath>() == 8 + PATH_LEN);
+const _: () = assert!(core::mem::size_of::<ExePath>() == 16 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<PendingScript>() == 8 + SCRIPT_NAMES * PATH_LEN);
 
 #[cfg(feature = "user")]

@@ -433,6 +433,8 @@ fn gather(ctx: &RawTracePointContext, cfg: &Config, scratch: &mut PathScratch) -
 pub fn remember_exe(scratch: &mut PathScratch, tgid: u32, built: Built) {
     scratch.exe.len = built.len as u32;
     scratch.exe._pad = 0;
+    // A new executable: no exemption is known for it yet.
+    scratch.exe.exempt = 0;
     // SAFETY: the source has at least PATH_LEN bytes from any start.
     if unsafe { bpf_probe_read_kernel_buf(built.ptr(&scratch.path), &mut scratch.exe.path) }.is_ok()
     {

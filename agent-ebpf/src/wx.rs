@@ -45,13 +45,21 @@ entry_points! {
     fn sys_enter_personality(ctx: TracePointContext) -> u32 = try_personality(&ctx);
 }
 
-/// Whether the current process's executable (recorded at exec) is in the set's
-/// `allowExecutables`.
-fn exempt(set: u32) -> bool {
+/// Whether the current process's executable (recorded at exec) is in the `allowExecutables`
+/// of set `set`, whose stamp is `stamp`. The answer is kept with the executable under the
+/// stamp: a set's rules never change under one stamp (a set is written whole under an id no
+/// binding points to, then stamped), so an allocator's or JIT's every mapping after the
+/// first costs a comparison instead of a trie lookup of the path.
+fn exempt(set: u32, stamp: u32) -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(exe) = TASK_EXE.get_ptr(tgid) else {
+    let Some(exe) = TASK_EXE.get_ptr_mut(tgid) else {
         return false;
     };
+    // SAFETY: a live map value; one aligned 8-byte word, read and written whole.
+    let cached = unsafe { core::ptr::read_volatile(&raw const (*exe).exempt) };
+    if stamp != 0 && cached >> 1 == u64::from(stamp) {
+        return cached & 1 != 0;
+    }
     // An entry of its own, not `PATH_SCRATCH`: the mapped-file judge holds that one when it
     // asks. Without room, not exempt (fail closed).
     let Ok(claim) = Claim::<scratch::LpmKey>::new() else {
@@ -59,11 +67,21 @@ fn exempt(set: u32) -> bool {
     };
     // SAFETY: a live map value, and this thread's scratch entry, which nobody else writes
     // while the claim lives.
-    let (exe, key) = unsafe { (&*exe, &mut *claim.entry()) };
-    if !path_key(key, set, exe.path.as_ptr(), exe.len as usize) {
+    let (known, key) = unsafe { (&*exe, &mut *claim.entry()) };
+    if !path_key(key, set, known.path.as_ptr(), known.len as usize) {
         return false;
     }
-    EXEC_PATHS.get(key).is_some_and(|rule| rule.wx_exempt != 0)
+    let exempt = EXEC_PATHS.get(key).is_some_and(|rule| rule.wx_exempt != 0);
+    if stamp != 0 {
+        // SAFETY: as above.
+        unsafe {
+            core::ptr::write_volatile(
+                &raw mut (*exe).exempt,
+                (u64::from(stamp) << 1) | u64::from(exempt),
+            );
+        }
+    }
+    exempt
 }
 
 fn read_implies_exec(cfg: &Config) -> bool {
@@ -204,7 +222,7 @@ pub fn decide(cfg: &Config) -> Option<Violation> {
     // A gate that spares the exemption's lookups; the decision reads the three fields again,
     // together, after them (held across the lookups they would not fit the stack, see
     // `policy_set_in_place`).
-    if ps.flags & set_flags::WX_DENY == 0 || exempt(set) {
+    if ps.flags & set_flags::WX_DENY == 0 || exempt(set, ps.stamp) {
         return None;
     }
     let (flags, action, rule) = (ps.flags, ps.wx_action, ps.wx_rule);

@@ -1199,6 +1199,112 @@ fn processes_started_before_the_agent_keep_their_exemption() {
     );
 }
 
+/// The kernel keeps a process's W^X exemption with its executable once looked up, under the
+/// stamp of the policy set it was looked up in. The attack on such a cache is a stale
+/// answer: a running process keeps an exemption its policy no longer gives. Set ids are
+/// reused every other reload, so an answer kept by set id alone would be stale two reloads
+/// later. Here one process maps RWX again and again while reloads take its exemption away
+/// and give it back, twice in a row each: exactly the mappings made without it are
+/// violations.
+#[test]
+fn a_wx_exemption_follows_every_reload_for_a_running_process() {
+    use std::io::{BufRead, Write};
+    if !root_or_skip("exempt-cache") {
+        return;
+    }
+    let cg = TestCgroup::new("exempt-cache");
+    let tmp = tempfile::tempdir().unwrap();
+    // A copy of its own, so that the exemption names this process's executable only.
+    let jit = tmp.path().join("jit");
+    std::fs::copy(scenario_bin(), &jit).unwrap();
+    let jit_real = real(&jit);
+    let version = std::cell::Cell::new(0);
+    // Every version differs from the last (another path no process runs), so each is
+    // applied anew, as new sets.
+    let policy = |exempt: bool| {
+        version.set(version.get() + 1);
+        let unused = format!("/nonexistent/v{}", version.get());
+        let allowed = if exempt {
+            format!("\"{jit_real}\", \"{unused}\"")
+        } else {
+            format!("\"{unused}\"")
+        };
+        policy_for(
+            &cg,
+            "exempt-cache",
+            &format!("  memory:\n    writeExecute: Deny\n    allowExecutables: [{allowed}]\n"),
+        )
+    };
+    let file = write_policy(tmp.path(), &policy(true));
+    let tracer = Tracer::enforce(&file);
+    let reload = |exempt: bool| {
+        let before = tracer.state()["applied"].as_u64();
+        std::fs::write(&file, policy(exempt)).unwrap();
+        tracer.wait_for_state(&format!("the reload (exempt: {exempt}) applied"), |s| {
+            s["applied"].as_u64() != before
+        });
+    };
+    let mut child = cg
+        .command(&jit)
+        .arg("mmap-rwx-per-line")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let guard = common::KillOnUnwind(pid);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut map = |step: &str| {
+        writeln!(stdin, "{step}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("mapped"),
+            "{step}: the process did not map (said {line:?})"
+        );
+    };
+    let wx_violations = |n: usize| {
+        tracer.wait_for_events(&format!("{n} W^X violations of pid {pid}"), |events| {
+            (violations(events, WX, pid).len() >= n).then_some(())
+        });
+    };
+
+    map("exempt");
+    map("exempt, the answer kept");
+    reload(false);
+    reload(false);
+    map("two reloads without the exemption, the set id of the first back in use");
+    wx_violations(1);
+    reload(true);
+    map("the exemption back");
+    reload(true);
+    map("the exemption back, the set id of the violation back in use");
+    map("the exemption back, the answer kept");
+    reload(false);
+    map("the exemption away again");
+    wx_violations(2);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    std::mem::forget(guard);
+    // Everything the process did is in the ring buffer before this marker's violation.
+    let (marker, out) = cg.scenario(&["mmap-rwx"]);
+    assert_ok(&out, "non-exempt RWX");
+    settle(&tracer, marker, WX);
+    let events = tracer.stop();
+    let found = violations(&events, WX, pid);
+    assert_eq!(
+        found.len(),
+        2,
+        "exactly the two mappings made without the exemption are violations: {found:#?}"
+    );
+    for v in &found {
+        assert_eq!(v["data"]["process"]["exe"], jit_real.as_str(), "{v:#?}");
+    }
+}
+
 #[test]
 fn allow_services_admits_the_node_wide_service_addresses() {
     if !root_or_skip("services") {

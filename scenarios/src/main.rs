@@ -39,7 +39,7 @@ fn usage() -> ExitCode {
          \x20        uring-udp-sendmsg compat-udp-connect raw-socket)\n\
          memory:  mmap-rwx | mprotect-rwx | mprotect-rwx-outcome | pkey-mprotect-rwx | rie-mmap-rw |\n\
          \x20        mmap-file-rx PATH | mprotect-file-exec PATH | flood-mmap COUNT | flood-mmap-for SECONDS |\n\
-         \x20        wait-then-mmap-rwx GO_FILE |\n\
+         \x20        wait-then-mmap-rwx GO_FILE | mmap-rwx-per-line |\n\
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | vm-writev | vm-readv |\n\
          \x20        proc-mem-write | proc-mem-read | refused-rwx | compat-mmap-rwx |\n\
@@ -92,6 +92,7 @@ fn main() -> ExitCode {
         ("race-exec-args", [count]) => exec::race_exec_args(count),
         ("print-args", [arg]) => exec::print_args(arg),
         ("wait-then-mmap-rwx", [path]) => memory::wait_then_rwx(path),
+        ("mmap-rwx-per-line", []) => memory::rwx_per_line(),
         ("rwx-after-leader-exit", []) => memory::rwx_after_leader_exit(),
         ("memfd-dual-map", []) => memory::memfd_dual_map(),
         ("shm-dual-map", []) => memory::shm_dual_map(),

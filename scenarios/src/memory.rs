@@ -207,6 +207,23 @@ pub fn wait_then_rwx(go: &str) -> Outcome {
     mmap_rwx()
 }
 
+/// One RWX mapping (made and unmade) per line read on stdin, each answered with `mapped N`
+/// on stdout once done; ends at end of input. The same process maps again whenever its
+/// driver says, across whatever the driver changes meanwhile.
+pub fn rwx_per_line() -> Outcome {
+    use std::io::{BufRead, Write};
+    let mut out = std::io::stdout().lock();
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        line.map_err(|e| Failure::Error(format!("reading stdin: {e}")))?;
+        let p = anon(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)?;
+        unmap(p);
+        writeln!(out, "mapped {}", n + 1)
+            .and_then(|()| out.flush())
+            .map_err(|e| Failure::Error(format!("writing stdout: {e}")))?;
+    }
+    Ok(())
+}
+
 /// The main thread exits on its own (`exit`, not `exit_group`) while a second thread goes on
 /// and maps RWX: the process is the same, so is its executable. The second thread prints
 /// `mapped` and ends the process with status 0.

@@ -8,7 +8,9 @@ use aya::{
     programs::{Lsm, Program},
 };
 
-use super::{EbpfError, Hook, PROBES_OBJECT, attach_program, attachments, load_program, prevent};
+use super::{
+    EbpfError, Hook, PROBES_OBJECT, attach_program, attachments_with, load_program, prevent,
+};
 
 /// The empty programs for the `nth` program on one tracepoint (`floor.rs` in the probes).
 const TRACEPOINTS: [&str; 2] = ["floor_tracepoint_0", "floor_tracepoint_1"];
@@ -104,7 +106,13 @@ impl Floor {
         };
         let mut attached = if lsm { LSM.len() } else { 0 };
         let mut on_hook: HashMap<Hook, usize> = HashMap::new();
-        for (program, hook) in attachments() {
+        // The LSM programs stand for exec and W^X prevention both, as the agent's do.
+        let prevent = if lsm {
+            agent_common::prevent::EXEC | agent_common::prevent::WX
+        } else {
+            0
+        };
+        for (program, hook) in attachments_with(prevent) {
             if leave_out.iter().any(|l| l.covers(hook)) {
                 continue;
             }
@@ -164,6 +172,8 @@ mod tests {
     use std::collections::HashSet;
 
     use object::{Object, ObjectSymbol};
+
+    use crate::ebpf::attachments;
 
     use super::*;
 

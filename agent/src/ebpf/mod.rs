@@ -161,6 +161,24 @@ pub fn attachments() -> impl Iterator<Item = (&'static str, Hook)> {
         .flat_map(|(program, hooks)| hooks.iter().map(|hook| (*program, *hook)))
 }
 
+/// Programs only exec prevention (BPF LSM's `bprm_check_security`) needs: they keep an
+/// exec's arguments from its entry for the exec the LSM program refuses before there is a
+/// new image to read them from. Without that prevention no exec is refused, every one
+/// reaches `sched_process_exec` with its arguments in the new image, and these would cost
+/// every exec on the node (and two more syscall tracepoints) for nothing.
+const EXEC_PREVENTION_ONLY: [&str; 2] = ["sys_enter_execve", "sys_enter_execveat"];
+
+/// Whether `program` is loaded and attached where the BPF LSM covers `prevent`
+/// ([`agent_common::prevent`] bits).
+pub fn needed(program: &str, prevent: u32) -> bool {
+    prevent & agent_common::prevent::EXEC != 0 || !EXEC_PREVENTION_ONLY.contains(&program)
+}
+
+/// [`attachments`] of the programs [`needed`] with `prevent`.
+pub fn attachments_with(prevent: u32) -> impl Iterator<Item = (&'static str, Hook)> {
+    attachments().filter(move |(program, _)| needed(program, prevent))
+}
+
 const fn syscall(name: &'static str) -> Hook {
     Hook::Tracepoint("syscalls", name)
 }
@@ -744,6 +762,9 @@ impl Probes {
         }
         write_config(&mut ebpf, config)?;
         for (program, hooks) in PROGRAMS {
+            if !needed(program, config.prevent) {
+                continue;
+            }
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
                     program: (*program).into(),

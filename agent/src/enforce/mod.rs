@@ -108,6 +108,8 @@ pub struct Enforcer {
     checked_every: Option<std::time::Instant>,
     /// Whether a failed read of the count was logged (once is enough).
     count_unreadable_logged: bool,
+    /// The last [`agent_common::PolicySet::stamp`] given: each set written gets the next.
+    last_stamp: u32,
 }
 
 /// Which bindings a pass looks up.
@@ -176,6 +178,7 @@ impl Enforcer {
             cgroup_changes_seen: None,
             checked_every: None,
             count_unreadable_logged: false,
+            last_stamp: 0,
         }
     }
 
@@ -312,9 +315,16 @@ impl Enforcer {
                 .set(0, 1, 0)
                 .map_err(map_err("COMPAT_WATCH"))?;
         }
+        // Written last, with a stamp no set had: what the programs cached about a set that
+        // had this id before no longer matches.
+        self.last_stamp = self.last_stamp.wrapping_add(1).max(1);
+        let stamped = agent_common::PolicySet {
+            stamp: self.last_stamp,
+            ..compiled.set
+        };
         self.maps
             .policy_sets
-            .set(id, compiled.set, 0)
+            .set(id, stamped, 0)
             .map_err(map_err("POLICY_SETS"))
     }
 

@@ -25,6 +25,7 @@ pub fn from_proc(map: &mut aya::maps::HashMap<aya::maps::MapData, u32, ExePath>)
         let mut value = ExePath {
             len: path.len() as u32,
             _pad: 0,
+            exempt: 0,
             path: [0; PATH_LEN],
         };
         value.path[..path.len()].copy_from_slice(path.as_bytes());

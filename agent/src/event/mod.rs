@@ -357,9 +357,9 @@ mod tests {
         assert_eq!(size_of::<WxEvent>(), 120);
         assert_eq!(size_of::<WxRecord>(), 384);
         assert_eq!(size_of::<agent_common::Config>(), 312);
-        assert_eq!(size_of::<agent_common::PolicySet>(), 32);
+        assert_eq!(size_of::<agent_common::PolicySet>(), 40);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
-        assert_eq!(size_of::<agent_common::ExePath>(), 264);
+        assert_eq!(size_of::<agent_common::ExePath>(), 272);
         assert_eq!(size_of::<agent_common::ExecArgs>(), 784);
     }
 
