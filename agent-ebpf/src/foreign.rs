@@ -9,6 +9,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use crate::diag::entry_points;
 use crate::{
     file::{anonymous_file, super_block_field, task_fd_file},
+    maps::FOREIGN_WATCH,
     policy::{Violation, current_set, enforce, policy_set, violation},
     task::{config, read_kernel, read_kernel_ptr, syscall_arg, traced},
     wx,
@@ -121,6 +122,11 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
+    // Every open of every task passes here: while no set denies foreign writes, an enforcing
+    // agent's `judge` has nothing to say about the file, so it is not read.
+    if cfg.mode == agent_common::mode::ENFORCE && !FOREIGN_WATCH.get(0).is_some_and(|v| *v != 0) {
+        return Ok(());
+    }
     let k = &cfg.kernel;
     let file = task_fd_file(cfg, ret as u32).ok_or(1)?;
     let mode: u32 = read_kernel(file, k.file_mode).ok_or(1)?;

@@ -239,6 +239,11 @@ pub static JUDGE_FILE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static COMPAT_WATCH: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Slot 0: non-zero once any policy set denies foreign writes; until then an enforcing
+/// agent's `open` exits do not look at the file opened (no set would judge it).
+#[map]
+pub static FOREIGN_WATCH: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Slot 0: how many cgroups were made or removed (`cgroup_change.rs`).
 #[map]
 pub static CGROUP_CHANGES: Array<u64> = Array::with_max_entries(1, 0);

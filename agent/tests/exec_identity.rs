@@ -957,6 +957,37 @@ fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
     assert_quiet(&tracer.stop(), &quiet, "a benign access");
 }
 
+/// While no policy denies foreign writes, an enforcing agent does not look at the files
+/// processes open (every open of every task passes there). The attack on that shortcut: a
+/// rule that arrives later, by a reload, must be in force for the next open, and the open
+/// allowed before it must have stayed silent.
+#[test]
+fn a_foreign_writes_rule_added_by_a_reload_holds_at_the_next_open() {
+    if !root_or_skip("foreign-reload") {
+        return;
+    }
+    let cg = TestCgroup::new("foreign-reload");
+    let tmp = tempfile::tempdir().unwrap();
+    let before = "  memory:\n    writeExecute: Allow\n    action: Kill\n".to_string();
+    let file = write_policies(tmp.path(), &[(&cg, "foreign-reload", before)]);
+    let tracer = Tracer::enforce(&file);
+    // Allowed while no rule names foreign writes: silent, and it lives.
+    let (quiet, out) = cg.scenario(&["proc-mem-write"]);
+    assert!(out.status.success(), "{out:?}");
+    let applied = tracer.state()["applied"].as_u64();
+    write_policies(
+        tmp.path(),
+        &[(&cg, "foreign-reload", FOREIGN_WRITES_KILL.to_string())],
+    );
+    tracer.wait_for_state("the reload with foreignWrites: Deny applied", |s| {
+        s["applied"].as_u64() != applied
+    });
+    let e = killed_in_the_call(&tracer, &cg, &["proc-mem-write"], WX);
+    assert_eq!(e["data"]["wx"]["foreignWrite"], true, "{e}");
+    assert_eq!(e["data"]["wx"]["syscall"], "open", "{e}");
+    assert_quiet(&tracer.stop(), &[quiet], "a write allowed before the rule");
+}
+
 #[test]
 fn wx_is_decided_on_what_the_kernel_did() {
     if !root_or_skip("wx-result") {

@@ -112,7 +112,8 @@ impl Floor {
         } else {
             0
         };
-        for (program, hook) in attachments_with(prevent) {
+        // The hooks of `vigil run`, the most it attaches.
+        for (program, hook) in attachments_with(super::Mode::Enforce, prevent) {
             if leave_out.iter().any(|l| l.covers(hook)) {
                 continue;
             }

@@ -168,15 +168,21 @@ pub fn attachments() -> impl Iterator<Item = (&'static str, Hook)> {
 /// every exec on the node (and two more syscall tracepoints) for nothing.
 const EXEC_PREVENTION_ONLY: [&str; 2] = ["sys_enter_execve", "sys_enter_execveat"];
 
-/// Whether `program` is loaded and attached where the BPF LSM covers `prevent`
+/// Programs only enforcement needs: `raw_syscalls/sys_exit` carries out kills the hooks
+/// that refused could not send, and fails closed an exec no judge saw. `vigil trace` kills
+/// nothing and judges nothing, and the hook runs at every system call of every task.
+const ENFORCE_ONLY: [&str; 1] = ["sys_exit"];
+
+/// Whether `program` is loaded and attached in `mode` where the BPF LSM covers `prevent`
 /// ([`agent_common::prevent`] bits).
-pub fn needed(program: &str, prevent: u32) -> bool {
-    prevent & agent_common::prevent::EXEC != 0 || !EXEC_PREVENTION_ONLY.contains(&program)
+pub fn needed(program: &str, mode: Mode, prevent: u32) -> bool {
+    (prevent & agent_common::prevent::EXEC != 0 || !EXEC_PREVENTION_ONLY.contains(&program))
+        && (mode == Mode::Enforce || !ENFORCE_ONLY.contains(&program))
 }
 
-/// [`attachments`] of the programs [`needed`] with `prevent`.
-pub fn attachments_with(prevent: u32) -> impl Iterator<Item = (&'static str, Hook)> {
-    attachments().filter(move |(program, _)| needed(program, prevent))
+/// [`attachments`] of the programs [`needed`] in `mode` with `prevent`.
+pub fn attachments_with(mode: Mode, prevent: u32) -> impl Iterator<Item = (&'static str, Hook)> {
+    attachments().filter(move |(program, _)| needed(program, mode, prevent))
 }
 
 const fn syscall(name: &'static str) -> Hook {
@@ -620,6 +626,8 @@ pub struct PolicyMaps {
     pub task_origin: aya::maps::HashMap<MapData, u32, u64>,
     /// Slot 0: non-zero once a set denies 32-bit system calls.
     pub compat_watch: Array<MapData, u64>,
+    /// Slot 0: non-zero once a set denies foreign writes.
+    pub foreign_watch: Array<MapData, u64>,
     /// Slot 0: moves whenever a cgroup is made or removed.
     pub cgroup_changes: Array<MapData, u64>,
 }
@@ -762,7 +770,7 @@ impl Probes {
         }
         write_config(&mut ebpf, config)?;
         for (program, hooks) in PROGRAMS {
-            if !needed(program, config.prevent) {
+            if !needed(program, options.mode, config.prevent) {
                 continue;
             }
             let err = |action: &'static str| {
@@ -928,6 +936,7 @@ impl Probes {
             task_exe: take(ebpf, "TASK_EXE")?,
             task_origin: take(ebpf, "TASK_ORIGIN")?,
             compat_watch: take(ebpf, "COMPAT_WATCH")?,
+            foreign_watch: take(ebpf, "FOREIGN_WATCH")?,
             cgroup_changes: take(ebpf, "CGROUP_CHANGES")?,
         })
     }
@@ -935,5 +944,40 @@ impl Probes {
     /// The loaded object, for `vigil doctor`'s load-only checks.
     pub fn object() -> &'static [u8] {
         PROBES_OBJECT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What each mode attaches where BPF LSM prevents execs and where it does not: the
+    /// programs left out are exactly those whose work the other hooks make unneeded.
+    #[test]
+    fn each_mode_attaches_every_program_but_those_it_has_no_use_for() {
+        let names = |mode, prevent| -> Vec<&str> {
+            let mut names: Vec<&str> = attachments_with(mode, prevent).map(|(p, _)| p).collect();
+            names.dedup();
+            names
+        };
+        let every: Vec<&str> = PROGRAMS.iter().map(|(p, _)| *p).collect();
+        let all = agent_common::prevent::EXEC | agent_common::prevent::WX;
+        let without = |left_out: &[&str]| -> Vec<&str> {
+            every
+                .iter()
+                .copied()
+                .filter(|p| !left_out.contains(p))
+                .collect()
+        };
+        assert_eq!(names(Mode::Enforce, all), every);
+        assert_eq!(
+            names(Mode::Enforce, agent_common::prevent::WX),
+            without(&["sys_enter_execve", "sys_enter_execveat"])
+        );
+        assert_eq!(names(Mode::Trace, all), without(&["sys_exit"]));
+        assert_eq!(
+            names(Mode::Trace, 0),
+            without(&["sys_enter_execve", "sys_enter_execveat", "sys_exit"])
+        );
     }
 }

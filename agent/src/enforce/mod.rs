@@ -315,6 +315,14 @@ impl Enforcer {
                 .set(0, 1, 0)
                 .map_err(map_err("COMPAT_WATCH"))?;
         }
+        if compiled.set.flags & agent_common::set_flags::FOREIGN_WRITES_DENY != 0 {
+            // Sticky, as the 32-bit entry's: before the set is bound, every open's exit
+            // looks at the file again.
+            self.maps
+                .foreign_watch
+                .set(0, 1, 0)
+                .map_err(map_err("FOREIGN_WATCH"))?;
+        }
         // Written last, with a stamp no set had: what the programs cached about a set that
         // had this id before no longer matches.
         self.last_stamp = self.last_stamp.wrapping_add(1).max(1);
