@@ -403,7 +403,14 @@ pub fn run(options: &Options) -> Result<()> {
         print_table(workloads, rss);
     }
     if let Some(programs) = &results.programs {
-        crate::bench_programs::print(programs);
+        let baselines: Vec<(&str, f64)> = results
+            .overhead
+            .iter()
+            .flat_map(|(workloads, _, _)| workloads.iter())
+            .filter(|w| !w.samples[Mode::Baseline.index()].is_empty())
+            .map(|w| (w.name, w.median(Mode::Baseline)))
+            .collect();
+        crate::bench_programs::print(programs, &baselines);
     }
     if let Some(alerts) = &results.alerts {
         crate::bench_alerts::print(alerts);

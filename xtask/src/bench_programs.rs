@@ -14,7 +14,8 @@ use crate::bench::{Bench, Mode, Workload, run_workload};
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// The agent's log filter: its readiness line and each program's id.
 const LOG: &str = "info,vigil::programs=debug";
-const MODES: [Mode; 2] = [Mode::Trace, Mode::Run];
+/// The floor's empty programs first: what of each mode's time any program would take.
+const MODES: [Mode; 3] = [Mode::Floor, Mode::Trace, Mode::Run];
 
 /// One program's share of one workload under one mode.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +170,18 @@ fn differences(
     costs
 }
 
-pub fn print(costs: &[WorkloadCosts]) {
+/// The programs' time per operation of `workload` under `mode`, if it was measured.
+fn ns_per_op(costs: &[WorkloadCosts], workload: &str, mode: Mode) -> Option<f64> {
+    costs
+        .iter()
+        .find(|c| c.workload == workload && c.mode == mode.name())
+        .map(WorkloadCosts::ns_per_op)
+}
+
+/// Prints each workload's programs, then per workload what `vigil trace` and `vigil run`
+/// spend in their programs above the floor's empty ones, also as a share of the baseline's
+/// operation where `baselines` (workload, ns per operation) has it.
+pub fn print(costs: &[WorkloadCosts], baselines: &[(&str, f64)]) {
     println!(
         "program costs (kernel run statistics, the programs' own time; per operation of each workload):"
     );
@@ -196,6 +208,43 @@ pub fn print(costs: &[WorkloadCosts]) {
             );
         }
     }
+    println!(
+        "  {:<10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "workload", "floor", "trace", "run", "trace-floor", "run-floor"
+    );
+    let mut workloads: Vec<&str> = Vec::new();
+    for c in costs {
+        if !workloads.contains(&c.workload) {
+            workloads.push(c.workload);
+        }
+    }
+    for workload in workloads {
+        let floor = ns_per_op(costs, workload, Mode::Floor).unwrap_or(0.0);
+        let above = |mode| {
+            ns_per_op(costs, workload, mode).map_or_else(String::new, |ns| {
+                let share = baselines
+                    .iter()
+                    .find(|(name, _)| *name == workload)
+                    .map_or_else(String::new, |(_, base)| {
+                        format!(" {:+.1}%", 100.0 * (ns - floor) / base)
+                    });
+                format!("{:.0}{share}", ns - floor)
+            })
+        };
+        let plain = |mode| ns_per_op(costs, workload, mode).map_or(0.0, |ns| ns);
+        println!(
+            "  {:<10} {:>10.0} {:>10.0} {:>10.0} {:>12} {:>12}",
+            workload,
+            floor,
+            plain(Mode::Trace),
+            plain(Mode::Run),
+            above(Mode::Trace),
+            above(Mode::Run)
+        );
+    }
+    println!(
+        "  ns of program time per operation; above the floor also as a share of the baseline's operation"
+    );
     println!();
 }
 

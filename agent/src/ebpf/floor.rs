@@ -132,6 +132,7 @@ impl Floor {
                 .ok_or_else(|| EbpfError::MissingProgram(empty.into()))?;
             if prog.fd().is_err() {
                 load_program(prog, hook).map_err(err("load"))?;
+                super::log_program_id(empty, prog);
             }
             attach_program(prog, hook, &root, false).map_err(err("attach"))?;
             attached += 1;

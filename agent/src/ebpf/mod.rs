@@ -329,7 +329,7 @@ fn fill_tail_call(ebpf: &mut Ebpf, program: &str, table: &'static str) -> Result
 
 /// Logs the kernel's id of `program` (target `vigil::programs`, debug level), by which
 /// `cargo xtask bench` finds its run counts and times in the agent's `/proc/PID/fdinfo`.
-fn log_program_id(program: &str, prog: &Program) {
+pub(super) fn log_program_id(program: &str, prog: &Program) {
     match prog.info() {
         Ok(info) => {
             tracing::debug!(target: "vigil::programs", program, id = info.id(), "program loaded")
