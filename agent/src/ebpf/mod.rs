@@ -649,6 +649,8 @@ pub struct Probes {
     config: Config,
     /// The programs' links are pinned: they outlive this agent until the next one takes over.
     pinned: bool,
+    /// How many of [`PROGRAMS`] are attached ([`needed`] in this mode on this kernel).
+    pub attached: usize,
 }
 
 impl Drop for Probes {
@@ -754,6 +756,7 @@ impl Probes {
             own_pins = Some(pin::OwnPins::create(plan)?);
         }
         let mut index = 0;
+        let mut attached = 0;
         // Before any tracepoint: those leave to these programs what they refuse.
         let (prevention, lsm_links) = prevent::attach(&mut ebpf, own_pins.is_some());
         config.prevent = prevention.active;
@@ -773,6 +776,7 @@ impl Probes {
             if !needed(program, options.mode, config.prevent) {
                 continue;
             }
+            attached += 1;
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
                     program: (*program).into(),
@@ -842,6 +846,7 @@ impl Probes {
             fallbacks,
             config,
             pinned: options.pin.is_some(),
+            attached,
         })
     }
 

@@ -385,6 +385,7 @@ pub async fn trace(
         kernel_log: common.kernel_log,
         pin: None,
     })?;
+    let attached = probes.attached;
     let mut stages = Stages::start(
         probes,
         root.clone(),
@@ -396,7 +397,7 @@ pub async fn trace(
     )
     .await?;
     tracing::info!(
-        probes = crate::ebpf::PROGRAMS.len(),
+        probes = attached,
         cgroup = options.cgroup.as_deref().unwrap_or("/"),
         cgroup_root = %root.display(),
         "vigil is tracing"

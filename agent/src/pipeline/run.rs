@@ -169,6 +169,7 @@ pub async fn run(
         "running processes pinned to their policy bindings"
     );
 
+    let attached = probes.attached;
     let mut stages = Stages::start(
         probes,
         root.clone(),
@@ -193,7 +194,7 @@ pub async fn run(
             }
         });
     }
-    tracing::info!(probes = crate::ebpf::PROGRAMS.len(), cgroup_root = %root.display(), "vigil is enforcing");
+    tracing::info!(probes = attached, cgroup_root = %root.display(), "vigil is enforcing");
     let node = common.node.as_str();
     let mut loss_ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
