@@ -222,9 +222,9 @@ pub struct PolicySet {
     pub foreign_rule: u32,
     /// Rule index reported for a system call through the 32-bit entry.
     pub compat_rule: u32,
-    /// Unique among the sets one agent writes (never 0 for a written set): a decision
-    /// cached about this set (a process's W^X exemption, [`ExePath::exempt`]) holds only
-    /// while the set under its id still has this stamp.
+    /// Unique among the sets one agent writes, from 1 to [`STAMP_MAX`] (0: no set): a
+    /// decision cached about this set (a process's W^X exemption, [`ExePath::exempt`])
+    /// holds only while the set under its id still has this stamp.
     pub stamp: u32,
     pub _pad: u32,
 }
@@ -307,12 +307,22 @@ pub struct ServiceKey {
 pub struct ExePath {
     pub len: u32,
     pub _pad: u32,
-    /// The W^X exemption last looked up for this executable: the [`PolicySet::stamp`] of
-    /// the set it was looked up in, shifted left by one, with the answer in bit 0 (1:
-    /// exempt); 0 when none was. One 8-byte word, written at once, so no reader pairs one
-    /// stamp with another's answer.
+    /// The W^X exemption last looked up for this executable: the process id that looked it
+    /// up (bits 32 to 63), the [`PolicySet::stamp`] of the set it was looked up in (bits 1
+    /// to 31) and the answer (bit 0, 1: exempt); 0 when none was. One 8-byte word, written
+    /// at once, so no reader pairs one stamp with another's answer; the process id, because
+    /// the map recycles an evicted entry for another process at once, and a lookup that
+    /// was under way writes into it (a copy made at fork is looked up again too).
     pub exempt: u64,
     pub path: [u8; PATH_LEN],
+}
+
+/// The largest [`PolicySet::stamp`]: it shares [`ExePath::exempt`] with a process id.
+pub const STAMP_MAX: u32 = 0x7fff_ffff;
+
+/// [`ExePath::exempt`] for process `tgid`, a set stamped `stamp` and `answer`.
+pub const fn exempt_word(tgid: u32, stamp: u32, answer: bool) -> u64 {
+    ((tgid as u64) << 32) | (((stamp & STAMP_MAX) as u64) << 1) | answer as u64
 }
 
 /// How many names of a script chain are awaited: the name the script was run by and the

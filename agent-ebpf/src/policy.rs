@@ -167,7 +167,7 @@ pub fn policy_set(set: u32) -> Option<PolicySet> {
 
 /// Set `set` read in place, for a reader whose few reads of it follow one another with no
 /// work between (nothing a copy would make agree better), on a call chain where the copy's
-/// 32 bytes of stack do not fit: the W^X chains reach 512 bytes, the combined limit of
+/// 40 bytes of stack do not fit: the W^X chains reach 512 bytes, the combined limit of
 /// kernels before 6.13 (`ebpf::stack_depth`).
 #[inline(always)]
 pub fn policy_set_in_place(set: u32) -> Option<&'static PolicySet> {

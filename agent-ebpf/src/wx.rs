@@ -1,8 +1,8 @@
 //! W^X: mappings that are, or become, writable and executable at once. Syscall tracepoints
 //! carry the values, not pointers, so what is read is what the kernel acts on.
 use agent_common::{
-    Config, EventHeader, READ_IMPLIES_EXEC, SYSCALL_RET_OFFSET, WxEvent, WxRecord, kind, mode,
-    set_flags, wx_reason, wx_syscall,
+    Config, EventHeader, READ_IMPLIES_EXEC, SYSCALL_RET_OFFSET, WxEvent, WxRecord, exempt_word,
+    kind, mode, set_flags, wx_reason, wx_syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
@@ -57,7 +57,7 @@ fn exempt(set: u32, stamp: u32) -> bool {
     };
     // SAFETY: a live map value; one aligned 8-byte word, read and written whole.
     let cached = unsafe { core::ptr::read_volatile(&raw const (*exe).exempt) };
-    if stamp != 0 && cached >> 1 == u64::from(stamp) {
+    if stamp != 0 && cached & !1 == exempt_word(tgid, stamp, false) {
         return cached & 1 != 0;
     }
     // An entry of its own, not `PATH_SCRATCH`: the mapped-file judge holds that one when it
@@ -75,10 +75,7 @@ fn exempt(set: u32, stamp: u32) -> bool {
     if stamp != 0 {
         // SAFETY: as above.
         unsafe {
-            core::ptr::write_volatile(
-                &raw mut (*exe).exempt,
-                (u64::from(stamp) << 1) | u64::from(exempt),
-            );
+            core::ptr::write_volatile(&raw mut (*exe).exempt, exempt_word(tgid, stamp, exempt));
         }
     }
     exempt

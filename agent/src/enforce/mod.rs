@@ -325,7 +325,11 @@ impl Enforcer {
         }
         // Written last, with a stamp no set had: what the programs cached about a set that
         // had this id before no longer matches.
-        self.last_stamp = self.last_stamp.wrapping_add(1).max(1);
+        self.last_stamp = if self.last_stamp >= agent_common::STAMP_MAX {
+            1
+        } else {
+            self.last_stamp + 1
+        };
         let stamped = agent_common::PolicySet {
             stamp: self.last_stamp,
             ..compiled.set

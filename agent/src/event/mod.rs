@@ -363,6 +363,22 @@ mod tests {
         assert_eq!(size_of::<agent_common::ExecArgs>(), 784);
     }
 
+    /// The kernel's cached W^X exemption matches only its own process and set stamp.
+    #[test]
+    fn an_exemption_word_names_its_process_stamp_and_answer() {
+        use agent_common::{STAMP_MAX, exempt_word};
+        let word = exempt_word(4242, 7, true);
+        assert_eq!(word >> 32, 4242);
+        assert_eq!((word >> 1) & u64::from(STAMP_MAX), 7);
+        assert_eq!(word & 1, 1);
+        assert_ne!(word & !1, exempt_word(4243, 7, false));
+        assert_ne!(word & !1, exempt_word(4242, 8, false));
+        assert_eq!(word & !1, exempt_word(4242, 7, false));
+        // The largest stamp keeps to its bits.
+        assert_eq!(exempt_word(0, STAMP_MAX, false) >> 32, 0);
+        assert_ne!(exempt_word(1, STAMP_MAX, false), 0);
+    }
+
     #[test]
     fn decodes_exec_with_args_and_flags() {
         let mut e = ExecEvent {
