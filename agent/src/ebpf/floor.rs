@@ -132,7 +132,7 @@ impl Floor {
                 .ok_or_else(|| EbpfError::MissingProgram(empty.into()))?;
             if prog.fd().is_err() {
                 load_program(prog, hook).map_err(err("load"))?;
-                super::log_program_id(empty, prog);
+                super::log_program_id(empty, prog.info());
             }
             attach_program(prog, hook, &root, false).map_err(err("attach"))?;
             attached += 1;
@@ -164,6 +164,7 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
             .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
         let prog = <&mut Lsm>::try_from(prog).map_err(err("load"))?;
         prog.load(hook, &btf).map_err(err("load"))?;
+        super::log_program_id(program, prog.info());
         prog.attach().map_err(err("attach"))?;
     }
     Ok(())

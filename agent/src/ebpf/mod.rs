@@ -329,8 +329,11 @@ fn fill_tail_call(ebpf: &mut Ebpf, program: &str, table: &'static str) -> Result
 
 /// Logs the kernel's id of `program` (target `vigil::programs`, debug level), by which
 /// `cargo xtask bench` finds its run counts and times in the agent's `/proc/PID/fdinfo`.
-pub(super) fn log_program_id(program: &str, prog: &Program) {
-    match prog.info() {
+pub(super) fn log_program_id(
+    program: &str,
+    info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+) {
+    match info {
         Ok(info) => {
             tracing::debug!(target: "vigil::programs", program, id = info.id(), "program loaded")
         }
@@ -790,7 +793,7 @@ impl Probes {
                 .ok_or_else(|| EbpfError::MissingProgram(build.into()))?;
             // A program on several hooks is loaded (verified) once and attached to each.
             load_program(prog, hooks[0]).map_err(err("load"))?;
-            log_program_id(program, prog);
+            log_program_id(program, prog.info());
             for hook in *hooks {
                 let taken = attach_program(prog, *hook, &cgroup_root, own_pins.is_some())
                     .map_err(|source| explain_attach(program, *hook, source))?;

@@ -120,6 +120,7 @@ fn try_attach(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
                 .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
             let prog = <&mut Lsm>::try_from(prog).map_err(err("load"))?;
             prog.load(hook, &btf).map_err(err("load"))?;
+            super::log_program_id(program, prog.info());
             let id = prog.attach().map_err(err("attach"))?;
             if take {
                 // Taken at once, so that a failure leaves nothing attached (see below).
