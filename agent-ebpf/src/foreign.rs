@@ -123,8 +123,9 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let cfg = config().ok_or(1)?;
     // Every open of every task passes here: while no set denies foreign writes, an enforcing
-    // agent's `judge` has nothing to say about the file, so it is not read.
-    if cfg.mode == agent_common::mode::ENFORCE && FOREIGN_WATCH.get(0).is_none_or(|v| *v == 0) {
+    // agent's `judge` has nothing to say about the file, so it is not read. Only a flag read
+    // as 0 skips it: an unreadable one looks at the file (fail closed).
+    if cfg.mode == agent_common::mode::ENFORCE && matches!(FOREIGN_WATCH.get(0), Some(0)) {
         return Ok(());
     }
     let k = &cfg.kernel;
