@@ -231,7 +231,7 @@ pub fn print(costs: &[WorkloadCosts], baselines: &[(&str, f64)]) {
                 format!("{:.0}{share}", ns - floor)
             })
         };
-        let plain = |mode| ns_per_op(costs, workload, mode).map_or(0.0, |ns| ns);
+        let plain = |mode| ns_per_op(costs, workload, mode).unwrap_or(0.0);
         println!(
             "  {:<10} {:>10.0} {:>10.0} {:>10.0} {:>12} {:>12}",
             workload,

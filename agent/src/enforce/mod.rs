@@ -307,21 +307,26 @@ impl Enforcer {
                 .insert(&Key::new(bits, data), *rules, 0)
                 .map_err(map_err("CONNECT_DENY"))?;
         }
-        if compiled.set.flags & agent_common::set_flags::COMPAT_DENY != 0 {
-            // Sticky: until then the 32-bit entry costs every system call one array read;
-            // after it, one more read of the task's status.
-            self.maps
-                .compat_watch
-                .set(0, 1, 0)
-                .map_err(map_err("COMPAT_WATCH"))?;
-        }
-        if compiled.set.flags & agent_common::set_flags::FOREIGN_WRITES_DENY != 0 {
-            // Sticky, as the 32-bit entry's: before the set is bound, every open's exit
-            // looks at the file again.
-            self.maps
-                .foreign_watch
-                .set(0, 1, 0)
-                .map_err(map_err("FOREIGN_WATCH"))?;
+        // Sticky flags, raised before the set is bound: until then the 32-bit entry costs
+        // every system call one array read (after it, one more read of the task's status),
+        // and every open's exit skips the opened file.
+        let flags = compiled.set.flags;
+        let watches = [
+            (
+                agent_common::set_flags::COMPAT_DENY,
+                &mut self.maps.compat_watch,
+                "COMPAT_WATCH",
+            ),
+            (
+                agent_common::set_flags::FOREIGN_WRITES_DENY,
+                &mut self.maps.foreign_watch,
+                "FOREIGN_WATCH",
+            ),
+        ];
+        for (flag, watch, name) in watches {
+            if flags & flag != 0 {
+                watch.set(0, 1, 0).map_err(map_err(name))?;
+            }
         }
         // Written last, with a stamp no set had: what the programs cached about a set that
         // had this id before no longer matches.
