@@ -694,6 +694,10 @@ kernel_offsets! {
             regs_dx: "dx",
             regs_si: "si",
             regs_di: "di",
+            /// The 64-bit entry's fourth and fifth arguments (`mmap`'s flags and descriptor,
+            /// `pkey_mprotect`'s key), read where BPF LSM reports W^X from the task's registers.
+            regs_r10: "r10",
+            regs_r8: "r8",
             /// The system call a task returns from; after a successful exec the kernel sets
             /// it to that ABI's `execve`, whichever call it was.
             regs_orig_ax: "orig_ax",
@@ -770,6 +774,11 @@ pub mod prevent {
     pub const EXEC: u32 = 1;
     /// `mmap_file` and `file_mprotect`: every W^X mapping, 32-bit calls and `shmat` too.
     pub const WX: u32 = 2;
+    /// With [`WX`], where programs may read the task's registers (`bpf_task_pt_regs`, 5.15):
+    /// the LSM programs are the only W^X hooks. They report every request, in both modes and
+    /// under every action, and judge files mapped executable; the W^X syscall tracepoints are
+    /// not attached.
+    pub const WX_REPORTS: u32 = 4;
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -847,8 +856,8 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 70 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 280 + 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 288 + 8);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 40);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);
@@ -914,7 +923,7 @@ pub mod probe_error {
     /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing;
     /// `sigkill`: a kill the kernel would not send at once, left for the task's syscall exit);
     /// a probe's id is its index here.
-    pub const PROBES: [&str; 37] = [
+    pub const PROBES: [&str; 39] = [
         "cgroup_attach_task",
         "sys_enter",
         "sys_enter_execve",
@@ -952,6 +961,8 @@ pub mod probe_error {
         "sys_exit",
         "sched_process_exec_image_again",
         "sched_process_exec_image_walk_again",
+        "lsm_mmap_file_exec",
+        "lsm_file_mprotect_exec",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

@@ -47,6 +47,11 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
+    // Where the LSM programs report W^X, they see the 32-bit calls too.
+    let wx_call = wx_call && cfg.prevent & prevent::WX_REPORTS == 0;
+    if !wx_call && !watched {
+        return Ok(());
+    }
     let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
     if status & TS_COMPAT == 0 {
         return Ok(());

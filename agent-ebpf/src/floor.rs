@@ -80,3 +80,13 @@ pub fn floor_lsm_mmap_file(_ctx: LsmContext) -> i32 {
 pub fn floor_lsm_file_mprotect(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "mmap_file")]
+pub fn floor_lsm_mmap_file_1(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "file_mprotect")]
+pub fn floor_lsm_file_mprotect_1(_ctx: LsmContext) -> i32 {
+    0
+}

@@ -2,6 +2,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod calls;
 mod cgroup_change;
 mod cgroup_move;
 mod compat;

@@ -14,20 +14,23 @@ use agent_common::{
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{lsm, tracepoint},
+    programs::{LsmContext, TracePointContext},
 };
 
 use crate::diag::entry_points;
 use crate::{
+    calls::Call,
+    diag::gave_up,
     file::{anonymous_file, task_fd_file, tmpfs_file},
     maps::{EXEC_PATHS, FILE_REQUEST, FileRequest, JUDGE_FILE},
     path::{PathScratch, path_key, real_path},
     policy::{
         Violation, current_set, enforce, policy_set, policy_set_in_place, prevented, violation,
     },
+    prevent_exec::verdict,
     scratch::{self, Claim},
-    task::{config, count_loss, syscall_arg, traced},
+    task::{config, count_loss, read_kernel, read_kernel_ptr, syscall_arg, traced},
     vma::{self, Found, VM_EXEC},
     wx,
 };
@@ -70,7 +73,87 @@ fn try_judge_mapped_file() -> Result<(), i64> {
     let request = unsafe { *claim.entry() };
     drop(claim);
     let cfg = config().ok_or(1)?;
-    judge_file(cfg, request.file as *const u8, request)
+    judge_file(cfg, request.file as *const u8, request).map(|_| ())
+}
+
+/// The same judgement where BPF LSM runs and its programs are the only W^X hooks
+/// (`prevent::WX_REPORTS`): a second program on `mmap_file` (after `lsm_mmap_file`, whose
+/// refusal it passes on), with the file the kernel is about to map. What it finds is refused
+/// as well as carried out, so that no other thread runs the mapping before the kill lands.
+#[lsm(hook = "mmap_file")]
+pub fn lsm_mmap_file_exec(ctx: LsmContext) -> i32 {
+    let (prior, file, prot, flags): (i32, *const u8, u64, u64) =
+        (ctx.arg(4), ctx.arg(0), ctx.arg(2), ctx.arg(3));
+    if prior != 0 {
+        return prior;
+    }
+    match try_lsm_mapped(file, prot, flags, wx_syscall::MMAP) {
+        Ok(refused) => verdict(refused),
+        Err(err) => gave_up(
+            &ctx,
+            const { agent_common::probe_error::id("lsm_mmap_file_exec") },
+            err,
+        ),
+    }
+}
+
+/// The same for `file_mprotect`: an area of a file made executable, run for each area of the
+/// range (each may be another file).
+#[lsm(hook = "file_mprotect")]
+pub fn lsm_file_mprotect_exec(ctx: LsmContext) -> i32 {
+    let (prior, area, prot): (i32, *const u8, u64) = (ctx.arg(3), ctx.arg(0), ctx.arg(2));
+    if prior != 0 {
+        return prior;
+    }
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    // Already executable, or anonymous: nothing is made executable here.
+    let flags: u64 = read_kernel(area, cfg.kernel.vma_flags).unwrap_or(0);
+    let file = if flags & VM_EXEC == 0 {
+        read_kernel_ptr(area, cfg.kernel.vma_file)
+    } else {
+        None
+    };
+    let Some(file) = file else {
+        return 0;
+    };
+    match try_lsm_mapped(file, prot, 0, wx_syscall::MPROTECT) {
+        Ok(refused) => verdict(refused),
+        Err(err) => gave_up(
+            &ctx,
+            const { agent_common::probe_error::id("lsm_file_mprotect_exec") },
+            err,
+        ),
+    }
+}
+
+/// Whether an executable mapping of `file` asked for through `syscall` is refused.
+#[inline(always)]
+fn try_lsm_mapped(file: *const u8, prot: u64, flags: u64, syscall: u32) -> Result<bool, i64> {
+    if prot & PROT_EXEC == 0 || file.is_null() {
+        return Ok(false);
+    }
+    let cfg = config().ok_or(1)?;
+    if cfg.prevent & prevent::WX_REPORTS == 0 || !traced(cfg) {
+        return Ok(false);
+    }
+    let call = Call::current(cfg, syscall);
+    // The ELF loader's mappings are the exec's; shared memory attached executable is
+    // `lsm_mmap_file`'s.
+    if call.exec || call.syscall == wx_syscall::SHMAT {
+        return Ok(false);
+    }
+    let request = FileRequest {
+        file: file as u64,
+        syscall: call.syscall,
+        prot,
+        flags,
+        fd: call.fd,
+        addr: call.addr,
+        len: call.len,
+    };
+    judge_file(cfg, file, request)
 }
 
 /// Hands the request over to `judge_mapped_file`. The jump does not return; if it cannot
@@ -162,16 +245,17 @@ fn try_made_executable<const WALK: bool>(ctx: &TracePointContext, syscall: u32) 
 }
 
 /// An executable mapping of `file`: an exec violation when the exec rules deny the file, a
-/// W^X one when it is shared memory.
+/// W^X one when it is shared memory. True when a violation whose action refuses was carried
+/// out (a kill).
 #[inline(always)]
 fn judge_file(
     cfg: &agent_common::Config,
     file: *const u8,
     request: FileRequest,
-) -> Result<(), i64> {
+) -> Result<bool, i64> {
     let set = current_set();
     if !worth_a_walk(cfg, file, set) {
-        return Ok(());
+        return Ok(false);
     }
     // Without room to walk its path, the file is unverifiable: decided so below. The claim
     // lives to the end of this function, past the report that reads `path`.
@@ -201,16 +285,14 @@ fn judge_file(
     let memfd = anonymous_file(cfg, file);
     let tmpfs = !memfd && tmpfs_file(cfg, file);
     let shared = memfd || (tmpfs && !path.is_null() && under_dev_shm(path));
-    if shared {
-        shared_exec(cfg, &request);
-    }
+    let killed = shared && shared_exec(cfg, &request);
     // Copied after the call above, so that the copy is not on the stack under it; the
     // decision and its kill below read only this copy.
     let Some(ps) = policy_set(set) else {
-        return Ok(());
+        return Ok(killed);
     };
     if !enforcing || ps.exec_action == 0 {
-        return Ok(());
+        return Ok(killed);
     }
     // A path was built only in a claimed entry: verified implies `scratch` is one.
     let verified = !path.is_null() && !forged && !scratch.is_null();
@@ -236,7 +318,7 @@ fn judge_file(
         Violation::ALLOWED
     };
     if !v.is_hit() {
-        return Ok(());
+        return Ok(killed);
     }
     // Reported as carried out by `report_file` (a Deny as the kill it was here).
     enforce(v);
@@ -252,7 +334,7 @@ fn judge_file(
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     crate::exec::report_file(cfg, v, flags, path, tgid);
-    Ok(())
+    Ok(action::refuses(v.action))
 }
 
 /// Whether an executable mapping of `file` can matter: under a policy in enforce mode, and
@@ -288,24 +370,26 @@ fn under_dev_shm(path: *const u8) -> bool {
     true
 }
 
-/// Reports (and in enforce mode decides) an executable mapping of shared memory. Never
-/// inlined, and its record is built in map memory: `judge_mapped_file` walks a path below it,
-/// and kernels before 6.13 give the whole call chain 512 bytes of stack.
+/// Reports (and in enforce mode decides) an executable mapping of shared memory; true when a
+/// violation whose action refuses was carried out (a kill). Never inlined, and its record is
+/// built in map memory: `judge_mapped_file` walks a path below it, and kernels before 6.13
+/// give the whole call chain 512 bytes of stack.
 #[inline(never)]
-fn shared_exec(cfg: &agent_common::Config, request: &FileRequest) {
+fn shared_exec(cfg: &agent_common::Config, request: &FileRequest) -> bool {
     let Some(judged) = wx::decide(cfg) else {
-        return;
+        return false;
     };
     // Writable as well, it is refused by `mmap_file` or `file_mprotect` where BPF LSM runs,
     // which report it; an executable-only view of shared memory is carried out here.
     if request.prot as u32 & wx::PROT_WRITE != 0 && prevented(cfg, prevent::WX, judged) {
-        return;
+        return false;
     }
     let judged = enforce(judged);
+    let killed = judged.is_hit() && action::refuses(judged.action);
     // Carried out above; without room for its record, the record is counted lost.
     let Ok(claim) = Claim::<scratch::Wx>::new() else {
         count_loss(kind::WX);
-        return;
+        return killed;
     };
     // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
     let event = unsafe { &mut (*claim.entry()).event };
@@ -318,4 +402,5 @@ fn shared_exec(cfg: &agent_common::Config, request: &FileRequest) {
     event.fd = request.fd;
     event.extra = 0;
     wx::report(cfg, judged, event);
+    killed
 }

@@ -1,24 +1,28 @@
-//! W^X refused before it happens (BPF LSM, `mmap_file` and `file_mprotect`). The kernel
-//! calls these for every mapping and protection change whatever the entry (`mmap`,
-//! `mprotect`, `pkey_mprotect`, their 32-bit twins, writable `shmat`), with the protection it
-//! is about to apply, `READ_IMPLIES_EXEC` already added. A refused call fails with `EPERM`
-//! and the memory stays as it was (under Kill the process is killed as well). What these
-//! hooks let through is decided again at the syscall's exit, which kills (fail closed).
-use agent_common::{action, kind, mode, wx_reason, wx_syscall};
+//! W^X at BPF LSM's `mmap_file` and `file_mprotect`. The kernel calls these for every mapping
+//! and protection change whatever the entry (`mmap`, `mprotect`, `pkey_mprotect`, their 32-bit
+//! twins, `shmat`, the ELF loader at exec), with the protection it is about to apply,
+//! `READ_IMPLIES_EXEC` already added. A refused call fails with `EPERM` and the memory stays
+//! as it was (under Kill the process is killed as well).
+//!
+//! Where programs may read the task's registers (`prevent::WX_REPORTS`), these are the only
+//! W^X hooks: they report every request, in trace mode and under every action, with the call
+//! and its arguments from the registers (`calls.rs`), and SysV shared memory attached
+//! executable; a mapping the ELF loader makes at exec is refused here but reported by
+//! `sched_process_exec_image`. Elsewhere they only refuse, and what they let through is
+//! decided again by the syscall tracepoints, which kill (fail closed).
+use agent_common::{action, kind, mode, prevent, wx_reason, wx_syscall};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
 
 use crate::{
+    calls::Call,
     diag::gave_up,
     maps::WX_PENDING,
     policy::send_sigkill,
     prevent_exec::verdict,
     scratch::{self, Claim},
-    task::{config, count_loss, current_task, read_kernel, traced},
+    task::{config, count_loss, read_kernel, traced},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
-
-/// `thread_info.status` bit: the task is in a 32-bit system call.
-const TS_COMPAT: u32 = 0x0002;
 
 /// `mmap_file(struct file *file, unsigned long reqprot, unsigned long prot, unsigned long
 /// flags)`; argument 4 is what the LSMs before this program decided.
@@ -38,7 +42,7 @@ pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
         addr: 0,
         len: 0,
     };
-    match try_refuse(&request) {
+    match try_refuse(&request, 0) {
         Ok(refused) => verdict(refused),
         Err(err) => gave_up(
             &ctx,
@@ -70,7 +74,8 @@ pub fn lsm_file_mprotect(ctx: LsmContext) -> i32 {
         addr: start,
         len: end.wrapping_sub(start),
     };
-    match try_refuse(&request) {
+    // `start`: the kernel runs this hook for each area of the range in turn.
+    match try_refuse(&request, start) {
         Ok(refused) => verdict(refused),
         Err(err) => gave_up(
             &ctx,
@@ -90,63 +95,85 @@ struct Request {
     len: u64,
 }
 
-/// Whether the mapping or protection change is refused.
-fn try_refuse(request: &Request) -> Result<bool, i64> {
-    if request.prot & (PROT_WRITE | PROT_EXEC) != PROT_WRITE | PROT_EXEC {
+/// Whether the mapping or protection change is refused; where these programs are the only
+/// W^X hooks, reported whatever the outcome. `area` is the start of the area a protection
+/// change is asked for (0 for a mapping): only the first of a range's areas reports.
+fn try_refuse(request: &Request, area: u64) -> Result<bool, i64> {
+    if request.prot & PROT_EXEC == 0 {
         return Ok(false);
     }
     let cfg = config().ok_or(1)?;
-    if cfg.mode != mode::ENFORCE || !traced(cfg) {
+    let reports = cfg.prevent & prevent::WX_REPORTS != 0;
+    let call = if reports {
+        Call::current(cfg, request.syscall)
+    } else {
+        Call::unknown(cfg, request.syscall)
+    };
+    // SysV shared memory attached executable: every attachment may write the segment.
+    let shm = call.syscall == wx_syscall::SHMAT;
+    if request.prot & PROT_WRITE == 0 && !(shm && reports) {
+        return Ok(false);
+    }
+    // The ELF loader's mappings are reported by `sched_process_exec_image`.
+    let reports = reports && !call.exec;
+    if !(reports || cfg.mode == mode::ENFORCE) || !traced(cfg) {
         return Ok(false);
     }
     let Some(v) = wx::decide(cfg) else {
         return Ok(false);
     };
-    // Alert leaves the act and its report to the tracepoints.
-    if !v.is_hit() || !action::refuses(v.action) {
+    let refused = v.is_hit() && action::refuses(v.action);
+    // Elsewhere Alert leaves the act and its report to the tracepoints.
+    if !reports && !refused {
         return Ok(false);
     }
-    if v.action == action::KILL {
+    if refused && v.action == action::KILL {
         send_sigkill();
     }
-    // The request as the syscall tracepoint filed it (its address, length and descriptor),
-    // taken so that its exit, which sees EPERM, has nothing left to report. Records stay in
-    // map memory: kernels before 6.13 give this program and its calls 512 bytes of stack.
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(pending) = WX_PENDING.get_ptr(tid) {
-        // SAFETY: a live map value, read before it is removed.
-        wx::report(cfg, v, unsafe { &(*pending).event });
-        let _ = WX_PENDING.remove(tid);
-        return Ok(true);
+    if reports && call.known && area > call.addr {
+        // A later area of a range whose first area reported the request.
+        return Ok(refused);
     }
-    // Refused whatever follows: without room for its record, the record is counted lost.
+    if !reports {
+        // The request as the syscall tracepoint filed it (its address, length and descriptor),
+        // taken so that its exit, which sees EPERM, has nothing left to report. Records stay
+        // in map memory: kernels before 6.13 give this program and its calls 512 bytes of
+        // stack.
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if let Some(pending) = WX_PENDING.get_ptr(tid) {
+            // SAFETY: a live map value, read before it is removed.
+            wx::report(cfg, v, unsafe { &(*pending).event });
+            let _ = WX_PENDING.remove(tid);
+            return Ok(true);
+        }
+    }
+    // Carried out whatever follows: without room for its record, the record is counted lost.
     let Ok(claim) = Claim::<scratch::Wx>::new() else {
         count_loss(kind::WX);
-        return Ok(true);
+        return Ok(refused);
     };
     // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
     let event = unsafe { &mut (*claim.entry()).event };
-    let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).unwrap_or(0);
-    let compat = status & TS_COMPAT != 0;
-    event.syscall = if compat && request.syscall == wx_syscall::MMAP {
-        wx_syscall::MMAP2
-    } else {
-        request.syscall
-    };
+    event.syscall = call.syscall;
     event.prot = request.prot;
-    event.flags = request.flags;
-    event.reason = if request.reqprot & PROT_EXEC == 0 && request.reqprot & PROT_READ != 0 {
+    event.flags = if shm { call.shmflg } else { request.flags };
+    event.reason = if shm {
+        wx_reason::SHARED_EXEC
+    } else if request.reqprot & PROT_EXEC == 0 && request.reqprot & PROT_READ != 0 {
         wx_reason::READ_IMPLIES_EXEC
     } else {
         wx_reason::WRITE_EXEC
     };
-    if compat {
+    if call.compat {
         event.reason |= wx_reason::COMPAT;
     }
-    event.addr = request.addr;
-    event.len = request.len;
-    event.fd = -1;
-    event.extra = 0;
+    (event.addr, event.len) = if call.known {
+        (call.addr, call.len)
+    } else {
+        (request.addr, request.len)
+    };
+    event.fd = call.fd;
+    event.extra = call.extra;
     wx::report(cfg, v, event);
-    Ok(true)
+    Ok(refused)
 }

@@ -30,6 +30,31 @@ pub fn ancestor_helper() -> bool {
     unsafe { core::ptr::read_volatile(&raw const ANCESTOR_HELPER) != 0 }
 }
 
+/// 1: programs may call `bpf_task_pt_regs` (5.15 and newer), set by user space like
+/// [`ANCESTOR_HELPER`]; 0: the task's registers are not read outside the syscall hooks.
+#[unsafe(no_mangle)]
+static TASK_REGS_HELPER: u8 = 0;
+
+/// The current task's user registers as it entered the kernel: which system call it is in and
+/// with which arguments, for hooks that are not system call hooks. `None` where the kernel
+/// lacks the helper.
+#[inline(always)]
+pub fn current_regs() -> Option<*const u8> {
+    // SAFETY: a read of a static; volatile so the compiler keeps the load the loader patches.
+    if unsafe { core::ptr::read_volatile(&raw const TASK_REGS_HELPER) } == 0 {
+        return None;
+    }
+    // SAFETY: plain helper calls; the second takes the task pointer the first returns.
+    let regs = unsafe {
+        aya_ebpf::helpers::bpf_task_pt_regs(aya_ebpf::helpers::bpf_get_current_task_btf())
+    };
+    if regs == 0 {
+        None
+    } else {
+        Some(regs as *const u8)
+    }
+}
+
 /// Where the helper is missing, what it reads, as kernels before 6.0 keep it: the current
 /// task's cgroup v2 cgroup and its depth. The task's css_set and cgroup stay valid while a
 /// program runs (RCU), so these reads fail only on offsets this kernel lacks, which user

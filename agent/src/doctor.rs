@@ -256,7 +256,7 @@ fn program_checks(checks: &mut Vec<Check>) {
         ),
     });
 
-    prevention_checks(&mut ebpf, checks);
+    prevention_checks(&mut ebpf, checks, &fallbacks, &kernel);
     let btf = AyaBtf::from_sys_fs();
     let fentry = match &btf {
         Ok(btf) => ebpf
@@ -314,10 +314,26 @@ fn verify(
 /// Whether the prevention programs (BPF LSM) load and attach here, each one's verified
 /// instructions, and what `Deny` of exec and W^X amounts to on this node. They stay attached
 /// only while the doctor runs, and refuse nothing then: no policy is loaded.
-fn prevention_checks(ebpf: &mut Ebpf, checks: &mut Vec<Check>) {
+fn prevention_checks(
+    ebpf: &mut Ebpf,
+    checks: &mut Vec<Check>,
+    fallbacks: &Fallbacks,
+    kernel: &agent_common::KernelOffsets,
+) {
     let started = std::time::Instant::now();
     let (prevention, _links) = prevent::attach(ebpf, false);
     let took = started.elapsed();
+    checks.push(check(
+        "W^X hooks",
+        Status::Ok,
+        if crate::ebpf::wx_reports(&prevention, fallbacks, kernel) != 0 {
+            "the BPF LSM programs on mmap_file and file_mprotect report and decide every \
+             W^X request; no W^X syscall tracepoint is attached"
+        } else {
+            "the syscall tracepoints of mmap, mprotect, pkey_mprotect, shmat and personality \
+             (and raw sys_enter for 32-bit calls) report W^X"
+        },
+    ));
     if prevention.unavailable.is_none() {
         for (program, hook, _) in PREVENTION {
             let verified = ebpf

@@ -11,6 +11,9 @@ use aya::{
 
 /// The read-only flag of `agent-ebpf/src/task.rs`: 1 calls the helper, 0 reads the cgroup.
 const ANCESTOR_HELPER: &str = "ANCESTOR_HELPER";
+/// The read-only flag of `agent-ebpf/src/task.rs`: 1 reads a task's registers with the
+/// helper, 0 does not read them outside the syscall hooks.
+const TASK_REGS_HELPER: &str = "TASK_REGS_HELPER";
 
 /// Programs built twice, by the name `PROGRAMS` gives them and the name of their build that
 /// walks the memory areas' tree instead of calling `bpf_find_vma`.
@@ -64,6 +67,10 @@ pub struct Fallbacks {
     pub ancestors_from_cgroup: bool,
     /// No `bpf_find_vma` (before 5.17): the tree of memory areas is walked.
     pub walk_memory_areas: bool,
+    /// No `bpf_task_pt_regs` (before 5.15): the LSM programs cannot tell which call a mapping
+    /// came from, so where BPF LSM runs the W^X syscall tracepoints still report
+    /// (`prevent::WX_REPORTS` stays off).
+    pub wx_on_tracepoints: bool,
 }
 
 impl Fallbacks {
@@ -82,6 +89,7 @@ impl Fallbacks {
                 "bpf_get_current_ancestor_cgroup_id",
             )?,
             walk_memory_areas: !helper(BpfHelper::BPF_FUNC_find_vma, "bpf_find_vma")?,
+            wx_on_tracepoints: !helper(BpfHelper::BPF_FUNC_task_pt_regs, "bpf_task_pt_regs")?,
         })
     }
 
@@ -143,6 +151,8 @@ impl Fallbacks {
             &CALL
         };
         loader.override_global(ANCESTOR_HELPER, flag, true);
+        let regs = if self.wx_on_tracepoints { &READ } else { &CALL };
+        loader.override_global(TASK_REGS_HELPER, regs, true);
     }
 
     /// The build of `program` this kernel loads.
@@ -175,6 +185,14 @@ impl Fallbacks {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
+        }
+        if self.wx_on_tracepoints {
+            lines.push(
+                "no bpf_task_pt_regs (before 5.15): where BPF LSM runs it refuses W^X, but the \
+                 syscall tracepoints still report it (the LSM hooks cannot tell which call a \
+                 mapping came from)"
+                    .to_owned(),
+            );
         }
         lines
     }

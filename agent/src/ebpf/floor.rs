@@ -28,6 +28,8 @@ const LSM: &[(&str, &str)] = &[
     ("bprm_check_security", "floor_lsm_bprm_check"),
     ("mmap_file", "floor_lsm_mmap_file"),
     ("file_mprotect", "floor_lsm_file_mprotect"),
+    ("mmap_file", "floor_lsm_mmap_file_1"),
+    ("file_mprotect", "floor_lsm_file_mprotect_1"),
 ];
 
 /// The empty program standing in for `program`, the `nth` of Vigil's programs on `hook`.
@@ -108,7 +110,14 @@ impl Floor {
         let mut on_hook: HashMap<Hook, usize> = HashMap::new();
         // The LSM programs stand for exec and W^X prevention both, as the agent's do.
         let prevent = if lsm {
-            agent_common::prevent::EXEC | agent_common::prevent::WX
+            let active = prevent::Prevention {
+                active: agent_common::prevent::EXEC | agent_common::prevent::WX,
+                ..Default::default()
+            };
+            let (kernel, _) =
+                super::offsets::kernel_offsets(super::offsets::load_btf().ok().as_ref());
+            let fallbacks = super::fallback::Fallbacks::detect().unwrap_or_default();
+            active.active | super::wx_reports(&active, &fallbacks, &kernel)
         } else {
             0
         };

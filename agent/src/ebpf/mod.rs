@@ -173,11 +173,56 @@ const EXEC_PREVENTION_ONLY: [&str; 2] = ["sys_enter_execve", "sys_enter_execveat
 /// nothing and judges nothing, and the hook runs at every system call of every task.
 const ENFORCE_ONLY: [&str; 1] = ["sys_exit"];
 
+/// Programs that only the W^X syscall tracepoints need: where the LSM programs report W^X
+/// (`prevent::WX_REPORTS`) they see every one of these requests, from every entry, with the
+/// protection the kernel applies.
+const WX_TRACEPOINT_ONLY: [&str; 9] = [
+    "sys_enter_mmap",
+    "sys_enter_mmap_exec",
+    "sys_exit_protection",
+    "sys_enter_mprotect",
+    "sys_enter_mprotect_exec",
+    "sys_enter_pkey_mprotect_exec",
+    "sys_enter_pkey_mprotect",
+    "sys_enter_shmat",
+    "sys_enter_personality",
+];
+
 /// Whether `program` is loaded and attached in `mode` where the BPF LSM covers `prevent`
 /// ([`agent_common::prevent`] bits).
 pub fn needed(program: &str, mode: Mode, prevent: u32) -> bool {
     (prevent & agent_common::prevent::EXEC != 0 || !EXEC_PREVENTION_ONLY.contains(&program))
         && (mode == Mode::Enforce || !ENFORCE_ONLY.contains(&program))
+        && (prevent & agent_common::prevent::WX_REPORTS == 0
+            || !WX_TRACEPOINT_ONLY.contains(&program))
+}
+
+/// [`agent_common::prevent::WX_REPORTS`] where the LSM's W^X programs run and can read the
+/// task's registers (the helper, and the members they read, known), else 0.
+pub fn wx_reports(
+    prevention: &prevent::Prevention,
+    fallbacks: &fallback::Fallbacks,
+    k: &agent_common::KernelOffsets,
+) -> u32 {
+    let members = [
+        k.regs_orig_ax,
+        k.regs_di,
+        k.regs_si,
+        k.regs_dx,
+        k.regs_r10,
+        k.regs_r8,
+        k.regs_bx,
+        k.regs_cx,
+        k.thread_status,
+    ];
+    if prevention.active & agent_common::prevent::WX != 0
+        && !fallbacks.wx_on_tracepoints
+        && !members.contains(&agent_common::OFFSET_UNKNOWN)
+    {
+        agent_common::prevent::WX_REPORTS
+    } else {
+        0
+    }
 }
 
 /// [`attachments`] of the programs [`needed`] in `mode` with `prevent`.
@@ -762,7 +807,7 @@ impl Probes {
         let mut attached = 0;
         // Before any tracepoint: those leave to these programs what they refuse.
         let (prevention, lsm_links) = prevent::attach(&mut ebpf, own_pins.is_some());
-        config.prevent = prevention.active;
+        config.prevent = prevention.active | wx_reports(&prevention, &fallbacks, &config.kernel);
         if let Some(own) = &own_pins {
             for (program, link) in lsm_links {
                 let path = own.link_path(program, index);
@@ -987,5 +1032,62 @@ mod tests {
             names(Mode::Trace, 0),
             without(&["sys_enter_execve", "sys_enter_execveat", "sys_exit"])
         );
+        // Where the LSM programs report W^X, no W^X syscall tracepoint is left: what stays
+        // on a `syscalls/*` hook is scripts, foreign writes and the exec entry.
+        let lsm_reports = all | agent_common::prevent::WX_REPORTS;
+        let syscall_tracepoints = |mode| -> Vec<&str> {
+            let mut names: Vec<&str> = attachments_with(mode, lsm_reports)
+                .filter(|(_, hook)| matches!(hook, Hook::Tracepoint("syscalls", _)))
+                .map(|(p, _)| p)
+                .collect();
+            names.dedup();
+            names
+        };
+        assert_eq!(
+            syscall_tracepoints(Mode::Enforce),
+            [
+                "sys_enter_execve",
+                "sys_enter_execveat",
+                "sys_enter_ptrace",
+                "sys_enter_userfaultfd",
+                "sys_enter_process_vm_writev",
+                "sys_exit_open_mem",
+                "sys_enter_open_script",
+                "sys_enter_openat_script",
+                "sys_exit_open_script",
+            ]
+        );
+        assert_eq!(
+            names(Mode::Enforce, lsm_reports),
+            without(&WX_TRACEPOINT_ONLY)
+        );
+    }
+
+    /// The LSM programs take W^X over only where they are attached, the helper is there and
+    /// every register they read is known.
+    #[test]
+    fn the_lsm_reports_w_x_only_where_it_can_tell_the_call() {
+        let k = agent_common::KernelOffsets::find(|_, _| 8);
+        let active = prevent::Prevention {
+            active: agent_common::prevent::EXEC | agent_common::prevent::WX,
+            ..Default::default()
+        };
+        let fallbacks = fallback::Fallbacks::default();
+        assert_eq!(
+            wx_reports(&active, &fallbacks, &k),
+            agent_common::prevent::WX_REPORTS
+        );
+        assert_eq!(
+            wx_reports(&prevent::Prevention::default(), &fallbacks, &k),
+            0
+        );
+        let old = fallback::Fallbacks {
+            wx_on_tracepoints: true,
+            ..Default::default()
+        };
+        assert_eq!(wx_reports(&active, &old, &k), 0);
+        let mut no_r8 = k;
+        no_r8.regs_r8 = agent_common::OFFSET_UNKNOWN;
+        assert_eq!(wx_reports(&active, &fallbacks, &no_r8), 0);
     }
 }

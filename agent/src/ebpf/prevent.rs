@@ -14,6 +14,10 @@ pub const PREVENTION: &[(&str, &str, u32)] = &[
     ("lsm_bprm_check", "bprm_check_security", prevent::EXEC),
     ("lsm_mmap_file", "mmap_file", prevent::WX),
     ("lsm_file_mprotect", "file_mprotect", prevent::WX),
+    // After the W^X programs on the same hooks, whose refusal they pass on: files mapped
+    // executable, judged only where these programs report W^X (`prevent::WX_REPORTS`).
+    ("lsm_mmap_file_exec", "mmap_file", prevent::WX),
+    ("lsm_file_mprotect_exec", "file_mprotect", prevent::WX),
 ];
 
 /// What this node refuses before the act.

@@ -73,6 +73,22 @@ pub fn prevention() -> Result<(), String> {
     }
 }
 
+/// Whether the BPF LSM programs are this kernel's W^X hooks (`vigil doctor`'s "W^X hooks"):
+/// they report a request before the kernel carries it out, so an `mmap` event has the address
+/// asked for rather than the one the kernel chose.
+pub fn wx_from_lsm() -> bool {
+    let out = std::process::Command::new(vigil_bin())
+        .arg("doctor")
+        .output()
+        .expect("running vigil doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("W^X hooks"))
+        .unwrap_or_else(|| panic!("vigil doctor says nothing of the W^X hooks:\n{text}"));
+    line.contains("BPF LSM programs")
+}
+
 pub fn vigil_bin() -> PathBuf {
     built_binary("VIGIL_BIN", "vigil")
 }
