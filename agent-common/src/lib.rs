@@ -377,6 +377,11 @@ bit_flags! {
         /// The new image's memory went unjudged (the kernel skipped both programs that look
         /// at it) under `memory.writeExecute: Deny`: failed closed on the exec's return.
         UNJUDGED,
+        /// The protection asked for is in the caller's memory (the 32-bit `old_mmap`'s
+        /// argument structure), which another thread can rewrite until the kernel copies it,
+        /// and no hook sees what the kernel made of it: under `memory.writeExecute: Deny`
+        /// it fails closed whatever it read.
+        UNVERIFIABLE,
     }
 }
 
@@ -405,6 +410,9 @@ pub mod wx_syscall {
     /// A userfaultfd created (`userfaultfd(2)`, or `/dev/userfaultfd` opened: `fd`), the means
     /// to have the kernel fill pages, executable ones too (`flags`: its flags or open mode).
     pub const USERFAULTFD: u32 = 12;
+    /// The 32-bit `mmap` of old (i386 number 90): its arguments are a structure in the
+    /// caller's memory (`addr`, `len`, `flags`, `fd` as read from it).
+    pub const OLD_MMAP: u32 = 13;
 }
 
 pub const READ_IMPLIES_EXEC: u32 = 0x0040_0000;

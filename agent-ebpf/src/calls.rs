@@ -5,6 +5,7 @@
 //! ELF loader makes at exec from one the process asked for. No decision rests on them but
 //! that one, whose failure reports the mapping twice rather than not at all.
 use agent_common::{Config, wx_syscall};
+use aya_ebpf::helpers::bpf_probe_read_user_buf;
 
 use crate::task::{current_regs, current_task, read_kernel};
 
@@ -97,8 +98,29 @@ impl Call {
                     call.len = arg(k.regs_cx);
                     call.fd = arg(k.regs_di) as i32;
                 }
-                // Its arguments are a structure in the caller's memory, not read here.
-                NR32_OLD_MMAP => call.known = false,
+                // Its arguments are a structure in the caller's memory: for the record only
+                // (the hook has the protection the kernel applies).
+                NR32_OLD_MMAP => {
+                    call.syscall = wx_syscall::OLD_MMAP;
+                    let mut fields = [0u8; 20];
+                    let at = arg(k.regs_bx) as *const u8;
+                    // SAFETY: the helper checks the user address; a fault leaves an error.
+                    if unsafe { bpf_probe_read_user_buf(at, &mut fields) }.is_ok() {
+                        let field = |i: usize| {
+                            u32::from_le_bytes([
+                                fields[i * 4],
+                                fields[i * 4 + 1],
+                                fields[i * 4 + 2],
+                                fields[i * 4 + 3],
+                            ])
+                        };
+                        call.addr = u64::from(field(0));
+                        call.len = u64::from(field(1));
+                        call.fd = field(4) as i32;
+                    } else {
+                        call.known = false;
+                    }
+                }
                 NR32_MPROTECT => {
                     call.addr = arg(k.regs_bx);
                     call.len = arg(k.regs_cx);

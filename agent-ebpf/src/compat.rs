@@ -1,10 +1,13 @@
 //! The 32-bit system call entry (`int 0x80`, which 64-bit processes may use too): syscall
 //! tracepoints do not fire for compat calls, `raw_syscalls/sys_enter` does. W^X requests
-//! through it are judged like their 64-bit twins, and under `compatSyscalls: Deny` any call
-//! through it is a violation. Decided at entry (a compat request the kernel then refuses is
-//! still reported).
+//! through it are judged like their 64-bit twins (the old `mmap`, whose arguments are in the
+//! caller's memory, fails closed under `writeExecute: Deny` unless it asks for W^X as read),
+//! and under `compatSyscalls: Deny` any call through it is a violation. Decided at entry (a
+//! compat request the kernel then refuses is still reported).
 use agent_common::{Config, WxEvent, mode, prevent, set_flags, wx_reason, wx_syscall};
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_user_buf, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 
 use crate::diag::entry_points;
 use crate::{
@@ -17,6 +20,7 @@ use crate::{
 /// `thread_info.status` bit: the task is in a 32-bit system call.
 const TS_COMPAT: u32 = 0x0002;
 /// i386 system call numbers.
+const NR_OLD_MMAP: i64 = 90;
 const NR_MPROTECT: i64 = 125;
 const NR_MMAP2: i64 = 192;
 const NR_PKEY_MPROTECT: i64 = 380;
@@ -41,7 +45,8 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
 
 fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     let id: i64 = ctx.arg(1);
-    let wx_call = id == NR_MMAP2 || id == NR_MPROTECT || id == NR_PKEY_MPROTECT;
+    let wx_call =
+        id == NR_MMAP2 || id == NR_OLD_MMAP || id == NR_MPROTECT || id == NR_PKEY_MPROTECT;
     let watched = compat_watched();
     if !wx_call && !watched {
         return Ok(());
@@ -67,16 +72,32 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
         read_kernel::<u64>(regs, offset).map(|v| v as u32).ok_or(1)
     };
     let k = &cfg.kernel;
-    let prot = arg(k.regs_dx)?;
-    if prot & PROT_WRITE == 0 {
-        return Ok(());
+    let old = id == NR_OLD_MMAP;
+    // `old_mmap`'s arguments are a structure at ebx in the caller's memory: addr, len, prot,
+    // flags, fd (and offset). Unreadable, they read as zeroes: asking for nothing.
+    let mut fields = [0u8; 20];
+    if old {
+        let at = u64::from(arg(k.regs_bx)?) as *const u8;
+        // SAFETY: the helper checks the user address; a fault leaves an error.
+        if unsafe { bpf_probe_read_user_buf(at, &mut fields) }.is_err() {
+            fields = [0; 20];
+        }
     }
+    let field = |i: usize| {
+        u32::from_le_bytes([
+            fields[i * 4],
+            fields[i * 4 + 1],
+            fields[i * 4 + 2],
+            fields[i * 4 + 3],
+        ])
+    };
+    let prot = if old { field(2) } else { arg(k.regs_dx)? };
     let mut reason = wx_reason::COMPAT;
-    if prot & PROT_EXEC != 0 {
+    if prot & PROT_WRITE != 0 && prot & PROT_EXEC != 0 {
         reason |= wx_reason::WRITE_EXEC;
-    } else if prot & PROT_READ != 0 && read_implies_exec(cfg) {
+    } else if prot & PROT_WRITE != 0 && prot & PROT_READ != 0 && read_implies_exec(cfg) {
         reason |= wx_reason::READ_IMPLIES_EXEC;
-    } else {
+    } else if !old {
         return Ok(());
     }
     if !traced(cfg) {
@@ -85,20 +106,54 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     let Some(judged) = wx::decide(cfg) else {
         return Ok(());
     };
+    if reason == wx_reason::COMPAT {
+        // An `old_mmap` that did not ask for W^X as read: another thread can rewrite the
+        // structure before the kernel copies it, and no hook here sees what the kernel made
+        // of it (the BPF LSM's, where it refuses, do: it is theirs). Under a set that denies
+        // W^X it fails closed.
+        if !judged.is_hit() || prevented(cfg, prevent::WX, judged) {
+            return Ok(());
+        }
+        reason |= wx_reason::UNVERIFIABLE;
+    }
     // Where BPF LSM runs, `mmap_file` and `file_mprotect` refuse it before the act.
     if prevented(cfg, prevent::WX, judged) {
         return Ok(());
     }
     let judged = enforce(judged);
-    let (syscall, flags, fd, extra) = match id {
+    let (syscall, addr, len, flags, fd, extra) = match id {
+        NR_OLD_MMAP => (
+            wx_syscall::OLD_MMAP,
+            field(0),
+            field(1),
+            field(3),
+            field(4) as i32,
+            0,
+        ),
         NR_MMAP2 => (
             wx_syscall::MMAP2,
+            arg(k.regs_bx)?,
+            arg(k.regs_cx)?,
             arg(k.regs_si)?,
             arg(k.regs_di)? as i32,
             0,
         ),
-        NR_PKEY_MPROTECT => (wx_syscall::PKEY_MPROTECT, 0, -1, arg(k.regs_si)?),
-        _ => (wx_syscall::MPROTECT, 0, -1, 0),
+        NR_PKEY_MPROTECT => (
+            wx_syscall::PKEY_MPROTECT,
+            arg(k.regs_bx)?,
+            arg(k.regs_cx)?,
+            0,
+            -1,
+            arg(k.regs_si)?,
+        ),
+        _ => (
+            wx_syscall::MPROTECT,
+            arg(k.regs_bx)?,
+            arg(k.regs_cx)?,
+            0,
+            -1,
+            0,
+        ),
     };
     wx::report(
         cfg,
@@ -108,8 +163,8 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
             prot,
             flags,
             reason,
-            addr: u64::from(arg(k.regs_bx)?),
-            len: u64::from(arg(k.regs_cx)?),
+            addr: u64::from(addr),
+            len: u64::from(len),
             fd,
             extra,
             ..WxEvent::default()

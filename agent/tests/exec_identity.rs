@@ -1021,6 +1021,8 @@ fn wx_through_the_32_bit_entry_is_caught() {
     let (cg, _tmp, tracer) = policed("compat-wx", WX_KILL);
     for (scenario, syscall) in [
         ("compat-mmap-rwx", "mmap2"),
+        // Its arguments are a structure in the caller's memory.
+        ("compat-old-mmap-rwx", "old_mmap"),
         ("compat-mprotect-rwx", "mprotect"),
     ] {
         // Without the 32-bit entry there is nothing to test, the twin included.
@@ -1031,10 +1033,31 @@ fn wx_through_the_32_bit_entry_is_caught() {
         assert_eq!(e["data"]["wx"]["compat"], true, "{e}");
         assert_eq!(e["data"]["wx"]["protText"], "rwx", "{e}");
     }
-    // The benign twin: a writable, not executable, mapping through the same entry.
-    let (quiet, out) = cg.scenario(&["compat-mmap-rw"]);
-    assert!(out.status.success(), "{out:?}");
-    assert_quiet(&tracer.stop(), &[quiet], "a writable-only compat mapping");
+    // The old mmap asking for a writable mapping only: another thread can rewrite its
+    // structure until the kernel copies it. Where the BPF LSM decides on the protection the
+    // kernel applies, it is a benign twin; where only the 32-bit entry's tracepoint sees it,
+    // it fails closed.
+    let lsm = common::prevention().is_ok();
+    if !lsm {
+        let e = killed_in_the_call_if_supported(&tracer, &cg, &["compat-old-mmap-rw"], WX)
+            .expect("the 32-bit entry worked a moment ago");
+        assert_eq!(e["data"]["wx"]["syscall"], "old_mmap", "{e}");
+        assert_eq!(e["data"]["wx"]["unverifiable"], true, "{e}");
+        assert_eq!(e["data"]["wx"]["protText"], "rw-", "{e}");
+    }
+    // The benign twins: writable, not executable, mappings through the same entry.
+    let mut quiet = Vec::new();
+    let twins: &[&str] = if lsm {
+        &["compat-mmap-rw", "compat-old-mmap-rw"]
+    } else {
+        &["compat-mmap-rw"]
+    };
+    for scenario in twins {
+        let (pid, out) = cg.scenario(&[scenario]);
+        assert!(out.status.success(), "{scenario}: {out:?}");
+        quiet.push(pid);
+    }
+    assert_quiet(&tracer.stop(), &quiet, "a writable-only compat mapping");
 }
 
 #[test]

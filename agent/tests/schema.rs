@@ -130,21 +130,30 @@ fn connect(hook: ConnectHook, daddr: Option<&str>) -> Value {
 fn wx(syscall: WxSyscall, extra: u32) -> Value {
     let personality = syscall == WxSyscall::Personality;
     let shmat = syscall == WxSyscall::Shmat;
+    // The old mmap's failing closed: asked for rw- in memory the process can rewrite.
+    let unverifiable = syscall == WxSyscall::OldMmap;
     build(
         Body::Wx(Wx {
             syscall,
-            prot: if personality { 0 } else { 7 },
+            prot: if personality {
+                0
+            } else if unverifiable {
+                3
+            } else {
+                7
+            },
             flags: if syscall == WxSyscall::Mmap { 0x22 } else { 0 },
             addr: if personality { 0 } else { 0x7f3a_1c00_0000 },
             len: if personality { 0 } else { 4096 },
             fd: -1,
             read_implies_exec: personality,
-            write_exec: !personality && !shmat,
+            write_exec: !personality && !shmat && !unverifiable,
             shared_exec: shmat,
             foreign_write: false,
-            compat: false,
+            compat: unverifiable,
             exec_stack: false,
             unjudged: false,
+            unverifiable,
             extra,
             exe_path: None,
         }),
@@ -244,11 +253,21 @@ fn wx_events_match_the_schema() {
         (WxSyscall::PkeyMprotect, u32::MAX), // key -1, the default key
         (WxSyscall::Personality, 0x0040_0000),
         (WxSyscall::Shmat, 0),
+        (WxSyscall::OldMmap, 0),
     ] {
         let e = wx(syscall, extra);
         assert_eq!(e["type"], "dev.vigil.wx.v1");
         assert_valid(&e);
     }
+    let e = wx(WxSyscall::OldMmap, 0);
+    assert_eq!(e["data"]["wx"]["unverifiable"], true, "{e}");
+    assert_eq!(e["data"]["wx"]["syscall"], "old_mmap", "{e}");
+    let mut both = e.clone();
+    both["data"]["wx"]["writeExecute"] = Value::Bool(true);
+    assert!(
+        !common::schema_errors(&both).is_empty(),
+        "unverifiable and writeExecute passed: {both}"
+    );
     let e = wx(WxSyscall::Shmat, 0);
     assert_eq!(e["data"]["wx"]["sharedExec"], true, "{e}");
     // Exactly one reason.

@@ -461,13 +461,42 @@ pub fn refused_rwx() -> Outcome {
     Ok(())
 }
 
-/// W^X through the 32-bit system call entry (`int 0x80`) of this 64-bit process: `mmap2`
-/// of anonymous memory with `prot`, or (`mprotect`) a low RW mapping made `prot`. Prints
-/// `mapped`; exits 77 when the kernel has no 32-bit entry.
-pub fn compat_wx(mprotect: bool, prot: u32) -> Outcome {
+/// Which 32-bit call [`compat_wx`] makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CompatCall {
+    Mmap2,
+    /// `old_mmap` (i386 number 90), whose arguments are a structure in memory.
+    OldMmap,
+    Mprotect,
+}
+
+/// W^X through the 32-bit system call entry (`int 0x80`) of this 64-bit process: `mmap2` or
+/// the old `mmap` of anonymous memory with `prot`, or (`mprotect`) a low RW mapping made
+/// `prot`. Prints `mapped`; exits 77 when the kernel has no 32-bit entry.
+pub fn compat_wx(call: CompatCall, prot: u32) -> Outcome {
+    const NR_OLD_MMAP: u32 = 90;
     const NR_MPROTECT: u32 = 125;
     const NR_MMAP2: u32 = 192;
-    let rc = if mprotect {
+    let rc = if call == CompatCall::OldMmap {
+        // The i386 `mmap` of old: its six arguments in a structure in the caller's memory,
+        // under 4 GiB where a 32-bit pointer reaches it.
+        let args = map(
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+        )?;
+        let fields: [u32; 6] = [
+            0,
+            PAGE as u32,
+            prot,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
+            u32::MAX,
+            0,
+        ];
+        // SAFETY: a fresh writable page, larger than the structure.
+        unsafe { std::ptr::copy_nonoverlapping(fields.as_ptr(), args.cast::<u32>(), 6) };
+        int80_6(NR_OLD_MMAP, [args as u64 as u32, 0, 0, 0, 0])
+    } else if call == CompatCall::Mprotect {
         let low = map(
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,

@@ -57,6 +57,7 @@ fn bodies() -> Vec<Body> {
         compat: true,
         exec_stack: false,
         unjudged: false,
+        unverifiable: false,
         extra: 3,
         exe_path: None,
     };

@@ -204,6 +204,7 @@ mod tests {
                 compat: false,
                 exec_stack: false,
                 unjudged: false,
+                unverifiable: false,
                 extra: 0,
                 exe_path: exe_path.map(str::to_owned),
             }),

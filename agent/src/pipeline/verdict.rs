@@ -199,6 +199,7 @@ mod tests {
             compat: false,
             exec_stack: false,
             unjudged: false,
+            unverifiable: false,
             extra: 0,
             exe_path: None,
         })

@@ -32,7 +32,8 @@ use crate::cloudevents::schema::{is_false, only_true};
             {"properties": {"foreignWrite": {"const": true}}},
             {"required": ["execStack"]},
             {"required": ["compatSyscall"]},
-            {"required": ["unjudged"]}
+            {"required": ["unjudged"]},
+            {"required": ["unverifiable"]}
         ]
     }
 ]))]
@@ -49,8 +50,9 @@ pub struct WxData {
     pub flags: u32,
     /// Start address, lower-case hexadecimal with `0x`: for mmap the address the kernel chose
     /// (W^X is decided when the call returns: a request the kernel refused is not reported),
-    /// for mprotect and pkey_mprotect the range as passed, for shmat the address hint; 0x0
-    /// for personality and the foreign writes.
+    /// or, where the BPF LSM programs report W^X before the act, the address asked for (0x0:
+    /// none); for mprotect and pkey_mprotect the range as passed, for shmat the address hint;
+    /// 0x0 for personality and the foreign writes.
     #[schemars(regex(pattern = r"^0x[0-9a-f]+$"))]
     pub addr: String,
     /// Length of the range in bytes; 0 for personality.
@@ -59,7 +61,7 @@ pub struct WxData {
     pub fd: i32,
     /// The request asks for write and execute permission together. Exactly one of
     /// `writeExecute`, `readImpliesExec`, `sharedExec` and `foreignWrite` is true (or
-    /// `execStack`, `compatSyscall` or `unjudged` is present).
+    /// `execStack`, `compatSyscall`, `unjudged` or `unverifiable` is present).
     pub write_execute: bool,
     /// The memory becomes writable and executable because READ_IMPLIES_EXEC is on: a readable
     /// and writable mapping while the process runs with it, or (personality) the process
@@ -102,6 +104,14 @@ pub struct WxData {
     #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub unjudged: bool,
+    /// Present only when true: `syscall` is old_mmap, the 32-bit mmap whose arguments are a
+    /// structure in the caller's memory, under `memory.writeExecute: Deny`. What it asked for
+    /// (`prot` as read) was not writable and executable, but another thread can rewrite the
+    /// structure until the kernel copies it, and no hook sees what the kernel made of it
+    /// (kernels where the BPF LSM programs do not report W^X): failed closed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub unverifiable: bool,
     /// Present only when `syscall` is compat: the 32-bit system call number of a call through
     /// the 32-bit entry, which the policy's `memory.compatSyscalls: Deny` forbids.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,6 +147,7 @@ impl From<&Wx> for WxData {
             compat: w.compat,
             exec_stack: w.exec_stack,
             unjudged: w.unjudged,
+            unverifiable: w.unverifiable,
             compat_syscall: on(&[WxSyscall::Compat]),
         }
     }
@@ -149,6 +160,8 @@ impl WxData {
             " READ_IMPLIES_EXEC"
         } else if self.unjudged {
             " (the new image ran unjudged: its probes were skipped)"
+        } else if self.unverifiable {
+            " (unverifiable: asked for in memory the process can rewrite)"
         } else {
             ""
         };

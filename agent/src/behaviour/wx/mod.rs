@@ -15,6 +15,8 @@ pub use data::{WxData, WxMember};
 pub enum WxSyscall {
     Mmap,
     Mmap2,
+    /// The 32-bit `mmap` of old, whose arguments are a structure in the caller's memory.
+    OldMmap,
     Mprotect,
     PkeyMprotect,
     Personality,
@@ -45,6 +47,7 @@ impl WxSyscall {
             Self::ProcessVmWritev => "process_vm_writev",
             Self::ProcMem => "open",
             Self::Mmap2 => "mmap2",
+            Self::OldMmap => "old_mmap",
             Self::Exec => "execve",
             Self::Compat => "compat",
             Self::Userfaultfd => "userfaultfd",
@@ -74,6 +77,9 @@ pub struct Wx {
     pub exec_stack: bool,
     /// The new image's memory went unjudged (`syscall` is `Exec`): failed closed.
     pub unjudged: bool,
+    /// The protection asked for could not be trusted (`syscall` is `OldMmap`): failed
+    /// closed.
+    pub unverifiable: bool,
     /// `pkey_mprotect`'s key or `personality`'s persona.
     pub extra: u32,
     /// The executable the kernel recorded at the process's exec: names a process that is
@@ -94,6 +100,7 @@ impl Wx {
                 wx_syscall::PROCESS_VM_WRITEV => WxSyscall::ProcessVmWritev,
                 wx_syscall::PROC_MEM => WxSyscall::ProcMem,
                 wx_syscall::MMAP2 => WxSyscall::Mmap2,
+                wx_syscall::OLD_MMAP => WxSyscall::OldMmap,
                 wx_syscall::EXEC => WxSyscall::Exec,
                 wx_syscall::COMPAT => WxSyscall::Compat,
                 wx_syscall::USERFAULTFD => WxSyscall::Userfaultfd,
@@ -111,6 +118,7 @@ impl Wx {
             compat: reason(wx_reason::COMPAT),
             exec_stack: reason(wx_reason::EXEC_STACK),
             unjudged: reason(wx_reason::UNJUDGED),
+            unverifiable: reason(wx_reason::UNVERIFIABLE),
             exe_path: None,
             extra: w.extra,
         }
