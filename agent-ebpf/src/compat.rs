@@ -11,6 +11,7 @@ use aya_ebpf::{
 
 use crate::diag::entry_points;
 use crate::{
+    foreign,
     maps::COMPAT_WATCH,
     policy::{current_set, enforce, policy_set, prevented, violation},
     task::{config, current_task, read_kernel, traced},
@@ -20,9 +21,12 @@ use crate::{
 /// `thread_info.status` bit: the task is in a 32-bit system call.
 const TS_COMPAT: u32 = 0x0002;
 /// i386 system call numbers.
+const NR_PTRACE: i64 = 26;
 const NR_OLD_MMAP: i64 = 90;
 const NR_MPROTECT: i64 = 125;
 const NR_MMAP2: i64 = 192;
+const NR_PROCESS_VM_WRITEV: i64 = 348;
+const NR_USERFAULTFD: i64 = 374;
 const NR_PKEY_MPROTECT: i64 = 380;
 
 entry_points! {
@@ -47,14 +51,16 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     let id: i64 = ctx.arg(1);
     let wx_call =
         id == NR_MMAP2 || id == NR_OLD_MMAP || id == NR_MPROTECT || id == NR_PKEY_MPROTECT;
+    let foreign_call = id == NR_PTRACE || id == NR_PROCESS_VM_WRITEV || id == NR_USERFAULTFD;
     let watched = compat_watched();
-    if !wx_call && !watched {
+    if !wx_call && !foreign_call && !watched {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
     // Where the LSM programs report W^X, they see the 32-bit calls too.
     let wx_call = wx_call && cfg.prevent & prevent::WX_REPORTS == 0;
-    if !wx_call && !watched {
+    let foreign_call = foreign_call && foreign::watched(cfg);
+    if !wx_call && !foreign_call && !watched {
         return Ok(());
     }
     let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
@@ -64,14 +70,22 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     if watched && compat_denied(cfg, id) {
         return Ok(());
     }
-    if !wx_call {
-        return Ok(());
-    }
     let regs = ctx.arg::<u64>(0) as *const u8;
     let arg = |offset: u32| -> Result<u32, i64> {
         read_kernel::<u64>(regs, offset).map(|v| v as u32).ok_or(1)
     };
     let k = &cfg.kernel;
+    // The 64-bit ones are syscall tracepoints' (`foreign.rs`); their arguments are values.
+    if foreign_call {
+        return match id {
+            NR_PTRACE => foreign::ptrace(u64::from(arg(k.regs_bx)?), arg(k.regs_cx)?),
+            NR_PROCESS_VM_WRITEV => foreign::vm_writev(arg(k.regs_bx)?),
+            _ => foreign::userfaultfd(arg(k.regs_bx)?),
+        };
+    }
+    if !wx_call {
+        return Ok(());
+    }
     let old = id == NR_OLD_MMAP;
     // `old_mmap`'s arguments are a structure at ebx in the caller's memory: addr, len, prot,
     // flags, fd (and offset). Unreadable, they read as zeroes: asking for nothing.

@@ -79,7 +79,12 @@ fn report(cfg: &Config, syscall: u32, flags: u32, fd: i32, target: u32) {
 }
 
 fn try_ptrace(ctx: &TracePointContext) -> Result<(), i64> {
-    let request = syscall_arg(ctx, 0)?;
+    ptrace(syscall_arg(ctx, 0)?, syscall_arg(ctx, 1)? as u32)
+}
+
+/// A `ptrace` request on `target`: attaching, seizing and writing requests are foreign
+/// writes (also called from the 32-bit entry, `compat.rs`).
+pub fn ptrace(request: u64, target: u32) -> Result<(), i64> {
     if !matches!(
         request,
         PTRACE_ATTACH
@@ -94,27 +99,39 @@ fn try_ptrace(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
-    let target = syscall_arg(ctx, 1)? as u32;
     report(cfg, wx_syscall::PTRACE, request as u32, -1, target);
     Ok(())
 }
 
 fn try_vm_writev(ctx: &TracePointContext) -> Result<(), i64> {
+    vm_writev(syscall_arg(ctx, 0)? as u32)
+}
+
+/// `process_vm_writev` into `target`.
+pub fn vm_writev(target: u32) -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
-    let target = syscall_arg(ctx, 0)? as u32;
     report(cfg, wx_syscall::PROCESS_VM_WRITEV, 0, -1, target);
     Ok(())
 }
 
 fn try_userfaultfd(ctx: &TracePointContext) -> Result<(), i64> {
+    userfaultfd(syscall_arg(ctx, 0)? as u32)
+}
+
+/// A userfaultfd created with `flags`.
+pub fn userfaultfd(flags: u32) -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
-    let flags = syscall_arg(ctx, 0)? as u32;
     report(cfg, wx_syscall::USERFAULTFD, flags, -1, 0);
     Ok(())
 }
 
-/// A descriptor just opened: `/proc/<pid>/mem` (any pid, this process's included) for
-/// writing, or `/dev/userfaultfd` (which hands out userfaultfds)?
+/// Whether foreign writes are worth looking at: always in trace mode; in enforce mode while
+/// some set denies them. Only a flag read as 0 says no: an unreadable one says yes (fail
+/// closed).
+pub fn watched(cfg: &Config) -> bool {
+    cfg.mode != agent_common::mode::ENFORCE || !matches!(FOREIGN_WATCH.get(0), Some(0))
+}
+
 fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: every sys_exit record holds `ret` at this offset (checked at load time).
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
@@ -123,11 +140,19 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let cfg = config().ok_or(1)?;
     // Every open of every task passes here: while no set denies foreign writes, an enforcing
-    // agent's `judge` has nothing to say about the file, so it is not read. Only a flag read
-    // as 0 skips it: an unreadable one looks at the file (fail closed).
-    if cfg.mode == agent_common::mode::ENFORCE && matches!(FOREIGN_WATCH.get(0), Some(0)) {
+    // agent's `judge` has nothing to say about the file, so it is not read.
+    if !watched(cfg) {
         return Ok(());
     }
+    opened(cfg, ret)
+}
+
+/// Descriptor `ret`, just opened: `/proc/<pid>/mem` (any pid, this process's included) for
+/// writing, or `/dev/userfaultfd` (which hands out userfaultfds)? Also called on the return of
+/// an open through the 32-bit entry (`kill.rs`). Not inlined: `raw_syscalls/sys_exit` calls
+/// it beside its other work.
+#[inline(never)]
+pub fn opened(cfg: &Config, ret: i64) -> Result<(), i64> {
     let k = &cfg.kernel;
     let file = task_fd_file(cfg, ret as u32).ok_or(1)?;
     let mode: u32 = read_kernel(file, k.file_mode).ok_or(1)?;

@@ -425,6 +425,36 @@ pub fn proc_mem(write: bool) -> Outcome {
     Ok(())
 }
 
+/// `/proc/self/mem` opened for writing through the 32-bit entry (`int 0x80`, i386 `open`), the
+/// name in memory under 4 GiB. Prints `opened`; exits 77 when the kernel has no 32-bit entry.
+pub fn compat_proc_mem_write() -> Outcome {
+    const NR_OPEN: u32 = 5;
+    let page = map(
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+        -1,
+    )?;
+    let name = b"/proc/self/mem\0";
+    // SAFETY: a fresh writable page, larger than the name.
+    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), page.cast::<u8>(), name.len()) };
+    let fd = int80_6(NR_OPEN, [page as u64 as u32, libc::O_RDWR as u32, 0, 0, 0]);
+    if fd == -libc::ENOSYS {
+        return Err(Failure::Unsupported(
+            "the 32-bit syscall entry is disabled (ia32_emulation=0?)".into(),
+        ));
+    }
+    if fd < 0 {
+        return Err(Failure::Error(format!(
+            "compat open: {}",
+            std::io::Error::from_raw_os_error(-fd)
+        )));
+    }
+    // SAFETY: the descriptor just opened, closed once.
+    unsafe { libc::close(fd) };
+    println!("opened");
+    Ok(())
+}
+
 /// W^X requests the kernel refuses: `mprotect` of an unmapped range and `mmap` of a bad
 /// descriptor. Prints `refused` when both failed as they must.
 pub fn refused_rwx() -> Outcome {
@@ -561,6 +591,22 @@ pub fn userfaultfd(how: &str) -> Outcome {
     let fd = match how {
         // SAFETY: a plain system call.
         "syscall" => (unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) }) as i32,
+        // The i386 system call (374) through `int 0x80`.
+        "compat" => {
+            let fd = int80_6(374, [libc::O_CLOEXEC as u32, 0, 0, 0, 0]);
+            if fd == -libc::ENOSYS {
+                return Err(Failure::Unsupported(
+                    "the 32-bit syscall entry is disabled (ia32_emulation=0?)".into(),
+                ));
+            }
+            if fd < 0 {
+                return Err(Failure::Error(format!(
+                    "compat userfaultfd: {}",
+                    std::io::Error::from_raw_os_error(-fd)
+                )));
+            }
+            fd
+        }
         "device" => {
             let dev = std::fs::OpenOptions::new()
                 .read(true)
@@ -570,7 +616,7 @@ pub fn userfaultfd(how: &str) -> Outcome {
         }
         other => {
             return Err(Failure::Error(format!(
-                "userfaultfd {other}: syscall or device"
+                "userfaultfd {other}: syscall, compat or device"
             )));
         }
     };
