@@ -86,6 +86,17 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !wx_call {
         return Ok(());
     }
+    compat_wx(cfg, id, regs)
+}
+
+/// A W^X request through the 32-bit entry. A function of its own: its record's frame beside
+/// the foreign writes' call chain passed the 512 bytes of stack kernels before 6.13 allow.
+#[inline(never)]
+fn compat_wx(cfg: &Config, id: i64, regs: *const u8) -> Result<(), i64> {
+    let arg = |offset: u32| -> Result<u32, i64> {
+        read_kernel::<u64>(regs, offset).map(|v| v as u32).ok_or(1)
+    };
+    let k = &cfg.kernel;
     let old = id == NR_OLD_MMAP;
     // `old_mmap`'s arguments are a structure at ebx in the caller's memory: addr, len, prot,
     // flags, fd (and offset). Unreadable, they read as zeroes: asking for nothing.

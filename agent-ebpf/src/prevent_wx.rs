@@ -155,7 +155,9 @@ fn try_refuse(request: &Request, area: u64) -> Result<bool, i64> {
     // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
     let event = unsafe { &mut (*claim.entry()).event };
     event.syscall = call.syscall;
-    event.prot = request.prot;
+    // What was asked for, as the tracepoints report it; `reason` says when READ_IMPLIES_EXEC
+    // made it executable.
+    event.prot = request.reqprot;
     event.flags = if shm { call.shmflg } else { request.flags };
     event.reason = if shm {
         wx_reason::SHARED_EXEC
