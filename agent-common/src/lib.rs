@@ -74,7 +74,7 @@ bit_flags! {
         ARGS_TRUNCATED,
         /// The arguments could not be read: the new image's (`mm_struct.arg_start..arg_end`)
         /// at `sched_process_exec`, or, for an exec refused before it ran, those captured at
-        /// `sys_enter_execve(at)` (not found, e.g. evicted).
+        /// the exec's entry (not found, e.g. evicted).
         ARGS_MISSING,
         /// The executable's dentry could not be read (kernel offsets unknown).
         EXE_UNKNOWN,
@@ -470,7 +470,8 @@ pub struct ExecEvent {
     pub args: [u8; ARGS_LEN],
 }
 
-/// Arguments captured at `sys_enter_execve(at)`, keyed by thread id until the exec happens.
+/// Arguments captured at an exec's entry (`raw_syscalls/sys_enter`), keyed by thread id until
+/// the exec happens.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecArgs {
@@ -931,11 +932,9 @@ pub mod probe_error {
     /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing;
     /// `sigkill`: a kill the kernel would not send at once, left for the task's syscall exit);
     /// a probe's id is its index here.
-    pub const PROBES: [&str; 39] = [
+    pub const PROBES: [&str; 37] = [
         "cgroup_attach_task",
         "sys_enter",
-        "sys_enter_execve",
-        "sys_enter_execveat",
         "sched_process_exec",
         "sys_enter_ptrace",
         "sys_enter_process_vm_writev",

@@ -4,7 +4,7 @@
 //! caller's memory, fails closed under `writeExecute: Deny` unless it asks for W^X as read),
 //! and under `compatSyscalls: Deny` any call through it is a violation. Decided at entry (a
 //! compat request the kernel then refuses is still reported).
-use agent_common::{Config, WxEvent, mode, prevent, set_flags, wx_reason, wx_syscall};
+use agent_common::{Config, WxEvent, kind, mode, prevent, set_flags, wx_reason, wx_syscall};
 use aya_ebpf::{
     helpers::bpf_probe_read_user_buf, macros::raw_tracepoint, programs::RawTracePointContext,
 };
@@ -14,6 +14,8 @@ use crate::{
     foreign,
     maps::COMPAT_WATCH,
     policy::{current_set, enforce, policy_set, prevented, violation},
+    scratch::{self, Claim},
+    task::count_loss,
     task::{config, current_task, read_kernel, traced},
     wx::{self, PROT_EXEC, PROT_READ, PROT_WRITE},
 };
@@ -43,7 +45,11 @@ fn compat_watched() -> bool {
 /// waits on the other's failure.
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let entry = crate::judged::at_entry(ctx.arg(1));
+    let args = crate::exec::at_exec_entry(ctx);
     try_compat(ctx)?;
+    if args != 0 && entry.is_ok() {
+        return Err(args);
+    }
     entry
 }
 
@@ -180,26 +186,31 @@ fn compat_wx(cfg: &Config, id: i64, regs: *const u8) -> Result<(), i64> {
             0,
         ),
     };
-    wx::report(
-        cfg,
-        judged,
-        &WxEvent {
-            syscall,
-            prot,
-            flags,
-            reason,
-            addr: u64::from(addr),
-            len: u64::from(len),
-            fd,
-            extra,
-            ..WxEvent::default()
-        },
-    );
+    // The record in map memory: on this function's frame it passed, with the calls below,
+    // the 512 bytes of stack kernels before 6.13 allow. Carried out above; without room for
+    // its record, the record is counted lost.
+    let Ok(claim) = Claim::<scratch::Wx>::new() else {
+        count_loss(kind::WX);
+        return Ok(());
+    };
+    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
+    let event = unsafe { &mut (*claim.entry()).event };
+    event.syscall = syscall;
+    event.prot = prot;
+    event.flags = flags;
+    event.reason = reason;
+    event.addr = u64::from(addr);
+    event.len = u64::from(len);
+    event.fd = fd;
+    event.extra = extra;
+    wx::report(cfg, judged, event);
     Ok(())
 }
 
 /// A 32-bit call by a process whose set denies them: judged, carried out and reported;
-/// true when it was.
+/// true when it was. Not inlined: its record on `sys_enter`'s own frame made every chain of
+/// calls from there pass 512 bytes of stack.
+#[inline(never)]
 fn compat_denied(cfg: &Config, id: i64) -> bool {
     if cfg.mode != mode::ENFORCE {
         return false;

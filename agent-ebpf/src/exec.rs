@@ -1,6 +1,6 @@
 //! exec: the executed path, its arguments and the verdict-relevant facts about the binary at
-//! `sched_process_exec` (after the point of no return); arguments also at
-//! `sys_enter_execve(at)`, for an exec the BPF LSM refuses before it has a new image.
+//! `sched_process_exec` (after the point of no return); arguments also at the exec's entry
+//! (`raw_syscalls/sys_enter`), for an exec the BPF LSM refuses before it has a new image.
 use agent_common::{
     ARG_READ_LEN, ARGC_ALL, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExePath, ExecArgs, ExecEvent,
     MAX_ARGS, NAME_LEN, PATH_LEN, PathRule, exec_flags, kind, mode,
@@ -12,8 +12,8 @@ use aya_ebpf::{
         bpf_probe_read_user,
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_probe_read_user_str},
     },
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 
 use crate::diag::entry_points;
@@ -25,7 +25,6 @@ use crate::{
     policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
     scratch::{self, Claim},
     script::Awaited,
-    task::syscall_arg,
     task::{config, current_task, header, read_kernel, read_kernel_ptr, selected},
     throttle::{admit, lost},
 };
@@ -56,12 +55,6 @@ fn fd_of_dev_fd_path(name: &[u8; PATH_LEN]) -> Option<u32> {
 }
 
 entry_points! {
-    #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
-    fn sys_enter_execve(ctx: TracePointContext) -> u32 = try_capture_args(&ctx, 1);
-
-    #[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
-    fn sys_enter_execveat(ctx: TracePointContext) -> u32 = try_capture_args(&ctx, 2);
-
     /// A raw tracepoint: its arguments include `bprm`, which tells a script from its
     /// interpreter and gives the executed file itself.
     #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -88,13 +81,54 @@ fn judge<const AGAIN: bool>(ctx: &RawTracePointContext) -> Result<(), i64> {
     try_exec(ctx)
 }
 
-/// Copies `argv` (argument `argv_index` of the syscall) into `EXEC_ARGS` under the thread id.
-fn try_capture_args(ctx: &TracePointContext, argv_index: usize) -> Result<(), i64> {
-    let cfg = config().ok_or(1)?;
-    if !selected(cfg) {
+/// x86-64 `execve` and `execveat`.
+const NR_EXECVE: i64 = 59;
+const NR_EXECVEAT: i64 = 322;
+/// `thread_info.status` bit: the task is in a 32-bit system call.
+const TS_COMPAT: u32 = 0x0002;
+
+/// `raw_syscalls/sys_enter`, where the BPF LSM refuses execs: the arguments of a 64-bit
+/// `execve` or `execveat`, kept for the exec it refuses before there is a new image to read
+/// them from (a syscall tracepoint of their own would put every task on the system call slow
+/// path). 0, or the error code of a read that failed: a plain code, since LLVM combined two
+/// `Result`s into a read of a register the verifier had not seen written.
+#[inline(never)]
+pub fn at_exec_entry(ctx: &RawTracePointContext) -> i64 {
+    match try_exec_entry(ctx) {
+        Ok(()) => 0,
+        Err(err) => err,
+    }
+}
+
+#[inline(always)]
+fn try_exec_entry(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let nr: i64 = ctx.arg(1);
+    if nr != NR_EXECVE && nr != NR_EXECVEAT {
         return Ok(());
     }
-    let argv = syscall_arg(ctx, argv_index)? as *const *const u8;
+    let cfg = config().ok_or(1)?;
+    if cfg.prevent & agent_common::prevent::EXEC == 0 || !selected(cfg) {
+        return Ok(());
+    }
+    // The same numbers through the 32-bit entry are other calls.
+    let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
+    if status & TS_COMPAT != 0 {
+        return Ok(());
+    }
+    let regs = ctx.arg::<u64>(0) as *const u8;
+    let k = &cfg.kernel;
+    let at = if nr == NR_EXECVE {
+        k.regs_si
+    } else {
+        k.regs_dx
+    };
+    let argv: u64 = read_kernel(regs, at).ok_or(1)?;
+    capture_args(argv as *const *const u8)
+}
+
+/// Copies `argv` into `EXEC_ARGS` under the thread id.
+#[inline(always)]
+fn capture_args(argv: *const *const u8) -> Result<(), i64> {
     // No room: the exec is reported without its arguments (`argsMissing`), and counted.
     let claim = Claim::<scratch::Args>::new()?;
     // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.

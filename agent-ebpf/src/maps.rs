@@ -37,7 +37,8 @@ pub static SILENCED: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::SLOT
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Arguments captured at `sys_enter_execve(at)`, by thread id, until `sched_process_exec`.
+/// Arguments captured at an exec's entry (`raw_syscalls/sys_enter`), by thread id, until
+/// `sched_process_exec`.
 /// LRU, so arguments of execs that failed age out by themselves.
 #[map]
 pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(2048, 0);

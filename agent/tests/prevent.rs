@@ -161,6 +161,11 @@ fn deny_refuses_an_exec_before_it_runs_and_the_caller_lives() {
         );
         assert_eq!(e["data"]["exec"]["prevented"], true, "{what}: {e}");
         assert_eq!(e["data"]["exec"]["path"], refused.as_str(), "{what}: {e}");
+        // Refused before it had a new image: the arguments are those kept from its entry
+        // (`execve` and `execveat` alike), the marker's path last.
+        assert_eq!(e["data"]["exec"]["argsMissing"], false, "{what}: {e}");
+        let args = e["data"]["exec"]["args"].as_array().expect("args");
+        assert_eq!(args.last().and_then(|a| a.as_str()), Some(m), "{what}: {e}");
         // The caller is still itself.
         assert_eq!(
             e["data"]["process"]["exe"],

@@ -68,8 +68,6 @@ const RAW_CATEGORIES: &[(&str, &str)] = &[
 /// Every program and the hooks it attaches to. Programs on one tracepoint run in the order
 /// they were attached, which is the order here.
 pub const PROGRAMS: &[(&str, &[Hook])] = &[
-    ("sys_enter_execve", &[syscall("sys_enter_execve")]),
-    ("sys_enter_execveat", &[syscall("sys_enter_execveat")]),
     ("sched_process_exec", &[Hook::Raw("sched_process_exec")]),
     // Right after it: judges only an exec the first was skipped for (`agent-ebpf/src/judged.rs`).
     (
@@ -161,13 +159,6 @@ pub fn attachments() -> impl Iterator<Item = (&'static str, Hook)> {
         .flat_map(|(program, hooks)| hooks.iter().map(|hook| (*program, *hook)))
 }
 
-/// Programs only exec prevention (BPF LSM's `bprm_check_security`) needs: they keep an
-/// exec's arguments from its entry for the exec the LSM program refuses before there is a
-/// new image to read them from. Without that prevention no exec is refused, every one
-/// reaches `sched_process_exec` with its arguments in the new image, and these would cost
-/// every exec on the node (and two more syscall tracepoints) for nothing.
-const EXEC_PREVENTION_ONLY: [&str; 2] = ["sys_enter_execve", "sys_enter_execveat"];
-
 /// Programs only enforcement needs: `raw_syscalls/sys_exit` carries out kills the hooks
 /// that refused could not send, and fails closed an exec no judge saw. `vigil trace` kills
 /// nothing and judges nothing, and the hook runs at every system call of every task.
@@ -191,8 +182,7 @@ const WX_TRACEPOINT_ONLY: [&str; 9] = [
 /// Whether `program` is loaded and attached in `mode` where the BPF LSM covers `prevent`
 /// ([`agent_common::prevent`] bits).
 pub fn needed(program: &str, mode: Mode, prevent: u32) -> bool {
-    (prevent & agent_common::prevent::EXEC != 0 || !EXEC_PREVENTION_ONLY.contains(&program))
-        && (mode == Mode::Enforce || !ENFORCE_ONLY.contains(&program))
+    (mode == Mode::Enforce || !ENFORCE_ONLY.contains(&program))
         && (prevent & agent_common::prevent::WX_REPORTS == 0
             || !WX_TRACEPOINT_ONLY.contains(&program))
 }
@@ -1023,17 +1013,11 @@ mod tests {
                 .collect()
         };
         assert_eq!(names(Mode::Enforce, all), every);
-        assert_eq!(
-            names(Mode::Enforce, agent_common::prevent::WX),
-            without(&["sys_enter_execve", "sys_enter_execveat"])
-        );
+        assert_eq!(names(Mode::Enforce, agent_common::prevent::WX), every);
         assert_eq!(names(Mode::Trace, all), without(&["sys_exit"]));
-        assert_eq!(
-            names(Mode::Trace, 0),
-            without(&["sys_enter_execve", "sys_enter_execveat", "sys_exit"])
-        );
+        assert_eq!(names(Mode::Trace, 0), without(&["sys_exit"]));
         // Where the LSM programs report W^X, no W^X syscall tracepoint is left: what stays
-        // on a `syscalls/*` hook is scripts, foreign writes and the exec entry.
+        // on a `syscalls/*` hook is scripts and foreign writes.
         let lsm_reports = all | agent_common::prevent::WX_REPORTS;
         let syscall_tracepoints = |mode| -> Vec<&str> {
             let mut names: Vec<&str> = attachments_with(mode, lsm_reports)
@@ -1046,8 +1030,6 @@ mod tests {
         assert_eq!(
             syscall_tracepoints(Mode::Enforce),
             [
-                "sys_enter_execve",
-                "sys_enter_execveat",
                 "sys_enter_ptrace",
                 "sys_enter_userfaultfd",
                 "sys_enter_process_vm_writev",
