@@ -788,6 +788,10 @@ pub mod prevent {
     /// under every action, and judge files mapped executable; the W^X syscall tracepoints are
     /// not attached.
     pub const WX_REPORTS: u32 = 4;
+    /// `file_open`: every file opened, whatever the entry (io_uring and 32-bit calls too):
+    /// `/proc/<pid>/mem` for writing and `/dev/userfaultfd` are judged and refused before
+    /// the open; `sys_exit_open_mem` is not attached.
+    pub const FOREIGN_OPEN: u32 = 8;
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -932,7 +936,7 @@ pub mod probe_error {
     /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing;
     /// `sigkill`: a kill the kernel would not send at once, left for the task's syscall exit);
     /// a probe's id is its index here.
-    pub const PROBES: [&str; 37] = [
+    pub const PROBES: [&str; 38] = [
         "cgroup_attach_task",
         "sys_enter",
         "sched_process_exec",
@@ -970,6 +974,7 @@ pub mod probe_error {
         "sched_process_exec_image_walk_again",
         "lsm_mmap_file_exec",
         "lsm_file_mprotect_exec",
+        "lsm_file_open",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

@@ -90,3 +90,8 @@ pub fn floor_lsm_mmap_file_1(_ctx: LsmContext) -> i32 {
 pub fn floor_lsm_file_mprotect_1(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "file_open")]
+pub fn floor_lsm_file_open(_ctx: LsmContext) -> i32 {
+    0
+}

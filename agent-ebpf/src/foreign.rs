@@ -153,8 +153,18 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
 /// it beside its other work.
 #[inline(never)]
 pub fn opened(cfg: &Config, ret: i64) -> Result<(), i64> {
-    let k = &cfg.kernel;
     let file = task_fd_file(cfg, ret as u32).ok_or(1)?;
+    if let Some((syscall, mode)) = foreign_file(cfg, file)? {
+        report(cfg, syscall, mode, ret as i32, 0);
+    }
+    Ok(())
+}
+
+/// Whether `file`, being opened, is a means to write into memory: `/proc/<pid>/mem` for
+/// writing (`PROC_MEM`) or `/dev/userfaultfd` (`USERFAULTFD`), with its `f_mode`.
+#[inline(always)]
+pub fn foreign_file(cfg: &Config, file: *const u8) -> Result<Option<(u32, u32)>, i64> {
+    let k = &cfg.kernel;
     let mode: u32 = read_kernel(file, k.file_mode).ok_or(1)?;
     // A zeroed name, not an `Option`: the compiler read an absent one's bytes before its tag,
     // from stack 6.1's verifier had not seen written, and refused the program.
@@ -168,20 +178,18 @@ pub fn opened(cfg: &Config, ret: i64) -> Result<(), i64> {
         named = true;
     }
     if name == *b"userfaultfd\0" && !anonymous_file(cfg, file) {
-        report(cfg, wx_syscall::USERFAULTFD, mode, ret as i32, 0);
-        return Ok(());
+        return Ok(Some((wx_syscall::USERFAULTFD, mode)));
     }
     if mode & FMODE_WRITE == 0 {
-        return Ok(());
+        return Ok(None);
     }
     if super_block_field(cfg, file, k.sb_magic) != Some(PROC_SUPER_MAGIC) {
-        return Ok(());
+        return Ok(None);
     }
     // A procfs file opened for writing whose name cannot be read is judged as `mem`: fail
     // closed rather than let an unnamed write handle through unseen.
     if named && name[..4] != *b"mem\0" {
-        return Ok(());
+        return Ok(None);
     }
-    report(cfg, wx_syscall::PROC_MEM, mode, ret as i32, 0);
-    Ok(())
+    Ok(Some((wx_syscall::PROC_MEM, mode)))
 }

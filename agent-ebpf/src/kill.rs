@@ -92,6 +92,10 @@ fn try_compat_opened(ctx: &RawTracePointContext) -> Result<(), i64> {
     let Some(cfg) = crate::task::config() else {
         return Err(1);
     };
+    // BPF LSM's `file_open` sees these opens too, before they happen.
+    if cfg.prevent & agent_common::prevent::FOREIGN_OPEN != 0 {
+        return Ok(());
+    }
     let status: u32 =
         crate::task::read_kernel(crate::task::current_task(), cfg.kernel.thread_status).ok_or(1)?;
     if status & TS_COMPAT == 0 {

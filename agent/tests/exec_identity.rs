@@ -944,6 +944,21 @@ fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
             assert!(e["data"]["wx"]["targetPid"].as_u64().unwrap() > 0, "{e}");
         }
     }
+    // Through io_uring no syscall tracepoint sees the open; BPF LSM's `file_open` does.
+    match common::prevention() {
+        Ok(()) => {
+            if let Some(e) =
+                killed_in_the_call_if_supported(&tracer, &cg, &["uring-proc-mem-write"], WX)
+            {
+                assert_eq!(e["data"]["wx"]["syscall"], "open", "{e}");
+                assert_eq!(e["data"]["wx"]["foreignWrite"], true, "{e}");
+            }
+        }
+        Err(why) => common::skip_for_kernel(
+            "/proc/<pid>/mem opened through io_uring",
+            &format!("BPF LSM's file_open ({why})"),
+        ),
+    }
     // The benign twins: reading another process's memory, reading one's own /proc mem, and
     // the same write outside any policy.
     let mut quiet = Vec::new();

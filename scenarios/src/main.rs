@@ -103,6 +103,7 @@ fn main() -> ExitCode {
         ("vm-readv", []) => memory::vm_copy(false),
         ("proc-mem-write", []) => memory::proc_mem(true),
         ("compat-proc-mem-write", []) => memory::compat_proc_mem_write(),
+        ("uring-proc-mem-write", []) => memory::uring_proc_mem_write(),
         ("proc-mem-read", []) => memory::proc_mem(false),
         ("refused-rwx", []) => memory::refused_rwx(),
         ("compat-mmap-rwx", []) => memory::compat_wx(memory::CompatCall::Mmap2, 7),

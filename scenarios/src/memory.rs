@@ -455,6 +455,45 @@ pub fn compat_proc_mem_write() -> Outcome {
     Ok(())
 }
 
+/// `/proc/self/mem` opened for writing through io_uring (`IORING_OP_OPENAT`), which passes no
+/// syscall tracepoint of `open`. Prints `opened`; exits 77 where io_uring is unavailable.
+pub fn uring_proc_mem_write() -> Outcome {
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(ring) => ring,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            return Err(Failure::Unsupported(format!(
+                "io_uring_setup: {e} (kernel.io_uring_disabled?)"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let name = c"/proc/self/mem";
+    let op = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), name.as_ptr())
+        .flags(libc::O_RDWR | libc::O_CLOEXEC)
+        .build()
+        .user_data(1);
+    // SAFETY: `name` is a static string, alive past the submission's completion.
+    unsafe { ring.submission().push(&op) }.map_err(|e| Failure::Error(e.to_string()))?;
+    ring.submit_and_wait(1)?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| Failure::Error("no completion".into()))?;
+    if cqe.result() == -libc::EINVAL || cqe.result() == -libc::EOPNOTSUPP {
+        return Err(Failure::Unsupported(format!(
+            "IORING_OP_OPENAT: {}",
+            std::io::Error::from_raw_os_error(-cqe.result())
+        )));
+    }
+    if cqe.result() < 0 {
+        return Err(Failure::Refused(-cqe.result()));
+    }
+    // SAFETY: the descriptor io_uring just opened, closed once.
+    unsafe { libc::close(cqe.result()) };
+    println!("opened");
+    Ok(())
+}
+
 /// W^X requests the kernel refuses: `mprotect` of an unmapped range and `mmap` of a bad
 /// descriptor. Prints `refused` when both failed as they must.
 pub fn refused_rwx() -> Outcome {

@@ -30,6 +30,7 @@ const LSM: &[(&str, &str)] = &[
     ("file_mprotect", "floor_lsm_file_mprotect"),
     ("mmap_file", "floor_lsm_mmap_file_1"),
     ("file_mprotect", "floor_lsm_file_mprotect_1"),
+    ("file_open", "floor_lsm_file_open"),
 ];
 
 /// The empty program standing in for `program`, the `nth` of Vigil's programs on `hook`.
@@ -111,7 +112,9 @@ impl Floor {
         // The LSM programs stand for exec and W^X prevention both, as the agent's do.
         let prevent = if lsm {
             let active = prevent::Prevention {
-                active: agent_common::prevent::EXEC | agent_common::prevent::WX,
+                active: agent_common::prevent::EXEC
+                    | agent_common::prevent::WX
+                    | agent_common::prevent::FOREIGN_OPEN,
                 ..Default::default()
             };
             let (kernel, _) =

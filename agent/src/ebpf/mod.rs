@@ -185,6 +185,7 @@ pub fn needed(program: &str, mode: Mode, prevent: u32) -> bool {
     (mode == Mode::Enforce || !ENFORCE_ONLY.contains(&program))
         && (prevent & agent_common::prevent::WX_REPORTS == 0
             || !WX_TRACEPOINT_ONLY.contains(&program))
+        && (prevent & agent_common::prevent::FOREIGN_OPEN == 0 || program != "sys_exit_open_mem")
 }
 
 /// [`agent_common::prevent::WX_REPORTS`] where the LSM's W^X programs run and can read the
@@ -1018,7 +1019,8 @@ mod tests {
         assert_eq!(names(Mode::Trace, 0), without(&["sys_exit"]));
         // Where the LSM programs report W^X, no W^X syscall tracepoint is left: what stays
         // on a `syscalls/*` hook is scripts and foreign writes.
-        let lsm_reports = all | agent_common::prevent::WX_REPORTS;
+        let lsm_reports =
+            all | agent_common::prevent::WX_REPORTS | agent_common::prevent::FOREIGN_OPEN;
         let syscall_tracepoints = |mode| -> Vec<&str> {
             let mut names: Vec<&str> = attachments_with(mode, lsm_reports)
                 .filter(|(_, hook)| matches!(hook, Hook::Tracepoint("syscalls", _)))
@@ -1033,16 +1035,14 @@ mod tests {
                 "sys_enter_ptrace",
                 "sys_enter_userfaultfd",
                 "sys_enter_process_vm_writev",
-                "sys_exit_open_mem",
                 "sys_enter_open_script",
                 "sys_enter_openat_script",
                 "sys_exit_open_script",
             ]
         );
-        assert_eq!(
-            names(Mode::Enforce, lsm_reports),
-            without(&WX_TRACEPOINT_ONLY)
-        );
+        let mut left_out = WX_TRACEPOINT_ONLY.to_vec();
+        left_out.push("sys_exit_open_mem");
+        assert_eq!(names(Mode::Enforce, lsm_reports), without(&left_out));
     }
 
     /// The LSM programs take W^X over only where they are attached, the helper is there and

@@ -18,6 +18,7 @@ pub const PREVENTION: &[(&str, &str, u32)] = &[
     // executable, judged only where these programs report W^X (`prevent::WX_REPORTS`).
     ("lsm_mmap_file_exec", "mmap_file", prevent::WX),
     ("lsm_file_mprotect_exec", "file_mprotect", prevent::WX),
+    ("lsm_file_open", "file_open", prevent::FOREIGN_OPEN),
 ];
 
 /// What this node refuses before the act.
@@ -35,7 +36,8 @@ impl Prevention {
     /// One line for logs, `vigil doctor` and policy status.
     pub fn describe(&self) -> String {
         match &self.unavailable {
-            None => "BPF LSM refuses denied execs and W^X mappings before they happen (EPERM)"
+            None => "BPF LSM refuses denied execs, W^X mappings and foreign writes by open \
+                     (/proc/<pid>/mem, /dev/userfaultfd) before they happen (EPERM)"
                 .to_owned(),
             Some(why) => format!(
                 "no BPF LSM ({why}): Deny of exec and W^X is carried out as Kill after the act"

@@ -73,8 +73,8 @@ pub struct WxData {
     pub shared_exec: bool,
     /// A write into another process's memory, or the means to it: ptrace attach, seize or a
     /// write request (`flags` holds the request), process_vm_writev, or /proc/<pid>/mem
-    /// opened for writing (`syscall` open; `fd` the new descriptor; `flags` the file's
-    /// f_mode); or a userfaultfd created, with which the kernel fills pages (executable ones
+    /// opened for writing (`syscall` open; `fd` the new descriptor, -1 where BPF LSM judges the
+    /// open before it happens; `flags` the file's f_mode); or a userfaultfd created, with which the kernel fills pages (executable ones
     /// too) on the process's behalf (`syscall` userfaultfd; by the system call (`flags` its
     /// flags) or by opening /dev/userfaultfd (`fd`, `flags` the f_mode)). Reported under
     /// `memory.foreignWrites: Deny`, observed in trace mode.
