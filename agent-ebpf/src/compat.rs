@@ -44,13 +44,29 @@ fn compat_watched() -> bool {
 /// A traced exec's entry is recorded (`judged.rs`), then the 32-bit entry judged; neither
 /// waits on the other's failure.
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let entry = crate::judged::at_entry(ctx.arg(1));
+    // Plain codes (0: none), each taken at once: a `Result` kept across the other calls and
+    // returned later had its payload read from stack never written when it was `Ok`, which
+    // 5.10's verifier refuses.
+    let entry = code(crate::judged::at_entry(ctx.arg(1)));
     let args = crate::exec::at_exec_entry(ctx);
-    try_compat(ctx)?;
-    if args != 0 && entry.is_ok() {
-        return Err(args);
+    let compat = code(try_compat(ctx));
+    let failed = if entry != 0 {
+        entry
+    } else if args != 0 {
+        args
+    } else {
+        compat
+    };
+    if failed == 0 { Ok(()) } else { Err(failed) }
+}
+
+/// 0 for `Ok`, the error code otherwise.
+#[inline(always)]
+fn code(result: Result<(), i64>) -> i64 {
+    match result {
+        Ok(()) => 0,
+        Err(err) => err,
     }
-    entry
 }
 
 fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {

@@ -40,18 +40,18 @@ entry_points! {
 
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // Its failure is counted once the pending kills, which do not depend on it, are done.
-    let judged = crate::judged::at_return(ctx);
-    // A plain code, not a second `Result`: LLVM combined two into a read of a register the
-    // verifier had not seen written.
-    let opened = compat_opened(ctx);
-    let judged = if opened != 0 && judged.is_ok() {
-        Err(opened)
-    } else {
-        judged
+    // Plain codes (0: none), each taken at once: `Result`s kept across other calls and
+    // combined later were read from registers or stack never written when they were `Ok`.
+    let judged = match crate::judged::at_return(ctx) {
+        Ok(()) => 0,
+        Err(err) => err,
     };
+    let opened = compat_opened(ctx);
+    let failed = if judged != 0 { judged } else { opened };
+    let result = || if failed == 0 { Ok(()) } else { Err(failed) };
     match KILLS_RECORDED.get(0) {
         Some(flag) if *flag != 0 => {}
-        _ => return judged,
+        _ => return result(),
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: only checked for presence.
@@ -59,7 +59,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if unsafe { PENDING_KILLS.get(tgid) }.is_some() && try_sigkill() {
         forget_pending_kill(tgid);
     }
-    judged
+    result()
 }
 
 /// i386 `open`, `openat` and `openat2`: no syscall tracepoint fires for the 32-bit entry, so
