@@ -109,6 +109,11 @@ bit_flags! {
         /// is preempted on that CPU), and the check on the way back to user space failed it
         /// closed (`UNVERIFIABLE` too). `path` and `exe_path` are the new image's executable.
         UNJUDGED,
+        /// A level of an exec that the kernel hands on to an interpreter (a script, or a file
+        /// `binfmt_misc` runs), judged before it ran (BPF LSM, `bprm_check_security`, where
+        /// it decides every level: [`prevent::SCRIPT_LEVELS`]); `path` is that file's real
+        /// path, `exe_path` the caller's executable. Without `PREVENTED` the exec went on.
+        LEVEL,
     }
 }
 
@@ -675,9 +680,16 @@ kernel_offsets! {
             bprm_file: "file",
             bprm_filename: "filename",
             bprm_interp: "interp",
+            /// The first bytes of the file at this level (`#!`, an ELF header): whether the
+            /// kernel will hand it on to an interpreter.
+            bprm_buf: "buf",
         }
         signal_struct {
             signal_live: "live.counter",
+        }
+        qstr {
+            /// The name of an anonymous inode (`[userfaultfd]`).
+            qstr_name: "name",
         }
         cgroup {
             /// With `cgroup_root.hierarchy_id` (0: the cgroup v2 hierarchy) and
@@ -792,6 +804,11 @@ pub mod prevent {
     /// `/proc/<pid>/mem` for writing and `/dev/userfaultfd` are judged and refused before
     /// the open; `sys_exit_open_mem` is not attached.
     pub const FOREIGN_OPEN: u32 = 8;
+    /// With [`EXEC`], where the first bytes of each level are readable: `bprm_check_security`
+    /// decides every level an interpreter runs, under every action (Alert reports it), so
+    /// nothing waits for the interpreter to open its script; the `*_script` open tracepoints
+    /// are not attached.
+    pub const SCRIPT_LEVELS: u32 = 16;
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -869,8 +886,8 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 288 + 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 74 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 296 + 8);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 40);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);

@@ -286,7 +286,13 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             violation = fail_closed(set, &ps);
             undecided = !violation.is_hit();
         }
-        if facts.script && !violation.is_hit() && ps.exec_action != 0 {
+        // Where BPF LSM decided every level as the kernel chose it (`SCRIPT_LEVELS`), nothing
+        // is left for the interpreter's open.
+        if facts.script
+            && !violation.is_hit()
+            && ps.exec_action != 0
+            && cfg.prevent & agent_common::prevent::SCRIPT_LEVELS == 0
+        {
             match crate::script::await_open(cfg, scratch, tgid) {
                 Awaited::Yes => {}
                 // A script or a level of its chain cannot be followed to its file: it
@@ -520,8 +526,9 @@ pub fn fill_args_from_image(cfg: &Config, event: &mut ExecEvent) {
     }
 }
 
-/// Copies the arguments captured at syscall entry into the record.
-pub fn fill_args(event: &mut ExecEvent) {
+/// Copies the arguments captured at syscall entry into the record; `done`: the exec ends here
+/// (refused), so the copy goes with it; else a later level may report them too.
+pub fn fill_args(event: &mut ExecEvent, done: bool) {
     event.argc = 0;
     event.args_len = 0;
     let old_tid = event.old_tid;
@@ -539,7 +546,9 @@ pub fn fill_args(event: &mut ExecEvent) {
                 event.flags |= exec_flags::ARGS_MISSING;
                 event.args_len = 0;
             }
-            let _ = EXEC_ARGS.remove(old_tid);
+            if done {
+                let _ = EXEC_ARGS.remove(old_tid);
+            }
         }
         None => event.flags |= exec_flags::ARGS_MISSING,
     }

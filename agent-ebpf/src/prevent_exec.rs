@@ -4,7 +4,7 @@
 //! its old image (under Kill it is killed as well). The decision is the exec tracepoint's,
 //! on the file the kernel is about to run, from the same policy maps; what this hook lets
 //! through is decided again at `sched_process_exec`, which kills (fail closed).
-use agent_common::{NAME_LEN, PathRule, action, exec_flags, kind, mode};
+use agent_common::{NAME_LEN, PathRule, action, exec_flags, kind, mode, prevent};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
@@ -62,6 +62,25 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
     }
 }
 
+/// Whether the kernel will hand the file at this level on to an interpreter: anything but
+/// an ELF image for this machine (x86-64, or i386 through the 32-bit entry) is a script or
+/// a file `binfmt_misc` runs. Unreadable counts as interpreted: the level is then decided here.
+#[inline(always)]
+fn interpreted(bprm: *const u8, buf: u32) -> bool {
+    let Some(head) = crate::task::read_kernel::<[u8; 20]>(bprm, buf) else {
+        return true;
+    };
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    !(head[0] == 0x7f
+        && head[1] == b'E'
+        && head[2] == b'L'
+        && head[3] == b'F'
+        && (machine == EM_X86_64 || machine == EM_386))
+}
+
+const EM_386: u16 = 3;
+const EM_X86_64: u16 = 62;
+
 /// Whether the exec is refused.
 fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     let cfg = config().ok_or(1)?;
@@ -72,78 +91,112 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     let Some(ps) = policy_set(set) else {
         return Ok(false);
     };
-    // Alert leaves the act and its report to the exec tracepoint.
-    if !action::refuses(ps.exec_action as u16) {
-        return Ok(false);
-    }
     let k = &cfg.kernel;
     // The hook's first argument is the `struct linux_binprm *`.
     let bprm: *const u8 = ctx.arg(0);
-    // Without room to walk the path, refused under the refusing action it runs for: the
-    // file cannot be verified (fail closed, as the tracepoint would decide it).
-    let Ok(claim) = Claim::<scratch::Path>::new() else {
-        if ps.exec_action as u16 == action::KILL {
-            send_sigkill();
-        }
-        crate::diag::count(
-            const { agent_common::probe_error::id("lsm_bprm_check") },
-            agent_common::probe_error::MAP,
-        );
-        return Ok(true);
-    };
-    // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
-    let scratch = unsafe { &mut *claim.entry() };
+    let refusing = action::refuses(ps.exec_action as u16);
+    // Alert leaves the act and its report to the exec tracepoint, except a level the kernel
+    // hands on to an interpreter where this program decides those (`SCRIPT_LEVELS`): by
+    // `sched_process_exec` that file is released, and no open of it is awaited.
+    let level = ps.exec_action != 0
+        && cfg.prevent & prevent::SCRIPT_LEVELS != 0
+        && interpreted(bprm, k.bprm_buf);
+    if !refusing && !level {
+        return Ok(false);
+    }
     let file = read_kernel_ptr(bprm, k.bprm_file);
     let mut exe_name = [0u8; NAME_LEN];
-    let mut flags = exec_flags::PREVENTED;
+    let mut flags = 0;
+    if level {
+        flags |= exec_flags::LEVEL;
+    }
     match file {
         Some(file) => flags |= file_facts(cfg, file, &mut exe_name),
         None => flags |= exec_flags::EXE_UNKNOWN,
     }
     let memfd = flags & exec_flags::MEMFD != 0;
-    let path = file.and_then(|f| real_path(cfg, f, scratch));
+    // Without room to walk the path the file cannot be verified: it fails closed below, as
+    // the tracepoint would decide it.
+    let claim = Claim::<scratch::Path>::new().ok();
     let mut rule = PathRule::default();
     let mut keyed = false;
-    match path {
-        Some(built)
-            if !built.forged()
-                && path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len) =>
-        {
-            keyed = true;
-            if let Some(found) = EXEC_PATHS.get(&scratch.key) {
-                rule = *found;
+    // The real path's bytes, in the scratch entry the claim holds.
+    let mut path_at: Option<*const u8> = None;
+    match &claim {
+        None => {
+            crate::diag::count(
+                const { agent_common::probe_error::id("lsm_bprm_check") },
+                agent_common::probe_error::MAP,
+            );
+            flags |= exec_flags::EXE_PATH_TRUNCATED;
+        }
+        Some(claim) => {
+            // SAFETY: this thread's scratch entry, which nobody else writes while the claim
+            // lives.
+            let scratch = unsafe { &mut *claim.entry() };
+            match file.and_then(|f| real_path(cfg, f, scratch)) {
+                Some(built)
+                    if !built.forged()
+                        && path_key(&mut scratch.key, set, built.ptr(&scratch.path), built.len) =>
+                {
+                    keyed = true;
+                    path_at = Some(built.ptr(&scratch.path));
+                    if let Some(found) = EXEC_PATHS.get(&scratch.key) {
+                        rule = *found;
+                    }
+                }
+                Some(built) if built.forged() => {
+                    path_at = Some(built.ptr(&scratch.path));
+                    flags |= exec_flags::USER_MOUNT;
+                }
+                Some(built) => {
+                    path_at = Some(built.ptr(&scratch.path));
+                    flags |= exec_flags::EXE_PATH_TRUNCATED;
+                }
+                None => flags |= exec_flags::EXE_PATH_TRUNCATED,
             }
         }
-        Some(built) if built.forged() => flags |= exec_flags::USER_MOUNT,
-        _ => flags |= exec_flags::EXE_PATH_TRUNCATED,
     }
     let mut v = decide_exec(set, &ps, memfd, keyed, &rule, None);
+    // Alert with a deny list on a path the maps cannot key: user space decides on the path.
+    let mut undecided = false;
     if !keyed && !memfd && !v.is_hit() {
         v = fail_closed(set, &ps);
         if v.is_hit() {
             flags |= exec_flags::UNVERIFIABLE;
+        } else {
+            undecided = !refusing;
         }
     }
-    if !v.is_hit() {
+    if !v.is_hit() && !undecided {
         return Ok(false);
     }
-    if v.action == action::KILL {
-        send_sigkill();
+    let refused = refusing && v.is_hit();
+    if refused {
+        flags |= exec_flags::PREVENTED;
+        if v.action == action::KILL {
+            send_sigkill();
+        }
     }
 
     let mut head = header(kind::EXEC, cfg);
     mark(&mut head, v);
+    if undecided {
+        flags |= exec_flags::UNDECIDED;
+        // User space decides; it needs the set.
+        head.rule = agent_common::rule_id::pack(set, 0);
+    }
     let filename = read_kernel_ptr(bprm, k.bprm_filename);
     let interp = read_kernel_ptr(bprm, k.bprm_interp);
     if filename.is_some() && interp.is_some() && interp != filename {
         flags |= exec_flags::SCRIPT;
     }
     if !admit(kind::EXEC, 0, &mut head) {
-        return Ok(true);
+        return Ok(refused);
     }
     let Some(mut entry) = EVENTS.reserve::<agent_common::ExecEvent>(0) else {
         lost(kind::EXEC, 0, head.count, head.first_ns, &head);
-        return Ok(true);
+        return Ok(refused);
     };
     // SAFETY: a reserved ring-buffer slot of the right size that only this program writes
     // until it is submitted.
@@ -151,14 +204,14 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     event.header = head;
     event.flags = flags;
     let pid_tgid = bpf_get_current_pid_tgid();
-    // The exec did not happen: the arguments are still filed under the caller's thread.
+    // Not run (yet): the arguments are still filed under the caller's thread.
     event.old_tid = pid_tgid as u32;
     event.exe_name = exe_name;
     event.path[0] = 0;
-    match path {
-        Some(built) => {
+    match path_at {
+        Some(at) => {
             // SAFETY: the source has at least PATH_LEN bytes from any start.
-            let _ = unsafe { bpf_probe_read_kernel_buf(built.ptr(&scratch.path), &mut event.path) };
+            let _ = unsafe { bpf_probe_read_kernel_buf(at, &mut event.path) };
         }
         None => {
             if let Some(name) = filename {
@@ -173,7 +226,8 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
         // SAFETY: a live map value of PATH_LEN bytes.
         let _ = unsafe { bpf_probe_read_kernel_buf((*exe).path.as_ptr(), &mut event.exe_path) };
     }
-    fill_args(event);
+    // An exec that goes on keeps them for its next level's report.
+    fill_args(event, refused);
     entry.submit(0);
-    Ok(true)
+    Ok(refused)
 }

@@ -334,6 +334,15 @@ fn prevention_checks(
              (and raw sys_enter for 32-bit calls) report W^X"
         },
     ));
+    checks.push(check(
+        "script hooks",
+        Status::Ok,
+        if crate::ebpf::script_levels(&prevention, kernel) != 0 {
+            "the BPF LSM program on bprm_check_security decides every level of a script              chain as the kernel picks it; no open tracepoint is attached for scripts"
+        } else {
+            "a script is decided on the file its interpreter opens (the open, openat and              openat2 syscall tracepoints)"
+        },
+    ));
     if prevention.unavailable.is_none() {
         for (program, hook, _) in PREVENTION {
             let verified = ebpf

@@ -57,7 +57,10 @@ fn kernel(events: &[Value], pid: u32) -> Option<String> {
     events
         .iter()
         .filter(|e| is(e, EXEC, pid))
-        .find(|e| e["data"]["exec"]["mapped"] != true && e["data"]["exec"]["opened"] != true)
+        .find(|e| {
+            let exec = &e["data"]["exec"];
+            exec["mapped"] != true && exec["opened"] != true && exec["interpreted"] != true
+        })
         .map(|e| {
             e["data"]["policy"]["rule"]
                 .as_str()

@@ -1207,6 +1207,7 @@ fn scripts_are_decided_on_the_file_their_interpreter_opens_not_on_the_name() {
         ],
     );
     let lsm = common::prevention().is_ok();
+    let levels_from_lsm = common::scripts_from_lsm();
     let tracer = Tracer::enforce(&file);
     let marker = base.join("marker");
     let sh = std::fs::canonicalize("/bin/sh").unwrap();
@@ -1283,6 +1284,9 @@ fn scripts_are_decided_on_the_file_their_interpreter_opens_not_on_the_name() {
             script.to_str().unwrap(),
             "{what}: {e}"
         );
+        if levels_from_lsm {
+            assert_eq!(e["data"]["exec"]["interpreted"], true, "{what}: {e}");
+        }
         if !lsm {
             assert_eq!(e["data"]["exec"]["script"], true, "{what}: {e}");
             assert_eq!(
@@ -1437,22 +1441,31 @@ fn every_level_of_a_nested_interpreter_chain_is_decided() {
         );
     }
 
-    // Deeper than followed: not verifiable, so a Kill policy kills and says why.
+    // Deeper than the names followed: not verifiable, so a Kill policy kills and says why.
+    // Where `bprm_check_security` decides every level nothing is followed by name, and a
+    // chain of allowed levels is as benign as a shorter one.
     let four = ok.join("four");
-    let (pid, status, ran) = run_from(&cg, &base, four.to_str().unwrap(), &[], &marker);
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "four levels: {status}"
-    );
-    assert!(!ran, "four levels ran");
-    let e = tracer.wait_for("four levels", |e| is(e, EXEC, pid));
-    assert_eq!(e["data"]["exec"]["unverifiable"], true, "{e}");
-    assert_eq!(e["data"]["policy"]["rule"], "spec.exec", "{e}");
+    let levels_from_lsm = common::scripts_from_lsm();
+    if !levels_from_lsm {
+        let (pid, status, ran) = run_from(&cg, &base, four.to_str().unwrap(), &[], &marker);
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "four levels: {status}"
+        );
+        assert!(!ran, "four levels ran");
+        let e = tracer.wait_for("four levels", |e| is(e, EXEC, pid));
+        assert_eq!(e["data"]["exec"]["unverifiable"], true, "{e}");
+        assert_eq!(e["data"]["policy"]["rule"], "spec.exec", "{e}");
+    }
 
     // The twins: the same chains through allowed levels run, silently.
     let mut quiet = Vec::new();
-    for program in ["two-ok", "three-ok"] {
+    let mut twins = vec!["two-ok", "three-ok"];
+    if levels_from_lsm {
+        twins.push("four");
+    }
+    for program in twins {
         let program = ok.join(program);
         let (pid, status, ran) = run_from(&cg, &base, program.to_str().unwrap(), &[], &marker);
         assert!(status.success() && ran, "{}: {status}", program.display());
@@ -1462,6 +1475,83 @@ fn every_level_of_a_nested_interpreter_chain_is_decided() {
     for pid in quiet {
         let noisy: Vec<_> = events.iter().filter(|e| is(e, EXEC, pid)).collect();
         assert!(noisy.is_empty(), "a benign chain was reported: {noisy:?}");
+    }
+}
+
+/// Under Alert nothing is refused and nothing waits for a kill: a denied script, and a denied
+/// level of a chain, are each reported on their own file (as the kernel picked it where BPF
+/// LSM decides every level, as the interpreter opened it elsewhere) and run on.
+#[test]
+fn a_denied_script_under_alert_is_reported_on_its_file_and_runs() {
+    if !root_or_skip("script-alert") {
+        return;
+    }
+    let cg = TestCgroup::new("script-alert");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let denied = base.join("denied");
+    let ok = base.join("ok");
+    std::fs::create_dir_all(&denied).unwrap();
+    std::fs::create_dir_all(&ok).unwrap();
+    let (d, o) = (denied.display(), ok.display());
+    marker_script(&denied.join("s.sh"));
+    marker_script(&ok.join("ok.sh"));
+    std::os::unix::fs::symlink(denied.join("s.sh"), ok.join("link.sh")).unwrap();
+    // `ok/two` names the denied interpreter script `denied/mid`, which sh runs.
+    script_with(&denied.join("mid"), "#!/bin/sh\ntouch \"$2\"\n");
+    script_with(&ok.join("mid"), "#!/bin/sh\ntouch \"$2\"\n");
+    script_with(&ok.join("two"), &format!("#!{d}/mid\n"));
+    script_with(&ok.join("two-ok"), &format!("#!{o}/mid\n"));
+    let file = write_policies(
+        tmp.path(),
+        &[(
+            &cg,
+            "script-alert",
+            format!("  exec:\n    deny: [{{prefix: \"{d}/\"}}]\n    action: Alert\n"),
+        )],
+    );
+    let levels_from_lsm = common::scripts_from_lsm();
+    let tracer = Tracer::enforce(&file);
+    let marker = base.join("marker");
+    let how = if levels_from_lsm {
+        "interpreted"
+    } else {
+        "opened"
+    };
+    for (what, cwd, program, level) in [
+        ("relative ./", &denied, "./s.sh", denied.join("s.sh")),
+        ("symlink to it", &ok, "./link.sh", denied.join("s.sh")),
+        ("a level between", &base, "ok/two", denied.join("mid")),
+    ] {
+        let (pid, status, ran) = run_from(&cg, cwd, program, &[], &marker);
+        assert!(
+            status.success() && ran,
+            "{what}: Alert stops nothing ({status})"
+        );
+        let e = tracer.wait_for(what, |e| is(e, EXEC, pid) && e["data"]["exec"][how] == true);
+        assert_eq!(
+            e["data"]["exec"]["path"],
+            level.to_str().unwrap(),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            e["data"]["policy"]["rule"], "spec.exec.deny[0]",
+            "{what}: {e}"
+        );
+        assert_eq!(e["vigilaction"], "alert", "{what}: {e}");
+        assert!(e["data"]["exec"].get("prevented").is_none(), "{what}: {e}");
+    }
+    // The benign twins under the same kinds of names: silent.
+    let mut quiet = Vec::new();
+    for (cwd, program) in [(&ok, "./ok.sh"), (&base, "ok/two-ok")] {
+        let (pid, status, ran) = run_from(&cg, cwd, program, &[], &marker);
+        assert!(status.success() && ran, "{program}: {status}");
+        quiet.push(pid);
+    }
+    let events = tracer.stop();
+    for pid in quiet {
+        let noisy: Vec<_> = events.iter().filter(|e| is(e, EXEC, pid)).collect();
+        assert!(noisy.is_empty(), "a benign script was reported: {noisy:?}");
     }
 }
 

@@ -120,7 +120,7 @@ impl Floor {
             let (kernel, _) =
                 super::offsets::kernel_offsets(super::offsets::load_btf().ok().as_ref());
             let fallbacks = super::fallback::Fallbacks::detect().unwrap_or_default();
-            active.active | super::wx_reports(&active, &fallbacks, &kernel)
+            active.active | super::taken_over(&active, &fallbacks, &kernel)
         } else {
             0
         };

@@ -186,6 +186,38 @@ pub fn needed(program: &str, mode: Mode, prevent: u32) -> bool {
         && (prevent & agent_common::prevent::WX_REPORTS == 0
             || !WX_TRACEPOINT_ONLY.contains(&program))
         && (prevent & agent_common::prevent::FOREIGN_OPEN == 0 || program != "sys_exit_open_mem")
+        && (prevent & agent_common::prevent::SCRIPT_LEVELS == 0
+            || !SCRIPT_OPEN_ONLY.contains(&program))
+}
+
+/// Programs that only follow a script to its interpreter's open: where `bprm_check_security`
+/// decides every level (`prevent::SCRIPT_LEVELS`) nothing waits for that open.
+const SCRIPT_OPEN_ONLY: [&str; 3] = [
+    "sys_enter_open_script",
+    "sys_enter_openat_script",
+    "sys_exit_open_script",
+];
+
+/// [`agent_common::prevent::SCRIPT_LEVELS`] where the LSM's exec program runs and can read
+/// the first bytes of each level, else 0.
+pub fn script_levels(prevention: &prevent::Prevention, k: &agent_common::KernelOffsets) -> u32 {
+    if prevention.active & agent_common::prevent::EXEC != 0
+        && k.bprm_buf != agent_common::OFFSET_UNKNOWN
+    {
+        agent_common::prevent::SCRIPT_LEVELS
+    } else {
+        0
+    }
+}
+
+/// What the BPF LSM programs take over from tracepoints here, besides what they refuse:
+/// [`wx_reports`] and [`script_levels`].
+pub fn taken_over(
+    prevention: &prevent::Prevention,
+    fallbacks: &fallback::Fallbacks,
+    k: &agent_common::KernelOffsets,
+) -> u32 {
+    wx_reports(prevention, fallbacks, k) | script_levels(prevention, k)
 }
 
 /// [`agent_common::prevent::WX_REPORTS`] where the LSM's W^X programs run and can read the
@@ -798,7 +830,7 @@ impl Probes {
         let mut attached = 0;
         // Before any tracepoint: those leave to these programs what they refuse.
         let (prevention, lsm_links) = prevent::attach(&mut ebpf, own_pins.is_some());
-        config.prevent = prevention.active | wx_reports(&prevention, &fallbacks, &config.kernel);
+        config.prevent = prevention.active | taken_over(&prevention, &fallbacks, &config.kernel);
         if let Some(own) = &own_pins {
             for (program, link) in lsm_links {
                 let path = own.link_path(program, index);
@@ -1043,6 +1075,17 @@ mod tests {
         let mut left_out = WX_TRACEPOINT_ONLY.to_vec();
         left_out.push("sys_exit_open_mem");
         assert_eq!(names(Mode::Enforce, lsm_reports), without(&left_out));
+        // Where `bprm_check_security` decides every level, no open waits for a script.
+        let levels = lsm_reports | agent_common::prevent::SCRIPT_LEVELS;
+        left_out.extend(SCRIPT_OPEN_ONLY);
+        assert_eq!(names(Mode::Enforce, levels), without(&left_out));
+        assert!(
+            attachments_with(Mode::Enforce, levels)
+                .filter(|(_, hook)| matches!(hook, Hook::Tracepoint("syscalls", _)))
+                .all(|(p, _)| p.starts_with("sys_enter_ptrace")
+                    || p.starts_with("sys_enter_userfaultfd")
+                    || p.starts_with("sys_enter_process_vm_writev"))
+        );
     }
 
     /// The LSM programs take W^X over only where they are attached, the helper is there and
@@ -1071,5 +1114,13 @@ mod tests {
         let mut no_r8 = k;
         no_r8.regs_r8 = agent_common::OFFSET_UNKNOWN;
         assert_eq!(wx_reports(&active, &fallbacks, &no_r8), 0);
+        assert_eq!(
+            script_levels(&active, &k),
+            agent_common::prevent::SCRIPT_LEVELS
+        );
+        assert_eq!(script_levels(&prevent::Prevention::default(), &k), 0);
+        let mut no_buf = k;
+        no_buf.bprm_buf = agent_common::OFFSET_UNKNOWN;
+        assert_eq!(script_levels(&active, &no_buf), 0);
     }
 }

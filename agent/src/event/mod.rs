@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(size_of::<ConnectEvent>(), 128);
         assert_eq!(size_of::<WxEvent>(), 120);
         assert_eq!(size_of::<WxRecord>(), 384);
-        assert_eq!(size_of::<agent_common::Config>(), 320);
+        assert_eq!(size_of::<agent_common::Config>(), 328);
         assert_eq!(size_of::<agent_common::PolicySet>(), 40);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 272);

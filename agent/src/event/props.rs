@@ -122,6 +122,7 @@ proptest! {
         prop_assert_eq!(x.unverifiable, flag(exec_flags::UNVERIFIABLE));
         prop_assert_eq!(x.mapped, flag(exec_flags::MAPPED));
         prop_assert_eq!(x.opened, flag(exec_flags::OPENED));
+        prop_assert_eq!(x.interpreted, flag(exec_flags::LEVEL));
         prop_assert_eq!(x.user_mount, flag(exec_flags::USER_MOUNT));
         prop_assert_eq!(x.unjudged, flag(exec_flags::UNJUDGED));
         prop_assert_eq!(x.args_truncated, flag(exec_flags::ARGS_TRUNCATED));

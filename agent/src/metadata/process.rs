@@ -95,7 +95,9 @@ impl ProcessCache {
     pub fn lineage(&mut self, event: &Event) -> Lineage {
         let h = &event.header;
         let process = match &event.body {
-            Body::Exec(exec) if !exec.mapped && !exec.opened && !exec.prevented => {
+            Body::Exec(exec)
+                if !exec.mapped && !exec.opened && !exec.prevented && !exec.interpreted =>
+            {
                 // The exec record is authoritative for the new image; /proc may add the
                 // resolved executable path if the process still exists.
                 let exe = exec.exe_path.as_deref().map(Shared::from).or_else(|| {
@@ -174,6 +176,7 @@ mod tests {
                 unverifiable: false,
                 mapped: false,
                 opened: false,
+                interpreted: false,
                 user_mount: false,
                 prevented: false,
                 unjudged: false,

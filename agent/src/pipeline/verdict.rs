@@ -172,6 +172,7 @@ mod tests {
             unverifiable: false,
             mapped: false,
             opened: false,
+            interpreted: false,
             user_mount: false,
             prevented: false,
             unjudged: false,

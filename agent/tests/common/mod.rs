@@ -89,6 +89,22 @@ pub fn wx_from_lsm() -> bool {
     line.contains("BPF LSM programs")
 }
 
+/// Whether `bprm_check_security` decides every level of a script chain (`vigil doctor`'s
+/// "script hooks"): a script is then judged as the kernel picks it, not when its interpreter
+/// opens it.
+pub fn scripts_from_lsm() -> bool {
+    let out = std::process::Command::new(vigil_bin())
+        .arg("doctor")
+        .output()
+        .expect("running vigil doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("script hooks"))
+        .unwrap_or_else(|| panic!("vigil doctor says nothing of the script hooks:\n{text}"));
+    line.contains("bprm_check_security")
+}
+
 pub fn vigil_bin() -> PathBuf {
     built_binary("VIGIL_BIN", "vigil")
 }

@@ -60,6 +60,14 @@ pub struct ExecData {
     #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub opened: bool,
+    /// Only on violations, present only when true: a level of the exec that the kernel hands
+    /// on to an interpreter (a script, an interpreter script between, a file `binfmt_misc`
+    /// runs), decided on that file as the kernel picked it, before it ran (BPF LSM). `path`
+    /// is that file's real path; `process.exe` the caller's executable. Unless `prevented`,
+    /// the exec went on with the interpreter.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub interpreted: bool,
     /// Only on violations, present only when true: the real path crosses a mount an
     /// unprivileged user made in a user namespace of its own (a bind mount, a detached mount,
     /// a file system mounted over a path, a root made with pivot_root). The path names what
@@ -108,6 +116,7 @@ impl From<&Exec> for ExecData {
             unverifiable: e.unverifiable,
             mapped: e.mapped,
             opened: e.opened,
+            interpreted: e.interpreted,
             user_mount: e.user_mount,
             prevented: e.prevented,
             unjudged: e.unjudged,
@@ -124,6 +133,10 @@ impl ExecData {
             (self.memfd, "memfd"),
             (self.mapped, "mapped executable, not exec'd"),
             (self.opened, "script as its interpreter opened it"),
+            (
+                self.interpreted,
+                "script, judged before its interpreter ran",
+            ),
             (
                 self.user_mount,
                 "path through a mount made in a user namespace",

@@ -31,6 +31,9 @@ pub struct Exec {
     /// The script of an earlier exec as its interpreter opened it, not an exec: `path` is
     /// the opened file's real path.
     pub opened: bool,
+    /// A level the kernel hands on to an interpreter, decided before it ran (BPF LSM): `path`
+    /// is that file's real path, the process the caller.
+    pub interpreted: bool,
     /// The real path crosses a mount an unprivileged user made in a user namespace of its
     /// own: the path is that user's choice (and so unverifiable).
     pub user_mount: bool,
@@ -63,6 +66,7 @@ impl Exec {
             unverifiable: false,
             mapped: false,
             opened: false,
+            interpreted: false,
             user_mount: false,
             prevented: false,
             unjudged: false,
@@ -87,6 +91,7 @@ impl Exec {
             unverifiable: flag(exec_flags::UNVERIFIABLE),
             mapped: flag(exec_flags::MAPPED),
             opened: flag(exec_flags::OPENED),
+            interpreted: flag(exec_flags::LEVEL),
             user_mount: flag(exec_flags::USER_MOUNT),
             prevented: flag(exec_flags::PREVENTED),
             unjudged: flag(exec_flags::UNJUDGED),
