@@ -809,6 +809,13 @@ pub mod prevent {
     /// nothing waits for the interpreter to open its script; the `*_script` open tracepoints
     /// are not attached.
     pub const SCRIPT_LEVELS: u32 = 16;
+    /// `ptrace_access_check`, `ptrace_traceme` and `inode_init_security_anon`, where programs
+    /// may read the task's registers (the call they run under): foreign writes by system call
+    /// (`ptrace` attach and seize, `PTRACE_TRACEME`, `process_vm_writev`, every userfaultfd)
+    /// from every entry, refused before the act; the `sys_enter_ptrace`,
+    /// `sys_enter_process_vm_writev` and `sys_enter_userfaultfd` tracepoints are not attached,
+    /// and raw `sys_enter` leaves the 32-bit ones to these programs.
+    pub const FOREIGN_CALLS: u32 = 32;
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -953,7 +960,7 @@ pub mod probe_error {
     /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing;
     /// `sigkill`: a kill the kernel would not send at once, left for the task's syscall exit);
     /// a probe's id is its index here.
-    pub const PROBES: [&str; 38] = [
+    pub const PROBES: [&str; 41] = [
         "cgroup_attach_task",
         "sys_enter",
         "sched_process_exec",
@@ -992,6 +999,9 @@ pub mod probe_error {
         "lsm_mmap_file_exec",
         "lsm_file_mprotect_exec",
         "lsm_file_open",
+        "lsm_ptrace_access_check",
+        "lsm_ptrace_traceme",
+        "lsm_userfaultfd",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

@@ -81,7 +81,9 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(1)?;
     // Where the LSM programs report W^X, they see the 32-bit calls too.
     let wx_call = wx_call && cfg.prevent & prevent::WX_REPORTS == 0;
-    let foreign_call = foreign_call && foreign::watched(cfg);
+    // Where the LSM programs judge foreign writes by system call, the 32-bit ones too.
+    let foreign_call =
+        foreign_call && foreign::watched(cfg) && cfg.prevent & prevent::FOREIGN_CALLS == 0;
     if !wx_call && !foreign_call && !watched {
         return Ok(());
     }

@@ -95,3 +95,18 @@ pub fn floor_lsm_file_mprotect_1(_ctx: LsmContext) -> i32 {
 pub fn floor_lsm_file_open(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "ptrace_access_check")]
+pub fn floor_lsm_ptrace_access_check(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "ptrace_traceme")]
+pub fn floor_lsm_ptrace_traceme(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "inode_init_security_anon")]
+pub fn floor_lsm_inode_init_security_anon(_ctx: LsmContext) -> i32 {
+    0
+}

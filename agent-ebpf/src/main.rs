@@ -22,6 +22,7 @@ mod maps;
 mod path;
 mod policy;
 mod prevent_exec;
+mod prevent_foreign;
 mod prevent_open;
 mod prevent_wx;
 mod process;

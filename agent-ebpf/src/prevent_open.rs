@@ -5,7 +5,7 @@
 //! writes rule: reported in trace mode and under every action, refused (`EPERM`) under Deny
 //! and Kill (under Kill the process is killed as well). Where this program runs,
 //! `sys_exit_open_mem` is not attached (`prevent::FOREIGN_OPEN`).
-use agent_common::{action, kind, mode, set_flags, wx_reason};
+use agent_common::{Config, action, kind, mode, set_flags, wx_reason};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
@@ -46,13 +46,24 @@ fn try_file_open(file: *const u8) -> Result<bool, i64> {
     let Some((syscall, f_mode)) = foreign::foreign_file(cfg, file)? else {
         return Ok(false);
     };
+    Ok(refuse_foreign(cfg, syscall, f_mode, 0))
+}
+
+/// Judges a foreign write by the current task (`syscall`, one of [`agent_common::wx_syscall`], with its
+/// `flags` and the `target` process, 0 if none) before the act: reported in trace mode and
+/// under every action, refused under Deny and Kill (under Kill the process is killed as
+/// well). Whether it is refused.
+pub fn refuse_foreign(cfg: &Config, syscall: u32, flags: u32, target: u32) -> bool {
+    if !foreign::watched(cfg) || !traced(cfg) {
+        return false;
+    }
     let v = if cfg.mode == mode::ENFORCE {
         let set = current_set();
         let Some(ps) = policy_set(set) else {
-            return Ok(false);
+            return false;
         };
         if ps.flags & set_flags::FOREIGN_WRITES_DENY == 0 {
-            return Ok(false);
+            return false;
         }
         violation(ps.wx_action, set, ps.foreign_rule)
     } else {
@@ -65,19 +76,19 @@ fn try_file_open(file: *const u8) -> Result<bool, i64> {
     // Carried out whatever follows: without room for its record, the record is counted lost.
     let Ok(claim) = Claim::<scratch::Wx>::new() else {
         count_loss(kind::WX);
-        return Ok(refused);
+        return refused;
     };
     // SAFETY: this thread's scratch entry, which nobody else writes while the claim lives.
     let event = unsafe { &mut (*claim.entry()).event };
     event.syscall = syscall;
     event.prot = 0;
-    event.flags = f_mode;
+    event.flags = flags;
     event.reason = wx_reason::FOREIGN_WRITE;
     event.addr = 0;
     event.len = 0;
-    // Refused or not, the descriptor is not there yet.
+    // Refused or not, there is no descriptor yet.
     event.fd = -1;
-    event.extra = 0;
+    event.extra = target;
     wx::report(cfg, v, event);
-    Ok(refused)
+    refused
 }

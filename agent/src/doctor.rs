@@ -338,13 +338,43 @@ fn prevention_checks(
         "script hooks",
         Status::Ok,
         if crate::ebpf::script_levels(&prevention, kernel) != 0 {
-            "the BPF LSM program on bprm_check_security decides every level of a script              chain as the kernel picks it; no open tracepoint is attached for scripts"
+            "the BPF LSM program on bprm_check_security decides every level of a script \
+             chain as the kernel picks it; no open tracepoint is attached for scripts"
         } else {
-            "a script is decided on the file its interpreter opens (the open, openat and              openat2 syscall tracepoints)"
+            "a script is decided on the file its interpreter opens (the open, openat and \
+             openat2 syscall tracepoints)"
+        },
+    ));
+    // As the agent does: where the LSM programs can tell the call they run under.
+    let mut foreign_calls = Vec::new();
+    let mut taken = prevention.active | crate::ebpf::taken_over(&prevention, fallbacks, kernel);
+    if crate::ebpf::foreign_calls_possible(taken, kernel) {
+        match prevent::attach_foreign_calls(ebpf, false) {
+            Ok((bits, _)) => {
+                taken |= bits;
+                foreign_calls = prevent::FOREIGN_CALLS.to_vec();
+            }
+            Err(err) => checks.push(check(
+                "foreign write LSM programs",
+                Status::Missing,
+                format!("the BPF LSM programs for them do not attach: {err}"),
+            )),
+        }
+    }
+    checks.push(check(
+        "foreign write hooks",
+        Status::Ok,
+        if taken & agent_common::prevent::FOREIGN_CALLS != 0 {
+            "the BPF LSM programs on ptrace_access_check, ptrace_traceme and \
+             inode_init_security_anon judge ptrace, process_vm_writev and userfaultfd from \
+             every entry; no syscall tracepoint is attached for them"
+        } else {
+            "the ptrace, process_vm_writev and userfaultfd syscall tracepoints (and raw \
+             sys_enter for 32-bit calls) judge foreign writes by system call"
         },
     ));
     if prevention.unavailable.is_none() {
-        for (program, hook, _) in PREVENTION {
+        for (program, hook, _) in PREVENTION.iter().chain(&foreign_calls) {
             let verified = ebpf
                 .program(program)
                 .and_then(|p| p.info().ok())

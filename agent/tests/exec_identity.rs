@@ -944,6 +944,34 @@ fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
             assert!(e["data"]["wx"]["targetPid"].as_u64().unwrap() > 0, "{e}");
         }
     }
+    // A tracee's own offer (`PTRACE_TRACEME`): its parent writes with no attach. Where BPF
+    // LSM judges foreign writes by system call the offer is refused and its maker killed;
+    // elsewhere the parent's write is, at the call.
+    let (pid, out) = cg.scenario(&["traceme-poke"]);
+    assert!(
+        !stdout_text(&out).contains("poked"),
+        "the write went through: {out:?}"
+    );
+    let lsm_calls = common::foreign_calls_from_lsm();
+    if lsm_calls {
+        assert!(out.status.code().is_some(), "{out:?}");
+    } else {
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    }
+    let e = tracer.wait_for("traceme-poke", |e| {
+        e["type"] == WX
+            && e["data"]["wx"]["foreignWrite"] == true
+            && if lsm_calls {
+                e["data"]["process"]["ppid"] == pid
+            } else {
+                is(e, WX, pid)
+            }
+    });
+    assert_eq!(e["data"]["wx"]["syscall"], "ptrace", "{e}");
+    assert_eq!(e["vigilaction"], "kill", "{e}");
+    if lsm_calls {
+        assert_eq!(e["data"]["wx"]["targetPid"], pid, "{e}");
+    }
     // Through io_uring no syscall tracepoint sees the open; BPF LSM's `file_open` does.
     match common::prevention() {
         Ok(()) => {
@@ -972,6 +1000,66 @@ fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
     assert!(out.status.success(), "{out:?}");
     quiet.push(pid);
     assert_quiet(&tracer.stop(), &quiet, "a benign access");
+}
+
+/// Where BPF LSM judges foreign writes by system call, `Deny` refuses each before the act
+/// (`EPERM`) from either entry, and the process lives on; reading stays allowed.
+#[test]
+fn foreign_writes_by_system_call_are_refused_before_the_act_under_deny() {
+    if !root_or_skip("foreign-deny") {
+        return;
+    }
+    if !common::foreign_calls_from_lsm() {
+        common::skip_for_kernel(
+            "foreign_writes_by_system_call_are_refused_before_the_act_under_deny",
+            "BPF LSM programs that can read the task's registers (5.15 and newer)",
+        );
+        return;
+    }
+    let deny = "  memory:\n    writeExecute: Allow\n    foreignWrites: Deny\n    action: Deny\n";
+    let (cg, _tmp, tracer) = policed("foreign-deny", deny);
+    for (args, syscall, refused) in [
+        (&["ptrace-poke"][..], "ptrace", "PTRACE_ATTACH"),
+        (&["vm-writev"][..], "process_vm_writev", "process_vm_writev"),
+        (
+            &["userfaultfd", "syscall"][..],
+            "userfaultfd",
+            "userfaultfd",
+        ),
+        (&["userfaultfd", "compat"][..], "userfaultfd", "userfaultfd"),
+    ] {
+        let (pid, out) = cg.scenario(args);
+        if out.status.code() == Some(UNSUPPORTED) {
+            common::skip_for_kernel(&args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            continue;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code().is_some_and(|c| c != 0)
+                && stderr.contains(refused)
+                && stderr.contains("Operation not permitted"),
+            "{args:?}: {out:?}"
+        );
+        let e = tracer.wait_for(&format!("{args:?}"), |e| is(e, WX, pid));
+        assert_eq!(e["data"]["wx"]["syscall"], syscall, "{args:?}: {e}");
+        assert_eq!(e["data"]["wx"]["foreignWrite"], true, "{args:?}: {e}");
+        assert_eq!(e["vigilaction"], "deny", "{args:?}: {e}");
+    }
+    // The offer to be traced: the child's request is refused, the parent's write fails.
+    let (pid, out) = cg.scenario(&["traceme-poke"]);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0) && !stdout_text(&out).contains("poked"),
+        "{out:?}"
+    );
+    let e = tracer.wait_for("traceme-poke", |e| {
+        e["type"] == WX && e["data"]["process"]["ppid"] == pid
+    });
+    assert_eq!(e["data"]["wx"]["syscall"], "ptrace", "{e}");
+    assert_eq!(e["vigilaction"], "deny", "{e}");
+    // The twin: reading another process's memory.
+    let (quiet, out) = cg.scenario(&["vm-readv"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_quiet(&tracer.stop(), &[quiet], "a read");
 }
 
 /// While no policy denies foreign writes, an enforcing agent does not look at the files

@@ -385,6 +385,51 @@ pub fn ptrace_poke() -> Outcome {
     Ok(())
 }
 
+/// A child offers itself to be traced (`PTRACE_TRACEME`) and stops; this process writes a
+/// word into its memory without ever attaching; prints `poked`. The child's own request
+/// fails with the reason on its stderr, and then this process's write fails too.
+pub fn traceme_poke() -> Outcome {
+    // SAFETY: fork in a single-threaded scenario; the child makes plain system calls.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(os_error("fork"));
+    }
+    if child == 0 {
+        // SAFETY: plain system calls in the child.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0usize, 0usize) != 0 {
+                eprintln!("PTRACE_TRACEME: {}", std::io::Error::last_os_error());
+                libc::_exit(4);
+            }
+            libc::raise(libc::SIGSTOP);
+            libc::sleep(30);
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    if !libc::WIFSTOPPED(status) {
+        return Err(Failure::Error(format!(
+            "the child did not stop for its tracer: status {status:#x}"
+        )));
+    }
+    let addr = TARGET_WORD.as_ptr() as usize;
+    // SAFETY: ptrace on our own stopped tracee; the word exists at the same address in its
+    // copy of our memory.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_POKEDATA, child, addr, 0xc3c3usize) };
+    let poked = if rc != 0 {
+        Err(os_error("PTRACE_POKEDATA"))
+    } else {
+        Ok(())
+    };
+    end_child(child);
+    poked?;
+    println!("poked");
+    Ok(())
+}
+
 /// Writes into (`write`) or reads from a child's memory with process_vm_writev/readv.
 pub fn vm_copy(write: bool) -> Outcome {
     let child = sleeping_child()?;

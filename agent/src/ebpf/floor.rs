@@ -33,6 +33,17 @@ const LSM: &[(&str, &str)] = &[
     ("file_open", "floor_lsm_file_open"),
 ];
 
+/// The stand-ins for `prevent::FOREIGN_CALLS`, attached as the agent's are: after [`LSM`],
+/// where the LSM programs can read the task's registers.
+const LSM_FOREIGN_CALLS: &[(&str, &str)] = &[
+    ("ptrace_access_check", "floor_lsm_ptrace_access_check"),
+    ("ptrace_traceme", "floor_lsm_ptrace_traceme"),
+    (
+        "inode_init_security_anon",
+        "floor_lsm_inode_init_security_anon",
+    ),
+];
+
 /// The empty program standing in for `program`, the `nth` of Vigil's programs on `hook`.
 fn stand_in(program: &str, hook: Hook, nth: usize) -> Result<&'static str, EbpfError> {
     let found = match hook {
@@ -110,20 +121,29 @@ impl Floor {
         let mut attached = if lsm { LSM.len() } else { 0 };
         let mut on_hook: HashMap<Hook, usize> = HashMap::new();
         // The LSM programs stand for exec and W^X prevention both, as the agent's do.
-        let prevent = if lsm {
+        let (kernel, _) = super::offsets::kernel_offsets(super::offsets::load_btf().ok().as_ref());
+        let mut prevent = if lsm {
             let active = prevent::Prevention {
                 active: agent_common::prevent::EXEC
                     | agent_common::prevent::WX
                     | agent_common::prevent::FOREIGN_OPEN,
                 ..Default::default()
             };
-            let (kernel, _) =
-                super::offsets::kernel_offsets(super::offsets::load_btf().ok().as_ref());
             let fallbacks = super::fallback::Fallbacks::detect().unwrap_or_default();
             active.active | super::taken_over(&active, &fallbacks, &kernel)
         } else {
             0
         };
+        // And on the foreign-write LSM hooks where the agent would attach its programs.
+        if super::foreign_calls_possible(prevent, &kernel) {
+            match attach_lsm_group(&mut ebpf, LSM_FOREIGN_CALLS) {
+                Ok(()) => {
+                    prevent |= agent_common::prevent::FOREIGN_CALLS;
+                    attached += LSM_FOREIGN_CALLS.len();
+                }
+                Err(err) => tracing::info!(%err, "no empty foreign-write LSM programs"),
+            }
+        }
         // The hooks of `vigil run`, the most it attaches.
         for (program, hook) in attachments_with(super::Mode::Enforce, prevent) {
             if leave_out.iter().any(|l| l.covers(hook)) {
@@ -159,11 +179,15 @@ impl Floor {
 
 /// Attaches the empty LSM programs; on a failure the ones attached detach with `ebpf`.
 fn attach_lsm(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    attach_lsm_group(ebpf, LSM)
+}
+
+fn attach_lsm_group(ebpf: &mut Ebpf, group: &[(&str, &str)]) -> Result<(), EbpfError> {
     let btf = AyaBtf::from_sys_fs().map_err(|e| EbpfError::Btf {
         path: super::offsets::VMLINUX_BTF.into(),
         reason: e.to_string(),
     })?;
-    for (hook, program) in LSM {
+    for (hook, program) in group {
         let err = |action: &'static str| {
             move |source| EbpfError::Program {
                 program: (*program).into(),
@@ -220,7 +244,13 @@ mod tests {
             .collect();
         let floor: Vec<&str> = LSM.iter().map(|(hook, _)| *hook).collect();
         assert_eq!(prevention, floor);
-        for (_, empty) in LSM {
+        let foreign: Vec<&str> = prevent::FOREIGN_CALLS
+            .iter()
+            .map(|(_, hook, _)| *hook)
+            .collect();
+        let floor: Vec<&str> = LSM_FOREIGN_CALLS.iter().map(|(hook, _)| *hook).collect();
+        assert_eq!(foreign, floor);
+        for (_, empty) in LSM.iter().chain(LSM_FOREIGN_CALLS) {
             assert!(symbols.contains(empty), "{empty} is not in the object");
         }
     }

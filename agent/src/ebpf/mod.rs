@@ -188,7 +188,17 @@ pub fn needed(program: &str, mode: Mode, prevent: u32) -> bool {
         && (prevent & agent_common::prevent::FOREIGN_OPEN == 0 || program != "sys_exit_open_mem")
         && (prevent & agent_common::prevent::SCRIPT_LEVELS == 0
             || !SCRIPT_OPEN_ONLY.contains(&program))
+        && (prevent & agent_common::prevent::FOREIGN_CALLS == 0
+            || !FOREIGN_CALL_ONLY.contains(&program))
 }
+
+/// Programs on the foreign-write system calls: where the LSM programs judge those
+/// (`prevent::FOREIGN_CALLS`) they see every entry to them.
+const FOREIGN_CALL_ONLY: [&str; 3] = [
+    "sys_enter_ptrace",
+    "sys_enter_userfaultfd",
+    "sys_enter_process_vm_writev",
+];
 
 /// Programs that only follow a script to its interpreter's open: where `bprm_check_security`
 /// decides every level (`prevent::SCRIPT_LEVELS`) nothing waits for that open.
@@ -246,6 +256,15 @@ pub fn wx_reports(
     } else {
         0
     }
+}
+
+/// Whether the foreign-write LSM programs ([`prevent::FOREIGN_CALLS`]) can tell the call
+/// they run under here: the LSM programs read the task's registers
+/// ([`agent_common::prevent::WX_REPORTS`] says so) and the members they read are known.
+pub fn foreign_calls_possible(prevent: u32, k: &agent_common::KernelOffsets) -> bool {
+    prevent & agent_common::prevent::WX_REPORTS != 0
+        && k.qstr_name != agent_common::OFFSET_UNKNOWN
+        && k.task_tgid != agent_common::OFFSET_UNKNOWN
 }
 
 /// [`attachments`] of the programs [`needed`] in `mode` with `prevent`.
@@ -829,8 +848,20 @@ impl Probes {
         let mut index = 0;
         let mut attached = 0;
         // Before any tracepoint: those leave to these programs what they refuse.
-        let (prevention, lsm_links) = prevent::attach(&mut ebpf, own_pins.is_some());
+        let (prevention, mut lsm_links) = prevent::attach(&mut ebpf, own_pins.is_some());
         config.prevent = prevention.active | taken_over(&prevention, &fallbacks, &config.kernel);
+        if foreign_calls_possible(config.prevent, &config.kernel) {
+            match prevent::attach_foreign_calls(&mut ebpf, own_pins.is_some()) {
+                Ok((bits, links)) => {
+                    config.prevent |= bits;
+                    lsm_links.extend(links);
+                }
+                Err(err) => tracing::info!(
+                    %err,
+                    "foreign writes by system call stay on their syscall tracepoints"
+                ),
+            }
+        }
         if let Some(own) = &own_pins {
             for (program, link) in lsm_links {
                 let path = own.link_path(program, index);
@@ -1086,6 +1117,17 @@ mod tests {
                     || p.starts_with("sys_enter_userfaultfd")
                     || p.starts_with("sys_enter_process_vm_writev"))
         );
+        // And where the LSM judges foreign writes by system call, no `syscalls/*` hook is
+        // left at all: the raw pair is what stays.
+        let all_lsm = levels | agent_common::prevent::FOREIGN_CALLS;
+        assert_eq!(
+            attachments_with(Mode::Enforce, all_lsm)
+                .filter(|(_, hook)| matches!(hook, Hook::Tracepoint("syscalls", _)))
+                .count(),
+            0
+        );
+        left_out.extend(FOREIGN_CALL_ONLY);
+        assert_eq!(names(Mode::Enforce, all_lsm), without(&left_out));
     }
 
     /// The LSM programs take W^X over only where they are attached, the helper is there and

@@ -21,6 +21,27 @@ pub const PREVENTION: &[(&str, &str, u32)] = &[
     ("lsm_file_open", "file_open", prevent::FOREIGN_OPEN),
 ];
 
+/// Foreign writes by system call: attached after [`PREVENTION`], only where programs can
+/// read the task's registers (the call each hook runs under, `mod.rs::wx_reports`), all three
+/// or none. Without them the syscall tracepoints judge these calls.
+pub const FOREIGN_CALLS: &[(&str, &str, u32)] = &[
+    (
+        "lsm_ptrace_access_check",
+        "ptrace_access_check",
+        prevent::FOREIGN_CALLS,
+    ),
+    (
+        "lsm_ptrace_traceme",
+        "ptrace_traceme",
+        prevent::FOREIGN_CALLS,
+    ),
+    (
+        "lsm_userfaultfd",
+        "inode_init_security_anon",
+        prevent::FOREIGN_CALLS,
+    ),
+];
+
 /// What this node refuses before the act.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Prevention {
@@ -74,7 +95,7 @@ pub fn attach(ebpf: &mut Ebpf, take: bool) -> (Prevention, Links) {
             Vec::new(),
         );
     }
-    match try_attach(ebpf, take) {
+    match try_attach(ebpf, take, PREVENTION) {
         Ok((active, links)) => (
             Prevention {
                 active,
@@ -104,7 +125,16 @@ fn first_line(text: &str) -> String {
     }
 }
 
-fn try_attach(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
+/// Attaches [`FOREIGN_CALLS`], all or none: what they cover and their links.
+pub fn attach_foreign_calls(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
+    try_attach(ebpf, take, FOREIGN_CALLS)
+}
+
+fn try_attach(
+    ebpf: &mut Ebpf,
+    take: bool,
+    group: &[(&'static str, &str, u32)],
+) -> Result<(u32, Links), EbpfError> {
     let mut active = 0;
     let btf = AyaBtf::from_sys_fs().map_err(|e| EbpfError::Btf {
         path: super::offsets::VMLINUX_BTF.into(),
@@ -113,7 +143,7 @@ fn try_attach(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
     let mut attached = Vec::new();
     let mut links = Vec::new();
     let result = (|| {
-        for (program, hook, bit) in PREVENTION {
+        for (program, hook, bit) in group {
             let err = |action: &'static str| {
                 move |source| EbpfError::Program {
                     program: (*program).into(),

@@ -105,6 +105,22 @@ pub fn scripts_from_lsm() -> bool {
     line.contains("bprm_check_security")
 }
 
+/// Whether BPF LSM programs judge foreign writes by system call (`vigil doctor`'s "foreign
+/// write hooks"): `ptrace` attach and `PTRACE_TRACEME`, `process_vm_writev` and userfaultfds
+/// are then refused before the act, and a `PTRACE_TRACEME` is the tracee's own request.
+pub fn foreign_calls_from_lsm() -> bool {
+    let out = std::process::Command::new(vigil_bin())
+        .arg("doctor")
+        .output()
+        .expect("running vigil doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("foreign write hooks"))
+        .unwrap_or_else(|| panic!("vigil doctor says nothing of the foreign write hooks:\n{text}"));
+    line.contains("BPF LSM programs")
+}
+
 pub fn vigil_bin() -> PathBuf {
     built_binary("VIGIL_BIN", "vigil")
 }
