@@ -13,6 +13,8 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     diag::gave_up,
+    maps::CGROUP_SETS,
+    policy::origin,
     prevent_exec::verdict,
     prevent_open::refuse_foreign,
     task::{config, current_regs, current_task, read_kernel, read_kernel_ptr},
@@ -84,7 +86,7 @@ fn try_access_check(child: *const u8, mode: u32) -> Result<bool, i64> {
         // The call cannot be told: a write for all that can be known (fail closed).
         None => (wx_syscall::PTRACE, u32::MAX),
     };
-    Ok(refuse_foreign(cfg, syscall, flags, target))
+    Ok(refuse_foreign(cfg, syscall, flags, target, 0))
 }
 
 /// `ptrace_traceme(struct task_struct *parent)`; argument 1 is the LSMs' decision so far.
@@ -104,11 +106,18 @@ pub fn lsm_ptrace_traceme(ctx: LsmContext) -> i32 {
     }
 }
 
-/// `PTRACE_TRACEME` is the request 0: the caller is the one written into, by `parent`.
+/// `PTRACE_TRACEME` is the request 0: the caller is the one written into, by `parent`. It is
+/// judged by the caller's own policy, else by the one its parent is pinned to (a parent under
+/// a `foreignWrites` rule whose child left for a cgroup without one).
 fn try_traceme(parent: *const u8) -> Result<bool, i64> {
     let cfg = config().ok_or(1)?;
     let target: u32 = read_kernel(parent, cfg.kernel.task_tgid).unwrap_or(0);
-    Ok(refuse_foreign(cfg, wx_syscall::PTRACE, 0, target))
+    let parents = match origin(target) {
+        0 => 0,
+        // SAFETY: the value is copied out at once.
+        binding => unsafe { CGROUP_SETS.get(binding) }.copied().unwrap_or(0),
+    };
+    Ok(refuse_foreign(cfg, wx_syscall::PTRACE, 0, target, parents))
 }
 
 /// `inode_init_security_anon(struct inode *inode, const struct qstr *name, const struct
@@ -144,5 +153,5 @@ fn try_anon_inode(name: *const u8) -> Result<bool, i64> {
         Some((nr, flags, true)) if nr == NR32_USERFAULTFD => flags as u32,
         _ => 0,
     };
-    Ok(refuse_foreign(cfg, wx_syscall::USERFAULTFD, flags, 0))
+    Ok(refuse_foreign(cfg, wx_syscall::USERFAULTFD, flags, 0, 0))
 }

@@ -46,25 +46,30 @@ fn try_file_open(file: *const u8) -> Result<bool, i64> {
     let Some((syscall, f_mode)) = foreign::foreign_file(cfg, file)? else {
         return Ok(false);
     };
-    Ok(refuse_foreign(cfg, syscall, f_mode, 0))
+    Ok(refuse_foreign(cfg, syscall, f_mode, 0, 0))
 }
 
 /// Judges a foreign write by the current task (`syscall`, one of [`agent_common::wx_syscall`], with its
 /// `flags` and the `target` process, 0 if none) before the act: reported in trace mode and
 /// under every action, refused under Deny and Kill (under Kill the process is killed as
-/// well). Whether it is refused.
-pub fn refuse_foreign(cfg: &Config, syscall: u32, flags: u32, target: u32) -> bool {
+/// well). `also`: another set (0: none) whose rule decides when the current process's set
+/// has none. Whether it is refused.
+pub fn refuse_foreign(cfg: &Config, syscall: u32, flags: u32, target: u32, also: u32) -> bool {
     if !foreign::watched(cfg) || !traced(cfg) {
         return false;
     }
     let v = if cfg.mode == mode::ENFORCE {
-        let set = current_set();
-        let Some(ps) = policy_set(set) else {
+        let denies =
+            |set: u32| policy_set(set).filter(|ps| ps.flags & set_flags::FOREIGN_WRITES_DENY != 0);
+        let mut set = current_set();
+        let mut ps = denies(set);
+        if ps.is_none() && also != 0 {
+            set = also;
+            ps = denies(set);
+        }
+        let Some(ps) = ps else {
             return false;
         };
-        if ps.flags & set_flags::FOREIGN_WRITES_DENY == 0 {
-            return false;
-        }
         violation(ps.wx_action, set, ps.foreign_rule)
     } else {
         Violation::ALLOWED

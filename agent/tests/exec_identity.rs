@@ -947,31 +947,50 @@ fn writes_into_another_process_are_violations_under_foreign_writes_deny() {
     // A tracee's own offer (`PTRACE_TRACEME`): its parent writes with no attach. Where BPF
     // LSM judges foreign writes by system call the offer is refused and its maker killed;
     // elsewhere the parent's write is, at the call.
-    let (pid, out) = cg.scenario(&["traceme-poke"]);
-    assert!(
-        !stdout_text(&out).contains("poked"),
-        "the write went through: {out:?}"
-    );
     let lsm_calls = common::foreign_calls_from_lsm();
-    if lsm_calls {
-        assert!(out.status.code().is_some(), "{out:?}");
-    } else {
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    {
+        let args = ["traceme-poke"];
+        let (pid, out) = cg.scenario(&args);
+        assert!(
+            !stdout_text(&out).contains("poked"),
+            "{args:?}: the write went through: {out:?}"
+        );
+        if lsm_calls {
+            assert!(out.status.code().is_some(), "{args:?}: {out:?}");
+        } else {
+            assert_eq!(
+                out.status.signal(),
+                Some(libc::SIGKILL),
+                "{args:?}: {out:?}"
+            );
+        }
+        let e = tracer.wait_for(&format!("{args:?}"), |e| {
+            e["type"] == WX
+                && e["data"]["wx"]["foreignWrite"] == true
+                && if lsm_calls {
+                    e["data"]["process"]["ppid"] == pid
+                } else {
+                    is(e, WX, pid)
+                }
+        });
+        assert_eq!(e["data"]["wx"]["syscall"], "ptrace", "{args:?}: {e}");
+        assert_eq!(e["vigilaction"], "kill", "{args:?}: {e}");
+        if lsm_calls {
+            assert_eq!(e["data"]["wx"]["targetPid"], pid, "{args:?}: {e}");
+        }
     }
-    let e = tracer.wait_for("traceme-poke", |e| {
-        e["type"] == WX
-            && e["data"]["wx"]["foreignWrite"] == true
-            && if lsm_calls {
-                e["data"]["process"]["ppid"] == pid
-            } else {
-                is(e, WX, pid)
-            }
+    // The same with a tracee that first moves itself to a cgroup no policy selects: the
+    // move out of a policed cgroup is itself a violation, and nothing is written.
+    let elsewhere = TestCgroup::new("foreign-elsewhere");
+    let (pid, out) = cg.scenario(&["traceme-poke", elsewhere.dir.to_str().unwrap()]);
+    assert!(
+        !stdout_text(&out).contains("poked") && out.status.code().is_some_and(|c| c != 0),
+        "a tracee moved elsewhere: {out:?}"
+    );
+    let e = tracer.wait_for("a tracee moved elsewhere", |e| {
+        e["data"]["process"]["ppid"] == pid && e["vigilaction"] == "kill"
     });
-    assert_eq!(e["data"]["wx"]["syscall"], "ptrace", "{e}");
-    assert_eq!(e["vigilaction"], "kill", "{e}");
-    if lsm_calls {
-        assert_eq!(e["data"]["wx"]["targetPid"], pid, "{e}");
-    }
+    assert_eq!(e["data"]["policy"]["name"], "foreign", "{e}");
     // Through io_uring no syscall tracepoint sees the open; BPF LSM's `file_open` does.
     match common::prevention() {
         Ok(()) => {

@@ -41,7 +41,7 @@ fn usage() -> ExitCode {
          \x20        mmap-file-rx PATH | mprotect-file-exec PATH | flood-mmap COUNT | flood-mmap-for SECONDS |\n\
          \x20        wait-then-mmap-rwx GO_FILE | mmap-rwx-per-line |\n\
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
-         \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | traceme-poke | vm-writev | vm-readv |\n\
+         \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | traceme-poke [CGROUP] | vm-writev | vm-readv |\n\
          \x20        proc-mem-write | proc-mem-read | refused-rwx | compat-mmap-rwx |\n\
          \x20        compat-mmap-rw | compat-mprotect-rwx | userfaultfd syscall|device\n\
          bench:   bench-exec N | bench-connect N | bench-udp N | bench-mmap N | bench-mmap-rw N |\n\
@@ -99,7 +99,8 @@ fn main() -> ExitCode {
         ("shmat-exec", []) => memory::shmat(true),
         ("shmat-rw", []) => memory::shmat(false),
         ("ptrace-poke", []) => memory::ptrace_poke(),
-        ("traceme-poke", []) => memory::traceme_poke(),
+        ("traceme-poke", []) => memory::traceme_poke(None),
+        ("traceme-poke", [cgroup]) => memory::traceme_poke(Some(cgroup)),
         ("vm-writev", []) => memory::vm_copy(true),
         ("vm-readv", []) => memory::vm_copy(false),
         ("proc-mem-write", []) => memory::proc_mem(true),

@@ -387,8 +387,10 @@ pub fn ptrace_poke() -> Outcome {
 
 /// A child offers itself to be traced (`PTRACE_TRACEME`) and stops; this process writes a
 /// word into its memory without ever attaching; prints `poked`. The child's own request
-/// fails with the reason on its stderr, and then this process's write fails too.
-pub fn traceme_poke() -> Outcome {
+/// fails with the reason on its stderr, and then this process's write fails too. With
+/// `move_to` (a cgroup directory) the child first moves itself there.
+pub fn traceme_poke(move_to: Option<&str>) -> Outcome {
+    let procs = move_to.map(|dir| format!("{dir}/cgroup.procs"));
     // SAFETY: fork in a single-threaded scenario; the child makes plain system calls.
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -398,6 +400,12 @@ pub fn traceme_poke() -> Outcome {
         // SAFETY: plain system calls in the child.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(procs) = &procs
+                && let Err(err) = std::fs::write(procs, "0")
+            {
+                eprintln!("moving to {procs}: {err}");
+                libc::_exit(5);
+            }
             if libc::ptrace(libc::PTRACE_TRACEME, 0, 0usize, 0usize) != 0 {
                 eprintln!("PTRACE_TRACEME: {}", std::io::Error::last_os_error());
                 libc::_exit(4);
