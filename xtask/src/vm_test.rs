@@ -67,12 +67,16 @@ pub const FALLBACK_TESTS: [&str; 3] = [
 /// What only a kernel that preempts kernel code can show (lazy preemption, Debian's default
 /// from 6.16; the host's kernel is `PREEMPT_NONE`): `cargo xtask test` runs it on the newest.
 pub const PREEMPTION_TESTS: [&str; 1] = ["allowed_and_denied_execs_sharing_one_cpu"];
-pub const PREVENTION_TESTS: [&str; 5] = [
+pub const PREVENTION_TESTS: [&str; 7] = [
     "refuses_an_exec",
     "allowlist_under_deny",
     "refuses_the_exec_first",
     "refuses_a_writable",
     "doctor_reports_this_kernel",
+    // Scripts decided at every level by `bprm_check_security` under Alert, and foreign writes
+    // by system call refused on the LSM hooks (5.15 and newer; skipped with its reason on 5.10).
+    "a_denied_script_under_alert",
+    "foreign_writes_by_system_call_are_refused_before_the_act",
 ];
 
 /// The suites searched for kernels, oldest first.
