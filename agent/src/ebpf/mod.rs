@@ -160,9 +160,16 @@ pub fn attachments() -> impl Iterator<Item = (&'static str, Hook)> {
 }
 
 /// Programs only enforcement needs: `raw_syscalls/sys_exit` carries out kills the hooks
-/// that refused could not send, and fails closed an exec no judge saw. `vigil trace` kills
-/// nothing and judges nothing, and the hook runs at every system call of every task.
-const ENFORCE_ONLY: [&str; 1] = ["sys_exit"];
+/// that refused could not send, and fails closed an exec no judge saw; the `*_script`
+/// programs follow a script a policy awaits to its interpreter's open (`SCRIPT_PENDING` is
+/// written only under a policy). `vigil trace` kills nothing and judges nothing, and these
+/// hooks run at every system call, or every open, of every task.
+const ENFORCE_ONLY: [&str; 4] = [
+    "sys_exit",
+    "sys_enter_open_script",
+    "sys_enter_openat_script",
+    "sys_exit_open_script",
+];
 
 /// Programs that only the W^X syscall tracepoints need: where the LSM programs report W^X
 /// (`prevent::WX_REPORTS`) they see every one of these requests, from every entry, with the
@@ -1078,8 +1085,8 @@ mod tests {
         };
         assert_eq!(names(Mode::Enforce, all), every);
         assert_eq!(names(Mode::Enforce, agent_common::prevent::WX), every);
-        assert_eq!(names(Mode::Trace, all), without(&["sys_exit"]));
-        assert_eq!(names(Mode::Trace, 0), without(&["sys_exit"]));
+        assert_eq!(names(Mode::Trace, all), without(&ENFORCE_ONLY));
+        assert_eq!(names(Mode::Trace, 0), without(&ENFORCE_ONLY));
         // Where the LSM programs report W^X, no W^X syscall tracepoint is left: what stays
         // on a `syscalls/*` hook is scripts and foreign writes.
         let lsm_reports =
