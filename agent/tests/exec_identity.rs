@@ -1494,8 +1494,9 @@ fn every_level_of_a_nested_interpreter_chain_is_decided() {
     }
     script_with(&ok.join("three-denied"), &format!("#!{d}/b\n"));
     script_with(&ok.join("three-ok"), &format!("#!{o}/b\n"));
-    // Four levels: deeper than the names the kernel side follows.
-    script_with(&ok.join("c4"), &format!("#!{o}/sourcer\n"));
+    // Four levels: deeper than the names the kernel side follows. `sh sourcer c4 b4 four
+    // marker`: sourcer sources c4, which touches the marker where the chain runs.
+    script_with(&ok.join("c4"), &format!("#!{o}/sourcer\ntouch \"$4\"\n"));
     script_with(&ok.join("b4"), &format!("#!{o}/c4\n"));
     script_with(&ok.join("four"), &format!("#!{o}/b4\n"));
     let file = write_policies(
