@@ -543,6 +543,9 @@ fn doctor_reports_this_kernel_and_succeeds() {
         "cgroup v2 root",
         "tracepoint sched/sched_process_exec",
         "program sched_process_exec",
+        "W^X hooks",
+        "script hooks",
+        "foreign write hooks",
     ] {
         assert!(
             text.lines().any(|l| l.contains(check)),
@@ -550,6 +553,26 @@ fn doctor_reports_this_kernel_and_succeeds() {
         );
     }
     assert!(text.contains("vigil can run on this kernel"));
+    // A program that fails here would leave its act to a tracepoint, silently: where BPF LSM
+    // runs, every level of a script is its; where it reads registers, foreign writes by
+    // system call are too.
+    if common::prevention().is_ok() {
+        assert!(common::scripts_from_lsm(), "{text}");
+    }
+    if common::wx_from_lsm() {
+        assert!(common::foreign_calls_from_lsm(), "{text}");
+        for program in [
+            "lsm_ptrace_access_check",
+            "lsm_ptrace_traceme",
+            "lsm_userfaultfd",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("ok") && l.contains(&format!("program {program}"))),
+                "{program}:\n{text}"
+            );
+        }
+    }
 }
 
 #[test]
