@@ -1649,6 +1649,12 @@ fn a_denied_script_under_alert_is_reported_on_its_file_and_runs() {
         assert_eq!(e["vigilaction"], "alert", "{what}: {e}");
         assert!(e["data"]["exec"].get("prevented").is_none(), "{what}: {e}");
     }
+    // A denied binary is no interpreted level: one report, of the exec itself.
+    let binary = denied.join("true");
+    std::fs::copy("/bin/true", &binary).unwrap();
+    let (binary_pid, status, _) = run_from(&cg, &base, binary.to_str().unwrap(), &[], &marker);
+    assert!(status.success(), "Alert stops nothing ({status})");
+    tracer.wait_for("the denied binary", |e| is(e, EXEC, binary_pid));
     // The benign twins under the same kinds of names: silent.
     let mut quiet = Vec::new();
     for (cwd, program) in [(&ok, "./ok.sh"), (&base, "ok/two-ok")] {
@@ -1661,6 +1667,16 @@ fn a_denied_script_under_alert_is_reported_on_its_file_and_runs() {
         let noisy: Vec<_> = events.iter().filter(|e| is(e, EXEC, pid)).collect();
         assert!(noisy.is_empty(), "a benign script was reported: {noisy:?}");
     }
+    let reports: Vec<_> = events
+        .iter()
+        .filter(|e| is(e, EXEC, binary_pid) && e["data"]["exec"]["mapped"] != true)
+        .collect();
+    assert!(
+        reports.len() == 1
+            && reports[0]["data"]["exec"].get("interpreted").is_none()
+            && reports[0]["data"]["exec"]["path"] == binary.to_str().unwrap(),
+        "the denied binary: {reports:?}"
+    );
 }
 
 #[test]
