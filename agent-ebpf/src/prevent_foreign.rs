@@ -30,6 +30,11 @@ const NR_USERFAULTFD: u64 = 323;
 const NR32_PTRACE: u64 = 26;
 const NR32_PROCESS_VM_WRITEV: u64 = 348;
 const NR32_USERFAULTFD: u64 = 374;
+/// The x32 ABI (64-bit mode, `TS_COMPAT` clear) marks its calls with this bit and has calls
+/// of its own for these two (kernels booted with `syscall.x32=y`).
+const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+const NR_X32_PTRACE: u64 = X32_SYSCALL_BIT | 521;
+const NR_X32_PROCESS_VM_WRITEV: u64 = X32_SYSCALL_BIT | 540;
 
 /// The call the current task is in and its first argument, from its registers; `None`
 /// when they cannot be read.
@@ -78,7 +83,10 @@ fn try_access_check(child: *const u8, mode: u32) -> Result<bool, i64> {
     let (syscall, flags) = match current_call() {
         Some((nr, request, false)) if nr == NR_PTRACE => (wx_syscall::PTRACE, request as u32),
         Some((nr, request, true)) if nr == NR32_PTRACE => (wx_syscall::PTRACE, request as u32),
-        Some((nr, _, false)) if nr == NR_PROCESS_VM_WRITEV => (wx_syscall::PROCESS_VM_WRITEV, 0),
+        Some((nr, request, false)) if nr == NR_X32_PTRACE => (wx_syscall::PTRACE, request as u32),
+        Some((nr, _, false)) if nr == NR_PROCESS_VM_WRITEV || nr == NR_X32_PROCESS_VM_WRITEV => {
+            (wx_syscall::PROCESS_VM_WRITEV, 0)
+        }
         Some((nr, _, true)) if nr == NR32_PROCESS_VM_WRITEV => (wx_syscall::PROCESS_VM_WRITEV, 0),
         // Reading (`process_vm_readv`), and the rest that asks for this mode: `/proc/<pid>/mem`
         // is `file_open`'s, the others (`pidfd_getfd`, `perf_event_open`) write nothing.
@@ -141,15 +149,15 @@ pub fn lsm_userfaultfd(ctx: LsmContext) -> i32 {
 /// Whether a userfaultfd is refused; other anonymous inodes (io_uring's, secret memory) pass.
 fn try_anon_inode(name: *const u8) -> Result<bool, i64> {
     let cfg = config().ok_or(1)?;
+    // A name that cannot be read is judged a userfaultfd (fail closed).
     let text = read_kernel_ptr(name, cfg.kernel.qstr_name)
-        .and_then(|text| read_kernel::<[u8; 14]>(text, 0))
-        .ok_or(1)?;
-    if text != *b"[userfaultfd]\0" {
+        .and_then(|text| read_kernel::<[u8; 14]>(text, 0));
+    if text.is_some_and(|text| text != *b"[userfaultfd]\0") {
         return Ok(false);
     }
     // The system call's flags; 0 for `/dev/userfaultfd`'s ioctl.
     let flags = match current_call() {
-        Some((nr, flags, false)) if nr == NR_USERFAULTFD => flags as u32,
+        Some((nr, flags, false)) if nr & !X32_SYSCALL_BIT == NR_USERFAULTFD => flags as u32,
         Some((nr, flags, true)) if nr == NR32_USERFAULTFD => flags as u32,
         _ => 0,
     };
