@@ -57,68 +57,46 @@ fn built_binary(env: &str, name: &str) -> PathBuf {
 /// What `vigil doctor` says of prevention here: `Ok(())` when BPF LSM programs attach, else
 /// its reason.
 pub fn prevention() -> Result<(), String> {
+    let line = doctor_line("prevention (BPF LSM)");
+    if line.starts_with("ok") {
+        Ok(())
+    } else {
+        Err(line)
+    }
+}
+
+/// The line of `vigil doctor`'s output about `check`.
+fn doctor_line(check: &str) -> String {
     let out = std::process::Command::new(vigil_bin())
         .arg("doctor")
         .output()
         .expect("running vigil doctor");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("prevention (BPF LSM)"))
-        .unwrap_or_else(|| panic!("vigil doctor says nothing of prevention:\n{text}"));
-    if line.starts_with("ok") {
-        Ok(())
-    } else {
-        Err(line.to_owned())
-    }
+    text.lines()
+        .find(|l| l.contains(check))
+        .unwrap_or_else(|| panic!("vigil doctor says nothing of {check}:\n{text}"))
+        .to_owned()
 }
 
 /// Whether the BPF LSM programs are this kernel's W^X hooks (`vigil doctor`'s "W^X hooks"):
 /// they report a request before the kernel carries it out, so an `mmap` event has the address
 /// asked for rather than the one the kernel chose.
 pub fn wx_from_lsm() -> bool {
-    let out = std::process::Command::new(vigil_bin())
-        .arg("doctor")
-        .output()
-        .expect("running vigil doctor");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("W^X hooks"))
-        .unwrap_or_else(|| panic!("vigil doctor says nothing of the W^X hooks:\n{text}"));
-    line.contains("BPF LSM programs")
+    doctor_line("W^X hooks").contains("BPF LSM programs")
 }
 
 /// Whether `bprm_check_security` decides every level of a script chain (`vigil doctor`'s
 /// "script hooks"): a script is then judged as the kernel picks it, not when its interpreter
 /// opens it.
 pub fn scripts_from_lsm() -> bool {
-    let out = std::process::Command::new(vigil_bin())
-        .arg("doctor")
-        .output()
-        .expect("running vigil doctor");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("script hooks"))
-        .unwrap_or_else(|| panic!("vigil doctor says nothing of the script hooks:\n{text}"));
-    line.contains("bprm_check_security")
+    doctor_line("script hooks").contains("bprm_check_security")
 }
 
 /// Whether BPF LSM programs judge foreign writes by system call (`vigil doctor`'s "foreign
 /// write hooks"): `ptrace` attach and `PTRACE_TRACEME`, `process_vm_writev` and userfaultfds
 /// are then refused before the act, and a `PTRACE_TRACEME` is the tracee's own request.
 pub fn foreign_calls_from_lsm() -> bool {
-    let out = std::process::Command::new(vigil_bin())
-        .arg("doctor")
-        .output()
-        .expect("running vigil doctor");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("foreign write hooks"))
-        .unwrap_or_else(|| panic!("vigil doctor says nothing of the foreign write hooks:\n{text}"));
-    line.contains("BPF LSM programs")
+    doctor_line("foreign write hooks").contains("BPF LSM programs")
 }
 
 pub fn vigil_bin() -> PathBuf {
