@@ -8,7 +8,7 @@
 //! be read is judged a foreign write (fail closed). The `sys_enter_ptrace`,
 //! `sys_enter_process_vm_writev` and `sys_enter_userfaultfd` tracepoints are then not
 //! attached.
-use agent_common::wx_syscall;
+use agent_common::{Config, wx_syscall};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
@@ -39,8 +39,7 @@ const NR_X32_PROCESS_VM_WRITEV: u64 = X32_SYSCALL_BIT | 540;
 /// The call the current task is in and its first argument, from its registers; `None`
 /// when they cannot be read.
 #[inline(always)]
-fn current_call() -> Option<(u64, u64, bool)> {
-    let cfg = config()?;
+fn current_call(cfg: &Config) -> Option<(u64, u64, bool)> {
     let k = &cfg.kernel;
     let regs = current_regs()?;
     let status: u32 = read_kernel(current_task(), k.thread_status)?;
@@ -80,7 +79,7 @@ fn try_access_check(child: *const u8, mode: u32) -> Result<bool, i64> {
     }
     let cfg = config().ok_or(1)?;
     let target: u32 = read_kernel(child, cfg.kernel.task_tgid).unwrap_or(0);
-    let (syscall, flags) = match current_call() {
+    let (syscall, flags) = match current_call(cfg) {
         Some((nr, request, false)) if nr == NR_PTRACE => (wx_syscall::PTRACE, request as u32),
         Some((nr, request, true)) if nr == NR32_PTRACE => (wx_syscall::PTRACE, request as u32),
         Some((nr, request, false)) if nr == NR_X32_PTRACE => (wx_syscall::PTRACE, request as u32),
@@ -156,7 +155,7 @@ fn try_anon_inode(name: *const u8) -> Result<bool, i64> {
         return Ok(false);
     }
     // The system call's flags; 0 for `/dev/userfaultfd`'s ioctl.
-    let flags = match current_call() {
+    let flags = match current_call(cfg) {
         Some((nr, flags, false)) if nr & !X32_SYSCALL_BIT == NR_USERFAULTFD => flags as u32,
         Some((nr, flags, true)) if nr == NR32_USERFAULTFD => flags as u32,
         _ => 0,
