@@ -67,15 +67,50 @@ pub fn prevention() -> Result<(), String> {
 
 /// The line of `vigil doctor`'s output about `check`.
 fn doctor_line(check: &str) -> String {
-    let out = std::process::Command::new(vigil_bin())
-        .arg("doctor")
-        .output()
-        .expect("running vigil doctor");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = doctor_output();
     text.lines()
         .find(|l| l.contains(check))
         .unwrap_or_else(|| panic!("vigil doctor says nothing of {check}:\n{text}"))
         .to_owned()
+}
+
+/// `vigil doctor`'s report for this boot of the kernel and this build of the agent. Every
+/// doctor run loads and verifies every program (minutes under emulation), and what the
+/// kernel offers cannot change within a boot, so the tests that only ask which hooks this
+/// kernel has share one run: kept for the test process, and in a file named by the boot and
+/// the binary's identity for the other test binaries. The tests of the doctor itself run it
+/// themselves.
+fn doctor_output() -> String {
+    static OUTPUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OUTPUT
+        .get_or_init(|| {
+            let bin = vigil_bin();
+            let meta = std::fs::metadata(&bin).expect("vigil binary metadata");
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .expect("reading the boot id");
+            let cache = std::env::temp_dir().join(format!(
+                "vigil-test-doctor-{}-{}-{}-{}.txt",
+                boot.trim(),
+                meta.dev(),
+                meta.ino(),
+                meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+            ));
+            if let Ok(text) = std::fs::read_to_string(&cache) {
+                return text;
+            }
+            let out = Command::new(&bin)
+                .arg("doctor")
+                .output()
+                .expect("running vigil doctor");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // Written whole, then renamed: a reader sees all of it or none.
+            let partial = cache.with_extension(format!("{}.partial", std::process::id()));
+            if std::fs::write(&partial, &text).is_ok() {
+                let _ = std::fs::rename(&partial, &cache);
+            }
+            text
+        })
+        .clone()
 }
 
 /// Whether the BPF LSM programs are this kernel's W^X hooks (`vigil doctor`'s "W^X hooks"):
