@@ -107,7 +107,11 @@ fn try_exec_entry(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
-    if cfg.prevent & agent_common::prevent::EXEC == 0 || !selected(cfg) {
+    // Where `bprm_check_security` reads them itself (`EXEC_ENTRY`), only for what it reports.
+    if cfg.prevent & agent_common::prevent::EXEC == 0
+        || cfg.prevent & agent_common::prevent::EXEC_ENTRY != 0
+        || !selected(cfg)
+    {
         return Ok(());
     }
     // The same numbers through the 32-bit entry are other calls.
@@ -124,6 +128,46 @@ fn try_exec_entry(ctx: &RawTracePointContext) -> Result<(), i64> {
     };
     let argv: u64 = read_kernel(regs, at).ok_or(1)?;
     capture_args(argv as *const *const u8)
+}
+
+/// `bprm_check_security` (`prevent::EXEC_ENTRY`), for an exec it reports: the arguments as
+/// the caller's memory holds them, read through the registers the task entered `execve` or
+/// `execveat` with, into `EXEC_ARGS` under the thread id (every level of the exec still runs
+/// the caller's image). A 32-bit call's, or what cannot be read, leave no entry, so no earlier
+/// exec's arguments are taken for these (the report says `argsMissing`). 0, or the error code.
+#[inline(never)]
+pub fn args_from_regs(cfg: &Config) -> i64 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let captured = match entry_argv(cfg) {
+        Some(argv) => capture_args(argv),
+        None => Err(1),
+    };
+    match captured {
+        Ok(()) => 0,
+        Err(err) => {
+            let _ = EXEC_ARGS.remove(tid);
+            err
+        }
+    }
+}
+
+/// `argv` of the 64-bit `execve` or `execveat` the current task is in, from its registers.
+#[inline(always)]
+fn entry_argv(cfg: &Config) -> Option<*const *const u8> {
+    let k = &cfg.kernel;
+    let regs = crate::task::current_regs()?;
+    let status: u32 = read_kernel(current_task(), k.thread_status)?;
+    if status & TS_COMPAT != 0 {
+        return None;
+    }
+    let nr: i64 = read_kernel(regs, k.regs_orig_ax)?;
+    let at = match nr {
+        NR_EXECVE => k.regs_si,
+        NR_EXECVEAT => k.regs_dx,
+        _ => return None,
+    };
+    let argv: u64 = read_kernel(regs, at)?;
+    Some(argv as *const *const u8)
 }
 
 /// Copies `argv` into `EXEC_ARGS` under the thread id.

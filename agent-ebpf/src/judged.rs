@@ -102,7 +102,7 @@ fn is_exec_call(cfg: &agent_common::Config, nr: u64, entering: bool) -> Result<b
 
 /// `raw_syscalls/sys_enter`: a traced task entering an exec has its image recorded, so that
 /// the exec's return is told by the image changing, whatever its tracer makes of the
-/// registers meanwhile.
+/// registers meanwhile ([`entered`]).
 pub fn at_entry(nr: i64) -> Result<(), i64> {
     let nr = nr as u64;
     if nr != NR_EXECVE
@@ -115,11 +115,28 @@ pub fn at_entry(nr: i64) -> Result<(), i64> {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
+    // `bprm_check_security` records it there (`prevent::EXEC_ENTRY`). The mode first: the
+    // ABI's status is read only for a call that may be an exec, under a policy.
+    if cfg.mode != mode::ENFORCE
+        || cfg.judges == 0
+        || cfg.prevent & agent_common::prevent::EXEC_ENTRY != 0
+        || !is_exec_call(cfg, nr, true)?
+    {
+        return Ok(());
+    }
+    entered(cfg)
+}
+
+/// A traced task entering an exec (at raw `sys_enter`, or at `bprm_check_security` where that
+/// program reads registers) has its image recorded; the one before any new image, whichever
+/// level of the exec it is recorded at.
+#[inline(always)]
+pub fn entered(cfg: &agent_common::Config) -> Result<(), i64> {
     if cfg.mode != mode::ENFORCE || cfg.judges == 0 {
         return Ok(());
     }
     let traced: u32 = read_kernel(current_task(), cfg.kernel.task_ptrace).ok_or(1)?;
-    if traced == 0 || !is_exec_call(cfg, nr, true)? {
+    if traced == 0 {
         return Ok(());
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

@@ -87,6 +87,15 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     if cfg.mode != mode::ENFORCE {
         return Ok(false);
     }
+    let entry = cfg.prevent & prevent::EXEC_ENTRY != 0;
+    // What raw `sys_enter` recorded of a traced task's exec, recorded here: a failure leaves
+    // that exec's return unnoticed should its tracer rewrite the call, so it is counted.
+    if entry && crate::judged::entered(cfg).is_err() {
+        crate::diag::count(
+            const { agent_common::probe_error::id("lsm_bprm_check") },
+            agent_common::probe_error::MAP,
+        );
+    }
     let set = current_set();
     let Some(ps) = policy_set(set) else {
         return Ok(false);
@@ -193,6 +202,10 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     }
     if !admit(kind::EXEC, 0, &mut head) {
         return Ok(refused);
+    }
+    // Read for this report only (`fill_args` below); unreadable, it says `argsMissing`.
+    if entry {
+        let _ = crate::exec::args_from_regs(cfg);
     }
     let Some(mut entry) = EVENTS.reserve::<agent_common::ExecEvent>(0) else {
         lost(kind::EXEC, 0, head.count, head.first_ns, &head);

@@ -373,6 +373,17 @@ fn prevention_checks(
              sys_enter for 32-bit calls) judge foreign writes by system call"
         },
     ));
+    checks.push(check(
+        "32-bit entry hook",
+        Status::Ok,
+        if crate::ebpf::sys_enter_late(crate::ebpf::Mode::Enforce, taken) {
+            "raw sys_enter is attached only once a policy denies 32-bit calls \
+             (compatSyscalls: Deny): the BPF LSM programs see every other 32-bit call a \
+             rule is about, and bprm_check_security the exec's entry"
+        } else {
+            "raw sys_enter runs at every system call: 32-bit calls, and the entry of execs"
+        },
+    ));
     if prevention.unavailable.is_none() {
         for (program, hook, _) in PREVENTION.iter().chain(&foreign_calls) {
             let verified = ebpf

@@ -1342,7 +1342,8 @@ fn allow_services_admits_the_node_wide_service_addresses() {
         ..Default::default()
     })
     .unwrap();
-    let mut enforcer = Enforcer::new(probes.take_policy_maps().unwrap(), cg.root.clone());
+    let mut enforcer = Enforcer::new(probes.take_policy_maps().unwrap(), cg.root.clone())
+        .with_late_sys_enter(probes.take_late_sys_enter());
     enforcer.apply(&policies).unwrap();
     let mut ring = probes.take_ring_buffer().unwrap();
     let connect_violations = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, pid: u32| {

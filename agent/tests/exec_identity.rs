@@ -1964,7 +1964,19 @@ fn every_32_bit_call_is_a_violation_where_compat_syscalls_are_denied() {
     let cg = TestCgroup::new("compat-deny");
     let other = TestCgroup::new("compat-allow");
     let tmp = tempfile::tempdir().unwrap();
-    let file = write_policies(
+    let allow = (
+        &other,
+        "compat-allow",
+        "  memory:\n    writeExecute: Deny\n    action: Kill\n".to_string(),
+    );
+    let file = write_policies(tmp.path(), std::slice::from_ref(&allow));
+    let tracer = Tracer::enforce(&file);
+    // Where the LSM programs see every other 32-bit call, raw `sys_enter` (every system call
+    // of every task) waits for a set that denies the 32-bit entry: the rule comes by a
+    // reload, and must hold at the next call.
+    let late = common::sys_enter_late();
+    let applied = tracer.state()["applied"].as_u64();
+    write_policies(
         tmp.path(),
         &[
             (
@@ -1973,14 +1985,21 @@ fn every_32_bit_call_is_a_violation_where_compat_syscalls_are_denied() {
                 "  memory:\n    writeExecute: Allow\n    compatSyscalls: Deny\n    action: Kill\n"
                     .to_string(),
             ),
-            (
-                &other,
-                "compat-allow",
-                "  memory:\n    writeExecute: Deny\n    action: Kill\n".to_string(),
-            ),
+            allow,
         ],
     );
-    let tracer = Tracer::enforce(&file);
+    tracer.wait_for_state("the reload with compatSyscalls: Deny applied", |s| {
+        s["applied"].as_u64() != applied
+    });
+    if late {
+        tracer.wait_for_log("raw sys_enter attached");
+    }
+    let attached = tracer
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("raw sys_enter attached"))
+        .count();
+    assert_eq!(attached, usize::from(late), "{:?}", tracer.stderr_lines());
     // A writable-only mapping through the 32-bit entry: no W^X, but the entry is forbidden.
     let Some(e) = killed_in_the_call_if_supported(&tracer, &cg, &["compat-mmap-rw"], WX) else {
         return;

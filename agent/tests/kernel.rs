@@ -546,6 +546,7 @@ fn doctor_reports_this_kernel_and_succeeds() {
         "W^X hooks",
         "script hooks",
         "foreign write hooks",
+        "32-bit entry hook",
     ] {
         assert!(
             text.lines().any(|l| l.contains(check)),
@@ -585,6 +586,17 @@ fn doctor_reports_this_kernel_and_succeeds() {
                 "{program}:\n{text}"
             );
         }
+        // Where the exec program reads registers too, raw `sys_enter` waits for a set that
+        // denies 32-bit calls.
+        assert!(
+            line("32-bit entry hook").contains("only once a policy denies"),
+            "{text}"
+        );
+    } else {
+        assert!(
+            line("32-bit entry hook").contains("runs at every system call"),
+            "{text}"
+        );
     }
 }
 

@@ -3,6 +3,7 @@ mod btf;
 pub mod fallback;
 pub mod floor;
 pub mod kernel_log;
+pub mod late;
 pub mod offsets;
 pub mod pin;
 pub mod prevent;
@@ -197,6 +198,7 @@ pub fn needed(program: &str, mode: Mode, prevent: u32) -> bool {
             || !SCRIPT_OPEN_ONLY.contains(&program))
         && (prevent & agent_common::prevent::FOREIGN_CALLS == 0
             || !FOREIGN_CALL_ONLY.contains(&program))
+        && (program != late::PROGRAM || !sys_enter_late(mode, prevent))
 }
 
 /// Programs on the foreign-write system calls: where the LSM programs judge those
@@ -228,13 +230,42 @@ pub fn script_levels(prevention: &prevent::Prevention, k: &agent_common::KernelO
 }
 
 /// What the BPF LSM programs take over from tracepoints here, besides what they refuse:
-/// [`wx_reports`] and [`script_levels`].
+/// [`wx_reports`], [`script_levels`] and [`exec_entry`].
 pub fn taken_over(
     prevention: &prevent::Prevention,
     fallbacks: &fallback::Fallbacks,
     k: &agent_common::KernelOffsets,
 ) -> u32 {
-    wx_reports(prevention, fallbacks, k) | script_levels(prevention, k)
+    let wx = wx_reports(prevention, fallbacks, k);
+    wx | script_levels(prevention, k) | exec_entry(prevention, wx, k)
+}
+
+/// [`agent_common::prevent::EXEC_ENTRY`] where the LSM's exec program runs and reads the
+/// task's registers (as [`wx_reports`] found: `wx`) and the members it reads for a traced
+/// exec are known, else 0.
+pub fn exec_entry(
+    prevention: &prevent::Prevention,
+    wx: u32,
+    k: &agent_common::KernelOffsets,
+) -> u32 {
+    if prevention.active & agent_common::prevent::EXEC != 0
+        && wx & agent_common::prevent::WX_REPORTS != 0
+        && k.task_ptrace != agent_common::OFFSET_UNKNOWN
+    {
+        agent_common::prevent::EXEC_ENTRY
+    } else {
+        0
+    }
+}
+
+/// Whether raw `sys_enter` is left to be attached by the first set that denies 32-bit calls
+/// ([`late`]): the LSM programs see every other 32-bit call a rule is about, and, under
+/// policies, the exec's entry. `vigil trace` has no sets, so there it is not loaded at all.
+pub fn sys_enter_late(mode: Mode, prevent: u32) -> bool {
+    use agent_common::prevent::{EXEC_ENTRY, FOREIGN_CALLS, WX_REPORTS};
+    prevent & WX_REPORTS != 0
+        && prevent & FOREIGN_CALLS != 0
+        && (mode == Mode::Trace || prevent & EXEC_ENTRY != 0)
 }
 
 /// [`agent_common::prevent::WX_REPORTS`] where the LSM's W^X programs run and can read the
@@ -748,6 +779,8 @@ pub struct Probes {
     pinned: bool,
     /// How many of [`PROGRAMS`] are attached ([`needed`] in this mode on this kernel).
     pub attached: usize,
+    /// Raw `sys_enter`, loaded for the first set that denies 32-bit calls ([`late`]).
+    late_sys_enter: Option<late::LateSysEnter>,
 }
 
 impl Drop for Probes {
@@ -916,6 +949,30 @@ impl Probes {
                 index += 1;
             }
         }
+        // Verified now, attached by the first set that needs it.
+        let mut late_sys_enter = None;
+        if options.mode == Mode::Enforce && sys_enter_late(options.mode, config.prevent) {
+            let build = fallbacks.program(late::PROGRAM);
+            let prog = ebpf
+                .program_mut(build)
+                .ok_or_else(|| EbpfError::MissingProgram(build.into()))?;
+            load_program(prog, Hook::Raw(late::PROGRAM)).map_err(|source| EbpfError::Program {
+                program: late::PROGRAM.into(),
+                action: "load",
+                source,
+            })?;
+            log_program_id(late::PROGRAM, prog.info());
+            let prog =
+                <&mut RawTracePoint>::try_from(prog).map_err(|source| EbpfError::Program {
+                    program: late::PROGRAM.into(),
+                    action: "load",
+                    source,
+                })?;
+            let pin = own_pins
+                .as_ref()
+                .map(|own| own.link_path(late::PROGRAM, index));
+            late_sys_enter = Some(late::LateSysEnter::new(prog, pin)?);
+        }
         // Every exec from now on passes its judging programs before it returns.
         let k = &config.kernel;
         let unknown: Vec<&str> = [
@@ -956,7 +1013,14 @@ impl Probes {
             config,
             pinned: options.pin.is_some(),
             attached,
+            late_sys_enter,
         })
+    }
+
+    /// Raw `sys_enter` where it waits for a set that denies 32-bit calls; taken once, by the
+    /// enforcer that writes the sets.
+    pub fn take_late_sys_enter(&mut self) -> Option<late::LateSysEnter> {
+        self.late_sys_enter.take()
     }
 
     /// With pinning, the take-over from the previous generations; taken once.
@@ -1135,6 +1199,40 @@ mod tests {
         );
         left_out.extend(FOREIGN_CALL_ONLY);
         assert_eq!(names(Mode::Enforce, all_lsm), without(&left_out));
+        // `vigil trace` has no sets to deny 32-bit calls: raw `sys_enter` would only see what
+        // the LSM programs see. `vigil run` keeps it for the traced exec's entry and the
+        // refused exec's arguments, until the exec program reads them itself; then it waits
+        // for a set that denies 32-bit calls.
+        assert!(names(Mode::Enforce, all_lsm).contains(&late::PROGRAM));
+        assert!(!names(Mode::Trace, all_lsm).contains(&late::PROGRAM));
+        let entry = all_lsm | agent_common::prevent::EXEC_ENTRY;
+        left_out.push(late::PROGRAM);
+        assert_eq!(names(Mode::Enforce, entry), without(&left_out));
+        // Without the foreign-write programs (they did not attach), the 32-bit entry's
+        // `ptrace`, `process_vm_writev` and `userfaultfd` are raw `sys_enter`'s again.
+        let no_foreign = entry & !agent_common::prevent::FOREIGN_CALLS;
+        assert!(names(Mode::Enforce, no_foreign).contains(&late::PROGRAM));
+        assert!(names(Mode::Trace, no_foreign).contains(&late::PROGRAM));
+    }
+
+    /// The exec program takes the exec's entry over only where it runs and reads registers,
+    /// and the traced task's member is known.
+    #[test]
+    fn the_exec_program_takes_the_entry_over_only_where_it_reads_registers() {
+        let k = agent_common::KernelOffsets::find(|_, _| 8);
+        let exec = prevent::Prevention {
+            active: agent_common::prevent::EXEC,
+            ..Default::default()
+        };
+        let wx = agent_common::prevent::WX_REPORTS;
+        assert_eq!(exec_entry(&exec, wx, &k), agent_common::prevent::EXEC_ENTRY);
+        assert_eq!(exec_entry(&exec, 0, &k), 0);
+        assert_eq!(exec_entry(&prevent::Prevention::default(), wx, &k), 0);
+        let unknown = agent_common::KernelOffsets {
+            task_ptrace: agent_common::OFFSET_UNKNOWN,
+            ..k
+        };
+        assert_eq!(exec_entry(&exec, wx, &unknown), 0);
     }
 
     /// The LSM programs take W^X over only where they are attached, the helper is there and

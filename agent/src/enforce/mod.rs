@@ -35,6 +35,8 @@ pub enum EnforceError {
     },
     #[error("too many policy sets: {0} (at most {max} per generation)", max = HALF - 1)]
     TooManySets(usize),
+    #[error("a set denies 32-bit calls, but the hook that sees them did not attach: {0}")]
+    CompatHook(#[source] crate::ebpf::EbpfError),
 }
 
 const HALF: u32 = MAX_POLICY_SETS / 2;
@@ -110,6 +112,9 @@ pub struct Enforcer {
     count_unreadable_logged: bool,
     /// The last [`agent_common::PolicySet::stamp`] given: each set written gets the next.
     last_stamp: u32,
+    /// Raw `sys_enter`, attached by the first set that denies 32-bit calls; `None` where it
+    /// is attached from the start.
+    late_sys_enter: Option<crate::ebpf::late::LateSysEnter>,
 }
 
 /// Which bindings a pass looks up.
@@ -179,7 +184,15 @@ impl Enforcer {
             checked_every: None,
             count_unreadable_logged: false,
             last_stamp: 0,
+            late_sys_enter: None,
         }
+    }
+
+    /// Raw `sys_enter` where it waits for the first set that denies 32-bit calls
+    /// (`ebpf::late`).
+    pub fn with_late_sys_enter(mut self, hook: Option<crate::ebpf::late::LateSysEnter>) -> Self {
+        self.late_sys_enter = hook;
+        self
     }
 
     /// The kernel's count of cgroups made or removed; `None` when it cannot be read, which
@@ -323,6 +336,13 @@ impl Enforcer {
                 "FOREIGN_WATCH",
             ),
         ];
+        // The hook that sees the 32-bit entry, where it waits for such a set: attached before
+        // the set is bound, or the set is not written.
+        if flags & agent_common::set_flags::COMPAT_DENY != 0
+            && let Some(hook) = self.late_sys_enter.as_mut()
+        {
+            hook.attach().map_err(EnforceError::CompatHook)?;
+        }
         for (flag, watch, name) in watches {
             if flags & flag != 0 {
                 watch.set(0, 1, 0).map_err(map_err(name))?;

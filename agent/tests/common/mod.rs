@@ -134,6 +134,12 @@ pub fn foreign_calls_from_lsm() -> bool {
     doctor_line("foreign write hooks").contains("BPF LSM programs")
 }
 
+/// Whether `vigil run` attaches raw `sys_enter` only for a set that denies 32-bit calls
+/// (`vigil doctor`'s "32-bit entry hook").
+pub fn sys_enter_late() -> bool {
+    doctor_line("32-bit entry hook").contains("only once a policy denies")
+}
+
 pub fn vigil_bin() -> PathBuf {
     built_binary("VIGIL_BIN", "vigil")
 }
