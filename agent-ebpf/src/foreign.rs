@@ -134,7 +134,7 @@ pub fn watched(cfg: &Config) -> bool {
 
 fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: every sys_exit record holds `ret` at this offset (checked at load time).
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
+    let ret = crate::task::record_u64(ctx, SYSCALL_RET_OFFSET) as i64;
     if ret < 0 {
         return Ok(());
     }

@@ -19,7 +19,7 @@ use crate::{
     path::{PathScratch, path_key, real_path},
     policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
     scratch::{self, Claim},
-    task::{config, current_task, read_kernel, read_kernel_ptr, syscall_arg},
+    task::{config, current_task, read_kernel, read_kernel_ptr, syscall_arg_at},
 };
 
 entry_points! {
@@ -132,7 +132,7 @@ fn try_opening(ctx: &TracePointContext, name_arg: usize) -> Result<(), i64> {
     let Some(pending) = SCRIPT_PENDING.get_ptr_mut((pid_tgid >> 32) as u32) else {
         return Ok(());
     };
-    let name = syscall_arg(ctx, name_arg)? as *const u8;
+    let name = syscall_arg_at(ctx, name_arg)? as *const u8;
     // Without room to read the name, this open could be the script's and would go unjudged:
     // fail closed now.
     let claim = match Claim::<scratch::Path>::new() {
@@ -207,7 +207,7 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     }
     pending.opener_tid = 0;
     // SAFETY: every sys_exit record holds `ret` at this offset (checked at load time).
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
+    let ret = crate::task::record_u64(ctx, SYSCALL_RET_OFFSET) as i64;
     if ret < 0 {
         // Not opened: nothing of it runs; the name stays awaited.
         return Ok(());

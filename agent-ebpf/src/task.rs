@@ -217,8 +217,31 @@ pub fn emit_from<T: 'static + HasHeader + Copy>(kind: u32, record: &mut T) {
     }
 }
 
-/// Argument `index` of the syscall whose `sys_enter_*` tracepoint fired.
+/// Argument `index` (a constant where this is inlined: see [`record_u64`]) of the syscall
+/// whose `sys_enter_*` tracepoint fired.
+#[inline(always)]
 pub fn syscall_arg(ctx: &aya_ebpf::programs::TracePointContext, index: usize) -> Result<u64, i64> {
+    Ok(record_u64(ctx, SYSCALL_ARG0_OFFSET + 8 * index))
+}
+
+/// [`syscall_arg`] for an index the program only knows at run time (the verifier refuses a
+/// load from the context at a computed offset): read through the helper.
+pub fn syscall_arg_at(
+    ctx: &aya_ebpf::programs::TracePointContext,
+    index: usize,
+) -> Result<u64, i64> {
     // SAFETY: syscall tracepoint records hold 8-byte argument slots from SYSCALL_ARG0_OFFSET.
     unsafe { ctx.read_at(SYSCALL_ARG0_OFFSET + 8 * index) }.map_err(i64::from)
+}
+
+/// The 8 bytes at `offset` of a tracepoint's record, loaded straight from the context: the
+/// verifier checks the (constant) offset against the record's bounds, and no helper call is
+/// made (`read_at` costs one, on every `mmap` and `mprotect` of every task).
+#[inline(always)]
+pub fn record_u64(ctx: &aya_ebpf::programs::TracePointContext, offset: usize) -> u64 {
+    use aya_ebpf::EbpfContext as _;
+    // SAFETY: `offset` is a constant within the record (syscall records hold 8-byte slots
+    // from SYSCALL_ARG0_OFFSET, and `ret` at SYSCALL_RET_OFFSET), 8-byte aligned; the
+    // verifier refuses the program otherwise.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const u64) }
 }

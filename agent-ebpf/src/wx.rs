@@ -187,7 +187,7 @@ fn try_returned(ctx: &TracePointContext) -> Result<(), i64> {
     let pending = unsafe { *pending };
     let _ = WX_PENDING.remove(tid);
     // SAFETY: every sys_exit record holds `ret` at this offset (checked at load time).
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
+    let ret = crate::task::record_u64(ctx, SYSCALL_RET_OFFSET) as i64;
     // mmap returns an address; an error is a small negative number either way.
     if (-4095..0).contains(&ret) {
         return Ok(());
