@@ -524,10 +524,7 @@ fn doctor_reports_this_kernel_and_succeeds() {
     if !root_or_skip("doctor") {
         return;
     }
-    let out = std::process::Command::new(common::vigil_bin())
-        .arg("doctor")
-        .output()
-        .unwrap();
+    let out = common::doctor_now();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

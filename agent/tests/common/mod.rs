@@ -78,39 +78,48 @@ fn doctor_line(check: &str) -> String {
 /// doctor run loads and verifies every program (minutes under emulation), and what the
 /// kernel offers cannot change within a boot, so the tests that only ask which hooks this
 /// kernel has share one run: kept for the test process, and in a file named by the boot and
-/// the binary's identity for the other test binaries. The tests of the doctor itself run it
-/// themselves.
+/// the binary's identity for the other test binaries. The doctor's own test runs it afresh
+/// ([`doctor_now`]), and its run fills that file.
 fn doctor_output() -> String {
     static OUTPUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     OUTPUT
         .get_or_init(|| {
-            let bin = vigil_bin();
-            let meta = std::fs::metadata(&bin).expect("vigil binary metadata");
-            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .expect("reading the boot id");
-            let cache = std::env::temp_dir().join(format!(
-                "vigil-test-doctor-{}-{}-{}-{}.txt",
-                boot.trim(),
-                meta.dev(),
-                meta.ino(),
-                meta.mtime_nsec() + meta.mtime() * 1_000_000_000
-            ));
-            if let Ok(text) = std::fs::read_to_string(&cache) {
+            if let Ok(text) = std::fs::read_to_string(doctor_cache()) {
                 return text;
             }
-            let out = Command::new(&bin)
-                .arg("doctor")
-                .output()
-                .expect("running vigil doctor");
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            // Written whole, then renamed: a reader sees all of it or none.
-            let partial = cache.with_extension(format!("{}.partial", std::process::id()));
-            if std::fs::write(&partial, &text).is_ok() {
-                let _ = std::fs::rename(&partial, &cache);
-            }
-            text
+            String::from_utf8_lossy(&doctor_now().stdout).into_owned()
         })
         .clone()
+}
+
+/// Runs `vigil doctor` now, and keeps its report for [`doctor_output`].
+pub fn doctor_now() -> Output {
+    let out = Command::new(vigil_bin())
+        .arg("doctor")
+        .output()
+        .expect("running vigil doctor");
+    let cache = doctor_cache();
+    // Written whole, then renamed: a reader sees all of it or none.
+    let partial = cache.with_extension(format!("{}.partial", std::process::id()));
+    if std::fs::write(&partial, &out.stdout).is_ok() {
+        let _ = std::fs::rename(&partial, &cache);
+    }
+    out
+}
+
+/// Where [`doctor_now`] keeps the report: named by the boot and the binary's identity.
+fn doctor_cache() -> PathBuf {
+    let bin = vigil_bin();
+    let meta = std::fs::metadata(&bin).expect("vigil binary metadata");
+    let boot =
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("reading the boot id");
+    std::env::temp_dir().join(format!(
+        "vigil-test-doctor-{}-{}-{}-{}.txt",
+        boot.trim(),
+        meta.dev(),
+        meta.ino(),
+        meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+    ))
 }
 
 /// Whether the BPF LSM programs are this kernel's W^X hooks (`vigil doctor`'s "W^X hooks"):
