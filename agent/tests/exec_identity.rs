@@ -1648,6 +1648,16 @@ fn a_denied_script_under_alert_is_reported_on_its_file_and_runs() {
         );
         assert_eq!(e["vigilaction"], "alert", "{what}: {e}");
         assert!(e["data"]["exec"].get("prevented").is_none(), "{what}: {e}");
+        if levels_from_lsm {
+            // Reported before the new image exists: the arguments the caller passed, read
+            // from its memory at that level (the exec's own entry is no longer watched).
+            assert_eq!(e["data"]["exec"]["argsMissing"], false, "{what}: {e}");
+            assert_eq!(
+                e["data"]["exec"]["args"],
+                serde_json::json!([program, marker.to_str().unwrap()]),
+                "{what}: {e}"
+            );
+        }
     }
     // A denied binary is no interpreted level: one report, of the exec itself.
     let binary = denied.join("true");
