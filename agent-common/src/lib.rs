@@ -817,8 +817,9 @@ pub mod prevent {
     /// and raw `sys_enter` leaves the 32-bit ones to these programs.
     pub const FOREIGN_CALLS: u32 = 32;
     /// With [`EXEC`], where programs may read the task's registers: `bprm_check_security`
-    /// reads the arguments of an exec it reports from the caller's memory (only then, not at
-    /// every exec's entry) and records a traced task's exec, so raw `sys_enter` does neither;
+    /// reads the arguments of an exec it may report from the caller's memory (under exec
+    /// rules that refuse, or at a level it reports; not at every exec's entry) and records a
+    /// traced task's exec, so raw `sys_enter` does neither;
     /// where [`WX_REPORTS`] and [`FOREIGN_CALLS`] hold too, raw `sys_enter` is attached only
     /// once a set denies 32-bit calls (`compatSyscalls: Deny`).
     pub const EXEC_ENTRY: u32 = 64;

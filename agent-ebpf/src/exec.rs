@@ -107,7 +107,7 @@ fn try_exec_entry(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
-    // Where `bprm_check_security` reads them itself (`EXEC_ENTRY`), only for what it reports.
+    // Where `bprm_check_security` reads them itself (`EXEC_ENTRY`), only where it may report.
     if cfg.prevent & agent_common::prevent::EXEC == 0
         || cfg.prevent & agent_common::prevent::EXEC_ENTRY != 0
         || !selected(cfg)
@@ -130,7 +130,7 @@ fn try_exec_entry(ctx: &RawTracePointContext) -> Result<(), i64> {
     capture_args(argv as *const *const u8)
 }
 
-/// `bprm_check_security` (`prevent::EXEC_ENTRY`), for an exec it reports: the arguments as
+/// `bprm_check_security` (`prevent::EXEC_ENTRY`), for an exec it may report: the arguments as
 /// the caller's memory holds them, read through the registers the task entered `execve` or
 /// `execveat` with, into `EXEC_ARGS` under the thread id (every level of the exec still runs
 /// the caller's image). A 32-bit call's, or what cannot be read, leave no entry, so no earlier

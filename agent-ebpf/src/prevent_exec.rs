@@ -113,6 +113,13 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     if !refusing && !level {
         return Ok(false);
     }
+    // For the report, should there be one (`fill_args` below); unreadable, it says
+    // `argsMissing`. Read here, before the decision's branches: reached from each of them,
+    // the copy's loop was verified once per path (665,763 instructions on 7.3, against
+    // 254,641 without it).
+    if entry {
+        let _ = crate::exec::args_from_regs(cfg);
+    }
     let file = read_kernel_ptr(bprm, k.bprm_file);
     let mut exe_name = [0u8; NAME_LEN];
     let mut flags = 0;
@@ -202,10 +209,6 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     }
     if !admit(kind::EXEC, 0, &mut head) {
         return Ok(refused);
-    }
-    // Read for this report only (`fill_args` below); unreadable, it says `argsMissing`.
-    if entry {
-        let _ = crate::exec::args_from_regs(cfg);
     }
     let Some(mut entry) = EVENTS.reserve::<agent_common::ExecEvent>(0) else {
         lost(kind::EXEC, 0, head.count, head.first_ns, &head);
