@@ -424,7 +424,9 @@ impl Lane {
     /// two lanes had been 1,870 s and 1,410 s, and the longer one ended 330 s after the
     /// host's tests. CI later that day: the vm-test lane, with two more prevention tests, ran
     /// 2,453 s on 5.10 (its guest's limit) and 179 s on the newest without BPF LSM; the
-    /// tests now share one `vigil doctor` run per boot instead of one per question.
+    /// tests now share one `vigil doctor` run per boot instead of one per question, and 5.10's
+    /// seven prevention tests with two more took 1,531 s here beside a second guest (the
+    /// prevention tests about 1,200 s of it).
     fn vm_test_runs(&self) -> Vec<String> {
         use crate::vm_test::{
             FALLBACK_TESTS, OLDEST, PREEMPTION_TESTS, PREVENTION_KERNELS, PREVENTION_TESTS,
