@@ -430,6 +430,7 @@ impl Lane {
     fn vm_test_runs(&self) -> Vec<String> {
         use crate::vm_test::{
             FALLBACK_TESTS, OLDEST, PREEMPTION_TESTS, PREVENTION_KERNELS, PREVENTION_TESTS,
+            REGISTER_TESTS,
         };
         let others: Vec<&str> = PREVENTION_KERNELS
             .iter()
@@ -460,11 +461,13 @@ impl Lane {
             ],
             Lane::NodeGuest(_) => vec![
                 prevention(&others[..1]),
-                // The newest kernel preempts kernel code: the tests that need that too.
+                // The newest kernel preempts kernel code, and its LSM programs read
+                // registers: the tests that need those too.
                 format!(
-                    "{} {}",
+                    "{} {} {}",
                     prevention(&others[1..]),
-                    PREEMPTION_TESTS.join(" ")
+                    PREEMPTION_TESTS.join(" "),
+                    REGISTER_TESTS.join(" ")
                 ),
             ],
         }
@@ -899,11 +902,17 @@ mod tests {
                 "{kernel}: {with:?}"
             );
         }
-        // Only the newest of them preempts kernel code, so only it runs the tests that need it.
+        // Only the newest of them preempts kernel code, so only it runs the tests that need it;
+        // and only its run with BPF LSM has the tests of the LSM reading registers.
         for run in &runs {
             assert_eq!(
                 run.contains(crate::vm_test::PREEMPTION_TESTS[0]),
                 run.contains("--kernel newest "),
+                "{run}"
+            );
+            assert_eq!(
+                run.contains(crate::vm_test::REGISTER_TESTS[0]),
+                run.contains("--kernel newest ") && !run.contains("--without-bpf-lsm"),
                 "{run}"
             );
         }
