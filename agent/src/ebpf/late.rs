@@ -50,10 +50,6 @@ impl LateSysEnter {
         })
     }
 
-    pub fn attached(&self) -> bool {
-        self.attached
-    }
-
     /// Attaches it, once; pinned where the other links are.
     pub fn attach(&mut self) -> Result<(), EbpfError> {
         if self.attached {
