@@ -607,7 +607,12 @@ impl Ctx {
         };
         let describe = said(&["describe", "pods", "-n", ns, "-l", selector]);
         let logs = said(&["logs", "-n", ns, "-l", selector, "--tail=20"]);
-        format!("pods {selector} in {ns}:\n{describe}\nlast log lines:\n{logs}")
+        // A container that keeps restarting says why in its last run, not in the new one.
+        let previous = said(&["logs", "-n", ns, "-l", selector, "--previous", "--tail=40"]);
+        format!(
+            "pods {selector} in {ns}:\n{describe}\nlast log lines:\n{logs}\n\
+             last log lines of the previous run:\n{previous}"
+        )
     }
 
     fn ready_pod(&self, ns: &str, selector: &str) -> Result<String> {

@@ -735,6 +735,8 @@ rc=$?
 if [ $rc -ne 0 ]; then
     mkdir -p /.out/logs
     find "$TMPDIR/vigil-node-tests" -name '*.log' -exec cp --parents {{}} /.out/logs \;
+    # The kubelet keeps the containers' own output (the agent's among it) here.
+    [ -d /var/log/pods ] && cp -r --parents /var/log/pods /.out/logs
     echo "guest: the cluster's logs were copied into the out share, logs/"
 fi
 exit $rc

@@ -7,18 +7,24 @@
 //! not the first such policy) and attached when the first set that denies 32-bit calls is
 //! written, before that set is bound. It stays attached, as the set's flag stays raised.
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use aya::programs::{RawTracePoint, links::FdLink};
+use aya::{
+    Ebpf,
+    programs::{RawTracePoint, links::FdLink},
+};
 
 use super::EbpfError;
 
 /// The program's name in the object and the raw tracepoint it attaches to.
 pub const PROGRAM: &str = "sys_enter";
 
-/// A second handle on the loaded program (the object stays with the pipeline), and where
-/// its link is pinned when enforcement outlives the agent.
+/// The loaded object (shared with the probes; a second handle on the program alone would
+/// need `CAP_SYS_ADMIN`), the program's name in it on this kernel, and where its link is
+/// pinned when enforcement outlives the agent.
 pub struct LateSysEnter {
-    program: RawTracePoint,
+    ebpf: Arc<Mutex<Ebpf>>,
+    build: String,
     pin: Option<PathBuf>,
     attached: bool,
 }
@@ -26,6 +32,7 @@ pub struct LateSysEnter {
 impl std::fmt::Debug for LateSysEnter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LateSysEnter")
+            .field("build", &self.build)
             .field("pin", &self.pin)
             .field("attached", &self.attached)
             .finish()
@@ -33,24 +40,19 @@ impl std::fmt::Debug for LateSysEnter {
 }
 
 impl LateSysEnter {
-    /// A handle on `loaded` (already verified); `pin`: the link's path under this
-    /// generation's pins.
-    pub fn new(loaded: &RawTracePoint, pin: Option<PathBuf>) -> Result<Self, EbpfError> {
-        let err = |source| EbpfError::Program {
-            program: PROGRAM.into(),
-            action: "a second handle for attaching it later",
-            source,
-        };
-        let info = loaded.info().map_err(err)?;
-        let program = RawTracePoint::from_program_info(info, PROGRAM.into()).map_err(err)?;
-        Ok(Self {
-            program,
+    /// `build`: the loaded (already verified) program's name in `ebpf`; `pin`: the link's
+    /// path under this generation's pins.
+    pub fn new(ebpf: Arc<Mutex<Ebpf>>, build: &str, pin: Option<PathBuf>) -> Self {
+        Self {
+            ebpf,
+            build: build.to_owned(),
             pin,
             attached: false,
-        })
+        }
     }
 
-    /// Attaches it, once; pinned where the other links are.
+    /// Attaches it, once; pinned where the other links are. Unpinned, the link lives as
+    /// long as the loaded object.
     pub fn attach(&mut self) -> Result<(), EbpfError> {
         if self.attached {
             return Ok(());
@@ -60,9 +62,15 @@ impl LateSysEnter {
             action: "attach (a set denies 32-bit calls)",
             source,
         };
-        let id = self.program.attach(PROGRAM).map_err(err)?;
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(&self.build)
+            .ok_or_else(|| EbpfError::MissingProgram(self.build.clone()))?
+            .try_into()
+            .map_err(err)?;
+        let id = program.attach(PROGRAM).map_err(err)?;
         if let Some(path) = &self.pin {
-            let link = FdLink::from(self.program.take_link(id).map_err(err)?);
+            let link = FdLink::from(program.take_link(id).map_err(err)?);
             link.pin(path).map_err(|e| EbpfError::Pin {
                 program: PROGRAM.into(),
                 path: path.clone(),

@@ -762,7 +762,10 @@ pub struct PolicyMaps {
 
 /// The loaded and attached probes. Dropping it detaches every program.
 pub struct Probes {
-    ebpf: Ebpf,
+    /// Shared with raw `sys_enter`'s late attach ([`late`]): a second handle on a loaded
+    /// program would take `BPF_PROG_GET_FD_BY_ID`, which needs `CAP_SYS_ADMIN` (the chart's
+    /// capabilities do not have it).
+    ebpf: std::sync::Arc<std::sync::Mutex<Ebpf>>,
     /// The reader of the probes' own log, with `kernel_log`.
     kernel_log: Option<kernel_log::KernelLog>,
     /// Kernel structure members this kernel's BTF did not have.
@@ -796,7 +799,7 @@ impl Drop for Probes {
             judges: 0,
             ..self.config
         };
-        if let Err(e) = write_config(&mut self.ebpf, config) {
+        if let Err(e) = write_config(&mut self.ebpf(), config) {
             tracing::warn!("disarming the exec return check before detaching: {e}");
         }
     }
@@ -950,7 +953,7 @@ impl Probes {
             }
         }
         // Verified now, attached by the first set that needs it.
-        let mut late_sys_enter = None;
+        let mut late_pin = None;
         if options.mode == Mode::Enforce && sys_enter_late(options.mode, config.prevent) {
             let build = fallbacks.program(late::PROGRAM);
             let prog = ebpf
@@ -962,16 +965,10 @@ impl Probes {
                 source,
             })?;
             log_program_id(late::PROGRAM, prog.info());
-            let prog =
-                <&mut RawTracePoint>::try_from(prog).map_err(|source| EbpfError::Program {
-                    program: late::PROGRAM.into(),
-                    action: "load",
-                    source,
-                })?;
             let pin = own_pins
                 .as_ref()
                 .map(|own| own.link_path(late::PROGRAM, index));
-            late_sys_enter = Some(late::LateSysEnter::new(prog, pin)?);
+            late_pin = Some(pin);
         }
         // Every exec from now on passes its judging programs before it returns.
         let k = &config.kernel;
@@ -1003,6 +1000,14 @@ impl Probes {
             })?;
             own.commit();
         }
+        let ebpf = std::sync::Arc::new(std::sync::Mutex::new(ebpf));
+        let late_sys_enter = late_pin.map(|pin| {
+            late::LateSysEnter::new(
+                std::sync::Arc::clone(&ebpf),
+                fallbacks.program(late::PROGRAM),
+                pin,
+            )
+        });
         Ok(Self {
             ebpf,
             kernel_log: kernel_log.map(kernel_log::KernelLog),
@@ -1015,6 +1020,13 @@ impl Probes {
             attached,
             late_sys_enter,
         })
+    }
+
+    /// The loaded object; the lock is only ever held for a map or program lookup.
+    fn ebpf(&self) -> std::sync::MutexGuard<'_, Ebpf> {
+        self.ebpf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Raw `sys_enter` where it waits for a set that denies 32-bit calls; taken once, by the
@@ -1035,7 +1047,7 @@ impl Probes {
 
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, EbpfError> {
         let map = self
-            .ebpf
+            .ebpf()
             .take_map("EVENTS")
             .ok_or(EbpfError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| EbpfError::Map {
@@ -1045,13 +1057,13 @@ impl Probes {
     }
 
     pub fn take_loss_counters(&mut self) -> Result<LossCounters, EbpfError> {
-        let Some(probe_errors) = self.ebpf.take_map("PROBE_ERRORS") else {
+        let Some(probe_errors) = self.ebpf().take_map("PROBE_ERRORS") else {
             return Err(EbpfError::MissingMap("PROBE_ERRORS"));
         };
         let pinned = pin_probe_errors(&probe_errors);
-        let mut take = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, EbpfError> {
+        let take = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, EbpfError> {
             let map = self
-                .ebpf
+                .ebpf()
                 .take_map(name)
                 .ok_or(EbpfError::MissingMap(name))?;
             PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { map: name, source })
@@ -1063,7 +1075,7 @@ impl Probes {
                 map: "PROBE_ERRORS",
                 source,
             })?,
-            skipped: skipped::SkippedRuns::of(&self.ebpf)?,
+            skipped: skipped::SkippedRuns::of(&self.ebpf())?,
             pinned,
         })
     }
@@ -1073,7 +1085,7 @@ impl Probes {
     /// once, before [`Self::take_loss_counters`].
     pub fn take_throttle(&mut self) -> Result<throttle::ThrottleMap, EbpfError> {
         let map = self
-            .ebpf
+            .ebpf()
             .take_map("THROTTLE")
             .ok_or(EbpfError::MissingMap("THROTTLE"))?;
         let map = aya::maps::HashMap::try_from(map).map_err(|source| EbpfError::Map {
@@ -1090,7 +1102,8 @@ impl Probes {
     /// A handle of its own on per-CPU counters `name`, which stay in place for whoever takes
     /// them later.
     fn per_cpu_handle(&self, name: &'static str) -> Result<PerCpuArray<MapData, u64>, EbpfError> {
-        let Some(aya::maps::Map::PerCpuArray(counters)) = self.ebpf.map(name) else {
+        let ebpf = self.ebpf();
+        let Some(aya::maps::Map::PerCpuArray(counters)) = ebpf.map(name) else {
             return Err(EbpfError::MissingMap(name));
         };
         let err = |source| EbpfError::Map { map: name, source };
@@ -1103,7 +1116,7 @@ impl Probes {
 
     /// The maps policies compile into; taken once.
     pub fn take_policy_maps(&mut self) -> Result<PolicyMaps, EbpfError> {
-        let ebpf = &mut self.ebpf;
+        let ebpf = &mut *self.ebpf();
         Ok(PolicyMaps {
             cgroup_sets: take(ebpf, "CGROUP_SETS")?,
             policy_sets: take(ebpf, "POLICY_SETS")?,
