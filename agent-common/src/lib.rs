@@ -823,6 +823,12 @@ pub mod prevent {
     /// where [`WX_REPORTS`] and [`FOREIGN_CALLS`] hold too, raw `sys_enter` is attached only
     /// once a set denies 32-bit calls (`compatSyscalls: Deny`).
     pub const EXEC_ENTRY: u32 = 64;
+    /// With [`EXEC_ENTRY`], where an fexit program on `bprm_execve` loads and attaches: it
+    /// checks each successful exec's return (what its `sched_process_exec` programs left
+    /// unjudged fails closed), every exec whatever its entry (the system calls of each ABI,
+    /// the kernel's own `kernel_execve`), with no register a tracer could rewrite; raw
+    /// `sys_exit` neither checks it nor records a traced task's exec entry.
+    pub const EXEC_RETURN: u32 = 128;
 }
 
 /// Offsets of the arguments in every `syscalls/sys_enter_*` record: 8 bytes of common
@@ -967,7 +973,7 @@ pub mod probe_error {
     /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing;
     /// `sigkill`: a kill the kernel would not send at once, left for the task's syscall exit);
     /// a probe's id is its index here.
-    pub const PROBES: [&str; 41] = [
+    pub const PROBES: [&str; 42] = [
         "cgroup_attach_task",
         "sys_enter",
         "sched_process_exec",
@@ -1009,6 +1015,7 @@ pub mod probe_error {
         "lsm_ptrace_access_check",
         "lsm_ptrace_traceme",
         "lsm_userfaultfd",
+        "bprm_execve_exit",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

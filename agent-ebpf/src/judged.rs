@@ -12,9 +12,11 @@ use agent_common::{
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
-    programs::RawTracePointContext,
+    macros::fexit,
+    programs::{FExitContext, RawTracePointContext},
 };
 
+use crate::diag::entry_points;
 use crate::{
     exec::{fill_args_from_image, remember_exe},
     maps::{EVENTS, EXEC_JUDGED, ExecMark, TASK_EXE, TRACED_EXEC_SEEN, TRACED_EXECS},
@@ -132,7 +134,11 @@ pub fn at_entry(nr: i64) -> Result<(), i64> {
 /// level of the exec it is recorded at.
 #[inline(always)]
 pub fn entered(cfg: &agent_common::Config) -> Result<(), i64> {
-    if cfg.mode != mode::ENFORCE || cfg.judges == 0 {
+    // Where `bprm_execve`'s fexit checks the return, no register is read there.
+    if cfg.mode != mode::ENFORCE
+        || cfg.judges == 0
+        || cfg.prevent & agent_common::prevent::EXEC_RETURN != 0
+    {
         return Ok(());
     }
     let traced: u32 = read_kernel(current_task(), cfg.kernel.task_ptrace).ok_or(1)?;
@@ -177,7 +183,11 @@ pub fn at_return(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let cfg = config().ok_or(1)?;
-    if cfg.mode != mode::ENFORCE || cfg.judges == 0 {
+    // `bprm_execve`'s fexit program checks every exec's return there (`EXEC_RETURN`).
+    if cfg.mode != mode::ENFORCE
+        || cfg.judges == 0
+        || cfg.prevent & agent_common::prevent::EXEC_RETURN != 0
+    {
         return Ok(());
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -191,6 +201,38 @@ pub fn at_return(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !returned {
         return Ok(());
     }
+    returned_now(cfg, tgid)
+}
+
+entry_points! {
+    /// fexit of `bprm_execve`, which every exec passes (each ABI's `execve` and `execveat`,
+    /// the kernel's `kernel_execve`): on success the new image's `sched_process_exec`
+    /// programs have run, or were skipped, and the task has not yet left the kernel. A
+    /// tracing program with a recursion guard of its own, like raw `sys_exit`, without
+    /// putting every system call on the slow path.
+    #[fexit(function = "bprm_execve")]
+    fn bprm_execve_exit(ctx: FExitContext) -> i32 = try_bprm_execve_exit(&ctx);
+}
+
+fn try_bprm_execve_exit(ctx: &FExitContext) -> Result<(), i64> {
+    let ret: i32 = ctx.ret().map_err(i64::from)?;
+    if ret != 0 {
+        return Ok(());
+    }
+    let cfg = config().ok_or(1)?;
+    if cfg.mode != mode::ENFORCE
+        || cfg.judges == 0
+        || cfg.prevent & agent_common::prevent::EXEC_RETURN == 0
+    {
+        return Ok(());
+    }
+    returned_now(cfg, (bpf_get_current_pid_tgid() >> 32) as u32)
+}
+
+/// Process `tgid` has just returned from a successful exec: what the new image's programs
+/// left unjudged fails closed.
+#[inline(always)]
+fn returned_now(cfg: &agent_common::Config, tgid: u32) -> Result<(), i64> {
     // The agent's own execs are not watched (`traced`).
     if tgid == cfg.agent_pid {
         return Ok(());

@@ -384,6 +384,40 @@ fn prevention_checks(
             "raw sys_enter runs at every system call: 32-bit calls, and the entry of execs"
         },
     ));
+    // As `vigil run` does: where bprm_check_security reads the exec's entry.
+    if taken & agent_common::prevent::EXEC_ENTRY != 0 {
+        checks.push(match prevent::attach_exec_return(ebpf, false) {
+            Ok(_) => {
+                let verified = ebpf
+                    .program("bprm_execve_exit")
+                    .and_then(|p| p.info().ok())
+                    .and_then(|i| i.verified_instruction_count());
+                let exit = if crate::ebpf::sys_exit_late(
+                    crate::ebpf::Mode::Enforce,
+                    taken | agent_common::prevent::EXEC_RETURN,
+                ) {
+                    "raw sys_exit is attached only once a policy kills (for the kills cgroup \
+                     socket programs cannot send)"
+                } else {
+                    "raw sys_exit still runs at every system call, for the 32-bit opens"
+                };
+                check(
+                    "exec return hook",
+                    Status::Ok,
+                    format!(
+                        "the fexit program on bprm_execve checks every exec's return{}; {exit}",
+                        verified
+                            .map_or_else(String::new, |n| format!(" ({n} instructions verified)"))
+                    ),
+                )
+            }
+            Err(err) => check(
+                "exec return hook",
+                Status::Missing,
+                format!("raw sys_exit checks an exec's return: {err}"),
+            ),
+        });
+    }
     if prevention.unavailable.is_none() {
         for (program, hook, _) in PREVENTION.iter().chain(&foreign_calls) {
             let verified = ebpf

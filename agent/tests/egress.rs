@@ -314,15 +314,39 @@ fn kill_refuses_and_kills_on_every_path_and_a_deny_list_covers_the_unspecified_a
     let free = TestCgroup::new("egress-free");
     let dir = tempfile::tempdir().unwrap();
     let d = denied.port;
-    let policy = write_policy(
-        dir.path(),
-        &cg,
-        "egress-kill",
-        &format!(
-            "  connect:\n    deny: [{{cidr: 127.0.0.0/8, ports: [\"{d}\"]}}, {{cidr: \"::1/128\", ports: [\"{d}\"]}}]\n    action: Kill\n"
-        ),
-    );
+    let spec = |action: &str| {
+        format!(
+            "  connect:\n    deny: [{{cidr: 127.0.0.0/8, ports: [\"{d}\"]}}, {{cidr: \"::1/128\", ports: [\"{d}\"]}}]\n    action: {action}\n"
+        )
+    };
+    // Where raw `sys_exit` (every system call of every task) waits for a set that kills
+    // (`agent/src/ebpf/late.rs`), an Alert set leaves it off; the Kill rule comes by a
+    // reload and must hold at the next call, on every path.
+    let policy = write_policy(dir.path(), &cg, "egress-kill", &spec("Alert"));
     let tracer = Tracer::enforce(&policy);
+    let late = common::sys_exit_late();
+    let attached = |tracer: &Tracer| {
+        tracer
+            .stderr_lines()
+            .iter()
+            .filter(|l| l.contains("raw sys_exit attached"))
+            .count()
+    };
+    assert_eq!(attached(&tracer), 0, "{:?}", tracer.stderr_lines());
+    let applied = tracer.state()["applied"].as_u64();
+    write_policy(dir.path(), &cg, "egress-kill", &spec("Kill"));
+    tracer.wait_for_state("the reload with action: Kill applied", |s| {
+        s["applied"].as_u64() != applied
+    });
+    if late {
+        tracer.wait_for_log("raw sys_exit attached");
+    }
+    assert_eq!(
+        attached(&tracer),
+        usize::from(late),
+        "{:?}",
+        tracer.stderr_lines()
+    );
     let mut tried = 0;
     for (method, dest, daddr, hook) in [
         ("tcp-connect", host("0.0.0.0", d), "127.0.0.1", "connect"),

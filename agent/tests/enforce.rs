@@ -635,10 +635,11 @@ fn allowed_and_denied_execs_sharing_one_cpu_keep_their_own_verdicts() {
         .filter(|e| e["type"] == EXEC && e["data"]["exec"]["unjudged"] == true)
         .count();
     eprintln!(
-        "one cpu: runs skipped: sched_process_exec {}, sched_process_exec_again {}, sys_exit {}; execs failed closed unjudged: {unjudged}",
+        "one cpu: runs skipped: sched_process_exec {}, sched_process_exec_again {}, sys_exit {}, bprm_execve_exit {}; execs failed closed unjudged: {unjudged}",
         common::runs_skipped(&events, "sched_process_exec"),
         common::runs_skipped(&events, "sched_process_exec_again"),
         common::runs_skipped(&events, "sys_exit"),
+        common::runs_skipped(&events, "bprm_execve_exit"),
     );
     assert_no_violation_of(&events, &allowed_real);
     // Each report is one exec's own: its path and the arguments it was started with (built
@@ -722,7 +723,7 @@ impl Held {
 /// saw it, runs: the mark of its judgement outlives the stop.
 #[test]
 fn an_exec_no_judge_saw_is_killed_on_its_return_and_one_they_saw_is_not() {
-    if !root_or_skip("unjudged") {
+    if !root_or_skip("unjudged") || !common::return_check_sees_an_exec_under_way("unjudged") {
         return;
     }
     let cg = TestCgroup::new("unjudged");
@@ -786,7 +787,9 @@ fn an_exec_no_judge_saw_is_killed_on_its_return_and_one_they_saw_is_not() {
 /// kernel's record of it, taken on the exec's return) is exempt.
 #[test]
 fn an_image_no_judge_saw_fails_closed_under_write_execute_deny_unless_exempt() {
-    if !root_or_skip("unjudged-image") {
+    if !root_or_skip("unjudged-image")
+        || !common::return_check_sees_an_exec_under_way("unjudged-image")
+    {
         return;
     }
     let cg = TestCgroup::new("unjudged-image");
@@ -1343,7 +1346,7 @@ fn allow_services_admits_the_node_wide_service_addresses() {
     })
     .unwrap();
     let mut enforcer = Enforcer::new(probes.take_policy_maps().unwrap(), cg.root.clone())
-        .with_late_sys_enter(probes.take_late_sys_enter());
+        .with_late(probes.take_late());
     enforcer.apply(&policies).unwrap();
     let mut ring = probes.take_ring_buffer().unwrap();
     let connect_violations = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, pid: u32| {

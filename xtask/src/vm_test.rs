@@ -67,11 +67,15 @@ pub const FALLBACK_TESTS: [&str; 3] = [
 /// What only a kernel that preempts kernel code can show (lazy preemption, Debian's default
 /// from 6.16; the host's kernel is `PREEMPT_NONE`): `cargo xtask test` runs it on the newest.
 pub const PREEMPTION_TESTS: [&str; 1] = ["allowed_and_denied_execs_sharing_one_cpu"];
-/// What only a kernel whose BPF LSM programs read registers (5.15 and newer) shows: raw
-/// `sys_enter` attached by the first set that denies 32-bit calls, added by a reload, and the
-/// call killed (`agent/src/ebpf/late.rs`). `cargo xtask test` runs it on the newest.
-pub const REGISTER_TESTS: [&str; 1] =
-    ["every_32_bit_call_is_a_violation_where_compat_syscalls_are_denied"];
+/// What only a kernel whose BPF LSM programs read registers shows: raw `sys_enter` attached
+/// by the first set that denies 32-bit calls (5.15 and newer) and raw `sys_exit` by the first
+/// set that kills (where `bprm_execve`'s fexit program checks the exec's return, 5.17 and
+/// newer), each added by a reload and holding at the next call (`agent/src/ebpf/late.rs`).
+/// `cargo xtask test` runs them on the newest.
+pub const REGISTER_TESTS: [&str; 2] = [
+    "every_32_bit_call_is_a_violation_where_compat_syscalls_are_denied",
+    "kill_refuses_and_kills_on_every_path",
+];
 pub const PREVENTION_TESTS: [&str; 7] = [
     "refuses_an_exec",
     "allowlist_under_deny",

@@ -198,7 +198,8 @@ pub fn needed(program: &str, mode: Mode, prevent: u32) -> bool {
             || !SCRIPT_OPEN_ONLY.contains(&program))
         && (prevent & agent_common::prevent::FOREIGN_CALLS == 0
             || !FOREIGN_CALL_ONLY.contains(&program))
-        && (program != late::PROGRAM || !sys_enter_late(mode, prevent))
+        && (program != late::SYS_ENTER || !sys_enter_late(mode, prevent))
+        && (program != late::SYS_EXIT || !sys_exit_late(mode, prevent))
 }
 
 /// Programs on the foreign-write system calls: where the LSM programs judge those
@@ -266,6 +267,14 @@ pub fn sys_enter_late(mode: Mode, prevent: u32) -> bool {
     prevent & WX_REPORTS != 0
         && prevent & FOREIGN_CALLS != 0
         && (mode == Mode::Trace || prevent & EXEC_ENTRY != 0)
+}
+
+/// Whether raw `sys_exit` is left to be attached by the first set that kills ([`late`]):
+/// `bprm_execve`'s fexit program checks the exec's return and `file_open` sees the 32-bit
+/// opens, so what is left are the kills a hook could not send itself.
+pub fn sys_exit_late(mode: Mode, prevent: u32) -> bool {
+    use agent_common::prevent::{EXEC_RETURN, FOREIGN_OPEN};
+    mode == Mode::Enforce && prevent & EXEC_RETURN != 0 && prevent & FOREIGN_OPEN != 0
 }
 
 /// [`agent_common::prevent::WX_REPORTS`] where the LSM's W^X programs run and can read the
@@ -782,8 +791,9 @@ pub struct Probes {
     pinned: bool,
     /// How many of [`PROGRAMS`] are attached ([`needed`] in this mode on this kernel).
     pub attached: usize,
-    /// Raw `sys_enter`, loaded for the first set that denies 32-bit calls ([`late`]).
-    late_sys_enter: Option<late::LateSysEnter>,
+    /// Raw `sys_enter` and `sys_exit` where each waits for the first set that needs it
+    /// ([`late`]).
+    late: Vec<late::Late>,
 }
 
 impl Drop for Probes {
@@ -905,6 +915,22 @@ impl Probes {
                 ),
             }
         }
+        // Under policies, where the exec's entry is read at `bprm_check_security`: its
+        // return is checked by `bprm_execve`'s fexit program, armed with the other judges
+        // below, and raw `sys_exit` leaves it to that program.
+        if options.mode == Mode::Enforce && config.prevent & agent_common::prevent::EXEC_ENTRY != 0
+        {
+            match prevent::attach_exec_return(&mut ebpf, own_pins.is_some()) {
+                Ok((bit, links)) => {
+                    config.prevent |= bit;
+                    lsm_links.extend(links);
+                }
+                Err(err) => tracing::info!(
+                    %err,
+                    "an exec's return is checked by raw sys_exit"
+                ),
+            }
+        }
         if let Some(own) = &own_pins {
             for (program, link) in lsm_links {
                 let path = own.link_path(program, index);
@@ -953,22 +979,31 @@ impl Probes {
             }
         }
         // Verified now, attached by the first set that needs it.
-        let mut late_pin = None;
-        if options.mode == Mode::Enforce && sys_enter_late(options.mode, config.prevent) {
-            let build = fallbacks.program(late::PROGRAM);
+        let mut late_pins = Vec::new();
+        let late_ones = [
+            (
+                late::SYS_ENTER,
+                sys_enter_late(options.mode, config.prevent),
+            ),
+            (late::SYS_EXIT, sys_exit_late(options.mode, config.prevent)),
+        ];
+        for (program, late) in late_ones {
+            if options.mode != Mode::Enforce || !late {
+                continue;
+            }
+            let build = fallbacks.program(program);
             let prog = ebpf
                 .program_mut(build)
                 .ok_or_else(|| EbpfError::MissingProgram(build.into()))?;
-            load_program(prog, Hook::Raw(late::PROGRAM)).map_err(|source| EbpfError::Program {
-                program: late::PROGRAM.into(),
+            load_program(prog, Hook::Raw(program)).map_err(|source| EbpfError::Program {
+                program: program.into(),
                 action: "load",
                 source,
             })?;
-            log_program_id(late::PROGRAM, prog.info());
-            let pin = own_pins
-                .as_ref()
-                .map(|own| own.link_path(late::PROGRAM, index));
-            late_pin = Some(pin);
+            log_program_id(program, prog.info());
+            let pin = own_pins.as_ref().map(|own| own.link_path(program, index));
+            index += 1;
+            late_pins.push((program, pin));
         }
         // Every exec from now on passes its judging programs before it returns.
         let k = &config.kernel;
@@ -1001,13 +1036,17 @@ impl Probes {
             own.commit();
         }
         let ebpf = std::sync::Arc::new(std::sync::Mutex::new(ebpf));
-        let late_sys_enter = late_pin.map(|pin| {
-            late::LateSysEnter::new(
-                std::sync::Arc::clone(&ebpf),
-                fallbacks.program(late::PROGRAM),
-                pin,
-            )
-        });
+        let late = late_pins
+            .into_iter()
+            .map(|(program, pin)| {
+                late::Late::new(
+                    std::sync::Arc::clone(&ebpf),
+                    program,
+                    fallbacks.program(program),
+                    pin,
+                )
+            })
+            .collect();
         Ok(Self {
             ebpf,
             kernel_log: kernel_log.map(kernel_log::KernelLog),
@@ -1018,7 +1057,7 @@ impl Probes {
             config,
             pinned: options.pin.is_some(),
             attached,
-            late_sys_enter,
+            late,
         })
     }
 
@@ -1029,10 +1068,10 @@ impl Probes {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Raw `sys_enter` where it waits for a set that denies 32-bit calls; taken once, by the
-    /// enforcer that writes the sets.
-    pub fn take_late_sys_enter(&mut self) -> Option<late::LateSysEnter> {
-        self.late_sys_enter.take()
+    /// Raw `sys_enter` and `sys_exit` where each waits for a set that needs it; taken once,
+    /// by the enforcer that writes the sets.
+    pub fn take_late(&mut self) -> Vec<late::Late> {
+        std::mem::take(&mut self.late)
     }
 
     /// With pinning, the take-over from the previous generations; taken once.
@@ -1216,16 +1255,40 @@ mod tests {
         // the LSM programs see. `vigil run` keeps it for the traced exec's entry and the
         // refused exec's arguments, until the exec program reads them itself; then it waits
         // for a set that denies 32-bit calls.
-        assert!(names(Mode::Enforce, all_lsm).contains(&late::PROGRAM));
-        assert!(!names(Mode::Trace, all_lsm).contains(&late::PROGRAM));
+        assert!(names(Mode::Enforce, all_lsm).contains(&late::SYS_ENTER));
+        assert!(!names(Mode::Trace, all_lsm).contains(&late::SYS_ENTER));
         let entry = all_lsm | agent_common::prevent::EXEC_ENTRY;
-        left_out.push(late::PROGRAM);
+        left_out.push(late::SYS_ENTER);
         assert_eq!(names(Mode::Enforce, entry), without(&left_out));
         // Without the foreign-write programs (they did not attach), the 32-bit entry's
         // `ptrace`, `process_vm_writev` and `userfaultfd` are raw `sys_enter`'s again.
         let no_foreign = entry & !agent_common::prevent::FOREIGN_CALLS;
-        assert!(names(Mode::Enforce, no_foreign).contains(&late::PROGRAM));
-        assert!(names(Mode::Trace, no_foreign).contains(&late::PROGRAM));
+        assert!(names(Mode::Enforce, no_foreign).contains(&late::SYS_ENTER));
+        assert!(names(Mode::Trace, no_foreign).contains(&late::SYS_ENTER));
+        // Where `bprm_execve`'s fexit program checks the exec's return and `file_open` sees
+        // the 32-bit opens, raw `sys_exit` waits for a set that kills: no raw tracepoint on
+        // the system calls is attached from the start.
+        let exit = entry | agent_common::prevent::EXEC_RETURN;
+        assert!(sys_exit_late(Mode::Enforce, exit));
+        left_out.push(late::SYS_EXIT);
+        assert_eq!(names(Mode::Enforce, exit), without(&left_out));
+        assert!(
+            attachments_with(Mode::Enforce, exit).all(|(_, hook)| !matches!(
+                hook,
+                Hook::Raw("sys_enter" | "sys_exit")
+            ) && !matches!(
+                hook,
+                Hook::Tracepoint("syscalls", _)
+            ))
+        );
+        // Without `file_open` the i386 opens' returns are raw `sys_exit`'s again, and without
+        // the fexit program the exec's return.
+        let no_open = exit & !agent_common::prevent::FOREIGN_OPEN;
+        assert!(!sys_exit_late(Mode::Enforce, no_open));
+        assert!(names(Mode::Enforce, no_open).contains(&late::SYS_EXIT));
+        assert!(names(Mode::Enforce, entry).contains(&late::SYS_EXIT));
+        // `vigil trace` kills and judges nothing: it never had raw `sys_exit`.
+        assert!(!names(Mode::Trace, exit).contains(&late::SYS_EXIT));
     }
 
     /// The exec program takes the exec's entry over only where it runs and reads registers,

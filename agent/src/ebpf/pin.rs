@@ -175,12 +175,13 @@ fn unpin_links(links: &Path) -> Result<(), EbpfError> {
     Ok(())
 }
 
-/// Whether a pinned link (`<program>-<index>`) is the `sys_exit` program's.
+/// Whether a pinned link (`<program>-<index>`) is of a program that checks an exec's
+/// return (raw `sys_exit`, `bprm_execve`'s fexit program).
 fn is_return_check(link: &Path) -> bool {
     link.file_name()
         .and_then(|name| name.to_str())
         .and_then(|name| name.rsplit_once('-'))
-        .is_some_and(|(program, _)| program == "sys_exit")
+        .is_some_and(|(program, _)| program == "sys_exit" || program == "bprm_execve_exit")
 }
 
 pub fn remove_generation(dir: &Path) -> Result<(), EbpfError> {

@@ -4,7 +4,7 @@
 use agent_common::prevent;
 use aya::{
     Btf as AyaBtf, Ebpf,
-    programs::{Lsm, links::FdLink},
+    programs::{FExit, Lsm, links::FdLink},
 };
 
 use super::{EbpfError, tracefs};
@@ -128,6 +128,39 @@ fn first_line(text: &str) -> String {
 /// Attaches [`FOREIGN_CALLS`], all or none: what they cover and their links.
 pub fn attach_foreign_calls(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
     try_attach(ebpf, take, FOREIGN_CALLS)
+}
+
+/// The fexit program on `bprm_execve` that checks every successful exec's return
+/// (`prevent::EXEC_RETURN`), for kernels where the LSM programs read the exec's entry: its
+/// bit and, when `take`, its link. Fails where the kernel has no fexit trampolines, no
+/// `bprm_execve` in its BTF or no `bpf_get_func_ret` (before 5.17); raw `sys_exit` then
+/// checks the return.
+pub fn attach_exec_return(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), EbpfError> {
+    const PROGRAM: &str = "bprm_execve_exit";
+    let err = |action: &'static str| {
+        move |source| EbpfError::Program {
+            program: PROGRAM.into(),
+            action,
+            source,
+        }
+    };
+    let btf = AyaBtf::from_sys_fs().map_err(|e| EbpfError::Btf {
+        path: super::offsets::VMLINUX_BTF.into(),
+        reason: e.to_string(),
+    })?;
+    let prog = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| EbpfError::MissingProgram(PROGRAM.into()))?;
+    let prog = <&mut FExit>::try_from(prog).map_err(err("load"))?;
+    prog.load("bprm_execve", &btf).map_err(err("load"))?;
+    super::log_program_id(PROGRAM, prog.info());
+    let id = prog.attach().map_err(err("attach"))?;
+    let mut links = Vec::new();
+    if take {
+        let link = prog.take_link(id).map_err(err("take its link"))?;
+        links.push((PROGRAM, FdLink::from(link)));
+    }
+    Ok((agent_common::prevent::EXEC_RETURN, links))
 }
 
 fn try_attach(

@@ -36,7 +36,11 @@ pub enum EnforceError {
     #[error("too many policy sets: {0} (at most {max} per generation)", max = HALF - 1)]
     TooManySets(usize),
     #[error("a set denies 32-bit calls, but the hook that sees them did not attach: {0}")]
-    CompatHook(#[source] crate::ebpf::EbpfError),
+    CompatHook(#[source] Box<crate::ebpf::EbpfError>),
+    #[error(
+        "a set kills, but the hook that carries out the kills other hooks cannot send (raw sys_exit) did not attach: {0}"
+    )]
+    KillHook(#[source] Box<crate::ebpf::EbpfError>),
 }
 
 const HALF: u32 = MAX_POLICY_SETS / 2;
@@ -112,9 +116,10 @@ pub struct Enforcer {
     count_unreadable_logged: bool,
     /// The last [`agent_common::PolicySet::stamp`] given: each set written gets the next.
     last_stamp: u32,
-    /// Raw `sys_enter`, attached by the first set that denies 32-bit calls; `None` where it
-    /// is attached from the start.
-    late_sys_enter: Option<crate::ebpf::late::LateSysEnter>,
+    /// Raw `sys_enter` and `sys_exit` where each waits for the first set that needs it (a set
+    /// that denies 32-bit calls, a set that kills); empty where they are attached from the
+    /// start.
+    late: Vec<crate::ebpf::late::Late>,
 }
 
 /// Which bindings a pass looks up.
@@ -184,14 +189,14 @@ impl Enforcer {
             checked_every: None,
             count_unreadable_logged: false,
             last_stamp: 0,
-            late_sys_enter: None,
+            late: Vec::new(),
         }
     }
 
-    /// Raw `sys_enter` where it waits for the first set that denies 32-bit calls
+    /// Raw `sys_enter` and `sys_exit` where each waits for the first set that needs it
     /// (`ebpf::late`).
-    pub fn with_late_sys_enter(mut self, hook: Option<crate::ebpf::late::LateSysEnter>) -> Self {
-        self.late_sys_enter = hook;
+    pub fn with_late(mut self, hooks: Vec<crate::ebpf::late::Late>) -> Self {
+        self.late = hooks;
         self
     }
 
@@ -338,10 +343,19 @@ impl Enforcer {
         ];
         // The hook that sees the 32-bit entry, where it waits for such a set: attached before
         // the set is bound, or the set is not written.
-        if flags & agent_common::set_flags::COMPAT_DENY != 0
-            && let Some(hook) = self.late_sys_enter.as_mut()
-        {
-            hook.attach().map_err(EnforceError::CompatHook)?;
+        let set = &compiled.set;
+        let kills = [set.exec_action, set.connect_action, set.wx_action]
+            .contains(&u32::from(agent_common::action::KILL));
+        for hook in &mut self.late {
+            if hook.program() == crate::ebpf::late::SYS_ENTER
+                && flags & agent_common::set_flags::COMPAT_DENY != 0
+            {
+                hook.attach()
+                    .map_err(|e| EnforceError::CompatHook(Box::new(e)))?;
+            } else if hook.program() == crate::ebpf::late::SYS_EXIT && kills {
+                hook.attach()
+                    .map_err(|e| EnforceError::KillHook(Box::new(e)))?;
+            }
         }
         for (flag, watch, name) in watches {
             if flags & flag != 0 {

@@ -121,8 +121,8 @@ pub async fn run(
             .map(crate::ebpf::pin::plan)
             .transpose()?,
     })?;
-    let mut enforcer = Enforcer::new(probes.take_policy_maps()?, root.clone())
-        .with_late_sys_enter(probes.take_late_sys_enter());
+    let mut enforcer =
+        Enforcer::new(probes.take_policy_maps()?, root.clone()).with_late(probes.take_late());
     let seeded = seed::from_proc(enforcer.task_exe_map());
     tracing::debug!(
         processes = seeded,

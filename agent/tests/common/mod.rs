@@ -149,6 +149,40 @@ pub fn sys_enter_late() -> bool {
     doctor_line("32-bit entry hook").contains("only once a policy denies")
 }
 
+/// Whether `bprm_execve`'s fexit program checks each exec's return instead of raw `sys_exit`
+/// (`vigil doctor`'s "exec return hook").
+pub fn exec_return_by_fexit() -> bool {
+    doctor_output().lines().any(|l| {
+        l.contains("exec return hook") && l.contains("fexit program on bprm_execve checks")
+    })
+}
+
+/// An exec held since before the agent started is checked on its return only by raw
+/// `sys_exit`: an fexit program runs for calls that enter its function after it attached.
+/// Tells and says so where the fexit program checks the return.
+pub fn return_check_sees_an_exec_under_way(test: &str) -> bool {
+    if exec_return_by_fexit() {
+        skip_for_kernel(
+            test,
+            "raw sys_exit as the exec's return check (bprm_execve's fexit program checks it \
+             here, which an exec under way before it attached does not pass, as a process \
+             started before the agent; an exec no judge saw comes only from preemption here: \
+             allowed_and_denied_execs_sharing_one_cpu)",
+        );
+        return false;
+    }
+    true
+}
+
+/// Whether `vigil run` attaches raw `sys_exit` only for a set that kills (`vigil doctor`'s
+/// "exec return hook").
+pub fn sys_exit_late() -> bool {
+    // The line is there only where the exec program reads the exec's entry.
+    doctor_output()
+        .lines()
+        .any(|l| l.contains("exec return hook") && l.contains("only once a policy kills"))
+}
+
 pub fn vigil_bin() -> PathBuf {
     built_binary("VIGIL_BIN", "vigil")
 }
