@@ -341,8 +341,9 @@ impl Enforcer {
                 "FOREIGN_WATCH",
             ),
         ];
-        // The hook that sees the 32-bit entry, where it waits for such a set: attached before
-        // the set is bound, or the set is not written.
+        // The hooks that wait for a set needing them (raw `sys_enter` for the 32-bit entry,
+        // raw `sys_exit` for the kills other hooks cannot send): attached before the set is
+        // bound, or the set is not written.
         let set = &compiled.set;
         let kills = [set.exec_action, set.connect_action, set.wx_action]
             .contains(&u32::from(agent_common::action::KILL));
