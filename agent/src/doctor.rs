@@ -314,6 +314,13 @@ fn verify(
 /// Whether the prevention programs (BPF LSM) load and attach here, each one's verified
 /// instructions, and what `Deny` of exec and W^X amounts to on this node. They stay attached
 /// only while the doctor runs, and refuse nothing then: no policy is loaded.
+/// How many instructions the verifier went through for loaded program `program`.
+fn verified(ebpf: &Ebpf, program: &str) -> Option<u32> {
+    ebpf.program(program)
+        .and_then(|p| p.info().ok())
+        .and_then(|i| i.verified_instruction_count())
+}
+
 fn prevention_checks(
     ebpf: &mut Ebpf,
     checks: &mut Vec<Check>,
@@ -388,10 +395,7 @@ fn prevention_checks(
     if taken & agent_common::prevent::EXEC_ENTRY != 0 {
         checks.push(match prevent::attach_exec_return(ebpf, false) {
             Ok(_) => {
-                let verified = ebpf
-                    .program("bprm_execve_exit")
-                    .and_then(|p| p.info().ok())
-                    .and_then(|i| i.verified_instruction_count());
+                let verified = verified(ebpf, "bprm_execve_exit");
                 let exit = if crate::ebpf::sys_exit_late(
                     crate::ebpf::Mode::Enforce,
                     taken | agent_common::prevent::EXEC_RETURN,
@@ -420,10 +424,7 @@ fn prevention_checks(
     }
     if prevention.unavailable.is_none() {
         for (program, hook, _) in PREVENTION.iter().chain(&foreign_calls) {
-            let verified = ebpf
-                .program(program)
-                .and_then(|p| p.info().ok())
-                .and_then(|i| i.verified_instruction_count());
+            let verified = verified(ebpf, program);
             checks.push(check(
                 format!("program {program}"),
                 Status::Ok,

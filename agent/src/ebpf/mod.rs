@@ -769,6 +769,22 @@ pub struct PolicyMaps {
     pub cgroup_changes: Array<MapData, u64>,
 }
 
+/// What a group of BPF LSM or fexit programs takes over when it attached (its bits into
+/// `prevent`, its links kept); else the hooks it would replace stay, and the log says which.
+fn take_over(
+    attached: Result<(u32, prevent::Links), EbpfError>,
+    (prevent, links): (&mut u32, &mut prevent::Links),
+    stays: &str,
+) {
+    match attached {
+        Ok((bits, taken)) => {
+            *prevent |= bits;
+            links.extend(taken);
+        }
+        Err(err) => tracing::info!(%err, "{stays}"),
+    }
+}
+
 /// The loaded and attached probes. Dropping it detaches every program.
 pub struct Probes {
     /// Shared with raw `sys_enter`'s late attach ([`late`]): a second handle on a loaded
@@ -904,32 +920,22 @@ impl Probes {
         let (prevention, mut lsm_links) = prevent::attach(&mut ebpf, own_pins.is_some());
         config.prevent = prevention.active | taken_over(&prevention, &fallbacks, &config.kernel);
         if foreign_calls_possible(config.prevent, &config.kernel) {
-            match prevent::attach_foreign_calls(&mut ebpf, own_pins.is_some()) {
-                Ok((bits, links)) => {
-                    config.prevent |= bits;
-                    lsm_links.extend(links);
-                }
-                Err(err) => tracing::info!(
-                    %err,
-                    "foreign writes by system call stay on their syscall tracepoints"
-                ),
-            }
+            take_over(
+                prevent::attach_foreign_calls(&mut ebpf, own_pins.is_some()),
+                (&mut config.prevent, &mut lsm_links),
+                "foreign writes by system call stay on their syscall tracepoints",
+            );
         }
         // Under policies, where the exec's entry is read at `bprm_check_security`: its
         // return is checked by `bprm_execve`'s fexit program, armed with the other judges
         // below, and raw `sys_exit` leaves it to that program.
         if options.mode == Mode::Enforce && config.prevent & agent_common::prevent::EXEC_ENTRY != 0
         {
-            match prevent::attach_exec_return(&mut ebpf, own_pins.is_some()) {
-                Ok((bit, links)) => {
-                    config.prevent |= bit;
-                    lsm_links.extend(links);
-                }
-                Err(err) => tracing::info!(
-                    %err,
-                    "an exec's return is checked by raw sys_exit"
-                ),
-            }
+            take_over(
+                prevent::attach_exec_return(&mut ebpf, own_pins.is_some()),
+                (&mut config.prevent, &mut lsm_links),
+                "an exec's return is checked by raw sys_exit",
+            );
         }
         if let Some(own) = &own_pins {
             for (program, link) in lsm_links {

@@ -144,15 +144,12 @@ pub fn attach_exec_return(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), E
             source,
         }
     };
-    let btf = AyaBtf::from_sys_fs().map_err(|e| EbpfError::Btf {
-        path: super::offsets::VMLINUX_BTF.into(),
-        reason: e.to_string(),
-    })?;
+    let btf = vmlinux_btf()?;
     let prog = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| EbpfError::MissingProgram(PROGRAM.into()))?;
     let prog = <&mut FExit>::try_from(prog).map_err(err("load"))?;
-    prog.load("bprm_execve", &btf).map_err(err("load"))?;
+    prog.load("bprm_execve", btf).map_err(err("load"))?;
     super::log_program_id(PROGRAM, prog.info());
     let id = prog.attach().map_err(err("attach"))?;
     let mut links = Vec::new();
@@ -163,16 +160,25 @@ pub fn attach_exec_return(ebpf: &mut Ebpf, take: bool) -> Result<(u32, Links), E
     Ok((agent_common::prevent::EXEC_RETURN, links))
 }
 
+/// The kernel's BTF, which each LSM and fexit program's load names its hook in: parsed once
+/// for every attach of a start.
+fn vmlinux_btf() -> Result<&'static AyaBtf, EbpfError> {
+    static BTF: std::sync::OnceLock<Result<AyaBtf, String>> = std::sync::OnceLock::new();
+    BTF.get_or_init(|| AyaBtf::from_sys_fs().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|reason| EbpfError::Btf {
+            path: super::offsets::VMLINUX_BTF.into(),
+            reason: reason.clone(),
+        })
+}
+
 fn try_attach(
     ebpf: &mut Ebpf,
     take: bool,
     group: &[(&'static str, &str, u32)],
 ) -> Result<(u32, Links), EbpfError> {
     let mut active = 0;
-    let btf = AyaBtf::from_sys_fs().map_err(|e| EbpfError::Btf {
-        path: super::offsets::VMLINUX_BTF.into(),
-        reason: e.to_string(),
-    })?;
+    let btf = vmlinux_btf()?;
     let mut attached = Vec::new();
     let mut links = Vec::new();
     let result = (|| {
@@ -188,7 +194,7 @@ fn try_attach(
                 .program_mut(program)
                 .ok_or_else(|| EbpfError::MissingProgram((*program).into()))?;
             let prog = <&mut Lsm>::try_from(prog).map_err(err("load"))?;
-            prog.load(hook, &btf).map_err(err("load"))?;
+            prog.load(hook, btf).map_err(err("load"))?;
             super::log_program_id(program, prog.info());
             let id = prog.attach().map_err(err("attach"))?;
             if take {
