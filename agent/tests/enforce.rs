@@ -830,6 +830,74 @@ fn an_image_no_judge_saw_fails_closed_under_write_execute_deny_unless_exempt() {
     );
 }
 
+/// Events name the rule in force when they were decided: the agent keeps what it said of
+/// each rule until the next apply, and set ids come round again (the third apply reuses the
+/// first's), so a name kept past its apply would name the first version's rule.
+#[test]
+fn a_violation_after_each_reload_names_the_rule_then_in_force() {
+    if !root_or_skip("names after reload") {
+        return;
+    }
+    let cg = TestCgroup::new("renamed");
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, d) = denied_binary(tmp.path());
+    let exact = writer.canonicalize().unwrap().display().to_string();
+    let version = |rule: &str, mode: &str| {
+        policy_for(
+            &cg,
+            "renamed",
+            &format!("  exec:\n    deny: [{rule}]\n    action: Alert\n  mode: {mode}\n"),
+        )
+    };
+    let versions = [
+        (
+            version(&format!("{{prefix: \"{d}/\"}}"), "Enforce"),
+            format!("prefix {d}/"),
+        ),
+        (
+            version(&format!("{{path: \"{exact}\"}}"), "Enforce"),
+            format!("path {exact}"),
+        ),
+        (
+            version(&format!("{{path: \"{exact}\"}}"), "Audit"),
+            format!("path {exact}"),
+        ),
+        (
+            version(&format!("{{prefix: \"{d}/\"}}"), "Audit"),
+            format!("prefix {d}/"),
+        ),
+    ];
+    let file = write_policy(tmp.path(), &versions[0].0);
+    let tracer = Tracer::enforce(&file);
+    for (i, (text, description)) in versions.iter().enumerate() {
+        if i > 0 {
+            let before = tracer.state()["applied"].as_u64();
+            std::fs::write(&file, text).unwrap();
+            tracer.wait_for_state(&format!("version {i} applied"), |s| {
+                s["applied"].as_u64() != before
+            });
+        }
+        let marker = tmp.path().join(format!("marker-{i}"));
+        let (pid, status) = run_in(&cg, &writer, &["write-marker", marker.to_str().unwrap()]);
+        assert!(
+            status.success() && marker.exists(),
+            "version {i}: an Alert rule let it run: {status}"
+        );
+        let e = tracer.wait_for(&format!("the alert under version {i}"), |e| {
+            is(e, EXEC, pid)
+        });
+        assert_eq!(
+            e["data"]["policy"]["rule"], "spec.exec.deny[0]",
+            "version {i}"
+        );
+        assert_eq!(
+            e["data"]["policy"]["description"],
+            description.as_str(),
+            "version {i} names another version's rule: {e}"
+        );
+    }
+}
+
 #[test]
 fn reloading_150_times_leaves_no_gap_and_no_growth() {
     if !root_or_skip("reload") {

@@ -460,13 +460,13 @@ fn violations_from_pods_known_and_not_yet_known_validate() {
             ..Exec::plain("/tmp/x", vec!["x".into()])
         }),
     };
-    let policy = PolicyRef {
+    let policy = vigil::cloudevents::shared::Shared::new(PolicyRef {
         kind: "RuntimePolicy".into(),
         name: "web".into(),
         namespace: Some("shop".into()),
         rule: "spec.exec.deny[0]".into(),
         text: "prefix /tmp/".into(),
-    };
+    });
     let known = PodLookup::found(&PodInfo {
         namespace: "shop".into(),
         name: "web-0".into(),

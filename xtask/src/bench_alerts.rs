@@ -245,8 +245,7 @@ fn under_load(bench: &Bench<'_>, load: &Load<'_>) -> Result<Outcome> {
     }
     let cpu_seconds = cpu.seconds(&agent)?;
     agent.stop()?;
-    let lost = crate::bench_throughput::lost_from_log(&agent.stderr_lines())
-        .context("the agent's log has no `stopped ... lost=N` line")?;
+    let lost = crate::bench_throughput::lost_said(load.mode, &agent.stderr_lines())?;
     let seen = seen.lock().expect("seen").clone();
     Ok(Outcome {
         sent,
@@ -363,6 +362,12 @@ pub fn print(r: &AlertResults) {
     println!(
         "one HTTP sink in batch mode, the workload sending as fast as it can for 10 s: {:.0} events/s received ({} of {} sent; the rest were held back by the kernel's flood throttle or dropped where the pipeline could not keep up, both counted in loss events)",
         r.batch_per_second, r.batch_received, r.batch_sent
+    );
+    println!(
+        "  {:.0} events per second of the agent's CPU ({:.2} CPU s), {} counted lost",
+        r.batch.per_core_second(),
+        r.batch.cpu_seconds,
+        r.batch.lost
     );
     println!(
         "aggregation ({WINDOW_S} s window): {} identical violations reached the receiver as {} events whose counts add up to {}; the first in {:.2} ms (goal < {LATENCY_P99_GOAL_MS} ms)",

@@ -92,6 +92,18 @@ fn clock_ticks_per_second() -> Result<f64> {
 }
 
 /// `lost=N` from the agent's last log line that says it stopped.
+/// What the agent's `stopped` line says it lost; where, when anything was (ring buffer, a
+/// queue, a sink), printed with the pipeline's name.
+pub fn lost_said(pipeline: &str, log: &[String]) -> Result<u64> {
+    let lost = lost_from_log(log).context("the agent's log has no `stopped ... lost=N` line")?;
+    if lost > 0
+        && let Some(stopped) = log.iter().rev().find(|l| l.contains(" stopped "))
+    {
+        println!("bench: {pipeline}: {stopped}");
+    }
+    Ok(lost)
+}
+
 pub fn lost_from_log(lines: &[String]) -> Option<u64> {
     lines
         .iter()
@@ -179,14 +191,7 @@ impl Flood<'_> {
         let events = last.0 - before;
         agent.stop()?;
         let log = agent.stderr_lines();
-        let lost =
-            lost_from_log(&log).context("the agent's log has no `stopped ... lost=N` line")?;
-        if lost > 0 {
-            // Where they were lost (ring buffer, a queue, a sink), as the agent said it.
-            if let Some(stopped) = log.iter().rev().find(|l| l.contains(" stopped ")) {
-                println!("bench: {pipeline}: {stopped}");
-            }
-        }
+        let lost = lost_said(pipeline, &log)?;
         if events == 0 {
             bail!("{pipeline}: no event of the {sent} datagrams came out");
         }

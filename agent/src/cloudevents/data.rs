@@ -139,23 +139,9 @@ pub struct ContainerData {
     pub image: Option<Option<String>>,
 }
 
-/// Violations only: the violated policy and the rule that decided.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields, rename = "policy")]
-pub struct PolicyData {
-    /// `RuntimePolicy` or `ClusterRuntimePolicy` (`unknown` if the policy was replaced before
-    /// the event was read).
-    pub kind: String,
-    /// The policy's name.
-    pub name: String,
-    /// The namespace of a RuntimePolicy; null for a ClusterRuntimePolicy.
-    pub namespace: Option<String>,
-    /// Field path of the deciding rule, e.g. `spec.exec.deny[0]`; `spec.<section>.allow` when
-    /// the behaviour is on no allowlist.
-    pub rule: String,
-    /// What the rule says, e.g. `prefix /tmp/`.
-    pub description: String,
-}
+/// Violations only: the violated policy and the rule that decided; shared with the rules
+/// in force, so an event names its rule without copying it.
+pub type PolicyData = crate::policy::PolicyRef;
 
 /// The behaviour's own member: exactly one, named after the behaviour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,7 +180,7 @@ pub struct BehaviourData {
     pub metadata_incomplete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "PolicyData")]
-    pub policy: Option<PolicyData>,
+    pub policy: Option<Shared<PolicyData>>,
     /// Present when above 1: the number of identical violations (same cgroup, behaviour and
     /// rule) this event stands for, the others having been held back in the kernel during a
     /// flood (at most 8 go out per second).

@@ -15,8 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use self::data::{
-    BehaviourData, CgroupData, ContainerData, Member, OwnerData, ParentData, PodData, PolicyData,
-    ProcessData,
+    BehaviourData, CgroupData, ContainerData, Member, OwnerData, ParentData, PodData, ProcessData,
 };
 pub use self::loss::{LossData, LossReport, Losses, PerBehaviour};
 use self::shared::Shared;
@@ -443,7 +442,7 @@ pub fn violation(
     event: &Event,
     lineage: &Lineage,
     ctx: &Context<'_>,
-    policy: &PolicyRef,
+    policy: &Shared<PolicyRef>,
     action: Action,
 ) -> VigilEvent {
     build(event, lineage, ctx, Some((policy, action)))
@@ -453,7 +452,7 @@ fn build(
     event: &Event,
     lineage: &Lineage,
     ctx: &Context<'_>,
-    judged: Option<(&PolicyRef, Action)>,
+    judged: Option<(&Shared<PolicyRef>, Action)>,
 ) -> VigilEvent {
     let h = &event.header;
     let (pod, container, metadata_incomplete, subject) = match ctx.pod {
@@ -508,13 +507,7 @@ fn build(
         pod,
         container,
         metadata_incomplete,
-        policy: judged.map(|(p, _)| PolicyData {
-            kind: p.kind.clone(),
-            name: p.name.clone(),
-            namespace: p.namespace.clone(),
-            rule: p.rule.clone(),
-            description: p.text.clone(),
-        }),
+        policy: judged.map(|(p, _)| p.clone()),
         count: aggregated.then_some(h.count),
         first_seen: aggregated
             .then(|| wall_time(h.first_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),

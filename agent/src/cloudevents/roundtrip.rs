@@ -154,7 +154,7 @@ fn every_behaviour_in_every_context_reads_back_as_it_was() {
                 &flood,
                 &Lineage::default(),
                 &ctx,
-                &policy(),
+                &Shared::new(policy()),
                 Action::Kill,
             ));
         }

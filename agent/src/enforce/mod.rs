@@ -20,6 +20,7 @@ use agent_common::{MAX_POLICY_SETS, PolicySet, ServiceKey};
 use aya::maps::lpm_trie::Key;
 
 use crate::{
+    cloudevents::shared::Shared,
     ebpf::PolicyMaps,
     metadata::cgroup,
     policy::{Policy, PolicyRef},
@@ -120,7 +121,13 @@ pub struct Enforcer {
     /// that denies 32-bit calls, a set that kills); empty where they are attached from the
     /// start.
     late: Vec<crate::ebpf::late::Late>,
+    /// What [`Self::describe`] said of each set, rule and section since the last apply: every
+    /// event of a flood names the same rule, and now shares it.
+    described: std::sync::Mutex<HashMap<RuleAt, Shared<PolicyRef>>>,
 }
+
+/// A violation's set, rule index and section, as [`Enforcer::describe`] is asked.
+type RuleAt = (u32, u32, &'static str);
 
 /// Which bindings a pass looks up.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -190,6 +197,7 @@ impl Enforcer {
             count_unreadable_logged: false,
             last_stamp: 0,
             late: Vec::new(),
+            described: std::sync::Mutex::default(),
         }
     }
 
@@ -294,6 +302,11 @@ impl Enforcer {
             self.previous = Some(current);
         }
         self.current = Some(generation);
+        // Set ids are given again by later generations.
+        self.described
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         Ok(Applied {
             policies: policies.len(),
             sets: set_of_members.len(),
@@ -566,8 +579,27 @@ impl Enforcer {
             .collect())
     }
 
-    /// Names the policy and rule behind a violation's set and rule index.
-    pub fn describe(&self, set: u32, rule: u32, section: &str) -> Option<PolicyRef> {
+    /// Names the policy and rule behind a violation's set and rule index: once per rule and
+    /// apply, then shared.
+    pub fn describe(
+        &self,
+        set: u32,
+        rule: u32,
+        section: &'static str,
+    ) -> Option<Shared<PolicyRef>> {
+        let mut described = self
+            .described
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = described.get(&(set, rule, section)) {
+            return Some(known.clone());
+        }
+        let named = Shared::new(self.name_rule(set, rule, section)?);
+        described.insert((set, rule, section), named.clone());
+        Some(named)
+    }
+
+    fn name_rule(&self, set: u32, rule: u32, section: &str) -> Option<PolicyRef> {
         let (compiled, members) = [&self.current, &self.previous]
             .into_iter()
             .flatten()
@@ -638,7 +670,7 @@ impl Enforcer {
         path: &str,
         script: Option<&str>,
         memfd: bool,
-    ) -> Option<PolicyRef> {
+    ) -> Option<Shared<PolicyRef>> {
         let (compiled, _) = [&self.current, &self.previous]
             .into_iter()
             .flatten()

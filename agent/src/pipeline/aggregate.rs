@@ -198,7 +198,7 @@ mod tests {
             &event,
             &Lineage::default(),
             &Context::host("n1", None),
-            &policy,
+            &crate::cloudevents::shared::Shared::new(policy),
             Action::Alert,
         ))
     }

@@ -188,13 +188,13 @@ mod tests {
             },
             &Lineage::default(),
             &Context::host("n", None),
-            &PolicyRef {
+            &crate::cloudevents::shared::Shared::new(PolicyRef {
                 kind: "ClusterRuntimePolicy".into(),
                 name: "p".into(),
                 namespace: None,
                 rule: "spec.exec.deny[0]".into(),
                 text: "prefix /tmp/".into(),
-            },
+            }),
             Action::Alert,
         )
     }
@@ -285,7 +285,7 @@ mod tests {
             &event,
             &Lineage::default(),
             &Context::host("n", None),
-            &policy,
+            &crate::cloudevents::shared::Shared::new(policy),
             Action::Alert,
         );
         let held = ThrottleState {

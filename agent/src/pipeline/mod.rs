@@ -112,7 +112,7 @@ pub struct TraceSummary {
 }
 
 /// A verdict on an event: `None` for an observed one, else the policy and what was done.
-pub(crate) type Judgement = Option<(PolicyRef, Action)>;
+pub(crate) type Judgement = Option<(crate::cloudevents::shared::Shared<PolicyRef>, Action)>;
 
 /// What `vigil trace` and `vigil run` share: the stages, wired together. Each stage does its
 /// own job; this only owns them and passes events along.
@@ -464,7 +464,13 @@ mod tests {
             cgroup_path: None,
             pod: Some(&pod),
         };
-        cloudevents::violation(&event, &Lineage::default(), &ctx, &policy, Action::Kill)
+        cloudevents::violation(
+            &event,
+            &Lineage::default(),
+            &ctx,
+            &crate::cloudevents::shared::Shared::new(policy),
+            Action::Kill,
+        )
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! decides nearly everything; user space names what it decided, and decides itself only an
 //! exec the kernel could not key (alert only).
 use crate::{
+    cloudevents::shared::Shared,
     enforce::Enforcer,
     event::{Action, Body, Event, Verdict},
     policy::PolicyRef,
@@ -11,7 +12,7 @@ use crate::{
 /// that the verdict can be tested without kernel maps.
 pub(super) trait Rules {
     /// See [`Enforcer::describe`].
-    fn describe(&self, set: u32, rule: u32, section: &str) -> Option<PolicyRef>;
+    fn describe(&self, set: u32, rule: u32, section: &'static str) -> Option<Shared<PolicyRef>>;
     /// See [`Enforcer::decide_exec`].
     fn decide_exec(
         &self,
@@ -19,11 +20,11 @@ pub(super) trait Rules {
         path: &str,
         script: Option<&str>,
         memfd: bool,
-    ) -> Option<PolicyRef>;
+    ) -> Option<Shared<PolicyRef>>;
 }
 
 impl Rules for Enforcer {
-    fn describe(&self, set: u32, rule: u32, section: &str) -> Option<PolicyRef> {
+    fn describe(&self, set: u32, rule: u32, section: &'static str) -> Option<Shared<PolicyRef>> {
         Enforcer::describe(self, set, rule, section)
     }
 
@@ -33,26 +34,26 @@ impl Rules for Enforcer {
         path: &str,
         script: Option<&str>,
         memfd: bool,
-    ) -> Option<PolicyRef> {
+    ) -> Option<Shared<PolicyRef>> {
         Enforcer::decide_exec(self, set, path, script, memfd)
     }
 }
 
 /// The policy and action behind a record: the kernel's verdict, or user space's own for an
 /// exec the kernel could not decide (alert only).
-pub(super) fn judge(enforcer: &impl Rules, ev: &Event) -> Option<(PolicyRef, Action)> {
+pub(super) fn judge(enforcer: &impl Rules, ev: &Event) -> Option<(Shared<PolicyRef>, Action)> {
     let section = ev.body.section();
     match ev.header.verdict {
         Verdict::Violation { action, set, rule } => {
-            let policy = enforcer
-                .describe(set, rule, section)
-                .unwrap_or_else(|| PolicyRef {
+            let policy = enforcer.describe(set, rule, section).unwrap_or_else(|| {
+                Shared::new(PolicyRef {
                     kind: "unknown".into(),
                     name: "unknown".into(),
                     namespace: None,
                     rule: format!("set {set} rule {rule}"),
                     text: "the policy was replaced before this event was read".into(),
-                });
+                })
+            });
             Some((policy, action))
         }
         Verdict::Observed => {
@@ -76,7 +77,7 @@ pub(super) fn judge(enforcer: &impl Rules, ev: &Event) -> Option<(PolicyRef, Act
                     .decide_exec(set, path, script, exec.memfd)
                     .map(|p| (p, Action::Alert)),
                 None => Some((
-                    PolicyRef {
+                    Shared::new(PolicyRef {
                         kind: "unknown".into(),
                         name: "unknown".into(),
                         namespace: None,
@@ -85,7 +86,7 @@ pub(super) fn judge(enforcer: &impl Rules, ev: &Event) -> Option<(PolicyRef, Act
                             "the executable's path is longer than the {} bytes the agent reads and the process is gone: it could not be checked",
                             agent_common::PATH_LEN - 1
                         ),
-                    },
+                    }),
                     Action::Alert,
                 )),
             }
@@ -110,18 +111,23 @@ mod tests {
     /// One `decide_exec` question: set, path, script, memfd.
     type Asked = (u32, String, Option<String>, bool);
 
-    fn named(section: &str, rule: u32) -> PolicyRef {
-        PolicyRef {
+    fn named(section: &str, rule: u32) -> Shared<PolicyRef> {
+        Shared::new(PolicyRef {
             kind: "ClusterRuntimePolicy".into(),
             name: "base".into(),
             namespace: None,
             rule: format!("spec.{section}[{rule}]"),
             text: "test rule".into(),
-        }
+        })
     }
 
     impl Rules for Table {
-        fn describe(&self, set: u32, rule: u32, section: &str) -> Option<PolicyRef> {
+        fn describe(
+            &self,
+            set: u32,
+            rule: u32,
+            section: &'static str,
+        ) -> Option<Shared<PolicyRef>> {
             (set == 1).then(|| named(section, rule))
         }
 
@@ -131,7 +137,7 @@ mod tests {
             path: &str,
             script: Option<&str>,
             memfd: bool,
-        ) -> Option<PolicyRef> {
+        ) -> Option<Shared<PolicyRef>> {
             self.asked
                 .borrow_mut()
                 .push((set, path.into(), script.map(Into::into), memfd));

@@ -92,13 +92,24 @@ fn duplicates(policies: &[Policy]) -> Vec<FieldError> {
 #[cfg(test)]
 mod tests;
 
-/// A policy named in an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+// An event's `policy`: built once per rule and shared by every event that names it.
+/// Violations only: the violated policy and the rule that decided.
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[schemars(deny_unknown_fields, rename = "policy")]
 pub struct PolicyRef {
+    /// `RuntimePolicy` or `ClusterRuntimePolicy` (`unknown` if the policy was replaced before
+    /// the event was read).
     pub kind: String,
+    /// The policy's name.
     pub name: String,
+    /// The namespace of a RuntimePolicy; null for a ClusterRuntimePolicy.
     pub namespace: Option<String>,
-    /// The rule's field path, e.g. `spec.exec.deny[0]`, or the section for "not allowed".
+    /// Field path of the deciding rule, e.g. `spec.exec.deny[0]`; `spec.<section>.allow` when
+    /// the behaviour is on no allowlist.
     pub rule: String,
+    /// What the rule says, e.g. `prefix /tmp/`.
+    #[serde(rename = "description")]
     pub text: String,
 }

@@ -245,7 +245,13 @@ pub fn exec_violation(
             args: vec!["sh".into()].into(),
         }),
     };
-    let mut event = violation(&event, &lineage, &ctx, &policy, Action::Kill);
+    let mut event = violation(
+        &event,
+        &lineage,
+        &ctx,
+        &crate::cloudevents::shared::Shared::new(policy),
+        Action::Kill,
+    );
     event.id = "00000000-0000-4000-8000-000000000001".into();
     event.time = chrono::DateTime::parse_from_rfc3339("2024-05-01T12:00:00.123456789Z")
         .expect("a time")

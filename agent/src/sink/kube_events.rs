@@ -134,7 +134,7 @@ pub fn event_for(event: &VigilEvent) -> Option<(ObjectReference, Event)> {
                 .unwrap_or_default(),
             p.name,
             p.rule,
-            p.description
+            p.text
         )
     });
     let action = match event.action {
@@ -289,7 +289,13 @@ mod tests {
             cgroup_path: None,
             pod,
         };
-        violation(&event, &Lineage::default(), &ctx, &policy, Action::Kill)
+        violation(
+            &event,
+            &Lineage::default(),
+            &ctx,
+            &crate::cloudevents::shared::Shared::new(policy),
+            Action::Kill,
+        )
     }
 
     fn found() -> PodLookup {

@@ -71,7 +71,7 @@ fn line(event: &VigilEvent) -> String {
             };
             format!(
                 "{time} {action:<5} {ty:<7} {who} {what}  [{} {name}: {} {}]  ({context})",
-                policy.kind, policy.rule, policy.description
+                policy.kind, policy.rule, policy.text
             )
         }
         _ => format!("{time} {ty:<7} {who} {what}  ({context})"),
@@ -124,7 +124,7 @@ mod tests {
             &event,
             &Lineage::default(),
             &Context::host("n1", Some("/".into())),
-            &policy,
+            &crate::cloudevents::shared::Shared::new(policy),
             Action::Kill,
         );
         let line = pretty(&ce);

@@ -740,7 +740,7 @@ fn details(event: &VigilEvent) -> String {
             code(&policy.kind),
             code(&name),
             code(&policy.rule),
-            code(&policy.description),
+            code(&policy.text),
             event.action.name()
         ));
     }
