@@ -453,47 +453,24 @@ impl HttpSink {
                     self.build(builder, &id, 1)
                 })
                 .collect(),
-            HttpMode::Batch => {
-                // Every event into one buffer, then cut: one allocation per batch, not one
-                // per event.
-                let mut all = Vec::with_capacity(events.len() * 1024);
-                let mut ends = Vec::with_capacity(events.len());
-                for event in events {
+            HttpMode::Batch => batches(
+                events,
+                self.batch_max_events,
+                self.batch_max_bytes,
+                |event, out| {
                     event
-                        .write_json(&mut all)
-                        .map_err(|e| self.encode_error(&event.id, e))?;
-                    ends.push(all.len());
-                }
-                let encoded: Vec<(&str, &[u8])> = events
-                    .iter()
-                    .zip(&ends)
-                    .scan(0, |start, (event, &end)| {
-                        let json = &all[*start..end];
-                        *start = end;
-                        Some((event.id.as_str(), json))
-                    })
-                    .collect();
-                chunks(&encoded, self.batch_max_events, self.batch_max_bytes)
-                    .into_iter()
-                    .map(|chunk| {
-                        // The sdk's batch writer takes events, not bytes; the array is built
-                        // here so that its size is known before it is cut.
-                        let mut body = Vec::with_capacity(
-                            chunk.iter().map(|(_, j)| j.len() + 1).sum::<usize>() + 1,
-                        );
-                        body.push(b'[');
-                        for (i, (_, json)) in chunk.iter().enumerate() {
-                            if i > 0 {
-                                body.push(b',');
-                            }
-                            body.extend_from_slice(json);
-                        }
-                        body.push(b']');
-                        let builder = post().header(CONTENT_TYPE, BATCH_CONTENT_TYPE).body(body);
-                        self.build(builder, chunk[0].0, chunk.len())
-                    })
-                    .collect()
-            }
+                        .write_json(out)
+                        .map_err(|e| self.encode_error(&event.id, e))
+                },
+            )?
+            .into_iter()
+            .map(|batch| {
+                let builder = post()
+                    .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
+                    .body(batch.body);
+                self.build(builder, &events[batch.first].id, batch.events)
+            })
+            .collect(),
         }
     }
 
@@ -611,33 +588,62 @@ impl HttpSink {
     }
 }
 
-/// Cuts encoded events into runs of at most `max_events` and, counting the brackets and
-/// commas of the array, `max_bytes` (an event larger than that on its own forms a run).
-fn chunks<'e, T: AsRef<[u8]>>(
-    encoded: &'e [(&'e str, T)],
+/// One batch-mode request body: a JSON array of `events` events from index `first` on.
+struct Batch {
+    body: Vec<u8>,
+    first: usize,
+    events: usize,
+}
+
+/// Writes `items` with `encode` straight into JSON arrays of at most `max_events` and,
+/// brackets and commas counted, `max_bytes` (an item larger than that on its own forms an
+/// array): each item is encoded once, into the body it is sent in, and only one that
+/// overflows a body is copied into the next.
+fn batches<T, E>(
+    items: &[T],
     max_events: usize,
     max_bytes: usize,
-) -> Vec<&'e [(&'e str, T)]> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    // `[` and `]`.
-    let mut bytes = 2;
-    for (i, (_, json)) in encoded.iter().enumerate() {
-        let len = json.as_ref().len();
-        let count = i - start;
-        let added = len + usize::from(count > 0);
-        if count > 0 && (count == max_events || bytes + added > max_bytes) {
-            runs.push(&encoded[start..i]);
-            start = i;
-            bytes = 2 + len;
-        } else {
-            bytes += added;
+    mut encode: impl FnMut(&T, &mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<Batch>, E> {
+    // Room for the events it will likely hold at the usual size, at most a full body.
+    let start = |first: usize| {
+        let likely = (items.len() - first).min(max_events);
+        let mut body = Vec::with_capacity(likely.saturating_mul(1024).min(max_bytes) + 2);
+        body.push(b'[');
+        Batch {
+            body,
+            first,
+            events: 0,
         }
+    };
+    let close = |mut batch: Batch, out: &mut Vec<Batch>| {
+        batch.body.push(b']');
+        out.push(batch);
+    };
+    let mut out = Vec::new();
+    let mut batch = start(0);
+    for (i, item) in items.iter().enumerate() {
+        if batch.events == max_events {
+            close(std::mem::replace(&mut batch, start(i)), &mut out);
+        }
+        let mark = batch.body.len();
+        if batch.events > 0 {
+            batch.body.push(b',');
+        }
+        encode(item, &mut batch.body)?;
+        // With its `]`.
+        if batch.events > 0 && batch.body.len() + 1 > max_bytes {
+            let mut next = start(i);
+            next.body.extend_from_slice(&batch.body[mark + 1..]);
+            batch.body.truncate(mark);
+            close(std::mem::replace(&mut batch, next), &mut out);
+        }
+        batch.events += 1;
     }
-    if start < encoded.len() {
-        runs.push(&encoded[start..]);
+    if batch.events > 0 {
+        close(batch, &mut out);
     }
-    runs
+    Ok(out)
 }
 
 impl super::SinkCounters for HttpStats {
@@ -786,17 +792,57 @@ mod tests {
 
     #[test]
     fn batches_are_cut_by_count_and_by_bytes() {
-        let items: Vec<(&str, Vec<u8>)> = (0..10).map(|_| ("id", vec![b'x'; 10])).collect();
-        let sizes =
-            |runs: Vec<&[(&str, Vec<u8>)]>| runs.iter().map(|r| r.len()).collect::<Vec<_>>();
-        assert_eq!(sizes(chunks(&items, 4, usize::MAX)), vec![4, 4, 2]);
-        assert_eq!(sizes(chunks(&items, 100, usize::MAX)), vec![10]);
-        // Three events: 2 + 3 * 10 + 2 commas = 34 bytes; a fourth would need 45.
-        assert_eq!(sizes(chunks(&items, 100, 34)), vec![3, 3, 3, 1]);
-        assert_eq!(sizes(chunks(&items, 100, 33)), vec![2, 2, 2, 2, 2]);
+        // Ten items of 10 bytes each, `0000000000` to `9999999999`.
+        let items: Vec<u8> = (b'0'..=b'9').collect();
+        let cut = |max_events: usize, max_bytes: usize| {
+            let batches = batches(&items, max_events, max_bytes, |item, out| {
+                out.extend_from_slice(&[*item; 10]);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            // Every item exactly once, in order, in well-formed arrays of what each says.
+            let mut seen = Vec::new();
+            for b in &batches {
+                let text = std::str::from_utf8(&b.body).unwrap();
+                let inner = text
+                    .strip_prefix('[')
+                    .and_then(|t| t.strip_suffix(']'))
+                    .unwrap();
+                let parts: Vec<&str> = inner.split(',').collect();
+                assert_eq!(parts.len(), b.events, "{text}");
+                assert_eq!(parts[0].as_bytes()[0], items[b.first], "{text}");
+                for p in parts {
+                    assert_eq!(p.len(), 10, "{text}");
+                    assert!(p.bytes().all(|c| c == p.as_bytes()[0]), "{text}");
+                    seen.push(p.as_bytes()[0]);
+                }
+                if b.events > 1 {
+                    assert!(b.body.len() <= max_bytes, "{text} over {max_bytes}");
+                }
+            }
+            assert_eq!(seen, items);
+            batches.iter().map(|b| b.events).collect::<Vec<_>>()
+        };
+        assert_eq!(cut(4, usize::MAX), vec![4, 4, 2]);
+        assert_eq!(cut(100, usize::MAX), vec![10]);
+        // Three items: 2 + 3 * 10 + 2 commas = 34 bytes; a fourth would need 45.
+        assert_eq!(cut(100, 34), vec![3, 3, 3, 1]);
+        assert_eq!(cut(100, 33), vec![2, 2, 2, 2, 2]);
         // Larger than the cap alone: sent alone, never dropped.
-        assert_eq!(sizes(chunks(&items, 100, 5)), vec![1; 10]);
-        assert!(chunks::<Vec<u8>>(&[], 4, 100).is_empty());
+        assert_eq!(cut(100, 5), vec![1; 10]);
+        assert_eq!(cut(3, 34), vec![3, 3, 3, 1]);
+        let none: Vec<Batch> = batches(&[] as &[u8], 4, 100, |_, _| Ok::<(), ()>(())).unwrap();
+        assert!(none.is_empty());
+        // An encoding error stops the batch and is returned.
+        assert_eq!(
+            batches(&items, 4, 100, |item, _| if *item == b'5' {
+                Err(*item)
+            } else {
+                Ok(())
+            })
+            .err(),
+            Some(b'5')
+        );
     }
 
     #[test]
