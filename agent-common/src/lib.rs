@@ -50,6 +50,14 @@ pub const ARGC_ALL: u32 = u32::MAX;
 pub const THROTTLE_BURST: u32 = 8;
 pub const THROTTLE_WINDOW_NS: u64 = 1_000_000_000;
 
+/// Bits of [`EventHeader::throttle`].
+pub mod throttle_flags {
+    /// The last record of its violation the flood throttle lets out in this window: identical
+    /// ones after it are held back, and user space keeps this one to carry their count should
+    /// no later record do so. The records before it are never needed for that.
+    pub const ENDS_BURST: u32 = 1;
+}
+
 /// Record kinds; also the index into the loss counter map.
 pub mod kind {
     pub const EXEC: u32 = 1;
@@ -451,7 +459,8 @@ pub struct EventHeader {
     /// Identical violations (same cgroup, behaviour and rule) this record stands for: 1, or
     /// more when the kernel held back a flood and this record carries what it held back.
     pub count: u32,
-    pub _pad: u32,
+    /// [`throttle_flags`] the flood throttle set on this record.
+    pub throttle: u32,
     /// `boot_ns` of the first of them (equal to `boot_ns` when `count` is 1).
     pub first_ns: u64,
 }

@@ -166,7 +166,7 @@ pub fn header(kind: u32, cfg: &Config) -> EventHeader {
         rule: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         count: 1,
-        _pad: 0,
+        throttle: 0,
         first_ns: 0,
     }
 }

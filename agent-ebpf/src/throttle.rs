@@ -4,7 +4,7 @@
 //! bury one violation under a million others, and nothing is dropped silently.
 use agent_common::{
     ConnectEvent, EventHeader, ExecEvent, MoveEvent, THROTTLE_BURST, THROTTLE_WINDOW_NS,
-    ThrottleKey, ThrottleState, WxEvent, connect_target, verdict,
+    ThrottleKey, ThrottleState, WxEvent, connect_target, throttle_flags, verdict,
 };
 
 use crate::{
@@ -76,6 +76,7 @@ pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
     }
     header.count = 1;
     header.first_ns = header.boot_ns;
+    header.throttle = 0;
     if header.verdict != verdict::VIOLATION {
         return true;
     }
@@ -89,6 +90,7 @@ pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
             held: 0,
         };
         let _ = THROTTLE.insert(&key, &fresh, 0);
+        ends_burst(1, header);
         return true;
     };
     // SAFETY: a live map value; concurrent updates of one key from two CPUs may miscount a
@@ -102,10 +104,12 @@ pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
         state.window_start = now;
         state.emitted = 1;
         state.held = 0;
+        ends_burst(1, header);
         return true;
     }
     if state.emitted < THROTTLE_BURST {
         state.emitted += 1;
+        ends_burst(state.emitted, header);
         return true;
     }
     if state.held == 0 {
@@ -117,6 +121,14 @@ pub fn admit(kind: u32, target: u64, header: &mut EventHeader) -> bool {
         unsafe { *slot += 1 };
     }
     false
+}
+
+/// Marks the record that is the `emitted`-th of its window when that is the last one let out.
+#[inline(always)]
+fn ends_burst(emitted: u32, header: &mut EventHeader) {
+    if emitted >= THROTTLE_BURST {
+        header.throttle |= throttle_flags::ENDS_BURST;
+    }
 }
 
 /// A record [`admit`] let out that did not fit into the ring buffer: its own violation is

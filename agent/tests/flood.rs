@@ -400,3 +400,71 @@ impl Drop for Stopped {
         unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
+
+/// A burst and then silence: the kernel lets out the first records of a window and holds back
+/// the rest, and no later record comes to carry their count. The agent keeps the record the
+/// kernel marked as the last of the burst and, once the sweep finds the count stranded, sends
+/// it again standing for the held-back ones. Every violation is in exactly one record.
+#[test]
+fn a_flood_that_stops_within_its_window_is_carried_whole_by_the_last_record_let_out() {
+    if !root_or_skip("short flood") {
+        return;
+    }
+    const BURST: u64 = agent_common::THROTTLE_BURST as u64;
+    const SHORT: u64 = BURST + 12;
+    let cg = TestCgroup::new("short-flood");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: short-flood}}\nspec:\n  hostProcesses: {{cgroupPrefixes: [\"{}\"]}}\n  memory: {{writeExecute: Deny, action: Alert}}\n",
+            cg.rel
+        ),
+    )
+    .unwrap();
+    let tracer = Tracer::enforce(&file);
+    let flood = cg
+        .command(scenario_bin())
+        .args(["flood-mmap", &SHORT.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let flooder = flood.id();
+    assert!(flood.wait_with_output().unwrap().status.success());
+    let records = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| is(e, "dev.vigil.wx.v1", flooder))
+            .cloned()
+            .collect()
+    };
+    let counts = |records: &[Value]| -> Vec<u64> {
+        records
+            .iter()
+            .map(|e| e["data"]["count"].as_u64().unwrap_or(1))
+            .collect()
+    };
+    // The carried record comes after two throttle windows and a sweep.
+    let all = tracer.wait_for_events("the flood's records standing for all of it", |events| {
+        let r = records(events);
+        (counts(&r).iter().sum::<u64>() >= SHORT).then_some(r)
+    });
+    let counts = counts(&all);
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        SHORT,
+        "{SHORT} violations, records standing for {counts:?}"
+    );
+    // The burst one by one, then the held-back ones in one record: the burst's last again.
+    assert_eq!(counts.len() as u64, BURST + 1, "{counts:?}");
+    let carried = all.last().unwrap();
+    assert_eq!(carried["data"]["count"], SHORT - BURST, "{carried}");
+    assert!(carried["data"]["firstSeen"].is_string(), "{carried}");
+    let burst_end = &all[all.len() - 2];
+    assert_eq!(
+        carried["data"]["wx"], burst_end["data"]["wx"],
+        "the carried record is the burst's last one again"
+    );
+    assert_ne!(carried["id"], burst_end["id"]);
+}

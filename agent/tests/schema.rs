@@ -58,6 +58,7 @@ fn header(comm: &str) -> Header {
         comm: comm.into(),
         count: 1,
         first_ns: 0,
+        ends_burst: false,
         target: 0,
     }
 }

@@ -74,6 +74,9 @@ pub struct Header {
     /// in the kernel), and the `boot_ns` of the first of them.
     pub count: u32,
     pub first_ns: u64,
+    /// The last record of its violation the kernel's flood throttle let out in its window
+    /// (`throttle_flags::ENDS_BURST`): the one to keep for a count held back after it.
+    pub ends_burst: bool,
     /// What the kernel's flood throttle keys the violation's target by (a connect's folded
     /// destination, a move's cgroup; 0 for the rest), so that user space can name the
     /// throttle's entry for this record.
@@ -96,6 +99,7 @@ impl Header {
             comm: comm.into(),
             count: 1,
             first_ns: 0,
+            ends_burst: false,
             target: 0,
         }
     }
@@ -203,6 +207,7 @@ fn header(h: &EventHeader) -> Header {
         comm: Comm::from_kernel(&h.comm),
         count: h.count.max(1),
         first_ns: h.first_ns,
+        ends_burst: h.throttle & agent_common::throttle_flags::ENDS_BURST != 0,
         target: 0,
     }
 }
@@ -276,6 +281,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 impl Event {
+    /// The throttle key to keep this record under for a count the kernel holds back after
+    /// it: only the last record of a window's burst is kept (`pipeline::carry`).
+    pub fn carry_key(&self) -> Option<agent_common::ThrottleKey> {
+        self.header
+            .ends_burst
+            .then(|| self.throttle_key())
+            .flatten()
+    }
+
     /// The kernel flood throttle's key of this record; `None` for an observation, which the
     /// throttle never holds back.
     pub fn throttle_key(&self) -> Option<agent_common::ThrottleKey> {
@@ -440,11 +454,16 @@ mod tests {
                 _pad: 0,
             }
         );
+        // Kept for a held-back count only when it ended its window's burst.
+        assert_eq!(decode(&as_bytes(&c)).unwrap().carry_key(), None);
+        c.header.throttle = agent_common::throttle_flags::ENDS_BURST;
+        assert_eq!(decode(&as_bytes(&c)).unwrap().carry_key(), Some(key));
         // Another destination is another entry; an observation has none.
         c.dport = 1024;
         assert_ne!(decode(&as_bytes(&c)).unwrap().throttle_key(), Some(key));
         c.header.verdict = agent_common::verdict::OBSERVED;
         assert_eq!(decode(&as_bytes(&c)).unwrap().throttle_key(), None);
+        assert_eq!(decode(&as_bytes(&c)).unwrap().carry_key(), None);
     }
 
     #[test]

@@ -157,6 +157,7 @@ mod tests {
             comm: comm.into(),
             count: 1,
             first_ns: 0,
+            ends_burst: false,
             target: 0,
         }
     }

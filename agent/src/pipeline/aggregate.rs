@@ -180,6 +180,7 @@ mod tests {
                 comm: "x".into(),
                 count,
                 first_ns: 500,
+                ends_burst: false,
                 target: 0,
             },
             body: Body::Exec(Exec {

@@ -1,11 +1,14 @@
 //! Violations the kernel held back in a flood that then stopped: no later record carries
-//! their count, so user space does. It remembers the last finished violation of each throttle
-//! key, and when the sweep of the kernel's throttle map finds a stranded count, it sends that
+//! their count, so user space does. It remembers, per throttle key, the finished violation
+//! whose record ended its window's burst (the kernel marks it: the held-back ones come after
+//! that record and no other, so a flood of distinct violations, none held back, costs nothing
+//! here), and when the sweep of the kernel's throttle map finds a stranded count, it sends that
 //! violation again standing for the held-back ones (`count`, `firstSeen`), so that counts add
 //! up to what happened. A count found before its violation's record came through (user space
 //! lagging behind the ring buffer) waits for it as long as a violation is remembered; one
 //! whose violation is no longer remembered stays what it already is in loss events:
-//! `heldBack`.
+//! `heldBack`. So does a count held back after a burst whose last record found the ring
+//! buffer full (that loss is counted too).
 //!
 //! The sweep reads the whole map, a system call or two per entry, so it runs on a thread of
 //! its own: the pipeline's loop only gets the stranded counts.

@@ -82,10 +82,10 @@ impl Enrich {
                 );
             }
             let finished = self.finish(node, &h.event, &h.judgement, h.cgroup, lookup.as_ref());
-            return self.send(out, finished, h.event.throttle_key());
+            return self.send(out, finished, h.event.carry_key());
         }
         let finished = self.finish(node, &event, &judgement, cgroup, lookup.as_ref());
-        self.send(out, finished, event.throttle_key());
+        self.send(out, finished, event.carry_key());
     }
 
     /// Hands `event` on with the kernel throttle's key of the record it came from.
@@ -150,7 +150,7 @@ impl Enrich {
                 h
             };
             let finished = self.finish(node, &h.event, &h.judgement, h.cgroup, lookup.as_ref());
-            self.send(out, finished, h.event.throttle_key());
+            self.send(out, finished, h.event.carry_key());
         }
     }
 }

@@ -131,7 +131,8 @@ pub(crate) struct Stages {
 }
 
 /// Hands a finished event to the aggregator (when there is one) and on to the sinks; a
-/// violation is remembered under its throttle key, for a count the kernel holds back after it.
+/// violation that ended its burst is remembered under its throttle key, for a count the
+/// kernel holds back after it.
 fn forward<'a>(
     aggregate: &'a mut Option<aggregate::Aggregator>,
     carry: &'a mut carry::Carry,

@@ -162,6 +162,7 @@ mod tests {
                 comm: "test".into(),
                 count: 1,
                 first_ns: 0,
+                ends_burst: false,
                 target: 0,
             },
             body,
