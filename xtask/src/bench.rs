@@ -110,8 +110,9 @@ fn round_order(round: usize) -> Vec<Mode> {
 /// bpftrace doing what `vigil trace` does on these workloads, on the syscall tracepoints a
 /// tracer without cgroup programs has: each exec (the caller's request and the new image),
 /// each connect and `sendto` destination, each `mmap`, `mprotect` or `pkey_mprotect` asking
-/// for write and execute (Vigil sees more: `sendmsg`, `sendmmsg`, `shmat`, io_uring, 32-bit
-/// calls). `BEGIN`'s `system()` runs once bpftrace reads its output, which it starts after
+/// for write and execute, through the 64-bit and the 32-bit entry (`int 0x80`, which syscall
+/// tracepoints do not see: `raw_syscalls`, as Vigil; its `thread_info.status` says a 32-bit
+/// call). Vigil sees more: `sendmsg`, `sendmmsg`, `shmat`, io_uring. `BEGIN`'s `system()` runs once bpftrace reads its output, which it starts after
 /// every probe is attached: the line on stderr says it traces.
 const BPFTRACE_SCRIPT: &str = r#"BEGIN
 {
@@ -164,6 +165,21 @@ tracepoint:syscalls:sys_enter_pkey_mprotect
 /(args->prot & 6) == 6/
 {
   printf("wx mprotect pid=%d cgroup=%llu comm=%s addr=%lx prot=%d\n", pid, cgroup, comm, args->start, args->prot);
+}
+
+tracepoint:raw_syscalls:sys_enter
+/(curtask->thread_info.status & 2) != 0/
+{
+  if (args->id == 192 || args->id == 125 || args->id == 380) {
+    if ((args->args[2] & 6) == 6) {
+      printf("wx 32-bit pid=%d cgroup=%llu comm=%s nr=%d prot=%d\n", pid, cgroup, comm, args->id, args->args[2]);
+    }
+  } else if (args->id == 90) {
+    $prot = *(uint32 *)uptr(args->args[0] + 8);
+    if (($prot & 6) == 6) {
+      printf("wx 32-bit old mmap pid=%d cgroup=%llu comm=%s prot=%d\n", pid, cgroup, comm, $prot);
+    }
+  }
 }
 "#;
 
