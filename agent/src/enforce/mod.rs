@@ -123,7 +123,7 @@ pub struct Enforcer {
     late: Vec<crate::ebpf::late::Late>,
     /// What [`Self::describe`] said of each set, rule and section since the last apply: every
     /// event of a flood names the same rule, and now shares it.
-    described: std::sync::Mutex<HashMap<RuleAt, Shared<PolicyRef>>>,
+    described: std::cell::RefCell<HashMap<RuleAt, Shared<PolicyRef>>>,
 }
 
 /// A violation's set, rule index and section, as [`Enforcer::describe`] is asked.
@@ -197,7 +197,7 @@ impl Enforcer {
             count_unreadable_logged: false,
             last_stamp: 0,
             late: Vec::new(),
-            described: std::sync::Mutex::default(),
+            described: std::cell::RefCell::default(),
         }
     }
 
@@ -303,10 +303,7 @@ impl Enforcer {
         }
         self.current = Some(generation);
         // Set ids are given again by later generations.
-        self.described
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.described.get_mut().clear();
         Ok(Applied {
             policies: policies.len(),
             sets: set_of_members.len(),
@@ -587,15 +584,13 @@ impl Enforcer {
         rule: u32,
         section: &'static str,
     ) -> Option<Shared<PolicyRef>> {
-        let mut described = self
-            .described
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = described.get(&(set, rule, section)) {
+        if let Some(known) = self.described.borrow().get(&(set, rule, section)) {
             return Some(known.clone());
         }
         let named = Shared::new(self.name_rule(set, rule, section)?);
-        described.insert((set, rule, section), named.clone());
+        self.described
+            .borrow_mut()
+            .insert((set, rule, section), named.clone());
         Some(named)
     }
 
