@@ -432,6 +432,15 @@ fn a_flood_that_stops_within_its_window_is_carried_whole_by_the_last_record_let_
         .unwrap();
     let flooder = flood.id();
     assert!(flood.wait_with_output().unwrap().status.success());
+    // The benign twin: as many writable, not executable, mappings; never a record.
+    let twin = cg
+        .command(scenario_bin())
+        .args(["bench-mmap-rw", &SHORT.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let twin_pid = twin.id();
+    assert!(twin.wait_with_output().unwrap().status.success());
     let records = |events: &[Value]| -> Vec<Value> {
         events
             .iter()
@@ -467,4 +476,13 @@ fn a_flood_that_stops_within_its_window_is_carried_whole_by_the_last_record_let_
         "the carried record is the burst's last one again"
     );
     assert_ne!(carried["id"], burst_end["id"]);
+    let twin_records: Vec<Value> = tracer
+        .stop()
+        .into_iter()
+        .filter(|e| is(e, "dev.vigil.wx.v1", twin_pid))
+        .collect();
+    assert!(
+        twin_records.is_empty(),
+        "RW mappings reported: {twin_records:?}"
+    );
 }
