@@ -37,12 +37,15 @@ pub fn violation(action: u32, set: u32, index: u32) -> Violation {
 
 /// Decides an exec from the longest matches of its real path and (for scripts) its script
 /// path. `keyed`: the real path fitted the kernel's keys; if not, the allowlist cannot be
-/// judged in the kernel and user space decides (alert only).
+/// judged in the kernel and user space decides (alert only). `drift`: the file did not come
+/// with the container's image (decided on the file, so whether the path was keyed does not
+/// matter); a deny rule that names the path is reported before it, an allowlist after it.
 #[inline(always)]
 pub fn exec(
     set: u32,
     ps: &PolicySet,
     memfd: bool,
+    drift: bool,
     keyed: bool,
     exe: &PathRule,
     script: Option<&PathRule>,
@@ -57,6 +60,9 @@ pub fn exec(
         && script.exec == path_verdict::DENY
     {
         return violation(ps.exec_action, set, script.exec_rule.into());
+    }
+    if drift && ps.flags & set_flags::EXEC_DENY_DRIFT != 0 {
+        return violation(ps.exec_action, set, ps.drift_rule);
     }
     if ps.flags & set_flags::EXEC_ALLOWLIST != 0 && keyed {
         // A script must be allowed as well as its interpreter.

@@ -122,6 +122,19 @@ bit_flags! {
         /// it decides every level: [`prevent::SCRIPT_LEVELS`]); `path` is that file's real
         /// path, `exe_path` the caller's executable. Without `PREVENTED` the exec went on.
         LEVEL,
+        /// Drift: the file the record decides (the executable, or `path` for a `MAPPED`,
+        /// `OPENED` or `LEVEL` record) did not come with the container's image. One of the
+        /// three below says why; [`ExecEvent::origin`] says where the file lives.
+        DRIFT,
+        /// In an overlay's upper (writable) layer: created, or copied up by a change, after
+        /// the container started.
+        UPPER_LAYER,
+        /// On a writable mount that is not an overlay (an emptyDir, a tmpfs, a hostPath), on a
+        /// read-only one an unprivileged user made in a user namespace of its own, or on a file
+        /// system (an overlay, a tmpfs) such a user mounted.
+        WRITABLE_MOUNT,
+        /// Where the file lives could not be read: decided as drift (fail closed).
+        ORIGIN_UNKNOWN,
     }
 }
 
@@ -208,6 +221,8 @@ bit_flags! {
         /// `hostProcesses.containerRuntime`): its own work there before the container
         /// enters its mount namespace is its hand-over, not judged (`handover.rs`).
         RUNTIME_HANDOVER,
+        /// `exec.drift: Deny`.
+        EXEC_DENY_DRIFT,
     }
 }
 
@@ -239,7 +254,8 @@ pub struct PolicySet {
     /// decision cached about this set (a process's W^X exemption, [`ExePath::exempt`])
     /// holds only while the set under its id still has this stamp.
     pub stamp: u32,
-    pub _pad: u32,
+    /// Rule index reported for drift (`exec.drift: Deny`).
+    pub drift_rule: u32,
 }
 
 /// Bytes of a path inside an LPM key (after the 4-byte set id); a path of this length or
@@ -475,6 +491,8 @@ pub struct ExecEvent {
     pub argc: u32,
     /// Bytes used in `args`: NUL-separated arguments.
     pub args_len: u32,
+    /// Where the file the drift flags are about lives.
+    pub origin: FileOrigin,
     /// The path as passed to execve (`bprm->filename`).
     pub path: [u8; PATH_LEN],
     /// The executable's real path, walked from its dentry to the mount namespace's root
@@ -482,6 +500,18 @@ pub struct ExecEvent {
     pub exe_path: [u8; PATH_LEN],
     pub exe_name: [u8; NAME_LEN],
     pub args: [u8; ARGS_LEN],
+}
+
+/// The file system a file lives on and its identity there, as the kernel has them (all 0:
+/// not read).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOrigin {
+    /// The super block's magic (`OVERLAYFS_SUPER_MAGIC`, `TMPFS_MAGIC`, `EXT4_SUPER_MAGIC`).
+    pub fs_magic: u32,
+    /// The super block's device, the kernel's `dev_t` (major << 20 | minor).
+    pub dev: u32,
+    pub ino: u64,
 }
 
 /// Arguments captured at an exec's entry (`raw_syscalls/sys_enter`), keyed by thread id until
@@ -577,7 +607,7 @@ macro_rules! kernel_offsets {
         #[repr(C)]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct $name {
-            // An even number of members: `Config` has no implicit padding (asserted below).
+            // `Config` pads an odd number of members explicitly (its `_pad`, asserted below).
             $($($(#[$($field_attr)*])* pub $field: u32,)+)+
         }
 
@@ -640,6 +670,9 @@ kernel_offsets! {
         }
         inode {
             inode_nlink: "__i_nlink",
+            /// With `i_sb` and `super_block.s_dev`: a file's identity, reported with drift.
+            inode_ino: "i_ino",
+            inode_sb: "i_sb",
         }
         files_struct {
             files_fdt: "fdt",
@@ -662,6 +695,13 @@ kernel_offsets! {
             sb_root: "s_root",
             /// The user namespace that mounted the file system.
             sb_user_ns: "s_user_ns",
+            sb_dev: "s_dev",
+        }
+        ovl_inode {
+            /// Not an offset into `ovl_inode` but from its `vfs_inode` to `__upperdentry`
+            /// (user space works it out): from an overlay file's inode, whether the file has
+            /// an upper (writable) layer, i.e. is drift.
+            ovl_inode_upper: "__upperdentry",
         }
         mount {
             mount_mnt: "mnt",
@@ -744,6 +784,9 @@ kernel_offsets! {
             /// The executable of a process's image (the interpreter of a script): what an exec
             /// that went unjudged is reported and failed closed by.
             mm_exe_file: "exe_file",
+            /// The new image's auxiliary vector (type and value pairs): `AT_BASE` is where the
+            /// kernel loaded the program's ELF interpreter (the dynamic loader).
+            mm_saved_auxv: "saved_auxv",
             /// With `vm_area_struct.vm_rb` and `rb_node`'s children (kernels before 6.1): the
             /// tree of memory areas, walked where `bpf_find_vma` is missing (before 5.17).
             mm_rb: "mm_rb",
@@ -787,6 +830,7 @@ pub struct Config {
     /// programs on `sched_process_exec` left them unjudged; 0 until every program is attached,
     /// so an exec already under way at start-up is not taken for a skipped one.
     pub judges: u32,
+    pub _pad: u32,
 }
 
 /// Bits of [`Config::judges`]: the programs on `sched_process_exec` whose judgement an exec
@@ -909,14 +953,15 @@ pub const RECORD_LAYOUT: u32 = RECORD_LAYOUT_REVISION
     .wrapping_mul(31)
     .wrapping_add(core::mem::size_of::<MoveEvent>() as u32);
 const _: () =
-    assert!(core::mem::size_of::<ExecEvent>() == 80 + 16 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
+    assert!(core::mem::size_of::<ExecEvent>() == 80 + 32 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
+const _: () = assert!(core::mem::size_of::<FileOrigin>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 74 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 296 + 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 79 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 316 + 12);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 40);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);
@@ -929,8 +974,8 @@ const _: () = assert!(core::mem::size_of::<PendingScript>() == 8 + SCRIPT_NAMES 
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Config, ConnectEvent, EventHeader, ExePath, ExecEvent, MoveEvent, PathRule, PolicySet,
-        PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, WxRecord,
+        Config, ConnectEvent, EventHeader, ExePath, ExecEvent, FileOrigin, MoveEvent, PathRule,
+        PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, WxRecord,
     };
 
     // SAFETY: all are #[repr(C)] of integers and byte arrays, with explicit padding fields,
@@ -938,6 +983,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ExecEvent {}
+    unsafe impl aya::Pod for FileOrigin {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for WxEvent {}
     unsafe impl aya::Pod for WxRecord {}
@@ -982,7 +1028,7 @@ pub mod probe_error {
     /// (`task_cgroup`: a task's cgroup and its ancestors where the helper is missing;
     /// `sigkill`: a kill the kernel would not send at once, left for the task's syscall exit);
     /// a probe's id is its index here.
-    pub const PROBES: [&str; 42] = [
+    pub const PROBES: [&str; 43] = [
         "cgroup_attach_task",
         "sys_enter",
         "sched_process_exec",
@@ -1025,6 +1071,7 @@ pub mod probe_error {
         "lsm_ptrace_traceme",
         "lsm_userfaultfd",
         "bprm_execve_exit",
+        "judge_mapped_file_raw",
     ];
     pub const SLOTS: u32 = PROBES.len() as u32 * REASONS;
 

@@ -11,8 +11,10 @@ use aya_ebpf::{
 
 use crate::diag::entry_points;
 use crate::{
+    file::task_fd_file,
     foreign,
     maps::COMPAT_WATCH,
+    maps::{FileRequest, JUDGE_FILE_RAW},
     policy::{current_set, enforce, policy_set, prevented, violation},
     scratch::{self, Claim},
     task::count_loss,
@@ -42,22 +44,31 @@ fn compat_watched() -> bool {
 }
 
 /// A traced exec's entry is recorded (`judged.rs`), then the 32-bit entry judged; neither
-/// waits on the other's failure.
+/// waits on the other's failure. A file the 32-bit entry maps executable is judged last, in
+/// `judge_mapped_file_raw`, jumped to from here: a tail call must be made from the program's
+/// own frame.
+#[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     // Plain codes (0: none), each taken at once: a `Result` kept across the other calls and
     // returned later had its payload read from stack never written when it was `Ok`, which
     // 5.10's verifier refuses.
     let entry = code(crate::judged::at_entry(ctx.arg(1)));
     let args = crate::exec::at_exec_entry(ctx);
-    let compat = code(try_compat(ctx));
-    let failed = if entry != 0 {
-        entry
-    } else if args != 0 {
-        args
-    } else {
-        compat
-    };
-    if failed == 0 { Ok(()) } else { Err(failed) }
+    let failed = if entry != 0 { entry } else { args };
+    // Counted here, not returned: the jump below does not come back, and the verifier then
+    // walks what follows once, not once per failure.
+    if failed != 0 {
+        crate::diag::count(
+            const { agent_common::probe_error::id("sys_enter") },
+            agent_common::probe_error::reason(failed),
+        );
+    }
+    if try_compat(ctx)? {
+        // SAFETY: a tail call with this program's own context.
+        unsafe { JUDGE_FILE_RAW.tail_call(ctx, 0) };
+        crate::mapped::jump_failed();
+    }
+    Ok(())
 }
 
 /// 0 for `Ok`, the error code otherwise.
@@ -69,14 +80,15 @@ fn code(result: Result<(), i64>) -> i64 {
     }
 }
 
-fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
+/// True when a file mapped executable was filed for `judge_mapped_file_raw`.
+fn try_compat(ctx: &RawTracePointContext) -> Result<bool, i64> {
     let id: i64 = ctx.arg(1);
     let wx_call =
         id == NR_MMAP2 || id == NR_OLD_MMAP || id == NR_MPROTECT || id == NR_PKEY_MPROTECT;
     let foreign_call = id == NR_PTRACE || id == NR_PROCESS_VM_WRITEV || id == NR_USERFAULTFD;
     let watched = compat_watched();
     if !wx_call && !foreign_call && !watched {
-        return Ok(());
+        return Ok(false);
     }
     let cfg = config().ok_or(1)?;
     // Where the LSM programs report W^X, they see the 32-bit calls too.
@@ -85,14 +97,14 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
     let foreign_call =
         foreign_call && foreign::watched(cfg) && cfg.prevent & prevent::FOREIGN_CALLS == 0;
     if !wx_call && !foreign_call && !watched {
-        return Ok(());
+        return Ok(false);
     }
     let status: u32 = read_kernel(current_task(), cfg.kernel.thread_status).ok_or(1)?;
     if status & TS_COMPAT == 0 {
-        return Ok(());
+        return Ok(false);
     }
     if watched && compat_denied(cfg, id) {
-        return Ok(());
+        return Ok(false);
     }
     let regs = ctx.arg::<u64>(0) as *const u8;
     let arg = |offset: u32| -> Result<u32, i64> {
@@ -105,12 +117,140 @@ fn try_compat(ctx: &RawTracePointContext) -> Result<(), i64> {
             NR_PTRACE => foreign::ptrace(u64::from(arg(k.regs_bx)?), arg(k.regs_cx)?),
             NR_PROCESS_VM_WRITEV => foreign::vm_writev(arg(k.regs_bx)?),
             _ => foreign::userfaultfd(arg(k.regs_bx)?),
-        };
+        }
+        .map(|()| false);
     }
     if !wx_call {
-        return Ok(());
+        return Ok(false);
     }
-    compat_wx(cfg, id, regs)
+    // Both judged, whatever the first's failure: counted here, as the jump may not return.
+    let wx = code(compat_wx(cfg, id, regs));
+    if wx != 0 {
+        crate::diag::count(
+            const { agent_common::probe_error::id("sys_enter") },
+            agent_common::probe_error::reason(wx),
+        );
+    }
+    compat_exec_request(cfg, id, regs)
+}
+
+/// The descriptor an `old_mmap` structure that cannot be read stands for: none a process has
+/// (descriptors are below `INT_MAX`).
+const UNREADABLE_FD: i32 = i32::MIN;
+/// What an `old_mmap` structure that cannot be read is taken to ask: an executable mapping
+/// (`PROT_EXEC`, private, of [`UNREADABLE_FD`]).
+const UNREADABLE_OLD_MMAP: [u8; 20] = {
+    let mut f = [0u8; 20];
+    f[8] = PROT_EXEC as u8;
+    f[12] = 0x02;
+    let fd = UNREADABLE_FD.to_le_bytes();
+    f[16] = fd[0];
+    f[17] = fd[1];
+    f[18] = fd[2];
+    f[19] = fd[3];
+    f
+};
+
+/// A file mapped executable through the 32-bit entry (`mmap2`, `old_mmap`), or an area made
+/// executable there (`mprotect`, `pkey_mprotect`): filed for `judge_mapped_file_raw`, which
+/// judges it as the 64-bit calls' files are judged (`mapped.rs`: exec deny rules, drift,
+/// memfd, shared memory). True when filed; the caller jumps. `old_mmap`'s arguments are read
+/// from the caller's memory, which another thread may rewrite before the kernel copies them
+/// (`compatSyscalls: Deny` closes that). The area an `mprotect` names is not looked up here:
+/// it is judged as a file whose path cannot be resolved, which fails closed where the exec
+/// rules refuse.
+#[inline(never)]
+fn compat_exec_request(cfg: &Config, id: i64, regs: *const u8) -> Result<bool, i64> {
+    const MAP_ANONYMOUS: u32 = 0x20;
+    if !traced(cfg) {
+        return Ok(false);
+    }
+    let arg = |offset: u32| -> Result<u32, i64> {
+        read_kernel::<u64>(regs, offset).map(|v| v as u32).ok_or(1)
+    };
+    let k = &cfg.kernel;
+    let (syscall, prot, flags, fd, addr, len) = match id {
+        NR_MMAP2 => (
+            wx_syscall::MMAP2,
+            arg(k.regs_dx)?,
+            arg(k.regs_si)?,
+            arg(k.regs_di)? as i32,
+            arg(k.regs_bx)?,
+            arg(k.regs_cx)?,
+        ),
+        NR_OLD_MMAP => {
+            let mut fields = [0u8; 20];
+            let at = u64::from(arg(k.regs_bx)?) as *const u8;
+            // SAFETY: the helper checks the user address. Unreadable here (a page not yet
+            // faulted in, which the kernel's own copy faults in), it is judged as an
+            // executable mapping of a file that cannot be resolved: fail closed.
+            if unsafe { bpf_probe_read_user_buf(at, &mut fields) }.is_err() {
+                fields = UNREADABLE_OLD_MMAP;
+            }
+            let field = |i: usize| {
+                u32::from_le_bytes([
+                    fields[i * 4],
+                    fields[i * 4 + 1],
+                    fields[i * 4 + 2],
+                    fields[i * 4 + 3],
+                ])
+            };
+            (
+                wx_syscall::OLD_MMAP,
+                field(2),
+                field(3),
+                field(4) as i32,
+                field(0),
+                field(1),
+            )
+        }
+        NR_PKEY_MPROTECT => (
+            wx_syscall::PKEY_MPROTECT,
+            arg(k.regs_dx)?,
+            0,
+            -1,
+            arg(k.regs_bx)?,
+            arg(k.regs_cx)?,
+        ),
+        _ => (
+            wx_syscall::MPROTECT,
+            arg(k.regs_dx)?,
+            0,
+            -1,
+            arg(k.regs_bx)?,
+            arg(k.regs_cx)?,
+        ),
+    };
+    if prot & PROT_EXEC == 0 {
+        return Ok(false);
+    }
+    let mapping = syscall == wx_syscall::MMAP2 || syscall == wx_syscall::OLD_MMAP;
+    let file = if mapping {
+        if flags & MAP_ANONYMOUS != 0 {
+            return Ok(false);
+        }
+        if fd == UNREADABLE_FD {
+            0
+        } else {
+            // No such descriptor: the kernel refuses the call (`EBADF`).
+            match task_fd_file(cfg, fd as u32) {
+                Some(file) => file as u64,
+                None => return Ok(false),
+            }
+        }
+    } else {
+        0
+    };
+    crate::mapped::file_request(FileRequest {
+        file,
+        syscall,
+        fd,
+        prot: u64::from(prot),
+        flags: u64::from(flags),
+        addr: u64::from(addr),
+        len: u64::from(len),
+    })?;
+    Ok(true)
 }
 
 /// A W^X request through the 32-bit entry. A function of its own: its record's frame beside

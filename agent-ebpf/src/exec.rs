@@ -3,7 +3,7 @@
 //! (`raw_syscalls/sys_enter`), for an exec the BPF LSM refuses before it has a new image.
 use agent_common::{
     ARG_READ_LEN, ARGC_ALL, ARGS_LEN, ARGS_OFFSET_LIMIT, Config, ExePath, ExecArgs, ExecEvent,
-    MAX_ARGS, NAME_LEN, PATH_LEN, PathRule, exec_flags, kind, mode,
+    FileOrigin, MAX_ARGS, NAME_LEN, PATH_LEN, PathRule, exec_flags, kind, mode,
 };
 use aya_ebpf::{
     cty::c_void,
@@ -322,6 +322,10 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             set,
             &ps,
             facts.memfd,
+            // From map memory, which the verifier does not follow: a bit of `facts.flags`
+            // would make it tell apart every state after this by that bit (three times the
+            // instructions, past its 1,000,000).
+            scratch.drift != 0,
             !unverifiable,
             &exe_rule,
             script_checked.then_some(&script_rule),
@@ -357,7 +361,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
 
     let mut head = header(kind::EXEC, cfg);
-    let mut flags = facts.flags;
+    let mut flags = facts.flags | scratch.drift as u32;
     if let Some((violation, undecided, set)) = verdict_of {
         if undecided {
             flags |= exec_flags::UNDECIDED;
@@ -384,6 +388,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     event.flags = flags;
     event.old_tid = facts.old_tid;
     event.exe_name = scratch.exe_name;
+    event.origin = scratch.origin;
     // SAFETY: both source buffers are at least PATH_LEN bytes long.
     unsafe {
         let _ = bpf_probe_read_kernel_buf(scratch.filename.as_ptr(), &mut event.path);
@@ -468,6 +473,11 @@ fn gather(ctx: &RawTracePointContext, cfg: &Config, scratch: &mut PathScratch) -
     let mut flags = 0;
     let file = read_kernel_ptr(bprm, k.bprm_file);
     let path = file.and_then(|f| real_path(cfg, f, scratch));
+    scratch.origin = FileOrigin::default();
+    scratch.drift = u64::from(crate::drift::of(cfg, file.unwrap_or(core::ptr::null())));
+    if let Some(file) = file {
+        crate::drift::origin_of(cfg, file, &mut scratch.origin);
+    }
     match path {
         None => flags |= exec_flags::EXE_PATH_TRUNCATED,
         Some(built) if built.forged() => flags |= exec_flags::USER_MOUNT,
@@ -636,6 +646,8 @@ pub fn report_file(
     // A plain pointer (null: none): BPF functions take at most five registers.
     path: *const u8,
     tgid: u32,
+    // The file judged, for where it lives (null: unknown).
+    file: *const u8,
 ) {
     let mut head = header(kind::EXEC, cfg);
     mark(&mut head, v);
@@ -655,11 +667,16 @@ pub fn report_file(
     // until it is submitted.
     let event = unsafe { &mut *entry.as_mut_ptr() };
     event.header = head;
-    event.flags = flags;
+    // Worked out here rather than carried by the callers, whose frames hold a path walk.
+    event.flags = flags | crate::drift::of(cfg, file);
     event.old_tid = event.header.tid;
     event.argc = 0;
     event.args_len = 0;
     event.exe_name = [0; agent_common::NAME_LEN];
+    event.origin = FileOrigin::default();
+    if !file.is_null() {
+        crate::drift::origin_of(cfg, file, &mut event.origin);
+    }
     event.path[0] = 0;
     if !path.is_null() {
         // SAFETY: the source has at least PATH_LEN bytes from any start.

@@ -9,6 +9,7 @@ mod compat;
 mod connect;
 mod diag;
 mod doctor;
+mod drift;
 mod exec;
 mod file;
 mod floor;

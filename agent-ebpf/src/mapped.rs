@@ -14,8 +14,8 @@ use agent_common::{
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf},
-    macros::{lsm, tracepoint},
-    programs::{LsmContext, TracePointContext},
+    macros::{lsm, raw_tracepoint, tracepoint},
+    programs::{LsmContext, RawTracePointContext, TracePointContext},
 };
 
 use crate::diag::entry_points;
@@ -64,14 +64,23 @@ entry_points! {
     /// own, verified from a fresh state: the path walk does not fit after the hooks' own work.
     #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
     fn judge_mapped_file(ctx: TracePointContext) -> u32 = try_judge_mapped_file();
+
+    /// The same judge for raw `sys_enter`, which hands over the 32-bit entry's mappings
+    /// (`compat.rs`): a tail call stays within one program type.
+    #[raw_tracepoint(tracepoint = "sys_enter")]
+    fn judge_mapped_file_raw(ctx: RawTracePointContext) -> i32 = try_judge_mapped_file();
 }
 
+// Inlined into each of its two programs: as a function of its own, its frame on top of the
+// path walk's passed the 512 bytes of stack kernels before 6.13 allow.
+#[inline(always)]
 fn try_judge_mapped_file() -> Result<(), i64> {
-    // Taken and released first, whatever happens next: the entry is this run's alone.
+    // Released when this run ends, whatever happens: the entry is this run's alone. Read in
+    // place: a copy would take 56 bytes of a frame that the path walk below leaves short.
     let claim = Claim::<scratch::Request>::existing()?;
-    // SAFETY: this thread's entry, which the hook filled just before jumping here.
-    let request = unsafe { *claim.entry() };
-    drop(claim);
+    // SAFETY: this thread's entry, which the hook filled just before jumping here and which
+    // nobody else writes while the claim lives.
+    let request = unsafe { &*claim.entry() };
     let cfg = config().ok_or(1)?;
     judge_file(cfg, request.file as *const u8, request).map(|_| ())
 }
@@ -153,7 +162,7 @@ fn try_lsm_mapped(file: *const u8, prot: u64, flags: u64, syscall: u32) -> Resul
         addr: call.addr,
         len: call.len,
     };
-    judge_file(cfg, file, request)
+    judge_file(cfg, file, &request)
 }
 
 /// Hands the request over to `judge_mapped_file`. The jump does not return; if it cannot
@@ -163,20 +172,32 @@ fn try_lsm_mapped(file: *const u8, prot: u64, flags: u64, syscall: u32) -> Resul
 // an integer, and these return `Result`.
 #[inline(always)]
 fn hand_over(ctx: &TracePointContext, request: FileRequest) -> Result<(), i64> {
+    file_request(request)?;
+    // SAFETY: a tail call with this program's own context.
+    unsafe { JUDGE_FILE.tail_call(ctx, 0) };
+    jump_failed();
+    Ok(())
+}
+
+/// Files `request` under the current thread for the judge jumped to next, which removes it
+/// (see `scratch.rs`). Without room the file goes unjudged: it fails closed here.
+#[inline(always)]
+pub fn file_request(request: FileRequest) -> Result<(), i64> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    // Filed for the jump: `judge_mapped_file` removes it (see `scratch.rs`).
     if let Err(err) = FILE_REQUEST.insert(tid, request, u64::from(BPF_NOEXIST)) {
-        // No room to hand the file over: unjudged, it fails closed.
         if config().is_some_and(|cfg| cfg.mode == mode::ENFORCE) {
             crate::policy::unverifiable_now();
         }
         return Err(i64::from(err));
     }
-    // SAFETY: a tail call with this program's own context.
-    unsafe { JUDGE_FILE.tail_call(ctx, 0) };
-    let _ = FILE_REQUEST.remove(tid);
-    count_loss(kind::EXEC);
     Ok(())
+}
+
+/// After a jump that did not happen: the filed request is dropped and the loss counted.
+#[inline(always)]
+pub fn jump_failed() {
+    let _ = FILE_REQUEST.remove(bpf_get_current_pid_tgid() as u32);
+    count_loss(kind::EXEC);
 }
 
 #[inline(always)]
@@ -251,7 +272,7 @@ fn try_made_executable<const WALK: bool>(ctx: &TracePointContext, syscall: u32) 
 fn judge_file(
     cfg: &agent_common::Config,
     file: *const u8,
-    request: FileRequest,
+    request: &FileRequest,
 ) -> Result<bool, i64> {
     let set = current_set();
     if !worth_a_walk(cfg, file, set) {
@@ -285,7 +306,7 @@ fn judge_file(
     let memfd = anonymous_file(cfg, file);
     let tmpfs = !memfd && tmpfs_file(cfg, file);
     let shared = memfd || (tmpfs && !path.is_null() && under_dev_shm(path));
-    let killed = shared && shared_exec(cfg, &request);
+    let killed = shared && shared_exec(cfg, request);
     // Copied after the call above, so that the copy is not on the stack under it; the
     // decision and its kill below read only this copy.
     let Some(ps) = policy_set(set) else {
@@ -310,6 +331,8 @@ fn judge_file(
         violation(ps.exec_action, set, ps.memfd_rule)
     } else if rule.exec == path_verdict::DENY {
         violation(ps.exec_action, set, rule.exec_rule.into())
+    } else if ps.flags & set_flags::EXEC_DENY_DRIFT != 0 && crate::drift::of(cfg, file) != 0 {
+        violation(ps.exec_action, set, ps.drift_rule)
     } else if !verified && !memfd && action::refuses(ps.exec_action as u16) {
         // A file whose real path cannot be resolved, under Deny or Kill: fails closed as at
         // exec.
@@ -333,7 +356,7 @@ fn judge_file(
         flags |= exec_flags::UNVERIFIABLE | exec_flags::USER_MOUNT;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    crate::exec::report_file(cfg, v, flags, path, tgid);
+    crate::exec::report_file(cfg, v, flags, path, tgid, file);
     Ok(action::refuses(v.action))
 }
 

@@ -235,6 +235,11 @@ pub static FILE_REQUEST: HashMap<u32, FileRequest> = HashMap::with_max_entries(S
 #[map]
 pub static JUDGE_FILE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// Slot 0: `judge_mapped_file_raw`, the same judge for raw `sys_enter` (the 32-bit entry):
+/// a tail call stays within one program type.
+#[map]
+pub static JUDGE_FILE_RAW: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Slot 0: non-zero once any policy set denies 32-bit system calls; until then the
 /// `raw_syscalls/sys_enter` program does not look at the task's status for other calls.
 #[map]

@@ -150,6 +150,13 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
             // SAFETY: this thread's scratch entry, which nobody else writes while the claim
             // lives.
             let scratch = unsafe { &mut *claim.entry() };
+            // A branch with the call in it, not `unwrap_or`: LLVM turned that into a select
+            // that reads the empty Option's payload, an unwritten stack slot, which kernels
+            // before 6.2 refuse ("invalid read from stack").
+            scratch.drift = match file {
+                Some(file) => u64::from(crate::drift::of_file(cfg, file)),
+                None => u64::from(exec_flags::DRIFT | exec_flags::ORIGIN_UNKNOWN),
+            };
             match file.and_then(|f| real_path(cfg, f, scratch)) {
                 Some(built)
                     if !built.forged()
@@ -173,7 +180,16 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
             }
         }
     }
-    let mut v = decide_exec(set, &ps, memfd, keyed, &rule, None);
+    // Drift is read back from the entry, which the verifier does not follow: as a value of
+    // this frame, branched on and carried into `flags`, it tripled the states the verifier
+    // walks after it (past its 1,000,000 instructions on 7.3). Without an entry nothing of
+    // the file could be read: drift (fail closed).
+    let drift = match &claim {
+        // SAFETY: as above.
+        Some(claim) => (unsafe { (*claim.entry()).drift }) != 0,
+        None => true,
+    };
+    let mut v = decide_exec(set, &ps, memfd, drift, keyed, &rule, None);
     // Alert with a deny list on a path the maps cannot key: user space decides on the path.
     let mut undecided = false;
     if !keyed && !memfd && !v.is_hit() {
@@ -218,11 +234,20 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     // until it is submitted.
     let event = unsafe { &mut *entry.as_mut_ptr() };
     event.header = head;
-    event.flags = flags;
+    event.flags = flags
+        | match &claim {
+            // SAFETY: as above.
+            Some(claim) => (unsafe { (*claim.entry()).drift }) as u32,
+            None => exec_flags::DRIFT | exec_flags::ORIGIN_UNKNOWN,
+        };
     let pid_tgid = bpf_get_current_pid_tgid();
     // Not run (yet): the arguments are still filed under the caller's thread.
     event.old_tid = pid_tgid as u32;
     event.exe_name = exe_name;
+    event.origin = agent_common::FileOrigin::default();
+    if let Some(file) = file {
+        crate::drift::origin_of(cfg, file, &mut event.origin);
+    }
     event.path[0] = 0;
     match path_at {
         Some(at) => {

@@ -248,7 +248,9 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
     }
-    let mut v = decide_exec(set, &ps, memfd, keyed, &rule, None);
+    let file = file.unwrap_or(core::ptr::null());
+    let drift = crate::drift::of(cfg, file) != 0;
+    let mut v = decide_exec(set, &ps, memfd, drift, keyed, &rule, None);
     if !keyed && !memfd && !v.is_hit() {
         v = fail_closed(set, &ps);
     }
@@ -267,6 +269,6 @@ fn try_opened(ctx: &TracePointContext) -> Result<(), i64> {
     if forged {
         flags |= exec_flags::USER_MOUNT;
     }
-    crate::exec::report_file(cfg, v, flags, path, tgid);
+    crate::exec::report_file(cfg, v, flags, path, tgid, file);
     Ok(())
 }

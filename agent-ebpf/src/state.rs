@@ -25,4 +25,8 @@ pub struct PathScratch {
     pub cursor: u64,
     /// Non-zero when the walk crossed a mount an unprivileged user made (see `mount_trusted`).
     pub forged: u64,
+    /// Where the executed file lives (drift), for the record: off the exec program's stack.
+    pub origin: agent_common::FileOrigin,
+    /// The executed file's drift bits (`drift.rs`), read back where the exec is decided.
+    pub drift: u64,
 }

@@ -232,10 +232,10 @@ fn program_checks(checks: &mut Vec<Check>) {
             load_program(p, hooks[0])
         }));
     }
-    // Tail-call targets are tracepoint programs jumped to, never attached.
+    // Tail-call targets are programs jumped to, never attached.
     for (program, _) in TAIL_CALLS {
         checks.push(verify(&mut ebpf, program, " (jumped to)", |p| {
-            <&mut TracePoint>::try_from(p)?.load()
+            crate::ebpf::load_jump_target(p)
         }));
     }
     let send_signal = ebpf

@@ -42,6 +42,10 @@ const AGENT_NS: &str = "vigil";
 const WORKLOAD_IMAGE: &str = "docker.io/library/vigil-test-busybox";
 /// Where the workload image has `vigil-scenario`, the load generator (`xtask/src/image.rs`).
 const SCENARIO: &str = "/usr/bin/vigil-scenario";
+/// A script of the workload image, for its own busybox shell (`xtask/src/image.rs`).
+const IMAGE_SCRIPT: &str = "/usr/bin/vigil-image-script";
+/// One of the workload image's libraries (GNU grep's PCRE2), as its loader finds it.
+const IMAGE_LIBRARY: &str = "/lib/x86_64-linux-gnu/libpcre2-8.so.0";
 
 struct Ctx {
     cluster: Cluster,
@@ -51,7 +55,7 @@ struct Ctx {
 
 type TestFn = fn(&Ctx) -> Result<()>;
 
-const TESTS: [(&str, TestFn); 11] = [
+const TESTS: [(&str, TestFn); 12] = [
     (
         "helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only",
         helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only,
@@ -75,6 +79,10 @@ const TESTS: [(&str, TestFn); 11] = [
     (
         "write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtime",
         write_execute_memory_in_a_pod_is_a_violation_except_for_the_listed_jit_runtime,
+    ),
+    (
+        "drift_in_a_pod_is_killed_wherever_it_sits_and_the_images_own_files_run",
+        drift_in_a_pod_is_killed_wherever_it_sits_and_the_images_own_files_run,
     ),
     (
         "deleting_the_agent_pod_during_denied_execs_kills_every_one_and_reports_each_once",
@@ -714,6 +722,21 @@ impl Ctx {
 
     /// A one-replica Deployment of the workload image running `command`.
     fn deployment(&self, ns: &str, app: &str, command: &[&str]) -> Result<String> {
+        self.deployment_with(ns, app, command, "")
+    }
+
+    /// [`Ctx::deployment`] with an emptyDir volume mounted at `/scratch`.
+    fn deployment_with_scratch(&self, ns: &str, app: &str, command: &[&str]) -> Result<String> {
+        self.deployment_with(
+            ns,
+            app,
+            command,
+            "          volumeMounts: [{name: scratch, mountPath: /scratch}]\n      volumes: [{name: scratch, emptyDir: {}}]\n",
+        )
+    }
+
+    /// [`Ctx::deployment`] with `more` (YAML) after the container's command.
+    fn deployment_with(&self, ns: &str, app: &str, command: &[&str], more: &str) -> Result<String> {
         let command = serde_json::to_string(command)?;
         self.apply(&format!(
             r#"apiVersion: apps/v1
@@ -731,7 +754,7 @@ spec:
           image: {WORKLOAD_IMAGE}:{tag}
           imagePullPolicy: Never
           command: {command}
-"#,
+{more}"#,
             tag = self.tag
         ))?;
         self.pod(ns, &format!("app={app}"))
@@ -1033,6 +1056,151 @@ fn a_binary_copied_into_a_deployment_pod_is_killed_and_named_as_the_container_se
         })
         .count();
     ensure!(allowed == 0, "{allowed} events for allowed binaries");
+    Ok(())
+}
+
+/// `exec.drift: Deny` under Kill: whatever did not come with the image is killed before it
+/// runs, however it got there (written to the writable layer, copied onto an emptyDir,
+/// an image file overwritten in place, a library preloaded from a writable place, a script
+/// written at run time, a read-only bind of a written file made in a user namespace of its
+/// own), and reported as drift with where it sits; the image's own binaries,
+/// libraries and scripts run untouched.
+fn drift_in_a_pod_is_killed_wherever_it_sits_and_the_images_own_files_run(ctx: &Ctx) -> Result<()> {
+    let ns = "e2e-drift";
+    let app = "drifty";
+    let rules = "  exec:\n    drift: Deny\n    action: Kill\n";
+    ctx.policy(ns, "no-drift", app, rules)?;
+    let pod = ctx.deployment_with_scratch(ns, app, &["/bin/busybox", "sleep", "100000"])?;
+    ctx.wait_bound(ns, &pod)?;
+    // The benign twins: the image's own binary, a dynamic one with the image's loader and
+    // libraries, and the image's script run by the image's shell.
+    ctx.exec_ok(ns, &pod, "/bin/busybox echo image-binary", "image-binary")?;
+    ctx.exec_ok(ns, &pod, "echo abc | /usr/bin/grep b", "abc")?;
+    ctx.exec_ok(ns, &pod, IMAGE_SCRIPT, "from-the-image")?;
+    let bb = "/bin/busybox";
+    // (what, script, the reported path, the layer, whether it is a mapping)
+    // Each payload prints "escaped" if it runs: busybox copies are named after its `echo`
+    // and `grep` applets, which it runs by the name it was started as.
+    let attacks = [
+        (
+            "a binary copied into the writable layer",
+            format!("{bb} mkdir -p /tmp && {bb} cp {bb} /tmp/echo && /tmp/echo escaped"),
+            "/tmp/echo",
+            "upperLayer",
+            false,
+        ),
+        (
+            "a binary copied onto an emptyDir",
+            format!("{bb} cp {bb} /scratch/echo && /scratch/echo escaped"),
+            "/scratch/echo",
+            "writableMount",
+            false,
+        ),
+        (
+            "a script written at run time, for the image's shell",
+            format!(
+                "{bb} printf '#!{bb} sh\\necho escaped\\n' > /tmp/run.sh && {bb} chmod +x /tmp/run.sh && /tmp/run.sh"
+            ),
+            "/tmp/run.sh",
+            "upperLayer",
+            false,
+        ),
+        (
+            "a library written at run time, preloaded into an image binary",
+            format!(
+                "{bb} cp {IMAGE_LIBRARY} /tmp/libdrift.so && echo abc | LD_PRELOAD=/tmp/libdrift.so /usr/bin/grep b && echo escaped"
+            ),
+            "/tmp/libdrift.so",
+            "upperLayer",
+            true,
+        ),
+        (
+            "a file behind a read-only bind made in a user namespace of its own",
+            format!(
+                "{bb} mkdir -p /scratch/rw /tmp/ro && {bb} cp {bb} /scratch/rw/echo && {bb} unshare -Urm {bb} sh -c '{bb} mount --bind /scratch/rw /tmp/ro && {bb} mount -o remount,ro,bind /tmp/ro && /tmp/ro/echo escaped'"
+            ),
+            "/tmp/ro/echo",
+            "writableMount",
+            false,
+        ),
+        (
+            "a file on an overlay mounted in a user namespace of its own, from its lower layer",
+            format!(
+                "{bb} mkdir -p /scratch/l /scratch/l2 /tmp/m && {bb} cp {bb} /scratch/l/echo && {bb} unshare -Urm {bb} sh -c '{bb} mount -t overlay -o lowerdir=/scratch/l:/scratch/l2 overlay /tmp/m 2>&1 && /tmp/m/echo escaped'"
+            ),
+            "/tmp/m/echo",
+            "writableMount",
+            false,
+        ),
+        (
+            "a file written at run time, made executable by a loader of its own",
+            format!(
+                "{bb} cp /usr/bin/grep /tmp/loaded && {SCENARIO} mprotect-file-exec /tmp/loaded && echo escaped"
+            ),
+            SCENARIO,
+            "writableMount",
+            true,
+        ),
+        // The loader, rewritten with its own bytes (a copy-up): every dynamic program of the
+        // image would run the writable layer's copy. The record has no path (the kernel
+        // mapped it; the area's file is the layer's underlying one).
+        (
+            "the image's dynamic loader rewritten in place",
+            format!(
+                "{bb} cat /lib64/ld-linux-x86-64.so.2 > /tmp/ld && {bb} cat /tmp/ld > /lib64/ld-linux-x86-64.so.2 && echo escaped | /usr/bin/grep escaped"
+            ),
+            "",
+            "writableMount",
+            true,
+        ),
+        // Last: it replaces the image's grep in this container.
+        (
+            "an image binary overwritten in place",
+            format!("{bb} cat {bb} > /usr/bin/grep && echo escaped | /usr/bin/grep escaped"),
+            "/usr/bin/grep",
+            "upperLayer",
+            false,
+        ),
+    ];
+    for (what, script, path, layer, mapped) in attacks {
+        let (code, out) = ctx.exec(ns, &pod, &format!("{script}; echo rc=$?"))?;
+        ensure!(
+            out.contains("rc=137") && !out.contains("escaped\n"),
+            "{what}: must die by SIGKILL (rc 137): exit {code}: {out}"
+        );
+        let event = ctx.event(&format!("the drift violation of {what}"), |e| {
+            e["type"] == "dev.vigil.exec.v1"
+                && data(e, "/pod/namespace") == ns
+                && (data(e, "/exec/path") == path || data(e, "/process/exe") == path)
+                && data(e, "/exec/mapped").as_bool().unwrap_or(false) == mapped
+        })?;
+        let exec = data(&event, "/exec");
+        ensure!(
+            exec["drift"] == true
+                && exec["origin"]["layer"] == layer
+                && exec["mapped"].as_bool().unwrap_or(false) == mapped
+                && event["vigilaction"] == "kill"
+                && data(&event, "/policy/rule") == "spec.exec.drift"
+                && data(&event, "/pod/name") == pod.as_str(),
+            "{what}: a kill for drift in the {layer} of pod {pod}: {event}"
+        );
+        ensure!(
+            exec["origin"]["inode"].as_u64().is_some_and(|i| i > 0)
+                && exec["origin"]["device"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(':')),
+            "{what}: where the file lives: {event}"
+        );
+    }
+    // The image's own files made no event: every one in the namespace is an attack's.
+    let benign = ctx
+        .events()?
+        .into_iter()
+        .filter(|e| e["type"] == "dev.vigil.exec.v1" && data(e, "/pod/namespace") == ns)
+        .filter(|e| data(e, "/exec/drift") != true)
+        .collect::<Vec<_>>();
+    let benign = benign.len();
+    ensure!(benign == 0, "{benign} events for the image's own files");
     Ok(())
 }
 

@@ -43,7 +43,9 @@ fn usage() -> ExitCode {
          \x20        rwx-after-leader-exit | exec-into PATH ARGS... | memfd-dual-map |\n\
          \x20        shm-dual-map | shmat-exec | shmat-rw | ptrace-poke | traceme-poke [CGROUP] | vm-writev | vm-readv |\n\
          \x20        proc-mem-write | proc-mem-read | refused-rwx | compat-mmap-rwx |\n\
-         \x20        compat-mmap-rw | compat-mprotect-rwx | userfaultfd syscall|device\n\
+         \x20        compat-mmap-rw | compat-mprotect-rwx | userfaultfd syscall|device |\n\
+         \x20        compat-mmap-file-exec|compat-old-mmap-file-exec|\n\
+         \x20        compat-old-mmap-unfaulted-file-exec|compat-mprotect-file-exec PATH\n\
          bench:   bench-exec N | bench-connect N | bench-udp N | bench-mmap N | bench-mmap-rw N |\n\
          \x20        bench-syscall N | bench-udp-paced RATE SECONDS | bench-udp-same COUNT"
     );
@@ -113,6 +115,18 @@ fn main() -> ExitCode {
         ("compat-old-mmap-rwx", []) => memory::compat_wx(memory::CompatCall::OldMmap, 7),
         ("compat-old-mmap-rw", []) => memory::compat_wx(memory::CompatCall::OldMmap, 3),
         ("compat-mprotect-rwx", []) => memory::compat_wx(memory::CompatCall::Mprotect, 7),
+        ("compat-mmap-file-exec", [path]) => {
+            memory::compat_file_exec(memory::CompatCall::Mmap2, path)
+        }
+        ("compat-old-mmap-file-exec", [path]) => {
+            memory::compat_file_exec(memory::CompatCall::OldMmap, path)
+        }
+        ("compat-old-mmap-unfaulted-file-exec", [path]) => {
+            memory::compat_file_exec(memory::CompatCall::OldMmapUnfaulted, path)
+        }
+        ("compat-mprotect-file-exec", [path]) => {
+            memory::compat_file_exec(memory::CompatCall::Mprotect, path)
+        }
         ("exec-into", [path, args @ ..]) => memory::exec_into(path, args),
         ("bench-exec", [n]) => bench::exec(n),
         ("bench-connect", [n]) => bench::connect(n),

@@ -589,6 +589,9 @@ pub enum CompatCall {
     Mmap2,
     /// `old_mmap` (i386 number 90), whose arguments are a structure in memory.
     OldMmap,
+    /// `old_mmap` with its structure on a page not yet faulted in (a file's, mapped and never
+    /// touched): the kernel's copy faults it in, a probe's read does not.
+    OldMmapUnfaulted,
     Mprotect,
 }
 
@@ -596,9 +599,6 @@ pub enum CompatCall {
 /// the old `mmap` of anonymous memory with `prot`, or (`mprotect`) a low RW mapping made
 /// `prot`. Prints `mapped`; exits 77 when the kernel has no 32-bit entry.
 pub fn compat_wx(call: CompatCall, prot: u32) -> Outcome {
-    const NR_OLD_MMAP: u32 = 90;
-    const NR_MPROTECT: u32 = 125;
-    const NR_MMAP2: u32 = 192;
     let rc = if call == CompatCall::OldMmap {
         // The i386 `mmap` of old: its six arguments in a structure in the caller's memory,
         // under 4 GiB where a 32-bit pointer reaches it.
@@ -637,6 +637,64 @@ pub fn compat_wx(call: CompatCall, prot: u32) -> Outcome {
             ],
         )
     };
+    mapped_or_why(rc)
+}
+
+/// A file mapped read + execute through the 32-bit entry (`int 0x80`) of this 64-bit process:
+/// `mmap2` or the old `mmap` of `path`, or (`mprotect`) a low read-only mapping of it made
+/// executable. What a 32-bit dynamic loader does with a library. Prints `mapped`; exits 77
+/// when the kernel has no 32-bit entry.
+pub fn compat_file_exec(call: CompatCall, path: &str) -> Outcome {
+    let file = std::fs::File::open(path)?;
+    let fd = file.as_raw_fd() as u32;
+    let rx = (libc::PROT_READ | libc::PROT_EXEC) as u32;
+    let rc = match call {
+        CompatCall::OldMmap => {
+            let args = map(
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+            )?;
+            let fields: [u32; 6] = [0, PAGE as u32, rx, libc::MAP_PRIVATE as u32, fd, 0];
+            // SAFETY: a fresh writable page, larger than the structure.
+            unsafe { std::ptr::copy_nonoverlapping(fields.as_ptr(), args.cast::<u32>(), 6) };
+            int80_6(NR_OLD_MMAP, [args as u64 as u32, 0, 0, 0, 0])
+        }
+        CompatCall::OldMmapUnfaulted => {
+            let fields: [u32; 6] = [0, PAGE as u32, rx, libc::MAP_PRIVATE as u32, fd, 0];
+            let bytes: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+            let holder = format!("{path}.args");
+            std::fs::write(&holder, &bytes)?;
+            let holder_file = std::fs::File::open(&holder)?;
+            let args = map(
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_32BIT,
+                holder_file.as_raw_fd(),
+            )?;
+            let _ = std::fs::remove_file(&holder);
+            int80_6(NR_OLD_MMAP, [args as u64 as u32, 0, 0, 0, 0])
+        }
+        CompatCall::Mprotect => {
+            let low = map(
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_32BIT,
+                fd as i32,
+            )?;
+            int80_6(NR_MPROTECT, [low as u64 as u32, PAGE as u32, rx, 0, 0])
+        }
+        CompatCall::Mmap2 => int80_6(NR_MMAP2, [0, PAGE as u32, rx, libc::MAP_PRIVATE as u32, fd]),
+    };
+    mapped_or_why(rc)
+}
+
+/// i386 system call numbers of the mapping calls.
+const NR_OLD_MMAP: u32 = 90;
+const NR_MPROTECT: u32 = 125;
+const NR_MMAP2: u32 = 192;
+
+/// A 32-bit mapping call's return: prints `mapped` when it succeeded; exit 77 when the
+/// kernel has no 32-bit entry; the error otherwise.
+fn mapped_or_why(rc: i32) -> Outcome {
     if rc == -libc::ENOSYS {
         return Err(Failure::Unsupported(
             "the 32-bit syscall entry is disabled (ia32_emulation=0?)".into(),

@@ -56,6 +56,19 @@ pub const JIT_RUNTIME: &str = "/usr/bin/grep";
 /// Where the test workloads' image has `vigil-scenario`, when it is built with it.
 pub const SCENARIO: &str = "/usr/bin/vigil-scenario";
 
+/// A script of the test workloads' image, run by the image's own interpreter (busybox's
+/// shell): what a drift rule must let run.
+pub const IMAGE_SCRIPT: &str = "/usr/bin/vigil-image-script";
+
+/// Writes the source of [`IMAGE_SCRIPT`] into `dir`; returns its path.
+pub fn image_script(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("vigil-image-script");
+    std::fs::write(&path, "#!/bin/busybox sh\necho from-the-image \"$@\"\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
 /// The test workloads' image: busybox as `/bin/busybox` (a shell by default), the JIT
 /// runtime [`JIT_RUNTIME`], and `extra` programs (the node tests add `vigil-scenario` at
 /// [`SCENARIO`], their load generator).
@@ -271,9 +284,11 @@ pub fn run(binary: Option<PathBuf>, workloads: bool) -> Result<()> {
     let out = crate::util::workspace_root().join("target/images");
     let tag = app_version()?;
     let mut specs = vec![agent(&binary, &tag)];
+    let script = image_script(&out)?;
+    let extra = [(script.as_path(), IMAGE_SCRIPT)];
     if workloads {
         crate::setup::run()?;
-        specs.extend([busybox(&tag, &[]), pause(&tag)]);
+        specs.extend([busybox(&tag, &extra), pause(&tag)]);
     }
     for spec in &specs {
         println!("image: {}", build(spec, &out)?.display());
@@ -289,7 +304,11 @@ pub fn for_node(binary: &Path, out: &Path) -> Result<(Vec<PathBuf>, String)> {
     let sandbox_name = format!("docker.io/library/{}:{tag}", sandbox.name);
     // The load generator of the node tests, built beside the agent.
     let scenario = binary.with_file_name("vigil-scenario");
-    let extra = [(scenario.as_path(), SCENARIO)];
+    let script = image_script(out)?;
+    let extra = [
+        (scenario.as_path(), SCENARIO),
+        (script.as_path(), IMAGE_SCRIPT),
+    ];
     // The agent without its debug information, which is nine tenths of a debug build (250 MB):
     // containerd hashes and unpacks every byte it imports, which in the emulated node took
     // minutes. The code, symbols and embedded eBPF object stay as built.

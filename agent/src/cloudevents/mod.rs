@@ -422,10 +422,19 @@ fn host_subject(node: &str) -> String {
     format!("hosts/{node}")
 }
 
-/// The behaviour's own member.
-fn member(body: &Body) -> Member {
+/// The behaviour's own member. Drift is said only of a pod's process: the kernel works it out
+/// for every file (a host's own binaries sit on a writable root, which would make every host
+/// exec "drift"), but only a container has an image to drift from.
+fn member(body: &Body, in_pod: bool) -> Member {
     match body {
-        Body::Exec(e) => Member::Exec(e.into()),
+        Body::Exec(e) => {
+            let mut data = crate::behaviour::exec::ExecData::from(e);
+            if !in_pod {
+                data.drift = false;
+                data.origin = None;
+            }
+            Member::Exec(data)
+        }
         Body::Connect(c) => Member::Connect(c.into()),
         Body::Wx(w) => Member::Wx(w.into()),
         Body::Move(m) => Member::Move(m.into()),
@@ -511,7 +520,7 @@ fn build(
         count: aggregated.then_some(h.count),
         first_seen: aggregated
             .then(|| wall_time(h.first_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
-        member: member(&event.body),
+        member: member(&event.body, ctx.pod.is_some()),
     };
     let (verdict, action, severity, policy) = match judged {
         None => (VerdictName::Observed, Action::None, Severity::Info, None),

@@ -42,6 +42,21 @@ fn pod(owner: Option<Owner>, service_account: Option<String>) -> PodLookup {
     })
 }
 
+/// An exec the kernel found in the container's writable layer.
+fn drifted() -> Exec {
+    Exec {
+        drift: Some(crate::behaviour::exec::Drift {
+            why: crate::behaviour::exec::DriftWhy::UpperLayer,
+            origin: agent_common::FileOrigin {
+                fs_magic: 0x794c_7630,
+                dev: (1 << 20) | 45,
+                ino: 1234,
+            },
+        }),
+        ..Exec::plain("/tmp/shell", vec!["shell".into()])
+    }
+}
+
 fn bodies() -> Vec<Body> {
     let wx = Wx {
         syscall: WxSyscall::PkeyMprotect,
@@ -66,6 +81,7 @@ fn bodies() -> Vec<Body> {
             memfd: true,
             ..Exec::plain("/tmp/x\\xff", vec!["x".into(), "-c".into()])
         }),
+        Body::Exec(drifted()),
         Body::Connect(Connect {
             protocol: Protocol::Udp,
             ipv4: true,
@@ -212,5 +228,52 @@ fn a_cloudevent_that_is_not_vigils_is_refused_naming_the_field() {
         err.to_string()
             .contains(": id: 65 bytes, longer than any id Vigil makes"),
         "{err}"
+    );
+}
+
+/// Drift is said of a pod's process, with where the file sits, in the data and in words; a
+/// host process has no image to drift from, so the kernel's finding is not passed on.
+#[test]
+fn drift_is_said_of_a_pods_file_with_where_it_sits_and_never_of_a_host_process() {
+    let event = Event {
+        header: test_violation(Action::Kill, "shell"),
+        body: Body::Exec(drifted()),
+    };
+    let owned = pod(None, None);
+    let in_pod = Context {
+        node: "n1".into(),
+        cgroup_path: Some("/kubepods/x".into()),
+        pod: Some(&owned),
+    };
+    let exec_of = |ctx: &Context<'_>| {
+        let made = violation(
+            &event,
+            &Lineage::default(),
+            ctx,
+            &Shared::new(policy()),
+            Action::Kill,
+        );
+        let json = serde_json::to_value(made.to_cloudevent().expect("a CloudEvent")).unwrap();
+        json["data"]["exec"].clone()
+    };
+    let exec = exec_of(&in_pod);
+    assert_eq!(exec["drift"], true);
+    assert_eq!(
+        exec["origin"],
+        serde_json::json!({"layer": "upperLayer", "filesystem": "overlay", "device": "1:45", "inode": 1234})
+    );
+    let data: crate::behaviour::exec::ExecData = serde_json::from_value(exec).unwrap();
+    assert!(
+        data.line().contains(
+            "drift: written into the container after it started (overlay 1:45, inode 1234)"
+        ),
+        "{}",
+        data.line()
+    );
+    let host = Context::host("n1", None);
+    let exec = exec_of(&host);
+    assert!(
+        exec.get("drift").is_none() && exec.get("origin").is_none(),
+        "{exec}"
     );
 }

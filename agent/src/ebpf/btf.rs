@@ -248,6 +248,12 @@ impl Btf {
         }
         (bits % 8 == 0).then_some(bits / 8)
     }
+
+    /// The size in bytes of `struct name`.
+    pub fn size_of(&self, name: &str) -> Option<u32> {
+        let id = *self.structs_by_name.get(name)?;
+        self.header(id).map(|(_, ty)| ty.size_or_type)
+    }
 }
 
 #[cfg(test)]
@@ -357,5 +363,26 @@ mod tests {
             btf.offset_of("file", "f_path.dentry"),
             btf.offset_of("file", "f_path").map(|o| o + 8)
         );
+    }
+
+    /// Where overlayfs is a module its `struct ovl_inode` is not in vmlinux's BTF, and the
+    /// drift check takes `__upperdentry` to follow `vfs_inode` directly; a kernel that has
+    /// both in vmlinux shows whether that holds.
+    #[test]
+    fn the_overlay_upper_dentry_directly_follows_the_inode() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("skipped: this kernel has no {}", path.display());
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let (Some(upper), Some(inode)) = (
+            btf.offset_of("ovl_inode", "__upperdentry"),
+            btf.offset_of("ovl_inode", "vfs_inode"),
+        ) else {
+            eprintln!("skipped: overlayfs is a module on this kernel (no ovl_inode in vmlinux)");
+            return;
+        };
+        assert_eq!(Some(upper - inode), btf.size_of("inode"));
     }
 }

@@ -355,7 +355,10 @@ fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<(), EbpfError> {
 
 /// Programs that are not attached but jumped to (`bpf_tail_call`): each is loaded and put in
 /// slot 0 of its table before any hook is attached.
-pub const TAIL_CALLS: &[(&str, &str)] = &[("judge_mapped_file", "JUDGE_FILE")];
+pub const TAIL_CALLS: &[(&str, &str)] = &[
+    ("judge_mapped_file", "JUDGE_FILE"),
+    ("judge_mapped_file_raw", "JUDGE_FILE_RAW"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
@@ -432,6 +435,17 @@ pub enum EbpfError {
 }
 
 /// Loads `program` (a tracepoint-type tail-call target) and puts it in slot 0 of `table`.
+/// Loads a tail-call target, which has its caller's program type: a syscall tracepoint's,
+/// or raw `sys_enter`'s.
+pub fn load_jump_target(
+    prog: &mut aya::programs::Program,
+) -> Result<(), aya::programs::ProgramError> {
+    match prog {
+        aya::programs::Program::RawTracePoint(prog) => prog.load(),
+        prog => <&mut TracePoint>::try_from(prog)?.load(),
+    }
+}
+
 fn fill_tail_call(ebpf: &mut Ebpf, program: &str, table: &'static str) -> Result<(), EbpfError> {
     let err = |action: &'static str| {
         move |source| EbpfError::Program {
@@ -443,8 +457,7 @@ fn fill_tail_call(ebpf: &mut Ebpf, program: &str, table: &'static str) -> Result
     let prog = ebpf
         .program_mut(program)
         .ok_or_else(|| EbpfError::MissingProgram(program.into()))?;
-    let prog = <&mut TracePoint>::try_from(prog).map_err(err("load"))?;
-    prog.load().map_err(err("load"))?;
+    load_jump_target(prog).map_err(err("load"))?;
     let fd = prog
         .fd()
         .map_err(err("load"))?
@@ -863,6 +876,7 @@ impl Probes {
             kernel,
             prevent: 0,
             judges: 0,
+            _pad: 0,
         };
         offsets::check_syscall_layout(&tracefs)?;
 

@@ -12,7 +12,12 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
     let mut missing = Vec::new();
     let mut find = |name: &str, path: &str| -> u32 {
-        match btf.and_then(|b| b.offset_of(name, path)) {
+        let found = if name == "ovl_inode" {
+            btf.and_then(|b| overlay_upper_from_inode(b, path))
+        } else {
+            btf.and_then(|b| b.offset_of(name, path))
+        };
+        match found {
             Some(off) => off,
             None => {
                 let member = format!("{name}.{path}");
@@ -27,6 +32,20 @@ pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
     };
     let offsets = KernelOffsets::find(&mut find);
     (offsets, missing)
+}
+
+/// From an overlay inode's `vfs_inode` to its `member` (`__upperdentry`). Where overlayfs is
+/// built in, `struct ovl_inode` is in vmlinux's BTF; where it is a module, whose BTF is split
+/// from vmlinux's, the member's place is the one every kernel from 4.13 to 7.3 gives it:
+/// right after `vfs_inode`, i.e. `sizeof(struct inode)` from it (both are pointer-aligned).
+fn overlay_upper_from_inode(btf: &Btf, member: &str) -> Option<u32> {
+    match (
+        btf.offset_of("ovl_inode", member),
+        btf.offset_of("ovl_inode", "vfs_inode"),
+    ) {
+        (Some(upper), Some(inode)) if upper > inode => Some(upper - inode),
+        _ => btf.size_of("inode"),
+    }
 }
 
 pub fn load_btf() -> Result<Btf, EbpfError> {

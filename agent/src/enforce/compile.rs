@@ -340,4 +340,60 @@ spec:
             .is_none()
         );
     }
+
+    /// Drift alone puts an exec action in force and names its own rule; the kernel's decision
+    /// on the compiled set reports a path deny first, then drift (which a path allow does not
+    /// exempt), and lets a drifted file through only where no policy denies drift.
+    #[test]
+    fn drift_compiles_to_a_set_flag_and_rule_and_is_decided_after_path_denies() {
+        const DRIFT: &str = r#"
+apiVersion: vigil.dev/v1alpha1
+kind: ClusterRuntimePolicy
+metadata: {name: drift}
+spec:
+  namespaceSelector: {}
+  exec: {drift: Deny, action: Kill}
+"#;
+        const PATHS: &str = r#"
+apiVersion: vigil.dev/v1alpha1
+kind: ClusterRuntimePolicy
+metadata: {name: paths}
+spec:
+  namespaceSelector: {}
+  exec:
+    allow: [{prefix: /tmp/}]
+    deny: [{path: /tmp/evil}]
+    action: Alert
+"#;
+        let drift = policies(DRIFT);
+        let alone = compile(&drift.iter().collect::<Vec<_>>());
+        assert_ne!(alone.set.flags & set_flags::EXEC_DENY_DRIFT, 0);
+        assert_eq!(alone.set.exec_action, u32::from(action::KILL));
+        let rule = &alone.rules[alone.set.drift_rule as usize];
+        assert_eq!(rule.field, "spec.exec.drift");
+
+        let both: Vec<Policy> = policies(DRIFT).into_iter().chain(policies(PATHS)).collect();
+        let c = compile(&both.iter().collect::<Vec<_>>());
+        let decide = |path: &str, drift: bool| {
+            let exe = crate::behaviour::exec::decide::lookup(&c, path);
+            let v = agent_common::decide::exec(1, &c.set, false, drift, true, &exe, None);
+            v.is_hit()
+                .then(|| c.rules[rule_id::index(v.rule) as usize].field.clone())
+        };
+        assert_eq!(
+            decide("/tmp/evil", true).as_deref(),
+            Some("spec.exec.deny[0]")
+        );
+        assert_eq!(
+            decide("/tmp/tool", true).as_deref(),
+            Some("spec.exec.drift")
+        );
+        assert_eq!(decide("/tmp/tool", false), None);
+        // Without a drift rule, the same drifted file is only judged by its path.
+        let paths = policies(PATHS);
+        let p = compile(&paths.iter().collect::<Vec<_>>());
+        assert_eq!(p.set.flags & set_flags::EXEC_DENY_DRIFT, 0);
+        let exe = crate::behaviour::exec::decide::lookup(&p, "/tmp/tool");
+        assert!(!agent_common::decide::exec(1, &p.set, false, true, true, &exe, None).is_hit());
+    }
 }

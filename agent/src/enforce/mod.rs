@@ -622,7 +622,10 @@ impl Enforcer {
             ));
         }
         if rule == compile::UNVERIFIABLE {
-            let policy = members.iter().find(|p| !p.spec.exec.deny.is_empty())?;
+            let policy = members
+                .iter()
+                .find(|p| !p.spec.exec.deny.is_empty())
+                .or_else(|| members.iter().find(|p| p.spec.exec.has_rules()))?;
             return Some(policy_ref(
                 policy,
                 "spec.exec".into(),

@@ -102,6 +102,7 @@ proptest! {
             old_tid: 0,
             argc: args.len() as u32,
             args_len: 0,
+            origin: agent_common::FileOrigin::default(),
             path: [0; PATH_LEN],
             exe_path: [0; PATH_LEN],
             exe_name: [0; NAME_LEN],

@@ -181,6 +181,7 @@ mod tests {
                 user_mount: false,
                 prevented: false,
                 unjudged: false,
+                drift: None,
                 undecided_set: None,
                 args: vec!["payload".into(), "-x".into()].into(),
                 memfd: false,

@@ -183,6 +183,7 @@ mod tests {
             user_mount: false,
             prevented: false,
             unjudged: false,
+            drift: None,
             undecided_set,
             args: vec![path.into()].into(),
             memfd: false,

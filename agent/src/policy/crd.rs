@@ -229,8 +229,22 @@ pub struct ExecRules {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub deny: Option<Vec<ExecMatch>>,
+    /// Deny: executing (or mapping executable) a file that did not come with the container's
+    /// image is a violation, whatever its path: a file created or modified in the container's
+    /// writable layer after it started, or one on a writable volume (emptyDir, tmpfs,
+    /// hostPath). Decided in the kernel on the file itself; a path allow does not exempt it.
+    /// Pods only: refused with hostProcesses. Default Allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
     #[serde(default)]
     pub action: Action,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Drift {
+    Deny,
+    #[default]
+    Allow,
 }
 
 // Not a Rust enum: an enum with data becomes a `oneOf`, which a structural schema does not

@@ -154,13 +154,15 @@ pub struct ExecRules {
     /// Not empty: executables matching none of these are violations.
     pub allow: Vec<ExecRule>,
     pub deny: Vec<ExecRule>,
+    /// `drift: Deny`: a file that did not come with the container's image is a violation.
+    pub deny_drift: bool,
     pub action: Action,
 }
 
 impl ExecRules {
     /// Whether there is any exec rule (and so an exec action in force).
     pub fn has_rules(&self) -> bool {
-        !self.allow.is_empty() || !self.deny.is_empty()
+        !self.allow.is_empty() || !self.deny.is_empty() || self.deny_drift
     }
 }
 

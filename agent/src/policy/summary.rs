@@ -39,12 +39,13 @@ pub fn summary(policy: &Policy) -> String {
         let _ = write!(line, " (containers {})", containers.join(", "));
     }
     let exec = &spec.exec;
-    if exec.allow.is_empty() && exec.deny.is_empty() {
+    if !exec.has_rules() {
         line.push_str("; exec: no rules");
     } else {
+        let drift = if exec.deny_drift { " + drift" } else { "" };
         let _ = write!(
             line,
-            "; exec: {} allow, {} deny, {:?}",
+            "; exec: {} allow, {} deny{drift}, {:?}",
             exec.allow.len(),
             exec.deny.len(),
             exec.action

@@ -931,3 +931,35 @@ fn schema_patterns_agree_with_validation() {
         assert!(!cidr.is_match(c) && validate::parse_cidr(c).is_err(), "{c}");
     }
 }
+
+#[test]
+fn drift_deny_is_read_for_pods_and_refused_for_host_processes_by_name() {
+    let p = ok(&web("  exec: {drift: Deny, action: Kill}\n"));
+    assert!(p.spec.exec.deny_drift && p.spec.exec.has_rules());
+    assert!(!ok(&web("  exec: {drift: Allow}\n")).spec.exec.deny_drift);
+    // A cluster policy for pods only takes it too.
+    assert!(
+        ok(&cluster("  namespaceSelector: {}\n  exec: {drift: Deny}\n"))
+            .spec
+            .exec
+            .deny_drift
+    );
+    // Host processes have no image to drift from: refused, never silently ignored, whether
+    // the policy selects host processes alone or pods as well.
+    for selects in [
+        "  hostProcesses: {}\n",
+        "  hostProcesses: {cgroupPrefixes: [/system.slice]}\n",
+        "  namespaceSelector: {}\n  hostProcesses: {}\n",
+    ] {
+        assert_refused(
+            &cluster(&format!(
+                "{selects}  exec: {{drift: Deny, action: Alert}}\n"
+            )),
+            "spec.exec.drift",
+            "processes outside pods have none",
+        );
+    }
+    // Allow is the default, and harmless anywhere.
+    ok(&cluster("  hostProcesses: {}\n  exec: {drift: Allow}\n"));
+    assert_refused(&web("  exec: {drift: deny}\n"), "spec.exec.drift", "");
+}

@@ -180,12 +180,13 @@ impl Body<'_> {
         let containers = self
             .containers
             .map(|list| containers(list, pods.is_some(), e));
+        let hosts = host.is_some();
         PolicySpec {
             pods,
             host,
             containers,
             mode,
-            exec: self.exec.map(|x| exec(x, e)).unwrap_or_default(),
+            exec: self.exec.map(|x| exec(x, hosts, e)).unwrap_or_default(),
             connect: self.connect.map(|x| connect(x, e)).unwrap_or_default(),
             memory: self.memory.map(|x| memory(x, e)).unwrap_or_default(),
         }
@@ -249,9 +250,20 @@ fn host_processes(h: &crd::HostProcesses, e: &mut Errors) -> HostSelection {
     }
 }
 
-fn exec(rules: &crd::ExecRules, e: &mut Errors) -> ExecRules {
+fn exec(rules: &crd::ExecRules, host: bool, e: &mut Errors) -> ExecRules {
+    let deny_drift = rules.drift == Some(crd::Drift::Deny);
+    if deny_drift && host {
+        // Silently ignoring it would leave host processes believed covered.
+        e.push(
+            "spec.exec.drift",
+            "drift is decided against a container's image, and processes outside pods have \
+             none; remove drift here or hostProcesses, and put the pods' drift rule in a \
+             policy of its own",
+        );
+    }
     let mut out = ExecRules {
         action: rules.action,
+        deny_drift,
         ..ExecRules::default()
     };
     for (list_name, list, target) in [

@@ -190,6 +190,16 @@ pub fn exec_violation(
     path: &str,
     labels: std::collections::BTreeMap<String, String>,
 ) -> crate::cloudevents::VigilEvent {
+    exec_violation_with(comm, path, labels, None)
+}
+
+/// [`exec_violation`] of a file the kernel found drifted (`drift`).
+pub fn exec_violation_with(
+    comm: &str,
+    path: &str,
+    labels: std::collections::BTreeMap<String, String>,
+    drift: Option<crate::behaviour::exec::Drift>,
+) -> crate::cloudevents::VigilEvent {
     use crate::{
         cloudevents::{Context, violation},
         event::{Action, Body, Event, Exec},
@@ -204,6 +214,7 @@ pub fn exec_violation(
         header: crate::event::test_violation(Action::Kill, comm),
         body: Body::Exec(Exec {
             exe_name: comm.into(),
+            drift,
             ..Exec::plain(path, args.clone())
         }),
     };

@@ -108,6 +108,7 @@ mod tests {
                 user_mount: false,
                 prevented: false,
                 unjudged: false,
+                drift: None,
                 undecided_set: None,
                 args_truncated: false,
                 args_missing: false,

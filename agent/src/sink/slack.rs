@@ -673,18 +673,21 @@ fn details(event: &VigilEvent) -> String {
         return lines.join("\n");
     };
     if let Member::Exec(e) = &data.member {
-        let marks: Vec<&str> = [
-            (e.memfd, "memfd"),
-            (e.deleted, "deleted"),
-            (e.script, "script"),
-            (e.mapped, "mapped, not exec'd"),
-            (e.unjudged, "ran unjudged: its exec probes were skipped"),
-            (e.unverifiable, "real path unverifiable"),
-            (e.args_truncated, "args truncated"),
-        ]
-        .into_iter()
-        .filter_map(|(on, mark)| on.then_some(mark))
-        .collect();
+        let drift = e.origin.as_ref().map(|o| o.words());
+        let mut marks: Vec<&str> = drift.as_deref().into_iter().collect();
+        marks.extend(
+            [
+                (e.memfd, "memfd"),
+                (e.deleted, "deleted"),
+                (e.script, "script"),
+                (e.mapped, "mapped, not exec'd"),
+                (e.unjudged, "ran unjudged: its exec probes were skipped"),
+                (e.unverifiable, "real path unverifiable"),
+                (e.args_truncated, "args truncated"),
+            ]
+            .into_iter()
+            .filter_map(|(on, mark)| on.then_some(mark)),
+        );
         let marks = if marks.is_empty() {
             String::new()
         } else {
@@ -799,6 +802,7 @@ mod tests {
         FanOut,
         fake_http::{
             CapturedLog, FakeServer, HOSTILE, Request, Responder, Response, exec_violation,
+            exec_violation_with,
         },
     };
 
@@ -885,6 +889,29 @@ mod tests {
             assert!(text.contains(reason), "{text}");
             assert!(!text.contains(SECRET), "the webhook leaked: {text}");
         }
+    }
+
+    /// A responder reads "drift" in words, with where the file sits.
+    #[test]
+    fn drift_is_said_in_plain_words() {
+        let drift = crate::behaviour::exec::Drift {
+            why: crate::behaviour::exec::DriftWhy::WritableMount,
+            origin: agent_common::FileOrigin {
+                fs_magic: 0x0102_1994,
+                dev: 47,
+                ino: 9,
+            },
+        };
+        let event = exec_violation_with("x", "/scratch/x", BTreeMap::new(), Some(drift));
+        let text = details(&event);
+        assert!(
+            text.contains(
+                "Args: `/scratch/x -x` (drift: not from the image, on a writable tmpfs mount (0:47, inode 9))"
+            ),
+            "{text}"
+        );
+        let plain = details(&exec_violation("x", "/tmp/x", BTreeMap::new()));
+        assert!(!plain.contains("drift"), "{plain}");
     }
 
     #[tokio::test]

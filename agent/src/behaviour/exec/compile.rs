@@ -10,7 +10,7 @@ use crate::{
 pub fn compile(staging: &mut Staging, pi: usize, spec: &PolicySpec) {
     let exec = &spec.exec;
     let out = &mut staging.out;
-    if !exec.allow.is_empty() || !exec.deny.is_empty() {
+    if exec.has_rules() {
         out.set.exec_action = out
             .set
             .exec_action
@@ -18,6 +18,16 @@ pub fn compile(staging: &mut Staging, pi: usize, spec: &PolicySpec) {
     }
     if !exec.allow.is_empty() {
         out.set.flags |= set_flags::EXEC_ALLOWLIST;
+    }
+    if exec.deny_drift && out.set.flags & set_flags::EXEC_DENY_DRIFT == 0 {
+        out.set.flags |= set_flags::EXEC_DENY_DRIFT;
+        out.set.drift_rule = out
+            .rule(
+                pi,
+                "spec.exec.drift".into(),
+                "drift: a file that did not come with the container's image".into(),
+            )
+            .into();
     }
     for (list, rules, sink) in [
         ("allow", &exec.allow, &mut staging.exec_allow),

@@ -2,7 +2,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Exec;
+use super::{DriftWhy, Exec, device_name, filesystem_name};
 use crate::cloudevents::{
     schema::{is_false, only_true},
     shared::Shared,
@@ -92,6 +92,62 @@ pub struct ExecData {
     #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(schema_with = "only_true")]
     pub unjudged: bool,
+    /// Present only when true: drift. The file decided (`process.exe` for an exec, `path`
+    /// when `mapped`, `opened` or `interpreted`) did not come with the container's image:
+    /// it was created or changed in the container after it started, or lives on a writable
+    /// volume. Decided in the kernel on the file itself, whatever its path; `origin` says
+    /// where it lives.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub drift: bool,
+    /// Present with `drift`: where the file lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<OriginData>,
+}
+
+/// Where a drifted file lives, as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct OriginData {
+    /// `upperLayer`: the container's writable overlay layer (created, or copied up by a
+    /// change, after the container started); `writableMount`: a writable mount other than
+    /// the image's overlay (an emptyDir, a tmpfs, a hostPath), a read-only one an
+    /// unprivileged user made in a user namespace of its own, or a file system such a user
+    /// mounted (an overlay whose lower layer it filled); `unknown`: the kernel could
+    /// not read where the file lives, and decided it as drift (fail closed).
+    pub layer: OriginLayer,
+    /// The file system, e.g. `overlay`, `tmpfs`, `ext4` (unknown ones as their magic number).
+    pub filesystem: String,
+    /// The file system's device, `major:minor` as in `/proc/<pid>/mountinfo`.
+    pub device: String,
+    /// The file's inode number on that device.
+    pub inode: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OriginLayer {
+    UpperLayer,
+    WritableMount,
+    Unknown,
+}
+
+impl OriginData {
+    /// What the origin says to a reader.
+    pub fn words(&self) -> String {
+        match self.layer {
+            OriginLayer::UpperLayer => format!(
+                "drift: written into the container after it started ({} {}, inode {})",
+                self.filesystem, self.device, self.inode
+            ),
+            OriginLayer::WritableMount => format!(
+                "drift: not from the image, on a writable {} mount ({}, inode {})",
+                self.filesystem, self.device, self.inode
+            ),
+            OriginLayer::Unknown => "drift: where the file lives could not be read".into(),
+        }
+    }
 }
 
 /// The member an exec event adds to the shared data.
@@ -120,6 +176,17 @@ impl From<&Exec> for ExecData {
             user_mount: e.user_mount,
             prevented: e.prevented,
             unjudged: e.unjudged,
+            drift: e.drift.is_some(),
+            origin: e.drift.map(|d| OriginData {
+                layer: match d.why {
+                    DriftWhy::UpperLayer => OriginLayer::UpperLayer,
+                    DriftWhy::WritableMount => OriginLayer::WritableMount,
+                    DriftWhy::Unknown => OriginLayer::Unknown,
+                },
+                filesystem: filesystem_name(d.origin.fs_magic),
+                device: device_name(d.origin.dev),
+                inode: d.origin.ino,
+            }),
         }
     }
 }
@@ -127,27 +194,30 @@ impl From<&Exec> for ExecData {
 impl ExecData {
     /// `/usr/bin/curl curl -s x [memfd, deleted]`
     pub fn line(&self) -> String {
-        let marks: Vec<&str> = [
-            (self.prevented, "refused before it ran"),
-            (self.unjudged, "ran unjudged: its exec probes were skipped"),
-            (self.memfd, "memfd"),
-            (self.mapped, "mapped executable, not exec'd"),
-            (self.opened, "script as its interpreter opened it"),
-            (
-                self.interpreted,
-                "script, judged before its interpreter ran",
-            ),
-            (
-                self.user_mount,
-                "path through a mount made in a user namespace",
-            ),
-            (self.unverifiable, "real path unverifiable"),
-            (self.deleted, "deleted"),
-            (self.args_truncated, "args truncated"),
-        ]
-        .into_iter()
-        .filter_map(|(on, mark)| on.then_some(mark))
-        .collect();
+        let drift = self.origin.as_ref().map(OriginData::words);
+        let mut marks: Vec<&str> = drift.as_deref().into_iter().collect();
+        marks.extend(
+            [
+                (self.prevented, "refused before it ran"),
+                (self.unjudged, "ran unjudged: its exec probes were skipped"),
+                (self.memfd, "memfd"),
+                (self.mapped, "mapped executable, not exec'd"),
+                (self.opened, "script as its interpreter opened it"),
+                (
+                    self.interpreted,
+                    "script, judged before its interpreter ran",
+                ),
+                (
+                    self.user_mount,
+                    "path through a mount made in a user namespace",
+                ),
+                (self.unverifiable, "real path unverifiable"),
+                (self.deleted, "deleted"),
+                (self.args_truncated, "args truncated"),
+            ]
+            .into_iter()
+            .filter_map(|(on, mark)| on.then_some(mark)),
+        );
         let marks = if marks.is_empty() {
             String::new()
         } else {

@@ -34,7 +34,17 @@ pub fn decide(
 ) -> decide::Violation {
     let exe = lookup(compiled, path);
     let script = script.map(|s| lookup(compiled, s));
-    decide::exec(set, &compiled.set, memfd, true, &exe, script.as_ref())
+    // Drift is always decided in the kernel, on the file: an exec it leaves undecided is
+    // not drift, or its set does not deny drift.
+    decide::exec(
+        set,
+        &compiled.set,
+        memfd,
+        false,
+        true,
+        &exe,
+        script.as_ref(),
+    )
 }
 
 #[cfg(test)]

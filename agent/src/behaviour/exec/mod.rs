@@ -4,9 +4,9 @@ pub mod compile;
 mod data;
 pub mod decide;
 
-use agent_common::{ExecEvent, exec_flags};
+use agent_common::{ExecEvent, FileOrigin, exec_flags};
 
-pub use data::{ExecData, ExecMember};
+pub use data::{ExecData, ExecMember, OriginData};
 
 use crate::event::{c_string, split_args};
 
@@ -43,6 +43,8 @@ pub struct Exec {
     /// Ran without its exec's own judgement (the kernel skipped the exec programs); failed
     /// closed on its way back to user space. `path` is the new image's executable.
     pub unjudged: bool,
+    /// The file did not come with the container's image, and why the kernel says so.
+    pub drift: Option<Drift>,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
     /// Shared with the process cache and the event: read from the record once, copied never.
@@ -70,6 +72,7 @@ impl Exec {
             user_mount: false,
             prevented: false,
             unjudged: false,
+            drift: None,
             undecided_set: None,
             args: args.into(),
             memfd: false,
@@ -95,6 +98,7 @@ impl Exec {
             user_mount: flag(exec_flags::USER_MOUNT),
             prevented: flag(exec_flags::PREVENTED),
             unjudged: flag(exec_flags::UNJUDGED),
+            drift: Drift::decode(e),
             undecided_set: flag(exec_flags::UNDECIDED)
                 .then(|| agent_common::rule_id::set(e.header.rule)),
             args: split_args(&e.args, e.args_len, e.argc).into(),
@@ -104,4 +108,67 @@ impl Exec {
             args_missing: flag(exec_flags::ARGS_MISSING),
         }
     }
+}
+
+/// Drift, as the kernel decided it on the file itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drift {
+    pub why: DriftWhy,
+    pub origin: FileOrigin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftWhy {
+    /// In the overlay's upper layer: created or changed after the container started.
+    UpperLayer,
+    /// On a writable mount other than the image's overlay.
+    WritableMount,
+    /// Where the file lives could not be read; decided as drift.
+    Unknown,
+}
+
+impl Drift {
+    fn decode(e: &ExecEvent) -> Option<Self> {
+        if e.flags & exec_flags::DRIFT == 0 {
+            return None;
+        }
+        let why = if e.flags & exec_flags::UPPER_LAYER != 0 {
+            DriftWhy::UpperLayer
+        } else if e.flags & exec_flags::WRITABLE_MOUNT != 0 {
+            DriftWhy::WritableMount
+        } else {
+            DriftWhy::Unknown
+        };
+        Some(Self {
+            why,
+            origin: e.origin,
+        })
+    }
+}
+
+/// The name of the file system with super block magic `magic`, as `/proc/filesystems` names
+/// it; unknown ones as the hexadecimal magic.
+pub fn filesystem_name(magic: u32) -> String {
+    let name = match magic {
+        0x794c_7630 => "overlay",
+        0x0102_1994 => "tmpfs",
+        0xef53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683e => "btrfs",
+        0x8584_58f6 => "ramfs",
+        0x9584_58f6 => "hugetlbfs",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        0x7371_7368 => "squashfs",
+        0xe0f5_e1e2 => "erofs",
+        0x2fc1_2fc1 => "zfs",
+        0x0102_1997 => "9p",
+        _ => return format!("{magic:#x}"),
+    };
+    name.into()
+}
+
+/// A kernel `dev_t` (major << 20 | minor) as `/proc/self/mountinfo` writes it.
+pub fn device_name(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
 }

@@ -120,6 +120,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                         exec: ExecRules {
                             allow,
                             deny,
+                            deny_drift: false,
                             action: exec_action,
                         },
                         connect: ConnectRules {
