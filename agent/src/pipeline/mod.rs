@@ -4,7 +4,6 @@
 mod aggregate;
 mod carry;
 pub mod cluster;
-pub mod content;
 mod enrich;
 mod held;
 mod intake;
