@@ -135,7 +135,32 @@ bit_flags! {
         WRITABLE_MOUNT,
         /// Where the file lives could not be read: decided as drift (fail closed).
         ORIGIN_UNKNOWN,
+        /// The executable is outside the image, but its set vouches for files by content
+        /// (`exec.allow` `sha256:` entries) and this file's identity was not in the cache of
+        /// vouched files ([`VouchKey`]): user space decides it on its content; `DRIFT` is
+        /// then not set.
+        DIGEST_PENDING,
+        /// With `DIGEST_PENDING`, under an action that refuses: the kernel stopped the
+        /// process (`SIGSTOP`) before its first instruction, and kills it at its first system
+        /// call unless user space releases it ([`pending_kill::HELD`]).
+        HELD,
+        /// The executable is outside the image and its identity was in the cache of files
+        /// whose content a `sha256:` entry of the set vouched for: not drift.
+        VOUCHED,
     }
+}
+
+/// Values of the pending kills map (by process id): what a process's next system call
+/// exit does.
+pub mod pending_kill {
+    /// Kill it.
+    pub const KILL: u32 = 1;
+    /// Held by `sched_process_exec` for a decision on its content: the exec's own return
+    /// turns it into [`HELD`].
+    pub const HELD_AT_EXEC: u32 = 2;
+    /// Held and past its exec: any system call it makes before user space releases it
+    /// (someone else sent it `SIGCONT`) kills it.
+    pub const HELD: u32 = 3;
 }
 
 /// Whether a record reports a violation.
@@ -223,6 +248,9 @@ bit_flags! {
         RUNTIME_HANDOVER,
         /// `exec.drift: Deny`.
         EXEC_DENY_DRIFT,
+        /// `exec.allow` has `sha256:` entries (with `drift: Deny`): an executable outside the
+        /// image may be vouched for by its content.
+        EXEC_DIGESTS,
     }
 }
 
@@ -512,6 +540,20 @@ pub struct FileOrigin {
     /// The super block's device, the kernel's `dev_t` (major << 20 | minor).
     pub dev: u32,
     pub ino: u64,
+    /// The inode's change time, `seconds << 30 | nanoseconds`: any change to the file's
+    /// content or attributes moves it.
+    pub change: u64,
+}
+
+/// A file's identity as the vouched cache keys it: the policy set whose `sha256:` entry its
+/// content matched, and the file's device, inode and change time ([`FileOrigin`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VouchKey {
+    pub set: u32,
+    pub dev: u32,
+    pub ino: u64,
+    pub change: u64,
 }
 
 /// Arguments captured at an exec's entry (`raw_syscalls/sys_enter`), keyed by thread id until
@@ -673,6 +715,10 @@ kernel_offsets! {
             /// With `i_sb` and `super_block.s_dev`: a file's identity, reported with drift.
             inode_ino: "i_ino",
             inode_sb: "i_sb",
+            /// The change time's seconds and nanoseconds (`i_ctime_sec` and `i_ctime_nsec`
+            /// from 6.11; a `timespec64` before, found by user space).
+            inode_ctime_sec: "i_ctime_sec",
+            inode_ctime_nsec: "i_ctime_nsec",
         }
         files_struct {
             files_fdt: "fdt",
@@ -953,15 +999,16 @@ pub const RECORD_LAYOUT: u32 = RECORD_LAYOUT_REVISION
     .wrapping_mul(31)
     .wrapping_add(core::mem::size_of::<MoveEvent>() as u32);
 const _: () =
-    assert!(core::mem::size_of::<ExecEvent>() == 80 + 32 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
-const _: () = assert!(core::mem::size_of::<FileOrigin>() == 16);
+    assert!(core::mem::size_of::<ExecEvent>() == 80 + 40 + 2 * PATH_LEN + NAME_LEN + ARGS_LEN);
+const _: () = assert!(core::mem::size_of::<FileOrigin>() == 24);
+const _: () = assert!(core::mem::size_of::<VouchKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 16 + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<WxEvent>() == 80 + 16 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<WxRecord>() == 120 + 8 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<MoveEvent>() == 80 + 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 79 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 316 + 12);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 81 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 324 + 12);
 const _: () = assert!(core::mem::size_of::<PolicySet>() == 40);
 const _: () = assert!(core::mem::size_of::<ThrottleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ThrottleState>() == 24);
@@ -975,7 +1022,7 @@ const _: () = assert!(core::mem::size_of::<PendingScript>() == 8 + SCRIPT_NAMES 
 mod pod {
     use super::{
         Config, ConnectEvent, EventHeader, ExePath, ExecEvent, FileOrigin, MoveEvent, PathRule,
-        PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, WxRecord,
+        PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, VouchKey, WxEvent, WxRecord,
     };
 
     // SAFETY: all are #[repr(C)] of integers and byte arrays, with explicit padding fields,
@@ -984,6 +1031,7 @@ mod pod {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ExecEvent {}
     unsafe impl aya::Pod for FileOrigin {}
+    unsafe impl aya::Pod for VouchKey {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for WxEvent {}
     unsafe impl aya::Pod for WxRecord {}

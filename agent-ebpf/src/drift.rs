@@ -5,7 +5,12 @@
 //! system is drift when its mount is writable (an emptyDir, a tmpfs, a hostPath, a memfd's
 //! kernel mount) or was made read-only by an unprivileged user in a user namespace of its own.
 //! What cannot be read is drift (fail closed).
-use agent_common::{Config, FileOrigin, exec_flags};
+use agent_common::{
+    Config, FileOrigin, PolicySet, VouchKey, action, exec_flags, pending_kill, set_flags,
+};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_send_signal};
+
+use crate::maps::{KILLS_RECORDED, PENDING_KILLS, VOUCHED};
 
 use crate::task::{read_kernel, read_kernel_ptr};
 
@@ -118,4 +123,97 @@ pub fn origin_of(cfg: &Config, file: *const u8, origin: &mut FileOrigin) {
     origin.dev = sb
         .and_then(|sb| read_kernel::<u32>(sb, k.sb_dev))
         .unwrap_or(0);
+    // Nanoseconds are below 2^30; 6.13 and later keep a flag in the top bit of theirs
+    // (multigrain timestamps: the time was queried), which is no part of the time.
+    origin.change = match inode {
+        Some(inode) => match (
+            read_kernel::<i64>(inode, k.inode_ctime_sec),
+            read_kernel::<u32>(inode, k.inode_ctime_nsec),
+        ) {
+            (Some(sec), Some(nsec)) => ((sec as u64) << 30) | u64::from(nsec & 0x3fff_ffff),
+            _ => 0,
+        },
+        None => 0,
+    };
+}
+
+/// An executable outside the image, in set `set` whose `exec.allow` vouches for files by
+/// content (`set_flags::EXEC_DIGESTS`): not drift if its identity (device, inode, change
+/// time) is in the vouched cache; otherwise left to user space to decide on its content
+/// (`DIGEST_PENDING`, and `HELD` under an action that refuses). `rules`: the set's flags and
+/// exec action ([`content_rules`]), one register for both. Its identity is left in
+/// `origin`; an identity that cannot be read stays drift (fail closed). Works on the drift
+/// bits in `drift` (map memory, which the verifier does not follow).
+#[inline(never)]
+pub fn by_content(
+    cfg: &Config,
+    set: u32,
+    rules: u64,
+    file: *const u8,
+    scratch: &mut crate::state::PathScratch,
+) {
+    let (flags, exec_action) = ((rules >> 32) as u32, rules as u32);
+    if flags & set_flags::EXEC_DIGESTS == 0
+        || scratch.drift & u64::from(exec_flags::DRIFT) == 0
+        || file.is_null()
+    {
+        return;
+    }
+    origin_of(cfg, file, &mut scratch.origin);
+    let origin = scratch.origin;
+    if origin.ino == 0 || origin.change == 0 {
+        return;
+    }
+    let key = VouchKey {
+        set,
+        dev: origin.dev,
+        ino: origin.ino,
+        change: origin.change,
+    };
+    let cleared = scratch.drift & !u64::from(exec_flags::DRIFT);
+    // SAFETY: only checked for presence.
+    if unsafe { VOUCHED.get(key) }.is_some() {
+        scratch.drift = cleared | u64::from(exec_flags::VOUCHED);
+        return;
+    }
+    let held = if action::refuses(exec_action as u16) {
+        exec_flags::HELD
+    } else {
+        0
+    };
+    scratch.drift = cleared | u64::from(exec_flags::DIGEST_PENDING | held);
+}
+
+/// `SIGSTOP`.
+const SIGSTOP: u32 = 19;
+
+/// Holds the current process, whose new image `by_content` left `HELD`: stopped before its
+/// first instruction, and recorded so that a system call it makes before user space releases
+/// it (someone sent it `SIGCONT`) kills it. Where either cannot be done it is killed now
+/// (fail closed).
+#[inline(never)]
+pub fn hold(scratch: &crate::state::PathScratch) {
+    if scratch.drift & u64::from(exec_flags::HELD) == 0 {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Recorded before the flag is raised, as a pending kill is (`kill.rs`).
+    let recorded = PENDING_KILLS
+        .insert(tgid, pending_kill::HELD_AT_EXEC, 0)
+        .is_ok();
+    if let Some(flag) = KILLS_RECORDED.get_ptr_mut(0) {
+        // SAFETY: a live map value; a flag that only goes from 0 to 1.
+        unsafe { *flag = 1 };
+    }
+    // SAFETY: signals the current process only.
+    if !recorded || unsafe { bpf_send_signal(SIGSTOP) } != 0 {
+        crate::policy::send_sigkill();
+    }
+}
+
+/// A set's flags and exec action for [`by_content`]: passed by value, as a pointer to the
+/// caller's copy of the set would keep the whole copy on its frame.
+#[inline(always)]
+pub fn content_rules(ps: &PolicySet) -> u64 {
+    (u64::from(ps.flags) << 32) | u64::from(ps.exec_action)
 }

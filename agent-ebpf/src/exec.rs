@@ -280,6 +280,12 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         let Some(ps) = policy_set(set) else {
             return Ok(());
         };
+        // An executable outside the image that its set may vouch for by content: looked up
+        // in the vouched cache, else held for user space (`drift.rs`).
+        if let Some(file) = read_kernel_ptr(ctx.arg::<u64>(2) as *const u8, cfg.kernel.bprm_file) {
+            crate::drift::by_content(cfg, set, crate::drift::content_rules(&ps), file, scratch);
+        }
+        crate::drift::hold(scratch);
         // Plain values, not Options: LLVM may leave an Option's empty payload undefined,
         // which the verifier refuses to copy.
         // The executable's real path could not be walked (deeper or longer than the walk
@@ -325,7 +331,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             // From map memory, which the verifier does not follow: a bit of `facts.flags`
             // would make it tell apart every state after this by that bit (three times the
             // instructions, past its 1,000,000).
-            scratch.drift != 0,
+            scratch.drift & u64::from(exec_flags::DRIFT) != 0,
             !unverifiable,
             &exe_rule,
             script_checked.then_some(&script_rule),
@@ -353,7 +359,12 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             }
         }
         let violation = enforce(violation);
-        if !violation.is_hit() && !undecided {
+        // A file left to user space's judgement of its content is reported for it (read
+        // again from map memory, as above).
+        if !violation.is_hit()
+            && !undecided
+            && scratch.drift & u64::from(exec_flags::DIGEST_PENDING) == 0
+        {
             return Ok(());
         }
         unverified = unverifiable && violation.is_hit();
@@ -365,7 +376,9 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     if let Some((violation, undecided, set)) = verdict_of {
         if undecided {
             flags |= exec_flags::UNDECIDED;
-            // User space decides; it needs the set.
+        }
+        if !violation.is_hit() {
+            // User space decides (the path, or the content); it needs the set.
             head.rule = agent_common::rule_id::pack(set, 0);
         }
         mark(&mut head, violation);

@@ -333,6 +333,7 @@ fn report(v: Violation, flags: u32, path: *const u8, file: *const u8) {
     event.flags = flags;
     event.old_tid = event.header.tid;
     event.exe_name = [0; NAME_LEN];
+    event.origin = agent_common::FileOrigin::default();
     if file.is_null() {
         event.flags |= exec_flags::EXE_UNKNOWN;
     } else {

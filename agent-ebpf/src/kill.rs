@@ -2,6 +2,7 @@
 //! the kernel would not send at once (`policy::send_sigkill`): the hook refuses the act and
 //! records the process; the process is killed when the refused call returns to it, before
 //! its next instruction in user space.
+use agent_common::pending_kill;
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint,
     programs::RawTracePointContext,
@@ -16,7 +17,7 @@ use crate::{
 /// Records that process `tgid` is to be killed when its current syscall returns.
 pub fn kill_at_syscall_exit(tgid: u32) {
     // Recorded before the flag is raised, so a syscall exit that sees the flag finds it.
-    let _ = PENDING_KILLS.insert(tgid, 1u32, u64::from(BPF_NOEXIST));
+    let _ = PENDING_KILLS.insert(tgid, pending_kill::KILL, u64::from(BPF_NOEXIST));
     if let Some(flag) = KILLS_RECORDED.get_ptr_mut(0) {
         // SAFETY: a live map value; a plain store (no atomics on this target) is enough for
         // a flag that only ever goes from 0 to 1.
@@ -56,8 +57,15 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: only checked for presence.
     // Forgotten only once sent: a kill the kernel refuses now is tried at the next exit.
-    if unsafe { PENDING_KILLS.get(tgid) }.is_some() && try_sigkill() {
-        forget_pending_kill(tgid);
+    if let Some(pending) = PENDING_KILLS.get_ptr_mut(tgid) {
+        // SAFETY: a live map value.
+        if unsafe { *pending } == pending_kill::HELD_AT_EXEC {
+            // The held exec's own return: the next call is the one made against the hold.
+            // SAFETY: as above.
+            unsafe { *pending = pending_kill::HELD };
+        } else if try_sigkill() {
+            forget_pending_kill(tgid);
+        }
     }
     result()
 }

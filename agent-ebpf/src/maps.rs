@@ -1,6 +1,7 @@
 use agent_common::{
     AddrKeyData, Config, ConnectEvent, ExePath, ExecArgs, MAX_POLICY_SETS, PathKeyData, PathRule,
-    PendingScript, PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, WxEvent, kind,
+    PendingScript, PolicySet, PortRules, ServiceKey, ThrottleKey, ThrottleState, VouchKey, WxEvent,
+    kind,
 };
 use aya_ebpf::{
     macros::map,
@@ -150,9 +151,18 @@ pub static TRACED_EXECS: LruHashMap<u32, ExecMark> = LruHashMap::with_max_entrie
 pub static TRACED_EXEC_SEEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Processes (thread group ids) whose act a hook refused under `Kill` but that the hook
-/// could not signal (cgroup socket programs): killed when the call returns to them.
+/// could not signal (cgroup socket programs): killed when the call returns to them. Also
+/// the processes held for a decision on their executable's content
+/// (`agent_common::pending_kill`).
 #[map]
 pub static PENDING_KILLS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Files whose content user space hashed and found among a set's `sha256:` entries, by set
+/// and the file's identity (device, inode, change time): an exec of one is not drift. Only
+/// user space writes it; a change to the file moves its change time, so a changed file is
+/// never found here.
+#[map]
+pub static VOUCHED: LruHashMap<VouchKey, u32> = LruHashMap::with_max_entries(8192, 0);
 
 /// Slot 0: non-zero once any kill was recorded in `PENDING_KILLS`; until then a syscall exit
 /// costs one array read.

@@ -153,10 +153,20 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
             // A branch with the call in it, not `unwrap_or`: LLVM turned that into a select
             // that reads the empty Option's payload, an unwritten stack slot, which kernels
             // before 6.2 refuse ("invalid read from stack").
-            scratch.drift = match file {
-                Some(file) => u64::from(crate::drift::of_file(cfg, file)),
-                None => u64::from(exec_flags::DRIFT | exec_flags::ORIGIN_UNKNOWN),
-            };
+            match file {
+                Some(file) => {
+                    scratch.drift = u64::from(crate::drift::of_file(cfg, file));
+                    // A level the kernel hands on to an interpreter is a script: content
+                    // vouches for executables only.
+                    if !level {
+                        let rules = crate::drift::content_rules(&ps);
+                        crate::drift::by_content(cfg, set, rules, file, scratch);
+                    }
+                }
+                None => {
+                    scratch.drift = u64::from(exec_flags::DRIFT | exec_flags::ORIGIN_UNKNOWN);
+                }
+            }
             match file.and_then(|f| real_path(cfg, f, scratch)) {
                 Some(built)
                     if !built.forged()
@@ -186,7 +196,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<bool, i64> {
     // the file could be read: drift (fail closed).
     let drift = match &claim {
         // SAFETY: as above.
-        Some(claim) => (unsafe { (*claim.entry()).drift }) != 0,
+        Some(claim) => (unsafe { (*claim.entry()).drift }) & u64::from(exec_flags::DRIFT) != 0,
         None => true,
     };
     let mut v = decide_exec(set, &ps, memfd, drift, keyed, &rule, None);

@@ -55,7 +55,7 @@ struct Ctx {
 
 type TestFn = fn(&Ctx) -> Result<()>;
 
-const TESTS: [(&str, TestFn); 12] = [
+const TESTS: [(&str, TestFn); 13] = [
     (
         "helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only",
         helm_install_brings_the_agent_to_ready_with_the_charts_capabilities_only,
@@ -83,6 +83,10 @@ const TESTS: [(&str, TestFn); 12] = [
     (
         "drift_in_a_pod_is_killed_wherever_it_sits_and_the_images_own_files_run",
         drift_in_a_pod_is_killed_wherever_it_sits_and_the_images_own_files_run,
+    ),
+    (
+        "a_tool_vouched_for_by_sha256_runs_wherever_it_sits_and_other_content_there_is_drift",
+        a_tool_vouched_for_by_sha256_runs_wherever_it_sits_and_other_content_there_is_drift,
     ),
     (
         "deleting_the_agent_pod_during_denied_execs_kills_every_one_and_reports_each_once",
@@ -1201,6 +1205,106 @@ fn drift_in_a_pod_is_killed_wherever_it_sits_and_the_images_own_files_run(ctx: &
         .collect::<Vec<_>>();
     let benign = benign.len();
     ensure!(benign == 0, "{benign} events for the image's own files");
+    Ok(())
+}
+
+/// `exec.allow` `sha256` entries under `drift: Deny` + Kill: a tool copied onto an emptyDir at
+/// start-up whose content matches runs, first decided by a fresh hash and then again, and a
+/// copy in the writable layer too; the same path with other content is drift, killed with
+/// its digest in the event, and so is such a file continued by someone else while held.
+fn a_tool_vouched_for_by_sha256_runs_wherever_it_sits_and_other_content_there_is_drift(
+    ctx: &Ctx,
+) -> Result<()> {
+    let ns = "e2e-digest";
+    let app = "vendored";
+    let bb = "/bin/busybox";
+    ctx.namespace(ns)?;
+    let pod = ctx.deployment_with_scratch(
+        ns,
+        app,
+        &[
+            bb,
+            "sh",
+            "-c",
+            "/bin/busybox cp /bin/busybox /scratch/echo && exec /bin/busybox sleep 100000",
+        ],
+    )?;
+    let (_, sums) = ctx.exec(ns, &pod, &format!("{bb} sha256sum {bb}"))?;
+    let digest = sums
+        .split_whitespace()
+        .next()
+        .filter(|d| d.len() == 64)
+        .with_context(|| format!("busybox's digest: {sums}"))?
+        .to_owned();
+    let rules = format!(
+        "  exec:\n    drift: Deny\n    allow:\n      - sha256: {digest}\n    action: Kill\n"
+    );
+    ctx.policy(ns, "vouched-tool", app, &rules)?;
+    ctx.wait_bound(ns, &pod)?;
+    // The benign twins: the copy made at start-up, twice (the second from the kernel's
+    // cache), the same content copied into the writable layer, and the image's own binary.
+    ctx.exec_ok(ns, &pod, "/scratch/echo vouched-once", "vouched-once")?;
+    ctx.exec_ok(ns, &pod, "/scratch/echo vouched-twice", "vouched-twice")?;
+    ctx.exec_ok(
+        ns,
+        &pod,
+        &format!("{bb} mkdir -p /tmp && {bb} cp {bb} /tmp/echo && /tmp/echo in-the-layer"),
+        "in-the-layer",
+    )?;
+    ctx.exec_ok(ns, &pod, &format!("{bb} echo image-binary"), "image-binary")?;
+    // Other content at the vouched path: busybox with a byte more still runs as busybox.
+    let (code, out) = ctx.exec(
+        ns,
+        &pod,
+        &format!(
+            "{bb} cp {bb} /tmp/other && echo >> /tmp/other && {bb} cat /tmp/other > /scratch/echo && /scratch/echo escaped; echo rc=$?"
+        ),
+    )?;
+    ensure!(
+        out.contains("rc=137") && !out.contains("escaped\n"),
+        "other content at the vouched path must die by SIGKILL: exit {code}: {out}"
+    );
+    let (_, other) = ctx.exec(ns, &pod, &format!("{bb} sha256sum /tmp/other"))?;
+    let other = other
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let event = ctx.event("the drift violation of other content", |e| {
+        e["type"] == "dev.vigil.exec.v1"
+            && data(e, "/pod/namespace") == ns
+            && data(e, "/exec/sha256") == other.as_str()
+    })?;
+    let exec = data(&event, "/exec");
+    ensure!(
+        exec["drift"] == true
+            && exec["origin"]["layer"] == "writableMount"
+            && event["vigilaction"] == "kill"
+            && data(&event, "/policy/rule") == "spec.exec.drift"
+            && data(&event, "/process/exe") == "/scratch/echo",
+        "a kill for drift, identified by content: {event}"
+    );
+    // Held, then continued by another process of the pod before the agent decides: it dies
+    // at its first system call if the agent has not killed it first.
+    let (code, out) = ctx.exec(
+        ns,
+        &pod,
+        &format!(
+            "{bb} cp /tmp/other /scratch/again; /scratch/again sleep 30 & p=$!; {bb} kill -CONT $p; wait $p; echo rc=$?"
+        ),
+    )?;
+    ensure!(
+        out.contains("rc=137"),
+        "a held process continued by another must die: exit {code}: {out}"
+    );
+    // The vouched runs made no event.
+    let vouched = ctx
+        .events()?
+        .into_iter()
+        .filter(|e| e["type"] == "dev.vigil.exec.v1" && data(e, "/pod/namespace") == ns)
+        .filter(|e| data(e, "/exec/sha256") != other.as_str())
+        .count();
+    ensure!(vouched == 0, "{vouched} events for content vouched for");
     Ok(())
 }
 

@@ -685,14 +685,16 @@ fn boot_node_guest(script: &std::path::Path, counts: &mut Counts) -> Result<()> 
 }
 
 /// The tests run on the pure cgroup v2 guest: the chart installs and turns ready, a denied
-/// exec in a Deployment's pod is killed and reported, drift is refused before it runs (the
-/// only real overlay where BPF LSM decides it), W^X is judged in a pod, and the uninstall
+/// exec in a Deployment's pod is killed and reported, drift is refused before it runs and a
+/// tool vouched for by content is held and released (the only real overlay where BPF LSM
+/// decides them), W^X is judged in a pod, and the uninstall
 /// leaves nothing; the runner adds its start-after-a-crash and host-left-as-found checks. The
 /// others would add nothing the cgroup layout decides, at TCG's pace.
-const GUEST_NODE_TESTS: [&str; 5] = [
+const GUEST_NODE_TESTS: [&str; 6] = [
     "helm_install_brings_the_agent_to_ready",
     "a_binary_copied_into_a_deployment_pod_is_killed",
     "drift_in_a_pod_is_killed_wherever_it_sits",
+    "a_tool_vouched_for_by_sha256_runs",
     "write_execute_memory_in_a_pod_is_a_violation",
     "helm_uninstall_leaves_no_program_map_or_pin_behind",
 ];

@@ -51,8 +51,11 @@ fn drifted() -> Exec {
                 fs_magic: 0x794c_7630,
                 dev: (1 << 20) | 45,
                 ino: 1234,
+                change: 1 << 40,
             },
         }),
+        // Identified by content: a digest that matched no `sha256` entry.
+        sha256: Some("ab".repeat(32)),
         ..Exec::plain("/tmp/shell", vec!["shell".into()])
     }
 }

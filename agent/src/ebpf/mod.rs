@@ -780,6 +780,11 @@ pub struct PolicyMaps {
     pub foreign_watch: Array<MapData, u64>,
     /// Slot 0: moves whenever a cgroup is made or removed.
     pub cgroup_changes: Array<MapData, u64>,
+    /// Files whose content matched a set's `sha256` entry, by set and identity.
+    pub vouched: aya::maps::HashMap<MapData, agent_common::VouchKey, u32>,
+    /// Processes to kill at their next system call exit, and those held for a decision on
+    /// their executable's content (`agent_common::pending_kill`).
+    pub pending_kills: aya::maps::HashMap<MapData, u32, u32>,
 }
 
 /// What a group of BPF LSM or fexit programs takes over when it attached (its bits into
@@ -1188,6 +1193,8 @@ impl Probes {
             compat_watch: take(ebpf, "COMPAT_WATCH")?,
             foreign_watch: take(ebpf, "FOREIGN_WATCH")?,
             cgroup_changes: take(ebpf, "CGROUP_CHANGES")?,
+            vouched: take(ebpf, "VOUCHED")?,
+            pending_kills: take(ebpf, "PENDING_KILLS")?,
         })
     }
 

@@ -12,10 +12,12 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub fn kernel_offsets(btf: Option<&Btf>) -> (KernelOffsets, Vec<String>) {
     let mut missing = Vec::new();
     let mut find = |name: &str, path: &str| -> u32 {
-        let found = if name == "ovl_inode" {
-            btf.and_then(|b| overlay_upper_from_inode(b, path))
-        } else {
-            btf.and_then(|b| b.offset_of(name, path))
+        let found = match (name, path) {
+            ("ovl_inode", _) => btf.and_then(|b| overlay_upper_from_inode(b, path)),
+            ("inode", "i_ctime_sec" | "i_ctime_nsec") => {
+                btf.and_then(|b| change_time(b, path == "i_ctime_nsec"))
+            }
+            _ => btf.and_then(|b| b.offset_of(name, path)),
         };
         match found {
             Some(off) => off,
@@ -46,6 +48,19 @@ fn overlay_upper_from_inode(btf: &Btf, member: &str) -> Option<u32> {
         (Some(upper), Some(inode)) if upper > inode => Some(upper - inode),
         _ => btf.size_of("inode"),
     }
+}
+
+/// The inode's change time, seconds or nanoseconds: two members from 6.11
+/// (`i_ctime_sec`, `i_ctime_nsec`), a `timespec64` before (`__i_ctime` from 6.6, `i_ctime`).
+fn change_time(btf: &Btf, nanoseconds: bool) -> Option<u32> {
+    let (member, field) = if nanoseconds {
+        ("i_ctime_nsec", "tv_nsec")
+    } else {
+        ("i_ctime_sec", "tv_sec")
+    };
+    btf.offset_of("inode", member)
+        .or_else(|| btf.offset_of("inode", &format!("__i_ctime.{field}")))
+        .or_else(|| btf.offset_of("inode", &format!("i_ctime.{field}")))
 }
 
 pub fn load_btf() -> Result<Btf, EbpfError> {

@@ -396,4 +396,25 @@ spec:
         let exe = crate::behaviour::exec::decide::lookup(&p, "/tmp/tool");
         assert!(!agent_common::decide::exec(1, &p.set, false, true, true, &exe, None).is_hit());
     }
+
+    /// `sha256` entries mark the set and carry their digests, once each, and make no
+    /// allowlist; a policy without them leaves the set unmarked.
+    #[test]
+    fn digests_compile_to_a_set_flag_and_the_sets_list_without_an_allowlist() {
+        let d = "ab".repeat(32);
+        let text = format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {{name: d}}\nspec:\n  namespaceSelector: {{}}\n  exec: {{drift: Deny, allow: [{{sha256: {d}}}, {{sha256: {d}}}], action: Kill}}\n"
+        );
+        let p = policies(&text);
+        let c = compile(&p.iter().collect::<Vec<_>>());
+        assert_ne!(c.set.flags & set_flags::EXEC_DIGESTS, 0);
+        assert_eq!(c.set.flags & set_flags::EXEC_ALLOWLIST, 0);
+        assert_eq!(c.digests, vec![[0xab; 32]]);
+        let plain = policies(
+            "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {name: p}\nspec:\n  namespaceSelector: {}\n  exec: {drift: Deny}\n",
+        );
+        let c = compile(&plain.iter().collect::<Vec<_>>());
+        assert_eq!(c.set.flags & set_flags::EXEC_DIGESTS, 0);
+        assert!(c.digests.is_empty());
+    }
 }

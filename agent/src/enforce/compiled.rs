@@ -53,6 +53,8 @@ pub struct CompiledSet {
     pub rules: Vec<RuleRef>,
     /// Port ranges beyond what the kernel keeps for one CIDR (logged, never silent).
     pub dropped_ranges: Vec<String>,
+    /// The `exec.allow` `sha256` digests of the set's policies: content that is not drift.
+    pub digests: Vec<[u8; 32]>,
 }
 
 impl CompiledSet {

@@ -126,6 +126,17 @@ pub struct Enforcer {
     described: std::cell::RefCell<HashMap<RuleAt, Shared<PolicyRef>>>,
 }
 
+/// What a set decides an executable's content by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentRules {
+    /// The `sha256` entries of its policies.
+    pub digests: Vec<[u8; 32]>,
+    /// Its exec action (kernel encoding).
+    pub action: u32,
+    /// The rule index of its drift rule.
+    pub drift_rule: u32,
+}
+
 /// A violation's set, rule index and section, as [`Enforcer::describe`] is asked.
 type RuleAt = (u32, u32, &'static str);
 
@@ -355,8 +366,13 @@ impl Enforcer {
         // raw `sys_exit` for the kills other hooks cannot send): attached before the set is
         // bound, or the set is not written.
         let set = &compiled.set;
-        let kills = [set.exec_action, set.connect_action, set.wx_action]
-            .contains(&u32::from(agent_common::action::KILL));
+        // A set that holds executables for a decision on their content needs the kill at a
+        // held process's first system call (someone else's `SIGCONT`), whatever its action.
+        let holds = flags & agent_common::set_flags::EXEC_DIGESTS != 0
+            && agent_common::action::refuses(set.exec_action as u16);
+        let kills = holds
+            || [set.exec_action, set.connect_action, set.wx_action]
+                .contains(&u32::from(agent_common::action::KILL));
         for hook in &mut self.late {
             if hook.program() == crate::ebpf::late::SYS_ENTER
                 && flags & agent_common::set_flags::COMPAT_DENY != 0
@@ -603,7 +619,7 @@ impl Enforcer {
             // Every policy of the set with an allowlist for this section shares the blame;
             // the first is named.
             let policy = members.iter().find(|p| match section {
-                "exec" => !p.spec.exec.allow.is_empty(),
+                "exec" => p.spec.exec.has_allowlist(),
                 "connect" => p.spec.connect.has_allowlist(),
                 _ => false,
             })?;
@@ -678,6 +694,49 @@ impl Enforcer {
             return None;
         }
         self.describe(set, agent_common::rule_id::index(v.rule), "exec")
+    }
+
+    /// What set `set` decides an executable's content by (`None`: the set is gone or has
+    /// no `sha256` entries).
+    pub fn content_rules(&self, set: u32) -> Option<ContentRules> {
+        let (compiled, _) = [&self.current, &self.previous]
+            .into_iter()
+            .flatten()
+            .find_map(|g| g.set(set))?;
+        (!compiled.digests.is_empty()).then(|| ContentRules {
+            digests: compiled.digests.clone(),
+            action: compiled.set.exec_action,
+            drift_rule: compiled.set.drift_rule,
+        })
+    }
+
+    /// Tells the kernel that the file `key` names (set, device, inode, change time) is
+    /// vouched for by its content: its next exec is not held.
+    pub fn vouch(&mut self, key: agent_common::VouchKey) -> Result<(), EnforceError> {
+        self.maps
+            .vouched
+            .insert(key, 1, 0)
+            .map_err(map_err("VOUCHED"))
+    }
+
+    /// Lets process `tgid`, held for a decision on its content, make system calls again
+    /// (before it is continued).
+    pub fn release_hold(&mut self, tgid: u32) -> Result<(), EnforceError> {
+        absent_is_removed(self.maps.pending_kills.remove(&tgid)).map_err(map_err("PENDING_KILLS"))
+    }
+
+    /// The processes the kernel holds for a decision on their content.
+    pub fn holds(&self) -> Vec<u32> {
+        self.maps
+            .pending_kills
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| {
+                *v == agent_common::pending_kill::HELD_AT_EXEC
+                    || *v == agent_common::pending_kill::HELD
+            })
+            .map(|(tgid, _)| tgid)
+            .collect()
     }
 
     /// Replaces the node-wide Service addresses (for `allowServices`). Only the difference

@@ -366,11 +366,11 @@ mod tests {
     #[test]
     fn record_sizes_match_the_kernel_side() {
         assert_eq!(size_of::<EventHeader>(), 80);
-        assert_eq!(size_of::<ExecEvent>(), 1456);
+        assert_eq!(size_of::<ExecEvent>(), 1464);
         assert_eq!(size_of::<ConnectEvent>(), 128);
         assert_eq!(size_of::<WxEvent>(), 120);
         assert_eq!(size_of::<WxRecord>(), 384);
-        assert_eq!(size_of::<agent_common::Config>(), 352);
+        assert_eq!(size_of::<agent_common::Config>(), 360);
         assert_eq!(size_of::<agent_common::PolicySet>(), 40);
         assert_eq!(size_of::<agent_common::PortRules>(), 136);
         assert_eq!(size_of::<agent_common::ExePath>(), 272);

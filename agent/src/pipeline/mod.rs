@@ -4,6 +4,7 @@
 mod aggregate;
 mod carry;
 pub mod cluster;
+pub mod content;
 mod enrich;
 mod held;
 mod intake;

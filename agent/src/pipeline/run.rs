@@ -19,6 +19,10 @@ use crate::{
     telemetry::{metrics::Telemetry, state::StateFile},
 };
 
+/// How often the processes held for a decision on their content are looked at: one held
+/// through two sweeps had no record, and is killed (`content::Content::sweep`).
+const HOLD_SWEEP: Duration = Duration::from_secs(2);
+
 /// How long the agent waits for the API server's first lists before it enforces what it has.
 const FIRST_LIST_WAIT: Duration = Duration::from_secs(20);
 
@@ -201,17 +205,21 @@ pub async fn run(
     let mut watch_ticker = tokio::time::interval(options.watch_interval);
     let mut held_ticker = tokio::time::interval(HELD_RECHECK);
     let mut windows = tokio::time::interval(WINDOW_CHECK);
+    let mut content = super::content::Content::default();
+    let mut hold_sweep = tokio::time::interval(HOLD_SWEEP);
     let mut stranded = stages.take_stranded();
     loop {
         tokio::select! {
             ev = stages.next() => {
-                let Some(ev) = ev else { break };
+                let Some(mut ev) = ev else { break };
+                content.settle(&mut enforcer, &mut ev);
                 if let Some(judgement) = judge(&enforcer, &ev) {
                     stages.dispatch(node, ev, Some(judgement), link.as_ref());
                 }
             }
             _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref()),
             _ = loss_ticker.tick() => stages.report_losses(node)?,
+            _ = hold_sweep.tick() => content.sweep(&enforcer),
             _ = windows.tick() => stages.close_windows(Some(std::time::Instant::now())),
             Some(stranded) = stranded.recv() => stages.carry_held_back(stranded),
             _ = watch_ticker.tick() => {

@@ -249,7 +249,7 @@ pub enum Drift {
 
 // Not a Rust enum: an enum with data becomes a `oneOf`, which a structural schema does not
 // allow; `minProperties`/`maxProperties` say "exactly one" instead.
-/// Exactly one of path, prefix, memfd.
+/// Exactly one of path, prefix, memfd, sha256.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
@@ -267,6 +267,12 @@ pub struct ExecMatch {
     // `null` as kube lists it for optional enums, so an explicit null passes as "absent".
     #[schemars(extend("enum" = [true, null]))]
     pub memfd: Option<bool>,
+    /// allow only, with drift: Deny: an executable whose content has this SHA-256 digest
+    /// (64 lowercase hexadecimal digits) is not drift wherever it sits, e.g. a vendored
+    /// tool copied in at start-up. Path rules still apply to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -93,4 +93,6 @@ pub enum ValueError {
     PathTooLong(usize),
     #[error("contains a NUL byte")]
     Nul,
+    #[error("{0:?} is not a SHA-256 digest: 64 lowercase hexadecimal digits, as sha256sum prints")]
+    Digest(String),
 }

@@ -49,7 +49,8 @@ pub fn path_in_kernel(path: &str) -> Result<(), UserSpaceOnly> {
 pub fn exec_rule_in_kernel(rule: &ExecRule) -> Result<(), UserSpaceOnly> {
     match rule {
         ExecRule::Path(p) | ExecRule::Prefix(p) => path_in_kernel(p),
-        ExecRule::Memfd => Ok(()),
+        // Decided in user space on the file's content; the kernel keeps only its identity.
+        ExecRule::Memfd | ExecRule::Sha256(_) => Ok(()),
     }
 }
 

@@ -164,6 +164,20 @@ impl ExecRules {
     pub fn has_rules(&self) -> bool {
         !self.allow.is_empty() || !self.deny.is_empty() || self.deny_drift
     }
+
+    /// Whether `allow` lists places (paths, prefixes, memfd): executables elsewhere are
+    /// violations. `sha256` entries alone vouch for content against drift and allow no place.
+    pub fn has_allowlist(&self) -> bool {
+        self.allow.iter().any(|r| !matches!(r, ExecRule::Sha256(_)))
+    }
+
+    /// The `sha256` entries of `allow`.
+    pub fn digests(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.allow.iter().filter_map(|r| match r {
+            ExecRule::Sha256(d) => Some(d),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -174,6 +188,8 @@ pub enum ExecRule {
     Prefix(String),
     /// Any executable run from a memfd.
     Memfd,
+    /// An executable whose content has this SHA-256 digest (allow only, against drift).
+    Sha256([u8; 32]),
 }
 
 impl ExecRule {
@@ -184,6 +200,8 @@ impl ExecRule {
             Self::Path(p) => path == p,
             Self::Prefix(p) => path.starts_with(p.as_str()),
             Self::Memfd => memfd,
+            // A digest names content, which a path does not show.
+            Self::Sha256(_) => false,
         }
     }
 }
@@ -194,6 +212,7 @@ impl fmt::Display for ExecRule {
             Self::Path(p) => write!(f, "path {p}"),
             Self::Prefix(p) => write!(f, "prefix {p}"),
             Self::Memfd => f.write_str("memfd"),
+            Self::Sha256(d) => write!(f, "sha256 {}", hex(d)),
         }
     }
 }
@@ -320,4 +339,15 @@ pub struct MemoryRules {
     /// `Deny`: every system call through the 32-bit entry is a violation.
     pub compat_syscalls: CompatSyscalls,
     pub action: Action,
+}
+
+/// Lowercase hexadecimal, as policies and events write a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

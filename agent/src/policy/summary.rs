@@ -42,11 +42,15 @@ pub fn summary(policy: &Policy) -> String {
     if !exec.has_rules() {
         line.push_str("; exec: no rules");
     } else {
-        let drift = if exec.deny_drift { " + drift" } else { "" };
+        let drift = match (exec.deny_drift, exec.digests().count()) {
+            (false, _) => String::new(),
+            (true, 0) => " + drift".into(),
+            (true, n) => format!(" + drift ({n} sha256)"),
+        };
         let _ = write!(
             line,
             "; exec: {} allow, {} deny{drift}, {:?}",
-            exec.allow.len(),
+            exec.allow.len() - exec.digests().count(),
             exec.deny.len(),
             exec.action
         );

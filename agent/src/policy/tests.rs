@@ -963,3 +963,42 @@ fn drift_deny_is_read_for_pods_and_refused_for_host_processes_by_name() {
     ok(&cluster("  hostProcesses: {}\n  exec: {drift: Allow}\n"));
     assert_refused(&web("  exec: {drift: deny}\n"), "spec.exec.drift", "");
 }
+
+#[test]
+fn sha256_entries_vouch_against_drift_only_and_bad_ones_are_refused_by_field() {
+    let digest = "a".repeat(64);
+    let p = ok(&web(&format!(
+        "  exec:\n    drift: Deny\n    allow: [{{sha256: {digest}}}, {{path: /bin/sh}}]\n    action: Kill\n"
+    )));
+    assert_eq!(p.spec.exec.digests().count(), 1);
+    // A digest is no place: alone it makes no allowlist.
+    assert!(p.spec.exec.has_allowlist());
+    let alone = ok(&web(&format!(
+        "  exec: {{drift: Deny, allow: [{{sha256: {digest}}}]}}\n"
+    )));
+    assert!(!alone.spec.exec.has_allowlist() && alone.spec.exec.has_rules());
+    assert_refused(
+        &web(&format!("  exec: {{allow: [{{sha256: {digest}}}]}}\n")),
+        "spec.exec.allow[0].sha256",
+        "does not deny",
+    );
+    assert_refused(
+        &web(&format!(
+            "  exec: {{drift: Deny, deny: [{{sha256: {digest}}}]}}\n"
+        )),
+        "spec.exec.deny[0].sha256",
+        "belongs in allow",
+    );
+    assert_refused(
+        &web("  exec: {drift: Deny, allow: [{sha256: ABCD}]}\n"),
+        "spec.exec.allow[0].sha256",
+        "64 lowercase hexadecimal digits",
+    );
+    assert_refused(
+        &web(&format!(
+            "  exec: {{drift: Deny, allow: [{{sha256: {digest}, path: /bin/sh}}]}}\n"
+        )),
+        "spec.exec.allow[0]",
+        "exactly one of path, prefix, memfd or sha256",
+    );
+}

@@ -279,6 +279,24 @@ fn exec(rules: &crd::ExecRules, host: bool, e: &mut Errors) -> ExecRules {
             let Some((key, rule)) = exec_match(m, &format!("{field}[{i}]"), e) else {
                 continue;
             };
+            if let ExecRule::Sha256(_) = rule {
+                if list_name == "deny" {
+                    e.push(
+                        format!("{field}[{i}].sha256"),
+                        "a digest vouches for content and belongs in allow; to refuse a file, \
+                         deny its place (path, prefix) or deny drift",
+                    );
+                    continue;
+                }
+                if !deny_drift {
+                    e.push(
+                        format!("{field}[{i}].sha256"),
+                        "a digest vouches for a file against drift, which this policy does not \
+                         deny: add drift: Deny to this exec section, or remove the entry",
+                    );
+                    continue;
+                }
+            }
             if let (Action::Kill | Action::Deny, Err(why)) =
                 (rules.action, limits::exec_rule_in_kernel(&rule))
             {
@@ -293,6 +311,26 @@ fn exec(rules: &crd::ExecRules, host: bool, e: &mut Errors) -> ExecRules {
     out
 }
 
+/// A SHA-256 digest as 64 lowercase hexadecimal digits.
+fn digest(text: &str) -> Result<[u8; 32], ValueError> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ValueError::Digest(text.into()));
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let nibble = |b: u8| {
+            if b.is_ascii_digit() {
+                b - b'0'
+            } else {
+                b - b'a' + 10
+            }
+        };
+        out[i] = nibble(pair[0]) << 4 | nibble(pair[1]);
+    }
+    Ok(out)
+}
+
 /// One exec match; `None` when invalid (the error is recorded). Also returns the key, for
 /// error paths.
 fn exec_match(m: &crd::ExecMatch, field: &str, e: &mut Errors) -> Option<(&'static str, ExecRule)> {
@@ -300,6 +338,7 @@ fn exec_match(m: &crd::ExecMatch, field: &str, e: &mut Errors) -> Option<(&'stat
         m.path.as_ref().map(|_| "path"),
         m.prefix.as_ref().map(|_| "prefix"),
         m.memfd.map(|_| "memfd"),
+        m.sha256.as_ref().map(|_| "sha256"),
     ]
     .into_iter()
     .flatten()
@@ -308,7 +347,7 @@ fn exec_match(m: &crd::ExecMatch, field: &str, e: &mut Errors) -> Option<(&'stat
         [] => {
             e.push(
                 field,
-                "needs exactly one of path, prefix or memfd, and has none",
+                "needs exactly one of path, prefix, memfd or sha256, and has none",
             );
             None
         }
@@ -325,6 +364,12 @@ fn exec_match(m: &crd::ExecMatch, field: &str, e: &mut Errors) -> Option<(&'stat
                     &format!("{field}.prefix"),
                     e,
                 )
+            } else if let Some(d) = &m.sha256 {
+                record(
+                    digest(d).map(|d| ("sha256", ExecRule::Sha256(d))),
+                    &format!("{field}.sha256"),
+                    e,
+                )
             } else if m.memfd == Some(true) {
                 Some(("memfd", ExecRule::Memfd))
             } else {
@@ -339,7 +384,7 @@ fn exec_match(m: &crd::ExecMatch, field: &str, e: &mut Errors) -> Option<(&'stat
             e.push(
                 field,
                 format!(
-                    "needs exactly one of path, prefix or memfd, and has {}; write one rule each",
+                    "needs exactly one of path, prefix, memfd or sha256, and has {}; write one rule each",
                     several.join(" and ")
                 ),
             );

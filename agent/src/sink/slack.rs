@@ -900,6 +900,7 @@ mod tests {
                 fs_magic: 0x0102_1994,
                 dev: 47,
                 ino: 9,
+                change: 0,
             },
         };
         let event = exec_violation_with("x", "/scratch/x", BTreeMap::new(), Some(drift));

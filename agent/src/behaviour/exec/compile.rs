@@ -16,8 +16,17 @@ pub fn compile(staging: &mut Staging, pi: usize, spec: &PolicySpec) {
             .exec_action
             .max(kernel_action(spec.effective(exec.action)));
     }
-    if !exec.allow.is_empty() {
+    if exec.has_allowlist() {
         out.set.flags |= set_flags::EXEC_ALLOWLIST;
+    }
+    // Content vouches only against drift: without a drift rule of the set there is nothing
+    // to vouch against (validation refuses such a policy alone; another policy of the set
+    // may deny drift).
+    for digest in exec.digests() {
+        out.set.flags |= set_flags::EXEC_DIGESTS;
+        if !out.digests.contains(digest) {
+            out.digests.push(*digest);
+        }
     }
     if exec.deny_drift && out.set.flags & set_flags::EXEC_DENY_DRIFT == 0 {
         out.set.flags |= set_flags::EXEC_DENY_DRIFT;
@@ -55,6 +64,7 @@ pub fn compile(staging: &mut Staging, pi: usize, spec: &PolicySpec) {
                     out.set.memfd_rule = index.into();
                 }
                 ExecRule::Memfd => out.set.flags |= set_flags::EXEC_ALLOW_MEMFD,
+                ExecRule::Sha256(_) => {}
             }
         }
     }

@@ -103,6 +103,19 @@ pub struct ExecData {
     /// Present with `drift`: where the file lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<OriginData>,
+    /// Present when the file was identified by its content: the SHA-256 digest (lowercase
+    /// hexadecimal) the agent computed of an executable outside the image, in a pod whose
+    /// policy vouches for content with `exec.allow` `sha256` entries. With `drift`, it
+    /// matched none of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
+    /// Present only when true: the executable is outside the image but not drift, as its
+    /// content matched a `sha256` entry when the agent hashed this same file (device,
+    /// inode, change time) before; reported here for another rule.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(schema_with = "only_true")]
+    pub vouched: bool,
 }
 
 /// Where a drifted file lives, as the kernel has it.
@@ -187,6 +200,8 @@ impl From<&Exec> for ExecData {
                 device: device_name(d.origin.dev),
                 inode: d.origin.ino,
             }),
+            sha256: e.sha256.clone(),
+            vouched: e.vouched,
         }
     }
 }
@@ -195,7 +210,16 @@ impl ExecData {
     /// `/usr/bin/curl curl -s x [memfd, deleted]`
     pub fn line(&self) -> String {
         let drift = self.origin.as_ref().map(OriginData::words);
+        let content = match (&self.sha256, self.drift) {
+            (Some(d), true) => Some(format!("content sha256 {d} matches no sha256 entry")),
+            (Some(d), false) => Some(format!("content sha256 {d} vouched for")),
+            (None, _) => None,
+        };
         let mut marks: Vec<&str> = drift.as_deref().into_iter().collect();
+        marks.extend(content.as_deref());
+        if self.vouched {
+            marks.push("outside the image, vouched for by its content");
+        }
         marks.extend(
             [
                 (self.prevented, "refused before it ran"),

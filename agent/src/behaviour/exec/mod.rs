@@ -47,6 +47,14 @@ pub struct Exec {
     pub drift: Option<Drift>,
     /// The policy set that applies, when `undecided`.
     pub undecided_set: Option<u32>,
+    /// An executable outside the image whose set vouches for files by content: left to
+    /// user space to hash and decide (`pipeline::content`).
+    pub content: Option<ContentCheck>,
+    /// Not drift because its identity was in the cache of files whose content a `sha256`
+    /// entry vouched for (identified by content, earlier).
+    pub vouched: bool,
+    /// The file's SHA-256 digest, when user space hashed it (lowercase hexadecimal).
+    pub sha256: Option<String>,
     /// Shared with the process cache and the event: read from the record once, copied never.
     pub args: crate::cloudevents::shared::Shared<[String]>,
     pub memfd: bool,
@@ -74,6 +82,9 @@ impl Exec {
             unjudged: false,
             drift: None,
             undecided_set: None,
+            content: None,
+            vouched: false,
+            sha256: None,
             args: args.into(),
             memfd: false,
             deleted: false,
@@ -101,6 +112,16 @@ impl Exec {
             drift: Drift::decode(e),
             undecided_set: flag(exec_flags::UNDECIDED)
                 .then(|| agent_common::rule_id::set(e.header.rule)),
+            content: flag(exec_flags::DIGEST_PENDING).then(|| ContentCheck {
+                set: agent_common::rule_id::set(e.header.rule),
+                held: flag(exec_flags::HELD),
+                drift: Drift {
+                    why: DriftWhy::of(e.flags),
+                    origin: e.origin,
+                },
+            }),
+            vouched: flag(exec_flags::VOUCHED),
+            sha256: None,
             args: split_args(&e.args, e.args_len, e.argc).into(),
             memfd: flag(exec_flags::MEMFD),
             deleted: flag(exec_flags::DELETED),
@@ -132,18 +153,37 @@ impl Drift {
         if e.flags & exec_flags::DRIFT == 0 {
             return None;
         }
-        let why = if e.flags & exec_flags::UPPER_LAYER != 0 {
-            DriftWhy::UpperLayer
-        } else if e.flags & exec_flags::WRITABLE_MOUNT != 0 {
-            DriftWhy::WritableMount
-        } else {
-            DriftWhy::Unknown
-        };
         Some(Self {
-            why,
+            why: DriftWhy::of(e.flags),
             origin: e.origin,
         })
     }
+}
+
+impl DriftWhy {
+    /// The reason among a record's flags.
+    fn of(flags: u32) -> Self {
+        if flags & exec_flags::UPPER_LAYER != 0 {
+            Self::UpperLayer
+        } else if flags & exec_flags::WRITABLE_MOUNT != 0 {
+            Self::WritableMount
+        } else {
+            Self::Unknown
+        }
+    }
+}
+
+/// An executable outside the image, in a set with `sha256` entries, that the kernel did not
+/// find in its cache of vouched files: drift unless its content matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentCheck {
+    /// The policy set that decides it.
+    pub set: u32,
+    /// The kernel stopped the process until user space decides (an action that refuses).
+    pub held: bool,
+    /// Where the file lives, and why it is outside the image: the drift it is, should its
+    /// content not match.
+    pub drift: Drift,
 }
 
 /// The name of the file system with super block magic `magic`, as `/proc/filesystems` names
