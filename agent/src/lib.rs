@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod ebpf;
 pub mod enforce;
 pub mod event;
+pub mod learn;
 pub mod memory;
 pub mod metadata;
 pub mod mountinfo;

@@ -65,6 +65,20 @@ struct AgentArgs {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// What `vigil learn` takes of the agent's options (it has no sinks).
+#[derive(clap::Args)]
+struct LearnArgs {
+    /// Where cgroup v2 is mounted (default: found in /proc/self/mountinfo).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Node name written in the policy's comments (default: $NODE_NAME, else the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Ring buffer size in bytes (a power of two and a multiple of the page size).
+    #[arg(long)]
+    ring_buffer_bytes: Option<u32>,
+}
+
 impl AgentArgs {
     /// The agent's options and its sinks (checked before anything is loaded).
     fn options(self) -> Result<(AgentOptions, Vec<Routed>)> {
@@ -156,6 +170,45 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// Write an allowlist policy from what a workload does: every exec, connect and W^X
+    /// mapping in a cgroup, for --duration, or while a command started in it runs. The policy
+    /// (mode Audit, to review) goes to stdout or -o; with --against, a JSON Patch that makes
+    /// that policy allow what the workload did goes there instead.
+    Learn {
+        #[command(flatten)]
+        agent: LearnArgs,
+        /// The cgroup to watch (relative to the cgroup v2 root). With a command: the command
+        /// runs in it (made if missing, removed after); without: a fresh one is made.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// Learn for this long (90s, 10m, 2h); with a command, at most this long (the command
+        /// is then stopped: SIGTERM, SIGKILL after 10 s).
+        #[arg(long, value_parser = vigil::learn::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// The written policy's name (default: from the command or cgroup).
+        #[arg(long)]
+        name: Option<String>,
+        /// Write the policy (or patch) here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Compare with this policy file: print what it would refuse as a JSON Patch
+        /// (`kubectl patch ... --type json --patch-file`), and what no addition can allow.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Keep the learn table in this JSON file: loaded when it exists, saved every 10 s
+        /// and at the end, so that a stopped run goes on where it stopped.
+        #[arg(long)]
+        table: Option<PathBuf>,
+        /// Executables kept one by one at most; past it, directories fold into prefixes.
+        #[arg(long, default_value_t = 1024)]
+        max_executables: usize,
+        /// A directory with this many learned executables is written as a prefix.
+        #[arg(long, default_value_t = 32)]
+        collapse_at: usize,
+        /// The command to run and learn (after --).
+        #[arg(last = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Remove the enforcement `vigil run --pin-dir` left pinned: its programs detach.
     Unpin {
         #[arg(long, default_value = vigil::ebpf::pin::DEFAULT_PIN_DIR)]
@@ -223,6 +276,47 @@ enum PolicyCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+}
+
+/// The default name of a learned policy: the command's file name, else the cgroup's last
+/// component.
+fn learned_name(options: &vigil::learn::host::HostLearn) -> String {
+    let from_command = options.command.first().and_then(|c| {
+        std::path::Path::new(c)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    });
+    let from_cgroup = options
+        .cgroup
+        .as_deref()
+        .and_then(|c| c.trim_end_matches('/').rsplit('/').next())
+        .map(str::to_owned);
+    format!(
+        "learned-{}",
+        from_command
+            .or(from_cgroup)
+            .unwrap_or_else(|| "workload".into())
+    )
+}
+
+/// `vigil learn --against`: the patch as JSON (what it cannot mend on stderr).
+fn learn_diff(table: &vigil::learn::table::LearnTable, policy: &vigil::policy::Policy) -> String {
+    let diff = vigil::learn::diff::diff(table, policy);
+    for line in &diff.additions {
+        eprintln!("{}: would refuse {line}", policy.id());
+    }
+    for line in &diff.conflicts {
+        eprintln!(
+            "{}: refuses, and no addition can allow: {line}",
+            policy.id()
+        );
+    }
+    if diff.is_empty() {
+        eprintln!("{}: allows everything the workload did", policy.id());
+    }
+    let mut text = serde_json::to_string_pretty(&diff.patch).unwrap_or_else(|_| "[]".into());
+    text.push('\n');
+    text
 }
 
 /// `vigil policy check`: results on stdout (summaries or errors) so tools read one stream.
@@ -420,9 +514,104 @@ fn main() -> Result<()> {
                 Ok(())
             })
         }
+        Command::Learn {
+            agent,
+            cgroup,
+            duration,
+            name,
+            output,
+            against,
+            table,
+            max_executables,
+            collapse_at,
+            command,
+        } => {
+            let node = agent.node_name.unwrap_or_else(vigil::node_name);
+            let options = vigil::learn::host::HostLearn {
+                agent: AgentOptions {
+                    aggregation: None,
+                    cgroup_root: agent.cgroup_root,
+                    node: node.clone(),
+                    ring_buffer_bytes: agent.ring_buffer_bytes,
+                    kernel_log: false,
+                    metrics_addr: None,
+                    pin_dir: None,
+                },
+                cgroup,
+                command,
+                duration,
+                limits: vigil::learn::table::Limits {
+                    executables: max_executables,
+                    collapse_at,
+                    ..Default::default()
+                },
+                table_file: table,
+            };
+            let default_name = learned_name(&options);
+            let against = against
+                .map(|path| -> Result<_> {
+                    let mut found = vigil::policy::load_paths(std::slice::from_ref(&path))
+                        .map_err(|errors| {
+                            for e in &errors {
+                                eprintln!("{e}");
+                            }
+                            anyhow::anyhow!("{}: the policy is refused", path.display())
+                        })?;
+                    anyhow::ensure!(
+                        found.len() == 1,
+                        "{}: --against takes a file with one policy, found {}",
+                        path.display(),
+                        found.len()
+                    );
+                    Ok(found.remove(0))
+                })
+                .transpose()?;
+            with_signals(|rx| async move {
+                let outcome = vigil::learn::host::learn(options, rx).await?;
+                if let Some(status) = outcome.exit {
+                    eprintln!("the command ended: {status}");
+                }
+                let text = match &against {
+                    Some(policy) => learn_diff(&outcome.table, policy),
+                    None => {
+                        let name = name.unwrap_or(default_name);
+                        let learned = vigil::learn::write::Learned {
+                            name: &vigil::learn::write::object_name(&name),
+                            scope: vigil::learn::write::Scope::Host {
+                                cgroup: outcome.cgroup.clone(),
+                            },
+                            table: &outcome.table,
+                            origin: format!(
+                                "on {node}, cgroup {}, until {}",
+                                outcome.cgroup,
+                                chrono::Utc::now()
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            ),
+                        };
+                        vigil::learn::write::policy_yaml(&learned)?
+                    }
+                };
+                for w in &outcome.table.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if outcome.lost > 0 {
+                    eprintln!("warning: {} events were lost while learning", outcome.lost);
+                }
+                match output {
+                    Some(path) => std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?,
+                    None => print!("{text}"),
+                }
+                Ok(())
+            })
+        }
         Command::Trace { agent, cgroup } => {
             let (agent, sinks) = agent.options()?;
-            let options = TraceOptions { agent, cgroup };
+            let options = TraceOptions {
+                agent,
+                cgroup,
+                ready: None,
+            };
             with_signals(|rx| async move {
                 let summary = pipeline::trace(&options, sinks, rx).await?;
                 tracing::info!(

@@ -202,3 +202,65 @@ fn schema_refuses_what_a_schema_can_tell() {
         );
     }
 }
+
+/// What `vigil learn` writes passes the API server's schema too, for every kind of entry it
+/// writes: paths, folded and collapsed prefixes, memfd, IPv4 and IPv6 destinations with ports
+/// and port ranges, a destination of every port, JIT runtimes, and the deny-all of a workload
+/// that connected nowhere.
+#[test]
+fn schema_accepts_what_vigil_learn_writes() {
+    use vigil::{
+        learn::{
+            table::{LearnTable, Limits},
+            write::{Learned, Scope, policy_yaml},
+        },
+        policy::Protocol,
+    };
+    let mut busy = LearnTable::new(Limits {
+        executables: 8,
+        collapse_at: 3,
+        ports: 2,
+        ..Limits::default()
+    });
+    for p in ["/usr/bin/dash", "/opt/t/a", "/opt/t/b", "/opt/t/c"] {
+        busy.exec(p, Some("container web"));
+    }
+    for i in 0..20 {
+        busy.exec(&format!("/srv/gen/x{i}"), Some("container web"));
+    }
+    busy.exec_memfd(None);
+    let lo = "127.0.0.1".parse().unwrap();
+    busy.destination(Protocol::Tcp, lo, 8080, None);
+    for port in [53, 5353, 40000] {
+        busy.destination(Protocol::Udp, "fd00::10".parse().unwrap(), port, None);
+    }
+    busy.destination(Protocol::Tcp, "10.96.0.1".parse().unwrap(), 0, None);
+    busy.write_execute(Some("/usr/bin/node"), None);
+    busy.foreign_write("ptrace", None);
+    let mut idle = LearnTable::default();
+    idle.exec("/usr/bin/true", None);
+    let scopes = [
+        Scope::Host {
+            cgroup: "/system.slice/web.service".into(),
+        },
+        Scope::Pods {
+            namespace: "shop".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+        },
+    ];
+    for table in [&busy, &idle] {
+        for scope in &scopes {
+            let text = policy_yaml(&Learned {
+                name: "learned-web",
+                scope: scope.clone(),
+                table,
+                origin: "in a test".into(),
+            })
+            .unwrap();
+            let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
+            if let Err(errors) = schema_accepts(&doc) {
+                panic!("{text}\n{}", errors.join("; "));
+            }
+        }
+    }
+}

@@ -103,6 +103,9 @@ pub struct TraceOptions {
     pub agent: AgentOptions,
     /// Limit to this cgroup (relative to the cgroup v2 root) and its descendants.
     pub cgroup: Option<String>,
+    /// Told `true` once the probes are attached and the stages run (`vigil learn` starts its
+    /// command then, so that nothing it does goes unseen).
+    pub ready: Option<watch::Sender<bool>>,
 }
 
 /// What a finished trace saw.
@@ -407,6 +410,9 @@ pub async fn trace(
     // In a cluster, events name their pod; the reflectors are only read here.
     let link = ClusterLink::connect(&common.node).await?;
     stages.telemetry.set_ready(true);
+    if let Some(ready) = &options.ready {
+        let _ = ready.send(true);
+    }
     let node = common.node.as_str();
     let mut ticker = tokio::time::interval(LOSS_REPORT_INTERVAL);
     let mut held_ticker = tokio::time::interval(HELD_RECHECK);
