@@ -238,3 +238,106 @@ fn against_a_policy_the_workload_outgrew_learn_prints_the_patch_that_allows_it()
     );
     assert!(stderr.contains("would refuse exec"), "{stderr}");
 }
+
+/// A workload that runs 100,000 distinct executables (hard links of one script) gives a
+/// policy of a few entries: the directory folded into a prefix, with a warning. The table it
+/// leaves (`--table`) is as small, and a second run goes on from it: what the first learned
+/// is still in the policy the second writes.
+#[test]
+fn a_hundred_thousand_executables_fold_into_a_prefix_and_a_stopped_run_goes_on_from_its_table() {
+    if !root_or_skip("learn-bounded") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    // Four files, 25,000 names each: a file system caps the links of one inode (ext4 at
+    // 65,000).
+    for i in 0..100_000 {
+        let name = tools.join(format!("t{i:06}"));
+        let source = tools.join(format!("t{:06}", i / 25_000 * 25_000));
+        if i % 25_000 == 0 {
+            std::fs::write(&name, "#!/bin/true\n").unwrap();
+            std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o755)).unwrap();
+        } else {
+            std::fs::hard_link(&source, name).unwrap();
+        }
+    }
+    let cg = TestCgroup::new("learn-bounded");
+    let table = dir.path().join("table.json");
+    let learn = |out: &Path, command: &[&std::ffi::OsStr]| {
+        let run = Command::new(vigil_bin())
+            .args(["learn", "--cgroup", &cg.rel, "--table"])
+            .arg(&table)
+            .arg("-o")
+            .arg(out)
+            .arg("--")
+            .args(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "vigil learn failed:\n{stderr}");
+        assert!(stderr.contains("exit status: 0"), "{stderr}");
+        std::fs::read_to_string(out).unwrap()
+    };
+    let scenario = scenario_bin();
+    let first_policy = dir.path().join("first.yaml");
+    let text = learn(
+        &first_policy,
+        &[
+            scenario.as_os_str(),
+            "exec-each".as_ref(),
+            tools.as_os_str(),
+        ],
+    );
+    let tools_prefix = format!("{}/", real(&tools));
+    let policy = vigil::policy::load_paths(std::slice::from_ref(&first_policy))
+        .unwrap()
+        .remove(0);
+    let rules: Vec<String> = policy
+        .spec
+        .exec
+        .allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        rules.contains(&format!("prefix {tools_prefix}")),
+        "{rules:?}"
+    );
+    assert!(rules.len() <= 8, "{rules:?}");
+    assert!(
+        text.contains(&format!(
+            "# warning: more than 1024 executables: the directory {tools_prefix} is allowed as a prefix"
+        )),
+        "{}",
+        text.lines().take(12).collect::<Vec<_>>().join("\n")
+    );
+    assert!(text.len() < 4096, "{} bytes", text.len());
+    let kept = std::fs::metadata(&table).unwrap().len();
+    assert!(kept < 64 * 1024, "the table file holds {kept} bytes");
+
+    // Stopped and started again: the second run adds to what the first learned.
+    let second_policy = dir.path().join("second.yaml");
+    learn(&second_policy, &["/usr/bin/id".as_ref()]);
+    let policy = vigil::policy::load_paths(std::slice::from_ref(&second_policy))
+        .unwrap()
+        .remove(0);
+    let rules: Vec<String> = policy
+        .spec
+        .exec
+        .allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        rules.contains(&format!("prefix {tools_prefix}")),
+        "{rules:?}"
+    );
+    assert!(
+        rules.contains(&format!("path {}", real(Path::new("/usr/bin/id")))),
+        "{rules:?}"
+    );
+}

@@ -53,6 +53,22 @@ pub fn deleted_exec(path: &str) -> Outcome {
     exec_fd(fd, "vigil-deleted")
 }
 
+/// Runs every file in `dir` once (name order), one after the other, each waited for: a
+/// workload that executes as many distinct paths as `dir` holds.
+pub fn exec_each(dir: &str) -> Outcome {
+    let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    for path in names {
+        let status = std::process::Command::new(&path).status()?;
+        if !status.success() {
+            return Err(Failure::Error(format!("{}: {status}", path.display())));
+        }
+    }
+    Ok(())
+}
+
 /// The first thing this program does is write `path`: if the file exists, the program ran.
 pub fn write_marker(path: &str) -> Outcome {
     std::fs::write(path, b"ran\n")?;

@@ -19,7 +19,8 @@ pub const UNSUPPORTED: u8 = 77;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: vigil-scenario <scenario> [args]\n\
-         exec:    memfd-exec | deleted-exec PATH | exec-at DIR NAME ARGS... | write-marker PATH |\n\
+         exec:    memfd-exec | deleted-exec PATH | exec-at DIR NAME ARGS... | exec-each DIR |\n\
+         \x20        write-marker PATH |\n\
          \x20        memfd-exec-marker PATH | race-exec-args COUNT | print-args ARG |\n\
          \x20        userns-exec plain PROGRAM ARGS... | userns-exec bind SOURCE TARGET ARGS... |\n\
          \x20        userns-exec tmpfs DIR SOURCE NAME ARGS... | userns-exec detached DIR NAME ARGS... |\n\
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
         ("exec-held", [program, args @ ..]) => held::exec_held(program, args),
         ("deleted-exec", [path]) => exec::deleted_exec(path),
         ("exec-at", [dir, name, args @ ..]) => exec::exec_at(dir, name, args),
+        ("exec-each", [dir]) => exec::exec_each(dir),
         ("userns-exec", [mode, rest @ ..]) => userns::run(mode, rest),
         ("tcp-connect", [addr]) => connect::tcp(addr),
         ("tcp-listen", [addr]) => connect::listen(addr),

@@ -58,8 +58,13 @@ fn record_exec(table: &mut LearnTable, data: &BehaviourData, exec: &ExecData, by
         table.exec_memfd(by);
         return;
     }
+    let on_host = data.pod.is_none();
     match data.process.exe.as_deref() {
-        Some(exe) => table.exec(exe, by),
+        Some(exe) => {
+            if table.exec(exe, by) && on_host {
+                writable_place(table, exe);
+            }
+        }
         None => {
             table.events += 1;
             table.unkept += 1;
@@ -70,18 +75,39 @@ fn record_exec(table: &mut LearnTable, data: &BehaviourData, exec: &ExecData, by
         }
     }
     if exec.script {
-        record_script(table, data.process.pid, &exec.path, by);
+        record_script(table, data.process.pid, &exec.path, by, on_host);
+    }
+}
+
+/// A learned executable in a directory anyone may write to (`/tmp`, `/dev/shm`): whoever runs
+/// there during learning, an intruder included, gets the place allowed. Said, for the review.
+/// Host paths only: a pod's path names a file in its own mount namespace.
+fn writable_place(table: &mut LearnTable, path: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(dir) = Path::new(path).parent() else {
+        return;
+    };
+    if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+        table.warn(format!(
+            "{path} was run from {}, a directory anyone may write to: make sure it is the \
+             workload's own and not something planted there",
+            dir.display()
+        ));
     }
 }
 
 /// A script: the allowlist is checked on the name it was run by (an absolute one) and on the
 /// file the interpreter opens (its real path).
-fn record_script(table: &mut LearnTable, pid: u32, name: &str, by: Option<&str>) {
-    if name.starts_with('/') && !name.starts_with("/dev/fd/") {
-        table.exec(name, by);
+fn record_script(table: &mut LearnTable, pid: u32, name: &str, by: Option<&str>, on_host: bool) {
+    if name.starts_with('/') && !name.starts_with("/dev/fd/") && table.exec(name, by) && on_host {
+        writable_place(table, name);
     }
     match real_path(pid, name) {
-        Some(real) if real != name => table.exec(&real, by),
+        Some(real) if real != name => {
+            if table.exec(&real, by) && on_host {
+                writable_place(table, &real);
+            }
+        }
         Some(_) => {}
         None => {
             table.unkept += 1;
@@ -157,5 +183,37 @@ mod tests {
             t.executables["/usr/bin/dash"].by,
             ["cgroup /learn".to_string()].into()
         );
+    }
+
+    #[test]
+    fn an_executable_in_a_directory_anyone_may_write_is_said_for_the_review() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let tool = open.join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        let tool = tool.to_str().unwrap().to_owned();
+        let mut exec = crate::event::Exec::plain(&tool, Vec::new());
+        exec.script = true;
+        let mut t = LearnTable::default();
+        record(&mut t, &event(Body::Exec(exec)));
+        assert!(t.executables.contains_key(&tool));
+        assert!(
+            t.warnings
+                .iter()
+                .any(|w| w.contains(&tool) && w.contains("anyone may write to")),
+            "{:?}",
+            t.warnings
+        );
+        // Its twin, in a directory only its owner writes: nothing to say.
+        let closed = dir.path().join("closed.sh");
+        std::fs::write(&closed, "#!/bin/sh\n").unwrap();
+        let mut exec = crate::event::Exec::plain(closed.to_str().unwrap(), Vec::new());
+        exec.script = true;
+        let mut t = LearnTable::default();
+        record(&mut t, &event(Body::Exec(exec)));
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     }
 }

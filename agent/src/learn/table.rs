@@ -137,18 +137,19 @@ impl LearnTable {
     }
 
     /// An exec of the executable at `path` (its real path, as the kernel resolved it).
-    pub fn exec(&mut self, path: &str, by: Option<&str>) {
+    /// `true` when it is a new entry of its own (not seen before, not under a prefix).
+    pub fn exec(&mut self, path: &str, by: Option<&str>) -> bool {
         self.events += 1;
         if let Err(e) = validate::check_path(path) {
             self.unkept += 1;
             self.warn(format!(
                 "an executable with a path no policy can name was run ({e}); it is not in the policy"
             ));
-            return;
+            return false;
         }
         if let Some(seen) = self.executables.get_mut(path) {
             seen.add(1, by);
-            return;
+            return false;
         }
         loop {
             if let Some((_, seen)) = self
@@ -157,7 +158,7 @@ impl LearnTable {
                 .find(|(prefix, _)| path.starts_with(prefix.as_str()))
             {
                 seen.add(1, by);
-                return;
+                return false;
             }
             if self.executables.len() + self.prefixes.len() < self.limits.executables.max(1) {
                 break;
@@ -170,12 +171,13 @@ impl LearnTable {
                      ones are not in the policy",
                     self.limits.executables
                 ));
-                return;
+                return false;
             }
         }
         let mut seen = Seen::default();
         seen.add(1, by);
         self.executables.insert(path.to_owned(), seen);
+        true
     }
 
     /// An exec of a file from a memfd.
