@@ -45,16 +45,8 @@ struct AgentArgs {
     /// whole before the agent starts.
     #[arg(long, conflicts_with = "output")]
     config: Option<PathBuf>,
-    /// Where cgroup v2 is mounted (default: found in /proc/self/mountinfo).
-    #[arg(long)]
-    cgroup_root: Option<PathBuf>,
-    /// Node name used in `source` and `subject` and to select this node's pods (default:
-    /// $NODE_NAME, else the host name).
-    #[arg(long)]
-    node_name: Option<String>,
-    /// Ring buffer size in bytes (a power of two and a multiple of the page size).
-    #[arg(long)]
-    ring_buffer_bytes: Option<u32>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Forward the kernel probes' own log (why a probe gave up on an event) to this log, at
     /// warn level. Off by default: the probes then log nothing.
     #[arg(long)]
@@ -65,13 +57,14 @@ struct AgentArgs {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
-/// What `vigil learn` takes of the agent's options (it has no sinks).
+/// Where the probes run: what every command that loads them takes (`vigil learn` only this).
 #[derive(clap::Args)]
-struct LearnArgs {
+struct NodeArgs {
     /// Where cgroup v2 is mounted (default: found in /proc/self/mountinfo).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
-    /// Node name written in the policy's comments (default: $NODE_NAME, else the host name).
+    /// Node name used in `source` and `subject` and to select this node's pods (default:
+    /// $NODE_NAME, else the host name).
     #[arg(long)]
     node_name: Option<String>,
     /// Ring buffer size in bytes (a power of two and a multiple of the page size).
@@ -82,13 +75,13 @@ struct LearnArgs {
 impl AgentArgs {
     /// The agent's options and its sinks (checked before anything is loaded).
     fn options(self) -> Result<(AgentOptions, Vec<Routed>)> {
-        let node = self.node_name.unwrap_or_else(vigil::node_name);
+        let node = self.node.node_name.unwrap_or_else(vigil::node_name);
         let (sinks, aggregation) = sinks(self.config.as_deref(), self.output, &node)?;
         let options = AgentOptions {
             aggregation,
-            cgroup_root: self.cgroup_root,
+            cgroup_root: self.node.cgroup_root,
             node,
-            ring_buffer_bytes: self.ring_buffer_bytes,
+            ring_buffer_bytes: self.node.ring_buffer_bytes,
             kernel_log: self.kernel_log,
             metrics_addr: self.metrics_addr,
             pin_dir: None,
@@ -176,9 +169,11 @@ enum Command {
     /// that policy allow what the workload did goes there instead.
     Learn {
         #[command(flatten)]
-        agent: LearnArgs,
-        /// The cgroup to watch (relative to the cgroup v2 root). With a command: the command
-        /// runs in it (made if missing, removed after); without: a fresh one is made.
+        agent: NodeArgs,
+        /// The cgroup to watch (relative to the cgroup v2 root, not the root itself). A
+        /// command runs in it (made if missing, then removed); a command without --cgroup
+        /// runs in a fresh /vigil-learn-<pid>. Without a command or --duration, learning
+        /// lasts until SIGINT or SIGTERM.
         #[arg(long)]
         cgroup: Option<String>,
         /// Learn for this long (90s, 10m, 2h); with a command, at most this long (the command

@@ -37,6 +37,20 @@ fn workload(dir: &Path) -> std::path::PathBuf {
     script
 }
 
+/// The `exec.allow` entries of the one policy in `file`, as the agent describes them.
+fn exec_allow(file: &Path) -> Vec<String> {
+    let policy = vigil::policy::load_paths(&[file.to_owned()])
+        .unwrap()
+        .remove(0);
+    policy
+        .spec
+        .exec
+        .allow
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 fn violations_in(events: &[Value], cgroup: u64) -> Vec<&Value> {
     events
         .iter()
@@ -96,13 +110,7 @@ fn a_learned_policy_lets_the_workload_run_and_refuses_anything_new() {
     let policy = vigil::policy::load_paths(std::slice::from_ref(&learned))
         .unwrap()
         .remove(0);
-    let allowed: Vec<String> = policy
-        .spec
-        .exec
-        .allow
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let allowed = exec_allow(&learned);
     let mut want = vec![
         format!("path {}", real(Path::new("/bin/sh"))),
         format!("path {}", real(Path::new("/usr/bin/cat"))),
@@ -293,16 +301,7 @@ fn a_hundred_thousand_executables_fold_into_a_prefix_and_a_stopped_run_goes_on_f
         ],
     );
     let tools_prefix = format!("{}/", real(&tools));
-    let policy = vigil::policy::load_paths(std::slice::from_ref(&first_policy))
-        .unwrap()
-        .remove(0);
-    let rules: Vec<String> = policy
-        .spec
-        .exec
-        .allow
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let rules = exec_allow(&first_policy);
     assert!(
         rules.contains(&format!("prefix {tools_prefix}")),
         "{rules:?}"
@@ -322,16 +321,7 @@ fn a_hundred_thousand_executables_fold_into_a_prefix_and_a_stopped_run_goes_on_f
     // Stopped and started again: the second run adds to what the first learned.
     let second_policy = dir.path().join("second.yaml");
     learn(&second_policy, &["/usr/bin/id".as_ref()]);
-    let policy = vigil::policy::load_paths(std::slice::from_ref(&second_policy))
-        .unwrap()
-        .remove(0);
-    let rules: Vec<String> = policy
-        .spec
-        .exec
-        .allow
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let rules = exec_allow(&second_policy);
     assert!(
         rules.contains(&format!("prefix {tools_prefix}")),
         "{rules:?}"

@@ -149,6 +149,17 @@ pub async fn learn(
         (None, false) => format!("/vigil-learn-{}", std::process::id()),
         (None, true) => return Err(LearnError::NothingToWatch),
     };
+    // A canonical path below the root: `..` would leave the cgroup tree, and `/` would make a
+    // policy for every host process out of whatever the whole host did meanwhile.
+    let below_root = if cgroup == "/" {
+        Err("the root holds every process of the host".to_owned())
+    } else {
+        crate::policy::validate::check_path(&cgroup).map_err(|e| e.to_string())
+    };
+    below_root.map_err(|reason| LearnError::Cgroup {
+        path: PathBuf::from(&cgroup),
+        reason: format!("not a cgroup below the root: {reason}"),
+    })?;
     let dir = root.join(cgroup.trim_start_matches('/'));
     let _made = if options.command.is_empty() || dir.is_dir() {
         None

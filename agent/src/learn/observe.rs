@@ -121,9 +121,13 @@ fn record_script(table: &mut LearnTable, pid: u32, name: &str, by: Option<&str>,
 }
 
 /// The real path of a script run as `name` by the process `pid`: an absolute name as it is,
-/// a relative one from the process's working directory while it still has it.
+/// a relative one from the process's working directory and `/dev/fd/N` from its descriptor,
+/// while it still has them.
 fn real_path(pid: u32, name: &str) -> Option<String> {
-    let path = if name.starts_with('/') {
+    // `/dev/fd/N` names the script's descriptor in that process, not in this one.
+    let path = if let Some(fd) = name.strip_prefix("/dev/fd/") {
+        Path::new(&format!("/proc/{pid}/fd")).join(fd)
+    } else if name.starts_with('/') {
         Path::new(name).to_path_buf()
     } else {
         Path::new(&format!("/proc/{pid}/cwd")).join(name)
@@ -215,5 +219,27 @@ mod tests {
         let mut t = LearnTable::default();
         record(&mut t, &event(Body::Exec(exec)));
         assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn a_script_run_from_a_descriptor_is_followed_in_the_process_that_holds_it() {
+        use std::os::fd::AsRawFd as _;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("by-fd.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let file = std::fs::File::open(&script).unwrap();
+        let name = format!("/dev/fd/{}", file.as_raw_fd());
+        let mut t = LearnTable::default();
+        record_script(&mut t, std::process::id(), &name, None, true);
+        let real = std::fs::canonicalize(&script).unwrap();
+        assert_eq!(
+            t.executables.keys().collect::<Vec<_>>(),
+            [real.to_str().unwrap()]
+        );
+        // Gone with its process: said, not guessed from this process's descriptors.
+        let mut t = LearnTable::default();
+        record_script(&mut t, u32::MAX, &name, None, true);
+        assert!(t.executables.is_empty());
+        assert_eq!(t.unkept, 1);
     }
 }
