@@ -1297,14 +1297,22 @@ fn a_tool_vouched_for_by_sha256_runs_wherever_it_sits_and_other_content_there_is
         out.contains("rc=137"),
         "a held process continued by another must die: exit {code}: {out}"
     );
-    // The vouched runs made no event.
-    let vouched = ctx
+    // The vouched runs made no event. The continued copy's kill may be reported without a
+    // digest: when its first system call killed it before the agent read its executable, it
+    // could not be hashed (drift, `unverifiable`).
+    let vouched: Vec<String> = ctx
         .events()?
         .into_iter()
         .filter(|e| e["type"] == "dev.vigil.exec.v1" && data(e, "/pod/namespace") == ns)
         .filter(|e| data(e, "/exec/sha256") != other.as_str())
-        .count();
-    ensure!(vouched == 0, "{vouched} events for content vouched for");
+        .filter(|e| data(e, "/process/exe") != "/scratch/again")
+        .map(|e| format!("{} {}", data(&e, "/process"), data(&e, "/exec")))
+        .collect();
+    ensure!(
+        vouched.is_empty(),
+        "{} events for content vouched for: {vouched:#?}",
+        vouched.len()
+    );
     Ok(())
 }
 
