@@ -36,8 +36,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct HostLearn {
     pub agent: AgentOptions,
-    /// The cgroup (relative to the cgroup v2 root) watched, and the command started in; with a
-    /// command and without it, a fresh one made for the run.
+    /// The cgroup (relative to the cgroup v2 root) watched, and the command started in; for a
+    /// command without one, a fresh cgroup made for the run.
     pub cgroup: Option<String>,
     /// Run this and learn until it exits.
     pub command: Vec<OsString>,
