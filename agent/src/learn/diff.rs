@@ -6,10 +6,10 @@
 use serde_json::{Value, json};
 
 use super::{
-    table::{ExecEntry, LearnTable, protocol_name},
+    table::{ExecEntry, LearnTable, port_text, protocol_name},
     write::comment_text,
 };
-use crate::policy::{ExecRule, Policy, Protocol, WriteExecute};
+use crate::policy::{ExecRule, Policy, WriteExecute};
 
 /// The patch and what it cannot mend.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -113,29 +113,24 @@ fn connect(table: &LearnTable, against: &Policy, d: &mut Diff) {
         exists: !rules.allow.is_empty(),
     };
     for dest in table.destinations.values() {
-        let ports: Vec<(u16, u16)> = match dest.range {
-            Some(r) => vec![r],
-            None => dest.ports.keys().map(|p| (*p, *p)).collect(),
-        };
-        let text = |lo: u16, hi: u16| {
-            let port = if lo == hi {
-                lo.to_string()
-            } else {
-                format!("{lo}-{hi}")
-            };
-            format!("{} {} port {port}", protocol_name(dest.protocol), dest.addr)
+        let text = |range| {
+            format!(
+                "{} {} port {}",
+                protocol_name(dest.protocol),
+                dest.addr,
+                port_text(range)
+            )
         };
         let mut missing = Vec::new();
-        for (lo, hi) in ports {
-            let each = |f: &dyn Fn(u16) -> bool| (lo..=hi).any(f);
+        for (lo, hi) in dest.port_ranges() {
             let denied = rules
                 .deny
                 .iter()
-                .position(|r| each(&|port| r.matches(dest.addr, port, dest.protocol)));
+                .position(|r| (lo..=hi).any(|port| r.matches(dest.addr, port, dest.protocol)));
             if let Some(i) = denied {
                 d.conflicts.push(format!(
                     "{}: denied by spec.connect.deny[{i}]",
-                    text(lo, hi)
+                    text((lo, hi))
                 ));
                 continue;
             }
@@ -148,27 +143,15 @@ fn connect(table: &LearnTable, against: &Policy, d: &mut Diff) {
             // `allowServices` may cover it in a cluster; a host learn cannot tell, so it is
             // listed, and the reviewer drops what is a Service.
             if rules.has_allowlist() && !covered {
-                d.additions.push(text(lo, hi));
-                missing.push(if lo == hi {
-                    lo.to_string()
-                } else {
-                    format!("{lo}-{hi}")
-                });
+                d.additions.push(text((lo, hi)));
+                missing.push((lo, hi));
             }
         }
         if !missing.is_empty() {
-            let cidr = match dest.addr {
-                std::net::IpAddr::V4(a) => format!("{a}/32"),
-                std::net::IpAddr::V6(a) => format!("{a}/128"),
-            };
-            let protocol = match dest.protocol {
-                Protocol::Tcp => "TCP",
-                Protocol::Udp => "UDP",
-            };
-            let mut value = json!({"cidr": cidr, "protocol": protocol});
+            let mut value = json!({"cidr": dest.cidr(), "protocol": protocol_name(dest.protocol)});
             // A rule's ports are 1-65535; port 0 is covered by a rule without ports only.
-            if !missing.iter().any(|p| p == "0" || p.starts_with("0-")) {
-                value["ports"] = json!(missing);
+            if missing.iter().all(|(lo, _)| *lo > 0) {
+                value["ports"] = json!(missing.into_iter().map(port_text).collect::<Vec<_>>());
             }
             allow.push(&mut d.patch, value);
         }
@@ -202,7 +185,7 @@ fn memory(table: &LearnTable, against: &Policy, d: &mut Diff) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy;
+    use crate::policy::{self, Protocol};
 
     const POLICY: &str = r#"
 apiVersion: vigil.dev/v1alpha1

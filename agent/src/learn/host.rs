@@ -193,19 +193,11 @@ pub async fn learn(
         r = ready.wait_for(|r| *r) => {
             if r.is_err() {
                 // The trace ended before it was ready: its error says why.
-                return Err(match trace.await {
-                    Ok(Err(e)) => e.into(),
-                    Ok(Ok(_)) => LearnError::TraceEnded,
-                    Err(e) => LearnError::Join(e),
-                });
+                return Err(ended_early(trace.await));
             }
         }
         r = &mut trace => {
-            return Err(match r {
-                Ok(Err(e)) => e.into(),
-                Ok(Ok(_)) => LearnError::TraceEnded,
-                Err(e) => LearnError::Join(e),
-            });
+            return Err(ended_early(r));
         }
     }
     let mut child = match options.command.split_first() {
@@ -266,6 +258,17 @@ pub async fn learn(
         exit,
         lost,
     })
+}
+
+/// Why a trace that ended before learning began did: its error, or that it just ended.
+fn ended_early(
+    result: Result<Result<pipeline::TraceSummary, pipeline::PipelineError>, tokio::task::JoinError>,
+) -> LearnError {
+    match result {
+        Ok(Err(e)) => e.into(),
+        Ok(Ok(_)) => LearnError::TraceEnded,
+        Err(e) => LearnError::Join(e),
+    }
 }
 
 /// Starts `program` in the cgroup `dir`: the child moves itself there before it execs, so

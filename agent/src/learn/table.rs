@@ -405,6 +405,33 @@ pub enum ExecEntry {
     Memfd(Seen),
 }
 
+impl Destination {
+    /// The ports seen, as inclusive ranges: each port alone, or the one range they became.
+    pub fn port_ranges(&self) -> Vec<(u16, u16)> {
+        match self.range {
+            Some(range) => vec![range],
+            None => self.ports.keys().map(|p| (*p, *p)).collect(),
+        }
+    }
+
+    /// The address as a policy's `cidr` of that one address.
+    pub fn cidr(&self) -> String {
+        match self.addr {
+            IpAddr::V4(a) => format!("{a}/32"),
+            IpAddr::V6(a) => format!("{a}/128"),
+        }
+    }
+}
+
+/// A port range as policies write it: `443` or `8000-8080`.
+pub fn port_text((lo, hi): (u16, u16)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
 /// The protocol as policies write it.
 pub fn protocol_name(protocol: Protocol) -> &'static str {
     match protocol {

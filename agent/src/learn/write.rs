@@ -6,9 +6,9 @@
 //! reads as a double-quoted scalar, and every comment has its line breaks and other control
 //! characters escaped: a file name such as `x\n  - prefix: /` stays one entry's text and never
 //! becomes a rule. What is written is loaded back as a policy before anyone sees it.
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeMap, fmt::Write as _};
 
-use super::table::{Destination, ExecEntry, LearnTable, Seen, protocol_name};
+use super::table::{ExecEntry, LearnTable, Seen, port_text, protocol_name};
 use crate::policy::{self, FieldError};
 
 /// Whom the learned policy selects.
@@ -229,21 +229,6 @@ fn exec_section(y: &mut String, t: &LearnTable) {
     y.push_str("    action: Kill\n");
 }
 
-fn cidr(addr: IpAddr) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}/32"),
-        IpAddr::V6(a) => format!("{a}/128"),
-    }
-}
-
-fn ports(dest: &Destination) -> Vec<String> {
-    match dest.range {
-        Some((lo, hi)) if lo == hi => vec![lo.to_string()],
-        Some((lo, hi)) => vec![format!("{lo}-{hi}")],
-        None => dest.ports.keys().map(u16::to_string).collect(),
-    }
-}
-
 fn connect_section(y: &mut String, t: &LearnTable) {
     y.push_str("  connect:\n");
     // Port 0 cannot be written (a rule's ports are 1-65535); a rule without ports covers it.
@@ -253,7 +238,7 @@ fn connect_section(y: &mut String, t: &LearnTable) {
             y.push_str("    allow:\n");
             any = true;
         }
-        let ports = ports(dest);
+        let ranges = dest.port_ranges();
         let what = if dest.addr.is_loopback() {
             "loopback; "
         } else {
@@ -262,13 +247,13 @@ fn connect_section(y: &mut String, t: &LearnTable) {
         let _ = writeln!(
             y,
             "      - cidr: {}  # {what}{}",
-            quoted(&cidr(dest.addr)),
+            quoted(&dest.cidr()),
             seen_text(&dest.seen, "connect")
         );
-        if ports.iter().any(|p| p == "0") {
+        if ranges.iter().any(|(lo, _)| *lo == 0) {
             y.push_str("        # port 0 was seen: every port of this address is allowed\n");
         } else {
-            let list: Vec<String> = ports.iter().map(|p| quoted(p)).collect();
+            let list: Vec<String> = ranges.into_iter().map(|r| quoted(&port_text(r))).collect();
             let _ = writeln!(y, "        ports: [{}]", list.join(", "));
         }
         let _ = writeln!(y, "        protocol: {}", protocol_name(dest.protocol));
@@ -416,6 +401,21 @@ mod tests {
         let p = policy::load_str(&text, None).unwrap().remove(0);
         assert_eq!(p.kind, policy::PolicyKind::RuntimePolicy);
         assert_eq!(p.namespace.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn ports_that_reach_down_to_zero_allow_every_port_of_the_address() {
+        let mut t = LearnTable::new(crate::learn::table::Limits {
+            ports: 1,
+            ..Default::default()
+        });
+        let lo = "127.0.0.1".parse().unwrap();
+        t.destination(Protocol::Udp, lo, 0, None);
+        t.destination(Protocol::Udp, lo, 5353, None);
+        let p = policy::load_str(&host(&t), None).unwrap().remove(0);
+        assert_eq!(p.spec.connect.allow.len(), 1);
+        assert!(p.spec.connect.allow[0].ports.is_empty());
+        assert!(p.spec.connect.allow[0].matches(lo, 0, Protocol::Udp));
     }
 
     #[test]
