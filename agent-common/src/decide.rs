@@ -24,6 +24,23 @@ impl Violation {
     pub fn is_hit(&self) -> bool {
         self.hit != 0
     }
+
+    /// An allowed act of `set`, reported for learning ([`crate::verdict::LEARNED`]): no hit,
+    /// the set in the rule.
+    #[inline(always)]
+    pub fn learned(set: u32) -> Self {
+        Self {
+            hit: 0,
+            action: 0,
+            rule: rule_id::pack(set, 0),
+        }
+    }
+
+    /// Allowed, and reported for learning when the set learns (`flags` of its policy set).
+    #[inline(always)]
+    pub fn allowed_in(set: u32, flags: u32) -> Option<Self> {
+        (flags & crate::set_flags::LEARN != 0).then(|| Self::learned(set))
+    }
 }
 
 #[inline(always)]

@@ -167,6 +167,9 @@ pub mod pending_kill {
 pub mod verdict {
     pub const OBSERVED: u16 = 0;
     pub const VIOLATION: u16 = 1;
+    /// An act allowed under a set that learns ([`super::set_flags::LEARN`]), reported for the
+    /// learn table, never for the sinks; the header's rule packs the set (index 0).
+    pub const LEARNED: u16 = 2;
 }
 
 /// The action taken on a violation; ordered, so the strongest is the largest.
@@ -251,6 +254,9 @@ bit_flags! {
         /// `exec.allow` has `sha256:` entries (with `drift: Deny`): an executable outside the
         /// image may be vouched for by its content.
         EXEC_DIGESTS,
+        /// A policy in mode `Learn` selects the bound cgroup: every exec, connect, W^X
+        /// mapping and foreign write the set allows is reported ([`super::verdict::LEARNED`]).
+        LEARN,
     }
 }
 

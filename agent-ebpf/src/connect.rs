@@ -132,6 +132,12 @@ fn decide_address(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     };
     let addr = mapped_v6(family == AF_INET, &daddr);
     let v = decide_connect(set, &ps, &addr, port, rule_protocol(protocol));
+    if !v.is_hit() {
+        if let Some(learned) = Violation::allowed_in(set, ps.flags) {
+            send(cfg, &destination, Some(learned));
+        }
+        return ALLOW;
+    }
     report(cfg, &destination, v)
 }
 
@@ -235,6 +241,9 @@ fn decide_socket(ctx: &SockContext) -> i32 {
     // Any connect rule (allow or deny) names destinations; a socket that reaches them
     // without passing the address hooks would walk around it.
     if ps.flags & (set_flags::CONNECT_ALLOWLIST | set_flags::CONNECT_RULES) == 0 {
+        if let Some(learned) = Violation::allowed_in(set, ps.flags) {
+            send(cfg, &destination, Some(learned));
+        }
         return ALLOW;
     }
     report(

@@ -22,7 +22,7 @@ use crate::{
     maps::{EVENTS, EXEC_ARGS, EXEC_PATHS, TASK_EXE},
     path::{Built, PathScratch, path_key, real_path},
     policy::mark,
-    policy::{current_set, decide_exec, enforce, fail_closed, policy_set},
+    policy::{Violation, current_set, decide_exec, enforce, fail_closed, policy_set},
     scratch::{self, Claim},
     script::Awaited,
     task::{config, current_task, header, read_kernel, read_kernel_ptr, selected},
@@ -361,11 +361,19 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         let violation = enforce(violation);
         // A file left to user space's judgement of its content is reported for it (read
         // again from map memory, as above).
+        let mut violation = violation;
         if !violation.is_hit()
             && !undecided
             && scratch.drift & u64::from(exec_flags::DIGEST_PENDING) == 0
         {
-            return Ok(());
+            // An allowed exec, reported only where the set learns (its flags read again from
+            // map memory, as above).
+            match crate::policy::policy_set_in_place(set)
+                .and_then(|ps| Violation::allowed_in(set, ps.flags))
+            {
+                Some(learned) => violation = learned,
+                None => return Ok(()),
+            }
         }
         unverified = unverifiable && violation.is_hit();
         verdict_of = Some((violation, undecided, set));

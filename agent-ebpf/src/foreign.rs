@@ -52,7 +52,7 @@ fn judge(cfg: &Config) -> Option<Violation> {
     let set = current_set();
     let ps = policy_set(set)?;
     if ps.flags & set_flags::FOREIGN_WRITES_DENY == 0 {
-        return None;
+        return Violation::allowed_in(set, ps.flags);
     }
     Some(enforce(violation(ps.wx_action, set, ps.foreign_rule)))
 }

@@ -177,11 +177,15 @@ pub fn policy_set_in_place(set: u32) -> Option<&'static PolicySet> {
     POLICY_SETS.get(set)
 }
 
-/// Marks a record's header with a violation (nothing when `v` is not one).
+/// Marks a record's header with a violation, or as learned when `v` is an allowed act of a
+/// set that learns (nothing for a plain observation).
 pub fn mark(header: &mut EventHeader, v: Violation) {
     if v.is_hit() {
         header.verdict = agent_common::verdict::VIOLATION;
         header.action = v.action;
+        header.rule = v.rule;
+    } else if v.rule != 0 {
+        header.verdict = agent_common::verdict::LEARNED;
         header.rule = v.rule;
     }
 }

@@ -220,11 +220,11 @@ pub fn decide(cfg: &Config) -> Option<Violation> {
     // together, after them (held across the lookups they would not fit the stack, see
     // `policy_set_in_place`).
     if ps.flags & set_flags::WX_DENY == 0 || exempt(set, ps.stamp) {
-        return None;
+        return Violation::allowed_in(set, ps.flags);
     }
     let (flags, action, rule) = (ps.flags, ps.wx_action, ps.wx_rule);
     if flags & set_flags::WX_DENY == 0 {
-        return None;
+        return Violation::allowed_in(set, flags);
     }
     Some(violation(action, set, rule))
 }

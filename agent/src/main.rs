@@ -152,6 +152,10 @@ enum Command {
         /// How often policy files and cgroups are checked for changes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         watch_interval_ms: u64,
+        /// How often what `Learn` policies learned is published (RuntimePolicyReport), when
+        /// it changed: `15s`, `1m`.
+        #[arg(long, default_value = "15s", value_parser = vigil::learn::parse_duration)]
+        learn_report_interval: std::time::Duration,
         /// Keep the agent's state (policies in force, bindings, refusals) as JSON in this
         /// file, replaced whole on every change.
         #[arg(long)]
@@ -486,6 +490,7 @@ fn main() -> Result<()> {
             policies,
             agent,
             watch_interval_ms,
+            learn_report_interval,
             state_file,
             pin_dir,
         } => {
@@ -498,6 +503,8 @@ fn main() -> Result<()> {
                     policies,
                     watch_interval: std::time::Duration::from_millis(watch_interval_ms.max(50)),
                     state_file,
+                    learn_report_interval: learn_report_interval
+                        .max(std::time::Duration::from_millis(100)),
                 };
                 let summary = pipeline::run::run(&options, sinks, rx).await?;
                 tracing::info!(

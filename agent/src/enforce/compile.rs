@@ -21,6 +21,12 @@ use crate::{behaviour, policy::Policy};
 pub fn compile(policies: &[&Policy]) -> CompiledSet {
     let mut staging = Staging::default();
     for (pi, policy) in policies.iter().enumerate() {
+        // A learning policy only asks the kernel to report what the set allows; its rules
+        // wait until it leaves Learn.
+        if policy.spec.mode == crate::policy::Mode::Learn {
+            staging.out.set.flags |= agent_common::set_flags::LEARN;
+            continue;
+        }
         behaviour::exec::compile::compile(&mut staging, pi, &policy.spec);
         behaviour::connect::compile::compile(&mut staging, pi, &policy.spec);
         behaviour::wx::compile::compile(&mut staging, pi, &policy.spec);
@@ -395,6 +401,29 @@ spec:
         assert_eq!(p.set.flags & set_flags::EXEC_DENY_DRIFT, 0);
         let exe = crate::behaviour::exec::decide::lookup(&p, "/tmp/tool");
         assert!(!agent_common::decide::exec(1, &p.set, false, true, true, &exe, None).is_hit());
+    }
+
+    /// A learning policy marks its set and adds no rule of its own; the other policies of
+    /// the set keep theirs.
+    #[test]
+    fn a_learning_policy_marks_the_set_and_enforces_nothing_of_its_own() {
+        let learn = policies(
+            "apiVersion: vigil.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {name: l, namespace: shop}\nspec:\n  podSelector: {}\n  mode: Learn\n  exec: {allow: [{path: /bin/sh}], action: Kill}\n  memory: {writeExecute: Deny}\n",
+        );
+        let alone = compile(&learn.iter().collect::<Vec<_>>());
+        assert_ne!(alone.set.flags & set_flags::LEARN, 0);
+        assert_eq!(
+            alone.set.flags & !set_flags::LEARN,
+            0,
+            "{:#x}",
+            alone.set.flags
+        );
+        assert!(alone.paths.is_empty());
+        let enforcing = policies(A);
+        let both = compile(&[&learn[0], &enforcing[0]]);
+        assert_ne!(both.set.flags & set_flags::LEARN, 0);
+        assert_ne!(both.set.flags & set_flags::EXEC_ALLOWLIST, 0);
+        assert_eq!(both.paths, compile(&[&enforcing[0]]).paths);
     }
 
     /// `sha256` entries mark the set and carry their digests, once each, and make no

@@ -592,6 +592,35 @@ impl Enforcer {
             .collect())
     }
 
+    /// The `Learn` policies of policy set `set` (of the generation in force or the one
+    /// before it): whose learn tables an act under the set goes into.
+    pub fn learners(&self, set: u32) -> Vec<crate::learn::recorder::LearnKey> {
+        [&self.current, &self.previous]
+            .into_iter()
+            .flatten()
+            .find_map(|g| g.set(set))
+            .map(|(_, members)| {
+                members
+                    .iter()
+                    .filter(|p| p.spec.mode == crate::policy::Mode::Learn)
+                    .map(crate::learn::recorder::LearnKey::of)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The `Learn` policies of the sets in force.
+    pub fn learning_policies(
+        &self,
+    ) -> std::collections::BTreeSet<crate::learn::recorder::LearnKey> {
+        self.current
+            .iter()
+            .flat_map(|g| g.members.iter().flatten())
+            .filter(|p| p.spec.mode == crate::policy::Mode::Learn)
+            .map(crate::learn::recorder::LearnKey::of)
+            .collect()
+    }
+
     /// Names the policy and rule behind a violation's set and rule index: once per rule and
     /// apply, then shared.
     pub fn describe(

@@ -26,6 +26,11 @@ pub enum DecodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Observed,
+    /// Allowed under policy set `set`, which learns: reported for the learn tables of its
+    /// `Learn` policies, never for the sinks.
+    Learned {
+        set: u32,
+    },
     /// A policy was violated; `action` is what the kernel did (`Kill`) or asks for (`Alert`).
     Violation {
         action: Action,
@@ -193,6 +198,10 @@ fn header(h: &EventHeader) -> Header {
                 },
                 set: agent_common::rule_id::set(h.rule),
                 rule: agent_common::rule_id::index(h.rule),
+            }
+        } else if h.verdict == agent_common::verdict::LEARNED {
+            Verdict::Learned {
+                set: agent_common::rule_id::set(h.rule),
             }
         } else {
             Verdict::Observed

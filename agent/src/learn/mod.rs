@@ -6,6 +6,8 @@
 pub mod diff;
 pub mod host;
 pub mod observe;
+pub mod recorder;
+pub mod report;
 pub mod table;
 pub mod write;
 

@@ -137,7 +137,7 @@ fn real_path(pid: u32, name: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         cloudevents::{Context, observed},
@@ -145,7 +145,7 @@ mod tests {
         metadata::process::Lineage,
     };
 
-    fn event(body: Body) -> VigilEvent {
+    pub(crate) fn event(body: Body) -> VigilEvent {
         let event = Event {
             header: Header::new(Verdict::Observed, 42, "sh"),
             body,

@@ -140,6 +140,13 @@ impl LearnTable {
     /// `true` when it is a new entry of its own (not seen before, not under a prefix).
     pub fn exec(&mut self, path: &str, by: Option<&str>) -> bool {
         self.events += 1;
+        let mut once = Seen::default();
+        once.add(1, by);
+        self.exec_seen(path, &once)
+    }
+
+    /// `path` seen as `seen` says (one exec, or another table's entry).
+    fn exec_seen(&mut self, path: &str, seen_here: &Seen) -> bool {
         if let Err(e) = validate::check_path(path) {
             self.unkept += 1;
             self.warn(format!(
@@ -148,7 +155,7 @@ impl LearnTable {
             return false;
         }
         if let Some(seen) = self.executables.get_mut(path) {
-            seen.add(1, by);
+            seen.merge(seen_here);
             return false;
         }
         loop {
@@ -157,7 +164,7 @@ impl LearnTable {
                 .iter_mut()
                 .find(|(prefix, _)| path.starts_with(prefix.as_str()))
             {
-                seen.add(1, by);
+                seen.merge(seen_here);
                 return false;
             }
             if self.executables.len() + self.prefixes.len() < self.limits.executables.max(1) {
@@ -174,10 +181,119 @@ impl LearnTable {
                 return false;
             }
         }
-        let mut seen = Seen::default();
-        seen.add(1, by);
-        self.executables.insert(path.to_owned(), seen);
+        self.executables.insert(path.to_owned(), seen_here.clone());
         true
+    }
+
+    /// Takes in what `other` (another node's table, or one kept from before a restart) saw,
+    /// within this table's limits: the union, with counts added.
+    pub fn merge(&mut self, other: &LearnTable) {
+        self.events = self.events.saturating_add(other.events);
+        self.unkept = self.unkept.saturating_add(other.unkept);
+        for text in &other.warnings {
+            self.warn(text.clone());
+        }
+        for (dir, seen) in &other.prefixes {
+            self.fold(dir);
+            if let Some(mine) = self.prefixes.get_mut(dir) {
+                mine.merge(seen);
+            }
+        }
+        // Prefixes taken in may leave more entries than the limit: fold until they fit.
+        while self.executables.len() + self.prefixes.len() > self.limits.executables.max(1) {
+            let Some(any) = self.executables.keys().next().cloned() else {
+                break;
+            };
+            if !self.fold_one(&any) {
+                break;
+            }
+        }
+        for (path, seen) in &other.executables {
+            self.exec_seen(path, seen);
+        }
+        if let Some(seen) = &other.memfd {
+            self.memfd.get_or_insert_with(Seen::default).merge(seen);
+        }
+        for (key, theirs) in &other.destinations {
+            self.merge_destination(key, theirs);
+        }
+        for (exe, seen) in &other.runtimes {
+            if self.runtimes.contains_key(exe) || self.runtimes.len() < self.limits.runtimes {
+                self.runtimes.entry(exe.clone()).or_default().merge(seen);
+            } else {
+                self.unkept = self.unkept.saturating_add(seen.count);
+            }
+        }
+        for (call, seen) in &other.foreign_writes {
+            if self.foreign_writes.len() < 16 || self.foreign_writes.contains_key(call) {
+                self.foreign_writes
+                    .entry(call.clone())
+                    .or_default()
+                    .merge(seen);
+            }
+        }
+        for (protocol, seen) in &other.other_sockets {
+            self.other_sockets
+                .entry(protocol.clone())
+                .or_default()
+                .merge(seen);
+        }
+    }
+
+    fn merge_destination(&mut self, key: &str, theirs: &Destination) {
+        if !self.destinations.contains_key(key)
+            && self.destinations.len() >= self.limits.destinations
+        {
+            self.unkept = self.unkept.saturating_add(theirs.seen.count);
+            self.warn(format!(
+                "the table holds {} destinations; later ones are not in the policy",
+                self.limits.destinations
+            ));
+            return;
+        }
+        let limit = self.limits.ports;
+        let mine = self
+            .destinations
+            .entry(key.to_owned())
+            .or_insert_with(|| Destination {
+                protocol: theirs.protocol,
+                addr: theirs.addr,
+                ports: BTreeMap::new(),
+                range: None,
+                seen: Seen::default(),
+            });
+        mine.seen.merge(&theirs.seen);
+        for (port, seen) in &theirs.ports {
+            mine.ports.entry(*port).or_default().merge(seen);
+        }
+        let bounds = mine
+            .ports
+            .keys()
+            .next()
+            .copied()
+            .zip(mine.ports.keys().next_back().copied());
+        let range = match (mine.range, theirs.range) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (one, other) => one.or(other),
+        };
+        let outgrown = mine.ports.len() > limit;
+        if range.is_some() || outgrown {
+            let (mut lo, mut hi) = range.or(bounds).unwrap_or((0, 0));
+            if let Some((first, last)) = bounds {
+                lo = lo.min(first);
+                hi = hi.max(last);
+            }
+            mine.ports.clear();
+            mine.range = Some((lo, hi));
+            if outgrown {
+                let text = format!(
+                    "{} {}: more than {limit} ports, allowed as the range {lo}-{hi}",
+                    protocol_name(mine.protocol),
+                    mine.addr
+                );
+                self.warn(text);
+            }
+        }
     }
 
     /// An exec of a file from a memfd.
@@ -449,6 +565,62 @@ mod tests {
             executables,
             ..Limits::default()
         })
+    }
+
+    /// Two nodes' tables: the union, counts added, and still within the limits.
+    #[test]
+    fn tables_merge_into_their_union_within_the_limits() {
+        let addr: IpAddr = "10.96.0.10".parse().unwrap();
+        let mut a = table(8);
+        a.exec("/bin/sh", Some("container app"));
+        a.exec("/usr/bin/curl", None);
+        a.destination(Protocol::Tcp, addr, 443, None);
+        a.write_execute(Some("/usr/bin/node"), None);
+        let mut b = table(8);
+        b.exec("/bin/sh", Some("container side"));
+        for i in 0..5 {
+            b.exec(&format!("/opt/tools/t{i}"), None);
+        }
+        b.destination(Protocol::Tcp, addr, 80, None);
+        b.destination(Protocol::Udp, addr, 53, None);
+        let mut merged = a.clone();
+        merged.merge(&b);
+        assert_eq!(merged.events, a.events + b.events);
+        assert_eq!(merged.executables["/bin/sh"].count, 2);
+        assert_eq!(
+            merged.executables["/bin/sh"].by,
+            ["container app", "container side"].map(String::from).into()
+        );
+        assert_eq!(merged.executables.len() + merged.prefixes.len(), 7);
+        let tcp = &merged.destinations["TCP 10.96.0.10"];
+        assert_eq!(tcp.ports.keys().copied().collect::<Vec<_>>(), [80, 443]);
+        assert!(merged.destinations.contains_key("UDP 10.96.0.10"));
+        assert!(merged.runtimes.contains_key("/usr/bin/node"));
+
+        // A third table over the limit folds, as taking the executables one by one would.
+        let mut c = table(8);
+        for i in 0..6 {
+            c.exec(&format!("/opt/more/m{i}"), None);
+        }
+        merged.merge(&c);
+        assert!(merged.executables.len() + merged.prefixes.len() <= 8);
+        assert!(!merged.prefixes.is_empty(), "{merged:?}");
+        assert!(merged.warnings.iter().any(|w| w.contains("as a prefix")));
+
+        // Ports past the limit become one range; a range taken in widens it.
+        let mut ports = table(8);
+        ports.limits.ports = 2;
+        let mut other = ports.clone();
+        for p in [1000, 2000] {
+            ports.destination(Protocol::Tcp, addr, p, None);
+        }
+        for p in [10, 3000, 4000] {
+            other.destination(Protocol::Tcp, addr, p, None);
+        }
+        ports.merge(&other);
+        let d = &ports.destinations["TCP 10.96.0.10"];
+        assert_eq!(d.range, Some((10, 4000)));
+        assert!(d.ports.is_empty());
     }
 
     #[test]

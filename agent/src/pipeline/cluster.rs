@@ -217,6 +217,16 @@ impl ClusterLink {
         Ok(Some(applied))
     }
 
+    /// The uid of the RuntimePolicy `key` names, as the policy store holds it.
+    pub fn policy_uid(&self, key: &crate::learn::recorder::LearnKey) -> Option<String> {
+        let ns = key.namespace.as_deref()?;
+        let found = self
+            .policy_stores
+            .runtime
+            .get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(ns))?;
+        found.metadata.uid.clone()
+    }
+
     /// The pod (and container) of a cgroup that is a pod's (`None`: a host cgroup, or one
     /// not resolved).
     pub fn lookup(&self, cgroup: Option<&container::PodCgroup>) -> PodLookup {

@@ -5,10 +5,11 @@ use std::{path::PathBuf, time::Duration};
 
 use agent_common::ThrottleKey;
 
-use super::{Judgement, held};
+use super::{Judgement, Learners, held};
 use crate::{
     cloudevents::{self, Context, NodeNames, VigilEvent},
     event,
+    learn::recorder::LearnKey,
     metadata::{
         cgroup::{CgroupPaths, Resolved},
         cluster::PodLookup,
@@ -20,10 +21,15 @@ use crate::{
 /// How long an event from a pod the store has not seen yet is held for its metadata.
 const METADATA_WAIT: Duration = Duration::from_secs(2);
 
+/// Where finished events go: with the kernel throttle's key of their record, and the
+/// `Learn` policies whose tables they go into.
+pub(crate) type Out<'a> = dyn FnMut(VigilEvent, Option<ThrottleKey>, &[LearnKey]) + 'a;
+
 /// An event waiting for its pod's metadata.
 struct Held {
     event: event::Event,
     judgement: Judgement,
+    learn: Learners,
     cgroup: Option<Resolved>,
     until: tokio::time::Instant,
 }
@@ -55,8 +61,9 @@ impl Enrich {
         node: &str,
         event: event::Event,
         judgement: Judgement,
+        learn: Learners,
         link: Option<&ClusterLink>,
-        out: &mut dyn FnMut(VigilEvent, Option<ThrottleKey>),
+        out: &mut Out<'_>,
     ) {
         let cgroup = self.cgroups.resolve(event.header.cgroup_id);
         let lookup = link.map(|l| l.lookup(cgroup.as_ref().and_then(|c| c.pod.as_deref())));
@@ -66,6 +73,7 @@ impl Enrich {
             let waiting = Held {
                 event,
                 judgement,
+                learn,
                 cgroup,
                 until,
             };
@@ -82,20 +90,21 @@ impl Enrich {
                 );
             }
             let finished = self.finish(node, &h.event, &h.judgement, h.cgroup, lookup.as_ref());
-            return self.send(out, finished, h.event.carry_key());
+            return self.send(out, finished, h.event.carry_key(), &h.learn);
         }
         let finished = self.finish(node, &event, &judgement, cgroup, lookup.as_ref());
-        self.send(out, finished, event.carry_key());
+        self.send(out, finished, event.carry_key(), &learn);
     }
 
     /// Hands `event` on with the kernel throttle's key of the record it came from.
     fn send(
         &mut self,
-        out: &mut dyn FnMut(VigilEvent, Option<ThrottleKey>),
+        out: &mut Out<'_>,
         event: VigilEvent,
         throttle: Option<ThrottleKey>,
+        learn: &[LearnKey],
     ) {
-        out(event, throttle);
+        out(event, throttle, learn);
         self.emitted += 1;
     }
 
@@ -134,7 +143,7 @@ impl Enrich {
         &mut self,
         node: &str,
         link: Option<&ClusterLink>,
-        out: &mut dyn FnMut(VigilEvent, Option<ThrottleKey>),
+        out: &mut Out<'_>,
         all: bool,
     ) {
         let now = tokio::time::Instant::now();
@@ -150,7 +159,7 @@ impl Enrich {
                 h
             };
             let finished = self.finish(node, &h.event, &h.judgement, h.cgroup, lookup.as_ref());
-            self.send(out, finished, h.event.carry_key());
+            self.send(out, finished, h.event.carry_key(), &h.learn);
         }
     }
 }

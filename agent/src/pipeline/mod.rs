@@ -8,6 +8,7 @@ pub mod content;
 mod enrich;
 mod held;
 mod intake;
+mod learning;
 mod losses;
 mod pins;
 mod policy_files;
@@ -117,6 +118,8 @@ pub struct TraceSummary {
 
 /// A verdict on an event: `None` for an observed one, else the policy and what was done.
 pub(crate) type Judgement = Option<(crate::cloudevents::shared::Shared<PolicyRef>, Action)>;
+/// The `Learn` policies whose tables an event goes into (none outside a learning set).
+pub(crate) type Learners = Vec<crate::learn::recorder::LearnKey>;
 
 /// What `vigil trace` and `vigil run` share: the stages, wired together. Each stage does its
 /// own job; this only owns them and passes events along.
@@ -129,6 +132,8 @@ pub(crate) struct Stages {
     stranded: Option<tokio::sync::mpsc::Receiver<carry::Stranded>>,
     losses: losses::Losses,
     out: FanOut,
+    /// The tables of the `Learn` policies in force (`vigil run`).
+    pub(crate) learn: crate::learn::recorder::Recorder,
     pub(crate) telemetry: std::sync::Arc<Telemetry>,
     /// The `--metrics-addr` server, stopped with the stages.
     _server: Option<server::Server>,
@@ -141,9 +146,22 @@ fn forward<'a>(
     aggregate: &'a mut Option<aggregate::Aggregator>,
     carry: &'a mut carry::Carry,
     out: &'a FanOut,
+    learn: &'a mut crate::learn::recorder::Recorder,
     telemetry: &'a Telemetry,
-) -> impl FnMut(crate::cloudevents::VigilEvent, Option<agent_common::ThrottleKey>) + 'a {
-    move |event, throttle| {
+) -> impl FnMut(
+    crate::cloudevents::VigilEvent,
+    Option<agent_common::ThrottleKey>,
+    &[crate::learn::recorder::LearnKey],
+) + 'a {
+    move |event, throttle, learners| {
+        if !learners.is_empty() {
+            learn.record(learners, &event);
+            // An act allowed while learning is for the tables alone; a violation of another
+            // policy of the set goes on to the sinks as well.
+            if event.verdict == crate::cloudevents::VerdictName::Observed {
+                return;
+            }
+        }
         let event = std::sync::Arc::new(event);
         // A count stranded before this record came through goes out right after it.
         let carried = throttle
@@ -254,6 +272,7 @@ impl Stages {
             stranded: Some(stranded),
             losses,
             out,
+            learn: crate::learn::recorder::Recorder::default(),
             telemetry,
             _server: server,
         })
@@ -269,15 +288,18 @@ impl Stages {
         node: &str,
         event: crate::event::Event,
         judgement: Judgement,
+        learn: Learners,
         link: Option<&ClusterLink>,
     ) {
         let mut out = forward(
             &mut self.aggregate,
             &mut self.carry,
             &self.out,
+            &mut self.learn,
             &self.telemetry,
         );
-        self.enrich.dispatch(node, event, judgement, link, &mut out);
+        self.enrich
+            .dispatch(node, event, judgement, learn, link, &mut out);
     }
 
     pub(crate) fn has_held(&self) -> bool {
@@ -289,6 +311,7 @@ impl Stages {
             &mut self.aggregate,
             &mut self.carry,
             &self.out,
+            &mut self.learn,
             &self.telemetry,
         );
         self.enrich.release_held(node, link, &mut out, false);
@@ -321,10 +344,11 @@ impl Stages {
             &mut self.aggregate,
             &mut self.carry,
             &self.out,
+            &mut self.learn,
             &self.telemetry,
         );
         for event in carried {
-            out(event, None);
+            out(event, None, &[]);
         }
     }
 
@@ -347,6 +371,7 @@ impl Stages {
                 &mut self.aggregate,
                 &mut self.carry,
                 &self.out,
+                &mut self.learn,
                 &self.telemetry,
             );
             self.enrich.release_held(node, link, &mut out, true);
@@ -421,7 +446,7 @@ pub async fn trace(
         tokio::select! {
             ev = stages.next() => {
                 let Some(ev) = ev else { break };
-                stages.dispatch(node, ev, None, link.as_ref());
+                stages.dispatch(node, ev, None, Vec::new(), link.as_ref());
             }
             _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref()),
             _ = ticker.tick() => stages.report_losses(node)?,

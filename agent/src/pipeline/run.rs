@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use super::{
     AgentOptions, HELD_RECHECK, LOSS_REPORT_INTERVAL, PipelineError, Stages, TraceSummary,
     WINDOW_CHECK,
+    learning::{Learning, learners_of},
     policy_files::{Look, PolicyFiles},
     verdict::judge,
 };
@@ -35,6 +36,8 @@ pub struct RunOptions {
     pub watch_interval: Duration,
     /// Where the agent keeps its state as JSON (`--state-file`).
     pub state_file: Option<PathBuf>,
+    /// How often the tables of `Learn` policies are published when they changed.
+    pub learn_report_interval: Duration,
 }
 
 fn refused(errors: &[FieldError], state: &mut StateFile) -> Result<(), PipelineError> {
@@ -208,15 +211,27 @@ pub async fn run(
     let mut content = super::content::Content::default();
     let mut hold_sweep = tokio::time::interval(HOLD_SWEEP);
     let mut stranded = stages.take_stranded();
+    let mut learning = Learning::new(link.as_ref(), node);
+    learning.follow(&enforcer, &mut stages.learn);
+    let mut learn_ticker = tokio::time::interval(options.learn_report_interval);
     loop {
         tokio::select! {
             ev = stages.next() => {
                 let Some(mut ev) = ev else { break };
                 content.settle(&mut enforcer, &mut ev);
-                if let Some(judgement) = judge(&enforcer, &ev) {
-                    stages.dispatch(node, ev, Some(judgement), link.as_ref());
+                let learn = learners_of(&enforcer, &ev);
+                match judge(&enforcer, &ev) {
+                    Some(judgement) => {
+                        stages.dispatch(node, ev, Some(judgement), learn, link.as_ref());
+                    }
+                    None if !learn.is_empty() => {
+                        stages.dispatch(node, ev, None, learn, link.as_ref());
+                    }
+                    None => {}
                 }
             }
+            _ = learn_ticker.tick() => learning.tick(&mut stages.learn, link.as_ref()),
+            Some(answer) = learning.answer() => learning.settle(answer, &mut stages.learn),
             _ = held_ticker.tick(), if stages.has_held() => stages.release_held(node, link.as_ref()),
             _ = loss_ticker.tick() => stages.report_losses(node)?,
             _ = hold_sweep.tick() => content.sweep(&enforcer),
@@ -237,6 +252,7 @@ pub async fn run(
                     Look::Read(Err(errors)) => refused(&errors, &mut state)?,
                 }
                 sync(&mut enforcer, link.as_mut(), &file_policies, reloaded, &root, &mut state)?;
+                learning.follow(&enforcer, &mut stages.learn);
                 let rebound = enforcer.refresh()?;
                 if !rebound.is_empty() {
                     tracing::info!(paths = ?rebound, "policies bound to new cgroups");
@@ -244,6 +260,7 @@ pub async fn run(
             }
         }
     }
+    learning.last(&mut stages.learn, link.as_ref()).await;
     let summary = stages.finish(node, link.as_ref()).await;
     if let Some(dir) = &common.pin_dir {
         super::pins::release(dir, link.as_ref().map(|l| &l.client)).await;

@@ -56,6 +56,8 @@ pub(super) fn judge(enforcer: &impl Rules, ev: &Event) -> Option<(Shared<PolicyR
             });
             Some((policy, action))
         }
+        // Allowed: for the learn tables only.
+        Verdict::Learned { .. } => None,
         Verdict::Observed => {
             let Body::Exec(exec) = &ev.body else {
                 return None;

@@ -186,6 +186,11 @@ pub enum Mode {
     Enforce,
     /// Violations are reported, never killed (a dry run of `Kill`).
     Audit,
+    /// Nothing is enforced or reported: every exec, connect and W^X mapping of the selected
+    /// pods goes into a bounded per-node table the agent publishes as a
+    /// `RuntimePolicyReport`, from which `vigil learn` writes the policy (`docs/learn.md`).
+    /// The policy's own rules are not enforced while it learns.
+    Learn,
 }
 
 // Ordered so that the strongest action is the largest.
@@ -397,14 +402,18 @@ pub const GENERATED_HEADER: &str =
 /// The Helm chart's CRD files as `cargo xtask crd` writes them: (file name, YAML text).
 pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml_ng::Error> {
     use kube::CustomResourceExt;
-    [RuntimePolicy::crd(), ClusterRuntimePolicy::crd()]
-        .into_iter()
-        .map(|crd| {
-            let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default());
-            Ok((
-                name,
-                format!("{GENERATED_HEADER}{}", serde_yaml_ng::to_string(&crd)?),
-            ))
-        })
-        .collect()
+    [
+        RuntimePolicy::crd(),
+        ClusterRuntimePolicy::crd(),
+        crate::learn::report::RuntimePolicyReport::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default());
+        Ok((
+            name,
+            format!("{GENERATED_HEADER}{}", serde_yaml_ng::to_string(&crd)?),
+        ))
+    })
+    .collect()
 }

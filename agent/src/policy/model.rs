@@ -81,7 +81,9 @@ impl PolicySpec {
     pub fn effective(&self, action: Action) -> Action {
         match self.mode {
             Mode::Enforce => action,
-            Mode::Audit => Action::Alert,
+            // A learning policy's rules are not compiled (`enforce::compile`); named here for
+            // completeness: never stronger than an alert.
+            Mode::Audit | Mode::Learn => Action::Alert,
         }
     }
 }

@@ -1002,3 +1002,24 @@ fn sha256_entries_vouch_against_drift_only_and_bad_ones_are_refused_by_field() {
         "exactly one of path, prefix, memfd or sha256",
     );
 }
+
+/// Learning is per workload: a ClusterRuntimePolicy in mode Learn is refused naming the field.
+#[test]
+fn learn_mode_is_refused_on_a_cluster_policy_by_field() {
+    let errors = load_str(
+        "apiVersion: vigil.dev/v1alpha1\nkind: ClusterRuntimePolicy\nmetadata: {name: l}\nspec:\n  hostProcesses: {}\n  mode: Learn\n",
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.to_string().contains("spec.mode")
+            && e.to_string().contains("vigil learn --cgroup")),
+        "{errors:?}"
+    );
+    let ok = load_str(
+        "apiVersion: vigil.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {name: l, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  mode: Learn\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(ok[0].spec.mode, Mode::Learn);
+}

@@ -106,6 +106,12 @@ pub fn cluster_runtime_policy(object: &ClusterRuntimePolicy) -> Result<Policy, V
              hostProcesses (processes outside pods; {} selects all), or both",
         );
     }
+    if spec.mode == crd::Mode::Learn {
+        e.push(
+            "spec.mode",
+            "Learn is for a RuntimePolicy (one workload's pods, whose agents publish what they              learn beside it); learn host processes with `vigil learn --cgroup PATH` or              `vigil learn -- COMMAND`",
+        );
+    }
     let body = Body {
         containers: spec.containers.as_ref(),
         exec: spec.exec.as_ref(),

@@ -1,0 +1,241 @@
+//! `RuntimePolicyReport`: what one node's agent learned for one `Learn` RuntimePolicy. One
+//! object per policy and node, beside the policy and owned by it (deleting the policy deletes
+//! its reports); the agent writes it with server-side apply and reads it back after a
+//! restart, and `vigil learn --namespace` merges the nodes' reports into the policy it writes.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{
+    Api, Client, CustomResource,
+    api::{ListParams, Patch, PatchParams},
+};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{recorder::LearnKey, table::LearnTable};
+
+/// The longest object name the API server accepts (a DNS subdomain).
+const NAME_MAX: usize = 253;
+
+/// What a node learned for a policy.
+#[expect(
+    clippy::duplicated_attributes,
+    reason = "two printer columns are both strings: the lint takes their `type_` for a repeat"
+)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "vigil.dev",
+    version = "v1alpha1",
+    kind = "RuntimePolicyReport",
+    namespaced,
+    shortname = "rpreport",
+    category = "vigil",
+    doc = "What the pods a RuntimePolicy in mode Learn selects did on one node, as that \
+           node's Vigil agent learned it; `vigil learn` merges the reports into a policy.",
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy")
+)]
+#[kube(printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"))]
+#[kube(printcolumn(name = "Events", type_ = "integer", json_path = ".spec.events"))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimePolicyReportSpec {
+    /// The RuntimePolicy (of this namespace) that learns.
+    pub policy: String,
+    /// The node whose agent learned this.
+    pub node: String,
+    /// Events taken in.
+    pub events: u64,
+    /// The bounded learn table (`docs/learn.md`): executables, destinations, JIT runtimes
+    /// and the warnings a review needs.
+    #[schemars(schema_with = "any_object")]
+    pub table: serde_json::Value,
+}
+
+fn any_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("RuntimePolicyReport {namespace}/{name}: {source}")]
+    Api {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("RuntimePolicyReport {namespace}/{name}: spec.table: {source}")]
+    Table {
+        namespace: String,
+        name: String,
+        source: serde_json::Error,
+    },
+    #[error("{policy}: only a RuntimePolicy learns in a cluster")]
+    NotNamespaced { policy: String },
+}
+
+/// The report's name: `<policy>.<node>`, both DNS subdomains; a longer one is cut and a hash
+/// of the whole keeps two names that share a beginning apart.
+pub fn report_name(policy: &str, node: &str) -> String {
+    let whole = format!("{policy}.{node}");
+    if whole.len() <= NAME_MAX {
+        return whole;
+    }
+    // FNV-1a: stable across builds, so a node keeps its report over agent upgrades.
+    let hash = whole.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let keep = NAME_MAX - 17;
+    // DNS subdomains are ASCII: any byte offset is a character boundary. A cut ending in `.`
+    // or `-` would not be a valid name; the hash follows a `-`, so trim those first.
+    let cut = whole[..keep].trim_end_matches(['.', '-']);
+    format!("{cut}-{hash:016x}")
+}
+
+/// Reads and writes this node's reports.
+pub struct Reports {
+    client: Client,
+    node: String,
+    params: PatchParams,
+}
+
+impl Reports {
+    pub fn new(client: Client, node: &str) -> Self {
+        Self {
+            client,
+            node: node.into(),
+            // This node's report is this manager's alone.
+            params: PatchParams::apply(&crate::policy::status::field_manager(node)).force(),
+        }
+    }
+
+    fn api(&self, key: &LearnKey) -> Result<(Api<RuntimePolicyReport>, String), ReportError> {
+        let Some(ns) = &key.namespace else {
+            return Err(ReportError::NotNamespaced {
+                policy: key.to_string(),
+            });
+        };
+        Ok((
+            Api::namespaced(self.client.clone(), ns),
+            report_name(&key.name, &self.node),
+        ))
+    }
+
+    /// What this node's report for `key` kept, if there is one.
+    pub async fn fetch(&self, key: &LearnKey) -> Result<Option<LearnTable>, ReportError> {
+        let (api, name) = self.api(key)?;
+        let namespace = key.namespace.clone().unwrap_or_default();
+        let Some(report) = api
+            .get_opt(&name)
+            .await
+            .map_err(|source| ReportError::Api {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source,
+            })?
+        else {
+            return Ok(None);
+        };
+        table_of(&report).map(Some)
+    }
+
+    /// Writes `table` as this node's report for `key`, owned by the policy (`owner_uid`).
+    pub async fn publish(
+        &self,
+        key: &LearnKey,
+        owner_uid: &str,
+        table: &LearnTable,
+    ) -> Result<(), ReportError> {
+        let (api, name) = self.api(key)?;
+        let namespace = key.namespace.clone().unwrap_or_default();
+        let owner = OwnerReference {
+            api_version: "vigil.dev/v1alpha1".into(),
+            kind: "RuntimePolicy".into(),
+            name: key.name.clone(),
+            uid: owner_uid.into(),
+            ..OwnerReference::default()
+        };
+        let body = json!({
+            "apiVersion": "vigil.dev/v1alpha1",
+            "kind": "RuntimePolicyReport",
+            "metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner]},
+            "spec": {
+                "policy": key.name,
+                "node": self.node,
+                "events": table.events,
+                "table": table,
+            },
+        });
+        api.patch(&name, &self.params, &Patch::Apply(&body))
+            .await
+            .map(drop)
+            .map_err(|source| ReportError::Api {
+                namespace,
+                name,
+                source,
+            })
+    }
+}
+
+/// The table a report holds.
+pub fn table_of(report: &RuntimePolicyReport) -> Result<LearnTable, ReportError> {
+    serde_json::from_value(report.spec.table.clone()).map_err(|source| ReportError::Table {
+        namespace: report.metadata.namespace.clone().unwrap_or_default(),
+        name: report.metadata.name.clone().unwrap_or_default(),
+        source,
+    })
+}
+
+/// Every node's report for RuntimePolicy `namespace/policy`: (node, table).
+pub async fn all_for(
+    client: &Client,
+    namespace: &str,
+    policy: &str,
+) -> Result<Vec<(String, LearnTable)>, ReportError> {
+    let api: Api<RuntimePolicyReport> = Api::namespaced(client.clone(), namespace);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ReportError::Api {
+            namespace: namespace.into(),
+            name: format!("(reports of {policy})"),
+            source,
+        })?;
+    list.items
+        .iter()
+        .filter(|r| r.spec.policy == policy)
+        .map(|r| Ok((r.spec.node.clone(), table_of(r)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_names_fit_the_api_servers_limit_and_stay_apart() {
+        assert_eq!(report_name("web", "node-a"), "web.node-a");
+        let long_node = "n".repeat(250);
+        let a = report_name("web", &long_node);
+        let b = report_name("web", &format!("{long_node}x"));
+        assert!(a.len() <= NAME_MAX && b.len() <= NAME_MAX);
+        assert_ne!(a, b);
+        assert_eq!(a, report_name("web", &long_node), "stable");
+        let dotted = report_name(&"p".repeat(235), &"n".repeat(40));
+        assert!(!dotted.contains(".-"), "{dotted}");
+    }
+
+    #[test]
+    fn the_schema_keeps_the_table_whole() {
+        use kube::CustomResourceExt as _;
+        let crd = serde_json::to_value(RuntimePolicyReport::crd()).unwrap();
+        let table = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["table"];
+        assert_eq!(table["x-kubernetes-preserve-unknown-fields"], true);
+    }
+}
