@@ -204,6 +204,22 @@ enum Command {
         /// A directory with this many learned executables is written as a prefix.
         #[arg(long, default_value_t = 32)]
         collapse_at: usize,
+        /// Learn in the cluster instead, through the agents already deployed: the pods of
+        /// this namespace that --selector picks (a RuntimePolicy in mode Learn is put in
+        /// place for them, and taken away at the end).
+        #[arg(long, conflicts_with_all = ["cgroup", "command", "table"])]
+        namespace: Option<String>,
+        /// With --namespace: the pods' labels, `app=web,tier=front` (matchLabels).
+        #[arg(long, requires = "namespace")]
+        selector: Option<String>,
+        /// With --namespace: after --duration, how long the agents have for their last
+        /// reports (they publish every --learn-report-interval, 15 s by default).
+        #[arg(long, default_value = "20s", value_parser = vigil::learn::parse_duration, requires = "namespace")]
+        report_wait: std::time::Duration,
+        /// With --namespace: leave the Learn policy in place (learning goes on; run again to
+        /// take up what it learned since).
+        #[arg(long, requires = "namespace")]
+        keep_learning: bool,
         /// The command to run and learn (after --).
         #[arg(last = true)]
         command: Vec<std::ffi::OsString>,
@@ -296,6 +312,45 @@ fn learned_name(options: &vigil::learn::host::HostLearn) -> String {
             .or(from_cgroup)
             .unwrap_or_else(|| "workload".into())
     )
+}
+
+/// `vigil learn --against FILE`: the one policy in the file.
+fn against_policy(path: &std::path::Path) -> Result<vigil::policy::Policy> {
+    let mut found = vigil::policy::load_paths(&[path.to_path_buf()]).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{}: the policy is refused", path.display())
+    })?;
+    anyhow::ensure!(
+        found.len() == 1,
+        "{}: --against takes a file with one policy, found {}",
+        path.display(),
+        found.len()
+    );
+    Ok(found.remove(0))
+}
+
+/// The end of `vigil learn`: warnings on stderr, the policy or patch to `output` or stdout.
+fn finish_learn(
+    warnings: &std::collections::BTreeSet<String>,
+    lost: u64,
+    output: Option<&std::path::Path>,
+    text: &str,
+) -> Result<()> {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    if lost > 0 {
+        eprintln!("warning: {lost} events were lost while learning");
+    }
+    match output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 /// `vigil learn --against`: the patch as JSON (what it cannot mend on stderr).
@@ -526,8 +581,67 @@ fn main() -> Result<()> {
             table,
             max_executables,
             collapse_at,
+            namespace,
+            selector,
+            report_wait,
+            keep_learning,
             command,
         } => {
+            let limits = vigil::learn::table::Limits {
+                executables: max_executables,
+                collapse_at,
+                ..Default::default()
+            };
+            let against = against.as_deref().map(against_policy).transpose()?;
+            if let Some(namespace) = namespace {
+                let labels =
+                    vigil::learn::cluster::parse_selector(selector.as_deref().unwrap_or(""))
+                        .map_err(|e| anyhow::anyhow!("--selector {e}"))?;
+                let name = vigil::learn::write::object_name(&name.unwrap_or_else(|| {
+                    let of = labels.values().next().map_or("pods", String::as_str);
+                    format!("learned-{of}")
+                }));
+                let options = vigil::learn::cluster::ClusterLearn {
+                    namespace,
+                    labels,
+                    name,
+                    duration,
+                    report_wait,
+                    limits,
+                    keep: keep_learning,
+                };
+                return with_signals(|rx| async move {
+                    let client = kube::Client::try_default().await.context(
+                        "connecting to the cluster (KUBECONFIG, ~/.kube/config or in-cluster)",
+                    )?;
+                    let outcome = vigil::learn::cluster::learn(client, &options, rx).await?;
+                    eprintln!(
+                        "reports from {} node(s): {}",
+                        outcome.nodes.len(),
+                        outcome.nodes.join(", ")
+                    );
+                    let text = match &against {
+                        Some(policy) => learn_diff(&outcome.table, policy),
+                        None => vigil::learn::write::policy_yaml(&vigil::learn::write::Learned {
+                            name: &options.name,
+                            scope: vigil::learn::write::Scope::Pods {
+                                namespace: options.namespace.clone(),
+                                labels: options.labels.clone(),
+                            },
+                            table: &outcome.table,
+                            services: outcome.services,
+                            origin: format!(
+                                "in namespace {} on node(s) {}, until {}",
+                                options.namespace,
+                                outcome.nodes.join(", "),
+                                chrono::Utc::now()
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            ),
+                        })?,
+                    };
+                    finish_learn(&outcome.table.warnings, 0, output.as_deref(), &text)
+                });
+            }
             let node = agent.node_name.unwrap_or_else(vigil::node_name);
             let options = vigil::learn::host::HostLearn {
                 agent: AgentOptions {
@@ -542,32 +656,10 @@ fn main() -> Result<()> {
                 cgroup,
                 command,
                 duration,
-                limits: vigil::learn::table::Limits {
-                    executables: max_executables,
-                    collapse_at,
-                    ..Default::default()
-                },
+                limits,
                 table_file: table,
             };
             let default_name = learned_name(&options);
-            let against = against
-                .map(|path| -> Result<_> {
-                    let mut found = vigil::policy::load_paths(std::slice::from_ref(&path))
-                        .map_err(|errors| {
-                            for e in &errors {
-                                eprintln!("{e}");
-                            }
-                            anyhow::anyhow!("{}: the policy is refused", path.display())
-                        })?;
-                    anyhow::ensure!(
-                        found.len() == 1,
-                        "{}: --against takes a file with one policy, found {}",
-                        path.display(),
-                        found.len()
-                    );
-                    Ok(found.remove(0))
-                })
-                .transpose()?;
             with_signals(|rx| async move {
                 let outcome = vigil::learn::host::learn(options, rx).await?;
                 if let Some(status) = outcome.exit {
@@ -583,6 +675,7 @@ fn main() -> Result<()> {
                                 cgroup: outcome.cgroup.clone(),
                             },
                             table: &outcome.table,
+                            services: vigil::learn::write::ServiceIndex::new(),
                             origin: format!(
                                 "on {node}, cgroup {}, until {}",
                                 outcome.cgroup,
@@ -593,18 +686,12 @@ fn main() -> Result<()> {
                         vigil::learn::write::policy_yaml(&learned)?
                     }
                 };
-                for w in &outcome.table.warnings {
-                    eprintln!("warning: {w}");
-                }
-                if outcome.lost > 0 {
-                    eprintln!("warning: {} events were lost while learning", outcome.lost);
-                }
-                match output {
-                    Some(path) => std::fs::write(&path, text)
-                        .with_context(|| format!("writing {}", path.display()))?,
-                    None => print!("{text}"),
-                }
-                Ok(())
+                finish_learn(
+                    &outcome.table.warnings,
+                    outcome.lost,
+                    output.as_deref(),
+                    &text,
+                )
             })
         }
         Command::Trace { agent, cgroup } => {

@@ -1249,3 +1249,282 @@ fn a_violation_in_a_pod_shows_as_an_event_on_the_pod() {
     eprintln!("the violation of pid {pid} became an Event on web-0");
     agent.stop();
 }
+
+impl NetNs {
+    /// Runs `program` inside the namespace as a process of `pod`, with `envs`.
+    fn run_from(
+        &self,
+        pod: &StagedPod,
+        program: &Path,
+        envs: &[(&str, &str)],
+    ) -> std::process::ExitStatus {
+        in_cgroup(&pod.container, "ip")
+            .args(["netns", "exec", &self.name])
+            .arg(program)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+    }
+}
+
+/// The RuntimePolicyReport of `policy` for `node` in `ns`, as JSON (`None` while there is none).
+fn learn_report(c: &Cluster, ns: &str, policy: &str, node: &str) -> Option<serde_json::Value> {
+    let out = c
+        .plane
+        .kubectl_ok(["get", "runtimepolicyreports", "-n", ns, "-o", "json"])
+        .ok()?;
+    let list: serde_json::Value = serde_json::from_str(&out).ok()?;
+    list["items"]
+        .as_array()?
+        .iter()
+        .find(|r| r["spec"]["policy"] == policy && r["spec"]["node"] == node)
+        .cloned()
+}
+
+/// Learned in the cluster: `vigil learn --namespace` puts a Learn policy in place, the agent
+/// (with the chart's role) records the workload and publishes its report, a restart of the
+/// agent keeps what was learned before it, and the written policy, applied through the API
+/// server in Enforce mode, lets the workload run and refuses anything new.
+#[test]
+fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused() {
+    let Some(c) = Cluster::start("learn") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, kubeconfig) = c.chart_account(tmp.path(), str::to_string);
+    c.namespace("shop", "env: prod");
+    let pod = c.pod("shop", "web-0", "app: web", None);
+    c.plane.apply("apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec: {ports: [{port: 5432, protocol: TCP}], selector: {app: db}}\n").unwrap();
+    let vip = cluster_ip(&c, "shop", "db");
+    assert!(
+        vip.starts_with("10.96."),
+        "ClusterIP {vip} outside the test's Service CIDR"
+    );
+    let mut netns = NetNs::new("learn");
+    netns.add_address(&vip);
+    let service = format!("{vip}:5432");
+    netns.listen(&service);
+    netns.listen("127.0.0.1:7070");
+    // The workload: a shell entrypoint running a tool, connecting to the Service and to a
+    // loopback port, and mapping memory writable and executable as a JIT does.
+    let script = tmp.path().join("entry.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\ncat /proc/self/stat > /dev/null\n\
+         \"$SCENARIO\" tcp-connect \"$SERVICE\" > /dev/null\n\
+         \"$SCENARIO\" tcp-connect 127.0.0.1:7070 > /dev/null\n\
+         \"$SCENARIO\" mmap-rwx > /dev/null\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let scenario = std::fs::canonicalize(scenario_bin())
+        .unwrap()
+        .display()
+        .to_string();
+    let envs = [
+        ("SCENARIO", scenario.as_str()),
+        ("SERVICE", service.as_str()),
+    ];
+    let node = c.plane.node_name().to_owned();
+    let agent_args = ["--learn-report-interval", "1s"];
+    let agent = c.agent_with(&node, &c.root, Some(&kubeconfig), &agent_args);
+
+    let learned = tmp.path().join("learned.yaml");
+    let learn = Command::new(common::vigil_bin())
+        .args([
+            "learn",
+            "--namespace",
+            "shop",
+            "--selector",
+            "app=web",
+            "--name",
+            "web",
+        ])
+        .args(["--duration", "10m", "--report-wait", "3s", "-o"])
+        .arg(&learned)
+        .env("KUBECONFIG", c.plane.kubeconfig())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.until_verdicts(
+        &["runtimepolicy", "web", "-n", "shop"],
+        "the Learn policy in force",
+        |all| all.iter().any(|v| v.node == node && v.status == "True"),
+    );
+    let mode = c
+        .plane
+        .kubectl_ok([
+            "get",
+            "runtimepolicy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.mode}",
+        ])
+        .unwrap();
+    assert_eq!(mode, "Learn");
+    let cat = std::fs::canonicalize("/bin/cat")
+        .unwrap()
+        .display()
+        .to_string();
+    // Each run until the report holds what it did: the set may take a moment to be bound.
+    wait_until(
+        "the workload in this node's report",
+        liveness(),
+        || {
+            assert!(
+                netns.run_from(&pod, &script, &envs).success(),
+                "the workload failed while learning"
+            );
+            let report = learn_report(&c, "shop", "web", &node)?;
+            let t = &report["spec"]["table"];
+            (t["executables"].get(&cat).is_some()
+                && t["runtimes"].get(&scenario).is_some()
+                && t["destinations"].get(format!("TCP {vip}")).is_some())
+            .then_some(())
+        },
+        || format!("report: {:?}", learn_report(&c, "shop", "web", &node)),
+    );
+    assert!(
+        agent
+            .events()
+            .iter()
+            .all(|e| e["vigilverdict"] == "violation"),
+        "learned acts went to the sinks"
+    );
+
+    // A restart: the new agent takes the report back before it publishes.
+    agent.stop();
+    let agent = c.agent_with(&node, &c.root, Some(&kubeconfig), &agent_args);
+    let id = std::fs::canonicalize("/usr/bin/id")
+        .unwrap()
+        .display()
+        .to_string();
+    let report = wait_until(
+        "a tool run after the restart in the report",
+        liveness(),
+        || {
+            let _ = pod.run(Path::new(&id), &[]);
+            let report = learn_report(&c, "shop", "web", &node)?;
+            report["spec"]["table"]["executables"]
+                .get(&id)
+                .is_some()
+                .then_some(report)
+        },
+        || format!("report: {:?}", learn_report(&c, "shop", "web", &node)),
+    );
+    assert!(
+        report["spec"]["table"]["executables"].get(&cat).is_some(),
+        "what was learned before the restart is gone: {report}"
+    );
+
+    // Stopped early (SIGINT), the command writes what the nodes learned.
+    unsafe { libc::kill(learn.id() as i32, libc::SIGINT) };
+    let out = learn.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "vigil learn: {stderr}");
+    assert!(stderr.contains("reports from 1 node(s)"), "{stderr}");
+    let text = std::fs::read_to_string(&learned).unwrap();
+    eprintln!("learned in the cluster:\n{text}");
+    let check = Command::new(common::vigil_bin())
+        .args(["policy", "check"])
+        .arg(&learned)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let policy = vigil::policy::load_paths(std::slice::from_ref(&learned))
+        .unwrap()
+        .remove(0);
+    let allow: Vec<String> = policy
+        .spec
+        .exec
+        .allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for want in [&cat, &id, &scenario, &script.display().to_string()] {
+        assert!(
+            allow.iter().any(|a| a.ends_with(want.as_str())),
+            "{want} not in {allow:?}"
+        );
+    }
+    assert!(policy.spec.connect.allow_services, "{text}");
+    assert!(text.contains("# Service shop/db: TCP"), "{text}");
+    assert_eq!(policy.spec.connect.allow.len(), 1, "{text}");
+    assert!(policy.spec.connect.allow[0].matches(
+        "127.0.0.1".parse().unwrap(),
+        7070,
+        vigil::policy::Protocol::Tcp
+    ));
+    assert_eq!(policy.spec.memory.allow_executables, std::slice::from_ref(&scenario));
+    // The Learn policy and its report are gone.
+    c.plane
+        .kubectl_ok([
+            "wait",
+            "--for=delete",
+            "runtimepolicy/web",
+            "-n",
+            "shop",
+            "--timeout=30s",
+        ])
+        .unwrap();
+    // (An agent may publish once more before it sees the policy go; a cluster's garbage
+    // collector removes such a report with its owner, this test's control plane has none.)
+    wait_until(
+        "the report taken away with the policy",
+        liveness(),
+        || {
+            if let Some(r) = learn_report(&c, "shop", "web", &node) {
+                let name = r["metadata"]["name"].as_str().unwrap().to_owned();
+                let _ = c
+                    .plane
+                    .kubectl_ok(["delete", "runtimepolicyreport", &name, "-n", "shop"]);
+                return None;
+            }
+            Some(())
+        },
+        || "the report stays".into(),
+    );
+
+    // Applied through the API server (its schema) in Enforce mode.
+    c.plane
+        .apply(&text.replace("  mode: Audit\n", "  mode: Enforce\n"))
+        .unwrap();
+    let whoami = std::fs::canonicalize("/usr/bin/whoami").unwrap();
+    wait_until(
+        "the learned policy in force",
+        liveness(),
+        || {
+            let (_, status) = pod.run(&whoami, &[]);
+            (status.signal() == Some(libc::SIGKILL)).then_some(())
+        },
+        || "a binary never learned still runs".into(),
+    );
+    let before = agent.events().len();
+    assert!(
+        netns.run_from(&pod, &script, &envs).success(),
+        "the learned workload failed under its policy"
+    );
+    // A destination never learned: refused, and the marker that every earlier event is in.
+    netns.connect_from(&pod, "127.0.0.1:7071");
+    let events = agent.wait_for_events("the refused new destination", |all| {
+        all.iter()
+            .any(|e| e["type"] == "dev.vigil.connect.v1" && e["data"]["connect"]["dport"] == 7071)
+            .then(|| all.to_vec())
+    });
+    let unexpected: Vec<&serde_json::Value> = events[before..]
+        .iter()
+        .filter(|e| e["vigilverdict"] == "violation" && e["data"]["connect"]["dport"] != 7071)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "the learned workload was refused: {unexpected:#?}"
+    );
+    agent.stop();
+}

@@ -248,6 +248,17 @@ fn schema_accepts_what_vigil_learn_writes() {
             labels: [("app".to_string(), "web".to_string())].into(),
         },
     ];
+    // One destination of the busy table is a Service's: the policy says allowServices.
+    let services: vigil::learn::write::ServiceIndex = busy
+        .destinations
+        .values()
+        .flat_map(|d| {
+            d.ports
+                .keys()
+                .map(move |p| ((d.protocol, d.addr, *p), "shop/db".to_owned()))
+        })
+        .take(1)
+        .collect();
     for table in [&busy, &idle] {
         for scope in &scopes {
             let text = policy_yaml(&Learned {
@@ -255,6 +266,7 @@ fn schema_accepts_what_vigil_learn_writes() {
                 scope: scope.clone(),
                 table,
                 origin: "in a test".into(),
+                services: services.clone(),
             })
             .unwrap();
             let doc: Value = serde_yaml_ng::from_str(&text).unwrap();

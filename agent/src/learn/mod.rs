@@ -3,6 +3,7 @@
 //! The events of the watched workload fill a bounded [`table::LearnTable`]; the table is
 //! written as a policy for review ([`write`]), or compared with a policy in force as a patch
 //! that allows what it would refuse ([`diff`]). Learning on a host is [`host`].
+pub mod cluster;
 pub mod diff;
 pub mod host;
 pub mod observe;
@@ -31,6 +32,15 @@ pub enum LearnError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Write(#[from] write::WriteError),
+    #[error("learn: {what}: {source}")]
+    Cluster { what: String, source: kube::Error },
+    #[error(
+        "learn: {policy} exists in mode {mode} or for other pods: give another --name (the \
+         learned policy would replace it when applied)"
+    )]
+    PolicyInTheWay { policy: String, mode: String },
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
 }
 
 /// `--duration`: a number with a unit, `90s`, `10m`, `2h` (seconds without one).

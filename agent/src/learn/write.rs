@@ -31,7 +31,14 @@ pub struct Learned<'a> {
     pub table: &'a LearnTable,
     /// Where and when it was learned, for the first comment lines.
     pub origin: String,
+    /// The cluster's Services by what they answer on (their ClusterIPs and endpoints, with
+    /// port and protocol): a destination found here is written as `allowServices`, with a
+    /// comment naming the Service.
+    pub services: ServiceIndex,
 }
+
+/// (protocol, address, port) -> the Service (`namespace/name`) that answers there.
+pub type ServiceIndex = BTreeMap<(crate::policy::Protocol, std::net::IpAddr, u16), String>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -179,7 +186,7 @@ fn render(learned: &Learned<'_>) -> String {
     }
     y.push_str("  mode: Audit\n");
     exec_section(&mut y, t);
-    connect_section(&mut y, t);
+    connect_section(&mut y, t, &learned.services);
     memory_section(&mut y, t);
     y
 }
@@ -229,11 +236,51 @@ fn exec_section(y: &mut String, t: &LearnTable) {
     y.push_str("    action: Kill\n");
 }
 
-fn connect_section(y: &mut String, t: &LearnTable) {
+/// The destinations of `t` that Services answer on (`allowServices`): one comment line each;
+/// and what is left of each destination for its CIDR rule (`None`: nothing).
+fn split_services(
+    t: &LearnTable,
+    services: &ServiceIndex,
+) -> (Vec<String>, Vec<super::table::Destination>) {
+    let mut named = Vec::new();
+    let mut rest = Vec::new();
+    for dest in t.destinations.values() {
+        // A range stands for ports not seen one by one: it stays a CIDR rule.
+        if dest.range.is_some() {
+            rest.push(dest.clone());
+            continue;
+        }
+        let mut left = dest.clone();
+        for (port, seen) in &dest.ports {
+            if let Some(service) = services.get(&(dest.protocol, dest.addr, *port)) {
+                named.push(format!(
+                    "Service {service}: {} {} port {port}; {}",
+                    protocol_name(dest.protocol),
+                    dest.addr,
+                    seen_text(seen, "connect")
+                ));
+                left.ports.remove(port);
+            }
+        }
+        if !left.ports.is_empty() {
+            rest.push(left);
+        }
+    }
+    (named, rest)
+}
+
+fn connect_section(y: &mut String, t: &LearnTable, services: &ServiceIndex) {
     y.push_str("  connect:\n");
+    let (named, rest) = split_services(t, services);
+    if !named.is_empty() {
+        y.push_str("    allowServices: true\n");
+        for line in &named {
+            let _ = writeln!(y, "    # {}", comment_text(line));
+        }
+    }
     // Port 0 cannot be written (a rule's ports are 1-65535); a rule without ports covers it.
     let mut any = false;
-    for dest in t.destinations.values() {
+    for dest in &rest {
         if !any {
             y.push_str("    allow:\n");
             any = true;
@@ -258,7 +305,7 @@ fn connect_section(y: &mut String, t: &LearnTable) {
         }
         let _ = writeln!(y, "        protocol: {}", protocol_name(dest.protocol));
     }
-    if !any {
+    if !any && named.is_empty() {
         y.push_str(
             "    # no connect or datagram was seen: every destination is denied\n    deny:\n      \
              - cidr: \"0.0.0.0/0\"\n      - cidr: \"::/0\"\n",
@@ -309,6 +356,7 @@ mod tests {
                 cgroup: "/learn/web".into(),
             },
             table: t,
+            services: ServiceIndex::new(),
             origin: "on node n1".into(),
         })
         .unwrap()
@@ -343,6 +391,60 @@ mod tests {
         assert!(c.allow[1].matches("::1".parse().unwrap(), 53, Protocol::Udp));
         assert_eq!(p.spec.memory.allow_executables, ["/usr/bin/node"]);
         assert_eq!(p.spec.memory.foreign_writes, policy::ForeignWrites::Deny);
+    }
+
+    /// A destination a Service answers on is `allowServices` with the Service named; its
+    /// other ports stay a CIDR rule.
+    #[test]
+    fn service_destinations_are_written_as_allow_services_naming_the_service() {
+        let mut t = LearnTable::default();
+        t.exec("/usr/bin/true", None);
+        let svc: std::net::IpAddr = "10.96.0.10".parse().unwrap();
+        t.destination(Protocol::Tcp, svc, 5432, Some("container app"));
+        t.destination(Protocol::Tcp, svc, 9999, None);
+        let services: ServiceIndex = [((Protocol::Tcp, svc, 5432), "shop/db".to_owned())].into();
+        let text = policy_yaml(&Learned {
+            name: "web",
+            scope: Scope::Pods {
+                namespace: "shop".into(),
+                labels: [("app".to_owned(), "web".to_owned())].into(),
+            },
+            table: &t,
+            origin: "in a test".into(),
+            services,
+        })
+        .unwrap();
+        assert!(
+            text.contains("# Service shop/db: TCP 10.96.0.10 port 5432"),
+            "{text}"
+        );
+        let p = policy::load_str(&text, None).unwrap().remove(0);
+        let c = &p.spec.connect;
+        assert!(c.allow_services, "{text}");
+        assert_eq!(c.allow.len(), 1, "{text}");
+        assert!(c.allow[0].matches(svc, 9999, Protocol::Tcp));
+        assert!(!c.allow[0].matches(svc, 5432, Protocol::Tcp));
+
+        // Only a Service's: no CIDR rule, and no deny of everything.
+        let mut only = LearnTable::default();
+        only.destination(Protocol::Tcp, svc, 5432, None);
+        let text = policy_yaml(&Learned {
+            name: "web",
+            scope: Scope::Pods {
+                namespace: "shop".into(),
+                labels: BTreeMap::new(),
+            },
+            table: &only,
+            origin: "in a test".into(),
+            services: [((Protocol::Tcp, svc, 5432), "shop/db".to_owned())].into(),
+        })
+        .unwrap();
+        let p = policy::load_str(&text, None).unwrap().remove(0);
+        assert!(p.spec.connect.allow_services);
+        assert!(
+            p.spec.connect.allow.is_empty() && p.spec.connect.deny.is_empty(),
+            "{text}"
+        );
     }
 
     #[test]
@@ -395,6 +497,7 @@ mod tests {
                 labels: [("app".to_string(), "web".to_string())].into(),
             },
             table: &t,
+            services: ServiceIndex::new(),
             origin: "in namespace shop".into(),
         })
         .unwrap();
