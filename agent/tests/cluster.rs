@@ -1462,7 +1462,10 @@ fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused()
         7070,
         vigil::policy::Protocol::Tcp
     ));
-    assert_eq!(policy.spec.memory.allow_executables, std::slice::from_ref(&scenario));
+    assert_eq!(
+        policy.spec.memory.allow_executables,
+        std::slice::from_ref(&scenario)
+    );
     // The Learn policy and its report are gone.
     c.plane
         .kubectl_ok([
