@@ -9,6 +9,10 @@ use crate::{
     policy::{Policy, PolicyKind},
 };
 
+/// The most a table may hold as JSON: a report object stays well inside the 1.5 MB the API
+/// server's store takes, with room for its metadata.
+const REPORT_BYTES: usize = 1 << 20;
+
 /// A `Learn` policy, as its table is keyed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LearnKey {
@@ -106,13 +110,17 @@ impl Recorder {
         }
     }
 
-    /// The tables changed since the last call (and restored), to publish.
+    /// The tables changed since the last call (and restored), to publish; each made to fit
+    /// a report object first.
     pub fn due(&mut self) -> Vec<(LearnKey, LearnTable)> {
         self.slots
             .iter_mut()
             .filter(|(_, slot)| slot.dirty && slot.restored)
             .map(|(key, slot)| {
                 slot.dirty = false;
+                if !slot.table.fit(REPORT_BYTES) {
+                    tracing::warn!(policy = %key, "learning: the table does not fit a report");
+                }
                 (key.clone(), slot.table.clone())
             })
             .collect()

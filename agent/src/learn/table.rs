@@ -185,6 +185,31 @@ impl LearnTable {
         true
     }
 
+    /// Makes the table's JSON at most `max_bytes` long, coarser with a warning for each step:
+    /// directories folded into prefixes first, then JIT runtimes dropped (the longest paths
+    /// first). Paths may be 4 KB each, so the entry limits alone do not bound the bytes a
+    /// report object holds. `false` if it still does not fit.
+    pub fn fit(&mut self, max_bytes: usize) -> bool {
+        let size = |t: &Self| serde_json::to_vec(t).map_or(usize::MAX, |v| v.len());
+        while size(self) > max_bytes {
+            if let Some(any) = self.executables.keys().next().cloned()
+                && self.fold_one(&any)
+            {
+                continue;
+            }
+            let Some(longest) = self.runtimes.keys().max_by_key(|p| p.len()).cloned() else {
+                return false;
+            };
+            self.runtimes.remove(&longest);
+            self.unkept = self.unkept.saturating_add(1);
+            self.warn(format!(
+                "the table outgrew {max_bytes} bytes: JIT runtimes with the longest paths are \
+                 not in the policy"
+            ));
+        }
+        true
+    }
+
     /// Takes in what `other` (another node's table, or one kept from before a restart) saw,
     /// within this table's limits: the union, with counts added.
     pub fn merge(&mut self, other: &LearnTable) {
@@ -565,6 +590,26 @@ mod tests {
             executables,
             ..Limits::default()
         })
+    }
+
+    /// Long paths cannot make a table too large to publish: it folds until it fits.
+    #[test]
+    fn a_table_of_long_paths_folds_until_its_json_fits() {
+        let mut t = table(1024);
+        for i in 0..400 {
+            t.exec(&format!("/opt/{}/{i}", "d".repeat(2000)), None);
+        }
+        assert!(serde_json::to_vec(&t).unwrap().len() > 100_000);
+        assert!(t.fit(100_000));
+        assert!(serde_json::to_vec(&t).unwrap().len() <= 100_000);
+        assert!(!t.prefixes.is_empty());
+        let mut runtimes = table(1024);
+        for i in 0..100 {
+            runtimes.write_execute(Some(&format!("/{}/{i}", "r".repeat(3000))), None);
+        }
+        assert!(runtimes.fit(50_000));
+        assert!(runtimes.runtimes.len() < 100);
+        assert!(runtimes.warnings.iter().any(|w| w.contains("outgrew")));
     }
 
     /// Two nodes' tables: the union, counts added, and still within the limits.

@@ -104,8 +104,12 @@ impl Enrich {
         throttle: Option<ThrottleKey>,
         learn: &[LearnKey],
     ) {
+        // An act recorded for learning only is not an event the sinks get.
+        let for_sinks = learn.is_empty() || event.verdict != cloudevents::VerdictName::Observed;
         out(event, throttle, learn);
-        self.emitted += 1;
+        if for_sinks {
+            self.emitted += 1;
+        }
     }
 
     fn finish(
