@@ -1387,6 +1387,22 @@ fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused()
         },
         || format!("report: {:?}", learn_report(&c, "shop", "web", &node)),
     );
+    // Beside the Learn policy, an enforcing one selecting the same pods keeps killing, and
+    // its violations reach the sinks (they go into the table too: the workload did that).
+    let (writer, denied) = denied_binary(tmp.path());
+    c.plane
+        .apply(&deny_policy("shop", "no-tmp", "app: web", &denied))
+        .unwrap();
+    until_enforced(
+        &pod,
+        &writer,
+        tmp.path(),
+        true,
+        "a Kill policy beside the Learn one",
+    );
+    agent.wait_for("the kill beside learning, in the sinks", |e| {
+        e["vigilpolicy"] == "shop/no-tmp" && e["vigilaction"] == "kill"
+    });
     assert!(
         agent
             .events()
