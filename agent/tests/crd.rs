@@ -20,7 +20,11 @@ fn fixtures() -> std::path::PathBuf {
 fn committed_crds_match_the_rust_types() {
     let dir = workspace().join("charts/vigil/crds");
     let files = crd::crd_files().expect("CRDs serialize");
-    assert_eq!(files.len(), 2);
+    assert_eq!(
+        files.len(),
+        3,
+        "RuntimePolicy, ClusterRuntimePolicy, RuntimePolicyReport"
+    );
     for (name, generated) in files {
         let path = dir.join(&name);
         let committed = fs::read_to_string(&path).unwrap_or_default();
@@ -42,13 +46,17 @@ fn open_api_schema(
     serde_json::to_value(schema.expect("a schema")).unwrap()
 }
 
-fn schemas() -> [(&'static str, Value); 2] {
+fn schemas() -> [(&'static str, Value); 3] {
     use kube::CustomResourceExt;
     [
         ("RuntimePolicy", open_api_schema(RuntimePolicy::crd())),
         (
             "ClusterRuntimePolicy",
             open_api_schema(ClusterRuntimePolicy::crd()),
+        ),
+        (
+            "RuntimePolicyReport",
+            open_api_schema(vigil::learn::report::RuntimePolicyReport::crd()),
         ),
     ]
 }

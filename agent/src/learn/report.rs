@@ -79,21 +79,20 @@ pub enum ReportError {
     NotNamespaced { policy: String },
 }
 
-/// The report's name: `<policy>.<node>`, both DNS subdomains; a longer one is cut and a hash
-/// of the whole keeps two names that share a beginning apart.
+/// The report's name: `<policy>.<node>-<hash>`. Both are DNS subdomains, which may hold dots,
+/// so `a.b` on node `c` and `a` on node `b.c` would read alike: the hash of the pair keeps
+/// every pair's report its own. Past 253 characters the readable part is cut.
 pub fn report_name(policy: &str, node: &str) -> String {
-    let whole = format!("{policy}.{node}");
-    if whole.len() <= NAME_MAX {
-        return whole;
-    }
-    // FNV-1a: stable across builds, so a node keeps its report over agent upgrades.
-    let hash = whole.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::policy::status::stable_hash(policy.bytes().chain([0]).chain(node.bytes()));
+    let readable = format!("{policy}.{node}");
     let keep = NAME_MAX - 17;
     // DNS subdomains are ASCII: any byte offset is a character boundary. A cut ending in `.`
-    // or `-` would not be a valid name; the hash follows a `-`, so trim those first.
-    let cut = whole[..keep].trim_end_matches(['.', '-']);
+    // or `-` would not be a valid name before the `-`.
+    let cut = if readable.len() > keep {
+        readable[..keep].trim_end_matches(['.', '-'])
+    } else {
+        readable.as_str()
+    };
     format!("{cut}-{hash:016x}")
 }
 
@@ -219,13 +218,15 @@ mod tests {
 
     #[test]
     fn report_names_fit_the_api_servers_limit_and_stay_apart() {
-        assert_eq!(report_name("web", "node-a"), "web.node-a");
+        let name = report_name("web", "node-a");
+        assert!(name.starts_with("web.node-a-"), "{name}");
+        assert_eq!(name, report_name("web", "node-a"), "stable");
+        assert_ne!(report_name("a.b", "c"), report_name("a", "b.c"));
         let long_node = "n".repeat(250);
         let a = report_name("web", &long_node);
         let b = report_name("web", &format!("{long_node}x"));
         assert!(a.len() <= NAME_MAX && b.len() <= NAME_MAX);
         assert_ne!(a, b);
-        assert_eq!(a, report_name("web", &long_node), "stable");
         let dotted = report_name(&"p".repeat(235), &"n".repeat(40));
         assert!(!dotted.contains(".-"), "{dotted}");
     }

@@ -52,6 +52,8 @@ pub(crate) struct Learning {
     unread: BTreeSet<LearnKey>,
     /// Said once: learning without a cluster keeps the tables but cannot publish them.
     warned_no_cluster: bool,
+    /// `Recorder::stale` as last said in the log.
+    stale_said: u64,
 }
 
 impl Learning {
@@ -64,6 +66,7 @@ impl Learning {
             publishing: false,
             unread: BTreeSet::new(),
             warned_no_cluster: false,
+            stale_said: 0,
         }
     }
 
@@ -134,6 +137,13 @@ impl Learning {
 
     /// Publishes the tables that changed, and reads again the reports that could not be read.
     pub(crate) fn tick(&mut self, recorder: &mut Recorder, link: Option<&ClusterLink>) {
+        if recorder.stale > self.stale_said {
+            tracing::warn!(
+                events = recorder.stale - self.stale_said,
+                "learning: events of a Learn policy no longer in force were not kept"
+            );
+            self.stale_said = recorder.stale;
+        }
         for key in std::mem::take(&mut self.unread) {
             self.read(key, recorder);
         }

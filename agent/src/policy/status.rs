@@ -104,6 +104,15 @@ impl StatusError {
 const FIELD_MANAGER_MAX: usize = 128;
 const FIELD_MANAGER_PREFIX: &str = "vigil-agent/";
 
+/// FNV-1a of `bytes`: stable across builds and releases, unlike the standard library's
+/// hasher, so the names made with it (a node's field manager, its reports) stay the same over
+/// agent upgrades.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The field manager of this node's agent, `vigil-agent/<node>`. A node name can be longer
 /// than a manager name may be (253 against 128 characters); such a name is cut and a hash of
 /// the whole name keeps two long names that share a beginning apart.
@@ -112,11 +121,7 @@ pub fn field_manager(node: &str) -> String {
     if whole.len() <= FIELD_MANAGER_MAX {
         return whole;
     }
-    // FNV-1a: stable across builds and releases, unlike the standard library's hasher, so the
-    // same node keeps the same manager over agent upgrades.
-    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = stable_hash(node.bytes());
     let keep = FIELD_MANAGER_MAX - FIELD_MANAGER_PREFIX.len() - 17;
     // Node names are DNS subdomains (ASCII), so any byte offset is a character boundary.
     format!("{FIELD_MANAGER_PREFIX}{}-{hash:016x}", &node[..keep])
