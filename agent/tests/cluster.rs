@@ -1330,6 +1330,26 @@ fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused()
     let agent_args = ["--learn-report-interval", "1s"];
     let agent = c.agent_with(&node, &c.root, Some(&kubeconfig), &agent_args);
 
+    // Reports of that name before the policy exists: one under this node's own report name
+    // (an earlier policy of that name, its garbage not yet collected), one speaking for a node
+    // that does not exist. Neither may reach the policy written: the agent deletes the first
+    // instead of taking it back, `vigil learn` ignores the second and says so.
+    let stale_name = vigil::learn::report::report_name("web", &node);
+    let ghost_name = vigil::learn::report::report_name("web", "ghost-node");
+    for (name, on, path) in [
+        (&stale_name, node.as_str(), "/usr/bin/stale-by-test"),
+        (&ghost_name, "ghost-node", "/usr/bin/forged-by-test"),
+    ] {
+        c.plane
+            .apply(&format!(
+                "apiVersion: vigil.dev/v1alpha1\nkind: RuntimePolicyReport\n\
+                 metadata:\n  name: {name}\n  namespace: shop\n  ownerReferences:\n\
+                 \x20 - {{apiVersion: vigil.dev/v1alpha1, kind: RuntimePolicy, name: web, uid: 00000000-0000-0000-0000-000000000001}}\n\
+                 spec:\n  policy: web\n  node: {on}\n  events: 3\n\
+                 \x20 table: {{executables: {{\"{path}\": {{count: 3}}}}, events: 3}}\n"
+            ))
+            .unwrap();
+    }
     let learned = tmp.path().join("learned.yaml");
     let learn = Command::new(common::vigil_bin())
         .args([
@@ -1435,6 +1455,30 @@ fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused()
         report["spec"]["table"]["executables"].get(&cat).is_some(),
         "what was learned before the restart is gone: {report}"
     );
+    assert_eq!(report["metadata"]["name"], stale_name.as_str());
+    assert!(
+        report["spec"]["table"]["executables"]
+            .get("/usr/bin/stale-by-test")
+            .is_none(),
+        "the agent took back a report the policy does not own: {report}"
+    );
+    let uid = c
+        .plane
+        .kubectl_ok([
+            "get",
+            "runtimepolicy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .unwrap();
+    assert_eq!(
+        report["metadata"]["ownerReferences"],
+        serde_json::json!([{"apiVersion": "vigil.dev/v1alpha1", "kind": "RuntimePolicy", "name": "web", "uid": uid.trim()}]),
+        "{report}"
+    );
 
     // Stopped early (SIGINT), the command writes what the nodes learned.
     unsafe { libc::kill(learn.id() as i32, libc::SIGINT) };
@@ -1442,6 +1486,12 @@ fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "vigil learn: {stderr}");
     assert!(stderr.contains("reports from 1 node(s)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "RuntimePolicyReport shop/{ghost_name} names policy web but is not one of its reports"
+        )),
+        "the forged report was not said: {stderr}"
+    );
     let text = std::fs::read_to_string(&learned).unwrap();
     eprintln!("learned in the cluster:\n{text}");
     let check = Command::new(common::vigil_bin())
@@ -1464,6 +1514,10 @@ fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused()
         .iter()
         .map(ToString::to_string)
         .collect();
+    assert!(
+        !text.contains("-by-test"),
+        "a report the policy does not own reached it: {text}"
+    );
     for want in [&cat, &id, &scenario, &script.display().to_string()] {
         assert!(
             allow.iter().any(|a| a.ends_with(want.as_str())),

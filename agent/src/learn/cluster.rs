@@ -80,7 +80,8 @@ fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> LearnError 
 
 /// Puts the Learn policy in place: made when missing, taken up again when a policy of that
 /// name already learns for the same pods; any other policy of that name is left alone.
-async fn put_learn_policy(client: &Client, o: &ClusterLearn) -> Result<bool, LearnError> {
+/// Whether it was made, and its uid (the owner its reports name).
+async fn put_learn_policy(client: &Client, o: &ClusterLearn) -> Result<(bool, String), LearnError> {
     let api: Api<RuntimePolicy> = Api::namespaced(client.clone(), &o.namespace);
     let id = format!("RuntimePolicy {}/{}", o.namespace, o.name);
     if let Some(found) = api.get_opt(&o.name).await.map_err(api_error(&id))? {
@@ -92,7 +93,7 @@ async fn put_learn_policy(client: &Client, o: &ClusterLearn) -> Result<bool, Lea
                 mode: format!("{:?}", found.spec.mode),
             });
         }
-        return Ok(false);
+        return Ok((false, uid_of(&found, &id)?));
     }
     let body = json!({
         "apiVersion": "vigil.dev/v1alpha1",
@@ -104,10 +105,19 @@ async fn put_learn_policy(client: &Client, o: &ClusterLearn) -> Result<bool, Lea
         },
         "spec": {"podSelector": {"matchLabels": o.labels}, "mode": "Learn"},
     });
-    api.patch(&o.name, &PatchParams::apply(MANAGER), &Patch::Apply(&body))
+    let made = api
+        .patch(&o.name, &PatchParams::apply(MANAGER), &Patch::Apply(&body))
         .await
         .map_err(api_error(&id))?;
-    Ok(true)
+    Ok((true, uid_of(&made, &id)?))
+}
+
+fn uid_of(policy: &RuntimePolicy, id: &str) -> Result<String, LearnError> {
+    policy
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| LearnError::NoUid { policy: id.into() })
 }
 
 /// Waits `duration` (or for ever), or until `stop` turns true.
@@ -132,7 +142,7 @@ pub async fn learn(
     o: &ClusterLearn,
     mut stop: watch::Receiver<bool>,
 ) -> Result<ClusterOutcome, LearnError> {
-    let made = put_learn_policy(&client, o).await?;
+    let (made, uid) = put_learn_policy(&client, o).await?;
     eprintln!(
         "RuntimePolicy {}/{} {} in mode Learn for the pods labelled {}; learning {}",
         o.namespace,
@@ -151,7 +161,14 @@ pub async fn learn(
     );
     tokio::time::sleep(o.report_wait).await;
 
-    let reports = report::all_for(&client, &o.namespace, &o.name).await?;
+    let report::Gathered { reports, ignored } =
+        report::all_for(&client, &o.namespace, &o.name, &uid).await?;
+    for name in &ignored {
+        eprintln!(
+            "warning: RuntimePolicyReport {}/{name} names policy {} but is not one of its reports (another owner than RuntimePolicy {}/{} of uid {uid}, or not named as its node's agent names it): ignored, left in place",
+            o.namespace, o.name, o.namespace, o.name
+        );
+    }
     let mut table = LearnTable::new(o.limits);
     let mut nodes = Vec::new();
     for (node, learned) in &reports {

@@ -39,6 +39,8 @@ pub enum LearnError {
          learned policy would replace it when applied)"
     )]
     PolicyInTheWay { policy: String, mode: String },
+    #[error("learn: {policy}: the API server gave it no uid, which its reports must name")]
+    NoUid { policy: String },
     #[error(transparent)]
     Report(#[from] report::ReportError),
 }

@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Client, CustomResource,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -125,22 +125,38 @@ impl Reports {
         ))
     }
 
-    /// What this node's report for `key` kept, if there is one.
-    pub async fn fetch(&self, key: &LearnKey) -> Result<Option<LearnTable>, ReportError> {
+    /// What this node's report for `key` kept, if there is one and the policy in force
+    /// (`owner_uid`) owns it. A report owned by another (an earlier policy of that name whose
+    /// report the garbage collector has not taken yet, or one written by another hand) is not
+    /// taken back but deleted: fields another manager wrote would outlive this agent's apply.
+    pub async fn fetch(
+        &self,
+        key: &LearnKey,
+        owner_uid: &str,
+    ) -> Result<Option<LearnTable>, ReportError> {
         let (api, name) = self.api(key)?;
         let namespace = key.namespace.clone().unwrap_or_default();
-        let Some(report) = api
-            .get_opt(&name)
-            .await
-            .map_err(|source| ReportError::Api {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                source,
-            })?
-        else {
+        let api_error = |source| ReportError::Api {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        };
+        let Some(report) = api.get_opt(&name).await.map_err(api_error)? else {
             return Ok(None);
         };
-        table_of(&report).map(Some)
+        if owned_by(&report, owner_uid) {
+            return table_of(&report).map(Some);
+        }
+        tracing::warn!(
+            report = %format!("{namespace}/{name}"),
+            policy = %key,
+            "learning: this node's report is not owned by the policy in force (an earlier policy of that name, or written by hand); deleted, not taken back"
+        );
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(source) => Err(api_error(source)),
+        }
     }
 
     /// Writes `table` as this node's report for `key`, owned by the policy (`owner_uid`).
@@ -190,12 +206,42 @@ pub fn table_of(report: &RuntimePolicyReport) -> Result<LearnTable, ReportError>
     })
 }
 
-/// Every node's report for RuntimePolicy `namespace/policy`: (node, table).
+/// Whether `report` names the RuntimePolicy of uid `uid` among its owners.
+fn owned_by(report: &RuntimePolicyReport, uid: &str) -> bool {
+    report
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "RuntimePolicy" && o.uid == uid)
+}
+
+/// Whether `report` is one a node's agent wrote for the RuntimePolicy `policy` of uid `uid`:
+/// owned by it, and named as that node's agent names its report (so one object cannot speak
+/// for another node, nor outlive the deletion of the report the node's name leads to).
+pub fn is_report_of(report: &RuntimePolicyReport, policy: &str, uid: &str) -> bool {
+    report.spec.policy == policy
+        && owned_by(report, uid)
+        && report.metadata.name.as_deref() == Some(report_name(policy, &report.spec.node).as_str())
+}
+
+/// The reports of a RuntimePolicy, and those that claim to be and are not.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    /// (node, table), one per node.
+    pub reports: Vec<(String, LearnTable)>,
+    /// Names of reports of that policy's name that it does not own, or not named as their
+    /// node's agent names them: left alone, and said.
+    pub ignored: Vec<String>,
+}
+
+/// Every node's report for the RuntimePolicy `namespace/policy` of uid `uid`.
 pub async fn all_for(
     client: &Client,
     namespace: &str,
     policy: &str,
-) -> Result<Vec<(String, LearnTable)>, ReportError> {
+    uid: &str,
+) -> Result<Gathered, ReportError> {
     let api: Api<RuntimePolicyReport> = Api::namespaced(client.clone(), namespace);
     let list = api
         .list(&ListParams::default())
@@ -205,11 +251,17 @@ pub async fn all_for(
             name: format!("(reports of {policy})"),
             source,
         })?;
-    list.items
-        .iter()
-        .filter(|r| r.spec.policy == policy)
-        .map(|r| Ok((r.spec.node.clone(), table_of(r)?)))
-        .collect()
+    let mut gathered = Gathered::default();
+    for r in list.items.iter().filter(|r| r.spec.policy == policy) {
+        if is_report_of(r, policy, uid) {
+            gathered.reports.push((r.spec.node.clone(), table_of(r)?));
+        } else {
+            gathered
+                .ignored
+                .push(r.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    Ok(gathered)
 }
 
 #[cfg(test)]
@@ -229,6 +281,81 @@ mod tests {
         assert_ne!(a, b);
         let dotted = report_name(&"p".repeat(235), &"n".repeat(40));
         assert!(!dotted.contains(".-"), "{dotted}");
+    }
+
+    fn report(
+        name: &str,
+        policy: &str,
+        node: &str,
+        owner: Option<(&str, &str)>,
+    ) -> RuntimePolicyReport {
+        let mut r = RuntimePolicyReport::new(
+            name,
+            RuntimePolicyReportSpec {
+                policy: policy.into(),
+                node: node.into(),
+                events: 1,
+                table: serde_json::json!({}),
+            },
+        );
+        r.metadata.owner_references = owner.map(|(kind, uid)| {
+            vec![OwnerReference {
+                api_version: "vigil.dev/v1alpha1".into(),
+                kind: kind.into(),
+                name: policy.into(),
+                uid: uid.into(),
+                ..OwnerReference::default()
+            }]
+        });
+        r
+    }
+
+    #[test]
+    fn only_a_report_the_policy_owns_under_its_nodes_name_is_merged() {
+        let own = report_name("web", "node-a");
+        assert!(is_report_of(
+            &report(&own, "web", "node-a", Some(("RuntimePolicy", "uid-1"))),
+            "web",
+            "uid-1"
+        ));
+        // An earlier policy of that name, or none at all.
+        assert!(!is_report_of(
+            &report(&own, "web", "node-a", Some(("RuntimePolicy", "uid-0"))),
+            "web",
+            "uid-1"
+        ));
+        assert!(!is_report_of(
+            &report(&own, "web", "node-a", None),
+            "web",
+            "uid-1"
+        ));
+        assert!(!is_report_of(
+            &report(&own, "web", "node-a", Some(("ConfigMap", "uid-1"))),
+            "web",
+            "uid-1"
+        ));
+        // Owned, but speaking for a node whose report has another name.
+        assert!(!is_report_of(
+            &report(&own, "web", "node-b", Some(("RuntimePolicy", "uid-1"))),
+            "web",
+            "uid-1"
+        ));
+        assert!(!is_report_of(
+            &report(
+                "web.node-a",
+                "web",
+                "node-a",
+                Some(("RuntimePolicy", "uid-1"))
+            ),
+            "web",
+            "uid-1"
+        ));
+        // Another policy's.
+        assert!(!is_report_of(
+            &report(&own, "api", "node-a", Some(("RuntimePolicy", "uid-1"))),
+            "web",
+            "uid-1"
+        ));
     }
 
     #[test]

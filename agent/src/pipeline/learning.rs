@@ -72,16 +72,21 @@ impl Learning {
 
     /// After the policies in force changed: a table for each policy that learns now, its
     /// report read back first.
-    pub(crate) fn follow(&mut self, enforcer: &Enforcer, recorder: &mut Recorder) {
+    pub(crate) fn follow(
+        &mut self,
+        enforcer: &Enforcer,
+        recorder: &mut Recorder,
+        link: Option<&ClusterLink>,
+    ) {
         let learning = enforcer.learning_policies();
         self.unread.retain(|key| learning.contains(key));
         for key in recorder.follow(&learning) {
             tracing::info!(policy = %key, "learning: recording what the selected pods do");
-            self.read(key, recorder);
+            self.read(key, recorder, link);
         }
     }
 
-    fn read(&mut self, key: LearnKey, recorder: &mut Recorder) {
+    fn read(&mut self, key: LearnKey, recorder: &mut Recorder, link: Option<&ClusterLink>) {
         let Some(reports) = self.reports.clone() else {
             if !self.warned_no_cluster {
                 self.warned_no_cluster = true;
@@ -93,9 +98,14 @@ impl Learning {
             recorder.restore(&key, None);
             return;
         };
+        // The report is taken back only from the policy in force: its uid, from the store.
+        let Some(uid) = link.and_then(|l| l.policy_uid(&key)) else {
+            self.unread.insert(key);
+            return;
+        };
         let tx = self.answers_tx.clone();
         tokio::spawn(async move {
-            let kept = reports.fetch(&key).await;
+            let kept = reports.fetch(&key, &uid).await;
             let _ = tx.send(Answer::Restored(key, Box::new(kept)));
         });
     }
@@ -145,7 +155,7 @@ impl Learning {
             self.stale_said = recorder.stale;
         }
         for key in std::mem::take(&mut self.unread) {
-            self.read(key, recorder);
+            self.read(key, recorder, link);
         }
         if self.publishing {
             return;

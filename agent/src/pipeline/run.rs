@@ -212,7 +212,7 @@ pub async fn run(
     let mut hold_sweep = tokio::time::interval(HOLD_SWEEP);
     let mut stranded = stages.take_stranded();
     let mut learning = Learning::new(link.as_ref(), node);
-    learning.follow(&enforcer, &mut stages.learn);
+    learning.follow(&enforcer, &mut stages.learn, link.as_ref());
     let mut learn_ticker = tokio::time::interval(options.learn_report_interval);
     loop {
         tokio::select! {
@@ -252,7 +252,7 @@ pub async fn run(
                     Look::Read(Err(errors)) => refused(&errors, &mut state)?,
                 }
                 sync(&mut enforcer, link.as_mut(), &file_policies, reloaded, &root, &mut state)?;
-                learning.follow(&enforcer, &mut stages.learn);
+                learning.follow(&enforcer, &mut stages.learn, link.as_ref());
                 let rebound = enforcer.refresh()?;
                 if !rebound.is_empty() {
                     tracing::info!(paths = ?rebound, "policies bound to new cgroups");
