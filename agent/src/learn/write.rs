@@ -9,7 +9,7 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::table::{ExecEntry, LearnTable, Seen, port_text, protocol_name};
-use crate::policy::{self, FieldError};
+use crate::policy::{self, FieldError, limits::KERNEL_PORT_RANGES};
 
 /// Whom the learned policy selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +199,39 @@ fn exec_section(y: &mut String, t: &LearnTable) {
         );
         return;
     }
-    y.push_str("  exec:\n    allow:\n");
+    // A path longer than a Kill rule can hold would make the whole policy invalid: it is
+    // said, not written, and its runs stay violations.
+    let (entries, too_long): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| match e {
+        ExecEntry::Path(p, _) | ExecEntry::Prefix(p, _, _) => {
+            policy::limits::path_in_kernel(p).is_ok()
+        }
+        ExecEntry::Memfd(_) => true,
+    });
+    let mut notes = String::new();
+    for entry in &too_long {
+        if let ExecEntry::Path(p, seen) | ExecEntry::Prefix(p, seen, _) = entry {
+            let _ = writeln!(
+                notes,
+                "    # not allowed, {} bytes long (a rule holds {}): {}; {}",
+                p.len(),
+                policy::limits::KERNEL_PATH_MAX,
+                comment_text(p),
+                seen_text(seen, "run")
+            );
+        }
+    }
+    if entries.is_empty() {
+        y.push_str(
+            "  # exec: nothing that a rule can hold was run while learning, so there is no allowlist to write.\n",
+        );
+        for line in notes.lines() {
+            let _ = writeln!(y, "  {}", line.trim_start());
+        }
+        return;
+    }
+    y.push_str("  exec:\n");
+    y.push_str(&notes);
+    y.push_str("    allow:\n");
     for entry in entries {
         match entry {
             ExecEntry::Path(path, seen) => {
@@ -234,6 +266,55 @@ fn exec_section(y: &mut String, t: &LearnTable) {
         }
     }
     y.push_str("    action: Kill\n");
+}
+
+/// One protocol's port ranges at an address.
+type ProtocolRanges = (policy::Protocol, Vec<(u16, u16)>);
+
+/// The port ranges of the destinations at addresses whose rules together hold more than the
+/// kernel's [`KERNEL_PORT_RANGES`] (protocols counted apart), joined across their smallest
+/// gaps until they fit; addresses that fit are not in the map. Without this the written
+/// policy would be refused under `Deny`.
+fn fit_port_ranges(
+    rest: &[super::table::Destination],
+) -> BTreeMap<(std::net::IpAddr, policy::Protocol), Vec<(u16, u16)>> {
+    let mut by_addr: BTreeMap<std::net::IpAddr, Vec<ProtocolRanges>> = BTreeMap::new();
+    for dest in rest {
+        by_addr
+            .entry(dest.addr)
+            .or_default()
+            .push((dest.protocol, dest.port_ranges()));
+    }
+    let mut fitted = BTreeMap::new();
+    for (addr, mut lists) in by_addr {
+        let count =
+            |lists: &[ProtocolRanges]| -> usize { lists.iter().map(|(_, r)| r.len()).sum() };
+        if count(&lists) <= KERNEL_PORT_RANGES {
+            continue;
+        }
+        while count(&lists) > KERNEL_PORT_RANGES {
+            // The smallest gap between neighbouring ranges of one protocol.
+            let Some((li, ri, _)) = lists
+                .iter()
+                .enumerate()
+                .flat_map(|(li, (_, r))| {
+                    r.windows(2)
+                        .enumerate()
+                        .map(move |(ri, w)| (li, ri, w[1].0 - w[0].1))
+                })
+                .min_by_key(|(_, _, gap)| *gap)
+            else {
+                break;
+            };
+            let ranges = &mut lists[li].1;
+            ranges[ri].1 = ranges[ri + 1].1;
+            ranges.remove(ri + 1);
+        }
+        for (protocol, ranges) in lists {
+            fitted.insert((addr, protocol), ranges);
+        }
+    }
+    fitted
 }
 
 /// The destinations of `t` that Services answer on (`allowServices`): one comment line each;
@@ -278,6 +359,7 @@ fn connect_section(y: &mut String, t: &LearnTable, services: &ServiceIndex) {
             let _ = writeln!(y, "    # {}", comment_text(line));
         }
     }
+    let fitted = fit_port_ranges(&rest);
     // Port 0 cannot be written (a rule's ports are 1-65535); a rule without ports covers it.
     let mut any = false;
     for dest in &rest {
@@ -285,7 +367,10 @@ fn connect_section(y: &mut String, t: &LearnTable, services: &ServiceIndex) {
             y.push_str("    allow:\n");
             any = true;
         }
-        let ranges = dest.port_ranges();
+        let ranges = fitted
+            .get(&(dest.addr, dest.protocol))
+            .cloned()
+            .unwrap_or_else(|| dest.port_ranges());
         let what = if dest.addr.is_loopback() {
             "loopback; "
         } else {
@@ -297,6 +382,12 @@ fn connect_section(y: &mut String, t: &LearnTable, services: &ServiceIndex) {
             quoted(&dest.cidr()),
             seen_text(&dest.seen, "connect")
         );
+        if fitted.contains_key(&(dest.addr, dest.protocol)) {
+            let _ = writeln!(
+                y,
+                "        # ports joined into ranges: the kernel holds {KERNEL_PORT_RANGES} port ranges per address"
+            );
+        }
         if ranges.iter().any(|(lo, _)| *lo == 0) {
             y.push_str("        # port 0 was seen: every port of this address is allowed\n");
         } else {
@@ -519,6 +610,80 @@ mod tests {
         assert_eq!(p.spec.connect.allow.len(), 1);
         assert!(p.spec.connect.allow[0].ports.is_empty());
         assert!(p.spec.connect.allow[0].matches(lo, 0, Protocol::Udp));
+    }
+
+    /// A path no Kill rule can hold (the workload chose its length) would make the policy
+    /// invalid and nothing would be written: it is said in a comment and stays a violation.
+    #[test]
+    fn a_path_longer_than_a_rule_holds_is_said_not_written() {
+        let mut t = LearnTable::default();
+        let long = format!("/tmp/{}/x", "a".repeat(300));
+        t.exec("/usr/bin/dash", None);
+        t.exec(&long, None);
+        let text = host(&t);
+        let p = policy::load_str(&text, None).unwrap().remove(0);
+        assert_eq!(p.spec.exec.allow, [ExecRule::Path("/usr/bin/dash".into())]);
+        assert!(
+            text.contains(&format!(
+                "# not allowed, {} bytes long (a rule holds 251)",
+                long.len()
+            )),
+            "{text}"
+        );
+        // Only such paths: no allowlist, and each said.
+        let mut only = LearnTable::default();
+        only.exec(&long, None);
+        let text = host(&only);
+        let p = policy::load_str(&text, None).unwrap().remove(0);
+        assert!(p.spec.exec.allow.is_empty(), "{text}");
+        assert!(text.contains("# not allowed, 307 bytes long"), "{text}");
+    }
+
+    /// TCP and UDP ports of one address past the kernel's 16 port ranges per address: joined
+    /// across their smallest gaps, so the policy loads and still allows every port seen.
+    #[test]
+    fn port_ranges_past_what_the_kernel_holds_for_an_address_are_joined() {
+        let mut t = LearnTable::default();
+        let lo = "127.0.0.1".parse().unwrap();
+        let tcp: Vec<u16> = (0..9).map(|i| 1000 + i * 2).collect();
+        let udp: Vec<u16> = (0..8).map(|i| 2000 + i * 10).collect();
+        for port in &tcp {
+            t.destination(Protocol::Tcp, lo, *port, None);
+        }
+        for port in &udp {
+            t.destination(Protocol::Udp, lo, *port, None);
+        }
+        let text = host(&t);
+        let p = policy::load_str(&text, None).unwrap().remove(0);
+        let allow = &p.spec.connect.allow;
+        let ranges: usize = allow.iter().map(|r| r.port_ranges().len()).sum();
+        assert!(ranges <= KERNEL_PORT_RANGES, "{ranges}: {text}");
+        for port in &tcp {
+            assert!(
+                allow.iter().any(|r| r.matches(lo, *port, Protocol::Tcp)),
+                "{port}: {text}"
+            );
+        }
+        for port in &udp {
+            assert!(
+                allow.iter().any(|r| r.matches(lo, *port, Protocol::Udp)),
+                "{port}: {text}"
+            );
+        }
+        // The smallest gap (TCP's, 2) was closed: UDP's ports stay one each.
+        assert!(
+            !allow.iter().any(|r| r.matches(lo, 2005, Protocol::Udp)),
+            "{text}"
+        );
+        assert!(text.contains("ports joined into ranges"), "{text}");
+        // An address that fits is written as seen.
+        let mut few = LearnTable::default();
+        few.destination(Protocol::Tcp, lo, 1000, None);
+        few.destination(Protocol::Tcp, lo, 1002, None);
+        let text = host(&few);
+        assert!(!text.contains("ports joined"), "{text}");
+        let p = policy::load_str(&text, None).unwrap().remove(0);
+        assert!(!p.spec.connect.allow[0].matches(lo, 1001, Protocol::Tcp));
     }
 
     #[test]
