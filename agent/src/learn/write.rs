@@ -220,17 +220,15 @@ fn exec_section(y: &mut String, t: &LearnTable) {
             );
         }
     }
-    if entries.is_empty() {
-        y.push_str(
-            "  # exec: nothing that a rule can hold was run while learning, so there is no allowlist to write.\n",
-        );
-        for line in notes.lines() {
-            let _ = writeln!(y, "  {}", line.trim_start());
-        }
-        return;
-    }
     y.push_str("  exec:\n");
     y.push_str(&notes);
+    if entries.is_empty() {
+        // An empty allowlist is no allowlist: what was run must not come out allowing all.
+        y.push_str(
+            "    # nothing a rule can hold was run: every exec is denied\n    deny:\n      - prefix: \"/\"\n    action: Kill\n",
+        );
+        return;
+    }
     y.push_str("    allow:\n");
     for entry in entries {
         match entry {
@@ -636,6 +634,8 @@ mod tests {
         let text = host(&only);
         let p = policy::load_str(&text, None).unwrap().remove(0);
         assert!(p.spec.exec.allow.is_empty(), "{text}");
+        assert_eq!(p.spec.exec.deny, [ExecRule::Prefix("/".into())], "{text}");
+        assert_eq!(p.spec.exec.action, policy::Action::Kill);
         assert!(text.contains("# not allowed, 307 bytes long"), "{text}");
     }
 
