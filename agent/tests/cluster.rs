@@ -1372,18 +1372,20 @@ fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused()
         "the Learn policy in force",
         |all| all.iter().any(|v| v.node == node && v.status == "True"),
     );
-    let mode = c
-        .plane
-        .kubectl_ok([
-            "get",
-            "runtimepolicy",
-            "web",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.spec.mode}",
-        ])
-        .unwrap();
+    let web_field = |path: &str| {
+        c.plane
+            .kubectl_ok([
+                "get",
+                "runtimepolicy",
+                "web",
+                "-n",
+                "shop",
+                "-o",
+                &format!("jsonpath={path}"),
+            ])
+            .unwrap()
+    };
+    let mode = web_field("{.spec.mode}");
     assert_eq!(mode, "Learn");
     let cat = std::fs::canonicalize("/bin/cat")
         .unwrap()
@@ -1462,18 +1464,7 @@ fn a_workload_learned_in_the_cluster_runs_enforced_and_anything_new_is_refused()
             .is_none(),
         "the agent took back a report the policy does not own: {report}"
     );
-    let uid = c
-        .plane
-        .kubectl_ok([
-            "get",
-            "runtimepolicy",
-            "web",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ])
-        .unwrap();
+    let uid = web_field("{.metadata.uid}");
     assert_eq!(
         report["metadata"]["ownerReferences"],
         serde_json::json!([{"apiVersion": "vigil.dev/v1alpha1", "kind": "RuntimePolicy", "name": "web", "uid": uid.trim()}]),

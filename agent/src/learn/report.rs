@@ -313,49 +313,33 @@ mod tests {
     #[test]
     fn only_a_report_the_policy_owns_under_its_nodes_name_is_merged() {
         let own = report_name("web", "node-a");
-        assert!(is_report_of(
-            &report(&own, "web", "node-a", Some(("RuntimePolicy", "uid-1"))),
-            "web",
-            "uid-1"
-        ));
-        // An earlier policy of that name, or none at all.
-        assert!(!is_report_of(
-            &report(&own, "web", "node-a", Some(("RuntimePolicy", "uid-0"))),
-            "web",
-            "uid-1"
-        ));
-        assert!(!is_report_of(
-            &report(&own, "web", "node-a", None),
-            "web",
-            "uid-1"
-        ));
-        assert!(!is_report_of(
-            &report(&own, "web", "node-a", Some(("ConfigMap", "uid-1"))),
-            "web",
-            "uid-1"
-        ));
-        // Owned, but speaking for a node whose report has another name.
-        assert!(!is_report_of(
-            &report(&own, "web", "node-b", Some(("RuntimePolicy", "uid-1"))),
-            "web",
-            "uid-1"
-        ));
-        assert!(!is_report_of(
-            &report(
-                "web.node-a",
+        let by_policy = Some(("RuntimePolicy", "uid-1"));
+        // (name, spec.policy, spec.node, owner, merged)
+        let cases = [
+            (own.as_str(), "web", "node-a", by_policy, true),
+            // An earlier policy of that name, or none at all.
+            (
+                &own,
                 "web",
                 "node-a",
-                Some(("RuntimePolicy", "uid-1"))
+                Some(("RuntimePolicy", "uid-0")),
+                false,
             ),
-            "web",
-            "uid-1"
-        ));
-        // Another policy's.
-        assert!(!is_report_of(
-            &report(&own, "api", "node-a", Some(("RuntimePolicy", "uid-1"))),
-            "web",
-            "uid-1"
-        ));
+            (&own, "web", "node-a", None, false),
+            (&own, "web", "node-a", Some(("ConfigMap", "uid-1")), false),
+            // Owned, but speaking for a node whose report has another name.
+            (&own, "web", "node-b", by_policy, false),
+            ("web.node-a", "web", "node-a", by_policy, false),
+            // Another policy's.
+            (&own, "api", "node-a", by_policy, false),
+        ];
+        for (name, policy, node, owner, merged) in cases {
+            assert_eq!(
+                is_report_of(&report(name, policy, node, owner), "web", "uid-1"),
+                merged,
+                "{name} {policy} {node} {owner:?}"
+            );
+        }
     }
 
     #[test]
